@@ -1,0 +1,39 @@
+"""bitsandbytes: k-bit quantization for PyTorch (8-bit optimizers, LLM.int8(), 4-bit QLoRA).
+
+This meta-package holds the one copy of the public API and the op interface. At import it
+registers the pure-PyTorch reference kernels for every device, then loads the platform wheel
+that matches each device torch can see (see ``bitsandbytes._platforms``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _ops, _platforms
+from ._version import __version__
+from .backends.reference import KERNELS as _REFERENCE_KERNELS
+
+for _name, _fn in _REFERENCE_KERNELS.items():
+    torch.library.register_kernel(f"{_ops.NAMESPACE}::{_name}", None, _fn)
+
+_LOADED = _platforms.load()
+_platforms.load_out_of_tree_backends()
+
+features = {"multi_backend"}
+"""Capability flags read by accelerate, transformers and diffusers."""
+
+supported_torch_devices = {"cpu", "cuda", "xpu", "hpu", "npu", "mps"}
+"""Device types the API serves (the reference kernels run on any of them)."""
+
+
+def platforms() -> list[dict]:
+    """What the loader did: one record per platform wheel or present device, as dicts."""
+    return [r.as_dict() for r in _LOADED.records]
+
+
+def implementation(op: str, device_type: str) -> str:
+    """Which implementation serves ``op`` (e.g. ``"quantize_4bit"``) on ``device_type``."""
+    return _LOADED.implementation(op, device_type)
+
+
+__all__ = ["__version__", "features", "implementation", "platforms", "supported_torch_devices"]

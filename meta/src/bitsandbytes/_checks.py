@@ -1,0 +1,178 @@
+"""Argument checks shared by the fake kernels, the reference kernels and the platform glue.
+
+Each check names the argument and what was expected, and runs before any kernel touches
+memory. Platform wheels call these too: they are part of the op interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FOUR_BIT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+QUANT_TYPES = ("nf4", "fp4")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+QUANT_STORAGE_DTYPES = (torch.uint8, torch.int8, torch.float16, torch.bfloat16, torch.float32)
+
+
+
+class DTypeError(TypeError, ValueError):
+    """A tensor has the wrong dtype. Both a TypeError and, as the established release raised, a ValueError."""
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def check(cond: bool, msg: str, exc: type[Exception] = ValueError) -> None:
+    """Raise ``exc(msg)`` unless ``cond`` holds."""
+    if not cond:
+        raise exc(msg)
+
+
+def check_dtype(t: torch.Tensor, arg: str, allowed: Sequence[torch.dtype]) -> None:
+    """Raise DTypeError unless ``t.dtype`` is one of ``allowed``."""
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise DTypeError(f"bitsandbytes: {arg} must have dtype in {{{names}}}, got {t.dtype}")
+
+
+def check_blocksize_4bit(blocksize: int) -> None:
+    """Raise ValueError unless ``blocksize`` is a valid 4-bit block size."""
+    check(
+        blocksize in FOUR_BIT_BLOCKSIZES,
+        f"bitsandbytes: invalid blocksize {blocksize}; expected one of {FOUR_BIT_BLOCKSIZES}",
+    )
+
+
+def check_quant_type(quant_type: str) -> None:
+    """Raise ValueError unless ``quant_type`` is 'nf4' or 'fp4'."""
+    check(
+        quant_type in QUANT_TYPES,
+        f"bitsandbytes: quant_type must be 'nf4' or 'fp4', got {quant_type!r}",
+    )
+
+
+def check_positive_blocksize(blocksize: int) -> None:
+    """Raise ValueError unless ``blocksize`` > 0."""
+    check(blocksize > 0, f"bitsandbytes: blocksize must be positive, got {blocksize}")
+
+
+def num_blocks(n: int, blocksize: int) -> int:
+    """Number of blocks of ``blocksize`` covering ``n`` elements."""
+    return -(n // -blocksize)
+
+
+def check_same_device(arg_tensors: dict[str, torch.Tensor | None]) -> None:
+    """Raise RuntimeError if the given tensors do not all live on one device."""
+    devices = {name: t.device for name, t in arg_tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        desc = ", ".join(f"{k} on {v}" for k, v in devices.items())
+        raise RuntimeError(f"bitsandbytes: tensors must be on one device, got {desc}")
+
+
+def check_4bit_shape(shape: Sequence[int], absmax: torch.Tensor, packed: torch.Tensor, blocksize: int) -> None:
+    """Check that ``packed`` and ``absmax`` are large enough to describe a tensor of ``shape``."""
+    n = 1
+    for s in shape:
+        check(s >= 0, f"bitsandbytes: shape must be non-negative, got {list(shape)}")
+        n *= s
+    nbytes = packed.numel() * packed.element_size()
+    check(
+        nbytes >= (n + 1) // 2,
+        f"bitsandbytes: A holds {nbytes} packed bytes but shape {list(shape)} needs {(n + 1) // 2}",
+    )
+    check(
+        absmax.numel() >= num_blocks(n, blocksize),
+        f"bitsandbytes: absmax has {absmax.numel()} entries but shape {list(shape)} with blocksize "
+        f"{blocksize} needs {num_blocks(n, blocksize)}",
+    )
+
+
+def prod(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def check_optimizer_args(g: torch.Tensor, p: torch.Tensor) -> None:
+    """Checks shared by both optimizer ops: matching sizes and float dtypes."""
+    check(g.numel() == p.numel(), f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
+    check_dtype(g, "g", FLOAT_DTYPES)
+    check(g.dtype == p.dtype, f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}", TypeError)
+
+
+def check_quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype) -> None:
+    """Argument checks of quantize_4bit shared by every backend."""
+    check_blocksize_4bit(blocksize)
+    check_quant_type(quant_type)
+    check_dtype(A, "A", FLOAT_DTYPES)
+    check(A.numel() > 0, "bitsandbytes: A must not be empty")
+    check(
+        quant_storage in QUANT_STORAGE_DTYPES,
+        f"bitsandbytes: quant_storage must be one of {QUANT_STORAGE_DTYPES}, got {quant_storage}",
+        TypeError,
+    )
+    nbytes = (A.numel() + 1) // 2
+    check(
+        nbytes % quant_storage.itemsize == 0,
+        f"bitsandbytes: A has {A.numel()} elements ({nbytes} packed bytes), which do not fill whole "
+        f"{quant_storage} values; use quant_storage=torch.uint8 or pad A",
+    )
+
+
+def check_dequantize_4bit(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype) -> None:
+    """Argument checks of dequantize_4bit shared by every backend."""
+    check_blocksize_4bit(blocksize)
+    check_quant_type(quant_type)
+    check_dtype(absmax, "absmax", (torch.float32,))
+    check(dtype in FLOAT_DTYPES, f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
+    check_same_device({"A": A, "absmax": absmax})
+    check_4bit_shape(shape, absmax, A, blocksize)
+
+
+def check_gemv_4bit(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> None:
+    """Argument checks of gemv_4bit shared by every backend."""
+    check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    check(
+        A.shape[-1] == shapeB[1],
+        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
+    )
+    check_dtype(A, "A", FLOAT_DTYPES)
+    check_dtype(absmax, "absmax", (torch.float32,))
+    check_dtype(code, "code", (torch.float32,))
+    check(code.numel() == 16, f"bitsandbytes: code must hold 16 values, got {code.numel()}")
+    check_positive_blocksize(blocksize)
+    check_same_device({"A": A, "B": B, "absmax": absmax, "code": code})
+    check_4bit_shape(shapeB, absmax, B, blocksize)
+
+
+def check_code(code: torch.Tensor) -> None:
+    """A code book must be 256 ascending f32 values."""
+    check_dtype(code, "code", (torch.float32,))
+    check(code.numel() == 256, f"bitsandbytes: code must hold 256 values, got {code.numel()}")
+
+
+def check_dequantize_blockwise(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype) -> None:
+    """Argument checks of dequantize_blockwise shared by every backend."""
+    check_dtype(A, "A", (torch.uint8,))
+    check_dtype(absmax, "absmax", (torch.float32,))
+    check_positive_blocksize(blocksize)
+    check_code(code)
+    check(dtype in FLOAT_DTYPES, f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
+    check_same_device({"A": A, "absmax": absmax, "code": code})
+    need = num_blocks(A.numel(), blocksize)
+    check(
+        absmax.numel() >= need,
+        f"bitsandbytes: absmax has {absmax.numel()} entries but A with blocksize {blocksize} needs {need}",
+    )
+
+
+def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> None:
+    """Argument checks of quantize_blockwise shared by every backend."""
+    check_dtype(A, "A", FLOAT_DTYPES)
+    check_positive_blocksize(blocksize)
+    check(A.numel() > 0, "bitsandbytes: A must not be empty")
+    check_code(code)
+    check_same_device({"A": A, "code": code})

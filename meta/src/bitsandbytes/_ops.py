@@ -1,0 +1,238 @@
+"""The op interface: every ``bitsandbytes::`` operator, its schema and its fake kernel.
+
+This module is the contract between the meta-package and the platform wheels. The schemas are
+exactly those of the established release (code in the wild calls ``torch.ops.bitsandbytes.*``
+directly). Platform wheels register device kernels for these ops; they never define ops.
+
+``OP_INTERFACE_VERSION`` changes whenever a schema changes or an op is added or removed; a
+platform wheel states which version it implements and the loader refuses any other.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import (
+    FLOAT_DTYPES,
+    check,
+    check_blocksize_4bit,
+    check_dtype,
+    check_optimizer_args,
+    check_positive_blocksize,
+    check_quant_type,
+    num_blocks,
+    prod,
+)
+
+OP_INTERFACE_VERSION = 1
+"""Version of the op set below. Platform wheels must declare the same number."""
+
+NAMESPACE = "bitsandbytes"
+
+SCHEMAS: dict[str, str] = {
+    "int8_mixed_scaled_mm": "(Tensor A, Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, "
+    "Tensor? outlier_cols=None, Tensor? bias=None) -> (Tensor, Tensor?)",
+    "int8_scaled_mm": "(Tensor A, Tensor B, Tensor row_stats, Tensor col_stats, "
+    "Tensor? bias=None, ScalarType? dtype=None) -> Tensor",
+    "int8_linear_matmul": "(Tensor A, Tensor B) -> Tensor",
+    "int8_linear_matmul.out": "(Tensor A, Tensor B, Tensor! out) -> ()",
+    "int8_vectorwise_quant": "(Tensor A, float threshold=0.0) -> (Tensor, Tensor, Tensor?)",
+    "int8_vectorwise_dequant": "(Tensor A, Tensor stats) -> Tensor",
+    "int8_mm_dequant": "(Tensor A, Tensor row_stats, Tensor col_stats, "
+    "ScalarType? dtype=None, Tensor? bias=None) -> Tensor",
+    "int8_double_quant": "(Tensor A, float threshold=0.0) -> (Tensor, Tensor, Tensor, Tensor, Tensor?)",
+    "dequantize_4bit": "(Tensor A, Tensor absmax, int blocksize, str quant_type, int[] shape, "
+    "ScalarType dtype) -> Tensor",
+    "dequantize_4bit.out": "(Tensor A, Tensor absmax, int blocksize, str quant_type, int[] shape, "
+    "ScalarType dtype, Tensor! out) -> ()",
+    "quantize_4bit": "(Tensor A, int blocksize, str quant_type, ScalarType quant_storage) "
+    "-> (Tensor, Tensor)",
+    "gemm_4bit": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, int blocksize, str quant_type, "
+    "Tensor? bias=None, Tensor? absmax_8bit=None, Tensor? absmax_code=None, "
+    "Tensor? absmax_offset=None) -> Tensor",
+    "dequantize_blockwise": "(Tensor A, Tensor absmax, Tensor code, int blocksize, "
+    "ScalarType dtype) -> Tensor",
+    "dequantize_blockwise.out": "(Tensor A, Tensor absmax, Tensor code, int blocksize, "
+    "ScalarType dtype, Tensor! out) -> ()",
+    "quantize_blockwise": "(Tensor A, Tensor code, int blocksize) -> (Tensor, Tensor)",
+    "gemv_4bit": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, int blocksize) "
+    "-> Tensor",
+    "gemv_4bit.out": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, "
+    "int blocksize, Tensor! out) -> ()",
+    "optimizer_update_32bit": "(str optimizer_name, Tensor(a0!) g, Tensor(a1!) p, "
+    "Tensor(a2!) state1, Tensor(a3!)? state2, Tensor(a4!)? unorm_vec, float max_unorm, "
+    "float param_norm, float beta1, float beta2, float beta3, float alpha, float eps, "
+    "float weight_decay, int step, float lr, float gnorm_scale, bool skip_zeros=False) -> ()",
+    "optimizer_update_8bit_blockwise": "(str optimizer_name, Tensor(a0!) g, Tensor(a1!) p, "
+    "Tensor(a2!) state1, Tensor(a3!)? state2, float beta1, float beta2, float beta3, "
+    "float alpha, float eps, int step, float lr, Tensor(a4!) qmap1, Tensor(a5!)? qmap2, "
+    "Tensor(a6!) absmax1, Tensor(a7!)? absmax2, float weight_decay, float gnorm_scale, "
+    "bool skip_zeros=False) -> ()",
+}
+
+OP_NAMES: tuple[str, ...] = tuple(SCHEMAS)
+
+
+def _define_all() -> None:
+    for name, schema in SCHEMAS.items():
+        torch.library.define(f"{NAMESPACE}::{name}", schema)
+
+
+def _fake(name: str):
+    return torch.library.register_fake(f"{NAMESPACE}::{name}")
+
+
+# --------------------------------------------------------------------------------------------
+# Fake kernels: shape and dtype propagation (and the cheap checks) for meta tensors and
+# torch.compile.
+# --------------------------------------------------------------------------------------------
+
+
+def _register_fakes() -> None:
+    @_fake("int8_mixed_scaled_mm")
+    def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
+        shape = (*CA.shape[:-1], CB.shape[0])
+        out = torch.empty(shape, device=A.device, dtype=A.dtype)
+        ctx = torch.library.get_ctx()
+        k = ctx.new_dynamic_size()
+        sub_a = A.new_empty(A.shape[0], k)
+        return out, sub_a
+
+    @_fake("int8_scaled_mm")
+    def _(A, B, row_stats, col_stats, bias=None, dtype=None):
+        shape = (*A.shape[:-1], B.shape[0])
+        return torch.empty(shape, device=A.device, dtype=dtype or torch.float16)
+
+    @_fake("int8_linear_matmul")
+    def _(A, B):
+        check_dtype(A, "A", (torch.int8,))
+        check_dtype(B, "B", (torch.int8,))
+        shape = (*A.shape[:-1], B.shape[0])
+        return torch.empty(shape, device=A.device, dtype=torch.int32)
+
+    @_fake("int8_linear_matmul.out")
+    def _(A, B, out):
+        shape = (*A.shape[:-1], B.shape[0])
+        check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
+        check(out.device == A.device, f"bitsandbytes: out must be on {A.device}, got {out.device}")
+        check_dtype(out, "out", (torch.int32,))
+
+    @_fake("int8_vectorwise_quant")
+    def _(A, threshold=0.0):
+        out_row = torch.empty(A.shape, device=A.device, dtype=torch.int8)
+        row_stats = torch.empty(prod(A.shape[:-1]), device=A.device, dtype=torch.float32)
+        if threshold == 0.0:
+            return out_row, row_stats, None
+        k = torch.library.get_ctx().new_dynamic_size()
+        return out_row, row_stats, A.new_empty(k, dtype=torch.int64)
+
+    @_fake("int8_vectorwise_dequant")
+    def _(A, stats):
+        check_dtype(A, "A", (torch.int8,))
+        return torch.empty_like(A, dtype=torch.float32)
+
+    @_fake("int8_mm_dequant")
+    def _(A, row_stats, col_stats, dtype=None, bias=None):
+        check_dtype(A, "A", (torch.int32,))
+        return torch.empty_like(A, dtype=dtype or torch.float16)
+
+    @_fake("int8_double_quant")
+    def _(A, threshold=0.0):
+        out_row = torch.empty_like(A, dtype=torch.int8)
+        out_col = torch.empty_like(A, dtype=torch.int8)
+        row_stats = torch.empty(prod(A.shape[:-1]), device=A.device, dtype=torch.float32)
+        col_stats = torch.empty(A.shape[-1], device=A.device, dtype=torch.float32)
+        k = torch.library.get_ctx().new_dynamic_size()
+        return out_row, out_col, row_stats, col_stats, A.new_empty(k, dtype=torch.int64)
+
+    @_fake("dequantize_4bit")
+    def _(A, absmax, blocksize, quant_type, shape, dtype):
+        check_blocksize_4bit(blocksize)
+        check_quant_type(quant_type)
+        check_dtype(absmax, "absmax", (torch.float32,))
+        check(dtype in FLOAT_DTYPES, f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
+        return torch.empty(shape, dtype=dtype, device=A.device)
+
+    @_fake("dequantize_4bit.out")
+    def _(A, absmax, blocksize, quant_type, shape, dtype, out):
+        check_blocksize_4bit(blocksize)
+        check_quant_type(quant_type)
+        check(list(out.shape) == list(shape), f"bitsandbytes: out must have shape {list(shape)}, got {list(out.shape)}")
+        check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")
+
+    @_fake("quantize_4bit")
+    def _(A, blocksize, quant_type, quant_storage):
+        check_blocksize_4bit(blocksize)
+        check_quant_type(quant_type)
+        check_dtype(A, "A", FLOAT_DTYPES)
+        n = A.numel()
+        packed = torch.empty(((n + 1) // (quant_storage.itemsize * 2), 1), device=A.device, dtype=quant_storage)
+        absmax = torch.empty(num_blocks(n, blocksize), device=A.device, dtype=torch.float32)
+        return packed, absmax
+
+    @_fake("gemm_4bit")
+    def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+        check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+        check(
+            A.shape[-1] == shapeB[1],
+            f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
+        )
+        check_dtype(A, "A", FLOAT_DTYPES)
+        check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
+        check_dtype(absmax, "absmax", (torch.float32,))
+        if absmax_8bit is not None:
+            check_dtype(absmax_8bit, "absmax_8bit", (torch.uint8,))
+            check(absmax_code is not None and absmax_code.numel() == 256, "bitsandbytes: absmax_code must hold 256 f32 values")
+            check(absmax_offset is not None and absmax_offset.dim() == 0, "bitsandbytes: absmax_offset must be a 0-dim tensor")
+        if bias is not None:
+            check(
+                bias.dim() == 1 and bias.shape[0] == shapeB[0],
+                f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}",
+            )
+        return torch.empty((*A.shape[:-1], shapeB[0]), device=A.device, dtype=A.dtype)
+
+    @_fake("dequantize_blockwise")
+    def _(A, absmax, code, blocksize, dtype):
+        check_dtype(A, "A", (torch.uint8,))
+        check_positive_blocksize(blocksize)
+        return torch.empty_like(A, dtype=dtype)
+
+    @_fake("dequantize_blockwise.out")
+    def _(A, absmax, code, blocksize, dtype, out):
+        check_dtype(A, "A", (torch.uint8,))
+        check_positive_blocksize(blocksize)
+        check(out.shape == A.shape, f"bitsandbytes: out must have shape {tuple(A.shape)}, got {tuple(out.shape)}")
+        check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")
+
+    @_fake("quantize_blockwise")
+    def _(A, code, blocksize):
+        check_positive_blocksize(blocksize)
+        n = A.numel()
+        absmax = torch.empty(num_blocks(n, blocksize), device=A.device, dtype=torch.float32)
+        return torch.empty_like(A, dtype=torch.uint8), absmax
+
+    @_fake("gemv_4bit")
+    def _(A, B, shapeB, absmax, code, blocksize):
+        check(A.shape[-1] == shapeB[1], f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
+        return torch.empty((*A.shape[:-1], shapeB[0]), device=A.device, dtype=A.dtype)
+
+    @_fake("gemv_4bit.out")
+    def _(A, B, shapeB, absmax, code, blocksize, out):
+        shape = (*A.shape[:-1], shapeB[0])
+        check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
+        check(out.dtype == A.dtype, f"bitsandbytes: out must have dtype {A.dtype}, got {out.dtype}")
+
+    @_fake("optimizer_update_32bit")
+    def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, skip_zeros=False):
+        check_optimizer_args(g, p)
+
+    @_fake("optimizer_update_8bit_blockwise")
+    def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay, gnorm_scale, skip_zeros=False):
+        check_optimizer_args(g, p)
+        check_dtype(state1, "state1", (torch.uint8,))
+        check_dtype(qmap1, "qmap1", (torch.float32,))
+        check_dtype(absmax1, "absmax1", (torch.float32,))
+
+
+_define_all()
+_register_fakes()

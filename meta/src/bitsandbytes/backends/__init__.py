@@ -1,0 +1,1 @@
+"""Kernel backends that live in the meta-package (only the pure-PyTorch reference)."""

@@ -1,0 +1,39 @@
+"""Reference block-wise 8-bit kernels with an arbitrary sorted 256-entry code."""
+
+from __future__ import annotations
+
+import torch
+
+from ... import _checks as C
+from .codebooks import midpoints, nearest_code
+
+
+def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map each element to the nearest entry of ``code`` after per-block absmax scaling."""
+    C.check_quantize_blockwise(A, code, blocksize)
+    x = A.reshape(-1).float()
+    n = x.numel()
+    blocks = C.num_blocks(n, blocksize)
+    pad = blocks * blocksize - n
+    xb = torch.nn.functional.pad(x, (0, pad)).view(blocks, blocksize)
+    absmax = xb.abs().amax(dim=1)
+    inv = 1.0 / absmax.clamp(min=1e-38)
+    scaled = (xb * inv[:, None]).clamp(-1.0, 1.0).view(-1)[:n]
+    codes = nearest_code(scaled, midpoints(code)).to(torch.uint8)
+    return codes.view(A.shape), absmax
+
+
+def dequantize_blockwise(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype) -> torch.Tensor:
+    """``code[A] * absmax[block]`` in f32, cast to ``dtype``, shaped like ``A``."""
+    C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
+    n = A.numel()
+    scale = absmax.repeat_interleave(blocksize)[:n]
+    out = code[A.reshape(-1).long()] * scale
+    return out.to(dtype).view(A.shape)
+
+
+def dequantize_blockwise_out(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype, out: torch.Tensor) -> None:
+    """``dequantize_blockwise`` into a preallocated ``out``."""
+    C.check(out.shape == A.shape, f"bitsandbytes: out must have shape {tuple(A.shape)}, got {tuple(out.shape)}")
+    C.check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    out.copy_(dequantize_blockwise(A, absmax, code, blocksize, dtype))

@@ -1,0 +1,112 @@
+"""Reference 4-bit kernels (NF4 / FP4): quantize, dequantize, gemv and gemm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ... import _checks as C
+from .blockwise import dequantize_blockwise
+from .codebooks import four_bit_decode_table, four_bit_lookup, nearest_code
+
+
+def _blockwise_scaled(A: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Flatten ``A`` to f32 blocks; return (values scaled into [-1, 1], absmax, n)."""
+    x = A.reshape(-1).float()
+    n = x.numel()
+    blocks = C.num_blocks(n, blocksize)
+    pad = blocks * blocksize - n
+    if pad:
+        x = torch.nn.functional.pad(x, (0, pad))
+    xb = x.view(blocks, blocksize)
+    absmax = xb.abs().amax(dim=1)
+    inv = 1.0 / absmax.clamp(min=1e-38)
+    scaled = (xb * inv[:, None]).clamp(-1.0, 1.0)
+    return scaled.view(-1), absmax, n
+
+
+def quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack ``A`` into 4-bit codes (two per byte, element 2i in the high nibble) plus f32 absmax."""
+    C.check_quantize_4bit(A, blocksize, quant_type, quant_storage)
+    scaled, absmax, n = _blockwise_scaled(A, blocksize)
+    mids, sorted_codes = four_bit_lookup(quant_type, A.device)
+    codes = sorted_codes[nearest_code(scaled, mids)][:n]
+    if n % 2:
+        # The missing partner of the last element encodes 0.0.
+        codes = torch.cat([codes, sorted_codes[nearest_code(scaled.new_zeros(1), mids)]])
+    packed = (codes[0::2] << 4) | codes[1::2]
+    packed = packed.view(quant_storage).reshape(-1, 1)
+    return packed, absmax
+
+
+def _unpack_codes(A: torch.Tensor, n: int) -> torch.Tensor:
+    raw = A.contiguous().view(torch.uint8).reshape(-1)
+    return torch.stack([raw >> 4, raw & 0x0F], dim=1).reshape(-1)[:n].long()
+
+
+def _dequantize_flat(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, table: torch.Tensor, n: int) -> torch.Tensor:
+    codes = _unpack_codes(A, n)
+    scale = absmax.float().repeat_interleave(blocksize)[:n]
+    return table.to(A.device)[codes] * scale
+
+
+def dequantize_4bit(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """Decode packed 4-bit codes: ``table[code] * absmax[block]`` in f32, cast to ``dtype``."""
+    C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
+    n = C.prod(shape)
+    out = _dequantize_flat(A, absmax, blocksize, four_bit_decode_table(quant_type), n)
+    return out.to(dtype).reshape(shape)
+
+
+def dequantize_4bit_out(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype, out: torch.Tensor) -> None:
+    """``dequantize_4bit`` into a preallocated ``out``."""
+    C.check(list(out.shape) == list(shape), f"bitsandbytes: out must have shape {list(shape)}, got {list(out.shape)}")
+    C.check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    C.check_same_device({"A": A, "out": out})
+    out.copy_(dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype))
+
+
+def gemv_4bit(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """``A @ dequant(B).T`` where B holds a packed ``shapeB = [N, K]`` weight decoded with ``code``."""
+    C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
+    n = shapeB[0] * shapeB[1]
+    W = _dequantize_flat(B, absmax, blocksize, code.float(), n).view(shapeB[0], shapeB[1])
+    return torch.nn.functional.linear(A, W.to(A.dtype))
+
+
+def gemv_4bit_out(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int, out: torch.Tensor) -> None:
+    """``gemv_4bit`` into a preallocated ``out``."""
+    shape = (*A.shape[:-1], shapeB[0])
+    C.check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
+    C.check(out.dtype == A.dtype, f"bitsandbytes: out must have dtype {A.dtype}, got {out.dtype}", TypeError)
+    out.copy_(gemv_4bit(A, B, shapeB, absmax, code, blocksize))
+
+
+def resolve_nested_absmax(absmax: torch.Tensor, absmax_8bit: torch.Tensor | None, absmax_code: torch.Tensor | None, absmax_offset: torch.Tensor | None) -> torch.Tensor:
+    """The effective f32 absmax of a nested (double-quantized) state, or ``absmax`` itself."""
+    if absmax_8bit is None:
+        return absmax
+    C.check(absmax_code is not None and absmax_offset is not None, "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset")
+    inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
+    return inner + absmax_offset.float()
+
+
+def gemm_4bit(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, blocksize: int, quant_type: str, bias: torch.Tensor | None = None, absmax_8bit: torch.Tensor | None = None, absmax_code: torch.Tensor | None = None, absmax_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``A @ dequant(B).T + bias`` with an optionally nested absmax."""
+    C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    C.check(
+        A.shape[-1] == shapeB[1],
+        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
+    )
+    C.check_dtype(A, "A", C.FLOAT_DTYPES)
+    C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
+    eff = resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+    W = dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
+    if bias is not None:
+        C.check(
+            bias.dim() == 1 and bias.shape[0] == shapeB[0],
+            f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}",
+        )
+        bias = bias.to(A.dtype)
+    return torch.nn.functional.linear(A, W, bias)
