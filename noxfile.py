@@ -1,0 +1,90 @@
+"""Developer and CI commands. CI runs `nox -t ci` (see README.md); each session is also usable alone.
+
+The torch requirement comes from BNB_TORCH_REQUIREMENT (default: the local CPU build
+``torch==2.13.0``); set it to e.g. ``torch`` or ``torch==2.13.0+cu128`` on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import nox
+
+ROOT = pathlib.Path(__file__).parent
+TORCH = os.environ.get("BNB_TORCH_REQUIREMENT", "torch==2.13.0")
+TEST_DEPS = ["pytest", "safetensors", "numpy"]
+
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = False
+
+
+def install_torch(session: nox.Session) -> None:
+    """Install the torch requirement (a no-op when it is already satisfied)."""
+    session.install(TORCH)
+
+
+def install_meta(session: nox.Session) -> None:
+    """The meta-package alone (its bitsandbytes-cpu dependency is installed separately)."""
+    session.install("--no-deps", str(ROOT / "meta"))
+    session.install("packaging")
+
+
+def install_platform(session: nox.Session, platform: str) -> None:
+    """Build and install one platform wheel from platforms/<platform>."""
+    session.install("--no-deps", str(ROOT / "platforms" / platform))
+
+
+@nox.session(name="tests-cpu", tags=["ci"])
+def tests_cpu(session: nox.Session) -> None:
+    """The whole suite with the meta-package and the bitsandbytes-cpu wheel installed."""
+    install_torch(session)
+    session.install(*TEST_DEPS)
+    install_meta(session)
+    install_platform(session, "cpu")
+    session.run("pytest", "-m", "not slow and not integration", *session.posargs, env={"BNB_EXPECT_PLATFORMS": "cpu"})
+
+
+@nox.session(name="tests-reference", tags=["ci"])
+def tests_reference(session: nox.Session) -> None:
+    """The same suite with the meta-package alone: the reference kernels serve every op."""
+    install_torch(session)
+    session.install(*TEST_DEPS)
+    install_meta(session)
+    session.run("pytest", "-m", "not slow and not integration", *session.posargs, env={"BNB_EXPECT_PLATFORMS": ""})
+
+
+@nox.session(name="tests-slow")
+def tests_slow(session: nox.Session) -> None:
+    """Long sweeps marked `slow` (not part of CI)."""
+    install_torch(session)
+    session.install(*TEST_DEPS)
+    install_meta(session)
+    install_platform(session, "cpu")
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session(tags=["ci"])
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and clang-format on C++/CUDA sources."""
+    session.install("ruff", "clang-format")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    sources = sorted(
+        str(p)
+        for pattern in ("*.h", "*.hpp", "*.cpp", "*.cu", "*.cuh", "*.c")
+        for p in ROOT.glob(f"**/{pattern}")
+        if not any(part in {".nox", "build", "dist"} or part.startswith("_skbuild") for part in p.parts)
+    )
+    if sources:
+        session.run("clang-format", "--dry-run", "-Werror", *sources)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Install meta + cpu wheel, print the report and self-test, then run a small demo."""
+    install_torch(session)
+    install_meta(session)
+    install_platform(session, "cpu")
+    session.run("python", "-m", "bitsandbytes")
+    session.run("python", str(ROOT / "examples" / "demo.py"))

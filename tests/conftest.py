@@ -1,0 +1,49 @@
+"""Shared test helpers: fixture data, and every (device, implementation) pair present."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import bitsandbytes
+from bitsandbytes.backends.reference import KERNELS as REFERENCE
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+def load_fixture(name: str) -> dict[str, torch.Tensor]:
+    """A copy of a ../shared/fixtures file kept in tests/data."""
+    return load_file(str(DATA / name))
+
+
+def devices() -> list[str]:
+    """Device types torch can use here."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch, "xpu", None) is not None and torch.xpu.is_available():
+        found.append("xpu")
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def implementations(op: str) -> list[tuple[str, str, Callable]]:
+    """(device, implementation name, kernel) for ``op``: the reference on every device, plus
+    each platform kernel registered for it."""
+    out = []
+    for dev in devices():
+        out.append((dev, "reference", REFERENCE[op]))
+        owner = bitsandbytes._LOADED.kernels.get((op, dev))
+        if owner is not None:
+            out.append((dev, owner[0], owner[1]))
+    return out
+
+
+def impl_params(op: str) -> list:
+    """pytest params over ``implementations(op)``, with readable ids."""
+    return [pytest.param(d, n, fn, id=f"{d}-{n}") for d, n, fn in implementations(op)]
