@@ -1,0 +1,35 @@
+"""bitsandbytes-cpu: native CPU kernels for the ``torch.ops.bitsandbytes`` op interface.
+
+The ``bitsandbytes`` meta-package finds this module through the ``bitsandbytes.platforms``
+entry point, checks ``__version__`` and ``OP_INTERFACE_VERSION``, then calls ``register``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from . import _C
+from ._version import __version__
+
+PLATFORM = "cpu"
+DEVICE_TYPE = "cpu"
+OP_INTERFACE_VERSION = 1
+"""The op-interface version these kernels implement (see bitsandbytes._ops)."""
+
+
+def build_info() -> dict[str, Any]:
+    """How the native library was built (platform, version, compiler, ISA list, ABI version)."""
+    return json.loads(_C.build_info())
+
+
+def register(register_kernel: Callable[[str, Callable], None]) -> None:
+    """Bind every native CPU kernel to its op: ``register_kernel(op_name, fn)`` per op."""
+    from .kernels import KERNELS
+
+    for name, fn in KERNELS.items():
+        register_kernel(name, fn)
+
+
+__all__ = ["DEVICE_TYPE", "OP_INTERFACE_VERSION", "PLATFORM", "__version__", "build_info", "register"]

@@ -1,0 +1,51 @@
+// Loading and storing one element of a float dtype (f32, f16, bf16) as f32.
+#pragma once
+
+#include <stdint.h>
+
+#include "bnb/bnb_c_api.h"
+#include "bnb/numeric.h"
+
+namespace bnb_cpu {
+
+template <int DType>
+struct Element;
+
+template <>
+struct Element<BNB_DTYPE_F32> {
+  using type = float;
+  static float load(float v) { return v; }
+  static float store(float v) { return v; }
+};
+
+template <>
+struct Element<BNB_DTYPE_F16> {
+  using type = uint16_t;
+  static float load(uint16_t v) { return bnb::half_to_float(v); }
+  static uint16_t store(float v) { return bnb::float_to_half(v); }
+};
+
+template <>
+struct Element<BNB_DTYPE_BF16> {
+  using type = uint16_t;
+  static float load(uint16_t v) { return bnb::bf16_to_float(v); }
+  static uint16_t store(float v) { return bnb::float_to_bf16(v); }
+};
+
+// Calls fn(Element<D>{}) for the runtime dtype `dtype` (one of the float dtypes).
+template <typename Fn>
+void dispatch_float(int32_t dtype, Fn&& fn) {
+  switch (dtype) {
+    case BNB_DTYPE_F32:
+      fn(Element<BNB_DTYPE_F32>{});
+      break;
+    case BNB_DTYPE_F16:
+      fn(Element<BNB_DTYPE_F16>{});
+      break;
+    default:
+      fn(Element<BNB_DTYPE_BF16>{});
+      break;
+  }
+}
+
+}  // namespace bnb_cpu
