@@ -16,7 +16,6 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 QUANT_STORAGE_DTYPES = (torch.uint8, torch.int8, torch.float16, torch.bfloat16, torch.float32)
 
 
-
 class DTypeError(TypeError, ValueError):
     """A tensor has the wrong dtype. Both a TypeError and, as the established release raised, a ValueError."""
 
@@ -122,7 +121,9 @@ def check_quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_
     )
 
 
-def check_dequantize_4bit(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype) -> None:
+def check_dequantize_4bit(
+    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype
+) -> None:
     """Argument checks of dequantize_4bit shared by every backend."""
     check_blocksize_4bit(blocksize)
     check_quant_type(quant_type)
@@ -132,7 +133,9 @@ def check_dequantize_4bit(A: torch.Tensor, absmax: torch.Tensor, blocksize: int,
     check_4bit_shape(shape, absmax, A, blocksize)
 
 
-def check_gemv_4bit(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> None:
+def check_gemv_4bit(
+    A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int
+) -> None:
     """Argument checks of gemv_4bit shared by every backend."""
     check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
     check(
@@ -154,7 +157,9 @@ def check_code(code: torch.Tensor) -> None:
     check(code.numel() == 256, f"bitsandbytes: code must hold 256 values, got {code.numel()}")
 
 
-def check_dequantize_blockwise(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype) -> None:
+def check_dequantize_blockwise(
+    A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype
+) -> None:
     """Argument checks of dequantize_blockwise shared by every backend."""
     check_dtype(A, "A", (torch.uint8,))
     check_dtype(absmax, "absmax", (torch.float32,))

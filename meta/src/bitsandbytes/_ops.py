@@ -45,20 +45,16 @@ SCHEMAS: dict[str, str] = {
     "ScalarType dtype) -> Tensor",
     "dequantize_4bit.out": "(Tensor A, Tensor absmax, int blocksize, str quant_type, int[] shape, "
     "ScalarType dtype, Tensor! out) -> ()",
-    "quantize_4bit": "(Tensor A, int blocksize, str quant_type, ScalarType quant_storage) "
-    "-> (Tensor, Tensor)",
+    "quantize_4bit": "(Tensor A, int blocksize, str quant_type, ScalarType quant_storage) -> (Tensor, Tensor)",
     "gemm_4bit": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, int blocksize, str quant_type, "
     "Tensor? bias=None, Tensor? absmax_8bit=None, Tensor? absmax_code=None, "
     "Tensor? absmax_offset=None) -> Tensor",
-    "dequantize_blockwise": "(Tensor A, Tensor absmax, Tensor code, int blocksize, "
-    "ScalarType dtype) -> Tensor",
+    "dequantize_blockwise": "(Tensor A, Tensor absmax, Tensor code, int blocksize, ScalarType dtype) -> Tensor",
     "dequantize_blockwise.out": "(Tensor A, Tensor absmax, Tensor code, int blocksize, "
     "ScalarType dtype, Tensor! out) -> ()",
     "quantize_blockwise": "(Tensor A, Tensor code, int blocksize) -> (Tensor, Tensor)",
-    "gemv_4bit": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, int blocksize) "
-    "-> Tensor",
-    "gemv_4bit.out": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, "
-    "int blocksize, Tensor! out) -> ()",
+    "gemv_4bit": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, int blocksize) -> Tensor",
+    "gemv_4bit.out": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, int blocksize, Tensor! out) -> ()",
     "optimizer_update_32bit": "(str optimizer_name, Tensor(a0!) g, Tensor(a1!) p, "
     "Tensor(a2!) state1, Tensor(a3!)? state2, Tensor(a4!)? unorm_vec, float max_unorm, "
     "float param_norm, float beta1, float beta2, float beta3, float alpha, float eps, "
@@ -171,7 +167,9 @@ def _register_fakes() -> None:
         return packed, absmax
 
     @_fake("gemm_4bit")
-    def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+    def _(
+        A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None
+    ):
         check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
         check(
             A.shape[-1] == shapeB[1],
@@ -182,8 +180,14 @@ def _register_fakes() -> None:
         check_dtype(absmax, "absmax", (torch.float32,))
         if absmax_8bit is not None:
             check_dtype(absmax_8bit, "absmax_8bit", (torch.uint8,))
-            check(absmax_code is not None and absmax_code.numel() == 256, "bitsandbytes: absmax_code must hold 256 f32 values")
-            check(absmax_offset is not None and absmax_offset.dim() == 0, "bitsandbytes: absmax_offset must be a 0-dim tensor")
+            check(
+                absmax_code is not None and absmax_code.numel() == 256,
+                "bitsandbytes: absmax_code must hold 256 f32 values",
+            )
+            check(
+                absmax_offset is not None and absmax_offset.dim() == 0,
+                "bitsandbytes: absmax_offset must be a 0-dim tensor",
+            )
         if bias is not None:
             check(
                 bias.dim() == 1 and bias.shape[0] == shapeB[0],
@@ -213,7 +217,10 @@ def _register_fakes() -> None:
 
     @_fake("gemv_4bit")
     def _(A, B, shapeB, absmax, code, blocksize):
-        check(A.shape[-1] == shapeB[1], f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
+        check(
+            A.shape[-1] == shapeB[1],
+            f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
+        )
         return torch.empty((*A.shape[:-1], shapeB[0]), device=A.device, dtype=A.dtype)
 
     @_fake("gemv_4bit.out")
@@ -223,11 +230,50 @@ def _register_fakes() -> None:
         check(out.dtype == A.dtype, f"bitsandbytes: out must have dtype {A.dtype}, got {out.dtype}")
 
     @_fake("optimizer_update_32bit")
-    def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, skip_zeros=False):
+    def _(
+        optimizer_name,
+        g,
+        p,
+        state1,
+        state2,
+        unorm_vec,
+        max_unorm,
+        param_norm,
+        beta1,
+        beta2,
+        beta3,
+        alpha,
+        eps,
+        weight_decay,
+        step,
+        lr,
+        gnorm_scale,
+        skip_zeros=False,
+    ):
         check_optimizer_args(g, p)
 
     @_fake("optimizer_update_8bit_blockwise")
-    def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay, gnorm_scale, skip_zeros=False):
+    def _(
+        optimizer_name,
+        g,
+        p,
+        state1,
+        state2,
+        beta1,
+        beta2,
+        beta3,
+        alpha,
+        eps,
+        step,
+        lr,
+        qmap1,
+        qmap2,
+        absmax1,
+        absmax2,
+        weight_decay,
+        gnorm_scale,
+        skip_zeros=False,
+    ):
         check_optimizer_args(g, p)
         check_dtype(state1, "state1", (torch.uint8,))
         check_dtype(qmap1, "qmap1", (torch.float32,))

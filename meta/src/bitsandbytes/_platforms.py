@@ -228,7 +228,17 @@ def load(
             if p != wanted:
                 dist, version = _dist_info(by_platform[p][0])
                 reason = _mismatch_reason(p, wanted, runtime)
-                result.records.append(PlatformRecord(p, device_type, "skipped", reason, dist, version, fix=install_command(wanted) if wanted else None))
+                result.records.append(
+                    PlatformRecord(
+                        p,
+                        device_type,
+                        "skipped",
+                        reason,
+                        dist,
+                        version,
+                        fix=install_command(wanted) if wanted else None,
+                    )
+                )
         if wanted is None:
             continue
         if not _allowed(wanted, override):
@@ -236,7 +246,9 @@ def load(
             continue
         eps = by_platform.get(wanted, [])
         if not eps:
-            rec = PlatformRecord(wanted, device_type, "missing", "no platform wheel installed", fix=install_command(wanted))
+            rec = PlatformRecord(
+                wanted, device_type, "missing", "no platform wheel installed", fix=install_command(wanted)
+            )
             result.records.append(rec)
             _warn(
                 f"bitsandbytes: {runtime.devices[device_type]} is present but bitsandbytes-{wanted} is not "
@@ -245,13 +257,21 @@ def load(
             continue
         if len(eps) > 1:
             names = [str(_dist_info(e)) for e in eps]
-            result.records.append(PlatformRecord(wanted, device_type, "skipped", f"{len(eps)} wheels provide it: {names}; using the first"))
+            result.records.append(
+                PlatformRecord(
+                    wanted, device_type, "skipped", f"{len(eps)} wheels provide it: {names}; using the first"
+                )
+            )
         _load_one(eps[0], wanted, device_type, runtime, result)
 
     for p, eps in by_platform.items():
         if PLATFORM_DEVICE[p] not in runtime.devices:
             dist, version = _dist_info(eps[0])
-            result.records.append(PlatformRecord(p, PLATFORM_DEVICE[p], "skipped", f"no {PLATFORM_DEVICE[p]} device present", dist, version))
+            result.records.append(
+                PlatformRecord(
+                    p, PLATFORM_DEVICE[p], "skipped", f"no {PLATFORM_DEVICE[p]} device present", dist, version
+                )
+            )
 
     if debug:
         for rec in result.records:
@@ -281,7 +301,9 @@ def _load_one(ep: Any, platform: str, device_type: str, runtime: Runtime, result
         module, register = _load_module(ep)
     except Exception as exc:  # a broken wheel must not break import
         rec.status, rec.reason = "failed", f"import failed: {exc!r}"
-        _warn(f"bitsandbytes: {dist or platform} could not be imported ({exc!r}); reference kernels serve {device_type}. Fix: {rec.fix}")
+        _warn(
+            f"bitsandbytes: {dist or platform} could not be imported ({exc!r}); reference kernels serve {device_type}. Fix: {rec.fix}"
+        )
         return
     if version is None:
         rec.version = version = getattr(module, "__version__", None)
@@ -324,7 +346,9 @@ def _load_one(ep: Any, platform: str, device_type: str, runtime: Runtime, result
     except Exception as exc:
         lib._destroy()
         rec.status, rec.reason = "failed", f"register() raised {exc!r}"
-        _warn(f"bitsandbytes: {dist or platform} failed to register its kernels ({exc!r}); reference kernels serve {device_type}.")
+        _warn(
+            f"bitsandbytes: {dist or platform} failed to register its kernels ({exc!r}); reference kernels serve {device_type}."
+        )
         return
     result.libraries.append(lib)
     for op, fn in registered.items():

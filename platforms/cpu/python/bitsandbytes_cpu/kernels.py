@@ -22,7 +22,9 @@ def _on_cpu(**tensors: torch.Tensor) -> None:
         C.check(t.device.type == "cpu", f"bitsandbytes_cpu: {name} must be on the CPU, got {t.device}", RuntimeError)
 
 
-def quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_4bit(
+    A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Native 4-bit quantization (NF4/FP4) of an f32/f16/bf16 tensor."""
     C.check_quantize_4bit(A, blocksize, quant_type, quant_storage)
     _on_cpu(A=A)
@@ -30,20 +32,28 @@ def quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_storag
     n = A.numel()
     packed = torch.empty((n + 1) // 2, dtype=torch.uint8)
     absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32)
-    _C.quantize_4bit(A.data_ptr(), DTYPE_CODE[A.dtype], n, blocksize, QUANT_CODE[quant_type], packed.data_ptr(), absmax.data_ptr())
+    _C.quantize_4bit(
+        A.data_ptr(), DTYPE_CODE[A.dtype], n, blocksize, QUANT_CODE[quant_type], packed.data_ptr(), absmax.data_ptr()
+    )
     return packed.view(quant_storage).reshape(-1, 1), absmax
 
 
-def _dequantize_4bit_into(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, out: torch.Tensor) -> None:
+def _dequantize_4bit_into(
+    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, out: torch.Tensor
+) -> None:
     n = out.numel()
     if n == 0:
         return
     raw = A.contiguous().view(torch.uint8)
     absmax = absmax.contiguous()
-    _C.dequantize_4bit(raw.data_ptr(), absmax.data_ptr(), n, blocksize, QUANT_CODE[quant_type], out.data_ptr(), DTYPE_CODE[out.dtype])
+    _C.dequantize_4bit(
+        raw.data_ptr(), absmax.data_ptr(), n, blocksize, QUANT_CODE[quant_type], out.data_ptr(), DTYPE_CODE[out.dtype]
+    )
 
 
-def dequantize_4bit(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+def dequantize_4bit(
+    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype
+) -> torch.Tensor:
     """Native 4-bit dequantization into a new tensor of ``shape`` and ``dtype``."""
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
     _on_cpu(A=A, absmax=absmax)
@@ -52,10 +62,20 @@ def dequantize_4bit(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant
     return out
 
 
-def dequantize_4bit_out(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype, out: torch.Tensor) -> None:
+def dequantize_4bit_out(
+    A: torch.Tensor,
+    absmax: torch.Tensor,
+    blocksize: int,
+    quant_type: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    out: torch.Tensor,
+) -> None:
     """Native 4-bit dequantization into ``out``."""
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
-    C.check(list(out.shape) == list(shape), f"bitsandbytes_cpu: out must have shape {list(shape)}, got {list(out.shape)}")
+    C.check(
+        list(out.shape) == list(shape), f"bitsandbytes_cpu: out must have shape {list(shape)}, got {list(out.shape)}"
+    )
     C.check(out.dtype == dtype, f"bitsandbytes_cpu: out must have dtype {dtype}, got {out.dtype}", TypeError)
     _on_cpu(A=A, absmax=absmax, out=out)
     if out.is_contiguous():
@@ -73,19 +93,27 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     n = A.numel()
     out = torch.empty(A.shape, dtype=torch.uint8)
     absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32)
-    _C.quantize_blockwise(A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, blocksize, out.data_ptr(), absmax.data_ptr())
+    _C.quantize_blockwise(
+        A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, blocksize, out.data_ptr(), absmax.data_ptr()
+    )
     return out, absmax
 
 
-def _dequantize_blockwise_into(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, out: torch.Tensor) -> None:
+def _dequantize_blockwise_into(
+    A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, out: torch.Tensor
+) -> None:
     n = A.numel()
     if n == 0:
         return
     A, absmax, code = A.contiguous(), absmax.contiguous(), code.contiguous()
-    _C.dequantize_blockwise(A.data_ptr(), code.data_ptr(), absmax.data_ptr(), n, blocksize, out.data_ptr(), DTYPE_CODE[out.dtype])
+    _C.dequantize_blockwise(
+        A.data_ptr(), code.data_ptr(), absmax.data_ptr(), n, blocksize, out.data_ptr(), DTYPE_CODE[out.dtype]
+    )
 
 
-def dequantize_blockwise(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_blockwise(
+    A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype
+) -> torch.Tensor:
     """Native block-wise 8-bit dequantization."""
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
     _on_cpu(A=A, absmax=absmax, code=code)
@@ -94,7 +122,9 @@ def dequantize_blockwise(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tens
     return out
 
 
-def dequantize_blockwise_out(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype, out: torch.Tensor) -> None:
+def dequantize_blockwise_out(
+    A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype, out: torch.Tensor
+) -> None:
     """Native block-wise 8-bit dequantization into ``out``."""
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
     C.check(out.shape == A.shape, f"bitsandbytes_cpu: out must have shape {tuple(A.shape)}, got {tuple(out.shape)}")

@@ -23,7 +23,9 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     return codes.view(A.shape), absmax
 
 
-def dequantize_blockwise(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_blockwise(
+    A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype
+) -> torch.Tensor:
     """``code[A] * absmax[block]`` in f32, cast to ``dtype``, shaped like ``A``."""
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
     n = A.numel()
@@ -32,7 +34,9 @@ def dequantize_blockwise(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tens
     return out.to(dtype).view(A.shape)
 
 
-def dequantize_blockwise_out(A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype, out: torch.Tensor) -> None:
+def dequantize_blockwise_out(
+    A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype, out: torch.Tensor
+) -> None:
     """``dequantize_blockwise`` into a preallocated ``out``."""
     C.check(out.shape == A.shape, f"bitsandbytes: out must have shape {tuple(A.shape)}, got {tuple(out.shape)}")
     C.check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}", TypeError)

@@ -26,7 +26,9 @@ def _blockwise_scaled(A: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, to
     return scaled.view(-1), absmax, n
 
 
-def quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_4bit(
+    A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pack ``A`` into 4-bit codes (two per byte, element 2i in the high nibble) plus f32 absmax."""
     C.check_quantize_4bit(A, blocksize, quant_type, quant_storage)
     scaled, absmax, n = _blockwise_scaled(A, blocksize)
@@ -45,13 +47,17 @@ def _unpack_codes(A: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack([raw >> 4, raw & 0x0F], dim=1).reshape(-1)[:n].long()
 
 
-def _dequantize_flat(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, table: torch.Tensor, n: int) -> torch.Tensor:
+def _dequantize_flat(
+    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, table: torch.Tensor, n: int
+) -> torch.Tensor:
     codes = _unpack_codes(A, n)
     scale = absmax.float().repeat_interleave(blocksize)[:n]
     return table.to(A.device)[codes] * scale
 
 
-def dequantize_4bit(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+def dequantize_4bit(
+    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype
+) -> torch.Tensor:
     """Decode packed 4-bit codes: ``table[code] * absmax[block]`` in f32, cast to ``dtype``."""
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
     n = C.prod(shape)
@@ -59,7 +65,15 @@ def dequantize_4bit(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant
     return out.to(dtype).reshape(shape)
 
 
-def dequantize_4bit_out(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype, out: torch.Tensor) -> None:
+def dequantize_4bit_out(
+    A: torch.Tensor,
+    absmax: torch.Tensor,
+    blocksize: int,
+    quant_type: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    out: torch.Tensor,
+) -> None:
     """``dequantize_4bit`` into a preallocated ``out``."""
     C.check(list(out.shape) == list(shape), f"bitsandbytes: out must have shape {list(shape)}, got {list(out.shape)}")
     C.check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}", TypeError)
@@ -67,7 +81,9 @@ def dequantize_4bit_out(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, q
     out.copy_(dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype))
 
 
-def gemv_4bit(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> torch.Tensor:
+def gemv_4bit(
+    A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int
+) -> torch.Tensor:
     """``A @ dequant(B).T`` where B holds a packed ``shapeB = [N, K]`` weight decoded with ``code``."""
     C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
     n = shapeB[0] * shapeB[1]
@@ -75,7 +91,15 @@ def gemv_4bit(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: t
     return torch.nn.functional.linear(A, W.to(A.dtype))
 
 
-def gemv_4bit_out(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int, out: torch.Tensor) -> None:
+def gemv_4bit_out(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    shapeB: Sequence[int],
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    blocksize: int,
+    out: torch.Tensor,
+) -> None:
     """``gemv_4bit`` into a preallocated ``out``."""
     shape = (*A.shape[:-1], shapeB[0])
     C.check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
@@ -83,16 +107,35 @@ def gemv_4bit_out(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absma
     out.copy_(gemv_4bit(A, B, shapeB, absmax, code, blocksize))
 
 
-def resolve_nested_absmax(absmax: torch.Tensor, absmax_8bit: torch.Tensor | None, absmax_code: torch.Tensor | None, absmax_offset: torch.Tensor | None) -> torch.Tensor:
+def resolve_nested_absmax(
+    absmax: torch.Tensor,
+    absmax_8bit: torch.Tensor | None,
+    absmax_code: torch.Tensor | None,
+    absmax_offset: torch.Tensor | None,
+) -> torch.Tensor:
     """The effective f32 absmax of a nested (double-quantized) state, or ``absmax`` itself."""
     if absmax_8bit is None:
         return absmax
-    C.check(absmax_code is not None and absmax_offset is not None, "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset")
+    C.check(
+        absmax_code is not None and absmax_offset is not None,
+        "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
+    )
     inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
     return inner + absmax_offset.float()
 
 
-def gemm_4bit(A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, blocksize: int, quant_type: str, bias: torch.Tensor | None = None, absmax_8bit: torch.Tensor | None = None, absmax_code: torch.Tensor | None = None, absmax_offset: torch.Tensor | None = None) -> torch.Tensor:
+def gemm_4bit(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    shapeB: Sequence[int],
+    absmax: torch.Tensor,
+    blocksize: int,
+    quant_type: str,
+    bias: torch.Tensor | None = None,
+    absmax_8bit: torch.Tensor | None = None,
+    absmax_code: torch.Tensor | None = None,
+    absmax_offset: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``A @ dequant(B).T + bias`` with an optionally nested absmax."""
     C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
     C.check(

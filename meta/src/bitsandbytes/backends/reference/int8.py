@@ -15,7 +15,9 @@ def _rows(A: torch.Tensor) -> torch.Tensor:
     return A.reshape(-1, A.shape[-1]) if A.dim() != 2 else A
 
 
-def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def int8_vectorwise_quant(
+    A: torch.Tensor, threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Row-wise absmax int8 quantization; columns with ``|A| >= threshold`` are outliers."""
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
     C.check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
@@ -86,28 +88,57 @@ def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) 
     out.copy_(int8_linear_matmul(A, B))
 
 
-def int8_mm_dequant(A: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.Tensor, dtype: torch.dtype | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+def int8_mm_dequant(
+    A: torch.Tensor,
+    row_stats: torch.Tensor,
+    col_stats: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` in ``dtype`` (default f16)."""
     C.check_dtype(A, "A", (torch.int32,))
     C.check_dtype(row_stats, "row_stats", (torch.float32,))
     C.check_dtype(col_stats, "col_stats", (torch.float32,))
     rows = _rows(A)
-    C.check(row_stats.numel() == rows.shape[0], f"bitsandbytes: row_stats must have {rows.shape[0]} entries, got {row_stats.numel()}")
-    C.check(col_stats.numel() == rows.shape[1], f"bitsandbytes: col_stats must have {rows.shape[1]} entries, got {col_stats.numel()}")
+    C.check(
+        row_stats.numel() == rows.shape[0],
+        f"bitsandbytes: row_stats must have {rows.shape[0]} entries, got {row_stats.numel()}",
+    )
+    C.check(
+        col_stats.numel() == rows.shape[1],
+        f"bitsandbytes: col_stats must have {rows.shape[1]} entries, got {col_stats.numel()}",
+    )
     out = rows.float() * (row_stats.view(-1, 1) * col_stats.view(1, -1)) * INV_127_SQ
     if bias is not None:
-        C.check(bias.numel() == rows.shape[1], f"bitsandbytes: bias must have {rows.shape[1]} entries, got {bias.numel()}")
+        C.check(
+            bias.numel() == rows.shape[1], f"bitsandbytes: bias must have {rows.shape[1]} entries, got {bias.numel()}"
+        )
         out = out + bias.float()
     return out.to(dtype or torch.float16).view(A.shape)
 
 
-def int8_scaled_mm(A: torch.Tensor, B: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def int8_scaled_mm(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    row_stats: torch.Tensor,
+    col_stats: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """``int8_mm_dequant(int8_linear_matmul(A, B), ...)``."""
     C = torch.ops.bitsandbytes.int8_linear_matmul(A, B)
     return torch.ops.bitsandbytes.int8_mm_dequant(C, row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
 
 
-def int8_mixed_scaled_mm(A: torch.Tensor, CA: torch.Tensor, CB: torch.Tensor, SCA: torch.Tensor, SCB: torch.Tensor, outlier_cols: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def int8_mixed_scaled_mm(
+    A: torch.Tensor,
+    CA: torch.Tensor,
+    CB: torch.Tensor,
+    SCA: torch.Tensor,
+    SCB: torch.Tensor,
+    outlier_cols: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LLM.int8() with outlier decomposition: int8 GEMM plus the outlier columns in A's precision."""
     a = _rows(A)
     out = int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
@@ -119,7 +150,9 @@ def int8_mixed_scaled_mm(A: torch.Tensor, CA: torch.Tensor, CB: torch.Tensor, SC
     return out2.view(out.shape), sub_a
 
 
-def int8_double_quant(A: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def int8_double_quant(
+    A: torch.Tensor, threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Row-wise and column-wise int8 quantization in one call; outlier columns are zero in both."""
     CA, row_stats, outlier_cols = int8_vectorwise_quant(A, threshold)
     rows = _rows(A).float()
