@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import (
     dynamic_map,

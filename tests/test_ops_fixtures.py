@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitsandbytes.backends.reference.codebooks import (
     create_dynamic_map,
     dynamic_map,

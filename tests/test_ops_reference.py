@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_decode_table
 from conftest import impl_params

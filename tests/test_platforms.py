@@ -7,9 +7,10 @@ import os
 import sys
 import types
 
-import bitsandbytes
 import pytest
 import torch
+
+import bitsandbytes
 from bitsandbytes import _platforms
 from bitsandbytes._platforms import PlatformWarning, Runtime, load
 

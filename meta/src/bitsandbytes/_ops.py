@@ -20,6 +20,7 @@ from ._checks import (
     check_optimizer_args,
     check_positive_blocksize,
     check_quant_type,
+    check_quantize_4bit,
     num_blocks,
     prod,
 )
@@ -158,9 +159,7 @@ def _register_fakes() -> None:
 
     @_fake("quantize_4bit")
     def _(A, blocksize, quant_type, quant_storage):
-        check_blocksize_4bit(blocksize)
-        check_quant_type(quant_type)
-        check_dtype(A, "A", FLOAT_DTYPES)
+        check_quantize_4bit(A, blocksize, quant_type, quant_storage)
         n = A.numel()
         packed = torch.empty(((n + 1) // (quant_storage.itemsize * 2), 1), device=A.device, dtype=quant_storage)
         absmax = torch.empty(num_blocks(n, blocksize), device=A.device, dtype=torch.float32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+
 from bitsandbytes import _checks as C
 
 from . import _C

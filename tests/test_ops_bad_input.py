@@ -1,0 +1,113 @@
+"""Bad input gets a clear error naming the argument, on every implementation, never a crash."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bitsandbytes._checks import DTypeError
+from bitsandbytes.backends.reference.codebooks import dynamic_map
+from conftest import impl_params
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("quantize_4bit"))
+def test_quantize_4bit_rejects(device, impl, fn):
+    x = torch.randn(128, device=device)
+    with pytest.raises(ValueError, match="blocksize"):
+        fn(x, 48, "nf4", torch.uint8)
+    with pytest.raises(ValueError, match="quant_type"):
+        fn(x, 64, "int4", torch.uint8)
+    with pytest.raises(TypeError, match="A must have dtype"):
+        fn(x.to(torch.float64), 64, "nf4", torch.uint8)
+    with pytest.raises(TypeError, match="A must have dtype"):
+        fn(torch.ones(128, dtype=torch.int32, device=device), 64, "nf4", torch.uint8)
+    with pytest.raises(ValueError, match="must not be empty"):
+        fn(torch.empty(0, device=device), 64, "nf4", torch.uint8)
+    with pytest.raises(TypeError, match="quant_storage"):
+        fn(x, 64, "nf4", torch.int64)
+    with pytest.raises(ValueError, match="whole"):
+        fn(torch.randn(10, device=device), 64, "nf4", torch.float32)  # 5 bytes do not fill f32 values
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("dequantize_4bit"))
+def test_dequantize_4bit_rejects(device, impl, fn):
+    packed = torch.zeros(32, 1, dtype=torch.uint8, device=device)
+    absmax = torch.ones(1, device=device)
+    with pytest.raises(ValueError, match="packed bytes"):
+        fn(packed, absmax, 64, "nf4", [64, 64], torch.float32)  # shape larger than the data
+    with pytest.raises(ValueError, match="absmax has 1 entries"):
+        fn(torch.zeros(64, 1, dtype=torch.uint8, device=device), absmax, 64, "nf4", [128], torch.float32)
+    with pytest.raises(TypeError, match="absmax must have dtype"):
+        fn(packed, absmax.half(), 64, "nf4", [64], torch.float32)
+    with pytest.raises(ValueError, match="dtype must be"):
+        fn(packed, absmax, 64, "nf4", [64], torch.int32)
+    with pytest.raises(ValueError, match="blocksize"):
+        fn(packed, absmax, 100, "nf4", [64], torch.float32)
+    with pytest.raises(ValueError, match="non-negative"):
+        fn(packed, absmax, 64, "nf4", [-1, 4], torch.float32)
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("quantize_blockwise"))
+def test_quantize_blockwise_rejects(device, impl, fn):
+    x = torch.randn(256, device=device)
+    code = dynamic_map(device=device)
+    with pytest.raises(ValueError, match="blocksize must be positive"):
+        fn(x, code, 0)
+    with pytest.raises(ValueError, match="code must hold 256"):
+        fn(x, code[:128], 64)
+    with pytest.raises(TypeError, match="code must have dtype"):
+        fn(x, code.double(), 64)
+    with pytest.raises(TypeError, match="A must have dtype"):
+        fn(x.to(torch.int64), code, 64)
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("dequantize_blockwise"))
+def test_dequantize_blockwise_rejects(device, impl, fn):
+    q = torch.zeros(1000, dtype=torch.uint8, device=device)
+    code = dynamic_map(device=device)
+    with pytest.raises(ValueError, match="absmax has 1 entries"):
+        fn(q, torch.ones(1, device=device), code, 256, torch.float32)
+    with pytest.raises(TypeError, match="A must have dtype"):
+        fn(q.to(torch.int8), torch.ones(4, device=device), code, 256, torch.float32)
+
+
+def test_dtype_error_is_also_a_value_error():
+    """The established release raised ValueError for wrong dtypes; we raise a subclass of both."""
+    with pytest.raises(ValueError):
+        torch.ops.bitsandbytes.int8_mm_dequant(torch.zeros(2, 2), torch.ones(2), torch.ones(2))
+    with pytest.raises(DTypeError):
+        torch.ops.bitsandbytes.int8_mm_dequant(torch.zeros(2, 2), torch.ones(2), torch.ones(2))
+
+
+def test_mismatched_shapes():
+    with pytest.raises(ValueError, match="last dimension"):
+        torch.ops.bitsandbytes.int8_linear_matmul(
+            torch.zeros(2, 3, dtype=torch.int8), torch.zeros(4, 5, dtype=torch.int8)
+        )
+    with pytest.raises(ValueError, match="stats has 3 entries"):
+        torch.ops.bitsandbytes.int8_vectorwise_dequant(torch.zeros(2, 3, dtype=torch.int8), torch.ones(3))
+
+
+def test_native_library_checks_its_arguments():
+    """Bad sizes, null pointers and odd block sizes straight into the C ABI: exceptions, no crash."""
+    native = pytest.importorskip("bitsandbytes_cpu._C")
+    x = torch.randn(64)
+    packed = torch.empty(32, dtype=torch.uint8)
+    absmax = torch.empty(1)
+    with pytest.raises(ValueError, match="null pointer"):
+        native.quantize_4bit(0, 0, 64, 64, 1, packed.data_ptr(), absmax.data_ptr())
+    with pytest.raises(ValueError, match="n must be positive"):
+        native.quantize_4bit(x.data_ptr(), 0, -5, 64, 1, packed.data_ptr(), absmax.data_ptr())
+    with pytest.raises(ValueError, match="power of two"):
+        native.quantize_4bit(x.data_ptr(), 0, 64, 48, 1, packed.data_ptr(), absmax.data_ptr())
+    with pytest.raises(ValueError, match="quant_type"):
+        native.dequantize_4bit(packed.data_ptr(), absmax.data_ptr(), 64, 64, 7, x.data_ptr(), 0)
+    with pytest.raises(TypeError, match="dtype"):
+        native.dequantize_4bit(packed.data_ptr(), absmax.data_ptr(), 64, 64, 1, x.data_ptr(), 3)
+    with pytest.raises(ValueError, match="blocksize must be positive"):
+        native.quantize_blockwise(
+            x.data_ptr(), 0, dynamic_map().data_ptr(), 64, 0, packed.data_ptr(), absmax.data_ptr()
+        )
+    with pytest.raises(ValueError, match="null pointer"):
+        native.dequantize_blockwise(packed.data_ptr(), 0, absmax.data_ptr(), 64, 64, x.data_ptr(), 0)
+    assert native.abi_version() == 1
