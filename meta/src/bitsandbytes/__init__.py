@@ -13,8 +13,9 @@ from . import _ops, _platforms
 from ._version import __version__
 from .backends.reference import KERNELS as _REFERENCE_KERNELS
 
+_REFERENCE_LIBRARY = torch.library.Library(_ops.NAMESPACE, "IMPL")
 for _name, _fn in _REFERENCE_KERNELS.items():
-    torch.library.register_kernel(f"{_ops.NAMESPACE}::{_name}", None, _fn)
+    _ops.impl(_REFERENCE_LIBRARY, _name, None, _fn)
 
 _LOADED = _platforms.load()
 _platforms.load_out_of_tree_backends()

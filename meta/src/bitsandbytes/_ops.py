@@ -70,6 +70,23 @@ SCHEMAS: dict[str, str] = {
 OP_NAMES: tuple[str, ...] = tuple(SCHEMAS)
 
 
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "xpu": "XPU", "hpu": "HPU", "mps": "MPS", "npu": "PrivateUse1"}
+
+
+def impl(lib: torch.library.Library, op: str, device_type: str | None, fn) -> None:
+    """Register ``fn`` as the kernel of ``op`` for ``device_type`` (None: every device).
+
+    This binds the function directly (``Library.impl``) rather than through
+    ``torch.library.register_kernel``, whose dynamo-disabling wrapper imports torch._dynamo on
+    the first call of every op (about 2 s); the kernels never run under dynamo anyway, since
+    traced graphs call them as opaque ops through their fake kernels.
+    """
+    key = "CompositeExplicitAutograd" if device_type is None else _DISPATCH_KEYS.get(device_type)
+    if key is None:
+        raise ValueError(f"bitsandbytes: no dispatch key for device type {device_type!r}")
+    lib.impl(op, fn, key)
+
+
 def _define_all() -> None:
     for name, schema in SCHEMAS.items():
         torch.library.define(f"{NAMESPACE}::{name}", schema)

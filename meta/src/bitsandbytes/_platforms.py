@@ -338,7 +338,7 @@ def _load_one(ep: Any, platform: str, device_type: str, runtime: Runtime, result
     def register_kernel(op: str, fn: Callable) -> None:
         if op not in _ops.SCHEMAS:
             raise ValueError(f"{platform} registered unknown op {op!r}")
-        torch.library.register_kernel(f"{_ops.NAMESPACE}::{op}", device_type, fn, lib=lib)
+        _ops.impl(lib, op, device_type, fn)
         registered[op] = fn
 
     try:
