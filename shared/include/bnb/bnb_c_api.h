@@ -81,6 +81,77 @@ BNB_API int32_t bnb_quantize_blockwise(const void* A, int32_t dtype, const float
 BNB_API int32_t bnb_dequantize_blockwise(const uint8_t* A, const float* code, const float* absmax, int64_t n,
                                          int64_t blocksize, void* out, int32_t out_dtype, bnb_stream stream);
 
+/* ---- 4-bit matmul --------------------------------------------------------------------------
+ * out[m, N] = A[m, K] @ W^T (+ bias), W[N, K] = code[nibble] * absmax[block] read straight from
+ * the packed bytes B (N*K/2 bytes, row-major W, layout above). A, bias and out have `dtype`
+ * (f32/f16/bf16); bias may be NULL. `code` is the 16-entry f32 decode table. m = 1 is gemv. */
+BNB_API int32_t bnb_gemm_4bit(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const uint8_t* B,
+                              const float* absmax, const float* code, int64_t blocksize, const void* bias, void* out,
+                              bnb_stream stream);
+
+/* ---- LLM.int8() ----------------------------------------------------------------------------
+ * Row-wise quantization of A[rows, cols] (f32/f16/bf16): row_stats[r] = max |A[r, c]| over the
+ * non-outliers, out = round_half_even(A * 127 / row_stats) as int8. With threshold > 0, elements
+ * with |A| >= threshold are outliers: outlier_cols[c] is set to 1 for every column holding one
+ * (cols bytes, required when threshold > 0), and those columns are 0 in `out` when rows > 1 (only
+ * the outlier elements when rows == 1). */
+BNB_API int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold,
+                                          int8_t* out, float* row_stats, uint8_t* outlier_cols, bnb_stream stream);
+
+/* C[m, n] = A[m, k] @ B[n, k]^T with exact int32 accumulation. */
+BNB_API int32_t bnb_int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C,
+                                       bnb_stream stream);
+
+/* out[m, n] = C * row_stats[m] * col_stats[n] / 127^2 (+ bias[n]), written as `out_dtype`;
+ * bias (may be NULL) has `bias_dtype`. */
+BNB_API int32_t bnb_int8_mm_dequant(const int32_t* C, const float* row_stats, const float* col_stats, int64_t m,
+                                    int64_t n, const void* bias, int32_t bias_dtype, void* out, int32_t out_dtype,
+                                    bnb_stream stream);
+
+/* ---- Optimizers ----------------------------------------------------------------------------
+ * One fused pass per parameter of n elements: read g (scaled by gnorm_scale) and p (`dtype`),
+ * update the state in f32 and write p back. The math of each algorithm is the Python reference's
+ * (backends/reference/optimizers.py). AdEMAMix keeps two first moments: state1 holds 2 * n
+ * values (fast EMA, then slow EMA) and absmax1 2 * ceil(n / 256). */
+typedef enum bnb_optimizer {
+  BNB_OPTIM_MOMENTUM = 0,
+  BNB_OPTIM_RMSPROP = 1,
+  BNB_OPTIM_ADAGRAD = 2,
+  BNB_OPTIM_ADAM = 3,
+  BNB_OPTIM_LION = 4,
+  BNB_OPTIM_ADEMAMIX = 5,
+  BNB_OPTIM_LAMB = 6,
+  BNB_OPTIM_LARS = 7
+} bnb_optimizer;
+
+typedef struct bnb_optimizer_hparams {
+  float beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale;
+  float max_unorm;  /* > 0: scale the update by min(1, max_unorm * param_norm / ||update||) */
+  float param_norm; /* ||p||_2, given by the caller when max_unorm > 0 */
+  int64_t step;     /* 1 on the first update */
+  int32_t skip_zeros;
+} bnb_optimizer_hparams;
+
+/* 32-bit state: state1 (and state2 for two-state algorithms, else NULL) are f32 of n values;
+ * unorm_vec is one f32 that receives ||update||^2 when max_unorm > 0 (else NULL). */
+BNB_API int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, int32_t dtype, float* state1,
+                                           float* state2, float* unorm_vec, int64_t n,
+                                           const bnb_optimizer_hparams* hparams, bnb_stream stream);
+
+/* 8-bit block-wise state (blocks of 256): state1/state2 are u8 codes into the sorted 256-entry
+ * qmap1/qmap2 with per-block absmax1/absmax2 (state2, qmap2 and absmax2 NULL for one-state
+ * algorithms); the state is dequantized, updated and requantized with fresh absmax. */
+BNB_API int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, void* p, int32_t dtype,
+                                                    uint8_t* state1, uint8_t* state2, const float* qmap1,
+                                                    const float* qmap2, float* absmax1, float* absmax2, int64_t n,
+                                                    const bnb_optimizer_hparams* hparams, bnb_stream stream);
+
+/* ---- Paged (unified) memory: platforms with managed memory; others return NOT_IMPLEMENTED ---- */
+BNB_API int32_t bnb_paged_alloc(int64_t bytes, void** out);
+BNB_API int32_t bnb_paged_free(void* ptr);
+/* Moves the pages of [ptr, ptr + bytes) to `device` (-1: host) asynchronously on `stream`. */
+BNB_API int32_t bnb_paged_prefetch(void* ptr, int64_t bytes, int32_t device, bnb_stream stream);
+
 #ifdef __cplusplus
 }
 #endif
