@@ -45,7 +45,7 @@ def four_bit_decode_table(quant_type: str, device: torch.device | str | None = N
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sorted_lookup_cpu(quant_type: str) -> tuple[torch.Tensor, torch.Tensor]:
     table = four_bit_table(quant_type)
     # A stable sort keeps code 0 before code 8 (both zero) for FP4: values in (-t, 0] take code 0
@@ -106,7 +106,7 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     return torch.sort(torch.tensor(data, dtype=torch.float32)).values
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dynamic_cpu(signed: bool) -> torch.Tensor:
     return create_dynamic_map(signed=signed)
 
