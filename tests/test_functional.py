@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
+import bitsandbytes.functional as F
 import pytest
 import torch
-from conftest import load_fixture
-
-import bitsandbytes.functional as F
 from bitsandbytes.functional import QuantState
+from conftest import load_fixture
 
 Q4 = load_fixture("quant_4bit.safetensors")
 BW = load_fixture("blockwise_8bit.safetensors")
@@ -218,7 +217,15 @@ def test_quant_state_dict_roundtrip():
         "quant_state.bitsandbytes__nf4",
     ]
     blob = F.unpack_tensor_to_dict(packed["quant_state.bitsandbytes__nf4"])
-    assert list(blob) == ["quant_type", "blocksize", "dtype", "shape", "nested_blocksize", "nested_dtype", "nested_offset"]
+    assert list(blob) == [
+        "quant_type",
+        "blocksize",
+        "dtype",
+        "shape",
+        "nested_blocksize",
+        "nested_dtype",
+        "nested_offset",
+    ]
     assert blob["shape"] == [48, 128] and blob["dtype"] == "float32" and blob["nested_offset"] == qs.offset.item()
     again = QuantState.from_dict({"weight." + k: v for k, v in packed.items()}, device="cpu")
     assert again == qs
@@ -294,4 +301,6 @@ def test_misc_helpers():
         F.get_paged(4, 4)
     with pytest.raises(ValueError, match="is_paged"):
         F.prefetch_tensor(torch.zeros(2))
-    assert F.pack_dict_to_tensor is not None and F.unpack_tensor_to_dict(F.pack_dict_to_tensor({"a": [1, 2]})) == {"a": [1, 2]}
+    assert F.pack_dict_to_tensor is not None and F.unpack_tensor_to_dict(F.pack_dict_to_tensor({"a": [1, 2]})) == {
+        "a": [1, 2]
+    }

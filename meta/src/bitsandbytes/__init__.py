@@ -28,9 +28,9 @@ supported_torch_devices = {"cpu", "cuda", "xpu", "hpu", "npu", "mps"}
 """Device types the API serves (the reference kernels run on any of them)."""
 
 # The public API (after the kernels are registered). None of these import scipy or transformers.
-from . import autograd, functional, nn, utils  # noqa: E402  # noqa: E402
+from . import autograd, functional, nn, utils  # noqa: E402
 from .autograd._functions import MatmulLtState, matmul, matmul_4bit  # noqa: E402
-from .nn import modules  # noqa: E402
+from .nn import modules  # noqa: E402, F401  (the established release exposes bnb.modules)
 
 with contextlib.suppress(ImportError):
     from . import optim  # noqa: F401  (maintained separately; joins when present)

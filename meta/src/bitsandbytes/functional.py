@@ -59,7 +59,7 @@ class GlobalPageManager:
             prefetch_tensor(t, to_cpu)
 
 
-class CUBLAS_Context:
+class CUBLAS_Context:  # noqa: N801  (public name)
     """Per-device cuBLAS handle cache (singleton). This build owns no handles: ``get_context`` returns None."""
 
     _instance: CUBLAS_Context | None = None

@@ -55,7 +55,7 @@ class MatmulLtState:
     SCB: torch.Tensor | None = None
     SBt: Any = None
     CBt: torch.Tensor | None = None
-    subB: torch.Tensor | None = None
+    subB: torch.Tensor | None = None  # noqa: N815  (public name)
     outlier_pool: GlobalOutlierPooler | None = None
     idx: torch.Tensor | None = None
 

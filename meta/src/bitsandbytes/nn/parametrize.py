@@ -37,13 +37,12 @@ def _disable_cache(module: nn.Module, inputs: Any, output: Any) -> None:
 
 def _state_dict_post_hook(
     module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any, *, param_name: str, quant_state: QuantState
-) -> dict:
+) -> None:
     original = f"{prefix}parametrizations.{param_name}.original"
     if original in state_dict:
         state_dict[f"{prefix}{param_name}"] = state_dict.pop(original)
         for k, v in quant_state.as_dict(packed=True).items():
             state_dict[f"{prefix}{param_name}.{k}"] = v
-    return state_dict
 
 
 def _register(module: nn.Module, param_name: str, packed: torch.Tensor, quant_state: QuantState) -> None:
