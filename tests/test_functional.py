@@ -304,3 +304,18 @@ def test_misc_helpers():
     assert F.pack_dict_to_tensor is not None and F.unpack_tensor_to_dict(F.pack_dict_to_tensor({"a": [1, 2]})) == {
         "a": [1, 2]
     }
+
+
+def test_deprecated_int8_helpers():
+    A = torch.randint(-127, 128, (3, 8), dtype=torch.int8)
+    B = torch.randint(-127, 128, (8, 5), dtype=torch.int8)
+    with pytest.warns(FutureWarning):
+        got = F.igemm(A, B)
+    assert torch.equal(got, A.int() @ B.int())
+    with pytest.warns(FutureWarning):
+        assert F.check_matmul(A, B) == (3, 5)
+    with pytest.warns(FutureWarning):
+        batched = F.batched_igemm(A[None], B[None])
+    assert torch.equal(batched[0], A.int() @ B.int())
+    with pytest.raises(RuntimeError, match="lib.cquantize"):
+        F.lib.cquantize()

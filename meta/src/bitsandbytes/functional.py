@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -761,6 +762,84 @@ def int8_double_quant(
     return torch.ops.bitsandbytes.int8_double_quant.default(A, threshold)
 
 
+def _deprecated(name: str) -> None:
+    warnings.warn(
+        f"bitsandbytes.functional.{name} is deprecated; use int8_linear_matmul instead.", FutureWarning, stacklevel=3
+    )
+
+
+def check_matmul(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    out: torch.Tensor | None = None,
+    transposed_A: bool = False,
+    transposed_B: bool = False,
+    expected_type: torch.dtype = torch.int8,
+) -> torch.Size:
+    """Deprecated: validate an int8 matmul's operands and return the output shape."""
+    _deprecated("check_matmul")
+    for name, t in (("A", A), ("B", B)):
+        if t.dtype != expected_type:
+            raise TypeError(f"bitsandbytes: {name} must have dtype {expected_type}, got {t.dtype}")
+    a = A.transpose(-1, -2) if transposed_A else A
+    b = B.transpose(-1, -2) if transposed_B else B
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"bitsandbytes: cannot multiply shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    shape = torch.Size((*a.shape[:-1], b.shape[-1]))
+    if out is not None and out.shape != shape:
+        raise ValueError(f"bitsandbytes: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    return shape
+
+
+def igemm(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    out: torch.Tensor | None = None,
+    transposed_A: bool = False,
+    transposed_B: bool = False,
+) -> torch.Tensor:
+    """Deprecated: int32 ``A @ B`` of int8 matrices (optionally transposed)."""
+    _deprecated("igemm")
+    a = A.transpose(-1, -2) if transposed_A else A
+    b = B.transpose(-1, -2) if transposed_B else B
+    result = torch.ops.bitsandbytes.int8_linear_matmul.default(a.contiguous(), b.transpose(-1, -2).contiguous())
+    return out.copy_(result) if out is not None else result
+
+
+def batched_igemm(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    out: torch.Tensor | None = None,
+    transposed_A: bool = False,
+    transposed_B: bool = False,
+) -> torch.Tensor:
+    """Deprecated: batched int32 ``A[i] @ B[i]`` of int8 matrices."""
+    _deprecated("batched_igemm")
+    a = A.transpose(-1, -2) if transposed_A else A
+    b = B.transpose(-1, -2) if transposed_B else B
+    result = torch.stack(
+        [torch.ops.bitsandbytes.int8_linear_matmul.default(x.contiguous(), y.t().contiguous()) for x, y in zip(a, b)]
+    )
+    return out.copy_(result) if out is not None else result
+
+
+class _NoNativeLibrary:
+    """Stand-in for the established release's ``lib`` handle: kernels live behind ``torch.ops.bitsandbytes``."""
+
+    def __getattr__(self, name: str) -> Any:
+        def missing(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError(
+                f"bitsandbytes: there is no ctypes library handle in this build (lib.{name}()); "
+                "kernels are reached through torch.ops.bitsandbytes"
+            )
+
+        return missing
+
+
+lib = _NoNativeLibrary()
+"""Compatibility handle; calling any attribute raises RuntimeError."""
+
+
 try:  # The optimizer update wrappers are maintained in their own module.
     from ._functional_optim import optimizer_update_8bit_blockwise, optimizer_update_32bit  # noqa: F401
 except ImportError:
@@ -786,6 +865,10 @@ __all__ = [
     "get_4bit_type",
     "get_paged",
     "get_ptr",
+    "batched_igemm",
+    "check_matmul",
+    "igemm",
+    "lib",
     "has_avx512bf16",
     "int8_double_quant",
     "int8_linear_matmul",
