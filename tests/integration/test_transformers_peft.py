@@ -171,3 +171,17 @@ def test_peft_lora_qlora_training(float_checkpoint, tmp_path):
     with torch.no_grad():
         got = reloaded(PROMPT).logits
     assert torch.allclose(got, trained, atol=1e-4)
+
+    with reloaded.disable_adapter(), torch.no_grad():
+        untrained = reloaded(PROMPT).logits
+    # peft merges into the 4-bit weight: dequantize, add the delta, re-quantize via Params4bit(**__dict__)
+    merged = reloaded.merge_and_unload()
+    layer = merged.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, bnb.nn.Linear4bit) and layer.weight.bnb_quantized
+    with torch.no_grad():
+        merged_logits = merged(PROMPT).logits
+    rel = (merged_logits - trained).norm() / trained.norm()
+    base_rel = (untrained - trained).norm() / trained.norm()
+    print(f"merged 4-bit model vs adapter model: relative logit difference {rel:.4f} (base model: {base_rel:.4f})")
+    # re-quantizing the merged weight costs 4-bit rounding again, but the adapter's effect survives
+    assert rel < 0.5 * base_rel
