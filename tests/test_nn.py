@@ -413,3 +413,37 @@ def test_top_level_namespace():
     assert bnb.functional is F and bnb.matmul is bnb.autograd._functions.matmul
     assert bnb.modules is bnb.nn.modules
     assert hasattr(bnb.functional, "int8_vectorwise_dequant") and hasattr(bnb.nn, "Linear4bit")
+
+
+def test_appendix_b6_linear4bit_roundtrip():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 48)
+    m = bnb.nn.Linear4bit(128, 48, quant_type="nf4")
+    m.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, **m.weight.__dict__)
+    m.bias = lin.bias
+    m = m.to("cpu")
+    sd = m.state_dict()
+    assert [(k, v.dtype, tuple(v.shape)) for k, v in sd.items()] == [
+        ("weight", torch.uint8, (3072, 1)),
+        ("bias", torch.float32, (48,)),
+        ("weight.absmax", torch.uint8, (96,)),
+        ("weight.quant_map", torch.float32, (16,)),
+        ("weight.nested_absmax", torch.float32, (1,)),
+        ("weight.nested_quant_map", torch.float32, (256,)),
+        ("weight.quant_state.bitsandbytes__nf4", torch.uint8, (len(sd["weight.quant_state.bitsandbytes__nf4"]),)),
+    ]
+    blob = F.unpack_tensor_to_dict(sd["weight.quant_state.bitsandbytes__nf4"])
+    assert blob["shape"] == [48, 128] and blob["nested_blocksize"] == 256 and blob["dtype"] == "float32"
+    p = bnb.nn.Params4bit.from_prequantized(
+        sd["weight"], {k[7:]: v for k, v in sd.items() if k.startswith("weight.")}, device="cpu"
+    )
+    assert torch.equal(F.dequantize_4bit(p.data, p.quant_state), F.dequantize_4bit(m.weight.data, m.weight.quant_state))
+
+
+def test_import_is_cheap():
+    import subprocess
+    import sys
+
+    code = "import sys, bitsandbytes; print(sorted(m for m in ('scipy', 'transformers', 'peft') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
