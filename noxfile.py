@@ -54,6 +54,19 @@ def tests_reference(session: nox.Session) -> None:
     session.run("pytest", "-m", "not slow and not integration", *session.posargs, env={"BNB_EXPECT_PLATFORMS": ""})
 
 
+INTEGRATION_DEPS = ["transformers", "peft", "accelerate", "safetensors", "pytest"]
+
+
+@nox.session(name="tests-integration", tags=["ci"])
+def tests_integration(session: nox.Session) -> None:
+    """transformers / peft / accelerate flows (4-bit, 8-bit, QLoRA) on a tiny local Llama; no hub access."""
+    install_torch(session)
+    # The torch requirement is passed along so that resolving the integrations never swaps torch.
+    session.install(*INTEGRATION_DEPS, TORCH)
+    install_meta(session)
+    session.run("pytest", "-m", "integration", "tests/integration", *session.posargs)
+
+
 @nox.session(name="tests-slow")
 def tests_slow(session: nox.Session) -> None:
     """Long sweeps marked `slow` (not part of CI)."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable
 
+import bitsandbytes
 import pytest
 import torch
-from safetensors.torch import load_file
-
-import bitsandbytes
 from bitsandbytes.backends.reference import KERNELS as REFERENCE
+from safetensors.torch import load_file
 
 DATA = pathlib.Path(__file__).parent / "data"
 

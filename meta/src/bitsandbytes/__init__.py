@@ -7,6 +7,8 @@ that matches each device torch can see (see ``bitsandbytes._platforms``).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import _ops, _platforms
@@ -26,6 +28,14 @@ features = {"multi_backend"}
 supported_torch_devices = {"cpu", "cuda", "xpu", "hpu", "npu", "mps"}
 """Device types the API serves (the reference kernels run on any of them)."""
 
+# The public API (after the kernels are registered). None of these import scipy or transformers.
+from . import autograd, functional, nn, utils  # noqa: E402
+from .autograd._functions import MatmulLtState, matmul, matmul_4bit  # noqa: E402
+from .nn import modules  # noqa: E402, F401  (the established release exposes bnb.modules)
+
+with contextlib.suppress(ImportError):
+    from . import optim  # noqa: F401  (maintained separately; joins when present)
+
 
 def platforms() -> list[dict]:
     """What the loader did: one record per platform wheel or present device, as dicts."""
@@ -37,4 +47,17 @@ def implementation(op: str, device_type: str) -> str:
     return _LOADED.implementation(op, device_type)
 
 
-__all__ = ["__version__", "features", "implementation", "platforms", "supported_torch_devices"]
+__all__ = [
+    "MatmulLtState",
+    "__version__",
+    "autograd",
+    "features",
+    "functional",
+    "implementation",
+    "matmul",
+    "matmul_4bit",
+    "nn",
+    "platforms",
+    "supported_torch_devices",
+    "utils",
+]

@@ -1,0 +1,293 @@
+"""Autograd functions of LLM.int8() (8-bit) and 4-bit matrix multiplication, and their entry points."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import torch
+
+from .. import functional as F
+
+
+class GlobalOutlierPooler:
+    """Singleton pool of outlier feature indices (kept for API compatibility)."""
+
+    _instance: GlobalOutlierPooler | None = None
+
+    def __init__(self) -> None:
+        raise RuntimeError("Call get_instance() instead")
+
+    def initialize(self) -> None:
+        self.outliers: set[int] = set()
+        self.model_dim: int | None = None
+
+    @classmethod
+    def get_instance(cls) -> GlobalOutlierPooler:
+        if cls._instance is None:
+            cls._instance = cls.__new__(cls)
+            cls._instance.initialize()
+        return cls._instance
+
+    def add_outliers(self, outlier_idx: torch.Tensor, feature_dim: int) -> None:
+        """Record outlier indices of a layer whose input width is ``feature_dim`` (first width wins)."""
+        if self.model_dim is None:
+            self.model_dim = feature_dim
+        if feature_dim != self.model_dim:
+            return  # only the outliers of the model's hidden dimension are pooled
+        self.outliers.update(outlier_idx.tolist())
+
+    def get_current_outlier_idx(self) -> torch.Tensor:
+        return torch.tensor(sorted(self.outliers), dtype=torch.int64)
+
+
+_REMOVED_STATE_ATTRS = ("CxB", "CxBt", "formatB", "_tile_indices")
+
+
+@dataclasses.dataclass
+class MatmulLtState:
+    """Per-layer state of LLM.int8(): the int8 weight ``CB`` with its row scales ``SCB`` and flags."""
+
+    force_no_igemmlt: bool = False
+    CB: torch.Tensor | None = None
+    SB: Any = None
+    SCB: torch.Tensor | None = None
+    SBt: Any = None
+    CBt: torch.Tensor | None = None
+    subB: torch.Tensor | None = None  # noqa: N815  (public name)
+    outlier_pool: GlobalOutlierPooler | None = None
+    idx: torch.Tensor | None = None
+
+    has_accumulated_gradients = False
+    threshold = 0.0
+    is_training = True
+    has_fp16_weights = True
+    use_pool = False
+
+    def reset_grads(self) -> None:
+        """Drop the cached int8 weight and its scales."""
+        self.CB = None
+        self.SB = None
+        self.SCB = None
+        self.SBt = None
+        self.CBt = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _REMOVED_STATE_ATTRS:
+            warnings.warn(
+                f"MatmulLtState.{name} was removed (only the row-major int8 layout exists); it is always None.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return None
+        raise AttributeError(f"'MatmulLtState' object has no attribute '{name}'")
+
+
+def _int8_weight(B: torch.Tensor, state: MatmulLtState) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 weight and its row scales, (re)quantizing ``B`` when it is kept in 16/32 bit."""
+    needs_quant = state.CB is None or (
+        state.has_fp16_weights and B.dtype != torch.int8 and not state.has_accumulated_gradients
+    )
+    if needs_quant:
+        if B.dtype == torch.int8:
+            scb = state.SCB if state.SCB is not None else getattr(B, "SCB", None)
+            if scb is None:
+                raise ValueError("bitsandbytes.matmul: B is int8 but neither state.SCB nor B.SCB holds its row scales")
+            state.CB, state.SCB = B.data, scb
+        else:
+            state.CB, state.SCB, _ = F.int8_vectorwise_quant(B.detach().to(torch.float16))
+    return state.CB, state.SCB
+
+
+def _dequantized_weight(CB: torch.Tensor, SCB: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return F.int8_vectorwise_dequant(CB, SCB).to(dtype)
+
+
+class MatMul8bitLt(torch.autograd.Function):
+    """LLM.int8(): int8 GEMM of row-wise quantized input and weight, outliers in input precision."""
+
+    @staticmethod
+    def forward(ctx, A, B, out=None, bias=None, state=None):  # type: ignore[override]
+        state = state or MatmulLtState()
+        N = B.shape[0]
+        ctx.state = state
+        ctx.dtype_A = A.dtype
+        ctx.bias_shape = None if bias is None else bias.shape
+        if A.numel() == 0:
+            ctx.is_empty = True
+            ctx.save_for_backward(None)
+            return torch.empty(*A.shape[:-1], N, dtype=A.dtype, device=A.device)
+        ctx.is_empty = False
+        CB, SCB = _int8_weight(B, state)
+        A2 = A.reshape(-1, A.shape[-1])
+        CA, SCA, outlier_cols = F.int8_vectorwise_quant(A2.to(torch.float16), threshold=state.threshold)
+        if state.threshold > 0.0:
+            state.idx = outlier_cols
+            output, _ = torch.ops.bitsandbytes.int8_mixed_scaled_mm(A2, CA, CB, SCA, SCB, outlier_cols, bias)
+        else:
+            output = torch.ops.bitsandbytes.int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
+        output = output.to(A.dtype).reshape(*A.shape[:-1], N)
+        ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
+        if out is not None:
+            return out.copy_(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        if ctx.is_empty:
+            bias_grad = None if ctx.bias_shape is None else torch.zeros(ctx.bias_shape, device=grad_output.device)
+            return torch.zeros_like(grad_output[..., :0]), None, None, bias_grad, None
+        (A,) = ctx.saved_tensors
+        state = ctx.state
+        req_a, req_b, _, req_bias, _ = ctx.needs_input_grad
+        grad_A = grad_B = grad_bias = None
+        g2 = grad_output.reshape(-1, grad_output.shape[-1])
+        if req_bias:
+            grad_bias = g2.sum(0).to(ctx.dtype_A)
+        if req_a:
+            W = _dequantized_weight(state.CB, state.SCB, grad_output.dtype)
+            grad_A = (g2 @ W).reshape(*grad_output.shape[:-1], W.shape[1]).to(ctx.dtype_A)
+        if req_b and A is not None:
+            grad_B = g2.t().to(A.dtype) @ A.reshape(-1, A.shape[-1])
+        return grad_A, grad_B, None, grad_bias, None
+
+
+class MatMul8bitFp(torch.autograd.Function):
+    """Training path of LLM.int8() on CPU/XPU: dequantize the int8 weight and use a float matmul."""
+
+    @staticmethod
+    def forward(ctx, A, B, out=None, bias=None, state=None):  # type: ignore[override]
+        state = state or MatmulLtState()
+        CB, SCB = _int8_weight(B, state)
+        W = _dequantized_weight(CB, SCB, A.dtype)
+        output = torch.nn.functional.linear(A, W, None if bias is None else bias.to(A.dtype))
+        ctx.state = state
+        ctx.dtype_A = A.dtype
+        ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
+        if out is not None:
+            return out.copy_(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        (A,) = ctx.saved_tensors
+        state = ctx.state
+        req_a, req_b, _, req_bias, _ = ctx.needs_input_grad
+        grad_A = grad_B = grad_bias = None
+        g2 = grad_output.reshape(-1, grad_output.shape[-1])
+        if req_bias:
+            grad_bias = g2.sum(0)
+        if req_a:
+            W = _dequantized_weight(state.CB, state.SCB, grad_output.dtype)
+            grad_A = (g2 @ W).reshape(*grad_output.shape[:-1], W.shape[1]).to(ctx.dtype_A)
+        if req_b and A is not None:
+            grad_B = g2.t().to(A.dtype) @ A.reshape(-1, A.shape[-1])
+        return grad_A, grad_B, None, grad_bias, None
+
+
+class MatMul4Bit(torch.autograd.Function):
+    """4-bit weight matmul; gradients flow to the input and the bias (the packed weight is frozen)."""
+
+    @staticmethod
+    def forward(ctx, A, B, out=None, bias=None, quant_state=None):  # type: ignore[override]
+        N = quant_state.shape[0]
+        ctx.state = quant_state
+        ctx.dtype_A = A.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        if A.numel() == 0:
+            ctx.is_empty = True
+            ctx.save_for_backward(B)
+            return torch.empty(*A.shape[:-1], N, dtype=A.dtype, device=A.device)
+        ctx.is_empty = False
+        output = F._gemm_4bit(A, B, quant_state, bias)
+        ctx.save_for_backward(B)
+        if out is not None:
+            return out.copy_(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        (B,) = ctx.saved_tensors
+        req_a, _, _, req_bias, _ = ctx.needs_input_grad
+        grad_A = grad_bias = None
+        if req_bias:
+            grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(0).to(ctx.bias_dtype)
+        if req_a:
+            if ctx.is_empty:
+                grad_A = grad_output.new_zeros(*grad_output.shape[:-1], ctx.state.shape[1]).to(ctx.dtype_A)
+            else:
+                W = F.dequantize_4bit(B.reshape(-1, 1), ctx.state).to(grad_output.dtype)
+                grad_A = (grad_output @ W).to(ctx.dtype_A)
+        return grad_A, None, None, grad_bias, None
+
+
+def matmul(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    out: torch.Tensor | None = None,
+    state: MatmulLtState | None = None,
+    threshold: float = 0.0,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LLM.int8() linear: ``A @ W.T + bias`` where ``B``/``state`` describe ``W`` (``[N, K]``)."""
+    state = state or MatmulLtState()
+    if threshold > 0.0:
+        state.threshold = threshold
+    if A.shape[-1] != B.shape[-1]:
+        raise ValueError(
+            f"bitsandbytes.matmul: A's last dimension ({A.shape[-1]}) must equal B.shape[1] ({B.shape[-1]})"
+        )
+    if state.is_training and A.device.type in ("cpu", "xpu"):
+        return MatMul8bitFp.apply(A, B, out, bias, state)
+    return MatMul8bitLt.apply(A, B, out, bias, state)
+
+
+def matmul_4bit(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    quant_state: F.QuantState | None,
+    out: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``A @ W.T + bias`` for a packed 4-bit weight ``B`` (any view, e.g. ``weight.t()``) of shape ``[N, K]``."""
+    if quant_state is None:
+        raise ValueError("bitsandbytes.matmul_4bit: quant_state is required (the weight is not quantized?)")
+    if quant_state.shape is None or len(quant_state.shape) != 2:
+        raise ValueError(f"bitsandbytes.matmul_4bit: quant_state.shape must be 2-D [N, K], got {quant_state.shape}")
+    N, K = quant_state.shape
+    if A.shape[-1] != K:
+        if A.shape[-1] == N:
+            warnings.warn(
+                "matmul_4bit: the weight was quantized in [in, out] orientation; this is slow and deprecated.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            W = F.dequantize_4bit(B.reshape(-1, 1), quant_state).to(A.dtype)
+            result = torch.nn.functional.linear(A, W.t(), None if bias is None else bias.to(A.dtype))
+            return out.copy_(result) if out is not None else result
+        raise ValueError(
+            f"bitsandbytes.matmul_4bit: input's last dimension ({A.shape[-1]}) does not match the weight's "
+            f"in_features ({K})"
+        )
+    needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
+    if needs_grad:
+        return MatMul4Bit.apply(A, B, out, bias, quant_state)
+    if A.numel() == 0:
+        result = torch.empty(*A.shape[:-1], N, dtype=A.dtype, device=A.device)
+    else:
+        result = F._gemm_4bit(A, B, quant_state, bias)
+    if out is not None:
+        return out.copy_(result)
+    return result
+
+
+__all__ = [
+    "GlobalOutlierPooler",
+    "MatMul4Bit",
+    "MatMul8bitFp",
+    "MatMul8bitLt",
+    "MatmulLtState",
+    "matmul",
+    "matmul_4bit",
+]

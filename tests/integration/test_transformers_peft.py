@@ -1,0 +1,187 @@
+"""transformers / peft / accelerate flows on a tiny local Llama (no hub access): run by `nox -s tests-integration`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+pytest.importorskip("accelerate")
+
+import bitsandbytes as bnb  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+PROMPT = torch.tensor([[1, 5, 9, 17, 33, 2, 70]])
+
+
+@pytest.fixture(scope="module")
+def float_checkpoint(tmp_path_factory):
+    """A tiny random Llama saved with save_pretrained."""
+    try:  # transformers gates on the installed distribution's version, not on the import path
+        importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - depends on the environment
+        pytest.skip("bitsandbytes is not installed as a distribution (run `nox -s tests-integration`)")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(path)
+    return path
+
+
+def _load(path, **quant):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=BitsAndBytesConfig(**quant), device_map="cpu", dtype=torch.float32
+    )
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(PROMPT).logits.float()
+
+
+FOUR_BIT = [
+    pytest.param(
+        {"bnb_4bit_quant_type": qt, "bnb_4bit_use_double_quant": dq, "bnb_4bit_compute_dtype": cd},
+        id=f"{qt}-dq{int(dq)}-{str(cd)[6:]}",
+    )
+    for qt in ("nf4", "fp4")
+    for dq in (False, True)
+    for cd in (torch.bfloat16, torch.float32)
+]
+
+
+@pytest.mark.parametrize("cfg", FOUR_BIT)
+def test_4bit_load_generate_save_reload_dequantize(float_checkpoint, tmp_path, cfg):
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(float_checkpoint, dtype=torch.float32)
+    model = _load(float_checkpoint, load_in_4bit=True, **cfg)
+    layer = model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, bnb.nn.Linear4bit)
+    assert layer.weight.quant_type == cfg["bnb_4bit_quant_type"]
+    assert layer.weight.quant_state.nested == cfg["bnb_4bit_use_double_quant"]
+    logits = _logits(model)
+    # 4-bit logits stay close to the float model's
+    rel = (logits - _logits(ref)).norm() / _logits(ref).norm()
+    print(f"{cfg}: relative logit error vs float {rel:.4f}")
+    assert rel < 0.35
+    out = model.generate(PROMPT, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, PROMPT.shape[1] + 5)
+
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu")
+    assert isinstance(again.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert torch.equal(_logits(again), logits)
+    assert torch.equal(again.generate(PROMPT, max_new_tokens=5, do_sample=False), out)
+
+    # An explicit dtype: transformers 5.23 falls back to config.dtype, which is a string here.
+    model.dequantize(dtype=torch.float32)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, torch.nn.Linear)
+    assert not isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    deq = _logits(model)
+    assert torch.allclose(deq, logits, atol=0.05, rtol=0.05)
+
+
+def test_8bit_load_generate_save_reload(float_checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _load(float_checkpoint, load_in_8bit=True)
+    layer = model.model.layers[0].mlp.up_proj
+    assert isinstance(layer, bnb.nn.Linear8bitLt) and layer.weight.dtype == torch.int8
+    model.eval()
+    logits = _logits(model)
+    ref = _logits(AutoModelForCausalLM.from_pretrained(float_checkpoint, dtype=torch.float32))
+    rel = (logits - ref).norm() / ref.norm()
+    print(f"8-bit: relative logit error vs float {rel:.4f}")
+    assert rel < 0.1
+    out = model.generate(PROMPT, max_new_tokens=5, do_sample=False)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu")
+    again.eval()
+    assert isinstance(again.model.layers[0].mlp.up_proj, bnb.nn.Linear8bitLt)
+    assert torch.equal(_logits(again), logits)
+    assert torch.equal(again.generate(PROMPT, max_new_tokens=5, do_sample=False), out)
+
+
+def test_peft_lora_qlora_training(float_checkpoint, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    torch.manual_seed(0)
+    model = _load(
+        float_checkpoint,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], lora_dropout=0.0)
+    model = get_peft_model(model, lora)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(not isinstance(p, bnb.nn.Params4bit) for p in trainable)
+    batch = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.AdamW(trainable, lr=5e-3)
+
+    def loss_fn():
+        return model(input_ids=batch, labels=batch).loss
+
+    model.train()
+    before = loss_fn().item()
+    for _ in range(8):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        after = loss_fn().item()
+    print(f"LoRA on 4-bit: loss before {before:.4f} after {after:.4f}")
+    assert after < before - 0.05
+
+    model.save_pretrained(tmp_path / "adapter")
+    with torch.no_grad():
+        trained = model(PROMPT).logits
+    base = _load(
+        float_checkpoint,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    reloaded.eval()
+    with torch.no_grad():
+        got = reloaded(PROMPT).logits
+    assert torch.allclose(got, trained, atol=1e-4)
+
+    with reloaded.disable_adapter(), torch.no_grad():
+        untrained = reloaded(PROMPT).logits
+    # peft merges into the 4-bit weight: dequantize, add the delta, re-quantize via Params4bit(**__dict__)
+    merged = reloaded.merge_and_unload()
+    layer = merged.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, bnb.nn.Linear4bit) and layer.weight.bnb_quantized
+    with torch.no_grad():
+        merged_logits = merged(PROMPT).logits
+    rel = (merged_logits - trained).norm() / trained.norm()
+    base_rel = (untrained - trained).norm() / trained.norm()
+    print(f"merged 4-bit model vs adapter model: relative logit difference {rel:.4f} (base model: {base_rel:.4f})")
+    # re-quantizing the merged weight costs 4-bit rounding again, but the adapter's effect survives
+    assert rel < 0.5 * base_rel
