@@ -64,6 +64,7 @@ def tests_integration(session: nox.Session) -> None:
     # The torch requirement is passed along so that resolving the integrations never swaps torch.
     session.install(*INTEGRATION_DEPS, TORCH)
     install_meta(session)
+    install_platform(session, "cpu")
     session.run("pytest", "-m", "integration", "tests/integration", *session.posargs)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable
 
-import bitsandbytes
 import pytest
 import torch
-from bitsandbytes.backends.reference import KERNELS as REFERENCE
 from safetensors.torch import load_file
+
+import bitsandbytes
+from bitsandbytes.backends.reference import KERNELS as REFERENCE
 
 DATA = pathlib.Path(__file__).parent / "data"
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-import bitsandbytes.functional as F
 import pytest
 import torch
+
+import bitsandbytes.functional as F
 from bitsandbytes.functional import QuantState
 from conftest import load_fixture
 

@@ -6,10 +6,11 @@ import copy
 import io
 import pickle
 
-import bitsandbytes as bnb
-import bitsandbytes.functional as F
 import pytest
 import torch
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as F
 from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module, maybe_rearrange_weight
 from conftest import DATA, load_fixture
 
