@@ -102,3 +102,12 @@ def demo(session: nox.Session) -> None:
     install_platform(session, "cpu")
     session.run("python", "-m", "bitsandbytes")
     session.run("python", str(ROOT / "examples" / "demo.py"))
+
+
+@nox.session(name="bench-import")
+def bench_import(session: nox.Session) -> None:
+    """Import-time overhead of bitsandbytes over torch (meta + cpu wheel)."""
+    install_torch(session)
+    install_meta(session)
+    install_platform(session, "cpu")
+    session.run("python", str(ROOT / "bench" / "import_time.py"), *session.posargs)
