@@ -249,8 +249,24 @@ def _dequant(codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.Tensor) -> t
     return vals.view(rows, blocks * STATE_BLOCKSIZE)[:, :k].contiguous()
 
 
-def _quant(x: torch.Tensor, mids: torch.Tensor, codes_out: torch.Tensor, absmax_out: torch.Tensor) -> None:
-    """Quantize f32 ``x`` (rows × k) with a fresh absmax per block into the given outputs."""
+_GRID_HALF = 32767.5
+"""Normalised state values are first rounded onto the 65536-point grid ``k / 32767.5 - 1``."""
+
+
+def _grid_table(qmap: torch.Tensor) -> torch.Tensor:
+    """Code (int64) of the ``qmap`` entry nearest each of the 65536 grid points (ties → lower)."""
+    grid = torch.arange(65536, device=qmap.device, dtype=torch.float32) / _GRID_HALF - 1.0
+    return nearest_code(grid, midpoints(qmap))
+
+
+def _quant(x: torch.Tensor, table: torch.Tensor, codes_out: torch.Tensor, absmax_out: torch.Tensor) -> None:
+    """Quantize f32 ``x`` (rows × k) with a fresh absmax per block into the given outputs.
+
+    Each value is normalised by its block's absmax, rounded half-up onto the 65536-point grid
+    over [-1, 1] and mapped to the code nearest that grid point (a table lookup). This is the
+    established release's CPU rule: the code is the exact nearest one or its neighbour (spec
+    §2.9 accepts either), and it reproduces that release's optimizer states bit for bit.
+    """
     rows, k = x.shape
     blocks = absmax_out.shape[1]
     pad = blocks * STATE_BLOCKSIZE - k
@@ -258,8 +274,9 @@ def _quant(x: torch.Tensor, mids: torch.Tensor, codes_out: torch.Tensor, absmax_
     xb = xb.reshape(rows, blocks, STATE_BLOCKSIZE)
     absmax = xb.abs().amax(dim=-1)
     scaled = (xb * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(-1)).clamp_(-1.0, 1.0)
-    scaled = scaled.view(rows, blocks * STATE_BLOCKSIZE)[:, :k]
-    codes_out.copy_(nearest_code(scaled, mids).to(torch.uint8))
+    idx = scaled.add_(1.0).mul_(_GRID_HALF).add_(0.5).floor_().nan_to_num_(nan=65535.0)
+    idx = idx.view(rows, blocks * STATE_BLOCKSIZE)[:, :k].long()
+    codes_out.copy_(table[idx])
     absmax_out.copy_(absmax)
 
 
@@ -289,7 +306,7 @@ def optimizer_update_8bit_blockwise(
     Each chunk of whole blocks is dequantized (``qmap[code] * absmax[block]``), updated in f32
     exactly as the 32-bit kernel does (no max-unorm clip in 8-bit), the parameter is written back
     in its dtype, and the states are re-quantized to the nearest ``qmap`` entry after scaling by a
-    fresh per-block absmax.
+    fresh per-block absmax (see ``_quant`` for the rounding rule).
     """
     _check_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
@@ -322,10 +339,10 @@ def optimizer_update_8bit_blockwise(
     gflat = g.reshape(-1)
     q1 = state1.view(rows, n)
     a1 = absmax1.view(rows, blocks)
-    mids1 = midpoints(qmap1)
+    table1 = _grid_table(qmap1)
     q2 = state2.view(1, n) if two else None  # type: ignore[union-attr]
     a2 = absmax2.view(1, blocks) if two else None  # type: ignore[union-attr]
-    mids2 = midpoints(qmap2) if two else None  # type: ignore[arg-type]
+    table2 = _grid_table(qmap2) if two else None  # type: ignore[arg-type]
 
     for a in range(0, n, _CHUNK):
         b = min(a + _CHUNK, n)
@@ -345,8 +362,8 @@ def optimizer_update_8bit_blockwise(
             if s2 is not None:
                 s2 = torch.where(keep, old2, s2)
         pflat[a:b] = newp.to(p.dtype)
-        _quant(s1, mids1, q1[:, a:b], a1[:, ba:bb])
+        _quant(s1, table1, q1[:, a:b], a1[:, ba:bb])
         if two:
-            _quant(s2.view(1, -1), mids2, q2[:, a:b], a2[:, ba:bb])  # type: ignore[union-attr,index,arg-type]
+            _quant(s2.view(1, -1), table2, q2[:, a:b], a2[:, ba:bb])  # type: ignore[union-attr,index,arg-type]
     if not p.is_contiguous():
         p.copy_(pflat.view(p.shape))
