@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pathlib
 
+import bitsandbytes as bnb
 import pytest
 import torch
-
-import bitsandbytes as bnb
 from bitsandbytes import _functional_optim as F
 
 DATA = pathlib.Path(__file__).parent / "data"

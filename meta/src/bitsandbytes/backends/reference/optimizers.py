@@ -253,10 +253,26 @@ _GRID_HALF = 32767.5
 """Normalised state values are first rounded onto the 65536-point grid ``k / 32767.5 - 1``."""
 
 
+_TABLES: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+"""(device, qmap address) -> (copy of that qmap, its grid table). Validated by content on use."""
+
+
 def _grid_table(qmap: torch.Tensor) -> torch.Tensor:
-    """Code (int64) of the ``qmap`` entry nearest each of the 65536 grid points (ties → lower)."""
+    """Code (uint8) of the ``qmap`` entry nearest each of the 65536 grid points (ties → lower).
+
+    Optimizers pass the same two code books on every step, so the table is cached; a cached
+    entry is used only if its code book still has the same values.
+    """
+    key = (qmap.device, qmap.data_ptr())
+    hit = _TABLES.get(key)
+    if hit is not None and torch.equal(hit[0], qmap):
+        return hit[1]
     grid = torch.arange(65536, device=qmap.device, dtype=torch.float32) / _GRID_HALF - 1.0
-    return nearest_code(grid, midpoints(qmap))
+    table = nearest_code(grid, midpoints(qmap)).to(torch.uint8)
+    if len(_TABLES) >= 16:
+        _TABLES.clear()
+    _TABLES[key] = (qmap.detach().clone(), table)
+    return table
 
 
 def _quant(x: torch.Tensor, table: torch.Tensor, codes_out: torch.Tensor, absmax_out: torch.Tensor) -> None:
