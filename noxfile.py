@@ -88,3 +88,11 @@ def demo(session: nox.Session) -> None:
     install_platform(session, "cpu")
     session.run("python", "-m", "bitsandbytes")
     session.run("python", str(ROOT / "examples" / "demo.py"))
+
+
+@nox.session(name="bench-cpu-optim")
+def bench_cpu_optim(session: nox.Session) -> None:
+    """Time one step() of every bitsandbytes optimizer on 16.8 M parameters vs torch AdamW (CPU)."""
+    install_torch(session)
+    install_meta(session)
+    session.run("python", str(ROOT / "bench" / "optim.py"), "--device", "cpu", *session.posargs)
