@@ -162,9 +162,6 @@ class Optimizer8bit(torch.optim.Optimizer):
         self.name2qmap["dynamic"] = dynamic_map(signed=True)
         self.name2qmap["udynamic"] = dynamic_map(signed=False)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-
     # ---------------------------------------------------------------------------- state dict
 
     def state_dict(self) -> dict[str, Any]:

@@ -128,18 +128,15 @@ def _direction(h: _Hyper, g: torch.Tensor, p: torch.Tensor, s1: torch.Tensor, s2
     return g / (s1.sqrt() + h.eps)
 
 
-def _update_norm(h: _Hyper, d: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor | None) -> float:
-    """‖u‖₂ of the update the trust-ratio clip compares with ``max_unorm * ‖p‖``.
+def _update_sq(h: _Hyper, d: torch.Tensor) -> float:
+    """‖u‖² of (a chunk of) the update the trust-ratio clip compares with ``max_unorm * ‖p‖``.
 
     For adam/lamb the established release measures the update *without* the bias-correction
     factor ``c2/c1``: ``u = m / (√v + eps·c2)`` (= direction · c1/c2); for the other algorithms
     ``u`` is the direction itself.
     """
-    if h.name in ("adam", "lamb"):
-        u = d * (h.c1 / h.c2)
-    else:
-        u = d
-    return math.sqrt(float(u.double().square().sum()))
+    u = d * (h.c1 / h.c2) if h.name in ("adam", "lamb") else d
+    return float(u.double().square().sum())
 
 
 def _apply(h: _Hyper, p: torch.Tensor, d: torch.Tensor, scale: float) -> torch.Tensor:
@@ -201,25 +198,34 @@ def optimizer_update_32bit(
     s1 = state1.view(2, n) if optimizer_name == "ademamix" else state1.view(-1)
     s2 = state2.view(-1) if state2 is not None and optimizer_name in TWO_STATE else None
 
-    # The trust-ratio clip needs the norm of the whole update before any element moves: one
-    # chunk then covers the whole parameter.
-    chunk = n if clip else _CHUNK
-    for a in range(0, n, max(chunk, 1)):
-        b = min(a + chunk, n)
+    def chunk(a: int, b: int):
         gc = _f32(gflat[a:b], gnorm_scale)
-        pc = pflat[a:b].float()
         s1c = s1[:, a:b] if optimizer_name == "ademamix" else s1[a:b]
-        s2c = s2[a:b] if s2 is not None else None
+        return gc, pflat[a:b].float(), s1c, (s2[a:b] if s2 is not None else None)
+
+    scale = 1.0
+    if clip:
+        # The trust ratio needs the norm of the whole update before any element moves: a first
+        # pass computes it on copies of the states, chunk by chunk.
+        sq = 0.0
+        for a in range(0, n, _CHUNK):
+            gc, pc, s1c, s2c = chunk(a, min(a + _CHUNK, n))
+            d = _direction(h, gc, pc, s1c.clone(), s2c.clone() if s2c is not None else None)
+            if skip_zeros:
+                d = d.masked_fill(gc == 0, 0.0)
+            sq += _update_sq(h, d)
+        unorm = math.sqrt(sq)
+        unorm_vec.fill_(unorm)  # type: ignore[union-attr]
+        limit = max_unorm * float(param_norm)
+        if unorm > limit:
+            scale = limit / unorm
+
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        gc, pc, s1c, s2c = chunk(a, b)
         if skip_zeros:
             old1, old2 = s1c.clone(), (s2c.clone() if s2c is not None else None)
         d = _direction(h, gc, pc, s1c, s2c)
-        scale = 1.0
-        if clip:
-            unorm = _update_norm(h, d, s1c, s2c)
-            unorm_vec.fill_(unorm)  # type: ignore[union-attr]
-            limit = max_unorm * float(param_norm)
-            if unorm > limit:
-                scale = limit / unorm
         newp = _apply(h, pc, d, scale)
         if skip_zeros:
             keep = gc == 0
