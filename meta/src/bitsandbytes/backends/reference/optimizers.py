@@ -248,11 +248,12 @@ def _dequant(codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.Tensor) -> t
     rows, k = codes.shape
     blocks = absmax.shape[1]
     pad = blocks * STATE_BLOCKSIZE - k
-    vals = qmap[codes.long()]
+    vals = qmap.index_select(0, codes.reshape(-1).to(torch.int32)).view(rows, k)
     if pad:
         vals = torch.nn.functional.pad(vals, (0, pad))
-    vals = vals.view(rows, blocks, STATE_BLOCKSIZE) * absmax.unsqueeze(-1)
-    return vals.view(rows, blocks * STATE_BLOCKSIZE)[:, :k].contiguous()
+    vals = vals.view(rows, blocks, STATE_BLOCKSIZE).mul_(absmax.unsqueeze(-1))
+    vals = vals.view(rows, blocks * STATE_BLOCKSIZE)
+    return vals[:, :k].contiguous() if pad else vals
 
 
 _GRID_HALF = 32767.5
@@ -286,19 +287,21 @@ def _quant(x: torch.Tensor, table: torch.Tensor, codes_out: torch.Tensor, absmax
 
     Each value is normalised by its block's absmax, rounded half-up onto the 65536-point grid
     over [-1, 1] and mapped to the code nearest that grid point (a table lookup). This is the
-    established release's CPU rule: the code is the exact nearest one or its neighbour (spec
-    §2.9 accepts either), and it reproduces that release's optimizer states bit for bit.
+    established release's CPU rule and reproduces its optimizer states bit for bit. It picks the
+    exact nearest code except next to a midpoint between two codes (then the neighbour) and for
+    values below half a grid step (|x| < 1.5e-5·absmax), which take the code nearest zero.
     """
     rows, k = x.shape
     blocks = absmax_out.shape[1]
     pad = blocks * STATE_BLOCKSIZE - k
     xb = torch.nn.functional.pad(x, (0, pad)) if pad else x
     xb = xb.reshape(rows, blocks, STATE_BLOCKSIZE)
-    absmax = xb.abs().amax(dim=-1)
+    lo, hi = torch.aminmax(xb, dim=-1)
+    absmax = torch.maximum(hi, lo.neg_())
     scaled = (xb * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(-1)).clamp_(-1.0, 1.0)
     idx = scaled.add_(1.0).mul_(_GRID_HALF).add_(0.5).floor_().nan_to_num_(nan=65535.0)
-    idx = idx.view(rows, blocks * STATE_BLOCKSIZE)[:, :k].long()
-    codes_out.copy_(table[idx])
+    idx = idx.view(rows, blocks * STATE_BLOCKSIZE)[:, :k].to(torch.int32)
+    codes_out.copy_(table.index_select(0, idx.reshape(-1)).view(rows, k))
     absmax_out.copy_(absmax)
 
 
