@@ -101,7 +101,8 @@ def _direction(h: _Hyper, g: torch.Tensor, p: torch.Tensor, s1: torch.Tensor, s2
         s1.mul_(h.beta1).add_(g, alpha=1.0 - h.beta1)
         s2.mul_(h.beta2).addcmul_(g, g, value=1.0 - h.beta2)
         # m̂ / (√v̂ + eps) written as (c2/c1) · m / (√v + eps·c2).
-        return s1 / (s2.sqrt().add_(h.eps * h.c2)) * (h.c2 / h.c1)
+        d = s2.sqrt().add_(h.eps * h.c2)
+        return torch.div(s1, d, out=d).mul_(h.c2 / h.c1)
     if name == "ademamix":
         m1, m2 = s1[0], s1[1]
         m1.mul_(h.beta1).add_(g, alpha=1.0 - h.beta1)
@@ -140,10 +141,12 @@ def _update_sq(h: _Hyper, d: torch.Tensor) -> float:
 
 
 def _apply(h: _Hyper, p: torch.Tensor, d: torch.Tensor, scale: float) -> torch.Tensor:
-    """The new f32 parameter values from the direction ``d``."""
+    """The new f32 parameter values ``p·(1 - lr·wd) - (lr·scale)·d`` (decay only for the
+    decoupled algorithms), written into the temporary ``d``."""
+    d.mul_(h.lr * scale)
     if h.name in ("adam", "lamb", "ademamix", "lion") and h.wd > 0.0:
         p = p * (1.0 - h.lr * h.wd)
-    return p - (h.lr * scale) * d
+    return torch.sub(p, d, out=d)
 
 
 def _f32(t: torch.Tensor, gnorm_scale: float = 1.0) -> torch.Tensor:
