@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 
 import bitsandbytes as bnb
 import pytest
 import torch
 from bitsandbytes.optim.optimizer import GlobalOptimManager
+from conftest import devices
 
 # (8-bit class, its 32-bit twin, constructor kwargs). The twins of LAMB and LARS turn the
 # trust-ratio clip off: the 8-bit path never clips (spec §8.5), so with the clip on they would be
@@ -434,3 +436,51 @@ def test_public_names() -> None:
     assert opt.optimizer_name == "adam" and opt.args.optim_bits == 8
     assert set(opt.name2qmap) == {"dynamic", "udynamic"}
     assert opt._FSDP_WRAPPED_QUANT_STATE_KEY == "__bnb_optimizer_quant_state__"
+
+
+# -------------------------------------------------------------------------------------------- devices, schedules
+
+
+@pytest.mark.parametrize("device", devices())
+def test_load_state_dict_onto_device(device: str) -> None:
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(64, 128))
+    opt = bnb.optim.AdamW8bit([p], lr=1e-2)
+    grads = [torch.randn(64, 128) for _ in range(3)]
+    for g in grads[:2]:
+        p.grad = g.clone()
+        opt.step()
+    q = torch.nn.Parameter(p.detach().to(device))
+    opt2 = bnb.optim.AdamW8bit([q], lr=1e-2)
+    opt2.load_state_dict(opt.state_dict())
+    for key, v in opt2.state[q].items():
+        if isinstance(v, torch.Tensor):
+            assert v.device.type == device, key
+    p.grad, q.grad = grads[2].clone(), grads[2].to(device)
+    opt.step()
+    opt2.step()
+    torch.testing.assert_close(q.detach().cpu(), p.detach(), rtol=0, atol=1e-6)
+
+
+def test_ademamix_schedule() -> None:
+    from bitsandbytes.optim.optimizer import ademamix_schedule
+
+    assert ademamix_schedule(5.0, 0.9, 0.9999, 3, None, None) == (5.0, 0.9999)
+    alpha, beta3 = ademamix_schedule(5.0, 0.9, 0.9999, 10, 100, 100)
+    assert alpha == pytest.approx(0.5)
+    s = 0.1
+    ln1, ln3 = math.log(0.9), math.log(0.9999)
+    assert beta3 == pytest.approx(min(math.exp(ln1 * ln3 / ((1 - s) * ln3 + s * ln1)), 0.9999))
+    # At the end of the warm-up both reach their targets.
+    assert ademamix_schedule(5.0, 0.9, 0.9999, 100, 100, 100) == pytest.approx((5.0, 0.9999))
+
+    torch.manual_seed(0)
+    w, g = torch.randn(32, 8), torch.randn(32, 8)
+    a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    scheduled = bnb.optim.AdEMAMix32bit([a], lr=1e-2, t_alpha=100, t_beta3=100)
+    plain = bnb.optim.AdEMAMix32bit([b], lr=1e-2)
+    for _ in range(3):
+        a.grad, b.grad = g.clone(), g.clone()
+        scheduled.step()
+        plain.step()
+    assert not torch.allclose(a, b)
