@@ -111,3 +111,11 @@ def bench_import(session: nox.Session) -> None:
     install_meta(session)
     install_platform(session, "cpu")
     session.run("python", str(ROOT / "bench" / "import_time.py"), *session.posargs)
+
+
+@nox.session(name="bench-cpu-optim")
+def bench_cpu_optim(session: nox.Session) -> None:
+    """Time one step() of every bitsandbytes optimizer on 16.8 M parameters vs torch AdamW (CPU)."""
+    install_torch(session)
+    install_meta(session)
+    session.run("python", str(ROOT / "bench" / "optim.py"), "--device", "cpu", *session.posargs)

@@ -11,7 +11,11 @@ import contextlib
 
 import torch
 
-from . import _ops, _platforms
+from . import (
+    _ops,
+    _platforms,
+    optim,  # noqa: E402,F401  (bitsandbytes.optim, spec §8)
+)
 from ._version import __version__
 from .backends.reference import KERNELS as _REFERENCE_KERNELS
 

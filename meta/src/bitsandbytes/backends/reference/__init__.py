@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import blockwise, fourbit, int8
+from . import blockwise, fourbit, int8, optimizers
 
 KERNELS: dict[str, Callable] = {
     "quantize_4bit": fourbit.quantize_4bit,
@@ -29,5 +29,7 @@ KERNELS: dict[str, Callable] = {
     "int8_scaled_mm": int8.int8_scaled_mm,
     "int8_mixed_scaled_mm": int8.int8_mixed_scaled_mm,
     "int8_double_quant": int8.int8_double_quant,
+    "optimizer_update_32bit": optimizers.optimizer_update_32bit,
+    "optimizer_update_8bit_blockwise": optimizers.optimizer_update_8bit_blockwise,
 }
-"""Op name (without namespace) -> reference kernel. The optimizer ops join with the optimizers."""
+"""Op name (without namespace) -> reference kernel."""

@@ -1,0 +1,637 @@
+"""Base classes of the bitsandbytes optimizers (spec §8.1, §8.3, §8.4, §7.3).
+
+``Optimizer8bit`` holds what every optimizer shares: per-parameter configuration (with the
+``GlobalOptimManager`` overrides), lazy state creation, the ``step()`` loop and the state dict
+format whose quantization state is wrapped under ``"__bnb_optimizer_quant_state__"``.
+``Optimizer1State`` / ``Optimizer2State`` create the states and call the functional updates,
+which go through ``torch.ops.bitsandbytes`` to the kernel registered for the parameter's device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import abc as container_abcs
+from collections import defaultdict
+from collections.abc import Iterable
+from copy import deepcopy
+from itertools import chain
+from typing import Any
+
+import torch
+
+from .. import _functional_optim as F
+from .._checks import FLOAT_DTYPES
+from ..backends.reference.codebooks import dynamic_map
+
+logger = logging.getLogger(__name__)
+
+STATE_BLOCKSIZE = 256
+"""Block size of 8-bit optimizer states (fixed, spec §8.3)."""
+
+_PAGING_WARNED = False
+
+
+def _warn_paging_unsupported(device: torch.device) -> None:
+    global _PAGING_WARNED
+    if not _PAGING_WARNED:
+        _PAGING_WARNED = True
+        logger.warning(
+            "bitsandbytes: paged optimizers are not supported for parameters on %s here; the optimizer "
+            "state is kept in ordinary memory (paging needs a platform wheel with unified memory, e.g. CUDA)",
+            device,
+        )
+
+
+class MockArgs:
+    """Attribute access over a dict of settings (``optimizer.args.optim_bits``)."""
+
+    def __init__(self, initial_data: dict[str, Any]) -> None:
+        for key, value in initial_data.items():
+            setattr(self, key, value)
+
+
+class GlobalOptimManager:
+    """Singleton holding per-parameter optimizer overrides. Use ``get_instance()``."""
+
+    _instance: GlobalOptimManager | None = None
+
+    def __init__(self) -> None:
+        raise RuntimeError("Call get_instance() instead")
+
+    def initialize(self) -> None:
+        """Forget every override."""
+        self.pid2config: dict[int, dict[str, Any]] = {}
+        self.index2config: dict[tuple[int, int], dict[str, Any]] = {}
+        self.optimizer = None
+        self.uses_config_override = False
+        self.module_weight_config_triple: list[tuple[torch.nn.Module, str, dict[str, Any]]] = []
+
+    @classmethod
+    def get_instance(cls) -> GlobalOptimManager:
+        """The one instance, created on first use."""
+        if cls._instance is None:
+            inst = cls.__new__(cls)
+            inst.initialize()
+            cls._instance = inst
+        return cls._instance
+
+    def register_parameters(self, params: Iterable) -> None:
+        """Map overrides already given by parameter to their (group index, parameter index)."""
+        param_groups = list(params)
+        if not param_groups:
+            return
+        if not isinstance(param_groups[0], dict):
+            param_groups = [{"params": param_groups}]
+        for group_index, group in enumerate(param_groups):
+            for p_index, p in enumerate(group["params"]):
+                if id(p) in self.pid2config:
+                    self.index2config[(group_index, p_index)] = self.pid2config[id(p)]
+
+    def override_config(
+        self,
+        parameters: torch.Tensor | Iterable[torch.Tensor],
+        key: str | None = None,
+        value: Any = None,
+        key_value_dict: dict[str, Any] | None = None,
+    ) -> None:
+        """Override optimizer settings (e.g. ``optim_bits=32``) for one or more parameters."""
+        self.uses_config_override = True
+        if isinstance(parameters, torch.Tensor):
+            parameters = [parameters]
+        if key is not None and value is not None:
+            if key_value_dict is not None:
+                raise ValueError("override_config: give either key/value or key_value_dict, not both")
+            key_value_dict = {key: value}
+        if key_value_dict is None:
+            return
+        for p in parameters:
+            if id(p) in self.pid2config:
+                self.pid2config[id(p)].update(key_value_dict)
+            else:
+                self.pid2config[id(p)] = dict(key_value_dict)
+
+    def register_module_override(self, module: torch.nn.Module, param_name: str, config: dict[str, Any]) -> None:
+        """Override settings of ``module.<param_name>``; resolved at the optimizer's first step."""
+        self.module_weight_config_triple.append((module, param_name, config))
+
+
+class Optimizer8bit(torch.optim.Optimizer):
+    """Base of every bitsandbytes optimizer (8-bit and 32-bit states alike)."""
+
+    _FSDP_WRAPPED_QUANT_STATE_KEY = "__bnb_optimizer_quant_state__"
+
+    def __init__(
+        self, params: Iterable, defaults: dict[str, Any], optim_bits: int = 32, is_paged: bool = False
+    ) -> None:
+        super().__init__(params, defaults)
+        self.initialized = False
+        self.name2qmap: dict[str, torch.Tensor] = {}
+        self.is_paged = is_paged
+        self.page_mng = F.GlobalPageManager.get_instance()
+        self.mng = GlobalOptimManager.get_instance()
+        self.non_castable_tensor_keys = {
+            "qmap1",
+            "qmap2",
+            "max1",
+            "max2",
+            "new_max1",
+            "new_max2",
+            "state1",
+            "state2",
+            "gnorm_vec",
+            "absmax1",
+            "absmax2",
+            "unorm_vec",
+        }
+        if optim_bits == 8:
+            self.fill_qmap()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.add_param_group``, rejecting parameters the kernels cannot update."""
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            if p.dtype not in FLOAT_DTYPES:
+                raise TypeError(
+                    f"bitsandbytes optimizers update float32, float16 or bfloat16 parameters; got a parameter "
+                    f"of dtype {p.dtype} and shape {tuple(p.shape)}"
+                )
+
+    def fill_qmap(self) -> None:
+        """Create the signed (``dynamic``) and unsigned (``udynamic``) 8-bit state maps."""
+        self.name2qmap["dynamic"] = dynamic_map(signed=True)
+        self.name2qmap["udynamic"] = dynamic_map(signed=False)
+
+    # ---------------------------------------------------------------------------- state dict
+
+    def state_dict(self) -> dict[str, Any]:
+        """The torch layout, with each parameter's quantization state wrapped under
+        ``"__bnb_optimizer_quant_state__"`` (so FSDP leaves it alone)."""
+        sd = super().state_dict()
+        wrapped = {}
+        for idx, pstate in sd["state"].items():
+            outer = {k: v for k, v in pstate.items() if k not in self.non_castable_tensor_keys}
+            inner = {k: v for k, v in pstate.items() if k in self.non_castable_tensor_keys}
+            if inner:
+                outer[self._FSDP_WRAPPED_QUANT_STATE_KEY] = inner
+            wrapped[idx] = outer
+        sd["state"] = wrapped
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any], move_to_device: bool = True) -> None:
+        """Load a state dict of ``state_dict()``'s layout (wrapped or not).
+
+        Floating tensors other than the quantization state are cast to each parameter's dtype
+        and device; the quantization state keeps its dtype and is moved to the parameter's
+        device when ``move_to_device``.
+        """
+        state_dict = deepcopy(state_dict)
+        for pstate in state_dict["state"].values():
+            if isinstance(pstate, dict) and self._FSDP_WRAPPED_QUANT_STATE_KEY in pstate:
+                pstate.update(pstate.pop(self._FSDP_WRAPPED_QUANT_STATE_KEY))
+
+        groups = self.param_groups
+        saved_groups = state_dict["param_groups"]
+        if len(groups) != len(saved_groups):
+            raise ValueError(
+                f"loaded state dict has {len(saved_groups)} parameter groups, but the optimizer has {len(groups)}"
+            )
+        for i, (g, sg) in enumerate(zip(groups, saved_groups)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(
+                    f"loaded state dict's parameter group {i} has {len(sg['params'])} parameters, but the "
+                    f"optimizer's has {len(g['params'])}"
+                )
+
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in groups),
+            )
+        )
+
+        def cast(param: torch.Tensor, value: Any, key: str | None = None) -> Any:
+            if isinstance(value, torch.Tensor):
+                if key in self.non_castable_tensor_keys:
+                    return value.to(param.device) if move_to_device else value
+                if value.is_floating_point() and param.is_floating_point():
+                    return value.to(device=param.device, dtype=param.dtype)
+                return value.to(param.device)
+            if isinstance(value, dict):
+                return {k: cast(param, v, key=k) for k, v in value.items()}
+            if isinstance(value, container_abcs.Iterable) and not isinstance(value, str):
+                return type(value)(cast(param, v) for v in value)
+            return value
+
+        state: defaultdict[Any, dict] = defaultdict(dict)
+        for k, v in state_dict["state"].items():
+            if k in id_map:
+                param = id_map[k]
+                state[param] = cast(param, v)
+            else:
+                state[k] = v
+
+        def update_group(group: dict[str, Any], new_group: dict[str, Any]) -> dict[str, Any]:
+            new_group["params"] = group["params"]
+            return new_group
+
+        param_groups = [update_group(g, ng) for g, ng in zip(groups, saved_groups)]
+        self.__setstate__({"state": state, "param_groups": param_groups})
+
+    # ---------------------------------------------------------------------------- step loop
+
+    def to_gpu(self) -> None:
+        """Move every (non-paged) state tensor to its parameter's device."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in self.state:
+                    values = self.state[p]
+                    for k, v in values.items():
+                        if isinstance(v, torch.Tensor) and not getattr(v, "is_paged", False):
+                            values[k] = v.to(p.device)
+
+    def check_overrides(self) -> None:
+        """Resolve ``GlobalOptimManager.register_module_override`` entries to parameter indices."""
+        for module, attr, config in self.mng.module_weight_config_triple:
+            pmodule = getattr(module, attr)
+            if not isinstance(pmodule, torch.Tensor):
+                raise ValueError(f"register_module_override: {type(module).__name__}.{attr} is not a tensor")
+            for gindex, group in enumerate(self.param_groups):
+                for pindex, p in enumerate(group["params"]):
+                    if p is pmodule:
+                        self.mng.pid2config[id(p)] = config
+                        self.mng.index2config[(gindex, pindex)] = config
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimization step over every parameter with a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        if not self.initialized:
+            self.check_overrides()
+            self.to_gpu()
+            self.initialized = True
+
+        for gindex, group in enumerate(self.param_groups):
+            for pindex, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError(
+                        f"{type(self).__name__} does not support sparse gradients (parameter {pindex} of group "
+                        f"{gindex}, shape {tuple(p.shape)}); use a dense gradient"
+                    )
+                state = self.state[p]
+                if len(state) == 0:
+                    self.init_state(group, p, gindex, pindex)
+                self.prefetch_state(p)
+                self.update_step(group, p, gindex, pindex)
+        return loss
+
+    def get_config(self, gindex: int, pindex: int, group: dict[str, Any]) -> dict[str, Any]:
+        """The settings for parameter ``pindex`` of group ``gindex``, overrides applied."""
+        config = {
+            "betas": group["betas"],
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "lr": group["lr"],
+            "alpha": group.get("alpha", 0.0),
+            "t_alpha": group.get("t_alpha"),
+            "t_beta3": group.get("t_beta3"),
+            "optim_bits": self.args.optim_bits,
+            "min_8bit_size": self.args.min_8bit_size,
+            "max_unorm": self.args.max_unorm,
+            "skip_zeros": self.args.skip_zeros,
+        }
+        if (gindex, pindex) in self.mng.index2config:
+            config.update(self.mng.index2config[(gindex, pindex)])
+        p = group["params"][pindex]
+        if id(p) in self.mng.pid2config:
+            config.update(self.mng.pid2config[id(p)])
+        return config
+
+    def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        raise NotImplementedError("init_state method needs to be overridden")
+
+    def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        raise NotImplementedError("The update_step method needs to be overridden")
+
+    def get_state_buffer(self, p: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A zero state buffer like ``p``; paged (unified memory) when the optimizer is paged,
+        the parameter is on an accelerator, is large (>= 1e5 elements) and paging is available."""
+        if not self.is_paged or p.numel() < 1e5:
+            return torch.zeros_like(p, dtype=dtype, device=p.device)
+        if p.device.type == "cpu" or not F.paging_supported():
+            _warn_paging_unsupported(p.device)
+            return torch.zeros_like(p, dtype=dtype, device=p.device)
+        buff = F.get_paged(*p.shape, dtype=dtype, device=p.device)
+        buff.zero_()
+        self.page_mng.paged_tensors.append(buff)
+        return buff
+
+    def prefetch_state(self, p: torch.Tensor) -> None:
+        """Prefetch the paged states of ``p`` to its device."""
+        if self.is_paged:
+            state = self.state[p]
+            for key in ("state1", "state2"):
+                t = state.get(key)
+                if t is not None and getattr(t, "is_paged", False):
+                    F.prefetch_tensor(t)
+
+    # ---------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _state_dtype(config: dict[str, Any], p: torch.Tensor) -> torch.dtype:
+        bits = config["optim_bits"]
+        if bits not in (8, 32):
+            raise NotImplementedError(f"Amount of optimizer bits not supported: {bits} (use 8 or 32)")
+        if bits == 32 or p.numel() < config["min_8bit_size"]:
+            return torch.float32
+        return torch.uint8
+
+    def _qmaps(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if "dynamic" not in self.name2qmap:
+            self.fill_qmap()
+        for key in ("dynamic", "udynamic"):
+            if self.name2qmap[key].device != device:
+                self.name2qmap[key] = self.name2qmap[key].to(device)
+        return self.name2qmap["dynamic"], self.name2qmap["udynamic"]
+
+    @staticmethod
+    def _absmax(p: torch.Tensor, *lead: int) -> torch.Tensor:
+        blocks = -(p.numel() // -STATE_BLOCKSIZE)
+        return torch.zeros((*lead, blocks), dtype=torch.float32, device=p.device)
+
+
+def _validate(lr: float, eps: float, betas: Any, weight_decay: float) -> list[float]:
+    if isinstance(betas, str):
+        betas = betas.replace("(", "").replace(")", "").strip().split(",")
+        betas = [float(b) for b in betas if b.strip()]
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    for i, b in enumerate(betas):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b} (each beta must lie in [0, 1))")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    return betas
+
+
+class Optimizer2State(Optimizer8bit):
+    """Optimizers with two states: adam, lamb, ademamix."""
+
+    def __init__(
+        self,
+        optimizer_name: str,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, ...] | str = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        max_unorm: float = 0.0,
+        skip_zeros: bool = False,
+        is_paged: bool = False,
+        alpha: float = 0.0,
+        t_alpha: int | None = None,
+        t_beta3: int | None = None,
+    ) -> None:
+        betas = _validate(lr, eps, betas, weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            alpha=alpha,
+            t_alpha=t_alpha,
+            t_beta3=t_beta3,
+        )
+        super().__init__(params, defaults, optim_bits, is_paged)
+        if args is None:
+            args = MockArgs(
+                {
+                    "optim_bits": optim_bits,
+                    "min_8bit_size": min_8bit_size,
+                    "max_unorm": max_unorm,
+                    "skip_zeros": skip_zeros,
+                }
+            )
+        self.args = args
+        self.optimizer_name = optimizer_name
+
+    @torch.no_grad()
+    def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        """Create the step counter and the two states of ``p`` (spec §8.3)."""
+        config = self.get_config(gindex, pindex, group)
+        dtype = self._state_dtype(config, p)
+        state = self.state[p]
+        state["step"] = 0
+        if dtype == torch.float32:
+            state["state1"] = self.get_state_buffer(p, dtype=torch.float32)
+            state["state2"] = self.get_state_buffer(p, dtype=torch.float32)
+        else:
+            qmap1, qmap2 = self._qmaps(p.device)
+            state["state1"] = self.get_state_buffer(p, dtype=torch.uint8)
+            state["qmap1"] = qmap1
+            state["state2"] = self.get_state_buffer(p, dtype=torch.uint8)
+            state["qmap2"] = qmap2
+            state["absmax1"] = self._absmax(p)
+            state["absmax2"] = self._absmax(p)
+        if config["max_unorm"] > 0.0:
+            state["unorm_vec"] = torch.zeros((1,), device=p.device)
+
+    def _betas3(self, config: dict[str, Any], step: int) -> tuple[float, float, float, float]:
+        betas = config["betas"]
+        beta3 = betas[2] if len(betas) >= 3 else 0.0
+        return betas[0], betas[1], beta3, config["alpha"]
+
+    @torch.no_grad()
+    def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        """Advance ``p`` by one step with the kernel of its device."""
+        if not p.is_contiguous():
+            p.data = p.data.contiguous()
+        if not p.grad.is_contiguous():
+            p.grad = p.grad.contiguous()
+        state = self.state[p]
+        grad = p.grad
+        config = self.get_config(gindex, pindex, group)
+        state["step"] += 1
+        step = state["step"]
+        beta1, beta2, beta3, alpha = self._betas3(config, step)
+        if state["state1"].dtype == torch.float32:
+            F.optimizer_update_32bit(
+                self.optimizer_name,
+                grad,
+                p,
+                state["state1"],
+                beta1,
+                config["eps"],
+                step,
+                config["lr"],
+                state["state2"],
+                beta2,
+                beta3,
+                alpha,
+                config["weight_decay"],
+                1.0,
+                state["unorm_vec"] if config["max_unorm"] > 0.0 else None,
+                max_unorm=config["max_unorm"],
+                skip_zeros=config["skip_zeros"],
+            )
+        else:
+            F.optimizer_update_8bit_blockwise(
+                self.optimizer_name,
+                grad,
+                p,
+                state["state1"],
+                state["state2"],
+                beta1,
+                beta2,
+                beta3,
+                alpha,
+                config["eps"],
+                step,
+                config["lr"],
+                state["qmap1"],
+                state["qmap2"],
+                state["absmax1"],
+                state["absmax2"],
+                weight_decay=config["weight_decay"],
+                gnorm_scale=1.0,
+                skip_zeros=config["skip_zeros"],
+            )
+
+
+class Optimizer1State(Optimizer8bit):
+    """Optimizers with one state: momentum (SGD), lars, rmsprop, adagrad, lion."""
+
+    def __init__(
+        self,
+        optimizer_name: str,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, ...] | str = (0.9, 0.0),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        max_unorm: float = 0.0,
+        skip_zeros: bool = False,
+        is_paged: bool = False,
+    ) -> None:
+        betas = _validate(lr, eps, betas, weight_decay)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults, optim_bits, is_paged)
+        if args is None:
+            args = MockArgs(
+                {
+                    "optim_bits": optim_bits,
+                    "min_8bit_size": min_8bit_size,
+                    "max_unorm": max_unorm,
+                    "skip_zeros": skip_zeros,
+                }
+            )
+        self.args = args
+        self.optimizer_name = optimizer_name
+
+    @torch.no_grad()
+    def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        """Create the step counter and the state of ``p`` (spec §8.3)."""
+        config = self.get_config(gindex, pindex, group)
+        dtype = self._state_dtype(config, p)
+        state = self.state[p]
+        state["step"] = 0
+        if dtype == torch.float32:
+            state["state1"] = self.get_state_buffer(p, dtype=torch.float32)
+        else:
+            qmap1, _ = self._qmaps(p.device)
+            state["state1"] = self.get_state_buffer(p, dtype=torch.uint8)
+            state["qmap1"] = qmap1
+            state["absmax1"] = self._absmax(p)
+        if config["max_unorm"] > 0.0:
+            state["unorm_vec"] = torch.zeros((1,), device=p.device)
+
+    @torch.no_grad()
+    def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        """Advance ``p`` by one step with the kernel of its device."""
+        if not p.is_contiguous():
+            p.data = p.data.contiguous()
+        if not p.grad.is_contiguous():
+            p.grad = p.grad.contiguous()
+        state = self.state[p]
+        grad = p.grad
+        config = self.get_config(gindex, pindex, group)
+        state["step"] += 1
+        step = state["step"]
+        betas = config["betas"]
+        if state["state1"].dtype == torch.float32:
+            F.optimizer_update_32bit(
+                self.optimizer_name,
+                grad,
+                p,
+                state["state1"],
+                betas[0],
+                config["eps"],
+                step,
+                config["lr"],
+                None,
+                betas[1],
+                0.0,
+                0.0,
+                config["weight_decay"],
+                1.0,
+                state["unorm_vec"] if config["max_unorm"] > 0.0 else None,
+                max_unorm=config["max_unorm"],
+                skip_zeros=config["skip_zeros"],
+            )
+        else:
+            F.optimizer_update_8bit_blockwise(
+                self.optimizer_name,
+                grad,
+                p,
+                state["state1"],
+                None,
+                betas[0],
+                betas[1],
+                0.0,
+                0.0,
+                config["eps"],
+                step,
+                config["lr"],
+                state["qmap1"],
+                None,
+                state["absmax1"],
+                None,
+                weight_decay=config["weight_decay"],
+                gnorm_scale=1.0,
+                skip_zeros=config["skip_zeros"],
+            )
+
+
+def ademamix_schedule(alpha: float, beta1: float, beta3: float, step: int, t_alpha, t_beta3) -> tuple[float, float]:
+    """AdEMAMix's warm-up of ``alpha`` and ``beta3`` at ``step`` (spec §8.5); unchanged when unset."""
+    alpha_t = min(step * alpha / t_alpha, alpha) if t_alpha else alpha
+    beta3_t = beta3
+    if t_beta3:
+        ln_b1, ln_b3 = math.log(beta1), math.log(beta3)
+        s = step / t_beta3
+        beta3_t = min(math.exp((ln_b1 * ln_b3) / ((1 - s) * ln_b3 + s * ln_b1)), beta3)
+    return alpha_t, beta3_t
+
+
+__all__ = [
+    "GlobalOptimManager",
+    "MockArgs",
+    "Optimizer1State",
+    "Optimizer2State",
+    "Optimizer8bit",
+    "ademamix_schedule",
+]

@@ -1,0 +1,70 @@
+"""RMSprop with 8-bit or 32-bit states (``alpha`` is the smoothing constant, spec §8.5)."""
+
+from __future__ import annotations
+
+from .optimizer import Optimizer1State
+
+
+def _check(alpha: float, centered: bool) -> None:
+    if alpha == 0:
+        raise NotImplementedError("RMSprop with alpha == 0.0 is not supported")
+    if centered:
+        raise NotImplementedError("Centered RMSprop is not supported")
+
+
+class RMSprop(Optimizer1State):
+    """RMSprop; ``momentum`` is stored but not applied by the update."""
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0,
+        momentum=0,
+        centered=False,
+        optim_bits=32,
+        args=None,
+        min_8bit_size=4096,
+    ):
+        _check(alpha, centered)
+        super().__init__("rmsprop", params, lr, (alpha, momentum), eps, weight_decay, optim_bits, args, min_8bit_size)
+
+
+class RMSprop8bit(Optimizer1State):
+    """RMSprop with block-wise 8-bit states."""
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0,
+        momentum=0,
+        centered=False,
+        args=None,
+        min_8bit_size=4096,
+    ):
+        _check(alpha, centered)
+        super().__init__("rmsprop", params, lr, (alpha, momentum), eps, weight_decay, 8, args, min_8bit_size)
+
+
+class RMSprop32bit(Optimizer1State):
+    """RMSprop with 32-bit states."""
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0,
+        momentum=0,
+        centered=False,
+        args=None,
+        min_8bit_size=4096,
+    ):
+        _check(alpha, centered)
+        super().__init__("rmsprop", params, lr, (alpha, momentum), eps, weight_decay, 32, args, min_8bit_size)
