@@ -154,8 +154,12 @@ BNB_HD BNB_INLINE uint8_t quantize_state_8bit(const float* mids, float x, float 
   return static_cast<uint8_t>(nearest_sorted_256(mids, state_grid_value(state_grid_index(x, inv_absmax))));
 }
 
-// LLM.int8() row-wise rounding: round_half_even(x * scale) clamped to [-127, 127]; NaN -> 0.
-// `scale` is 127 / row_absmax in f32; a zero row absmax gives 0.
+// LLM.int8() row scale: the reference's `127.0 / row_stats` is torch's `reciprocal() * 127`, two
+// roundings in f32.
+BNB_HD BNB_INLINE float int8_row_scale(float row_absmax) { return mul_rn(div_rn(1.0f, row_absmax), 127.0f); }
+
+// LLM.int8() rounding: round_half_even(x * scale) clamped to [-127, 127]; NaN -> 0; a zero row
+// absmax gives 0. `scale` is int8_row_scale(row_absmax).
 BNB_HD BNB_INLINE int8_t int8_round(float x, float scale, float row_absmax) {
   if (row_absmax == 0.0f) return 0;
   float q = round_half_even(mul_rn(x, scale));
