@@ -78,22 +78,21 @@ PYBIND11_MODULE(_C, m) {
                                     ptr<float>(absmax), stream_of(stream));
     });
   });
-  m.def("dequantize_blockwise",
-        [](u A, u code, u absmax, int64_t n, int64_t bs, u out, int32_t out_dtype, u stream) {
-          run("dequantize_blockwise", [&] {
-            return bnb_dequantize_blockwise(ptr<const uint8_t>(A), ptr<const float>(code), ptr<const float>(absmax), n,
-                                            bs, ptr<void>(out), out_dtype, stream_of(stream));
-          });
-        });
-  m.def("gemm_4bit", [](u A, int32_t dtype, int64_t m_, int64_t n, int64_t k, u B, u absmax, u code, int64_t bs,
-                        u bias, u out, u stream) {
+  m.def("dequantize_blockwise", [](u A, u code, u absmax, int64_t n, int64_t bs, u out, int32_t out_dtype, u stream) {
+    run("dequantize_blockwise", [&] {
+      return bnb_dequantize_blockwise(ptr<const uint8_t>(A), ptr<const float>(code), ptr<const float>(absmax), n, bs,
+                                      ptr<void>(out), out_dtype, stream_of(stream));
+    });
+  });
+  m.def("gemm_4bit", [](u A, int32_t dtype, int64_t m_, int64_t n, int64_t k, u B, u absmax, u code, int64_t bs, u bias,
+                        u out, u stream) {
     run("gemm_4bit", [&] {
       return bnb_gemm_4bit(ptr<const void>(A), dtype, m_, n, k, ptr<const uint8_t>(B), ptr<const float>(absmax),
                            ptr<const float>(code), bs, ptr<const void>(bias), ptr<void>(out), stream_of(stream));
     });
   });
-  m.def("int8_vectorwise_quant", [](u A, int32_t dtype, int64_t rows, int64_t cols, float threshold, u out,
-                                    u row_stats, u outlier_cols, u stream) {
+  m.def("int8_vectorwise_quant", [](u A, int32_t dtype, int64_t rows, int64_t cols, float threshold, u out, u row_stats,
+                                    u outlier_cols, u stream) {
     run("int8_vectorwise_quant", [&] {
       return bnb_int8_vectorwise_quant(ptr<const void>(A), dtype, rows, cols, threshold, ptr<int8_t>(out),
                                        ptr<float>(row_stats), ptr<uint8_t>(outlier_cols), stream_of(stream));
@@ -116,8 +115,8 @@ PYBIND11_MODULE(_C, m) {
   py::class_<bnb_optimizer_hparams>(m, "OptimizerHparams")
       .def(py::init([](float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, float lr,
                        float gnorm_scale, float max_unorm, float param_norm, int64_t step, bool skip_zeros) {
-             return bnb_optimizer_hparams{beta1,     beta2,      beta3, alpha, eps, weight_decay, lr, gnorm_scale,
-                                          max_unorm, param_norm, step,  skip_zeros ? 1 : 0};
+             return bnb_optimizer_hparams{beta1, beta2,       beta3,     alpha,      eps,  weight_decay,
+                                          lr,    gnorm_scale, max_unorm, param_norm, step, skip_zeros ? 1 : 0};
            }),
            py::arg("beta1"), py::arg("beta2"), py::arg("beta3"), py::arg("alpha"), py::arg("eps"),
            py::arg("weight_decay"), py::arg("lr"), py::arg("gnorm_scale"), py::arg("max_unorm"), py::arg("param_norm"),

@@ -36,9 +36,7 @@ template <>
 struct Elem<BNB_DTYPE_BF16> {
   using T = __nv_bfloat16;
   static __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 store(float v) {
-    return __ushort_as_bfloat16(bnb::float_to_bf16(v));
-  }
+  static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __ushort_as_bfloat16(bnb::float_to_bf16(v)); }
 };
 
 // Calls fn(Elem<D>{}) for the runtime float dtype `dtype` (already checked).

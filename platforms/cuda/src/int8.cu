@@ -127,8 +127,8 @@ int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, in
     using E = decltype(e);
     const auto* a = static_cast<const typename E::T*>(A);
     if (threshold > 0.0f) {
-      mark_outlier_cols_kernel<E><<<grid_for(rows * cols, kThreads), kThreads, 0, s>>>(a, rows * cols, cols, threshold,
-                                                                                        outlier_cols);
+      mark_outlier_cols_kernel<E>
+          <<<grid_for(rows * cols, kThreads), kThreads, 0, s>>>(a, rows * cols, cols, threshold, outlier_cols);
     }
     vectorwise_quant_kernel<E>
         <<<static_cast<unsigned int>(rows), kThreads, 0, s>>>(a, rows, cols, threshold, outlier_cols, out, row_stats);
@@ -149,7 +149,8 @@ int32_t bnb_int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int6
   cudaStream_t s = as_stream(stream);
   if (cublaslt_int8_matmul(A, B, m, n, k, C, s)) return check_launch("bnb_int8_linear_matmul (cublasLt)");
   cudaGetLastError();  // a refused cuBLASLt call leaves nothing to report
-  const dim3 grid(static_cast<unsigned int>((n + kTile - 1) / kTile), static_cast<unsigned int>((m + kTile - 1) / kTile));
+  const dim3 grid(static_cast<unsigned int>((n + kTile - 1) / kTile),
+                  static_cast<unsigned int>((m + kTile - 1) / kTile));
   int8_matmul_kernel<<<grid, kTile * kTile, 0, s>>>(A, B, m, n, k, C);
   return check_launch("bnb_int8_linear_matmul");
 }

@@ -79,8 +79,8 @@ template <typename E>
 __global__ void __launch_bounds__(kThreads)
     optimizer_8bit_kernel(bnb::OptimizerConsts c, Scalars sc, const typename E::T* __restrict__ g,
                           typename E::T* __restrict__ p, uint8_t* __restrict__ state1, uint8_t* __restrict__ state2,
-                          const float* __restrict__ qmap1, const float* __restrict__ qmap2,
-                          float* __restrict__ absmax1, float* __restrict__ absmax2, int64_t n, int64_t nblocks) {
+                          const float* __restrict__ qmap1, const float* __restrict__ qmap2, float* __restrict__ absmax1,
+                          float* __restrict__ absmax2, int64_t n, int64_t nblocks) {
   __shared__ float mids1[255];
   __shared__ float mids2[255];
   __shared__ float scratch[kThreads / bnb::kWarpSize];

@@ -6,8 +6,8 @@
 namespace bnb_cuda {
 namespace {
 
-constexpr int kThreads = 256;    // a multiple of every warp size (32, 64)
-constexpr int kMaxPairs = 8;     // 4096 / 2 / 256 pairs per thread at most
+constexpr int kThreads = 256;  // a multiple of every warp size (32, 64)
+constexpr int kMaxPairs = 8;   // 4096 / 2 / 256 pairs per thread at most
 
 // One CTA quantizes kThreads / tpq blocks; `tpq` threads (a power of two) share a block and each
 // handles `ppt` consecutive-lane pairs of elements. The block absmax is a segmented tree
@@ -65,8 +65,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // One thread per packed byte (two elements).
 template <typename E>
-__global__ void dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const float* __restrict__ absmax,
-                                       int64_t n, int64_t blocksize, int nf4, typename E::T* __restrict__ out) {
+__global__ void dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const float* __restrict__ absmax, int64_t n,
+                                       int64_t blocksize, int nf4, typename E::T* __restrict__ out) {
   __shared__ float table[16];
   if (threadIdx.x < 16) table[threadIdx.x] = bnb::decode_4bit(nf4, threadIdx.x);
   __syncthreads();

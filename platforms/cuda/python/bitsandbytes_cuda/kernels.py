@@ -56,7 +56,9 @@ def _on_cuda(**tensors: torch.Tensor | None) -> torch.device:
     for name, t in tensors.items():
         if t is None:
             continue
-        C.check(t.device.type == "cuda", f"bitsandbytes_cuda: {name} must be on a CUDA device, got {t.device}", RuntimeError)
+        C.check(
+            t.device.type == "cuda", f"bitsandbytes_cuda: {name} must be on a CUDA device, got {t.device}", RuntimeError
+        )
         if device is None:
             device = t.device
         C.check(
