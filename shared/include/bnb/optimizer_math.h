@@ -12,6 +12,8 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "bnb_c_api.h"
 #include "codebooks.h"
@@ -51,7 +53,37 @@ BNB_HD BNB_INLINE bool optimizer_decoupled_decay(int32_t optimizer) {
          optimizer == BNB_OPTIM_LION;
 }
 
-BNB_INLINE OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_optimizer_hparams& h) {
+// The double a caller most likely meant by the f32 `f`: the shortest decimal that rounds to `f`,
+// read as a double. The hyper-parameters cross the C ABI as f32, but the reference forms
+// 1 - beta, lr * wd, ... from the Python doubles (0.9, not 0.9f): 1 - 0.9 rounds to 0.1f while
+// 1 - (double)0.9f rounds to 0.099999976f. Host only; cached, optimizers repeat their values.
+inline double intended_double(float f) {
+  struct Entry {
+    float f;
+    double d;
+    bool used;
+  };
+  static thread_local Entry cache[16] = {};
+  const uint32_t bits = float_bits(f);
+  Entry& e = cache[(bits ^ (bits >> 7) ^ (bits >> 17)) & 15u];
+  if (e.used && float_bits(e.f) == bits) return e.d;
+  double d = static_cast<double>(f);
+  if (f == f && f - f == 0.0f) {  // finite
+    char buf[32];
+    for (int prec = 1; prec <= 9; ++prec) {
+      snprintf(buf, sizeof(buf), "%.*g", prec, static_cast<double>(f));
+      const double candidate = strtod(buf, nullptr);
+      if (static_cast<float>(candidate) == f) {
+        d = candidate;
+        break;
+      }
+    }
+  }
+  e = {f, d, true};
+  return d;
+}
+
+inline OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_optimizer_hparams& h) {
   OptimizerConsts c;
   c.optimizer = optimizer;
   c.first_step = h.step == 1;
@@ -64,7 +96,7 @@ BNB_INLINE OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_op
   c.eps = h.eps;
   c.wd = h.weight_decay;
   c.lr = h.lr;
-  const double b1 = h.beta1, b2 = h.beta2, b3 = h.beta3;
+  const double b1 = intended_double(h.beta1), b2 = intended_double(h.beta2), b3 = intended_double(h.beta3);
   c.one_minus_beta1 = static_cast<float>(1.0 - b1);
   c.one_minus_beta2 = static_cast<float>(1.0 - b2);
   c.one_minus_beta3 = static_cast<float>(1.0 - b3);
@@ -72,10 +104,10 @@ BNB_INLINE OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_op
   const double c2 = sqrt(1.0 - pow(b2, static_cast<double>(h.step)));
   c.c1 = static_cast<float>(c1);
   c.c2 = static_cast<float>(c2);
-  c.eps_c2 = static_cast<float>(static_cast<double>(h.eps) * c2);
+  c.eps_c2 = static_cast<float>(intended_double(h.eps) * c2);
   c.c2_over_c1 = static_cast<float>(c2 / c1);
   c.c1_over_c2 = static_cast<float>(c1 / c2);
-  c.decay = static_cast<float>(1.0 - static_cast<double>(h.lr) * static_cast<double>(h.weight_decay));
+  c.decay = static_cast<float>(1.0 - intended_double(h.lr) * intended_double(h.weight_decay));
   return c;
 }
 
@@ -90,20 +122,20 @@ BNB_HD BNB_INLINE float optimizer_direction(const OptimizerConsts& c, float g, f
   switch (c.optimizer) {
     case BNB_OPTIM_ADAM:
     case BNB_OPTIM_LAMB: {
-      s1 = add_rn(mul_rn(s1, c.beta1), mul_rn(c.one_minus_beta1, g));
-      s2 = add_rn(mul_rn(s2, c.beta2), mul_rn(mul_rn(c.one_minus_beta2, g), g));
+      s1 = fma_rn(c.one_minus_beta1, g, mul_rn(s1, c.beta1));             // s1.mul_(b1).add_(g, alpha=1-b1)
+      s2 = fma_rn(mul_rn(c.one_minus_beta2, g), g, mul_rn(s2, c.beta2));  // .addcmul_(g, g, value=1-b2)
       return mul_rn(div_rn(s1, add_rn(sqrt_rn(s2), c.eps_c2)), c.c2_over_c1);
     }
     case BNB_OPTIM_ADEMAMIX: {
-      s1 = add_rn(mul_rn(s1, c.beta1), mul_rn(c.one_minus_beta1, g));
-      s1b = add_rn(mul_rn(s1b, c.beta3), mul_rn(c.one_minus_beta3, g));
-      s2 = add_rn(mul_rn(s2, c.beta2), mul_rn(mul_rn(c.one_minus_beta2, g), g));
+      s1 = fma_rn(c.one_minus_beta1, g, mul_rn(s1, c.beta1));
+      s1b = fma_rn(c.one_minus_beta3, g, mul_rn(s1b, c.beta3));
+      s2 = fma_rn(mul_rn(c.one_minus_beta2, g), g, mul_rn(s2, c.beta2));
       const float num = add_rn(div_rn(s1, c.c1), mul_rn(c.alpha, s1b));
       return div_rn(num, add_rn(div_rn(sqrt_rn(s2), c.c2), c.eps));
     }
     case BNB_OPTIM_LION: {
       const float d = sign_of(add_rn(mul_rn(s1, c.beta1), mul_rn(g, c.one_minus_beta1)));
-      s1 = add_rn(mul_rn(s1, c.beta2), mul_rn(c.one_minus_beta2, g));
+      s1 = fma_rn(c.one_minus_beta2, g, mul_rn(s1, c.beta2));
       return d;
     }
     default:
@@ -116,10 +148,10 @@ BNB_HD BNB_INLINE float optimizer_direction(const OptimizerConsts& c, float g, f
       s1 = c.first_step ? g : add_rn(mul_rn(s1, c.beta1), g);
       return s1;
     case BNB_OPTIM_RMSPROP:
-      s1 = add_rn(mul_rn(s1, c.beta1), mul_rn(mul_rn(c.one_minus_beta1, g), g));
+      s1 = fma_rn(mul_rn(c.one_minus_beta1, g), g, mul_rn(s1, c.beta1));
       return div_rn(g, add_rn(sqrt_rn(s1), c.eps));
-    default:  // BNB_OPTIM_ADAGRAD
-      s1 = add_rn(s1, mul_rn(g, g));
+    default:                  // BNB_OPTIM_ADAGRAD
+      s1 = fma_rn(g, g, s1);  // s1.addcmul_(g, g)
       return div_rn(g, add_rn(sqrt_rn(s1), c.eps));
   }
 }
