@@ -29,7 +29,11 @@ template <>
 struct Elem<BNB_DTYPE_F16> {
   using T = __half;
   static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
+  // NaN keeps its sign as a quiet 0x7e00 (torch's conversion; the hardware one writes 0x7fff).
+  static __device__ __forceinline__ __half store(float v) {
+    if (v != v) return __ushort_as_half(static_cast<unsigned short>(((__float_as_uint(v) >> 16) & 0x8000u) | 0x7e00u));
+    return __float2half_rn(v);
+  }
 };
 
 template <>
@@ -38,6 +42,17 @@ struct Elem<BNB_DTYPE_BF16> {
   static __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
   static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __ushort_as_bfloat16(bnb::float_to_bf16(v)); }
 };
+
+// a * b with the NaN bits of the x86 CPU the reference results come from: a NaN operand
+// propagates (quieted), an invalid product (0 * inf) is the default NaN 0xffc00000. The GPU would
+// write its canonical 0x7fffffff; dequantized outputs are compared bit for bit.
+__device__ __forceinline__ float mul_cpu_nan(float a, float b) {
+  const float r = __fmul_rn(a, b);
+  if (r == r) return r;
+  if (a != a) return __uint_as_float(__float_as_uint(a) | 0x400000u);
+  if (b != b) return __uint_as_float(__float_as_uint(b) | 0x400000u);
+  return __uint_as_float(0xffc00000u);
+}
 
 // Calls fn(Elem<D>{}) for the runtime float dtype `dtype` (already checked).
 template <typename Fn>

@@ -75,8 +75,8 @@ __global__ void dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < bytes; i += stride) {
     const uint8_t b = packed[i];
     const int64_t e = 2 * i;
-    out[e] = E::store(bnb::mul_rn(table[b >> 4], absmax[e / blocksize]));
-    if (e + 1 < n) out[e + 1] = E::store(bnb::mul_rn(table[b & 15], absmax[(e + 1) / blocksize]));
+    out[e] = E::store(mul_cpu_nan(table[b >> 4], absmax[e / blocksize]));
+    if (e + 1 < n) out[e + 1] = E::store(mul_cpu_nan(table[b & 15], absmax[(e + 1) / blocksize]));
   }
 }
 
@@ -109,7 +109,7 @@ __global__ void dequantize_blockwise_kernel(const uint8_t* __restrict__ A, const
   __syncthreads();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    out[i] = E::store(bnb::mul_rn(table[A[i]], absmax[i / blocksize]));
+    out[i] = E::store(mul_cpu_nan(table[A[i]], absmax[i / blocksize]));
   }
 }
 
