@@ -30,27 +30,32 @@ __global__ void gemm_4bit_kernel(const typename E::T* __restrict__ A, int64_t m,
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
     if (vectorized) {
-      // K % 32 == 0 and B 16-byte aligned: 32 weights per 16-byte load, one absmax per load.
+      // K % 32 == 0, B and A 16-byte aligned: 32 weights per 16-byte load (one absmax), A in
+      // 16-byte loads, everything in registers (all indices are compile-time after unrolling).
+      using T = typename E::T;
+      constexpr int kVecA = kChunk * static_cast<int>(sizeof(T)) / 16;
       const uint4* wrow = reinterpret_cast<const uint4*>(B + wbase / 2);
       for (int64_t ch = lane; ch < K / kChunk; ch += bnb::kWarpSize) {
         const uint4 raw = wrow[ch];
         const float scale = absmax[(wbase + ch * kChunk) / blocksize];
         const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+        float w[kChunk];
 #pragma unroll
-        for (int w = 0; w < 4; ++w) {
+        for (int j = 0; j < kChunk / 2; ++j) {
+          const uint32_t byte = (words[j / 4] >> (8 * (j % 4))) & 0xffu;
+          w[2 * j] = E::load(E::store(bnb::mul_rn(table[byte >> 4], scale)));
+          w[2 * j + 1] = E::load(E::store(bnb::mul_rn(table[byte & 15u], scale)));
+        }
 #pragma unroll
-          for (int b = 0; b < 4; ++b) {
-            const uint32_t byte = (words[w] >> (8 * b)) & 0xffu;
-            const float w_hi = E::load(E::store(bnb::mul_rn(table[byte >> 4], scale)));
-            const float w_lo = E::load(E::store(bnb::mul_rn(table[byte & 15u], scale)));
-            const int64_t kk = ch * kChunk + (w * 4 + b) * 2;
+        for (int r = 0; r < kRows; ++r) {
+          if (r0 + r < m) {
+            alignas(16) T a[kChunk];
+            const uint4* src = reinterpret_cast<const uint4*>(A + (r0 + r) * K + ch * kChunk);
+            uint4* dst = reinterpret_cast<uint4*>(a);
 #pragma unroll
-            for (int r = 0; r < kRows; ++r) {
-              if (r0 + r < m) {
-                const typename E::T* a = A + (r0 + r) * K + kk;
-                acc[r] += E::load(a[0]) * w_hi + E::load(a[1]) * w_lo;
-              }
-            }
+            for (int q = 0; q < kVecA; ++q) dst[q] = src[q];
+#pragma unroll
+            for (int j = 0; j < kChunk; ++j) acc[r] += E::load(a[j]) * w[j];
           }
         }
       }
@@ -107,7 +112,8 @@ int32_t bnb_gemm_4bit(const void* A, int32_t dtype, int64_t m, int64_t n, int64_
   BNB_REQUIRE((n + kWarpsPerBlock - 1) / kWarpsPerBlock < (1LL << 31), BNB_ERR_INVALID_ARGUMENT, "n is too large");
   DeviceGuard guard(out);
   if (guard.status()) return guard.status();
-  const bool vectorized = k % kChunk == 0 && reinterpret_cast<uintptr_t>(B) % 16 == 0;
+  const bool vectorized =
+      k % kChunk == 0 && reinterpret_cast<uintptr_t>(B) % 16 == 0 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
   cudaStream_t s = as_stream(stream);
   dispatch_float(dtype, [&](auto e) {
     using E = decltype(e);

@@ -9,6 +9,20 @@ namespace {
 constexpr int kThreads = 256;  // a multiple of every warp size (32, 64)
 constexpr int kMaxPairs = 8;   // 4096 / 2 / 256 pairs per thread at most
 
+// FP4 codes in ascending order of value (BNB_FP4_SORTED_CODES), nibble i = the code at sorted
+// position i: a shift replaces the table lookup that would put codebooks.h's array in local memory.
+constexpr uint64_t kFp4SortedCodes = 0x3254761809EFCDABull;
+
+// encode_4bit of codebooks.h (same codes), with the FP4 position-to-code map in a register.
+__device__ __forceinline__ uint32_t encode_4bit_fast(int nf4, float x) {
+  if (nf4) return bnb::encode_nf4(x);
+  const float fp4[16] = BNB_FP4_TABLE;
+  float sorted[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) sorted[i] = fp4[(kFp4SortedCodes >> (4 * i)) & 15u];
+  return static_cast<uint32_t>((kFp4SortedCodes >> (4 * bnb::nearest_sorted_16(sorted, x))) & 15u);
+}
+
 // One CTA quantizes kThreads / tpq blocks; `tpq` threads (a power of two) share a block and each
 // handles `ppt` consecutive-lane pairs of elements. The block absmax is a segmented tree
 // reduction in shared memory, which needs no assumption about the warp size.
@@ -49,14 +63,14 @@ __global__ void __launch_bounds__(kThreads)
   if (!active) return;
   if (lane == 0) absmax[qb] = amax;
   const float inv = bnb::inverse_absmax(amax);
-  const uint32_t zero_code = bnb::encode_4bit(nf4, 0.0f);
+  const uint32_t zero_code = encode_4bit_fast(nf4, 0.0f);
 #pragma unroll
   for (int j = 0; j < kMaxPairs; ++j) {
     if (j < ppt) {
       const int64_t e = start + 2 * static_cast<int64_t>(lane + j * tpq);
       if (e < n) {
-        const uint32_t hi = bnb::encode_4bit(nf4, bnb::mul_rn(v[2 * j], inv));
-        const uint32_t lo = e + 1 < n ? bnb::encode_4bit(nf4, bnb::mul_rn(v[2 * j + 1], inv)) : zero_code;
+        const uint32_t hi = encode_4bit_fast(nf4, bnb::mul_rn(v[2 * j], inv));
+        const uint32_t lo = e + 1 < n ? encode_4bit_fast(nf4, bnb::mul_rn(v[2 * j + 1], inv)) : zero_code;
         packed[e / 2] = static_cast<uint8_t>((hi << 4) | lo);
       }
     }
@@ -68,7 +82,10 @@ template <typename E>
 __global__ void dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const float* __restrict__ absmax, int64_t n,
                                        int64_t blocksize, int nf4, typename E::T* __restrict__ out) {
   __shared__ float table[16];
-  if (threadIdx.x < 16) table[threadIdx.x] = bnb::decode_4bit(nf4, threadIdx.x);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (uint32_t c = 0; c < 16; ++c) table[c] = bnb::decode_4bit(nf4, c);  // constant indices: no local memory
+  }
   __syncthreads();
   const int64_t bytes = (n + 1) / 2;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
