@@ -46,6 +46,7 @@ __global__ void __launch_bounds__(kThreads)
     float v = two ? s2[i] : 0.0f;
     const float d = bnb::optimizer_direction(c, gf, pf, a, b, v);
     if (kPass == 1) {
+      if (c.skip_zeros && gf == 0.0f) continue;  // skipped elements do not move: not in ||u||
       const float u = bnb::optimizer_unorm_component(c, d);
       sq += u * u;
       continue;
