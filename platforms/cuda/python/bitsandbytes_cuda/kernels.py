@@ -20,6 +20,8 @@ DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 QUANT_CODE = {"fp4": 0, "nf4": 1}
 OPTIMIZER_IDS = {"momentum": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lion": 4, "ademamix": 5, "lamb": 6, "lars": 7}
 """C ABI ids (``bnb_optimizer``); lamb/lars share adam/momentum's math, their clip is max_unorm."""
+OPTIMIZER_NAMES = ("adam", "lamb", "momentum", "lars", "rmsprop", "adagrad", "lion", "ademamix")
+"""Accepted names, in the order the reference's error message lists them."""
 TWO_STATE = frozenset({"adam", "lamb", "ademamix"})
 STATE_BLOCKSIZE = 256
 
@@ -420,7 +422,7 @@ def int8_mm_dequant(
 def _check_optimizer(optimizer_name: str, g: torch.Tensor, p: torch.Tensor, step: int) -> None:
     C.check(
         optimizer_name in OPTIMIZER_IDS,
-        f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_IDS)}",
+        f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}",
     )
     C.check_optimizer_args(g, p)
     C.check(step >= 1, f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
