@@ -94,6 +94,69 @@ def lint(session: nox.Session) -> None:
         session.run("clang-format", "--dry-run", "-Werror", *sources)
 
 
+CUDA_DIR = ROOT / "platforms" / "cuda"
+
+
+def cuda_archs_for_this_gpu(session: nox.Session) -> str:
+    """BNB_CUDA_ARCHS if set, else the compute capability of GPU 0 (one architecture builds fast)."""
+    archs = os.environ.get("BNB_CUDA_ARCHS")
+    if archs:
+        return archs
+    code = "import torch; print(''.join(map(str, torch.cuda.get_device_capability(0))) if torch.cuda.is_available() else '')"
+    found = session.run("python", "-c", code, silent=True, external=False) or ""
+    return found.strip().splitlines()[-1] if found.strip() else ""
+
+
+def install_cuda_platform(session: nox.Session) -> None:
+    """Build and install the CUDA wheel for the GPU here (the toolkit's major names it)."""
+    session.install("--no-deps", str(CUDA_DIR), env={"BNB_CUDA_ARCHS": cuda_archs_for_this_gpu(session)})
+
+
+@nox.session(name="build-cuda", tags=["ci"])
+def build_cuda(session: nox.Session) -> None:
+    """Build the CUDA wheel with the local nvcc for one architecture, then check it without a GPU:
+    every C ABI symbol exported, build info names toolkit and arch, no CUDA library inside."""
+    arch = os.environ.get("BNB_CUDA_ARCHS", "90")
+    out = pathlib.Path(session.create_tmp()) / "wheelhouse"
+    if out.exists():
+        for old in out.glob("*.whl"):
+            old.unlink()
+    session.install("pip")
+    session.run(
+        "python", "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(CUDA_DIR), env={"BNB_CUDA_ARCHS": arch}
+    )
+    wheels = sorted(out.glob("bitsandbytes_cuda*.whl"))
+    if len(wheels) != 1:
+        session.error(f"expected one CUDA wheel in {out}, found {[w.name for w in wheels]}")
+    arch_args = [a for part in arch.replace(",", ";").split(";") if part for a in ("--arch", part)]
+    session.run("python", str(CUDA_DIR / "tools" / "check_wheel.py"), str(wheels[0]), *arch_args)
+
+
+@nox.session(name="tests-cuda")
+def tests_cuda(session: nox.Session) -> None:
+    """The conformance suite (every op vs the reference) plus the CUDA tests, on a GPU machine.
+
+    Set BNB_TORCH_REQUIREMENT to a CUDA build of torch (e.g. ``torch==2.13.0+cu130`` with the
+    matching index in PIP_EXTRA_INDEX_URL) and, optionally, BNB_CUDA_ARCHS."""
+    install_torch(session)
+    session.install(*TEST_DEPS)
+    install_meta(session)
+    install_platform(session, "cpu")
+    install_cuda_platform(session)
+    session.run("python", "-m", "bitsandbytes")
+    session.run("pytest", "-m", "not slow and not integration", *session.posargs)
+
+
+@nox.session(name="bench-cuda")
+def bench_cuda(session: nox.Session) -> None:
+    """bench/cuda_ops.py: the CUDA kernels against torch baselines measured in the same run."""
+    install_torch(session)
+    install_meta(session)
+    install_platform(session, "cpu")
+    install_cuda_platform(session)
+    session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """Install meta + cpu wheel, print the report and self-test, then run a small demo."""

@@ -1,0 +1,570 @@
+"""Python glue: validate arguments, allocate outputs, call the native CUDA kernels.
+
+Every kernel runs on the caller's current stream of the tensors' device
+(``torch.cuda.current_stream(device).cuda_stream``); the native library makes that device
+current around the launch. Validation uses the op interface's shared checks
+(``bitsandbytes._checks``), so every platform raises the same errors before native code runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from bitsandbytes import _checks as C
+
+from . import _C
+
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+QUANT_CODE = {"fp4": 0, "nf4": 1}
+OPTIMIZER_IDS = {"momentum": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lion": 4, "ademamix": 5, "lamb": 6, "lars": 7}
+"""C ABI ids (``bnb_optimizer``); lamb/lars share adam/momentum's math, their clip is max_unorm."""
+OPTIMIZER_NAMES = ("adam", "lamb", "momentum", "lars", "rmsprop", "adagrad", "lion", "ademamix")
+"""Accepted names, in the order the reference's error message lists them."""
+TWO_STATE = frozenset({"adam", "lamb", "ademamix"})
+STATE_BLOCKSIZE = 256
+
+# Decode tables of the 4-bit types (FP4 code 8 decodes to -0.0), per device.
+_NF4 = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)  # fmt: skip
+_FP4 = (
+    0.0, 0.0625 / 12, 8 / 12, 12 / 12, 4 / 12, 6 / 12, 2 / 12, 3 / 12,
+    -0.0, -0.0625 / 12, -8 / 12, -12 / 12, -4 / 12, -6 / 12, -2 / 12, -3 / 12,
+)  # fmt: skip
+_TABLES: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+
+def _decode_table(quant_type: str, device: torch.device) -> torch.Tensor:
+    key = (quant_type, device)
+    table = _TABLES.get(key)
+    if table is None:
+        values = _NF4 if quant_type == "nf4" else _FP4
+        table = _TABLES[key] = torch.tensor(values, dtype=torch.float32, device=device)
+    return table
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _on_cuda(**tensors: torch.Tensor | None) -> torch.device:
+    """Check that every given tensor is on one CUDA device and return it."""
+    device = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        C.check(
+            t.device.type == "cuda", f"bitsandbytes_cuda: {name} must be on a CUDA device, got {t.device}", RuntimeError
+        )
+        if device is None:
+            device = t.device
+        C.check(
+            t.device == device,
+            f"bitsandbytes_cuda: all tensors must be on one device, {name} is on {t.device}, not {device}",
+            RuntimeError,
+        )
+    assert device is not None
+    return device
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+# ---- 4-bit ----------------------------------------------------------------------------------
+
+
+def quantize_4bit(
+    A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit quantization (NF4/FP4) of an f32/f16/bf16 tensor."""
+    C.check_quantize_4bit(A, blocksize, quant_type, quant_storage)
+    device = _on_cuda(A=A)
+    A = A.contiguous()
+    n = A.numel()
+    packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=device)
+    absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32, device=device)
+    if n:
+        _C.quantize_4bit(
+            A.data_ptr(), DTYPE_CODE[A.dtype], n, blocksize, QUANT_CODE[quant_type], packed.data_ptr(),
+            absmax.data_ptr(), _stream(A),
+        )  # fmt: skip
+    return packed.view(quant_storage).reshape(-1, 1), absmax
+
+
+def _dequantize_4bit_into(
+    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, out: torch.Tensor
+) -> None:
+    n = out.numel()
+    if n == 0:
+        return
+    raw = A.contiguous().view(torch.uint8)
+    absmax = absmax.contiguous()
+    _C.dequantize_4bit(
+        raw.data_ptr(), absmax.data_ptr(), n, blocksize, QUANT_CODE[quant_type], out.data_ptr(),
+        DTYPE_CODE[out.dtype], _stream(out),
+    )  # fmt: skip
+
+
+def dequantize_4bit(
+    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype
+) -> torch.Tensor:
+    """4-bit dequantization into a new tensor of ``shape`` and ``dtype``."""
+    C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
+    device = _on_cuda(A=A, absmax=absmax)
+    out = torch.empty(list(shape), dtype=dtype, device=device)
+    _dequantize_4bit_into(A, absmax, blocksize, quant_type, out)
+    return out
+
+
+def dequantize_4bit_out(
+    A: torch.Tensor,
+    absmax: torch.Tensor,
+    blocksize: int,
+    quant_type: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    out: torch.Tensor,
+) -> None:
+    """4-bit dequantization into ``out``."""
+    C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
+    C.check(
+        list(out.shape) == list(shape), f"bitsandbytes_cuda: out must have shape {list(shape)}, got {list(out.shape)}"
+    )
+    C.check(out.dtype == dtype, f"bitsandbytes_cuda: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    _on_cuda(A=A, absmax=absmax, out=out)
+    if out.is_contiguous():
+        _dequantize_4bit_into(A, absmax, blocksize, quant_type, out)
+    else:
+        out.copy_(dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype))
+
+
+def _gemm_4bit_native(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    shapeB: Sequence[int],
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    blocksize: int,
+    bias: torch.Tensor | None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    N, K = int(shapeB[0]), int(shapeB[1])
+    device = _on_cuda(A=A, B=B, absmax=absmax, code=code, bias=bias, out=out)
+    shape = (*A.shape[:-1], N)
+    result = out if out is not None and out.is_contiguous() else torch.empty(shape, dtype=A.dtype, device=device)
+    m = A.numel() // K if K else 0
+    if m == 0 or N == 0:
+        return result
+    if K == 0:
+        result.zero_()
+        if bias is not None:
+            result += bias
+        return result
+    A = A.contiguous()
+    raw = B.contiguous().view(torch.uint8)
+    absmax = absmax.contiguous().float()
+    code = code.contiguous().float()
+    bias = bias.contiguous() if bias is not None else None
+    _C.gemm_4bit(
+        A.data_ptr(), DTYPE_CODE[A.dtype], m, N, K, raw.data_ptr(), absmax.data_ptr(), code.data_ptr(), blocksize,
+        _ptr(bias), result.data_ptr(), _stream(A),
+    )  # fmt: skip
+    if out is not None and result is not out:
+        out.copy_(result)
+    return result
+
+
+def gemv_4bit(
+    A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int
+) -> torch.Tensor:
+    """``A @ dequant(B).T`` read straight from the packed weights (batch 1 and small batches)."""
+    C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
+    if blocksize not in C.FOUR_BIT_BLOCKSIZES:  # the kernel takes the 4-bit block sizes only
+        from bitsandbytes.backends.reference.fourbit import gemv_4bit as reference_gemv_4bit
+
+        return reference_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
+    return _gemm_4bit_native(A, B, shapeB, absmax, code, blocksize, None)
+
+
+def gemv_4bit_out(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    shapeB: Sequence[int],
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    blocksize: int,
+    out: torch.Tensor,
+) -> None:
+    """``gemv_4bit`` into a preallocated ``out``."""
+    C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
+    shape = (*A.shape[:-1], shapeB[0])
+    C.check(tuple(out.shape) == shape, f"bitsandbytes_cuda: out must have shape {shape}, got {tuple(out.shape)}")
+    C.check(out.dtype == A.dtype, f"bitsandbytes_cuda: out must have dtype {A.dtype}, got {out.dtype}", TypeError)
+    if blocksize not in C.FOUR_BIT_BLOCKSIZES:
+        out.copy_(gemv_4bit(A, B, shapeB, absmax, code, blocksize))
+        return
+    _gemm_4bit_native(A, B, shapeB, absmax, code, blocksize, None, out=out)
+
+
+def gemm_4bit(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    shapeB: Sequence[int],
+    absmax: torch.Tensor,
+    blocksize: int,
+    quant_type: str,
+    bias: torch.Tensor | None = None,
+    absmax_8bit: torch.Tensor | None = None,
+    absmax_code: torch.Tensor | None = None,
+    absmax_offset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``A @ dequant(B).T + bias`` with an optionally nested absmax, without dequantizing B."""
+    C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    C.check(
+        A.shape[-1] == shapeB[1],
+        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
+    )
+    C.check_dtype(A, "A", C.FLOAT_DTYPES)
+    C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
+    C.check_dtype(absmax, "absmax", (torch.float32,))
+    C.check_blocksize_4bit(blocksize)
+    C.check_quant_type(quant_type)
+    C.check_4bit_shape(list(shapeB), absmax if absmax_8bit is None else absmax_8bit, B, blocksize)
+    device = _on_cuda(A=A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, bias=bias)
+    if absmax_8bit is not None:
+        C.check(
+            absmax_code is not None and absmax_offset is not None,
+            "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
+        )
+        absmax = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32) + absmax_offset.float()
+    if bias is not None:
+        C.check(
+            bias.dim() == 1 and bias.shape[0] == shapeB[0],
+            f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}",
+        )
+        bias = bias.to(A.dtype)
+    return _gemm_4bit_native(A, B, shapeB, absmax, _decode_table(quant_type, device), blocksize, bias)
+
+
+# ---- block-wise 8-bit -----------------------------------------------------------------------
+
+
+def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-wise 8-bit quantization against a sorted 256-entry code book."""
+    C.check_quantize_blockwise(A, code, blocksize)
+    device = _on_cuda(A=A, code=code)
+    A = A.contiguous()
+    code = code.contiguous()
+    n = A.numel()
+    out = torch.empty(A.shape, dtype=torch.uint8, device=device)
+    absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32, device=device)
+    if n:
+        _C.quantize_blockwise(
+            A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, blocksize, out.data_ptr(), absmax.data_ptr(),
+            _stream(A),
+        )  # fmt: skip
+    return out, absmax
+
+
+def _dequantize_blockwise_into(
+    A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, out: torch.Tensor
+) -> None:
+    n = A.numel()
+    if n == 0:
+        return
+    A, absmax, code = A.contiguous(), absmax.contiguous(), code.contiguous()
+    _C.dequantize_blockwise(
+        A.data_ptr(), code.data_ptr(), absmax.data_ptr(), n, blocksize, out.data_ptr(), DTYPE_CODE[out.dtype],
+        _stream(out),
+    )  # fmt: skip
+
+
+def dequantize_blockwise(
+    A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Block-wise 8-bit dequantization."""
+    C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
+    device = _on_cuda(A=A, absmax=absmax, code=code)
+    out = torch.empty(A.shape, dtype=dtype, device=device)
+    _dequantize_blockwise_into(A, absmax, code, blocksize, out)
+    return out
+
+
+def dequantize_blockwise_out(
+    A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype, out: torch.Tensor
+) -> None:
+    """Block-wise 8-bit dequantization into ``out``."""
+    C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
+    C.check(out.shape == A.shape, f"bitsandbytes_cuda: out must have shape {tuple(A.shape)}, got {tuple(out.shape)}")
+    C.check(out.dtype == dtype, f"bitsandbytes_cuda: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    _on_cuda(A=A, absmax=absmax, code=code, out=out)
+    if out.is_contiguous():
+        _dequantize_blockwise_into(A, absmax, code, blocksize, out)
+    else:
+        out.copy_(dequantize_blockwise(A, absmax, code, blocksize, dtype))
+
+
+# ---- LLM.int8() -----------------------------------------------------------------------------
+
+
+def int8_vectorwise_quant(
+    A: torch.Tensor, threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Row-wise absmax int8 quantization; columns holding ``|A| >= threshold`` are outliers."""
+    C.check_dtype(A, "A", C.FLOAT_DTYPES)
+    C.check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
+    C.check(threshold >= 0.0, f"bitsandbytes: threshold must be >= 0, got {threshold}")
+    device = _on_cuda(A=A)
+    cols = A.shape[-1]
+    rows = A.numel() // cols if cols else 0
+    A = A.contiguous()
+    out = torch.empty(A.shape, dtype=torch.int8, device=device)
+    row_stats = torch.zeros(rows, dtype=torch.float32, device=device)
+    flags = torch.zeros(cols, dtype=torch.uint8, device=device) if threshold > 0.0 else None
+    if rows and cols:
+        _C.int8_vectorwise_quant(
+            A.data_ptr(), DTYPE_CODE[A.dtype], rows, cols, float(threshold), out.data_ptr(), row_stats.data_ptr(),
+            _ptr(flags), _stream(A),
+        )  # fmt: skip
+    else:
+        out.zero_()
+    outlier_cols = torch.argwhere(flags).view(-1) if flags is not None else None
+    return out, row_stats, outlier_cols
+
+
+def _int8_matmul_into(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
+    K = A.shape[-1]
+    N = B.shape[0]
+    m = A.numel() // K if K else out.numel() // max(N, 1)
+    if out.numel() == 0:
+        return
+    if K == 0:
+        out.zero_()
+        return
+    A, B = A.contiguous(), B.contiguous()
+    _C.int8_linear_matmul(A.data_ptr(), B.data_ptr(), m, N, K, out.data_ptr(), _stream(A))
+
+
+def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> torch.device:
+    C.check_dtype(A, "A", (torch.int8,))
+    C.check_dtype(B, "B", (torch.int8,))
+    C.check(B.dim() == 2, f"bitsandbytes: B must be 2-D [N, K], got shape {tuple(B.shape)}")
+    C.check(
+        A.shape[-1] == B.shape[1],
+        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal B.shape[1] ({B.shape[1]})",
+    )
+    return _on_cuda(A=A, B=B)
+
+
+def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Exact ``A @ B.T`` of int8 matrices in int32 (cuBLASLt, or the built-in kernel)."""
+    device = _check_int8_matmul(A, B)
+    out = torch.empty((*A.shape[:-1], B.shape[0]), dtype=torch.int32, device=device)
+    _int8_matmul_into(A, B, out)
+    return out
+
+
+def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
+    """``int8_linear_matmul`` into a preallocated int32 ``out``."""
+    _check_int8_matmul(A, B)
+    shape = (*A.shape[:-1], B.shape[0])
+    C.check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
+    C.check_dtype(out, "out", (torch.int32,))
+    _on_cuda(A=A, out=out)
+    if out.is_contiguous():
+        _int8_matmul_into(A, B, out)
+    else:
+        out.copy_(int8_linear_matmul(A, B))
+
+
+def int8_mm_dequant(
+    A: torch.Tensor,
+    row_stats: torch.Tensor,
+    col_stats: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` in ``dtype`` (default f16), fused."""
+    C.check_dtype(A, "A", (torch.int32,))
+    C.check_dtype(row_stats, "row_stats", (torch.float32,))
+    C.check_dtype(col_stats, "col_stats", (torch.float32,))
+    dtype = dtype or torch.float16
+    C.check(dtype in DTYPE_CODE, f"bitsandbytes: dtype must be one of f16, bf16, f32, got {dtype}", TypeError)
+    device = _on_cuda(A=A, row_stats=row_stats, col_stats=col_stats, bias=bias)
+    n = A.shape[-1] if A.dim() else 1
+    m = A.numel() // n if n else 0
+    C.check(row_stats.numel() == m, f"bitsandbytes: row_stats must have {m} entries, got {row_stats.numel()}")
+    C.check(col_stats.numel() == n, f"bitsandbytes: col_stats must have {n} entries, got {col_stats.numel()}")
+    if bias is not None:
+        C.check(bias.numel() == n, f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
+        if bias.dtype not in DTYPE_CODE:
+            bias = bias.float()
+        bias = bias.contiguous()
+    out = torch.empty(A.shape, dtype=dtype, device=device)
+    if m and n:
+        A, row_stats, col_stats = A.contiguous(), row_stats.contiguous(), col_stats.contiguous()
+        _C.int8_mm_dequant(
+            A.data_ptr(), row_stats.data_ptr(), col_stats.data_ptr(), m, n, _ptr(bias),
+            DTYPE_CODE[bias.dtype] if bias is not None else 0, out.data_ptr(), DTYPE_CODE[dtype], _stream(A),
+        )  # fmt: skip
+    return out
+
+
+# ---- optimizers -----------------------------------------------------------------------------
+
+
+def _check_optimizer(optimizer_name: str, g: torch.Tensor, p: torch.Tensor, step: int) -> None:
+    C.check(
+        optimizer_name in OPTIMIZER_IDS,
+        f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}",
+    )
+    C.check_optimizer_args(g, p)
+    C.check(step >= 1, f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
+
+
+def _check_state(t: torch.Tensor | None, arg: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    C.check(t is not None, f"bitsandbytes: {arg} is required for this optimizer")
+    assert t is not None
+    C.check_dtype(t, arg, (dtype,))
+    C.check(t.numel() == numel, f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
+    C.check(t.is_contiguous(), f"bitsandbytes: {arg} must be contiguous")
+    return t
+
+
+def _with_contiguous_param(p: torch.Tensor, fn: Callable[[torch.Tensor], None]) -> None:
+    if p.is_contiguous():
+        fn(p)
+    else:
+        tmp = p.contiguous()
+        fn(tmp)
+        p.copy_(tmp)
+
+
+def optimizer_update_32bit(
+    optimizer_name: str,
+    g: torch.Tensor,
+    p: torch.Tensor,
+    state1: torch.Tensor,
+    state2: torch.Tensor | None,
+    unorm_vec: torch.Tensor | None,
+    max_unorm: float,
+    param_norm: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    lr: float,
+    gnorm_scale: float,
+    skip_zeros: bool = False,
+) -> None:
+    """One fused optimizer step with f32 states, in place (one kernel; two with max_unorm > 0)."""
+    _check_optimizer(optimizer_name, g, p, step)
+    n = p.numel()
+    _check_state(state1, "state1", 2 * n if optimizer_name == "ademamix" else n, torch.float32)
+    two = optimizer_name in TWO_STATE
+    if two:
+        _check_state(state2, "state2", n, torch.float32)
+    clip = max_unorm > 0.0
+    if clip:
+        _check_state(unorm_vec, "unorm_vec", 1, torch.float32)
+    _on_cuda(g=g, p=p, state1=state1, state2=state2 if two else None, unorm_vec=unorm_vec if clip else None)
+    if n == 0:
+        return
+    h = _C.OptimizerHparams(
+        beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale, max_unorm if clip else 0.0, param_norm, step,
+        skip_zeros,
+    )  # fmt: skip
+    gc = g.contiguous()
+
+    def run(pc: torch.Tensor) -> None:
+        _C.optimizer_update_32bit(
+            OPTIMIZER_IDS[optimizer_name], gc.data_ptr(), pc.data_ptr(), DTYPE_CODE[p.dtype], state1.data_ptr(),
+            _ptr(state2) if two else 0, _ptr(unorm_vec) if clip else 0, n, h, _stream(pc),
+        )  # fmt: skip
+
+    _with_contiguous_param(p, run)
+    if clip:
+        unorm_vec.sqrt_()  # type: ignore[union-attr]  # the C ABI leaves ||u||^2, the op ||u||
+
+
+def optimizer_update_8bit_blockwise(
+    optimizer_name: str,
+    g: torch.Tensor,
+    p: torch.Tensor,
+    state1: torch.Tensor,
+    state2: torch.Tensor | None,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    step: int,
+    lr: float,
+    qmap1: torch.Tensor,
+    qmap2: torch.Tensor | None,
+    absmax1: torch.Tensor,
+    absmax2: torch.Tensor | None,
+    weight_decay: float,
+    gnorm_scale: float,
+    skip_zeros: bool = False,
+) -> None:
+    """One fused optimizer step with block-wise 8-bit states (blocks of 256), in place."""
+    _check_optimizer(optimizer_name, g, p, step)
+    n = p.numel()
+    rows = 2 if optimizer_name == "ademamix" else 1
+    blocks = C.num_blocks(n, STATE_BLOCKSIZE)
+    two = optimizer_name in TWO_STATE
+    _check_state(state1, "state1", rows * n, torch.uint8)
+    C.check_code(qmap1)
+    _check_state(absmax1, "absmax1", rows * blocks, torch.float32)
+    if two:
+        _check_state(state2, "state2", n, torch.uint8)
+        C.check(qmap2 is not None, "bitsandbytes: qmap2 is required for this optimizer")
+        C.check_code(qmap2)  # type: ignore[arg-type]
+        _check_state(absmax2, "absmax2", blocks, torch.float32)
+    else:
+        state2 = qmap2 = absmax2 = None
+    _on_cuda(g=g, p=p, state1=state1, state2=state2, qmap1=qmap1, qmap2=qmap2, absmax1=absmax1, absmax2=absmax2)
+    if n == 0:
+        return
+    h = _C.OptimizerHparams(beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale, 0.0, 0.0, step, skip_zeros)
+    gc = g.contiguous()
+    q1 = qmap1.contiguous()
+    q2 = qmap2.contiguous() if qmap2 is not None else None
+
+    def run(pc: torch.Tensor) -> None:
+        _C.optimizer_update_8bit_blockwise(
+            OPTIMIZER_IDS[optimizer_name], gc.data_ptr(), pc.data_ptr(), DTYPE_CODE[p.dtype], state1.data_ptr(),
+            _ptr(state2), q1.data_ptr(), _ptr(q2), absmax1.data_ptr(), _ptr(absmax2), n, h, _stream(pc),
+        )  # fmt: skip
+
+    _with_contiguous_param(p, run)
+
+
+KERNELS: dict[str, Callable] = {
+    "quantize_4bit": quantize_4bit,
+    "dequantize_4bit": dequantize_4bit,
+    "dequantize_4bit.out": dequantize_4bit_out,
+    "gemv_4bit": gemv_4bit,
+    "gemv_4bit.out": gemv_4bit_out,
+    "gemm_4bit": gemm_4bit,
+    "quantize_blockwise": quantize_blockwise,
+    "dequantize_blockwise": dequantize_blockwise,
+    "dequantize_blockwise.out": dequantize_blockwise_out,
+    "int8_vectorwise_quant": int8_vectorwise_quant,
+    "int8_linear_matmul": int8_linear_matmul,
+    "int8_linear_matmul.out": int8_linear_matmul_out,
+    "int8_mm_dequant": int8_mm_dequant,
+    "optimizer_update_32bit": optimizer_update_32bit,
+    "optimizer_update_8bit_blockwise": optimizer_update_8bit_blockwise,
+}
+"""Op name -> CUDA kernel. The composite ops (int8_scaled_mm, ...) reach these through torch.ops."""
