@@ -67,6 +67,7 @@ def pip_wheel(source: pathlib.Path, outdir: pathlib.Path, env: dict | None = Non
         "-m",
         "pip",
         "wheel",
+        "--no-cache-dir",
         "--no-build-isolation",
         "--no-deps",
         "--no-index",
@@ -159,7 +160,7 @@ class Venv:
         return run(self.python, "-m", "pip", *args, check=check, capture_output=True)
 
     def freeze(self) -> list[str]:
-        return self.pip("freeze", "--all", "--exclude", "pip").stdout.split()
+        return self.pip("freeze", "--all", "--exclude", "pip").stdout.splitlines()
 
     def torch_lines(self) -> list[str]:
         return [line for line in self.freeze() if "torch" in line.lower()]
