@@ -1,7 +1,7 @@
 """Check release artifacts (wheels and sdists) before they are published.
 
     python tools/check_wheel.py dist/                      # every *.whl and *.tar.gz in dist/
-    python tools/check_wheel.py --max-size 1000000 w.whl   # and a size limit for platform wheels
+    python tools/check_wheel.py --max-size bitsandbytes-cpu=1000000 dist/   # and a size limit
     python tools/check_wheel.py --forbid 'libcudart.so*' --forbid 'libcublas*' wheelhouse/
 
 For each bitsandbytes wheel: the file name parses and agrees with the WHEEL tags, the version is the
@@ -158,11 +158,20 @@ def check_sdist(path: pathlib.Path, version: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=pathlib.Path, help="wheels, sdists or folders holding them")
-    parser.add_argument("--max-size", type=int, help="size limit in bytes for platform wheels")
+    parser.add_argument(
+        "--max-size",
+        action="append",
+        default=[],
+        help="size limit in bytes: DIST=BYTES for one distribution, or BYTES for every platform wheel",
+    )
     parser.add_argument("--forbid", action="append", default=[], help="file-name pattern no wheel may contain")
     parser.add_argument("--version", default=None, help="expected version (default: the repository's VERSION)")
     args = parser.parse_args(argv)
     version = args.version or repo_version()
+    limits = {}
+    for item in args.max_size:
+        dist, _, size = item.rpartition("=")
+        limits[canonical(dist) if dist else "*"] = int(size)
     files: list[pathlib.Path] = []
     for p in args.paths:
         files += sorted(p.glob("*.whl")) + sorted(p.glob("*.tar.gz")) if p.is_dir() else [p]
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     problems: list[str] = []
     for f in files:
-        found = check_wheel(f, version, args.max_size, args.forbid) if f.suffix == ".whl" else check_sdist(f, version)
+        limit = limits.get(canonical(f.name.split("-")[0]), limits.get("*"))
+        found = check_wheel(f, version, limit, args.forbid) if f.suffix == ".whl" else check_sdist(f, version)
         problems += found
         if not found and canonical(f.name.split("-")[0]).startswith("bitsandbytes"):
             print(f"ok  {f.name}  ({f.stat().st_size} bytes)")

@@ -6,6 +6,7 @@
     python tools/wheelhouse.py check    # tools/check_wheel.py on every artifact (cpu wheel < 1 MB)
     python tools/wheelhouse.py install  # fresh venv with only torch: three installs from dist alone
     python tools/wheelhouse.py all      # the three in turn (what `nox -s wheelhouse` runs)
+    python tools/wheelhouse.py sources  # the release's pure part: every sdist + the meta wheel
 
 `build` needs scikit-build-core, pybind11 and (on Linux) auditwheel in the running environment and
 builds with no build isolation from the sdists, so a wheel that builds proves its sdist is
@@ -141,9 +142,19 @@ def build(dist: pathlib.Path) -> None:
         print(f"  {f.name}  {f.stat().st_size} bytes")
 
 
+def sources(dist: pathlib.Path) -> None:
+    """What the release adds beside cibuildwheel's wheels: an sdist of every distribution and the
+    py3-none-any meta wheel (built from its sdist)."""
+    dist.mkdir(parents=True, exist_ok=True)
+    meta_sdist = sdist.build_sdist("meta", dist)
+    for pyproject in sorted((ROOT / "platforms").glob("*/pyproject.toml")):
+        sdist.build_sdist(pyproject.parent.name, dist)
+    pip_wheel(meta_sdist, dist)
+
+
 def check(dist: pathlib.Path) -> None:
     forbid = [a for p in CUDA_RUNTIME_LIBS for a in ("--forbid", p)]
-    if check_wheel.main(["--max-size", str(CPU_MAX_SIZE), *forbid, str(dist)]):
+    if check_wheel.main(["--max-size", f"bitsandbytes-cpu={CPU_MAX_SIZE}", *forbid, str(dist)]):
         raise SystemExit("wheelhouse: check failed")
 
 
@@ -260,10 +271,12 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["build", "check", "install", "all"])
+    parser.add_argument("step", choices=["build", "check", "install", "all", "sources"])
     parser.add_argument("--dist", type=pathlib.Path, default=ROOT / "dist")
     parser.add_argument("--torch", default=os.environ.get("BNB_TORCH_REQUIREMENT", "torch==2.13.0"))
     args = parser.parse_args()
+    if args.step == "sources":
+        sources(args.dist)
     if args.step in ("build", "all"):
         build(args.dist)
     if args.step in ("check", "all"):
