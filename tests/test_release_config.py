@@ -54,6 +54,17 @@ def test_cpu_archs_can_be_narrowed_per_runner():
     assert ids == matrix("manylinux_aarch64")
 
 
+@pytest.mark.parametrize("os_name", ["linux", "macos", "windows"])
+def test_cpu_kernel_library_is_built_once_per_machine(os_name):
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "platforms" / "cpu" / "pyproject.toml").read_text())["tool"]["cibuildwheel"]
+    assert "build_kernel_library.sh" in config[os_name]["before-all"]
+    assert config[os_name]["environment"]["SKBUILD_CMAKE_DEFINE"].startswith("BNB_KERNEL_LIBRARY_DIR=")
+    assert any(
+        "check_wheel.py --max-size bitsandbytes-cpu=1000000" in c for c in config[os_name]["repair-wheel-command"]
+    )
+
+
 @pytest.fixture
 def cuda_package(tmp_path):
     """platforms/cuda when this checkout has it, else a stand-in folder (only the config is read)."""
