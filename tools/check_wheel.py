@@ -81,6 +81,9 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
         try:
             md = _metadata(zf.read(f"{distinfo}/METADATA").decode())
             wheel = _metadata(zf.read(f"{distinfo}/WHEEL").decode())
+            entry_points = (
+                zf.read(f"{distinfo}/entry_points.txt").decode() if f"{distinfo}/entry_points.txt" in names else ""
+            )
         except KeyError as exc:
             return [*problems, f"{path.name}: missing {exc}"]
 
@@ -124,7 +127,12 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
         if meta and base.endswith((".so", ".dylib", ".dll", ".pyd")):
             bad(f"the meta-package contains native code: {member}")
     if not meta:
-        module = name.replace("-", "_")
+        # The import package is the one the platform entry point names (bitsandbytes_cuda serves
+        # both bitsandbytes-cuda12x and -cuda13x); its kernel library is lib<package>.
+        found = re.search(r"=\s*([A-Za-z0-9_]+)[.:]", entry_points)
+        if found is None:
+            bad("no bitsandbytes.platforms entry point")
+        module = found.group(1) if found else name.replace("-", "_")
         if not any(n.startswith(f"{module}/_C.") for n in names):
             bad(f"no {module}/_C extension module")
         if not any(re.match(rf"({module}(\.libs)?/)?(lib)?{module}[^/]*\.(so|dylib|dll)", n) for n in names):

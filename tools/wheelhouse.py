@@ -131,7 +131,7 @@ def build(dist: pathlib.Path) -> None:
             major = re.search(r"release (\d+)", run("nvcc", "--version", capture_output=True).stdout).group(1)
             arch = os.environ.get("BNB_WHEELHOUSE_CUDA_ARCH", "80")
             cuda_sdist = sdist.build_sdist("cuda", dist)
-            env = {"BNB_CUDA_MAJOR": major, "SKBUILD_CMAKE_DEFINE": f"CMAKE_CUDA_ARCHITECTURES={arch}"}
+            env = {"BNB_CUDA_MAJOR": major, "BNB_CUDA_ARCHS": arch}
             repair(pip_wheel(cuda_sdist, raw, env=env), dist, exclude=CUDA_RUNTIME_LIBS)
         else:
             print(f"wheelhouse: no cuda wheel ({reason})")
