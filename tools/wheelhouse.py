@@ -254,7 +254,7 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
                 "x = torch.randn(256)\n"
                 "q, absmax = torch.ops.bitsandbytes.quantize_4bit(x, 64, 'nf4', torch.uint8)\n"
                 "y = torch.ops.bitsandbytes.dequantize_4bit(q, absmax, 64, 'nf4', x.shape, x.dtype)\n"
-                "assert (y - x).abs().max() < 0.5\n"
+                "assert (y - x).abs().max() <= 0.1386 * absmax.max()  # half the widest NF4 code gap\n"
             )
             out = venv.py("-W", "always", "-c", probe)
             fix = f'pip install "bitsandbytes-cpu=={other}"'
