@@ -5,6 +5,7 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 
+#include "hip_compat.h"  // the runtime headers: threadIdx, __syncthreads, shuffles
 #include "numeric.h"
 
 #ifndef BNB_WARP_SIZE
