@@ -205,3 +205,27 @@ def test_installed_wheel_describes_its_libraries():
     for major, lib in info["libraries"].items():
         assert lib["library"] == f"libbitsandbytes_rocm{major}.so"
         assert lib["rocm_archs"] and all(a.startswith("gfx") for a in lib["rocm_archs"])
+
+
+def test_installed_wheel_registers_under_a_rocm_torch(monkeypatch):
+    """With torch.version.hip faked to the wheel's ROCm major: _C picks _C_rocm<major>, register()
+    binds every op, and CPU tensors are refused before any native call."""
+    import torch
+
+    installed = pytest.importorskip("bitsandbytes_rocm")
+    major = installed.build_info()["rocm_majors"][0]
+    monkeypatch.setattr(torch.version, "hip", f"{major}.0.0-fake", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for name in [n for n in sys.modules if n.startswith("bitsandbytes_rocm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    from bitsandbytes_rocm import _C, kernels
+
+    assert json.loads(_C.build_info())["rocm_major"] == major
+    registered = {}
+    installed.register(lambda op, fn: registered.setdefault(op, fn))
+    assert {"quantize_4bit", "gemv_4bit", "int8_linear_matmul", "optimizer_update_8bit_blockwise"} <= set(registered)
+    a = torch.zeros(64, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="bitsandbytes_rocm: A must be on a CUDA device"):
+        kernels.quantize_4bit(a, 64, "nf4", torch.uint8)
+    with pytest.raises(RuntimeError, match="must be on a CUDA device"):
+        registered["int8_linear_matmul"](torch.zeros(32, 16, dtype=torch.int8), torch.zeros(8, 16, dtype=torch.int8))
