@@ -1,6 +1,7 @@
 """Checks of a built bitsandbytes-rocm wheel that need no GPU (run by `nox -s build-rocm`).
 
     python platforms/rocm/tools/check_wheel.py dist/bitsandbytes_rocm-*.whl --arch gfx90a --arch gfx1030
+    python platforms/rocm/tools/check_wheel.py --majors 6,7 dist/bitsandbytes_rocm-*.whl   # the release's
 
 1. every ``libbitsandbytes_rocm<major>.so`` exports exactly the symbols of
    shared/include/bnb/abi_symbols.txt (``nm -D --defined-only``);
@@ -89,7 +90,7 @@ def check_library(lib: pathlib.Path, info: dict, archs: list[str]) -> list[str]:
     return problems
 
 
-def check_wheel(wheel: pathlib.Path, archs: list[str]) -> list[str]:
+def check_wheel(wheel: pathlib.Path, archs: list[str], majors: list[int] | None = None) -> list[str]:
     problems = []
     with zipfile.ZipFile(wheel) as zf, tempfile.TemporaryDirectory() as tmp:
         names = zf.namelist()
@@ -105,6 +106,9 @@ def check_wheel(wheel: pathlib.Path, archs: list[str]) -> list[str]:
         libs = sorted(n for n in names if re.match(r"^bitsandbytes_rocm/libbitsandbytes_rocm\d+\.so$", n))
         if not libs:
             problems.append("no libbitsandbytes_rocm<major>.so in the wheel")
+        held = sorted(int(re.search(r"rocm(\d+)\.so$", n).group(1)) for n in libs)
+        if majors and held != sorted(majors):
+            problems.append(f"kernel libraries for ROCm {held}, expected {sorted(majors)}")
         zf.extractall(tmp)
         for name in libs:
             major = re.search(r"rocm(\d+)\.so$", name).group(1)
@@ -123,8 +127,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("wheel", type=pathlib.Path)
     parser.add_argument("--arch", action="append", default=[], help="a gfx target that must have a code object")
+    parser.add_argument("--majors", default="", help="comma-separated ROCm majors the wheel must hold, e.g. 6,7")
     args = parser.parse_args()
-    problems = check_wheel(args.wheel, args.arch)
+    majors = [int(m) for m in args.majors.split(",") if m.strip()]
+    problems = check_wheel(args.wheel, args.arch, majors)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     if not problems:
