@@ -249,3 +249,8 @@ def test_rocm_bad_arch_is_one_line(tmp_path):
         tmp_path, "-DBNB_ROCM_ARCHS=sm_90", source=ROOT / "platforms" / "rocm", env={"HIP_PLATFORM": "amd"}
     )
     assert line == "bitsandbytes-rocm: BNB_ROCM_ARCHS entry 'sm_90' is not a gfx target like gfx90a"
+    # A target this hipcc cannot compile for is refused by name (ROCm 5.2's clang 15 has no gfx1201).
+    if "HIP version: 5." in subprocess.run(["hipcc", "--version"], capture_output=True, text=True).stdout:
+        line = configure(tmp_path / "new", "-DBNB_ROCM_ARCHS=gfx90a;gfx1201", source=ROOT / "platforms" / "rocm",
+                         env={"HIP_PLATFORM": "amd"})  # fmt: skip
+        assert line.startswith("bitsandbytes-rocm: ") and "cannot compile for gfx1201" in line
