@@ -160,6 +160,88 @@ def bench_cuda(session: nox.Session) -> None:
     session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
 
 
+ROCM_DIR = ROOT / "platforms" / "rocm"
+ROCM_CI_ARCHS = "gfx90a;gfx1030"  # one wave64 (CDNA2) and one wave32 (RDNA2) target
+
+
+def ensure_hipcc(session: nox.Session) -> None:
+    """hipcc on PATH: Debian's ROCm 5.2 toolchain is installed when missing (CI runs as root)."""
+    if shutil.which("hipcc"):
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        session.error(
+            "hipcc is missing: install ROCm (https://rocm.docs.amd.com) or, on Debian/Ubuntu, `apt install hipcc`"
+        )
+    session.run("apt-get", "update", external=True)
+    session.run("apt-get", "install", "-y", "--no-install-recommends", "hipcc", external=True,
+                env={"DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+
+
+def rocm_archs_for_this_gpu(session: nox.Session) -> str:
+    """BNB_ROCM_ARCHS if set, else the gfx target of GPU 0 (one target builds fast)."""
+    archs = os.environ.get("BNB_ROCM_ARCHS")
+    if archs:
+        return archs
+    code = (
+        "import torch; print(torch.cuda.get_device_properties(0).gcnArchName.split(':')[0] "
+        "if torch.cuda.is_available() and torch.version.hip else '')"
+    )
+    found = session.run("python", "-c", code, silent=True, external=False) or ""
+    return found.strip().splitlines()[-1] if found.strip() else ""
+
+
+@nox.session(name="build-rocm", tags=["ci"])
+def build_rocm(session: nox.Session) -> None:
+    """Build the ROCm wheel with hipcc (Debian's ROCm 5.2 when none is installed) for gfx90a (wave64)
+    and gfx1030 (wave32), then check it without a GPU: every C ABI symbol exported, a code object
+    per target in the library, the build info, no ROCm library inside, bad input refused."""
+    ensure_hipcc(session)
+    archs = os.environ.get("BNB_ROCM_ARCHS", ROCM_CI_ARCHS)
+    out = pathlib.Path(session.create_tmp()) / "wheelhouse-rocm"
+    shutil.rmtree(out, ignore_errors=True)
+    session.install("pip")
+    # HIP_PLATFORM=amd: nvcc is on some machines too, and hipcc would otherwise target it.
+    env = {"BNB_ROCM_ARCHS": archs, "HIP_PLATFORM": "amd", "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
+    session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(ROCM_DIR), env=env)
+    wheels = sorted(out.glob("bitsandbytes_rocm-*.whl"))
+    if len(wheels) != 1:
+        session.error(f"expected one ROCm wheel in {out}, found {[w.name for w in wheels]}")
+    arch_args = [a for part in archs.replace(",", ";").split(";") if part for a in ("--arch", part)]
+    session.run("python", str(ROCM_DIR / "tools" / "check_wheel.py"), str(wheels[0]), *arch_args)
+
+
+def install_rocm_platform(session: nox.Session) -> None:
+    """Build and install the ROCm wheel for the GPU here (the hipcc on PATH names the ROCm major)."""
+    env = {"BNB_ROCM_ARCHS": rocm_archs_for_this_gpu(session), "HIP_PLATFORM": "amd"}
+    session.install("--no-deps", str(ROCM_DIR), env=env)
+
+
+@nox.session(name="tests-rocm")
+def tests_rocm(session: nox.Session) -> None:
+    """The conformance suite (every op vs the reference) plus the GPU tests, on an AMD GPU machine.
+
+    Set BNB_TORCH_REQUIREMENT to a ROCm build of torch (e.g. ``torch==2.13.0+rocm7.0`` with the
+    matching index in PIP_EXTRA_INDEX_URL) and, optionally, BNB_ROCM_ARCHS."""
+    install_torch(session)
+    session.install(*TEST_DEPS)
+    install_meta(session)
+    install_platform(session, "cpu")
+    install_rocm_platform(session)
+    session.run("python", "-m", "bitsandbytes")
+    session.run("pytest", "-m", "not slow and not integration", *session.posargs,
+                env={"BNB_EXPECT_PLATFORMS": "cpu,rocm"})  # fmt: skip
+
+
+@nox.session(name="bench-rocm")
+def bench_rocm(session: nox.Session) -> None:
+    """bench/cuda_ops.py on an AMD GPU: the ROCm kernels against torch baselines measured in the same run."""
+    install_torch(session)
+    install_meta(session)
+    install_platform(session, "cpu")
+    install_rocm_platform(session)
+    session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """Install meta + cpu wheel, print the report and self-test, then run a small demo."""

@@ -104,6 +104,32 @@ def test_cuda_dist_name(tmp_path):
     assert bad.returncode != 0 and bad.stderr.strip() == "error: BNB_CUDA_MAJOR='11'; set it to one of 12, 13"
 
 
+def test_rocm_build_identifiers():
+    config = ROOT / "release" / "cibuildwheel-rocm.toml"
+    assert identifiers(ROOT / "platforms" / "rocm", "linux", "--config-file", str(config)) == matrix("manylinux_x86_64")
+
+
+def test_rocm_config_builds_one_library_per_major_and_bundles_no_rocm():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "release" / "cibuildwheel-rocm.toml").read_text())["tool"]["cibuildwheel"]
+    linux = config["linux"]
+    repair = " ".join(linux["repair-wheel-command"])
+    for lib in ("libamdhip64.so.*", "libhsa-runtime64.so.*", "libamd_comgr.so.*"):
+        assert f"--exclude '{lib}'" in repair
+    assert "--forbid 'libamdhip64*'" in repair
+    assert any("build_rocm_kernel_libraries.sh" in step for step in linux["before-all"])
+    assert "BNB_ROCM_VERSIONS" in linux["environment-pass"]
+    # The library prefixes packaged by every Python's build are one per major of the default versions.
+    script = (ROOT / "release" / "install_rocm_toolchains.sh").read_text()
+    versions = script.split("BNB_ROCM_VERSIONS:-", 1)[1].split("}", 1)[0].split()
+    majors = sorted({v.split(".")[0] for v in versions})
+    dirs = linux["environment"]["SKBUILD_CMAKE_DEFINE"].split("=", 1)[1].split(",")
+    assert dirs == [f"/tmp/bnb-rocm/{m}" for m in majors]
+    assert f"--majors {','.join(majors)}" in repair
+    workflow = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    assert "release/cibuildwheel-rocm.toml" in workflow and f'BNB_ROCM_VERSIONS: "{" ".join(versions)}"' in workflow
+
+
 # ---- configure-time errors: one line naming what is missing and how to get it ----
 
 needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
@@ -213,3 +239,18 @@ def test_check_wheel_rejects_a_bad_platform_wheel(tmp_path):
         "no bitsandbytes_cpu/_C extension module",
     ):
         assert expected in problems
+
+
+@needs_cmake
+def test_rocm_bad_arch_is_one_line(tmp_path):
+    if shutil.which("hipcc") is None:
+        pytest.skip("hipcc is not installed")
+    line = configure(
+        tmp_path, "-DBNB_ROCM_ARCHS=sm_90", source=ROOT / "platforms" / "rocm", env={"HIP_PLATFORM": "amd"}
+    )
+    assert line == "bitsandbytes-rocm: BNB_ROCM_ARCHS entry 'sm_90' is not a gfx target like gfx90a"
+    # A target this hipcc cannot compile for is refused by name (ROCm 5.2's clang 15 has no gfx1201).
+    if "HIP version: 5." in subprocess.run(["hipcc", "--version"], capture_output=True, text=True).stdout:
+        line = configure(tmp_path / "new", "-DBNB_ROCM_ARCHS=gfx90a;gfx1201", source=ROOT / "platforms" / "rocm",
+                         env={"HIP_PLATFORM": "amd"})  # fmt: skip
+        assert line.startswith("bitsandbytes-rocm: ") and "cannot compile for gfx1201" in line

@@ -133,7 +133,8 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
         if found is None:
             bad("no bitsandbytes.platforms entry point")
         module = found.group(1) if found else name.replace("-", "_")
-        if not any(n.startswith(f"{module}/_C.") for n in names):
+        # _C.<abi>.so (or .pyd); bitsandbytes_rocm has one per ROCm major, _C_rocm<major>.<abi>.so.
+        if not any(re.match(rf"{module}/_C(_[A-Za-z0-9]+)?\.[^/]+\.(so|pyd)$", n) for n in names):
             bad(f"no {module}/_C extension module")
         if not any(re.match(rf"({module}(\.libs)?/)?(lib)?{module}[^/]*\.(so|dylib|dll)", n) for n in names):
             bad(f"no lib{module} kernel library")

@@ -47,6 +47,9 @@ def build_sdist(name: str, outdir: pathlib.Path) -> pathlib.Path:
         shutil.copytree(src, stage, ignore=IGNORE)
         if name != "meta":
             shutil.copytree(ROOT / "shared", stage / "shared", ignore=IGNORE)
+        if name == "rocm":  # compiled from the CUDA platform's kernels and glue (platforms/rocm/CMakeLists.txt)
+            for part in ("src", "python"):
+                shutil.copytree(ROOT / "platforms" / "cuda" / part, stage / "cuda" / part, ignore=IGNORE)
         hook = "import sys, scikit_build_core.build as b; print(b.build_sdist(sys.argv[1]))"
         out = subprocess.run(
             [sys.executable, "-c", hook, str(outdir)], cwd=stage, check=True, capture_output=True, text=True

@@ -11,6 +11,14 @@
 
 #include "bnb/bnb_c_api.h"
 
+// The ROCm platform builds this file once per ROCm major, as bitsandbytes_rocm._C_rocm<major>.
+#ifndef BNB_PY_MODULE
+#define BNB_PY_MODULE _C
+#endif
+#ifndef BNB_PY_PACKAGE
+#define BNB_PY_PACKAGE "bitsandbytes_cuda"
+#endif
+
 namespace py = pybind11;
 
 namespace {
@@ -18,7 +26,7 @@ namespace {
 void raise_for(int32_t status, const char* function) {
   if (status == BNB_OK) return;
   const std::string msg =
-      std::string("bitsandbytes_cuda: ") + function + ": " + bnb_status_string(status) + ": " + bnb_last_error();
+      std::string(BNB_PY_PACKAGE ": ") + function + ": " + bnb_status_string(status) + ": " + bnb_last_error();
   switch (status) {
     case BNB_ERR_UNSUPPORTED_DTYPE:
       throw py::type_error(msg);
@@ -54,7 +62,7 @@ using u = std::uintptr_t;
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+PYBIND11_MODULE(BNB_PY_MODULE, m) {
   m.doc() = "Bindings of the bitsandbytes C ABI for the CUDA platform";
   m.def("abi_version", &bnb_abi_version);
   m.def("build_info", [] { return std::string(bnb_build_info()); });

@@ -1,11 +1,10 @@
 // Helpers of every CUDA kernel file: element types, the device guard, launch checks.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "bnb/hip_compat.h"  // the CUDA runtime headers, or their HIP mapping under hipcc
+// (keep it first)
 #include "bnb/bnb_c_api.h"
 #include "bnb/gpu_portability.h"
 #include "bnb/numeric.h"
@@ -38,9 +37,9 @@ struct Elem<BNB_DTYPE_F16> {
 
 template <>
 struct Elem<BNB_DTYPE_BF16> {
-  using T = __nv_bfloat16;
-  static __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __ushort_as_bfloat16(bnb::float_to_bf16(v)); }
+  using T = bnb::gpu::bf16;
+  static __device__ __forceinline__ float load(T v) { return bnb::gpu::bf16_to_float(v); }
+  static __device__ __forceinline__ T store(float v) { return bnb::gpu::bf16_from_bits(bnb::float_to_bf16(v)); }
 };
 
 // a * b with the NaN bits of the x86 CPU the reference results come from: a NaN operand
@@ -87,6 +86,10 @@ class DeviceGuard {
   bool switched_ = false;
   int32_t status_ = BNB_OK;
 };
+
+// The current device's warp (wavefront) size: 32 on NVIDIA GPUs, 64 or 32 on AMD GPUs. Host
+// code sizes launches with it; bnb::kWarpSize is only meaningful in device code.
+int device_warp_size();
 
 // After a launch: BNB_OK, or BNB_ERR_DEVICE with cudaGetLastError()'s message.
 int32_t check_launch(const char* what);

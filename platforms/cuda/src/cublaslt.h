@@ -1,8 +1,9 @@
 // cuBLASLt int8 GEMM, opened at run time (see cublaslt.cpp).
 #pragma once
 
-#include <cuda_runtime_api.h>
 #include <stdint.h>
+
+#include "bnb/hip_compat.h"
 
 namespace bnb_cuda {
 

@@ -88,7 +88,8 @@ void launch(const void* A, int64_t m, int64_t n, int64_t k, const uint8_t* B, co
   const int64_t groups = (m + kRows - 1) / kRows;
   const dim3 grid(static_cast<unsigned int>((n + kWarpsPerBlock - 1) / kWarpsPerBlock),
                   static_cast<unsigned int>(groups < 65535 ? groups : 65535));
-  gemm_4bit_kernel<E, kRows><<<grid, kWarpsPerBlock * bnb::kWarpSize, 0, s>>>(
+  // The device's warp size, not bnb::kWarpSize: host code does not know the target's wavefront.
+  gemm_4bit_kernel<E, kRows><<<grid, kWarpsPerBlock * device_warp_size(), 0, s>>>(
       static_cast<const typename E::T*>(A), m, n, k, B, absmax, code, blocksize,
       static_cast<const typename E::T*>(bias), static_cast<typename E::T*>(out), vectorized);
 }

@@ -5,6 +5,7 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 
+#include "hip_compat.h"  // the runtime headers: threadIdx, __syncthreads, shuffles
 #include "numeric.h"
 
 #ifndef BNB_WARP_SIZE
@@ -17,6 +18,13 @@
 #else
 #define BNB_WARP_SIZE 32
 #endif
+#endif
+
+// Where the compiler still reports its wavefront size (clang < 20 deprecates the macro), the
+// rule above must agree with it: a wave64 build of an RDNA target (-mwavefrontsize64) stops here.
+#if defined(__HIP_DEVICE_COMPILE__) && defined(__AMDGCN_WAVEFRONT_SIZE) && defined(__clang_major__) && \
+    __clang_major__ < 20
+static_assert(BNB_WARP_SIZE == __AMDGCN_WAVEFRONT_SIZE, "BNB_WARP_SIZE disagrees with the target's wavefront size");
 #endif
 
 namespace bnb {

@@ -1,6 +1,12 @@
 // Host/device annotations so the same header compiles with a C++ compiler, nvcc and hipcc.
 #pragma once
 
+// nvcc pre-includes the CUDA runtime; hipcc does not, and the shared math needs it (the device
+// memcpy, __host__/__device__) before its first function: hip_compat.h includes it.
+#if defined(__HIPCC__)
+#include "hip_compat.h"
+#endif
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define BNB_HD __host__ __device__
 #else

@@ -1,0 +1,27 @@
+# Packages kernel libraries built earlier by C-only builds (tools/build_kernel_library.sh with
+# -DBNB_BUILD_PYTHON=OFF, one per ROCm major) instead of compiling them (included by
+# CMakeLists.txt when BNB_KERNEL_LIBRARY_DIRS is set). Sets _bnb_majors, _bnb_kernel_<major> and
+# _bnb_build_info_<major>; needs no hipcc.
+string(REPLACE "," ";" _bnb_prefixes "${BNB_KERNEL_LIBRARY_DIRS}")
+set(_bnb_majors "")
+foreach(_prefix IN LISTS _bnb_prefixes)
+  file(GLOB _configs "${_prefix}/lib*/cmake/bitsandbytes_rocm*/bitsandbytes_rocm*Config.cmake")
+  list(FILTER _configs EXCLUDE REGEX "ConfigVersion\\.cmake$")
+  list(LENGTH _configs _count)
+  if(NOT _count EQUAL 1)
+    bnb_fail("bitsandbytes-rocm: ${_prefix} (BNB_KERNEL_LIBRARY_DIRS) must hold exactly one bitsandbytes_rocm<major> CMake package, found ${_count}; build it with tools/build_kernel_library.sh platforms/rocm ${_prefix}")
+  endif()
+  get_filename_component(_name "${_configs}" NAME)
+  string(REGEX REPLACE "Config\\.cmake$" "" _name "${_name}")
+  string(REGEX REPLACE "^bitsandbytes_rocm" "" _m "${_name}")
+  if(_m IN_LIST _bnb_majors)
+    bnb_fail("bitsandbytes-rocm: two prebuilt libraries for ROCm ${_m} in BNB_KERNEL_LIBRARY_DIRS=${BNB_KERNEL_LIBRARY_DIRS}")
+  endif()
+  bnb_import_kernel_library(${_name} "${_prefix}" "${BNB_VERSION}" _bnb_kernel_${_m})
+  set(_bnb_build_info_${_m} "${_prefix}/${CMAKE_INSTALL_DATADIR}/bitsandbytes_rocm/build_info_rocm${_m}.json")
+  if(NOT EXISTS "${_bnb_build_info_${_m}}")
+    bnb_fail("bitsandbytes-rocm: ${_prefix} lacks ${CMAKE_INSTALL_DATADIR}/bitsandbytes_rocm/build_info_rocm${_m}.json; rebuild it")
+  endif()
+  list(APPEND _bnb_majors ${_m})
+endforeach()
+message(STATUS "bitsandbytes: packaging prebuilt ROCm kernel libraries for ROCm majors ${_bnb_majors}")
