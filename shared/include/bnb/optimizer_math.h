@@ -1,0 +1,167 @@
+// Per-element math of the fused optimizer updates (spec §8.5), shared by every platform.
+//
+// The oracle is the Python reference (backends/reference/optimizers.py). Each step is written
+// with one f32 rounding per operation (fp_ops.h) in the reference's order, so a CPU, CUDA or HIP
+// kernel that calls these functions computes what the reference computes. Scalars derived from
+// the hyper-parameters (bias corrections, 1 - beta, ...) are formed once per call in double and
+// rounded to f32, as PyTorch does with Python scalars: see make_optimizer_consts().
+//
+// The 8-bit state rule (quantize_state_8bit) is the reference's: scale by a fresh block absmax,
+// round onto the 65536-point grid k / 32767.5 - 1 and take the code nearest that grid point.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "bnb_c_api.h"
+#include "codebooks.h"
+#include "fp_ops.h"
+#include "numeric.h"
+#include "portability.h"
+
+namespace bnb {
+
+// Block size of the 8-bit optimizer states (fixed by the C ABI).
+#define BNB_OPTIM_STATE_BLOCKSIZE 256
+
+// Scalars of one optimizer call, every one already rounded to f32.
+struct OptimizerConsts {
+  int32_t optimizer;   // bnb_optimizer
+  int32_t first_step;  // step == 1
+  int32_t has_wd;      // weight_decay > 0
+  int32_t skip_zeros;
+  float beta1, beta2, beta3, alpha, eps, wd, lr;
+  float one_minus_beta1, one_minus_beta2, one_minus_beta3;
+  float c1;          // 1 - beta1^t
+  float c2;          // sqrt(1 - beta2^t)
+  float eps_c2;      // eps * c2
+  float c2_over_c1;  // c2 / c1
+  float c1_over_c2;  // c1 / c2 (the update norm of adam/lamb leaves out c2/c1)
+  float decay;       // 1 - lr * wd (decoupled weight decay)
+};
+
+// Whether `optimizer` keeps a second state (state2).
+BNB_HD BNB_INLINE bool optimizer_two_states(int32_t optimizer) {
+  return optimizer == BNB_OPTIM_ADAM || optimizer == BNB_OPTIM_LAMB || optimizer == BNB_OPTIM_ADEMAMIX;
+}
+
+// Whether weight decay is decoupled (p <- p * (1 - lr * wd)) rather than folded into g.
+BNB_HD BNB_INLINE bool optimizer_decoupled_decay(int32_t optimizer) {
+  return optimizer == BNB_OPTIM_ADAM || optimizer == BNB_OPTIM_LAMB || optimizer == BNB_OPTIM_ADEMAMIX ||
+         optimizer == BNB_OPTIM_LION;
+}
+
+BNB_INLINE OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_optimizer_hparams& h) {
+  OptimizerConsts c;
+  c.optimizer = optimizer;
+  c.first_step = h.step == 1;
+  c.has_wd = h.weight_decay > 0.0f;
+  c.skip_zeros = h.skip_zeros != 0;
+  c.beta1 = h.beta1;
+  c.beta2 = h.beta2;
+  c.beta3 = h.beta3;
+  c.alpha = h.alpha;
+  c.eps = h.eps;
+  c.wd = h.weight_decay;
+  c.lr = h.lr;
+  const double b1 = h.beta1, b2 = h.beta2, b3 = h.beta3;
+  c.one_minus_beta1 = static_cast<float>(1.0 - b1);
+  c.one_minus_beta2 = static_cast<float>(1.0 - b2);
+  c.one_minus_beta3 = static_cast<float>(1.0 - b3);
+  const double c1 = 1.0 - pow(b1, static_cast<double>(h.step));
+  const double c2 = sqrt(1.0 - pow(b2, static_cast<double>(h.step)));
+  c.c1 = static_cast<float>(c1);
+  c.c2 = static_cast<float>(c2);
+  c.eps_c2 = static_cast<float>(static_cast<double>(h.eps) * c2);
+  c.c2_over_c1 = static_cast<float>(c2 / c1);
+  c.c1_over_c2 = static_cast<float>(c1 / c2);
+  c.decay = static_cast<float>(1.0 - static_cast<double>(h.lr) * static_cast<double>(h.weight_decay));
+  return c;
+}
+
+// torch.sign: -1, 0 or 1; NaN stays NaN.
+BNB_HD BNB_INLINE float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+
+// One element's update. In: g (already scaled by gnorm_scale, in f32), p (f32), the states
+// (s1; s1b = AdEMAMix's slow EMA; s2 = second moment). Out: the new states in place, and the
+// update direction d; the parameter then moves with apply_update().
+BNB_HD BNB_INLINE float optimizer_direction(const OptimizerConsts& c, float g, float p, float& s1, float& s1b,
+                                            float& s2) {
+  switch (c.optimizer) {
+    case BNB_OPTIM_ADAM:
+    case BNB_OPTIM_LAMB: {
+      s1 = add_rn(mul_rn(s1, c.beta1), mul_rn(c.one_minus_beta1, g));
+      s2 = add_rn(mul_rn(s2, c.beta2), mul_rn(mul_rn(c.one_minus_beta2, g), g));
+      return mul_rn(div_rn(s1, add_rn(sqrt_rn(s2), c.eps_c2)), c.c2_over_c1);
+    }
+    case BNB_OPTIM_ADEMAMIX: {
+      s1 = add_rn(mul_rn(s1, c.beta1), mul_rn(c.one_minus_beta1, g));
+      s1b = add_rn(mul_rn(s1b, c.beta3), mul_rn(c.one_minus_beta3, g));
+      s2 = add_rn(mul_rn(s2, c.beta2), mul_rn(mul_rn(c.one_minus_beta2, g), g));
+      const float num = add_rn(div_rn(s1, c.c1), mul_rn(c.alpha, s1b));
+      return div_rn(num, add_rn(div_rn(sqrt_rn(s2), c.c2), c.eps));
+    }
+    case BNB_OPTIM_LION: {
+      const float d = sign_of(add_rn(mul_rn(s1, c.beta1), mul_rn(g, c.one_minus_beta1)));
+      s1 = add_rn(mul_rn(s1, c.beta2), mul_rn(c.one_minus_beta2, g));
+      return d;
+    }
+    default:
+      break;
+  }
+  if (c.has_wd) g = add_rn(g, mul_rn(c.wd, p));
+  switch (c.optimizer) {
+    case BNB_OPTIM_MOMENTUM:
+    case BNB_OPTIM_LARS:
+      s1 = c.first_step ? g : add_rn(mul_rn(s1, c.beta1), g);
+      return s1;
+    case BNB_OPTIM_RMSPROP:
+      s1 = add_rn(mul_rn(s1, c.beta1), mul_rn(mul_rn(c.one_minus_beta1, g), g));
+      return div_rn(g, add_rn(sqrt_rn(s1), c.eps));
+    default:  // BNB_OPTIM_ADAGRAD
+      s1 = add_rn(s1, mul_rn(g, g));
+      return div_rn(g, add_rn(sqrt_rn(s1), c.eps));
+  }
+}
+
+// The component of the update whose norm the trust-ratio clip (max_unorm) measures.
+BNB_HD BNB_INLINE float optimizer_unorm_component(const OptimizerConsts& c, float d) {
+  return (c.optimizer == BNB_OPTIM_ADAM || c.optimizer == BNB_OPTIM_LAMB) ? mul_rn(d, c.c1_over_c2) : d;
+}
+
+// The new f32 parameter: decoupled decay, then p - lr_scaled * d (lr_scaled = lr * clip scale,
+// rounded to f32 by the caller).
+BNB_HD BNB_INLINE float apply_update(const OptimizerConsts& c, float p, float d, float lr_scaled) {
+  if (c.has_wd && optimizer_decoupled_decay(c.optimizer)) p = mul_rn(p, c.decay);
+  return sub_rn(p, mul_rn(lr_scaled, d));
+}
+
+// 8-bit state rule: index of the 65536-point grid nearest to x * inv_absmax (clamped to
+// [-1, 1]; ties round up, NaN -> 65535), as the reference's floor((s + 1) * 32767.5 + 0.5).
+BNB_HD BNB_INLINE uint32_t state_grid_index(float x, float inv_absmax) {
+  float s = mul_rn(x, inv_absmax);
+  if (s != s) return 65535u;
+  s = s < -1.0f ? -1.0f : (s > 1.0f ? 1.0f : s);
+  const float k = floorf(add_rn(mul_rn(add_rn(s, 1.0f), 32767.5f), 0.5f));
+  return static_cast<uint32_t>(k);
+}
+
+// The value of grid point k: k / 32767.5 - 1 in f32 (true division, as the reference on the CPU).
+BNB_HD BNB_INLINE float state_grid_value(uint32_t k) { return sub_rn(div_rn(static_cast<float>(k), 32767.5f), 1.0f); }
+
+// The code of the sorted 256-entry qmap (given its 255 midpoints) for state value x.
+BNB_HD BNB_INLINE uint8_t quantize_state_8bit(const float* mids, float x, float inv_absmax) {
+  return static_cast<uint8_t>(nearest_sorted_256(mids, state_grid_value(state_grid_index(x, inv_absmax))));
+}
+
+// LLM.int8() row-wise rounding: round_half_even(x * scale) clamped to [-127, 127]; NaN -> 0.
+// `scale` is 127 / row_absmax in f32; a zero row absmax gives 0.
+BNB_HD BNB_INLINE int8_t int8_round(float x, float scale, float row_absmax) {
+  if (row_absmax == 0.0f) return 0;
+  float q = round_half_even(mul_rn(x, scale));
+  if (q != q) return 0;
+  q = q < -127.0f ? -127.0f : (q > 127.0f ? 127.0f : q);
+  return static_cast<int8_t>(q);
+}
+
+}  // namespace bnb
