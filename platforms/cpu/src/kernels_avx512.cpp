@@ -1,0 +1,309 @@
+// AVX-512 kernels (F, BW, VL, DQ, BF16, VNNI): this file is compiled with those -m flags only.
+// The portable kernels are compiled here too (auto-vectorized for AVX-512); the hot ones below
+// are written with intrinsics.
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "bnb/codebooks.h"
+#include "bnb/numeric.h"
+#include "element.h"
+#include "kernels.h"
+
+namespace bnb_cpu {
+namespace avx512 {
+
+#include "kernels_generic.inc"
+
+namespace {
+
+// f32 -> bf16 bits with round-to-nearest-even and every NaN -> 0xFFFF (bnb::float_to_bf16).
+inline __m256i to_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0xffff));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// The 16 decoded values of a block scaled by its absmax, as 16-bit patterns of `dtype`.
+inline __m512i table16(const __m512 code, float absmax, int32_t dtype) {
+  const __m512 t = _mm512_mul_ps(code, _mm512_set1_ps(absmax));
+  const __m256i h = dtype == BNB_DTYPE_BF16 ? to_bf16(t) : _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT);
+  return _mm512_castsi256_si512(h);
+}
+
+// 32 nibble indices of 16 packed bytes, in element order, as 16-bit lanes.
+inline __m512i nibbles32(const uint8_t* src) {
+  const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  const __m512i hi = _mm512_srli_epi32(d, 4);
+  const __m512i lo = _mm512_slli_epi32(d, 16);
+  // hi | (lo & 0x000f0000): element 2i in the low half of dword i, 2i+1 in the high half.
+  return _mm512_ternarylogic_epi32(hi, lo, _mm512_set1_epi32(0x000f0000), 0xf8);
+}
+
+}  // namespace
+
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, int nf4, void* out,
+                     int32_t dtype, int64_t b0, int64_t b1) {
+  float code_arr[16];
+  for (uint32_t c = 0; c < 16; ++c) code_arr[c] = bnb::decode_4bit(nf4, c);
+  const __m512 code = _mm512_loadu_ps(code_arr);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * blocksize;
+    const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+    const int64_t full = len & ~int64_t(31);
+    const uint8_t* src = packed + start / 2;
+    if (dtype == BNB_DTYPE_F32) {
+      const __m512 t = _mm512_mul_ps(code, _mm512_set1_ps(absmax[b]));
+      float* dst = static_cast<float*>(out) + start;
+      for (int64_t i = 0; i < full; i += 32) {
+        // 16 bytes -> 32 indices; each half of them widened to 16 dwords.
+        const __m512i idx = nibbles32(src + i / 2);
+        const __m512i i0 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(idx));
+        const __m512i i1 = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(idx, 1));
+        _mm512_storeu_ps(dst + i, _mm512_permutexvar_ps(i0, t));
+        _mm512_storeu_ps(dst + i + 16, _mm512_permutexvar_ps(i1, t));
+      }
+      for (int64_t i = full; i < len; ++i) {
+        const uint8_t byte = src[i / 2];
+        dst[i] = code_arr[(i & 1) ? (byte & 15) : (byte >> 4)] * absmax[b];
+      }
+    } else {
+      const __m512i t = table16(code, absmax[b], dtype);
+      uint16_t* dst = static_cast<uint16_t*>(out) + start;
+      for (int64_t i = 0; i < full; i += 32) {
+        _mm512_storeu_si512(dst + i, _mm512_permutexvar_epi16(nibbles32(src + i / 2), t));
+      }
+      if (full < len) {
+        alignas(64) uint16_t tab[32];
+        _mm512_store_si512(tab, t);
+        for (int64_t i = full; i < len; ++i) {
+          const uint8_t byte = src[i / 2];
+          dst[i] = tab[(i & 1) ? (byte & 15) : (byte >> 4)];
+        }
+      }
+    }
+  }
+}
+
+// ---- 4-bit matmul ------------------------------------------------------------------------------
+// Fast path: k a multiple of 64 and of the block size, block size >= 64. A is re-laid out once per
+// call ("prepared"): per 64 columns, the 32 even-indexed then the 32 odd-indexed values, so that
+// the high nibbles (even elements) and low nibbles (odd elements) of 32 packed bytes meet their
+// activations without any shuffle. bf16 A stays bf16 and runs on vdpbf16ps with the weight
+// rounded to bf16 exactly as the reference rounds it; f16/f32 A run in f32 FMA.
+
+namespace {
+
+bool gemm_fast(const Gemm4bitArgs& a) { return a.k % 64 == 0 && a.blocksize >= 64 && a.k % a.blocksize == 0; }
+
+}  // namespace
+
+int64_t gemm_4bit_prepare_bytes(const Gemm4bitArgs& a) {
+  if (!gemm_fast(a)) return 0;
+  return a.m * a.k * (a.dtype == BNB_DTYPE_BF16 ? 2 : 4);
+}
+
+void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
+  if (!gemm_fast(a)) return;
+  const int64_t total = a.m * a.k;
+  if (a.dtype == BNB_DTYPE_BF16) {
+    const uint16_t* A = static_cast<const uint16_t*>(a.A);
+    uint16_t* P = static_cast<uint16_t*>(scratch);
+    for (int64_t g = 0; g < total; g += 64) {
+      for (int i = 0; i < 32; ++i) {
+        P[g + i] = A[g + 2 * i];
+        P[g + 32 + i] = A[g + 2 * i + 1];
+      }
+    }
+  } else {
+    float* P = static_cast<float*>(scratch);
+    dispatch_float(a.dtype, [&](auto e) {
+      using E = decltype(e);
+      const typename E::type* A = static_cast<const typename E::type*>(a.A);
+      for (int64_t g = 0; g < total; g += 64) {
+        for (int i = 0; i < 32; ++i) {
+          P[g + i] = E::load(A[g + 2 * i]);
+          P[g + 32 + i] = E::load(A[g + 2 * i + 1]);
+        }
+      }
+    });
+  }
+}
+
+namespace {
+
+template <typename E>
+void store_out(const Gemm4bitArgs& a, int64_t r, int64_t j, float v) {
+  using T = typename E::type;
+  if (a.bias) v += E::load(static_cast<const T*>(a.bias)[j]);
+  static_cast<T*>(a.out)[r * a.n + j] = E::store(v);
+}
+
+// MT activation rows x NT weight rows; bf16 path.
+template <int MT, int NT>
+void gemm_bf16_tile(const Gemm4bitArgs& a, const uint16_t* P, int64_t r0, int64_t j0, const __m512 code) {
+  const int64_t k = a.k;
+  __m512 acc[MT][NT];
+  for (int r = 0; r < MT; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  __m512i tab[NT];
+  for (int64_t i = 0; i < k; i += 64) {
+    if (i % a.blocksize == 0) {
+      for (int t = 0; t < NT; ++t) {
+        // vcvtneps2bf16 rounds to nearest even like the reference (only a NaN's payload differs).
+        const __m512 s = _mm512_mul_ps(code, _mm512_set1_ps(a.absmax[((j0 + t) * k + i) / a.blocksize]));
+        tab[t] = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(s));
+      }
+    }
+    __m512i we[NT], wo[NT];
+    for (int t = 0; t < NT; ++t) {
+      const __m512i w =
+          _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.B + ((j0 + t) * k + i) / 2)));
+      we[t] = _mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), tab[t]);
+      wo[t] = _mm512_permutexvar_epi16(_mm512_and_si512(w, _mm512_set1_epi16(15)), tab[t]);
+    }
+    for (int r = 0; r < MT; ++r) {
+      const uint16_t* p = P + (r0 + r) * k + i;
+      const __m512bh ae = (__m512bh)_mm512_loadu_si512(p);
+      const __m512bh ao = (__m512bh)_mm512_loadu_si512(p + 32);
+      for (int t = 0; t < NT; ++t) {
+        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], ae, (__m512bh)we[t]);
+        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], ao, (__m512bh)wo[t]);
+      }
+    }
+  }
+  for (int r = 0; r < MT; ++r)
+    for (int t = 0; t < NT; ++t) store_out<Element<BNB_DTYPE_BF16>>(a, r0 + r, j0 + t, _mm512_reduce_add_ps(acc[r][t]));
+}
+
+// f32 path (f32 and f16 activations).
+template <typename E, int MT, int NT>
+void gemm_f32_tile(const Gemm4bitArgs& a, const float* P, int64_t r0, int64_t j0, const __m512 code) {
+  const int64_t k = a.k;
+  __m512 acc[MT][NT];
+  for (int r = 0; r < MT; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  __m512 tab[NT];
+  for (int64_t i = 0; i < k; i += 64) {
+    if (i % a.blocksize == 0) {
+      for (int t = 0; t < NT; ++t) {
+        const __m512 s = _mm512_mul_ps(code, _mm512_set1_ps(a.absmax[((j0 + t) * k + i) / a.blocksize]));
+        // f16 activations: the reference multiplies by the weight rounded to f16.
+        tab[t] = E::kDtype == BNB_DTYPE_F16 ? _mm512_cvtph_ps(_mm512_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT)) : s;
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      __m512 we[NT], wo[NT];
+      for (int t = 0; t < NT; ++t) {
+        const __m512i d = _mm512_cvtepu8_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.B + ((j0 + t) * k + i) / 2 + 16 * h)));
+        we[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), tab[t]);
+        wo[t] = _mm512_permutexvar_ps(_mm512_and_si512(d, _mm512_set1_epi32(15)), tab[t]);
+      }
+      for (int r = 0; r < MT; ++r) {
+        const float* p = P + (r0 + r) * k + i + 16 * h;
+        const __m512 ae = _mm512_loadu_ps(p);
+        const __m512 ao = _mm512_loadu_ps(p + 32);
+        for (int t = 0; t < NT; ++t) {
+          acc[r][t] = _mm512_fmadd_ps(ae, we[t], acc[r][t]);
+          acc[r][t] = _mm512_fmadd_ps(ao, wo[t], acc[r][t]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < MT; ++r)
+    for (int t = 0; t < NT; ++t) store_out<E>(a, r0 + r, j0 + t, _mm512_reduce_add_ps(acc[r][t]));
+}
+
+template <int MT, int NT>
+void gemm_tile(const Gemm4bitArgs& a, int64_t r0, int64_t j0, const __m512 code) {
+  if (a.dtype == BNB_DTYPE_BF16) {
+    gemm_bf16_tile<MT, NT>(a, static_cast<const uint16_t*>(a.prepared), r0, j0, code);
+  } else if (a.dtype == BNB_DTYPE_F16) {
+    gemm_f32_tile<Element<BNB_DTYPE_F16>, MT, NT>(a, static_cast<const float*>(a.prepared), r0, j0, code);
+  } else {
+    gemm_f32_tile<Element<BNB_DTYPE_F32>, MT, NT>(a, static_cast<const float*>(a.prepared), r0, j0, code);
+  }
+}
+
+// All rows of A against weight rows [j0, j0 + NT).
+template <int NT>
+void gemm_rows(const Gemm4bitArgs& a, int64_t j0, const __m512 code) {
+  int64_t r = 0;
+  for (; r + 8 <= a.m; r += 8) gemm_tile<8, NT>(a, r, j0, code);
+  if (a.m - r >= 4) {
+    gemm_tile<4, NT>(a, r, j0, code);
+    r += 4;
+  }
+  if (a.m - r >= 2) {
+    gemm_tile<2, NT>(a, r, j0, code);
+    r += 2;
+  }
+  if (a.m - r >= 1) gemm_tile<1, NT>(a, r, j0, code);
+}
+
+}  // namespace
+
+void gemm_4bit(const Gemm4bitArgs& a, int64_t n0, int64_t n1) {
+  if (!gemm_fast(a) || a.prepared == nullptr) return gen_gemm_4bit(a, n0, n1);
+  const __m512 code = _mm512_loadu_ps(a.code);
+  int64_t j = n0;
+  if (a.m <= 2) {
+    for (; j + 4 <= n1; j += 4) gemm_rows<4>(a, j, code);
+  } else if (a.m <= 4) {
+    for (; j + 2 <= n1; j += 2) gemm_rows<2>(a, j, code);
+  }
+  for (; j < n1; ++j) gemm_rows<1>(a, j, code);
+}
+
+// ---- int8 matmul: vpdpbusd with A + 128 as the unsigned operand ---------------------------------
+// sum((a + 128) * b) = sum(a * b) + 128 * sum(b); sum(b) comes from a second vpdpbusd with ones.
+// Exact for every int8 input (vpdpbusd does not saturate).
+
+void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C, int64_t n0,
+                        int64_t n1) {
+  const int64_t k64 = k & ~int64_t(63);
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i ones = _mm512_set1_epi8(1);
+  constexpr int MT = 4;
+  for (int64_t r0 = 0; r0 < m; r0 += MT) {
+    const int rm = static_cast<int>((m - r0) < MT ? (m - r0) : MT);
+    for (int64_t j = n0; j < n1; ++j) {
+      const int8_t* b = B + j * k;
+      __m512i acc[MT], bsum = _mm512_setzero_si512();
+      for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_si512();
+      for (int64_t i = 0; i < k64; i += 64) {
+        const __m512i bv = _mm512_loadu_si512(b + i);
+        bsum = _mm512_dpbusd_epi32(bsum, ones, bv);
+        for (int r = 0; r < rm; ++r) {
+          const __m512i av = _mm512_xor_si512(_mm512_loadu_si512(A + (r0 + r) * k + i), bias);
+          acc[r] = _mm512_dpbusd_epi32(acc[r], av, bv);
+        }
+      }
+      const int32_t sb = _mm512_reduce_add_epi32(bsum);
+      for (int r = 0; r < rm; ++r) {
+        const int8_t* x = A + (r0 + r) * k;
+        int32_t s = _mm512_reduce_add_epi32(acc[r]) - 128 * sb;
+        for (int64_t i = k64; i < k; ++i) s += static_cast<int32_t>(x[i]) * static_cast<int32_t>(b[i]);
+        C[(r0 + r) * n + j] = s;
+      }
+    }
+  }
+}
+
+}  // namespace avx512
+
+const KernelTable kernels_avx512 = [] {
+  using namespace avx512;
+  KernelTable t = BNB_GENERIC_TABLE;
+  t.dequantize_4bit = dequantize_4bit;
+  t.gemm_4bit_prepare_bytes = gemm_4bit_prepare_bytes;
+  t.gemm_4bit_prepare = gemm_4bit_prepare;
+  t.gemm_4bit = gemm_4bit;
+  t.int8_linear_matmul = int8_linear_matmul;
+  return t;
+}();
+
+}  // namespace bnb_cpu
