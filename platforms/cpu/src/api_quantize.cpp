@@ -4,6 +4,7 @@
 
 #include "bnb/bnb_c_api.h"
 #include "kernels.h"
+#include "memory_hint.h"
 #include "status.h"
 #include "threading.h"
 
@@ -45,6 +46,7 @@ int32_t bnb_quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t block
   if (int32_t s = check_4bit(n, blocksize, quant_type)) return s;
   const auto& k = kernels();
   const int nf4 = quant_type == BNB_QUANT_NF4;
+  bnb_cpu::advise_output(packed, (n + 1) / 2);
   parallel_for((n + blocksize - 1) / blocksize, block_grain(blocksize),
                [&](int64_t b0, int64_t b1) { k.quantize_4bit(A, dtype, n, blocksize, nf4, packed, absmax, b0, b1); });
   return bnb_cpu::ok();
@@ -57,6 +59,7 @@ int32_t bnb_dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t 
   if (int32_t s = check_4bit(n, blocksize, quant_type)) return s;
   const auto& k = kernels();
   const int nf4 = quant_type == BNB_QUANT_NF4;
+  bnb_cpu::advise_output(out, n * bnb_cpu::dtype_size(out_dtype));
   parallel_for((n + blocksize - 1) / blocksize, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
     k.dequantize_4bit(packed, absmax, n, blocksize, nf4, out, out_dtype, b0, b1);
   });
@@ -69,6 +72,7 @@ int32_t bnb_quantize_blockwise(const void* A, int32_t dtype, const float* code, 
   BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
   if (int32_t s = check_common(n, blocksize)) return s;
   const auto& k = kernels();
+  bnb_cpu::advise_output(out, n);
   parallel_for((n + blocksize - 1) / blocksize, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
     k.quantize_blockwise(A, dtype, code, n, blocksize, out, absmax, b0, b1);
   });
@@ -81,6 +85,7 @@ int32_t bnb_dequantize_blockwise(const uint8_t* A, const float* code, const floa
   BNB_REQUIRE(bnb_cpu::is_float_dtype(out_dtype), BNB_ERR_UNSUPPORTED_DTYPE, "out's dtype must be f32, f16 or bf16");
   if (int32_t s = check_common(n, blocksize)) return s;
   const auto& k = kernels();
+  bnb_cpu::advise_output(out, n * bnb_cpu::dtype_size(out_dtype));
   parallel_for((n + blocksize - 1) / blocksize, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
     k.dequantize_blockwise(A, code, absmax, n, blocksize, out, out_dtype, b0, b1);
   });

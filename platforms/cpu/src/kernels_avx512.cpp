@@ -87,6 +87,181 @@ void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int6
   }
 }
 
+// ---- quantization ------------------------------------------------------------------------------
+
+namespace {
+
+// Loads 16 elements of dtype E as f32.
+template <typename E>
+inline __m512 load16(const typename E::type* p) {
+  if constexpr (E::kDtype == BNB_DTYPE_F32) {
+    return _mm512_loadu_ps(p);
+  } else if constexpr (E::kDtype == BNB_DTYPE_F16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  } else {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+}
+
+// The block's absmax as torch's amax of |x| computes it (NaN propagates).
+template <typename E>
+inline float block_absmax(const typename E::type* x, int64_t len) {
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 nan = 0;
+  int64_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    const __m512 v = load16<E>(x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    m = _mm512_max_ps(m, _mm512_abs_ps(v));
+  }
+  float r = _mm512_reduce_max_ps(m);
+  for (; i < len; ++i) r = bnb::nan_max_abs(r, E::load(x[i]));
+  return nan ? bnb::bits_float(0x7fc00000u) : r;
+}
+
+// Sorted position (0..15) of the nearest of 16 sorted entries, from their 15 midpoints (lane 15
+// unused): four permute-and-compare steps of a binary search; NaN -> 15.
+inline __m512i nearest16(__m512 v, __m512 mids) {
+  __m512i pos = _mm512_setzero_si512();
+  for (int s = 8; s >= 1; s >>= 1) {
+    const __m512 m = _mm512_permutexvar_ps(_mm512_add_epi32(pos, _mm512_set1_epi32(s - 1)), mids);
+    pos = _mm512_mask_add_epi32(pos, _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ), pos, _mm512_set1_epi32(s));
+  }
+  return _mm512_mask_mov_epi32(pos, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(15));
+}
+
+template <typename E>
+void quantize_4bit_t(const typename E::type* x, int64_t n, int64_t blocksize, int nf4, uint8_t* packed,
+                     float* absmax, int64_t b0, int64_t b1) {
+  const float nf4_table[16] = BNB_NF4_TABLE;
+  const float fp4_table[16] = BNB_FP4_TABLE;
+  const uint8_t fp4_order[16] = BNB_FP4_SORTED_CODES;
+  alignas(64) float mids_arr[16];
+  alignas(64) int32_t order_arr[16];
+  float sorted[16];
+  for (int i = 0; i < 16; ++i) {
+    order_arr[i] = nf4 ? i : fp4_order[i];
+    sorted[i] = nf4 ? nf4_table[i] : fp4_table[order_arr[i]];
+  }
+  for (int i = 0; i < 15; ++i) mids_arr[i] = bnb::midpoint(sorted[i], sorted[i + 1]);
+  mids_arr[15] = bnb::bits_float(0x7f800000u);
+  const __m512 mids = _mm512_load_ps(mids_arr);
+  const __m512i order = _mm512_load_si512(order_arr);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * blocksize;
+    const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+    const float amax = block_absmax<E>(x + start, len);
+    absmax[b] = amax;
+    const __m512 inv = _mm512_set1_ps(bnb::inverse_absmax(amax));
+    const typename E::type* src = x + start;
+    uint8_t* dst = packed + start / 2;
+    const int64_t full = len & ~int64_t(15);
+    for (int64_t i = 0; i < full; i += 16) {
+      __m512i c = nearest16(_mm512_mul_ps(load16<E>(src + i), inv), mids);
+      if (!nf4) c = _mm512_permutexvar_epi32(c, order);
+      // qword j holds codes 2j (low dword) and 2j+1 (high dword): byte = code_2j << 4 | code_2j+1.
+      const __m512i q = _mm512_or_si512(_mm512_slli_epi64(c, 4), _mm512_srli_epi64(c, 32));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i / 2),
+                       _mm512_cvtepi64_epi8(_mm512_and_si512(q, _mm512_set1_epi64(0xff))));
+    }
+    if (full < len) {
+      uint8_t codes[17];
+      const float inv_s = bnb::inverse_absmax(amax);
+      for (int64_t i = full; i < len; ++i) {
+        codes[i - full] = static_cast<uint8_t>(bnb::encode_4bit(nf4, E::load(src[i]) * inv_s));
+      }
+      codes[len - full] = static_cast<uint8_t>(bnb::encode_4bit(nf4, 0.0f));
+      for (int64_t i = full; i < len; i += 2) {
+        dst[i / 2] = static_cast<uint8_t>((codes[i - full] << 4) | codes[i - full + 1]);
+      }
+    }
+  }
+}
+
+// Block-wise 8-bit: binary search over the 255 midpoints, 16 lanes at a time with gathers.
+template <typename E>
+void quantize_blockwise_t(const typename E::type* x, const float* code, int64_t n, int64_t blocksize, uint8_t* out,
+                          float* absmax, int64_t b0, int64_t b1) {
+  alignas(64) float mids[256];
+  for (int i = 0; i < 255; ++i) mids[i] = bnb::midpoint(code[i], code[i + 1]);
+  mids[255] = bnb::bits_float(0x7f800000u);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * blocksize;
+    const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+    const float amax = block_absmax<E>(x + start, len);
+    absmax[b] = amax;
+    const float inv_s = bnb::inverse_absmax(amax);
+    const __m512 inv = _mm512_set1_ps(inv_s);
+    const typename E::type* src = x + start;
+    uint8_t* dst = out + start;
+    const int64_t full = len & ~int64_t(15);
+    for (int64_t i = 0; i < full; i += 16) {
+      const __m512 v = _mm512_mul_ps(load16<E>(src + i), inv);
+      __m512i pos = _mm512_setzero_si512();
+      for (int s = 128; s >= 1; s >>= 1) {
+        const __m512 m = _mm512_i32gather_ps(_mm512_add_epi32(pos, _mm512_set1_epi32(s - 1)), mids, 4);
+        pos = _mm512_mask_add_epi32(pos, _mm512_cmp_ps_mask(m, v, _CMP_LT_OQ), pos, _mm512_set1_epi32(s));
+      }
+      pos = _mm512_mask_mov_epi32(pos, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(255));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm512_cvtepi32_epi8(pos));
+    }
+    for (int64_t i = full; i < len; ++i) dst[i] = static_cast<uint8_t>(gen_nearest_256(mids, E::load(src[i]) * inv_s));
+  }
+}
+
+// Block-wise 8-bit dequantization: per block a 256-entry table code * absmax, then gathers.
+template <typename E>
+void dequantize_blockwise_t(const uint8_t* A, const float* code, const float* absmax, int64_t n, int64_t blocksize,
+                            typename E::type* out, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * blocksize;
+    const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+    const __m512 s = _mm512_set1_ps(absmax[b]);
+    const uint8_t* src = A + start;
+    typename E::type* dst = out + start;
+    const int64_t full = len & ~int64_t(15);
+    for (int64_t i = 0; i < full; i += 16) {
+      const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+      const __m512 v = _mm512_mul_ps(_mm512_i32gather_ps(idx, code, 4), s);
+      if constexpr (E::kDtype == BNB_DTYPE_F32) {
+        _mm512_storeu_ps(dst + i, v);
+      } else if constexpr (E::kDtype == BNB_DTYPE_F16) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+      } else {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), to_bf16(v));
+      }
+    }
+    for (int64_t i = full; i < len; ++i) dst[i] = E::store(code[src[i]] * absmax[b]);
+  }
+}
+
+}  // namespace
+
+void quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t blocksize, int nf4, uint8_t* packed,
+                   float* absmax, int64_t b0, int64_t b1) {
+  dispatch_float(dtype, [&](auto e) {
+    using E = decltype(e);
+    quantize_4bit_t<E>(static_cast<const typename E::type*>(A), n, blocksize, nf4, packed, absmax, b0, b1);
+  });
+}
+
+void quantize_blockwise(const void* A, int32_t dtype, const float* code, int64_t n, int64_t blocksize, uint8_t* out,
+                        float* absmax, int64_t b0, int64_t b1) {
+  dispatch_float(dtype, [&](auto e) {
+    using E = decltype(e);
+    quantize_blockwise_t<E>(static_cast<const typename E::type*>(A), code, n, blocksize, out, absmax, b0, b1);
+  });
+}
+
+void dequantize_blockwise(const uint8_t* A, const float* code, const float* absmax, int64_t n, int64_t blocksize,
+                          void* out, int32_t dtype, int64_t b0, int64_t b1) {
+  dispatch_float(dtype, [&](auto e) {
+    using E = decltype(e);
+    dequantize_blockwise_t<E>(A, code, absmax, n, blocksize, static_cast<typename E::type*>(out), b0, b1);
+  });
+}
+
 // ---- 4-bit matmul ------------------------------------------------------------------------------
 // Fast path: k a multiple of 64 and of the block size, block size >= 64. A is re-laid out once per
 // call ("prepared"): per 64 columns, the 32 even-indexed then the 32 odd-indexed values, so that
@@ -298,7 +473,10 @@ void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, 
 const KernelTable kernels_avx512 = [] {
   using namespace avx512;
   KernelTable t = BNB_GENERIC_TABLE;
+  t.quantize_4bit = quantize_4bit;
   t.dequantize_4bit = dequantize_4bit;
+  t.quantize_blockwise = quantize_blockwise;
+  t.dequantize_blockwise = dequantize_blockwise;
   t.gemm_4bit_prepare_bytes = gemm_4bit_prepare_bytes;
   t.gemm_4bit_prepare = gemm_4bit_prepare;
   t.gemm_4bit = gemm_4bit;
