@@ -10,6 +10,9 @@ the same run (bytes that must move / time / copy bandwidth).
     python bench/cpu_ops.py [--threads 1,2] [--reps 15] [--shapes 4096x4096,4096x11008] [--only matmul_4bit]
 """
 
+# The timed lambdas are called at once, inside the loop iteration that defines them.
+# ruff: noqa: B023
+
 from __future__ import annotations
 
 import argparse
