@@ -140,7 +140,7 @@ def bench_int8(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
     for thr in (6.0, 0.0):
         layer = bnb.nn.Linear8bitLt(K, N, bias=True, has_fp16_weights=False, threshold=thr)
         layer.weight = bnb.nn.Int8Params(W.clone(), requires_grad=False, has_fp16_weights=False)
-        layer = layer.to("cpu")
+        layer = layer.to("cpu").eval()
         for batch in (1, 8):
             x = torch.randn(batch, K, generator=gen)
             x[:, :: K // 4] *= 20  # a few outlier columns (|x| >= 6)
