@@ -24,6 +24,7 @@ constexpr int64_t kBlock = BNB_OPTIM_STATE_BLOCKSIZE;
 struct GridTable {
   float qmap[256];
   uint8_t code[65536];
+  uint8_t pad[4] = {0, 0, 0, 0};  // kernels gather 32 bits at a time from `code`
 };
 
 std::shared_ptr<const GridTable> grid_table(const float* qmap) {

@@ -2,6 +2,7 @@
 // kernels are compiled here too (auto-vectorized for AVX2); the hot ones below use intrinsics.
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "bnb/codebooks.h"
 #include "bnb/numeric.h"

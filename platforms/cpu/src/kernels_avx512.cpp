@@ -132,8 +132,8 @@ inline __m512i nearest16(__m512 v, __m512 mids) {
 }
 
 template <typename E>
-void quantize_4bit_t(const typename E::type* x, int64_t n, int64_t blocksize, int nf4, uint8_t* packed,
-                     float* absmax, int64_t b0, int64_t b1) {
+void quantize_4bit_t(const typename E::type* x, int64_t n, int64_t blocksize, int nf4, uint8_t* packed, float* absmax,
+                     int64_t b0, int64_t b1) {
   const float nf4_table[16] = BNB_NF4_TABLE;
   const float fp4_table[16] = BNB_FP4_TABLE;
   const uint8_t fp4_order[16] = BNB_FP4_SORTED_CODES;
@@ -238,8 +238,8 @@ void dequantize_blockwise_t(const uint8_t* A, const float* code, const float* ab
 
 }  // namespace
 
-void quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t blocksize, int nf4, uint8_t* packed,
-                   float* absmax, int64_t b0, int64_t b1) {
+void quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t blocksize, int nf4, uint8_t* packed, float* absmax,
+                   int64_t b0, int64_t b1) {
   dispatch_float(dtype, [&](auto e) {
     using E = decltype(e);
     quantize_4bit_t<E>(static_cast<const typename E::type*>(A), n, blocksize, nf4, packed, absmax, b0, b1);
@@ -316,16 +316,23 @@ void store_out(const Gemm4bitArgs& a, int64_t r, int64_t j, float v) {
   static_cast<T*>(a.out)[r * a.n + j] = E::store(v);
 }
 
-// MT activation rows x NT weight rows; bf16 path.
+// MT activation rows x NT weight rows; bf16 path. For one or two rows with block size 64 (one
+// block per 64-column group) the weight is looked up in the bf16-rounded code book and each block's
+// partial dot product is scaled by its absmax in f32: no per-block table, which would cost as much
+// as the dot product itself. Otherwise each block's table is rounded to bf16 exactly as the
+// reference rounds the weight, and amortized over the rows.
 template <int MT, int NT>
 void gemm_bf16_tile(const Gemm4bitArgs& a, const uint16_t* P, int64_t r0, int64_t j0, const __m512 code) {
   const int64_t k = a.k;
   __m512 acc[MT][NT];
   for (int r = 0; r < MT; ++r)
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const bool post_scale = a.blocksize == 64 && MT <= 2;
+  const __m512i code_bf16 = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(code));
   __m512i tab[NT];
+  for (int t = 0; t < NT; ++t) tab[t] = code_bf16;
   for (int64_t i = 0; i < k; i += 64) {
-    if (i % a.blocksize == 0) {
+    if (!post_scale && i % a.blocksize == 0) {
       for (int t = 0; t < NT; ++t) {
         // vcvtneps2bf16 rounds to nearest even like the reference (only a NaN's payload differs).
         const __m512 s = _mm512_mul_ps(code, _mm512_set1_ps(a.absmax[((j0 + t) * k + i) / a.blocksize]));
@@ -333,7 +340,9 @@ void gemm_bf16_tile(const Gemm4bitArgs& a, const uint16_t* P, int64_t r0, int64_
       }
     }
     __m512i we[NT], wo[NT];
+    __m512 scale[NT];
     for (int t = 0; t < NT; ++t) {
+      if (post_scale) scale[t] = _mm512_set1_ps(a.absmax[((j0 + t) * k + i) / 64]);
       const __m512i w =
           _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.B + ((j0 + t) * k + i) / 2)));
       we[t] = _mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), tab[t]);
@@ -344,8 +353,14 @@ void gemm_bf16_tile(const Gemm4bitArgs& a, const uint16_t* P, int64_t r0, int64_
       const __m512bh ae = (__m512bh)_mm512_loadu_si512(p);
       const __m512bh ao = (__m512bh)_mm512_loadu_si512(p + 32);
       for (int t = 0; t < NT; ++t) {
-        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], ae, (__m512bh)we[t]);
-        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], ao, (__m512bh)wo[t]);
+        if (post_scale) {
+          const __m512 part =
+              _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), ae, (__m512bh)we[t]), ao, (__m512bh)wo[t]);
+          acc[r][t] = _mm512_fmadd_ps(part, scale[t], acc[r][t]);
+        } else {
+          acc[r][t] = _mm512_dpbf16_ps(acc[r][t], ae, (__m512bh)we[t]);
+          acc[r][t] = _mm512_dpbf16_ps(acc[r][t], ao, (__m512bh)wo[t]);
+        }
       }
     }
   }

@@ -2,6 +2,7 @@
 // here are vectorized for it by the compiler; the 4-bit dequantization uses NEON table lookups.
 #include <arm_neon.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "bnb/codebooks.h"
 #include "bnb/numeric.h"

@@ -1,6 +1,7 @@
 // Portable scalar kernels (compiled without vectorization): the reference path on every CPU and
 // the one BNB_CPU_ISA=scalar forces.
 #include <stdint.h>
+#include <string.h>
 
 #include "bnb/codebooks.h"
 #include "bnb/numeric.h"

@@ -9,6 +9,15 @@
 
 #include "bnb/bnb_c_api.h"
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define BNB_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define BNB_CPU_RELAX() asm volatile("yield")
+#else
+#define BNB_CPU_RELAX() ((void)0)
+#endif
+
 namespace bnb_cpu {
 namespace {
 
@@ -44,7 +53,11 @@ class Pool {
     job(0);
     // The others take a few microseconds at most to finish their chunk: spin, then yield.
     for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-      if (spin > 4096) std::this_thread::yield();
+      if (spin > 4096) {
+        std::this_thread::yield();
+      } else {
+        BNB_CPU_RELAX();
+      }
     }
     std::lock_guard<std::mutex> lock(mutex_);
     job_ = nullptr;
@@ -60,8 +73,13 @@ class Pool {
   void loop(int index) {
     uint64_t seen = 0;
     for (;;) {
+      // Spin briefly (tens of microseconds) before sleeping: long enough for back-to-back kernels,
+      // short enough not to starve torch's own OpenMP threads, which spin after their ops too.
       uint64_t gen = generation_.load(std::memory_order_acquire);
-      for (int spin = 0; gen == seen && spin < 20000; ++spin) gen = generation_.load(std::memory_order_acquire);
+      for (int spin = 0; gen == seen && spin < 2048; ++spin) {
+        BNB_CPU_RELAX();
+        gen = generation_.load(std::memory_order_acquire);
+      }
       if (gen == seen) {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
