@@ -232,15 +232,23 @@ def gemv_4bit_out(
         out.copy_(gemv_4bit(A, B, shapeB, absmax, code, blocksize))
 
 
+# The 16-entry decode tables (bnb/codebooks.h; FP4 code 8 decodes to -0.0).
+_DECODE_VALUES = {
+    "nf4": (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+            -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+            0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+            0.7229568362236023, 1.0),
+    "fp4": (0.0, 0.0052083334885537624, 0.6666666865348816, 1.0, 0.3333333432674408, 0.5, 0.1666666716337204,
+            0.25, -0.0, -0.0052083334885537624, -0.6666666865348816, -1.0, -0.3333333432674408, -0.5,
+            -0.1666666716337204, -0.25),
+}  # fmt: skip
 _DECODE_TABLES: dict[str, torch.Tensor] = {}
 
 
 def _decode_table(quant_type: str) -> torch.Tensor:
     table = _DECODE_TABLES.get(quant_type)
     if table is None:
-        from bitsandbytes.backends.reference.codebooks import four_bit_decode_table
-
-        table = _DECODE_TABLES[quant_type] = four_bit_decode_table(quant_type).float().contiguous()
+        table = _DECODE_TABLES[quant_type] = torch.tensor(_DECODE_VALUES[quant_type], dtype=torch.float32)
     return table
 
 
@@ -450,11 +458,46 @@ def int8_mixed_scaled_mm(
 OPTIMIZER_CODE = {"momentum": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lion": 4, "ademamix": 5, "lamb": 6, "lars": 7}
 
 
-def _opt_checks():
-    # The same checks (and messages) as the reference kernels.
-    from bitsandbytes.backends.reference import optimizers as ref
+OPTIMIZER_NAMES = ("adam", "lamb", "momentum", "lars", "rmsprop", "adagrad", "lion", "ademamix")
+TWO_STATE = frozenset({"adam", "lamb", "ademamix"})
+STATE_BLOCKSIZE = 256
 
-    return ref
+
+class _OptChecks:
+    """The optimizer ops' argument checks, with the reference kernels' messages (kept here so that
+    the wheel depends only on the public ``bitsandbytes._checks``)."""
+
+    TWO_STATE = TWO_STATE
+    STATE_BLOCKSIZE = STATE_BLOCKSIZE
+
+    @staticmethod
+    def _state_numel(optimizer_name: str, n: int) -> int:
+        return 2 * n if optimizer_name == "ademamix" else n
+
+    @staticmethod
+    def _check_state(t: torch.Tensor | None, arg: str, numel: int, dtype: torch.dtype) -> None:
+        C.check(t is not None, f"bitsandbytes: {arg} is required for this optimizer")
+        assert t is not None
+        C.check_dtype(t, arg, (dtype,))
+        C.check(t.numel() == numel, f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
+        C.check(t.is_contiguous(), f"bitsandbytes: {arg} must be contiguous")
+
+    @staticmethod
+    def _check_common(optimizer_name: str, g: torch.Tensor, p: torch.Tensor, step: int, lr: float, eps: float) -> None:
+        C.check(
+            optimizer_name in OPTIMIZER_NAMES,
+            f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}",
+        )
+        C.check(g.numel() == p.numel(), f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
+        C.check_dtype(g, "g", C.FLOAT_DTYPES)
+        C.check(g.dtype == p.dtype, f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}", TypeError)
+        C.check(step >= 1, f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
+        C.check(lr >= 0.0, f"bitsandbytes: lr must be non-negative, got {lr}")
+        C.check(eps >= 0.0, f"bitsandbytes: eps must be non-negative, got {eps}")
+
+
+def _opt_checks() -> type[_OptChecks]:
+    return _OptChecks
 
 
 def optimizer_update_32bit(
