@@ -159,3 +159,26 @@ def test_int8_mixed_scaled_mm(device, impl, fn, dtype):
     rout, rsub = REF["int8_mixed_scaled_mm"](A, CA, CB, SCA, SCB, cols, bias)
     assert torch.equal(sub.cpu(), rsub)
     torch.testing.assert_close(out.cpu().float(), rout.float(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("quantize_blockwise"))
+@pytest.mark.parametrize("code_name", ["dynamic_signed", "dynamic_unsigned", "linear", "cubic"])
+def test_quantize_blockwise_on_and_beside_every_midpoint(device, impl, fn, code_name):
+    """Exact nearest code for values on each midpoint and one ulp either side (the CPU kernels
+    search through a bucket table of the f32 bit pattern: its edges must not matter)."""
+    from bitsandbytes.backends.reference.codebooks import dynamic_map, midpoints
+
+    t = torch.linspace(-1, 1, 256)
+    code = {
+        "dynamic_signed": dynamic_map(True),
+        "dynamic_unsigned": dynamic_map(False),
+        "linear": t,
+        "cubic": t**3,
+    }[code_name]
+    mids = midpoints(code)
+    vals = torch.cat([mids, torch.nextafter(mids, torch.tensor(2.0)), torch.nextafter(mids, torch.tensor(-2.0))])
+    vals = torch.cat([torch.tensor([1.0]), vals, -vals, torch.tensor([0.0, -0.0, 1e-30, -1e-30])])
+    x = vals.repeat(3)
+    got_q, got_a = fn(x.to(device), code.to(device), 1024)
+    ref_q, ref_a = REF["quantize_blockwise"](x, code, 1024)
+    assert torch.equal(got_q.cpu(), ref_q) and torch.equal(got_a.cpu(), ref_a)
