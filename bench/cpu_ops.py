@@ -136,7 +136,7 @@ def bench_int8(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
     gen = torch.Generator().manual_seed(2)
     W = torch.randn(N, K, generator=gen) * 0.02
     w8 = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=gen)
-    scales = torch.rand(N, generator=gen)
+    scales = torch.rand(N, generator=gen).bfloat16()  # int8pack's fast path takes bf16 activations
     for thr in (6.0, 0.0):
         layer = bnb.nn.Linear8bitLt(K, N, bias=True, has_fp16_weights=False, threshold=thr)
         layer.weight = bnb.nn.Int8Params(W.clone(), requires_grad=False, has_fp16_weights=False)
@@ -149,7 +149,7 @@ def bench_int8(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
                 fns = {
                     "bnb": lambda x=x: layer(x),
                     "dense_fp32": lambda x=x: dense(x),
-                    "int8pack": lambda x=x: torch.ops.aten._weight_int8pack_mm(x, w8, scales),
+                    "int8pack_bf16": lambda xb=x.bfloat16(): torch.ops.aten._weight_int8pack_mm(xb, w8, scales),
                 }
                 rep.add(f"Linear8bitLt fp32 {N}x{K} batch {batch} thr {thr:g}", median_ms(fns, reps), N * K)
 
