@@ -145,11 +145,12 @@ def bench_int8(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
             x = torch.randn(batch, K, generator=gen)
             x[:, :: K // 4] *= 20  # a few outlier columns (|x| >= 6)
             dense = torch.nn.Linear(K, N)
+            xb = x.bfloat16()
             with torch.no_grad():
                 fns = {
                     "bnb": lambda x=x: layer(x),
                     "dense_fp32": lambda x=x: dense(x),
-                    "int8pack_bf16": lambda xb=x.bfloat16(): torch.ops.aten._weight_int8pack_mm(xb, w8, scales),
+                    "int8pack_bf16": lambda xb=xb: torch.ops.aten._weight_int8pack_mm(xb, w8, scales),
                 }
                 rep.add(f"Linear8bitLt fp32 {N}x{K} batch {batch} thr {thr:g}", median_ms(fns, reps), N * K)
 
