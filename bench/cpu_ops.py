@@ -87,6 +87,14 @@ def bench_4bit(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
                 median_ms({"bnb": lambda: F.dequantize_4bit(packed, qs)}, reps),
                 n * es + n / 2 + n / 64 * 4,
             )
+            # The same into a preallocated output: the kernel without first-touch page faults.
+            out = torch.empty(N, K, dtype=dtype)
+            op = torch.ops.bitsandbytes.dequantize_4bit.out
+            rep.add(
+                f"dequantize_4bit.out nf4 {tag} {N}x{K}",
+                median_ms({"bnb": lambda: op(packed, qs.absmax, 64, "nf4", [N, K], dtype, out=out)}, reps),
+                n * es + n / 2 + n / 64 * 4,
+            )
         if "matmul_4bit" in only:
             # PyTorch's int4 weight-only kernel (group 64, asymmetric int4) as the peer.
             q4 = torch.randint(0, 16, (N, K), dtype=torch.int32, generator=gen)
@@ -126,6 +134,13 @@ def bench_blockwise(rep: Report, N: int, K: int, reps: int, only: set[str]) -> N
             rep.add(
                 f"dequantize_blockwise {tag} {N}x{K}",
                 median_ms({"bnb": lambda: F.dequantize_blockwise(q, st)}, reps),
+                n * es + n,
+            )
+            out = torch.empty(N, K, dtype=dtype)
+            op = torch.ops.bitsandbytes.dequantize_blockwise.out
+            rep.add(
+                f"dequantize_blockwise.out {tag} {N}x{K}",
+                median_ms({"bnb": lambda: op(q, st.absmax, st.code, 4096, dtype, out=out)}, reps),
                 n * es + n,
             )
 
