@@ -67,3 +67,23 @@ def test_unknown_environment_value_warns_and_falls_back():
     r = _run("sse9", code)
     assert r.returncode == 0, r.stderr  # never a crash
     assert "BNB_CPU_ISA" in r.stderr and "None" in r.stdout.strip().splitlines()[-1]
+
+
+def test_kernels_work_in_a_forked_child():
+    """The library's thread pool is recreated in a fork()ed child (no hang waiting for threads
+    that were not copied)."""
+    code = (
+        "import os, torch, bitsandbytes\n"
+        "torch.set_num_threads(2)\n"
+        "x = torch.randn(1 << 16)\n"
+        "torch.ops.bitsandbytes.quantize_4bit(x, 64, 'nf4', torch.uint8)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    q, a = torch.ops.bitsandbytes.quantize_4bit(x, 64, 'nf4', torch.uint8)\n"
+        "    os._exit(0 if q.numel() == 1 << 15 else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print('child', os.waitstatus_to_exitcode(status))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "child 0"

@@ -1,6 +1,10 @@
 // The kernels' thread pool: see threading.h.
 #include "threading.h"
 
+#if !defined(_WIN32)
+#include <pthread.h>
+#endif
+
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -31,10 +35,31 @@ thread_local int t_requested = 0;  // 0: all hardware threads
 class Pool {
  public:
   static Pool& get() {
-    // Leaked on purpose: workers must never be joined during static destruction.
-    static Pool* pool = new Pool(hardware_threads() - 1);
+    // Leaked on purpose: workers must never be joined during static destruction. A forked child
+    // has none of the parent's worker threads: it starts a fresh pool (see after_fork_in_child).
+    Pool* pool = instance().load(std::memory_order_acquire);
+    if (pool == nullptr) {
+      static std::mutex create;
+      std::lock_guard<std::mutex> lock(create);
+      pool = instance().load(std::memory_order_acquire);
+      if (pool == nullptr) {
+        pool = new Pool(hardware_threads() - 1);
+        instance().store(pool, std::memory_order_release);
+#if !defined(_WIN32)
+        static bool registered = pthread_atfork(nullptr, nullptr, after_fork_in_child) == 0;
+        (void)registered;
+#endif
+      }
+    }
     return *pool;
   }
+
+  static std::atomic<Pool*>& instance() {
+    static std::atomic<Pool*> pool{nullptr};
+    return pool;
+  }
+
+  static void after_fork_in_child() { instance().store(nullptr, std::memory_order_release); }
 
   int workers() const { return static_cast<int>(threads_.size()); }
 

@@ -198,6 +198,10 @@ def _gemm_4bit_into(
     )
 
 
+FUSED_MAX_ROWS = 32
+"""gemm_4bit runs the fused kernel up to this many rows of A, and dequantize + dense GEMM above."""
+
+
 def gemv_4bit(
     A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int
 ) -> torch.Tensor:
@@ -309,6 +313,11 @@ def gemm_4bit(
             f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}",
         )
     _on_cpu(A=A, B=B, absmax=eff)
+    if _rows(A) > FUSED_MAX_ROWS:
+        # Prefill-sized inputs: the dense GEMM on the dequantized weight wins once the weight's
+        # decoding is shared by enough rows; the fused kernel serves decoding (<= 32 rows).
+        W = dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
+        return torch.nn.functional.linear(A, W, None if bias is None else bias.to(A.dtype))
     out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
     if out.numel():
         _gemm_4bit_into(A, B, shapeB, eff, _decode_table(quant_type), blocksize, bias, out)
