@@ -365,3 +365,51 @@ def set_version(session: nox.Session) -> None:
     if len(session.posargs) != 1:
         session.error("usage: nox -s set-version -- X.Y.Z")
     session.run("python3", str(ROOT / "tools" / "set_version.py"), session.posargs[0])
+
+
+@nox.session(name="bench-cpu")
+def bench_cpu(session: nox.Session) -> None:
+    """bitsandbytes-cpu op by op vs PyTorch's CPU kernels (dense, int4pack, int8pack, fused AdamW), 1 and 2 threads."""
+    install_torch(session)
+    install_meta(session)
+    install_platform(session, "cpu")
+    session.run("python", str(ROOT / "bench" / "cpu_ops.py"), *session.posargs)
+
+
+def _cmake_native_tests(session: nox.Session, build: pathlib.Path, *options: str) -> None:
+    """Configure and build libbitsandbytes_cpu (no Python module) plus the C ABI test driver."""
+    session.run(
+        "cmake", "-S", str(ROOT / "platforms" / "cpu"), "-B", str(build), "-DBNB_BUILD_PYTHON=OFF",
+        "-DBNB_BUILD_TESTS=ON", *options, external=True,
+    )  # fmt: skip
+    session.run("cmake", "--build", str(build), "-j2", external=True)
+
+
+@nox.session(name="tests-cpu-sanitize", python=False, tags=["ci"])
+def tests_cpu_sanitize(session: nox.Session) -> None:
+    """The CPU library built with AddressSanitizer + UBSan, its C ABI test driver run on every ISA."""
+    build = pathlib.Path(session.create_tmp()) / "build-sanitize"
+    _cmake_native_tests(session, build, "-DBNB_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
+    env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    session.run(str(build / "test_c_abi"), env=env, external=True)
+
+
+AARCH64_PACKAGES = ["g++-aarch64-linux-gnu", "qemu-user"]
+
+
+@nox.session(name="tests-cpu-aarch64", python=False, tags=["ci"])
+def tests_cpu_aarch64(session: nox.Session) -> None:
+    """Cross-build the CPU library for aarch64 (NEON kernels) and run the C ABI test driver under qemu-user.
+
+    Installs Debian's cross compiler and qemu-user with apt-get when they are missing (CI runs as root)."""
+    import shutil
+
+    if not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")):
+        session.run("apt-get", "update", external=True)
+        session.run("apt-get", "install", "-y", "--no-install-recommends", *AARCH64_PACKAGES, external=True)
+    build = pathlib.Path(session.create_tmp()) / "build-aarch64"
+    _cmake_native_tests(
+        session, build, "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
+        "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
+    )  # fmt: skip
+    session.run("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(build / "test_c_abi"), external=True)

@@ -32,14 +32,43 @@ def devices() -> list[str]:
     return found
 
 
+def cpu_isas() -> list[str]:
+    """Instruction sets the bitsandbytes-cpu kernels can run here (scalar first), or [] without it."""
+    try:
+        import bitsandbytes_cpu
+    except ImportError:
+        return []
+    return bitsandbytes_cpu.build_info().get("isa_usable", [])
+
+
+def _with_isa(isa: str, fn: Callable) -> Callable:
+    """``fn`` run with the CPU kernels forced onto ``isa`` (the automatic choice restored after)."""
+    import bitsandbytes_cpu
+
+    def run(*args, **kwargs):
+        bitsandbytes_cpu.set_isa(isa)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            bitsandbytes_cpu.set_isa("auto")
+
+    return run
+
+
 def implementations(op: str) -> list[tuple[str, str, Callable]]:
     """(device, implementation name, kernel) for ``op``: the reference on every device, plus
-    each platform kernel registered for it."""
+    each platform kernel registered for it; the CPU wheel's kernels once per instruction set
+    (scalar, avx2, avx512, neon: each dispatch path the machine can run)."""
     out = []
     for dev in devices():
         out.append((dev, "reference", REFERENCE[op]))
         owner = bitsandbytes._LOADED.kernels.get((op, dev))
-        if owner is not None:
+        if owner is None:
+            continue
+        isas = cpu_isas() if dev == "cpu" and owner[0] == "cpu" else []
+        if isas:
+            out.extend((dev, f"{owner[0]}[{isa}]", _with_isa(isa, owner[1])) for isa in isas)
+        else:
             out.append((dev, owner[0], owner[1]))
     return out
 

@@ -3,12 +3,24 @@
 // Tensors arrive as raw addresses (tensor.data_ptr()) with sizes and dtype codes; the Python
 // glue has already validated shapes, dtypes and devices. This layer releases the GIL around each
 // kernel and turns a failing status into a Python exception carrying the library's message.
+// Every kernel takes `nthreads` (the glue passes torch.get_num_threads()): the library's pool then
+// uses at most that many threads for this call.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 #include <string>
 
 #include "bnb/bnb_c_api.h"
+
+extern "C" {
+// CPU-only extensions of the C ABI (isa_dispatch.cpp, threading.cpp).
+const char* bnb_cpu_get_isa(void);
+int32_t bnb_cpu_set_isa(const char* name);
+const char* bnb_cpu_isa_env_error(void);
+const char* bnb_cpu_usable_isas(void);
+void bnb_cpu_set_num_threads(int32_t n);
+int32_t bnb_cpu_get_num_threads(void);
+}
 
 namespace py = pybind11;
 
@@ -38,70 +50,167 @@ T* ptr(std::uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
+// Runs `call` without the GIL with `nthreads` threads, then raises on failure.
+template <typename Fn>
+void run(const char* name, int32_t nthreads, Fn&& call) {
+  int32_t s;
+  {
+    py::gil_scoped_release release;
+    bnb_cpu_set_num_threads(nthreads);
+    s = call();
+  }
+  raise_for(s, name);
+}
+
+bnb_optimizer_hparams hparams(float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay,
+                              float lr, float gnorm_scale, float max_unorm, float param_norm, int64_t step,
+                              bool skip_zeros) {
+  bnb_optimizer_hparams h;
+  h.beta1 = beta1;
+  h.beta2 = beta2;
+  h.beta3 = beta3;
+  h.alpha = alpha;
+  h.eps = eps;
+  h.weight_decay = weight_decay;
+  h.lr = lr;
+  h.gnorm_scale = gnorm_scale;
+  h.max_unorm = max_unorm;
+  h.param_norm = param_norm;
+  h.step = step;
+  h.skip_zeros = skip_zeros ? 1 : 0;
+  return h;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
+  using u = std::uintptr_t;
   m.doc() = "Bindings of the bitsandbytes C ABI for the CPU platform";
   m.def("abi_version", &bnb_abi_version);
   m.def("build_info", [] { return std::string(bnb_build_info()); });
+  m.def("get_isa", [] { return std::string(bnb_cpu_get_isa()); }, "The instruction set the kernels use now.");
+  m.def("usable_isas", [] { return std::string(bnb_cpu_usable_isas()); });
+  m.def("isa_env_error", [] { return std::string(bnb_cpu_isa_env_error()); });
+  m.def(
+      "set_isa", [](const std::string& name) { raise_for(bnb_cpu_set_isa(name.c_str()), "set_isa"); },
+      "Force an instruction set: auto, scalar, avx2, avx512 or neon (ValueError if unknown or unusable).");
+  m.def("get_num_threads", [] { return bnb_cpu_get_num_threads(); });
 
   m.def(
       "quantize_4bit",
-      [](std::uintptr_t A, int32_t dtype, int64_t n, int64_t blocksize, int32_t quant_type, std::uintptr_t packed,
-         std::uintptr_t absmax) {
-        int32_t s;
-        {
-          py::gil_scoped_release release;
-          s = bnb_quantize_4bit(ptr<const void>(A), dtype, n, blocksize, quant_type, ptr<uint8_t>(packed),
-                                ptr<float>(absmax), nullptr);
-        }
-        raise_for(s, "quantize_4bit");
+      [](u A, int32_t dtype, int64_t n, int64_t blocksize, int32_t quant_type, u packed, u absmax, int32_t nthreads) {
+        run("quantize_4bit", nthreads, [&] {
+          return bnb_quantize_4bit(ptr<const void>(A), dtype, n, blocksize, quant_type, ptr<uint8_t>(packed),
+                                   ptr<float>(absmax), nullptr);
+        });
       },
       py::arg("A"), py::arg("dtype"), py::arg("n"), py::arg("blocksize"), py::arg("quant_type"), py::arg("packed"),
-      py::arg("absmax"));
-
+      py::arg("absmax"), py::arg("nthreads") = 0);
   m.def(
       "dequantize_4bit",
-      [](std::uintptr_t packed, std::uintptr_t absmax, int64_t n, int64_t blocksize, int32_t quant_type,
-         std::uintptr_t out, int32_t out_dtype) {
-        int32_t s;
-        {
-          py::gil_scoped_release release;
-          s = bnb_dequantize_4bit(ptr<const uint8_t>(packed), ptr<const float>(absmax), n, blocksize, quant_type,
-                                  ptr<void>(out), out_dtype, nullptr);
-        }
-        raise_for(s, "dequantize_4bit");
+      [](u packed, u absmax, int64_t n, int64_t blocksize, int32_t quant_type, u out, int32_t out_dtype,
+         int32_t nthreads) {
+        run("dequantize_4bit", nthreads, [&] {
+          return bnb_dequantize_4bit(ptr<const uint8_t>(packed), ptr<const float>(absmax), n, blocksize, quant_type,
+                                     ptr<void>(out), out_dtype, nullptr);
+        });
       },
       py::arg("packed"), py::arg("absmax"), py::arg("n"), py::arg("blocksize"), py::arg("quant_type"), py::arg("out"),
-      py::arg("out_dtype"));
-
+      py::arg("out_dtype"), py::arg("nthreads") = 0);
   m.def(
       "quantize_blockwise",
-      [](std::uintptr_t A, int32_t dtype, std::uintptr_t code, int64_t n, int64_t blocksize, std::uintptr_t out,
-         std::uintptr_t absmax) {
-        int32_t s;
-        {
-          py::gil_scoped_release release;
-          s = bnb_quantize_blockwise(ptr<const void>(A), dtype, ptr<const float>(code), n, blocksize, ptr<uint8_t>(out),
-                                     ptr<float>(absmax), nullptr);
-        }
-        raise_for(s, "quantize_blockwise");
+      [](u A, int32_t dtype, u code, int64_t n, int64_t blocksize, u out, u absmax, int32_t nthreads) {
+        run("quantize_blockwise", nthreads, [&] {
+          return bnb_quantize_blockwise(ptr<const void>(A), dtype, ptr<const float>(code), n, blocksize,
+                                        ptr<uint8_t>(out), ptr<float>(absmax), nullptr);
+        });
       },
       py::arg("A"), py::arg("dtype"), py::arg("code"), py::arg("n"), py::arg("blocksize"), py::arg("out"),
-      py::arg("absmax"));
-
+      py::arg("absmax"), py::arg("nthreads") = 0);
   m.def(
       "dequantize_blockwise",
-      [](std::uintptr_t A, std::uintptr_t code, std::uintptr_t absmax, int64_t n, int64_t blocksize, std::uintptr_t out,
-         int32_t out_dtype) {
-        int32_t s;
-        {
-          py::gil_scoped_release release;
-          s = bnb_dequantize_blockwise(ptr<const uint8_t>(A), ptr<const float>(code), ptr<const float>(absmax), n,
-                                       blocksize, ptr<void>(out), out_dtype, nullptr);
-        }
-        raise_for(s, "dequantize_blockwise");
+      [](u A, u code, u absmax, int64_t n, int64_t blocksize, u out, int32_t out_dtype, int32_t nthreads) {
+        run("dequantize_blockwise", nthreads, [&] {
+          return bnb_dequantize_blockwise(ptr<const uint8_t>(A), ptr<const float>(code), ptr<const float>(absmax), n,
+                                          blocksize, ptr<void>(out), out_dtype, nullptr);
+        });
       },
       py::arg("A"), py::arg("code"), py::arg("absmax"), py::arg("n"), py::arg("blocksize"), py::arg("out"),
-      py::arg("out_dtype"));
+      py::arg("out_dtype"), py::arg("nthreads") = 0);
+  m.def(
+      "gemm_4bit",
+      [](u A, int32_t dtype, int64_t rows, int64_t n, int64_t k, u B, u absmax, u code, int64_t blocksize, u bias,
+         u out, int32_t nthreads) {
+        run("gemm_4bit", nthreads, [&] {
+          return bnb_gemm_4bit(ptr<const void>(A), dtype, rows, n, k, ptr<const uint8_t>(B), ptr<const float>(absmax),
+                               ptr<const float>(code), blocksize, ptr<const void>(bias), ptr<void>(out), nullptr);
+        });
+      },
+      py::arg("A"), py::arg("dtype"), py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("B"), py::arg("absmax"),
+      py::arg("code"), py::arg("blocksize"), py::arg("bias"), py::arg("out"), py::arg("nthreads") = 0);
+  m.def(
+      "int8_vectorwise_quant",
+      [](u A, int32_t dtype, int64_t rows, int64_t cols, float threshold, u out, u row_stats, u outlier_cols,
+         int32_t nthreads) {
+        run("int8_vectorwise_quant", nthreads, [&] {
+          return bnb_int8_vectorwise_quant(ptr<const void>(A), dtype, rows, cols, threshold, ptr<int8_t>(out),
+                                           ptr<float>(row_stats), ptr<uint8_t>(outlier_cols), nullptr);
+        });
+      },
+      py::arg("A"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("threshold"), py::arg("out"),
+      py::arg("row_stats"), py::arg("outlier_cols"), py::arg("nthreads") = 0);
+  m.def(
+      "int8_linear_matmul",
+      [](u A, u B, int64_t rows, int64_t n, int64_t k, u C, int32_t nthreads) {
+        run("int8_linear_matmul", nthreads, [&] {
+          return bnb_int8_linear_matmul(ptr<const int8_t>(A), ptr<const int8_t>(B), rows, n, k, ptr<int32_t>(C),
+                                        nullptr);
+        });
+      },
+      py::arg("A"), py::arg("B"), py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("C"), py::arg("nthreads") = 0);
+  m.def(
+      "int8_mm_dequant",
+      [](u C, u row_stats, u col_stats, int64_t rows, int64_t n, u bias, int32_t bias_dtype, u out, int32_t out_dtype,
+         int32_t nthreads) {
+        run("int8_mm_dequant", nthreads, [&] {
+          return bnb_int8_mm_dequant(ptr<const int32_t>(C), ptr<const float>(row_stats), ptr<const float>(col_stats),
+                                     rows, n, ptr<const void>(bias), bias_dtype, ptr<void>(out), out_dtype, nullptr);
+        });
+      },
+      py::arg("C"), py::arg("row_stats"), py::arg("col_stats"), py::arg("rows"), py::arg("n"), py::arg("bias"),
+      py::arg("bias_dtype"), py::arg("out"), py::arg("out_dtype"), py::arg("nthreads") = 0);
+  m.def(
+      "optimizer_update_32bit",
+      [](int32_t optimizer, u g, u p, int32_t dtype, u state1, u state2, u unorm_vec, int64_t n, float beta1,
+         float beta2, float beta3, float alpha, float eps, float weight_decay, float lr, float gnorm_scale,
+         float max_unorm, float param_norm, int64_t step, bool skip_zeros, int32_t nthreads) {
+        const bnb_optimizer_hparams h = hparams(beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale,
+                                                max_unorm, param_norm, step, skip_zeros);
+        run("optimizer_update_32bit", nthreads, [&] {
+          return bnb_optimizer_update_32bit(optimizer, ptr<const void>(g), ptr<void>(p), dtype, ptr<float>(state1),
+                                            ptr<float>(state2), ptr<float>(unorm_vec), n, &h, nullptr);
+        });
+      },
+      py::arg("optimizer"), py::arg("g"), py::arg("p"), py::arg("dtype"), py::arg("state1"), py::arg("state2"),
+      py::arg("unorm_vec"), py::arg("n"), py::arg("beta1"), py::arg("beta2"), py::arg("beta3"), py::arg("alpha"),
+      py::arg("eps"), py::arg("weight_decay"), py::arg("lr"), py::arg("gnorm_scale"), py::arg("max_unorm"),
+      py::arg("param_norm"), py::arg("step"), py::arg("skip_zeros"), py::arg("nthreads") = 0);
+  m.def(
+      "optimizer_update_8bit_blockwise",
+      [](int32_t optimizer, u g, u p, int32_t dtype, u state1, u state2, u qmap1, u qmap2, u absmax1, u absmax2,
+         int64_t n, float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, float lr,
+         float gnorm_scale, int64_t step, bool skip_zeros, int32_t nthreads) {
+        const bnb_optimizer_hparams h =
+            hparams(beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale, 0.0f, 0.0f, step, skip_zeros);
+        run("optimizer_update_8bit_blockwise", nthreads, [&] {
+          return bnb_optimizer_update_8bit_blockwise(optimizer, ptr<const void>(g), ptr<void>(p), dtype,
+                                                     ptr<uint8_t>(state1), ptr<uint8_t>(state2),
+                                                     ptr<const float>(qmap1), ptr<const float>(qmap2),
+                                                     ptr<float>(absmax1), ptr<float>(absmax2), n, &h, nullptr);
+        });
+      },
+      py::arg("optimizer"), py::arg("g"), py::arg("p"), py::arg("dtype"), py::arg("state1"), py::arg("state2"),
+      py::arg("qmap1"), py::arg("qmap2"), py::arg("absmax1"), py::arg("absmax2"), py::arg("n"), py::arg("beta1"),
+      py::arg("beta2"), py::arg("beta3"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"), py::arg("lr"),
+      py::arg("gnorm_scale"), py::arg("step"), py::arg("skip_zeros"), py::arg("nthreads") = 0);
 }

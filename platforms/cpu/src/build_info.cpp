@@ -1,5 +1,8 @@
 // bnb_abi_version() and bnb_build_info() of the CPU library.
+#include <stdio.h>
+
 #include "bnb/bnb_c_api.h"
+#include "isa.h"
 
 #ifndef BNB_VERSION
 #error "BNB_VERSION must be defined by the build"
@@ -20,21 +23,37 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define BNB_ARCH "x86_64"
+#define BNB_ISA_LIST "[\"scalar\", \"avx2\", \"avx512\"]"
 #elif defined(__aarch64__) || defined(_M_ARM64)
 #define BNB_ARCH "aarch64"
+#define BNB_ISA_LIST "[\"scalar\", \"neon\"]"
 #else
 #define BNB_ARCH "other"
+#define BNB_ISA_LIST "[\"scalar\"]"
 #endif
 
 extern "C" {
 
 int32_t bnb_abi_version(void) { return BNB_ABI_VERSION; }
 
+// "isa": the instruction sets compiled in; "isa_usable": those this CPU runs; "isa_selected": the
+// one the kernels use now (BNB_CPU_ISA / bnb_cpu_set_isa can change it, so it is read per call).
 const char* bnb_build_info(void) {
-  return "{\"platform\": \"cpu\", \"version\": \"" BNB_VERSION
-         "\", \"abi_version\": " BNB_STR(BNB_ABI_VERSION) ", \"compiler\": \"" BNB_COMPILER "\", \"arch\": \"" BNB_ARCH
-                                                          "\", \"isa\": [\"scalar\"], \"build_type\": \"" BNB_BUILD_TYPE
-                                                          "\"}";
+  thread_local char buf[512];
+  char usable[64] = "";
+  for (int i = 0; i < bnb_cpu::ISA_COUNT; ++i) {
+    if (!bnb_cpu::isa_usable(i)) continue;
+    size_t len = 0;
+    while (usable[len]) ++len;
+    snprintf(usable + len, sizeof(usable) - len, "%s\"%s\"", len ? ", " : "", bnb_cpu::isa_name(i));
+  }
+  snprintf(
+      buf, sizeof(buf),
+      "{\"platform\": \"cpu\", \"version\": \"" BNB_VERSION "\", \"abi_version\": " BNB_STR(
+          BNB_ABI_VERSION) ", \"compiler\": \"" BNB_COMPILER "\", \"arch\": \"" BNB_ARCH "\", \"isa\": " BNB_ISA_LIST
+                           ", \"isa_usable\": [%s], \"isa_selected\": \"%s\", \"build_type\": \"" BNB_BUILD_TYPE "\"}",
+      usable, bnb_cpu::isa_name(bnb_cpu::active_isa()));
+  return buf;
 }
 
 }  // extern "C"

@@ -1,4 +1,5 @@
-// Loading and storing one element of a float dtype (f32, f16, bf16) as f32.
+// Loading and storing one element of a float dtype (f32, f16, bf16) as f32. Always inlined: the
+// kernels_<isa>.cpp files are compiled with different instruction sets (see bnb/portability.h).
 #pragma once
 
 #include <stdint.h>
@@ -14,22 +15,25 @@ struct Element;
 template <>
 struct Element<BNB_DTYPE_F32> {
   using type = float;
-  static float load(float v) { return v; }
-  static float store(float v) { return v; }
+  static constexpr int kDtype = BNB_DTYPE_F32;
+  BNB_INLINE static float load(float v) { return v; }
+  BNB_INLINE static float store(float v) { return v; }
 };
 
 template <>
 struct Element<BNB_DTYPE_F16> {
   using type = uint16_t;
-  static float load(uint16_t v) { return bnb::half_to_float(v); }
-  static uint16_t store(float v) { return bnb::float_to_half(v); }
+  static constexpr int kDtype = BNB_DTYPE_F16;
+  BNB_INLINE static float load(uint16_t v) { return bnb::half_to_float(v); }
+  BNB_INLINE static uint16_t store(float v) { return bnb::float_to_half(v); }
 };
 
 template <>
 struct Element<BNB_DTYPE_BF16> {
   using type = uint16_t;
-  static float load(uint16_t v) { return bnb::bf16_to_float(v); }
-  static uint16_t store(float v) { return bnb::float_to_bf16(v); }
+  static constexpr int kDtype = BNB_DTYPE_BF16;
+  BNB_INLINE static float load(uint16_t v) { return bnb::bf16_to_float(v); }
+  BNB_INLINE static uint16_t store(float v) { return bnb::float_to_bf16(v); }
 };
 
 // Calls fn(Element<D>{}) for the runtime dtype `dtype` (one of the float dtypes).

@@ -13,6 +13,8 @@ int32_t fail(int32_t status, const char* fmt, ...);
 int32_t ok();
 
 bool is_float_dtype(int32_t dtype);
+// Bytes per element of a float dtype (f32: 4, f16/bf16: 2).
+inline int64_t dtype_size(int32_t dtype) { return dtype == BNB_DTYPE_F32 ? 4 : 2; }
 bool is_4bit_blocksize(int64_t blocksize);
 const char* last();
 

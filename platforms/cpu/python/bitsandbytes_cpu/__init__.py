@@ -24,12 +24,38 @@ def build_info() -> dict[str, Any]:
     return json.loads(_C.build_info())
 
 
+def isa() -> str:
+    """The instruction set the native kernels use now (``scalar``, ``avx2``, ``avx512``, ``neon``)."""
+    return _C.get_isa()
+
+
+def set_isa(name: str) -> None:
+    """Force the kernels' instruction set (``auto`` picks the best again); ValueError if ``name``
+    is unknown or this CPU / build cannot run it. ``BNB_CPU_ISA`` sets it for a whole process."""
+    _C.set_isa(name)
+
+
 def register(register_kernel: Callable[[str, Callable], None]) -> None:
     """Bind every native CPU kernel to its op: ``register_kernel(op_name, fn)`` per op."""
     from .kernels import KERNELS
+
+    error = _C.isa_env_error()
+    if error:
+        import os
+
+        raise ValueError(f"bitsandbytes_cpu: {error} (BNB_CPU_ISA={os.environ.get('BNB_CPU_ISA')!r})")
 
     for name, fn in KERNELS.items():
         register_kernel(name, fn)
 
 
-__all__ = ["DEVICE_TYPE", "OP_INTERFACE_VERSION", "PLATFORM", "__version__", "build_info", "register"]
+__all__ = [
+    "DEVICE_TYPE",
+    "OP_INTERFACE_VERSION",
+    "PLATFORM",
+    "__version__",
+    "build_info",
+    "isa",
+    "register",
+    "set_isa",
+]

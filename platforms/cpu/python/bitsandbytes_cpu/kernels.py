@@ -18,6 +18,12 @@ DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 QUANT_CODE = {"fp4": 0, "nf4": 1}
 
 
+def _nt() -> int:
+    """Threads the native kernels may use for this call: torch's intra-op setting (inside one of
+    torch's own worker threads this is 1, so the library never oversubscribes)."""
+    return torch.get_num_threads()
+
+
 def _on_cpu(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         C.check(t.device.type == "cpu", f"bitsandbytes_cpu: {name} must be on the CPU, got {t.device}", RuntimeError)
@@ -34,7 +40,14 @@ def quantize_4bit(
     packed = torch.empty((n + 1) // 2, dtype=torch.uint8)
     absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32)
     _C.quantize_4bit(
-        A.data_ptr(), DTYPE_CODE[A.dtype], n, blocksize, QUANT_CODE[quant_type], packed.data_ptr(), absmax.data_ptr()
+        A.data_ptr(),
+        DTYPE_CODE[A.dtype],
+        n,
+        blocksize,
+        QUANT_CODE[quant_type],
+        packed.data_ptr(),
+        absmax.data_ptr(),
+        _nt(),
     )
     return packed.view(quant_storage).reshape(-1, 1), absmax
 
@@ -48,7 +61,14 @@ def _dequantize_4bit_into(
     raw = A.contiguous().view(torch.uint8)
     absmax = absmax.contiguous()
     _C.dequantize_4bit(
-        raw.data_ptr(), absmax.data_ptr(), n, blocksize, QUANT_CODE[quant_type], out.data_ptr(), DTYPE_CODE[out.dtype]
+        raw.data_ptr(),
+        absmax.data_ptr(),
+        n,
+        blocksize,
+        QUANT_CODE[quant_type],
+        out.data_ptr(),
+        DTYPE_CODE[out.dtype],
+        _nt(),
     )
 
 
@@ -95,7 +115,7 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     out = torch.empty(A.shape, dtype=torch.uint8)
     absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32)
     _C.quantize_blockwise(
-        A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, blocksize, out.data_ptr(), absmax.data_ptr()
+        A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, blocksize, out.data_ptr(), absmax.data_ptr(), _nt()
     )
     return out, absmax
 
@@ -108,7 +128,7 @@ def _dequantize_blockwise_into(
         return
     A, absmax, code = A.contiguous(), absmax.contiguous(), code.contiguous()
     _C.dequantize_blockwise(
-        A.data_ptr(), code.data_ptr(), absmax.data_ptr(), n, blocksize, out.data_ptr(), DTYPE_CODE[out.dtype]
+        A.data_ptr(), code.data_ptr(), absmax.data_ptr(), n, blocksize, out.data_ptr(), DTYPE_CODE[out.dtype], _nt()
     )
 
 
@@ -137,6 +157,510 @@ def dequantize_blockwise_out(
         out.copy_(dequantize_blockwise(A, absmax, code, blocksize, dtype))
 
 
+# ---- 4-bit matmul ---------------------------------------------------------------------------
+
+
+def _rows(A: torch.Tensor) -> int:
+    return A.numel() // A.shape[-1] if A.shape[-1] else 0
+
+
+def _gemm_4bit_into(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    shapeB: Sequence[int],
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    blocksize: int,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    A = A.contiguous()
+    raw = B.contiguous().view(torch.uint8)
+    absmax = absmax.contiguous().float()
+    code = code.contiguous().float()
+    bias_ptr = 0
+    if bias is not None:
+        bias = bias.to(A.dtype).contiguous()
+        bias_ptr = bias.data_ptr()
+    _C.gemm_4bit(
+        A.data_ptr(),
+        DTYPE_CODE[A.dtype],
+        _rows(A),
+        shapeB[0],
+        shapeB[1],
+        raw.data_ptr(),
+        absmax.data_ptr(),
+        code.data_ptr(),
+        blocksize,
+        bias_ptr,
+        out.data_ptr(),
+        _nt(),
+    )
+
+
+FUSED_MAX_ROWS = 32
+"""gemm_4bit runs the fused kernel up to this many rows of A, and dequantize + dense GEMM above."""
+
+
+def gemv_4bit(
+    A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int
+) -> torch.Tensor:
+    """Fused 4-bit matmul: reads the packed weight directly (no dequantized temporary)."""
+    C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
+    _on_cpu(A=A, B=B)
+    out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
+    if out.numel():
+        _gemm_4bit_into(A, B, shapeB, absmax, code, blocksize, None, out)
+    return out
+
+
+def gemv_4bit_out(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    shapeB: Sequence[int],
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    blocksize: int,
+    out: torch.Tensor,
+) -> None:
+    """``gemv_4bit`` into a preallocated ``out``."""
+    shape = (*A.shape[:-1], shapeB[0])
+    C.check(tuple(out.shape) == shape, f"bitsandbytes_cpu: out must have shape {shape}, got {tuple(out.shape)}")
+    C.check(out.dtype == A.dtype, f"bitsandbytes_cpu: out must have dtype {A.dtype}, got {out.dtype}", TypeError)
+    C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
+    _on_cpu(A=A, B=B, out=out)
+    if out.is_contiguous():
+        if out.numel():
+            _gemm_4bit_into(A, B, shapeB, absmax, code, blocksize, None, out)
+    else:
+        out.copy_(gemv_4bit(A, B, shapeB, absmax, code, blocksize))
+
+
+# The 16-entry decode tables (bnb/codebooks.h; FP4 code 8 decodes to -0.0).
+_DECODE_VALUES = {
+    "nf4": (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+            -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+            0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+            0.7229568362236023, 1.0),
+    "fp4": (0.0, 0.0052083334885537624, 0.6666666865348816, 1.0, 0.3333333432674408, 0.5, 0.1666666716337204,
+            0.25, -0.0, -0.0052083334885537624, -0.6666666865348816, -1.0, -0.3333333432674408, -0.5,
+            -0.1666666716337204, -0.25),
+}  # fmt: skip
+_DECODE_TABLES: dict[str, torch.Tensor] = {}
+
+
+def _decode_table(quant_type: str) -> torch.Tensor:
+    table = _DECODE_TABLES.get(quant_type)
+    if table is None:
+        table = _DECODE_TABLES[quant_type] = torch.tensor(_DECODE_VALUES[quant_type], dtype=torch.float32)
+    return table
+
+
+def _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> torch.Tensor:
+    """f32 absmax of a double-quantized state: one native block-wise dequantization (blocks of
+    256) plus the offset, done once per weight and kept on ``absmax_8bit`` (4 bytes per block of
+    the weight, 1/16 byte per weight at block size 64); any in-place change of the inputs (their
+    version counters) or new inputs resolve it again."""
+    if absmax_8bit is None:
+        return absmax
+    C.check(
+        absmax_code is not None and absmax_offset is not None,
+        "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
+    )
+    try:
+        key = tuple((t.data_ptr(), t._version, t.numel()) for t in (absmax_8bit, absmax, absmax_code, absmax_offset))
+        hit = getattr(absmax_8bit, "_bnb_cpu_resolved_absmax", None)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    except (RuntimeError, AttributeError):  # tensors without storage or version (tracing)
+        key = None
+    inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
+    resolved = inner.add_(absmax_offset.float())
+    if key is not None:
+        try:
+            absmax_8bit._bnb_cpu_resolved_absmax = (key, resolved)
+        except (RuntimeError, AttributeError):
+            pass
+    return resolved
+
+
+def gemm_4bit(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    shapeB: Sequence[int],
+    absmax: torch.Tensor,
+    blocksize: int,
+    quant_type: str,
+    bias: torch.Tensor | None = None,
+    absmax_8bit: torch.Tensor | None = None,
+    absmax_code: torch.Tensor | None = None,
+    absmax_offset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``A @ dequant(B).T + bias`` fused (batch 1 and small batches read the packed weight once)."""
+    C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    C.check(
+        A.shape[-1] == shapeB[1],
+        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
+    )
+    C.check_dtype(A, "A", C.FLOAT_DTYPES)
+    C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
+    C.check_quant_type(quant_type)
+    eff = _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+    C.check_dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
+    if bias is not None:
+        C.check(
+            bias.dim() == 1 and bias.shape[0] == shapeB[0],
+            f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}",
+        )
+    _on_cpu(A=A, B=B, absmax=eff)
+    if _rows(A) > FUSED_MAX_ROWS:
+        # Prefill-sized inputs: the dense GEMM on the dequantized weight wins once the weight's
+        # decoding is shared by enough rows; the fused kernel serves decoding (<= 32 rows).
+        W = dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
+        return torch.nn.functional.linear(A, W, None if bias is None else bias.to(A.dtype))
+    out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
+    if out.numel():
+        _gemm_4bit_into(A, B, shapeB, eff, _decode_table(quant_type), blocksize, bias, out)
+    return out
+
+
+# ---- LLM.int8() -------------------------------------------------------------------------------
+
+
+def int8_vectorwise_quant(
+    A: torch.Tensor, threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Row-wise absmax int8 quantization with outlier columns (``|A| >= threshold``)."""
+    C.check_dtype(A, "A", C.FLOAT_DTYPES)
+    C.check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
+    C.check(threshold >= 0.0, f"bitsandbytes: threshold must be >= 0, got {threshold}")
+    _on_cpu(A=A)
+    A = A.contiguous()
+    cols = A.shape[-1]
+    rows = A.numel() // cols if cols else (A.numel() if A.dim() == 1 else int(torch.tensor(A.shape[:-1]).prod()))
+    out = torch.empty(A.shape, dtype=torch.int8)
+    row_stats = torch.zeros(rows, dtype=torch.float32)
+    flags = torch.zeros(cols, dtype=torch.uint8) if threshold > 0.0 else None
+    if rows and cols:
+        _C.int8_vectorwise_quant(
+            A.data_ptr(),
+            DTYPE_CODE[A.dtype],
+            rows,
+            cols,
+            float(threshold),
+            out.data_ptr(),
+            row_stats.data_ptr(),
+            flags.data_ptr() if flags is not None else 0,
+            _nt(),
+        )
+    outlier_cols = torch.argwhere(flags).view(-1) if flags is not None else None
+    return out, row_stats, outlier_cols
+
+
+def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> None:
+    C.check_dtype(A, "A", (torch.int8,))
+    C.check_dtype(B, "B", (torch.int8,))
+    C.check(B.dim() == 2, f"bitsandbytes: B must be 2-D [N, K], got shape {tuple(B.shape)}")
+    C.check(
+        A.shape[-1] == B.shape[1],
+        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal B.shape[1] ({B.shape[1]})",
+    )
+    _on_cpu(A=A, B=B)
+
+
+def _int8_matmul_into(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
+    A, B = A.contiguous(), B.contiguous()
+    k = B.shape[1]
+    rows = A.numel() // k if k else out.numel() // max(B.shape[0], 1)
+    if k == 0:
+        out.zero_()
+        return
+    if out.numel():
+        _C.int8_linear_matmul(A.data_ptr(), B.data_ptr(), rows, B.shape[0], k, out.data_ptr(), _nt())
+
+
+def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Exact ``A @ B.T`` of int8 matrices with int32 accumulation (VNNI / AVX2 kernels)."""
+    _check_int8_matmul(A, B)
+    out = torch.empty((*A.shape[:-1], B.shape[0]), dtype=torch.int32)
+    _int8_matmul_into(A, B, out)
+    return out
+
+
+def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
+    """``int8_linear_matmul`` into a preallocated int32 ``out``."""
+    _check_int8_matmul(A, B)
+    shape = (*A.shape[:-1], B.shape[0])
+    C.check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
+    C.check_dtype(out, "out", (torch.int32,))
+    _on_cpu(out=out)
+    if out.is_contiguous():
+        _int8_matmul_into(A, B, out)
+    else:
+        out.copy_(int8_linear_matmul(A, B))
+
+
+def int8_mm_dequant(
+    A: torch.Tensor,
+    row_stats: torch.Tensor,
+    col_stats: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` in ``dtype`` (default f16)."""
+    C.check_dtype(A, "A", (torch.int32,))
+    C.check_dtype(row_stats, "row_stats", (torch.float32,))
+    C.check_dtype(col_stats, "col_stats", (torch.float32,))
+    n = A.shape[-1] if A.dim() else 1
+    rows = A.numel() // n if n else 0
+    C.check(row_stats.numel() == rows, f"bitsandbytes: row_stats must have {rows} entries, got {row_stats.numel()}")
+    C.check(col_stats.numel() == n, f"bitsandbytes: col_stats must have {n} entries, got {col_stats.numel()}")
+    if bias is not None:
+        C.check(bias.numel() == n, f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
+        C.check_dtype(bias, "bias", C.FLOAT_DTYPES)
+    dtype = dtype or torch.float16
+    C.check(
+        dtype in C.FLOAT_DTYPES, f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}", TypeError
+    )
+    _on_cpu(A=A, row_stats=row_stats, col_stats=col_stats)
+    A, row_stats, col_stats = A.contiguous(), row_stats.contiguous(), col_stats.contiguous()
+    out = torch.empty(A.shape, dtype=dtype)
+    if out.numel():
+        if bias is not None:
+            bias = bias.contiguous()
+        _C.int8_mm_dequant(
+            A.data_ptr(),
+            row_stats.data_ptr(),
+            col_stats.data_ptr(),
+            rows,
+            n,
+            bias.data_ptr() if bias is not None else 0,
+            DTYPE_CODE[bias.dtype] if bias is not None else 0,
+            out.data_ptr(),
+            DTYPE_CODE[dtype],
+            _nt(),
+        )
+    return out
+
+
+def int8_scaled_mm(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    row_stats: torch.Tensor,
+    col_stats: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """int8 GEMM and fused dequantization (+ bias), native end to end."""
+    return int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
+
+
+def int8_mixed_scaled_mm(
+    A: torch.Tensor,
+    CA: torch.Tensor,
+    CB: torch.Tensor,
+    SCA: torch.Tensor,
+    SCB: torch.Tensor,
+    outlier_cols: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLM.int8() with outlier decomposition: native int8 GEMM + dequant, then the few outlier
+    columns in A's precision (only those columns of CB are read)."""
+    a = A.reshape(-1, A.shape[-1]) if A.dim() != 2 else A
+    out = int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
+    if outlier_cols is None or outlier_cols.numel() == 0:
+        return out, a.new_empty(a.shape[0], 0)
+    sub_a = a[:, outlier_cols]
+    INV_127 = 7.874015718698502e-3
+    sub_b = (CB[:, outlier_cols] * SCB.view(-1, 1) * INV_127).to(A.dtype)
+    out2 = out.reshape(-1, out.shape[-1]).addmm(sub_a, sub_b.t())
+    return out2.view(out.shape), sub_a
+
+
+# ---- Optimizers -------------------------------------------------------------------------------
+
+OPTIMIZER_CODE = {"momentum": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lion": 4, "ademamix": 5, "lamb": 6, "lars": 7}
+
+
+OPTIMIZER_NAMES = ("adam", "lamb", "momentum", "lars", "rmsprop", "adagrad", "lion", "ademamix")
+TWO_STATE = frozenset({"adam", "lamb", "ademamix"})
+STATE_BLOCKSIZE = 256
+
+
+class _OptChecks:
+    """The optimizer ops' argument checks, with the reference kernels' messages (kept here so that
+    the wheel depends only on the public ``bitsandbytes._checks``)."""
+
+    TWO_STATE = TWO_STATE
+    STATE_BLOCKSIZE = STATE_BLOCKSIZE
+
+    @staticmethod
+    def _state_numel(optimizer_name: str, n: int) -> int:
+        return 2 * n if optimizer_name == "ademamix" else n
+
+    @staticmethod
+    def _check_state(t: torch.Tensor | None, arg: str, numel: int, dtype: torch.dtype) -> None:
+        C.check(t is not None, f"bitsandbytes: {arg} is required for this optimizer")
+        assert t is not None
+        C.check_dtype(t, arg, (dtype,))
+        C.check(t.numel() == numel, f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
+        C.check(t.is_contiguous(), f"bitsandbytes: {arg} must be contiguous")
+
+    @staticmethod
+    def _check_common(optimizer_name: str, g: torch.Tensor, p: torch.Tensor, step: int, lr: float, eps: float) -> None:
+        C.check(
+            optimizer_name in OPTIMIZER_NAMES,
+            f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}",
+        )
+        C.check(g.numel() == p.numel(), f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
+        C.check_dtype(g, "g", C.FLOAT_DTYPES)
+        C.check(g.dtype == p.dtype, f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}", TypeError)
+        C.check(step >= 1, f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
+        C.check(lr >= 0.0, f"bitsandbytes: lr must be non-negative, got {lr}")
+        C.check(eps >= 0.0, f"bitsandbytes: eps must be non-negative, got {eps}")
+
+
+def _opt_checks() -> type[_OptChecks]:
+    return _OptChecks
+
+
+def optimizer_update_32bit(
+    optimizer_name: str,
+    g: torch.Tensor,
+    p: torch.Tensor,
+    state1: torch.Tensor,
+    state2: torch.Tensor | None,
+    unorm_vec: torch.Tensor | None,
+    max_unorm: float,
+    param_norm: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    lr: float,
+    gnorm_scale: float,
+    skip_zeros: bool = False,
+) -> None:
+    """One fused optimizer step with f32 states (one pass; two with max_unorm > 0)."""
+    ref = _opt_checks()
+    ref._check_common(optimizer_name, g, p, step, lr, eps)
+    n = p.numel()
+    ref._check_state(state1, "state1", ref._state_numel(optimizer_name, n), torch.float32)
+    two = optimizer_name in ref.TWO_STATE
+    if two:
+        ref._check_state(state2, "state2", n, torch.float32)
+    clip = max_unorm > 0.0
+    if clip:
+        ref._check_state(unorm_vec, "unorm_vec", 1, torch.float32)
+    _on_cpu(g=g, p=p, state1=state1)
+    if n == 0:
+        return
+    pc = p if p.is_contiguous() else p.contiguous()
+    gc = g.contiguous()
+    _C.optimizer_update_32bit(
+        OPTIMIZER_CODE[optimizer_name],
+        gc.data_ptr(),
+        pc.data_ptr(),
+        DTYPE_CODE[p.dtype],
+        state1.data_ptr(),
+        state2.data_ptr() if two else 0,
+        unorm_vec.data_ptr() if clip else 0,
+        n,
+        beta1,
+        beta2,
+        beta3,
+        alpha,
+        eps,
+        weight_decay,
+        lr,
+        gnorm_scale,
+        max_unorm,
+        float(param_norm),
+        step,
+        bool(skip_zeros),
+        _nt(),
+    )
+    if clip:
+        unorm_vec.sqrt_()  # the C ABI returns ||u||^2; the op interface holds ||u||
+    if pc is not p:
+        p.copy_(pc)
+
+
+def optimizer_update_8bit_blockwise(
+    optimizer_name: str,
+    g: torch.Tensor,
+    p: torch.Tensor,
+    state1: torch.Tensor,
+    state2: torch.Tensor | None,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    step: int,
+    lr: float,
+    qmap1: torch.Tensor,
+    qmap2: torch.Tensor | None,
+    absmax1: torch.Tensor,
+    absmax2: torch.Tensor | None,
+    weight_decay: float,
+    gnorm_scale: float,
+    skip_zeros: bool = False,
+) -> None:
+    """One fused optimizer step with block-wise 8-bit states: dequantize, update and requantize
+    in registers, one pass over the parameter."""
+    ref = _opt_checks()
+    ref._check_common(optimizer_name, g, p, step, lr, eps)
+    n = p.numel()
+    rows = 2 if optimizer_name == "ademamix" else 1
+    blocks = C.num_blocks(n, ref.STATE_BLOCKSIZE)
+    two = optimizer_name in ref.TWO_STATE
+    ref._check_state(state1, "state1", rows * n, torch.uint8)
+    C.check_code(qmap1)
+    ref._check_state(absmax1, "absmax1", rows * blocks, torch.float32)
+    if two:
+        ref._check_state(state2, "state2", n, torch.uint8)
+        C.check(qmap2 is not None, "bitsandbytes: qmap2 is required for this optimizer")
+        C.check_code(qmap2)
+        ref._check_state(absmax2, "absmax2", blocks, torch.float32)
+    _on_cpu(g=g, p=p, state1=state1, qmap1=qmap1, absmax1=absmax1)
+    if n == 0:
+        return
+    pc = p if p.is_contiguous() else p.contiguous()
+    gc = g.contiguous()
+    q1 = qmap1.contiguous()
+    q2 = qmap2.contiguous() if two else None
+    _C.optimizer_update_8bit_blockwise(
+        OPTIMIZER_CODE[optimizer_name],
+        gc.data_ptr(),
+        pc.data_ptr(),
+        DTYPE_CODE[p.dtype],
+        state1.data_ptr(),
+        state2.data_ptr() if two else 0,
+        q1.data_ptr(),
+        q2.data_ptr() if two else 0,
+        absmax1.data_ptr(),
+        absmax2.data_ptr() if two else 0,
+        n,
+        beta1,
+        beta2,
+        beta3,
+        alpha,
+        eps,
+        weight_decay,
+        lr,
+        gnorm_scale,
+        step,
+        bool(skip_zeros),
+        _nt(),
+    )
+    if pc is not p:
+        p.copy_(pc)
+
+
 KERNELS: dict[str, Callable] = {
     "quantize_4bit": quantize_4bit,
     "dequantize_4bit": dequantize_4bit,
@@ -144,4 +668,15 @@ KERNELS: dict[str, Callable] = {
     "quantize_blockwise": quantize_blockwise,
     "dequantize_blockwise": dequantize_blockwise,
     "dequantize_blockwise.out": dequantize_blockwise_out,
+    "gemv_4bit": gemv_4bit,
+    "gemv_4bit.out": gemv_4bit_out,
+    "gemm_4bit": gemm_4bit,
+    "int8_vectorwise_quant": int8_vectorwise_quant,
+    "int8_linear_matmul": int8_linear_matmul,
+    "int8_linear_matmul.out": int8_linear_matmul_out,
+    "int8_mm_dequant": int8_mm_dequant,
+    "int8_scaled_mm": int8_scaled_mm,
+    "int8_mixed_scaled_mm": int8_mixed_scaled_mm,
+    "optimizer_update_32bit": optimizer_update_32bit,
+    "optimizer_update_8bit_blockwise": optimizer_update_8bit_blockwise,
 }

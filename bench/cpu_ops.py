@@ -1,0 +1,239 @@
+"""bitsandbytes-cpu op by op against PyTorch's own CPU kernels, measured side by side.
+
+Every op runs at 4096×4096 and 4096×11008 ([out, in] weights; bf16, plus fp16/fp32 where the op
+takes them) with 1 and 2 threads. Each group (our op and its baselines) is timed alternately,
+call by call, ``--reps`` times, and the medians are reported, so that a busy machine slows all of
+them alike. Printed per row: median ms, the ratio to each baseline (ours / theirs: < 1 is
+faster) and, for the memory-bound ops, the fraction of the machine's copy bandwidth measured in
+the same run (bytes that must move / time / copy bandwidth).
+
+    python bench/cpu_ops.py [--threads 1,2] [--reps 15] [--shapes 4096x4096,4096x11008] [--only matmul_4bit]
+"""
+
+# The timed lambdas are called at once, inside the loop iteration that defines them.
+# ruff: noqa: B023
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as F
+
+
+def median_ms(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median wall time of each function, the functions called alternately."""
+    for fn in fns.values():  # warm-up (allocations, caches, first-call costs)
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def copy_bandwidth(reps: int) -> float:
+    """GB/s of a large tensor copy (bytes read + bytes written)."""
+    src = torch.randn(64 * 2**20 // 4 * 4)  # 256 MiB
+    dst = torch.empty_like(src)
+    t = median_ms({"copy": lambda: dst.copy_(src)}, max(reps // 2, 5))["copy"]
+    return 2 * src.numel() * 4 / (t * 1e-3) / 1e9
+
+
+class Report:
+    def __init__(self, bw: float, threads: int) -> None:
+        self.bw, self.threads, self.rows = bw, threads, []
+
+    def add(self, name: str, times: dict[str, float], nbytes: float | None = None) -> None:
+        ours = times["bnb"]
+        ratios = {k: ours / v for k, v in times.items() if k != "bnb"}
+        frac = (nbytes / (ours * 1e-3) / 1e9 / self.bw) if nbytes else None
+        self.rows.append({"op": name, "threads": self.threads, "ms": ours, "baselines": times, "bw": frac})
+        parts = [f"{name:<44} {ours:9.3f} ms"]
+        parts += [f"{k}={times[k]:.3f} ms (x{r:.2f})" for k, r in ratios.items()]
+        if frac is not None:
+            parts.append(f"{100 * frac:5.1f}% of copy BW")
+        print("  ".join(parts), flush=True)
+
+
+def bench_4bit(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    W32 = torch.randn(N, K, generator=gen) * 0.02
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        tag = str(dtype).replace("torch.", "")
+        W = W32.to(dtype)
+        n = W.numel()
+        es = W.element_size()
+        packed, qs = F.quantize_4bit(W, blocksize=64, quant_type="nf4")
+        if "quantize_4bit" in only:
+            rep.add(
+                f"quantize_4bit nf4 {tag} {N}x{K}",
+                median_ms({"bnb": lambda: F.quantize_4bit(W, blocksize=64, quant_type="nf4")}, reps),
+                n * es + n / 2 + n / 64 * 4,
+            )
+        if "dequantize_4bit" in only:
+            rep.add(
+                f"dequantize_4bit nf4 {tag} {N}x{K}",
+                median_ms({"bnb": lambda: F.dequantize_4bit(packed, qs)}, reps),
+                n * es + n / 2 + n / 64 * 4,
+            )
+            # The same into a preallocated output: the kernel without first-touch page faults.
+            out = torch.empty(N, K, dtype=dtype)
+            op = torch.ops.bitsandbytes.dequantize_4bit.out
+            rep.add(
+                f"dequantize_4bit.out nf4 {tag} {N}x{K}",
+                median_ms({"bnb": lambda: op(packed, qs.absmax, 64, "nf4", [N, K], dtype, out=out)}, reps),
+                n * es + n / 2 + n / 64 * 4,
+            )
+        if "matmul_4bit" in only:
+            # PyTorch's int4 weight-only kernel (group 64, asymmetric int4) as the peer.
+            q4 = torch.randint(0, 16, (N, K), dtype=torch.int32, generator=gen)
+            w4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 2)
+            sz = torch.rand(K // 64, N, 2, generator=gen).to(dtype) if dtype == torch.bfloat16 else None
+            for batch in (1, 8, 32):
+                A = torch.randn(batch, K, generator=gen).to(dtype)
+                fns = {
+                    "bnb": lambda A=A: bnb.matmul_4bit(A, packed.t(), qs),
+                    "dense": lambda A=A: torch.nn.functional.linear(A, W),
+                }
+                if sz is not None:
+                    fns["int4pack"] = lambda A=A: torch.ops.aten._weight_int4pack_mm_for_cpu(A, w4, 64, sz)
+                rep.add(f"matmul_4bit nf4 {tag} {N}x{K} batch {batch}", median_ms(fns, reps), n / 2 + n / 64 * 4)
+    if "matmul_4bit" in only:  # double-quantized absmax (compress_statistics)
+        W = W32.to(torch.bfloat16)
+        packed, qs = F.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
+        A = torch.randn(1, K, generator=gen).to(torch.bfloat16)
+        fns = {"bnb": lambda: bnb.matmul_4bit(A, packed.t(), qs), "dense": lambda: torch.nn.functional.linear(A, W)}
+        rep.add(f"matmul_4bit nf4 nested bf16 {N}x{K} batch 1", median_ms(fns, reps), N * K / 2)
+
+
+def bench_blockwise(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        tag = str(dtype).replace("torch.", "")
+        A = torch.randn(N, K, generator=gen).to(dtype)
+        n, es = A.numel(), A.element_size()
+        q, st = F.quantize_blockwise(A, blocksize=4096)
+        if "quantize_blockwise" in only:
+            rep.add(
+                f"quantize_blockwise {tag} {N}x{K}",
+                median_ms({"bnb": lambda: F.quantize_blockwise(A, blocksize=4096)}, reps),
+                n * es + n,
+            )
+        if "dequantize_blockwise" in only:
+            rep.add(
+                f"dequantize_blockwise {tag} {N}x{K}",
+                median_ms({"bnb": lambda: F.dequantize_blockwise(q, st)}, reps),
+                n * es + n,
+            )
+            out = torch.empty(N, K, dtype=dtype)
+            op = torch.ops.bitsandbytes.dequantize_blockwise.out
+            rep.add(
+                f"dequantize_blockwise.out {tag} {N}x{K}",
+                median_ms({"bnb": lambda: op(q, st.absmax, st.code, 4096, dtype, out=out)}, reps),
+                n * es + n,
+            )
+
+
+def bench_int8(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
+    if "linear8bit" not in only:
+        return
+    gen = torch.Generator().manual_seed(2)
+    W = torch.randn(N, K, generator=gen) * 0.02
+    w8 = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=gen)
+    scales = torch.rand(N, generator=gen).bfloat16()  # int8pack's fast path takes bf16 activations
+    for thr in (6.0, 0.0):
+        layer = bnb.nn.Linear8bitLt(K, N, bias=True, has_fp16_weights=False, threshold=thr)
+        layer.weight = bnb.nn.Int8Params(W.clone(), requires_grad=False, has_fp16_weights=False)
+        layer = layer.to("cpu").eval()
+        for batch in (1, 8):
+            x = torch.randn(batch, K, generator=gen)
+            x[:, :: K // 4] *= 20  # a few outlier columns (|x| >= 6)
+            dense = torch.nn.Linear(K, N)
+            xb = x.bfloat16()
+            with torch.no_grad():
+                fns = {
+                    "bnb": lambda x=x: layer(x),
+                    "dense_fp32": lambda x=x: dense(x),
+                    "int8pack_bf16": lambda xb=xb: torch.ops.aten._weight_int8pack_mm(xb, w8, scales),
+                }
+                rep.add(f"Linear8bitLt fp32 {N}x{K} batch {batch} thr {thr:g}", median_ms(fns, reps), N * K)
+
+
+def bench_optim(rep: Report, reps: int, only: set[str]) -> None:
+    if "optim" not in only:
+        return
+    gen = torch.Generator().manual_seed(3)
+
+    def make(cls, **kw):
+        p = torch.nn.Parameter(torch.randn(4096, 4096, generator=gen))
+        p.grad = torch.randn(4096, 4096, generator=gen) * 1e-2
+        opt = cls([p], **kw)
+        opt.step()
+        return opt
+
+    ref_fused = make(torch.optim.AdamW, fused=True)
+    ref_foreach = make(torch.optim.AdamW, foreach=True)
+    for name in ("Adam8bit", "AdamW8bit", "Lion8bit", "Adam", "AdEMAMix8bit", "SGD8bit", "RMSprop8bit", "LAMB8bit"):
+        kw = {"lr": 1e-2, "momentum": 0.9} if name == "SGD8bit" else {}
+        opt = make(getattr(bnb.optim, name), **kw)
+        times = median_ms(
+            {"bnb": opt.step, "AdamW_fused": ref_fused.step, "AdamW_foreach": ref_foreach.step}, max(reps // 3, 5)
+        )
+        nbytes = 16.7e6 * (8 + 4 + 2 if "8bit" in name else 8 + 8 + 8)
+        rep.add(f"{name}.step() 16.7M f32", times, nbytes)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--shapes", default="4096x4096,4096x11008")
+    ap.add_argument(
+        "--only",
+        default="matmul_4bit,dequantize_4bit,quantize_4bit,quantize_blockwise,dequantize_blockwise,linear8bit,optim",
+    )
+    ap.add_argument("--json", help="also write the rows to this file")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    import bitsandbytes_cpu
+
+    info = bitsandbytes_cpu.build_info()
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
+        flags = " ".join(sorted(x for x in line.split() if x.startswith(("avx", "fma", "f16c", "amx"))))
+    print(f"bitsandbytes-cpu {info['version']}: isa {info['isa_selected']} (usable {info['isa_usable']})")
+    print(f"torch {torch.__version__}; cpu flags: {flags}; load average {os.getloadavg()}")
+    rows = []
+    for t in [int(x) for x in args.threads.split(",")]:
+        torch.set_num_threads(t)
+        bw = copy_bandwidth(args.reps)
+        print(f"\n== {t} thread(s): copy bandwidth {bw:.1f} GB/s")
+        rep = Report(bw, t)
+        for shape in args.shapes.split(","):
+            N, K = (int(x) for x in shape.split("x"))
+            bench_4bit(rep, N, K, args.reps, only)
+            bench_blockwise(rep, N, K, args.reps, only)
+            bench_int8(rep, N, K, args.reps, only)
+        bench_optim(rep, args.reps, only)
+        rows += rep.rows
+    print(f"\nload average at the end {os.getloadavg()}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+// C ABI entry points of the 4-bit matmul and the LLM.int8() ops.
+#include <stdint.h>
+#include <string.h>
+
+#include <vector>
+
+#include "bnb/bnb_c_api.h"
+#include "element.h"
+#include "kernels.h"
+#include "status.h"
+#include "threading.h"
+
+namespace {
+
+using bnb_cpu::kernels;
+using bnb_cpu::parallel_for;
+
+// Per-thread scratch reused across calls (grown, never shrunk): no allocation per call once warm.
+void* scratch(int64_t bytes) {
+  thread_local std::vector<uint8_t> buf;
+  if (static_cast<int64_t>(buf.size()) < bytes) buf.resize(static_cast<size_t>(bytes));
+  return buf.data();
+}
+
+}  // namespace
+
+extern "C" {
+
+int32_t bnb_gemm_4bit(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const uint8_t* B,
+                      const float* absmax, const float* code, int64_t blocksize, const void* bias, void* out,
+                      bnb_stream) {
+  BNB_REQUIRE(A && B && absmax && code && out, BNB_ERR_NULL_POINTER, "A, B, absmax, code and out must not be NULL");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(m >= 0 && n > 0 && k > 0, BNB_ERR_INVALID_ARGUMENT, "need m >= 0, n > 0, k > 0 (got %lld, %lld, %lld)",
+              static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k));
+  BNB_REQUIRE(blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
+              static_cast<long long>(blocksize));
+  if (m == 0) return bnb_cpu::ok();
+  const auto& kt = kernels();
+  bnb_cpu::Gemm4bitArgs args{A, dtype, m, n, k, B, absmax, code, blocksize, bias, out, nullptr};
+  const int64_t bytes = kt.gemm_4bit_prepare_bytes(args);
+  if (bytes > 0) {
+    void* buf = scratch(bytes);
+    kt.gemm_4bit_prepare(args, buf);
+    args.prepared = buf;
+  }
+  parallel_for(n, 16, [&](int64_t n0, int64_t n1) { kt.gemm_4bit(args, n0, n1); });
+  return bnb_cpu::ok();
+}
+
+int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold,
+                                  int8_t* out, float* row_stats, uint8_t* outlier_cols, bnb_stream) {
+  BNB_REQUIRE(A && out && row_stats, BNB_ERR_NULL_POINTER, "A, out and row_stats must not be NULL");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(rows >= 0 && cols >= 0, BNB_ERR_INVALID_ARGUMENT, "rows and cols must be >= 0");
+  BNB_REQUIRE(threshold >= 0.0f, BNB_ERR_INVALID_ARGUMENT, "threshold must be >= 0");
+  BNB_REQUIRE(threshold == 0.0f || outlier_cols, BNB_ERR_NULL_POINTER, "outlier_cols is required when threshold > 0");
+  if (rows == 0) return bnb_cpu::ok();
+  if (threshold > 0.0f) {
+    memset(outlier_cols, 0, static_cast<size_t>(cols));
+    bnb_cpu::dispatch_float(dtype, [&](auto e) {
+      using E = decltype(e);
+      const typename E::type* x = static_cast<const typename E::type*>(A);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const float v = E::load(x[r * cols + c]);
+          outlier_cols[c] |= (v < 0.0f ? -v : v) >= threshold ? 1 : 0;
+        }
+      }
+    });
+  }
+  const auto& kt = kernels();
+  const uint8_t* zero_cols = (threshold > 0.0f && rows > 1) ? outlier_cols : nullptr;
+  const int64_t grain = cols > 0 ? 1 + 16384 / (cols + 1) : rows;
+  parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+    kt.int8_vectorwise_quant(A, dtype, cols, threshold, out, row_stats, zero_cols, r0, r1);
+  });
+  return bnb_cpu::ok();
+}
+
+int32_t bnb_int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C,
+                               bnb_stream) {
+  BNB_REQUIRE(A && B && C, BNB_ERR_NULL_POINTER, "A, B and C must not be NULL");
+  BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
+  if (m == 0 || n == 0) return bnb_cpu::ok();
+  const auto& kt = kernels();
+  parallel_for(n, 16, [&](int64_t n0, int64_t n1) { kt.int8_linear_matmul(A, B, m, n, k, C, n0, n1); });
+  return bnb_cpu::ok();
+}
+
+int32_t bnb_int8_mm_dequant(const int32_t* C, const float* row_stats, const float* col_stats, int64_t m, int64_t n,
+                            const void* bias, int32_t bias_dtype, void* out, int32_t out_dtype, bnb_stream) {
+  BNB_REQUIRE(C && row_stats && col_stats && out, BNB_ERR_NULL_POINTER,
+              "C, row_stats, col_stats and out must not be NULL");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(out_dtype), BNB_ERR_UNSUPPORTED_DTYPE, "out's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(!bias || bnb_cpu::is_float_dtype(bias_dtype), BNB_ERR_UNSUPPORTED_DTYPE,
+              "bias's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(m >= 0 && n >= 0, BNB_ERR_INVALID_ARGUMENT, "m and n must be >= 0");
+  if (m == 0 || n == 0) return bnb_cpu::ok();
+  const auto& kt = kernels();
+  parallel_for(m, 1 + 16384 / n, [&](int64_t r0, int64_t r1) {
+    kt.int8_mm_dequant(C, row_stats, col_stats, n, bias, bias_dtype, out, out_dtype, r0, r1);
+  });
+  return bnb_cpu::ok();
+}
+
+}  // extern "C"

@@ -1,0 +1,125 @@
+// C ABI entry points of the fused optimizer updates (math: bnb/optimizer_math.h).
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <memory>
+#include <mutex>
+
+#include "bnb/bnb_c_api.h"
+#include "bnb/optimizer_math.h"
+#include "kernels.h"
+#include "status.h"
+#include "threading.h"
+
+namespace {
+
+using bnb_cpu::kernels;
+using bnb_cpu::parallel_for;
+
+constexpr int64_t kBlock = BNB_OPTIM_STATE_BLOCKSIZE;
+
+// The code of each of the 65536 grid points of the 8-bit state rule, for one qmap. Optimizers pass
+// the same two qmaps on every step, so a few tables are cached, keyed by the qmap's values.
+struct GridTable {
+  float qmap[256];
+  uint8_t code[65536];
+  uint8_t pad[4] = {0, 0, 0, 0};  // kernels gather 32 bits at a time from `code`
+};
+
+std::shared_ptr<const GridTable> grid_table(const float* qmap) {
+  static std::mutex mutex;
+  static std::shared_ptr<const GridTable> cache[4];
+  static int next = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const auto& t : cache) {
+      if (t && memcmp(t->qmap, qmap, sizeof(t->qmap)) == 0) return t;
+    }
+  }
+  auto t = std::make_shared<GridTable>();
+  memcpy(t->qmap, qmap, sizeof(t->qmap));
+  float mids[255];
+  for (int i = 0; i < 255; ++i) mids[i] = bnb::midpoint(qmap[i], qmap[i + 1]);
+  for (uint32_t k = 0; k < 65536; ++k) {
+    t->code[k] = static_cast<uint8_t>(bnb::nearest_sorted_256(mids, bnb::state_grid_value(k)));
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  cache[next] = t;
+  next = (next + 1) % 4;
+  return t;
+}
+
+int32_t check_common(int32_t optimizer, const void* g, void* p, int32_t dtype, int64_t n,
+                     const bnb_optimizer_hparams* h) {
+  BNB_REQUIRE(g && p && h, BNB_ERR_NULL_POINTER, "g, p and hparams must not be NULL");
+  BNB_REQUIRE(optimizer >= BNB_OPTIM_MOMENTUM && optimizer <= BNB_OPTIM_LARS, BNB_ERR_INVALID_ARGUMENT,
+              "unknown optimizer id %d", optimizer);
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "g and p must be f32, f16 or bf16");
+  BNB_REQUIRE(n >= 0, BNB_ERR_INVALID_ARGUMENT, "n must be >= 0");
+  BNB_REQUIRE(h->step >= 1, BNB_ERR_INVALID_ARGUMENT, "step must be >= 1, got %lld", static_cast<long long>(h->step));
+  return BNB_OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, int32_t dtype, float* state1,
+                                   float* state2, float* unorm_vec, int64_t n, const bnb_optimizer_hparams* hparams,
+                                   bnb_stream) {
+  if (int32_t s = check_common(optimizer, g, p, dtype, n, hparams)) return s;
+  BNB_REQUIRE(state1, BNB_ERR_NULL_POINTER, "state1 must not be NULL");
+  BNB_REQUIRE(!bnb::optimizer_two_states(optimizer) || state2, BNB_ERR_NULL_POINTER,
+              "state2 is required for this optimizer");
+  const bool clip = hparams->max_unorm > 0.0f;
+  BNB_REQUIRE(!clip || unorm_vec, BNB_ERR_NULL_POINTER, "unorm_vec is required when max_unorm > 0");
+  if (n == 0) return bnb_cpu::ok();
+  const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);
+  const auto& kt = kernels();
+  bnb_cpu::Opt32Args a{
+      &c, g,           p, dtype, hparams->gnorm_scale, state1, bnb::optimizer_two_states(optimizer) ? state2 : nullptr,
+      n,  hparams->lr, 0};
+  if (clip) {
+    // The trust ratio needs the norm of the whole update before any element moves.
+    std::mutex mutex;
+    double sq = 0.0;
+    a.measure = 1;
+    parallel_for(n, 65536, [&](int64_t i0, int64_t i1) {
+      const double part = kt.optimizer_32bit(a, i0, i1);
+      std::lock_guard<std::mutex> lock(mutex);
+      sq += part;
+    });
+    a.measure = 0;
+    unorm_vec[0] = static_cast<float>(sq);
+    const double unorm = sqrt(sq);
+    const double limit = static_cast<double>(hparams->max_unorm) * static_cast<double>(hparams->param_norm);
+    const double scale = unorm > limit ? limit / unorm : 1.0;
+    a.lr_scaled = static_cast<float>(static_cast<double>(hparams->lr) * scale);
+  }
+  parallel_for(n, 65536, [&](int64_t i0, int64_t i1) { kt.optimizer_32bit(a, i0, i1); });
+  return bnb_cpu::ok();
+}
+
+int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, void* p, int32_t dtype, uint8_t* state1,
+                                            uint8_t* state2, const float* qmap1, const float* qmap2, float* absmax1,
+                                            float* absmax2, int64_t n, const bnb_optimizer_hparams* hparams,
+                                            bnb_stream) {
+  if (int32_t s = check_common(optimizer, g, p, dtype, n, hparams)) return s;
+  BNB_REQUIRE(state1 && qmap1 && absmax1, BNB_ERR_NULL_POINTER, "state1, qmap1 and absmax1 must not be NULL");
+  const bool two = bnb::optimizer_two_states(optimizer);
+  BNB_REQUIRE(!two || (state2 && qmap2 && absmax2), BNB_ERR_NULL_POINTER,
+              "state2, qmap2 and absmax2 are required for this optimizer");
+  if (n == 0) return bnb_cpu::ok();
+  const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);
+  const auto grid1 = grid_table(qmap1);
+  const auto grid2 = two ? grid_table(qmap2) : nullptr;
+  bnb_cpu::Opt8Args a{
+      &c,    g,       p,       dtype,       hparams->gnorm_scale,          state1, two ? state2 : nullptr, qmap1,
+      qmap2, absmax1, absmax2, grid1->code, grid2 ? grid2->code : nullptr, n};
+  const auto& kt = kernels();
+  parallel_for(n, 64 * kBlock, [&](int64_t i0, int64_t i1) { kt.optimizer_8bit_blockwise(a, i0, i1); });
+  return bnb_cpu::ok();
+}
+
+}  // extern "C"

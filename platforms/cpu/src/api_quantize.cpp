@@ -1,0 +1,95 @@
+// C ABI entry points of the 4-bit and block-wise 8-bit (de)quantization: argument checks, then
+// the active kernel table over blocks split across threads.
+#include <stdint.h>
+
+#include "bnb/bnb_c_api.h"
+#include "kernels.h"
+#include "memory_hint.h"
+#include "status.h"
+#include "threading.h"
+
+namespace {
+
+using bnb_cpu::kernels;
+using bnb_cpu::parallel_for;
+
+int32_t check_common(int64_t n, int64_t blocksize) {
+  BNB_REQUIRE(n > 0, BNB_ERR_INVALID_ARGUMENT, "n must be positive, got %lld", static_cast<long long>(n));
+  BNB_REQUIRE(blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
+              static_cast<long long>(blocksize));
+  return BNB_OK;
+}
+
+int32_t check_4bit(int64_t n, int64_t blocksize, int32_t quant_type) {
+  if (int32_t s = check_common(n, blocksize)) return s;
+  BNB_REQUIRE(bnb_cpu::is_4bit_blocksize(blocksize), BNB_ERR_INVALID_BLOCKSIZE,
+              "blocksize must be a power of two in [32, 4096], got %lld", static_cast<long long>(blocksize));
+  BNB_REQUIRE(quant_type == BNB_QUANT_NF4 || quant_type == BNB_QUANT_FP4, BNB_ERR_UNSUPPORTED_QUANT_TYPE,
+              "quant_type must be BNB_QUANT_NF4 or BNB_QUANT_FP4, got %d", quant_type);
+  return BNB_OK;
+}
+
+// Blocks per thread task: about 64 KiB of elements, at least one block.
+int64_t block_grain(int64_t blocksize) {
+  const int64_t g = 16384 / blocksize;
+  return g < 1 ? 1 : g;
+}
+
+}  // namespace
+
+extern "C" {
+
+int32_t bnb_quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t blocksize, int32_t quant_type,
+                          uint8_t* packed, float* absmax, bnb_stream) {
+  BNB_REQUIRE(A && packed && absmax, BNB_ERR_NULL_POINTER, "A, packed and absmax must not be NULL");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
+  if (int32_t s = check_4bit(n, blocksize, quant_type)) return s;
+  const auto& k = kernels();
+  const int nf4 = quant_type == BNB_QUANT_NF4;
+  bnb_cpu::advise_output(packed, (n + 1) / 2);
+  parallel_for((n + blocksize - 1) / blocksize, block_grain(blocksize),
+               [&](int64_t b0, int64_t b1) { k.quantize_4bit(A, dtype, n, blocksize, nf4, packed, absmax, b0, b1); });
+  return bnb_cpu::ok();
+}
+
+int32_t bnb_dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
+                            int32_t quant_type, void* out, int32_t out_dtype, bnb_stream) {
+  BNB_REQUIRE(packed && absmax && out, BNB_ERR_NULL_POINTER, "packed, absmax and out must not be NULL");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(out_dtype), BNB_ERR_UNSUPPORTED_DTYPE, "out's dtype must be f32, f16 or bf16");
+  if (int32_t s = check_4bit(n, blocksize, quant_type)) return s;
+  const auto& k = kernels();
+  const int nf4 = quant_type == BNB_QUANT_NF4;
+  bnb_cpu::advise_output(out, n * bnb_cpu::dtype_size(out_dtype));
+  parallel_for((n + blocksize - 1) / blocksize, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+    k.dequantize_4bit(packed, absmax, n, blocksize, nf4, out, out_dtype, b0, b1);
+  });
+  return bnb_cpu::ok();
+}
+
+int32_t bnb_quantize_blockwise(const void* A, int32_t dtype, const float* code, int64_t n, int64_t blocksize,
+                               uint8_t* out, float* absmax, bnb_stream) {
+  BNB_REQUIRE(A && code && out && absmax, BNB_ERR_NULL_POINTER, "A, code, out and absmax must not be NULL");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
+  if (int32_t s = check_common(n, blocksize)) return s;
+  const auto& k = kernels();
+  bnb_cpu::advise_output(out, n);
+  parallel_for((n + blocksize - 1) / blocksize, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+    k.quantize_blockwise(A, dtype, code, n, blocksize, out, absmax, b0, b1);
+  });
+  return bnb_cpu::ok();
+}
+
+int32_t bnb_dequantize_blockwise(const uint8_t* A, const float* code, const float* absmax, int64_t n, int64_t blocksize,
+                                 void* out, int32_t out_dtype, bnb_stream) {
+  BNB_REQUIRE(A && code && absmax && out, BNB_ERR_NULL_POINTER, "A, code, absmax and out must not be NULL");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(out_dtype), BNB_ERR_UNSUPPORTED_DTYPE, "out's dtype must be f32, f16 or bf16");
+  if (int32_t s = check_common(n, blocksize)) return s;
+  const auto& k = kernels();
+  bnb_cpu::advise_output(out, n * bnb_cpu::dtype_size(out_dtype));
+  parallel_for((n + blocksize - 1) / blocksize, block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+    k.dequantize_blockwise(A, code, absmax, n, blocksize, out, out_dtype, b0, b1);
+  });
+  return bnb_cpu::ok();
+}
+
+}  // extern "C"

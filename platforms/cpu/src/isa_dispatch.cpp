@@ -1,0 +1,167 @@
+// Run-time choice of the kernel table: the best instruction set the CPU supports, unless
+// BNB_CPU_ISA or bnb_cpu_set_isa() names one.
+#include <stdlib.h>
+#include <string.h>
+
+#include <atomic>
+#include <initializer_list>
+
+#include "bnb/bnb_c_api.h"
+#include "isa.h"
+#include "kernels.h"
+#include "status.h"
+
+namespace bnb_cpu {
+namespace {
+
+const char* const kNames[ISA_COUNT] = {"scalar", "avx2", "avx512", "neon"};
+
+bool compiled_in(int isa) {
+  switch (isa) {
+    case ISA_SCALAR:
+      return true;
+#if defined(__x86_64__) || defined(_M_X64)
+    case ISA_AVX2:
+    case ISA_AVX512:
+      return true;
+#endif
+#if defined(__aarch64__)
+    case ISA_NEON:
+      return true;
+#endif
+    default:
+      return false;
+  }
+}
+
+bool cpu_supports(int isa) {
+  switch (isa) {
+    case ISA_SCALAR:
+      return true;
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+    case ISA_AVX2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case ISA_AVX512:
+      // The avx512 table uses F, BW, VL, DQ, BF16 (vdpbf16ps) and VNNI (vpdpbusd).
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni") &&
+             __builtin_cpu_supports("f16c");
+#endif
+#if defined(__aarch64__)
+    case ISA_NEON:
+      return true;  // Advanced SIMD is part of the aarch64 baseline.
+#endif
+    default:
+      return false;
+  }
+}
+
+int best_isa() {
+  for (int isa : {ISA_AVX512, ISA_AVX2, ISA_NEON}) {
+    if (isa_usable(isa)) return isa;
+  }
+  return ISA_SCALAR;
+}
+
+int parse(const char* name) {
+  for (int i = 0; i < ISA_COUNT; ++i) {
+    if (strcmp(name, kNames[i]) == 0) return i;
+  }
+  if (strcmp(name, "auto") == 0 || name[0] == '\0') return best_isa();
+  return -1;
+}
+
+int initial_isa() {
+  const char* env = getenv("BNB_CPU_ISA");
+  if (env == nullptr) return best_isa();
+  const int isa = parse(env);
+  // An unusable request is reported by bnb_cpu_isa_error() and by the Python glue at import; the
+  // library itself must keep working, so it falls back to the best available table.
+  return (isa >= 0 && isa_usable(isa)) ? isa : best_isa();
+}
+
+std::atomic<int> g_isa{-1};
+
+const KernelTable* table_for(int isa) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case ISA_AVX2:
+      return &kernels_avx2;
+    case ISA_AVX512:
+      return &kernels_avx512;
+#endif
+#if defined(__aarch64__)
+    case ISA_NEON:
+      return &kernels_neon;
+#endif
+    default:
+      return &kernels_scalar;
+  }
+}
+
+}  // namespace
+
+const char* isa_name(int isa) { return (isa >= 0 && isa < ISA_COUNT) ? kNames[isa] : "unknown"; }
+
+bool isa_usable(int isa) { return isa >= 0 && isa < ISA_COUNT && compiled_in(isa) && cpu_supports(isa); }
+
+int active_isa() {
+  int isa = g_isa.load(std::memory_order_acquire);
+  if (isa < 0) {
+    isa = initial_isa();
+    g_isa.store(isa, std::memory_order_release);
+  }
+  return isa;
+}
+
+const KernelTable& kernels() { return *table_for(active_isa()); }
+
+}  // namespace bnb_cpu
+
+extern "C" {
+
+// CPU-only extension: the active instruction set's name ("scalar", "avx2", "avx512", "neon").
+BNB_API const char* bnb_cpu_get_isa(void) { return bnb_cpu::isa_name(bnb_cpu::active_isa()); }
+
+// CPU-only extension: force an instruction set ("auto" = the best). Unknown names and sets this
+// build or CPU lacks are BNB_ERR_INVALID_ARGUMENT with a message; the active set is unchanged.
+BNB_API int32_t bnb_cpu_set_isa(const char* name) {
+  BNB_REQUIRE(name != nullptr, BNB_ERR_NULL_POINTER, "name must not be NULL");
+  const int isa = bnb_cpu::parse(name);
+  BNB_REQUIRE(isa >= 0, BNB_ERR_INVALID_ARGUMENT,
+              "unknown instruction set '%s'; expected one of auto, scalar, avx2, avx512, neon", name);
+  BNB_REQUIRE(bnb_cpu::isa_usable(isa), BNB_ERR_INVALID_ARGUMENT,
+              "instruction set '%s' is not usable here (not compiled in, or the CPU lacks it)", name);
+  bnb_cpu::g_isa.store(isa, std::memory_order_release);
+  return bnb_cpu::ok();
+}
+
+// CPU-only extension: an error message when BNB_CPU_ISA names an unknown or unusable set ("" if fine).
+BNB_API const char* bnb_cpu_isa_env_error(void) {
+  const char* env = getenv("BNB_CPU_ISA");
+  if (env == nullptr) return "";
+  const int isa = bnb_cpu::parse(env);
+  if (isa < 0) return "BNB_CPU_ISA names an unknown instruction set; expected auto, scalar, avx2, avx512 or neon";
+  if (!bnb_cpu::isa_usable(isa)) return "BNB_CPU_ISA names an instruction set this build or CPU cannot run";
+  return "";
+}
+
+// CPU-only extension: comma-separated instruction sets compiled in and usable on this CPU.
+BNB_API const char* bnb_cpu_usable_isas(void) {
+  static char buf[64];
+  static std::atomic<bool> done{false};
+  if (!done.load(std::memory_order_acquire)) {
+    char tmp[64] = "";
+    for (int i = 0; i < bnb_cpu::ISA_COUNT; ++i) {
+      if (!bnb_cpu::isa_usable(i)) continue;
+      if (tmp[0]) strcat(tmp, ",");
+      strcat(tmp, bnb_cpu::isa_name(i));
+    }
+    memcpy(buf, tmp, sizeof(buf));
+    done.store(true, std::memory_order_release);
+  }
+  return buf;
+}
+
+}  // extern "C"

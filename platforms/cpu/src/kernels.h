@@ -1,0 +1,97 @@
+// The kernel table: one per instruction set (kernels_<isa>.cpp), chosen at run time (isa.h).
+//
+// Every entry works on a sub-range of the problem so that the C ABI layer (api_*.cpp) can split
+// the work across threads; arguments are already checked there.
+#pragma once
+
+#include <stdint.h>
+
+#include "bnb/bnb_c_api.h"
+#include "bnb/optimizer_math.h"
+
+namespace bnb_cpu {
+
+struct Gemm4bitArgs {
+  const void* A;  // [m, k] in `dtype`
+  int32_t dtype;
+  int64_t m, n, k;
+  const uint8_t* B;  // packed [n, k] 4-bit weight
+  const float* absmax;
+  const float* code;  // 16 entries
+  int64_t blocksize;
+  const void* bias;      // [n] in `dtype`, or NULL
+  void* out;             // [m, n] in `dtype`
+  const void* prepared;  // A re-laid out by gemm_4bit_prepare (NULL when the kernel needs none)
+};
+
+struct Opt8Args {
+  const bnb::OptimizerConsts* c;
+  const void* g;
+  void* p;
+  int32_t dtype;
+  float gnorm_scale;
+  uint8_t* state1;
+  uint8_t* state2;
+  const float* qmap1;
+  const float* qmap2;
+  float* absmax1;
+  float* absmax2;
+  const uint8_t* grid1;  // 65536-entry grid -> code tables (optimizer_math.h's state rule)
+  const uint8_t* grid2;
+  int64_t n;
+};
+
+struct Opt32Args {
+  const bnb::OptimizerConsts* c;
+  const void* g;
+  void* p;
+  int32_t dtype;
+  float gnorm_scale;
+  float* state1;
+  float* state2;
+  int64_t n;
+  float lr_scaled;
+  int32_t measure;  // 1: only accumulate the squared update norm (states untouched)
+};
+
+struct KernelTable {
+  // 4-bit: blocks [b0, b1) of `blocksize` elements (the last one may be partial, ending at n).
+  void (*quantize_4bit)(const void* A, int32_t dtype, int64_t n, int64_t blocksize, int nf4, uint8_t* packed,
+                        float* absmax, int64_t b0, int64_t b1);
+  void (*dequantize_4bit)(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, int nf4, void* out,
+                          int32_t dtype, int64_t b0, int64_t b1);
+  // 8-bit block-wise: blocks [b0, b1).
+  void (*quantize_blockwise)(const void* A, int32_t dtype, const float* code, int64_t n, int64_t blocksize,
+                             uint8_t* out, float* absmax, int64_t b0, int64_t b1);
+  void (*dequantize_blockwise)(const uint8_t* A, const float* code, const float* absmax, int64_t n, int64_t blocksize,
+                               void* out, int32_t dtype, int64_t b0, int64_t b1);
+  // 4-bit matmul, output columns [n0, n1). prepare_bytes(m, k, dtype) bytes of scratch are
+  // filled by gemm_4bit_prepare once per call (0: the kernel reads A directly).
+  int64_t (*gemm_4bit_prepare_bytes)(const Gemm4bitArgs& a);
+  void (*gemm_4bit_prepare)(const Gemm4bitArgs& a, void* scratch);
+  void (*gemm_4bit)(const Gemm4bitArgs& a, int64_t n0, int64_t n1);
+  // LLM.int8(): rows [r0, r1) / output columns [n0, n1).
+  void (*int8_vectorwise_quant)(const void* A, int32_t dtype, int64_t cols, float threshold, int8_t* out,
+                                float* row_stats, const uint8_t* outlier_cols, int64_t r0, int64_t r1);
+  void (*int8_linear_matmul)(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C, int64_t n0,
+                             int64_t n1);
+  void (*int8_mm_dequant)(const int32_t* C, const float* row_stats, const float* col_stats, int64_t n, const void* bias,
+                          int32_t bias_dtype, void* out, int32_t out_dtype, int64_t r0, int64_t r1);
+  // Optimizers: elements [i0, i1) (whole 256-blocks for 8-bit). 32-bit returns sum(unorm^2).
+  double (*optimizer_32bit)(const Opt32Args& a, int64_t i0, int64_t i1);
+  void (*optimizer_8bit_blockwise)(const Opt8Args& a, int64_t i0, int64_t i1);
+};
+
+extern const KernelTable kernels_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const KernelTable kernels_avx2;
+extern const KernelTable kernels_avx512;
+#endif
+#if defined(__aarch64__)
+extern const KernelTable kernels_neon;
+#endif
+
+// The table of the active instruction set.
+const KernelTable& kernels();
+
+}  // namespace bnb_cpu

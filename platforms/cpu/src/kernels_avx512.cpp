@@ -1,0 +1,547 @@
+// AVX-512 kernels (F, BW, VL, DQ, BF16, VNNI): this file is compiled with those -m flags only.
+// The portable kernels are compiled here too (auto-vectorized for AVX-512); the hot ones below
+// are written with intrinsics.
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "bnb/codebooks.h"
+#include "bnb/numeric.h"
+#include "element.h"
+#include "kernels.h"
+
+namespace bnb_cpu {
+namespace avx512 {
+
+#include "kernels_generic.inc"
+
+namespace {
+
+// f32 -> bf16 bits with round-to-nearest-even and every NaN -> 0xFFFF (bnb::float_to_bf16).
+inline __m256i to_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0xffff));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// The 16 decoded values of a block scaled by its absmax, as 16-bit patterns of `dtype`.
+inline __m512i table16(const __m512 code, float absmax, int32_t dtype) {
+  const __m512 t = _mm512_mul_ps(code, _mm512_set1_ps(absmax));
+  const __m256i h = dtype == BNB_DTYPE_BF16 ? to_bf16(t) : _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT);
+  return _mm512_castsi256_si512(h);
+}
+
+// 32 nibble indices of 16 packed bytes, in element order, as 16-bit lanes.
+inline __m512i nibbles32(const uint8_t* src) {
+  const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  const __m512i hi = _mm512_srli_epi32(d, 4);
+  const __m512i lo = _mm512_slli_epi32(d, 16);
+  // hi | (lo & 0x000f0000): element 2i in the low half of dword i, 2i+1 in the high half.
+  return _mm512_ternarylogic_epi32(hi, lo, _mm512_set1_epi32(0x000f0000), 0xf8);
+}
+
+}  // namespace
+
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, int nf4, void* out,
+                     int32_t dtype, int64_t b0, int64_t b1) {
+  float code_arr[16];
+  for (uint32_t c = 0; c < 16; ++c) code_arr[c] = bnb::decode_4bit(nf4, c);
+  const __m512 code = _mm512_loadu_ps(code_arr);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * blocksize;
+    const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+    const int64_t full = len & ~int64_t(31);
+    const uint8_t* src = packed + start / 2;
+    if (dtype == BNB_DTYPE_F32) {
+      const __m512 t = _mm512_mul_ps(code, _mm512_set1_ps(absmax[b]));
+      float* dst = static_cast<float*>(out) + start;
+      for (int64_t i = 0; i < full; i += 32) {
+        // 16 bytes -> 32 indices; each half of them widened to 16 dwords.
+        const __m512i idx = nibbles32(src + i / 2);
+        const __m512i i0 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(idx));
+        const __m512i i1 = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(idx, 1));
+        _mm512_storeu_ps(dst + i, _mm512_permutexvar_ps(i0, t));
+        _mm512_storeu_ps(dst + i + 16, _mm512_permutexvar_ps(i1, t));
+      }
+      for (int64_t i = full; i < len; ++i) {
+        const uint8_t byte = src[i / 2];
+        dst[i] = code_arr[(i & 1) ? (byte & 15) : (byte >> 4)] * absmax[b];
+      }
+    } else {
+      const __m512i t = table16(code, absmax[b], dtype);
+      uint16_t* dst = static_cast<uint16_t*>(out) + start;
+      for (int64_t i = 0; i < full; i += 32) {
+        _mm512_storeu_si512(dst + i, _mm512_permutexvar_epi16(nibbles32(src + i / 2), t));
+      }
+      if (full < len) {
+        alignas(64) uint16_t tab[32];
+        _mm512_store_si512(tab, t);
+        for (int64_t i = full; i < len; ++i) {
+          const uint8_t byte = src[i / 2];
+          dst[i] = tab[(i & 1) ? (byte & 15) : (byte >> 4)];
+        }
+      }
+    }
+  }
+}
+
+// ---- quantization ------------------------------------------------------------------------------
+
+namespace {
+
+// Loads 16 elements of dtype E as f32.
+template <typename E>
+inline __m512 load16(const typename E::type* p) {
+  if constexpr (E::kDtype == BNB_DTYPE_F32) {
+    return _mm512_loadu_ps(p);
+  } else if constexpr (E::kDtype == BNB_DTYPE_F16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  } else {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+}
+
+// The block's absmax as torch's amax of |x| computes it (NaN propagates).
+template <typename E>
+inline float block_absmax(const typename E::type* x, int64_t len) {
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 nan = 0;
+  int64_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    const __m512 v = load16<E>(x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    m = _mm512_max_ps(m, _mm512_abs_ps(v));
+  }
+  float r = _mm512_reduce_max_ps(m);
+  for (; i < len; ++i) r = bnb::nan_max_abs(r, E::load(x[i]));
+  return nan ? bnb::bits_float(0x7fc00000u) : r;
+}
+
+// Sorted position (0..15) of the nearest of 16 sorted entries, from their 15 midpoints (lane 15
+// unused): four permute-and-compare steps of a binary search; NaN -> 15.
+inline __m512i nearest16(__m512 v, __m512 mids) {
+  __m512i pos = _mm512_setzero_si512();
+  for (int s = 8; s >= 1; s >>= 1) {
+    const __m512 m = _mm512_permutexvar_ps(_mm512_add_epi32(pos, _mm512_set1_epi32(s - 1)), mids);
+    pos = _mm512_mask_add_epi32(pos, _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ), pos, _mm512_set1_epi32(s));
+  }
+  return _mm512_mask_mov_epi32(pos, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(15));
+}
+
+template <typename E>
+void quantize_4bit_t(const typename E::type* x, int64_t n, int64_t blocksize, int nf4, uint8_t* packed, float* absmax,
+                     int64_t b0, int64_t b1) {
+  const float nf4_table[16] = BNB_NF4_TABLE;
+  const float fp4_table[16] = BNB_FP4_TABLE;
+  const uint8_t fp4_order[16] = BNB_FP4_SORTED_CODES;
+  alignas(64) float mids_arr[16];
+  alignas(64) int32_t order_arr[16];
+  float sorted[16];
+  for (int i = 0; i < 16; ++i) {
+    order_arr[i] = nf4 ? i : fp4_order[i];
+    sorted[i] = nf4 ? nf4_table[i] : fp4_table[order_arr[i]];
+  }
+  for (int i = 0; i < 15; ++i) mids_arr[i] = bnb::midpoint(sorted[i], sorted[i + 1]);
+  mids_arr[15] = bnb::bits_float(0x7f800000u);
+  const __m512 mids = _mm512_load_ps(mids_arr);
+  const __m512i order = _mm512_load_si512(order_arr);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * blocksize;
+    const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+    const float amax = block_absmax<E>(x + start, len);
+    absmax[b] = amax;
+    const __m512 inv = _mm512_set1_ps(bnb::inverse_absmax(amax));
+    const typename E::type* src = x + start;
+    uint8_t* dst = packed + start / 2;
+    const int64_t full = len & ~int64_t(15);
+    for (int64_t i = 0; i < full; i += 16) {
+      __m512i c = nearest16(_mm512_mul_ps(load16<E>(src + i), inv), mids);
+      if (!nf4) c = _mm512_permutexvar_epi32(c, order);
+      // qword j holds codes 2j (low dword) and 2j+1 (high dword): byte = code_2j << 4 | code_2j+1.
+      const __m512i q = _mm512_or_si512(_mm512_slli_epi64(c, 4), _mm512_srli_epi64(c, 32));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i / 2),
+                       _mm512_cvtepi64_epi8(_mm512_and_si512(q, _mm512_set1_epi64(0xff))));
+    }
+    if (full < len) {
+      uint8_t codes[17];
+      const float inv_s = bnb::inverse_absmax(amax);
+      for (int64_t i = full; i < len; ++i) {
+        codes[i - full] = static_cast<uint8_t>(bnb::encode_4bit(nf4, E::load(src[i]) * inv_s));
+      }
+      codes[len - full] = static_cast<uint8_t>(bnb::encode_4bit(nf4, 0.0f));
+      for (int64_t i = full; i < len; i += 2) {
+        dst[i / 2] = static_cast<uint8_t>((codes[i - full] << 4) | codes[i - full + 1]);
+      }
+    }
+  }
+}
+
+// Nearest-code search for block-wise 8-bit quantization: a bucket table indexed by the top 15 bits
+// of the f32 pattern (sign, exponent, 6 mantissa bits) gives the number of midpoints below the
+// bucket; at most `refine` midpoints fall inside any bucket, so that many compares finish the
+// count. For the dynamic code books refine <= 2 (3 gathers per 16 values instead of the 8 of a
+// binary search). Exact: the result is the number of midpoints strictly below the value.
+struct BucketSearch {
+  static constexpr int kShift = 17;  // 32 - 15
+  alignas(64) float mids[260];
+  uint8_t base[(1 << 15) + 4];
+  int refine = 0;
+
+  explicit BucketSearch(const float* code) {
+    for (int i = 0; i < 255; ++i) mids[i] = bnb::midpoint(code[i], code[i + 1]);
+    for (int i = 255; i < 260; ++i) mids[i] = bnb::bits_float(0x7f800000u);
+    for (uint32_t key = 0; key < (1u << 15); ++key) {
+      const uint32_t exp = (key >> 6) & 0xffu;
+      float lo, hi;
+      if (exp == 0xffu) {  // inf / NaN: handled by the compares and the NaN mask
+        lo = hi = (key >> 14) ? -bnb::bits_float(0x7f800000u) : bnb::bits_float(0x7f800000u);
+      } else {
+        const float a = bnb::bits_float((key & 0x3fffu) << kShift);
+        const float b = bnb::bits_float((((key & 0x3fffu) + 1u) << kShift) - 1u);
+        lo = (key >> 14) ? -b : a;
+        hi = (key >> 14) ? -a : b;
+      }
+      const uint32_t below = gen_nearest_256(mids, lo);
+      uint32_t inside = 0;
+      for (int i = 0; i < 255; ++i) inside += (mids[i] >= lo && mids[i] <= hi) ? 1u : 0u;
+      base[key] = static_cast<uint8_t>(below);
+      refine = static_cast<int>(inside) > refine ? static_cast<int>(inside) : refine;
+    }
+    base[1 << 15] = base[(1 << 15) + 1] = base[(1 << 15) + 2] = base[(1 << 15) + 3] = 0;
+  }
+
+  // Count of midpoints strictly below each lane of v (NaN -> 255).
+  __m512i find(__m512 v) const {
+    const __m512i key = _mm512_srli_epi32(_mm512_castps_si512(v), kShift);
+    __m512i pos = _mm512_and_si512(_mm512_i32gather_epi32(key, base, 1), _mm512_set1_epi32(0xff));
+    for (int r = 0; r < refine; ++r) {
+      const __m512 m = _mm512_i32gather_ps(pos, mids, 4);
+      pos = _mm512_mask_add_epi32(pos, _mm512_cmp_ps_mask(m, v, _CMP_LT_OQ), pos, _mm512_set1_epi32(1));
+    }
+    return _mm512_mask_mov_epi32(pos, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(255));
+  }
+};
+
+template <typename E>
+void quantize_blockwise_t(const typename E::type* x, const float* code, int64_t n, int64_t blocksize, uint8_t* out,
+                          float* absmax, int64_t b0, int64_t b1) {
+  thread_local BucketSearch* search = nullptr;
+  thread_local float cached[256];
+  if (search == nullptr || memcmp(cached, code, sizeof(cached)) != 0) {
+    delete search;
+    search = new BucketSearch(code);
+    memcpy(cached, code, sizeof(cached));
+  }
+  const bool bucketed = search->refine <= 4;
+  const float* mids = search->mids;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * blocksize;
+    const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+    const float amax = block_absmax<E>(x + start, len);
+    absmax[b] = amax;
+    const float inv_s = bnb::inverse_absmax(amax);
+    const __m512 inv = _mm512_set1_ps(inv_s);
+    const typename E::type* src = x + start;
+    uint8_t* dst = out + start;
+    const int64_t full = bucketed ? (len & ~int64_t(15)) : 0;
+    for (int64_t i = 0; i < full; i += 16) {
+      const __m512i pos = search->find(_mm512_mul_ps(load16<E>(src + i), inv));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm512_cvtepi32_epi8(pos));
+    }
+    for (int64_t i = full; i < len; ++i) dst[i] = static_cast<uint8_t>(gen_nearest_256(mids, E::load(src[i]) * inv_s));
+  }
+}
+
+// Block-wise 8-bit dequantization: per block a 256-entry table code * absmax, then gathers.
+template <typename E>
+void dequantize_blockwise_t(const uint8_t* A, const float* code, const float* absmax, int64_t n, int64_t blocksize,
+                            typename E::type* out, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * blocksize;
+    const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+    const __m512 s = _mm512_set1_ps(absmax[b]);
+    const uint8_t* src = A + start;
+    typename E::type* dst = out + start;
+    const int64_t full = len & ~int64_t(15);
+    for (int64_t i = 0; i < full; i += 16) {
+      const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+      const __m512 v = _mm512_mul_ps(_mm512_i32gather_ps(idx, code, 4), s);
+      if constexpr (E::kDtype == BNB_DTYPE_F32) {
+        _mm512_storeu_ps(dst + i, v);
+      } else if constexpr (E::kDtype == BNB_DTYPE_F16) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+      } else {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), to_bf16(v));
+      }
+    }
+    for (int64_t i = full; i < len; ++i) dst[i] = E::store(code[src[i]] * absmax[b]);
+  }
+}
+
+}  // namespace
+
+void quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t blocksize, int nf4, uint8_t* packed, float* absmax,
+                   int64_t b0, int64_t b1) {
+  dispatch_float(dtype, [&](auto e) {
+    using E = decltype(e);
+    quantize_4bit_t<E>(static_cast<const typename E::type*>(A), n, blocksize, nf4, packed, absmax, b0, b1);
+  });
+}
+
+void quantize_blockwise(const void* A, int32_t dtype, const float* code, int64_t n, int64_t blocksize, uint8_t* out,
+                        float* absmax, int64_t b0, int64_t b1) {
+  dispatch_float(dtype, [&](auto e) {
+    using E = decltype(e);
+    quantize_blockwise_t<E>(static_cast<const typename E::type*>(A), code, n, blocksize, out, absmax, b0, b1);
+  });
+}
+
+void dequantize_blockwise(const uint8_t* A, const float* code, const float* absmax, int64_t n, int64_t blocksize,
+                          void* out, int32_t dtype, int64_t b0, int64_t b1) {
+  dispatch_float(dtype, [&](auto e) {
+    using E = decltype(e);
+    dequantize_blockwise_t<E>(A, code, absmax, n, blocksize, static_cast<typename E::type*>(out), b0, b1);
+  });
+}
+
+// ---- 4-bit matmul ------------------------------------------------------------------------------
+// Fast path: k a multiple of 64 and of the block size, block size >= 64. A is re-laid out once per
+// call ("prepared"): per 64 columns, the 32 even-indexed then the 32 odd-indexed values, so that
+// the high nibbles (even elements) and low nibbles (odd elements) of 32 packed bytes meet their
+// activations without any shuffle. bf16 A stays bf16 and runs on vdpbf16ps with the weight
+// rounded to bf16 exactly as the reference rounds it; f16/f32 A run in f32 FMA.
+
+namespace {
+
+bool gemm_fast(const Gemm4bitArgs& a) { return a.k % 64 == 0 && a.blocksize >= 64 && a.k % a.blocksize == 0; }
+
+}  // namespace
+
+int64_t gemm_4bit_prepare_bytes(const Gemm4bitArgs& a) {
+  if (!gemm_fast(a)) return 0;
+  return a.m * a.k * (a.dtype == BNB_DTYPE_BF16 ? 2 : 4);
+}
+
+void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
+  if (!gemm_fast(a)) return;
+  const int64_t total = a.m * a.k;
+  if (a.dtype == BNB_DTYPE_BF16) {
+    const uint16_t* A = static_cast<const uint16_t*>(a.A);
+    uint16_t* P = static_cast<uint16_t*>(scratch);
+    for (int64_t g = 0; g < total; g += 64) {
+      for (int i = 0; i < 32; ++i) {
+        P[g + i] = A[g + 2 * i];
+        P[g + 32 + i] = A[g + 2 * i + 1];
+      }
+    }
+  } else {
+    float* P = static_cast<float*>(scratch);
+    dispatch_float(a.dtype, [&](auto e) {
+      using E = decltype(e);
+      const typename E::type* A = static_cast<const typename E::type*>(a.A);
+      for (int64_t g = 0; g < total; g += 64) {
+        for (int i = 0; i < 32; ++i) {
+          P[g + i] = E::load(A[g + 2 * i]);
+          P[g + 32 + i] = E::load(A[g + 2 * i + 1]);
+        }
+      }
+    });
+  }
+}
+
+namespace {
+
+template <typename E>
+void store_out(const Gemm4bitArgs& a, int64_t r, int64_t j, float v) {
+  using T = typename E::type;
+  if (a.bias) v += E::load(static_cast<const T*>(a.bias)[j]);
+  static_cast<T*>(a.out)[r * a.n + j] = E::store(v);
+}
+
+// MT activation rows x NT weight rows; bf16 path. For one or two rows with block size 64 (one
+// block per 64-column group) the weight is looked up in the bf16-rounded code book and each block's
+// partial dot product is scaled by its absmax in f32: no per-block table, which would cost as much
+// as the dot product itself. Otherwise each block's table is rounded to bf16 exactly as the
+// reference rounds the weight, and amortized over the rows.
+template <int MT, int NT>
+void gemm_bf16_tile(const Gemm4bitArgs& a, const uint16_t* P, int64_t r0, int64_t j0, const __m512 code) {
+  const int64_t k = a.k;
+  __m512 acc[MT][NT];
+  for (int r = 0; r < MT; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const bool post_scale = a.blocksize == 64 && MT <= 2;
+  const __m512i code_bf16 = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(code));
+  __m512i tab[NT];
+  for (int t = 0; t < NT; ++t) tab[t] = code_bf16;
+  for (int64_t i = 0; i < k; i += 64) {
+    if (!post_scale && i % a.blocksize == 0) {
+      for (int t = 0; t < NT; ++t) {
+        // vcvtneps2bf16 rounds to nearest even like the reference (only a NaN's payload differs).
+        const __m512 s = _mm512_mul_ps(code, _mm512_set1_ps(a.absmax[((j0 + t) * k + i) / a.blocksize]));
+        tab[t] = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(s));
+      }
+    }
+    __m512i we[NT], wo[NT];
+    __m512 scale[NT];
+    for (int t = 0; t < NT; ++t) {
+      if (post_scale) scale[t] = _mm512_set1_ps(a.absmax[((j0 + t) * k + i) / 64]);
+      const __m512i w =
+          _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.B + ((j0 + t) * k + i) / 2)));
+      we[t] = _mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), tab[t]);
+      wo[t] = _mm512_permutexvar_epi16(_mm512_and_si512(w, _mm512_set1_epi16(15)), tab[t]);
+    }
+    for (int r = 0; r < MT; ++r) {
+      const uint16_t* p = P + (r0 + r) * k + i;
+      const __m512bh ae = (__m512bh)_mm512_loadu_si512(p);
+      const __m512bh ao = (__m512bh)_mm512_loadu_si512(p + 32);
+      for (int t = 0; t < NT; ++t) {
+        if (post_scale) {
+          const __m512 part =
+              _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), ae, (__m512bh)we[t]), ao, (__m512bh)wo[t]);
+          acc[r][t] = _mm512_fmadd_ps(part, scale[t], acc[r][t]);
+        } else {
+          acc[r][t] = _mm512_dpbf16_ps(acc[r][t], ae, (__m512bh)we[t]);
+          acc[r][t] = _mm512_dpbf16_ps(acc[r][t], ao, (__m512bh)wo[t]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < MT; ++r)
+    for (int t = 0; t < NT; ++t) store_out<Element<BNB_DTYPE_BF16>>(a, r0 + r, j0 + t, _mm512_reduce_add_ps(acc[r][t]));
+}
+
+// f32 path (f32 and f16 activations).
+template <typename E, int MT, int NT>
+void gemm_f32_tile(const Gemm4bitArgs& a, const float* P, int64_t r0, int64_t j0, const __m512 code) {
+  const int64_t k = a.k;
+  __m512 acc[MT][NT];
+  for (int r = 0; r < MT; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  __m512 tab[NT];
+  for (int64_t i = 0; i < k; i += 64) {
+    if (i % a.blocksize == 0) {
+      for (int t = 0; t < NT; ++t) {
+        const __m512 s = _mm512_mul_ps(code, _mm512_set1_ps(a.absmax[((j0 + t) * k + i) / a.blocksize]));
+        // f16 activations: the reference multiplies by the weight rounded to f16.
+        tab[t] = E::kDtype == BNB_DTYPE_F16 ? _mm512_cvtph_ps(_mm512_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT)) : s;
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      __m512 we[NT], wo[NT];
+      for (int t = 0; t < NT; ++t) {
+        const __m512i d = _mm512_cvtepu8_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.B + ((j0 + t) * k + i) / 2 + 16 * h)));
+        we[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), tab[t]);
+        wo[t] = _mm512_permutexvar_ps(_mm512_and_si512(d, _mm512_set1_epi32(15)), tab[t]);
+      }
+      for (int r = 0; r < MT; ++r) {
+        const float* p = P + (r0 + r) * k + i + 16 * h;
+        const __m512 ae = _mm512_loadu_ps(p);
+        const __m512 ao = _mm512_loadu_ps(p + 32);
+        for (int t = 0; t < NT; ++t) {
+          acc[r][t] = _mm512_fmadd_ps(ae, we[t], acc[r][t]);
+          acc[r][t] = _mm512_fmadd_ps(ao, wo[t], acc[r][t]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < MT; ++r)
+    for (int t = 0; t < NT; ++t) store_out<E>(a, r0 + r, j0 + t, _mm512_reduce_add_ps(acc[r][t]));
+}
+
+template <int MT, int NT>
+void gemm_tile(const Gemm4bitArgs& a, int64_t r0, int64_t j0, const __m512 code) {
+  if (a.dtype == BNB_DTYPE_BF16) {
+    gemm_bf16_tile<MT, NT>(a, static_cast<const uint16_t*>(a.prepared), r0, j0, code);
+  } else if (a.dtype == BNB_DTYPE_F16) {
+    gemm_f32_tile<Element<BNB_DTYPE_F16>, MT, NT>(a, static_cast<const float*>(a.prepared), r0, j0, code);
+  } else {
+    gemm_f32_tile<Element<BNB_DTYPE_F32>, MT, NT>(a, static_cast<const float*>(a.prepared), r0, j0, code);
+  }
+}
+
+// All rows of A against weight rows [j0, j0 + NT).
+template <int NT>
+void gemm_rows(const Gemm4bitArgs& a, int64_t j0, const __m512 code) {
+  int64_t r = 0;
+  for (; r + 8 <= a.m; r += 8) gemm_tile<8, NT>(a, r, j0, code);
+  if (a.m - r >= 4) {
+    gemm_tile<4, NT>(a, r, j0, code);
+    r += 4;
+  }
+  if (a.m - r >= 2) {
+    gemm_tile<2, NT>(a, r, j0, code);
+    r += 2;
+  }
+  if (a.m - r >= 1) gemm_tile<1, NT>(a, r, j0, code);
+}
+
+}  // namespace
+
+void gemm_4bit(const Gemm4bitArgs& a, int64_t n0, int64_t n1) {
+  if (!gemm_fast(a) || a.prepared == nullptr) return gen_gemm_4bit(a, n0, n1);
+  const __m512 code = _mm512_loadu_ps(a.code);
+  int64_t j = n0;
+  if (a.m <= 2) {
+    for (; j + 4 <= n1; j += 4) gemm_rows<4>(a, j, code);
+  } else if (a.m <= 4) {
+    for (; j + 2 <= n1; j += 2) gemm_rows<2>(a, j, code);
+  }
+  for (; j < n1; ++j) gemm_rows<1>(a, j, code);
+}
+
+// ---- int8 matmul: vpdpbusd with A + 128 as the unsigned operand ---------------------------------
+// sum((a + 128) * b) = sum(a * b) + 128 * sum(b); sum(b) comes from a second vpdpbusd with ones.
+// Exact for every int8 input (vpdpbusd does not saturate).
+
+void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C, int64_t n0,
+                        int64_t n1) {
+  const int64_t k64 = k & ~int64_t(63);
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i ones = _mm512_set1_epi8(1);
+  constexpr int MT = 4;
+  for (int64_t r0 = 0; r0 < m; r0 += MT) {
+    const int rm = static_cast<int>((m - r0) < MT ? (m - r0) : MT);
+    for (int64_t j = n0; j < n1; ++j) {
+      const int8_t* b = B + j * k;
+      __m512i acc[MT], bsum = _mm512_setzero_si512();
+      for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_si512();
+      for (int64_t i = 0; i < k64; i += 64) {
+        const __m512i bv = _mm512_loadu_si512(b + i);
+        bsum = _mm512_dpbusd_epi32(bsum, ones, bv);
+        for (int r = 0; r < rm; ++r) {
+          const __m512i av = _mm512_xor_si512(_mm512_loadu_si512(A + (r0 + r) * k + i), bias);
+          acc[r] = _mm512_dpbusd_epi32(acc[r], av, bv);
+        }
+      }
+      const int32_t sb = _mm512_reduce_add_epi32(bsum);
+      for (int r = 0; r < rm; ++r) {
+        const int8_t* x = A + (r0 + r) * k;
+        int32_t s = _mm512_reduce_add_epi32(acc[r]) - 128 * sb;
+        for (int64_t i = k64; i < k; ++i) s += static_cast<int32_t>(x[i]) * static_cast<int32_t>(b[i]);
+        C[(r0 + r) * n + j] = s;
+      }
+    }
+  }
+}
+
+}  // namespace avx512
+
+const KernelTable kernels_avx512 = [] {
+  using namespace avx512;
+  KernelTable t = BNB_GENERIC_TABLE;
+  t.quantize_4bit = quantize_4bit;
+  t.dequantize_4bit = dequantize_4bit;
+  t.quantize_blockwise = quantize_blockwise;
+  t.dequantize_blockwise = dequantize_blockwise;
+  t.gemm_4bit_prepare_bytes = gemm_4bit_prepare_bytes;
+  t.gemm_4bit_prepare = gemm_4bit_prepare;
+  t.gemm_4bit = gemm_4bit;
+  t.int8_linear_matmul = int8_linear_matmul;
+  return t;
+}();
+
+}  // namespace bnb_cpu

@@ -1,0 +1,179 @@
+// The kernels' thread pool: see threading.h.
+#include "threading.h"
+
+#if !defined(_WIN32)
+#include <pthread.h>
+#endif
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "bnb/bnb_c_api.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define BNB_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define BNB_CPU_RELAX() asm volatile("yield")
+#else
+#define BNB_CPU_RELAX() ((void)0)
+#endif
+
+namespace bnb_cpu {
+namespace {
+
+int hardware_threads() {
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw > 256 ? 256 : hw);
+}
+
+thread_local int t_requested = 0;  // 0: all hardware threads
+
+class Pool {
+ public:
+  static Pool& get() {
+    // Leaked on purpose: workers must never be joined during static destruction. A forked child
+    // has none of the parent's worker threads: it starts a fresh pool (see after_fork_in_child).
+    Pool* pool = instance().load(std::memory_order_acquire);
+    if (pool == nullptr) {
+      static std::mutex create;
+      std::lock_guard<std::mutex> lock(create);
+      pool = instance().load(std::memory_order_acquire);
+      if (pool == nullptr) {
+        pool = new Pool(hardware_threads() - 1);
+        instance().store(pool, std::memory_order_release);
+#if !defined(_WIN32)
+        static bool registered = pthread_atfork(nullptr, nullptr, after_fork_in_child) == 0;
+        (void)registered;
+#endif
+      }
+    }
+    return *pool;
+  }
+
+  static std::atomic<Pool*>& instance() {
+    static std::atomic<Pool*> pool{nullptr};
+    return pool;
+  }
+
+  static void after_fork_in_child() { instance().store(nullptr, std::memory_order_release); }
+
+  int workers() const { return static_cast<int>(threads_.size()); }
+
+  // Runs job(c) for c in [0, chunks) with the caller taking chunk 0; false if the pool is busy.
+  bool run(int chunks, const std::function<void(int)>& job) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &job;
+      chunks_ = chunks;
+      pending_.store(chunks - 1, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    job(0);
+    // The others take a few microseconds at most to finish their chunk: spin, then yield.
+    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+      if (spin > 4096) {
+        std::this_thread::yield();
+      } else {
+        BNB_CPU_RELAX();
+      }
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_ = nullptr;
+    return true;
+  }
+
+ private:
+  explicit Pool(int n) {
+    for (int i = 0; i < n; ++i) threads_.emplace_back([this, i] { loop(i + 1); });
+    for (auto& t : threads_) t.detach();
+  }
+
+  void loop(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+      // Spin briefly (tens of microseconds) before sleeping: long enough for back-to-back kernels,
+      // short enough not to starve torch's own OpenMP threads, which spin after their ops too.
+      uint64_t gen = generation_.load(std::memory_order_acquire);
+      for (int spin = 0; gen == seen && spin < 2048; ++spin) {
+        BNB_CPU_RELAX();
+        gen = generation_.load(std::memory_order_acquire);
+      }
+      if (gen == seen) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        gen = generation_.load(std::memory_order_acquire);
+      }
+      const std::function<void(int)>* job;
+      int chunks;
+      {
+        // The generation, job and chunk count are published together under the mutex.
+        std::lock_guard<std::mutex> lock(mutex_);
+        seen = generation_.load(std::memory_order_acquire);
+        job = job_;
+        chunks = chunks_;
+      }
+      if (job && index < chunks) {
+        (*job)(index);
+        pending_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex busy_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  const std::function<void(int)>* job_ = nullptr;
+  int chunks_ = 0;
+};
+
+}  // namespace
+
+int requested_threads() {
+  const int hw = hardware_threads();
+  const int req = t_requested;
+  return (req <= 0 || req > hw) ? hw : req;
+}
+
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  const int64_t units = (n + grain - 1) / grain;
+  int64_t threads = requested_threads();
+  if (threads > units) threads = units;
+  if (threads > 1) {
+    Pool& pool = Pool::get();
+    if (threads > pool.workers() + 1) threads = pool.workers() + 1;
+  }
+  if (threads <= 1) {
+    fn(0, n);
+    return;
+  }
+  const int64_t per = (units + threads - 1) / threads * grain;
+  const int chunks = static_cast<int>((n + per - 1) / per);
+  const std::function<void(int)> job = [&](int c) {
+    const int64_t begin = c * per;
+    const int64_t end = begin + per < n ? begin + per : n;
+    if (begin < end) fn(begin, end);
+  };
+  if (!Pool::get().run(chunks, job)) fn(0, n);
+}
+
+}  // namespace bnb_cpu
+
+extern "C" {
+
+// CPU-only extension of the C ABI: threads the calling thread's kernels may use (<= 0: all).
+BNB_API void bnb_cpu_set_num_threads(int32_t n) { bnb_cpu::t_requested = n; }
+BNB_API int32_t bnb_cpu_get_num_threads(void) { return bnb_cpu::requested_threads(); }
+
+}  // extern "C"

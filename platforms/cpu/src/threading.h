@@ -1,0 +1,21 @@
+// A small persistent thread pool for the kernels (no OpenMP: it must not fight torch's runtime).
+//
+// The number of threads a call may use is per calling thread (bnb_cpu_set_num_threads, which the
+// Python glue sets from torch.get_num_threads() before each kernel). A call made while the pool is
+// busy (from another thread, or nested) runs on the calling thread alone: never oversubscribed.
+#pragma once
+
+#include <stdint.h>
+
+#include <functional>
+
+namespace bnb_cpu {
+
+// Threads the calling thread's kernels may use (>= 1).
+int requested_threads();
+
+// Calls fn(begin, end) on disjoint ranges covering [0, n); every range except the last starts and
+// ends on a multiple of `grain`. Runs inline when one thread suffices.
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+}  // namespace bnb_cpu

@@ -1,0 +1,258 @@
+// Native test driver of libbitsandbytes_cpu through its C ABI alone (no Python, no torch): used by
+// the sanitizer session and under qemu for aarch64. Every instruction set the CPU can run is
+// compared with the scalar kernels (bit for bit, except the float matmul's summation order), the
+// scalar 4-bit matmul with a naive product, and bad arguments must give errors, never crashes.
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bnb/bnb_c_api.h"
+#include "bnb/codebooks.h"
+#include "bnb/numeric.h"
+
+extern "C" {
+const char* bnb_cpu_get_isa(void);
+int32_t bnb_cpu_set_isa(const char* name);
+const char* bnb_cpu_usable_isas(void);
+void bnb_cpu_set_num_threads(int32_t n);
+}
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+void check(bool ok, const std::string& what) {
+  ++g_checks;
+  if (!ok) {
+    ++g_failures;
+    fprintf(stderr, "FAIL [%s]: %s\n", bnb_cpu_get_isa(), what.c_str());
+  }
+}
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  for (size_t i = 3; i < n; i += 17) v[i] = 0.0f;
+  return v;
+}
+
+std::vector<uint16_t> to16(const std::vector<float>& v, int32_t dtype) {
+  std::vector<uint16_t> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    o[i] = dtype == BNB_DTYPE_BF16 ? bnb::float_to_bf16(v[i]) : bnb::float_to_half(v[i]);
+  return o;
+}
+
+std::vector<float> dynamic_code() {  // any sorted 256-entry code book will do
+  std::vector<float> c(256);
+  for (int i = 0; i < 256; ++i) {
+    const float t = (i - 127.5f) / 127.5f;
+    c[i] = t * t * t;
+  }
+  return c;
+}
+
+struct Outputs {
+  std::vector<uint8_t> bytes;
+  std::vector<float> floats;
+};
+
+// Runs every kernel once on fixed inputs; returns everything it wrote.
+Outputs run_all(bool* gemm_ok) {
+  Outputs o;
+  auto put = [&](const void* p, size_t n) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    o.bytes.insert(o.bytes.end(), b, b + n);
+  };
+  const int64_t n = 3 * 4096 + 77;  // odd, partial last block
+  const auto x = randn(n, 1, 2.0f);
+  const auto code = dynamic_code();
+  for (int32_t dtype : {BNB_DTYPE_F32, BNB_DTYPE_F16, BNB_DTYPE_BF16}) {
+    const auto x16 = to16(x, dtype);
+    const void* src = dtype == BNB_DTYPE_F32 ? static_cast<const void*>(x.data()) : x16.data();
+    for (int64_t bs : {32, 64, 256, 4096}) {
+      for (int32_t qt : {BNB_QUANT_FP4, BNB_QUANT_NF4}) {
+        std::vector<uint8_t> packed((n + 1) / 2);
+        std::vector<float> absmax((n + bs - 1) / bs);
+        check(bnb_quantize_4bit(src, dtype, n, bs, qt, packed.data(), absmax.data(), nullptr) == BNB_OK,
+              "quantize_4bit");
+        put(packed.data(), packed.size());
+        put(absmax.data(), absmax.size() * 4);
+        std::vector<uint8_t> out(n * 4);
+        check(bnb_dequantize_4bit(packed.data(), absmax.data(), n, bs, qt, out.data(), dtype, nullptr) == BNB_OK,
+              "dequantize_4bit");
+        put(out.data(), n * (dtype == BNB_DTYPE_F32 ? 4 : 2));
+      }
+      for (int64_t bbs : {bs, int64_t(100)}) {
+        std::vector<uint8_t> q(n);
+        std::vector<float> absmax((n + bbs - 1) / bbs);
+        check(bnb_quantize_blockwise(src, dtype, code.data(), n, bbs, q.data(), absmax.data(), nullptr) == BNB_OK,
+              "quantize_blockwise");
+        put(q.data(), n);
+        std::vector<uint8_t> out(n * 4);
+        check(bnb_dequantize_blockwise(q.data(), code.data(), absmax.data(), n, bbs, out.data(), dtype, nullptr) ==
+                  BNB_OK,
+              "dequantize_blockwise");
+        put(out.data(), n * (dtype == BNB_DTYPE_F32 ? 4 : 2));
+      }
+    }
+    // int8
+    const int64_t rows = 5, cols = 300;
+    std::vector<int8_t> q(rows * cols);
+    std::vector<float> stats(rows);
+    std::vector<uint8_t> ocols(cols);
+    check(bnb_int8_vectorwise_quant(src, dtype, rows, cols, 3.0f, q.data(), stats.data(), ocols.data(), nullptr) ==
+              BNB_OK,
+          "int8_vectorwise_quant");
+    put(q.data(), q.size());
+    put(stats.data(), stats.size() * 4);
+    put(ocols.data(), ocols.size());
+  }
+  {
+    const int64_t m = 3, nn = 21, k = 200;
+    std::vector<int8_t> A(m * k), B(nn * k);
+    std::mt19937 rng(7);
+    for (auto& v : A) v = static_cast<int8_t>(rng() & 0xff);
+    for (auto& v : B) v = static_cast<int8_t>(rng() & 0xff);
+    A[0] = B[0] = -128;
+    std::vector<int32_t> C(m * nn);
+    check(bnb_int8_linear_matmul(A.data(), B.data(), m, nn, k, C.data(), nullptr) == BNB_OK, "int8_linear_matmul");
+    bool exact = true;
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < nn; ++j) {
+        int32_t s = 0;
+        for (int64_t i = 0; i < k; ++i) s += A[r * k + i] * B[j * k + i];
+        exact &= s == C[r * nn + j];
+      }
+    check(exact, "int8_linear_matmul is exact");
+    std::vector<float> rs = {1.0f, 2.5f, 0.5f}, cs(nn, 3.0f), bias(nn, 0.25f), out(m * nn);
+    check(bnb_int8_mm_dequant(C.data(), rs.data(), cs.data(), m, nn, bias.data(), BNB_DTYPE_F32, out.data(),
+                              BNB_DTYPE_F32, nullptr) == BNB_OK,
+          "int8_mm_dequant");
+    put(out.data(), out.size() * 4);
+  }
+  // Optimizers: every algorithm, 32-bit and 8-bit states.
+  for (int32_t opt = BNB_OPTIM_MOMENTUM; opt <= BNB_OPTIM_LARS; ++opt) {
+    const int64_t pn = 1000;
+    auto p = randn(pn, 11), g = randn(pn, 12, 0.1f);
+    g[5] = 0.0f;
+    bnb_optimizer_hparams h = {0.9f, 0.99f, 0.999f, 2.0f, 1e-6f, 0.01f, 1e-3f, 1.0f, 0.0f, 0.0f, 3, 0};
+    std::vector<float> s1(2 * pn, 0.01f), s2(pn, 0.02f);
+    check(bnb_optimizer_update_32bit(opt, g.data(), p.data(), BNB_DTYPE_F32, s1.data(), s2.data(), nullptr, pn, &h,
+                                     nullptr) == BNB_OK,
+          "optimizer_update_32bit");
+    put(p.data(), pn * 4);
+    put(s1.data(), s1.size() * 4);
+    put(s2.data(), s2.size() * 4);
+    h.max_unorm = 1.0f;
+    h.param_norm = 10.0f;
+    float unorm = 0.0f;
+    check(bnb_optimizer_update_32bit(opt, g.data(), p.data(), BNB_DTYPE_F32, s1.data(), s2.data(), &unorm, pn, &h,
+                                     nullptr) == BNB_OK,
+          "optimizer_update_32bit clip");
+    h.max_unorm = 0.0f;
+    std::vector<uint8_t> q1(2 * pn, 140), q2(pn, 200);
+    const auto qm1 = dynamic_code();
+    std::vector<float> qm2(256);
+    for (int i = 0; i < 256; ++i) qm2[i] = i / 255.0f;
+    const int64_t blocks = (pn + 255) / 256;
+    std::vector<float> a1(2 * blocks, 0.5f), a2(blocks, 0.25f);
+    std::vector<uint16_t> p16 = to16(p, BNB_DTYPE_BF16), g16 = to16(g, BNB_DTYPE_BF16);
+    h.skip_zeros = 1;
+    check(bnb_optimizer_update_8bit_blockwise(opt, g16.data(), p16.data(), BNB_DTYPE_BF16, q1.data(), q2.data(),
+                                              qm1.data(), qm2.data(), a1.data(), a2.data(), pn, &h, nullptr) == BNB_OK,
+          "optimizer_update_8bit_blockwise");
+    put(p16.data(), pn * 2);
+    put(q1.data(), q1.size());
+    put(q2.data(), q2.size());
+    put(a1.data(), a1.size() * 4);
+    put(a2.data(), a2.size() * 4);
+  }
+  // 4-bit matmul: fast path and odd shapes against a naive product of the dequantized weight.
+  *gemm_ok = true;
+  for (auto shape : {std::vector<int64_t>{5, 24, 256, 64}, {1, 16, 4096, 128}, {3, 9, 96, 32}, {2, 7, 33, 64}}) {
+    const int64_t m = shape[0], nn = shape[1], k = shape[2], bs = shape[3];
+    const auto w = randn(nn * k, 21), a = randn(m * k, 22);
+    std::vector<uint8_t> packed((nn * k + 1) / 2);
+    std::vector<float> absmax((nn * k + bs - 1) / bs), wd(nn * k), out(m * nn), code(16);
+    for (int c = 0; c < 16; ++c) code[c] = bnb::decode_4bit(1, c);
+    bnb_quantize_4bit(w.data(), BNB_DTYPE_F32, nn * k, bs, BNB_QUANT_NF4, packed.data(), absmax.data(), nullptr);
+    bnb_dequantize_4bit(packed.data(), absmax.data(), nn * k, bs, BNB_QUANT_NF4, wd.data(), BNB_DTYPE_F32, nullptr);
+    check(bnb_gemm_4bit(a.data(), BNB_DTYPE_F32, m, nn, k, packed.data(), absmax.data(), code.data(), bs, nullptr,
+                        out.data(), nullptr) == BNB_OK,
+          "gemm_4bit");
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < nn; ++j) {
+        double s = 0.0, sa = 0.0;
+        for (int64_t i = 0; i < k; ++i) {
+          s += static_cast<double>(a[r * k + i]) * wd[j * k + i];
+          sa += fabs(static_cast<double>(a[r * k + i]) * wd[j * k + i]);
+        }
+        if (fabs(s - out[r * nn + j]) > 1e-5 * sa + 1e-6) *gemm_ok = false;
+      }
+  }
+  return o;
+}
+
+void bad_arguments() {
+  std::vector<float> x(64);
+  std::vector<uint8_t> packed(32);
+  float absmax[2];
+  check(bnb_quantize_4bit(nullptr, 0, 64, 64, 1, packed.data(), absmax, nullptr) == BNB_ERR_NULL_POINTER, "null A");
+  check(bnb_quantize_4bit(x.data(), 0, 64, 48, 1, packed.data(), absmax, nullptr) == BNB_ERR_INVALID_BLOCKSIZE,
+        "blocksize 48");
+  check(bnb_quantize_4bit(x.data(), 9, 64, 64, 1, packed.data(), absmax, nullptr) == BNB_ERR_UNSUPPORTED_DTYPE,
+        "dtype 9");
+  check(strlen(bnb_last_error()) > 0, "last error message");
+  check(bnb_gemm_4bit(x.data(), 0, 1, 0, 64, packed.data(), absmax, absmax, 64, nullptr, x.data(), nullptr) ==
+            BNB_ERR_INVALID_ARGUMENT,
+        "gemm n = 0");
+  check(bnb_optimizer_update_32bit(42, x.data(), x.data(), 0, x.data(), nullptr, nullptr, 64, nullptr, nullptr) ==
+            BNB_ERR_NULL_POINTER,
+        "optimizer without hparams");
+  check(bnb_cpu_set_isa("avx9000") == BNB_ERR_INVALID_ARGUMENT, "unknown ISA is refused");
+  check(bnb_cpu_set_isa(nullptr) == BNB_ERR_NULL_POINTER, "NULL ISA is refused");
+  check(bnb_paged_free(nullptr) == BNB_ERR_NOT_IMPLEMENTED, "paged memory is not implemented");
+}
+
+}  // namespace
+
+int main() {
+  printf("%s\nusable: %s\n", bnb_build_info(), bnb_cpu_usable_isas());
+  bad_arguments();
+  std::string usable = bnb_cpu_usable_isas();
+  std::vector<std::string> isas;
+  for (size_t pos = 0; pos <= usable.size();) {
+    const size_t comma = usable.find(',', pos);
+    isas.push_back(usable.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  Outputs scalar;
+  for (int threads : {1, 2}) {
+    bnb_cpu_set_num_threads(threads);
+    for (const auto& isa : isas) {
+      check(bnb_cpu_set_isa(isa.c_str()) == BNB_OK, "set_isa " + isa);
+      bool gemm_ok = false;
+      Outputs o = run_all(&gemm_ok);
+      check(gemm_ok, "gemm_4bit matches the naive product");
+      if (isa == "scalar" && threads == 1) {
+        scalar = o;
+      } else {
+        check(o.bytes == scalar.bytes,
+              "bit-identical to the scalar kernels with " + std::to_string(threads) + " thread(s)");
+      }
+      printf("%-7s %d thread(s): %s\n", isa.c_str(), threads, g_failures ? "FAILED" : "ok");
+    }
+  }
+  printf("%d checks, %d failures\n", g_checks, g_failures);
+  return g_failures ? 1 : 0;
+}
