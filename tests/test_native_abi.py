@@ -27,7 +27,7 @@ def test_every_abi_symbol_is_exported(lib):
 def test_build_info_and_version_through_ctypes(lib):
     lib.bnb_build_info.restype = ctypes.c_char_p
     info = json.loads(lib.bnb_build_info())
-    assert info["platform"] == "cpu" and info["abi_version"] == lib.bnb_abi_version() == 1
+    assert info["platform"] == "cpu" and info["abi_version"] == lib.bnb_abi_version() == 2
 
 
 def test_unimplemented_entry_points_say_so(lib):

@@ -27,7 +27,7 @@ class Hparams(ctypes.Structure):
     """bnb_optimizer_hparams."""
 
     _fields_ = [
-        (k, ctypes.c_float)
+        (k, ctypes.c_double)
         for k in (
             "beta1",
             "beta2",

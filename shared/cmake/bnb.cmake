@@ -9,6 +9,10 @@ set(CMAKE_CXX_EXTENSIONS OFF)
 
 get_filename_component(BNB_INCLUDE_DIR "${CMAKE_CURRENT_LIST_DIR}/../include" ABSOLUTE)
 
+# BNB_ABI_VERSION: the C ABI version, read from the one place it is defined (bnb_c_api.h).
+file(STRINGS "${BNB_INCLUDE_DIR}/bnb/bnb_c_api.h" _bnb_abi_line REGEX "^#define BNB_ABI_VERSION [0-9]+")
+string(REGEX REPLACE "^#define BNB_ABI_VERSION ([0-9]+).*" "\\1" BNB_ABI_VERSION "${_bnb_abi_line}")
+
 # bnb_read_version(<file> <out-var>): the __version__ string of a _version.py file.
 function(bnb_read_version file out_var)
   file(STRINGS "${file}" _line REGEX "^__version__ *= *\"[^\"]+\"")

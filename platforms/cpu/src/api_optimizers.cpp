@@ -72,14 +72,21 @@ int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, in
   BNB_REQUIRE(state1, BNB_ERR_NULL_POINTER, "state1 must not be NULL");
   BNB_REQUIRE(!bnb::optimizer_two_states(optimizer) || state2, BNB_ERR_NULL_POINTER,
               "state2 is required for this optimizer");
-  const bool clip = hparams->max_unorm > 0.0f;
+  const bool clip = hparams->max_unorm > 0.0;
   BNB_REQUIRE(!clip || unorm_vec, BNB_ERR_NULL_POINTER, "unorm_vec is required when max_unorm > 0");
   if (n == 0) return bnb_cpu::ok();
   const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);
   const auto& kt = kernels();
-  bnb_cpu::Opt32Args a{
-      &c, g,           p, dtype, hparams->gnorm_scale, state1, bnb::optimizer_two_states(optimizer) ? state2 : nullptr,
-      n,  hparams->lr, 0};
+  bnb_cpu::Opt32Args a{&c,
+                       g,
+                       p,
+                       dtype,
+                       static_cast<float>(hparams->gnorm_scale),
+                       state1,
+                       bnb::optimizer_two_states(optimizer) ? state2 : nullptr,
+                       n,
+                       static_cast<float>(hparams->lr),
+                       0};
   if (clip) {
     // The trust ratio needs the norm of the whole update before any element moves.
     std::mutex mutex;
@@ -93,9 +100,9 @@ int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, in
     a.measure = 0;
     unorm_vec[0] = static_cast<float>(sq);
     const double unorm = sqrt(sq);
-    const double limit = static_cast<double>(hparams->max_unorm) * static_cast<double>(hparams->param_norm);
+    const double limit = hparams->max_unorm * hparams->param_norm;
     const double scale = unorm > limit ? limit / unorm : 1.0;
-    a.lr_scaled = static_cast<float>(static_cast<double>(hparams->lr) * scale);
+    a.lr_scaled = static_cast<float>(hparams->lr * scale);
   }
   parallel_for(n, 65536, [&](int64_t i0, int64_t i1) { kt.optimizer_32bit(a, i0, i1); });
   return bnb_cpu::ok();
@@ -114,9 +121,20 @@ int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, vo
   const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);
   const auto grid1 = grid_table(qmap1);
   const auto grid2 = two ? grid_table(qmap2) : nullptr;
-  bnb_cpu::Opt8Args a{
-      &c,    g,       p,       dtype,       hparams->gnorm_scale,          state1, two ? state2 : nullptr, qmap1,
-      qmap2, absmax1, absmax2, grid1->code, grid2 ? grid2->code : nullptr, n};
+  bnb_cpu::Opt8Args a{&c,
+                      g,
+                      p,
+                      dtype,
+                      static_cast<float>(hparams->gnorm_scale),
+                      state1,
+                      two ? state2 : nullptr,
+                      qmap1,
+                      qmap2,
+                      absmax1,
+                      absmax2,
+                      grid1->code,
+                      grid2 ? grid2->code : nullptr,
+                      n};
   const auto& kt = kernels();
   parallel_for(n, 64 * kBlock, [&](int64_t i0, int64_t i1) { kt.optimizer_8bit_blockwise(a, i0, i1); });
   return bnb_cpu::ok();

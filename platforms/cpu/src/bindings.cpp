@@ -62,8 +62,8 @@ void run(const char* name, int32_t nthreads, Fn&& call) {
   raise_for(s, name);
 }
 
-bnb_optimizer_hparams hparams(float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay,
-                              float lr, float gnorm_scale, float max_unorm, float param_norm, int64_t step,
+bnb_optimizer_hparams hparams(double beta1, double beta2, double beta3, double alpha, double eps, double weight_decay,
+                              double lr, double gnorm_scale, double max_unorm, double param_norm, int64_t step,
                               bool skip_zeros) {
   bnb_optimizer_hparams h;
   h.beta1 = beta1;
@@ -181,9 +181,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("bias_dtype"), py::arg("out"), py::arg("out_dtype"), py::arg("nthreads") = 0);
   m.def(
       "optimizer_update_32bit",
-      [](int32_t optimizer, u g, u p, int32_t dtype, u state1, u state2, u unorm_vec, int64_t n, float beta1,
-         float beta2, float beta3, float alpha, float eps, float weight_decay, float lr, float gnorm_scale,
-         float max_unorm, float param_norm, int64_t step, bool skip_zeros, int32_t nthreads) {
+      [](int32_t optimizer, u g, u p, int32_t dtype, u state1, u state2, u unorm_vec, int64_t n, double beta1,
+         double beta2, double beta3, double alpha, double eps, double weight_decay, double lr, double gnorm_scale,
+         double max_unorm, double param_norm, int64_t step, bool skip_zeros, int32_t nthreads) {
         const bnb_optimizer_hparams h = hparams(beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale,
                                                 max_unorm, param_norm, step, skip_zeros);
         run("optimizer_update_32bit", nthreads, [&] {
@@ -198,10 +198,10 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "optimizer_update_8bit_blockwise",
       [](int32_t optimizer, u g, u p, int32_t dtype, u state1, u state2, u qmap1, u qmap2, u absmax1, u absmax2,
-         int64_t n, float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, float lr,
-         float gnorm_scale, int64_t step, bool skip_zeros, int32_t nthreads) {
+         int64_t n, double beta1, double beta2, double beta3, double alpha, double eps, double weight_decay, double lr,
+         double gnorm_scale, int64_t step, bool skip_zeros, int32_t nthreads) {
         const bnb_optimizer_hparams h =
-            hparams(beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale, 0.0f, 0.0f, step, skip_zeros);
+            hparams(beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale, 0.0, 0.0, step, skip_zeros);
         run("optimizer_update_8bit_blockwise", nthreads, [&] {
           return bnb_optimizer_update_8bit_blockwise(optimizer, ptr<const void>(g), ptr<void>(p), dtype,
                                                      ptr<uint8_t>(state1), ptr<uint8_t>(state2),

@@ -121,8 +121,9 @@ PYBIND11_MODULE(BNB_PY_MODULE, m) {
   });
 
   py::class_<bnb_optimizer_hparams>(m, "OptimizerHparams")
-      .def(py::init([](float beta1, float beta2, float beta3, float alpha, float eps, float weight_decay, float lr,
-                       float gnorm_scale, float max_unorm, float param_norm, int64_t step, bool skip_zeros) {
+      .def(py::init([](double beta1, double beta2, double beta3, double alpha, double eps, double weight_decay,
+                       double lr, double gnorm_scale, double max_unorm, double param_norm, int64_t step,
+                       bool skip_zeros) {
              return bnb_optimizer_hparams{beta1, beta2,       beta3,     alpha,      eps,  weight_decay,
                                           lr,    gnorm_scale, max_unorm, param_norm, step, skip_zeros ? 1 : 0};
            }),

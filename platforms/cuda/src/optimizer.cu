@@ -123,11 +123,14 @@ int32_t check_hparams(int32_t optimizer, const bnb_optimizer_hparams* h, int64_t
   BNB_REQUIRE(n > 0, BNB_ERR_INVALID_ARGUMENT, "n must be positive, got %lld", static_cast<long long>(n));
   BNB_REQUIRE(h->step >= 1, BNB_ERR_INVALID_ARGUMENT, "step must be >= 1 (the first step is 1), got %lld",
               static_cast<long long>(h->step));
-  BNB_REQUIRE(h->lr >= 0.0f && h->eps >= 0.0f, BNB_ERR_INVALID_ARGUMENT, "lr and eps must be non-negative");
+  BNB_REQUIRE(h->lr >= 0.0 && h->eps >= 0.0, BNB_ERR_INVALID_ARGUMENT, "lr and eps must be non-negative");
   return BNB_OK;
 }
 
-Scalars scalars_of(const bnb_optimizer_hparams* h) { return {h->gnorm_scale, h->lr, h->max_unorm, h->param_norm}; }
+Scalars scalars_of(const bnb_optimizer_hparams* h) {
+  return {static_cast<float>(h->gnorm_scale), static_cast<float>(h->lr), static_cast<float>(h->max_unorm),
+          static_cast<float>(h->param_norm)};
+}
 
 }  // namespace
 }  // namespace bnb_cuda

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         c = ctypes.CDLL(str(lib))
         c.bnb_build_info.restype = ctypes.c_char_p
         native = json.loads(c.bnb_build_info())
-        if native != info or c.bnb_abi_version() != 1:
+        if native != info or c.bnb_abi_version() != info.get("abi_version"):
             failures.append(f"bnb_build_info() {native} differs from build_info.json {info}")
         c.bnb_status_string.restype = ctypes.c_char_p
         c.bnb_last_error.restype = ctypes.c_char_p

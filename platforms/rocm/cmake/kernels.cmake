@@ -144,7 +144,7 @@ target_link_options(${_bnb_target} PRIVATE "-Wl,--no-undefined")
 set_target_properties(${_bnb_target} PROPERTIES INSTALL_RPATH "$ORIGIN;$ORIGIN/../torch/lib")
 
 set(_bnb_build_info
-    "{\"platform\": \"rocm\", \"version\": \"${BNB_VERSION}\", \"abi_version\": 1, \"rocm_major\": ${_bnb_major}, \"hip_version\": \"${_bnb_hip_version}\", \"rocm_archs\": [${_bnb_arch_json}], \"library\": \"lib${_bnb_target}.so\", \"host_compiler\": \"${CMAKE_CXX_COMPILER_ID} ${CMAKE_CXX_COMPILER_VERSION}\", \"int8_matmul\": \"built-in kernel; the Python glue uses torch._int_mm (hipBLASLt) where it fits\", \"build_type\": \"${CMAKE_BUILD_TYPE}\"}"
+    "{\"platform\": \"rocm\", \"version\": \"${BNB_VERSION}\", \"abi_version\": ${BNB_ABI_VERSION}, \"rocm_major\": ${_bnb_major}, \"hip_version\": \"${_bnb_hip_version}\", \"rocm_archs\": [${_bnb_arch_json}], \"library\": \"lib${_bnb_target}.so\", \"host_compiler\": \"${CMAKE_CXX_COMPILER_ID} ${CMAKE_CXX_COMPILER_VERSION}\", \"int8_matmul\": \"built-in kernel; the Python glue uses torch._int_mm (hipBLASLt) where it fits\", \"build_type\": \"${CMAKE_BUILD_TYPE}\"}"
 )
 string(REPLACE "\"" "\\\"" _bnb_build_info_c "${_bnb_build_info}")
 file(WRITE "${CMAKE_CURRENT_BINARY_DIR}/build_info_rocm${_bnb_major}.json" "${_bnb_build_info}\n")

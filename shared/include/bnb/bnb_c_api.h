@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a declaration below changes incompatibly or a function is added. */
-#define BNB_ABI_VERSION 1
+#define BNB_ABI_VERSION 2
 
 typedef enum bnb_status {
   BNB_OK = 0,
@@ -124,11 +124,13 @@ typedef enum bnb_optimizer {
   BNB_OPTIM_LARS = 7
 } bnb_optimizer;
 
+/* Doubles, as callers (Python) hold them: constants such as 1 - beta1 or lr * weight_decay are
+ * formed in double and rounded to f32 once, exactly as the reference kernels form them. */
 typedef struct bnb_optimizer_hparams {
-  float beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale;
-  float max_unorm;  /* > 0: scale the update by min(1, max_unorm * param_norm / ||update||) */
-  float param_norm; /* ||p||_2, given by the caller when max_unorm > 0 */
-  int64_t step;     /* 1 on the first update */
+  double beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale;
+  double max_unorm;  /* > 0: scale the update by min(1, max_unorm * param_norm / ||update||) */
+  double param_norm; /* ||p||_2, given by the caller when max_unorm > 0 */
+  int64_t step;      /* 1 on the first update */
   int32_t skip_zeros;
 } bnb_optimizer_hparams;
 

@@ -12,8 +12,6 @@
 
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 
 #include "bnb_c_api.h"
 #include "codebooks.h"
@@ -53,50 +51,20 @@ BNB_HD BNB_INLINE bool optimizer_decoupled_decay(int32_t optimizer) {
          optimizer == BNB_OPTIM_LION;
 }
 
-// The double a caller most likely meant by the f32 `f`: the shortest decimal that rounds to `f`,
-// read as a double. The hyper-parameters cross the C ABI as f32, but the reference forms
-// 1 - beta, lr * wd, ... from the Python doubles (0.9, not 0.9f): 1 - 0.9 rounds to 0.1f while
-// 1 - (double)0.9f rounds to 0.099999976f. Host only; cached, optimizers repeat their values.
-inline double intended_double(float f) {
-  struct Entry {
-    float f;
-    double d;
-    bool used;
-  };
-  static thread_local Entry cache[16] = {};
-  const uint32_t bits = float_bits(f);
-  Entry& e = cache[(bits ^ (bits >> 7) ^ (bits >> 17)) & 15u];
-  if (e.used && float_bits(e.f) == bits) return e.d;
-  double d = static_cast<double>(f);
-  if (f == f && f - f == 0.0f) {  // finite
-    char buf[32];
-    for (int prec = 1; prec <= 9; ++prec) {
-      snprintf(buf, sizeof(buf), "%.*g", prec, static_cast<double>(f));
-      const double candidate = strtod(buf, nullptr);
-      if (static_cast<float>(candidate) == f) {
-        d = candidate;
-        break;
-      }
-    }
-  }
-  e = {f, d, true};
-  return d;
-}
-
 inline OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_optimizer_hparams& h) {
   OptimizerConsts c;
   c.optimizer = optimizer;
   c.first_step = h.step == 1;
-  c.has_wd = h.weight_decay > 0.0f;
+  c.has_wd = h.weight_decay > 0.0;
   c.skip_zeros = h.skip_zeros != 0;
-  c.beta1 = h.beta1;
-  c.beta2 = h.beta2;
-  c.beta3 = h.beta3;
-  c.alpha = h.alpha;
-  c.eps = h.eps;
-  c.wd = h.weight_decay;
-  c.lr = h.lr;
-  const double b1 = intended_double(h.beta1), b2 = intended_double(h.beta2), b3 = intended_double(h.beta3);
+  c.beta1 = static_cast<float>(h.beta1);
+  c.beta2 = static_cast<float>(h.beta2);
+  c.beta3 = static_cast<float>(h.beta3);
+  c.alpha = static_cast<float>(h.alpha);
+  c.eps = static_cast<float>(h.eps);
+  c.wd = static_cast<float>(h.weight_decay);
+  c.lr = static_cast<float>(h.lr);
+  const double b1 = h.beta1, b2 = h.beta2, b3 = h.beta3;
   c.one_minus_beta1 = static_cast<float>(1.0 - b1);
   c.one_minus_beta2 = static_cast<float>(1.0 - b2);
   c.one_minus_beta3 = static_cast<float>(1.0 - b3);
@@ -104,10 +72,10 @@ inline OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_optimi
   const double c2 = sqrt(1.0 - pow(b2, static_cast<double>(h.step)));
   c.c1 = static_cast<float>(c1);
   c.c2 = static_cast<float>(c2);
-  c.eps_c2 = static_cast<float>(intended_double(h.eps) * c2);
+  c.eps_c2 = static_cast<float>(h.eps * c2);
   c.c2_over_c1 = static_cast<float>(c2 / c1);
   c.c1_over_c2 = static_cast<float>(c1 / c2);
-  c.decay = static_cast<float>(1.0 - intended_double(h.lr) * intended_double(h.weight_decay));
+  c.decay = static_cast<float>(1.0 - h.lr * h.weight_decay);
   return c;
 }
 

@@ -56,7 +56,7 @@ def build_info() -> dict[str, Any]:
     return {
         "platform": "rocm",
         "version": __version__,
-        "abi_version": 1,
+        "abi_version": next(iter(libs.values()), {}).get("abi_version"),
         "rocm_majors": sorted(libs),
         "rocm_archs": archs,
         "libraries": {str(major): info for major, info in sorted(libs.items())},
