@@ -1,24 +1,14 @@
-// Status codes, the thread-local last-error message and argument-check helpers.
+// The shared status helpers (bnb/status.h) under the CUDA library's namespace.
 #pragma once
 
-#include <stdint.h>
-
-#include "bnb/bnb_c_api.h"
+#include "bnb/status.h"
 
 namespace bnb_cuda {
 
-// Records the formatted message as this thread's last error and returns `status`.
-int32_t fail(int32_t status, const char* fmt, ...);
-// Clears the last error and returns BNB_OK.
-int32_t ok();
-
-bool is_float_dtype(int32_t dtype);
-bool is_4bit_blocksize(int64_t blocksize);
-const char* last();
+using bnb::fail;
+using bnb::is_4bit_blocksize;
+using bnb::is_float_dtype;
+using bnb::last;
+using bnb::ok;
 
 }  // namespace bnb_cuda
-
-#define BNB_REQUIRE(cond, status, ...)                           \
-  do {                                                           \
-    if (!(cond)) return ::bnb_cuda::fail((status), __VA_ARGS__); \
-  } while (0)

@@ -131,7 +131,7 @@ foreach(_src runtime quantize gemm_4bit int8 optimizer paged)
 endforeach()
 file(MAKE_DIRECTORY "${CMAKE_CURRENT_BINARY_DIR}/hip_objects")
 
-add_library(${_bnb_target} SHARED "${BNB_CUDA_DIR}/src/status.cpp" "${BNB_CUDA_DIR}/src/build_info.cpp"
+add_library(${_bnb_target} SHARED "${BNB_SHARED_DIR}/src/status.cpp" "${BNB_CUDA_DIR}/src/build_info.cpp"
                                   "${CMAKE_CURRENT_SOURCE_DIR}/src/int8_blas.cpp" ${_bnb_objects})
 set_source_files_properties(${_bnb_objects} PROPERTIES EXTERNAL_OBJECT TRUE GENERATED TRUE)
 bnb_configure_kernel_library(${_bnb_target})

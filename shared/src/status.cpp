@@ -1,9 +1,10 @@
-#include "status.h"
+// Status codes and the thread-local last-error message, shared by every platform library.
+#include "bnb/status.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 
-namespace bnb_cpu {
+namespace bnb {
 
 namespace {
 thread_local char last_error[512] = "";
@@ -32,7 +33,7 @@ bool is_4bit_blocksize(int64_t blocksize) {
 
 const char* last() { return last_error; }
 
-}  // namespace bnb_cpu
+}  // namespace bnb
 
 extern "C" {
 
@@ -61,6 +62,6 @@ const char* bnb_status_string(int32_t status) {
   }
 }
 
-const char* bnb_last_error(void) { return bnb_cpu::last(); }
+const char* bnb_last_error(void) { return bnb::last(); }
 
 }  // extern "C"
