@@ -16,7 +16,7 @@ with only the pinned torch (``--torch``, default ``torch==2.13.0``; never an unp
 first, installs with ``pip install --no-index --find-links <dist>``, checks, and uninstalls again:
 
 1. ``bitsandbytes``: pulls bitsandbytes-cpu; ``python -m bitsandbytes`` passes, cpu kernels loaded.
-2. ``bitsandbytes[cuda12x]``: with a cuda12x wheel in dist it installs and the report passes;
+2. ``bitsandbytes[cuda12x]`` and ``[cuda13x]``: the extra whose wheel is in dist installs and the report passes, saying why the CUDA wheel is not in use without a GPU;
    without one, pip must stop with its clear "No matching distribution found" for the pinned wheel.
 3. a meta-package whose version differs from the cpu wheel's: import warns, naming the
    ``pip install`` that fixes it, and the reference kernels serve the cpu ops.
@@ -231,16 +231,25 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
             installed = sorted(line for line in venv.freeze() if line.lower().startswith("bitsandbytes"))
             return f"installed {installed}, python -m bitsandbytes passed, cpu kernels loaded"
 
-        def cuda12x() -> str:
-            if list(dist.glob("bitsandbytes_cuda12x-*.whl")):
-                venv.pip(*from_dist, "bitsandbytes[cuda12x]")
-                venv.py("-m", "bitsandbytes")
-                return "installed bitsandbytes[cuda12x], python -m bitsandbytes passed"
-            result = venv.pip(*from_dist, "bitsandbytes[cuda12x]", check=False)
-            expected = f"No matching distribution found for bitsandbytes-cuda12x=={v}"
-            assert result.returncode != 0 and expected in result.stderr, result.stderr
-            assert venv.freeze() == baseline, "a failed install left packages behind"
-            return f"no cuda12x wheel in the wheelhouse ({cuda_reason()}); pip refused: {expected!r}"
+        def cuda_extra(extra: str) -> str:
+            if not list(dist.glob(f"bitsandbytes_{extra}-*.whl")):
+                result = venv.pip(*from_dist, f"bitsandbytes[{extra}]", check=False)
+                expected = f"No matching distribution found for bitsandbytes-{extra}=={v}"
+                assert result.returncode != 0 and expected in result.stderr, result.stderr
+                assert venv.freeze() == baseline, "a failed install left packages behind"
+                return f"no {extra} wheel in the wheelhouse ({cuda_reason() or 'built for another CUDA major'}); pip refused: {expected!r}"
+            venv.pip(*from_dist, f"bitsandbytes[{extra}]")
+            venv.py("-m", "bitsandbytes")  # the report and the self-test pass without the GPU wheel in use
+            report = json.loads(venv.py("-m", "bitsandbytes", "--json").stdout)
+            rec = [r for r in report["platforms"] if r.get("platform") == extra]
+            assert rec, report["platforms"]
+            if "cuda" not in report["devices"]:
+                assert rec[0]["status"] == "skipped" and rec[0]["reason"], rec
+            installed = sorted(line for line in venv.freeze() if line.lower().startswith("bitsandbytes"))
+            return (
+                f"installed {installed}; python -m bitsandbytes passed and reports "
+                f"[{rec[0]['status']}] bitsandbytes-{extra}: {rec[0]['reason'] or 'in use'}"
+            )
 
         def mismatch() -> str:
             other = next_patch(v)
@@ -263,7 +272,8 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
             return f"meta {other} + cpu {v}: warned {warning.strip()!r}; reference kernels served quantize_4bit"
 
         case("1. bitsandbytes", plain)
-        case("2. bitsandbytes[cuda12x]", cuda12x)
+        case("2a. bitsandbytes[cuda12x]", lambda: cuda_extra("cuda12x"))
+        case("2b. bitsandbytes[cuda13x]", lambda: cuda_extra("cuda13x"))
         case("3. version mismatch", mismatch)
         venv.reset(baseline)
     return summary
