@@ -181,3 +181,9 @@ def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int
     check(A.numel() > 0, "bitsandbytes: A must not be empty")
     check_code(code)
     check_same_device({"A": A, "code": code})
+
+
+def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> None:
+    """Checks of a preallocated ``out`` argument: its shape and its dtype."""
+    check(tuple(out.shape) == tuple(shape), f"bitsandbytes: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}", DTypeError)

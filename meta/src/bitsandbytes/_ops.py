@@ -18,6 +18,7 @@ from ._checks import (
     check_blocksize_4bit,
     check_dtype,
     check_optimizer_args,
+    check_out,
     check_positive_blocksize,
     check_quant_type,
     check_quantize_4bit,
@@ -127,9 +128,8 @@ def _register_fakes() -> None:
     @_fake("int8_linear_matmul.out")
     def _(A, B, out):
         shape = (*A.shape[:-1], B.shape[0])
-        check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
+        check_out(out, shape, torch.int32)
         check(out.device == A.device, f"bitsandbytes: out must be on {A.device}, got {out.device}")
-        check_dtype(out, "out", (torch.int32,))
 
     @_fake("int8_vectorwise_quant")
     def _(A, threshold=0.0):
@@ -171,8 +171,7 @@ def _register_fakes() -> None:
     def _(A, absmax, blocksize, quant_type, shape, dtype, out):
         check_blocksize_4bit(blocksize)
         check_quant_type(quant_type)
-        check(list(out.shape) == list(shape), f"bitsandbytes: out must have shape {list(shape)}, got {list(out.shape)}")
-        check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")
+        check_out(out, shape, dtype)
 
     @_fake("quantize_4bit")
     def _(A, blocksize, quant_type, quant_storage):
@@ -221,8 +220,7 @@ def _register_fakes() -> None:
     def _(A, absmax, code, blocksize, dtype, out):
         check_dtype(A, "A", (torch.uint8,))
         check_positive_blocksize(blocksize)
-        check(out.shape == A.shape, f"bitsandbytes: out must have shape {tuple(A.shape)}, got {tuple(out.shape)}")
-        check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")
+        check_out(out, A.shape, dtype)
 
     @_fake("quantize_blockwise")
     def _(A, code, blocksize):
@@ -242,8 +240,7 @@ def _register_fakes() -> None:
     @_fake("gemv_4bit.out")
     def _(A, B, shapeB, absmax, code, blocksize, out):
         shape = (*A.shape[:-1], shapeB[0])
-        check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
-        check(out.dtype == A.dtype, f"bitsandbytes: out must have dtype {A.dtype}, got {out.dtype}")
+        check_out(out, shape, A.dtype)
 
     @_fake("optimizer_update_32bit")
     def _(

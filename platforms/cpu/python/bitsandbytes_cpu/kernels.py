@@ -94,10 +94,7 @@ def dequantize_4bit_out(
 ) -> None:
     """Native 4-bit dequantization into ``out``."""
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
-    C.check(
-        list(out.shape) == list(shape), f"bitsandbytes_cpu: out must have shape {list(shape)}, got {list(out.shape)}"
-    )
-    C.check(out.dtype == dtype, f"bitsandbytes_cpu: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    C.check_out(out, shape, dtype)
     _on_cpu(A=A, absmax=absmax, out=out)
     if out.is_contiguous():
         _dequantize_4bit_into(A, absmax, blocksize, quant_type, out)
@@ -148,8 +145,7 @@ def dequantize_blockwise_out(
 ) -> None:
     """Native block-wise 8-bit dequantization into ``out``."""
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
-    C.check(out.shape == A.shape, f"bitsandbytes_cpu: out must have shape {tuple(A.shape)}, got {tuple(out.shape)}")
-    C.check(out.dtype == dtype, f"bitsandbytes_cpu: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    C.check_out(out, A.shape, dtype)
     _on_cpu(A=A, out=out)
     if out.is_contiguous():
         _dequantize_blockwise_into(A, absmax, code, blocksize, out)
@@ -225,8 +221,7 @@ def gemv_4bit_out(
 ) -> None:
     """``gemv_4bit`` into a preallocated ``out``."""
     shape = (*A.shape[:-1], shapeB[0])
-    C.check(tuple(out.shape) == shape, f"bitsandbytes_cpu: out must have shape {shape}, got {tuple(out.shape)}")
-    C.check(out.dtype == A.dtype, f"bitsandbytes_cpu: out must have dtype {A.dtype}, got {out.dtype}", TypeError)
+    C.check_out(out, shape, A.dtype)
     C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
     _on_cpu(A=A, B=B, out=out)
     if out.is_contiguous():
@@ -391,8 +386,7 @@ def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) 
     """``int8_linear_matmul`` into a preallocated int32 ``out``."""
     _check_int8_matmul(A, B)
     shape = (*A.shape[:-1], B.shape[0])
-    C.check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
-    C.check_dtype(out, "out", (torch.int32,))
+    C.check_out(out, shape, torch.int32)
     _on_cpu(out=out)
     if out.is_contiguous():
         _int8_matmul_into(A, B, out)

@@ -133,10 +133,7 @@ def dequantize_4bit_out(
 ) -> None:
     """4-bit dequantization into ``out``."""
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
-    C.check(
-        list(out.shape) == list(shape), f"bitsandbytes_cuda: out must have shape {list(shape)}, got {list(out.shape)}"
-    )
-    C.check(out.dtype == dtype, f"bitsandbytes_cuda: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    C.check_out(out, shape, dtype)
     _on_cuda(A=A, absmax=absmax, out=out)
     if out.is_contiguous():
         _dequantize_4bit_into(A, absmax, blocksize, quant_type, out)
@@ -204,8 +201,7 @@ def gemv_4bit_out(
     """``gemv_4bit`` into a preallocated ``out``."""
     C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
     shape = (*A.shape[:-1], shapeB[0])
-    C.check(tuple(out.shape) == shape, f"bitsandbytes_cuda: out must have shape {shape}, got {tuple(out.shape)}")
-    C.check(out.dtype == A.dtype, f"bitsandbytes_cuda: out must have dtype {A.dtype}, got {out.dtype}", TypeError)
+    C.check_out(out, shape, A.dtype)
     if blocksize not in C.FOUR_BIT_BLOCKSIZES:
         out.copy_(gemv_4bit(A, B, shapeB, absmax, code, blocksize))
         return
@@ -301,8 +297,7 @@ def dequantize_blockwise_out(
 ) -> None:
     """Block-wise 8-bit dequantization into ``out``."""
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
-    C.check(out.shape == A.shape, f"bitsandbytes_cuda: out must have shape {tuple(A.shape)}, got {tuple(out.shape)}")
-    C.check(out.dtype == dtype, f"bitsandbytes_cuda: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    C.check_out(out, A.shape, dtype)
     _on_cuda(A=A, absmax=absmax, code=code, out=out)
     if out.is_contiguous():
         _dequantize_blockwise_into(A, absmax, code, blocksize, out)
@@ -374,8 +369,7 @@ def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) 
     """``int8_linear_matmul`` into a preallocated int32 ``out``."""
     _check_int8_matmul(A, B)
     shape = (*A.shape[:-1], B.shape[0])
-    C.check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
-    C.check_dtype(out, "out", (torch.int32,))
+    C.check_out(out, shape, torch.int32)
     _on_cuda(A=A, out=out)
     if out.is_contiguous():
         _int8_matmul_into(A, B, out)

@@ -38,6 +38,5 @@ def dequantize_blockwise_out(
     A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype, out: torch.Tensor
 ) -> None:
     """``dequantize_blockwise`` into a preallocated ``out``."""
-    C.check(out.shape == A.shape, f"bitsandbytes: out must have shape {tuple(A.shape)}, got {tuple(out.shape)}")
-    C.check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    C.check_out(out, A.shape, dtype)
     out.copy_(dequantize_blockwise(A, absmax, code, blocksize, dtype))

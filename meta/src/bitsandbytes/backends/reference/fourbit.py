@@ -75,8 +75,7 @@ def dequantize_4bit_out(
     out: torch.Tensor,
 ) -> None:
     """``dequantize_4bit`` into a preallocated ``out``."""
-    C.check(list(out.shape) == list(shape), f"bitsandbytes: out must have shape {list(shape)}, got {list(out.shape)}")
-    C.check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}", TypeError)
+    C.check_out(out, shape, dtype)
     C.check_same_device({"A": A, "out": out})
     out.copy_(dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype))
 
@@ -102,8 +101,7 @@ def gemv_4bit_out(
 ) -> None:
     """``gemv_4bit`` into a preallocated ``out``."""
     shape = (*A.shape[:-1], shapeB[0])
-    C.check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
-    C.check(out.dtype == A.dtype, f"bitsandbytes: out must have dtype {A.dtype}, got {out.dtype}", TypeError)
+    C.check_out(out, shape, A.dtype)
     out.copy_(gemv_4bit(A, B, shapeB, absmax, code, blocksize))
 
 

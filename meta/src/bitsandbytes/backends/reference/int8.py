@@ -83,8 +83,7 @@ def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
     """``int8_linear_matmul`` into a preallocated int32 ``out``."""
     shape = (*A.shape[:-1], B.shape[0])
-    C.check(tuple(out.shape) == shape, f"bitsandbytes: out must have shape {shape}, got {tuple(out.shape)}")
-    C.check_dtype(out, "out", (torch.int32,))
+    C.check_out(out, shape, torch.int32)
     out.copy_(int8_linear_matmul(A, B))
 
 
