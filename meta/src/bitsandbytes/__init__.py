@@ -8,6 +8,7 @@ that matches each device torch can see (see ``bitsandbytes._platforms``).
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 
 import torch
 
@@ -23,8 +24,10 @@ _REFERENCE_LIBRARY = torch.library.Library(_ops.NAMESPACE, "IMPL")
 for _name, _fn in _REFERENCE_KERNELS.items():
     _ops.impl(_REFERENCE_LIBRARY, _name, None, _fn)
 
-_LOADED = _platforms.load()
-_platforms.load_out_of_tree_backends()
+# One scan of the installed distributions' entry points serves both groups.
+_ENTRY_POINTS = importlib.metadata.entry_points()
+_LOADED = _platforms.load(entry_points=_ENTRY_POINTS.select(group=_platforms.ENTRY_POINT_GROUP))
+_platforms.load_out_of_tree_backends(_ENTRY_POINTS.select(group=_platforms.BACKEND_ENTRY_POINT_GROUP))
 
 features = {"multi_backend"}
 """Capability flags read by accelerate, transformers and diffusers."""

@@ -356,11 +356,13 @@ def _load_one(ep: Any, platform: str, device_type: str, runtime: Runtime, result
     rec.status, rec.reason, rec.ops = "loaded", "", sorted(registered)
 
 
-def load_out_of_tree_backends() -> None:
+def load_out_of_tree_backends(entry_points: Iterable[Any] | None = None) -> None:
     """Call every ``bitsandbytes.backends`` entry point, as the established release does."""
-    from importlib.metadata import entry_points as _eps
+    if entry_points is None:
+        from importlib.metadata import entry_points as _eps
 
-    for ep in _eps(group=BACKEND_ENTRY_POINT_GROUP):
+        entry_points = _eps(group=BACKEND_ENTRY_POINT_GROUP)
+    for ep in entry_points:
         try:
             ep.load()()
         except Exception as exc:
