@@ -25,7 +25,25 @@ struct GridTable {
   float qmap[256];
   uint8_t code[65536];
   uint8_t pad[4] = {0, 0, 0, 0};  // kernels gather 32 bits at a time from `code`
+  uint16_t bound[256];            // see Opt8Args::bound1
+  bool has_bound = false;
 };
+
+// bound[j] = the first grid index whose code is >= j; usable when the codes never decrease along
+// the grid and every code up to 255 is reached.
+void fill_bounds(GridTable& t) {
+  for (uint32_t k = 1; k < 65536; ++k) {
+    if (t.code[k] < t.code[k - 1]) return;
+  }
+  if (t.code[65535] != 255) return;
+  uint32_t k = 0;
+  t.bound[0] = 0;
+  for (uint32_t j = 1; j < 256; ++j) {
+    while (t.code[k] < j) ++k;
+    t.bound[j] = static_cast<uint16_t>(k);
+  }
+  t.has_bound = true;
+}
 
 std::shared_ptr<const GridTable> grid_table(const float* qmap) {
   static std::mutex mutex;
@@ -44,6 +62,7 @@ std::shared_ptr<const GridTable> grid_table(const float* qmap) {
   for (uint32_t k = 0; k < 65536; ++k) {
     t->code[k] = static_cast<uint8_t>(bnb::nearest_sorted_256(mids, bnb::state_grid_value(k)));
   }
+  fill_bounds(*t);
   std::lock_guard<std::mutex> lock(mutex);
   cache[next] = t;
   next = (next + 1) % 4;
@@ -134,6 +153,8 @@ int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, vo
                       absmax2,
                       grid1->code,
                       grid2 ? grid2->code : nullptr,
+                      grid1->has_bound ? grid1->bound : nullptr,
+                      grid2 && grid2->has_bound ? grid2->bound : nullptr,
                       n};
   const auto& kt = kernels();
   parallel_for(n, 64 * kBlock, [&](int64_t i0, int64_t i1) { kt.optimizer_8bit_blockwise(a, i0, i1); });

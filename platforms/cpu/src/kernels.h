@@ -38,6 +38,10 @@ struct Opt8Args {
   float* absmax2;
   const uint8_t* grid1;  // 65536-entry grid -> code tables (optimizer_math.h's state rule)
   const uint8_t* grid2;
+  // bound[j] (j = 1..255): the first grid index whose code is >= j, when the grid's codes never
+  // decrease (so code(k) = #{j : bound[j] <= k}); NULL when a code book does not allow that.
+  const uint16_t* bound1;
+  const uint16_t* bound2;
   int64_t n;
 };
 

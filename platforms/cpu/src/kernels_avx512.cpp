@@ -1,4 +1,4 @@
-// AVX-512 kernels (F, BW, VL, DQ, BF16, VNNI): this file is compiled with those -m flags only.
+// AVX-512 kernels (F, BW, VL, DQ, BF16, VNNI, VBMI): this file is compiled with those -m flags only.
 // The portable kernels are compiled here too (auto-vectorized for AVX-512); the hot ones below
 // are written with intrinsics.
 #include <immintrin.h>
@@ -9,6 +9,7 @@
 #include "bnb/numeric.h"
 #include "element.h"
 #include "kernels.h"
+#include "simd_avx512.h"
 
 namespace bnb_cpu {
 namespace avx512 {
@@ -16,15 +17,6 @@ namespace avx512 {
 #include "kernels_generic.inc"
 
 namespace {
-
-// f32 -> bf16 bits with round-to-nearest-even and every NaN -> 0xFFFF (bnb::float_to_bf16).
-inline __m256i to_bf16(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0xffff));
-  return _mm512_cvtepi32_epi16(r);
-}
 
 // The 16 decoded values of a block scaled by its absmax, as 16-bit patterns of `dtype`.
 inline __m512i table16(const __m512 code, float absmax, int32_t dtype) {
@@ -90,19 +82,6 @@ void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int6
 // ---- quantization ------------------------------------------------------------------------------
 
 namespace {
-
-// Loads 16 elements of dtype E as f32.
-template <typename E>
-inline __m512 load16(const typename E::type* p) {
-  if constexpr (E::kDtype == BNB_DTYPE_F32) {
-    return _mm512_loadu_ps(p);
-  } else if constexpr (E::kDtype == BNB_DTYPE_F16) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  } else {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-  }
-}
 
 // The block's absmax as torch's amax of |x| computes it (NaN propagates).
 template <typename E>
@@ -528,6 +507,9 @@ void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, 
   }
 }
 
+// kernels_avx512_optim.cpp
+void optimizer_8bit_blockwise(const Opt8Args& a, int64_t i0, int64_t i1);
+
 }  // namespace avx512
 
 const KernelTable kernels_avx512 = [] {
@@ -541,6 +523,7 @@ const KernelTable kernels_avx512 = [] {
   t.gemm_4bit_prepare = gemm_4bit_prepare;
   t.gemm_4bit = gemm_4bit;
   t.int8_linear_matmul = int8_linear_matmul;
+  t.optimizer_8bit_blockwise = optimizer_8bit_blockwise;
   return t;
 }();
 

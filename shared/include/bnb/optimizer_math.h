@@ -85,8 +85,12 @@ BNB_HD BNB_INLINE float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? 
 // One element's update. In: g (already scaled by gnorm_scale, in f32), p (f32), the states
 // (s1; s1b = AdEMAMix's slow EMA; s2 = second moment). Out: the new states in place, and the
 // update direction d; the parameter then moves with apply_update().
-BNB_HD BNB_INLINE float optimizer_direction(const OptimizerConsts& c, float g, float p, float& s1, float& s1b,
-                                            float& s2) {
+//
+// F is float, or a SIMD vector of f32 lanes for which a CPU kernel provides add_rn, sub_rn, mul_rn,
+// div_rn, sqrt_rn, fma_rn and sign_of overloads (found by argument-dependent lookup) and a
+// broadcasting constructor from float: the vector kernels then run this very code lane by lane.
+template <typename F>
+BNB_HD BNB_INLINE F optimizer_direction(const OptimizerConsts& c, F g, F p, F& s1, F& s1b, F& s2) {
   switch (c.optimizer) {
     case BNB_OPTIM_ADAM:
     case BNB_OPTIM_LAMB: {
@@ -98,18 +102,18 @@ BNB_HD BNB_INLINE float optimizer_direction(const OptimizerConsts& c, float g, f
       s1 = fma_rn(c.one_minus_beta1, g, mul_rn(s1, c.beta1));
       s1b = fma_rn(c.one_minus_beta3, g, mul_rn(s1b, c.beta3));
       s2 = fma_rn(mul_rn(c.one_minus_beta2, g), g, mul_rn(s2, c.beta2));
-      const float num = add_rn(div_rn(s1, c.c1), mul_rn(c.alpha, s1b));
+      const F num = add_rn(div_rn(s1, F(c.c1)), mul_rn(F(c.alpha), s1b));
       return div_rn(num, add_rn(div_rn(sqrt_rn(s2), c.c2), c.eps));
     }
     case BNB_OPTIM_LION: {
-      const float d = sign_of(add_rn(mul_rn(s1, c.beta1), mul_rn(g, c.one_minus_beta1)));
+      const F d = sign_of(add_rn(mul_rn(s1, F(c.beta1)), mul_rn(g, F(c.one_minus_beta1))));
       s1 = fma_rn(c.one_minus_beta2, g, mul_rn(s1, c.beta2));
       return d;
     }
     default:
       break;
   }
-  if (c.has_wd) g = add_rn(g, mul_rn(c.wd, p));
+  if (c.has_wd) g = add_rn(g, mul_rn(F(c.wd), p));
   switch (c.optimizer) {
     case BNB_OPTIM_MOMENTUM:
     case BNB_OPTIM_LARS:
@@ -130,10 +134,11 @@ BNB_HD BNB_INLINE float optimizer_unorm_component(const OptimizerConsts& c, floa
 }
 
 // The new f32 parameter: decoupled decay, then p - lr_scaled * d (lr_scaled = lr * clip scale,
-// rounded to f32 by the caller).
-BNB_HD BNB_INLINE float apply_update(const OptimizerConsts& c, float p, float d, float lr_scaled) {
-  if (c.has_wd && optimizer_decoupled_decay(c.optimizer)) p = mul_rn(p, c.decay);
-  return sub_rn(p, mul_rn(lr_scaled, d));
+// rounded to f32 by the caller). F as for optimizer_direction.
+template <typename F>
+BNB_HD BNB_INLINE F apply_update(const OptimizerConsts& c, F p, F d, float lr_scaled) {
+  if (c.has_wd && optimizer_decoupled_decay(c.optimizer)) p = mul_rn(p, F(c.decay));
+  return sub_rn(p, mul_rn(F(lr_scaled), d));
 }
 
 // 8-bit state rule: index of the 65536-point grid nearest to x * inv_absmax (clamped to

@@ -1,0 +1,241 @@
+// AVX-512 (+VBMI) fused 8-bit block-wise optimizer update: per 256-element block, dequantize the
+// states, run the update of optimizer_math.h on 16 lanes at a time, requantize with a fresh
+// absmax; the states never leave registers and the L1-resident block buffer.
+//
+// No gathers: the 256-entry code books are looked up one byte plane at a time with vpermi2b (64
+// codes per instruction), and the 8-bit state rule's nearest code is found by a binary search on
+// 16-bit lanes over the grid indices at which the code changes (vpermw / vpermi2w), which gives
+// exactly the code of the 65536-point grid table. Bit-identical to the portable kernel.
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "bnb/numeric.h"
+#include "bnb/optimizer_math.h"
+#include "element.h"
+#include "kernels.h"
+#include "simd_avx512.h"
+
+namespace bnb_cpu {
+namespace avx512 {
+
+namespace {
+
+// 16 f32 lanes for the templated math of optimizer_math.h (one IEEE rounding per operation).
+struct VF {
+  __m512 v;
+  VF(float x) : v(_mm512_set1_ps(x)) {}  // NOLINT: broadcasting, as the scalar code's constants
+  explicit VF(__m512 x) : v(x) {}
+};
+
+inline VF add_rn(VF a, VF b) { return VF(_mm512_add_ps(a.v, b.v)); }
+inline VF sub_rn(VF a, VF b) { return VF(_mm512_sub_ps(a.v, b.v)); }
+inline VF mul_rn(VF a, VF b) { return VF(_mm512_mul_ps(a.v, b.v)); }
+inline VF div_rn(VF a, VF b) { return VF(_mm512_div_ps(a.v, b.v)); }
+inline VF sqrt_rn(VF a) { return VF(_mm512_sqrt_ps(a.v)); }
+inline VF fma_rn(VF a, VF b, VF c) { return VF(_mm512_fmadd_ps(a.v, b.v, c.v)); }
+// torch.sign: -1, 0 (of either sign) or 1; NaN stays NaN.
+inline VF sign_of(VF x) {
+  __m512 r = _mm512_mask_mov_ps(x.v, _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f));
+  r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_set1_ps(-1.0f));
+  return VF(r);
+}
+
+// A 256-entry f32 code book as four byte planes, for 64 lookups at a time.
+struct BytePlanes {
+  alignas(64) uint8_t plane[4][256];
+  explicit BytePlanes(const float* qmap) {
+    for (int i = 0; i < 256; ++i) {
+      uint32_t u;
+      memcpy(&u, qmap + i, 4);
+      for (int j = 0; j < 4; ++j) plane[j][i] = static_cast<uint8_t>(u >> (8 * j));
+    }
+  }
+};
+
+// Codes in the order that makes the unpacks of lookup64 return elements in order: plane position
+// 16L + 4r + t holds element 16r + 4L + t.
+inline __m512i unpack_order() {
+  alignas(64) uint8_t idx[64];
+  for (int p = 0; p < 64; ++p) idx[p] = static_cast<uint8_t>(16 * ((p >> 2) & 3) + 4 * (p >> 4) + (p & 3));
+  return _mm512_load_si512(idx);
+}
+
+// qmap[codes[i]] * scale for 64 codes: out[r] holds elements 16r .. 16r + 15.
+inline void lookup64(const uint8_t* codes, const BytePlanes& t, __m512i order, float scale, __m512 out[4]) {
+  const __m512i c = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(codes));
+  const __mmask64 high = _mm512_movepi8_mask(c);  // code >= 128
+  __m512i b[4];
+  for (int j = 0; j < 4; ++j) {
+    const uint8_t* pl = t.plane[j];
+    const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(pl), c, _mm512_load_si512(pl + 64));
+    const __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(pl + 128), c, _mm512_load_si512(pl + 192));
+    b[j] = _mm512_mask_mov_epi8(lo, high, hi);
+  }
+  const __m512i w01l = _mm512_unpacklo_epi8(b[0], b[1]), w01h = _mm512_unpackhi_epi8(b[0], b[1]);
+  const __m512i w23l = _mm512_unpacklo_epi8(b[2], b[3]), w23h = _mm512_unpackhi_epi8(b[2], b[3]);
+  const __m512 s = _mm512_set1_ps(scale);
+  out[0] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l)), s);
+  out[1] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l)), s);
+  out[2] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h)), s);
+  out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h)), s);
+}
+
+// The 8-bit state rule's code as a search over `bound` (bound[j] = first grid index whose code is
+// >= j, non-decreasing; code(k) = #{j >= 1 : bound[j] <= k}), one table per binary-search level.
+struct BoundSearch {
+  alignas(64) uint16_t lvl[6][32];  // steps 128, 64, 32, 16, 8, 4: entry i = bound[(2i + 1) * step]
+  alignas(64) uint16_t lvl2[64];    // step 2
+  alignas(64) uint16_t lvl1[128];   // step 1
+  explicit BoundSearch(const uint16_t* bound) {
+    memset(lvl, 0, sizeof(lvl));
+    for (int l = 0; l < 6; ++l) {
+      const int step = 128 >> l;
+      for (int i = 0; i < 128 / step; ++i) lvl[l][i] = bound[(2 * i + 1) * step];
+    }
+    for (int i = 0; i < 64; ++i) lvl2[i] = bound[(2 * i + 1) * 2];
+    for (int i = 0; i < 128; ++i) lvl1[i] = bound[2 * i + 1];
+  }
+
+  // Codes of 32 grid indices (u16 lanes).
+  __m512i find(__m512i k) const {
+    __m512i pos = _mm512_setzero_si512();
+    for (int l = 0; l < 6; ++l) {
+      const int step = 128 >> l;
+      const __m512i i = _mm512_srli_epi16(pos, 8 - l);  // pos / (2 * step)
+      const __m512i t = _mm512_permutexvar_epi16(i, _mm512_load_si512(lvl[l]));
+      pos = _mm512_mask_add_epi16(pos, _mm512_cmple_epu16_mask(t, k), pos, _mm512_set1_epi16(static_cast<short>(step)));
+    }
+    {
+      const __m512i i = _mm512_srli_epi16(pos, 2);
+      const __m512i t = _mm512_permutex2var_epi16(_mm512_load_si512(lvl2), i, _mm512_load_si512(lvl2 + 32));
+      pos = _mm512_mask_add_epi16(pos, _mm512_cmple_epu16_mask(t, k), pos, _mm512_set1_epi16(2));
+    }
+    const __m512i i = _mm512_srli_epi16(pos, 1);
+    const __m512i lo = _mm512_permutex2var_epi16(_mm512_load_si512(lvl1), i, _mm512_load_si512(lvl1 + 32));
+    const __m512i hi = _mm512_permutex2var_epi16(_mm512_load_si512(lvl1 + 64), i, _mm512_load_si512(lvl1 + 96));
+    const __m512i t = _mm512_mask_mov_epi16(lo, _mm512_test_epi16_mask(i, _mm512_set1_epi16(64)), hi);
+    return _mm512_mask_add_epi16(pos, _mm512_cmple_epu16_mask(t, k), pos, _mm512_set1_epi16(1));
+  }
+};
+
+// Grid indices floor((clamp(v * inv, -1, 1) + 1) * 32767.5 + 0.5) of 16 values as u16; NaN ->
+// 65535 (cvtt gives 0x80000000, which the unsigned saturation turns into 0xFFFF).
+inline __m256i grid_index16(__m512 v, __m512 inv) {
+  __m512 s = _mm512_mul_ps(v, inv);
+  s = _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_set1_ps(-1.0f), s));  // NaN stays NaN
+  const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_add_ps(s, _mm512_set1_ps(1.0f)), _mm512_set1_ps(32767.5f)),
+                                 _mm512_set1_ps(0.5f));
+  return _mm512_cvtusepi32_epi16(_mm512_cvttps_epi32(t));
+}
+
+// New absmax of a 256-value block (NaN sticks, as nan_max_abs) and its codes.
+inline void requantize_block(const float* v, const BoundSearch& search, uint8_t* codes, float* absmax) {
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 nan = 0;
+  for (int i = 0; i < 256; i += 16) {
+    const __m512 x = _mm512_load_ps(v + i);
+    nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    m = _mm512_max_ps(m, _mm512_abs_ps(x));
+  }
+  float am = _mm512_reduce_max_ps(m);
+  if (nan) {  // the first NaN in scan order, as the portable kernel's lane-wise maxima give
+    float lanes[16] = {0};
+    for (int i = 0; i < 256; i += 16) {
+      for (int l = 0; l < 16; ++l) {
+        const float ax = v[i + l] < 0.0f ? -v[i + l] : v[i + l];
+        lanes[l] = (ax > lanes[l] || ax != ax) ? ax : lanes[l];
+      }
+    }
+    am = 0.0f;
+    for (int l = 0; l < 16; ++l) am = bnb::nan_max_abs(am, lanes[l]);
+  }
+  *absmax = am;
+  const __m512 inv = _mm512_set1_ps(bnb::div_rn(1.0f, am < 1e-38f ? 1e-38f : am));
+  for (int i = 0; i < 256; i += 32) {
+    const __m512i k = _mm512_inserti64x4(_mm512_castsi256_si512(grid_index16(_mm512_load_ps(v + i), inv)),
+                                         grid_index16(_mm512_load_ps(v + i + 16), inv), 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), _mm512_cvtepi16_epi8(search.find(k)));
+  }
+}
+
+template <int OPT, typename E>
+void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
+  constexpr int64_t BS = BNB_OPTIM_STATE_BLOCKSIZE;
+  constexpr bool kSlow = OPT == BNB_OPTIM_ADEMAMIX;
+  bnb::OptimizerConsts c = *a.c;
+  c.optimizer = OPT;  // a compile-time constant: the switches of the math fold away
+  using T = typename E::type;
+  const T* g = static_cast<const T*>(a.g);
+  T* p = static_cast<T*>(a.p);
+  const bool two = a.state2 != nullptr;
+  const int64_t blocks = (a.n + BS - 1) / BS;
+  const bool scale_g = a.gnorm_scale != 1.0f;
+  const bool skip = c.skip_zeros != 0;
+  const BytePlanes planes1(a.qmap1);
+  const BytePlanes planes2(two ? a.qmap2 : a.qmap1);
+  const BoundSearch search1(a.bound1);
+  const BoundSearch search2(two ? a.bound2 : a.bound1);
+  const __m512i order = unpack_order();
+  alignas(64) float v1[BS], v1b[BS], v2[BS];
+  int64_t start = i0;
+  for (; start + BS <= i1; start += BS) {
+    const int64_t b = start / BS;
+    for (int64_t q = 0; q < BS; q += 64) {
+      __m512 m1v[4], m1bv[4], m2v[4];
+      lookup64(a.state1 + start + q, planes1, order, a.absmax1[b], m1v);
+      if (kSlow) lookup64(a.state1 + a.n + start + q, planes1, order, a.absmax1[blocks + b], m1bv);
+      if (two) lookup64(a.state2 + start + q, planes2, order, a.absmax2[b], m2v);
+      for (int r = 0; r < 4; ++r) {
+        const int64_t i = start + q + 16 * r;
+        VF gv(load16<E>(g + i));
+        if (scale_g) gv = mul_rn(gv, VF(a.gnorm_scale));
+        const VF pv(load16<E>(p + i));
+        VF m1(m1v[r]), m1b(kSlow ? m1bv[r] : _mm512_setzero_ps()), m2(two ? m2v[r] : _mm512_setzero_ps());
+        const VF d = bnb::optimizer_direction(c, gv, pv, m1, m1b, m2);
+        const VF pn = bnb::apply_update(c, pv, d, c.lr);
+        __mmask16 upd = 0xffff;
+        if (skip) upd = _mm512_cmp_ps_mask(gv.v, _mm512_setzero_ps(), _CMP_NEQ_UQ);  // g == 0: keep p and states
+        store16<E>(p + i, pn.v, upd);
+        _mm512_store_ps(v1 + q + 16 * r, _mm512_mask_mov_ps(m1v[r], upd, m1.v));
+        if (kSlow) _mm512_store_ps(v1b + q + 16 * r, _mm512_mask_mov_ps(m1bv[r], upd, m1b.v));
+        if (two) _mm512_store_ps(v2 + q + 16 * r, _mm512_mask_mov_ps(m2v[r], upd, m2.v));
+      }
+    }
+    requantize_block(v1, search1, a.state1 + start, a.absmax1 + b);
+    if (kSlow) requantize_block(v1b, search1, a.state1 + a.n + start, a.absmax1 + blocks + b);
+    if (two) requantize_block(v2, search2, a.state2 + start, a.absmax2 + b);
+  }
+  if (start < i1) kernels_scalar.optimizer_8bit_blockwise(a, start, i1);  // a partial last block
+}
+
+template <typename E>
+void opt8_e(const Opt8Args& a, int64_t i0, int64_t i1) {
+  switch (a.c->optimizer) {
+    case BNB_OPTIM_ADAM:
+    case BNB_OPTIM_LAMB:
+      return opt8_t<BNB_OPTIM_ADAM, E>(a, i0, i1);
+    case BNB_OPTIM_ADEMAMIX:
+      return opt8_t<BNB_OPTIM_ADEMAMIX, E>(a, i0, i1);
+    case BNB_OPTIM_LION:
+      return opt8_t<BNB_OPTIM_LION, E>(a, i0, i1);
+    case BNB_OPTIM_RMSPROP:
+      return opt8_t<BNB_OPTIM_RMSPROP, E>(a, i0, i1);
+    case BNB_OPTIM_ADAGRAD:
+      return opt8_t<BNB_OPTIM_ADAGRAD, E>(a, i0, i1);
+    default:
+      return opt8_t<BNB_OPTIM_MOMENTUM, E>(a, i0, i1);
+  }
+}
+
+}  // namespace
+
+void optimizer_8bit_blockwise(const Opt8Args& a, int64_t i0, int64_t i1) {
+  if (a.bound1 == nullptr || (a.state2 != nullptr && a.bound2 == nullptr)) {
+    return kernels_scalar.optimizer_8bit_blockwise(a, i0, i1);  // a code book the search cannot take
+  }
+  dispatch_float(a.dtype, [&](auto e) { opt8_e<decltype(e)>(a, i0, i1); });
+}
+
+}  // namespace avx512
+}  // namespace bnb_cpu
