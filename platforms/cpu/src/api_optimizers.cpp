@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "bnb/bnb_c_api.h"
 #include "bnb/optimizer_math.h"
@@ -108,15 +109,16 @@ int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, in
                        0};
   if (clip) {
     // The trust ratio needs the norm of the whole update before any element moves.
-    std::mutex mutex;
-    double sq = 0.0;
+    // Partial sums by range, added in index order: the same norm whichever thread ran which range.
+    constexpr int64_t kGrain = 65536;
+    std::vector<double> parts(static_cast<size_t>((n + kGrain - 1) / kGrain), 0.0);
     a.measure = 1;
-    parallel_for(n, 65536, [&](int64_t i0, int64_t i1) {
-      const double part = kt.optimizer_32bit(a, i0, i1);
-      std::lock_guard<std::mutex> lock(mutex);
-      sq += part;
+    parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
+      parts[static_cast<size_t>(i0 / kGrain)] = kt.optimizer_32bit(a, i0, i1);
     });
     a.measure = 0;
+    double sq = 0.0;
+    for (const double part : parts) sq += part;
     unorm_vec[0] = static_cast<float>(sq);
     const double unorm = sqrt(sq);
     const double limit = hparams->max_unorm * hparams->param_norm;

@@ -3,6 +3,7 @@
 
 #include "bnb/bnb_c_api.h"
 #include "isa.h"
+#include "threading.h"
 
 #ifndef BNB_VERSION
 #error "BNB_VERSION must be defined by the build"
@@ -37,7 +38,8 @@ extern "C" {
 int32_t bnb_abi_version(void) { return BNB_ABI_VERSION; }
 
 // "isa": the instruction sets compiled in; "isa_usable": those this CPU runs; "isa_selected": the
-// one the kernels use now (BNB_CPU_ISA / bnb_cpu_set_isa can change it, so it is read per call).
+// one the kernels use now (BNB_CPU_ISA / bnb_cpu_set_isa can change it, so it is read per call);
+// "threading": "openmp" when the parallel loops run on the process's OpenMP runtime, else "pool".
 const char* bnb_build_info(void) {
   thread_local char buf[512];
   char usable[64] = "";
@@ -47,12 +49,14 @@ const char* bnb_build_info(void) {
     while (usable[len]) ++len;
     snprintf(usable + len, sizeof(usable) - len, "%s\"%s\"", len ? ", " : "", bnb_cpu::isa_name(i));
   }
-  snprintf(
-      buf, sizeof(buf),
-      "{\"platform\": \"cpu\", \"version\": \"" BNB_VERSION "\", \"abi_version\": " BNB_STR(
-          BNB_ABI_VERSION) ", \"compiler\": \"" BNB_COMPILER "\", \"arch\": \"" BNB_ARCH "\", \"isa\": " BNB_ISA_LIST
-                           ", \"isa_usable\": [%s], \"isa_selected\": \"%s\", \"build_type\": \"" BNB_BUILD_TYPE "\"}",
-      usable, bnb_cpu::isa_name(bnb_cpu::active_isa()));
+  snprintf(buf, sizeof(buf),
+           "{\"platform\": \"cpu\", \"version\": \"" BNB_VERSION
+           "\", \"abi_version\": " BNB_STR(BNB_ABI_VERSION) ", \"compiler\": \"" BNB_COMPILER
+                                                            "\", \"arch\": \"" BNB_ARCH "\", \"isa\": " BNB_ISA_LIST
+                                                            ", \"isa_usable\": [%s], \"isa_selected\": \"%s\", "
+                                                            "\"threading\": \"%s\", \"build_type\": \"" BNB_BUILD_TYPE
+                                                            "\"}",
+           usable, bnb_cpu::isa_name(bnb_cpu::active_isa()), bnb_cpu::threading_name());
   return buf;
 }
 

@@ -82,48 +82,82 @@ inline void lookup64(const uint8_t* codes, const BytePlanes& t, __m512i order, f
 }
 
 // The 8-bit state rule's code as a search over `bound` (bound[j] = first grid index whose code is
-// >= j, non-decreasing; code(k) = #{j >= 1 : bound[j] <= k}), one table per binary-search level.
+// >= j, non-decreasing; code(k) = #{j >= 1 : bound[j] <= k}): an 8-level binary search on 32 u16
+// lanes. The decisions collect in r bit-reversed (level l sets bit l, i.e. bit 7 - l of the code),
+// so r itself indexes each level's table (vpermw reads the low 5 bits, vpermi2w 6) without a shift;
+// the codes are bit-reversed back once, as bytes.
 struct BoundSearch {
-  alignas(64) uint16_t lvl[6][32];  // steps 128, 64, 32, 16, 8, 4: entry i = bound[(2i + 1) * step]
-  alignas(64) uint16_t lvl2[64];    // step 2
-  alignas(64) uint16_t lvl1[128];   // step 1
-  explicit BoundSearch(const uint16_t* bound) {
-    memset(lvl, 0, sizeof(lvl));
-    for (int l = 0; l < 6; ++l) {
-      const int step = 128 >> l;
-      for (int i = 0; i < 128 / step; ++i) lvl[l][i] = bound[(2 * i + 1) * step];
-    }
-    for (int i = 0; i < 64; ++i) lvl2[i] = bound[(2 * i + 1) * 2];
-    for (int i = 0; i < 128; ++i) lvl1[i] = bound[2 * i + 1];
+  uint16_t first;                   // level 0: bound[128]
+  alignas(64) uint16_t lvl[5][32];  // levels 1..5 (entries < 2^l used)
+  alignas(64) uint16_t lvl6[64];
+  alignas(64) uint16_t lvl7[128];
+  alignas(64) uint8_t reverse[256];  // bit-reversed bytes
+
+  // Entry r of level l: bound[code prefix decided by r + step], step = 128 >> l.
+  static uint16_t entry(const uint16_t* bound, int l, int r) {
+    int prefix = 0;
+    for (int i = 0; i < l; ++i) prefix |= ((r >> i) & 1) << (7 - i);
+    return bound[prefix + (128 >> l)];
   }
 
-  // Codes of 32 grid indices (u16 lanes).
-  __m512i find(__m512i k) const {
-    __m512i pos = _mm512_setzero_si512();
-    for (int l = 0; l < 6; ++l) {
-      const int step = 128 >> l;
-      const __m512i i = _mm512_srli_epi16(pos, 8 - l);  // pos / (2 * step)
-      const __m512i t = _mm512_permutexvar_epi16(i, _mm512_load_si512(lvl[l]));
-      pos = _mm512_mask_add_epi16(pos, _mm512_cmple_epu16_mask(t, k), pos, _mm512_set1_epi16(static_cast<short>(step)));
+  explicit BoundSearch(const uint16_t* bound) {
+    memset(lvl, 0, sizeof(lvl));
+    first = bound[128];
+    for (int l = 1; l <= 5; ++l)
+      for (int r = 0; r < (1 << l); ++r) lvl[l - 1][r] = entry(bound, l, r);
+    for (int r = 0; r < 64; ++r) lvl6[r] = entry(bound, 6, r);
+    for (int r = 0; r < 128; ++r) lvl7[r] = entry(bound, 7, r);
+    for (int x = 0; x < 256; ++x) {
+      int y = 0;
+      for (int i = 0; i < 8; ++i) y |= ((x >> i) & 1) << (7 - i);
+      reverse[x] = static_cast<uint8_t>(y);
     }
-    {
-      const __m512i i = _mm512_srli_epi16(pos, 2);
-      const __m512i t = _mm512_permutex2var_epi16(_mm512_load_si512(lvl2), i, _mm512_load_si512(lvl2 + 32));
-      pos = _mm512_mask_add_epi16(pos, _mm512_cmple_epu16_mask(t, k), pos, _mm512_set1_epi16(2));
+  }
+
+  // Bit-reversed codes of N * 32 grid indices, the N searches interleaved level by level: each
+  // level waits on the one before (permute, compare, masked add), so one search alone would leave
+  // the core idle most of the time.
+  template <int N>
+  void find(const __m512i* k, __m512i* r) const {
+    const __m512i t0 = _mm512_set1_epi16(static_cast<short>(first));
+    for (int v = 0; v < N; ++v) r[v] = _mm512_maskz_mov_epi16(_mm512_cmple_epu16_mask(t0, k[v]), _mm512_set1_epi16(1));
+    for (int l = 1; l <= 5; ++l) {
+      const __m512i tab = _mm512_load_si512(lvl[l - 1]);
+      const __m512i bit = _mm512_set1_epi16(static_cast<short>(1 << l));
+      for (int v = 0; v < N; ++v) {
+        const __m512i t = _mm512_permutexvar_epi16(r[v], tab);
+        r[v] = _mm512_mask_add_epi16(r[v], _mm512_cmple_epu16_mask(t, k[v]), r[v], bit);
+      }
     }
-    const __m512i i = _mm512_srli_epi16(pos, 1);
-    const __m512i lo = _mm512_permutex2var_epi16(_mm512_load_si512(lvl1), i, _mm512_load_si512(lvl1 + 32));
-    const __m512i hi = _mm512_permutex2var_epi16(_mm512_load_si512(lvl1 + 64), i, _mm512_load_si512(lvl1 + 96));
-    const __m512i t = _mm512_mask_mov_epi16(lo, _mm512_test_epi16_mask(i, _mm512_set1_epi16(64)), hi);
-    return _mm512_mask_add_epi16(pos, _mm512_cmple_epu16_mask(t, k), pos, _mm512_set1_epi16(1));
+    const __m512i t6a = _mm512_load_si512(lvl6), t6b = _mm512_load_si512(lvl6 + 32);
+    for (int v = 0; v < N; ++v) {
+      const __m512i t = _mm512_permutex2var_epi16(t6a, r[v], t6b);
+      r[v] = _mm512_mask_add_epi16(r[v], _mm512_cmple_epu16_mask(t, k[v]), r[v], _mm512_set1_epi16(64));
+    }
+    const __m512i t7a = _mm512_load_si512(lvl7), t7b = _mm512_load_si512(lvl7 + 32);
+    const __m512i t7c = _mm512_load_si512(lvl7 + 64), t7d = _mm512_load_si512(lvl7 + 96);
+    for (int v = 0; v < N; ++v) {
+      const __m512i lo = _mm512_permutex2var_epi16(t7a, r[v], t7b);
+      const __m512i hi = _mm512_permutex2var_epi16(t7c, r[v], t7d);
+      const __m512i t = _mm512_mask_mov_epi16(lo, _mm512_test_epi16_mask(r[v], _mm512_set1_epi16(64)), hi);
+      r[v] = _mm512_mask_add_epi16(r[v], _mm512_cmple_epu16_mask(t, k[v]), r[v], _mm512_set1_epi16(128));
+    }
+  }
+
+  // 64 codes from two vectors of bit-reversed codes (u16 lanes).
+  __m512i codes64(__m512i r0, __m512i r1) const {
+    const __m512i b = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(r0)), _mm512_cvtepi16_epi8(r1), 1);
+    const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(reverse), b, _mm512_load_si512(reverse + 64));
+    const __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(reverse + 128), b, _mm512_load_si512(reverse + 192));
+    return _mm512_mask_mov_epi8(lo, _mm512_movepi8_mask(b), hi);
   }
 };
 
 // Grid indices floor((clamp(v * inv, -1, 1) + 1) * 32767.5 + 0.5) of 16 values as u16; NaN ->
-// 65535 (cvtt gives 0x80000000, which the unsigned saturation turns into 0xFFFF).
+// 65535 (cvtt gives 0x80000000, which the unsigned saturation turns into 0xFFFF). The clamp is
+// implicit: |v| <= absmax, so |v * inv| <= 1 + 2^-23, whose index is the clamped one (0 or 65535).
 inline __m256i grid_index16(__m512 v, __m512 inv) {
-  __m512 s = _mm512_mul_ps(v, inv);
-  s = _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_set1_ps(-1.0f), s));  // NaN stays NaN
+  const __m512 s = _mm512_mul_ps(v, inv);
   const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_add_ps(s, _mm512_set1_ps(1.0f)), _mm512_set1_ps(32767.5f)),
                                  _mm512_set1_ps(0.5f));
   return _mm512_cvtusepi32_epi16(_mm512_cvttps_epi32(t));
@@ -131,15 +165,13 @@ inline __m256i grid_index16(__m512 v, __m512 inv) {
 
 // New absmax of a 256-value block (NaN sticks, as nan_max_abs) and its codes.
 inline void requantize_block(const float* v, const BoundSearch& search, uint8_t* codes, float* absmax) {
-  __m512 m = _mm512_setzero_ps();
-  __mmask16 nan = 0;
+  // |x| as bit patterns: their unsigned maximum is the largest |x|, or a NaN's (above inf's).
+  __m512i mb = _mm512_setzero_si512();
   for (int i = 0; i < 256; i += 16) {
-    const __m512 x = _mm512_load_ps(v + i);
-    nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    m = _mm512_max_ps(m, _mm512_abs_ps(x));
+    mb = _mm512_max_epu32(mb, _mm512_and_si512(_mm512_load_si512(v + i), _mm512_set1_epi32(0x7fffffff)));
   }
-  float am = _mm512_reduce_max_ps(m);
-  if (nan) {  // the first NaN in scan order, as the portable kernel's lane-wise maxima give
+  float am = bnb::bits_float(_mm512_reduce_max_epu32(mb));
+  if (am != am) {  // the first NaN in scan order, as the portable kernel's lane-wise maxima give
     float lanes[16] = {0};
     for (int i = 0; i < 256; i += 16) {
       for (int l = 0; l < 16; ++l) {
@@ -152,11 +184,13 @@ inline void requantize_block(const float* v, const BoundSearch& search, uint8_t*
   }
   *absmax = am;
   const __m512 inv = _mm512_set1_ps(bnb::div_rn(1.0f, am < 1e-38f ? 1e-38f : am));
-  for (int i = 0; i < 256; i += 32) {
-    const __m512i k = _mm512_inserti64x4(_mm512_castsi256_si512(grid_index16(_mm512_load_ps(v + i), inv)),
-                                         grid_index16(_mm512_load_ps(v + i + 16), inv), 1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), _mm512_cvtepi16_epi8(search.find(k)));
+  __m512i k[8], r[8];
+  for (int j = 0; j < 8; ++j) {
+    k[j] = _mm512_inserti64x4(_mm512_castsi256_si512(grid_index16(_mm512_load_ps(v + 32 * j), inv)),
+                              grid_index16(_mm512_load_ps(v + 32 * j + 16), inv), 1);
   }
+  search.find<8>(k, r);
+  for (int j = 0; j < 8; j += 2) _mm512_storeu_si512(codes + 32 * j, search.codes64(r[j], r[j + 1]));
 }
 
 template <int OPT, typename E>

@@ -2,7 +2,11 @@
 #include "threading.h"
 
 #if !defined(_WIN32)
+#include <dlfcn.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #endif
 
 #include <atomic>
@@ -136,7 +140,57 @@ class Pool {
   int chunks_ = 0;
 };
 
+// The host process's OpenMP runtime (torch's libgomp, or an LLVM/Intel runtime with the GNU entry
+// points), when one is loaded in the global scope: kernels then run as OpenMP parallel regions on
+// the very threads torch's own ops use, instead of a second set of threads competing with them
+// for the cores (torch's OpenMP workers keep spinning for a while after each op). Not used in a
+// forked child (GNU OpenMP's threads do not survive fork) or with BNB_CPU_THREADS=pool.
+struct HostOmp {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+  int (*thread_num)() = nullptr;                                           // omp_get_thread_num
+  long pid = 0;
+};
+
+const HostOmp* host_omp() {
+#if defined(_WIN32)
+  return nullptr;
+#else
+  static const HostOmp h = [] {
+    HostOmp r;
+    const char* mode = getenv("BNB_CPU_THREADS");
+    if (mode != nullptr && strcmp(mode, "pool") == 0) return r;
+    void* par = dlsym(RTLD_DEFAULT, "GOMP_parallel");
+    void* num = dlsym(RTLD_DEFAULT, "omp_get_thread_num");
+    if (par == nullptr || num == nullptr) return r;
+    r.parallel = reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(par);
+    r.thread_num = reinterpret_cast<int (*)()>(num);
+    r.pid = static_cast<long>(getpid());
+    return r;
+  }();
+  if (h.parallel == nullptr || static_cast<long>(getpid()) != h.pid) return nullptr;
+  return &h;
+#endif
+}
+
+// One parallel_for call: chunks of `per` elements handed out in order to whichever thread is free.
+struct Chunks {
+  const std::function<void(int64_t, int64_t)>* fn;
+  int64_t n, per;
+  std::atomic<int64_t> next{0};
+
+  void work() {
+    for (;;) {
+      const int64_t begin = next.fetch_add(per, std::memory_order_relaxed);
+      if (begin >= n) return;
+      (*fn)(begin, begin + per < n ? begin + per : n);
+    }
+  }
+  static void omp_body(void* self) { static_cast<Chunks*>(self)->work(); }
+};
+
 }  // namespace
+
+const char* threading_name() { return host_omp() ? "openmp" : "pool"; }
 
 int requested_threads() {
   const int hw = hardware_threads();
@@ -150,12 +204,24 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   const int64_t units = (n + grain - 1) / grain;
   int64_t threads = requested_threads();
   if (threads > units) threads = units;
-  if (threads > 1) {
+  const HostOmp* omp = threads > 1 ? host_omp() : nullptr;
+  if (threads > 1 && omp == nullptr) {
     Pool& pool = Pool::get();
     if (threads > pool.workers() + 1) threads = pool.workers() + 1;
   }
   if (threads <= 1) {
     fn(0, n);
+    return;
+  }
+  if (omp != nullptr) {
+    // Up to 4 chunks per thread, taken dynamically: a thread that starts late (descheduled, or
+    // still finishing something else) costs a fraction of a chunk, not half the call.
+    const int64_t per_units = (units + 4 * threads - 1) / (4 * threads);
+    Chunks chunks;
+    chunks.fn = &fn;
+    chunks.n = n;
+    chunks.per = per_units * grain;
+    omp->parallel(&Chunks::omp_body, &chunks, static_cast<unsigned>(threads), 0);
     return;
   }
   const int64_t per = (units + threads - 1) / threads * grain;

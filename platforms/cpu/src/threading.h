@@ -1,4 +1,6 @@
-// A small persistent thread pool for the kernels (no OpenMP: it must not fight torch's runtime).
+// Parallel loops of the kernels: on the host process's OpenMP runtime when one is loaded (torch's),
+// so that the kernels share torch's threads instead of competing with them; otherwise on a small
+// persistent thread pool of the library's own (the library does not link an OpenMP runtime).
 //
 // The number of threads a call may use is per calling thread (bnb_cpu_set_num_threads, which the
 // Python glue sets from torch.get_num_threads() before each kernel). A call made while the pool is
@@ -11,11 +13,16 @@
 
 namespace bnb_cpu {
 
+// "openmp" (the host runtime runs the parallel loops) or "pool" (the library's own threads).
+const char* threading_name();
+
 // Threads the calling thread's kernels may use (>= 1).
 int requested_threads();
 
 // Calls fn(begin, end) on disjoint ranges covering [0, n); every range except the last starts and
-// ends on a multiple of `grain`. Runs inline when one thread suffices.
+// ends on a multiple of `grain`. Runs inline when one thread suffices. Which thread runs which
+// range varies from call to call; the ranges themselves depend only on n, grain and the thread
+// count.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
 }  // namespace bnb_cpu
