@@ -87,3 +87,29 @@ def test_kernels_work_in_a_forked_child():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "child 0"
+
+
+def test_parallel_loops_share_torchs_openmp_runtime():
+    """With torch (and its OpenMP runtime) loaded, the kernels' parallel loops run on it; the
+    library's own pool (BNB_CPU_THREADS=pool) gives bit-identical results."""
+    code = (
+        "import json, torch, bitsandbytes, bitsandbytes_cpu\n"
+        "torch.manual_seed(0)\n"
+        "torch.set_num_threads(2)\n"
+        "w = torch.randn(512, 1024, dtype=torch.bfloat16)\n"
+        "q, a = torch.ops.bitsandbytes.quantize_4bit(w, 64, 'nf4', torch.uint8)\n"
+        "x = torch.randn(3, 1024, dtype=torch.bfloat16)\n"
+        "y = torch.ops.bitsandbytes.gemm_4bit(x, q, w.shape, a, 64, 'nf4')\n"
+        "print(json.dumps([bitsandbytes_cpu.build_info()['threading'], q.sum().item(), a.sum().item(),"
+        " y.float().sum().item()]))\n"
+    )
+    outs = {}
+    for mode in ("auto", "pool"):
+        env = dict(os.environ, BNB_CPU_THREADS=mode)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert outs["pool"][0] == "pool"
+    if torch.__config__.parallel_info().find("OpenMP") >= 0 and sys.platform.startswith("linux"):
+        assert outs["auto"][0] == "openmp"
+    assert outs["auto"][1:] == outs["pool"][1:]

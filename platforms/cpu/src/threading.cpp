@@ -147,27 +147,38 @@ class Pool {
 // forked child (GNU OpenMP's threads do not survive fork) or with BNB_CPU_THREADS=pool.
 struct HostOmp {
   void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
-  int (*thread_num)() = nullptr;                                           // omp_get_thread_num
   long pid = 0;
 };
 
+// Looked up again on every call until found: a C ABI user may load its OpenMP runtime (import
+// torch) after the library's first call.
 const HostOmp* host_omp() {
 #if defined(_WIN32)
   return nullptr;
 #else
-  static const HostOmp h = [] {
-    HostOmp r;
-    const char* mode = getenv("BNB_CPU_THREADS");
-    if (mode != nullptr && strcmp(mode, "pool") == 0) return r;
-    void* par = dlsym(RTLD_DEFAULT, "GOMP_parallel");
-    void* num = dlsym(RTLD_DEFAULT, "omp_get_thread_num");
-    if (par == nullptr || num == nullptr) return r;
-    r.parallel = reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(par);
-    r.thread_num = reinterpret_cast<int (*)()>(num);
-    r.pid = static_cast<long>(getpid());
-    return r;
-  }();
-  if (h.parallel == nullptr || static_cast<long>(getpid()) != h.pid) return nullptr;
+  static HostOmp h;
+  static std::atomic<int> state{0};  // 0: not found yet, 1: found, -1: BNB_CPU_THREADS=pool
+  int st = state.load(std::memory_order_acquire);
+  if (st == 0) {
+    static std::mutex mutex;
+    std::lock_guard<std::mutex> lock(mutex);
+    st = state.load(std::memory_order_relaxed);
+    if (st == 0) {
+      const char* mode = getenv("BNB_CPU_THREADS");
+      if (mode != nullptr && strcmp(mode, "pool") == 0) {
+        st = -1;
+      } else {
+        void* par = dlsym(RTLD_DEFAULT, "GOMP_parallel");
+        if (par != nullptr) {
+          h.parallel = reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(par);
+          h.pid = static_cast<long>(getpid());
+          st = 1;
+        }
+      }
+      if (st != 0) state.store(st, std::memory_order_release);
+    }
+  }
+  if (st != 1 || static_cast<long>(getpid()) != h.pid) return nullptr;
   return &h;
 #endif
 }
