@@ -234,27 +234,29 @@ void quantize_blockwise_t(const typename E::type* x, const float* code, int64_t 
   }
 }
 
-// Block-wise 8-bit dequantization: per block a 256-entry table code * absmax, then gathers.
+// Block-wise 8-bit dequantization: 64 codes at a time through the code book's byte planes
+// (vpermi2b, no gathers), times the block's absmax; gathers for a block's last < 64 values.
 template <typename E>
 void dequantize_blockwise_t(const uint8_t* A, const float* code, const float* absmax, int64_t n, int64_t blocksize,
                             typename E::type* out, int64_t b0, int64_t b1) {
+  const BytePlanes planes(code);
+  const __m512i order = unpack_order();
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t start = b * blocksize;
     const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
-    const __m512 s = _mm512_set1_ps(absmax[b]);
     const uint8_t* src = A + start;
     typename E::type* dst = out + start;
+    const int64_t full64 = len & ~int64_t(63);
+    for (int64_t i = 0; i < full64; i += 64) {
+      __m512 v[4];
+      lookup64(src + i, planes, order, absmax[b], v);
+      for (int r = 0; r < 4; ++r) store16<E>(dst + i + 16 * r, v[r]);
+    }
+    const __m512 s = _mm512_set1_ps(absmax[b]);
     const int64_t full = len & ~int64_t(15);
-    for (int64_t i = 0; i < full; i += 16) {
+    for (int64_t i = full64; i < full; i += 16) {
       const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-      const __m512 v = _mm512_mul_ps(_mm512_i32gather_ps(idx, code, 4), s);
-      if constexpr (E::kDtype == BNB_DTYPE_F32) {
-        _mm512_storeu_ps(dst + i, v);
-      } else if constexpr (E::kDtype == BNB_DTYPE_F16) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-      } else {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), to_bf16(v));
-      }
+      store16<E>(dst + i, _mm512_mul_ps(_mm512_i32gather_ps(idx, code, 4), s));
     }
     for (int64_t i = full; i < len; ++i) dst[i] = E::store(code[src[i]] * absmax[b]);
   }

@@ -4,6 +4,7 @@
 
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "bnb/bnb_c_api.h"
 
@@ -42,6 +43,46 @@ inline void store16(typename E::type* p, __m512 v, __mmask16 mask = 0xffff) {
   } else {
     _mm256_mask_storeu_epi16(p, mask, to_bf16(v));
   }
+}
+
+// A 256-entry f32 code book as four byte planes, for 64 lookups at a time.
+struct BytePlanes {
+  alignas(64) uint8_t plane[4][256];
+  explicit BytePlanes(const float* qmap) {
+    for (int i = 0; i < 256; ++i) {
+      uint32_t u;
+      memcpy(&u, qmap + i, 4);
+      for (int j = 0; j < 4; ++j) plane[j][i] = static_cast<uint8_t>(u >> (8 * j));
+    }
+  }
+};
+
+// Codes in the order that makes the unpacks of lookup64 return elements in order: plane position
+// 16L + 4r + t holds element 16r + 4L + t.
+inline __m512i unpack_order() {
+  alignas(64) uint8_t idx[64];
+  for (int p = 0; p < 64; ++p) idx[p] = static_cast<uint8_t>(16 * ((p >> 2) & 3) + 4 * (p >> 4) + (p & 3));
+  return _mm512_load_si512(idx);
+}
+
+// qmap[codes[i]] * scale for 64 codes: out[r] holds elements 16r .. 16r + 15.
+inline void lookup64(const uint8_t* codes, const BytePlanes& t, __m512i order, float scale, __m512 out[4]) {
+  const __m512i c = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(codes));
+  const __mmask64 high = _mm512_movepi8_mask(c);  // code >= 128
+  __m512i b[4];
+  for (int j = 0; j < 4; ++j) {
+    const uint8_t* pl = t.plane[j];
+    const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(pl), c, _mm512_load_si512(pl + 64));
+    const __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(pl + 128), c, _mm512_load_si512(pl + 192));
+    b[j] = _mm512_mask_mov_epi8(lo, high, hi);
+  }
+  const __m512i w01l = _mm512_unpacklo_epi8(b[0], b[1]), w01h = _mm512_unpackhi_epi8(b[0], b[1]);
+  const __m512i w23l = _mm512_unpacklo_epi8(b[2], b[3]), w23h = _mm512_unpackhi_epi8(b[2], b[3]);
+  const __m512 s = _mm512_set1_ps(scale);
+  out[0] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l)), s);
+  out[1] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l)), s);
+  out[2] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h)), s);
+  out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h)), s);
 }
 
 }  // namespace avx512
