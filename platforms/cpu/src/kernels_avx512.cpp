@@ -158,64 +158,101 @@ void quantize_4bit_t(const typename E::type* x, int64_t n, int64_t blocksize, in
   }
 }
 
-// Nearest-code search for block-wise 8-bit quantization: a bucket table indexed by the top 15 bits
-// of the f32 pattern (sign, exponent, 6 mantissa bits) gives the number of midpoints below the
-// bucket; at most `refine` midpoints fall inside any bucket, so that many compares finish the
-// count. For the dynamic code books refine <= 2 (3 gathers per 16 values instead of the 8 of a
-// binary search). Exact: the result is the number of midpoints strictly below the value.
-struct BucketSearch {
-  static constexpr int kShift = 17;  // 32 - 15
-  alignas(64) float mids[260];
-  uint8_t base[(1 << 15) + 4];
-  int refine = 0;
+// Nearest-code search for block-wise 8-bit quantization: the number of the 255 sorted midpoints
+// strictly below v (gen_nearest_256), as an 8-level binary search on 16 f32 lanes whose every level
+// reads its midpoints with permutes (no gathers). As in the optimizer's state search, the decisions
+// collect bit-reversed in r (level l sets bit l) so that r indexes each level's table directly;
+// the bytes are reversed back once per 64 codes.
+struct MidSearch {
+  float first;                   // level 0: mids[127]
+  alignas(64) float lvl[4][16];  // levels 1..4
+  alignas(64) float lvl5[32];
+  alignas(64) float lvl6[64];
+  alignas(64) float lvl7[128];
+  alignas(64) uint8_t reverse[256];  // bit-reversed bytes
 
-  explicit BucketSearch(const float* code) {
+  explicit MidSearch(const float* code) {
+    float mids[255];
     for (int i = 0; i < 255; ++i) mids[i] = bnb::midpoint(code[i], code[i + 1]);
-    for (int i = 255; i < 260; ++i) mids[i] = bnb::bits_float(0x7f800000u);
-    for (uint32_t key = 0; key < (1u << 15); ++key) {
-      const uint32_t exp = (key >> 6) & 0xffu;
-      float lo, hi;
-      if (exp == 0xffu) {  // inf / NaN: handled by the compares and the NaN mask
-        lo = hi = (key >> 14) ? -bnb::bits_float(0x7f800000u) : bnb::bits_float(0x7f800000u);
-      } else {
-        const float a = bnb::bits_float((key & 0x3fffu) << kShift);
-        const float b = bnb::bits_float((((key & 0x3fffu) + 1u) << kShift) - 1u);
-        lo = (key >> 14) ? -b : a;
-        hi = (key >> 14) ? -a : b;
-      }
-      const uint32_t below = gen_nearest_256(mids, lo);
-      uint32_t inside = 0;
-      for (int i = 0; i < 255; ++i) inside += (mids[i] >= lo && mids[i] <= hi) ? 1u : 0u;
-      base[key] = static_cast<uint8_t>(below);
-      refine = static_cast<int>(inside) > refine ? static_cast<int>(inside) : refine;
+    // Entry r of level l: mids[prefix decided by r + step - 1], step = 128 >> l.
+    auto entry = [&](int l, int r) {
+      int prefix = 0;
+      for (int i = 0; i < l; ++i) prefix |= ((r >> i) & 1) << (7 - i);
+      return mids[prefix + (128 >> l) - 1];
+    };
+    first = mids[127];
+    for (int l = 1; l <= 4; ++l)
+      for (int r = 0; r < 16; ++r) lvl[l - 1][r] = entry(l, r & ((1 << l) - 1));
+    for (int r = 0; r < 32; ++r) lvl5[r] = entry(5, r);
+    for (int r = 0; r < 64; ++r) lvl6[r] = entry(6, r);
+    for (int r = 0; r < 128; ++r) lvl7[r] = entry(7, r);
+    for (int x = 0; x < 256; ++x) {
+      int y = 0;
+      for (int i = 0; i < 8; ++i) y |= ((x >> i) & 1) << (7 - i);
+      reverse[x] = static_cast<uint8_t>(y);
     }
-    base[1 << 15] = base[(1 << 15) + 1] = base[(1 << 15) + 2] = base[(1 << 15) + 3] = 0;
   }
 
-  // Count of midpoints strictly below each lane of v (NaN -> 255).
-  __m512i find(__m512 v) const {
-    const __m512i key = _mm512_srli_epi32(_mm512_castps_si512(v), kShift);
-    __m512i pos = _mm512_and_si512(_mm512_i32gather_epi32(key, base, 1), _mm512_set1_epi32(0xff));
-    for (int r = 0; r < refine; ++r) {
-      const __m512 m = _mm512_i32gather_ps(pos, mids, 4);
-      pos = _mm512_mask_add_epi32(pos, _mm512_cmp_ps_mask(m, v, _CMP_LT_OQ), pos, _mm512_set1_epi32(1));
+  // Bit-reversed counts of 4 x 16 values (NaN lanes are fixed by the caller), the 4 searches
+  // interleaved level by level.
+  void find4(const __m512* v, __m512i* r) const {
+    const __m512 t0 = _mm512_set1_ps(first);
+    const __m512i one = _mm512_set1_epi32(1);
+    for (int q = 0; q < 4; ++q) r[q] = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(t0, v[q], _CMP_LT_OQ), one);
+    for (int l = 1; l <= 4; ++l) {
+      const __m512 tab = _mm512_load_ps(lvl[l - 1]);
+      const __m512i bit = _mm512_set1_epi32(1 << l);
+      for (int q = 0; q < 4; ++q) {
+        const __m512 t = _mm512_permutexvar_ps(r[q], tab);
+        r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(t, v[q], _CMP_LT_OQ), r[q], bit);
+      }
     }
-    return _mm512_mask_mov_epi32(pos, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(255));
+    const __m512 t5a = _mm512_load_ps(lvl5), t5b = _mm512_load_ps(lvl5 + 16);
+    for (int q = 0; q < 4; ++q) {
+      const __m512 t = _mm512_permutex2var_ps(t5a, r[q], t5b);
+      r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(t, v[q], _CMP_LT_OQ), r[q], _mm512_set1_epi32(32));
+    }
+    for (int q = 0; q < 4; ++q) {
+      const __m512 lo = _mm512_permutex2var_ps(_mm512_load_ps(lvl6), r[q], _mm512_load_ps(lvl6 + 16));
+      const __m512 hi = _mm512_permutex2var_ps(_mm512_load_ps(lvl6 + 32), r[q], _mm512_load_ps(lvl6 + 48));
+      const __m512 t = _mm512_mask_mov_ps(lo, _mm512_test_epi32_mask(r[q], _mm512_set1_epi32(32)), hi);
+      r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(t, v[q], _CMP_LT_OQ), r[q], _mm512_set1_epi32(64));
+    }
+    for (int q = 0; q < 4; ++q) {
+      __m512 t[4];
+      for (int h = 0; h < 4; ++h) {
+        t[h] = _mm512_permutex2var_ps(_mm512_load_ps(lvl7 + 32 * h), r[q], _mm512_load_ps(lvl7 + 32 * h + 16));
+      }
+      const __mmask16 b5 = _mm512_test_epi32_mask(r[q], _mm512_set1_epi32(32));
+      const __mmask16 b6 = _mm512_test_epi32_mask(r[q], _mm512_set1_epi32(64));
+      const __m512 x = _mm512_mask_mov_ps(_mm512_mask_mov_ps(t[0], b5, t[1]), b6, _mm512_mask_mov_ps(t[2], b5, t[3]));
+      r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(x, v[q], _CMP_LT_OQ), r[q], _mm512_set1_epi32(128));
+    }
+  }
+
+  // Codes of 64 values: the counts, NaN -> 255.
+  __m512i codes64(const __m512* v) const {
+    __m512i r[4];
+    find4(v, r);
+    __m512i b = _mm512_setzero_si512();
+    for (int q = 0; q < 4; ++q) {
+      b = _mm512_inserti32x4(b, _mm512_cvtepi32_epi8(r[q]), q);
+    }
+    const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(reverse), b, _mm512_load_si512(reverse + 64));
+    const __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(reverse + 128), b, _mm512_load_si512(reverse + 192));
+    __m512i c = _mm512_mask_mov_epi8(lo, _mm512_movepi8_mask(b), hi);
+    __mmask64 nan = 0;
+    for (int q = 0; q < 4; ++q) nan |= static_cast<__mmask64>(_mm512_cmp_ps_mask(v[q], v[q], _CMP_UNORD_Q)) << (16 * q);
+    return _mm512_mask_mov_epi8(c, nan, _mm512_set1_epi8(static_cast<char>(255)));
   }
 };
 
 template <typename E>
 void quantize_blockwise_t(const typename E::type* x, const float* code, int64_t n, int64_t blocksize, uint8_t* out,
                           float* absmax, int64_t b0, int64_t b1) {
-  thread_local BucketSearch* search = nullptr;
-  thread_local float cached[256];
-  if (search == nullptr || memcmp(cached, code, sizeof(cached)) != 0) {
-    delete search;
-    search = new BucketSearch(code);
-    memcpy(cached, code, sizeof(cached));
-  }
-  const bool bucketed = search->refine <= 4;
-  const float* mids = search->mids;
+  const MidSearch search(code);
+  float mids[255];
+  for (int i = 0; i < 255; ++i) mids[i] = bnb::midpoint(code[i], code[i + 1]);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t start = b * blocksize;
     const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
@@ -225,10 +262,11 @@ void quantize_blockwise_t(const typename E::type* x, const float* code, int64_t 
     const __m512 inv = _mm512_set1_ps(inv_s);
     const typename E::type* src = x + start;
     uint8_t* dst = out + start;
-    const int64_t full = bucketed ? (len & ~int64_t(15)) : 0;
-    for (int64_t i = 0; i < full; i += 16) {
-      const __m512i pos = search->find(_mm512_mul_ps(load16<E>(src + i), inv));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm512_cvtepi32_epi8(pos));
+    const int64_t full = len & ~int64_t(63);
+    for (int64_t i = 0; i < full; i += 64) {
+      __m512 v[4];
+      for (int q = 0; q < 4; ++q) v[q] = _mm512_mul_ps(load16<E>(src + i + 16 * q), inv);
+      _mm512_storeu_si512(dst + i, search.codes64(v));
     }
     for (int64_t i = full; i < len; ++i) dst[i] = static_cast<uint8_t>(gen_nearest_256(mids, E::load(src[i]) * inv_s));
   }
