@@ -38,23 +38,20 @@ def check_dtype(t: torch.Tensor, arg: str, allowed: Sequence[torch.dtype]) -> No
 
 def check_blocksize_4bit(blocksize: int) -> None:
     """Raise ValueError unless ``blocksize`` is a valid 4-bit block size."""
-    check(
-        blocksize in FOUR_BIT_BLOCKSIZES,
-        f"bitsandbytes: invalid blocksize {blocksize}; expected one of {FOUR_BIT_BLOCKSIZES}",
-    )
+    if blocksize not in FOUR_BIT_BLOCKSIZES:
+        raise ValueError(f"bitsandbytes: invalid blocksize {blocksize}; expected one of {FOUR_BIT_BLOCKSIZES}")
 
 
 def check_quant_type(quant_type: str) -> None:
     """Raise ValueError unless ``quant_type`` is 'nf4' or 'fp4'."""
-    check(
-        quant_type in QUANT_TYPES,
-        f"bitsandbytes: quant_type must be 'nf4' or 'fp4', got {quant_type!r}",
-    )
+    if quant_type not in QUANT_TYPES:
+        raise ValueError(f"bitsandbytes: quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
 
 
 def check_positive_blocksize(blocksize: int) -> None:
     """Raise ValueError unless ``blocksize`` > 0."""
-    check(blocksize > 0, f"bitsandbytes: blocksize must be positive, got {blocksize}")
+    if not (blocksize > 0):
+        raise ValueError(f"bitsandbytes: blocksize must be positive, got {blocksize}")
 
 
 def num_blocks(n: int, blocksize: int) -> int:
@@ -64,6 +61,9 @@ def num_blocks(n: int, blocksize: int) -> int:
 
 def check_same_device(arg_tensors: dict[str, torch.Tensor | None]) -> None:
     """Raise RuntimeError if the given tensors do not all live on one device."""
+    present = [t for t in arg_tensors.values() if t is not None]
+    if all(t.device == present[0].device for t in present[1:]):
+        return
     devices = {name: t.device for name, t in arg_tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         desc = ", ".join(f"{k} on {v}" for k, v in devices.items())
@@ -74,18 +74,17 @@ def check_4bit_shape(shape: Sequence[int], absmax: torch.Tensor, packed: torch.T
     """Check that ``packed`` and ``absmax`` are large enough to describe a tensor of ``shape``."""
     n = 1
     for s in shape:
-        check(s >= 0, f"bitsandbytes: shape must be non-negative, got {list(shape)}")
+        if not (s >= 0):
+            raise ValueError(f"bitsandbytes: shape must be non-negative, got {list(shape)}")
         n *= s
     nbytes = packed.numel() * packed.element_size()
-    check(
-        nbytes >= (n + 1) // 2,
-        f"bitsandbytes: A holds {nbytes} packed bytes but shape {list(shape)} needs {(n + 1) // 2}",
-    )
-    check(
-        absmax.numel() >= num_blocks(n, blocksize),
-        f"bitsandbytes: absmax has {absmax.numel()} entries but shape {list(shape)} with blocksize "
-        f"{blocksize} needs {num_blocks(n, blocksize)}",
-    )
+    if not (nbytes >= (n + 1) // 2):
+        raise ValueError(f"bitsandbytes: A holds {nbytes} packed bytes but shape {list(shape)} needs {(n + 1) // 2}")
+    if not (absmax.numel() >= num_blocks(n, blocksize)):
+        raise ValueError(
+            f"bitsandbytes: absmax has {absmax.numel()} entries but shape {list(shape)} with blocksize "
+            f"{blocksize} needs {num_blocks(n, blocksize)}"
+        )
 
 
 def prod(shape: Sequence[int]) -> int:
@@ -97,9 +96,11 @@ def prod(shape: Sequence[int]) -> int:
 
 def check_optimizer_args(g: torch.Tensor, p: torch.Tensor) -> None:
     """Checks shared by both optimizer ops: matching sizes and float dtypes."""
-    check(g.numel() == p.numel(), f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
+    if not (g.numel() == p.numel()):
+        raise ValueError(f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
     check_dtype(g, "g", FLOAT_DTYPES)
-    check(g.dtype == p.dtype, f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}", TypeError)
+    if not (g.dtype == p.dtype):
+        raise TypeError(f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}")
 
 
 def check_quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype) -> None:
@@ -108,17 +109,14 @@ def check_quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_
     check_quant_type(quant_type)
     check_dtype(A, "A", FLOAT_DTYPES)
     check(A.numel() > 0, "bitsandbytes: A must not be empty")
-    check(
-        quant_storage in QUANT_STORAGE_DTYPES,
-        f"bitsandbytes: quant_storage must be one of {QUANT_STORAGE_DTYPES}, got {quant_storage}",
-        TypeError,
-    )
+    if quant_storage not in QUANT_STORAGE_DTYPES:
+        raise TypeError(f"bitsandbytes: quant_storage must be one of {QUANT_STORAGE_DTYPES}, got {quant_storage}")
     nbytes = (A.numel() + 1) // 2
-    check(
-        nbytes % quant_storage.itemsize == 0,
-        f"bitsandbytes: A has {A.numel()} elements ({nbytes} packed bytes), which do not fill whole "
-        f"{quant_storage} values; use quant_storage=torch.uint8 or pad A",
-    )
+    if not (nbytes % quant_storage.itemsize == 0):
+        raise ValueError(
+            f"bitsandbytes: A has {A.numel()} elements ({nbytes} packed bytes), which do not fill whole "
+            f"{quant_storage} values; use quant_storage=torch.uint8 or pad A"
+        )
 
 
 def check_dequantize_4bit(
@@ -128,7 +126,8 @@ def check_dequantize_4bit(
     check_blocksize_4bit(blocksize)
     check_quant_type(quant_type)
     check_dtype(absmax, "absmax", (torch.float32,))
-    check(dtype in FLOAT_DTYPES, f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
     check_same_device({"A": A, "absmax": absmax})
     check_4bit_shape(shape, absmax, A, blocksize)
 
@@ -137,15 +136,15 @@ def check_gemv_4bit(
     A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int
 ) -> None:
     """Argument checks of gemv_4bit shared by every backend."""
-    check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
-    check(
-        A.shape[-1] == shapeB[1],
-        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
-    )
+    if not (len(shapeB) == 2):
+        raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    if not (A.shape[-1] == shapeB[1]):
+        raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
     check_dtype(A, "A", FLOAT_DTYPES)
     check_dtype(absmax, "absmax", (torch.float32,))
     check_dtype(code, "code", (torch.float32,))
-    check(code.numel() == 16, f"bitsandbytes: code must hold 16 values, got {code.numel()}")
+    if not (code.numel() == 16):
+        raise ValueError(f"bitsandbytes: code must hold 16 values, got {code.numel()}")
     check_positive_blocksize(blocksize)
     check_same_device({"A": A, "B": B, "absmax": absmax, "code": code})
     check_4bit_shape(shapeB, absmax, B, blocksize)
@@ -154,7 +153,8 @@ def check_gemv_4bit(
 def check_code(code: torch.Tensor) -> None:
     """A code book must be 256 ascending f32 values."""
     check_dtype(code, "code", (torch.float32,))
-    check(code.numel() == 256, f"bitsandbytes: code must hold 256 values, got {code.numel()}")
+    if not (code.numel() == 256):
+        raise ValueError(f"bitsandbytes: code must hold 256 values, got {code.numel()}")
 
 
 def check_dequantize_blockwise(
@@ -165,13 +165,14 @@ def check_dequantize_blockwise(
     check_dtype(absmax, "absmax", (torch.float32,))
     check_positive_blocksize(blocksize)
     check_code(code)
-    check(dtype in FLOAT_DTYPES, f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
     check_same_device({"A": A, "absmax": absmax, "code": code})
     need = num_blocks(A.numel(), blocksize)
-    check(
-        absmax.numel() >= need,
-        f"bitsandbytes: absmax has {absmax.numel()} entries but A with blocksize {blocksize} needs {need}",
-    )
+    if not (absmax.numel() >= need):
+        raise ValueError(
+            f"bitsandbytes: absmax has {absmax.numel()} entries but A with blocksize {blocksize} needs {need}"
+        )
 
 
 def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> None:
@@ -185,5 +186,7 @@ def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int
 
 def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> None:
     """Checks of a preallocated ``out`` argument: its shape and its dtype."""
-    check(tuple(out.shape) == tuple(shape), f"bitsandbytes: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
-    check(out.dtype == dtype, f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}", DTypeError)
+    if not (tuple(out.shape) == tuple(shape)):
+        raise ValueError(f"bitsandbytes: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if not (out.dtype == dtype):
+        raise DTypeError(f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")

@@ -44,7 +44,10 @@ int32_t bnb_gemm_4bit(const void* A, int32_t dtype, int64_t m, int64_t n, int64_
     kt.gemm_4bit_prepare(args, buf);
     args.prepared = buf;
   }
-  parallel_for(n, 16, [&](int64_t n0, int64_t n1) { kt.gemm_4bit(args, n0, n1); });
+  // At least 16 weight rows and ~64 Ki weights per range: smaller ones cost less than starting a
+  // parallel region.
+  const int64_t grain = k >= 4096 ? 16 : (65536 / k + 15) / 16 * 16;
+  parallel_for(n, grain, [&](int64_t n0, int64_t n1) { kt.gemm_4bit(args, n0, n1); });
   return bnb_cpu::ok();
 }
 

@@ -26,7 +26,8 @@ def _nt() -> int:
 
 def _on_cpu(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
-        C.check(t.device.type == "cpu", f"bitsandbytes_cpu: {name} must be on the CPU, got {t.device}", RuntimeError)
+        if not t.is_cpu:
+            raise RuntimeError(f"bitsandbytes_cpu: {name} must be on the CPU, got {t.device}")
 
 
 def quantize_4bit(
@@ -292,21 +293,18 @@ def gemm_4bit(
     absmax_offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``A @ dequant(B).T + bias`` fused (batch 1 and small batches read the packed weight once)."""
-    C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
-    C.check(
-        A.shape[-1] == shapeB[1],
-        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
-    )
+    if not (len(shapeB) == 2):
+        raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    if not (A.shape[-1] == shapeB[1]):
+        raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
     C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
     C.check_quant_type(quant_type)
     eff = _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     C.check_dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
     if bias is not None:
-        C.check(
-            bias.dim() == 1 and bias.shape[0] == shapeB[0],
-            f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}",
-        )
+        if not (bias.dim() == 1 and bias.shape[0] == shapeB[0]):
+            raise ValueError(f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}")
     _on_cpu(A=A, B=B, absmax=eff)
     if _rows(A) > FUSED_MAX_ROWS:
         # Prefill-sized inputs: the dense GEMM on the dequantized weight wins once the weight's
@@ -328,7 +326,8 @@ def int8_vectorwise_quant(
     """Row-wise absmax int8 quantization with outlier columns (``|A| >= threshold``)."""
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
     C.check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
-    C.check(threshold >= 0.0, f"bitsandbytes: threshold must be >= 0, got {threshold}")
+    if not (threshold >= 0.0):
+        raise ValueError(f"bitsandbytes: threshold must be >= 0, got {threshold}")
     _on_cpu(A=A)
     A = A.contiguous()
     cols = A.shape[-1]
@@ -355,11 +354,10 @@ def int8_vectorwise_quant(
 def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> None:
     C.check_dtype(A, "A", (torch.int8,))
     C.check_dtype(B, "B", (torch.int8,))
-    C.check(B.dim() == 2, f"bitsandbytes: B must be 2-D [N, K], got shape {tuple(B.shape)}")
-    C.check(
-        A.shape[-1] == B.shape[1],
-        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal B.shape[1] ({B.shape[1]})",
-    )
+    if not (B.dim() == 2):
+        raise ValueError(f"bitsandbytes: B must be 2-D [N, K], got shape {tuple(B.shape)}")
+    if not (A.shape[-1] == B.shape[1]):
+        raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal B.shape[1] ({B.shape[1]})")
     _on_cpu(A=A, B=B)
 
 
@@ -407,15 +405,17 @@ def int8_mm_dequant(
     C.check_dtype(col_stats, "col_stats", (torch.float32,))
     n = A.shape[-1] if A.dim() else 1
     rows = A.numel() // n if n else 0
-    C.check(row_stats.numel() == rows, f"bitsandbytes: row_stats must have {rows} entries, got {row_stats.numel()}")
-    C.check(col_stats.numel() == n, f"bitsandbytes: col_stats must have {n} entries, got {col_stats.numel()}")
+    if not (row_stats.numel() == rows):
+        raise ValueError(f"bitsandbytes: row_stats must have {rows} entries, got {row_stats.numel()}")
+    if not (col_stats.numel() == n):
+        raise ValueError(f"bitsandbytes: col_stats must have {n} entries, got {col_stats.numel()}")
     if bias is not None:
-        C.check(bias.numel() == n, f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
+        if not (bias.numel() == n):
+            raise ValueError(f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
         C.check_dtype(bias, "bias", C.FLOAT_DTYPES)
     dtype = dtype or torch.float16
-    C.check(
-        dtype in C.FLOAT_DTYPES, f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}", TypeError
-    )
+    if dtype not in C.FLOAT_DTYPES:
+        raise TypeError(f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
     _on_cpu(A=A, row_stats=row_stats, col_stats=col_stats)
     A, row_stats, col_stats = A.contiguous(), row_stats.contiguous(), col_stats.contiguous()
     out = torch.empty(A.shape, dtype=dtype)
@@ -494,24 +494,32 @@ class _OptChecks:
 
     @staticmethod
     def _check_state(t: torch.Tensor | None, arg: str, numel: int, dtype: torch.dtype) -> None:
-        C.check(t is not None, f"bitsandbytes: {arg} is required for this optimizer")
+        if not (t is not None):
+            raise ValueError(f"bitsandbytes: {arg} is required for this optimizer")
         assert t is not None
         C.check_dtype(t, arg, (dtype,))
-        C.check(t.numel() == numel, f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
-        C.check(t.is_contiguous(), f"bitsandbytes: {arg} must be contiguous")
+        if not (t.numel() == numel):
+            raise ValueError(f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
+        if not (t.is_contiguous()):
+            raise ValueError(f"bitsandbytes: {arg} must be contiguous")
 
     @staticmethod
     def _check_common(optimizer_name: str, g: torch.Tensor, p: torch.Tensor, step: int, lr: float, eps: float) -> None:
-        C.check(
-            optimizer_name in OPTIMIZER_NAMES,
-            f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}",
-        )
-        C.check(g.numel() == p.numel(), f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
+        if optimizer_name not in OPTIMIZER_NAMES:
+            raise ValueError(
+                f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}"
+            )
+        if not (g.numel() == p.numel()):
+            raise ValueError(f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
         C.check_dtype(g, "g", C.FLOAT_DTYPES)
-        C.check(g.dtype == p.dtype, f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}", TypeError)
-        C.check(step >= 1, f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
-        C.check(lr >= 0.0, f"bitsandbytes: lr must be non-negative, got {lr}")
-        C.check(eps >= 0.0, f"bitsandbytes: eps must be non-negative, got {eps}")
+        if not (g.dtype == p.dtype):
+            raise TypeError(f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}")
+        if not (step >= 1):
+            raise ValueError(f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
+        if not (lr >= 0.0):
+            raise ValueError(f"bitsandbytes: lr must be non-negative, got {lr}")
+        if not (eps >= 0.0):
+            raise ValueError(f"bitsandbytes: eps must be non-negative, got {eps}")
 
 
 def _opt_checks() -> type[_OptChecks]:
