@@ -412,7 +412,7 @@ void gemm_bf16_tile(const Gemm4bitArgs& a, const uint16_t* P, int64_t r0, int64_
   const __m512i code_bf16 = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(code));
   __m512i tab[NT];
   for (int t = 0; t < NT; ++t) tab[t] = code_bf16;
-  auto step = [&](int64_t i, __m512(&acc_c)[MT][NT]) {
+  auto step = [&](int64_t i, __m512(&acc_c)[MT][NT]) BNB_INLINE_LAMBDA {
     if (!post_scale && i % a.blocksize == 0) {
       for (int t = 0; t < NT; ++t) {
         // vcvtneps2bf16 rounds to nearest even like the reference (only a NaN's payload differs).
@@ -481,7 +481,7 @@ void gemv_bf16_row(const Gemm4bitArgs& a, const uint16_t* P, int64_t j, const __
   __m512 acc[2][MT];
   for (int c = 0; c < 2; ++c)
     for (int r = 0; r < MT; ++r) acc[c][r] = _mm512_setzero_ps();
-  auto step = [&](int64_t i, __m512(&acc_c)[MT]) {
+  auto step = [&](int64_t i, __m512(&acc_c)[MT]) BNB_INLINE_LAMBDA {
     if (i / 2 < ahead_end) {
       _mm_prefetch(reinterpret_cast<const char*>(w + i / 2 + kAhead), _MM_HINT_T0);
       if (i % 1024 == 0) _mm_prefetch(reinterpret_cast<const char*>(am + (i + 2 * kAhead) / 64), _MM_HINT_T0);

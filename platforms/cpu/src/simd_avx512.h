@@ -8,6 +8,10 @@
 
 #include "bnb/bnb_c_api.h"
 
+// Forces a lambda inline (GCC and Clang): a hot loop body written as a lambda that is called from
+// two places may otherwise become a call, with its accumulators passed through memory.
+#define BNB_INLINE_LAMBDA __attribute__((always_inline))
+
 namespace bnb_cpu {
 namespace avx512 {
 
