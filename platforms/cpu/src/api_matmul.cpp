@@ -26,6 +26,9 @@ void* scratch(int64_t bytes) {
 
 extern "C" {
 
+BNB_API int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k,
+                                                  int32_t* C, const int64_t* cols, int64_t ncols, int8_t* Bcols);
+
 int32_t bnb_gemm_4bit(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const uint8_t* B,
                       const float* absmax, const float* code, int64_t blocksize, const void* bias, void* out,
                       bnb_stream) {
@@ -83,11 +86,31 @@ int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, in
 
 int32_t bnb_int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C,
                                bnb_stream) {
+  return bnb_cpu_int8_linear_matmul_gather(A, B, m, n, k, C, nullptr, 0, nullptr);
+}
+
+// CPU-only extension: bnb_int8_linear_matmul that also copies B[j, cols[c]] into
+// Bcols[j * ncols + c] (the weight's outlier columns for LLM.int8()), each range of rows right
+// after its dot products, while those rows are still in cache: a strided gather of a few columns
+// from the whole weight would read a cache line per row and column from memory.
+BNB_API int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k,
+                                                  int32_t* C, const int64_t* cols, int64_t ncols, int8_t* Bcols) {
   BNB_REQUIRE(A && B && C, BNB_ERR_NULL_POINTER, "A, B and C must not be NULL");
   BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
-  if (m == 0 || n == 0) return bnb_cpu::ok();
+  BNB_REQUIRE(ncols >= 0, BNB_ERR_INVALID_ARGUMENT, "ncols must be >= 0, got %lld", static_cast<long long>(ncols));
+  BNB_REQUIRE(ncols == 0 || (cols && Bcols), BNB_ERR_NULL_POINTER, "cols and Bcols must not be NULL when ncols > 0");
+  for (int64_t c = 0; c < ncols; ++c) {
+    BNB_REQUIRE(cols[c] >= 0 && cols[c] < k, BNB_ERR_INVALID_ARGUMENT, "cols[%lld] = %lld is outside [0, %lld)",
+                static_cast<long long>(c), static_cast<long long>(cols[c]), static_cast<long long>(k));
+  }
+  if (n == 0) return bnb_cpu::ok();
   const auto& kt = kernels();
-  parallel_for(n, 16, [&](int64_t n0, int64_t n1) { kt.int8_linear_matmul(A, B, m, n, k, C, n0, n1); });
+  parallel_for(n, 16, [&](int64_t n0, int64_t n1) {
+    if (m > 0) kt.int8_linear_matmul(A, B, m, n, k, C, n0, n1);
+    for (int64_t j = n0; j < n1; ++j) {
+      for (int64_t c = 0; c < ncols; ++c) Bcols[j * ncols + c] = B[j * k + cols[c]];
+    }
+  });
   return bnb_cpu::ok();
 }
 

@@ -20,6 +20,8 @@ const char* bnb_cpu_isa_env_error(void);
 const char* bnb_cpu_usable_isas(void);
 void bnb_cpu_set_num_threads(int32_t n);
 int32_t bnb_cpu_get_num_threads(void);
+int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C,
+                                          const int64_t* cols, int64_t ncols, int8_t* Bcols);
 }
 
 namespace py = pybind11;
@@ -168,6 +170,18 @@ PYBIND11_MODULE(_C, m) {
         });
       },
       py::arg("A"), py::arg("B"), py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("C"), py::arg("nthreads") = 0);
+  m.def(
+      "int8_linear_matmul_gather",
+      [](u A, u B, int64_t rows, int64_t n, int64_t k, u C, u cols, int64_t ncols, u Bcols, int32_t nthreads) {
+        run("int8_linear_matmul_gather", nthreads, [&] {
+          return bnb_cpu_int8_linear_matmul_gather(ptr<const int8_t>(A), ptr<const int8_t>(B), rows, n, k,
+                                                   ptr<int32_t>(C), ptr<const int64_t>(cols), ncols,
+                                                   ptr<int8_t>(Bcols));
+        });
+      },
+      py::arg("A"), py::arg("B"), py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("C"), py::arg("cols"),
+      py::arg("ncols"), py::arg("Bcols"), py::arg("nthreads") = 0,
+      "int8_linear_matmul that also copies the weight's columns `cols` (LLM.int8() outliers) into Bcols [n, ncols].");
   m.def(
       "int8_mm_dequant",
       [](u C, u row_stats, u col_stats, int64_t rows, int64_t n, u bias, int32_t bias_dtype, u out, int32_t out_dtype,

@@ -620,7 +620,10 @@ void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, 
       const int8_t* b = B + j * k;
       __m512i acc[MT], bsum = _mm512_setzero_si512();
       for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_si512();
+      // 16 KiB software prefetch ahead in the weight stream, as in gemv_bf16_row.
+      const int64_t ahead_end = (n - j) * k - 16384;
       for (int64_t i = 0; i < k64; i += 64) {
+        if (i < ahead_end) _mm_prefetch(reinterpret_cast<const char*>(b + i + 16384), _MM_HINT_T0);
         const __m512i bv = _mm512_loadu_si512(b + i);
         bsum = _mm512_dpbusd_epi32(bsum, ones, bv);
         for (int r = 0; r < rm; ++r) {

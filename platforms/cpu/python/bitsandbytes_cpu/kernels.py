@@ -461,12 +461,38 @@ def int8_mixed_scaled_mm(
     """LLM.int8() with outlier decomposition: native int8 GEMM + dequant, then the few outlier
     columns in A's precision (only those columns of CB are read)."""
     a = A.reshape(-1, A.shape[-1]) if A.dim() != 2 else A
-    out = int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
     if outlier_cols is None or outlier_cols.numel() == 0:
+        out = int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
         return out, a.new_empty(a.shape[0], 0)
+    # The weight's outlier columns are copied by the int8 GEMM while it streams each weight row
+    # (CB[:, cols] alone would read a cache line per row and column from memory).
+    _check_int8_matmul(CA, CB)
+    if not (outlier_cols.dim() == 1 and outlier_cols.dtype in (torch.int64, torch.int32)):
+        raise ValueError(
+            f"bitsandbytes: outlier_cols must be a 1-D int64 tensor, got {outlier_cols.dtype} {tuple(outlier_cols.shape)}"
+        )
+    _on_cpu(outlier_cols=outlier_cols)
+    cols = outlier_cols.to(torch.int64).contiguous()
+    CA, CB = CA.contiguous(), CB.contiguous()
+    n, k = CB.shape
+    acc = torch.empty((*CA.shape[:-1], n), dtype=torch.int32)
+    cb_cols = torch.empty((n, cols.numel()), dtype=torch.int8)
+    _C.int8_linear_matmul_gather(
+        CA.data_ptr(),
+        CB.data_ptr(),
+        CA.numel() // k if k else 0,
+        n,
+        k,
+        acc.data_ptr(),
+        cols.data_ptr(),
+        cols.numel(),
+        cb_cols.data_ptr(),
+        _nt(),
+    )
+    out = int8_mm_dequant(acc, SCA, SCB, dtype=A.dtype, bias=bias)
     sub_a = a[:, outlier_cols]
     INV_127 = 7.874015718698502e-3
-    sub_b = (CB[:, outlier_cols] * SCB.view(-1, 1) * INV_127).to(A.dtype)
+    sub_b = (cb_cols * SCB.view(-1, 1) * INV_127).to(A.dtype)
     out2 = out.reshape(-1, out.shape[-1]).addmm(sub_a, sub_b.t())
     return out2.view(out.shape), sub_a
 
