@@ -50,7 +50,7 @@ def check_quant_type(quant_type: str) -> None:
 
 def check_positive_blocksize(blocksize: int) -> None:
     """Raise ValueError unless ``blocksize`` > 0."""
-    if not (blocksize > 0):
+    if blocksize <= 0:
         raise ValueError(f"bitsandbytes: blocksize must be positive, got {blocksize}")
 
 
@@ -74,13 +74,13 @@ def check_4bit_shape(shape: Sequence[int], absmax: torch.Tensor, packed: torch.T
     """Check that ``packed`` and ``absmax`` are large enough to describe a tensor of ``shape``."""
     n = 1
     for s in shape:
-        if not (s >= 0):
+        if s < 0:
             raise ValueError(f"bitsandbytes: shape must be non-negative, got {list(shape)}")
         n *= s
     nbytes = packed.numel() * packed.element_size()
-    if not (nbytes >= (n + 1) // 2):
+    if nbytes < (n + 1) // 2:
         raise ValueError(f"bitsandbytes: A holds {nbytes} packed bytes but shape {list(shape)} needs {(n + 1) // 2}")
-    if not (absmax.numel() >= num_blocks(n, blocksize)):
+    if absmax.numel() < num_blocks(n, blocksize):
         raise ValueError(
             f"bitsandbytes: absmax has {absmax.numel()} entries but shape {list(shape)} with blocksize "
             f"{blocksize} needs {num_blocks(n, blocksize)}"
@@ -96,10 +96,10 @@ def prod(shape: Sequence[int]) -> int:
 
 def check_optimizer_args(g: torch.Tensor, p: torch.Tensor) -> None:
     """Checks shared by both optimizer ops: matching sizes and float dtypes."""
-    if not (g.numel() == p.numel()):
+    if g.numel() != p.numel():
         raise ValueError(f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
     check_dtype(g, "g", FLOAT_DTYPES)
-    if not (g.dtype == p.dtype):
+    if g.dtype != p.dtype:
         raise TypeError(f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}")
 
 
@@ -112,7 +112,7 @@ def check_quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_
     if quant_storage not in QUANT_STORAGE_DTYPES:
         raise TypeError(f"bitsandbytes: quant_storage must be one of {QUANT_STORAGE_DTYPES}, got {quant_storage}")
     nbytes = (A.numel() + 1) // 2
-    if not (nbytes % quant_storage.itemsize == 0):
+    if nbytes % quant_storage.itemsize != 0:
         raise ValueError(
             f"bitsandbytes: A has {A.numel()} elements ({nbytes} packed bytes), which do not fill whole "
             f"{quant_storage} values; use quant_storage=torch.uint8 or pad A"
@@ -136,14 +136,14 @@ def check_gemv_4bit(
     A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int
 ) -> None:
     """Argument checks of gemv_4bit shared by every backend."""
-    if not (len(shapeB) == 2):
+    if len(shapeB) != 2:
         raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
-    if not (A.shape[-1] == shapeB[1]):
+    if A.shape[-1] != shapeB[1]:
         raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
     check_dtype(A, "A", FLOAT_DTYPES)
     check_dtype(absmax, "absmax", (torch.float32,))
     check_dtype(code, "code", (torch.float32,))
-    if not (code.numel() == 16):
+    if code.numel() != 16:
         raise ValueError(f"bitsandbytes: code must hold 16 values, got {code.numel()}")
     check_positive_blocksize(blocksize)
     check_same_device({"A": A, "B": B, "absmax": absmax, "code": code})
@@ -153,7 +153,7 @@ def check_gemv_4bit(
 def check_code(code: torch.Tensor) -> None:
     """A code book must be 256 ascending f32 values."""
     check_dtype(code, "code", (torch.float32,))
-    if not (code.numel() == 256):
+    if code.numel() != 256:
         raise ValueError(f"bitsandbytes: code must hold 256 values, got {code.numel()}")
 
 
@@ -169,7 +169,7 @@ def check_dequantize_blockwise(
         raise ValueError(f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
     check_same_device({"A": A, "absmax": absmax, "code": code})
     need = num_blocks(A.numel(), blocksize)
-    if not (absmax.numel() >= need):
+    if absmax.numel() < need:
         raise ValueError(
             f"bitsandbytes: absmax has {absmax.numel()} entries but A with blocksize {blocksize} needs {need}"
         )
@@ -186,7 +186,7 @@ def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int
 
 def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> None:
     """Checks of a preallocated ``out`` argument: its shape and its dtype."""
-    if not (tuple(out.shape) == tuple(shape)):
+    if tuple(out.shape) != tuple(shape):
         raise ValueError(f"bitsandbytes: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
-    if not (out.dtype == dtype):
+    if out.dtype != dtype:
         raise DTypeError(f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")

@@ -293,9 +293,9 @@ def gemm_4bit(
     absmax_offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``A @ dequant(B).T + bias`` fused (batch 1 and small batches read the packed weight once)."""
-    if not (len(shapeB) == 2):
+    if len(shapeB) != 2:
         raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
-    if not (A.shape[-1] == shapeB[1]):
+    if A.shape[-1] != shapeB[1]:
         raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
     C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
@@ -354,9 +354,9 @@ def int8_vectorwise_quant(
 def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> None:
     C.check_dtype(A, "A", (torch.int8,))
     C.check_dtype(B, "B", (torch.int8,))
-    if not (B.dim() == 2):
+    if B.dim() != 2:
         raise ValueError(f"bitsandbytes: B must be 2-D [N, K], got shape {tuple(B.shape)}")
-    if not (A.shape[-1] == B.shape[1]):
+    if A.shape[-1] != B.shape[1]:
         raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal B.shape[1] ({B.shape[1]})")
     _on_cpu(A=A, B=B)
 
@@ -405,12 +405,12 @@ def int8_mm_dequant(
     C.check_dtype(col_stats, "col_stats", (torch.float32,))
     n = A.shape[-1] if A.dim() else 1
     rows = A.numel() // n if n else 0
-    if not (row_stats.numel() == rows):
+    if row_stats.numel() != rows:
         raise ValueError(f"bitsandbytes: row_stats must have {rows} entries, got {row_stats.numel()}")
-    if not (col_stats.numel() == n):
+    if col_stats.numel() != n:
         raise ValueError(f"bitsandbytes: col_stats must have {n} entries, got {col_stats.numel()}")
     if bias is not None:
-        if not (bias.numel() == n):
+        if bias.numel() != n:
             raise ValueError(f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
         C.check_dtype(bias, "bias", C.FLOAT_DTYPES)
     dtype = dtype or torch.float16
@@ -520,13 +520,13 @@ class _OptChecks:
 
     @staticmethod
     def _check_state(t: torch.Tensor | None, arg: str, numel: int, dtype: torch.dtype) -> None:
-        if not (t is not None):
+        if t is None:
             raise ValueError(f"bitsandbytes: {arg} is required for this optimizer")
         assert t is not None
         C.check_dtype(t, arg, (dtype,))
-        if not (t.numel() == numel):
+        if t.numel() != numel:
             raise ValueError(f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
-        if not (t.is_contiguous()):
+        if not t.is_contiguous():
             raise ValueError(f"bitsandbytes: {arg} must be contiguous")
 
     @staticmethod
@@ -535,12 +535,12 @@ class _OptChecks:
             raise ValueError(
                 f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}"
             )
-        if not (g.numel() == p.numel()):
+        if g.numel() != p.numel():
             raise ValueError(f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
         C.check_dtype(g, "g", C.FLOAT_DTYPES)
-        if not (g.dtype == p.dtype):
+        if g.dtype != p.dtype:
             raise TypeError(f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}")
-        if not (step >= 1):
+        if step < 1:
             raise ValueError(f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
         if not (lr >= 0.0):
             raise ValueError(f"bitsandbytes: lr must be non-negative, got {lr}")
