@@ -99,15 +99,63 @@ inline float block_absmax(const typename E::type* x, int64_t len) {
   return nan ? bnb::bits_float(0x7fc00000u) : r;
 }
 
-// Sorted position (0..15) of the nearest of 16 sorted entries, from their 15 midpoints (lane 15
-// unused): four permute-and-compare steps of a binary search; NaN -> 15.
-inline __m512i nearest16(__m512 v, __m512 mids) {
-  __m512i pos = _mm512_setzero_si512();
-  for (int s = 8; s >= 1; s >>= 1) {
-    const __m512 m = _mm512_permutexvar_ps(_mm512_add_epi32(pos, _mm512_set1_epi32(s - 1)), mids);
-    pos = _mm512_mask_add_epi32(pos, _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ), pos, _mm512_set1_epi32(s));
+// Code of the nearest of 16 sorted entries (ties to the lower), from their 15 midpoints: a
+// 4-level binary search whose decisions collect bit-reversed in r (level l sets bit l), so that
+// r indexes each level's table without arithmetic, and one last permute maps r to the code
+// (undoing the reversal and, for FP4, mapping sorted positions to codes). The compares are "not
+// less or equal", true for NaN at every level: NaN -> r = 15 -> the code of the largest entry.
+struct Nearest16 {
+  __m512 first, t1, t2, t3;
+  __m512i final_code;
+
+  Nearest16(const float* mids, const int32_t* order) {
+    alignas(64) float l1[16] = {0}, l2[16] = {0}, l3[16] = {0};
+    alignas(64) int32_t fin[16];
+    auto pos = [](int r, int levels) {  // sorted position decided by the low `levels` bits of r
+      int p = 0;
+      for (int i = 0; i < levels; ++i) p += ((r >> i) & 1) << (3 - i);
+      return p;
+    };
+    for (int r = 0; r < 2; ++r) l1[r] = mids[pos(r, 1) + 3];
+    for (int r = 0; r < 4; ++r) l2[r] = mids[pos(r, 2) + 1];
+    for (int r = 0; r < 8; ++r) l3[r] = mids[pos(r, 3)];
+    for (int r = 0; r < 16; ++r) fin[r] = order[pos(r, 4)];
+    first = _mm512_set1_ps(mids[7]);
+    t1 = _mm512_load_ps(l1);
+    t2 = _mm512_load_ps(l2);
+    t3 = _mm512_load_ps(l3);
+    final_code = _mm512_load_si512(fin);
   }
-  return _mm512_mask_mov_epi32(pos, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(15));
+
+  __m512i operator()(__m512 v) const {
+    __m512i r = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(v, first, _CMP_NLE_UQ), _mm512_set1_epi32(1));
+    r = _mm512_mask_add_epi32(r, _mm512_cmp_ps_mask(v, _mm512_permutexvar_ps(r, t1), _CMP_NLE_UQ), r,
+                              _mm512_set1_epi32(2));
+    r = _mm512_mask_add_epi32(r, _mm512_cmp_ps_mask(v, _mm512_permutexvar_ps(r, t2), _CMP_NLE_UQ), r,
+                              _mm512_set1_epi32(4));
+    r = _mm512_mask_add_epi32(r, _mm512_cmp_ps_mask(v, _mm512_permutexvar_ps(r, t3), _CMP_NLE_UQ), r,
+                              _mm512_set1_epi32(8));
+    return _mm512_permutexvar_epi32(r, final_code);
+  }
+};
+
+// 64 4-bit codes (4 x 16 dwords, in element order) packed into 32 bytes, two per byte, the even
+// element in the high nibble: dwords -> bytes with two saturating packs (lane-interleaved), each
+// byte pair combined by vpmaddubsw (16 * even + odd), packed again, and the lanes put back in order.
+inline __m256i pack_nibbles64(const __m512i c[4]) {
+  const __m512i w01 = _mm512_packus_epi32(c[0], c[1]);  // words; 128-bit lane L: c0[4L..4L+3], c1[4L..4L+3]
+  const __m512i w23 = _mm512_packus_epi32(c[2], c[3]);
+  const __m512i b = _mm512_packus_epi16(w01, w23);  // lane L: c0[4L..], c1[4L..], c2[4L..], c3[4L..]
+  const __m512i pairs = _mm512_maddubs_epi16(b, _mm512_set1_epi16(0x0110));  // 16 * b[2i] + b[2i + 1]
+  const __m512i packed = _mm512_packus_epi16(pairs, pairs);                  // lane L: 8 bytes (twice)
+  // Lane L's 8 bytes hold the pairs of c0[4L..4L+3], c1[..], c2[..], c3[..] (2 bytes each): gather
+  // c0's pairs of every lane first, then c1's, c2's, c3's.
+  const __m512i idx = _mm512_setr_epi64(0, 2, 4, 6, 0, 0, 0, 0);
+  const __m512i q = _mm512_permutexvar_epi64(idx, packed);  // qword L = lane L's 8 bytes
+  const __m256i lanes = _mm512_castsi512_si256(q);          // 32 bytes: lane 0, 1, 2, 3
+  const __m256i order = _mm256_setr_epi8(0, 1, 8, 9, 16, 17, 24, 25, 2, 3, 10, 11, 18, 19, 26, 27, 4, 5, 12, 13, 20, 21,
+                                         28, 29, 6, 7, 14, 15, 22, 23, 30, 31);
+  return _mm256_permutexvar_epi8(order, lanes);
 }
 
 template <typename E>
@@ -116,43 +164,81 @@ void quantize_4bit_t(const typename E::type* x, int64_t n, int64_t blocksize, in
   const float nf4_table[16] = BNB_NF4_TABLE;
   const float fp4_table[16] = BNB_FP4_TABLE;
   const uint8_t fp4_order[16] = BNB_FP4_SORTED_CODES;
-  alignas(64) float mids_arr[16];
-  alignas(64) int32_t order_arr[16];
+  float mids_arr[16];
+  int32_t order_arr[16];
   float sorted[16];
   for (int i = 0; i < 16; ++i) {
     order_arr[i] = nf4 ? i : fp4_order[i];
     sorted[i] = nf4 ? nf4_table[i] : fp4_table[order_arr[i]];
   }
   for (int i = 0; i < 15; ++i) mids_arr[i] = bnb::midpoint(sorted[i], sorted[i + 1]);
-  mids_arr[15] = bnb::bits_float(0x7f800000u);
-  const __m512 mids = _mm512_load_ps(mids_arr);
-  const __m512i order = _mm512_load_si512(order_arr);
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t start = b * blocksize;
-    const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
-    const float amax = block_absmax<E>(x + start, len);
-    absmax[b] = amax;
-    const __m512 inv = _mm512_set1_ps(bnb::inverse_absmax(amax));
-    const typename E::type* src = x + start;
-    uint8_t* dst = packed + start / 2;
-    const int64_t full = len & ~int64_t(15);
-    for (int64_t i = 0; i < full; i += 16) {
-      __m512i c = nearest16(_mm512_mul_ps(load16<E>(src + i), inv), mids);
-      if (!nf4) c = _mm512_permutexvar_epi32(c, order);
-      // qword j holds codes 2j (low dword) and 2j+1 (high dword): byte = code_2j << 4 | code_2j+1.
-      const __m512i q = _mm512_or_si512(_mm512_slli_epi64(c, 4), _mm512_srli_epi64(c, 32));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i / 2),
-                       _mm512_cvtepi64_epi8(_mm512_and_si512(q, _mm512_set1_epi64(0xff))));
-    }
-    if (full < len) {
-      uint8_t codes[17];
-      const float inv_s = bnb::inverse_absmax(amax);
-      for (int64_t i = full; i < len; ++i) {
-        codes[i - full] = static_cast<uint8_t>(bnb::encode_4bit(nf4, E::load(src[i]) * inv_s));
+  const Nearest16 nearest(mids_arr, order_arr);
+  // Up to 4096 values at a time (whole blocks) converted to f32 once: first every block's absmax,
+  // then every block's codes, so that the absmax reductions of one group and the searches of the
+  // next do not wait on each other block by block.
+  alignas(64) float vals[4096];
+  const int64_t group = blocksize <= 4096 ? 4096 / blocksize : 1;
+  for (int64_t g0 = b0; g0 < b1; g0 += group) {
+    const int64_t g1 = (b1 - g0) < group ? b1 : g0 + group;
+    const bool buffered = blocksize <= 4096;
+    for (int64_t b = g0; b < g1; ++b) {
+      const int64_t start = b * blocksize;
+      const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+      const typename E::type* src = x + start;
+      if (!buffered) {
+        absmax[b] = block_absmax<E>(src, len);
+        continue;
       }
-      codes[len - full] = static_cast<uint8_t>(bnb::encode_4bit(nf4, 0.0f));
-      for (int64_t i = full; i < len; i += 2) {
-        dst[i / 2] = static_cast<uint8_t>((codes[i - full] << 4) | codes[i - full + 1]);
+      float* vb = vals + (b - g0) * blocksize;
+      const int64_t full = len & ~int64_t(15);
+      __m512 m = _mm512_setzero_ps();
+      __mmask16 nan = 0;
+      for (int64_t i = 0; i < full; i += 16) {
+        const __m512 v = load16<E>(src + i);
+        _mm512_store_ps(vb + i, v);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        m = _mm512_max_ps(m, _mm512_abs_ps(v));
+      }
+      float amax = _mm512_reduce_max_ps(m);
+      for (int64_t i = full; i < len; ++i) amax = bnb::nan_max_abs(amax, E::load(src[i]));
+      absmax[b] = nan ? bnb::bits_float(0x7fc00000u) : amax;
+    }
+    for (int64_t b = g0; b < g1; ++b) {
+      const int64_t start = b * blocksize;
+      const int64_t len = (start + blocksize <= n) ? blocksize : n - start;
+      const typename E::type* src = x + start;
+      const float* vb = vals + (b - g0) * blocksize;
+      const float amax = absmax[b];
+      const __m512 inv = _mm512_set1_ps(bnb::inverse_absmax(amax));
+      uint8_t* dst = packed + start / 2;
+      const int64_t full = len & ~int64_t(15);
+      const int64_t full64 = len & ~int64_t(63);
+      for (int64_t i = 0; i < full64; i += 64) {
+        __m512i c[4];
+        for (int q = 0; q < 4; ++q) {
+          const __m512 v = buffered ? _mm512_load_ps(vb + i + 16 * q) : load16<E>(src + i + 16 * q);
+          c[q] = nearest(_mm512_mul_ps(v, inv));
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i / 2), pack_nibbles64(c));
+      }
+      for (int64_t i = full64; i < full; i += 16) {
+        const __m512 v = buffered ? _mm512_load_ps(vb + i) : load16<E>(src + i);
+        const __m512i c = nearest(_mm512_mul_ps(v, inv));
+        // qword j holds codes 2j (low dword) and 2j+1 (high dword): byte = code_2j << 4 | code_2j+1.
+        const __m512i q = _mm512_or_si512(_mm512_slli_epi64(c, 4), _mm512_srli_epi64(c, 32));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i / 2),
+                         _mm512_cvtepi64_epi8(_mm512_and_si512(q, _mm512_set1_epi64(0xff))));
+      }
+      if (full < len) {
+        uint8_t codes[17];
+        const float inv_s = bnb::inverse_absmax(amax);
+        for (int64_t i = full; i < len; ++i) {
+          codes[i - full] = static_cast<uint8_t>(bnb::encode_4bit(nf4, E::load(src[i]) * inv_s));
+        }
+        codes[len - full] = static_cast<uint8_t>(bnb::encode_4bit(nf4, 0.0f));
+        for (int64_t i = full; i < len; i += 2) {
+          dst[i / 2] = static_cast<uint8_t>((codes[i - full] << 4) | codes[i - full + 1]);
+        }
       }
     }
   }
