@@ -255,7 +255,7 @@ struct MidSearch {
   alignas(64) float lvl5[32];
   alignas(64) float lvl6[64];
   alignas(64) float lvl7[128];
-  alignas(64) uint8_t reverse[256];  // bit-reversed bytes
+  ByteReverse reverse;
 
   explicit MidSearch(const float* code) {
     float mids[255];
@@ -272,37 +272,32 @@ struct MidSearch {
     for (int r = 0; r < 32; ++r) lvl5[r] = entry(5, r);
     for (int r = 0; r < 64; ++r) lvl6[r] = entry(6, r);
     for (int r = 0; r < 128; ++r) lvl7[r] = entry(7, r);
-    for (int x = 0; x < 256; ++x) {
-      int y = 0;
-      for (int i = 0; i < 8; ++i) y |= ((x >> i) & 1) << (7 - i);
-      reverse[x] = static_cast<uint8_t>(y);
-    }
   }
 
-  // Bit-reversed counts of 4 x 16 values (NaN lanes are fixed by the caller), the 4 searches
+  // Bit-reversed counts of 4 x 16 values, the 4 searches
   // interleaved level by level.
   void find4(const __m512* v, __m512i* r) const {
     const __m512 t0 = _mm512_set1_ps(first);
     const __m512i one = _mm512_set1_epi32(1);
-    for (int q = 0; q < 4; ++q) r[q] = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(t0, v[q], _CMP_LT_OQ), one);
+    for (int q = 0; q < 4; ++q) r[q] = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(t0, v[q], _CMP_NGE_UQ), one);
     for (int l = 1; l <= 4; ++l) {
       const __m512 tab = _mm512_load_ps(lvl[l - 1]);
       const __m512i bit = _mm512_set1_epi32(1 << l);
       for (int q = 0; q < 4; ++q) {
         const __m512 t = _mm512_permutexvar_ps(r[q], tab);
-        r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(t, v[q], _CMP_LT_OQ), r[q], bit);
+        r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(t, v[q], _CMP_NGE_UQ), r[q], bit);
       }
     }
     const __m512 t5a = _mm512_load_ps(lvl5), t5b = _mm512_load_ps(lvl5 + 16);
     for (int q = 0; q < 4; ++q) {
       const __m512 t = _mm512_permutex2var_ps(t5a, r[q], t5b);
-      r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(t, v[q], _CMP_LT_OQ), r[q], _mm512_set1_epi32(32));
+      r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(t, v[q], _CMP_NGE_UQ), r[q], _mm512_set1_epi32(32));
     }
     for (int q = 0; q < 4; ++q) {
       const __m512 lo = _mm512_permutex2var_ps(_mm512_load_ps(lvl6), r[q], _mm512_load_ps(lvl6 + 16));
       const __m512 hi = _mm512_permutex2var_ps(_mm512_load_ps(lvl6 + 32), r[q], _mm512_load_ps(lvl6 + 48));
       const __m512 t = _mm512_mask_mov_ps(lo, _mm512_test_epi32_mask(r[q], _mm512_set1_epi32(32)), hi);
-      r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(t, v[q], _CMP_LT_OQ), r[q], _mm512_set1_epi32(64));
+      r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(t, v[q], _CMP_NGE_UQ), r[q], _mm512_set1_epi32(64));
     }
     for (int q = 0; q < 4; ++q) {
       __m512 t[4];
@@ -312,11 +307,12 @@ struct MidSearch {
       const __mmask16 b5 = _mm512_test_epi32_mask(r[q], _mm512_set1_epi32(32));
       const __mmask16 b6 = _mm512_test_epi32_mask(r[q], _mm512_set1_epi32(64));
       const __m512 x = _mm512_mask_mov_ps(_mm512_mask_mov_ps(t[0], b5, t[1]), b6, _mm512_mask_mov_ps(t[2], b5, t[3]));
-      r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(x, v[q], _CMP_LT_OQ), r[q], _mm512_set1_epi32(128));
+      r[q] = _mm512_mask_add_epi32(r[q], _mm512_cmp_ps_mask(x, v[q], _CMP_NGE_UQ), r[q], _mm512_set1_epi32(128));
     }
   }
 
-  // Codes of 64 values: the counts, NaN -> 255.
+  // Codes of 64 values: the counts. The compares ("not greater or equal") are true for NaN at
+  // every level, so NaN -> 255.
   __m512i codes64(const __m512* v) const {
     __m512i r[4];
     find4(v, r);
@@ -324,12 +320,7 @@ struct MidSearch {
     for (int q = 0; q < 4; ++q) {
       b = _mm512_inserti32x4(b, _mm512_cvtepi32_epi8(r[q]), q);
     }
-    const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(reverse), b, _mm512_load_si512(reverse + 64));
-    const __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(reverse + 128), b, _mm512_load_si512(reverse + 192));
-    __m512i c = _mm512_mask_mov_epi8(lo, _mm512_movepi8_mask(b), hi);
-    __mmask64 nan = 0;
-    for (int q = 0; q < 4; ++q) nan |= static_cast<__mmask64>(_mm512_cmp_ps_mask(v[q], v[q], _CMP_UNORD_Q)) << (16 * q);
-    return _mm512_mask_mov_epi8(c, nan, _mm512_set1_epi8(static_cast<char>(255)));
+    return reverse(b);
   }
 };
 

@@ -51,7 +51,7 @@ struct BoundSearch {
   alignas(64) uint16_t lvl[5][32];  // levels 1..5 (entries < 2^l used)
   alignas(64) uint16_t lvl6[64];
   alignas(64) uint16_t lvl7[128];
-  alignas(64) uint8_t reverse[256];  // bit-reversed bytes
+  ByteReverse reverse;
 
   // Entry r of level l: bound[code prefix decided by r + step], step = 128 >> l.
   static uint16_t entry(const uint16_t* bound, int l, int r) {
@@ -67,11 +67,6 @@ struct BoundSearch {
       for (int r = 0; r < (1 << l); ++r) lvl[l - 1][r] = entry(bound, l, r);
     for (int r = 0; r < 64; ++r) lvl6[r] = entry(bound, 6, r);
     for (int r = 0; r < 128; ++r) lvl7[r] = entry(bound, 7, r);
-    for (int x = 0; x < 256; ++x) {
-      int y = 0;
-      for (int i = 0; i < 8; ++i) y |= ((x >> i) & 1) << (7 - i);
-      reverse[x] = static_cast<uint8_t>(y);
-    }
   }
 
   // Bit-reversed codes of N * 32 grid indices, the N searches interleaved level by level: each
@@ -107,9 +102,7 @@ struct BoundSearch {
   // 64 codes from two vectors of bit-reversed codes (u16 lanes).
   __m512i codes64(__m512i r0, __m512i r1) const {
     const __m512i b = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(r0)), _mm512_cvtepi16_epi8(r1), 1);
-    const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(reverse), b, _mm512_load_si512(reverse + 64));
-    const __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(reverse + 128), b, _mm512_load_si512(reverse + 192));
-    return _mm512_mask_mov_epi8(lo, _mm512_movepi8_mask(b), hi);
+    return reverse(b);
   }
 };
 

@@ -89,5 +89,23 @@ inline void lookup64(const uint8_t* codes, const BytePlanes& t, __m512i order, f
   out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h)), s);
 }
 
+// Bit reversal of each of 64 bytes: a 256-entry table looked up with two vpermi2b and a blend on
+// bit 7. The binary searches that collect their decisions bit-reversed undo that with it.
+struct ByteReverse {
+  alignas(64) uint8_t table[256];
+  ByteReverse() {
+    for (int x = 0; x < 256; ++x) {
+      int y = 0;
+      for (int i = 0; i < 8; ++i) y |= ((x >> i) & 1) << (7 - i);
+      table[x] = static_cast<uint8_t>(y);
+    }
+  }
+  __m512i operator()(__m512i b) const {
+    const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(table), b, _mm512_load_si512(table + 64));
+    const __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(table + 128), b, _mm512_load_si512(table + 192));
+    return _mm512_mask_mov_epi8(lo, _mm512_movepi8_mask(b), hi);
+  }
+};
+
 }  // namespace avx512
 }  // namespace bnb_cpu
