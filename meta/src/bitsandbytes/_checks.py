@@ -94,6 +94,71 @@ def prod(shape: Sequence[int]) -> int:
     return n
 
 
+OPTIMIZER_NAMES = ("adam", "lamb", "momentum", "lars", "rmsprop", "adagrad", "lion", "ademamix")
+"""Algorithms the optimizer ops accept."""
+
+TWO_STATE_OPTIMIZERS = frozenset({"adam", "lamb", "ademamix"})
+"""Algorithms with a second state (``state2``)."""
+
+OPTIMIZER_STATE_BLOCKSIZE = 256
+"""Block size of the 8-bit optimizer states (fixed)."""
+
+
+def check_optimizer_common(
+    optimizer_name: str, g: torch.Tensor, p: torch.Tensor, step: int, lr: float, eps: float
+) -> None:
+    """Checks of both optimizer ops: a known algorithm, matching g/p, step >= 1, lr and eps >= 0."""
+    if optimizer_name not in OPTIMIZER_NAMES:
+        raise ValueError(
+            f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}"
+        )
+    check_optimizer_args(g, p)
+    if step < 1:
+        raise ValueError(f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
+    if not (lr >= 0.0):  # NaN fails too
+        raise ValueError(f"bitsandbytes: lr must be non-negative, got {lr}")
+    if not (eps >= 0.0):
+        raise ValueError(f"bitsandbytes: eps must be non-negative, got {eps}")
+
+
+def check_optimizer_state(t: torch.Tensor | None, arg: str, numel: int, dtype: torch.dtype) -> None:
+    """An optimizer state (or its absmax): present, of ``dtype``, ``numel`` elements, contiguous."""
+    if t is None:
+        raise ValueError(f"bitsandbytes: {arg} is required for this optimizer")
+    check_dtype(t, arg, (dtype,))
+    if t.numel() != numel:
+        raise ValueError(f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
+    if not t.is_contiguous():
+        raise ValueError(f"bitsandbytes: {arg} must be contiguous")
+
+
+def check_optimizer_8bit_states(
+    optimizer_name: str,
+    n: int,
+    state1: torch.Tensor,
+    state2: torch.Tensor | None,
+    qmap1: torch.Tensor,
+    qmap2: torch.Tensor | None,
+    absmax1: torch.Tensor,
+    absmax2: torch.Tensor | None,
+) -> bool:
+    """The 8-bit states of an ``n``-element parameter (AdEMAMix keeps two rows in state1) with
+    their code books and block absmax; returns whether the algorithm uses state2."""
+    rows = 2 if optimizer_name == "ademamix" else 1
+    blocks = num_blocks(n, OPTIMIZER_STATE_BLOCKSIZE)
+    check_optimizer_state(state1, "state1", rows * n, torch.uint8)
+    check_code(qmap1)
+    check_optimizer_state(absmax1, "absmax1", rows * blocks, torch.float32)
+    two = optimizer_name in TWO_STATE_OPTIMIZERS
+    if two:
+        check_optimizer_state(state2, "state2", n, torch.uint8)
+        if qmap2 is None:
+            raise ValueError("bitsandbytes: qmap2 is required for this optimizer")
+        check_code(qmap2)
+        check_optimizer_state(absmax2, "absmax2", blocks, torch.float32)
+    return two
+
+
 def check_optimizer_args(g: torch.Tensor, p: torch.Tensor) -> None:
     """Checks shared by both optimizer ops: matching sizes and float dtypes."""
     if g.numel() != p.numel():

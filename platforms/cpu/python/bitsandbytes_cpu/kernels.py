@@ -502,56 +502,6 @@ def int8_mixed_scaled_mm(
 OPTIMIZER_CODE = {"momentum": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lion": 4, "ademamix": 5, "lamb": 6, "lars": 7}
 
 
-OPTIMIZER_NAMES = ("adam", "lamb", "momentum", "lars", "rmsprop", "adagrad", "lion", "ademamix")
-TWO_STATE = frozenset({"adam", "lamb", "ademamix"})
-STATE_BLOCKSIZE = 256
-
-
-class _OptChecks:
-    """The optimizer ops' argument checks, with the reference kernels' messages (kept here so that
-    the wheel depends only on the public ``bitsandbytes._checks``)."""
-
-    TWO_STATE = TWO_STATE
-    STATE_BLOCKSIZE = STATE_BLOCKSIZE
-
-    @staticmethod
-    def _state_numel(optimizer_name: str, n: int) -> int:
-        return 2 * n if optimizer_name == "ademamix" else n
-
-    @staticmethod
-    def _check_state(t: torch.Tensor | None, arg: str, numel: int, dtype: torch.dtype) -> None:
-        if t is None:
-            raise ValueError(f"bitsandbytes: {arg} is required for this optimizer")
-        assert t is not None
-        C.check_dtype(t, arg, (dtype,))
-        if t.numel() != numel:
-            raise ValueError(f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
-        if not t.is_contiguous():
-            raise ValueError(f"bitsandbytes: {arg} must be contiguous")
-
-    @staticmethod
-    def _check_common(optimizer_name: str, g: torch.Tensor, p: torch.Tensor, step: int, lr: float, eps: float) -> None:
-        if optimizer_name not in OPTIMIZER_NAMES:
-            raise ValueError(
-                f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}"
-            )
-        if g.numel() != p.numel():
-            raise ValueError(f"bitsandbytes: g has {g.numel()} elements but p has {p.numel()}")
-        C.check_dtype(g, "g", C.FLOAT_DTYPES)
-        if g.dtype != p.dtype:
-            raise TypeError(f"bitsandbytes: g dtype {g.dtype} must equal p dtype {p.dtype}")
-        if step < 1:
-            raise ValueError(f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
-        if not (lr >= 0.0):
-            raise ValueError(f"bitsandbytes: lr must be non-negative, got {lr}")
-        if not (eps >= 0.0):
-            raise ValueError(f"bitsandbytes: eps must be non-negative, got {eps}")
-
-
-def _opt_checks() -> type[_OptChecks]:
-    return _OptChecks
-
-
 def optimizer_update_32bit(
     optimizer_name: str,
     g: torch.Tensor,
@@ -573,16 +523,15 @@ def optimizer_update_32bit(
     skip_zeros: bool = False,
 ) -> None:
     """One fused optimizer step with f32 states (one pass; two with max_unorm > 0)."""
-    ref = _opt_checks()
-    ref._check_common(optimizer_name, g, p, step, lr, eps)
+    C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
-    ref._check_state(state1, "state1", ref._state_numel(optimizer_name, n), torch.float32)
-    two = optimizer_name in ref.TWO_STATE
+    C.check_optimizer_state(state1, "state1", 2 * n if optimizer_name == "ademamix" else n, torch.float32)
+    two = optimizer_name in C.TWO_STATE_OPTIMIZERS
     if two:
-        ref._check_state(state2, "state2", n, torch.float32)
+        C.check_optimizer_state(state2, "state2", n, torch.float32)
     clip = max_unorm > 0.0
     if clip:
-        ref._check_state(unorm_vec, "unorm_vec", 1, torch.float32)
+        C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     _on_cpu(g=g, p=p, state1=state1)
     if n == 0:
         return
@@ -640,20 +589,9 @@ def optimizer_update_8bit_blockwise(
 ) -> None:
     """One fused optimizer step with block-wise 8-bit states: dequantize, update and requantize
     in registers, one pass over the parameter."""
-    ref = _opt_checks()
-    ref._check_common(optimizer_name, g, p, step, lr, eps)
+    C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
-    rows = 2 if optimizer_name == "ademamix" else 1
-    blocks = C.num_blocks(n, ref.STATE_BLOCKSIZE)
-    two = optimizer_name in ref.TWO_STATE
-    ref._check_state(state1, "state1", rows * n, torch.uint8)
-    C.check_code(qmap1)
-    ref._check_state(absmax1, "absmax1", rows * blocks, torch.float32)
-    if two:
-        ref._check_state(state2, "state2", n, torch.uint8)
-        C.check(qmap2 is not None, "bitsandbytes: qmap2 is required for this optimizer")
-        C.check_code(qmap2)
-        ref._check_state(absmax2, "absmax2", blocks, torch.float32)
+    two = C.check_optimizer_8bit_states(optimizer_name, n, state1, state2, qmap1, qmap2, absmax1, absmax2)
     _on_cpu(g=g, p=p, state1=state1, qmap1=qmap1, absmax1=absmax1)
     if n == 0:
         return

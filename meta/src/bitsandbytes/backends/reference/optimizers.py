@@ -22,17 +22,13 @@ import torch
 from ... import _checks as C
 from .codebooks import midpoints, nearest_code
 
-OPTIMIZER_NAMES = ("adam", "lamb", "momentum", "lars", "rmsprop", "adagrad", "lion", "ademamix")
-"""Algorithms the optimizer ops accept."""
-
-TWO_STATE = frozenset({"adam", "lamb", "ademamix"})
-"""Algorithms with a second state (``state2``)."""
+OPTIMIZER_NAMES = C.OPTIMIZER_NAMES
+TWO_STATE = C.TWO_STATE_OPTIMIZERS
 
 OPTIMIZER_IDS = {"momentum": 0, "lars": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lamb": 3, "lion": 4, "ademamix": 5}
 """The established release's internal ids (used by the C ABI of the platform wheels)."""
 
-STATE_BLOCKSIZE = 256
-"""Block size of the 8-bit optimizer states (fixed)."""
+STATE_BLOCKSIZE = C.OPTIMIZER_STATE_BLOCKSIZE
 
 _CHUNK = STATE_BLOCKSIZE * 1024
 """Elements processed at a time: whole blocks, small enough to stay in cache-sized temporaries."""
@@ -43,32 +39,8 @@ _CHUNK = STATE_BLOCKSIZE * 1024
 # --------------------------------------------------------------------------------------------
 
 
-def check_optimizer_name(optimizer_name: str) -> None:
-    """Raise ValueError unless ``optimizer_name`` is one of OPTIMIZER_NAMES."""
-    C.check(
-        optimizer_name in OPTIMIZER_NAMES,
-        f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}",
-    )
-
-
 def _state_numel(optimizer_name: str, n: int) -> int:
     return 2 * n if optimizer_name == "ademamix" else n
-
-
-def _check_state(t: torch.Tensor | None, arg: str, numel: int, dtype: torch.dtype) -> None:
-    C.check(t is not None, f"bitsandbytes: {arg} is required for this optimizer")
-    assert t is not None
-    C.check_dtype(t, arg, (dtype,))
-    C.check(t.numel() == numel, f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
-    C.check(t.is_contiguous(), f"bitsandbytes: {arg} must be contiguous")
-
-
-def _check_common(optimizer_name: str, g: torch.Tensor, p: torch.Tensor, step: int, lr: float, eps: float) -> None:
-    check_optimizer_name(optimizer_name)
-    C.check_optimizer_args(g, p)
-    C.check(step >= 1, f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
-    C.check(lr >= 0.0, f"bitsandbytes: lr must be non-negative, got {lr}")
-    C.check(eps >= 0.0, f"bitsandbytes: eps must be non-negative, got {eps}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,14 +157,14 @@ def optimizer_update_32bit(
     where ``u`` is the update before the learning rate (see ``_update_norm``), and ``unorm_vec[0]``
     receives ``‖u‖`` (the LAMB / LARS trust ratio clip).
     """
-    _check_common(optimizer_name, g, p, step, lr, eps)
+    C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
-    _check_state(state1, "state1", _state_numel(optimizer_name, n), torch.float32)
+    C.check_optimizer_state(state1, "state1", _state_numel(optimizer_name, n), torch.float32)
     if optimizer_name in TWO_STATE:
-        _check_state(state2, "state2", n, torch.float32)
+        C.check_optimizer_state(state2, "state2", n, torch.float32)
     clip = max_unorm > 0.0
     if clip:
-        _check_state(unorm_vec, "unorm_vec", 1, torch.float32)
+        C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     C.check_same_device({"g": g, "p": p, "state1": state1, "state2": state2, "unorm_vec": unorm_vec})
     h = _Hyper(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr)
 
@@ -336,19 +308,11 @@ def optimizer_update_8bit_blockwise(
     in its dtype, and the states are re-quantized to the nearest ``qmap`` entry after scaling by a
     fresh per-block absmax (see ``_quant`` for the rounding rule).
     """
-    _check_common(optimizer_name, g, p, step, lr, eps)
+    C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
+    two = C.check_optimizer_8bit_states(optimizer_name, n, state1, state2, qmap1, qmap2, absmax1, absmax2)
     rows = 2 if optimizer_name == "ademamix" else 1
     blocks = C.num_blocks(n, STATE_BLOCKSIZE)
-    two = optimizer_name in TWO_STATE
-    _check_state(state1, "state1", rows * n, torch.uint8)
-    C.check_code(qmap1)
-    _check_state(absmax1, "absmax1", rows * blocks, torch.float32)
-    if two:
-        _check_state(state2, "state2", n, torch.uint8)
-        C.check(qmap2 is not None, "bitsandbytes: qmap2 is required for this optimizer")
-        C.check_code(qmap2)  # type: ignore[arg-type]
-        _check_state(absmax2, "absmax2", blocks, torch.float32)
     C.check_same_device(
         {
             "g": g,
