@@ -238,11 +238,27 @@ void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, 
   }
 }
 
+// kernels_avx2_quant.cpp
+void quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t blocksize, int nf4, uint8_t* packed, float* absmax,
+                   int64_t b0, int64_t b1);
+void quantize_blockwise(const void* A, int32_t dtype, const float* code, int64_t n, int64_t blocksize, uint8_t* out,
+                        float* absmax, int64_t b0, int64_t b1);
+void dequantize_blockwise(const uint8_t* A, const float* code, const float* absmax, int64_t n, int64_t blocksize,
+                          void* out, int32_t dtype, int64_t b0, int64_t b1);
+// kernels_avx2_optim.cpp
+double optimizer_32bit(const Opt32Args& a, int64_t i0, int64_t i1);
+void optimizer_8bit_blockwise(const Opt8Args& a, int64_t i0, int64_t i1);
+
 }  // namespace avx2
 
 const KernelTable kernels_avx2 = [] {
   using namespace avx2;
   KernelTable t = BNB_GENERIC_TABLE;
+  t.quantize_4bit = quantize_4bit;
+  t.quantize_blockwise = quantize_blockwise;
+  t.dequantize_blockwise = dequantize_blockwise;
+  t.optimizer_32bit = optimizer_32bit;
+  t.optimizer_8bit_blockwise = optimizer_8bit_blockwise;
   t.dequantize_4bit = dequantize_4bit;
   t.gemm_4bit_prepare_bytes = gemm_4bit_prepare_bytes;
   t.gemm_4bit_prepare = gemm_4bit_prepare;
