@@ -20,10 +20,6 @@ DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 QUANT_CODE = {"fp4": 0, "nf4": 1}
 OPTIMIZER_IDS = {"momentum": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lion": 4, "ademamix": 5, "lamb": 6, "lars": 7}
 """C ABI ids (``bnb_optimizer``); lamb/lars share adam/momentum's math, their clip is max_unorm."""
-OPTIMIZER_NAMES = ("adam", "lamb", "momentum", "lars", "rmsprop", "adagrad", "lion", "ademamix")
-"""Accepted names, in the order the reference's error message lists them."""
-TWO_STATE = frozenset({"adam", "lamb", "ademamix"})
-STATE_BLOCKSIZE = 256
 
 # Decode tables of the 4-bit types (FP4 code 8 decodes to -0.0), per device.
 _NF4 = (
@@ -413,24 +409,6 @@ def int8_mm_dequant(
 # ---- optimizers -----------------------------------------------------------------------------
 
 
-def _check_optimizer(optimizer_name: str, g: torch.Tensor, p: torch.Tensor, step: int) -> None:
-    C.check(
-        optimizer_name in OPTIMIZER_IDS,
-        f"bitsandbytes: unknown optimizer_name {optimizer_name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}",
-    )
-    C.check_optimizer_args(g, p)
-    C.check(step >= 1, f"bitsandbytes: step must be >= 1 (the first step is 1), got {step}")
-
-
-def _check_state(t: torch.Tensor | None, arg: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    C.check(t is not None, f"bitsandbytes: {arg} is required for this optimizer")
-    assert t is not None
-    C.check_dtype(t, arg, (dtype,))
-    C.check(t.numel() == numel, f"bitsandbytes: {arg} must hold {numel} elements, got {t.numel()}")
-    C.check(t.is_contiguous(), f"bitsandbytes: {arg} must be contiguous")
-    return t
-
-
 def _with_contiguous_param(p: torch.Tensor, fn: Callable[[torch.Tensor], None]) -> None:
     if p.is_contiguous():
         fn(p)
@@ -461,15 +439,15 @@ def optimizer_update_32bit(
     skip_zeros: bool = False,
 ) -> None:
     """One fused optimizer step with f32 states, in place (one kernel; two with max_unorm > 0)."""
-    _check_optimizer(optimizer_name, g, p, step)
+    C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
-    _check_state(state1, "state1", 2 * n if optimizer_name == "ademamix" else n, torch.float32)
-    two = optimizer_name in TWO_STATE
+    C.check_optimizer_state(state1, "state1", 2 * n if optimizer_name == "ademamix" else n, torch.float32)
+    two = optimizer_name in C.TWO_STATE_OPTIMIZERS
     if two:
-        _check_state(state2, "state2", n, torch.float32)
+        C.check_optimizer_state(state2, "state2", n, torch.float32)
     clip = max_unorm > 0.0
     if clip:
-        _check_state(unorm_vec, "unorm_vec", 1, torch.float32)
+        C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     _on_cuda(g=g, p=p, state1=state1, state2=state2 if two else None, unorm_vec=unorm_vec if clip else None)
     if n == 0:
         return
@@ -512,20 +490,10 @@ def optimizer_update_8bit_blockwise(
     skip_zeros: bool = False,
 ) -> None:
     """One fused optimizer step with block-wise 8-bit states (blocks of 256), in place."""
-    _check_optimizer(optimizer_name, g, p, step)
+    C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
-    rows = 2 if optimizer_name == "ademamix" else 1
-    blocks = C.num_blocks(n, STATE_BLOCKSIZE)
-    two = optimizer_name in TWO_STATE
-    _check_state(state1, "state1", rows * n, torch.uint8)
-    C.check_code(qmap1)
-    _check_state(absmax1, "absmax1", rows * blocks, torch.float32)
-    if two:
-        _check_state(state2, "state2", n, torch.uint8)
-        C.check(qmap2 is not None, "bitsandbytes: qmap2 is required for this optimizer")
-        C.check_code(qmap2)  # type: ignore[arg-type]
-        _check_state(absmax2, "absmax2", blocks, torch.float32)
-    else:
+    two = C.check_optimizer_8bit_states(optimizer_name, n, state1, state2, qmap1, qmap2, absmax1, absmax2)
+    if not two:
         state2 = qmap2 = absmax2 = None
     _on_cuda(g=g, p=p, state1=state1, state2=state2, qmap1=qmap1, qmap2=qmap2, absmax1=absmax1, absmax2=absmax2)
     if n == 0:
