@@ -129,3 +129,20 @@ def test_valid_arguments_pass_the_checks(glue):
         with pytest.raises(Exception) as e:
             glue[name](**make())
         assert "cuda" in str(e.value).lower() or "device" in str(e.value).lower(), str(e.value)
+
+
+BAD_MM_DEQUANT = {
+    "f32 A": dict(A=torch.zeros(2, 3)),
+    "f16 row_stats": dict(row_stats=torch.ones(2, dtype=torch.float16)),
+    "short col_stats": dict(col_stats=torch.ones(2)),
+    "long row_stats": dict(row_stats=torch.ones(3)),
+    "bias of 4": dict(bias=torch.ones(4)),
+    "f64 output": dict(dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MM_DEQUANT))
+def test_int8_mm_dequant_rejects_like_the_reference(glue, case):
+    args = dict(A=torch.zeros(2, 3, dtype=torch.int32), row_stats=torch.ones(2), col_stats=torch.ones(3))
+    args.update(BAD_MM_DEQUANT[case])
+    _rejects_like_reference(glue["int8_mm_dequant"], REF["int8_mm_dequant"], args)

@@ -36,6 +36,12 @@ def check_dtype(t: torch.Tensor, arg: str, allowed: Sequence[torch.dtype]) -> No
         raise DTypeError(f"bitsandbytes: {arg} must have dtype in {{{names}}}, got {t.dtype}")
 
 
+def check_output_dtype(dtype: torch.dtype) -> None:
+    """Raise DTypeError unless ``dtype`` (an op's output dtype argument) is f16, bf16 or f32."""
+    if dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
+
+
 def check_blocksize_4bit(blocksize: int) -> None:
     """Raise ValueError unless ``blocksize`` is a valid 4-bit block size."""
     if blocksize not in FOUR_BIT_BLOCKSIZES:
@@ -191,8 +197,7 @@ def check_dequantize_4bit(
     check_blocksize_4bit(blocksize)
     check_quant_type(quant_type)
     check_dtype(absmax, "absmax", (torch.float32,))
-    if dtype not in FLOAT_DTYPES:
-        raise ValueError(f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
+    check_output_dtype(dtype)
     check_same_device({"A": A, "absmax": absmax})
     check_4bit_shape(shape, absmax, A, blocksize)
 
@@ -230,8 +235,7 @@ def check_dequantize_blockwise(
     check_dtype(absmax, "absmax", (torch.float32,))
     check_positive_blocksize(blocksize)
     check_code(code)
-    if dtype not in FLOAT_DTYPES:
-        raise ValueError(f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
+    check_output_dtype(dtype)
     check_same_device({"A": A, "absmax": absmax, "code": code})
     need = num_blocks(A.numel(), blocksize)
     if absmax.numel() < need:
@@ -247,6 +251,32 @@ def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int
     check(A.numel() > 0, "bitsandbytes: A must not be empty")
     check_code(code)
     check_same_device({"A": A, "code": code})
+
+
+def check_int8_mm_dequant(
+    A: torch.Tensor,
+    row_stats: torch.Tensor,
+    col_stats: torch.Tensor,
+    dtype: torch.dtype | None,
+    bias: torch.Tensor | None,
+) -> tuple[int, int]:
+    """int8_mm_dequant's inputs: int32 ``A`` seen as a (rows, n) matrix, one f32 row statistic per
+    row, one f32 column statistic (and bias entry) per column, an f16/bf16/f32 output dtype
+    (None: f16); returns (rows, n)."""
+    if dtype is not None:
+        check_output_dtype(dtype)
+    check_dtype(A, "A", (torch.int32,))
+    check_dtype(row_stats, "row_stats", (torch.float32,))
+    check_dtype(col_stats, "col_stats", (torch.float32,))
+    n = A.shape[-1] if A.dim() else 1
+    rows = A.numel() // n if n else 0
+    if row_stats.numel() != rows:
+        raise ValueError(f"bitsandbytes: row_stats must have {rows} entries, got {row_stats.numel()}")
+    if col_stats.numel() != n:
+        raise ValueError(f"bitsandbytes: col_stats must have {n} entries, got {col_stats.numel()}")
+    if bias is not None and bias.numel() != n:
+        raise ValueError(f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
+    return rows, n
 
 
 def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> None:

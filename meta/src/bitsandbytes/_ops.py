@@ -19,6 +19,7 @@ from ._checks import (
     check_dtype,
     check_optimizer_args,
     check_out,
+    check_output_dtype,
     check_positive_blocksize,
     check_quant_type,
     check_quantize_4bit,
@@ -164,7 +165,7 @@ def _register_fakes() -> None:
         check_blocksize_4bit(blocksize)
         check_quant_type(quant_type)
         check_dtype(absmax, "absmax", (torch.float32,))
-        check(dtype in FLOAT_DTYPES, f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
+        check_output_dtype(dtype)
         return torch.empty(shape, dtype=dtype, device=A.device)
 
     @_fake("dequantize_4bit.out")

@@ -400,22 +400,10 @@ def int8_mm_dequant(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` in ``dtype`` (default f16)."""
-    C.check_dtype(A, "A", (torch.int32,))
-    C.check_dtype(row_stats, "row_stats", (torch.float32,))
-    C.check_dtype(col_stats, "col_stats", (torch.float32,))
-    n = A.shape[-1] if A.dim() else 1
-    rows = A.numel() // n if n else 0
-    if row_stats.numel() != rows:
-        raise ValueError(f"bitsandbytes: row_stats must have {rows} entries, got {row_stats.numel()}")
-    if col_stats.numel() != n:
-        raise ValueError(f"bitsandbytes: col_stats must have {n} entries, got {col_stats.numel()}")
+    rows, n = C.check_int8_mm_dequant(A, row_stats, col_stats, dtype, bias)
     if bias is not None:
-        if bias.numel() != n:
-            raise ValueError(f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
         C.check_dtype(bias, "bias", C.FLOAT_DTYPES)
     dtype = dtype or torch.float16
-    if dtype not in C.FLOAT_DTYPES:
-        raise TypeError(f"bitsandbytes: dtype must be float16, bfloat16 or float32, got {dtype}")
     _on_cpu(A=A, row_stats=row_stats, col_stats=col_stats)
     A, row_stats, col_stats = A.contiguous(), row_stats.contiguous(), col_stats.contiguous()
     out = torch.empty(A.shape, dtype=dtype)

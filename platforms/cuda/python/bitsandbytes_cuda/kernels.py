@@ -381,18 +381,10 @@ def int8_mm_dequant(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` in ``dtype`` (default f16), fused."""
-    C.check_dtype(A, "A", (torch.int32,))
-    C.check_dtype(row_stats, "row_stats", (torch.float32,))
-    C.check_dtype(col_stats, "col_stats", (torch.float32,))
+    m, n = C.check_int8_mm_dequant(A, row_stats, col_stats, dtype, bias)
     dtype = dtype or torch.float16
-    C.check(dtype in DTYPE_CODE, f"bitsandbytes: dtype must be one of f16, bf16, f32, got {dtype}", TypeError)
     device = _on_cuda(A=A, row_stats=row_stats, col_stats=col_stats, bias=bias)
-    n = A.shape[-1] if A.dim() else 1
-    m = A.numel() // n if n else 0
-    C.check(row_stats.numel() == m, f"bitsandbytes: row_stats must have {m} entries, got {row_stats.numel()}")
-    C.check(col_stats.numel() == n, f"bitsandbytes: col_stats must have {n} entries, got {col_stats.numel()}")
     if bias is not None:
-        C.check(bias.numel() == n, f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
         if bias.dtype not in DTYPE_CODE:
             bias = bias.float()
         bias = bias.contiguous()

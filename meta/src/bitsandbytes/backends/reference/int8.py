@@ -95,23 +95,10 @@ def int8_mm_dequant(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` in ``dtype`` (default f16)."""
-    C.check_dtype(A, "A", (torch.int32,))
-    C.check_dtype(row_stats, "row_stats", (torch.float32,))
-    C.check_dtype(col_stats, "col_stats", (torch.float32,))
+    C.check_int8_mm_dequant(A, row_stats, col_stats, dtype, bias)
     rows = _rows(A)
-    C.check(
-        row_stats.numel() == rows.shape[0],
-        f"bitsandbytes: row_stats must have {rows.shape[0]} entries, got {row_stats.numel()}",
-    )
-    C.check(
-        col_stats.numel() == rows.shape[1],
-        f"bitsandbytes: col_stats must have {rows.shape[1]} entries, got {col_stats.numel()}",
-    )
     out = rows.float() * (row_stats.view(-1, 1) * col_stats.view(1, -1)) * INV_127_SQ
     if bias is not None:
-        C.check(
-            bias.numel() == rows.shape[1], f"bitsandbytes: bias must have {rows.shape[1]} entries, got {bias.numel()}"
-        )
         out = out + bias.float()
     return out.to(dtype or torch.float16).view(A.shape)
 
