@@ -260,10 +260,12 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
                 "import bitsandbytes, torch\n"
                 "impl = bitsandbytes.implementation('quantize_4bit', 'cpu')\n"
                 "assert impl == 'reference', impl\n"
+                "torch.manual_seed(0)\n"
                 "x = torch.randn(256)\n"
                 "q, absmax = torch.ops.bitsandbytes.quantize_4bit(x, 64, 'nf4', torch.uint8)\n"
                 "y = torch.ops.bitsandbytes.dequantize_4bit(q, absmax, 64, 'nf4', x.shape, x.dtype)\n"
-                "assert (y - x).abs().max() <= 0.1386 * absmax.max()  # half the widest NF4 code gap\n"
+                "err = ((y - x).abs().view(-1, 64) / absmax.view(-1, 1)).max()\n"
+                "assert err <= 0.1520, err  # half the widest NF4 code gap, -1 .. -0.6962, in each block's scale\n"
             )
             out = venv.py("-W", "always", "-c", probe)
             fix = f'pip install "bitsandbytes-cpu=={other}"'
