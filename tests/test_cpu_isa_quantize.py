@@ -53,3 +53,39 @@ def test_blockwise_8bit_matches_scalar(isa, dtype, blocksize, signed) -> None:
     deq = lambda: (torch.ops.bitsandbytes.dequantize_blockwise(q, a, code, blocksize, dtype),)  # noqa: E731
     assert all(torch.equal(s, v) for s, v in zip(_on("scalar", quant), _on(isa, quant)))
     assert all(torch.equal(s, v) for s, v in zip(_on("scalar", deq), _on(isa, deq)))
+
+
+def _code_books() -> dict[str, torch.Tensor]:
+    clustered = torch.linspace(-1, 1, 256)
+    clustered[100:110] = 0.3 + torch.arange(10) * 1e-6  # several midpoints share a float's top 16 bits
+    return {
+        "dynamic-signed": F.create_dynamic_map(signed=True),
+        "dynamic-unsigned": F.create_dynamic_map(signed=False),
+        "linear": F.create_linear_map(signed=True),
+        "clustered": clustered.sort().values,
+    }
+
+
+@pytest.mark.skipif(not VECTOR_ISAS, reason="only the scalar kernels are usable on this CPU")
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+@pytest.mark.parametrize("book", ["dynamic-signed", "dynamic-unsigned", "linear", "clustered"])
+def test_blockwise_8bit_midpoints_and_magnitudes_match_scalar(isa, book) -> None:
+    """Every midpoint of the code book, its two float neighbours and values of every magnitude,
+    in blocks whose absmax is exactly 1 (so the scaled value is the value): the vector kernels'
+    nearest-code tables must pick the scalar kernel's code for each."""
+    code = _code_books()[book]
+    mids = (code[:-1] + code[1:]) / 2
+    inf = torch.tensor(float("inf"))
+    near = torch.cat([mids, torch.nextafter(mids, inf), torch.nextafter(mids, -inf), code])
+    g = torch.Generator().manual_seed(7)
+    sign = torch.where(torch.rand(1 << 16, generator=g) < 0.5, -1.0, 1.0)
+    spread = sign * torch.exp2(-torch.rand(1 << 16, generator=g) * 140)  # down to subnormal scale
+    x = torch.cat([near, spread, torch.tensor([0.0, -0.0])]).clamp(-1, 1)
+    blocksize = 4096
+    x = torch.cat([x, torch.zeros(-x.numel() % (blocksize - 1))]).view(-1, blocksize - 1)
+    x = torch.cat([torch.ones(x.shape[0], 1), x], dim=1).flatten()  # absmax 1 in every block
+    quant = lambda: torch.ops.bitsandbytes.quantize_blockwise(x, code, blocksize)  # noqa: E731
+    want, got = _on("scalar", quant), _on(isa, quant)
+    assert torch.equal(want[1], got[1])
+    mismatch = (want[0] != got[0]).nonzero().flatten()
+    assert mismatch.numel() == 0, f"{mismatch.numel()} codes differ, first at x={x[mismatch[0]].item()!r}"

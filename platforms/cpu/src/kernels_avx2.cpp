@@ -8,6 +8,8 @@
 #include "bnb/numeric.h"
 #include "element.h"
 #include "kernels.h"
+#include "optimizer_dispatch.h"
+#include "simd_avx2.h"
 
 namespace bnb_cpu {
 namespace avx2 {
@@ -20,15 +22,6 @@ namespace {
 inline __m256 lut16(__m256i idx, __m256 lo, __m256 hi) {
   const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
   return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), sel);
-}
-
-// f32 -> bf16 bits, round to nearest even, NaN -> 0xFFFF; 8 lanes in the low 16 bits of dwords.
-inline __m256i to_bf16_32(__m256 v) {
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0xffff), nan);
 }
 
 // The 16 16-bit patterns of a block's table, split into a low-byte and a high-byte pshufb table

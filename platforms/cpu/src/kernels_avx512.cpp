@@ -9,6 +9,7 @@
 #include "bnb/numeric.h"
 #include "element.h"
 #include "kernels.h"
+#include "optimizer_dispatch.h"
 #include "simd_avx512.h"
 
 namespace bnb_cpu {
@@ -108,7 +109,9 @@ struct Nearest16 {
   __m512 first, t1, t2, t3;
   __m512i final_code;
 
-  Nearest16(const float* mids, const int32_t* order) {
+  explicit Nearest16(const bnb::Sorted4bit& book) {
+    const float* mids = book.mids;
+    const uint8_t* order = book.order;
     alignas(64) float l1[16] = {0}, l2[16] = {0}, l3[16] = {0};
     alignas(64) int32_t fin[16];
     auto pos = [](int r, int levels) {  // sorted position decided by the low `levels` bits of r
@@ -161,18 +164,7 @@ inline __m256i pack_nibbles64(const __m512i c[4]) {
 template <typename E>
 void quantize_4bit_t(const typename E::type* x, int64_t n, int64_t blocksize, int nf4, uint8_t* packed, float* absmax,
                      int64_t b0, int64_t b1) {
-  const float nf4_table[16] = BNB_NF4_TABLE;
-  const float fp4_table[16] = BNB_FP4_TABLE;
-  const uint8_t fp4_order[16] = BNB_FP4_SORTED_CODES;
-  float mids_arr[16];
-  int32_t order_arr[16];
-  float sorted[16];
-  for (int i = 0; i < 16; ++i) {
-    order_arr[i] = nf4 ? i : fp4_order[i];
-    sorted[i] = nf4 ? nf4_table[i] : fp4_table[order_arr[i]];
-  }
-  for (int i = 0; i < 15; ++i) mids_arr[i] = bnb::midpoint(sorted[i], sorted[i + 1]);
-  const Nearest16 nearest(mids_arr, order_arr);
+  const Nearest16 nearest(bnb::sorted_4bit(nf4));
   // Up to 4096 values at a time (whole blocks) converted to f32 once: first every block's absmax,
   // then every block's codes, so that the absmax reductions of one group and the searches of the
   // next do not wait on each other block by block.

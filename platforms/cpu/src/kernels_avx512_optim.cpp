@@ -14,6 +14,7 @@
 #include "bnb/optimizer_math.h"
 #include "element.h"
 #include "kernels.h"
+#include "optimizer_dispatch.h"
 #include "simd_avx512.h"
 
 namespace bnb_cpu {
@@ -198,21 +199,7 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
 
 template <typename E>
 void opt8_e(const Opt8Args& a, int64_t i0, int64_t i1) {
-  switch (a.c->optimizer) {
-    case BNB_OPTIM_ADAM:
-    case BNB_OPTIM_LAMB:
-      return opt8_t<BNB_OPTIM_ADAM, E>(a, i0, i1);
-    case BNB_OPTIM_ADEMAMIX:
-      return opt8_t<BNB_OPTIM_ADEMAMIX, E>(a, i0, i1);
-    case BNB_OPTIM_LION:
-      return opt8_t<BNB_OPTIM_LION, E>(a, i0, i1);
-    case BNB_OPTIM_RMSPROP:
-      return opt8_t<BNB_OPTIM_RMSPROP, E>(a, i0, i1);
-    case BNB_OPTIM_ADAGRAD:
-      return opt8_t<BNB_OPTIM_ADAGRAD, E>(a, i0, i1);
-    default:
-      return opt8_t<BNB_OPTIM_MOMENTUM, E>(a, i0, i1);
-  }
+  return dispatch_optimizer(a.c->optimizer, [&](auto kind) { return opt8_t<decltype(kind)::value, E>(a, i0, i1); });
 }
 
 }  // namespace

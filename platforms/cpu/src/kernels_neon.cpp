@@ -8,6 +8,7 @@
 #include "bnb/numeric.h"
 #include "element.h"
 #include "kernels.h"
+#include "optimizer_dispatch.h"
 
 namespace bnb_cpu {
 namespace neon {

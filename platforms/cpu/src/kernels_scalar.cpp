@@ -7,6 +7,7 @@
 #include "bnb/numeric.h"
 #include "element.h"
 #include "kernels.h"
+#include "optimizer_dispatch.h"
 
 namespace bnb_cpu {
 namespace scalar {

@@ -83,6 +83,27 @@ BNB_HD BNB_INLINE uint32_t encode_fp4(float x) {
   return order[nearest_sorted_16(sorted, x)];
 }
 
+// A 4-bit code book in ascending order of value, for the searching quantizers: sorted[i] is the
+// value of code order[i], mids[i] the midpoint of sorted[i] and sorted[i + 1].
+struct Sorted4bit {
+  float sorted[16];
+  float mids[15];
+  uint8_t order[16];
+};
+
+BNB_HD BNB_INLINE Sorted4bit sorted_4bit(int quant_type_nf4) {
+  const float nf4[16] = BNB_NF4_TABLE;
+  const float fp4[16] = BNB_FP4_TABLE;
+  const uint8_t fp4_order[16] = BNB_FP4_SORTED_CODES;
+  Sorted4bit t;
+  for (int i = 0; i < 16; ++i) {
+    t.order[i] = quant_type_nf4 ? static_cast<uint8_t>(i) : fp4_order[i];
+    t.sorted[i] = quant_type_nf4 ? nf4[i] : fp4[t.order[i]];
+  }
+  for (int i = 0; i < 15; ++i) t.mids[i] = midpoint(t.sorted[i], t.sorted[i + 1]);
+  return t;
+}
+
 BNB_HD BNB_INLINE uint32_t encode_4bit(int quant_type_nf4, float x) {
   return quant_type_nf4 ? encode_nf4(x) : encode_fp4(x);
 }
