@@ -50,6 +50,12 @@ def copy_bandwidth(reps: int) -> float:
     return 2 * src.numel() * 4 / (t * 1e-3) / 1e9
 
 
+def fresh_fill(N: int, K: int, dtype: torch.dtype) -> Callable[[], object]:
+    """The floor of any op that returns a new [N, K] tensor: allocate it and write every element
+    once (first-touch page faults and the kernel's zeroing of fresh pages included)."""
+    return lambda: torch.empty(N, K, dtype=dtype).fill_(1.0)
+
+
 class Report:
     def __init__(self, bw: float, threads: int) -> None:
         self.bw, self.threads, self.rows = bw, threads, []
@@ -84,7 +90,7 @@ def bench_4bit(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
         if "dequantize_4bit" in only:
             rep.add(
                 f"dequantize_4bit nf4 {tag} {N}x{K}",
-                median_ms({"bnb": lambda: F.dequantize_4bit(packed, qs)}, reps),
+                median_ms({"bnb": lambda: F.dequantize_4bit(packed, qs), "fresh_fill": fresh_fill(N, K, dtype)}, reps),
                 n * es + n / 2 + n / 64 * 4,
             )
             # The same into a preallocated output: the kernel without first-touch page faults.
@@ -133,7 +139,7 @@ def bench_blockwise(rep: Report, N: int, K: int, reps: int, only: set[str]) -> N
         if "dequantize_blockwise" in only:
             rep.add(
                 f"dequantize_blockwise {tag} {N}x{K}",
-                median_ms({"bnb": lambda: F.dequantize_blockwise(q, st)}, reps),
+                median_ms({"bnb": lambda: F.dequantize_blockwise(q, st), "fresh_fill": fresh_fill(N, K, dtype)}, reps),
                 n * es + n,
             )
             out = torch.empty(N, K, dtype=dtype)
