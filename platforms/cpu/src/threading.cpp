@@ -29,9 +29,14 @@
 namespace bnb_cpu {
 namespace {
 
+// Read once: std::thread::hardware_concurrency() reads /sys on every call (glibc's get_nprocs), about
+// 7 us, which was most of the cost of a small kernel call.
 int hardware_threads() {
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : static_cast<int>(hw > 256 ? 256 : hw);
+  static const int threads = [] {
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw == 0 ? 1 : static_cast<int>(hw > 256 ? 256 : hw);
+  }();
+  return threads;
 }
 
 thread_local int t_requested = 0;  // 0: all hardware threads
