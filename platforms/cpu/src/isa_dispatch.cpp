@@ -42,11 +42,12 @@ bool cpu_supports(int isa) {
     case ISA_AVX2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case ISA_AVX512:
-      // The avx512 table uses F, BW, VL, DQ, BF16 (vdpbf16ps), VNNI (vpdpbusd) and VBMI (vpermi2b).
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      // The avx512 table uses F, BW, VL, DQ, BF16 (vdpbf16ps), VNNI (vpdpbusd) and VBMI (vpermi2b),
+      // and some of the avx2 table's kernels (AVX2, FMA, F16C).
+      return cpu_supports(ISA_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16") &&
-             __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c");
+             __builtin_cpu_supports("avx512vnni");
 #endif
 #if defined(__aarch64__)
     case ISA_NEON:

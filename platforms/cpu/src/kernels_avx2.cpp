@@ -1,5 +1,7 @@
 // AVX2 + FMA + F16C kernels: this file is compiled with -mavx2 -mfma -mf16c only. The portable
 // kernels are compiled here too (auto-vectorized for AVX2); the hot ones below use intrinsics.
+#include "kernels_avx2.h"
+
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
@@ -382,17 +384,6 @@ void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, 
     }
   }
 }
-
-// kernels_avx2_quant.cpp
-void quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t blocksize, int nf4, uint8_t* packed, float* absmax,
-                   int64_t b0, int64_t b1);
-void quantize_blockwise(const void* A, int32_t dtype, const float* code, int64_t n, int64_t blocksize, uint8_t* out,
-                        float* absmax, int64_t b0, int64_t b1);
-void dequantize_blockwise(const uint8_t* A, const float* code, const float* absmax, int64_t n, int64_t blocksize,
-                          void* out, int32_t dtype, int64_t b0, int64_t b1);
-// kernels_avx2_optim.cpp
-double optimizer_32bit(const Opt32Args& a, int64_t i0, int64_t i1);
-void optimizer_8bit_blockwise(const Opt8Args& a, int64_t i0, int64_t i1);
 
 }  // namespace avx2
 
