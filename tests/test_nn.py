@@ -291,6 +291,34 @@ def test_matmul_int8_backward(training):
     assert Wp.grad is not None and torch.allclose(Wp.grad.float(), torch.ones(16, 4) @ x.detach().float(), atol=1e-2)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 3.0])
+def test_matmul_int8_inference_path_matches_autograd_path(threshold):
+    """Without gradients bnb.matmul skips autograd.Function; it must give the same bits, the same
+    outlier columns in the state, and honour ``out=``."""
+    torch.manual_seed(1)
+    W = torch.randn(24, 64)
+    x = torch.randn(2, 5, 64)
+    x[..., 7] *= 10  # an outlier column
+    b = torch.randn(24)
+
+    def state():
+        st = bnb.MatmulLtState()
+        st.is_training, st.has_fp16_weights, st.threshold = False, False, threshold
+        return st
+
+    st_grad, st_inf = state(), state()
+    xg = x.clone().requires_grad_(True)
+    with_grad = bnb.matmul(xg, W, state=st_grad, bias=b)
+    assert with_grad.requires_grad
+    with torch.no_grad():
+        out = torch.empty(2, 5, 24)
+        inference = bnb.matmul(x, W, state=st_inf, bias=b, out=out)
+    assert inference is out and not inference.requires_grad
+    assert torch.equal(with_grad.detach(), inference)
+    if threshold > 0:
+        assert torch.equal(st_grad.idx, st_inf.idx) and 7 in st_inf.idx.tolist()
+
+
 def test_matmul_lt_state():
     st = bnb.MatmulLtState()
     assert st.threshold == 0.0 and st.has_fp16_weights and st.CB is None
