@@ -89,3 +89,32 @@ def test_blockwise_8bit_midpoints_and_magnitudes_match_scalar(isa, book) -> None
     assert torch.equal(want[1], got[1])
     mismatch = (want[0] != got[0]).nonzero().flatten()
     assert mismatch.numel() == 0, f"{mismatch.numel()} codes differ, first at x={x[mismatch[0]].item()!r}"
+
+
+@pytest.mark.skipif(not VECTOR_ISAS, reason="only the scalar kernels are usable on this CPU")
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_4bit_midpoints_and_magnitudes_match_scalar(isa, quant_type, dtype) -> None:
+    """Every midpoint of the 4-bit code book, its float neighbours, the bucket edges k / 16 - 1 of
+    the NF4 kernel and values of every magnitude, in blocks whose absmax is exactly 1."""
+    from bitsandbytes.backends.reference.codebooks import four_bit_decode_table
+
+    table = four_bit_decode_table(quant_type).sort().values
+    mids = (table[:-1] + table[1:]) / 2
+    edges = torch.arange(33) / 16 - 1
+    inf = torch.tensor(float("inf"))
+    near = torch.cat([mids, edges, table]).float()
+    near = torch.cat([near, torch.nextafter(near, inf), torch.nextafter(near, -inf)])
+    g = torch.Generator().manual_seed(11)
+    sign = torch.where(torch.rand(1 << 14, generator=g) < 0.5, -1.0, 1.0)
+    spread = sign * torch.exp2(-torch.rand(1 << 14, generator=g) * 140)
+    x = torch.cat([near, spread, torch.tensor([0.0, -0.0, float("nan")])]).clamp(-1, 1)
+    blocksize = 64
+    x = torch.cat([x, torch.zeros(-x.numel() % (blocksize - 1))]).view(-1, blocksize - 1)
+    x = torch.cat([torch.ones(x.shape[0], 1), x], dim=1).flatten().to(dtype)  # absmax 1 in each block
+    fn = lambda: torch.ops.bitsandbytes.quantize_4bit(x, blocksize, quant_type, torch.uint8)  # noqa: E731
+    want, got = _on("scalar", fn), _on(isa, fn)
+    assert torch.equal(want[1], got[1])
+    bad = (want[0] != got[0]).nonzero().flatten()
+    assert bad.numel() == 0, f"{bad.numel()} packed bytes differ, first at byte {bad[0].item()}"
