@@ -195,18 +195,7 @@ inline void requantize_block(const float* v, __m256i mx, const uint8_t* grid, ui
   m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0x4e));
   m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0xb1));
   float am = bnb::bits_float(static_cast<uint32_t>(_mm_cvtsi128_si32(m4)));
-  if (am != am) {  // which NaN: the one the portable kernel's 16 lane-wise maxima give
-    float lanes[16] = {0};
-    for (int i = 0; i < kBS; i += 16) {
-      for (int l = 0; l < 16; ++l) {
-        const float x = v[i + l];
-        const float ax = x < 0.0f ? -x : x;
-        lanes[l] = (ax > lanes[l] || ax != ax) ? ax : lanes[l];
-      }
-    }
-    am = 0.0f;
-    for (int l = 0; l < 16; ++l) am = bnb::nan_max_abs(am, lanes[l]);
-  }
+  if (am != am) am = bnb::state_absmax(v, kBS);  // which NaN: the one the portable kernel keeps
   *absmax = am;
   const __m256 inv = _mm256_set1_ps(bnb::div_rn(1.0f, am < 1e-38f ? 1e-38f : am));
   const int* table = reinterpret_cast<const int*>(grid);  // 4 readable bytes after the end

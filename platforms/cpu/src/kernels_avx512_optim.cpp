@@ -125,17 +125,7 @@ inline void requantize_block(const float* v, const BoundSearch& search, uint8_t*
     mb = _mm512_max_epu32(mb, _mm512_and_si512(_mm512_load_si512(v + i), _mm512_set1_epi32(0x7fffffff)));
   }
   float am = bnb::bits_float(_mm512_reduce_max_epu32(mb));
-  if (am != am) {  // the first NaN in scan order, as the portable kernel's lane-wise maxima give
-    float lanes[16] = {0};
-    for (int i = 0; i < 256; i += 16) {
-      for (int l = 0; l < 16; ++l) {
-        const float ax = v[i + l] < 0.0f ? -v[i + l] : v[i + l];
-        lanes[l] = (ax > lanes[l] || ax != ax) ? ax : lanes[l];
-      }
-    }
-    am = 0.0f;
-    for (int l = 0; l < 16; ++l) am = bnb::nan_max_abs(am, lanes[l]);
-  }
+  if (am != am) am = bnb::state_absmax(v, 256);  // which NaN: the one the portable kernel keeps
   *absmax = am;
   const __m512 inv = _mm512_set1_ps(bnb::div_rn(1.0f, am < 1e-38f ? 1e-38f : am));
   __m512i k[8], r[8];

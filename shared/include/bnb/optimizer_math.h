@@ -141,6 +141,26 @@ BNB_HD BNB_INLINE F apply_update(const OptimizerConsts& c, F p, F d, float lr_sc
   return sub_rn(p, mul_rn(F(lr_scaled), d));
 }
 
+// The absmax of `len` new state values as the 8-bit kernels define it: 16 lane-wise maxima of |x|
+// over the whole groups of 16 (a NaN sticks in its lane, so the first NaN of a lane in scan order
+// is the one kept), combined in lane order, then the rest one by one (bnb::nan_max_abs). The CPU
+// vector kernels compute the maximum of the |x| bit patterns and call this only for a NaN block.
+BNB_HD BNB_INLINE float state_absmax(const float* v, int64_t len) {
+  float lanes[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    for (int l = 0; l < 16; ++l) {
+      const float x = v[i + l];
+      const float ax = x < 0.0f ? -x : x;
+      lanes[l] = (ax > lanes[l] || ax != ax) ? ax : lanes[l];
+    }
+  }
+  float m = 0.0f;
+  for (int l = 0; l < 16; ++l) m = nan_max_abs(m, lanes[l]);
+  for (; i < len; ++i) m = nan_max_abs(m, v[i]);
+  return m;
+}
+
 // 8-bit state rule: index of the 65536-point grid nearest to x * inv_absmax (clamped to
 // [-1, 1]; ties round up, NaN -> 65535), as the reference's floor((s + 1) * 32767.5 + 0.5).
 BNB_HD BNB_INLINE uint32_t state_grid_index(float x, float inv_absmax) {
