@@ -21,7 +21,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 # (N, K, blocksize): fast paths (K a multiple of 64 and of the block), K % 64 != 0, blocks that
 # straddle rows (K % blocksize != 0) and an odd weight element count.
 SHAPES = [(64, 256, 64), (40, 4096, 256), (33, 320, 64), (17, 96, 32), (16, 200, 128), (7, 33, 64)]
-BATCHES = [1, 3, 8, 19]
+BATCHES = [1, 2, 3, 8, 19]
 
 
 def quantized(N: int, K: int, blocksize: int, quant_type: str, seed: int = 0):

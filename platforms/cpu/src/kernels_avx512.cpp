@@ -365,6 +365,12 @@ bool gemv_bf16_b64(const Gemm4bitArgs& a) {
   return a.dtype == BNB_DTYPE_BF16 && a.m <= 2 && a.blocksize == 64 && a.k % 128 == 0;
 }
 
+// f32 or f16 activations, one or two rows, block size 64, k a multiple of 128: gemv_f32_row, whose
+// prepared A (f32) holds, per 128 columns, for q = 0..7 the 16 values at 8m + (q ^ 1), m = 0..15.
+bool gemv_f32_b64(const Gemm4bitArgs& a) {
+  return a.dtype != BNB_DTYPE_BF16 && a.m <= 2 && a.blocksize == 64 && a.k % 128 == 0;
+}
+
 }  // namespace
 
 int64_t gemm_4bit_prepare_bytes(const Gemm4bitArgs& a) {
@@ -382,6 +388,16 @@ void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
       for (int q = 0; q < 4; ++q)
         for (int i = 0; i < 32; ++i) P[g + 32 * q + i] = A[g + 4 * i + q];
     }
+  } else if (gemv_f32_b64(a)) {
+    float* P = static_cast<float*>(scratch);
+    dispatch_float(a.dtype, [&](auto e) {
+      using E = decltype(e);
+      const typename E::type* A = static_cast<const typename E::type*>(a.A);
+      for (int64_t g = 0; g < total; g += 128) {
+        for (int q = 0; q < 8; ++q)
+          for (int m = 0; m < 16; ++m) P[g + 16 * q + m] = E::load(A[g + 8 * m + (q ^ 1)]);
+      }
+    });
   } else if (a.dtype == BNB_DTYPE_BF16) {
     const uint16_t* A = static_cast<const uint16_t*>(a.A);
     uint16_t* P = static_cast<uint16_t*>(scratch);
@@ -537,6 +553,65 @@ void gemv_bf16_row(const Gemm4bitArgs& a, const uint16_t* P, int64_t j, const __
   }
 }
 
+// One weight row against MT (1 or 2) f32 rows (f32 or f16 activations), block size 64
+// (gemv_f32_b64). Per 128 weights (64 packed bytes, two blocks): dword m of the bytes holds the
+// nibbles of weights 8m .. 8m + 7, weight 8m + (q ^ 1) at bits 4q .. 4q + 3, and vpermps reads
+// only an index's low 4 bits, so seven shifts are all the unpacking its eight lookups need. Lanes
+// 0-7 cover the first block, lanes 8-15 the second: the partial sums are scaled by both absmax
+// values with one vector, as in gemv_bf16_row (the weight is code * absmax unrounded; the f16
+// reference rounds it to f16 first, a difference well inside the sum's tolerance). Two partial
+// sums per step and two steps in flight keep the FMA chains short; the weight is prefetched to L2
+// as in gemv_bf16_row. 4096x4096 on 2 threads from DRAM: f32 0.95 -> 0.55 ms, f16 0.90 -> 0.57 ms
+// (the tiles of gemm_f32_tile read four weight rows at once, without prefetch).
+template <int MT>
+void gemv_f32_row(const Gemm4bitArgs& a, const float* P, int64_t j, const __m512 code) {
+  const int64_t k = a.k;
+  const __m512i sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const uint8_t* w = a.B + j * k / 2;
+  const float* am = a.absmax + j * k / 64;
+  constexpr int64_t kAhead = 16384;
+  const int64_t ahead_end = (a.n - j) * k / 2 - kAhead;
+  __m512 acc[2][MT];
+  for (int c = 0; c < 2; ++c)
+    for (int r = 0; r < MT; ++r) acc[c][r] = _mm512_setzero_ps();
+  auto step = [&](int64_t i, __m512(&acc_c)[MT]) BNB_INLINE_LAMBDA {
+    if (i / 2 < ahead_end) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + i / 2 + kAhead), _MM_HINT_T2);
+      if (i % 1024 == 0) _mm_prefetch(reinterpret_cast<const char*>(am + (i + 2 * kAhead) / 64), _MM_HINT_T0);
+    }
+    const __m512i x = _mm512_loadu_si512(w + i / 2);
+    __m512 wq[8];
+    wq[0] = _mm512_permutexvar_ps(x, code);
+    for (int q = 1; q < 8; ++q) wq[q] = _mm512_permutexvar_ps(_mm512_srli_epi32(x, 4 * q), code);
+    const __m512 scale = _mm512_permutexvar_ps(
+        sel, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(am + i / 64)))));
+    for (int r = 0; r < MT; ++r) {
+      const float* p = P + r * k + i;
+      __m512 e = _mm512_mul_ps(_mm512_loadu_ps(p), wq[0]);
+      __m512 o = _mm512_mul_ps(_mm512_loadu_ps(p + 16), wq[1]);
+      for (int q = 2; q < 8; q += 2) {
+        e = _mm512_fmadd_ps(_mm512_loadu_ps(p + 16 * q), wq[q], e);
+        o = _mm512_fmadd_ps(_mm512_loadu_ps(p + 16 * q + 16), wq[q + 1], o);
+      }
+      acc_c[r] = _mm512_fmadd_ps(_mm512_add_ps(e, o), scale, acc_c[r]);
+    }
+  };
+  int64_t i = 0;
+  for (; i + 256 <= k; i += 256) {
+    step(i, acc[0]);
+    step(i + 128, acc[1]);
+  }
+  if (i < k) step(i, acc[0]);
+  for (int r = 0; r < MT; ++r) {
+    const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]));
+    if (a.dtype == BNB_DTYPE_F16) {
+      store_out<Element<BNB_DTYPE_F16>>(a, r, j, v);
+    } else {
+      store_out<Element<BNB_DTYPE_F32>>(a, r, j, v);
+    }
+  }
+}
+
 // f32 path (f32 and f16 activations).
 template <typename E, int MT, int NT>
 void gemm_f32_tile(const Gemm4bitArgs& a, const float* P, int64_t r0, int64_t j0, const __m512 code) {
@@ -616,6 +691,11 @@ void gemm_4bit(const Gemm4bitArgs& a, int64_t n0, int64_t n1) {
   if (gemv_bf16_b64(a)) {
     const uint16_t* P = static_cast<const uint16_t*>(a.prepared);
     for (; j < n1; ++j) a.m == 1 ? gemv_bf16_row<1>(a, P, j, code) : gemv_bf16_row<2>(a, P, j, code);
+    return;
+  }
+  if (gemv_f32_b64(a)) {
+    const float* P = static_cast<const float*>(a.prepared);
+    for (; j < n1; ++j) a.m == 1 ? gemv_f32_row<1>(a, P, j, code) : gemv_f32_row<2>(a, P, j, code);
     return;
   }
   if (a.m <= 2 && a.dtype == BNB_DTYPE_BF16) {
