@@ -114,9 +114,9 @@ void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int6
 }
 
 // ---- 4-bit matmul -------------------------------------------------------------------------------
-// Fast path: k a multiple of 64 and of the block size, block size >= 64. A is converted to f32 and
-// re-laid out once per call ("prepared") so that the weights decoded from 32 packed bytes meet
-// their activations without any shuffle of A.
+// Fast path: k a multiple of 64 and of the block size, block size a multiple of 64. A is converted
+// to f32 and re-laid out once per call ("prepared") so that the weights decoded from 32 packed
+// bytes meet their activations without any shuffle of A.
 //
 // Block size a multiple of 64 ("lookup" kernel): the code book is pshufb tables of its bytes, so
 // 32 weights take one pshufb per byte of the value and byte/word unpacks. f16 / bf16 A: the code
@@ -220,7 +220,8 @@ void lookup_rows(const Gemm4bitArgs& a, const float* P, int64_t r0, int64_t j, c
   const __m256i mask = _mm256_set1_epi8(15);
   __m256 acc[MT];
   for (int r = 0; r < MT; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t b0 = i0; b0 < i1; b0 += bs) {
+  const float* am_b = am + i0 / bs;  // the absmax of block b0 (a pointer step: no division per block)
+  for (int64_t b0 = i0; b0 < i1; b0 += bs, ++am_b) {
     __m256 part[MT][NP];
     for (int r = 0; r < MT; ++r)
       for (int q = 0; q < NP; ++q) part[r][q] = _mm256_setzero_ps();
@@ -241,7 +242,7 @@ void lookup_rows(const Gemm4bitArgs& a, const float* P, int64_t r0, int64_t j, c
         }
       }
     }
-    const __m256 s = _mm256_broadcast_ss(am + b0 / bs);
+    const __m256 s = _mm256_broadcast_ss(am_b);
     for (int r = 0; r < MT; ++r) {
       __m256 sum = part[r][0];
       for (int q = 1; q < NP; ++q) sum = _mm256_add_ps(sum, part[r][q]);
