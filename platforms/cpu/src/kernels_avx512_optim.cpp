@@ -117,13 +117,12 @@ inline __m256i grid_index16(__m512 v, __m512 inv) {
   return _mm512_cvtusepi32_epi16(_mm512_cvttps_epi32(t));
 }
 
-// New absmax of a 256-value block (NaN sticks, as nan_max_abs) and its codes.
-inline void requantize_block(const float* v, const BoundSearch& search, uint8_t* codes, float* absmax) {
-  // |x| as bit patterns: their unsigned maximum is the largest |x|, or a NaN's (above inf's).
-  __m512i mb = _mm512_setzero_si512();
-  for (int i = 0; i < 256; i += 16) {
-    mb = _mm512_max_epu32(mb, _mm512_and_si512(_mm512_load_si512(v + i), _mm512_set1_epi32(0x7fffffff)));
-  }
+// |x| as bit patterns: their unsigned maximum is the largest |x|, or a NaN's (above inf's).
+inline __m512i abs_bits(__m512 x) { return _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)); }
+
+// New absmax of a 256-value block (NaN sticks, as nan_max_abs) and its codes, given the lane-wise
+// unsigned maximum of the block's abs_bits (kept while the values were computed).
+inline void requantize_block(const float* v, __m512i mb, const BoundSearch& search, uint8_t* codes, float* absmax) {
   float am = bnb::bits_float(_mm512_reduce_max_epu32(mb));
   if (am != am) am = bnb::state_absmax(v, 256);  // which NaN: the one the portable kernel keeps
   *absmax = am;
@@ -159,6 +158,7 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
   int64_t start = i0;
   for (; start + BS <= i1; start += BS) {
     const int64_t b = start / BS;
+    __m512i mx1 = _mm512_setzero_si512(), mx1b = _mm512_setzero_si512(), mx2 = _mm512_setzero_si512();
     for (int64_t q = 0; q < BS; q += 64) {
       __m512 m1v[4], m1bv[4], m2v[4];
       lookup64(a.state1 + start + q, planes1, order, a.absmax1[b], m1v);
@@ -175,14 +175,24 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
         __mmask16 upd = 0xffff;
         if (skip) upd = _mm512_cmp_ps_mask(gv.v, _mm512_setzero_ps(), _CMP_NEQ_UQ);  // g == 0: keep p and states
         store16<E>(p + i, pn.v, upd);
-        _mm512_store_ps(v1 + q + 16 * r, _mm512_mask_mov_ps(m1v[r], upd, m1.v));
-        if (kSlow) _mm512_store_ps(v1b + q + 16 * r, _mm512_mask_mov_ps(m1bv[r], upd, m1b.v));
-        if (two) _mm512_store_ps(v2 + q + 16 * r, _mm512_mask_mov_ps(m2v[r], upd, m2.v));
+        const __m512 n1 = _mm512_mask_mov_ps(m1v[r], upd, m1.v);
+        _mm512_store_ps(v1 + q + 16 * r, n1);
+        mx1 = _mm512_max_epu32(mx1, abs_bits(n1));
+        if (kSlow) {
+          const __m512 n1b = _mm512_mask_mov_ps(m1bv[r], upd, m1b.v);
+          _mm512_store_ps(v1b + q + 16 * r, n1b);
+          mx1b = _mm512_max_epu32(mx1b, abs_bits(n1b));
+        }
+        if (two) {
+          const __m512 n2 = _mm512_mask_mov_ps(m2v[r], upd, m2.v);
+          _mm512_store_ps(v2 + q + 16 * r, n2);
+          mx2 = _mm512_max_epu32(mx2, abs_bits(n2));
+        }
       }
     }
-    requantize_block(v1, search1, a.state1 + start, a.absmax1 + b);
-    if (kSlow) requantize_block(v1b, search1, a.state1 + a.n + start, a.absmax1 + blocks + b);
-    if (two) requantize_block(v2, search2, a.state2 + start, a.absmax2 + b);
+    requantize_block(v1, mx1, search1, a.state1 + start, a.absmax1 + b);
+    if (kSlow) requantize_block(v1b, mx1b, search1, a.state1 + a.n + start, a.absmax1 + blocks + b);
+    if (two) requantize_block(v2, mx2, search2, a.state2 + start, a.absmax2 + b);
   }
   if (start < i1) kernels_scalar.optimizer_8bit_blockwise(a, start, i1);  // a partial last block
 }
