@@ -495,24 +495,21 @@ void gemm_bf16_tile(const Gemm4bitArgs& a, const uint16_t* P, int64_t r0, int64_
     }
 }
 
-// One weight row against MT (1 or 2) bf16 rows, block size 64 (gemv_bf16_b64). Per 128 weights
-// (64 packed bytes, two blocks): the 16-bit word m of the bytes holds the nibbles of weights
-// 4m .. 4m + 3 at bits 4, 0, 12 and 8; vpermw reads only an index's low 5 bits, so with the code
-// book repeated in both halves of its 32-entry table, shifting the words is all the unpacking the
-// four lookups need. Lanes 0-7 of each vdpbf16ps cover the first block, lanes 8-15 the second, so
-// the partial sums are scaled by both absmax values with one vector. The weight row is one
-// sequential stream; two accumulators alternate so that no step waits for the previous one's FMA.
-template <int MT>
-void gemv_bf16_row(const Gemm4bitArgs& a, const uint16_t* P, int64_t j, const __m512 code) {
+// Weight row j streamed against MT (1 or 2) rows of A, block size 64, k a multiple of 128: per
+// 128 weights (64 packed bytes, two blocks) `part(x, i, parts)` gives each row's partial dot
+// product of those weights, lanes 0-7 from the first block and lanes 8-15 from the second, so the
+// partial sums are scaled by both absmax values with one vector; sums[r] = the row's dot product.
+// The weight row is one sequential stream; two accumulators alternate so that no step waits for
+// the previous one's FMA.
+template <int MT, typename Part>
+inline void gemv_row_b64(const Gemm4bitArgs& a, int64_t j, Part part, float (&sums)[MT]) {
   const int64_t k = a.k;
-  const __m512i half = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(code));
-  const __m512i tab = _mm512_inserti64x4(half, _mm512_castsi512_si256(half), 1);
   const __m512i sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   const uint8_t* w = a.B + j * k / 2;
   const float* am = a.absmax + j * k / 64;
   // Software prefetch 16 KiB ahead in the weight (and its absmax), as long as that is inside it:
   // with the weight coming from DRAM the hardware prefetchers alone leave the kernel waiting
-  // (4096x4096 on one Zen 4 core: 0.38 -> 0.27 ms, a plain sequential read of the same bytes
+  // (4096x4096 bf16 on one Zen 4 core: 0.38 -> 0.27 ms, a plain sequential read of the same bytes
   // takes 0.25 ms; in cache 0.20 ms either way). The weight's prefetches go to L2 (prefetcht2):
   // they hold no L1 miss buffer, so more lines are in flight (2 threads, weight evicted before each
   // call: 0.63-0.83 -> 0.53-0.58 ms against int4pack's 0.49-0.59 ms in the same runs).
@@ -526,21 +523,11 @@ void gemv_bf16_row(const Gemm4bitArgs& a, const uint16_t* P, int64_t j, const __
       _mm_prefetch(reinterpret_cast<const char*>(w + i / 2 + kAhead), _MM_HINT_T2);
       if (i % 1024 == 0) _mm_prefetch(reinterpret_cast<const char*>(am + (i + 2 * kAhead) / 64), _MM_HINT_T0);
     }
-    const __m512i x = _mm512_loadu_si512(w + i / 2);
-    const __m512i w0 = _mm512_permutexvar_epi16(_mm512_srli_epi16(x, 4), tab);
-    const __m512i w1 = _mm512_permutexvar_epi16(x, tab);
-    const __m512i w2 = _mm512_permutexvar_epi16(_mm512_srli_epi16(x, 12), tab);
-    const __m512i w3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(x, 8), tab);
+    __m512 parts[MT];
+    part(_mm512_loadu_si512(w + i / 2), i, parts);
     const __m512 scale = _mm512_permutexvar_ps(
         sel, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(am + i / 64)))));
-    for (int r = 0; r < MT; ++r) {
-      const uint16_t* p = P + r * k + i;
-      __m512 part = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_loadu_si512(p), (__m512bh)w0);
-      part = _mm512_dpbf16_ps(part, (__m512bh)_mm512_loadu_si512(p + 32), (__m512bh)w1);
-      part = _mm512_dpbf16_ps(part, (__m512bh)_mm512_loadu_si512(p + 64), (__m512bh)w2);
-      part = _mm512_dpbf16_ps(part, (__m512bh)_mm512_loadu_si512(p + 96), (__m512bh)w3);
-      acc_c[r] = _mm512_fmadd_ps(part, scale, acc_c[r]);
-    }
+    for (int r = 0; r < MT; ++r) acc_c[r] = _mm512_fmadd_ps(parts[r], scale, acc_c[r]);
   };
   int64_t i = 0;
   for (; i + 256 <= k; i += 256) {
@@ -548,66 +535,71 @@ void gemv_bf16_row(const Gemm4bitArgs& a, const uint16_t* P, int64_t j, const __
     step(i + 128, acc[1]);
   }
   if (i < k) step(i, acc[0]);
-  for (int r = 0; r < MT; ++r) {
-    store_out<Element<BNB_DTYPE_BF16>>(a, r, j, _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r])));
-  }
+  for (int r = 0; r < MT; ++r) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]));
+}
+
+// One weight row against MT (1 or 2) bf16 rows, block size 64 (gemv_bf16_b64). Per 128 weights:
+// the 16-bit word m of the 64 bytes holds the nibbles of weights 4m .. 4m + 3 at bits 4, 0, 12
+// and 8; vpermw reads only an index's low 5 bits, so with the code book repeated in both halves of
+// its 32-entry table, shifting the words is all the unpacking the four lookups need.
+template <int MT>
+void gemv_bf16_row(const Gemm4bitArgs& a, const uint16_t* P, int64_t j, const __m512 code) {
+  const __m512i half = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(code));
+  const __m512i tab = _mm512_inserti64x4(half, _mm512_castsi512_si256(half), 1);
+  float sums[MT];
+  gemv_row_b64<MT>(
+      a, j,
+      [&](const __m512i x, int64_t i, __m512(&parts)[MT]) BNB_INLINE_LAMBDA {
+        const __m512i w0 = _mm512_permutexvar_epi16(_mm512_srli_epi16(x, 4), tab);
+        const __m512i w1 = _mm512_permutexvar_epi16(x, tab);
+        const __m512i w2 = _mm512_permutexvar_epi16(_mm512_srli_epi16(x, 12), tab);
+        const __m512i w3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(x, 8), tab);
+        for (int r = 0; r < MT; ++r) {
+          const uint16_t* p = P + r * a.k + i;
+          __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_loadu_si512(p), (__m512bh)w0);
+          d = _mm512_dpbf16_ps(d, (__m512bh)_mm512_loadu_si512(p + 32), (__m512bh)w1);
+          d = _mm512_dpbf16_ps(d, (__m512bh)_mm512_loadu_si512(p + 64), (__m512bh)w2);
+          parts[r] = _mm512_dpbf16_ps(d, (__m512bh)_mm512_loadu_si512(p + 96), (__m512bh)w3);
+        }
+      },
+      sums);
+  for (int r = 0; r < MT; ++r) store_out<Element<BNB_DTYPE_BF16>>(a, r, j, sums[r]);
 }
 
 // One weight row against MT (1 or 2) f32 rows (f32 or f16 activations), block size 64
-// (gemv_f32_b64). Per 128 weights (64 packed bytes, two blocks): dword m of the bytes holds the
-// nibbles of weights 8m .. 8m + 7, weight 8m + (q ^ 1) at bits 4q .. 4q + 3, and vpermps reads
-// only an index's low 4 bits, so seven shifts are all the unpacking its eight lookups need. Lanes
-// 0-7 cover the first block, lanes 8-15 the second: the partial sums are scaled by both absmax
-// values with one vector, as in gemv_bf16_row (the weight is code * absmax unrounded; the f16
-// reference rounds it to f16 first, a difference well inside the sum's tolerance). Two partial
-// sums per step and two steps in flight keep the FMA chains short; the weight is prefetched to L2
-// as in gemv_bf16_row. 4096x4096 on 2 threads from DRAM: f32 0.95 -> 0.55 ms, f16 0.90 -> 0.57 ms
-// (the tiles of gemm_f32_tile read four weight rows at once, without prefetch).
+// (gemv_f32_b64). Per 128 weights: dword m of the 64 bytes holds the nibbles of weights
+// 8m .. 8m + 7, weight 8m + (q ^ 1) at bits 4q .. 4q + 3, and vpermps reads only an index's low 4
+// bits, so seven shifts are all the unpacking its eight lookups need. The weight is code * absmax
+// unrounded (the f16 reference rounds it to f16 first, a difference well inside the sum's
+// tolerance); two partial sums per step keep the FMA chains short. 4096x4096 on 2 threads from
+// DRAM: f32 0.95 -> 0.55 ms, f16 0.90 -> 0.57 ms (gemm_f32_tile reads four weight rows at once,
+// without prefetch).
 template <int MT>
 void gemv_f32_row(const Gemm4bitArgs& a, const float* P, int64_t j, const __m512 code) {
-  const int64_t k = a.k;
-  const __m512i sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  const uint8_t* w = a.B + j * k / 2;
-  const float* am = a.absmax + j * k / 64;
-  constexpr int64_t kAhead = 16384;
-  const int64_t ahead_end = (a.n - j) * k / 2 - kAhead;
-  __m512 acc[2][MT];
-  for (int c = 0; c < 2; ++c)
-    for (int r = 0; r < MT; ++r) acc[c][r] = _mm512_setzero_ps();
-  auto step = [&](int64_t i, __m512(&acc_c)[MT]) BNB_INLINE_LAMBDA {
-    if (i / 2 < ahead_end) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + i / 2 + kAhead), _MM_HINT_T2);
-      if (i % 1024 == 0) _mm_prefetch(reinterpret_cast<const char*>(am + (i + 2 * kAhead) / 64), _MM_HINT_T0);
-    }
-    const __m512i x = _mm512_loadu_si512(w + i / 2);
-    __m512 wq[8];
-    wq[0] = _mm512_permutexvar_ps(x, code);
-    for (int q = 1; q < 8; ++q) wq[q] = _mm512_permutexvar_ps(_mm512_srli_epi32(x, 4 * q), code);
-    const __m512 scale = _mm512_permutexvar_ps(
-        sel, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(am + i / 64)))));
-    for (int r = 0; r < MT; ++r) {
-      const float* p = P + r * k + i;
-      __m512 e = _mm512_mul_ps(_mm512_loadu_ps(p), wq[0]);
-      __m512 o = _mm512_mul_ps(_mm512_loadu_ps(p + 16), wq[1]);
-      for (int q = 2; q < 8; q += 2) {
-        e = _mm512_fmadd_ps(_mm512_loadu_ps(p + 16 * q), wq[q], e);
-        o = _mm512_fmadd_ps(_mm512_loadu_ps(p + 16 * q + 16), wq[q + 1], o);
-      }
-      acc_c[r] = _mm512_fmadd_ps(_mm512_add_ps(e, o), scale, acc_c[r]);
-    }
-  };
-  int64_t i = 0;
-  for (; i + 256 <= k; i += 256) {
-    step(i, acc[0]);
-    step(i + 128, acc[1]);
-  }
-  if (i < k) step(i, acc[0]);
+  float sums[MT];
+  gemv_row_b64<MT>(
+      a, j,
+      [&](const __m512i x, int64_t i, __m512(&parts)[MT]) BNB_INLINE_LAMBDA {
+        __m512 wq[8];
+        wq[0] = _mm512_permutexvar_ps(x, code);
+        for (int q = 1; q < 8; ++q) wq[q] = _mm512_permutexvar_ps(_mm512_srli_epi32(x, 4 * q), code);
+        for (int r = 0; r < MT; ++r) {
+          const float* p = P + r * a.k + i;
+          __m512 e = _mm512_mul_ps(_mm512_loadu_ps(p), wq[0]);
+          __m512 o = _mm512_mul_ps(_mm512_loadu_ps(p + 16), wq[1]);
+          for (int q = 2; q < 8; q += 2) {
+            e = _mm512_fmadd_ps(_mm512_loadu_ps(p + 16 * q), wq[q], e);
+            o = _mm512_fmadd_ps(_mm512_loadu_ps(p + 16 * q + 16), wq[q + 1], o);
+          }
+          parts[r] = _mm512_add_ps(e, o);
+        }
+      },
+      sums);
   for (int r = 0; r < MT; ++r) {
-    const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]));
     if (a.dtype == BNB_DTYPE_F16) {
-      store_out<Element<BNB_DTYPE_F16>>(a, r, j, v);
+      store_out<Element<BNB_DTYPE_F16>>(a, r, j, sums[r]);
     } else {
-      store_out<Element<BNB_DTYPE_F32>>(a, r, j, v);
+      store_out<Element<BNB_DTYPE_F32>>(a, r, j, sums[r]);
     }
   }
 }
