@@ -71,6 +71,19 @@ def test_dequantize_blockwise_rejects(device, impl, fn):
         fn(q.to(torch.int8), torch.ones(4, device=device), code, 256, torch.float32)
 
 
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_vectorwise_dequant"))
+def test_int8_vectorwise_dequant_rejects(device, impl, fn):
+    A = torch.zeros(2, 3, dtype=torch.int8, device=device)
+    with pytest.raises(TypeError, match="A must have dtype"):
+        fn(A.float(), torch.ones(2, device=device))
+    with pytest.raises(TypeError, match="stats must have dtype"):
+        fn(A, torch.ones(2, dtype=torch.float16, device=device))
+    with pytest.raises(ValueError, match="stats has 3 entries"):
+        fn(A, torch.ones(3, device=device))
+    with pytest.raises(ValueError, match="at least one dimension"):
+        fn(torch.zeros((), dtype=torch.int8, device=device), torch.ones(1, device=device))
+
+
 def test_dtype_error_is_also_a_value_error():
     """The established release raised ValueError for wrong dtypes; we raise a subclass of both."""
     with pytest.raises(ValueError):

@@ -253,6 +253,22 @@ def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int
     check_same_device({"A": A, "code": code})
 
 
+def check_int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> tuple[int, int]:
+    """int8_vectorwise_dequant's inputs: int8 ``A`` seen as a (rows, cols) matrix (its last
+    dimension the columns) and one f32 statistic per row; returns (rows, cols)."""
+    check_dtype(A, "A", (torch.int8,))
+    check_dtype(stats, "stats", (torch.float32,))
+    check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
+    cols = A.shape[-1]
+    rows = A.numel() // cols if cols else int(torch.Size(A.shape[:-1]).numel())
+    check(
+        stats.numel() == rows,
+        f"bitsandbytes: stats has {stats.numel()} entries, expected one per row ({rows})",
+    )
+    check_same_device({"A": A, "stats": stats})
+    return rows, cols
+
+
 def check_int8_mm_dequant(
     A: torch.Tensor,
     row_stats: torch.Tensor,

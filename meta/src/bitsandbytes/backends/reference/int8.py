@@ -45,14 +45,8 @@ def int8_vectorwise_quant(
 
 def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     """``A * stats[row] / 127`` as f32."""
-    C.check_dtype(A, "A", (torch.int8,))
-    C.check_dtype(stats, "stats", (torch.float32,))
-    rows = _rows(A)
-    C.check(
-        stats.numel() == rows.shape[0],
-        f"bitsandbytes: stats has {stats.numel()} entries, expected one per row ({rows.shape[0]})",
-    )
-    return (rows * stats.view(-1, 1) * INV_127).view(A.shape)
+    rows, cols = C.check_int8_vectorwise_dequant(A, stats)
+    return (A.reshape(rows, cols) * stats.view(-1, 1) * INV_127).view(A.shape)
 
 
 def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> None:
