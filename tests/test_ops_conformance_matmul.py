@@ -138,6 +138,56 @@ def test_int8_vectorwise_dequant(device, impl, fn, shape):
     assert torch.equal(got.cpu().view(torch.int32), want.view(torch.int32))
 
 
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_vectorwise_quant"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threshold", [0.0, 2.5])
+def test_int8_vectorwise_quant_special_values(device, impl, fn, dtype, threshold):
+    """NaN and infinity in rows (a NaN row quantizes to zeros with a NaN statistic, an infinite one
+    to +-127 where infinite), an outlier-only row, halfway cases of the rounding, 3-D input, and
+    rows of lengths around the vector width."""
+    g = torch.Generator().manual_seed(6)
+    for rows, cols in [(6, 37), (1, 9), (4, 8), (3, 1)]:
+        A = torch.randn(rows, cols, generator=g).to(dtype)
+        A[0, 0] = float("nan")
+        if rows > 1:
+            A[1, cols // 2] = float("inf")
+        if rows > 2:
+            A[2] = 8.0  # every element an outlier when threshold > 0
+        if rows > 3:
+            A[3] = torch.arange(cols) * 0.5 - 2.0  # exact halves after scaling
+        for x in (A, A.reshape(1, rows, cols)):
+            CA, stats, cols_out = fn(x.to(device), threshold)
+            rCA, rstats, rcols = REF["int8_vectorwise_quant"](x, threshold)
+            assert torch.equal(CA.cpu(), rCA)
+            torch.testing.assert_close(stats.cpu(), rstats, rtol=0, atol=0, equal_nan=True)
+            assert (cols_out is None) == (rcols is None)
+            if rcols is not None:
+                assert torch.equal(cols_out.cpu(), rcols)
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_double_quant"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threshold", [0.0, 2.5])
+@pytest.mark.parametrize("shape", [(1, 70), (5, 64), (33, 129), (2, 3, 16), (7,), (3, 0), (0, 4)])
+def test_int8_double_quant(device, impl, fn, dtype, threshold, shape):
+    g = torch.Generator().manual_seed(7)
+    A = (torch.randn(shape, generator=g) * 1.5).to(dtype)
+    if A.dim() == 2 and A.shape[0] > 2 and A.shape[1] > 3:
+        A[2] = 0.0
+        A[:, 3] = 0.0
+        A[1, 1] = float("nan")
+    got = fn(A.to(device), threshold)
+    want = REF["int8_double_quant"](A, threshold)
+    for x, y in zip(got, want):
+        assert (x is None) == (y is None)
+        if y is not None:
+            assert x.dtype == y.dtype and x.shape == y.shape
+            if y.is_floating_point():  # the statistics; NaN where a row or column holds one
+                torch.testing.assert_close(x.cpu(), y, rtol=0, atol=0, equal_nan=True)
+            else:
+                assert torch.equal(x.cpu(), y)
+
+
 @pytest.mark.parametrize("device,impl,fn", impl_params("int8_linear_matmul"))
 @pytest.mark.parametrize("m,n,k", [(1, 64, 64), (3, 17, 100), (8, 40, 4096), (5, 9, 7)])
 def test_int8_linear_matmul(device, impl, fn, m, n, k):

@@ -62,20 +62,14 @@ int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, in
   BNB_REQUIRE(threshold >= 0.0f, BNB_ERR_INVALID_ARGUMENT, "threshold must be >= 0");
   BNB_REQUIRE(threshold == 0.0f || outlier_cols, BNB_ERR_NULL_POINTER, "outlier_cols is required when threshold > 0");
   if (rows == 0) return bnb_cpu::ok();
+  const auto& kt = kernels();
   if (threshold > 0.0f) {
     memset(outlier_cols, 0, static_cast<size_t>(cols));
-    bnb_cpu::dispatch_float(dtype, [&](auto e) {
-      using E = decltype(e);
-      const typename E::type* x = static_cast<const typename E::type*>(A);
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) {
-          const float v = E::load(x[r * cols + c]);
-          outlier_cols[c] |= (v < 0.0f ? -v : v) >= threshold ? 1 : 0;
-        }
-      }
+    // Threads take column ranges (each flag has one writer), at least 16 K elements each.
+    parallel_for(cols, 1 + 16384 / (rows + 1), [&](int64_t c0, int64_t c1) {
+      kt.int8_outlier_scan(A, dtype, rows, cols, threshold, outlier_cols, c0, c1);
     });
   }
-  const auto& kt = kernels();
   const uint8_t* zero_cols = (threshold > 0.0f && rows > 1) ? outlier_cols : nullptr;
   const int64_t grain = cols > 0 ? 1 + 16384 / (cols + 1) : rows;
   parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {

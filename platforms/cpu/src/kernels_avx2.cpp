@@ -352,6 +352,8 @@ const KernelTable kernels_avx2 = [] {
   t.gemm_4bit_prepare = gemm_4bit_prepare;
   t.gemm_4bit = gemm_4bit;
   t.int8_linear_matmul = int8_linear_matmul;
+  t.int8_vectorwise_quant = int8_vectorwise_quant;
+  t.int8_outlier_scan = int8_outlier_scan;
   return t;
 }();
 

@@ -762,6 +762,8 @@ const KernelTable kernels_avx512 = [] {
   t.gemm_4bit_prepare = gemm_4bit_prepare;
   t.gemm_4bit = gemm_4bit;
   t.int8_linear_matmul = int8_linear_matmul;
+  t.int8_vectorwise_quant = avx2::int8_vectorwise_quant;
+  t.int8_outlier_scan = avx2::int8_outlier_scan;
   t.optimizer_8bit_blockwise = optimizer_8bit_blockwise;
   return t;
 }();

@@ -351,6 +351,25 @@ def int8_vectorwise_quant(
     return out, row_stats, outlier_cols
 
 
+def int8_double_quant(
+    A: torch.Tensor, threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Row-wise and column-wise int8 quantization; outlier columns are zero in both. The column
+    part is the native row quantization of the transpose (the same formula per column), with the
+    outlier elements masked out of the column maxima first (their columns are zeroed after)."""
+    CA, row_stats, outlier_cols = int8_vectorwise_quant(A, threshold)
+    cols = A.shape[-1]
+    rows2d = A.reshape(-1, cols) if A.dim() != 2 else A
+    src = rows2d
+    if outlier_cols is not None and outlier_cols.numel():
+        src = rows2d.masked_fill(rows2d.float().abs() >= threshold, 0.0)
+    CAt_t, col_stats, _ = int8_vectorwise_quant(src.t().contiguous(), 0.0)
+    CAt = CAt_t.t().contiguous()
+    if outlier_cols is not None and outlier_cols.numel():
+        CAt[:, outlier_cols] = 0
+    return CA, CAt.view(A.shape), row_stats, col_stats, outlier_cols
+
+
 def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> None:
     C.check_dtype(A, "A", (torch.int8,))
     C.check_dtype(B, "B", (torch.int8,))
@@ -646,6 +665,7 @@ KERNELS: dict[str, Callable] = {
     "gemv_4bit.out": gemv_4bit_out,
     "gemm_4bit": gemm_4bit,
     "int8_vectorwise_quant": int8_vectorwise_quant,
+    "int8_double_quant": int8_double_quant,
     "int8_linear_matmul": int8_linear_matmul,
     "int8_linear_matmul.out": int8_linear_matmul_out,
     "int8_mm_dequant": int8_mm_dequant,
