@@ -13,6 +13,7 @@ import torch
 from bitsandbytes import _checks as C
 
 from . import _C
+from ._scratch import scratch
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 QUANT_CODE = {"fp4": 0, "nf4": 1}
@@ -308,8 +309,10 @@ def gemm_4bit(
     _on_cpu(A=A, B=B, absmax=eff)
     if _rows(A) > FUSED_MAX_ROWS:
         # Prefill-sized inputs: the dense GEMM on the dequantized weight wins once the weight's
-        # decoding is shared by enough rows; the fused kernel serves decoding (<= 32 rows).
-        W = dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
+        # decoding is shared by enough rows; the fused kernel serves decoding (<= 32 rows). The
+        # weight is a temporary in this thread's reused buffer (see _scratch).
+        W = scratch(list(shapeB), A.dtype)
+        _dequantize_4bit_into(B, eff, blocksize, quant_type, W)
         return torch.nn.functional.linear(A, W, None if bias is None else bias.to(A.dtype))
     out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
     if out.numel():
