@@ -106,7 +106,7 @@ def bench_4bit(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
             q4 = torch.randint(0, 16, (N, K), dtype=torch.int32, generator=gen)
             w4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 2)
             sz = torch.rand(K // 64, N, 2, generator=gen).to(dtype) if dtype == torch.bfloat16 else None
-            for batch in (1, 8, 32):
+            for batch in (1, 8, 32, 128):  # 128 rows: prefill, the dequantize + dense GEMM path
                 A = torch.randn(batch, K, generator=gen).to(dtype)
                 fns = {
                     "bnb": lambda A=A: bnb.matmul_4bit(A, packed.t(), qs),
@@ -174,6 +174,16 @@ def bench_int8(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
                     "int8pack_bf16": lambda xb=xb: torch.ops.aten._weight_int8pack_mm(xb, w8, scales),
                 }
                 rep.add(f"Linear8bitLt fp32 {N}x{K} batch {batch} thr {thr:g}", median_ms(fns, reps), N * K)
+        if thr > 0.0:  # training mode (CPU: the int8 weight dequantized for a float matmul), fwd + bwd
+            layer.train()
+            x = torch.randn(8, K, generator=gen, requires_grad=True)
+            dense = torch.nn.Linear(K, N)
+            fns = {"bnb": lambda: layer(x).sum().backward(), "dense_fp32": lambda: dense(x).sum().backward()}
+            rep.add(f"Linear8bitLt fp32 {N}x{K} batch 8 thr 6 train fwd+bwd", median_ms(fns, reps))
+    # The row quantization of the activations (LLM.int8()'s first step), for a 4096-token batch.
+    A = (torch.randn(4096, K, generator=gen) * 2).half()
+    fns = {"bnb": lambda: F.int8_vectorwise_quant(A, threshold=6.0)}
+    rep.add(f"int8_vectorwise_quant fp16 4096x{K} thr 6", median_ms(fns, reps), A.numel() * 3 + 4096 * 4)
 
 
 def bench_optim(rep: Report, reps: int, only: set[str]) -> None:
