@@ -65,10 +65,22 @@ int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, in
   const auto& kt = kernels();
   if (threshold > 0.0f) {
     memset(outlier_cols, 0, static_cast<size_t>(cols));
-    // Threads take column ranges (each flag has one writer), at least 16 K elements each.
-    parallel_for(cols, 1 + 16384 / (rows + 1), [&](int64_t c0, int64_t c1) {
-      kt.int8_outlier_scan(A, dtype, rows, cols, threshold, outlier_cols, c0, c1);
+    // Row ranges, each scanned into flags of its own, then ORed together: every range reads whole
+    // rows in order (column ranges per thread read a few bytes of every row, and took 2-3x longer).
+    const int64_t parts = rows < 16 ? rows : 16;
+    const size_t es = static_cast<size_t>(bnb_cpu::dtype_size(dtype));
+    std::vector<uint8_t> part_flags(static_cast<size_t>(parts * cols), 0);
+    parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r0 = rows * p / parts, r1 = rows * (p + 1) / parts;
+        kt.int8_outlier_scan(static_cast<const char*>(A) + static_cast<size_t>(r0 * cols) * es, dtype, r1 - r0, cols,
+                             threshold, part_flags.data() + p * cols, 0, cols);
+      }
     });
+    for (int64_t p = 0; p < parts; ++p) {
+      const uint8_t* f = part_flags.data() + p * cols;
+      for (int64_t c = 0; c < cols; ++c) outlier_cols[c] |= f[c];
+    }
   }
   const uint8_t* zero_cols = (threshold > 0.0f && rows > 1) ? outlier_cols : nullptr;
   const int64_t grain = cols > 0 ? 1 + 16384 / (cols + 1) : rows;
