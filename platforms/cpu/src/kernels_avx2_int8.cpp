@@ -17,16 +17,6 @@ namespace avx2 {
 
 namespace {
 
-// |v| as bit patterns: their unsigned order is the order of the magnitudes, any NaN above inf.
-inline __m256i abs_bits(__m256 v) { return _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff)); }
-
-inline uint32_t hmax_epu32(__m256i m) {
-  __m128i a = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
-  a = _mm_max_epu32(a, _mm_shuffle_epi32(a, 0x4e));
-  a = _mm_max_epu32(a, _mm_shuffle_epi32(a, 0xb1));
-  return static_cast<uint32_t>(_mm_cvtsi128_si32(a));
-}
-
 // 8 int32 lanes within [-128, 127] (or 0 / -1 masks) as 8 bytes, in the low half.
 inline __m128i to_bytes(__m256i i) {
   const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
@@ -51,7 +41,7 @@ void quant_rows(const typename E::type* A, int64_t cols, float threshold, int8_t
       }
       mb = _mm256_max_epu32(mb, a);
     }
-    uint32_t mbits = hmax_epu32(mb);
+    uint32_t mbits = hmax_epi32(mb);
     for (int64_t c = c8; c < cols; ++c) {
       uint32_t a = bnb::float_bits(E::load(x[c])) & 0x7fffffffu;
       if (thr && bnb::bits_float(a) >= threshold) a = 0;

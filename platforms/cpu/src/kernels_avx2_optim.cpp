@@ -175,9 +175,6 @@ inline __m256 decode8(const uint8_t* codes, const float* qmap, __m256 scale) {
   return _mm256_mul_ps(_mm256_i32gather_ps(qmap, idx, 4), scale);
 }
 
-// |x| as bit patterns (their unsigned maximum is the largest |x|, or a NaN's, above inf's).
-inline __m256i abs_bits(__m256 x) { return _mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(0x7fffffff)); }
-
 // Grid indices of the 8-bit state rule (bnb::state_grid_index) of 8 values: the clamp below -1
 // is explicit, NaN and everything above the grid come out of the truncation as 0x80000000 or
 // >= 65535 and the unsigned minimum makes them 65535. The index is >= 0.5 before truncation, so
@@ -191,10 +188,7 @@ inline __m256i grid_index8(__m256 v, __m256 inv) {
 
 // New absmax and codes of a 256-value block, given the unsigned maximum of its |x| bit patterns.
 inline void requantize_block(const float* v, __m256i mx, const uint8_t* grid, uint8_t* codes, float* absmax) {
-  __m128i m4 = _mm_max_epu32(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
-  m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0x4e));
-  m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0xb1));
-  float am = bnb::bits_float(static_cast<uint32_t>(_mm_cvtsi128_si32(m4)));
+  float am = bnb::bits_float(hmax_epi32(mx));
   if (am != am) am = bnb::state_absmax(v, kBS);  // which NaN: the one the portable kernel keeps
   *absmax = am;
   const __m256 inv = _mm256_set1_ps(bnb::div_rn(1.0f, am < 1e-38f ? 1e-38f : am));

@@ -27,13 +27,6 @@ namespace {
 
 // ---- loads, block absmax -------------------------------------------------------------------------
 
-inline uint32_t hmax_epi32(__m256i m) {
-  __m128i a = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
-  a = _mm_max_epi32(a, _mm_shuffle_epi32(a, 0x4e));
-  a = _mm_max_epi32(a, _mm_shuffle_epi32(a, 0xb1));
-  return static_cast<uint32_t>(_mm_cvtsi128_si32(a));
-}
-
 inline uint32_t hmax_epi16(__m256i m) {
   __m128i a = _mm_max_epi16(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
   a = _mm_max_epi16(a, _mm_shuffle_epi32(a, 0x4e));

@@ -50,5 +50,17 @@ inline __m128i to_16bit(__m256 v) {
   }
 }
 
+// |x| as bit patterns: their (unsigned or signed) integer order is the order of the magnitudes,
+// any NaN above infinity.
+inline __m256i abs_bits(__m256 x) { return _mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(0x7fffffff)); }
+
+// The largest of 8 non-negative int32 lanes (e.g. abs_bits).
+inline uint32_t hmax_epi32(__m256i m) {
+  __m128i a = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+  a = _mm_max_epi32(a, _mm_shuffle_epi32(a, 0x4e));
+  a = _mm_max_epi32(a, _mm_shuffle_epi32(a, 0xb1));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(a));
+}
+
 }  // namespace avx2
 }  // namespace bnb_cpu
