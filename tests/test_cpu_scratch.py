@@ -41,12 +41,12 @@ def test_buffer_reused_across_shapes_and_dtypes():
     for N, K, A, packed, absmax, want in data + data[::-1]:  # smaller after larger, dtype changes
         _close(_run(A, packed, absmax, N, K), want, K)
     if _scratch.ENABLED:
-        buf = _scratch._LOCAL.buf
-        assert buf.dtype == torch.bfloat16 and buf.numel() >= 72 * 512  # the last dtype, grown as needed
-        before = buf.data_ptr()
+        bufs = _scratch._LOCAL.bufs  # one per dtype (f16 prefill runs in f32), grown as needed
+        assert bufs[torch.bfloat16].numel() >= 72 * 512 and bufs[torch.float32].numel() >= 96 * 640
+        before = bufs[torch.bfloat16].data_ptr()
         N, K, A, packed, absmax, want = data[1]
         _close(_run(A, packed, absmax, N, K), want, K)
-        assert _scratch._LOCAL.buf.data_ptr() == before  # no new allocation for a smaller weight
+        assert bufs[torch.bfloat16].data_ptr() == before  # no new allocation for a smaller weight
 
 
 def test_each_thread_has_its_own_buffer():
@@ -69,11 +69,45 @@ def test_each_thread_has_its_own_buffer():
     assert not errors, errors[0]
 
 
+def test_gradients_through_a_direct_call_do_not_see_the_buffer():
+    """The kernel called directly (not through torch.ops) with gradients on: the weight autograd
+    saves is a tensor of its own, so a later call cannot change the gradient."""
+    A, packed, absmax, _ = _case(72, 512, torch.float32, 20)
+    A.requires_grad_(True)
+    out = bitsandbytes_cpu.kernels.gemm_4bit(A, packed, [72, 512], absmax, 64, "nf4")
+    W = REF["dequantize_4bit"](packed, absmax, 64, "nf4", [72, 512], torch.float32)
+    A2, packed2, absmax2, _ = _case(72, 512, torch.float32, 21)
+    with torch.no_grad():
+        bitsandbytes_cpu.kernels.gemm_4bit(A2, packed2, [72, 512], absmax2, 64, "nf4")  # reuses the buffer
+    out.sum().backward()
+    torch.testing.assert_close(A.grad, W.sum(0).expand_as(A), rtol=1e-5, atol=1e-5)
+
+
+def test_buffer_first_made_in_inference_mode():
+    """A thread whose buffer is first asked for in inference mode, then used outside it."""
+    A, packed, absmax, want = _case(80, 384, torch.bfloat16, 22)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                _close(_run(A, packed, absmax, 80, 384), want, 384)
+            assert not _scratch.ENABLED or not _scratch._LOCAL.bufs[torch.bfloat16].is_inference()
+            _close(_run(A, packed, absmax, 80, 384), want, 384)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=work)  # a new thread: a new buffer
+    t.start()
+    t.join()
+    assert not errors, errors[0]
+
+
 def test_reuse_can_be_turned_off():
     code = (
         "import torch, bitsandbytes, bitsandbytes_cpu._scratch as s\n"
         "x = s.scratch([3, 4], torch.float32); y = s.scratch([3, 4], torch.float32)\n"
-        "print(s.ENABLED, x.data_ptr() != y.data_ptr(), getattr(s._LOCAL, 'buf', None))\n"
+        "print(s.ENABLED, x.data_ptr() != y.data_ptr(), getattr(s._LOCAL, 'bufs', None))\n"
     )
     env = dict(os.environ, BNB_CPU_SCRATCH="0")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -120,7 +120,7 @@ def test_int8_vectorwise_quant(device, impl, fn, dtype, rows, cols, threshold):
 
 
 @pytest.mark.parametrize("device,impl,fn", impl_params("int8_vectorwise_dequant"))
-@pytest.mark.parametrize("shape", [(1, 70), (33, 129), (4096,), (2, 3, 64), (3, 0), (0, 5)])
+@pytest.mark.parametrize("shape", [(1, 70), (33, 129), (4096,), (2, 3, 64), (3, 0), (0, 5), (0,)])
 def test_int8_vectorwise_dequant(device, impl, fn, shape):
     """Bit for bit the reference (A * stats[row], then * 1/127), for every int8 value and row
     statistics of every magnitude, zero, infinity and NaN."""
@@ -128,7 +128,7 @@ def test_int8_vectorwise_dequant(device, impl, fn, shape):
     A = torch.randint(-128, 128, shape, dtype=torch.int8, generator=g)
     if A.numel() >= 256:
         A.view(-1)[:256] = torch.arange(-128, 128, dtype=torch.int8)
-    rows = A.numel() // shape[-1] if shape[-1] else math.prod(shape[:-1])
+    rows = A.numel() // shape[-1] if shape[-1] else (0 if len(shape) == 1 else math.prod(shape[:-1]))
     stats = torch.rand(rows, generator=g) * torch.logspace(-40, 38, rows) if rows else torch.empty(0)
     special = [0.0, float("inf"), float("nan"), 1.0]
     stats[: len(special)] = torch.tensor(special[: min(rows, len(special))])

@@ -260,7 +260,8 @@ def check_int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> tuple
     check_dtype(stats, "stats", (torch.float32,))
     check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
     cols = A.shape[-1]
-    rows = A.numel() // cols if cols else int(torch.Size(A.shape[:-1]).numel())
+    # As int8_vectorwise_quant counts them: a 1-D A is one row, none when it is empty.
+    rows = A.numel() // cols if cols else (0 if A.dim() == 1 else int(torch.Size(A.shape[:-1]).numel()))
     check(
         stats.numel() == rows,
         f"bitsandbytes: stats has {stats.numel()} entries, expected one per row ({rows})",

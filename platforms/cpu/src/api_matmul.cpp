@@ -69,16 +69,17 @@ int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, in
     // rows in order (column ranges per thread read a few bytes of every row, and took 2-3x longer).
     const int64_t parts = rows < 16 ? rows : 16;
     const size_t es = static_cast<size_t>(bnb_cpu::dtype_size(dtype));
-    std::vector<uint8_t> part_flags(static_cast<size_t>(parts * cols), 0);
+    uint8_t* part_flags = static_cast<uint8_t*>(scratch(parts * cols));
+    memset(part_flags, 0, static_cast<size_t>(parts * cols));
     parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t r0 = rows * p / parts, r1 = rows * (p + 1) / parts;
         kt.int8_outlier_scan(static_cast<const char*>(A) + static_cast<size_t>(r0 * cols) * es, dtype, r1 - r0, cols,
-                             threshold, part_flags.data() + p * cols, 0, cols);
+                             threshold, part_flags + p * cols, 0, cols);
       }
     });
     for (int64_t p = 0; p < parts; ++p) {
-      const uint8_t* f = part_flags.data() + p * cols;
+      const uint8_t* f = part_flags + p * cols;
       for (int64_t c = 0; c < cols; ++c) outlier_cols[c] |= f[c];
     }
   }

@@ -353,7 +353,10 @@ void dequantize_blockwise(const uint8_t* A, const float* code, const float* absm
 // call ("prepared"): per 64 columns, the 32 even-indexed then the 32 odd-indexed values, so that
 // the high nibbles (even elements) and low nibbles (odd elements) of 32 packed bytes meet their
 // activations without any shuffle. bf16 A stays bf16 and runs on vdpbf16ps with the weight
-// rounded to bf16 exactly as the reference rounds it; f16/f32 A run in f32 FMA.
+// rounded to bf16 exactly as the reference rounds it; f16/f32 A run in f32 FMA with the weight
+// rounded to A's dtype. One or two rows at block size 64 (k a multiple of 128) take the gemv
+// kernels instead, with layouts of their own (gemv_bf16_b64, gemv_f32_b64): the code book's values
+// times each block's partial sum, the weight unrounded.
 
 namespace {
 

@@ -3,9 +3,10 @@
 A new tensor of 32 MiB or more is fresh mmap'd memory (glibc serves such requests with mmap and
 unmaps them on free), and the OS zeroes each of its pages on first touch, which costs more than
 writing the data. The dequantized weight of gemm_4bit's prefill path (more than 32 rows: dequantize,
-then a dense GEMM) is such a temporary: it goes into this buffer instead, which each thread keeps
-and grows to the largest weight it has seen (4096x4096 bf16 batch 64 on 2 threads: 12.5-16.0 ->
-7.0-7.3 ms, dense bf16 6.0 ms). ``BNB_CPU_SCRATCH=0`` in the environment turns reuse off.
+then a dense GEMM) is such a temporary: it goes into a buffer instead, one per thread and dtype,
+kept for the thread's lifetime and grown to the largest weight it has seen (4096x4096 bf16 batch 64
+on 2 threads: 12.5-16.0 -> 7.0-7.3 ms, dense bf16 6.0 ms). ``BNB_CPU_SCRATCH=0`` in the
+environment when the package is imported turns reuse off.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ def scratch(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     if not ENABLED:
         return torch.empty(shape, dtype=dtype)
     n = math.prod(shape)
-    buf = getattr(_LOCAL, "buf", None)
-    if buf is None or buf.dtype != dtype or buf.numel() < n:
-        _LOCAL.buf = None  # the old buffer goes before the new one is allocated
-        buf = _LOCAL.buf = torch.empty(n, dtype=dtype)
+    bufs = getattr(_LOCAL, "bufs", None)
+    if bufs is None:
+        bufs = _LOCAL.bufs = {}
+    buf = bufs.get(dtype)
+    if buf is None or buf.numel() < n:
+        bufs.pop(dtype, None)  # the old buffer goes before the new one is allocated
+        with torch.inference_mode(False):  # a normal tensor even when first asked for in inference mode
+            buf = bufs[dtype] = torch.empty(n, dtype=dtype)
     return buf[:n].view(shape)

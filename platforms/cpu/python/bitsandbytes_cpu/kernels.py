@@ -311,14 +311,19 @@ def gemm_4bit(
         # Prefill-sized inputs: the dense GEMM on the dequantized weight wins once the weight's
         # decoding is shared by enough rows; the fused kernel serves decoding (<= 32 rows). The
         # weight is a temporary in this thread's reused buffer (see _scratch).
+        # The reused buffer only where nothing can keep it: a direct call (not through torch.ops,
+        # which runs below autograd) with gradients on would save it for backward.
+        keep = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
+        buffer = torch.empty if keep else scratch
         if A.dtype == torch.float16:
             # torch has no fast f16 GEMM on the CPU (4096x4096, 128 rows: 89 ms in f16, 28 ms in
-            # f32): f16 runs in f32 with the weight unrounded, as the fused kernel does.
-            W = scratch(list(shapeB), torch.float32)
+            # f32): f16 runs in f32, the weight unrounded (the reference rounds it to f16; the
+            # difference is inside the f16 tolerance), the bias rounded to f16 as the reference's.
+            W = buffer(list(shapeB), dtype=torch.float32)
             _dequantize_4bit_into(B, eff, blocksize, quant_type, W)
-            b = None if bias is None else bias.float()
+            b = None if bias is None else bias.to(torch.float16).float()
             return torch.nn.functional.linear(A.float(), W, b).to(torch.float16)
-        W = scratch(list(shapeB), A.dtype)
+        W = buffer(list(shapeB), dtype=A.dtype)
         _dequantize_4bit_into(B, eff, blocksize, quant_type, W)
         return torch.nn.functional.linear(A, W, None if bias is None else bias.to(A.dtype))
     out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
