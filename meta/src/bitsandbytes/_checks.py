@@ -253,6 +253,13 @@ def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int
     check_same_device({"A": A, "code": code})
 
 
+def int8_rows(A: torch.Tensor) -> int:
+    """Rows of A seen as a (rows, A.shape[-1]) matrix, as the LLM.int8() row ops count them: a 1-D
+    A is one row (none when it is empty)."""
+    cols = A.shape[-1]
+    return A.numel() // cols if cols else (0 if A.dim() == 1 else int(torch.Size(A.shape[:-1]).numel()))
+
+
 def check_int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> tuple[int, int]:
     """int8_vectorwise_dequant's inputs: int8 ``A`` seen as a (rows, cols) matrix (its last
     dimension the columns) and one f32 statistic per row; returns (rows, cols)."""
@@ -260,8 +267,7 @@ def check_int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> tuple
     check_dtype(stats, "stats", (torch.float32,))
     check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
     cols = A.shape[-1]
-    # As int8_vectorwise_quant counts them: a 1-D A is one row, none when it is empty.
-    rows = A.numel() // cols if cols else (0 if A.dim() == 1 else int(torch.Size(A.shape[:-1]).numel()))
+    rows = int8_rows(A)
     check(
         stats.numel() == rows,
         f"bitsandbytes: stats has {stats.numel()} entries, expected one per row ({rows})",

@@ -75,7 +75,7 @@ int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, in
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t r0 = rows * p / parts, r1 = rows * (p + 1) / parts;
         kt.int8_outlier_scan(static_cast<const char*>(A) + static_cast<size_t>(r0 * cols) * es, dtype, r1 - r0, cols,
-                             threshold, part_flags + p * cols, 0, cols);
+                             threshold, part_flags + p * cols);
       }
     });
     for (int64_t p = 0; p < parts; ++p) {

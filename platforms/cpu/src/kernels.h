@@ -81,10 +81,9 @@ struct KernelTable {
                              int64_t n1);
   void (*int8_mm_dequant)(const int32_t* C, const float* row_stats, const float* col_stats, int64_t n, const void* bias,
                           int32_t bias_dtype, void* out, int32_t out_dtype, int64_t r0, int64_t r1);
-  // flags[c] = 1 for the columns c in [c0, c1) of the rows x cols matrix A holding |v| >= threshold
-  // (flags already zeroed; other entries untouched).
-  void (*int8_outlier_scan)(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold, uint8_t* flags,
-                            int64_t c0, int64_t c1);
+  // flags[c] = 1 for the columns c of the rows x cols matrix A holding |v| >= threshold (flags
+  // already zeroed; the others untouched).
+  void (*int8_outlier_scan)(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold, uint8_t* flags);
   // Optimizers: elements [i0, i1) (whole 256-blocks for 8-bit). 32-bit returns sum(unorm^2).
   double (*optimizer_32bit)(const Opt32Args& a, int64_t i0, int64_t i1);
   void (*optimizer_8bit_blockwise)(const Opt8Args& a, int64_t i0, int64_t i1);

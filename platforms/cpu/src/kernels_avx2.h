@@ -20,8 +20,7 @@ void dequantize_blockwise(const uint8_t* A, const float* code, const float* absm
 // kernels_avx2_int8.cpp
 void int8_vectorwise_quant(const void* A, int32_t dtype, int64_t cols, float threshold, int8_t* out, float* row_stats,
                            const uint8_t* outlier_cols, int64_t r0, int64_t r1);
-void int8_outlier_scan(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold, uint8_t* flags,
-                       int64_t c0, int64_t c1);
+void int8_outlier_scan(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold, uint8_t* flags);
 // kernels_avx2_optim.cpp
 double optimizer_32bit(const Opt32Args& a, int64_t i0, int64_t i1);
 void optimizer_8bit_blockwise(const Opt8Args& a, int64_t i0, int64_t i1);

@@ -82,20 +82,19 @@ void quant_rows(const typename E::type* A, int64_t cols, float threshold, int8_t
 }
 
 template <typename E>
-void outlier_scan_t(const typename E::type* A, int64_t rows, int64_t cols, float threshold, uint8_t* flags, int64_t c0,
-                    int64_t c1) {
+void outlier_scan_t(const typename E::type* A, int64_t rows, int64_t cols, float threshold, uint8_t* flags) {
   const __m256 vthr = _mm256_set1_ps(threshold);
   for (int64_t r = 0; r < rows; ++r) {
     const typename E::type* x = A + r * cols;
-    int64_t c = c0;
-    for (; c + 8 <= c1; c += 8) {
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
       const __m256 a = _mm256_castsi256_ps(abs_bits(load8<E>(x + c)));
       const int k = _mm256_movemask_ps(_mm256_cmp_ps(a, vthr, _CMP_GE_OQ));
       if (k) {  // rare: outliers are a few columns
         for (int l = 0; l < 8; ++l) flags[c + l] |= static_cast<uint8_t>((k >> l) & 1);
       }
     }
-    for (; c < c1; ++c) {
+    for (; c < cols; ++c) {
       const float v = E::load(x[c]);
       if ((v < 0.0f ? -v : v) >= threshold) flags[c] = 1;
     }
@@ -112,11 +111,10 @@ void int8_vectorwise_quant(const void* A, int32_t dtype, int64_t cols, float thr
   });
 }
 
-void int8_outlier_scan(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold, uint8_t* flags,
-                       int64_t c0, int64_t c1) {
+void int8_outlier_scan(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold, uint8_t* flags) {
   dispatch_float(dtype, [&](auto e) {
     using E = decltype(e);
-    outlier_scan_t<E>(static_cast<const typename E::type*>(A), rows, cols, threshold, flags, c0, c1);
+    outlier_scan_t<E>(static_cast<const typename E::type*>(A), rows, cols, threshold, flags);
   });
 }
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bitsandbytes import _checks as C
+from bitsandbytes.backends.reference.int8 import INV_127
 
 from . import _C
 from ._scratch import scratch
@@ -314,18 +315,16 @@ def gemm_4bit(
         # The reused buffer only where nothing can keep it: a direct call (not through torch.ops,
         # which runs below autograd) with gradients on would save it for backward.
         keep = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
-        buffer = torch.empty if keep else scratch
-        if A.dtype == torch.float16:
-            # torch has no fast f16 GEMM on the CPU (4096x4096, 128 rows: 89 ms in f16, 28 ms in
-            # f32): f16 runs in f32, the weight unrounded (the reference rounds it to f16; the
-            # difference is inside the f16 tolerance), the bias rounded to f16 as the reference's.
-            W = buffer(list(shapeB), dtype=torch.float32)
-            _dequantize_4bit_into(B, eff, blocksize, quant_type, W)
-            b = None if bias is None else bias.to(torch.float16).float()
-            return torch.nn.functional.linear(A.float(), W, b).to(torch.float16)
-        W = buffer(list(shapeB), dtype=A.dtype)
+        # torch has no fast f16 GEMM on the CPU (4096x4096, 128 rows: 89 ms in f16, 28 ms in f32):
+        # f16 runs in f32, the weight unrounded (the reference rounds it to f16; the difference is
+        # inside the f16 tolerance), the bias rounded to f16 as the reference's.
+        f16 = A.dtype == torch.float16
+        W = (torch.empty if keep else scratch)(list(shapeB), dtype=torch.float32 if f16 else A.dtype)
         _dequantize_4bit_into(B, eff, blocksize, quant_type, W)
-        return torch.nn.functional.linear(A, W, None if bias is None else bias.to(A.dtype))
+        b = None if bias is None else bias.to(A.dtype)
+        if f16:
+            return torch.nn.functional.linear(A.float(), W, None if b is None else b.float()).to(torch.float16)
+        return torch.nn.functional.linear(A, W, b)
     out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
     if out.numel():
         _gemm_4bit_into(A, B, shapeB, eff, _decode_table(quant_type), blocksize, bias, out)
@@ -346,7 +345,7 @@ def int8_vectorwise_quant(
     _on_cpu(A=A)
     A = A.contiguous()
     cols = A.shape[-1]
-    rows = A.numel() // cols if cols else (A.numel() if A.dim() == 1 else int(torch.tensor(A.shape[:-1]).prod()))
+    rows = C.int8_rows(A)
     out = torch.empty(A.shape, dtype=torch.int8)
     row_stats = torch.zeros(rows, dtype=torch.float32)
     flags = torch.zeros(cols, dtype=torch.uint8) if threshold > 0.0 else None
@@ -375,12 +374,11 @@ def int8_double_quant(
     CA, row_stats, outlier_cols = int8_vectorwise_quant(A, threshold)
     cols = A.shape[-1]
     rows2d = A.reshape(-1, cols) if A.dim() != 2 else A
-    src = rows2d
-    if outlier_cols is not None and outlier_cols.numel():
-        src = rows2d.masked_fill(rows2d.float().abs() >= threshold, 0.0)
+    outliers = outlier_cols is not None and outlier_cols.numel() > 0
+    src = rows2d.masked_fill(rows2d.float().abs() >= threshold, 0.0) if outliers else rows2d
     CAt_t, col_stats, _ = int8_vectorwise_quant(src.t().contiguous(), 0.0)
     CAt = CAt_t.t().contiguous()
-    if outlier_cols is not None and outlier_cols.numel():
+    if outliers:
         CAt[:, outlier_cols] = 0
     return CA, CAt.view(A.shape), row_stats, col_stats, outlier_cols
 
@@ -460,7 +458,6 @@ def int8_mm_dequant(
 
 
 _INT8_CODE: list[torch.Tensor] = []
-_INV_127 = 7.874015718698502e-3  # the reference's constant (backends/reference/int8.py)
 
 
 def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
@@ -475,7 +472,7 @@ def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tenso
         if not _INT8_CODE:
             _INT8_CODE.append(torch.arange(256, dtype=torch.uint8).view(torch.int8).float())
         _dequantize_blockwise_into(A.contiguous().view(torch.uint8), stats.float(), _INT8_CODE[0], cols, out)
-        out.mul_(_INV_127)
+        out.mul_(INV_127)
     return out
 
 
@@ -533,7 +530,6 @@ def int8_mixed_scaled_mm(
     )
     out = int8_mm_dequant(acc, SCA, SCB, dtype=A.dtype, bias=bias)
     sub_a = a[:, outlier_cols]
-    INV_127 = 7.874015718698502e-3
     sub_b = (cb_cols * SCB.view(-1, 1) * INV_127).to(A.dtype)
     out2 = out.reshape(-1, out.shape[-1]).addmm(sub_a, sub_b.t())
     return out2.view(out.shape), sub_a
