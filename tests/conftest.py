@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import pathlib
 from collections.abc import Callable
 
@@ -55,11 +57,36 @@ def _with_isa(isa: str, fn: Callable) -> Callable:
     return run
 
 
+HOST_KERNELS_ENV = "BNB_TEST_HOST_KERNELS"
+
+
+def host_kernel_platforms() -> list[str]:
+    """Platforms whose kernels also run on CPU tensors here, named in ``BNB_TEST_HOST_KERNELS``
+    (comma-separated, e.g. ``xpu,hpu,mps``; set by the nox sessions that test them).
+
+    Each such platform package ``bitsandbytes_<p>`` provides ``host_kernels() -> {op: fn}``:
+    its real kernels run on CPU tensors (XPU: Triton under ``TRITON_INTERPRET=1``; MPS: the
+    Metal source compiled as C++ in a host harness; HPU: the tensor programs on CPU tensors).
+    A named platform that cannot be imported fails the run instead of passing silently."""
+    names = os.environ.get(HOST_KERNELS_ENV, "")
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def _host_kernels(platform: str) -> dict[str, Callable]:
+    module = importlib.import_module(f"bitsandbytes_{platform}")
+    return module.host_kernels()
+
+
 def implementations(op: str) -> list[tuple[str, str, Callable]]:
     """(device, implementation name, kernel) for ``op``: the reference on every device, plus
     each platform kernel registered for it; the CPU wheel's kernels once per instruction set
-    (scalar, avx2, avx512, neon: each dispatch path the machine can run)."""
+    (scalar, avx2, avx512, neon: each dispatch path the machine can run); and the host-run
+    kernels of the platforms named in ``BNB_TEST_HOST_KERNELS`` (as ``cpu``, ``<platform>[host]``)."""
     out = []
+    for platform in host_kernel_platforms():
+        fn = _host_kernels(platform).get(op)
+        if fn is not None:
+            out.append(("cpu", f"{platform}[host]", fn))
     for dev in devices():
         out.append((dev, "reference", REFERENCE[op]))
         owner = bitsandbytes._LOADED.kernels.get((op, dev))
