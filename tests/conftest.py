@@ -60,16 +60,21 @@ def _with_isa(isa: str, fn: Callable) -> Callable:
 HOST_KERNELS_ENV = "BNB_TEST_HOST_KERNELS"
 
 
-def host_kernel_platforms() -> list[str]:
-    """Platforms whose kernels also run on CPU tensors here, named in ``BNB_TEST_HOST_KERNELS``
-    (comma-separated, e.g. ``xpu,hpu,mps``; set by the nox sessions that test them).
+def host_kernel_platforms() -> list[tuple[str, str]]:
+    """(platform, device) pairs whose kernels run here on another device's tensors, named in
+    ``BNB_TEST_HOST_KERNELS`` (comma-separated ``platform`` or ``platform@device``, device
+    ``cpu`` by default: ``xpu,hpu,mps`` in the nox sessions, ``xpu@cuda`` in the GPU check).
 
     Each such platform package ``bitsandbytes_<p>`` provides ``host_kernels() -> {op: fn}``:
-    its real kernels run on CPU tensors (XPU: Triton under ``TRITON_INTERPRET=1``; MPS: the
-    Metal source compiled as C++ in a host harness; HPU: the tensor programs on CPU tensors).
-    A named platform that cannot be imported fails the run instead of passing silently."""
-    names = os.environ.get(HOST_KERNELS_ENV, "")
-    return [n.strip() for n in names.split(",") if n.strip()]
+    its real kernels, runnable on those tensors (XPU: Triton, under ``TRITON_INTERPRET=1`` on
+    the CPU; MPS: the Metal source compiled as C++ in a host harness; HPU: the tensor programs
+    on CPU tensors). A named platform that cannot be imported fails the run, never passes."""
+    out = []
+    for entry in os.environ.get(HOST_KERNELS_ENV, "").split(","):
+        if entry.strip():
+            platform, _, device = entry.strip().partition("@")
+            out.append((platform, device or "cpu"))
+    return out
 
 
 def _host_kernels(platform: str) -> dict[str, Callable]:
@@ -81,12 +86,12 @@ def implementations(op: str) -> list[tuple[str, str, Callable]]:
     """(device, implementation name, kernel) for ``op``: the reference on every device, plus
     each platform kernel registered for it; the CPU wheel's kernels once per instruction set
     (scalar, avx2, avx512, neon: each dispatch path the machine can run); and the host-run
-    kernels of the platforms named in ``BNB_TEST_HOST_KERNELS`` (as ``cpu``, ``<platform>[host]``)."""
+    kernels of the platforms named in ``BNB_TEST_HOST_KERNELS`` (as ``<device>``, ``<platform>[host]``)."""
     out = []
-    for platform in host_kernel_platforms():
+    for platform, device in host_kernel_platforms():
         fn = _host_kernels(platform).get(op)
         if fn is not None:
-            out.append(("cpu", f"{platform}[host]", fn))
+            out.append((device, f"{platform}[host]", fn))
     for dev in devices():
         out.append((dev, "reference", REFERENCE[op]))
         owner = bitsandbytes._LOADED.kernels.get((op, dev))
