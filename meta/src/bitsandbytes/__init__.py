@@ -44,6 +44,19 @@ with contextlib.suppress(ImportError):
     from . import optim  # noqa: F401  (maintained separately; joins when present)
 
 
+_LAZY_MODULES = frozenset({"cextension", "consts", "cuda_specs", "diagnostics"})
+
+
+def __getattr__(name: str):
+    """``bitsandbytes.cextension`` & co. (spec §11) are imported on first use, so that they cost
+    ``import bitsandbytes`` nothing."""
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name == "adam":
+        return optim.adam
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def platforms() -> list[dict]:
     """What the loader did: one record per platform wheel or present device, as dicts."""
     return [r.as_dict() for r in _LOADED.records]

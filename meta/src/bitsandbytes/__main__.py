@@ -60,8 +60,8 @@ def passed(report: dict[str, Any]) -> bool:
     return all(c["ok"] for checks in report.get("selftest", {}).values() for c in checks)
 
 
-def print_report(report: dict[str, Any]) -> None:
-    """The human-readable report."""
+def print_environment(report: dict[str, Any]) -> None:
+    """The report's header, laid out as the established release prints it."""
     print(f" bitsandbytes v{report['bitsandbytes']} ".center(60, "="))
     print(f"Platform: {report['platform']}")
     if report["libc"]:
@@ -76,6 +76,11 @@ def print_report(report: dict[str, Any]) -> None:
     for name, version in report["related_packages"].items():
         print(f"  {name}: {version}")
     print("=" * 60)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The human-readable report."""
+    print_environment(report)
     print(f"Op interface version: {report['op_interface_version']}")
     print("Devices:")
     for device, desc in report["devices"].items():

@@ -163,3 +163,61 @@ class PagedAdEMAMix32bit(AdEMAMix):
         min_8bit_size=4096,
     ):
         super().__init__(params, lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay, 32, min_8bit_size, True)
+
+
+class _ReferenceAdEMAMix(torch.optim.Optimizer):
+    """AdEMAMix written plainly in PyTorch (one tensor op per formula term), the yardstick that
+    optimizer tests compare the fused kernels with. State per parameter: ``m1_m2`` (the fast and
+    the slow EMA stacked, shape ``(2, *p.shape)``) and ``nu`` (the second moment)."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        t_beta3: int | None = None,
+        t_alpha: int | None = None,
+    ):
+        defaults = dict(
+            lr=lr, betas=betas, alpha=alpha, eps=eps, weight_decay=weight_decay, t_alpha=t_alpha, t_beta3=t_beta3
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One AdEMAMix step over every parameter with a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2, beta3 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["m1_m2"] = p.new_zeros((2, *p.shape))
+                    state["nu"] = torch.zeros_like(p)
+                state["step"] += 1
+                step = state["step"]
+                alpha_t, beta3_t = ademamix_schedule(
+                    group["alpha"], beta1, beta3, step, group["t_alpha"], group["t_beta3"]
+                )
+                grad = p.grad
+                m1, m2 = state["m1_m2"][0], state["m1_m2"][1]
+                nu = state["nu"]
+                m1.lerp_(grad, 1 - beta1)  # fast EMA
+                m2.lerp_(grad, 1 - beta3_t)  # slow EMA
+                nu.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                m1_hat = m1 / (1 - beta1**step)
+                denom = (nu / (1 - beta2**step)).sqrt_().add_(eps)
+                if wd:
+                    p.mul_(1 - lr * wd)
+                p.addcdiv_(m1_hat + alpha_t * m2, denom, value=-lr)
+        return loss
