@@ -100,6 +100,23 @@ def _int8_weight(B: torch.Tensor, state: MatmulLtState) -> tuple[torch.Tensor, t
     return state.CB, state.SCB
 
 
+def _uses_prepared_weight(state: MatmulLtState) -> bool:
+    """True when the int8 weight in ``state`` is the weight, whatever ``B`` was passed: an
+    inference layer (``has_fp16_weights=False``) whose ``CB``/``SCB`` are already set."""
+    return state.CB is not None and state.SCB is not None and not state.has_fp16_weights
+
+
+def _weight_shape(B: torch.Tensor, state: MatmulLtState) -> tuple[int, int]:
+    """(out_features, in_features) of the weight: the prepared int8 weight's when ``state`` holds
+    one (``B`` may then be that weight, its transpose or the original 16-bit weight), else ``B``'s."""
+    W = state.CB if _uses_prepared_weight(state) else B
+    if W.dim() != 2:
+        raise ValueError(
+            f"bitsandbytes.matmul: the weight must be 2-D [out_features, in_features], got {tuple(W.shape)}"
+        )
+    return W.shape[0], W.shape[1]
+
+
 def _dequantized_weight(CB: torch.Tensor, SCB: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return F.int8_vectorwise_dequant(CB, SCB).to(dtype)
 
@@ -115,7 +132,7 @@ def _int8_forward(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, s
         output, _ = torch.ops.bitsandbytes.int8_mixed_scaled_mm(A2, CA, CB, SCA, SCB, outlier_cols, bias)
     else:
         output = torch.ops.bitsandbytes.int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
-    return output.to(A.dtype).reshape(*A.shape[:-1], B.shape[0])
+    return output.to(A.dtype).reshape(*A.shape[:-1], CB.shape[0])
 
 
 class MatMul8bitLt(torch.autograd.Function):
@@ -124,7 +141,7 @@ class MatMul8bitLt(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, B, out=None, bias=None, state=None):  # type: ignore[override]
         state = state or MatmulLtState()
-        N = B.shape[0]
+        N = _weight_shape(B, state)[0]
         ctx.state = state
         ctx.dtype_A = A.dtype
         ctx.bias_shape = None if bias is None else bias.shape
@@ -240,10 +257,10 @@ def matmul(
     state = state or MatmulLtState()
     if threshold > 0.0:
         state.threshold = threshold
-    if A.shape[-1] != B.shape[-1]:
-        raise ValueError(
-            f"bitsandbytes.matmul: A's last dimension ({A.shape[-1]}) must equal B.shape[1] ({B.shape[-1]})"
-        )
+    _, K = _weight_shape(B, state)
+    if A.shape[-1] != K:
+        where = "state.CB.shape[1]" if _uses_prepared_weight(state) else "B.shape[1]"
+        raise ValueError(f"bitsandbytes.matmul: A's last dimension ({A.shape[-1]}) must equal {where} ({K})")
     if state.is_training and A.device.type in ("cpu", "xpu"):
         return MatMul8bitFp.apply(A, B, out, bias, state)
     needs_grad = torch.is_grad_enabled() and (
