@@ -170,3 +170,40 @@ def test_dispatch_uses_registered_kernels():
     assert torch.equal(packed, ref_packed) and torch.equal(absmax, ref_absmax)
     y = torch.ops.bitsandbytes.dequantize_4bit(packed, absmax, 64, "nf4", [64, 64], torch.bfloat16)
     assert torch.equal(y, REF["dequantize_4bit"](packed, absmax, 64, "nf4", [64, 64], torch.bfloat16))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("quantize_4bit"))
+@pytest.mark.parametrize("shape", [(0,), (0, 64), (3, 0, 5)])
+@pytest.mark.parametrize("storage", [torch.uint8, torch.bfloat16])
+def test_quantize_4bit_empty(device, impl, fn, shape, storage):
+    packed, absmax = fn(torch.empty(shape, device=device), 64, "nf4", storage)
+    assert packed.shape == (0, 1) and packed.dtype == storage and packed.device.type == device
+    assert absmax.shape == (0,) and absmax.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("dequantize_4bit"))
+def test_dequantize_4bit_empty(device, impl, fn):
+    out = fn(
+        torch.empty(0, 1, dtype=torch.uint8, device=device),
+        torch.empty(0, device=device),
+        64,
+        "nf4",
+        [0, 64],
+        torch.bfloat16,
+    )
+    assert out.shape == (0, 64) and out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("quantize_blockwise"))
+@pytest.mark.parametrize("shape", [(0,), (0, 64), (3, 0, 5)])
+def test_quantize_blockwise_empty(device, impl, fn, shape):
+    q, absmax = fn(torch.empty(shape, device=device, dtype=torch.float16), dynamic_map(device=device), 256)
+    assert q.shape == shape and q.dtype == torch.uint8
+    assert absmax.shape == (0,) and absmax.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("dequantize_blockwise"))
+def test_dequantize_blockwise_empty(device, impl, fn):
+    q = torch.empty(2, 0, dtype=torch.uint8, device=device)
+    out = fn(q, torch.empty(0, device=device), dynamic_map(device=device), 256, torch.float16)
+    assert out.shape == (2, 0) and out.dtype == torch.float16

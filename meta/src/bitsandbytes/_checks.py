@@ -179,7 +179,6 @@ def check_quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_
     check_blocksize_4bit(blocksize)
     check_quant_type(quant_type)
     check_dtype(A, "A", FLOAT_DTYPES)
-    check(A.numel() > 0, "bitsandbytes: A must not be empty")
     if quant_storage not in QUANT_STORAGE_DTYPES:
         raise TypeError(f"bitsandbytes: quant_storage must be one of {QUANT_STORAGE_DTYPES}, got {quant_storage}")
     nbytes = (A.numel() + 1) // 2
@@ -248,7 +247,6 @@ def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int
     """Argument checks of quantize_blockwise shared by every backend."""
     check_dtype(A, "A", FLOAT_DTYPES)
     check_positive_blocksize(blocksize)
-    check(A.numel() > 0, "bitsandbytes: A must not be empty")
     check_code(code)
     check_same_device({"A": A, "code": code})
 

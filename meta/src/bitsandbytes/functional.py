@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -248,11 +249,50 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _dtype_from_name(name: str, key: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"bitsandbytes: quant state item {key!r} names an unknown dtype {name!r}")
+_QUANT_STATE_DTYPES = {_dtype_name(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
+"""The dtypes a serialized quant state may name (an allow-list: names from a checkpoint are
+never looked up on the torch module)."""
+
+
+def _dtype_from_name(name: Any, key: str) -> torch.dtype:
+    dtype = _QUANT_STATE_DTYPES.get(name) if isinstance(name, str) else None
+    if dtype is None:
+        raise ValueError(
+            f"bitsandbytes: quant state item {key!r} must name one of {sorted(_QUANT_STATE_DTYPES)}, got {name!r}"
+        )
     return dtype
+
+
+def _unpack_quant_state_blob(key: str, blob: torch.Tensor) -> dict[str, Any]:
+    """The JSON items of a packed ``quant_state.bitsandbytes__<type>`` tensor; ValueError naming
+    ``key`` when it is not a uint8 tensor of UTF-8 JSON text holding an object."""
+    if not isinstance(blob, torch.Tensor) or blob.dtype != torch.uint8:
+        raise ValueError(f"bitsandbytes: quant state item {key!r} must be a uint8 tensor of JSON text")
+    try:
+        decoded = unpack_tensor_to_dict(blob)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"bitsandbytes: quant state item {key!r} is not UTF-8 text ({err.reason})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"bitsandbytes: quant state item {key!r} is not valid JSON ({err.msg})") from None
+    if not isinstance(decoded, dict):
+        raise ValueError(
+            f"bitsandbytes: quant state item {key!r} must hold a JSON object, got {type(decoded).__name__}"
+        )
+    return decoded
+
+
+def _int_item(qs_dict: dict[str, Any], key: str) -> int:
+    value = qs_dict[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"bitsandbytes: quant state item {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _tensor_item(qs_dict: dict[str, Any], key: str, device: torch.device | str) -> torch.Tensor:
+    value = qs_dict[key]
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"bitsandbytes: quant state item {key!r} must be a tensor, got {type(value).__name__}")
+    return value.to(device)
 
 
 class QuantState:
@@ -317,10 +357,14 @@ class QuantState:
 
     @classmethod
     def from_dict(cls, qs_dict: dict[str, Any], device: torch.device | str) -> QuantState:
-        """Rebuild a state from ``as_dict()`` output, packed or not, keys optionally prefixed.
+        """Rebuild a state from ``as_dict()`` output, packed or not, keys optionally prefixed: a
+        4-bit state (``quant_type`` 'nf4' / 'fp4') or a block-wise 8-bit one (``quant_type`` None,
+        its code book in ``quant_map``), nested or not.
 
-        Raises ValueError when the packed blob is missing, ambiguous or inconsistent.
+        Raises ValueError naming the item when the packed blob is missing, ambiguous, not UTF-8
+        JSON, or an item is missing, unknown or of the wrong kind.
         """
+        qs_dict = dict(qs_dict)  # the caller's dict is left as it was
         qs_keys = [k for k, v in qs_dict.items() if "quant_state" in k and isinstance(v, torch.Tensor)]
         if "quant_type" not in qs_dict:
             if not qs_keys:
@@ -336,7 +380,7 @@ class QuantState:
         if len(qs_keys) == 1:
             key = qs_keys[0]
             blob_type = key.split(".")[-1].removeprefix("bitsandbytes__")
-            decoded = unpack_tensor_to_dict(qs_dict.pop(key))
+            decoded = _unpack_quant_state_blob(key, qs_dict.pop(key))
             if decoded.get("quant_type") != blob_type:
                 raise ValueError(
                     f"bitsandbytes: quant state item {key!r} is for {blob_type!r} but its content says "
@@ -351,29 +395,47 @@ class QuantState:
         for required in ("absmax", "quant_type", "blocksize", "dtype"):
             if required not in qs_dict:
                 raise ValueError(f"bitsandbytes: quant state lacks the {required!r} item")
-        if qs_dict["quant_type"] not in cls.valid_quant_types:
+        quant_type = qs_dict["quant_type"]
+        if quant_type is not None and quant_type not in cls.valid_quant_types:
             raise ValueError(
-                f"bitsandbytes: quant_type must be one of {cls.valid_quant_types}, got {qs_dict['quant_type']!r}"
+                f"bitsandbytes: quant_type must be one of {cls.valid_quant_types} (4-bit) or None (block-wise "
+                f"8-bit), got {quant_type!r}"
             )
 
+        offset, state2 = None, None
         if "nested_absmax" in qs_dict:
-            offset = torch.tensor(float(qs_dict["nested_offset"]), device=device)
+            for required in ("nested_blocksize", "nested_quant_map", "nested_dtype", "nested_offset"):
+                if required not in qs_dict:
+                    raise ValueError(f"bitsandbytes: nested quant state lacks the {required!r} item")
+            nested_offset = qs_dict["nested_offset"]
+            if isinstance(nested_offset, bool) or not isinstance(nested_offset, (int, float)):
+                raise ValueError(
+                    f"bitsandbytes: quant state item 'nested_offset' must be a number, got {nested_offset!r}"
+                )
+            offset = torch.tensor(float(nested_offset), device=device)
             state2 = cls(
-                absmax=qs_dict["nested_absmax"].to(device),
-                blocksize=qs_dict["nested_blocksize"],
-                code=qs_dict["nested_quant_map"].to(device),
+                absmax=_tensor_item(qs_dict, "nested_absmax", device),
+                blocksize=_int_item(qs_dict, "nested_blocksize"),
+                code=_tensor_item(qs_dict, "nested_quant_map", device),
                 dtype=_dtype_from_name(qs_dict["nested_dtype"], "nested_dtype"),
             )
-        else:
-            offset, state2 = None, None
 
-        quant_map = qs_dict.get("quant_map")
-        code = quant_map.to(device) if quant_map is not None else get_4bit_type(qs_dict["quant_type"], device)
+        if qs_dict.get("quant_map") is not None:
+            code = _tensor_item(qs_dict, "quant_map", device)
+        elif quant_type is None:
+            code = _dynamic_code(torch.device(device))
+        else:
+            code = get_4bit_type(quant_type, device)
         shape = qs_dict.get("shape")
+        if shape is not None and not (
+            isinstance(shape, (list, tuple, torch.Size))
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise ValueError(f"bitsandbytes: quant state item 'shape' must be a list of sizes, got {shape!r}")
         return cls(
-            quant_type=qs_dict["quant_type"],
-            absmax=qs_dict["absmax"].to(device),
-            blocksize=qs_dict["blocksize"],
+            quant_type=quant_type,
+            absmax=_tensor_item(qs_dict, "absmax", device),
+            blocksize=_int_item(qs_dict, "blocksize"),
             code=code,
             dtype=_dtype_from_name(qs_dict["dtype"], "dtype"),
             shape=torch.Size(shape) if shape is not None else None,

@@ -42,16 +42,17 @@ def quantize_4bit(
     n = A.numel()
     packed = torch.empty((n + 1) // 2, dtype=torch.uint8)
     absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32)
-    _C.quantize_4bit(
-        A.data_ptr(),
-        DTYPE_CODE[A.dtype],
-        n,
-        blocksize,
-        QUANT_CODE[quant_type],
-        packed.data_ptr(),
-        absmax.data_ptr(),
-        _nt(),
-    )
+    if n:  # an empty tensor quantizes to empty outputs, as torch ops do
+        _C.quantize_4bit(
+            A.data_ptr(),
+            DTYPE_CODE[A.dtype],
+            n,
+            blocksize,
+            QUANT_CODE[quant_type],
+            packed.data_ptr(),
+            absmax.data_ptr(),
+            _nt(),
+        )
     return packed.view(quant_storage).reshape(-1, 1), absmax
 
 
@@ -114,9 +115,10 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     n = A.numel()
     out = torch.empty(A.shape, dtype=torch.uint8)
     absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32)
-    _C.quantize_blockwise(
-        A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, blocksize, out.data_ptr(), absmax.data_ptr(), _nt()
-    )
+    if n:
+        _C.quantize_blockwise(
+            A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, blocksize, out.data_ptr(), absmax.data_ptr(), _nt()
+        )
     return out, absmax
 
 

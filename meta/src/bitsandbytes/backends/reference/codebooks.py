@@ -80,11 +80,9 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     non_sign_bits = total_bits - 1
     additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
     for i in range(max_exponent_bits):
-        fraction_items = (
-            2 ** (i + non_sign_bits - max_exponent_bits) + 1
-            if signed
-            else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1
-        )
+        # With more exponent bits than non-sign bits the power is a fraction: its integer part
+        # counts (one boundary, no value, for the smallest exponents).
+        fraction_items = int(2 ** (i + non_sign_bits - max_exponent_bits + (0 if signed else 1))) + 1
         boundaries = torch.linspace(0.1, 1, fraction_items, dtype=torch.float32)
         means = (boundaries[:-1] + boundaries[1:]) / 2.0
         scaled = (10 ** (-(max_exponent_bits - 1) + i)) * means
