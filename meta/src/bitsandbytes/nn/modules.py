@@ -227,7 +227,7 @@ class Params4bit(torch.nn.Parameter):
                 )
                 for part in parts
             )
-        return torch._C._disabled_torch_function_impl(func, types, args, kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
 
     # -- the quantized state -----------------------------------------------------------------
 
