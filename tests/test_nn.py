@@ -397,8 +397,7 @@ def test_embeddings():
         assert got.shape == (2, 2, 64) and torch.equal(got[0, 0], full[3]) and torch.equal(got[1, 1], full[9])
         with pytest.raises(NotImplementedError):
             e4.state_dict()
-    with pytest.warns(UserWarning, match="not divisible"):
-        odd = bnb.nn.EmbeddingNF4(4, 96)
+    odd = bnb.nn.EmbeddingNF4(4, 96)  # warns on the bitsandbytes.nn.modules logger (test_compat_warnings)
     odd.weight.data = torch.randn(4, 96)
     odd = odd.to("cpu")
     assert odd(torch.tensor([1])).shape == (1, 96)

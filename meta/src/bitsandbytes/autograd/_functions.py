@@ -288,11 +288,14 @@ def matmul_4bit(
     N, K = quant_state.shape
     if A.shape[-1] != K:
         if A.shape[-1] == N:
-            warnings.warn(
-                "matmul_4bit: the weight was quantized in [in, out] orientation; this is slow and deprecated.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
+            if not torch.compiler.is_compiling():
+                warnings.warn(
+                    f"matmul_4bit: weight was quantized from a [K, N] tensor (quant_state.shape={list(quant_state.shape)}). "
+                    "Re-quantize from the weight in [N, K] (out_features, in_features) orientation. "
+                    "This will be an error in a future version.",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
             W = F.dequantize_4bit(B.reshape(-1, 1), quant_state).to(A.dtype)
             result = torch.nn.functional.linear(A, W.t(), None if bias is None else bias.to(A.dtype))
             return out.copy_(result) if out is not None else result

@@ -7,7 +7,7 @@ established release exactly: transformers, peft and accelerate depend on all of 
 from __future__ import annotations
 
 import copy
-import warnings
+import logging
 from typing import Any, TypeVar
 
 import torch
@@ -22,6 +22,9 @@ from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
 T = TypeVar("T", bound=nn.Module)
 
 _QUANT_STATE_KEYS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
+
+logger = logging.getLogger(__name__)
+"""The established release reports slow configurations on this logger (``bitsandbytes.nn.modules``)."""
 
 
 class NotQuantizedError(RuntimeError, AssertionError):
@@ -394,10 +397,12 @@ class Linear4bit(nn.Linear):
         if x.dtype in (torch.float32, torch.bfloat16):
             self.compute_dtype = x.dtype
         elif x.dtype == torch.float16 and self.compute_dtype in (None, torch.float32):
-            warnings.warn(
+            # One token (numel == last dim) is decoding; more is prefill or training.
+            what = "inference" if x.numel() == x.shape[-1] else "inference or training speed"
+            logger.warning(
                 "Input type into Linear4bit is torch.float16, but bnb_4bit_compute_dtype=torch.float32 (default). "
-                "This will lead to slow inference or training speed.",
-                stacklevel=3,
+                "This will lead to slow %s.",
+                what,
             )
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
@@ -738,10 +743,10 @@ class Embedding4bit(nn.Embedding):
         self.quant_storage = quant_storage
         blocksize = self.weight.blocksize
         if embedding_dim % blocksize != 0:
-            warnings.warn(
-                f"Embedding size {embedding_dim} is not divisible by block size {blocksize}. "
-                "This will lead to slow inference.",
-                stacklevel=2,
+            logger.warning(
+                "Embedding size %d is not divisible by block size %d. This will lead to slow inference.",
+                embedding_dim,
+                blocksize,
             )
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
