@@ -645,7 +645,9 @@ class Linear8bitLt(nn.Linear):
         for key in list(unexpected_keys):
             if key[len(prefix) :] != "SCB":
                 continue
-            target = self.weight.SCB if self.weight.SCB is not None else self.state.SCB
+            # A plain parameter (a weight tied to another module's) has no SCB attribute at all.
+            weight_scb = getattr(self.weight, "SCB", None)
+            target = weight_scb if weight_scb is not None else self.state.SCB
             if target is None:
                 raise RuntimeError(
                     "Loading a quantized checkpoint into non-quantized Linear8bitLt is not supported. "

@@ -25,32 +25,55 @@ class Bnb4bitParametrization(nn.Module):
         return F.dequantize_4bit(quantized_param, self.quant_state)
 
 
-def _enable_cache(module: nn.Module, inputs: Any) -> None:
+def _enable_parametrization_cache(module: nn.Module, inputs: Any) -> None:
+    """Forward pre-hook: dequantize each parametrized weight once per forward (torch's cache)."""
     P._cache_enabled += 1
 
 
-def _disable_cache(module: nn.Module, inputs: Any, output: Any) -> None:
-    P._cache_enabled -= 1
+def _disable_parametrization_cache(module: nn.Module, inputs: Any, output: Any) -> None:
+    """Forward hook (always called): close the cache window opened by the pre-hook.
+
+    The counter is clamped at zero: the hook also runs when the forward raised before the
+    pre-hook ran, and a negative counter would be truthy, so the cache would never be cleared."""
+    P._cache_enabled = max(0, P._cache_enabled - 1)
     if not P._cache_enabled:
         P._cache = {}
 
 
-def _state_dict_post_hook(
-    module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any, *, param_name: str, quant_state: QuantState
+def _parametrized_state_dict_post_hook(
+    module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any, *, param_name: str = "weight", **kwargs: Any
 ) -> None:
+    """Save the packed data under ``<param_name>`` and its quant state beside it (as Linear4bit does)."""
     original = f"{prefix}parametrizations.{param_name}.original"
-    if original in state_dict:
-        state_dict[f"{prefix}{param_name}"] = state_dict.pop(original)
-        for k, v in quant_state.as_dict(packed=True).items():
-            state_dict[f"{prefix}{param_name}.{k}"] = v
+    if original not in state_dict:
+        return
+    state_dict[f"{prefix}{param_name}"] = state_dict.pop(original)
+    parametrization = next(
+        (m for m in module.parametrizations[param_name] if isinstance(m, Bnb4bitParametrization)), None
+    )
+    if parametrization is None:
+        raise RuntimeError(f"bitsandbytes: {param_name!r} of {type(module).__name__} has no 4-bit parametrization")
+    for k, v in parametrization.quant_state.as_dict(packed=True).items():
+        state_dict[f"{prefix}{param_name}.{k}"] = v
+
+
+def _register_parametrization_hooks(module: nn.Module, param_name: str) -> None:
+    """The hooks of a 4-bit parametrized parameter: its state-dict form, and the dequantization
+    cache around each forward.
+
+    The closing hook is registered with ``always_call=True``: non-reentrant activation
+    checkpointing stops its recomputation part-way through a forward once it has what the
+    backward needs, and a plain forward hook would then be skipped, leaving the cache open
+    (every dequantized weight kept alive) for the rest of training."""
+    module.register_state_dict_post_hook(partial(_parametrized_state_dict_post_hook, param_name=param_name))
+    module.register_forward_pre_hook(_enable_parametrization_cache)
+    module.register_forward_hook(_disable_parametrization_cache, always_call=True)
 
 
 def _register(module: nn.Module, param_name: str, packed: torch.Tensor, quant_state: QuantState) -> None:
     setattr(module, param_name, nn.Parameter(packed, requires_grad=False))
     P.register_parametrization(module, param_name, Bnb4bitParametrization(quant_state), unsafe=True)
-    module.register_state_dict_post_hook(partial(_state_dict_post_hook, param_name=param_name, quant_state=quant_state))
-    module.register_forward_pre_hook(_enable_cache)
-    module.register_forward_hook(_disable_cache)
+    _register_parametrization_hooks(module, param_name)
 
 
 def replace_parameter_4bit(
