@@ -246,6 +246,8 @@ def bench_rocm(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """Install meta + cpu wheel, print the report and self-test, then run a small demo."""
     install_torch(session)
+    # torch warns at import when NumPy is missing; the demo's first impression is ours alone.
+    session.install("numpy")
     install_meta(session)
     install_platform(session, "cpu")
     session.run("python", "-m", "bitsandbytes")

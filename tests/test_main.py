@@ -37,3 +37,17 @@ def test_failing_check_gives_exit_status_1(monkeypatch, capsys):
     monkeypatch.setattr(main_mod._selftest, "run", broken)
     assert main_mod.main([]) == 1
     assert "FAIL forced failure" in capsys.readouterr().out
+
+
+def test_first_impression_prints_no_foreign_warning():
+    """The README's first command runs the report and the demo: neither may print a warning
+    (all warnings shown, as a user with warnings enabled would see them)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    for args in (["-m", "bitsandbytes", "--no-selftest"], [str(root / "examples" / "demo.py")]):
+        proc = subprocess.run([sys.executable, "-W", "default", *args], capture_output=True, text=True, check=True)
+        foreign = [line for line in proc.stderr.splitlines() if "Warning" in line and "bitsandbytes" not in line]
+        assert foreign == [], proc.stderr
