@@ -78,9 +78,15 @@ def detect() -> tuple[bool, str]:
 
     hpu = getattr(torch, "hpu", None)
     if hpu is None:
-        return False, "habana_frameworks.torch imported but torch.hpu does not exist (a torch build without Gaudi support)"
+        return (
+            False,
+            "habana_frameworks.torch imported but torch.hpu does not exist (a torch build without Gaudi support)",
+        )
     if not hpu.is_available():
-        return False, "torch.hpu.is_available() is False: the Gaudi software is installed but no Gaudi device is visible"
+        return (
+            False,
+            "torch.hpu.is_available() is False: the Gaudi software is installed but no Gaudi device is visible",
+        )
     return True, ""
 
 
@@ -91,7 +97,9 @@ def check_software() -> str | None:
     if version is None:
         return f"the Gaudi software version is unknown ({PLUGIN_DISTRIBUTION} is not installed); {INSTALL_HINT}"
     if version[:2] < MIN_SOFTWARE:
-        return f"Intel Gaudi software {format_version(version)} is older than {need}, the oldest supported; {INSTALL_HINT}"
+        return (
+            f"Intel Gaudi software {format_version(version)} is older than {need}, the oldest supported; {INSTALL_HINT}"
+        )
     return None
 
 

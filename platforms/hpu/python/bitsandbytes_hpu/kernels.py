@@ -24,11 +24,13 @@ Gaudi's ``torch.ops.hpu.dequantize_nf4`` when the runtime has it (see ``_gaudi``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import struct
+from collections.abc import Sequence
 
 import torch
 from bitsandbytes import _checks as C
-from bitsandbytes.backends.reference.codebooks import four_bit_decode_table, four_bit_lookup, midpoints
+from bitsandbytes.backends.reference.codebooks import FP4_DECODE_VALUES, FP4_VALUES, NF4_VALUES, midpoints
 from bitsandbytes.backends.reference.fourbit import _blockwise_scaled
 
 from . import _gaudi
@@ -56,17 +58,38 @@ def nearest_index(x: torch.Tensor, mids: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(x), steps - 1, pos)
 
 
-_TABLES: dict[tuple[str, str, torch.device], tuple[torch.Tensor, ...]] = {}
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest f32 value."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+@functools.cache
+def four_bit_constants(quant_type: str) -> tuple[tuple[float, ...], tuple[int, ...], tuple[float, ...]]:
+    """(f32 midpoints of the ascending table, code of each ascending entry, decode table) of
+    ``quant_type``, as Python numbers.
+
+    The same values as the reference's ``four_bit_lookup`` (stable sort, f32 midpoints), computed
+    without torch so that they can be cached safely: a kernel traced into a graph before any
+    eager call would otherwise cache the tracer's tensors.
+    """
+    values = [_f32(v) for v in {"nf4": NF4_VALUES, "fp4": FP4_VALUES}[quant_type]]
+    order = sorted(range(16), key=values.__getitem__)  # stable: code 0 before code 8 for FP4
+    ascending = [values[i] for i in order]
+    # a + b of two f32 values is exact in f64; rounding it once to f32 is f32 addition; / 2 is exact.
+    mids = tuple(_f32(a + b) / 2 for a, b in zip(ascending[:-1], ascending[1:]))
+    decode = tuple(_f32(v) for v in {"nf4": NF4_VALUES, "fp4": FP4_DECODE_VALUES}[quant_type])
+    return mids, tuple(order), decode
 
 
 def _four_bit_tables(quant_type: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(midpoints of the sorted table, code of each sorted entry, decode table) on ``device``,
-    copied there once (constants of every graph, not a copy per call)."""
-    key = ("4bit", quant_type, device)
-    if key not in _TABLES:
-        mids, codes = four_bit_lookup(quant_type, device)
-        _TABLES[key] = (mids, codes, four_bit_decode_table(quant_type, device))
-    return _TABLES[key]  # type: ignore[return-value]
+    """(midpoints, code of each ascending entry, decode table) as tensors on ``device``: constants
+    of the graph, 47 numbers copied with it."""
+    mids, codes, decode = four_bit_constants(quant_type)
+    return (
+        torch.tensor(mids, dtype=torch.float32, device=device),
+        torch.tensor(codes, dtype=torch.uint8, device=device),
+        torch.tensor(decode, dtype=torch.float32, device=device),
+    )
 
 
 def _block_scale(absmax: torch.Tensor, blocksize: int, n: int) -> torch.Tensor:
@@ -104,7 +127,9 @@ def quantize_4bit(
     return packed.view(quant_storage).reshape(-1, 1), absmax
 
 
-def _dequantize_codes(A: torch.Tensor, absmax: torch.Tensor, blocksize: int, table: torch.Tensor, n: int) -> torch.Tensor:
+def _dequantize_codes(
+    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, table: torch.Tensor, n: int
+) -> torch.Tensor:
     """f32 ``table[code] * absmax[block]`` of the first ``n`` packed codes."""
     raw = _packed_bytes(A, n)
     codes = torch.stack([raw >> 4, raw & 0x0F], dim=1).reshape(-1)[:n].to(torch.int32)
