@@ -15,13 +15,14 @@ import torch
 
 bnb_hpu = pytest.importorskip("bitsandbytes_hpu", reason="bitsandbytes-hpu is not installed")
 
-from bitsandbytes import _platforms  # noqa: E402
-from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
-from bitsandbytes.backends.reference.codebooks import NF4_VALUES, dynamic_map, midpoints  # noqa: E402
 from bitsandbytes_hpu import _gaudi  # noqa: E402
 from bitsandbytes_hpu import kernels as hk  # noqa: E402
 from torch.fx.experimental.proxy_tensor import make_fx  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from bitsandbytes import _platforms  # noqa: E402
+from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
+from bitsandbytes.backends.reference.codebooks import NF4_VALUES, dynamic_map, midpoints  # noqa: E402
 
 KERNELS = bnb_hpu.host_kernels()
 
@@ -546,3 +547,20 @@ def test_loader_skips_old_gaudi_software_with_the_fix(gaudi):
     (rec,) = [r for r in result.records if r.platform == "hpu"]
     assert rec.status == "skipped" and "Intel's installer" in rec.reason
     assert result.implementation("dequantize_4bit", "hpu") == "reference"
+
+
+def test_meta_detection_loads_the_gaudi_bridge(gaudi):
+    # Gaudi software without device autoloading: torch.hpu appears once the bridge is imported.
+    assert "hpu" not in _platforms.detect_runtime().devices
+    gaudi(version="1.22.0")
+    assert not hasattr(torch, "hpu")
+    assert _platforms.detect_runtime().devices["hpu"] == "Intel Gaudi"
+
+
+def test_report_explains_why_the_hpu_wheel_is_unused():
+    from bitsandbytes.__main__ import _explain_absent_devices
+
+    rec = _platforms.PlatformRecord("hpu", "hpu", "skipped", "no hpu device present", "bitsandbytes-hpu", "0")
+    (out,) = _explain_absent_devices([rec.as_dict()], {"cpu": "CPU"})
+    assert out["reason"].startswith("no hpu device present: habana_frameworks.torch cannot be imported")
+    assert "1.21 or newer" in out["reason"]

@@ -29,6 +29,7 @@ import struct
 from collections.abc import Sequence
 
 import torch
+
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.codebooks import FP4_DECODE_VALUES, FP4_VALUES, NF4_VALUES, midpoints
 from bitsandbytes.backends.reference.fourbit import _blockwise_scaled

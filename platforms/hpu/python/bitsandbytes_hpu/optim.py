@@ -21,6 +21,7 @@ compiler needs:
 from __future__ import annotations
 
 import torch
+
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference import optimizers as rule
 from bitsandbytes.backends.reference.codebooks import midpoints
