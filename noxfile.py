@@ -255,14 +255,13 @@ HPU_HOST_TESTS = [
 def tests_hpu_host(session: nox.Session) -> None:
     """bitsandbytes-hpu without a Gaudi: its kernels on CPU tensors against the reference (the
     conformance suite, BNB_TEST_HOST_KERNELS=hpu), the no-host-sync graph checks and the stand-in
-    Gaudi software (tests/test_hpu_platform.py); then the report, which says why HPU is unused."""
+    Gaudi software (tests/test_hpu_platform.py); then the report, which says why HPU is unused.
+    The tests compare with the reference kernels directly, so the CPU wheel is not built here."""
     install_torch(session)
     session.install(*TEST_DEPS)
     install_meta(session)
-    install_platform(session, "cpu")
     install_platform(session, "hpu")
-    session.run("pytest", "-q", "-k", "hpu", *HPU_HOST_TESTS, *session.posargs,
-                env={"BNB_TEST_HOST_KERNELS": "hpu", "BNB_EXPECT_PLATFORMS": "cpu"})  # fmt: skip
+    session.run("pytest", "-q", "-k", "hpu", *HPU_HOST_TESTS, *session.posargs, env={"BNB_TEST_HOST_KERNELS": "hpu"})
     session.run("python", "-m", "bitsandbytes")
 
 
