@@ -174,7 +174,7 @@ def dequantize_4bit(
         if ops.swap_nibbles:
             raw = swap_nibbles(raw)
         blocks = C.num_blocks(n, blocksize)
-        out = ops.dequantize_nf4(raw, absmax[:blocks].to(dtype), blocksize, out_shape=(n,), out_dtype=dtype)
+        out = ops.dequantize_nf4(raw, absmax.reshape(-1)[:blocks].to(dtype), blocksize, out_shape=(n,), out_dtype=dtype)
         return out.reshape(shape)
     table = _four_bit_tables(quant_type, A.device)[2]
     return _dequantize_codes(A, absmax, blocksize, table, n).to(dtype).reshape(shape)
