@@ -161,7 +161,10 @@ def check_sdist(path: pathlib.Path, version: str) -> list[str]:
     for required in ("pyproject.toml", "PKG-INFO", "README.md", "LICENSE"):
         if required not in names:
             problems.append(f"{path.name}: no {required}")
-    if canonical(m["name"]) not in {"bitsandbytes", *PURE_PLATFORM_WHEELS} and "shared/include/bnb/bnb_c_api.h" not in names:
+    if (
+        canonical(m["name"]) not in {"bitsandbytes", *PURE_PLATFORM_WHEELS}
+        and "shared/include/bnb/bnb_c_api.h" not in names
+    ):
         problems.append(f"{path.name}: does not carry shared/ (it could not build alone)")
     for n in names:
         parts = n.split("/")
