@@ -15,7 +15,9 @@ compiler needs:
   ``qmap`` by the branchless search, instead of a host-side cache validated with ``torch.equal``;
 * the scalars that change every step (the bias corrections of ``step``, ``lr``, ``gnorm_scale``,
   ``max_unorm * param_norm``) enter as 0-dim device tensors, graph inputs rather than constants,
-  so one compiled graph serves every step of a schedule.
+  so that a learning-rate schedule does not compile a graph per step (momentum's first step,
+  which copies the gradient into the state, remains a graph of its own). This is the design's
+  intent for Gaudi's graph cache; it cannot be measured without a Gaudi.
 """
 
 from __future__ import annotations
