@@ -242,6 +242,29 @@ def bench_rocm(session: nox.Session) -> None:
     session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
 
 
+HPU_HOST_TESTS = [
+    "tests/test_ops_conformance.py",
+    "tests/test_ops_conformance_matmul.py",
+    "tests/test_optim_ops.py",
+    "tests/test_ops_bad_input.py",
+    "tests/test_hpu_platform.py",
+]
+
+
+@nox.session(name="tests-hpu-host", tags=["ci"])
+def tests_hpu_host(session: nox.Session) -> None:
+    """bitsandbytes-hpu without a Gaudi: its kernels on CPU tensors against the reference (the
+    conformance suite, BNB_TEST_HOST_KERNELS=hpu), the no-host-sync graph checks and the stand-in
+    Gaudi software (tests/test_hpu_platform.py); then the report, which says why HPU is unused.
+    The tests compare with the reference kernels directly, so the CPU wheel is not built here."""
+    install_torch(session)
+    session.install(*TEST_DEPS)
+    install_meta(session)
+    install_platform(session, "hpu")
+    session.run("pytest", "-q", "-k", "hpu", *HPU_HOST_TESTS, *session.posargs, env={"BNB_TEST_HOST_KERNELS": "hpu"})
+    session.run("python", "-m", "bitsandbytes")
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """Install meta + cpu wheel, print the report and self-test, then run a small demo."""

@@ -241,6 +241,30 @@ def test_check_wheel_rejects_a_bad_platform_wheel(tmp_path):
         assert expected in problems
 
 
+def test_check_wheel_holds_the_pure_hpu_wheel_to_pure_python(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import check_wheel
+    finally:
+        sys.path.pop(0)
+    wheel = fake_wheel(
+        tmp_path / f"bitsandbytes_hpu-{VERSION}-cp311-cp311-linux_x86_64.whl",
+        {"bitsandbytes_hpu/_C.cpython-311-x86_64-linux-gnu.so": ""},
+        ["torch>=2.3"],
+    )
+    problems = "\n".join(check_wheel.check_wheel(wheel, VERSION, None, []))
+    for expected in (
+        "a pure-Python platform wheel must be py3-none-any",
+        "Root-Is-Purelib is false",
+        "a pure-Python platform wheel contains native code",
+        "must not depend on torch",
+        "no bitsandbytes.platforms entry point",
+        "no bitsandbytes_hpu package",
+    ):
+        assert expected in problems, problems
+    assert "_C extension module" not in problems and "kernel library" not in problems
+
+
 @needs_cmake
 def test_rocm_bad_arch_is_one_line(tmp_path):
     if shutil.which("hipcc") is None:

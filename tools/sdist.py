@@ -45,7 +45,7 @@ def build_sdist(name: str, outdir: pathlib.Path) -> pathlib.Path:
     with tempfile.TemporaryDirectory(prefix=f"bnb-sdist-{name}-") as tmp:
         stage = pathlib.Path(tmp) / src.name
         shutil.copytree(src, stage, ignore=IGNORE)
-        if name != "meta":
+        if (src / "CMakeLists.txt").exists():  # pure-Python distributions (meta, hpu) compile nothing
             shutil.copytree(ROOT / "shared", stage / "shared", ignore=IGNORE)
         if name == "rocm":  # compiled from the CUDA platform's kernels and glue (platforms/rocm/CMakeLists.txt)
             for part in ("src", "python"):

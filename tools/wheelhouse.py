@@ -1,12 +1,12 @@
 """Build a wheelhouse (dist/) that installs like the package index, check it, and install from it.
 
-    python tools/wheelhouse.py build    # sdists; meta + cpu wheels (cpu repaired by auditwheel);
+    python tools/wheelhouse.py build    # sdists; meta, cpu and hpu wheels (cpu repaired by auditwheel);
                                         # the cuda wheel for one architecture when platforms/cuda and
                                         # nvcc exist; the meta-package's plain dependencies
     python tools/wheelhouse.py check    # tools/check_wheel.py on every artifact (cpu wheel < 1 MB)
     python tools/wheelhouse.py install  # fresh venv with only torch: three installs from dist alone
     python tools/wheelhouse.py all      # the three in turn (what `nox -s wheelhouse` runs)
-    python tools/wheelhouse.py sources  # the release's pure part: every sdist + the meta wheel
+    python tools/wheelhouse.py sources  # the release's pure part: every sdist + the meta and hpu wheels
 
 `build` needs scikit-build-core, pybind11 and (on Linux) auditwheel in the running environment and
 builds with no build isolation from the sdists, so a wheel that builds proves its sdist is
@@ -18,6 +18,8 @@ first, installs with ``pip install --no-index --find-links <dist>``, checks, and
 1. ``bitsandbytes``: pulls bitsandbytes-cpu; ``python -m bitsandbytes`` passes, cpu kernels loaded.
 2. ``bitsandbytes[cuda12x]`` and ``[cuda13x]``: the extra whose wheel is in dist installs and the report passes, saying why the CUDA wheel is not in use without a GPU;
    without one, pip must stop with its clear "No matching distribution found" for the pinned wheel.
+   ``bitsandbytes[hpu]`` (pure Python, always in dist): installs, and without a Gaudi the report
+   passes and says why the HPU wheel is unused (the Gaudi software it names is missing).
 3. a meta-package whose version differs from the cpu wheel's: import warns, naming the
    ``pip install`` that fixes it, and the reference kernels serve the cpu ops.
 
@@ -44,6 +46,7 @@ import check_wheel  # noqa: E402
 import sdist  # noqa: E402
 
 CPU_MAX_SIZE = 1_000_000
+PURE_PLATFORMS = ["hpu"]  # platform wheels with nothing to compile: built once, beside the meta wheel
 CUDA_RUNTIME_LIBS = ["libcudart.so*", "libcublas.so*", "libcublasLt.so*"]
 
 
@@ -126,6 +129,9 @@ def build(dist: pathlib.Path) -> None:
         cpu_sdist = sdist.build_sdist("cpu", dist)
         meta_wheel = pip_wheel(meta_sdist, dist)
         repair(pip_wheel(cpu_sdist, raw), dist)
+        for pure in PURE_PLATFORMS:  # py3-none-any: nothing to repair
+            if (ROOT / "platforms" / pure / "pyproject.toml").exists():
+                pip_wheel(sdist.build_sdist(pure, dist), dist)
         reason = cuda_reason()
         if reason is None:
             major = re.search(r"release (\d+)", run("nvcc", "--version", capture_output=True).stdout).group(1)
@@ -144,11 +150,13 @@ def build(dist: pathlib.Path) -> None:
 
 def sources(dist: pathlib.Path) -> None:
     """What the release adds beside cibuildwheel's wheels: an sdist of every distribution and the
-    py3-none-any meta wheel (built from its sdist)."""
+    py3-none-any wheels, meta and hpu (built from their sdists)."""
     dist.mkdir(parents=True, exist_ok=True)
     meta_sdist = sdist.build_sdist("meta", dist)
     for pyproject in sorted((ROOT / "platforms").glob("*/pyproject.toml")):
-        sdist.build_sdist(pyproject.parent.name, dist)
+        platform_sdist = sdist.build_sdist(pyproject.parent.name, dist)
+        if pyproject.parent.name in PURE_PLATFORMS:
+            pip_wheel(platform_sdist, dist)
     pip_wheel(meta_sdist, dist)
 
 
@@ -251,6 +259,22 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
                 f"[{rec[0]['status']}] bitsandbytes-{extra}: {rec[0]['reason'] or 'in use'}"
             )
 
+        def hpu_extra() -> str:
+            if not list(dist.glob("bitsandbytes_hpu-*.whl")):
+                return "no hpu wheel in the wheelhouse (platforms/hpu is not in this checkout)"
+            venv.pip(*from_dist, "bitsandbytes[hpu]")
+            venv.py("-m", "bitsandbytes")  # the report and the self-test pass without a Gaudi
+            report = json.loads(venv.py("-m", "bitsandbytes", "--json").stdout)
+            rec = [r for r in report["platforms"] if r.get("platform") == "hpu"]
+            assert rec, report["platforms"]
+            if "hpu" not in report["devices"]:
+                assert rec[0]["status"] == "skipped" and "habana_frameworks.torch" in rec[0]["reason"], rec
+            installed = sorted(line for line in venv.freeze() if line.lower().startswith("bitsandbytes"))
+            return (
+                f"installed {installed}; python -m bitsandbytes passed and reports "
+                f"[{rec[0]['status']}] bitsandbytes-hpu: {rec[0]['reason'] or 'in use'}"
+            )
+
         def mismatch() -> str:
             other = next_patch(v)
             wheel = build_patched_meta(other, tmp / "patched")
@@ -276,6 +300,7 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
         case("1. bitsandbytes", plain)
         case("2a. bitsandbytes[cuda12x]", lambda: cuda_extra("cuda12x"))
         case("2b. bitsandbytes[cuda13x]", lambda: cuda_extra("cuda13x"))
+        case("2c. bitsandbytes[hpu]", hpu_extra)
         case("3. version mismatch", mismatch)
         venv.reset(baseline)
     return summary

@@ -6,6 +6,7 @@ check fails. ``--json`` prints the same as one JSON object.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import json
 import platform
@@ -16,7 +17,7 @@ import torch
 
 import bitsandbytes
 
-from . import _ops, _selftest
+from . import _ops, _platforms, _selftest
 
 RELATED = ("accelerate", "diffusers", "numpy", "pip", "peft", "safetensors", "transformers", "triton", "trl")
 
@@ -26,6 +27,24 @@ def _version_of(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "not found"
+
+
+def _explain_absent_devices(records: list[dict[str, Any]], devices: Any) -> list[dict[str, Any]]:
+    """Records of wheels installed for a device torch does not see, with the wheel's own account
+    of why (its optional ``device_absent_reason()``: bitsandbytes-hpu names the missing Gaudi
+    software and how to install it). Only the report asks: ``import bitsandbytes`` stays cheap."""
+    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=_platforms.ENTRY_POINT_GROUP)}
+    for rec in records:
+        ep = eps.get(rec["platform"])
+        if rec["status"] != "skipped" or rec["device_type"] in devices or ep is None:
+            continue
+        try:
+            explain = getattr(importlib.import_module(ep.module), "device_absent_reason", None)
+            if explain is not None:
+                rec["reason"] = f"{rec['reason']}: {explain()}"
+        except Exception:  # an explanation is optional; a broken wheel must not break the report
+            pass
+    return records
 
 
 def collect(run_selftest: bool = True) -> dict[str, Any]:
@@ -45,7 +64,7 @@ def collect(run_selftest: bool = True) -> dict[str, Any]:
         },
         "related_packages": {name: _version_of(name) for name in RELATED},
         "devices": dict(runtime.devices),
-        "platforms": bitsandbytes.platforms(),
+        "platforms": _explain_absent_devices(bitsandbytes.platforms(), runtime.devices),
         "implementations": {
             device: {op: bitsandbytes.implementation(op, device) for op in _ops.OP_NAMES} for device in runtime.devices
         },

@@ -77,6 +77,22 @@ class Runtime:
         return device_type if device_type in PLATFORM_DEVICE else None
 
 
+def _gaudi_bridge() -> Any:
+    """``torch.hpu`` after importing Intel Gaudi's PyTorch bridge, when it is installed but torch
+    did not load it (Gaudi software without device autoloading); None otherwise. Costs one
+    ``find_spec`` where the Gaudi software is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("habana_frameworks") is None:
+        return None
+    try:
+        importlib.import_module("habana_frameworks.torch")
+    except Exception as exc:  # a broken Gaudi installation must not break import
+        logger.warning("bitsandbytes: habana_frameworks.torch could not be imported: %r", exc)
+        return None
+    return getattr(torch, "hpu", None)
+
+
 def detect_runtime() -> Runtime:
     """Ask torch which devices it can see. Cheap: no kernel launch, no subprocess."""
     devices: dict[str, str] = {"cpu": "CPU"}
@@ -86,7 +102,7 @@ def detect_runtime() -> Runtime:
     xpu = getattr(torch, "xpu", None)
     if xpu is not None and xpu.is_available():
         devices["xpu"] = f"Intel XPU, {xpu.device_count()} device(s)"
-    hpu = getattr(torch, "hpu", None)
+    hpu = getattr(torch, "hpu", None) or _gaudi_bridge()
     if hpu is not None and hpu.is_available():
         devices["hpu"] = "Intel Gaudi"
     if torch.backends.mps.is_available():

@@ -8,6 +8,11 @@ per block. The math is spec §8.5. The two kernels share private helpers of this
 call each other (nor any other op) through ``torch.ops``, so a platform wheel can replace either
 op alone.
 
+The update rule (``_Hyper``, ``_direction``, ``_apply``, ``_clip_vector``) and the state codec
+(``_dequant``, ``_grid_index``, ``_grid_points``) are static tensor programs (Python branches only
+on the algorithm and the hyperparameters, never on tensor values) and are shared: the
+bitsandbytes-hpu wheel builds its graph-friendly kernels from these same functions.
+
 State layouts (spec §8.3): ``state1``/``state2`` are shaped like ``p``, except AdEMAMix whose
 ``state1`` holds two EMAs, shape ``(2, *p.shape)``; in 8-bit each EMA is quantized on its own
 (``absmax1`` has shape ``(2, ceil(n/256))``).
@@ -101,15 +106,19 @@ def _direction(h: _Hyper, g: torch.Tensor, p: torch.Tensor, s1: torch.Tensor, s2
     return g / (s1.sqrt() + h.eps)
 
 
-def _update_sq(h: _Hyper, d: torch.Tensor) -> float:
-    """‖u‖² of (a chunk of) the update the trust-ratio clip compares with ``max_unorm * ‖p‖``.
+def _clip_vector(h: _Hyper, d: torch.Tensor) -> torch.Tensor:
+    """The update ``u`` whose norm the trust-ratio clip compares with ``max_unorm * ‖p‖``.
 
     For adam/lamb the established release measures the update *without* the bias-correction
     factor ``c2/c1``: ``u = m / (√v + eps·c2)`` (= direction · c1/c2); for the other algorithms
     ``u`` is the direction itself.
     """
-    u = d * (h.c1 / h.c2) if h.name in ("adam", "lamb") else d
-    return float(u.double().square().sum())
+    return d * (h.c1 / h.c2) if h.name in ("adam", "lamb") else d
+
+
+def _update_sq(h: _Hyper, d: torch.Tensor) -> float:
+    """‖u‖² of (a chunk of) the update (see ``_clip_vector``), summed in f64 on the host."""
+    return float(_clip_vector(h, d).double().square().sum())
 
 
 def _apply(h: _Hyper, p: torch.Tensor, d: torch.Tensor, scale: float) -> torch.Tensor:
@@ -249,8 +258,7 @@ def _grid_table(qmap: torch.Tensor) -> torch.Tensor:
     hit = _TABLES.get(key)
     if hit is not None and torch.equal(hit[0], qmap):
         return hit[1]
-    grid = torch.arange(65536, device=qmap.device, dtype=torch.float32) / _GRID_HALF - 1.0
-    table = nearest_code(grid, midpoints(qmap)).to(torch.uint8)
+    table = nearest_code(_grid_points(qmap.device), midpoints(qmap)).to(torch.uint8)
     if len(_TABLES) >= 16:
         _TABLES.clear()
     _TABLES[key] = (qmap.detach().clone(), table)
@@ -267,7 +275,18 @@ def _quant(x: torch.Tensor, table: torch.Tensor, codes_out: torch.Tensor, absmax
     values below half a grid step (|x| < 1.5e-5·absmax), which take the code nearest zero.
     """
     rows, k = x.shape
-    blocks = absmax_out.shape[1]
+    idx, absmax = _grid_index(x, absmax_out.shape[1])
+    codes_out.copy_(table.index_select(0, idx.reshape(-1)).view(rows, k))
+    absmax_out.copy_(absmax)
+
+
+def _grid_index(x: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int32 grid index 0..65535 of each value of ``x`` (rows × k), f32 absmax (rows × blocks)).
+
+    The first half of ``_quant``: scale each block by its fresh absmax and round half-up onto
+    the 65536-point grid; the code is then ``table[index]`` (``_grid_table``).
+    """
+    rows, k = x.shape
     pad = blocks * STATE_BLOCKSIZE - k
     xb = torch.nn.functional.pad(x, (0, pad)) if pad else x
     xb = xb.reshape(rows, blocks, STATE_BLOCKSIZE)
@@ -275,9 +294,12 @@ def _quant(x: torch.Tensor, table: torch.Tensor, codes_out: torch.Tensor, absmax
     absmax = torch.maximum(hi, lo.neg_())
     scaled = (xb * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(-1)).clamp_(-1.0, 1.0)
     idx = scaled.add_(1.0).mul_(_GRID_HALF).add_(0.5).floor_().nan_to_num_(nan=65535.0)
-    idx = idx.view(rows, blocks * STATE_BLOCKSIZE)[:, :k].to(torch.int32)
-    codes_out.copy_(table.index_select(0, idx.reshape(-1)).view(rows, k))
-    absmax_out.copy_(absmax)
+    return idx.view(rows, blocks * STATE_BLOCKSIZE)[:, :k].to(torch.int32), absmax
+
+
+def _grid_points(device: torch.device) -> torch.Tensor:
+    """The 65536 f32 grid points ``k / 32767.5 - 1`` over [-1, 1] that ``_grid_table`` maps to codes."""
+    return torch.arange(65536, device=device, dtype=torch.float32) / _GRID_HALF - 1.0
 
 
 def optimizer_update_8bit_blockwise(
