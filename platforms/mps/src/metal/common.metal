@@ -45,8 +45,11 @@ inline float simd_group_sum(float v) {
   return v;
 }
 
-// max |x| keeping NaN (numeric.h's nan_max_abs); inputs are already >= 0 or NaN.
+// max |x| over the SIMD group keeping NaN (numeric.h's nan_max_abs). |x| first: nan_max_abs(m, a)
+// is not symmetric in a negative m, and a butterfly needs a symmetric step to give every lane the
+// same result (the lanes that lose a negative maximum in the first step never see it again).
 inline float simd_group_absmax(float v) {
+  v = bnb::nan_max_abs(0.0f, v);
   for (uint off = kSimd / 2; off > 0; off /= 2) v = bnb::nan_max_abs(v, BNB_SHUFFLE_XOR(v, off));
   return v;
 }

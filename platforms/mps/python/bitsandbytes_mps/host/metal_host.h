@@ -81,6 +81,7 @@ struct Fiber {
   ucontext_t ctx;
   State state;
   uint32_t shuffles;  // shuffles this thread has completed
+  uint32_t barriers;  // barriers this thread has passed
 };
 
 struct Group {
@@ -107,15 +108,23 @@ inline void fiber_entry() {
   g->fibers[i].state = kDone;  // uc_link returns to the scheduler
 }
 
+// Other threads run while this one is suspended and write threadgroup memory: the compiler must
+// neither keep such values in registers across the switch nor sink stores below it (it cannot
+// see that swapcontext runs code of this file that reads and writes those statics).
 inline void suspend(State s) {
   Group* g = g_group;
   Fiber& f = g->fibers[g->current];
   f.state = s;
+  asm volatile("" ::: "memory");
   swapcontext(&f.ctx, &g->sched);
+  asm volatile("" ::: "memory");
 }
 
 // threadgroup_barrier(mem_flags::mem_threadgroup)
-inline void barrier() { suspend(kBarrier); }
+inline void barrier() {
+  suspend(kBarrier);
+  g_group->fibers[g_group->current].barriers++;
+}
 
 // simd_shuffle_xor: the value of lane (this lane ^ mask) of the same SIMD group.
 inline float shuffle_xor(float v, uint32_t mask) {
@@ -155,6 +164,7 @@ inline std::string run_group(uint32_t size, const std::function<void(uint32_t)>&
     makecontext(&f.ctx, fiber_entry, 0);
     f.state = kReady;
     f.shuffles = 0;
+    f.barriers = 0;
   }
   for (;;) {
     for (uint32_t i = 0; i < size; ++i) {
@@ -191,6 +201,13 @@ inline std::string run_group(uint32_t size, const std::function<void(uint32_t)>&
       }
     }
     if (!released && at_barrier == size) {
+      for (const Fiber& f : g.fibers) {
+        if (f.barriers != g.fibers[0].barriers && g.error.empty()) {
+          g.error = "threads wait at different barriers (" + std::to_string(f.barriers) + " and " +
+                    std::to_string(g.fibers[0].barriers) + " passed)";
+        }
+      }
+      if (!g.error.empty()) break;
       for (Fiber& f : g.fibers) f.state = kReady;
       released = true;
     }
