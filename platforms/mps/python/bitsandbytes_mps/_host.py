@@ -156,7 +156,9 @@ def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
     incs = [f"-I{d}" for d in _include_dirs()]
     host_h = (HOST_DIR / "metal_host.h").read_text()
     key = hashlib.sha256("\0".join([source, host_h, cxx, *FLAGS, *incs]).encode()).hexdigest()[:20]
-    cache = pathlib.Path(os.environ.get("BNB_MPS_HOST_CACHE") or pathlib.Path.home() / ".cache" / "bitsandbytes-mps-host")
+    cache = pathlib.Path(
+        os.environ.get("BNB_MPS_HOST_CACHE") or pathlib.Path.home() / ".cache" / "bitsandbytes-mps-host"
+    )
     out = cache / key
     lib = out / "libbnb_mps_host.so"
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +175,9 @@ def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
         if lib.exists():
             return lib, kernels
         out.mkdir(parents=True, exist_ok=True)
-        body = '#include <stdio.h>\n#include "bnb_mps.cpp"\n#include "metal_host_tail.h"\n' + "".join(_wrapper(k, p) for k, p in kernels.items())
+        body = '#include <stdio.h>\n#include "bnb_mps.cpp"\n#include "metal_host_tail.h"\n' + "".join(
+            _wrapper(k, p) for k, p in kernels.items()
+        )
         unit = pathlib.Path(tmp) / "harness.cpp"
         unit.write_text(body)
         tmp_lib = pathlib.Path(tmp) / "lib.so"

@@ -136,7 +136,9 @@ class OptimizerKernels:
         clip = max_unorm > 0.0
         if clip:
             C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
-        device = self._device(g=g, p=p, state1=state1, state2=state2 if two else None, unorm_vec=unorm_vec if clip else None)
+        device = self._device(
+            g=g, p=p, state1=state1, state2=state2 if two else None, unorm_vec=unorm_vec if clip else None
+        )
         if n == 0:
             return
         lib = self.library("optimizer_update_32bit")
