@@ -9,10 +9,12 @@ declared parameter (a float32 tensor bound to ``device half*``, an ``int`` bound
 ``constant float&``, a missing or extra argument are errors), so the glue's argument packing is
 tested along with the kernels.
 
-The C++ side (host/metal_host.h) runs every thread of a threadgroup as a fiber, in lock-step
-phases between barriers and SIMD-group shuffles. The module is compiled here with the system C++
-compiler (``CXX``, else ``c++``) into a cache folder (``BNB_MPS_HOST_CACHE``, else
-``~/.cache/bitsandbytes-mps-host``); it is a test tool, not part of a GPU run.
+The C++ side (platforms/mps/host/metal_host.h in the repository, not in the wheel: it is a test
+tool, never part of a GPU run) runs every thread of a threadgroup as a fiber, in lock-step phases
+between barriers and SIMD-group shuffles. It is found through ``BNB_MPS_HOST_DIR``, else in the
+current folder or a parent of it (a repository checkout). The module is compiled with the system
+C++ compiler (``CXX``, else ``c++``) into a cache folder (``BNB_MPS_HOST_CACHE``, else
+``~/.cache/bitsandbytes-mps-host``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
-HOST_DIR = pathlib.Path(__file__).resolve().parent / "host"
 
 BUILTINS = (
     "thread_position_in_grid",
@@ -133,18 +133,27 @@ def _compiler() -> str:
     return cxx
 
 
-def _include_dirs() -> list[str]:
-    """metal_host.h's folder and the shared headers (numeric.h) it includes."""
-    dirs = [str(HOST_DIR)]
-    shared = os.environ.get("BNB_SHARED_INCLUDE")
-    candidates = [pathlib.Path(shared)] if shared else []
-    candidates += [HOST_DIR / "include", *[p / "shared" / "include" for p in HOST_DIR.parents]]
+def host_dir() -> pathlib.Path:
+    """The folder holding metal_host.h (platforms/mps/host of a repository checkout)."""
+    given = os.environ.get("BNB_MPS_HOST_DIR")
+    here = pathlib.Path.cwd().resolve()
+    candidates = [pathlib.Path(given)] if given else [p / "platforms" / "mps" / "host" for p in (here, *here.parents)]
     for c in candidates:
-        if (c / "bnb" / "numeric.h").exists():
-            return [*dirs, str(c)]
+        if (c / "metal_host.h").exists():
+            return c
     raise RuntimeError(
-        "bitsandbytes_mps host harness: shared/include/bnb not found; set BNB_SHARED_INCLUDE=<repo>/shared/include"
+        "bitsandbytes_mps host harness: metal_host.h not found; run from a repository checkout or set "
+        "BNB_MPS_HOST_DIR=<repo>/platforms/mps/host"
     )
+
+
+def _include_dirs() -> list[str]:
+    """metal_host.h's folder and the shared headers (bnb_c_api.h) it includes."""
+    host = host_dir()
+    shared = host.parent.parent.parent / "shared" / "include"
+    if not (shared / "bnb" / "bnb_c_api.h").exists():
+        raise RuntimeError(f"bitsandbytes_mps host harness: {shared}/bnb/bnb_c_api.h not found beside {host}")
+    return [str(host), str(shared)]
 
 
 FLAGS = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-strict-aliasing", "-fPIC", "-Wno-attributes"]
@@ -154,7 +163,7 @@ def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
     """Compile ``source`` (the shipped Metal text) with the host emulation; (library, kernels)."""
     cxx = _compiler()
     incs = [f"-I{d}" for d in _include_dirs()]
-    host_h = (HOST_DIR / "metal_host.h").read_text()
+    host_h = "".join(p.read_text() for p in sorted(host_dir().glob("*.h")))
     key = hashlib.sha256("\0".join([source, host_h, cxx, *FLAGS, *incs]).encode()).hexdigest()[:20]
     cache = pathlib.Path(
         os.environ.get("BNB_MPS_HOST_CACHE") or pathlib.Path.home() / ".cache" / "bitsandbytes-mps-host"
