@@ -2,7 +2,8 @@
 
     python tools/wheelhouse.py build    # sdists; meta + cpu wheels (cpu repaired by auditwheel);
                                         # the cuda wheel for one architecture when platforms/cuda and
-                                        # nvcc exist; the meta-package's plain dependencies
+                                        # nvcc exist; the pure mps wheel; the meta-package's plain
+                                        # dependencies
     python tools/wheelhouse.py check    # tools/check_wheel.py on every artifact (cpu wheel < 1 MB)
     python tools/wheelhouse.py install  # fresh venv with only torch: three installs from dist alone
     python tools/wheelhouse.py all      # the three in turn (what `nox -s wheelhouse` runs)
@@ -20,6 +21,8 @@ first, installs with ``pip install --no-index --find-links <dist>``, checks, and
    without one, pip must stop with its clear "No matching distribution found" for the pinned wheel.
 3. a meta-package whose version differs from the cpu wheel's: import warns, naming the
    ``pip install`` that fixes it, and the reference kernels serve the cpu ops.
+4. ``bitsandbytes[mps]``: installs anywhere (py3-none-any); the report passes and, without an
+   Apple GPU, says why the MPS wheel is skipped.
 
 In every case the torch lines of ``pip freeze`` must be the same before and after.
 """
@@ -135,6 +138,7 @@ def build(dist: pathlib.Path) -> None:
             repair(pip_wheel(cuda_sdist, raw, env=env), dist, exclude=CUDA_RUNTIME_LIBS)
         else:
             print(f"wheelhouse: no cuda wheel ({reason})")
+        pip_wheel(sdist.build_sdist("mps", dist), dist)  # pure Python + Metal source: nothing to repair
         reqs = plain_requirements(meta_wheel)
         if reqs:  # so that `pip install --no-index --find-links dist bitsandbytes` finds everything but torch
             run(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", dist, *reqs)
@@ -251,6 +255,23 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
                 f"[{rec[0]['status']}] bitsandbytes-{extra}: {rec[0]['reason'] or 'in use'}"
             )
 
+        def mps_extra() -> str:
+            if not list(dist.glob("bitsandbytes_mps-*.whl")):
+                return "no mps wheel in the wheelhouse: not checked"
+            venv.pip(*from_dist, "bitsandbytes[mps]")
+            out = venv.py("-m", "bitsandbytes").stdout  # the report and the self-test pass
+            report = json.loads(venv.py("-m", "bitsandbytes", "--json").stdout)
+            rec = [r for r in report["platforms"] if r.get("platform") == "mps"]
+            assert rec, report["platforms"]
+            if "mps" not in report["devices"]:
+                assert rec[0]["status"] == "skipped" and "no mps device present" in rec[0]["reason"], rec
+                assert "bitsandbytes-mps" in out and rec[0]["reason"] in out, out
+            installed = sorted(line for line in venv.freeze() if line.lower().startswith("bitsandbytes"))
+            return (
+                f"installed {installed}; python -m bitsandbytes passed and reports "
+                f"[{rec[0]['status']}] bitsandbytes-mps: {rec[0]['reason'] or 'in use'}"
+            )
+
         def mismatch() -> str:
             other = next_patch(v)
             wheel = build_patched_meta(other, tmp / "patched")
@@ -277,6 +298,7 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
         case("2a. bitsandbytes[cuda12x]", lambda: cuda_extra("cuda12x"))
         case("2b. bitsandbytes[cuda13x]", lambda: cuda_extra("cuda13x"))
         case("3. version mismatch", mismatch)
+        case("4. bitsandbytes[mps]", mps_extra)
         venv.reset(baseline)
     return summary
 

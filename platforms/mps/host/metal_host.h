@@ -137,8 +137,9 @@ inline float shuffle_xor(float v, uint32_t mask) {
   g = g_group;
   g->fibers[i].shuffles++;
   if (partner >= g->size) {
-    if (g->error.empty()) g->error = "simd_shuffle_xor reads lane " + std::to_string(partner) + " of a group of " +
-                                     std::to_string(g->size) + " threads";
+    if (g->error.empty())
+      g->error = "simd_shuffle_xor reads lane " + std::to_string(partner) + " of a group of " +
+                 std::to_string(g->size) + " threads";
     return 0.0f;
   }
   return g->slots[k][partner];

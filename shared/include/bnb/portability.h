@@ -16,7 +16,8 @@
 // Host builds force inlining: the CPU library compiles these helpers into several translation units
 // with different instruction-set flags (run-time dispatch), and an out-of-line copy shared between
 // them could carry instructions the running CPU lacks.
-#if !defined(__CUDACC__) && !defined(__HIPCC__) && !defined(__METAL_VERSION__) && (defined(__GNUC__) || defined(__clang__))
+#if !defined(__CUDACC__) && !defined(__HIPCC__) && !defined(__METAL_VERSION__) && \
+    (defined(__GNUC__) || defined(__clang__))
 #define BNB_INLINE inline __attribute__((always_inline))
 #else
 #define BNB_INLINE inline

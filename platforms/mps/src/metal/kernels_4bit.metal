@@ -130,31 +130,31 @@ inline void gemv_4bit_impl(device const T* A, device const uchar* B, device cons
 
 // Entry points, one per dtype (f32, f16, bf16). Scalars are bound as torch.mps.compile_shader
 // binds a Python int: a 64-bit `long`.
-#define BNB_MPS_4BIT_KERNELS(SUFFIX, T)                                                                             \
-  kernel void bnb_quantize_4bit_##SUFFIX(                                                                           \
-      device const T* x [[buffer(0)]], device uchar* packed [[buffer(1)]], device float* absmax [[buffer(2)]],      \
-      constant long& n [[buffer(3)]], constant long& blocksize [[buffer(4)]], constant long& nf4 [[buffer(5)]],     \
-      uint lid [[thread_position_in_threadgroup]], uint group [[threadgroup_position_in_grid]]) {                    \
-    threadgroup float red[bnb_mps::kQuantThreads];                                                                  \
-    bnb_mps::quantize_4bit_impl<T>(x, packed, absmax, static_cast<uint>(n), static_cast<uint>(blocksize),           \
-                                   static_cast<int>(nf4), lid, group, red);                                         \
-  }                                                                                                                 \
-  kernel void bnb_dequantize_4bit_##SUFFIX(                                                                         \
+#define BNB_MPS_4BIT_KERNELS(SUFFIX, T)                                                                                \
+  kernel void bnb_quantize_4bit_##SUFFIX(                                                                              \
+      device const T* x [[buffer(0)]], device uchar* packed [[buffer(1)]], device float* absmax [[buffer(2)]],         \
+      constant long& n [[buffer(3)]], constant long& blocksize [[buffer(4)]], constant long& nf4 [[buffer(5)]],        \
+      uint lid [[thread_position_in_threadgroup]], uint group [[threadgroup_position_in_grid]]) {                      \
+    threadgroup float red[bnb_mps::kQuantThreads];                                                                     \
+    bnb_mps::quantize_4bit_impl<T>(x, packed, absmax, static_cast<uint>(n), static_cast<uint>(blocksize),              \
+                                   static_cast<int>(nf4), lid, group, red);                                            \
+  }                                                                                                                    \
+  kernel void bnb_dequantize_4bit_##SUFFIX(                                                                            \
       device const uchar* packed [[buffer(0)]], device const float* absmax [[buffer(1)]], device T* out [[buffer(2)]], \
-      constant long& n [[buffer(3)]], constant long& shift [[buffer(4)]], constant long& nf4 [[buffer(5)]],         \
-      uint tid [[thread_position_in_grid]], uint lid [[thread_position_in_threadgroup]]) {                          \
-    threadgroup float table[16];                                                                                    \
-    bnb_mps::dequantize_4bit_impl<T>(packed, absmax, out, static_cast<uint>(n), static_cast<uint>(shift),           \
-                                     static_cast<int>(nf4), tid, lid, table);                                       \
-  }                                                                                                                 \
-  kernel void bnb_gemv_4bit_##SUFFIX(                                                                               \
-      device const T* A [[buffer(0)]], device const uchar* B [[buffer(1)]], device const float* absmax [[buffer(2)]], \
-      device const float* code [[buffer(3)]], device T* out [[buffer(4)]], constant long& m [[buffer(5)]],          \
-      constant long& N [[buffer(6)]], constant long& K [[buffer(7)]], constant long& shift [[buffer(8)]],           \
-      uint lid [[thread_position_in_threadgroup]], uint group [[threadgroup_position_in_grid]]) {                    \
-    threadgroup float table[16];                                                                                    \
-    bnb_mps::gemv_4bit_impl<T>(A, B, absmax, code, out, static_cast<uint>(m), static_cast<uint>(N),                 \
-                               static_cast<uint>(K), static_cast<uint>(shift), lid, group, table);                  \
+      constant long& n [[buffer(3)]], constant long& shift [[buffer(4)]], constant long& nf4 [[buffer(5)]],            \
+      uint tid [[thread_position_in_grid]], uint lid [[thread_position_in_threadgroup]]) {                             \
+    threadgroup float table[16];                                                                                       \
+    bnb_mps::dequantize_4bit_impl<T>(packed, absmax, out, static_cast<uint>(n), static_cast<uint>(shift),              \
+                                     static_cast<int>(nf4), tid, lid, table);                                          \
+  }                                                                                                                    \
+  kernel void bnb_gemv_4bit_##SUFFIX(                                                                                  \
+      device const T* A [[buffer(0)]], device const uchar* B [[buffer(1)]], device const float* absmax [[buffer(2)]],  \
+      device const float* code [[buffer(3)]], device T* out [[buffer(4)]], constant long& m [[buffer(5)]],             \
+      constant long& N [[buffer(6)]], constant long& K [[buffer(7)]], constant long& shift [[buffer(8)]],              \
+      uint lid [[thread_position_in_threadgroup]], uint group [[threadgroup_position_in_grid]]) {                      \
+    threadgroup float table[16];                                                                                       \
+    bnb_mps::gemv_4bit_impl<T>(A, B, absmax, code, out, static_cast<uint>(m), static_cast<uint>(N),                    \
+                               static_cast<uint>(K), static_cast<uint>(shift), lid, group, table);                     \
   }
 
 BNB_MPS_4BIT_KERNELS(f32, float)

@@ -33,25 +33,25 @@ inline void dequantize_blockwise_impl(device const uchar* A, device const float*
 
 }  // namespace bnb_mps
 
-#define BNB_MPS_BLOCKWISE_KERNELS(SUFFIX, T)                                                                        \
-  kernel void bnb_quantize_blockwise_##SUFFIX(                                                                      \
-      device const T* x [[buffer(0)]], device const float* code [[buffer(1)]], device uchar* out [[buffer(2)]],     \
-      device float* absmax [[buffer(3)]], constant long& n [[buffer(4)]], constant long& blocksize [[buffer(5)]],   \
-      uint lid [[thread_position_in_threadgroup]], uint group [[threadgroup_position_in_grid]],                      \
-      uint count [[threads_per_threadgroup]]) {                                                                     \
-    threadgroup float mids[255];                                                                                    \
-    threadgroup float scratch[bnb_mps::kSimd];                                                                      \
-    bnb_mps::quantize_blockwise_impl<T>(x, code, out, absmax, static_cast<uint>(n), static_cast<uint>(blocksize),   \
-                                        lid, group, count, mids, scratch);                                          \
-  }                                                                                                                 \
-  kernel void bnb_dequantize_blockwise_##SUFFIX(                                                                    \
-      device const uchar* A [[buffer(0)]], device const float* code [[buffer(1)]],                                  \
-      device const float* absmax [[buffer(2)]], device T* out [[buffer(3)]], constant long& n [[buffer(4)]],        \
-      constant long& blocksize [[buffer(5)]], uint tid [[thread_position_in_grid]],                                 \
-      uint lid [[thread_position_in_threadgroup]], uint count [[threads_per_threadgroup]]) {                        \
-    threadgroup float table[256];                                                                                   \
-    bnb_mps::dequantize_blockwise_impl<T>(A, code, absmax, out, static_cast<uint>(n), static_cast<uint>(blocksize), \
-                                          tid, lid, count, table);                                                  \
+#define BNB_MPS_BLOCKWISE_KERNELS(SUFFIX, T)                                                                           \
+  kernel void bnb_quantize_blockwise_##SUFFIX(                                                                         \
+      device const T* x [[buffer(0)]], device const float* code [[buffer(1)]], device uchar* out [[buffer(2)]],        \
+      device float* absmax [[buffer(3)]], constant long& n [[buffer(4)]], constant long& blocksize [[buffer(5)]],      \
+      uint lid [[thread_position_in_threadgroup]], uint group [[threadgroup_position_in_grid]],                        \
+      uint count [[threads_per_threadgroup]]) {                                                                        \
+    threadgroup float mids[255];                                                                                       \
+    threadgroup float scratch[bnb_mps::kSimd];                                                                         \
+    bnb_mps::quantize_blockwise_impl<T>(x, code, out, absmax, static_cast<uint>(n), static_cast<uint>(blocksize), lid, \
+                                        group, count, mids, scratch);                                                  \
+  }                                                                                                                    \
+  kernel void bnb_dequantize_blockwise_##SUFFIX(                                                                       \
+      device const uchar* A [[buffer(0)]], device const float* code [[buffer(1)]],                                     \
+      device const float* absmax [[buffer(2)]], device T* out [[buffer(3)]], constant long& n [[buffer(4)]],           \
+      constant long& blocksize [[buffer(5)]], uint tid [[thread_position_in_grid]],                                    \
+      uint lid [[thread_position_in_threadgroup]], uint count [[threads_per_threadgroup]]) {                           \
+    threadgroup float table[256];                                                                                      \
+    bnb_mps::dequantize_blockwise_impl<T>(A, code, absmax, out, static_cast<uint>(n), static_cast<uint>(blocksize),    \
+                                          tid, lid, count, table);                                                     \
   }
 
 BNB_MPS_BLOCKWISE_KERNELS(f32, float)

@@ -130,29 +130,29 @@ inline void optimizer_8bit_impl(device const T* g, device T* p, device uchar* st
 }  // namespace bnb_mps
 
 // Optional buffers (state2, unorm, partials) are bound to another tensor when unused.
-#define BNB_MPS_OPTIM_KERNELS(SUFFIX, T)                                                                            \
-  kernel void bnb_optimizer_32bit_##SUFFIX(                                                                         \
-      device const T* g [[buffer(0)]], device T* p [[buffer(1)]], device float* state1 [[buffer(2)]],               \
-      device float* state2 [[buffer(3)]], device float* unorm [[buffer(4)]], device float* partials [[buffer(5)]],  \
-      constant float* P [[buffer(6)]], constant long& n [[buffer(7)]], constant long& pass [[buffer(8)]],           \
-      uint tid [[thread_position_in_grid]], uint lid [[thread_position_in_threadgroup]],                            \
-      uint group [[threadgroup_position_in_grid]], uint count [[threads_per_threadgroup]]) {                        \
-    threadgroup float scratch[bnb_mps::kSimd];                                                                      \
-    bnb_mps::optimizer_32bit_impl<T>(g, p, state1, state2, unorm, partials, P, static_cast<uint>(n),                \
-                                     static_cast<uint>(pass), tid, lid, group, count, scratch);                     \
-  }                                                                                                                 \
-  kernel void bnb_optimizer_8bit_blockwise_##SUFFIX(                                                                \
-      device const T* g [[buffer(0)]], device T* p [[buffer(1)]], device uchar* state1 [[buffer(2)]],               \
-      device uchar* state2 [[buffer(3)]], device const float* qmap1 [[buffer(4)]],                                  \
-      device const float* qmap2 [[buffer(5)]], device float* absmax1 [[buffer(6)]],                                 \
-      device float* absmax2 [[buffer(7)]], constant float* P [[buffer(8)]], constant long& n [[buffer(9)]],         \
-      constant long& nblocks [[buffer(10)]], uint lid [[thread_position_in_threadgroup]],                           \
-      uint blk [[threadgroup_position_in_grid]]) {                                                                  \
-    threadgroup float mids1[255];                                                                                   \
-    threadgroup float mids2[255];                                                                                   \
-    threadgroup float scratch[bnb_mps::kSimd];                                                                      \
-    bnb_mps::optimizer_8bit_impl<T>(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2, P, static_cast<uint>(n),  \
-                                    static_cast<uint>(nblocks), lid, blk, mids1, mids2, scratch);                   \
+#define BNB_MPS_OPTIM_KERNELS(SUFFIX, T)                                                                           \
+  kernel void bnb_optimizer_32bit_##SUFFIX(                                                                        \
+      device const T* g [[buffer(0)]], device T* p [[buffer(1)]], device float* state1 [[buffer(2)]],              \
+      device float* state2 [[buffer(3)]], device float* unorm [[buffer(4)]], device float* partials [[buffer(5)]], \
+      constant float* P [[buffer(6)]], constant long& n [[buffer(7)]], constant long& pass [[buffer(8)]],          \
+      uint tid [[thread_position_in_grid]], uint lid [[thread_position_in_threadgroup]],                           \
+      uint group [[threadgroup_position_in_grid]], uint count [[threads_per_threadgroup]]) {                       \
+    threadgroup float scratch[bnb_mps::kSimd];                                                                     \
+    bnb_mps::optimizer_32bit_impl<T>(g, p, state1, state2, unorm, partials, P, static_cast<uint>(n),               \
+                                     static_cast<uint>(pass), tid, lid, group, count, scratch);                    \
+  }                                                                                                                \
+  kernel void bnb_optimizer_8bit_blockwise_##SUFFIX(                                                               \
+      device const T* g [[buffer(0)]], device T* p [[buffer(1)]], device uchar* state1 [[buffer(2)]],              \
+      device uchar* state2 [[buffer(3)]], device const float* qmap1 [[buffer(4)]],                                 \
+      device const float* qmap2 [[buffer(5)]], device float* absmax1 [[buffer(6)]],                                \
+      device float* absmax2 [[buffer(7)]], constant float* P [[buffer(8)]], constant long& n [[buffer(9)]],        \
+      constant long& nblocks [[buffer(10)]], uint lid [[thread_position_in_threadgroup]],                          \
+      uint blk [[threadgroup_position_in_grid]]) {                                                                 \
+    threadgroup float mids1[255];                                                                                  \
+    threadgroup float mids2[255];                                                                                  \
+    threadgroup float scratch[bnb_mps::kSimd];                                                                     \
+    bnb_mps::optimizer_8bit_impl<T>(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2, P, static_cast<uint>(n), \
+                                    static_cast<uint>(nblocks), lid, blk, mids1, mids2, scratch);                  \
   }
 
 BNB_MPS_OPTIM_KERNELS(f32, float)
