@@ -179,15 +179,15 @@ def test_bindings_are_checked_like_the_gpu_would_read_them():
     packed, absmax = torch.zeros(8, dtype=torch.uint8), torch.ones(1)
     out16, out32 = torch.empty(16, dtype=torch.float16), torch.empty(16)
     kern = lib.bnb_dequantize_4bit_f16
-    kern(packed, absmax, out16, 16, 6, 1, threads=256, group_size=256)  # the right binding
+    kern(packed, absmax, out16, 16, 6, 1, 0, threads=256, group_size=256)  # the right binding
     with pytest.raises(TypeError, match=r"argument 2 \(out: half\*\).*float32"):
-        kern(packed, absmax, out32, 16, 6, 1, threads=256, group_size=256)
+        kern(packed, absmax, out32, 16, 6, 1, 0, threads=256, group_size=256)
     with pytest.raises(TypeError, match=r"argument 4 \(shift.*a Python float binds `constant float&`"):
-        kern(packed, absmax, out16, 16, 6.0, 1, threads=256, group_size=256)
-    with pytest.raises(TypeError, match="5 arguments given, the kernel has 6 buffers"):
-        kern(packed, absmax, out16, 16, 6, threads=256, group_size=256)
+        kern(packed, absmax, out16, 16, 6.0, 1, 0, threads=256, group_size=256)
+    with pytest.raises(TypeError, match="6 arguments given, the kernel has 7 buffers"):
+        kern(packed, absmax, out16, 16, 6, 1, threads=256, group_size=256)
     with pytest.raises(TypeError, match="one-dimensional"):
-        kern(packed, absmax, out16, 16, 6, 1, threads=(16, 16), group_size=(16, 16))
+        kern(packed, absmax, out16, 16, 6, 1, 0, threads=(16, 16), group_size=(16, 16))
     with pytest.raises(TypeError, match=r"a list of int binds long\[\], not float\[\]"):
         lib.bnb_optimizer_32bit_f32(*[out32] * 6, [1, 2], 16, 0, threads=256, group_size=256)
 

@@ -144,10 +144,12 @@ class MetalKernels(OptimizerKernels):
         n = out.numel()
         raw = A.contiguous().view(torch.uint8).reshape(-1)
         absmax = absmax.contiguous()
-        nbytes = (n + 1) // 2
+        # Eight elements per thread from one 32-bit word of codes where the layout allows it.
+        words = n % 8 == 0 and raw.storage_offset() % 4 == 0
+        items = n // 8 if words else (n + 1) // 2
         getattr(lib, f"bnb_dequantize_4bit_{SUFFIX[out.dtype]}")(
-            raw, absmax, out, n, blocksize.bit_length() - 1, int(quant_type == "nf4"),
-            threads=_groups(nbytes, 256) * 256, group_size=256,
+            raw, absmax, out, n, blocksize.bit_length() - 1, int(quant_type == "nf4"), int(words),
+            threads=_groups(items, 256) * 256, group_size=256,
         )  # fmt: skip
 
     def dequantize_4bit(

@@ -61,12 +61,26 @@ inline void quantize_4bit_impl(device const T* x, device uchar* packed, device f
   }
 }
 
-// One thread per packed byte (two elements); the decode table in threadgroup memory.
+// The decode table in threadgroup memory. words != 0 (n % 8 == 0, packed 4-byte aligned): one
+// thread per 32-bit word of packed codes, eight elements of one block (block sizes are multiples
+// of 8); otherwise one thread per packed byte (two elements).
 template <typename T, typename Shared>
 inline void dequantize_4bit_impl(device const uchar* packed, device const float* absmax, device T* out, uint n,
-                                 uint shift, int nf4, uint tid, uint lid, Shared table) {
+                                 uint shift, int nf4, int words, uint tid, uint lid, Shared table) {
   if (lid < 16) table[lid] = bnb::decode_4bit(nf4, lid);
   BNB_BARRIER();
+  if (words) {
+    if (tid >= n / 8) return;
+    const uint word = reinterpret_cast<device const uint*>(packed)[tid];
+    const uint e = 8 * tid;
+    const float scale = absmax[e >> shift];
+    for (uint t = 0; t < 4; ++t) {
+      const uint b = (word >> (8 * t)) & 0xffu;
+      out[e + 2 * t] = Elem<T>::store(mul_cpu_nan(table[b >> 4], scale));
+      out[e + 2 * t + 1] = Elem<T>::store(mul_cpu_nan(table[b & 15u], scale));
+    }
+    return;
+  }
   if (tid >= (n + 1) / 2) return;
   const uint b = packed[tid];
   const uint e = 2 * tid;
@@ -142,10 +156,11 @@ inline void gemv_4bit_impl(device const T* A, device const uchar* B, device cons
   kernel void bnb_dequantize_4bit_##SUFFIX(                                                                            \
       device const uchar* packed [[buffer(0)]], device const float* absmax [[buffer(1)]], device T* out [[buffer(2)]], \
       constant long& n [[buffer(3)]], constant long& shift [[buffer(4)]], constant long& nf4 [[buffer(5)]],            \
-      uint tid [[thread_position_in_grid]], uint lid [[thread_position_in_threadgroup]]) {                             \
+      constant long& words [[buffer(6)]], uint tid [[thread_position_in_grid]],                                        \
+      uint lid [[thread_position_in_threadgroup]]) {                                                                   \
     threadgroup float table[16];                                                                                       \
     bnb_mps::dequantize_4bit_impl<T>(packed, absmax, out, static_cast<uint>(n), static_cast<uint>(shift),              \
-                                     static_cast<int>(nf4), tid, lid, table);                                          \
+                                     static_cast<int>(nf4), static_cast<int>(words), tid, lid, table);                 \
   }                                                                                                                    \
   kernel void bnb_gemv_4bit_##SUFFIX(                                                                                  \
       device const T* A [[buffer(0)]], device const uchar* B [[buffer(1)]], device const float* absmax [[buffer(2)]],  \
