@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 import pathlib
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 
 import pytest
@@ -317,3 +319,18 @@ def test_host_harness_is_not_in_the_wheel_as_a_binary():
     """The harness module is built by the test session; the wheel ships sources only."""
     pkg = pathlib.Path(mps.__file__).parent
     assert not [p for p in pkg.rglob("*") if p.suffix in (".so", ".dylib", ".pyd", ".metallib")]
+
+
+def test_release_gate_reports_skipped_with_the_reason_without_mps(tmp_path):
+    """release/mps_check.py: exit 3 and the reason (also as a job-summary line) where MPS is absent."""
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS: the gate would run the kernels")
+    summary = tmp_path / "summary.md"
+    env = {**os.environ, "GITHUB_ACTIONS": "1", "GITHUB_STEP_SUMMARY": str(summary)}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "release" / "mps_check.py")], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "MPS tests SKIPPED: torch" in run.stdout and "reports no MPS device" in run.stdout
+    assert "::warning title=MPS tests skipped::" in run.stdout
+    assert "MPS tests SKIPPED" in summary.read_text()
