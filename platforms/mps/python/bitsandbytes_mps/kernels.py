@@ -1,7 +1,7 @@
 """Python glue: validate arguments, allocate outputs, launch the Metal kernels.
 
-``MetalKernels(device_type, compile)`` binds every kernel to one way of running the shipped Metal
-source: ``compile(source)`` returns a library whose kernels are called as
+``MetalKernels(device_type, compile_source, source)`` binds every kernel to one way of running the
+shipped Metal source: ``compile_source(source())`` returns a library whose kernels are called as
 ``lib.<name>(*args, threads=..., group_size=...)``. On a Mac that is ``torch.mps.compile_shader``
 and the tensors are on ``mps``; in the host harness it is ``_host.HostShaderLibrary`` and the
 tensors are CPU tensors. The glue is the same code in both.
@@ -56,12 +56,12 @@ def _groups(items: int, per_group: int) -> int:
 
 
 class MetalKernels(OptimizerKernels):
-    """The MPS kernels of every op, launched through ``compile(source)``'s library on tensors of
-    ``device_type``."""
+    """The MPS kernels of every op, launched through ``compile_source(source())``'s library on
+    tensors of ``device_type``."""
 
-    def __init__(self, device_type: str, compile: Callable[[str], Any], source: Callable[[], str]) -> None:
+    def __init__(self, device_type: str, compile_source: Callable[[str], Any], source: Callable[[], str]) -> None:
         self.device_type = device_type
-        self._compile = compile
+        self._compile = compile_source
         self._source = source
         self._lib: Any = None
         self.compile_error: str | None = None

@@ -7,6 +7,7 @@ one ``constant float*`` array: torch rounds each to f32 as ``static_cast<float>`
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -93,16 +94,16 @@ def optimizer_consts(
     ]
 
 
-class OptimizerKernels:
-    """The two optimizer ops; mixed into MetalKernels (``library``, ``_device``, ``device_type``)."""
+class OptimizerKernels(abc.ABC):
+    """The two optimizer ops; MetalKernels provides ``library`` and ``_device``."""
 
-    device_type: str
+    @abc.abstractmethod
+    def library(self, op: str) -> Any:
+        """The compiled library, or None when the source does not compile."""
 
-    def library(self, op: str) -> Any:  # pragma: no cover - MetalKernels defines it
-        raise NotImplementedError
-
-    def _device(self, **tensors: torch.Tensor | None) -> torch.device:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _device(self, **tensors: torch.Tensor | None) -> torch.device:
+        """The one device of the given tensors, checked to be of this instance's type."""
 
     def optimizer_update_32bit(
         self,
