@@ -71,6 +71,26 @@ def tests_integration(session: nox.Session) -> None:
     session.run("pytest", "-m", "integration", "tests/integration", *session.posargs)
 
 
+@nox.session(name="tests-mps-host", tags=["ci"])
+def tests_mps_host(session: nox.Session) -> None:
+    """The MPS wheel without a Mac: its Metal kernels compiled as C++ by the host harness
+    (platforms/mps/host) run the conformance suite as ``mps[host]`` against the reference, and its
+    own tests (the glue through a stand-in torch.mps.compile_shader, the harness's refusals)."""
+    install_torch(session)
+    session.install(*TEST_DEPS)
+    install_meta(session)
+    install_platform(session, "mps")
+    tests = ["test_mps_platform.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py", "test_optim_ops.py",
+             "test_ops_bad_input.py"]  # fmt: skip
+    env = {
+        "BNB_TEST_HOST_KERNELS": "mps",
+        "BNB_MPS_HOST_DIR": str(ROOT / "platforms" / "mps" / "host"),
+        "BNB_MPS_HOST_CACHE": str(pathlib.Path(session.create_tmp()).resolve() / "mps-host"),
+    }
+    session.run("pytest", "-p", "no:cacheprovider", "-k", "mps", *[f"tests/{t}" for t in tests], *session.posargs,
+                env=env)  # fmt: skip
+
+
 @nox.session(name="tests-slow")
 def tests_slow(session: nox.Session) -> None:
     """Long sweeps marked `slow` (not part of CI)."""

@@ -278,3 +278,33 @@ def test_rocm_bad_arch_is_one_line(tmp_path):
         line = configure(tmp_path / "new", "-DBNB_ROCM_ARCHS=gfx90a;gfx1201", source=ROOT / "platforms" / "rocm",
                          env={"HIP_PLATFORM": "amd"})  # fmt: skip
         assert line.startswith("bitsandbytes-rocm: ") and "cannot compile for gfx1201" in line
+
+
+def test_mps_wheel_is_built_and_gated_on_macos_arm64():
+    workflow = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    job = workflow.split("  wheels-mps:")[1].split("\n  wheelhouse:")[0]
+    assert "runs-on: macos-14" in job and "platforms/mps" in job and "check_wheel.py" in job
+    # The suite runs only behind the gate; the gate's "skipped" (3) ends the step without a pass.
+    gate, suite = job.index("release/mps_check.py"), job.index("python -m pytest")
+    assert gate < suite and '"$gate" = 3' in job
+    assert "wheels-mps" in workflow.split("\n  wheelhouse:")[1].split("steps:")[0]
+
+
+def test_check_wheel_takes_the_pure_mps_wheel_and_refuses_native_code(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import check_wheel
+    finally:
+        sys.path.pop(0)
+    wheel = fake_wheel(
+        tmp_path / f"bitsandbytes_mps-{VERSION}-cp311-cp311-macosx_11_0_arm64.whl",
+        {"bitsandbytes_mps/_C.cpython-311-darwin.so": "", "bitsandbytes_mps/kernels.metallib": ""},
+        [],
+    )
+    problems = "\n".join(check_wheel.check_wheel(wheel, VERSION, None, []))
+    for expected in (
+        "without native code must be py3-none-any",
+        "pure platform wheel contains native code",
+        "no bitsandbytes_mps/bnb_mps.metal",
+    ):
+        assert expected in problems

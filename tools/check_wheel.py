@@ -35,9 +35,14 @@ FORBIDDEN = [
     "conftest.py", "test_*.py", "*_test.py",
 ]  # fmt: skip
 FORBIDDEN_DIRS = {"tests", "test", "__pycache__", "CMakeFiles", "build", "_skbuild"}
-# Platform wheels with nothing to compile (their kernels are PyTorch programs): py3-none-any, no
-# native code at all, still found through their bitsandbytes.platforms entry point.
-PURE_PLATFORM_WHEELS = {"bitsandbytes-hpu"}
+# Platform wheels with nothing to compile (py3-none-any, no native code at all, still found
+# through their bitsandbytes.platforms entry point) -> a file the wheel must carry besides its
+# Python package: the MPS kernels are Metal source that torch compiles at run time; the Gaudi
+# kernels are PyTorch programs.
+PURE_PLATFORM_WHEELS: dict[str, str | None] = {
+    "bitsandbytes-hpu": None,
+    "bitsandbytes-mps": "bitsandbytes_mps/bnb_mps.metal",
+}
 
 
 def canonical(name: str) -> str:
@@ -130,6 +135,9 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
             bad(f"contains {member}, which must stay outside the wheel")
         if pure and base.endswith((".so", ".dylib", ".dll", ".pyd")):
             bad(f"{'the meta-package' if meta else 'a pure-Python platform wheel'} contains native code: {member}")
+    required = PURE_PLATFORM_WHEELS.get(name)
+    if required is not None and required not in names:
+        bad(f"no {required} (the kernels)")
     if not meta:
         # The import package is the one the platform entry point names (bitsandbytes_cuda serves
         # both bitsandbytes-cuda12x and -cuda13x); its kernel library is lib<package>.

@@ -2,7 +2,8 @@
 
     python tools/wheelhouse.py build    # sdists; meta, cpu and hpu wheels (cpu repaired by auditwheel);
                                         # the cuda wheel for one architecture when platforms/cuda and
-                                        # nvcc exist; the meta-package's plain dependencies
+                                        # nvcc exist; the pure mps wheel; the meta-package's plain
+                                        # dependencies
     python tools/wheelhouse.py check    # tools/check_wheel.py on every artifact (cpu wheel < 1 MB)
     python tools/wheelhouse.py install  # fresh venv with only torch: three installs from dist alone
     python tools/wheelhouse.py all      # the three in turn (what `nox -s wheelhouse` runs)
@@ -22,6 +23,8 @@ first, installs with ``pip install --no-index --find-links <dist>``, checks, and
    passes and says why the HPU wheel is unused (the Gaudi software it names is missing).
 3. a meta-package whose version differs from the cpu wheel's: import warns, naming the
    ``pip install`` that fixes it, and the reference kernels serve the cpu ops.
+4. ``bitsandbytes[mps]``: installs anywhere (py3-none-any); the report passes and, without an
+   Apple GPU, says why the MPS wheel is skipped.
 
 In every case the torch lines of ``pip freeze`` must be the same before and after.
 """
@@ -141,6 +144,7 @@ def build(dist: pathlib.Path) -> None:
             repair(pip_wheel(cuda_sdist, raw, env=env), dist, exclude=CUDA_RUNTIME_LIBS)
         else:
             print(f"wheelhouse: no cuda wheel ({reason})")
+        pip_wheel(sdist.build_sdist("mps", dist), dist)  # pure Python + Metal source: nothing to repair
         reqs = plain_requirements(meta_wheel)
         if reqs:  # so that `pip install --no-index --find-links dist bitsandbytes` finds everything but torch
             run(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", dist, *reqs)
@@ -259,20 +263,23 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
                 f"[{rec[0]['status']}] bitsandbytes-{extra}: {rec[0]['reason'] or 'in use'}"
             )
 
-        def hpu_extra() -> str:
-            if not list(dist.glob("bitsandbytes_hpu-*.whl")):
-                return "no hpu wheel in the wheelhouse (platforms/hpu is not in this checkout)"
-            venv.pip(*from_dist, "bitsandbytes[hpu]")
-            venv.py("-m", "bitsandbytes")  # the report and the self-test pass without a Gaudi
+        def device_extra(platform: str) -> str:
+            """A platform wheel whose device this machine lacks: installs from the wheelhouse,
+            the report passes and says why the wheel is skipped."""
+            if not list(dist.glob(f"bitsandbytes_{platform}-*.whl")):
+                return f"no {platform} wheel in the wheelhouse (platforms/{platform} is not in this checkout)"
+            venv.pip(*from_dist, f"bitsandbytes[{platform}]")
+            out = venv.py("-m", "bitsandbytes").stdout  # the report and the self-test pass
             report = json.loads(venv.py("-m", "bitsandbytes", "--json").stdout)
-            rec = [r for r in report["platforms"] if r.get("platform") == "hpu"]
+            rec = [r for r in report["platforms"] if r.get("platform") == platform]
             assert rec, report["platforms"]
-            if "hpu" not in report["devices"]:
-                assert rec[0]["status"] == "skipped" and "habana_frameworks.torch" in rec[0]["reason"], rec
+            if platform not in report["devices"]:
+                assert rec[0]["status"] == "skipped" and f"no {platform} device present" in rec[0]["reason"], rec
+                assert f"bitsandbytes-{platform}" in out and rec[0]["reason"] in out, out
             installed = sorted(line for line in venv.freeze() if line.lower().startswith("bitsandbytes"))
             return (
                 f"installed {installed}; python -m bitsandbytes passed and reports "
-                f"[{rec[0]['status']}] bitsandbytes-hpu: {rec[0]['reason'] or 'in use'}"
+                f"[{rec[0]['status']}] bitsandbytes-{platform}: {rec[0]['reason'] or 'in use'}"
             )
 
         def mismatch() -> str:
@@ -300,8 +307,9 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
         case("1. bitsandbytes", plain)
         case("2a. bitsandbytes[cuda12x]", lambda: cuda_extra("cuda12x"))
         case("2b. bitsandbytes[cuda13x]", lambda: cuda_extra("cuda13x"))
-        case("2c. bitsandbytes[hpu]", hpu_extra)
+        case("2c. bitsandbytes[hpu]", lambda: device_extra("hpu"))
         case("3. version mismatch", mismatch)
+        case("4. bitsandbytes[mps]", lambda: device_extra("mps"))
         venv.reset(baseline)
     return summary
 

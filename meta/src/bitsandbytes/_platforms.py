@@ -106,7 +106,8 @@ def detect_runtime() -> Runtime:
     if hpu is not None and hpu.is_available():
         devices["hpu"] = "Intel Gaudi"
     if torch.backends.mps.is_available():
-        devices["mps"] = "Apple MPS"
+        get_name = getattr(torch._C, "_mps_get_name", None)  # the GPU's name (torch 2.6+), no launch
+        devices["mps"] = f"Apple MPS ({get_name()})" if get_name else "Apple MPS"
     return Runtime(
         torch_version=torch.__version__,
         cuda_version=torch.version.cuda,
@@ -284,15 +285,25 @@ def load(
         if PLATFORM_DEVICE[p] not in runtime.devices:
             dist, version = _dist_info(eps[0])
             result.records.append(
-                PlatformRecord(
-                    p, PLATFORM_DEVICE[p], "skipped", f"no {PLATFORM_DEVICE[p]} device present", dist, version
-                )
+                PlatformRecord(p, PLATFORM_DEVICE[p], "skipped", absent_reason(PLATFORM_DEVICE[p]), dist, version)
             )
 
     if debug:
         for rec in result.records:
             logger.warning("bitsandbytes loading: %s", rec.as_dict())
     return result
+
+
+def absent_reason(device_type: str) -> str:
+    """Why an installed wheel's device is not present (the report prints it)."""
+    if device_type == "mps":
+        if not torch.backends.mps.is_built():
+            return (
+                f"no mps device present: this torch ({torch.__version__}) is built without MPS, which needs "
+                "macOS on Apple silicon; the wheel's kernels are tested here only by its host harness"
+            )
+        return "no mps device present: torch.backends.mps.is_available() is False (macOS 12.3+ on Apple silicon)"
+    return f"no {device_type} device present"
 
 
 def _mismatch_reason(platform: str, wanted: str | None, runtime: Runtime) -> str:

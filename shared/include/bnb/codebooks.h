@@ -63,7 +63,7 @@ BNB_HD BNB_INLINE float midpoint(float a, float b) { return (a + b) / 2.0f; }
 
 // Position in the sorted 16-entry table of the entry nearest to x (x already scaled).
 // `sorted` holds the table ascending.
-BNB_HD BNB_INLINE uint32_t nearest_sorted_16(const float* sorted, float x) {
+BNB_HD BNB_INLINE uint32_t nearest_sorted_16(const BNB_THREAD float* sorted, float x) {
   if (x != x) return 15u;
   uint32_t pos = 0;
   for (int i = 0; i < 15; ++i) pos += (x > midpoint(sorted[i], sorted[i + 1])) ? 1u : 0u;
@@ -109,8 +109,10 @@ BNB_HD BNB_INLINE uint32_t encode_4bit(int quant_type_nf4, float x) {
 }
 
 // Position of the entry of a sorted 256-entry code book nearest to x, given its 255 f32
-// midpoints: the number of midpoints strictly below x (binary search), NaN -> 255.
-BNB_HD BNB_INLINE uint32_t nearest_sorted_256(const float* mids, float x) {
+// midpoints: the number of midpoints strictly below x (binary search), NaN -> 255. `mids` is any
+// pointer to f32 (a GPU kernel's may live in shared memory).
+template <typename Mids>
+BNB_HD BNB_INLINE uint32_t nearest_sorted_256(Mids mids, float x) {
   if (x != x) return 255u;
   uint32_t lo = 0, count = 255;
   while (count > 0) {

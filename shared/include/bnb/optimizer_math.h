@@ -13,7 +13,9 @@
 #include <math.h>
 #include <stdint.h>
 
+#if !defined(__METAL_VERSION__)  // Metal source carries the optimizer ids itself (no C ABI there)
 #include "bnb_c_api.h"
+#endif
 #include "codebooks.h"
 #include "fp_ops.h"
 #include "numeric.h"
@@ -51,6 +53,8 @@ BNB_HD BNB_INLINE bool optimizer_decoupled_decay(int32_t optimizer) {
          optimizer == BNB_OPTIM_LION;
 }
 
+// Host only (double precision; Metal has none): the MPS wheel forms the same scalars in Python.
+#if !defined(__METAL_VERSION__)
 inline OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_optimizer_hparams& h) {
   OptimizerConsts c;
   c.optimizer = optimizer;
@@ -78,6 +82,7 @@ inline OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_optimi
   c.decay = static_cast<float>(1.0 - h.lr * h.weight_decay);
   return c;
 }
+#endif
 
 // torch.sign: -1, 0 or 1; NaN stays NaN.
 BNB_HD BNB_INLINE float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
@@ -90,7 +95,8 @@ BNB_HD BNB_INLINE float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? 
 // div_rn, sqrt_rn, fma_rn and sign_of overloads (found by argument-dependent lookup) and a
 // broadcasting constructor from float: the vector kernels then run this very code lane by lane.
 template <typename F>
-BNB_HD BNB_INLINE F optimizer_direction(const OptimizerConsts& c, F g, F p, F& s1, F& s1b, F& s2) {
+BNB_HD BNB_INLINE F optimizer_direction(const BNB_THREAD OptimizerConsts& c, F g, F p, BNB_THREAD F& s1,
+                                        BNB_THREAD F& s1b, BNB_THREAD F& s2) {
   switch (c.optimizer) {
     case BNB_OPTIM_ADAM:
     case BNB_OPTIM_LAMB: {
@@ -129,14 +135,14 @@ BNB_HD BNB_INLINE F optimizer_direction(const OptimizerConsts& c, F g, F p, F& s
 }
 
 // The component of the update whose norm the trust-ratio clip (max_unorm) measures.
-BNB_HD BNB_INLINE float optimizer_unorm_component(const OptimizerConsts& c, float d) {
+BNB_HD BNB_INLINE float optimizer_unorm_component(const BNB_THREAD OptimizerConsts& c, float d) {
   return (c.optimizer == BNB_OPTIM_ADAM || c.optimizer == BNB_OPTIM_LAMB) ? mul_rn(d, c.c1_over_c2) : d;
 }
 
 // The new f32 parameter: decoupled decay, then p - lr_scaled * d (lr_scaled = lr * clip scale,
 // rounded to f32 by the caller). F as for optimizer_direction.
 template <typename F>
-BNB_HD BNB_INLINE F apply_update(const OptimizerConsts& c, F p, F d, float lr_scaled) {
+BNB_HD BNB_INLINE F apply_update(const BNB_THREAD OptimizerConsts& c, F p, F d, float lr_scaled) {
   if (c.has_wd && optimizer_decoupled_decay(c.optimizer)) p = mul_rn(p, F(c.decay));
   return sub_rn(p, mul_rn(F(lr_scaled), d));
 }
@@ -145,7 +151,8 @@ BNB_HD BNB_INLINE F apply_update(const OptimizerConsts& c, F p, F d, float lr_sc
 // over the whole groups of 16 (a NaN sticks in its lane, so the first NaN of a lane in scan order
 // is the one kept), combined in lane order, then the rest one by one (bnb::nan_max_abs). The CPU
 // vector kernels compute the maximum of the |x| bit patterns and call this only for a NaN block.
-BNB_HD BNB_INLINE float state_absmax(const float* v, int64_t len) {
+template <typename Values>
+BNB_HD BNB_INLINE float state_absmax(Values v, int64_t len) {
   float lanes[16] = {0};
   int64_t i = 0;
   for (; i + 16 <= len; i += 16) {
@@ -175,7 +182,8 @@ BNB_HD BNB_INLINE uint32_t state_grid_index(float x, float inv_absmax) {
 BNB_HD BNB_INLINE float state_grid_value(uint32_t k) { return sub_rn(div_rn(static_cast<float>(k), 32767.5f), 1.0f); }
 
 // The code of the sorted 256-entry qmap (given its 255 midpoints) for state value x.
-BNB_HD BNB_INLINE uint8_t quantize_state_8bit(const float* mids, float x, float inv_absmax) {
+template <typename Mids>
+BNB_HD BNB_INLINE uint8_t quantize_state_8bit(Mids mids, float x, float inv_absmax) {
   return static_cast<uint8_t>(nearest_sorted_256(mids, state_grid_value(state_grid_index(x, inv_absmax))));
 }
 

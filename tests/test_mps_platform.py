@@ -1,0 +1,336 @@
+"""The MPS wheel on a machine without an Apple GPU: its packaging, its Python glue and its host harness.
+
+The kernels themselves run through the conformance suite (``BNB_TEST_HOST_KERNELS=mps``, the
+``mps[host]`` implementation). Here: the glue's launches through ``torch.mps.compile_shader``
+(a stand-in that feeds the same source to the host harness), what the harness refuses (a wrong
+binding, a barrier or shuffle in divergent control flow), the fallback when the source does not
+compile, the shipped source against the repository's files, and the optimizer scalars against
+the C++ make_optimizer_consts. Nothing here needs MPS; the whole module needs the wheel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from bitsandbytes.backends.reference import KERNELS as REF
+from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_decode_table
+
+mps = pytest.importorskip("bitsandbytes_mps")
+from bitsandbytes_mps import _host  # noqa: E402
+from bitsandbytes_mps.kernels import MetalKernels  # noqa: E402
+from bitsandbytes_mps.optim import OPTIMIZER_IDS, optimizer_consts  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NEEDS_CXX = pytest.mark.skipif(
+    not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")), reason="no C++ compiler"
+)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+# ---- the shipped source -------------------------------------------------------------------------
+
+
+def test_shipped_source_is_the_repository_files_joined():
+    """The installed wheel's bnb_mps.metal is what concat_metal.py makes of this checkout (a stale
+    wheel, or a shared header changed without a rebuild, fails here)."""
+    spec = importlib.util.spec_from_file_location(
+        "concat_metal", ROOT / "platforms" / "mps" / "src" / "concat_metal.py"
+    )
+    concat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(concat)
+    assert mps.metal_source() == concat.concat(ROOT / "shared", ROOT / "platforms" / "mps")
+
+
+def test_shipped_source_includes_only_metal_stdlib_and_the_host_header():
+    includes = re.findall(r"^\s*#\s*include\s*(\S+)", mps.metal_source(), re.M)
+    assert sorted(set(includes)) == ['"metal_host.h"', "<metal_stdlib>"]
+    # The shared headers' per-element math is in it, from the same files the CPU and CUDA builds use.
+    for name in ("numeric.h", "fp_ops.h", "codebooks.h", "optimizer_math.h"):
+        assert f'#line 1 "shared/include/bnb/{name}"' in mps.metal_source()
+
+
+def test_metal_optimizer_ids_equal_the_c_abi():
+    """compat.h repeats bnb_c_api.h's optimizer ids for Metal, which cannot include the C ABI."""
+
+    def ids(text: str) -> dict[str, int]:
+        return {k: int(v) for k, v in re.findall(r"(BNB_OPTIM_[A-Z]+)\s*=\s*(\d+)", text)}
+
+    metal = ids((ROOT / "platforms" / "mps" / "src" / "metal" / "compat.h").read_text())
+    abi = ids((ROOT / "shared" / "include" / "bnb" / "bnb_c_api.h").read_text())
+    assert metal == abi and len(abi) == 8
+
+
+def test_wheel_metadata_and_runtime_check():
+    assert mps.__version__ == (ROOT / "VERSION").read_text().strip()
+    assert mps.build_info()["platform"] == "mps"
+
+    class Runtime:
+        torch_version = "2.5.1"
+        devices = {"cpu": "CPU", "mps": "Apple MPS"}
+
+    assert "torch 2.5.1 is older" in mps.check_runtime(Runtime)
+    Runtime.torch_version = "2.13.0"
+    assert mps.check_runtime(Runtime) is None
+    Runtime.devices = {"cpu": "CPU"}
+    assert "no MPS device" in mps.check_runtime(Runtime)
+
+
+def test_register_binds_the_kernel_ops_and_compiles_nothing(monkeypatch):
+    def refuse(source):
+        raise AssertionError("register() must not compile the Metal source")
+
+    monkeypatch.setattr(torch.mps, "compile_shader", refuse, raising=False)
+    got = {}
+    mps.register(lambda op, fn: got.setdefault(op, fn))
+    assert tuple(got) == mps.KERNEL_OPS
+
+
+# ---- the glue through a stand-in torch.mps.compile_shader ------------------------------------
+
+
+@pytest.fixture
+def via_compile_shader(monkeypatch):
+    """MetalKernels on CPU tensors that compiles through ``torch.mps.compile_shader``, replaced
+    by the host harness: the launch path register() uses, argument packing included."""
+    sources = []
+
+    def compile_shader(source: str):
+        sources.append(source)
+        return _host.host_library(source)
+
+    monkeypatch.setattr(torch.mps, "compile_shader", compile_shader, raising=False)
+    kernels = MetalKernels("cpu", mps._mps_compile, mps.metal_source)
+    yield kernels
+    assert sources == [mps.metal_source()]  # the shipped text, compiled once
+
+
+@NEEDS_CXX
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_glue_through_compile_shader(via_compile_shader, dtype):
+    k = via_compile_shader
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 333, generator=g).to(dtype)
+    for quant_type in ("nf4", "fp4"):
+        packed, absmax = k.quantize_4bit(A, 64, quant_type, torch.uint8)
+        rp, ra = REF["quantize_4bit"](A, 64, quant_type, torch.uint8)
+        assert torch.equal(packed, rp) and torch.equal(bits(absmax), bits(ra))
+        out = torch.empty(3, 333, dtype=dtype)
+        k.dequantize_4bit_out(rp, ra, 64, quant_type, [3, 333], dtype, out)
+        assert torch.equal(bits(out), bits(REF["dequantize_4bit"](rp, ra, 64, quant_type, [3, 333], dtype)))
+    code = dynamic_map(True)
+    q, a = k.quantize_blockwise(A, code, 100)
+    rq, ra = REF["quantize_blockwise"](A, code, 100)
+    assert torch.equal(q, rq) and torch.equal(bits(a), bits(ra))
+    deq = k.dequantize_blockwise(rq, ra, code, 100, dtype)
+    assert torch.equal(bits(deq), bits(REF["dequantize_blockwise"](rq, ra, code, 100, dtype)))
+    W = torch.randn(40, 96, generator=g)
+    wp, wa = REF["quantize_4bit"](W, 32, "nf4", torch.uint8)
+    table = four_bit_decode_table("nf4")
+    for m in range(1, 9):  # every row count of the fused kernel
+        X = torch.randn(m, 96, generator=g).to(dtype)
+        got = k.gemv_4bit(X, wp, [40, 96], wa, table, 32)
+        want = REF["gemv_4bit"](X, wp, [40, 96], wa, table, 32)
+        tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+        torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * 10)
+
+
+@NEEDS_CXX
+@pytest.mark.parametrize("name", ["adam", "lamb", "lars", "ademamix"])
+def test_optimizers_through_compile_shader(via_compile_shader, name):
+    k = via_compile_shader
+    g0 = torch.Generator().manual_seed(1)
+    n = 1000
+    p, grad = torch.randn(n, generator=g0), torch.randn(n, generator=g0)
+    two = name in ("adam", "lamb", "ademamix")
+    rows = 2 if name == "ademamix" else 1
+    s1, s2 = torch.rand(rows * n, generator=g0), torch.rand(n, generator=g0)
+    clip = 0.05 if name in ("lamb", "lars") else 0.0  # small enough that the trust-ratio clip acts
+    got, want = [t.clone() for t in (p, s1, s2)], [t.clone() for t in (p, s1, s2)]
+    u_got, u_want = torch.zeros(1), torch.zeros(1)
+    args = (0.9, 0.99, 0.999, 5.0, 1e-8, 0.01, 3, 1e-2, 1.0, False)
+    for impl, (pp, a, b), u in ((k.optimizer_update_32bit, got, u_got), (REF["optimizer_update_32bit"], want, u_want)):
+        impl(name, grad, pp, a, b if two else None, u, clip, float(p.norm()), *args)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-7)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])  # states bit for bit
+    if clip:
+        assert float(u_want) > clip * float(p.norm())  # the clipped learning rate was used
+        torch.testing.assert_close(u_got, u_want, rtol=1e-5, atol=0)
+
+
+# ---- what the harness refuses ---------------------------------------------------------------
+
+
+@NEEDS_CXX
+def test_bindings_are_checked_like_the_gpu_would_read_them():
+    """A wrong binding reads garbage on the GPU; the host harness refuses it by name."""
+    lib = _host.host_library(mps.metal_source())
+    packed, absmax = torch.zeros(8, dtype=torch.uint8), torch.ones(1)
+    out16, out32 = torch.empty(16, dtype=torch.float16), torch.empty(16)
+    kern = lib.bnb_dequantize_4bit_f16
+    kern(packed, absmax, out16, 16, 6, 1, 0, threads=256, group_size=256)  # the right binding
+    with pytest.raises(TypeError, match=r"argument 2 \(out: half\*\).*float32"):
+        kern(packed, absmax, out32, 16, 6, 1, 0, threads=256, group_size=256)
+    with pytest.raises(TypeError, match=r"argument 4 \(shift.*a Python float binds `constant float&`"):
+        kern(packed, absmax, out16, 16, 6.0, 1, 0, threads=256, group_size=256)
+    with pytest.raises(TypeError, match="6 arguments given, the kernel has 7 buffers"):
+        kern(packed, absmax, out16, 16, 6, 1, threads=256, group_size=256)
+    with pytest.raises(TypeError, match="one-dimensional"):
+        kern(packed, absmax, out16, 16, 6, 1, 0, threads=(16, 16), group_size=(16, 16))
+    with pytest.raises(TypeError, match=r"a list of int binds long\[\], not float\[\]"):
+        lib.bnb_optimizer_32bit_f32(*[out32] * 6, [1, 2], 16, 0, threads=256, group_size=256)
+
+
+DIVERGENT = r"""
+kernel void early_return(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]]) {
+  threadgroup float t[64];
+  if (lid == 3) return;
+  t[lid] = 1.0f;
+  BNB_BARRIER();
+  x[lid] = t[63 - lid];
+}
+kernel void divergent_shuffle(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]]) {
+  if (lid % 2 == 0) x[lid] = BNB_SHUFFLE_XOR(x[lid], 1);
+}
+kernel void shared_memory(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]],
+                          uint n [[threads_per_threadgroup]]) {
+  threadgroup float t[64];
+  t[lid] = x[lid];
+  BNB_BARRIER();
+  x[lid] = t[n - 1 - lid] + bnb_mps::simd_group_sum(1.0f);
+}
+"""
+
+
+@NEEDS_CXX
+def test_harness_refuses_barriers_and_shuffles_in_divergent_control_flow():
+    lib = _host.HostShaderLibrary(mps.metal_source() + DIVERGENT)
+    x = torch.arange(64, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="returned while others wait at a barrier"):
+        lib.early_return(x, threads=64, group_size=64)
+    with pytest.raises(RuntimeError, match="different points"):
+        lib.divergent_shuffle(x, threads=64, group_size=64)
+    # The same constructs in uniform control flow run, threadgroup memory shared by the group.
+    lib.shared_memory(x, threads=64, group_size=64)
+    assert torch.equal(x, torch.arange(63, -1, -1, dtype=torch.float32) + 32)
+
+
+# ---- a source that does not compile ---------------------------------------------------------
+
+
+def test_a_compile_failure_warns_with_op_and_torch_version_and_the_reference_serves():
+    def broken(source: str):
+        raise SyntaxError("program_source:1:1: error: unknown type name 'bfloat'")
+
+    k = MetalKernels("cpu", broken, mps.metal_source)
+    A = torch.randn(300)
+    with pytest.warns(RuntimeWarning, match=rf"\(quantize_4bit\) under torch {re.escape(torch.__version__)}.*bfloat"):
+        packed, absmax = k.quantize_4bit(A, 64, "nf4", torch.uint8)
+    rp, ra = REF["quantize_4bit"](A, 64, "nf4", torch.uint8)
+    assert torch.equal(packed, rp) and torch.equal(absmax, ra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not per call
+        deq = k.dequantize_4bit(rp, ra, 64, "nf4", [300], torch.float16)
+    assert torch.equal(deq, REF["dequantize_4bit"](rp, ra, 64, "nf4", [300], torch.float16))
+    assert "SyntaxError" in k.compile_error
+
+
+def test_bad_input_is_refused_before_any_compile():
+    def refuse(source: str):
+        raise AssertionError("compiled before the argument checks")
+
+    k = MetalKernels("cpu", refuse, mps.metal_source)
+    with pytest.raises(ValueError, match="blocksize"):
+        k.quantize_4bit(torch.randn(64), 48, "nf4", torch.uint8)
+    with pytest.raises(RuntimeError, match="must be on mps"):
+        MetalKernels("mps", refuse, mps.metal_source).dequantize_blockwise(
+            torch.zeros(4, dtype=torch.uint8), torch.ones(1), dynamic_map(True), 4, torch.float32
+        )
+
+
+# ---- optimizer scalars: Python against the C++ make_optimizer_consts -------------------------
+
+PROBE = r"""
+#include "bnb/optimizer_math.h"
+extern "C" void consts(int opt, const bnb_optimizer_hparams* h, float* out) {
+  const bnb::OptimizerConsts c = bnb::make_optimizer_consts(opt, *h);
+  const float v[20] = {(float)c.optimizer, (float)c.first_step, (float)c.has_wd, (float)c.skip_zeros, c.beta1,
+                       c.beta2, c.beta3, c.alpha, c.eps, c.wd, c.lr, c.one_minus_beta1, c.one_minus_beta2,
+                       c.one_minus_beta3, c.c1, c.c2, c.eps_c2, c.c2_over_c1, c.c1_over_c2, c.decay};
+  for (int i = 0; i < 20; ++i) out[i] = v[i];
+}
+"""
+
+
+class Hparams(ctypes.Structure):
+    _fields_ = [
+        (k, ctypes.c_double)
+        for k in ("beta1", "beta2", "beta3", "alpha", "eps", "weight_decay", "lr", "gnorm_scale", "max_unorm")
+    ] + [("param_norm", ctypes.c_double), ("step", ctypes.c_int64), ("skip_zeros", ctypes.c_int32)]
+
+
+@NEEDS_CXX
+@pytest.mark.parametrize(
+    "name, beta1, beta2, step, wd, lr, eps",
+    [
+        ("adam", 0.9, 0.999, 1, 0.0, 1e-3, 1e-8),
+        ("adam", 0.9, 0.999, 12345, 0.01, 3e-4, 1e-6),
+        ("ademamix", 0.95, 0.9999, 7, 0.1, 0.1, 1e-8),
+        ("lion", 0.9, 0.99, 2, 1e-2, 1e-4, 0.0),
+        ("adam", 1.0, 1.0, 3, 0.0, 1e-3, 1e-8),  # c1 = c2 = 0: inf and NaN, where Python would raise
+        ("momentum", 0.0, 0.0, 1, 0.0, 0.5, 0.0),
+        ("rmsprop", 1.1, 1.5, 40, 1e300, 1e300, 1e-8),  # values past f32 and sqrt of a negative
+    ],
+)
+def test_optimizer_consts_equal_make_optimizer_consts(tmp_path, name, beta1, beta2, step, wd, lr, eps):
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    (tmp_path / "probe.cpp").write_text(PROBE)
+    lib = tmp_path / "probe.so"
+    flags = ["-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", f"-I{ROOT / 'shared' / 'include'}"]
+    subprocess.run([cxx, *flags, str(tmp_path / "probe.cpp"), "-o", str(lib)], check=True)
+    probe = ctypes.CDLL(str(lib))
+    h = Hparams(beta1, beta2, 0.9999, 5.0, eps, wd, lr, 1.0, 0.0, 0.0, step, 0)
+    want = torch.empty(20)
+    probe.consts(OPTIMIZER_IDS[name], ctypes.byref(h), ctypes.c_void_p(want.data_ptr()))
+    got = torch.tensor(optimizer_consts(name, beta1, beta2, 0.9999, 5.0, eps, wd, lr, step, False, 1.0, 0.0, 0.0))
+    assert torch.equal(bits(got[:20]), bits(want)) or _same_with_nans(got[:20], want)
+
+
+def _same_with_nans(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit except that any NaN equals any NaN (their sign bits are not the contract)."""
+    both_nan = torch.isnan(a) & torch.isnan(b)
+    return bool(torch.equal(torch.where(both_nan, 0, bits(a)), torch.where(both_nan, 0, bits(b))))
+
+
+def test_host_harness_is_not_in_the_wheel_as_a_binary():
+    """The harness module is built by the test session; the wheel ships sources only."""
+    pkg = pathlib.Path(mps.__file__).parent
+    assert not [p for p in pkg.rglob("*") if p.suffix in (".so", ".dylib", ".pyd", ".metallib")]
+
+
+def test_release_gate_reports_skipped_with_the_reason_without_mps(tmp_path):
+    """release/mps_check.py: exit 3 and the reason (also as a job-summary line) where MPS is absent."""
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS: the gate would run the kernels")
+    summary = tmp_path / "summary.md"
+    env = {**os.environ, "GITHUB_ACTIONS": "1", "GITHUB_STEP_SUMMARY": str(summary)}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "release" / "mps_check.py")], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "MPS tests SKIPPED: torch" in run.stdout and "reports no MPS device" in run.stdout
+    assert "::warning title=MPS tests skipped::" in run.stdout
+    assert "MPS tests SKIPPED" in summary.read_text()
