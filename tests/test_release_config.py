@@ -303,8 +303,8 @@ def test_check_wheel_takes_the_pure_mps_wheel_and_refuses_native_code(tmp_path):
     )
     problems = "\n".join(check_wheel.check_wheel(wheel, VERSION, None, []))
     for expected in (
-        "without native code must be py3-none-any",
-        "pure platform wheel contains native code",
+        "a pure-Python platform wheel must be py3-none-any",
+        "a pure-Python platform wheel contains native code",
         "no bitsandbytes_mps/bnb_mps.metal",
     ):
         assert expected in problems
