@@ -70,7 +70,8 @@ __device__ __forceinline__ void load_mids(const float* __restrict__ qmap, float*
 // Re-quantizes one state block: fresh absmax (NaN propagates), then the grid rule.
 __device__ __forceinline__ void requantize(float x, bool valid, const float* mids, float* scratch, uint8_t* code_out,
                                            float* absmax_out) {
-  const float amax = bnb::block_absmax(valid ? x : 0.0f, scratch);
+  // block_absmax reduces magnitudes (its inputs must be >= 0 or NaN): |x| first, NaN kept.
+  const float amax = bnb::block_absmax(valid ? bnb::nan_max_abs(0.0f, x) : 0.0f, scratch);
   if (threadIdx.x == 0) *absmax_out = amax;
   if (valid) *code_out = bnb::quantize_state_8bit(mids, x, bnb::inverse_absmax(amax));
 }
