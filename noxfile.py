@@ -160,6 +160,18 @@ def bench_cuda(session: nox.Session) -> None:
     session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
 
 
+@nox.session(name="gpu-check-rehearsal", tags=["ci"])
+def gpu_check_rehearsal(session: nox.Session) -> None:
+    """tools/gpu_check.sh --rehearse: the GPU check's setup path without a GPU, in a venv holding
+    only what the GPU machine has (torch, pytest, the build tools; no bitsandbytes): meta + cpu
+    wheels built offline, installed into a private --target folder, the report, a slice of the suite."""
+    install_torch(session)
+    session.install(*TEST_DEPS, "packaging", *BUILD_DEPS, *[t for t in ("cmake", "ninja") if shutil.which(t) is None])
+    out = pathlib.Path(session.create_tmp()) / "gpu-check-results"
+    session.run("bash", str(ROOT / "tools" / "gpu_check.sh"), "--rehearse", "--out", str(out), *session.posargs,
+                external=True)  # fmt: skip
+
+
 ROCM_DIR = ROOT / "platforms" / "rocm"
 ROCM_CI_ARCHS = "gfx90a;gfx1030"  # one wave64 (CDNA2) and one wave32 (RDNA2) target
 
