@@ -206,7 +206,19 @@ def nvcc_major(check: Check) -> int | None:
     return None
 
 
+def cuda_tools_on_path() -> None:
+    """Put the toolkit's bin folder on PATH when nvcc is not there yet (CUDA_HOME, /usr/local/cuda)."""
+    if shutil.which("nvcc"):
+        return
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (pathlib.Path(home) / "bin" / "nvcc").exists():
+            os.environ["PATH"] = os.pathsep.join([str(pathlib.Path(home) / "bin"), os.environ.get("PATH", "")])
+            return
+
+
 def preflight(check: Check, st: Step, timeout: float) -> None:
+    if not check.args.rehearse:
+        cuda_tools_on_path()
     rc, out = check.sh([check.python, "-c", PROBE], timeout, env=check.env(PYTHONPATH=""))
     if rc != 0:
         raise RuntimeError(f"torch could not be imported (exit {rc}); see gpu-check.log")
