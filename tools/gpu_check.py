@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -269,9 +270,12 @@ def build(check: Check, st: Step, timeout: float) -> None:
     if (ROOT / "platforms" / "xpu" / "pyproject.toml").exists():
         sources["xpu"] = ROOT / "platforms" / "xpu"
     procs = {}
+    # One CMake build folder per wheel and interpreter: another python must not reconfigure this one's.
+    tag = hashlib.sha1(check.python.encode()).hexdigest()[:8]
     for name, src in sources.items():
+        build_dir = check.work / "build" / f"{name}-{tag}"
         cmd = [check.python, "-m", "pip", "wheel", "--no-build-isolation", "--no-index", "--no-deps",
-               "-w", str(check.wheels), f"--config-settings=build-dir={check.work / 'build' / name}", str(src)]  # fmt: skip
+               "-w", str(check.wheels), f"--config-settings=build-dir={build_dir}", str(src)]  # fmt: skip
         env = check.env(PYTHONPATH="", CMAKE_BUILD_PARALLEL_LEVEL=jobs, BNB_CUDA_ARCHS=str(check.facts.get("arch", "")))
         log = (check.work / f"build-{name}.log").open("w")
         procs[name] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
