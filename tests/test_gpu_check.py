@@ -70,7 +70,10 @@ def test_targets_take_the_worst_row_and_say_when_a_row_is_missing():
 def test_a_step_that_does_not_fit_the_budget_is_skipped_with_a_note(tmp_path):
     gc = _gpu_check()
     args = gc.parse_args(["--rehearse", "--budget", "30", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")])
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "bench.json").write_text("{}")  # an earlier run's result
     check = gc.Check(args)
+    assert not (tmp_path / "o" / "bench.json").exists()
     ran = []
     check.step("fits", 5, lambda st, t: ran.append(t))
     st = check.step("too-long", 60, lambda st, t: ran.append("no"))

@@ -70,6 +70,9 @@ TARGETS = [
 ]
 
 
+OUTPUTS = ("gpu-check.log", "summary.md", "summary.json", "junit-tests.xml", "junit-xpu.xml", "bench.json", "bench.md")
+
+
 @dataclasses.dataclass
 class Step:
     name: str
@@ -89,6 +92,8 @@ class Check:
         self.target = self.work / "site"
         self.wheels = self.work / "wheels"
         self.out.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:  # nothing of an earlier run may pass for this one's
+            (self.out / name).unlink(missing_ok=True)
         self.log_path = self.out / "gpu-check.log"
         self.log = self.log_path.open("w", encoding="utf-8")
         self.steps: list[Step] = []
