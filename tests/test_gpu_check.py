@@ -87,3 +87,23 @@ def test_a_step_that_does_not_fit_the_budget_is_skipped_with_a_note(tmp_path):
     gc.summarize(check)
     summary = (tmp_path / "o" / "summary.md").read_text()
     assert "FAILED" in summary and "| too-long | skipped |" in summary and "RuntimeError: broken" in summary
+
+
+def test_bench_rows_carry_the_names_the_targets_read():
+    """bench/cuda_ops.py's report() rows (no GPU needed to record them) feed evaluate_targets."""
+    spec = importlib.util.spec_from_file_location("bench_cuda_ops", ROOT / "bench" / "cuda_ops.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.report("device-to-device copy 256 MiB", 0.2, gbytes=0.5)
+    bench.report("dequantize_4bit nf4 torch.bfloat16 4096x11008", 0.05, gbytes=0.1, copy_gbs=2500.0)
+    bench.report("gemv_4bit nf4 bf16 1x4096 @ 4096x4096", 0.01, "F.linear bf16", 0.03)
+    bench.report("optimizer 8-bit adam 100M f32", 2.0, "AdamW(fused=True)", 1.5)
+    bench.report("int8_linear_matmul 4096^3 (700 TOPS)", 0.2, "bf16 matmul", 0.36)
+    rows = bench.ROWS
+    assert rows[1]["GB/s"] == pytest.approx(2000.0) and rows[1]["copy_fraction"] == pytest.approx(0.8)
+    assert rows[2]["ratio"] == pytest.approx(3.0) and rows[2]["baseline_us"] == pytest.approx(30.0)
+    verdicts = [v["met"] for v in _gpu_check().evaluate_targets(rows)]
+    assert verdicts == ["yes", "yes", "NO", "yes"]
+    table = bench.markdown_table("device: test").splitlines()
+    assert table[0] == "device: test" and len(table) == 4 + len(rows)
+    assert table[6] == "| gemv_4bit nf4 bf16 1x4096 @ 4096x4096 | 10.0 |  |  | F.linear bf16 | 30.0 | 3.00 |"
