@@ -48,6 +48,29 @@ def tests_cpu(session: nox.Session) -> None:
     session.run("pytest", "-m", "not slow and not integration", *session.posargs, env={"BNB_EXPECT_PLATFORMS": "cpu"})
 
 
+def oldest_torch() -> str:
+    """The floor of the meta-package's torch requirement (meta/pyproject.toml ``torch>=X``)."""
+    import re
+
+    found = re.search(r'"torch>=([0-9.]+)', (ROOT / "meta" / "pyproject.toml").read_text())
+    if not found:
+        raise RuntimeError("meta/pyproject.toml names no torch>= floor")
+    return found.group(1)
+
+
+@nox.session(name="tests-oldest-torch")
+def tests_oldest_torch(session: nox.Session) -> None:
+    """The CPU suite under the oldest torch the meta-package claims (not in CI: PyPI's Linux torch of
+    that age is a CUDA build, about 5 GB with its nvidia wheels). ``BNB_OLDEST_TORCH`` overrides the
+    requirement, e.g. ``torch==2.4.0+cpu`` with PIP_EXTRA_INDEX_URL at PyTorch's CPU index."""
+    session.install(os.environ.get("BNB_OLDEST_TORCH", f"torch=={oldest_torch()}.0"))
+    session.install(*TEST_DEPS)
+    install_meta(session)
+    install_platform(session, "cpu")
+    session.run("python", "-c", "import torch; print('torch', torch.__version__)")
+    session.run("pytest", "-m", "not slow and not integration", *session.posargs, env={"BNB_EXPECT_PLATFORMS": "cpu"})
+
+
 @nox.session(name="tests-reference", tags=["ci"])
 def tests_reference(session: nox.Session) -> None:
     """The same suite with the meta-package alone: the reference kernels serve every op."""
@@ -178,6 +201,18 @@ def bench_cuda(session: nox.Session) -> None:
     install_platform(session, "cpu")
     install_cuda_platform(session)
     session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
+
+
+@nox.session(name="gpu-check-rehearsal", tags=["ci"])
+def gpu_check_rehearsal(session: nox.Session) -> None:
+    """tools/gpu_check.sh --rehearse: the GPU check's setup path without a GPU, in a venv holding
+    only what the GPU machine has (torch, pytest, the build tools; no bitsandbytes): meta + cpu
+    wheels built offline, installed into a private --target folder, the report, a slice of the suite."""
+    install_torch(session)
+    session.install(*TEST_DEPS, "packaging", *BUILD_DEPS, *[t for t in ("cmake", "ninja") if shutil.which(t) is None])
+    out = pathlib.Path(session.create_tmp()) / "gpu-check-results"
+    session.run("bash", str(ROOT / "tools" / "gpu_check.sh"), "--rehearse", "--out", str(out), *session.posargs,
+                external=True)  # fmt: skip
 
 
 ROCM_DIR = ROOT / "platforms" / "rocm"

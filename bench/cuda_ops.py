@@ -11,6 +11,8 @@ runs after warm-up, on the current stream.
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import statistics
 from collections.abc import Callable
 
@@ -20,6 +22,7 @@ import bitsandbytes  # noqa: F401  (loads the CUDA platform wheel)
 from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_table
 
 ops = torch.ops.bitsandbytes
+ROWS: list[dict] = []  # every reported case, for --json / --markdown
 
 
 def timed(fn: Callable[[], object], iters: int = 50, warmup: int = 5) -> float:
@@ -41,25 +44,59 @@ def timed(fn: Callable[[], object], iters: int = 50, warmup: int = 5) -> float:
 def report(name: str, ms: float, base_name: str | None = None, base_ms: float | None = None, gbytes: float = 0.0,
            copy_gbs: float | None = None) -> None:  # fmt: skip
     line = f"{name:<46} {ms * 1e3:10.1f} us"
+    row = {"name": name, "us": ms * 1e3, "GB/s": None, "copy_fraction": None, "baseline": base_name,
+           "baseline_us": None if base_ms is None else base_ms * 1e3, "ratio": None}  # fmt: skip
+    ROWS.append(row)
     if gbytes:
         gbs = gbytes / (ms / 1e3)
+        row["GB/s"] = gbs
+        row["copy_fraction"] = gbs / copy_gbs if copy_gbs else None
         line += f"  {gbs:8.1f} GB/s"
         if copy_gbs:
             line += f" ({gbs / copy_gbs:5.1%} of copy)"
     if base_ms is not None:
         line += f"   vs {base_name}: {base_ms * 1e3:10.1f} us  ratio {base_ms / ms:6.2f}x"
+        row["ratio"] = base_ms / ms
     print(line)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations and a smaller optimizer case")
+    parser.add_argument("--json", type=pathlib.Path, help="also write the rows (and the machine) to this JSON file")
+    parser.add_argument("--markdown", type=pathlib.Path, help="also write the rows as a markdown table to this file")
     args = parser.parse_args()
     iters = 10 if args.quick else 50
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    print(f"device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__} (CUDA {torch.version.cuda})")
+    header = f"device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__} (CUDA {torch.version.cuda})"
+    print(header)
     print(f"platforms: {[(r['platform'], r['status']) for r in bitsandbytes.platforms()]}")
+    run_cases(dev, iters, args.quick)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": header, "quick": args.quick, "rows": ROWS}, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(markdown_table(header))
+
+
+def markdown_table(header: str) -> str:
+    """The rows as a markdown table (ratio: baseline time / kernel time, > 1 means faster)."""
+    lines = [f"{header}", "", "| case | us | GB/s | of copy | baseline | baseline us | ratio |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]  # fmt: skip
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
+    for r in ROWS:
+        lines.append(
+            f"| {r['name']} | {r['us']:.1f} | {fmt(r['GB/s'], '.1f')} | {fmt(r['copy_fraction'], '.1%')} | "
+            f"{r['baseline'] or ''} | {fmt(r['baseline_us'], '.1f')} | {fmt(r['ratio'], '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_cases(dev: torch.device, iters: int, quick: bool) -> None:
+    """Every case, each reported as it is measured."""
 
     # Copy bandwidth baseline (read + write).
     src = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
@@ -119,7 +156,7 @@ def main() -> None:
     report("int8_linear_matmul 4096x4093 (K%4!=0 fallback)", timed(lambda: ops.int8_linear_matmul(A7, B7), 5))
 
     # Optimizer step on 100M parameters vs torch.optim.AdamW(fused=True).
-    n = 10_000_000 if args.quick else 100_000_000
+    n = 10_000_000 if quick else 100_000_000
     p = torch.nn.Parameter(torch.randn(n, device=dev))
     p.grad = torch.randn(n, device=dev)
     torch_opt = torch.optim.AdamW([p], lr=1e-3, fused=True)

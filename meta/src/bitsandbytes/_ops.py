@@ -10,6 +10,8 @@ platform wheel states which version it implements and the loader refuses any oth
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ._checks import (
@@ -86,7 +88,15 @@ def impl(lib: torch.library.Library, op: str, device_type: str | None, fn) -> No
     key = "CompositeExplicitAutograd" if device_type is None else _DISPATCH_KEYS.get(device_type)
     if key is None:
         raise ValueError(f"bitsandbytes: no dispatch key for device type {device_type!r}")
-    lib.impl(op, fn, key)
+    lib.impl(op, fn, key, **_OVERRIDE)
+
+
+# A later registration of the same (op, device) replaces the earlier one (a platform loaded again,
+# as the loader's tests do). torch 2.8 to 2.12 refuse that unless asked; newer torch allows it by
+# default; torch before 2.8 has no way to ask.
+_OVERRIDE = (
+    {"allow_override": True} if "allow_override" in inspect.signature(torch.library.Library.impl).parameters else {}
+)
 
 
 def _define_all() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ... import _checks as C
@@ -31,7 +33,24 @@ def dequantize_blockwise(
     n = A.numel()
     scale = absmax.repeat_interleave(blocksize)[:n]
     out = code[A.reshape(-1).long()] * scale
-    return out.to(dtype).view(A.shape)
+    return _cast(out, dtype).view(A.shape)
+
+
+@functools.cache
+def _half_nan_is_canonical() -> bool:
+    """Whether torch casts an f32 NaN to the f16 quiet NaN 0x7E00 on its one-element path too
+    (torch 2.4 and 2.5 write 0x7FFF there, so the NaNs of a tensor's tail differed from its body's)."""
+    return int(torch.tensor([float("nan")]).half().view(torch.int16)) == 0x7E00
+
+
+def _cast(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``out.to(dtype)`` with f16 NaNs as 0x7E00 (0xFE00 when negative) whatever torch's version."""
+    res = out.to(dtype)
+    if dtype == torch.float16 and not _half_nan_is_canonical():
+        bits = res.view(torch.int16)
+        nan = res.isnan()
+        bits.copy_(torch.where(nan, torch.where(bits < 0, -0x200, 0x7E00).to(torch.int16), bits))
+    return res
 
 
 def dequantize_blockwise_out(
