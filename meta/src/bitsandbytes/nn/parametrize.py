@@ -65,7 +65,10 @@ def _register_parametrization_hooks(module: nn.Module, param_name: str) -> None:
     checkpointing stops its recomputation part-way through a forward once it has what the
     backward needs, and a plain forward hook would then be skipped, leaving the cache open
     (every dequantized weight kept alive) for the rest of training."""
-    module.register_state_dict_post_hook(partial(_parametrized_state_dict_post_hook, param_name=param_name))
+    hook = partial(_parametrized_state_dict_post_hook, param_name=param_name)
+    # torch < 2.5 has the same hook (same signature) only under its private name.
+    register = getattr(module, "register_state_dict_post_hook", None) or module._register_state_dict_hook
+    register(hook)
     module.register_forward_pre_hook(_enable_parametrization_cache)
     module.register_forward_hook(_disable_parametrization_cache, always_call=True)
 
