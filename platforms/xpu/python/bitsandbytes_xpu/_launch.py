@@ -82,6 +82,15 @@ def mul_cpu_nan(a, b):
 
 
 @triton.jit
+def mul_cpu_nan_scalar(a, s):
+    """``mul_cpu_nan`` for a finite scalar ``s`` (a kernel argument)."""
+    r = a * s
+    ua = a.to(tl.uint32, bitcast=True) | 0x400000
+    nan_bits = tl.where(a != a, ua, 0xFFC00000)
+    return tl.where(r != r, nan_bits.to(tl.float32, bitcast=True), r)
+
+
+@triton.jit
 def store_float(ptr, v, mask, OUT: tl.constexpr):
     """Store f32 ``v`` as the output dtype ``OUT`` (0 f32, 1 f16, 2 bf16; f16/bf16 through
     int16 views of the output) with torch's rounding and NaN bits."""
@@ -123,7 +132,7 @@ def clamp_unit(x):
 @triton.jit
 def inverse_absmax(absmax):
     """1 / max(absmax, 1e-38), correctly rounded; NaN stays NaN."""
-    return tl.math.div_rn(1.0, tl.where(absmax < 1e-38, 1e-38, absmax))
+    return tl.math.div_rn(tl.full(absmax.shape, 1.0, tl.float32), tl.where(absmax < 1e-38, 1e-38, absmax))
 
 
 @triton.jit

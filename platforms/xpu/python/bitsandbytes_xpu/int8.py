@@ -16,7 +16,17 @@ import triton.language as tl
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.int8 import INV_127, INV_127_SQ
 
-from ._launch import LAUNCH, OUT_KIND, device_guard, mul_cpu_nan, nan_absmax, nan_max, round_half_even, store_float
+from ._launch import (
+    LAUNCH,
+    OUT_KIND,
+    device_guard,
+    mul_cpu_nan,
+    mul_cpu_nan_scalar,
+    nan_absmax,
+    nan_max,
+    round_half_even,
+    store_float,
+)
 from ._launch import store_view as _store_view
 
 BLOCK_R, BLOCK_C = 16, 256
@@ -66,8 +76,9 @@ def _col_stats_kernel(
 
 @triton.jit
 def _quant127(x, stat):
-    """torch.round(x * (127 / stat)), 0 where stat == 0, clamped to +-127, NaN -> 0."""
-    v = x * tl.math.div_rn(127.0, stat)
+    """torch.round(x * (127 / stat)), 0 where stat == 0, clamped to +-127, NaN -> 0. The scale is
+    torch's ``127.0 / stat``: ``reciprocal(stat) * 127``, two roundings."""
+    v = x * (tl.math.div_rn(tl.full(stat.shape, 1.0, tl.float32), stat) * 127.0)
     v = tl.where(v > 128.0, 128.0, tl.where(v < -128.0, -128.0, v))  # NaN stays
     q = round_half_even(tl.where(v != v, 0.0, v))
     q = tl.where(q > 127.0, 127.0, tl.where(q < -127.0, -127.0, q))
@@ -165,7 +176,7 @@ def _vectorwise_dequant_kernel(A, stats, out, n, cols, scale, BLOCK: tl.constexp
     m = i < n
     a = tl.load(A + i, mask=m, other=0).to(tl.float32)
     s = tl.load(stats + i // cols, mask=m, other=0.0)
-    tl.store(out + i, mul_cpu_nan(mul_cpu_nan(a, s), scale), mask=m)
+    tl.store(out + i, mul_cpu_nan_scalar(mul_cpu_nan(a, s), scale), mask=m)
 
 
 def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
@@ -190,7 +201,7 @@ def _mm_dequant_kernel(
     c = i % n
     a = tl.load(A + i, mask=m, other=0).to(tl.float32)
     rc = mul_cpu_nan(tl.load(row_stats + i // n, mask=m, other=0.0), tl.load(col_stats + c, mask=m, other=0.0))
-    v = mul_cpu_nan(mul_cpu_nan(a, rc), scale)
+    v = mul_cpu_nan_scalar(mul_cpu_nan(a, rc), scale)
     if HAS_BIAS:
         v = v + tl.load(bias + c, mask=m, other=0.0).to(tl.float32)
     store_float(out + i, v, m, OUT)

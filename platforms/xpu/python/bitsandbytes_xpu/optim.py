@@ -254,19 +254,21 @@ def _update8_kernel(
         _requant(tl.where(keep, s2, n2), m, T2, Q2, A2, e, blk, bmask)
 
 
-_GRID_TABLES: dict[tuple, torch.Tensor] = {}
+_GRID_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _grid_table(qmap: torch.Tensor) -> torch.Tensor:
     """The reference's code table of ``qmap`` over the 65536 grid points, cached per code book
-    tensor and version (an optimizer passes the same two code books every step; no device sync)."""
+    storage address and version (an optimizer passes the same two code books every step). The
+    entry holds the code book itself, so its address cannot be reused by another tensor while
+    cached, and views share the version counter: a hit needs no comparison (no device sync)."""
     key = (qmap.device, qmap.data_ptr(), qmap._version)
     hit = _GRID_TABLES.get(key)
     if hit is None:
         if len(_GRID_TABLES) >= 16:
             _GRID_TABLES.clear()
-        hit = _GRID_TABLES[key] = R._grid_table(qmap.contiguous())
-    return hit
+        hit = _GRID_TABLES[key] = (qmap, R._grid_table(qmap.contiguous()))
+    return hit[1]
 
 
 def optimizer_update_8bit_blockwise(
