@@ -6,6 +6,7 @@ check fails. ``--json`` prints the same as one JSON object.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import json
 import platform
@@ -16,7 +17,7 @@ import torch
 
 import bitsandbytes
 
-from . import _ops, _selftest
+from . import _ops, _platforms, _selftest
 
 RELATED = ("accelerate", "diffusers", "numpy", "pip", "peft", "safetensors", "transformers", "triton", "trl")
 
@@ -26,6 +27,29 @@ def _version_of(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "not found"
+
+
+def _explain_skips(records: list[dict[str, Any]], runtime: Any) -> list[dict[str, Any]]:
+    """A wheel that is not serving and names no fix: ask it why and what fixes it, through its
+    optional ``explain(runtime) -> (why, fix)`` (bitsandbytes-xpu has one: no XPU device, or no
+    usable Triton). Only the report does this; importing bitsandbytes never imports such a wheel."""
+    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=_platforms.ENTRY_POINT_GROUP)}
+    for rec in records:
+        ep = eps.get(rec["platform"])
+        if rec["status"] == "loaded" or rec["fix"] or ep is None:
+            continue
+        try:
+            module = importlib.import_module(ep.module)
+            explain = getattr(module, "explain", None)
+            if explain is None:
+                continue
+            why, fix = explain(runtime)
+            rec["build_info"] = rec["build_info"] or dict(module.build_info())
+        except Exception as exc:  # the report must not fail on a broken wheel
+            rec["reason"] += f" (explain() failed: {exc!r})"
+            continue
+        rec["reason"], rec["fix"] = why or rec["reason"], fix
+    return records
 
 
 def collect(run_selftest: bool = True) -> dict[str, Any]:
@@ -45,7 +69,7 @@ def collect(run_selftest: bool = True) -> dict[str, Any]:
         },
         "related_packages": {name: _version_of(name) for name in RELATED},
         "devices": dict(runtime.devices),
-        "platforms": bitsandbytes.platforms(),
+        "platforms": _explain_skips(bitsandbytes.platforms(), runtime),
         "implementations": {
             device: {op: bitsandbytes.implementation(op, device) for op in _ops.OP_NAMES} for device in runtime.devices
         },
