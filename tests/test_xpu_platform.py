@@ -24,7 +24,8 @@ xpu = pytest.importorskip("bitsandbytes_xpu")
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 needs_kernels = pytest.mark.skipif(
-    not INTERPRET, reason="the Triton kernels run on CPU tensors only with TRITON_INTERPRET=1 (nox -s tests-xpu-interpret)"
+    not INTERPRET,
+    reason="the Triton kernels run on CPU tensors only with TRITON_INTERPRET=1 (nox -s tests-xpu-interpret)",
 )
 
 
@@ -67,7 +68,9 @@ def test_check_runtime_refuses_missing_or_old_triton(monkeypatch):
 def test_triton_fix_names_torchs_own_pin(monkeypatch):
     reqs = ["filelock", 'pytorch-triton-xpu==3.4.0; platform_system == "Linux"']
     monkeypatch.setattr(xpu.importlib.metadata, "requires", lambda dist: reqs if dist == "torch" else None)
-    assert xpu._triton_fix() == 'pip install "pytorch-triton-xpu==3.4.0" --index-url https://download.pytorch.org/whl/xpu'
+    assert (
+        xpu._triton_fix() == 'pip install "pytorch-triton-xpu==3.4.0" --index-url https://download.pytorch.org/whl/xpu'
+    )
     monkeypatch.setattr(xpu.importlib.metadata, "requires", lambda dist: ["filelock"])
     assert xpu._triton_fix().startswith('pip install "pytorch-triton-xpu>=3.1"')
 
@@ -233,7 +236,9 @@ def test_gemm_4bit_reused_buffer_and_gradients():
     for seed in (3, 4):
         W = torch.randn(24, 64, generator=torch.Generator().manual_seed(seed))
         packed, absmax = REF["quantize_4bit"](W, 64, "nf4", torch.uint8)
-        outs.append((k(A, packed, [24, 64], absmax, 64, "nf4"), REF["gemm_4bit"](A, packed, [24, 64], absmax, 64, "nf4")))
+        outs.append(
+            (k(A, packed, [24, 64], absmax, 64, "nf4"), REF["gemm_4bit"](A, packed, [24, 64], absmax, 64, "nf4"))
+        )
     for got, want in outs:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     Ag = A.clone().requires_grad_(True)

@@ -35,6 +35,9 @@ FORBIDDEN = [
     "conftest.py", "test_*.py", "*_test.py",
 ]  # fmt: skip
 FORBIDDEN_DIRS = {"tests", "test", "__pycache__", "CMakeFiles", "build", "_skbuild"}
+# Platform wheels that are pure Python (py3-none-any, no native module): bitsandbytes-xpu's
+# kernels are Triton, compiled at first use on the user's machine.
+PURE_PLATFORMS = {"bitsandbytes-xpu"}
 
 
 def canonical(name: str) -> str:
@@ -58,15 +61,16 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
     if name != "bitsandbytes" and not name.startswith("bitsandbytes-"):
         return []  # a dependency fetched into the wheelhouse: not ours to check
     meta = name == "bitsandbytes"
+    pure = meta or name in PURE_PLATFORMS
 
     def bad(msg: str) -> None:
         problems.append(f"{path.name}: {msg}")
 
     if m["version"] != version:
         bad(f"version {m['version']} is not the repository's {version}")
-    if meta and (m["py"], m["abi"], m["plat"]) != ("py3", "none", "any"):
-        bad("the meta-package must be py3-none-any")
-    if not meta:
+    if pure and (m["py"], m["abi"], m["plat"]) != ("py3", "none", "any"):
+        bad(f"{'the meta-package' if meta else 'a pure-Python platform wheel'} must be py3-none-any")
+    if not pure:
         if m["abi"] == "none" or m["plat"] == "any":
             bad("a platform wheel must carry an interpreter ABI and a platform tag")
         if m["plat"].startswith("linux_"):
@@ -93,7 +97,7 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
             for plat in m["plat"].split("."):
                 if f"{py}-{abi}-{plat}" not in tags:
                     bad(f"file-name tag {py}-{abi}-{plat} is not in WHEEL ({sorted(tags)})")
-    if (wheel.get("Root-Is-Purelib", "").lower() == "true") != meta:
+    if (wheel.get("Root-Is-Purelib", "").lower() == "true") != pure:
         bad(f"Root-Is-Purelib is {wheel.get('Root-Is-Purelib')}")
     if canonical(md.get("Name", "")) != name or md.get("Version") != m["version"]:
         bad(f"METADATA names {md.get('Name')} {md.get('Version')}")
@@ -108,8 +112,8 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
     requires = md.get_all("Requires-Dist") or []
     for req in requires:
         req_name = canonical(re.split(r"[\s;<>=!~\[(]", req, maxsplit=1)[0])
-        if not meta and req_name == "torch":
-            bad(f"a platform wheel must not depend on torch ({req})")
+        if not meta and req_name in ("torch", "triton", "pytorch-triton-xpu", "triton-xpu"):
+            bad(f"a platform wheel must not depend on torch or Triton ({req})")
         if meta and req_name.startswith("bitsandbytes-"):
             pin = re.search(r"==\s*([^\s;,]+)", req)
             if not pin or pin.group(1) != version:
@@ -124,8 +128,8 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
             bad(f"contains {member}")
         if any(fnmatch.fnmatch(base, pat) for pat in forbid):
             bad(f"contains {member}, which must stay outside the wheel")
-        if meta and base.endswith((".so", ".dylib", ".dll", ".pyd")):
-            bad(f"the meta-package contains native code: {member}")
+        if pure and base.endswith((".so", ".dylib", ".dll", ".pyd")):
+            bad(f"the pure-Python wheel contains native code: {member}")
     if not meta:
         # The import package is the one the platform entry point names (bitsandbytes_cuda serves
         # both bitsandbytes-cuda12x and -cuda13x); its kernel library is lib<package>.
@@ -133,6 +137,10 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
         if found is None:
             bad("no bitsandbytes.platforms entry point")
         module = found.group(1) if found else name.replace("-", "_")
+        if pure:
+            if not any(n == f"{module}/__init__.py" for n in names):
+                bad(f"no {module} package")
+            return problems
         # _C.<abi>.so (or .pyd); bitsandbytes_rocm has one per ROCm major, _C_rocm<major>.<abi>.so.
         if not any(re.match(rf"{module}/_C(_[A-Za-z0-9]+)?\.[^/]+\.(so|pyd)$", n) for n in names):
             bad(f"no {module}/_C extension module")

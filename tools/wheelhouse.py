@@ -1,12 +1,12 @@
 """Build a wheelhouse (dist/) that installs like the package index, check it, and install from it.
 
-    python tools/wheelhouse.py build    # sdists; meta + cpu wheels (cpu repaired by auditwheel);
+    python tools/wheelhouse.py build    # sdists; meta + cpu + xpu wheels (cpu repaired by auditwheel);
                                         # the cuda wheel for one architecture when platforms/cuda and
                                         # nvcc exist; the meta-package's plain dependencies
     python tools/wheelhouse.py check    # tools/check_wheel.py on every artifact (cpu wheel < 1 MB)
     python tools/wheelhouse.py install  # fresh venv with only torch: three installs from dist alone
     python tools/wheelhouse.py all      # the three in turn (what `nox -s wheelhouse` runs)
-    python tools/wheelhouse.py sources  # the release's pure part: every sdist + the meta wheel
+    python tools/wheelhouse.py sources  # the release's pure part: every sdist + the meta and xpu wheels
 
 `build` needs scikit-build-core, pybind11 and (on Linux) auditwheel in the running environment and
 builds with no build isolation from the sdists, so a wheel that builds proves its sdist is
@@ -18,6 +18,8 @@ first, installs with ``pip install --no-index --find-links <dist>``, checks, and
 1. ``bitsandbytes``: pulls bitsandbytes-cpu; ``python -m bitsandbytes`` passes, cpu kernels loaded.
 2. ``bitsandbytes[cuda12x]`` and ``[cuda13x]``: the extra whose wheel is in dist installs and the report passes, saying why the CUDA wheel is not in use without a GPU;
    without one, pip must stop with its clear "No matching distribution found" for the pinned wheel.
+2c. ``bitsandbytes[xpu]``: the pure-Python xpu wheel installs (no Triton, no torch change) and the
+   report passes, saying why it is skipped here (no XPU device) and which fix applies.
 3. a meta-package whose version differs from the cpu wheel's: import warns, naming the
    ``pip install`` that fixes it, and the reference kernels serve the cpu ops.
 
@@ -44,6 +46,8 @@ import check_wheel  # noqa: E402
 import sdist  # noqa: E402
 
 CPU_MAX_SIZE = 1_000_000
+PURE_PLATFORMS = ("xpu",)
+"""Platform wheels that are pure Python (py3-none-any), built beside the meta wheel by `sources`."""
 CUDA_RUNTIME_LIBS = ["libcudart.so*", "libcublas.so*", "libcublasLt.so*"]
 
 
@@ -126,6 +130,7 @@ def build(dist: pathlib.Path) -> None:
         cpu_sdist = sdist.build_sdist("cpu", dist)
         meta_wheel = pip_wheel(meta_sdist, dist)
         repair(pip_wheel(cpu_sdist, raw), dist)
+        pip_wheel(sdist.build_sdist("xpu", dist), dist)  # pure Python (Triton kernels): no repair
         reason = cuda_reason()
         if reason is None:
             major = re.search(r"release (\d+)", run("nvcc", "--version", capture_output=True).stdout).group(1)
@@ -148,7 +153,9 @@ def sources(dist: pathlib.Path) -> None:
     dist.mkdir(parents=True, exist_ok=True)
     meta_sdist = sdist.build_sdist("meta", dist)
     for pyproject in sorted((ROOT / "platforms").glob("*/pyproject.toml")):
-        sdist.build_sdist(pyproject.parent.name, dist)
+        built = sdist.build_sdist(pyproject.parent.name, dist)
+        if pyproject.parent.name in PURE_PLATFORMS:
+            pip_wheel(built, dist)
     pip_wheel(meta_sdist, dist)
 
 
@@ -276,6 +283,20 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
         case("1. bitsandbytes", plain)
         case("2a. bitsandbytes[cuda12x]", lambda: cuda_extra("cuda12x"))
         case("2b. bitsandbytes[cuda13x]", lambda: cuda_extra("cuda13x"))
+
+        def xpu_extra() -> str:
+            venv.pip(*from_dist, "bitsandbytes[xpu]")
+            venv.py("-m", "bitsandbytes")  # the report and the self-test pass without the xpu wheel in use
+            report = json.loads(venv.py("-m", "bitsandbytes", "--json").stdout)
+            rec = [r for r in report["platforms"] if r.get("platform") == "xpu"]
+            assert rec and rec[0]["distribution"], report["platforms"]
+            if "xpu" not in report["devices"]:
+                assert rec[0]["status"] == "skipped" and "sees no XPU device" in rec[0]["reason"], rec
+                assert rec[0]["fix"], rec
+            installed = sorted(line for line in venv.freeze() if line.lower().startswith("bitsandbytes"))
+            return f"installed {installed}; python -m bitsandbytes passed and reports [{rec[0]['status']}] bitsandbytes-xpu: {rec[0]['reason']} (fix: {rec[0]['fix']})"
+
+        case("2c. bitsandbytes[xpu]", xpu_extra)
         case("3. version mismatch", mismatch)
         venv.reset(baseline)
     return summary

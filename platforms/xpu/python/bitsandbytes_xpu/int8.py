@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.int8 import INV_127, INV_127_SQ
 

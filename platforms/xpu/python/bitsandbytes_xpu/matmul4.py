@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+
 from bitsandbytes import _checks as C
 
 from ._launch import LAUNCH, OUT_KIND, device_guard, interpreted, next_pow2, store_float, store_view

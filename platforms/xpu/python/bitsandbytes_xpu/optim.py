@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference import optimizers as R
 
@@ -184,7 +185,9 @@ def optimizer_update_32bit(
     with device_guard(p):
         if clip:
             parts = torch.empty(grid[0], dtype=torch.float32, device=p.device)
-            _update32_kernel[grid](gc, pc, store_view(pc), state1, s2, parts, n, lr_s=0.0, MEASURE=True, **common, **LAUNCH)
+            _update32_kernel[grid](
+                gc, pc, store_view(pc), state1, s2, parts, n, lr_s=0.0, MEASURE=True, **common, **LAUNCH
+            )
             unorm = float(parts.double().sum().sqrt())
             unorm_vec.fill_(unorm)  # type: ignore[union-attr]
             limit = max_unorm * float(param_norm)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.codebooks import four_bit_decode_table, four_bit_lookup, midpoints
 
