@@ -270,3 +270,33 @@ def test_int8_linear_matmul_large_rows_uses_the_triton_kernel_exactly():
     A = torch.randint(-128, 128, (40, 200), dtype=torch.int8, generator=g)
     B = torch.randint(-128, 128, (48, 200), dtype=torch.int8, generator=g)
     assert torch.equal(kernels()["int8_linear_matmul"](A, B), REF["int8_linear_matmul"](A, B))
+
+
+def test_check_wheel_knows_the_pure_python_platform_wheel(tmp_path):
+    """tools/check_wheel.py: the xpu wheel must be py3-none-any, hold no native code and depend on
+    neither torch nor Triton (the wheelhouse session checks the real wheel)."""
+    import pathlib
+    import zipfile
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tools"))
+    try:
+        import check_wheel
+    finally:
+        sys.path.pop(0)
+    version = check_wheel.repo_version()
+    path = tmp_path / f"bitsandbytes_xpu-{version}-cp311-cp311-manylinux_2_28_x86_64.whl"
+    info = f"bitsandbytes_xpu-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{info}/METADATA", f"Name: bitsandbytes-xpu\nVersion: {version}\nRequires-Dist: triton>=3.1\n")
+        zf.writestr(f"{info}/WHEEL", "Root-Is-Purelib: false\nTag: cp311-cp311-manylinux_2_28_x86_64\n")
+        zf.writestr(f"{info}/entry_points.txt", "[bitsandbytes.platforms]\nxpu = bitsandbytes_xpu:register\n")
+        zf.writestr("bitsandbytes_xpu/_C.so", "")
+    problems = "\n".join(check_wheel.check_wheel(path, version, None, []))
+    for expected in (
+        "a pure-Python platform wheel must be py3-none-any",
+        "Root-Is-Purelib is false",
+        "must not depend on torch or Triton (triton>=3.1)",
+        "the pure-Python wheel contains native code: bitsandbytes_xpu/_C.so",
+        "no bitsandbytes_xpu package",
+    ):
+        assert expected in problems, problems
