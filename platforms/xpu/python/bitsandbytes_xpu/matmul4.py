@@ -44,29 +44,49 @@ def _gemv_4bit_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
     OUT: tl.constexpr,
 ):
     # out[m, n] = sum_k A[m, k] * code[B(n, k)] * absmax[(n*K + k) // blocksize]; weight element
-    # e = n*K + k lives in byte e // 2 (high nibble when e is even): rows may start mid-byte and
-    # blocks may straddle rows, so every index is computed from e.
+    # e = n*K + k lives in byte e // 2 (high nibble when e is even).
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = cols < N
     rows = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     row_base = cols.to(tl.int64)[:, None] * K
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < K
-        wmask = nmask[:, None] & kmask[None, :]
-        e = row_base + ks[None, :]
-        byte = tl.load(packed + e // 2, mask=wmask, other=0).to(tl.int32)
-        nib = tl.where((e % 2) == 0, byte >> 4, byte & 15)
-        w = tl.load(table + nib) * tl.load(absmax + e // blocksize, mask=wmask, other=0.0)
-        w = tl.where(wmask, w, 0.0)
-        for m in range(0, M):
-            a = tl.load(A + m * K + ks, mask=kmask, other=0.0).to(tl.float32)
-            part = tl.sum(w * a[None, :], axis=1)
-            acc = tl.where(rows[:, None] == m, acc + part[None, :], acc)
+    if EVEN_K:
+        # K even: every row starts on a byte, and a byte's two elements share a block (the glue
+        # takes this path for even block sizes only), so each packed byte and each absmax is loaded once for its two elements.
+        HALF: tl.constexpr = BLOCK_K // 2
+        for k0 in range(0, K, BLOCK_K):
+            ke = k0 + 2 * tl.arange(0, HALF)  # the even k of each byte
+            kmask = ke < K
+            wmask = nmask[:, None] & kmask[None, :]
+            e = row_base + ke[None, :]
+            byte = tl.load(packed + e // 2, mask=wmask, other=0).to(tl.int32)
+            scale = tl.load(absmax + e // blocksize, mask=wmask, other=0.0)
+            w0 = tl.where(wmask, tl.load(table + (byte >> 4)) * scale, 0.0)
+            w1 = tl.where(wmask, tl.load(table + (byte & 15)) * scale, 0.0)
+            for m in range(0, M):
+                a0 = tl.load(A + m * K + ke, mask=kmask, other=0.0).to(tl.float32)
+                a1 = tl.load(A + m * K + ke + 1, mask=kmask, other=0.0).to(tl.float32)
+                part = tl.sum(w0 * a0[None, :] + w1 * a1[None, :], axis=1)
+                acc = tl.where(rows[:, None] == m, acc + part[None, :], acc)
+    else:
+        # K odd: rows start mid-byte and blocks straddle rows; every index comes from e.
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < K
+            wmask = nmask[:, None] & kmask[None, :]
+            e = row_base + ks[None, :]
+            byte = tl.load(packed + e // 2, mask=wmask, other=0).to(tl.int32)
+            nib = tl.where((e % 2) == 0, byte >> 4, byte & 15)
+            w = tl.load(table + nib) * tl.load(absmax + e // blocksize, mask=wmask, other=0.0)
+            w = tl.where(wmask, w, 0.0)
+            for m in range(0, M):
+                a = tl.load(A + m * K + ks, mask=kmask, other=0.0).to(tl.float32)
+                part = tl.sum(w * a[None, :], axis=1)
+                acc = tl.where(rows[:, None] == m, acc + part[None, :], acc)
     if HAS_BIAS:
         acc = acc + tl.load(bias + cols, mask=nmask, other=0.0).to(tl.float32)[None, :]
     omask = (rows[:, None] < M) & nmask[None, :]
@@ -106,7 +126,7 @@ def _fused_into(
             m = min(ROWS_PER_LAUNCH, rows - r0)
             _gemv_4bit_kernel[(triton.cdiv(N, block_n),)](
                 a[r0:], raw, absmax, table, bias_t, o[r0:], m, N, K, blocksize,
-                HAS_BIAS=bias is not None, BLOCK_M=next_pow2(m), BLOCK_N=block_n, BLOCK_K=block_k,
+                HAS_BIAS=bias is not None, BLOCK_M=next_pow2(m), BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=K % 2 == 0 and blocksize % 2 == 0,
                 OUT=OUT_KIND[out.dtype], **LAUNCH,
             )  # fmt: skip
 
