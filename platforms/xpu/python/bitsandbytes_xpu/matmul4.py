@@ -56,7 +56,8 @@ def _gemv_4bit_kernel(
     row_base = cols.to(tl.int64)[:, None] * K
     if EVEN_K:
         # K even: every row starts on a byte, and a byte's two elements share a block (the glue
-        # takes this path for even block sizes only), so each packed byte and each absmax is loaded once for its two elements.
+        # takes this path for even block sizes only), so each packed byte and each absmax is
+        # loaded once for its two elements.
         HALF: tl.constexpr = BLOCK_K // 2
         for k0 in range(0, K, BLOCK_K):
             ke = k0 + 2 * tl.arange(0, HALF)  # the even k of each byte
