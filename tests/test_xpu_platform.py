@@ -301,3 +301,53 @@ def test_check_wheel_knows_the_pure_python_platform_wheel(tmp_path):
         "no bitsandbytes_xpu package",
     ):
         assert expected in problems, problems
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+def _cpu_kernel(op: str):
+    owner = bitsandbytes._LOADED.kernels.get((op, "cpu"))
+    if owner is None or owner[0] != "cpu":
+        pytest.skip("bitsandbytes-cpu is not loaded")
+    return owner[1]
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["adam", "lamb", "momentum", "lars", "rmsprop", "adagrad", "lion", "ademamix"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_optimizers_bit_identical_to_the_cpu_wheel(name, dtype):
+    """One update rule everywhere: the Triton kernels and bitsandbytes-cpu (which computes
+    shared/include/bnb/optimizer_math.h) give the same bits for the parameter and every state,
+    32-bit and 8-bit, with weight decay, gnorm_scale and skip_zeros."""
+    n = 2000
+    g = torch.Generator().manual_seed(7)
+    grad = torch.randn(n, generator=g).to(dtype)
+    grad[::9] = 0
+    p0 = torch.randn(n, generator=g).to(dtype)
+    rows = 2 if name == "ademamix" else 1
+    two = name in ("adam", "lamb", "ademamix")
+    s1 = torch.rand(rows * n, generator=g) * 0.1
+    s2 = torch.rand(n, generator=g) * 0.1 if two else None
+    hyper = (0.9, 0.99, 0.999, 2.0, 1e-6)
+    got = []
+    for fn in (kernels()["optimizer_update_32bit"], _cpu_kernel("optimizer_update_32bit")):
+        st = [p0.clone(), s1.clone(), s2.clone() if two else None]
+        fn(name, grad, st[0], st[1], st[2], None, 0.0, 0.0, *hyper, 0.05, 3, 1e-2, 0.5, True)
+        got.append(st)
+    for x, y in zip(*got):
+        if y is not None:
+            assert torch.equal(_bits(x), _bits(y))
+    code1, code2 = dynamic_map(True), dynamic_map(False)
+    q1, a1 = REF["quantize_blockwise"](s1, code1, 256)
+    q2, a2 = REF["quantize_blockwise"](s2, code2, 256) if two else (None, None)
+    got = []
+    for fn in (kernels()["optimizer_update_8bit_blockwise"], _cpu_kernel("optimizer_update_8bit_blockwise")):
+        st = [p0.clone(), q1.clone(), q2.clone() if two else None, a1.clone(), a2.clone() if two else None]
+        fn(name, grad, st[0], st[1], st[2], *hyper, 4, 1e-2, code1, code2 if two else None, st[3], st[4], 0.05, 0.5,
+           True)  # fmt: skip
+        got.append(st)
+    for x, y in zip(*got):
+        if y is not None:
+            assert torch.equal(_bits(x), _bits(y))
