@@ -94,6 +94,15 @@ def test_explain_without_an_xpu():
     assert "download.pytorch.org/whl/xpu" in fix
 
 
+def test_explain_with_an_xpu_torch_but_no_device(monkeypatch):
+    monkeypatch.setattr(torch.version, "xpu", "20250101", raising=False)
+    monkeypatch.setattr(xpu, "_triton_dist", lambda: ("pytorch-triton-xpu", "3.4.0"))
+    why, fix = xpu.explain(_runtime(False))
+    assert "no Intel GPU or driver found" in why and fix == "install the Intel GPU driver and its Level Zero runtime"
+    monkeypatch.setattr(xpu, "_triton_dist", lambda: None)
+    assert "pytorch-triton-xpu" in xpu.explain(_runtime(False))[1]
+
+
 @needs_kernels
 def test_loader_registers_every_op_for_xpu():
     result = _platforms.load(entry_points=[_EntryPoint()], runtime=_runtime(True), env={})

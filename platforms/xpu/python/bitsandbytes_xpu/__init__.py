@@ -116,8 +116,8 @@ def explain(runtime: Any) -> tuple[str, str | None]:
             "on a machine with an Intel GPU and its driver: "
             f"pip install torch --index-url {XPU_INDEX} (torch's XPU build brings its Triton)"
         )
-        if build and problem:
-            fix = problem.split("fix: ", 1)[1]
+        if build:  # an XPU build of torch: the driver is missing, or Triton is
+            fix = problem.split("fix: ", 1)[1] if problem else "install the Intel GPU driver and its Level Zero runtime"
         return why, fix
     problem = triton_problem()
     if problem:

@@ -26,10 +26,6 @@ import torch
 import triton
 import triton.language as tl
 
-OUT_F32: tl.constexpr = tl.constexpr(0)
-OUT_F16: tl.constexpr = tl.constexpr(1)
-OUT_BF16: tl.constexpr = tl.constexpr(2)
-
 OUT_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 """Output dtype -> the ``OUT`` constexpr of ``store_float``."""
 
