@@ -33,9 +33,13 @@ LAUNCH = {"enable_fp_fusion": False}
 """Launch options of every kernel (see the module docstring)."""
 
 
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def interpreted() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether these kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` when they were
+    defined (Triton reads it as ``@triton.jit`` runs, so a later change has no effect)."""
+    return _INTERPRETED
 
 
 def device_guard(t: torch.Tensor):
