@@ -349,6 +349,45 @@ def bench_cpu_optim(session: nox.Session) -> None:
     session.run("python", str(ROOT / "bench" / "optim.py"), "--device", "cpu", *session.posargs)
 
 
+# ---- Intel GPUs (bitsandbytes-xpu): Triton kernels, proven on CPU tensors in Triton's interpreter ----
+TRITON = os.environ.get("BNB_TRITON_REQUIREMENT", "triton==3.9.0")
+XPU_TEST_FILES = [
+    "tests/test_ops_conformance.py",
+    "tests/test_ops_conformance_matmul.py",
+    "tests/test_optim_ops.py",
+    "tests/test_ops_bad_input.py",
+    "tests/test_xpu_platform.py",
+]
+
+
+@nox.session(name="tests-xpu-interpret", tags=["ci"])
+def tests_xpu_interpret(session: nox.Session) -> None:
+    """bitsandbytes-xpu's Triton kernels on CPU tensors (TRITON_INTERPRET=1): every conformance case
+    of the xpu[host] implementation against the reference, and tests/test_xpu_platform.py."""
+    install_torch(session)
+    session.install(*TEST_DEPS, TRITON)
+    install_meta(session)
+    install_platform(session, "cpu")
+    install_platform(session, "xpu")
+    env = {"TRITON_INTERPRET": "1", "BNB_TEST_HOST_KERNELS": "xpu"}
+    session.run("python", "-m", "bitsandbytes", "--no-selftest", env=env)
+    # numpy's warnings for the IEEE results the kernels intend (1/0 = inf, 0 * inf = NaN) are noise.
+    quiet = ["-W", "ignore::RuntimeWarning:triton.runtime.interpreter"]
+    session.run("pytest", "-m", "not slow and not integration", "-k", "xpu", *quiet, *XPU_TEST_FILES,
+                *session.posargs, env=env)  # fmt: skip
+
+
+@nox.session(name="bench-xpu")
+def bench_xpu(session: nox.Session) -> None:
+    """bench/xpu_ops.py: the XPU platform's Triton kernels on a CUDA GPU (a stand-in for an Intel GPU)
+    against copy bandwidth, dense F.linear and AdamW(fused=True). Set BNB_TORCH_REQUIREMENT to a CUDA torch."""
+    install_torch(session)
+    session.install(TRITON)
+    install_meta(session)
+    install_platform(session, "xpu")
+    session.run("python", str(ROOT / "bench" / "xpu_ops.py"), *session.posargs)
+
+
 # ---- Releases (see README "Cutting a release" and .github/workflows/release.yml) ----
 BUILD_DEPS = ["scikit-build-core>=0.11", "pybind11>=2.12"]
 

@@ -503,7 +503,10 @@ def test_detection_without_gaudi_software():
     ok, why = bnb_hpu.detect()
     assert not ok and "habana_frameworks.torch cannot be imported" in why and "1.21" in why
     assert bnb_hpu.check_runtime(GAUDI) == why
-    assert bnb_hpu.device_absent_reason() == why
+    assert bnb_hpu.explain(_platforms.Runtime("2.13.0", None, None, {"cpu": "CPU"})) == (
+        f"no hpu device present: {why}",
+        None,
+    )
 
 
 def test_detection_with_gaudi_software(gaudi):
@@ -569,9 +572,9 @@ def test_meta_detection_loads_the_gaudi_bridge(gaudi):
 
 @standin_only
 def test_report_explains_why_the_hpu_wheel_is_unused():
-    from bitsandbytes.__main__ import _explain_absent_devices
+    from bitsandbytes.__main__ import _explain_skips
 
     rec = _platforms.PlatformRecord("hpu", "hpu", "skipped", "no hpu device present", "bitsandbytes-hpu", "0")
-    (out,) = _explain_absent_devices([rec.as_dict()], {"cpu": "CPU"})
+    (out,) = _explain_skips([rec.as_dict()], _platforms.Runtime("2.13.0", None, None, {"cpu": "CPU"}))
     assert out["reason"].startswith("no hpu device present: habana_frameworks.torch cannot be imported")
     assert "1.21 or newer" in out["reason"]

@@ -38,10 +38,11 @@ FORBIDDEN_DIRS = {"tests", "test", "__pycache__", "CMakeFiles", "build", "_skbui
 # Platform wheels with nothing to compile (py3-none-any, no native code at all, still found
 # through their bitsandbytes.platforms entry point) -> a file the wheel must carry besides its
 # Python package: the MPS kernels are Metal source that torch compiles at run time; the Gaudi
-# kernels are PyTorch programs.
+# kernels are PyTorch programs; the XPU kernels are Triton, compiled at first use.
 PURE_PLATFORM_WHEELS: dict[str, str | None] = {
     "bitsandbytes-hpu": None,
     "bitsandbytes-mps": "bitsandbytes_mps/bnb_mps.metal",
+    "bitsandbytes-xpu": None,
 }
 
 
@@ -117,8 +118,8 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
     requires = md.get_all("Requires-Dist") or []
     for req in requires:
         req_name = canonical(re.split(r"[\s;<>=!~\[(]", req, maxsplit=1)[0])
-        if not meta and req_name == "torch":
-            bad(f"a platform wheel must not depend on torch ({req})")
+        if not meta and req_name in ("torch", "triton", "pytorch-triton-xpu", "triton-xpu"):
+            bad(f"a platform wheel must not depend on torch or Triton ({req})")
         if meta and req_name.startswith("bitsandbytes-"):
             pin = re.search(r"==\s*([^\s;,]+)", req)
             if not pin or pin.group(1) != version:
@@ -146,7 +147,7 @@ def check_wheel(path: pathlib.Path, version: str, max_size: int | None, forbid: 
             bad("no bitsandbytes.platforms entry point")
         module = found.group(1) if found else name.replace("-", "_")
         if pure:
-            if not any(n.startswith(f"{module}/") and n.endswith(".py") for n in names):
+            if not any(n == f"{module}/__init__.py" for n in names):
                 bad(f"no {module} package")
             return problems
         # _C.<abi>.so (or .pyd); bitsandbytes_rocm has one per ROCm major, _C_rocm<major>.<abi>.so.

@@ -1,13 +1,13 @@
 """Build a wheelhouse (dist/) that installs like the package index, check it, and install from it.
 
-    python tools/wheelhouse.py build    # sdists; meta, cpu and hpu wheels (cpu repaired by auditwheel);
+    python tools/wheelhouse.py build    # sdists; meta, cpu, hpu and xpu wheels (cpu repaired by auditwheel);
                                         # the cuda wheel for one architecture when platforms/cuda and
                                         # nvcc exist; the pure mps wheel; the meta-package's plain
                                         # dependencies
     python tools/wheelhouse.py check    # tools/check_wheel.py on every artifact (cpu wheel < 1 MB)
     python tools/wheelhouse.py install  # fresh venv with only torch: three installs from dist alone
     python tools/wheelhouse.py all      # the three in turn (what `nox -s wheelhouse` runs)
-    python tools/wheelhouse.py sources  # the release's pure part: every sdist + the meta and hpu wheels
+    python tools/wheelhouse.py sources  # the release's pure part: every sdist + the meta, hpu and xpu wheels
 
 `build` needs scikit-build-core, pybind11 and (on Linux) auditwheel in the running environment and
 builds with no build isolation from the sdists, so a wheel that builds proves its sdist is
@@ -21,6 +21,8 @@ first, installs with ``pip install --no-index --find-links <dist>``, checks, and
    without one, pip must stop with its clear "No matching distribution found" for the pinned wheel.
    ``bitsandbytes[hpu]`` (pure Python, always in dist): installs, and without a Gaudi the report
    passes and says why the HPU wheel is unused (the Gaudi software it names is missing).
+   ``bitsandbytes[xpu]`` likewise (no Triton, no torch change): the report says why it is skipped
+   here (no XPU device) and which fix applies.
 3. a meta-package whose version differs from the cpu wheel's: import warns, naming the
    ``pip install`` that fixes it, and the reference kernels serve the cpu ops.
 4. ``bitsandbytes[mps]``: installs anywhere (py3-none-any); the report passes and, without an
@@ -49,7 +51,7 @@ import check_wheel  # noqa: E402
 import sdist  # noqa: E402
 
 CPU_MAX_SIZE = 1_000_000
-PURE_PLATFORMS = ["hpu"]  # platform wheels with nothing to compile: built once, beside the meta wheel
+PURE_PLATFORMS = ["hpu", "xpu"]  # platform wheels with nothing to compile: built once, beside the meta wheel
 CUDA_RUNTIME_LIBS = ["libcudart.so*", "libcublas.so*", "libcublasLt.so*"]
 
 
@@ -308,6 +310,7 @@ def install(dist: pathlib.Path, torch_req: str) -> list[str]:
         case("2a. bitsandbytes[cuda12x]", lambda: cuda_extra("cuda12x"))
         case("2b. bitsandbytes[cuda13x]", lambda: cuda_extra("cuda13x"))
         case("2c. bitsandbytes[hpu]", lambda: device_extra("hpu"))
+        case("2d. bitsandbytes[xpu]", lambda: device_extra("xpu"))
         case("3. version mismatch", mismatch)
         case("4. bitsandbytes[mps]", lambda: device_extra("mps"))
         venv.reset(baseline)

@@ -29,21 +29,26 @@ def _version_of(dist: str) -> str:
         return "not found"
 
 
-def _explain_absent_devices(records: list[dict[str, Any]], devices: Any) -> list[dict[str, Any]]:
-    """Records of wheels installed for a device torch does not see, with the wheel's own account
-    of why (its optional ``device_absent_reason()``: bitsandbytes-hpu names the missing Gaudi
-    software and how to install it). Only the report asks: ``import bitsandbytes`` stays cheap."""
+def _explain_skips(records: list[dict[str, Any]], runtime: Any) -> list[dict[str, Any]]:
+    """A wheel that is not serving and names no fix: ask it why and what fixes it, through its
+    optional ``explain(runtime) -> (why, fix)`` (bitsandbytes-xpu: no XPU device, or no usable
+    Triton; bitsandbytes-hpu: the missing Gaudi software). Only the report does this; importing bitsandbytes never imports such a wheel."""
     eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=_platforms.ENTRY_POINT_GROUP)}
     for rec in records:
         ep = eps.get(rec["platform"])
-        if rec["status"] != "skipped" or rec["device_type"] in devices or ep is None:
+        if rec["status"] == "loaded" or rec["fix"] or ep is None:
             continue
         try:
-            explain = getattr(importlib.import_module(ep.module), "device_absent_reason", None)
-            if explain is not None:
-                rec["reason"] = f"{rec['reason']}: {explain()}"
-        except Exception:  # an explanation is optional; a broken wheel must not break the report
-            pass
+            module = importlib.import_module(ep.module)
+            explain = getattr(module, "explain", None)
+            if explain is None:
+                continue
+            why, fix = explain(runtime)
+            rec["build_info"] = rec["build_info"] or dict(module.build_info())
+        except Exception as exc:  # the report must not fail on a broken wheel
+            rec["reason"] += f" (explain() failed: {exc!r})"
+            continue
+        rec["reason"], rec["fix"] = why or rec["reason"], fix
     return records
 
 
@@ -64,7 +69,7 @@ def collect(run_selftest: bool = True) -> dict[str, Any]:
         },
         "related_packages": {name: _version_of(name) for name in RELATED},
         "devices": dict(runtime.devices),
-        "platforms": _explain_absent_devices(bitsandbytes.platforms(), runtime.devices),
+        "platforms": _explain_skips(bitsandbytes.platforms(), runtime),
         "implementations": {
             device: {op: bitsandbytes.implementation(op, device) for op in _ops.OP_NAMES} for device in runtime.devices
         },

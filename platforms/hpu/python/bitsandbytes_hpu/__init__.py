@@ -48,10 +48,13 @@ def check_runtime(runtime: Any) -> str | None:
     return _gaudi.check_software()
 
 
-def device_absent_reason() -> str:
-    """Why no Gaudi device is in use here (for ``python -m bitsandbytes``), naming the fix."""
+def explain(runtime: Any) -> tuple[str, str | None]:
+    """(why this wheel is not serving, None) for ``python -m bitsandbytes``: the why names the
+    missing Gaudi software and how to install it; ('', None) when a Gaudi device is usable."""
+    if "hpu" in getattr(runtime, "devices", {}):
+        return check_runtime(runtime) or "", None
     ok, why = detect()
-    return why if not ok else "a Gaudi device is visible"
+    return ("" if ok else f"no hpu device present: {why}"), None
 
 
 def kernel_table() -> dict[str, Callable]:
@@ -99,7 +102,7 @@ __all__ = [
     "build_info",
     "check_runtime",
     "detect",
-    "device_absent_reason",
+    "explain",
     "host_kernels",
     "kernel_table",
     "parse_version",
