@@ -306,7 +306,7 @@ def test_check_wheel_knows_the_pure_python_platform_wheel(tmp_path):
         "a pure-Python platform wheel must be py3-none-any",
         "Root-Is-Purelib is false",
         "must not depend on torch or Triton (triton>=3.1)",
-        "the pure-Python wheel contains native code: bitsandbytes_xpu/_C.so",
+        "a pure-Python platform wheel contains native code: bitsandbytes_xpu/_C.so",
         "no bitsandbytes_xpu package",
     ):
         assert expected in problems, problems
