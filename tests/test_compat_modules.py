@@ -116,3 +116,14 @@ def test_register_hooks_on_a_parametrized_module_and_raising_forward():
     with pytest.raises(RuntimeError):
         other(torch.randn(2, 3))  # wrong width
     assert P._cache_enabled == 0
+
+
+@pytest.mark.parametrize("module", ["Linear8bitLt", "Linear4bit", "LinearNF4"])
+def test_forward_casts_the_bias_in_place_as_the_established_release(module):
+    """The established forward gives the bias parameter the compute dtype, in place; its own test
+    suite checks ``bias.dtype`` after a forward, so ours does the same (same parameter object)."""
+    layer = getattr(bnb.nn, module)(32, 64).to("cpu")
+    bias = layer.bias
+    assert bias.dtype == torch.float32
+    out = layer(torch.randn(16, 8, 32, dtype=torch.float16))
+    assert layer.bias is bias and bias.dtype == torch.float16 and out.dtype == torch.float16
