@@ -41,6 +41,11 @@ def _check_device_has_kernels(device: torch.device) -> None:
         )
 
 
+def _is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (FSDP2's sharded parameters), without importing torch.distributed."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
 def _register_optim_override(module: nn.Module) -> None:
     """Ask the 8-bit optimizers to keep this module's weight in 32 bit (when bitsandbytes.optim exists)."""
     try:
@@ -386,6 +391,7 @@ class Linear4bit(nn.Linear):
             quant_storage=quant_storage,
             module=self,
         )
+        self._quant_type = quant_type
         self.compute_dtype = compute_dtype
         self.compute_type_is_set = compute_dtype is not None
         self.quant_state: QuantState | None = None
@@ -408,9 +414,21 @@ class Linear4bit(nn.Linear):
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         qs = getattr(self.weight, "quant_state", None)
+        if qs is None:
+            # FSDP2 (and FSDP1 flat parameters) hand the module a bare or DTensor weight; the quant
+            # state lives on on the module, replicated on every rank.
+            qs = getattr(self, "quant_state", None)
         if qs is not None:
-            for k, v in qs.as_dict(packed=True).items():
+            packed = qs.as_dict(packed=True)
+            for k, v in packed.items():
                 destination[prefix + "weight." + k] = v if keep_vars else v.detach()
+            if _is_dtensor(self.weight):
+                # Distributed checkpointing resolves "weight.absmax" by attribute traversal: mirror
+                # the entries on the sharded parameter (refreshed on every save).
+                for k in packed:
+                    if "." not in k:
+                        setattr(self.weight, k, packed[k])
+                self.weight.quant_state = qs
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -419,7 +437,9 @@ class Linear4bit(nn.Linear):
         weight_key = prefix + "weight"
         stats = {k[len(weight_key) + 1 :]: v for k, v in state_dict.items() if k.startswith(weight_key + ".")}
         if weight_key in state_dict and stats:
-            own = self.weight.quant_type
+            own = getattr(self.weight, "quant_type", None)
+            if own is None:  # a sharded (DTensor) weight: the module's quant state knows the type
+                own = self.quant_state.quant_type if self.quant_state is not None else self._quant_type
             type_keys = [k for k in stats if k.startswith("quant_state.")]
             if not type_keys:
                 raise ValueError(
@@ -433,6 +453,13 @@ class Linear4bit(nn.Linear):
                         f"layer has quant_type={own!r}"
                     )
             data = state_dict[weight_key]
+            if _is_dtensor(self.weight):
+                self._load_sharded_4bit(
+                    state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+                )
+                return
+            if _is_dtensor(data):
+                data = data.full_tensor()  # a sharded (FSDP2) checkpoint loaded into an unsharded layer
             device = self.weight.device if self.weight.device.type != "meta" else data.device
             new_weight = Params4bit.from_prequantized(data, dict(stats), device=device, module=self)
             if tuple(new_weight.quant_state.shape) != (self.out_features, self.in_features):
@@ -456,6 +483,37 @@ class Linear4bit(nn.Linear):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _load_sharded_4bit(
+        self, state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        """Load a quantized checkpoint into a layer whose weight FSDP2 has made a DTensor: the packed
+        bytes are copied into the shard (sharded or full source), the quant state set on the module."""
+        weight_key = prefix + "weight"
+        data = state_dict[weight_key]
+        if data.dtype != self.weight.dtype:
+            raise ValueError(
+                f"Linear4bit: checkpoint weight {weight_key!r} is packed in {data.dtype} but this sharded layer "
+                f"stores {self.weight.dtype}; load with the same bnb_4bit_quant_storage"
+            )
+        quant_state = QuantState.from_dict(dict(stats), device=self.weight.device)
+        if tuple(quant_state.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"Linear4bit: checkpoint weight {weight_key!r} has shape {tuple(quant_state.shape)}, "
+                f"expected {(self.out_features, self.in_features)}"
+            )
+        from torch.distributed.tensor import distribute_tensor
+
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(weight_key + ".")}
+        for name, own in (("weight", self.weight), ("bias", self.bias)):
+            value = state_dict.get(prefix + name)
+            if own is not None and value is not None and _is_dtensor(own) and not _is_dtensor(value):
+                # a full (unsharded) checkpoint: every rank keeps its own shard of it
+                state_dict[prefix + name] = distribute_tensor(value.to(own.device), own.device_mesh, own.placements)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self.quant_state = quant_state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fix_4bit_weight_quant_state_from_module(self)
