@@ -230,3 +230,91 @@ def fsdp2_optimizers(rank: int, port: int) -> None:
         for p, q in zip(trainable, trainable2):
             assert torch.equal(p.to_local(), q.to_local()), opt_name
     dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------- FSDP1
+
+
+def _fsdp1_wrap(model: nn.Module, use_orig_params: bool) -> nn.Module:
+    from torch.distributed.fsdp import FullyShardedDataParallel as Fsdp1
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    # The frozen 4-bit layers form their own units (a flat parameter needs one requires_grad).
+    return Fsdp1(
+        model,
+        auto_wrap_policy=ModuleWrapPolicy({bnb.nn.Linear4bit}),
+        use_orig_params=use_orig_params,
+        device_id=torch.device("cpu"),
+    )
+
+
+def fsdp1_qlora(rank: int, port: int, use_orig_params: str, storage_name: str) -> None:
+    """Forward/backward equal to the unsharded model; full and sharded state dicts save and load."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as Fsdp1
+    from torch.distributed.fsdp import StateDictType
+
+    init_dist(rank, port)
+    orig = use_orig_params == "True"
+    dtype = getattr(torch, storage_name)  # FSDP1: the storage dtype is the model's dtype
+    ref = build(dtype, dtype)
+    model = _fsdp1_wrap(build(dtype, dtype), orig)
+    torch.manual_seed(100 + rank)
+    x = torch.randn(5, IN, dtype=dtype)
+    for _ in range(2):  # the second pass runs on the re-attached quant states
+        y, gx = run_step(model, x)
+    y_ref, gx_ref = run_step(ref, x)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(gx, gx_ref)
+
+    # adapters train: one 8-bit optimizer step on the sharded and on the unsharded model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = bnb.optim.Adam8bit(trainable, lr=1e-2, min_8bit_size=0)
+    opt.step()
+    y2, _ = run_step(model, x)
+    assert not torch.equal(y2, y_ref)
+
+    ref_sd = build(dtype, dtype).state_dict()
+    with Fsdp1.state_dict_type(model, StateDictType.FULL_STATE_DICT):
+        full = model.state_dict()
+    assert full.keys() == ref_sd.keys(), sorted(set(full) ^ set(ref_sd))
+    for k in ref_sd:
+        if "base" in k:  # the frozen 4-bit layers are unchanged, quant states included
+            assert torch.equal(full[k].view(torch.uint8), ref_sd[k].view(torch.uint8)), k
+    full = roundtrip(full)
+    fresh = build(dtype, dtype, seed=5)
+    fresh.load_state_dict(full)
+    y_fresh, _ = run_step(fresh, x)
+    assert torch.equal(y_fresh, run_step(model, x)[0])
+
+    with Fsdp1.state_dict_type(model, StateDictType.SHARDED_STATE_DICT):
+        sharded = model.state_dict()
+    model2 = _fsdp1_wrap(build(dtype, dtype, seed=6), orig)
+    with Fsdp1.state_dict_type(model2, StateDictType.SHARDED_STATE_DICT):
+        model2.load_state_dict(sharded)
+    assert torch.equal(run_step(model2, x)[0], y_fresh)
+
+    model3 = _fsdp1_wrap(build(dtype, dtype, seed=7), orig)
+    with Fsdp1.state_dict_type(model3, StateDictType.FULL_STATE_DICT):
+        model3.load_state_dict(full)
+    assert torch.equal(run_step(model3, x)[0], y_fresh)
+    dist.destroy_process_group()
+
+
+def fsdp1_storage_error(rank: int, port: int) -> None:
+    """uint8 storage, or a storage dtype other than the module's, fails naming bnb_4bit_quant_storage."""
+    init_dist(rank, port)
+    for storage, dtype in (
+        (torch.uint8, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+        (torch.uint8, torch.float32),
+    ):
+        for orig in (False, True):
+            model = build(storage, dtype)
+            try:
+                _fsdp1_wrap(model, orig)
+            except ValueError as err:
+                assert "bnb_4bit_quant_storage" in str(err), err
+                assert str(storage) in str(err), err
+            else:
+                raise AssertionError(f"FSDP1 accepted {storage} storage in a {dtype} model")
+    dist.destroy_process_group()

@@ -42,3 +42,14 @@ def test_fsdp2_qlora_matches_unsharded(storage: str, dtype: str) -> None:
 
 def test_fsdp2_optimizers_step_dtensor_shards() -> None:
     _spawn(fsdp_workers.fsdp2_optimizers)
+
+
+@pytest.mark.parametrize(
+    ("use_orig_params", "storage"), [("True", "bfloat16"), ("False", "bfloat16"), ("False", "float32")]
+)
+def test_fsdp1_qlora_matches_unsharded(use_orig_params: str, storage: str) -> None:
+    _spawn(fsdp_workers.fsdp1_qlora, use_orig_params, storage)
+
+
+def test_fsdp1_storage_dtype_error_names_quant_storage() -> None:
+    _spawn(fsdp_workers.fsdp1_storage_error)
