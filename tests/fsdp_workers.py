@@ -318,3 +318,42 @@ def fsdp1_storage_error(rank: int, port: int) -> None:
             else:
                 raise AssertionError(f"FSDP1 accepted {storage} storage in a {dtype} model")
     dist.destroy_process_group()
+
+
+def fsdp1_optimizer_state(rank: int, port: int, use_orig_params: str) -> None:
+    """An 8-bit optimizer over FSDP1: each rank's optimizer state dict (the state of its shard, the
+    quantization state wrapped under __bnb_optimizer_quant_state__) saves, survives
+    torch.load(weights_only=True) and resumes on a fresh model wrapped the same way exactly.
+    (FSDP1's own Fsdp1.optim_state_dict, which regathers state by parameter, cannot carry
+    block-wise state of a shard: it fails comparing the ranks' wrapped dicts.)"""
+    from torch.distributed.fsdp import FullyShardedDataParallel as Fsdp1
+    from torch.distributed.fsdp import StateDictType
+
+    init_dist(rank, port)
+    orig = use_orig_params == "True"
+    dtype = torch.bfloat16
+    models, opts = [], []
+    for _ in range(2):
+        m = _fsdp1_wrap(build(dtype, dtype), orig)
+        models.append(m)
+        opts.append(bnb.optim.Adam8bit([p for p in m.parameters() if p.requires_grad], lr=1e-2, min_8bit_size=0))
+    torch.manual_seed(100 + rank)
+    x = torch.randn(5, IN, dtype=dtype)
+    for _ in range(2):
+        opts[0].zero_grad()
+        run_step(models[0], x)
+        opts[0].step()
+    with Fsdp1.state_dict_type(models[0], StateDictType.SHARDED_STATE_DICT):
+        msd = models[0].state_dict()
+    osd = roundtrip(opts[0].state_dict())
+    inner = [v for st in osd["state"].values() for v in st.get("__bnb_optimizer_quant_state__", {}).values()]
+    assert any(t.dtype == torch.uint8 for t in inner), "no 8-bit state was saved"
+    with Fsdp1.state_dict_type(models[1], StateDictType.SHARDED_STATE_DICT):
+        models[1].load_state_dict(msd)
+    opts[1].load_state_dict(osd)
+    for m, o in zip(models, opts):
+        o.zero_grad()
+        run_step(m, x)
+        o.step()
+    assert torch.equal(run_step(models[0], x)[0], run_step(models[1], x)[0])
+    dist.destroy_process_group()

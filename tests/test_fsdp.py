@@ -53,3 +53,8 @@ def test_fsdp1_qlora_matches_unsharded(use_orig_params: str, storage: str) -> No
 
 def test_fsdp1_storage_dtype_error_names_quant_storage() -> None:
     _spawn(fsdp_workers.fsdp1_storage_error)
+
+
+@pytest.mark.parametrize("use_orig_params", ["True", "False"])
+def test_fsdp1_8bit_optimizer_state_resumes(use_orig_params: str) -> None:
+    _spawn(fsdp_workers.fsdp1_optimizer_state, use_orig_params)
