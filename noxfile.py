@@ -16,7 +16,7 @@ import nox
 
 ROOT = pathlib.Path(__file__).parent
 TORCH = os.environ.get("BNB_TORCH_REQUIREMENT", "torch==2.13.0")
-TEST_DEPS = ["pytest", "safetensors", "numpy"]
+TEST_DEPS = ["pytest", "safetensors", "numpy", "hypothesis"]
 
 nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = False
@@ -131,6 +131,17 @@ def tests_slow(session: nox.Session) -> None:
     install_meta(session)
     install_platform(session, "cpu")
     session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The property-based fuzz suite (tests/fuzz_api.py) with a long budget, native calls in a child
+    process; ``nox -s fuzz -- --examples 5000 --seed 11`` to change the budget or seed."""
+    install_torch(session)
+    session.install("hypothesis")
+    install_meta(session)
+    install_platform(session, "cpu")
+    session.run("python", "tests/fuzz_api.py", *(session.posargs or ["--examples", "2000", "--seed", "1"]))
 
 
 @nox.session(tags=["ci"])

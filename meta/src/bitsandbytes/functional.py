@@ -675,8 +675,16 @@ def dequantize_4bit(
         raise ValueError("bitsandbytes: dequantize_4bit needs a quant_state with shape and dtype")
     _checks.check_blocksize_4bit(quant_state.blocksize)
     _checks.check_quant_type(quant_state.quant_type)
-    eff_absmax = _resolved_absmax(quant_state).to(torch.float32)
     shape = list(quant_state.shape)
+    have, need = A.numel() * A.element_size(), (_checks.prod(shape) + 1) // 2
+    if have != need:
+        # more bytes than the shape needs means the state does not describe this data (a wrong or
+        # tampered shape): decoding a prefix of it would be a silent wrong answer
+        raise ValueError(
+            f"bitsandbytes: dequantize_4bit: the packed data holds {have} bytes but quant_state.shape "
+            f"{tuple(shape)} needs {need}"
+        )
+    eff_absmax = _resolved_absmax(quant_state).to(torch.float32)
     if out is not None:
         torch.ops.bitsandbytes.dequantize_4bit.out(
             A, eff_absmax, quant_state.blocksize, quant_state.quant_type, shape, quant_state.dtype, out=out
@@ -686,7 +694,7 @@ def dequantize_4bit(
         result = torch.ops.bitsandbytes.dequantize_4bit.default(
             A, eff_absmax, quant_state.blocksize, quant_state.quant_type, shape, quant_state.dtype
         )
-    if A.dim() == 2 and A.shape[0] == 1:
+    if A.dim() == 2 and A.shape[0] == 1 and A.shape[1] > 1:  # (1, 1) is the usual (n, 1) layout
         return result.t()
     return result
 

@@ -2,6 +2,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <exception>
 #include <vector>
 
 #include "bnb/bnb_c_api.h"
@@ -16,9 +17,16 @@ using bnb_cpu::kernels;
 using bnb_cpu::parallel_for;
 
 // Per-thread scratch reused across calls (grown, never shrunk): no allocation per call once warm.
+// NULL when the memory cannot be had: no C++ exception may cross the C ABI.
 void* scratch(int64_t bytes) {
   thread_local std::vector<uint8_t> buf;
-  if (static_cast<int64_t>(buf.size()) < bytes) buf.resize(static_cast<size_t>(bytes));
+  if (static_cast<int64_t>(buf.size()) < bytes) {
+    try {
+      buf.resize(static_cast<size_t>(bytes));
+    } catch (const std::exception&) {
+      return nullptr;
+    }
+  }
   return buf.data();
 }
 
@@ -44,6 +52,8 @@ int32_t bnb_gemm_4bit(const void* A, int32_t dtype, int64_t m, int64_t n, int64_
   const int64_t bytes = kt.gemm_4bit_prepare_bytes(args);
   if (bytes > 0) {
     void* buf = scratch(bytes);
+    BNB_REQUIRE(buf, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the %lld-byte scratch buffer",
+                static_cast<long long>(bytes));
     kt.gemm_4bit_prepare(args, buf);
     args.prepared = buf;
   }
@@ -70,6 +80,8 @@ int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, in
     const int64_t parts = rows < 16 ? rows : 16;
     const size_t es = static_cast<size_t>(bnb_cpu::dtype_size(dtype));
     uint8_t* part_flags = static_cast<uint8_t*>(scratch(parts * cols));
+    BNB_REQUIRE(part_flags, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the %lld-byte outlier scratch buffer",
+                static_cast<long long>(parts * cols));
     memset(part_flags, 0, static_cast<size_t>(parts * cols));
     parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {

@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -111,7 +112,12 @@ int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, in
     // The trust ratio needs the norm of the whole update before any element moves.
     // Partial sums by range, added in index order: the same norm whichever thread ran which range.
     constexpr int64_t kGrain = 65536;
-    std::vector<double> parts(static_cast<size_t>((n + kGrain - 1) / kGrain), 0.0);
+    std::vector<double> parts;
+    try {
+      parts.assign(static_cast<size_t>((n + kGrain - 1) / kGrain), 0.0);
+    } catch (const std::exception&) {  // no C++ exception may cross the C ABI
+      return bnb_cpu::fail(BNB_ERR_OUT_OF_MEMORY, "cannot allocate the trust-ratio partial sums");
+    }
     a.measure = 1;
     parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
       parts[static_cast<size_t>(i0 / kGrain)] = kt.optimizer_32bit(a, i0, i1);

@@ -33,6 +33,9 @@ void raise_for(int32_t status, const char* function) {
   const std::string msg =
       std::string("bitsandbytes_cpu: ") + function + ": " + bnb_status_string(status) + ": " + bnb_last_error();
   switch (status) {
+    case BNB_ERR_OUT_OF_MEMORY:
+      PyErr_SetString(PyExc_MemoryError, msg.c_str());
+      throw py::error_already_set();
     case BNB_ERR_UNSUPPORTED_DTYPE:
       throw py::type_error(msg);
     case BNB_ERR_NOT_IMPLEMENTED:

@@ -40,10 +40,11 @@ inline VF mul_rn(VF a, VF b) { return VF(_mm256_mul_ps(a.v, b.v)); }
 inline VF div_rn(VF a, VF b) { return VF(_mm256_div_ps(a.v, b.v)); }
 inline VF sqrt_rn(VF a) { return VF(_mm256_sqrt_ps(a.v)); }
 inline VF fma_rn(VF a, VF b, VF c) { return VF(_mm256_fmadd_ps(a.v, b.v, c.v)); }
-// torch.sign: -1 or 1 for a non-zero number (its sign bit on 1.0), else x itself (zeros, NaN).
+// torch.sign: -1 or 1 for a non-zero number (its sign bit on 1.0), x itself for zeros, 0 for NaN.
 inline VF sign_of(VF x) {
   const __m256 unit = _mm256_or_ps(_mm256_and_ps(x.v, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(1.0f));
-  return VF(_mm256_blendv_ps(x.v, unit, _mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+  const __m256 x_or_zero = _mm256_and_ps(x.v, _mm256_cmp_ps(x.v, x.v, _CMP_ORD_Q));  // NaN lanes -> +0
+  return VF(_mm256_blendv_ps(x_or_zero, unit, _mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
 }
 
 // ---- stores ----------------------------------------------------------------------------------

@@ -35,9 +35,11 @@ inline VF mul_rn(VF a, VF b) { return VF(_mm512_mul_ps(a.v, b.v)); }
 inline VF div_rn(VF a, VF b) { return VF(_mm512_div_ps(a.v, b.v)); }
 inline VF sqrt_rn(VF a) { return VF(_mm512_sqrt_ps(a.v)); }
 inline VF fma_rn(VF a, VF b, VF c) { return VF(_mm512_fmadd_ps(a.v, b.v, c.v)); }
-// torch.sign: -1, 0 (of either sign) or 1; NaN stays NaN.
+// torch.sign: -1, 0 (of either sign) or 1, and 0 for NaN.
 inline VF sign_of(VF x) {
-  __m512 r = _mm512_mask_mov_ps(x.v, _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f));
+  const __m512 x_or_zero = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x.v, x.v, _CMP_ORD_Q), x.v);  // NaN -> +0
+  __m512 r =
+      _mm512_mask_mov_ps(x_or_zero, _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f));
   r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_set1_ps(-1.0f));
   return VF(r);
 }

@@ -84,8 +84,9 @@ inline OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_optimi
 }
 #endif
 
-// torch.sign: -1, 0 or 1; NaN stays NaN.
-BNB_HD BNB_INLINE float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+// torch.sign: -1, 0 (of either sign) or 1, and 0 for NaN as torch.sign gives (Lion then leaves a
+// NaN-gradient element where it is, as the reference and the established release do).
+BNB_HD BNB_INLINE float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : (x == x ? x : 0.0f)); }
 
 // One element's update. In: g (already scaled by gnorm_scale, in f32), p (f32), the states
 // (s1; s1b = AdEMAMix's slow EMA; s2 = second moment). Out: the new states in place, and the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from typing import Any, TypeVar
 
 import torch
@@ -39,6 +40,39 @@ def _check_device_has_kernels(device: torch.device) -> None:
             f"bitsandbytes: no kernels for device type {device.type!r}; quantized parameters can live on "
             f"{sorted(supported_torch_devices)} or 'meta'"
         )
+
+
+_DTYPE_GETTER = torch.Tensor.dtype.__get__
+
+
+def _check_fsdp1_flatten(frame: Any) -> None:
+    """FSDP1 flattens each unit's parameters into one float tensor of a single dtype. When its
+    check runs over a 4-bit weight, say what to change instead of FSDP1's generic message: the
+    packed weight must be stored in the dtype of the rest of the unit (``bnb_4bit_quant_storage``)."""
+    code = frame.f_code
+    if code.co_name != "_validate_tensors_to_flatten" or not code.co_filename.endswith("_flat_param.py"):
+        return
+    tensors = frame.f_locals.get("tensors") or ()
+    with torch._C.DisableTorchFunctionSubclass():
+        packed = {t.dtype for t in tensors if isinstance(t, Params4bit) and t.bnb_quantized}
+        others = {t.dtype for t in tensors if not isinstance(t, Params4bit)}
+    if not packed:
+        return
+    bad_int = sorted(str(d) for d in packed if not d.is_floating_point)
+    if bad_int or len(packed | others) > 1:
+        raise ValueError(
+            "bitsandbytes: FSDP (FullyShardedDataParallel) flattens the 4-bit weights with the rest of the "
+            f"module into one float tensor, but the packed weights are stored as {sorted(str(d) for d in packed)} "
+            f"and the other parameters are {sorted(str(d) for d in others)}. Quantize with "
+            "bnb_4bit_quant_storage (Linear4bit(quant_storage=...)) set to the model's dtype, e.g. "
+            "torch.bfloat16 for a bf16 model"
+            + ("; uint8 storage cannot be flattened by FSDP1 (FSDP2's fully_shard accepts it)" if bad_int else "")
+        )
+
+
+def _is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (FSDP2's sharded parameters), without importing torch.distributed."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
 
 
 def _register_optim_override(module: nn.Module) -> None:
@@ -212,6 +246,8 @@ class Params4bit(torch.nn.Parameter):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
+        if func is _DTYPE_GETTER or func is torch.Tensor.is_floating_point:
+            _check_fsdp1_flatten(sys._getframe(1))
         if func in (torch.chunk, torch.split):
             src = args[0]
             with torch._C.DisableTorchFunctionSubclass():
@@ -356,8 +392,8 @@ def fix_4bit_weight_quant_state_from_module(module: Linear4bit | Embedding4bit) 
         raise NotQuantizedError(
             f"{type(module).__name__}: weight of shape {tuple(module.weight.shape)} is not packed 4-bit data"
         )
-    if not isinstance(module.weight, Params4bit):
-        module.weight = Params4bit(module.weight, quant_storage=module.quant_storage, bnb_quantized=True)
+    # A bare tensor (FSDP's gathered view) gets the state as an attribute: re-registering a new
+    # Params4bit on the module would detach it from the wrapper's flat or sharded parameter.
     module.weight.quant_state = module.quant_state
 
 
@@ -399,6 +435,7 @@ class Linear4bit(nn.Linear):
             quant_storage=quant_storage,
             module=self,
         )
+        self._quant_type = quant_type
         self.compute_dtype = compute_dtype
         self.compute_type_is_set = compute_dtype is not None
         self.quant_state: QuantState | None = None
@@ -421,9 +458,21 @@ class Linear4bit(nn.Linear):
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         qs = getattr(self.weight, "quant_state", None)
+        if qs is None:
+            # FSDP2 (and FSDP1 flat parameters) hand the module a bare or DTensor weight; the quant
+            # state lives on on the module, replicated on every rank.
+            qs = getattr(self, "quant_state", None)
         if qs is not None:
-            for k, v in qs.as_dict(packed=True).items():
+            packed = qs.as_dict(packed=True)
+            for k, v in packed.items():
                 destination[prefix + "weight." + k] = v if keep_vars else v.detach()
+            if _is_dtensor(self.weight):
+                # Distributed checkpointing resolves "weight.absmax" by attribute traversal: mirror
+                # the entries on the sharded parameter (refreshed on every save).
+                for k in packed:
+                    if "." not in k:
+                        setattr(self.weight, k, packed[k])
+                self.weight.quant_state = qs
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -431,8 +480,17 @@ class Linear4bit(nn.Linear):
         """Accept quantized checkpoints (§7.1) as well as float ones."""
         weight_key = prefix + "weight"
         stats = {k[len(weight_key) + 1 :]: v for k, v in state_dict.items() if k.startswith(weight_key + ".")}
+        if weight_key not in state_dict and any(k.startswith("quant_state.") for k in stats):
+            # FSDP1's sharded state dict: the wrapper loads the packed bytes into its flat
+            # parameter and leaves this layer the quant state.
+            self._load_in_place(
+                state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+            return
         if weight_key in state_dict and stats:
-            own = self.weight.quant_type
+            own = getattr(self.weight, "quant_type", None)
+            if own is None:  # a sharded (DTensor) weight: the module's quant state knows the type
+                own = self.quant_state.quant_type if self.quant_state is not None else self._quant_type
             type_keys = [k for k in stats if k.startswith("quant_state.")]
             if not type_keys:
                 raise ValueError(
@@ -446,6 +504,25 @@ class Linear4bit(nn.Linear):
                         f"layer has quant_type={own!r}"
                     )
             data = state_dict[weight_key]
+            w = self.weight
+            if (
+                _is_dtensor(w)
+                or (not isinstance(w, Params4bit) and w.shape == data.shape)
+                or (
+                    isinstance(w, Params4bit)
+                    and w.bnb_quantized
+                    and w.device.type != "meta"
+                    and (w.shape, w.dtype) == (data.shape, data.dtype)
+                )
+            ):
+                # copy into the weight already there: a wrapper (FSDP1 with use_orig_params keeps
+                # this very object, FSDP2 a DTensor) and optimizers hold references to it
+                self._load_in_place(
+                    state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+                )
+                return
+            if _is_dtensor(data):
+                data = data.full_tensor()  # a sharded (FSDP2) checkpoint loaded into an unsharded layer
             device = self.weight.device if self.weight.device.type != "meta" else data.device
             new_weight = Params4bit.from_prequantized(data, dict(stats), device=device, module=self)
             if tuple(new_weight.quant_state.shape) != (self.out_features, self.in_features):
@@ -469,6 +546,46 @@ class Linear4bit(nn.Linear):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _load_in_place(
+        self, state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        """Load a quantized checkpoint into a layer whose weight a wrapper owns (FSDP2's DTensor,
+        FSDP1's view of its flat parameter): the packed bytes are copied into that weight (full
+        or sharded source), never re-registered, and the quant state set on the module. Without a
+        weight entry (FSDP1 loads its flat parameter itself) only the quant state is taken."""
+        weight_key = prefix + "weight"
+        data = state_dict.get(weight_key)
+        if data is not None and data.dtype != self.weight.dtype:
+            raise ValueError(
+                f"Linear4bit: checkpoint weight {weight_key!r} is packed in {data.dtype} but this wrapped layer "
+                f"stores {self.weight.dtype}; load with the same bnb_4bit_quant_storage"
+            )
+        device = self.weight.device if self.weight.device.type != "meta" else "cpu"
+        quant_state = QuantState.from_dict(dict(stats), device=device)
+        if tuple(quant_state.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"Linear4bit: checkpoint weight {weight_key!r} has shape {tuple(quant_state.shape)}, "
+                f"expected {(self.out_features, self.in_features)}"
+            )
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(weight_key + ".")}
+        for name, own in (("weight", self.weight), ("bias", self.bias)):
+            value = state_dict.get(prefix + name)
+            if own is not None and value is not None and _is_dtensor(own) and not _is_dtensor(value):
+                from torch.distributed.tensor import distribute_tensor
+
+                # a full (unsharded) checkpoint: every rank keeps its own shard of it
+                state_dict[prefix + name] = distribute_tensor(value.to(own.device), own.device_mesh, own.placements)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict and data is not None, missing_keys, unexpected_keys, error_msgs
+        )
+        self.quant_state = quant_state
+        if not _is_dtensor(self.weight):
+            self.weight.quant_state = quant_state
+        if isinstance(self.weight, Params4bit):
+            self.weight.blocksize = quant_state.blocksize
+            self.weight.compress_statistics = quant_state.nested
+            self.weight.quant_type = quant_state.quant_type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fix_4bit_weight_quant_state_from_module(self)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .optimizer import Optimizer2State, ademamix_schedule
+from .optimizer import Optimizer2State, _local, ademamix_schedule
 
 
 class AdEMAMix(Optimizer2State):
@@ -48,8 +48,9 @@ class AdEMAMix(Optimizer2State):
     def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
         """Create ``state1`` (two EMAs) and ``state2`` of ``p``, 8-bit when large enough."""
         config = self.get_config(gindex, pindex, group)
-        dtype = self._state_dtype(config, p)
+        dtype = self._state_dtype(config, p)  # from the full size: every rank picks the same
         state = self.state[p]
+        p = _local(p)
         state["step"] = 0
         if dtype == torch.uint8:
             qmap1, qmap2 = self._qmaps(p.device)

@@ -32,6 +32,17 @@ STATE_BLOCKSIZE = 256
 _PAGING_WARNED = False
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The rank's own shard of a DTensor (FSDP2 parameters and gradients), else ``t`` itself.
+
+    The kernels update plain tensors; each rank steps its local shard and keeps block-wise state
+    for that shard only. Under ``no_grad`` the local tensor is the DTensor's storage, so in-place
+    updates land in the sharded parameter.
+    """
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None and type(t).__name__ == "DTensor" else t
+
+
 def _warn_paging_unsupported(device: torch.device) -> None:
     global _PAGING_WARNED
     if not _PAGING_WARNED:
@@ -430,8 +441,9 @@ class Optimizer2State(Optimizer8bit):
     def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
         """Create the step counter and the two states of ``p`` (spec §8.3)."""
         config = self.get_config(gindex, pindex, group)
-        dtype = self._state_dtype(config, p)
+        dtype = self._state_dtype(config, p)  # from the full size: every rank picks the same
         state = self.state[p]
+        p = _local(p)
         state["step"] = 0
         if dtype == torch.float32:
             state["state1"] = self.get_state_buffer(p, dtype=torch.float32)
@@ -455,12 +467,13 @@ class Optimizer2State(Optimizer8bit):
     @torch.no_grad()
     def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
         """Advance ``p`` by one step with the kernel of its device."""
+        state = self.state[p]
         if not p.is_contiguous():
             p.data = p.data.contiguous()
         if not p.grad.is_contiguous():
             p.grad = p.grad.contiguous()
-        state = self.state[p]
-        grad = p.grad
+        grad = _local(p.grad)
+        p = _local(p)
         config = self.get_config(gindex, pindex, group)
         state["step"] += 1
         step = state["step"]
@@ -546,8 +559,9 @@ class Optimizer1State(Optimizer8bit):
     def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
         """Create the step counter and the state of ``p`` (spec §8.3)."""
         config = self.get_config(gindex, pindex, group)
-        dtype = self._state_dtype(config, p)
+        dtype = self._state_dtype(config, p)  # from the full size: every rank picks the same
         state = self.state[p]
+        p = _local(p)
         state["step"] = 0
         if dtype == torch.float32:
             state["state1"] = self.get_state_buffer(p, dtype=torch.float32)
@@ -562,12 +576,13 @@ class Optimizer1State(Optimizer8bit):
     @torch.no_grad()
     def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
         """Advance ``p`` by one step with the kernel of its device."""
+        state = self.state[p]
         if not p.is_contiguous():
             p.data = p.data.contiguous()
         if not p.grad.is_contiguous():
             p.grad = p.grad.contiguous()
-        state = self.state[p]
-        grad = p.grad
+        grad = _local(p.grad)
+        p = _local(p)
         config = self.get_config(gindex, pindex, group)
         state["step"] += 1
         step = state["step"]

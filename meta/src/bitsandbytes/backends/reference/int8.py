@@ -12,7 +12,8 @@ _EXACT_K_CHUNK = 1024  # |a*b| <= 2**14, so 1024 terms sum exactly in f32 (2**24
 
 
 def _rows(A: torch.Tensor) -> torch.Tensor:
-    return A.reshape(-1, A.shape[-1]) if A.dim() != 2 else A
+    # an explicit row count: reshape(-1, 0) is ambiguous for an empty last dimension
+    return A.reshape(C.int8_rows(A), A.shape[-1]) if A.dim() != 2 else A
 
 
 def int8_vectorwise_quant(

@@ -1,0 +1,410 @@
+"""Property-based fuzzing of the public API (run as a program; tests/test_fuzz.py runs it in a child
+process so that a native crash is a reported failure, not a dead test runner).
+
+Every property draws inputs (shapes with 0 to 4 dims including empty and odd sizes and sizes that
+are not a multiple of the block size, f32/f16/bf16, valid and invalid block sizes, transposed and
+strided views, NaN/inf, truncated absmax, mismatched K, corrupted quant-state JSON) and checks that
+each call either equals the reference kernels bit for bit or raises a Python exception of a clear
+kind with a message; a mismatch in outcome (one raises, the other returns) is a failure too.
+
+    python tests/fuzz_api.py --examples 60 --seed 0     # the CI budget
+    python tests/fuzz_api.py --examples 2000 --seed 7   # nox -s fuzz
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import sys
+import time
+
+import torch
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as F
+from bitsandbytes.backends.reference import KERNELS as REF
+from bitsandbytes.backends.reference.codebooks import dynamic_map
+
+OPS = torch.ops.bitsandbytes
+CLEAR = (ValueError, TypeError, NotImplementedError, RuntimeError, IndexError, KeyError)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+GOOD_BLOCKS = (64, 128, 256, 512, 1024, 2048, 4096)
+BAD_BLOCKS = (0, -64, 3, 48, 100, 65)
+COUNTS: dict[str, int] = {}
+
+
+def _count(name: str) -> None:
+    COUNTS[name] = COUNTS.get(name, 0) + 1
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """Integer view of a tensor: compares NaN payloads and signed zeros exactly."""
+    view = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return t.contiguous().view(view)
+
+
+def outcome(fn, *args):
+    try:
+        return "ok", fn(*args)
+    except CLEAR as err:
+        assert str(err).strip(), f"{type(err).__name__} without a message"
+        return "err", err
+
+
+def same(a, b, what: str) -> None:
+    if isinstance(a, (tuple, list)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{what}[{i}]")
+        return
+    if a is None or b is None:
+        assert a is b, what
+        return
+    assert a.shape == b.shape and a.dtype == b.dtype, (what, a.shape, b.shape, a.dtype, b.dtype)
+    if a.is_floating_point():
+        # NaN where the reference has NaN (its sign and payload are not part of the contract),
+        # every other value bit for bit, signed zeros included
+        nan = a.isnan()
+        assert torch.equal(nan, b.isnan()), f"{what}: NaN positions differ"
+        a, b = a.masked_fill(nan, 0), b.masked_fill(nan, 0)
+    assert torch.equal(bits(a), bits(b)), what
+
+
+def agree(name: str, native, reference, *args, tol: float | None = None, k: int = 1) -> tuple:
+    """Run both; they must both raise (clearly) or both return bit-identical results (matmuls:
+    within ``tol`` relative and ``tol * sqrt(k)`` absolute, the accumulation order may differ)."""
+    _count(name)
+    got, want = outcome(native, *args), outcome(reference, *args)
+    assert got[0] == want[0], f"{name}: native {got[0]} ({got[1]!r:.300}) but reference {want[0]} ({want[1]!r:.300})"
+    if got[0] == "ok" and tol is None:
+        same(got[1], want[1], name)
+    elif got[0] == "ok":
+        assert got[1].shape == want[1].shape and got[1].dtype == want[1].dtype, name
+        torch.testing.assert_close(
+            got[1], want[1], rtol=tol, atol=tol * k**0.5, equal_nan=True, msg=lambda m: f"{name}: {m}"
+        )
+    return got
+
+
+MATMUL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@st.composite
+def tensors(draw, max_dims: int = 4, max_numel: int = 6000, dtypes=DTYPES, specials: bool = True):
+    dims = draw(st.integers(0, max_dims))
+    shape = [draw(st.sampled_from((0, 1, 2, 3, 5, 7, 31, 64, 65, 127, 200))) for _ in range(dims)]
+    while shape and torch.Size(shape).numel() > max_numel:
+        shape[shape.index(max(shape))] //= 2
+    dtype = draw(st.sampled_from(dtypes))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = (torch.randn(shape, generator=g) * draw(st.sampled_from((1e-3, 1.0, 1e3)))).to(dtype)
+    if specials and x.numel() and draw(st.booleans()):
+        flat = x.view(-1)
+        for _ in range(draw(st.integers(1, 3))):
+            flat[draw(st.integers(0, flat.numel() - 1))] = draw(
+                st.sampled_from((float("nan"), float("inf"), -float("inf"), 0.0, -0.0))
+            )
+    view = draw(st.sampled_from(("contiguous", "transposed", "strided")))
+    if view == "transposed" and x.dim() >= 2:
+        x = x.transpose(0, -1)
+    elif view == "strided" and x.dim() >= 1 and x.shape[-1] >= 2:
+        x = x[..., ::2]
+    return x
+
+
+blocks = st.one_of(st.sampled_from(GOOD_BLOCKS), st.sampled_from(BAD_BLOCKS))
+
+
+@given(x=tensors(), blocksize=blocks)
+def prop_blockwise(x, blocksize):
+    code = dynamic_map()
+    status, out = agree("quantize_blockwise", OPS.quantize_blockwise, REF["quantize_blockwise"], x, code, blocksize)
+    if status == "ok":
+        q, absmax = out
+        agree(
+            "dequantize_blockwise",
+            OPS.dequantize_blockwise,
+            REF["dequantize_blockwise"],
+            q,
+            absmax,
+            code,
+            blocksize,
+            x.dtype,
+        )
+        # the functional API on the same input (quant state built by the library)
+        _count("functional.blockwise")
+        q2, qs = F.quantize_blockwise(x, blocksize=blocksize)
+        same(
+            F.dequantize_blockwise(q2, qs),
+            REF["dequantize_blockwise"](q, absmax, code, blocksize, x.dtype),
+            "functional",
+        )
+
+
+@given(
+    x=tensors(),
+    blocksize=st.one_of(st.sampled_from((32, 64, 128, 256, 4096)), st.sampled_from(BAD_BLOCKS)),
+    quant_type=st.sampled_from(("nf4", "fp4", "int4")),
+    storage=st.sampled_from((torch.uint8, torch.bfloat16, torch.float32, torch.int64)),
+)
+def prop_4bit(x, blocksize, quant_type, storage):
+    status, out = agree("quantize_4bit", OPS.quantize_4bit, REF["quantize_4bit"], x, blocksize, quant_type, storage)
+    if status != "ok":
+        return
+    packed, absmax = out
+    shape = list(x.shape)
+    agree(
+        "dequantize_4bit",
+        OPS.dequantize_4bit,
+        REF["dequantize_4bit"],
+        packed,
+        absmax,
+        blocksize,
+        quant_type,
+        shape,
+        x.dtype,
+    )
+    if absmax.numel() > 1:  # truncated absmax must be refused, not read past its end
+        agree(
+            "dequantize_4bit[truncated]",
+            OPS.dequantize_4bit,
+            REF["dequantize_4bit"],
+            packed,
+            absmax[:-1],
+            blocksize,
+            quant_type,
+            shape,
+            x.dtype,
+        )
+
+
+@given(
+    n=st.sampled_from((1, 3, 16, 33, 64)),
+    k=st.sampled_from((1, 7, 64, 65, 128, 300)),
+    m=st.sampled_from((0, 1, 2, 5, 40)),
+    dtype=st.sampled_from(DTYPES),
+    quant_type=st.sampled_from(("nf4", "fp4")),
+    blocksize=st.sampled_from((64, 128)),
+    k_skew=st.sampled_from((0, 0, 0, 1, -1)),
+    s=st.integers(0, 2**31 - 1),
+)
+def prop_gemm_4bit(n, k, m, dtype, quant_type, blocksize, k_skew, s):
+    g = torch.Generator().manual_seed(s)
+    w = torch.randn(n, k, generator=g)
+    packed, absmax = REF["quantize_4bit"](w, blocksize, quant_type, torch.uint8)
+    a = torch.randn(m, k + k_skew if k + k_skew > 0 else k, generator=g).to(dtype)
+    tol = MATMUL_TOL[dtype]
+    agree("gemm_4bit", OPS.gemm_4bit, REF["gemm_4bit"], a, packed, [n, k], absmax, blocksize, quant_type, tol=tol, k=k)
+    if m == 1 or (m == 0 and k_skew == 0):
+        code = F.get_4bit_type(quant_type)
+        agree(
+            "gemv_4bit",
+            OPS.gemv_4bit,
+            REF["gemv_4bit"],
+            a.view(1, 1, -1) if m else a,
+            packed,
+            [n, k],
+            absmax,
+            code,
+            blocksize,
+            tol=tol,
+            k=k,
+        )
+
+
+@given(x=tensors(max_dims=2, specials=True), threshold=st.sampled_from((0.0, 0.0, 1.5, 6.0, -1.0)))
+def prop_int8(x, threshold):
+    agree("int8_vectorwise_quant", OPS.int8_vectorwise_quant, REF["int8_vectorwise_quant"], x, threshold)
+
+
+_NAMES = ["adam", "momentum", "rmsprop", "lion", "adagrad", "ademamix"]
+
+
+@given(
+    x=tensors(max_dims=3, dtypes=DTYPES, specials=False),
+    name=st.sampled_from(_NAMES),
+    bits8=st.booleans(),
+    grad_special=st.sampled_from((None, float("nan"), float("inf"))),
+    step=st.integers(1, 5),
+)
+def prop_optimizer(x, name, bits8, grad_special, step):
+    x = x.contiguous()
+    g = torch.randn_like(x, dtype=torch.float32).to(x.dtype)
+    if grad_special is not None and g.numel():
+        g.view(-1)[0] = grad_special
+    two = name in ("adam", "ademamix")
+    n = x.numel()
+    beta1, beta2, beta3, alpha = 0.9, 0.99, (0.999 if name == "ademamix" else 0.0), (5.0 if name == "ademamix" else 0.0)
+
+    def run(impl):
+        p = x.clone()
+        if bits8:
+            blocks = -(n // -256)
+            st1 = torch.zeros((2, *x.shape) if name == "ademamix" else x.shape, dtype=torch.uint8)
+            st2 = torch.zeros_like(x, dtype=torch.uint8) if two else None
+            a1 = torch.zeros((2, blocks) if name == "ademamix" else (blocks,))
+            a2 = torch.zeros(blocks) if two else None
+            qm = dynamic_map()
+            impl["optimizer_update_8bit_blockwise"](
+                name,
+                g,
+                p,
+                st1,
+                st2,
+                beta1,
+                beta2,
+                beta3,
+                alpha,
+                1e-8,
+                step,
+                1e-3,
+                qm,
+                dynamic_map(signed=False) if two else None,
+                a1,
+                a2,
+                0.01,
+                1.0,
+                False,
+            )
+            return p, st1, st2, a1, a2
+        st1 = torch.zeros((2, *x.shape) if name == "ademamix" else x.shape)
+        st2 = torch.zeros_like(x, dtype=torch.float32) if two else None
+        impl["optimizer_update_32bit"](
+            name, g, p, st1, st2, None, 0.0, 0.0, beta1, beta2, beta3, alpha, 1e-8, 0.01, step, 1e-3, 1.0, False
+        )
+        return p, st1, st2
+
+    native = {k: getattr(OPS, k) for k in ("optimizer_update_8bit_blockwise", "optimizer_update_32bit")}
+    label = f"optimizer_{'8bit' if bits8 else '32bit'}"
+    _count(label)
+    got, want = outcome(run, native), outcome(run, REF)
+    assert got[0] == want[0], (label, name, got, want)
+    if got[0] == "ok":
+        # the reference is the yardstick within float rounding (fused kernels reassociate)
+        for a, b in zip(got[1], want[1]):
+            if a is None:
+                continue
+            if a.dtype == torch.uint8 and a.numel():
+                assert (a.int() - b.int()).abs().le(1).float().mean() >= 0.99, (label, name)
+            else:
+                torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, equal_nan=True)
+
+
+@given(
+    quant_type=st.sampled_from(("nf4", "fp4")),
+    nested=st.booleans(),
+    mutation=st.sampled_from(("byte", "truncate", "drop_key", "retype", "bad_dtype", "absmax_short", "huge_shape")),
+    pos=st.integers(0, 10_000),
+    byte=st.integers(0, 255),
+)
+def prop_quant_state_json(quant_type, nested, mutation, pos, byte):
+    _count("quant_state_json")
+    w = torch.randn(64, 48)
+    packed, qs = F.quantize_4bit(w, quant_type=quant_type, compress_statistics=nested)
+    d = qs.as_dict(packed=True)
+    key = f"quant_state.bitsandbytes__{quant_type}"
+    blob = d[key].clone()
+    meta = F.unpack_tensor_to_dict(blob)
+    if mutation == "byte":
+        blob[pos % blob.numel()] = byte
+        d[key] = blob
+    elif mutation == "truncate":
+        d[key] = blob[: pos % blob.numel()]
+    elif mutation == "drop_key":
+        meta.pop(sorted(meta)[pos % len(meta)])
+        d[key] = F.pack_dict_to_tensor(meta)
+    elif mutation == "retype":
+        k = sorted(meta)[pos % len(meta)]
+        meta[k] = [None, "x", 1.5, -3, [1, 2], {"a": 1}][byte % 6]
+        d[key] = F.pack_dict_to_tensor(meta)
+    elif mutation == "bad_dtype":
+        meta["dtype"] = ["int8", "os.system", "__class__", "float64x", ""][byte % 5]
+        d[key] = F.pack_dict_to_tensor(meta)
+    elif mutation == "absmax_short":
+        d["absmax"] = d["absmax"][: max(0, d["absmax"].numel() - 1 - pos % 3)]
+    elif mutation == "huge_shape":
+        meta["shape"] = [2**40, 2**40]
+        d[key] = F.pack_dict_to_tensor(meta)
+    try:
+        state = F.QuantState.from_dict(d, device="cpu")
+    except ValueError as err:
+        assert str(err).strip()
+        return
+    # accepted: dequantizing is then either right or refused clearly, never a crash or a silent misread
+    try:
+        out = F.dequantize_4bit(packed, state)
+    except CLEAR as err:
+        assert str(err).strip()
+        return
+    want = F.dequantize_4bit(packed, qs)
+    assert out.shape == want.shape
+
+
+@given(
+    n_in=st.sampled_from((1, 3, 64, 65)),
+    n_out=st.sampled_from((1, 2, 33)),
+    lead=st.lists(st.sampled_from((0, 1, 3)), min_size=0, max_size=2),
+    dtype=st.sampled_from(DTYPES),
+    quant_type=st.sampled_from(("nf4", "fp4")),
+    storage=st.sampled_from((torch.uint8, torch.bfloat16, torch.float32)),
+    s=st.integers(0, 2**31 - 1),
+)
+def prop_linear4bit(n_in, n_out, lead, dtype, quant_type, storage, s):
+    _count("nn.Linear4bit")
+    torch.manual_seed(s)
+    try:
+        layer = bnb.nn.Linear4bit(n_in, n_out, quant_type=quant_type, quant_storage=storage).to("cpu")
+    except CLEAR as err:  # e.g. an odd weight that does not fill whole storage elements
+        assert str(err).strip()
+        return
+    x = torch.randn(*lead, n_in).to(dtype)
+    w = F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
+    got = layer(x)
+    want = torch.nn.functional.linear(x, w, layer.bias.to(dtype))
+    assert got.shape == want.shape and got.dtype == dtype
+    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(1.0, n_in**0.5))
+
+
+PROPERTIES = [
+    prop_blockwise,
+    prop_4bit,
+    prop_gemm_4bit,
+    prop_int8,
+    prop_optimizer,
+    prop_quant_state_json,
+    prop_linear4bit,
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--examples", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-k", default="", help="run only properties whose name contains this")
+    args = parser.parse_args()
+    faulthandler.enable()
+    torch.set_num_threads(2)
+    start = time.time()
+    for prop in PROPERTIES:
+        if args.k and args.k not in prop.__name__:
+            continue
+        configured = settings(
+            max_examples=args.examples,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            suppress_health_check=list(HealthCheck),
+        )(seed(args.seed)(prop))
+        t0 = time.time()
+        configured()
+        print(f"{prop.__name__}: {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+    print(json.dumps({"cases": COUNTS, "total": sum(COUNTS.values()), "seconds": round(time.time() - start, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
