@@ -119,7 +119,6 @@ def test_linear8bitlt_network(threshold, training):
             "torch.compile of the int8 forward with outlier columns (unbacked sizes inside an "
             "autograd.Function) fails on torch 2.8 (PendingUnbackedSymbolNotFound) and passes on 2.13; "
             "versions between are untested"
-        ); torch 2.8 raises PendingUnbackedSymbolNotFound"
         )
     net = linear8bit_net(threshold, training)
     x = torch.randn(16, 64, dtype=torch.float16)
