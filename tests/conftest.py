@@ -108,3 +108,10 @@ def implementations(op: str) -> list[tuple[str, str, Callable]]:
 def impl_params(op: str) -> list:
     """pytest params over ``implementations(op)``, with readable ids."""
     return [pytest.param(d, n, fn, id=f"{d}-{n}") for d, n, fn in implementations(op)]
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rng():
+    """Every test starts from the same torch RNG state, so a tolerance check sees the same draw
+    on every run (no test passes or fails by the luck of an unseeded draw)."""
+    torch.manual_seed(0)
