@@ -9,6 +9,7 @@ rank's shard with the same optimizer run on a plain tensor equal to that shard.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 
@@ -27,6 +28,22 @@ def init_dist(rank: int, port: int) -> None:
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+
+
+def finish() -> None:
+    """Retire every collective before the worker returns and the interpreter finalizes.
+
+    A gloo worker thread frees a finished collective after it has released the caller, and that
+    work's captured thread-local state can hold Python objects (those of a collective issued in a
+    backward pass do): if the interpreter is already finalizing when the thread drops them, the
+    thread is cancelled inside a noexcept destructor and the process aborts ("terminate called
+    without an active exception"; seen once in a few runs of the FSDP1 optimizer test). A barrier
+    issued from plain code (nothing Python in its thread-local state) completes only after every
+    earlier collective of both ranks has, so nothing is left in flight when the process exits.
+    """
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 class LoraLinear4bit(nn.Module):
@@ -172,7 +189,7 @@ def fsdp2_qlora(rank: int, port: int, storage_name: str, dtype_name: str) -> Non
     fresh_sharded2 = _fsdp2_wrap(build(storage, dtype, seed=3))
     set_model_state_dict(fresh_sharded2, sd_loaded, options=full)  # full tensors into a sharded model
     assert torch.equal(run_step(fresh_sharded2, x)[0], y_ref)
-    dist.destroy_process_group()
+    finish()
 
 
 OPTIMIZERS = {
@@ -229,7 +246,7 @@ def fsdp2_optimizers(rank: int, port: int) -> None:
             o.step()
         for p, q in zip(trainable, trainable2):
             assert torch.equal(p.to_local(), q.to_local()), opt_name
-    dist.destroy_process_group()
+    finish()
 
 
 # ------------------------------------------------------------------------------------- FSDP1
@@ -297,7 +314,7 @@ def fsdp1_qlora(rank: int, port: int, use_orig_params: str, storage_name: str) -
     with Fsdp1.state_dict_type(model3, StateDictType.FULL_STATE_DICT):
         model3.load_state_dict(full)
     assert torch.equal(run_step(model3, x)[0], y_fresh)
-    dist.destroy_process_group()
+    finish()
 
 
 def fsdp1_storage_error(rank: int, port: int) -> None:
@@ -317,7 +334,7 @@ def fsdp1_storage_error(rank: int, port: int) -> None:
                 assert str(storage) in str(err), err
             else:
                 raise AssertionError(f"FSDP1 accepted {storage} storage in a {dtype} model")
-    dist.destroy_process_group()
+    finish()
 
 
 def fsdp1_optimizer_state(rank: int, port: int, use_orig_params: str) -> None:
@@ -356,4 +373,4 @@ def fsdp1_optimizer_state(rank: int, port: int, use_orig_params: str) -> None:
         run_step(m, x)
         o.step()
     assert torch.equal(run_step(models[0], x)[0], run_step(models[1], x)[0])
-    dist.destroy_process_group()
+    finish()

@@ -82,4 +82,5 @@ def sharded(rank: int, port: int, path: str, kind: str, out: str) -> None:
     if rank == 0:
         with open(out, "w") as f:
             json.dump(losses, f)
+    dist.barrier()  # retire every collective before exit (see tests/fsdp_workers.py::finish)
     dist.destroy_process_group()
