@@ -3,7 +3,7 @@ process so that a native crash is a reported failure, not a dead test runner).
 
 Every property draws inputs (shapes with 0 to 4 dims including empty and odd sizes and sizes that
 are not a multiple of the block size, f32/f16/bf16, valid and invalid block sizes, transposed and
-strided views, NaN/inf, truncated absmax, mismatched K, corrupted quant-state JSON) and checks that
+strided views, NaN/inf, truncated absmax, mismatched K, corrupted quant-state JSON, tensors on another device) and checks that
 each call either equals the reference kernels bit for bit or raises a Python exception of a clear
 kind with a message; a mismatch in outcome (one raises, the other returns) is a failure too.
 
@@ -369,6 +369,108 @@ def prop_linear4bit(n_in, n_out, lead, dtype, quant_type, storage, s):
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(1.0, n_in**0.5))
 
 
+def _device_cases(g: torch.Generator, n: int, k: int, dtype: torch.dtype) -> dict:
+    """Valid CPU calls of every op (name -> (op, args)); the wrong-device property moves tensors."""
+    code8 = dynamic_map()
+    w = torch.randn(n, k, generator=g)
+    a = torch.randn(2, k, generator=g).to(dtype)
+    packed, absmax = REF["quantize_4bit"](w, 64, "nf4", torch.uint8)
+    q8, absmax8 = REF["quantize_blockwise"](w, code8, 256)
+    ia = torch.randint(-127, 128, (2, k), generator=g, dtype=torch.int8)
+    ib = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    i32 = torch.randint(-1000, 1000, (2, n), generator=g, dtype=torch.int32)
+    rs, cs = torch.rand(2, generator=g) + 0.5, torch.rand(n, generator=g) + 0.5
+    bias = torch.randn(n, generator=g).to(dtype)
+    p32, g32 = torch.randn(300, generator=g), torch.randn(300, generator=g)
+    return {
+        "quantize_blockwise": (OPS.quantize_blockwise, (w, code8, 256)),
+        "dequantize_blockwise": (OPS.dequantize_blockwise, (q8, absmax8, code8, 256, dtype)),
+        "dequantize_blockwise.out": (
+            OPS.dequantize_blockwise.out,
+            (q8, absmax8, code8, 256, dtype, torch.empty(n, k, dtype=dtype)),
+        ),
+        "quantize_4bit": (OPS.quantize_4bit, (w.to(dtype), 64, "nf4", torch.uint8)),
+        "dequantize_4bit": (OPS.dequantize_4bit, (packed, absmax, 64, "nf4", [n, k], dtype)),
+        "dequantize_4bit.out": (
+            OPS.dequantize_4bit.out,
+            (packed, absmax, 64, "nf4", [n, k], dtype, torch.empty(n, k, dtype=dtype)),
+        ),
+        "gemv_4bit": (OPS.gemv_4bit, (a[:1], packed, [n, k], absmax, F.get_4bit_type("nf4"), 64)),
+        "gemm_4bit": (OPS.gemm_4bit, (a, packed, [n, k], absmax, 64, "nf4", bias)),
+        "int8_linear_matmul": (OPS.int8_linear_matmul, (ia, ib)),
+        "int8_linear_matmul.out": (OPS.int8_linear_matmul.out, (ia, ib, torch.empty(2, n, dtype=torch.int32))),
+        "int8_vectorwise_dequant": (OPS.int8_vectorwise_dequant, (ia, rs)),
+        "int8_mm_dequant": (OPS.int8_mm_dequant, (i32, rs, cs, dtype, bias)),
+        "int8_scaled_mm": (OPS.int8_scaled_mm, (ia, ib, rs, cs, bias, dtype)),
+        "optimizer_update_32bit": (
+            OPS.optimizer_update_32bit,
+            ("adam", g32, p32, torch.zeros(300), torch.zeros(300), None)
+            + (0.0, 0.0, 0.9, 0.99, 0.0, 0.0, 1e-8, 0.0, 1, 1e-3, 1.0, False),
+        ),
+        "optimizer_update_8bit_blockwise": (
+            OPS.optimizer_update_8bit_blockwise,
+            ("momentum", g32, p32, torch.zeros(300, dtype=torch.uint8), None, 0.9, 0.0, 0.0, 0.0, 1e-8, 1)
+            + (1e-3, code8, None, torch.zeros(2), None, 0.0, 1.0, False),
+        ),
+    }
+
+
+@given(
+    op=st.sampled_from(
+        (
+            "quantize_blockwise",
+            "dequantize_blockwise",
+            "dequantize_blockwise.out",
+            "quantize_4bit",
+            "dequantize_4bit",
+            "dequantize_4bit.out",
+            "gemv_4bit",
+            "gemm_4bit",
+            "int8_linear_matmul",
+            "int8_linear_matmul.out",
+            "int8_vectorwise_dequant",
+            "int8_mm_dequant",
+            "int8_scaled_mm",
+            "optimizer_update_32bit",
+            "optimizer_update_8bit_blockwise",
+        )
+    ),
+    n=st.sampled_from((3, 64)),
+    k=st.sampled_from((64, 128)),
+    dtype=st.sampled_from(DTYPES),
+    pick=st.integers(0, 2**31 - 1),
+    s=st.integers(0, 2**31 - 1),
+)
+def prop_wrong_device(op, n, k, dtype, pick, s):
+    """One tensor argument on another device (``meta``, the one other device every machine has):
+    a clear error naming the devices, never an uninitialised result on the CPU. All of them on
+    ``meta``: the fake kernel's outputs have the CPU result's shapes and dtypes."""
+    _count(f"device:{op}")
+    fn, args = _device_cases(torch.Generator().manual_seed(s), n, k, dtype)[op]
+    slots = [i for i, v in enumerate(args) if isinstance(v, torch.Tensor)]
+    if len(slots) > 1:
+        moved = list(args)
+        i = slots[pick % len(slots)]
+        moved[i] = args[i].to("meta")
+        try:
+            fn(*moved)
+        except RuntimeError as err:
+            assert "device" in str(err) and "meta" in str(err), f"{op}: {err}"
+        else:
+            raise AssertionError(f"{op}: argument {i} on meta with the rest on the CPU returned instead of raising")
+    on_meta = [v.to("meta") if isinstance(v, torch.Tensor) else v for v in args]
+    got = fn(*on_meta)
+    want = fn(*[v.clone() if isinstance(v, torch.Tensor) else v for v in args])
+    got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+    for x, y in zip(got, want):
+        if y is None:
+            assert x is None, op
+            continue
+        assert x.device.type == "meta" and x.dtype == y.dtype, (op, x, y.dtype)
+        if op != "int8_vectorwise_quant":
+            assert x.shape == y.shape, (op, x.shape, y.shape)
+
+
 PROPERTIES = [
     prop_blockwise,
     prop_4bit,
@@ -377,6 +479,7 @@ PROPERTIES = [
     prop_optimizer,
     prop_quant_state_json,
     prop_linear4bit,
+    prop_wrong_device,
 ]
 
 

@@ -135,3 +135,21 @@ def test_int8_mixed_scaled_mm_rejects_outlier_columns_outside_the_weight(device,
         fn(A, CA, CB, SCA, SCB, cols, None)
     out, sub_a = fn(A, CA, CB, SCA, SCB, torch.tensor([3, 63], device=device), None)
     assert out.shape == (2, 32) and torch.equal(sub_a, A[:, [3, 63]])
+
+
+def test_a_tensor_on_meta_beside_cpu_tensors_is_refused_not_filled_with_garbage():
+    """The dispatcher sends a call mixing ``meta`` and CPU tensors to the fake kernel; it used to
+    return an uninitialised CPU tensor of the right shape (found by tests/fuzz_api.py)."""
+    import bitsandbytes.functional as F
+
+    ops = torch.ops.bitsandbytes
+    packed, state = F.quantize_4bit(torch.randn(64, 64))
+    with pytest.raises(RuntimeError, match="A on cpu, absmax on meta"):
+        ops.dequantize_4bit(packed, state.absmax.to("meta"), 64, "nf4", [64, 64], torch.float32)
+    with pytest.raises(RuntimeError, match="A on meta, B on cpu"):
+        ops.gemv_4bit(torch.randn(1, 64, device="meta"), packed, [64, 64], state.absmax, state.code, 64)
+    with pytest.raises(RuntimeError, match="out on meta"):
+        out = torch.empty(64, 64, device="meta")
+        ops.dequantize_4bit.out(packed, state.absmax, 64, "nf4", [64, 64], torch.float32, out)
+    got = ops.dequantize_4bit(packed.to("meta"), state.absmax.to("meta"), 64, "nf4", [64, 64], torch.float32)
+    assert got.device.type == "meta" and got.shape == (64, 64)

@@ -10,6 +10,7 @@ platform wheel states which version it implements and the loader refuses any oth
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -25,6 +26,7 @@ from ._checks import (
     check_positive_blocksize,
     check_quant_type,
     check_quantize_4bit,
+    check_same_device,
     num_blocks,
     prod,
 )
@@ -105,7 +107,38 @@ def _define_all() -> None:
 
 
 def _fake(name: str):
-    return torch.library.register_fake(f"{NAMESPACE}::{name}")
+    """Register the decorated function as ``name``'s fake kernel, behind a one-device check.
+
+    The dispatcher sends a call whose tensors mix a real device with ``meta`` to the fake kernel,
+    which would otherwise return an uninitialised tensor on the real device (a silent wrong
+    answer): every fake kernel first requires all tensor arguments on one device.
+    """
+    register = torch.library.register_fake(f"{NAMESPACE}::{name}")
+
+    def decorate(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            tensors = _tensor_args(signature.bind(*args, **kwargs).arguments)
+            if len({t.device for t in tensors.values()}) > 1:
+                check_same_device(tensors)
+            return fn(*args, **kwargs)
+
+        return register(checked)
+
+    return decorate
+
+
+def _tensor_args(arguments: dict) -> dict[str, torch.Tensor]:
+    """The tensor arguments by name (a list argument's tensors as ``name[i]``)."""
+    found: dict[str, torch.Tensor] = {}
+    for name, value in arguments.items():
+        if isinstance(value, torch.Tensor):
+            found[name] = value
+        elif isinstance(value, (list, tuple)):
+            found.update({f"{name}[{i}]": t for i, t in enumerate(value) if isinstance(t, torch.Tensor)})
+    return found
 
 
 # --------------------------------------------------------------------------------------------
