@@ -1,6 +1,7 @@
 """FSDP-QLoRA end to end: a tiny Llama loaded in 4 bit by transformers (``bnb_4bit_quant_storage``),
-peft LoRA adapters, a few AdamW steps under FSDP1 and FSDP2 on 2 gloo processes. The loss goes down
-and follows the single-process run step by step. Run by `nox -s tests-integration`."""
+peft LoRA adapters, a few AdamW steps under FSDP1 and FSDP2 on 2 gloo processes, each wrapped by torch
+directly and by accelerate's FullyShardedDataParallelPlugin. The loss goes down and follows the
+single-process run step by step. Run by `nox -s tests-integration`."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def single_curve(float_checkpoint, tmp_path_factory):  # noqa: F811
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("kind", ["fsdp1", "fsdp2"])
+@pytest.mark.parametrize("kind", ["fsdp1", "fsdp2", "accelerate-fsdp1", "accelerate-fsdp2"])
 def test_fsdp_qlora_training_curve(float_checkpoint, single_curve, tmp_path, kind):  # noqa: F811
     out = tmp_path / "losses.json"
     mp.spawn(worker.sharded, args=(_port(), str(float_checkpoint), kind, str(out)), nprocs=2, join=True)
