@@ -2,6 +2,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <atomic>
 #include <exception>
 #include <vector>
 
@@ -18,8 +19,11 @@ using bnb_cpu::parallel_for;
 
 // Per-thread scratch reused across calls (grown, never shrunk): no allocation per call once warm.
 // NULL when the memory cannot be had: no C++ exception may cross the C ABI.
-void* scratch(int64_t bytes) {
-  thread_local std::vector<uint8_t> buf;
+// `slot` keeps apart buffers that are alive at the same time on one thread: 0 the kernels' own
+// (gemm_4bit's prepared A, weight_matmul_t's sums), 1 an input converted to f32, 2 per-row scales.
+void* scratch(int64_t bytes, int slot = 0) {
+  thread_local std::vector<uint8_t> bufs[3];
+  std::vector<uint8_t>& buf = bufs[slot];
   if (static_cast<int64_t>(buf.size()) < bytes) {
     try {
       buf.resize(static_cast<size_t>(bytes));
@@ -30,9 +34,29 @@ void* scratch(int64_t bytes) {
   return buf.data();
 }
 
+// A as f32: A itself, or a conversion into this thread's scratch slot 1 (NULL: out of memory).
+const float* f32_rows(const void* A, int32_t dtype, int64_t count) {
+  if (dtype == BNB_DTYPE_F32) return static_cast<const float*>(A);
+  auto* buf = static_cast<float*>(scratch(count * static_cast<int64_t>(sizeof(float)), 1));
+  if (!buf) return nullptr;
+  bnb_cpu::dispatch_float(dtype, [&](auto e) {
+    using E = decltype(e);
+    const auto* src = static_cast<const typename E::type*>(A);
+    for (int64_t i = 0; i < count; ++i) buf[i] = E::load(src[i]);
+  });
+  return buf;
+}
+
 }  // namespace
 
 extern "C" {
+
+BNB_API int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k,
+                                           const int8_t* CB, const float* SCB, const void* bias, int32_t bias_dtype,
+                                           void* out);
+BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
+                                        const float* SCB, const uint8_t* B4, const float* absmax, const float* code,
+                                        int64_t blocksize, void* out);
 
 BNB_API int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k,
                                                   int32_t* C, const int64_t* cols, int64_t ncols, int8_t* Bcols);
@@ -130,6 +154,68 @@ BNB_API int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t*
       for (int64_t c = 0; c < ncols; ++c) Bcols[j * ncols + c] = B[j * k + cols[c]];
     }
   });
+  return bnb_cpu::ok();
+}
+
+// CPU-only extension: out [m, n] = A [m, k] @ (CB * SCB / 127)^T (+ bias), the int8 weight read
+// directly, never dequantized into a tensor (LLM.int8()'s training-mode forward). out has A's dtype.
+BNB_API int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k,
+                                           const int8_t* CB, const float* SCB, const void* bias, int32_t bias_dtype,
+                                           void* out) {
+  BNB_REQUIRE(A && CB && SCB && out, BNB_ERR_NULL_POINTER, "A, CB, SCB and out must not be NULL");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(!bias || bnb_cpu::is_float_dtype(bias_dtype), BNB_ERR_UNSUPPORTED_DTYPE,
+              "bias's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
+  if (m == 0 || n == 0) return bnb_cpu::ok();
+  const float* a32 = f32_rows(A, dtype, m * k);
+  auto* scale = static_cast<float*>(scratch(n * static_cast<int64_t>(sizeof(float)), 2));
+  BNB_REQUIRE(a32 && scale, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the scratch buffers (m=%lld, n=%lld, k=%lld)",
+              static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k));
+  for (int64_t j = 0; j < n; ++j) scale[j] = SCB[j] * (1.0f / 127.0f);
+  bnb_cpu::WeightMatmulArgs args{a32, m, n, k, CB, scale, nullptr, nullptr, nullptr, 0, bias, bias_dtype, out, dtype};
+  const auto& kt = kernels();
+  const int64_t grain = k >= 4096 ? 16 : (65536 / (k + 1) + 15) / 16 * 16;
+  parallel_for(n, grain, [&](int64_t n0, int64_t n1) { kt.weight_matmul(args, n0, n1); });
+  return bnb_cpu::ok();
+}
+
+// CPU-only extension: out [m, k] = A [m, n] @ W with W [n, k] kept quantized: int8 rows (CB, SCB;
+// B4 NULL) or packed 4-bit (B4, absmax, code of 16 entries, blocksize; CB NULL). The input gradient
+// of LLM.int8()'s training path and of QLoRA, without a dequantized copy of W. out has A's dtype.
+BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
+                                        const float* SCB, const uint8_t* B4, const float* absmax, const float* code,
+                                        int64_t blocksize, void* out) {
+  BNB_REQUIRE(A && out, BNB_ERR_NULL_POINTER, "A and out must not be NULL");
+  BNB_REQUIRE((CB && SCB && !B4) || (B4 && absmax && code && !CB), BNB_ERR_NULL_POINTER,
+              "give either CB and SCB (int8 weight) or B4, absmax and code (4-bit weight)");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
+  BNB_REQUIRE(!B4 || blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
+              static_cast<long long>(blocksize));
+  if (m == 0 || k == 0) return bnb_cpu::ok();
+  const float* a32 = f32_rows(A, dtype, m * n);
+  float* scale = nullptr;
+  if (CB) scale = static_cast<float*>(scratch(n * static_cast<int64_t>(sizeof(float)), 2));
+  BNB_REQUIRE(a32 && (scale || !CB), BNB_ERR_OUT_OF_MEMORY, "cannot allocate the scratch buffers (m=%lld, n=%lld)",
+              static_cast<long long>(m), static_cast<long long>(n));
+  for (int64_t j = 0; CB && j < n; ++j) scale[j] = SCB[j] * (1.0f / 127.0f);
+  bnb_cpu::WeightMatmulArgs args{a32, m, n, k, CB, scale, B4, absmax, code, blocksize, nullptr, 0, out, dtype};
+  const auto& kt = kernels();
+  // Column ranges of 256: each keeps m x 256 f32 sums in cache while every weight row streams by.
+  const int64_t chunks = (k + 255) / 256;
+  std::atomic<int32_t> status{BNB_OK};
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    const int64_t k0 = c0 * 256, k1 = c1 * 256 < k ? c1 * 256 : k;
+    auto* acc = static_cast<float*>(scratch(m * (k1 - k0) * static_cast<int64_t>(sizeof(float)), 0));
+    if (!acc) {
+      status = BNB_ERR_OUT_OF_MEMORY;
+      return;
+    }
+    kt.weight_matmul_t(args, acc, k0, k1);
+  });
+  BNB_REQUIRE(status == BNB_OK, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the per-thread sums (m=%lld)",
+              static_cast<long long>(m));
   return bnb_cpu::ok();
 }
 

@@ -58,6 +58,24 @@ struct Opt32Args {
   int32_t measure;  // 1: only accumulate the squared update norm (states untouched)
 };
 
+// A matmul against a weight W [n, k] kept quantized: int8 rows CB with scale[j] = SCB[j] / 127
+// (LLM.int8()'s training path), or packed 4-bit with block-wise absmax and a 16-entry code book
+// (QLoRA's input gradient; B4 != NULL). A is f32 (the C ABI layer converts other dtypes).
+struct WeightMatmulArgs {
+  const float* A;  // [m, k] for weight_matmul, [m, n] for weight_matmul_t
+  int64_t m, n, k;
+  const int8_t* CB;
+  const float* scale;
+  const uint8_t* B4;
+  const float* absmax;
+  const float* code;
+  int64_t blocksize;
+  const void* bias;  // [n] in bias_dtype, or NULL (weight_matmul only)
+  int32_t bias_dtype;
+  void* out;  // [m, n] / [m, k] in out_dtype
+  int32_t out_dtype;
+};
+
 struct KernelTable {
   // 4-bit: blocks [b0, b1) of `blocksize` elements (the last one may be partial, ending at n).
   void (*quantize_4bit)(const void* A, int32_t dtype, int64_t n, int64_t blocksize, int nf4, uint8_t* packed,
@@ -84,6 +102,10 @@ struct KernelTable {
   // flags[c] = 1 for the columns c of the rows x cols matrix A holding |v| >= threshold (flags
   // already zeroed; the others untouched).
   void (*int8_outlier_scan)(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold, uint8_t* flags);
+  // out = A @ W^T (+ bias) for output columns [n0, n1) (int8 weight only).
+  void (*weight_matmul)(const WeightMatmulArgs& a, int64_t n0, int64_t n1);
+  // out = A @ W for output columns [k0, k1), accumulating in acc (m * (k1 - k0) floats of scratch).
+  void (*weight_matmul_t)(const WeightMatmulArgs& a, float* acc, int64_t k0, int64_t k1);
   // Optimizers: elements [i0, i1) (whole 256-blocks for 8-bit). 32-bit returns sum(unorm^2).
   double (*optimizer_32bit)(const Opt32Args& a, int64_t i0, int64_t i1);
   void (*optimizer_8bit_blockwise)(const Opt8Args& a, int64_t i0, int64_t i1);

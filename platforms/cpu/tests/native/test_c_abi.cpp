@@ -20,6 +20,11 @@ const char* bnb_cpu_get_isa(void);
 int32_t bnb_cpu_set_isa(const char* name);
 const char* bnb_cpu_usable_isas(void);
 void bnb_cpu_set_num_threads(int32_t n);
+int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
+                                   const float* SCB, const void* bias, int32_t bias_dtype, void* out);
+int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
+                                const float* SCB, const uint8_t* B4, const float* absmax, const float* code,
+                                int64_t blocksize, void* out);
 }
 
 namespace {
@@ -199,6 +204,57 @@ Outputs run_all(bool* gemm_ok) {
         if (fabs(s - out[r * nn + j]) > 1e-5 * sa + 1e-6) *gemm_ok = false;
       }
   }
+  // Matmuls against a weight kept quantized: A @ W^T (int8, with bias) and G @ W (int8 and 4-bit)
+  // against naive products of the dequantized weight; odd sizes, rows past a 256-column chunk.
+  for (auto shape : {std::vector<int64_t>{1, 5, 33}, {6, 17, 300}, {4, 64, 512}, {9, 3, 65}}) {
+    const int64_t m = shape[0], nn = shape[1], k = shape[2];
+    std::mt19937 rng(static_cast<uint32_t>(m * 1000 + k));
+    std::vector<int8_t> cb(nn * k);
+    for (auto& v : cb) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    std::vector<float> scb(nn), bias = randn(nn, 31), wd(nn * k);
+    for (int64_t j = 0; j < nn; ++j) scb[j] = 0.5f + static_cast<float>(j % 7);
+    for (int64_t j = 0; j < nn; ++j)
+      for (int64_t i = 0; i < k; ++i) wd[j * k + i] = cb[j * k + i] * (scb[j] * (1.0f / 127.0f));
+    const auto a = randn(m * k, 32), g = randn(m * nn, 33);
+    std::vector<float> out(m * nn), outt(m * k), out4(m * k);
+    check(bnb_cpu_int8_weight_matmul(a.data(), BNB_DTYPE_F32, m, nn, k, cb.data(), scb.data(), bias.data(),
+                                     BNB_DTYPE_F32, out.data()) == BNB_OK,
+          "int8_weight_matmul");
+    check(bnb_cpu_weight_matmul_t(g.data(), BNB_DTYPE_F32, m, nn, k, cb.data(), scb.data(), nullptr, nullptr, nullptr,
+                                  0, outt.data()) == BNB_OK,
+          "weight_matmul_t int8");
+    const int64_t bs = 64;
+    std::vector<uint8_t> packed((nn * k + 1) / 2);
+    std::vector<float> absmax((nn * k + bs - 1) / bs), w4(nn * k), code(16);
+    for (int c = 0; c < 16; ++c) code[c] = bnb::decode_4bit(1, c);
+    const auto w = randn(nn * k, 34);
+    bnb_quantize_4bit(w.data(), BNB_DTYPE_F32, nn * k, bs, BNB_QUANT_NF4, packed.data(), absmax.data(), nullptr);
+    bnb_dequantize_4bit(packed.data(), absmax.data(), nn * k, bs, BNB_QUANT_NF4, w4.data(), BNB_DTYPE_F32, nullptr);
+    check(bnb_cpu_weight_matmul_t(g.data(), BNB_DTYPE_F32, m, nn, k, nullptr, nullptr, packed.data(), absmax.data(),
+                                  code.data(), bs, out4.data()) == BNB_OK,
+          "weight_matmul_t 4-bit");
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = 0; j < nn; ++j) {
+        double s = bias[j], sa = fabs(bias[j]);
+        for (int64_t i = 0; i < k; ++i) {
+          s += static_cast<double>(a[r * k + i]) * wd[j * k + i];
+          sa += fabs(static_cast<double>(a[r * k + i]) * wd[j * k + i]);
+        }
+        if (fabs(s - out[r * nn + j]) > 1e-5 * sa + 1e-6) *gemm_ok = false;
+      }
+      for (int64_t i = 0; i < k; ++i) {
+        double s = 0.0, sa = 0.0, s4 = 0.0, sa4 = 0.0;
+        for (int64_t j = 0; j < nn; ++j) {
+          s += static_cast<double>(g[r * nn + j]) * wd[j * k + i];
+          sa += fabs(static_cast<double>(g[r * nn + j]) * wd[j * k + i]);
+          s4 += static_cast<double>(g[r * nn + j]) * w4[j * k + i];
+          sa4 += fabs(static_cast<double>(g[r * nn + j]) * w4[j * k + i]);
+        }
+        if (fabs(s - outt[r * k + i]) > 1e-5 * sa + 1e-6) *gemm_ok = false;
+        if (fabs(s4 - out4[r * k + i]) > 1e-5 * sa4 + 1e-6) *gemm_ok = false;
+      }
+    }
+  }
   return o;
 }
 
@@ -218,6 +274,17 @@ void bad_arguments() {
   check(bnb_optimizer_update_32bit(42, x.data(), x.data(), 0, x.data(), nullptr, nullptr, 64, nullptr, nullptr) ==
             BNB_ERR_NULL_POINTER,
         "optimizer without hparams");
+  const int8_t cb[4] = {1, 2, 3, 4};
+  check(bnb_cpu_int8_weight_matmul(x.data(), 0, 1, 2, 2, cb, nullptr, nullptr, 0, x.data()) == BNB_ERR_NULL_POINTER,
+        "int8_weight_matmul without SCB");
+  check(bnb_cpu_weight_matmul_t(x.data(), 0, 1, 2, 2, cb, absmax, packed.data(), absmax, absmax, 64, x.data()) ==
+            BNB_ERR_NULL_POINTER,
+        "weight_matmul_t with both an int8 and a 4-bit weight");
+  check(bnb_cpu_weight_matmul_t(x.data(), 0, 1, 2, 2, nullptr, nullptr, packed.data(), absmax, absmax, 0, x.data()) ==
+            BNB_ERR_INVALID_BLOCKSIZE,
+        "weight_matmul_t blocksize 0");
+  check(bnb_cpu_int8_weight_matmul(x.data(), 5, 1, 2, 2, cb, absmax, nullptr, 0, x.data()) == BNB_ERR_UNSUPPORTED_DTYPE,
+        "int8_weight_matmul dtype 5");
   check(bnb_cpu_set_isa("avx9000") == BNB_ERR_INVALID_ARGUMENT, "unknown ISA is refused");
   check(bnb_cpu_set_isa(nullptr) == BNB_ERR_NULL_POINTER, "NULL ISA is refused");
   check(bnb_paged_free(nullptr) == BNB_ERR_NOT_IMPLEMENTED, "paged memory is not implemented");
