@@ -1,5 +1,6 @@
-"""bitsandbytes-cpu's matmuls against a weight kept quantized (bitsandbytes_cpu.weight_matmul), on
-every usable instruction set, against dequantize-then-matmul with the reference kernels."""
+"""bitsandbytes-cpu's matmuls against a weight kept quantized (ops int8_weight_mm, int8_weight_mm_t,
+gemm_4bit_t), on every usable instruction set and on both sides of the fused-kernel row
+threshold, against the reference kernels (dequantize into A's dtype, then matmul)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ cpu = pytest.importorskip("bitsandbytes_cpu")
 
 import bitsandbytes.functional as F  # noqa: E402
 from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
-from bitsandbytes_cpu.weight_matmul import int8_weight_matmul, weight_matmul_t  # noqa: E402
+from bitsandbytes_cpu import weight_matmul  # noqa: E402
 
+OPS = torch.ops.bitsandbytes
 ISAS = cpu.build_info()["isa_usable"]
-SHAPES = [((1,), 5, 33), ((3, 2), 17, 300), ((8,), 64, 512), ((2,), 3, 65), ((0,), 4, 64)]
-# The kernels sum in f32 without rounding the dequantized weight: within the output's rounding
-# of the reference (which rounds the weight to the input dtype first) plus f32 summation order.
-TOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# rows of A: 1 and 3 take the fused kernels, 12 and 2x9 the dequantize + dense GEMM path
+SHAPES = [((1,), 5, 33), ((3,), 17, 300), ((12,), 64, 512), ((2, 9), 3, 65), ((0,), 4, 64), ((2,), 6, 256)]
+# The kernels sum in f32 (or scale after a dense GEMM) without first rounding the dequantized
+# weight: within A's dtype rounding of the reference, plus f32 summation order.
+TOL = {torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 @pytest.fixture(params=ISAS)
@@ -26,63 +29,76 @@ def isa(request):
     cpu.set_isa("auto")
 
 
-def _int8_weight(n: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    w = torch.randn(n, k, generator=g)
-    CB, SCB, _ = REF["int8_vectorwise_quant"](w, 0.0)
-    return CB, SCB, REF["int8_vectorwise_dequant"](CB, SCB)
-
-
 def _close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:
-    tol = TOL[got.dtype]
     assert got.dtype == want.dtype and got.shape == want.shape
+    tol = TOL[got.dtype]
     scale = want.float().abs().max().item() if want.numel() else 0.0
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * max(scale, 1e-3) * (1 + k**0.5 / 8))
 
 
+def test_ops_are_served_by_the_cpu_wheel():
+    import bitsandbytes
+
+    for op in weight_matmul.KERNELS:
+        assert bitsandbytes.implementation(op, "cpu") == "cpu", op
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("lead,n,k", SHAPES)
-def test_int8_weight_matmul_and_input_gradient(isa, dtype, lead, n, k):
+def test_int8_weight_mm_and_its_transpose(isa, dtype, lead, n, k):
     g = torch.Generator().manual_seed(n * 1000 + k)
-    CB, SCB, W = _int8_weight(n, k, g)
+    CB, SCB, _ = REF["int8_vectorwise_quant"](torch.randn(n, k, generator=g), 0.0)
     A = torch.randn(*lead, k, generator=g).to(dtype)
     bias = torch.randn(n, generator=g).to(dtype)
-    want = torch.nn.functional.linear(A, W.to(dtype), bias)
-    _close(int8_weight_matmul(A, CB, SCB, bias), want, k)
-    _close(int8_weight_matmul(A, CB, SCB), torch.nn.functional.linear(A, W.to(dtype)), k)
+    _close(OPS.int8_weight_mm(A, CB, SCB, bias), REF["int8_weight_mm"](A, CB, SCB, bias), k)
+    _close(OPS.int8_weight_mm(A, CB, SCB), REF["int8_weight_mm"](A, CB, SCB), k)
+    _close(OPS.int8_weight_mm(A, CB, SCB, bias.float()), REF["int8_weight_mm"](A, CB, SCB, bias.float()), k)
     G = torch.randn(*lead, n, generator=g).to(dtype)
-    _close(weight_matmul_t(G, CB, SCB), G @ W.to(dtype), n)
+    _close(OPS.int8_weight_mm_t(G, CB, SCB), REF["int8_weight_mm_t"](G, CB, SCB), n)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("blocksize", [64, 256])
 @pytest.mark.parametrize("lead,n,k", SHAPES)
-def test_4bit_input_gradient(isa, dtype, quant_type, lead, n, k):
+def test_gemm_4bit_t(isa, dtype, quant_type, blocksize, lead, n, k):
     g = torch.Generator().manual_seed(n * 7 + k)
-    w = torch.randn(n, k, generator=g)
-    packed, absmax = REF["quantize_4bit"](w, 64, quant_type, torch.uint8)
-    W = REF["dequantize_4bit"](packed, absmax, 64, quant_type, [n, k], torch.float32)
+    packed, absmax = REF["quantize_4bit"](torch.randn(n, k, generator=g), blocksize, quant_type, torch.uint8)
     G = torch.randn(*lead, n, generator=g).to(dtype)
-    got = weight_matmul_t(G, packed=packed, absmax=absmax, shape=(n, k), blocksize=64, quant_type=quant_type)
-    _close(got, G @ W.to(dtype), n)
+    want = REF["gemm_4bit_t"](G, packed, [n, k], absmax, blocksize, quant_type)
+    _close(OPS.gemm_4bit_t(G, packed, [n, k], absmax, blocksize, quant_type), want, n)
 
 
-def test_bad_arguments_are_named():
-    CB = torch.zeros(4, 8, dtype=torch.int8)
-    SCB = torch.ones(4)
-    with pytest.raises(ValueError, match="last dimension must be 8"):
-        int8_weight_matmul(torch.randn(2, 7), CB, SCB)
+@pytest.mark.parametrize("impl", ["cpu", "reference"])
+def test_bad_arguments_are_named(impl):
+    fns = weight_matmul.KERNELS if impl == "cpu" else REF
+    CB, SCB = torch.zeros(4, 8, dtype=torch.int8), torch.ones(4)
+    with pytest.raises(ValueError, match=r"last dimension must equal CB.shape\[1\] \(8\)"):
+        fns["int8_weight_mm"](torch.randn(2, 7), CB, SCB)
+    with pytest.raises(ValueError, match=r"last dimension must equal CB.shape\[0\] \(4\)"):
+        fns["int8_weight_mm_t"](torch.randn(2, 8), CB, SCB)
     with pytest.raises(TypeError, match="CB must have dtype"):
-        int8_weight_matmul(torch.randn(2, 8), CB.float(), SCB)
+        fns["int8_weight_mm"](torch.randn(2, 8), CB.float(), SCB)
     with pytest.raises(ValueError, match="SCB must have one entry per row"):
-        int8_weight_matmul(torch.randn(2, 8), CB, torch.ones(3))
+        fns["int8_weight_mm"](torch.randn(2, 8), CB, torch.ones(3))
     with pytest.raises(ValueError, match="bias must have 4 entries"):
-        int8_weight_matmul(torch.randn(2, 8), CB, SCB, torch.ones(5))
-    with pytest.raises(RuntimeError, match="A on meta"):
-        int8_weight_matmul(torch.randn(2, 8, device="meta"), CB, SCB)
-    with pytest.raises(ValueError, match="either CB and SCB"):
-        weight_matmul_t(torch.randn(2, 4))
+        fns["int8_weight_mm"](torch.randn(2, 8), CB, SCB, torch.ones(5))
+    with pytest.raises(TypeError, match="A must have dtype"):
+        fns["int8_weight_mm"](torch.ones(2, 8, dtype=torch.int32), CB, SCB)
     packed, state = F.quantize_4bit(torch.randn(4, 64))
     with pytest.raises(ValueError, match="packed bytes"):
-        weight_matmul_t(torch.randn(2, 8), packed=packed, absmax=state.absmax, shape=(8, 64))
+        fns["gemm_4bit_t"](torch.randn(2, 8), packed, [8, 64], state.absmax, 64, "nf4")
     with pytest.raises(ValueError, match="invalid blocksize"):
-        weight_matmul_t(torch.randn(2, 4), packed=packed, absmax=state.absmax, shape=(4, 64), blocksize=48)
+        fns["gemm_4bit_t"](torch.randn(2, 4), packed, [4, 64], state.absmax, 48, "nf4")
+    with pytest.raises(ValueError, match="quant_type"):
+        fns["gemm_4bit_t"](torch.randn(2, 4), packed, [4, 64], state.absmax, 64, "int4")
+    with pytest.raises(ValueError, match=r"shapeB\[0\] \(4\)"):
+        fns["gemm_4bit_t"](torch.randn(2, 5), packed, [4, 64], state.absmax, 64, "nf4")
+
+
+def test_mixed_devices_are_refused():
+    CB, SCB = torch.zeros(4, 8, dtype=torch.int8), torch.ones(4)
+    with pytest.raises(RuntimeError, match="A on meta, CB on cpu"):
+        OPS.int8_weight_mm(torch.randn(2, 8, device="meta"), CB, SCB)
+    got = OPS.int8_weight_mm_t(torch.randn(3, 4, device="meta"), CB.to("meta"), SCB.to("meta"))
+    assert got.device.type == "meta" and got.shape == (3, 8)

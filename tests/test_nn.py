@@ -477,3 +477,44 @@ def test_import_is_cheap():
     code = "import sys, bitsandbytes; print(sorted(m for m in ('scipy', 'transformers', 'peft') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the bitsandbytes ops a block of code dispatches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "bitsandbytes":
+            self.ops.append(func._opname)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 16])
+def test_fine_tuning_paths_multiply_the_quantized_weight_not_a_dequantized_copy(dtype, rows):
+    """Linear8bitLt in training mode (forward and input gradient) and Linear4bit's input gradient go
+    through int8_weight_mm / int8_weight_mm_t / gemm_4bit_t, never a dequantize op, and equal the
+    dequantize-then-matmul result within the dtype's rounding."""
+    torch.manual_seed(3)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    lin8 = bnb.nn.Linear8bitLt(96, 40, has_fp16_weights=False, threshold=0.0).to(dtype).to("cpu")
+    lin4 = bnb.nn.Linear4bit(96, 40, compute_dtype=dtype, quant_type="nf4").to(dtype).to("cpu")
+    W8 = F.int8_vectorwise_dequant(lin8.weight.CB, lin8.weight.SCB).to(dtype)
+    W4 = F.dequantize_4bit(lin4.weight.data, lin4.weight.quant_state).to(dtype)
+    for layer, W, ops in ((lin8, W8, {"int8_weight_mm", "int8_weight_mm_t"}), (lin4, W4, {"gemm_4bit_t"})):
+        layer.train()
+        x = torch.randn(rows, 96, dtype=dtype, requires_grad=True)
+        with _OpLog() as log:
+            y = layer(x)
+            y.float().pow(2).sum().backward()
+        assert ops <= set(log.ops), log.ops
+        assert not {"dequantize_4bit", "int8_vectorwise_dequant"} & set(log.ops), log.ops
+        x2 = x.detach().clone().requires_grad_(True)
+        y2 = torch.nn.functional.linear(x2, W, layer.bias.to(dtype))
+        y2.float().pow(2).sum().backward()
+        scale = y2.abs().max().item()
+        torch.testing.assert_close(y.float(), y2.float(), rtol=tol, atol=tol * scale)
+        torch.testing.assert_close(x.grad.float(), x2.grad.float(), rtol=tol, atol=tol * x2.grad.abs().max().item())

@@ -306,3 +306,44 @@ def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> No
         raise ValueError(f"bitsandbytes: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
     if out.dtype != dtype:
         raise DTypeError(f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")
+
+
+def check_int8_weight_mm(
+    A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None = None, transposed: bool = False
+) -> tuple[int, int]:
+    """Checks of ``int8_weight_mm`` (A ``[..., K]``) and ``int8_weight_mm_t`` (A ``[..., N]``) against
+    an int8 weight CB ``[N, K]`` with f32 row scales SCB ``[N]``; returns ``(N, K)``."""
+    check_dtype(A, "A", FLOAT_DTYPES)
+    check_dtype(CB, "CB", (torch.int8,))
+    check_dtype(SCB, "SCB", (torch.float32,))
+    check(CB.dim() == 2, f"bitsandbytes: CB must be 2-D [N, K], got shape {tuple(CB.shape)}")
+    n, k = CB.shape
+    check(SCB.numel() == n, f"bitsandbytes: SCB must have one entry per row of CB ({n}), got {SCB.numel()}")
+    width, name = (n, "CB.shape[0]") if transposed else (k, "CB.shape[1]")
+    check(
+        A.dim() >= 1 and A.shape[-1] == width,
+        f"bitsandbytes: A's last dimension must equal {name} ({width}), got shape {tuple(A.shape)}",
+    )
+    if bias is not None:
+        check_dtype(bias, "bias", FLOAT_DTYPES)
+        check(bias.numel() == n, f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
+    return n, k
+
+
+def check_gemm_4bit_t(
+    A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, blocksize: int, quant_type: str
+) -> tuple[int, int]:
+    """Checks of ``gemm_4bit_t``: A ``[..., N]`` times the 4-bit weight of ``shapeB`` = ``[N, K]``
+    (packed in B, f32 block-wise absmax); returns ``(N, K)``."""
+    check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    n, k = (int(s) for s in shapeB)
+    check_dtype(A, "A", FLOAT_DTYPES)
+    check_blocksize_4bit(blocksize)
+    check_quant_type(quant_type)
+    check_dtype(absmax, "absmax", (torch.float32,))
+    check_4bit_shape((n, k), absmax, B, blocksize)
+    check(
+        A.dim() >= 1 and A.shape[-1] == n,
+        f"bitsandbytes: A's last dimension must equal shapeB[0] ({n}), got shape {tuple(A.shape)}",
+    )
+    return n, k

@@ -19,6 +19,8 @@ from ._checks import (
     FLOAT_DTYPES,
     check,
     check_blocksize_4bit,
+    check_gemm_4bit_t,
+    check_int8_weight_mm,
     check_dtype,
     check_optimizer_args,
     check_out,
@@ -31,8 +33,9 @@ from ._checks import (
     prod,
 )
 
-OP_INTERFACE_VERSION = 1
-"""Version of the op set below. Platform wheels must declare the same number."""
+OP_INTERFACE_VERSION = 2
+"""Version of the op set below. Platform wheels declare the version they were built against; the
+loader accepts this one and version 1 (whose wheels lack only ``ADDED_IN_VERSION_2``)."""
 
 NAMESPACE = "bitsandbytes"
 
@@ -71,9 +74,18 @@ SCHEMAS: dict[str, str] = {
     "float alpha, float eps, int step, float lr, Tensor(a4!) qmap1, Tensor(a5!)? qmap2, "
     "Tensor(a6!) absmax1, Tensor(a7!)? absmax2, float weight_decay, float gnorm_scale, "
     "bool skip_zeros=False) -> ()",
+    # Added in interface version 2 (not in the established release): matmuls against a weight kept
+    # quantized, for the fine-tuning paths. A @ (CB * SCB / 127)^T + bias; A @ (CB * SCB / 127);
+    # A @ dequantize_4bit(B) for a 4-bit weight of shapeB = [N, K].
+    "int8_weight_mm": "(Tensor A, Tensor CB, Tensor SCB, Tensor? bias=None) -> Tensor",
+    "int8_weight_mm_t": "(Tensor A, Tensor CB, Tensor SCB) -> Tensor",
+    "gemm_4bit_t": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, int blocksize, str quant_type) -> Tensor",
 }
 
 OP_NAMES: tuple[str, ...] = tuple(SCHEMAS)
+
+ADDED_IN_VERSION_2: tuple[str, ...] = ("int8_weight_mm", "int8_weight_mm_t", "gemm_4bit_t")
+"""Ops a platform wheel of interface version 1 does not know: the reference kernels serve them."""
 
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "xpu": "XPU", "hpu": "HPU", "mps": "MPS", "npu": "PrivateUse1"}
@@ -253,6 +265,21 @@ def _register_fakes() -> None:
                 f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}",
             )
         return torch.empty((*A.shape[:-1], shapeB[0]), device=A.device, dtype=A.dtype)
+
+    @_fake("int8_weight_mm")
+    def _(A, CB, SCB, bias=None):
+        n, _ = check_int8_weight_mm(A, CB, SCB, bias)
+        return A.new_empty((*A.shape[:-1], n))
+
+    @_fake("int8_weight_mm_t")
+    def _(A, CB, SCB):
+        _, k = check_int8_weight_mm(A, CB, SCB, transposed=True)
+        return A.new_empty((*A.shape[:-1], k))
+
+    @_fake("gemm_4bit_t")
+    def _(A, B, shapeB, absmax, blocksize, quant_type):
+        _, k = check_gemm_4bit_t(A, B, shapeB, absmax, blocksize, quant_type)
+        return A.new_empty((*A.shape[:-1], k))
 
     @_fake("dequantize_blockwise")
     def _(A, absmax, code, blocksize, dtype):

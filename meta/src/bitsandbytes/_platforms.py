@@ -32,7 +32,7 @@ logger = logging.getLogger("bitsandbytes")
 
 ENTRY_POINT_GROUP = "bitsandbytes.platforms"
 BACKEND_ENTRY_POINT_GROUP = "bitsandbytes.backends"  # out-of-tree backends of the established release
-ACCEPTED_INTERFACE_VERSIONS = frozenset({_ops.OP_INTERFACE_VERSION})
+ACCEPTED_INTERFACE_VERSIONS = frozenset({1, _ops.OP_INTERFACE_VERSION})  # 2 only added ops
 
 PLATFORM_DEVICE: dict[str, str] = {
     "cpu": "cpu",

@@ -55,7 +55,7 @@ BNB_API int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t
                                            const int8_t* CB, const float* SCB, const void* bias, int32_t bias_dtype,
                                            void* out);
 BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
-                                        const float* SCB, const uint8_t* B4, const float* absmax, const float* code,
+                                        const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                         int64_t blocksize, void* out);
 
 BNB_API int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k,
@@ -173,7 +173,8 @@ BNB_API int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t
   BNB_REQUIRE(a32 && scale, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the scratch buffers (m=%lld, n=%lld, k=%lld)",
               static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k));
   for (int64_t j = 0; j < n; ++j) scale[j] = SCB[j] * (1.0f / 127.0f);
-  bnb_cpu::WeightMatmulArgs args{a32, m, n, k, CB, scale, nullptr, nullptr, nullptr, 0, bias, bias_dtype, out, dtype};
+  bnb_cpu::WeightMatmulArgs args{a32, m, n,       k,    CB,         scale, nullptr, nullptr,
+                                 0,   0, nullptr, bias, bias_dtype, out,   dtype};
   const auto& kt = kernels();
   const int64_t grain = k >= 4096 ? 16 : (65536 / (k + 1) + 15) / 16 * 16;
   parallel_for(n, grain, [&](int64_t n0, int64_t n1) { kt.weight_matmul(args, n0, n1); });
@@ -181,14 +182,17 @@ BNB_API int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t
 }
 
 // CPU-only extension: out [m, k] = A [m, n] @ W with W [n, k] kept quantized: int8 rows (CB, SCB;
-// B4 NULL) or packed 4-bit (B4, absmax, code of 16 entries, blocksize; CB NULL). The input gradient
+// B4 NULL) or packed 4-bit (B4, absmax, quant_type, blocksize; CB NULL). The input gradient
 // of LLM.int8()'s training path and of QLoRA, without a dequantized copy of W. out has A's dtype.
+// quant_type: BNB_QUANT_NF4 or BNB_QUANT_FP4 (4-bit only).
 BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
-                                        const float* SCB, const uint8_t* B4, const float* absmax, const float* code,
+                                        const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                         int64_t blocksize, void* out) {
   BNB_REQUIRE(A && out, BNB_ERR_NULL_POINTER, "A and out must not be NULL");
-  BNB_REQUIRE((CB && SCB && !B4) || (B4 && absmax && code && !CB), BNB_ERR_NULL_POINTER,
-              "give either CB and SCB (int8 weight) or B4, absmax and code (4-bit weight)");
+  BNB_REQUIRE((CB && SCB && !B4) || (B4 && absmax && !CB), BNB_ERR_NULL_POINTER,
+              "give either CB and SCB (int8 weight) or B4 and absmax (4-bit weight)");
+  BNB_REQUIRE(!B4 || quant_type == BNB_QUANT_NF4 || quant_type == BNB_QUANT_FP4, BNB_ERR_UNSUPPORTED_QUANT_TYPE,
+              "quant_type must be NF4 or FP4, got %d", static_cast<int>(quant_type));
   BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
   BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
   BNB_REQUIRE(!B4 || blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
@@ -200,8 +204,10 @@ BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m,
   BNB_REQUIRE(a32 && (scale || !CB), BNB_ERR_OUT_OF_MEMORY, "cannot allocate the scratch buffers (m=%lld, n=%lld)",
               static_cast<long long>(m), static_cast<long long>(n));
   for (int64_t j = 0; CB && j < n; ++j) scale[j] = SCB[j] * (1.0f / 127.0f);
-  bnb_cpu::WeightMatmulArgs args{a32, m, n, k, CB, scale, B4, absmax, code, blocksize, nullptr, 0, out, dtype};
   const auto& kt = kernels();
+  bnb_cpu::WeightMatmulArgs args{
+      a32,     m, n,   k,    CB, scale, B4, absmax, quant_type == BNB_QUANT_NF4 ? 1 : 0, blocksize, kt.dequantize_4bit,
+      nullptr, 0, out, dtype};
   // Column ranges of 256: each keeps m x 256 f32 sums in cache while every weight row streams by.
   const int64_t chunks = (k + 255) / 256;
   std::atomic<int32_t> status{BNB_OK};

@@ -25,7 +25,7 @@ int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int6
 int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                    const float* SCB, const void* bias, int32_t bias_dtype, void* out);
 int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
-                                const float* SCB, const uint8_t* B4, const float* absmax, const float* code,
+                                const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                 int64_t blocksize, void* out);
 }
 
@@ -204,17 +204,19 @@ PYBIND11_MODULE(_C, m) {
       "out [rows, n] = A [rows, k] @ (CB * SCB / 127)^T (+ bias), reading the int8 weight directly.");
   m.def(
       "weight_matmul_t",
-      [](u A, int32_t dtype, int64_t rows, int64_t n, int64_t k, u CB, u SCB, u B4, u absmax, u code, int64_t blocksize,
-         u out, int32_t nthreads) {
+      [](u A, int32_t dtype, int64_t rows, int64_t n, int64_t k, u CB, u SCB, u B4, u absmax, int32_t quant_type,
+         int64_t blocksize, u out, int32_t nthreads) {
         run("weight_matmul_t", nthreads, [&] {
           return bnb_cpu_weight_matmul_t(ptr<const void>(A), dtype, rows, n, k, ptr<const int8_t>(CB),
                                          ptr<const float>(SCB), ptr<const uint8_t>(B4), ptr<const float>(absmax),
-                                         ptr<const float>(code), blocksize, ptr<void>(out));
+                                         quant_type, blocksize, ptr<void>(out));
         });
       },
       py::arg("A"), py::arg("dtype"), py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("CB"), py::arg("SCB"),
-      py::arg("B4"), py::arg("absmax"), py::arg("code"), py::arg("blocksize"), py::arg("out"), py::arg("nthreads") = 0,
-      "out [rows, k] = A [rows, n] @ W for W [n, k] kept as int8 rows (CB, SCB) or packed 4-bit (B4, absmax, code).");
+      py::arg("B4"), py::arg("absmax"), py::arg("quant_type"), py::arg("blocksize"), py::arg("out"),
+      py::arg("nthreads") = 0,
+      "out [rows, k] = A [rows, n] @ W for W [n, k] kept as int8 rows (CB, SCB) or packed 4-bit (B4, absmax, "
+      "quant_type).");
   m.def(
       "int8_mm_dequant",
       [](u C, u row_stats, u col_stats, int64_t rows, int64_t n, u bias, int32_t bias_dtype, u out, int32_t out_dtype,

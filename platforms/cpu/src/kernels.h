@@ -68,8 +68,11 @@ struct WeightMatmulArgs {
   const float* scale;
   const uint8_t* B4;
   const float* absmax;
-  const float* code;
+  int32_t nf4;  // 1: NF4, 0: FP4
   int64_t blocksize;
+  // The active instruction set's 4-bit dequantization (whole blocks of the flat weight).
+  void (*dequantize_4bit)(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, int nf4, void* out,
+                          int32_t dtype, int64_t b0, int64_t b1);
   const void* bias;  // [n] in bias_dtype, or NULL (weight_matmul only)
   int32_t bias_dtype;
   void* out;  // [m, n] / [m, k] in out_dtype

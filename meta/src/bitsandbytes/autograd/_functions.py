@@ -117,8 +117,11 @@ def _weight_shape(B: torch.Tensor, state: MatmulLtState) -> tuple[int, int]:
     return W.shape[0], W.shape[1]
 
 
-def _dequantized_weight(CB: torch.Tensor, SCB: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return F.int8_vectorwise_dequant(CB, SCB).to(dtype)
+def _int8_input_grad(grad_output: torch.Tensor, state: MatmulLtState, dtype: torch.dtype) -> torch.Tensor:
+    """``grad_output @ (CB * SCB / 127)`` in ``dtype``: the weight stays int8 (no dequantized copy
+    on platforms that read it directly; the reference dequantizes into grad_output's dtype)."""
+    grad = torch.ops.bitsandbytes.int8_weight_mm_t(grad_output, state.CB, state.SCB)
+    return grad.to(dtype)
 
 
 def _int8_forward(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, state: MatmulLtState) -> torch.Tensor:
@@ -169,8 +172,7 @@ class MatMul8bitLt(torch.autograd.Function):
         if req_bias:
             grad_bias = g2.sum(0).to(ctx.dtype_A)
         if req_a:
-            W = _dequantized_weight(state.CB, state.SCB, grad_output.dtype)
-            grad_A = (g2 @ W).reshape(*grad_output.shape[:-1], W.shape[1]).to(ctx.dtype_A)
+            grad_A = _int8_input_grad(grad_output, state, ctx.dtype_A)
         if req_b and A is not None:
             grad_B = g2.t().to(A.dtype) @ A.reshape(-1, A.shape[-1])
         return grad_A, grad_B, None, grad_bias, None
@@ -183,8 +185,7 @@ class MatMul8bitFp(torch.autograd.Function):
     def forward(ctx, A, B, out=None, bias=None, state=None):  # type: ignore[override]
         state = state or MatmulLtState()
         CB, SCB = _int8_weight(B, state)
-        W = _dequantized_weight(CB, SCB, A.dtype)
-        output = torch.nn.functional.linear(A, W, None if bias is None else bias.to(A.dtype))
+        output = torch.ops.bitsandbytes.int8_weight_mm(A, CB, SCB, None if bias is None else bias.to(A.dtype))
         ctx.state = state
         ctx.dtype_A = A.dtype
         ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
@@ -202,8 +203,7 @@ class MatMul8bitFp(torch.autograd.Function):
         if req_bias:
             grad_bias = g2.sum(0)
         if req_a:
-            W = _dequantized_weight(state.CB, state.SCB, grad_output.dtype)
-            grad_A = (g2 @ W).reshape(*grad_output.shape[:-1], W.shape[1]).to(ctx.dtype_A)
+            grad_A = _int8_input_grad(grad_output, state, ctx.dtype_A)
         if req_b and A is not None:
             grad_B = g2.t().to(A.dtype) @ A.reshape(-1, A.shape[-1])
         return grad_A, grad_B, None, grad_bias, None
@@ -240,8 +240,12 @@ class MatMul4Bit(torch.autograd.Function):
             if ctx.is_empty:
                 grad_A = grad_output.new_zeros(*grad_output.shape[:-1], ctx.state.shape[1]).to(ctx.dtype_A)
             else:
-                W = F.dequantize_4bit(B.reshape(-1, 1), ctx.state).to(grad_output.dtype)
-                grad_A = (grad_output @ W).to(ctx.dtype_A)
+                state = ctx.state
+                absmax = F._resolved_absmax(state).to(torch.float32)
+                shape = [int(s) for s in state.shape]
+                grad_A = torch.ops.bitsandbytes.gemm_4bit_t(
+                    grad_output, B.reshape(-1), shape, absmax, state.blocksize, state.quant_type
+                ).to(ctx.dtype_A)
         return grad_A, None, None, grad_bias, None
 
 

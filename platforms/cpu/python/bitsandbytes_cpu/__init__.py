@@ -15,7 +15,7 @@ from ._version import __version__
 
 PLATFORM = "cpu"
 DEVICE_TYPE = "cpu"
-OP_INTERFACE_VERSION = 1
+OP_INTERFACE_VERSION = 2
 """The op-interface version these kernels implement (see bitsandbytes._ops)."""
 
 
@@ -38,6 +38,7 @@ def set_isa(name: str) -> None:
 def register(register_kernel: Callable[[str, Callable], None]) -> None:
     """Bind every native CPU kernel to its op: ``register_kernel(op_name, fn)`` per op."""
     from .kernels import KERNELS
+    from .weight_matmul import KERNELS as WEIGHT_MATMUL_KERNELS
 
     error = _C.isa_env_error()
     if error:
@@ -45,7 +46,7 @@ def register(register_kernel: Callable[[str, Callable], None]) -> None:
 
         raise ValueError(f"bitsandbytes_cpu: {error} (BNB_CPU_ISA={os.environ.get('BNB_CPU_ISA')!r})")
 
-    for name, fn in KERNELS.items():
+    for name, fn in {**KERNELS, **WEIGHT_MATMUL_KERNELS}.items():
         register_kernel(name, fn)
 
 

@@ -23,7 +23,7 @@ void bnb_cpu_set_num_threads(int32_t n);
 int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                    const float* SCB, const void* bias, int32_t bias_dtype, void* out);
 int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
-                                const float* SCB, const uint8_t* B4, const float* absmax, const float* code,
+                                const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                 int64_t blocksize, void* out);
 }
 
@@ -220,18 +220,17 @@ Outputs run_all(bool* gemm_ok) {
     check(bnb_cpu_int8_weight_matmul(a.data(), BNB_DTYPE_F32, m, nn, k, cb.data(), scb.data(), bias.data(),
                                      BNB_DTYPE_F32, out.data()) == BNB_OK,
           "int8_weight_matmul");
-    check(bnb_cpu_weight_matmul_t(g.data(), BNB_DTYPE_F32, m, nn, k, cb.data(), scb.data(), nullptr, nullptr, nullptr,
-                                  0, outt.data()) == BNB_OK,
+    check(bnb_cpu_weight_matmul_t(g.data(), BNB_DTYPE_F32, m, nn, k, cb.data(), scb.data(), nullptr, nullptr, 0, 0,
+                                  outt.data()) == BNB_OK,
           "weight_matmul_t int8");
     const int64_t bs = 64;
     std::vector<uint8_t> packed((nn * k + 1) / 2);
-    std::vector<float> absmax((nn * k + bs - 1) / bs), w4(nn * k), code(16);
-    for (int c = 0; c < 16; ++c) code[c] = bnb::decode_4bit(1, c);
+    std::vector<float> absmax((nn * k + bs - 1) / bs), w4(nn * k);
     const auto w = randn(nn * k, 34);
     bnb_quantize_4bit(w.data(), BNB_DTYPE_F32, nn * k, bs, BNB_QUANT_NF4, packed.data(), absmax.data(), nullptr);
     bnb_dequantize_4bit(packed.data(), absmax.data(), nn * k, bs, BNB_QUANT_NF4, w4.data(), BNB_DTYPE_F32, nullptr);
     check(bnb_cpu_weight_matmul_t(g.data(), BNB_DTYPE_F32, m, nn, k, nullptr, nullptr, packed.data(), absmax.data(),
-                                  code.data(), bs, out4.data()) == BNB_OK,
+                                  BNB_QUANT_NF4, bs, out4.data()) == BNB_OK,
           "weight_matmul_t 4-bit");
     for (int64_t r = 0; r < m; ++r) {
       for (int64_t j = 0; j < nn; ++j) {
@@ -277,12 +276,15 @@ void bad_arguments() {
   const int8_t cb[4] = {1, 2, 3, 4};
   check(bnb_cpu_int8_weight_matmul(x.data(), 0, 1, 2, 2, cb, nullptr, nullptr, 0, x.data()) == BNB_ERR_NULL_POINTER,
         "int8_weight_matmul without SCB");
-  check(bnb_cpu_weight_matmul_t(x.data(), 0, 1, 2, 2, cb, absmax, packed.data(), absmax, absmax, 64, x.data()) ==
+  check(bnb_cpu_weight_matmul_t(x.data(), 0, 1, 2, 2, cb, absmax, packed.data(), absmax, BNB_QUANT_NF4, 64, x.data()) ==
             BNB_ERR_NULL_POINTER,
         "weight_matmul_t with both an int8 and a 4-bit weight");
-  check(bnb_cpu_weight_matmul_t(x.data(), 0, 1, 2, 2, nullptr, nullptr, packed.data(), absmax, absmax, 0, x.data()) ==
-            BNB_ERR_INVALID_BLOCKSIZE,
+  check(bnb_cpu_weight_matmul_t(x.data(), 0, 1, 2, 2, nullptr, nullptr, packed.data(), absmax, BNB_QUANT_NF4, 0,
+                                x.data()) == BNB_ERR_INVALID_BLOCKSIZE,
         "weight_matmul_t blocksize 0");
+  check(bnb_cpu_weight_matmul_t(x.data(), 0, 1, 2, 2, nullptr, nullptr, packed.data(), absmax, 7, 64, x.data()) ==
+            BNB_ERR_UNSUPPORTED_QUANT_TYPE,
+        "weight_matmul_t quant_type 7");
   check(bnb_cpu_int8_weight_matmul(x.data(), 5, 1, 2, 2, cb, absmax, nullptr, 0, x.data()) == BNB_ERR_UNSUPPORTED_DTYPE,
         "int8_weight_matmul dtype 5");
   check(bnb_cpu_set_isa("avx9000") == BNB_ERR_INVALID_ARGUMENT, "unknown ISA is refused");

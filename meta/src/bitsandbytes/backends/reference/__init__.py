@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import blockwise, fourbit, int8, optimizers
+from . import blockwise, fourbit, int8, optimizers, weight_mm
 
 KERNELS: dict[str, Callable] = {
     "quantize_4bit": fourbit.quantize_4bit,
@@ -31,5 +31,8 @@ KERNELS: dict[str, Callable] = {
     "int8_double_quant": int8.int8_double_quant,
     "optimizer_update_32bit": optimizers.optimizer_update_32bit,
     "optimizer_update_8bit_blockwise": optimizers.optimizer_update_8bit_blockwise,
+    "int8_weight_mm": weight_mm.int8_weight_mm,
+    "int8_weight_mm_t": weight_mm.int8_weight_mm_t,
+    "gemm_4bit_t": weight_mm.gemm_4bit_t,
 }
 """Op name (without namespace) -> reference kernel."""
