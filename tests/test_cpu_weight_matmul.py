@@ -1,6 +1,6 @@
 """bitsandbytes-cpu's matmuls against a weight kept quantized (ops int8_weight_mm, int8_weight_mm_t,
-gemm_4bit_t), on every usable instruction set and on both sides of the fused-kernel row
-threshold, against the reference kernels (dequantize into A's dtype, then matmul)."""
+gemm_4bit_t), on every usable instruction set, through the fused kernels and through the
+dequantize + dense GEMM path, against the reference kernels (dequantize into A's dtype, then matmul)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,20 @@ from bitsandbytes_cpu import weight_matmul  # noqa: E402
 
 OPS = torch.ops.bitsandbytes
 ISAS = cpu.build_info()["isa_usable"]
-# rows of A: 1 and 3 take the fused kernels, 12 and 2x9 the dequantize + dense GEMM path
 SHAPES = [((1,), 5, 33), ((3,), 17, 300), ((12,), 64, 512), ((2, 9), 3, 65), ((0,), 4, 64), ((2,), 6, 256)]
 # The kernels sum in f32 (or scale after a dense GEMM) without first rounding the dequantized
 # weight: within A's dtype rounding of the reference, plus f32 summation order.
 TOL = {torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    cpu.set_isa(request.param)
-    yield request.param
+@pytest.fixture(params=[(isa, path) for isa in ISAS for path in ("fused", "dense")], ids=lambda p: "-".join(p))
+def isa(request, monkeypatch):
+    """Each usable instruction set, with every row count on the fused kernels or on the dense path."""
+    name, path = request.param
+    rows = 10**9 if path == "fused" else -1
+    monkeypatch.setattr(weight_matmul, "FUSED_ROWS", {i: dict.fromkeys(weight_matmul.KERNELS, rows) for i in ISAS})
+    cpu.set_isa(name)
+    yield name
     cpu.set_isa("auto")
 
 

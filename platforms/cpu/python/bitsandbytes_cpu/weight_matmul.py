@@ -25,9 +25,20 @@ from . import _C
 from ._scratch import scratch
 from .kernels import DTYPE_CODE, _dequantize_4bit_into, _nt, _on_cpu
 
-FUSED_ROWS = {"int8_weight_mm": 4, "int8_weight_mm_t": 8, "gemm_4bit_t": 2}
-"""Rows of A up to which the fused kernels run (crossovers measured at 4096x4096 bf16, 2 threads,
-in bench/RESULTS.md); dequantize + dense GEMM above."""
+FUSED_ROWS: dict[str, dict[str, int]] = {
+    "avx512": {"int8_weight_mm": 12, "int8_weight_mm_t": 4, "gemm_4bit_t": 4},
+    "avx2": {"int8_weight_mm": 1, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
+    "neon": {"int8_weight_mm": 1, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
+    "scalar": {"int8_weight_mm": 0, "int8_weight_mm_t": 0, "gemm_4bit_t": 0},
+}
+"""Per instruction set, the rows of A up to which the fused kernels run; dequantize + dense GEMM
+above. Crossovers measured at 4096x4096 bf16, 2 threads, weights evicted (bench/RESULTS.md); the
+AVX-512 forward is hand-written, the others are the compiler-vectorized portable kernels."""
+
+
+def _fused(op: str, rows: int) -> bool:
+    return rows <= FUSED_ROWS.get(_C.get_isa(), FUSED_ROWS["avx2"])[op]
+
 
 QUANT_TYPE_CODE = {"fp4": 0, "nf4": 1}
 
@@ -48,7 +59,7 @@ def int8_weight_mm(
     if A2.shape[0] == 0 or n == 0 or k == 0:
         return _empty_result(A, n, bias)
     CB, SCB = CB.contiguous(), SCB.contiguous()
-    if A2.shape[0] > FUSED_ROWS["int8_weight_mm"]:
+    if not _fused("int8_weight_mm", A2.shape[0]):
         W = scratch((n, k), A.dtype).copy_(CB)
         out = torch.nn.functional.linear(A2, W).mul_(SCB * INV_127)
         if bias is not None:
@@ -89,7 +100,7 @@ def int8_weight_mm_t(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> to
     if A2.shape[0] == 0 or n == 0 or k == 0:
         return _empty_result(A, k)
     CB, SCB = CB.contiguous(), SCB.contiguous()
-    if A2.shape[0] > FUSED_ROWS["int8_weight_mm_t"]:
+    if not _fused("int8_weight_mm_t", A2.shape[0]):
         W = scratch((n, k), A.dtype).copy_(CB)
         out = (A2 * (SCB * INV_127)).to(A.dtype) @ W
     else:
@@ -107,7 +118,7 @@ def gemm_4bit_t(
     if A2.shape[0] == 0 or n == 0 or k == 0:
         return _empty_result(A, k)
     B, absmax = B.contiguous(), absmax.contiguous()
-    if A2.shape[0] > FUSED_ROWS["gemm_4bit_t"]:
+    if not _fused("gemm_4bit_t", A2.shape[0]):
         W = scratch((n, k), A.dtype)
         _dequantize_4bit_into(B, absmax, blocksize, quant_type, W)
         out = A2 @ W

@@ -1,0 +1,158 @@
+"""The fine-tuning paths of bitsandbytes-cpu against dense PyTorch, measured side by side.
+
+Per shape ([out, in] bf16 weights) and row count: ``Linear8bitLt`` in training mode (the path of
+peft LoRA on an 8-bit base) forward, and forward + input gradient; ``Linear4bit`` forward + input
+gradient (QLoRA); ``matmul_4bit`` prefill. Peers in the same run: ``_weight_int8pack_mm`` (torch's
+int8 weight-only kernel), dense bf16 ``nn.Linear`` with a frozen weight (input gradient only) and
+with a trainable one, and "before": what these layers ran until the op interface's version 2
+(a dequantized copy of the weight per call, then a dense matmul).
+
+Before every timed call a 256 MiB buffer is written, so each call reads its weight from memory as
+in a model too large for the cache. Variants are timed alternately, call by call; medians in ms.
+
+    python bench/cpu_finetune.py [--threads 2] [--reps 9] [--shapes 4096x4096,4096x14336]
+"""
+
+# The timed lambdas are called at once, inside the loop iteration that defines them.
+# ruff: noqa: B023
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as F
+
+_FLUSH = torch.empty(64 * 2**20)  # 256 MiB
+
+
+def timed(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median ms of each function, called alternately, the cache flushed before each call."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            _FLUSH.fill_(1.0)
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def fwd_bwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        xi = x.detach().requires_grad_()
+        layer(xi).backward(torch.ones(*x.shape[:-1], _out_features(layer), dtype=x.dtype))
+
+    return run
+
+
+def _out_features(layer) -> int:
+    return layer.out_features if hasattr(layer, "out_features") else layer.weight.shape[0]
+
+
+def before_int8(lin8: bnb.nn.Linear8bitLt) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The training path before version 2: dequantize the int8 weight per call, then F.linear."""
+    CB, SCB = lin8.weight.CB, lin8.weight.SCB
+
+    def layer(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, F.int8_vectorwise_dequant(CB, SCB).to(x.dtype), lin8.bias.to(x.dtype))
+
+    layer.out_features = CB.shape[0]
+    return layer
+
+
+def before_4bit(lin4: bnb.nn.Linear4bit) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Linear4bit's input gradient before version 2: a fresh dequantized weight per backward."""
+    packed, qs = lin4.weight.data, lin4.weight.quant_state
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return bnb.matmul_4bit(x.detach(), packed.t(), qs)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g @ F.dequantize_4bit(packed, qs).to(g.dtype)
+
+    def layer(x: torch.Tensor) -> torch.Tensor:
+        return Fn.apply(x)
+
+    layer.out_features = qs.shape[0]
+    return layer
+
+
+def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
+    torch.manual_seed(0)
+    dtype = torch.bfloat16
+    dense = torch.nn.Linear(K, N, dtype=dtype)
+    frozen = torch.nn.Linear(K, N, dtype=dtype).requires_grad_(False)
+    frozen.weight.copy_(dense.weight)
+    lin8 = bnb.nn.Linear8bitLt(K, N, has_fp16_weights=False).to(dtype).to("cpu").train()
+    lin4 = bnb.nn.Linear4bit(K, N, compute_dtype=dtype, quant_type="nf4").to(dtype).to("cpu")
+    CB, scales = lin8.weight.CB, (lin8.weight.SCB / 127).to(dtype)
+    b8, b4 = before_int8(lin8), before_4bit(lin4)
+
+    def report(what: str, m: int, times: dict[str, float]) -> None:
+        ours = times["bnb"]
+        rows.append({"shape": f"{N}x{K}", "what": what, "rows": m, "ms": times})
+        cols = "  ".join(f"{k}={v:.2f} (x{ours / v:.2f})" for k, v in times.items() if k != "bnb")
+        print(f"{N}x{K} {what:<28} rows {m:>3}: bnb {ours:8.2f} ms  {cols}", flush=True)
+
+    for m in (1, 4, 8):
+        x = torch.randn(m, K, dtype=dtype)
+        with torch.no_grad():
+            report(
+                "Linear8bitLt train fwd",
+                m,
+                timed(
+                    {
+                        "bnb": lambda: lin8(x),
+                        "int8pack": lambda: torch._weight_int8pack_mm(x, CB, scales),
+                        "dense": lambda: frozen(x),
+                        "before": lambda: b8(x),
+                    },
+                    reps,
+                ),
+            )
+    for m in (8, 32, 128):
+        x = torch.randn(m, K, dtype=dtype)
+        common = {"dense_frozen": fwd_bwd(frozen, x), "dense": fwd_bwd(dense, x)}
+        report(
+            "Linear8bitLt train fwd+bwd",
+            m,
+            timed({"bnb": fwd_bwd(lin8, x), **common, "before": fwd_bwd(b8, x)}, reps),
+        )
+        report("Linear4bit fwd+bwd", m, timed({"bnb": fwd_bwd(lin4, x), **common, "before": fwd_bwd(b4, x)}, reps))
+    for m in (64, 256):
+        x = torch.randn(m, K, dtype=dtype)
+        with torch.no_grad():
+            report("matmul_4bit prefill", m, timed({"bnb": lambda: lin4(x), "dense": lambda: frozen(x)}, reps))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument("--shapes", default="4096x4096,4096x14336")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    for shape in args.shapes.split(","):
+        n, k = (int(v) for v in shape.split("x"))
+        run_shape(n, k, args.reps, rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
