@@ -2,7 +2,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <atomic>
+#include <algorithm>
 #include <exception>
 #include <vector>
 
@@ -208,20 +208,27 @@ BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m,
   bnb_cpu::WeightMatmulArgs args{
       a32,     m, n,   k,    CB, scale, B4, absmax, quant_type == BNB_QUANT_NF4 ? 1 : 0, blocksize, kt.dequantize_4bit,
       nullptr, 0, out, dtype};
-  // Column ranges of 256: each keeps m x 256 f32 sums in cache while every weight row streams by.
-  const int64_t chunks = (k + 255) / 256;
-  std::atomic<int32_t> status{BNB_OK};
-  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
-    const int64_t k0 = c0 * 256, k1 = c1 * 256 < k ? c1 * 256 : k;
-    auto* acc = static_cast<float*>(scratch(m * (k1 - k0) * static_cast<int64_t>(sizeof(float)), 0));
-    if (!acc) {
-      status = BNB_ERR_OUT_OF_MEMORY;
-      return;
-    }
-    kt.weight_matmul_t(args, acc, k0, k1);
+  // Each part streams a contiguous range of weight rows into its own m x k partial sums (one part
+  // per thread, at least 16 rows each); the parts are then added, column range by column range.
+  const int64_t threads = std::max(1, bnb_cpu::requested_threads());
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, n / 16));
+  auto* acc = static_cast<float*>(scratch(parts * m * k * static_cast<int64_t>(sizeof(float)), 0));
+  BNB_REQUIRE(acc, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the %lld x %lld x %lld partial sums",
+              static_cast<long long>(parts), static_cast<long long>(m), static_cast<long long>(k));
+  parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) kt.weight_matmul_t(args, acc + p * m * k, p * n / parts, (p + 1) * n / parts);
   });
-  BNB_REQUIRE(status == BNB_OK, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the per-thread sums (m=%lld)",
-              static_cast<long long>(m));
+  bnb_cpu::dispatch_float(dtype, [&](auto o) {
+    using O = decltype(o);
+    auto* dst = static_cast<typename O::type*>(out);
+    parallel_for(m * k, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float s = acc[i];
+        for (int64_t p = 1; p < parts; ++p) s += acc[p * m * k + i];
+        dst[i] = O::store(s);
+      }
+    });
+  });
   return bnb_cpu::ok();
 }
 

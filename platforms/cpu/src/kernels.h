@@ -107,8 +107,8 @@ struct KernelTable {
   void (*int8_outlier_scan)(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold, uint8_t* flags);
   // out = A @ W^T (+ bias) for output columns [n0, n1) (int8 weight only).
   void (*weight_matmul)(const WeightMatmulArgs& a, int64_t n0, int64_t n1);
-  // out = A @ W for output columns [k0, k1), accumulating in acc (m * (k1 - k0) floats of scratch).
-  void (*weight_matmul_t)(const WeightMatmulArgs& a, float* acc, int64_t k0, int64_t k1);
+  // Partial sums of out = A @ W over weight rows [j0, j1) into acc (m * k floats, overwritten).
+  void (*weight_matmul_t)(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1);
   // Optimizers: elements [i0, i1) (whole 256-blocks for 8-bit). 32-bit returns sum(unorm^2).
   double (*optimizer_32bit)(const Opt32Args& a, int64_t i0, int64_t i1);
   void (*optimizer_8bit_blockwise)(const Opt8Args& a, int64_t i0, int64_t i1);

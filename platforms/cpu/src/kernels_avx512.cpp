@@ -749,6 +749,7 @@ void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, 
 void optimizer_8bit_blockwise(const Opt8Args& a, int64_t i0, int64_t i1);
 // kernels_avx512_wmm.cpp
 void weight_matmul(const WeightMatmulArgs& a, int64_t n0, int64_t n1);
+void weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1);
 
 }  // namespace avx512
 
@@ -771,6 +772,7 @@ const KernelTable kernels_avx512 = [] {
   t.int8_outlier_scan = avx2::int8_outlier_scan;
   t.optimizer_8bit_blockwise = optimizer_8bit_blockwise;
   t.weight_matmul = weight_matmul;
+  t.weight_matmul_t = weight_matmul_t;
   return t;
 }();
 

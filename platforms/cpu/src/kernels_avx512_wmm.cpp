@@ -1,5 +1,6 @@
-// AVX-512 forward of the matmul against an int8 weight kept quantized (LLM.int8()'s training
-// path): out[r, j] = sum_i A[r, i] * CB[j, i] * scale[j] (+ bias[j]), A in f32.
+// AVX-512 matmuls against an int8 weight kept quantized (LLM.int8()'s training path): the forward
+// out[r, j] = sum_i A[r, i] * CB[j, i] * scale[j] (+ bias[j]) and the input gradient's partial
+// sums acc[r, i] = sum_j A[r, j] * CB[j, i] * scale[j], A in f32.
 //
 // Tiles of 4 weight rows by up to 4 rows of A: each 16-wide slice of A is loaded once for 4
 // weight rows and each slice of the weight (sign-extended and converted to f32 in registers)
@@ -13,6 +14,9 @@
 
 namespace bnb_cpu {
 namespace avx512 {
+
+void gen_weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1);  // kernels_generic.inc
+
 namespace {
 
 inline __m512 weight16(const int8_t* b, __mmask16 mask) {
@@ -75,7 +79,54 @@ void weight_matmul_ob(const WeightMatmulArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
+// acc[r, :] += sum over 4 weight rows q of A[r, j + q] * scale[j + q] * CB[j + q, :]: every
+// 16-column slice of the 4 rows is converted once and added to each row of A's partial sums (the
+// factors are broadcast from memory by the FMAs).
+void add_rows4(const WeightMatmulArgs& a, int64_t j, float* acc, float* factors) {
+  const int8_t* b[4];
+  for (int q = 0; q < 4; ++q) b[q] = a.CB + (j + q) * a.k;
+  for (int64_t r = 0; r < a.m; ++r)
+    for (int q = 0; q < 4; ++q) factors[r * 4 + q] = a.A[r * a.n + j + q] * a.scale[j + q];
+  for (int64_t i = 0; i < a.k; i += 16) {
+    const __mmask16 mask =
+        a.k - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (a.k - i)) - 1);
+    __m512 w[4];
+    for (int q = 0; q < 4; ++q) w[q] = weight16(b[q] + i, mask);
+    for (int64_t r = 0; r < a.m; ++r) {
+      float* dst = acc + r * a.k + i;
+      const float* f = factors + r * 4;
+      __m512 v = _mm512_maskz_loadu_ps(mask, dst);
+      for (int q = 0; q < 4; ++q) v = _mm512_fmadd_ps(_mm512_set1_ps(f[q]), w[q], v);
+      _mm512_mask_storeu_ps(dst, mask, v);
+    }
+  }
+}
+
 }  // namespace
+
+// Partial sums over weight rows [j0, j1) (kernels.h); int8 weights with up to kMaxRows rows of A
+// here (their partial sums stay in L1/L2), the rest through the portable kernel.
+constexpr int64_t kMaxRows = 16;
+
+void weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1) {
+  if (!a.CB || a.m > kMaxRows) return gen_weight_matmul_t(a, acc, j0, j1);
+  for (int64_t t = 0; t < a.m * a.k; ++t) acc[t] = 0.0f;
+  float factors[kMaxRows * 4];
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) add_rows4(a, j, acc, factors);
+  if (j < j1) {
+    // The last rows through the portable kernel into a second buffer would need scratch: add them
+    // one by one instead (each row's contribution, columns in order).
+    for (; j < j1; ++j) {
+      const int8_t* b = a.CB + j * a.k;
+      for (int64_t r = 0; r < a.m; ++r) {
+        const float s = a.A[r * a.n + j] * a.scale[j];
+        float* dst = acc + r * a.k;
+        for (int64_t i = 0; i < a.k; ++i) dst[i] += s * static_cast<float>(b[i]);
+      }
+    }
+  }
+}
 
 void weight_matmul(const WeightMatmulArgs& a, int64_t n0, int64_t n1) {
   dispatch_float(a.out_dtype, [&](auto o) {

@@ -26,7 +26,7 @@ from ._scratch import scratch
 from .kernels import DTYPE_CODE, _dequantize_4bit_into, _nt, _on_cpu
 
 FUSED_ROWS: dict[str, dict[str, int]] = {
-    "avx512": {"int8_weight_mm": 12, "int8_weight_mm_t": 4, "gemm_4bit_t": 4},
+    "avx512": {"int8_weight_mm": 12, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
     "avx2": {"int8_weight_mm": 1, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
     "neon": {"int8_weight_mm": 1, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
     "scalar": {"int8_weight_mm": 0, "int8_weight_mm_t": 0, "gemm_4bit_t": 0},
