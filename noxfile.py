@@ -515,6 +515,15 @@ def bench_cpu(session: nox.Session) -> None:
     session.run("python", str(ROOT / "bench" / "cpu_ops.py"), *session.posargs)
 
 
+@nox.session(name="bench-cpu-finetune")
+def bench_cpu_finetune(session: nox.Session) -> None:
+    """bitsandbytes-cpu's fine-tuning paths (8-bit training, QLoRA backward, prefill) vs dense and int8pack."""
+    install_torch(session)
+    install_meta(session)
+    install_platform(session, "cpu")
+    session.run("python", str(ROOT / "bench" / "cpu_finetune.py"), *session.posargs)
+
+
 def _cmake_native_tests(session: nox.Session, build: pathlib.Path, *options: str) -> None:
     """Configure and build libbitsandbytes_cpu (no Python module) plus the C ABI test driver."""
     session.run(
