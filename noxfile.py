@@ -524,6 +524,16 @@ def bench_cpu_finetune(session: nox.Session) -> None:
     session.run("python", str(ROOT / "bench" / "cpu_finetune.py"), *session.posargs)
 
 
+@nox.session(name="bench-cpu-model")
+def bench_cpu_model(session: nox.Session) -> None:
+    """A Llama-shaped model (1.1 B, random weights) in bf16 / NF4 / 8-bit / torchao int4: decode, prefill, LoRA step."""
+    install_torch(session)
+    session.install(*INTEGRATION_DEPS, "torchao", TORCH)
+    install_meta(session)
+    install_platform(session, "cpu")
+    session.run("python", str(ROOT / "bench" / "cpu_model.py"), *session.posargs)
+
+
 def _cmake_native_tests(session: nox.Session, build: pathlib.Path, *options: str) -> None:
     """Configure and build libbitsandbytes_cpu (no Python module) plus the C ABI test driver."""
     session.run(
