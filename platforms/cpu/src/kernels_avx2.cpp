@@ -337,6 +337,10 @@ void int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, 
   }
 }
 
+// kernels_avx2_wmm.cpp
+void weight_matmul(const WeightMatmulArgs& a, int64_t n0, int64_t n1);
+void weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1);
+
 }  // namespace avx2
 
 const KernelTable kernels_avx2 = [] {
@@ -354,6 +358,8 @@ const KernelTable kernels_avx2 = [] {
   t.int8_linear_matmul = int8_linear_matmul;
   t.int8_vectorwise_quant = int8_vectorwise_quant;
   t.int8_outlier_scan = int8_outlier_scan;
+  t.weight_matmul = weight_matmul;
+  t.weight_matmul_t = weight_matmul_t;
   return t;
 }();
 

@@ -1,0 +1,46 @@
+// AVX2 matmuls against an int8 weight kept quantized (weight_matmul_simd.h): 4 weight rows by 2
+// rows of A in registers for the forward, 4 weight rows at a time for the input gradient.
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "element.h"
+#include "kernels.h"
+
+namespace bnb_cpu {
+namespace avx2 {
+
+#include "weight_matmul_simd.h"
+
+void gen_weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1);  // kernels_generic.inc
+
+namespace {
+
+struct Simd {
+  using V = __m256;
+  static constexpr int kWidth = 8;
+  static constexpr int kRows = 2;  // 8 accumulators + 4 weight slices + 1 input slice of 16 ymm
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V set1(float v) { return _mm256_set1_ps(v); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static float sum(V v) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+  }
+};
+
+}  // namespace
+
+void weight_matmul(const WeightMatmulArgs& a, int64_t n0, int64_t n1) { wmm_forward<Simd>(a, n0, n1); }
+
+void weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1) {
+  if (!wmm_transposed<Simd>(a, acc, j0, j1)) gen_weight_matmul_t(a, acc, j0, j1);
+}
+
+}  // namespace avx2
+}  // namespace bnb_cpu
