@@ -1,0 +1,336 @@
+"""The quantized parameters: ``Params4bit`` (NF4/FP4, quantized on the first move to a device) and
+``Int8Params`` (LLM.int8() rows), with the checks they make on devices and under FSDP1.
+
+``bitsandbytes.nn.modules`` re-exports everything here; pickles name ``_rebuild_params4bit`` there.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import functional as F
+from ..functional import QuantState
+
+
+class NotQuantizedError(RuntimeError, AssertionError):
+    """A quantized layer was run before its weight was quantized (an AssertionError in the established release)."""
+
+
+def _check_device_has_kernels(device: torch.device) -> None:
+    from .. import supported_torch_devices
+
+    if device.type != "meta" and device.type not in supported_torch_devices:
+        raise ValueError(
+            f"bitsandbytes: no kernels for device type {device.type!r}; quantized parameters can live on "
+            f"{sorted(supported_torch_devices)} or 'meta'"
+        )
+
+
+_DTYPE_GETTER = torch.Tensor.dtype.__get__
+
+
+def _check_fsdp1_flatten(frame: Any) -> None:
+    """FSDP1 flattens each unit's parameters into one float tensor of a single dtype. When its
+    check runs over a 4-bit weight, say what to change instead of FSDP1's generic message: the
+    packed weight must be stored in the dtype of the rest of the unit (``bnb_4bit_quant_storage``)."""
+    code = frame.f_code
+    if code.co_name != "_validate_tensors_to_flatten" or not code.co_filename.endswith("_flat_param.py"):
+        return
+    tensors = frame.f_locals.get("tensors") or ()
+    with torch._C.DisableTorchFunctionSubclass():
+        packed = {t.dtype for t in tensors if isinstance(t, Params4bit) and t.bnb_quantized}
+        others = {t.dtype for t in tensors if not isinstance(t, Params4bit)}
+    if not packed:
+        return
+    bad_int = sorted(str(d) for d in packed if not d.is_floating_point)
+    if bad_int or len(packed | others) > 1:
+        raise ValueError(
+            "bitsandbytes: FSDP (FullyShardedDataParallel) flattens the 4-bit weights with the rest of the "
+            f"module into one float tensor, but the packed weights are stored as {sorted(str(d) for d in packed)} "
+            f"and the other parameters are {sorted(str(d) for d in others)}. Quantize with "
+            "bnb_4bit_quant_storage (Linear4bit(quant_storage=...)) set to the model's dtype, e.g. "
+            "torch.bfloat16 for a bf16 model"
+            + ("; uint8 storage cannot be flattened by FSDP1 (FSDP2's fully_shard accepts it)" if bad_int else "")
+        )
+
+
+class Params4bit(torch.nn.Parameter):
+    """A weight that quantizes itself to 4 bit (NF4/FP4) when first moved to a device."""
+
+    def __new__(
+        cls,
+        data: torch.Tensor | None = None,
+        requires_grad: bool = False,
+        quant_state: QuantState | None = None,
+        blocksize: int | None = None,
+        compress_statistics: bool = True,
+        quant_type: str = "fp4",
+        quant_storage: torch.dtype = torch.uint8,
+        module: nn.Module | None = None,
+        bnb_quantized: bool = False,
+        **kwargs: Any,
+    ) -> Params4bit:
+        if data is None:
+            data = torch.empty(0)
+        if blocksize is None:
+            blocksize = 64
+        self = torch.Tensor._make_subclass(cls, data, requires_grad)
+        self.blocksize = blocksize
+        self.compress_statistics = compress_statistics
+        self.quant_type = quant_type
+        self.quant_state = quant_state
+        self.quant_storage = quant_storage
+        self.bnb_quantized = bnb_quantized
+        self.module = module
+        return self
+
+    # -- copying and pickling --------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["data"] = self.data
+        state["requires_grad"] = self.requires_grad
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.requires_grad = state.pop("requires_grad")
+        self.data = state.pop("data")
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        return (_rebuild_params4bit, (self.__getstate__(),))
+
+    def __deepcopy__(self, memo: dict) -> Params4bit:
+        new = type(self)(
+            self.data.clone(),
+            requires_grad=self.requires_grad,
+            quant_state=copy.deepcopy(self.quant_state, memo),
+            blocksize=self.blocksize,
+            compress_statistics=self.compress_statistics,
+            quant_type=self.quant_type,
+            quant_storage=self.quant_storage,
+            module=memo.get(id(self.module), self.module),
+            bnb_quantized=self.bnb_quantized,
+        )
+        memo[id(self)] = new
+        return new
+
+    def __copy__(self) -> Params4bit:
+        new = type(self).__new__(type(self))
+        new.__setstate__(self.__getstate__())
+        return new
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        if func is _DTYPE_GETTER or func is torch.Tensor.is_floating_point:
+            _check_fsdp1_flatten(sys._getframe(1))
+        if func in (torch.chunk, torch.split):
+            src = args[0]
+            with torch._C.DisableTorchFunctionSubclass():
+                parts = func(*args, **kwargs)
+            return tuple(
+                Params4bit(
+                    part,
+                    requires_grad=src.requires_grad,
+                    quant_state=src.quant_state,
+                    blocksize=src.blocksize,
+                    compress_statistics=src.compress_statistics,
+                    quant_type=src.quant_type,
+                    quant_storage=src.quant_storage,
+                    module=src.module,
+                    bnb_quantized=src.bnb_quantized,
+                )
+                for part in parts
+            )
+        return super().__torch_function__(func, types, args, kwargs)
+
+    # -- the quantized state -----------------------------------------------------------------
+
+    def _state(self, name: str, nested: bool = False) -> QuantState:
+        qs = self.quant_state
+        if qs is None:
+            raise AttributeError(f"Params4bit.{name}: the parameter is not quantized (no quant_state)")
+        if nested and not qs.nested:
+            raise AttributeError(f"Params4bit.{name}: the quant state is not nested (compress_statistics=False)")
+        return qs
+
+    absmax = property(lambda self: self._state("absmax").absmax)
+    code = property(lambda self: self._state("code").code)
+    quant_map = property(lambda self: self._state("quant_map").code)
+    offset = property(lambda self: self._state("offset").offset)
+    state2 = property(lambda self: self._state("state2").state2)
+    nested_absmax = property(lambda self: self._state("nested_absmax", True).state2.absmax)
+    nested_blocksize = property(lambda self: self._state("nested_blocksize", True).state2.blocksize)
+    nested_quant_map = property(lambda self: self._state("nested_quant_map", True).state2.code)
+    nested_dtype = property(lambda self: self._state("nested_dtype", True).state2.dtype)
+    nested_offset = property(lambda self: self._state("nested_offset").offset)
+
+    @classmethod
+    def from_prequantized(
+        cls,
+        data: torch.Tensor,
+        quantized_stats: dict[str, Any],
+        requires_grad: bool = False,
+        device: torch.device | str = "cuda",
+        module: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> Params4bit:
+        """Wrap already packed 4-bit ``data`` and its serialized quant state (checkpoint keys of §7.1)."""
+        quant_state = QuantState.from_dict(quantized_stats, device=device)
+        expected = kwargs.get("quant_type")
+        if expected is not None and expected != quant_state.quant_type:
+            raise ValueError(
+                f"bitsandbytes: the checkpoint holds {quant_state.quant_type} weights but quant_type={expected!r} was requested"
+            )
+        self = cls(
+            data.to(device),
+            requires_grad=requires_grad,
+            quant_state=quant_state,
+            blocksize=quant_state.blocksize,
+            compress_statistics=quant_state.nested,
+            quant_type=quant_state.quant_type,
+            quant_storage=data.dtype,
+            module=module,
+            bnb_quantized=True,
+        )
+        if module is not None:
+            module.quant_state = quant_state
+        return self
+
+    def _quantize(self, device: torch.device) -> Params4bit:
+        if self.bnb_quantized:
+            return self  # already quantized: quantizing again is a no-op
+        _check_device_has_kernels(device)
+        w = self.data.contiguous().to(device)
+        packed, quant_state = F.quantize_4bit(
+            w,
+            blocksize=self.blocksize,
+            compress_statistics=self.compress_statistics,
+            quant_type=self.quant_type,
+            quant_storage=self.quant_storage,
+        )
+        self.data = packed
+        self.quant_state = quant_state
+        if self.module is not None:
+            self.module.quant_state = quant_state
+        self.bnb_quantized = True
+        return self
+
+    def cpu(self) -> Params4bit:  # type: ignore[override]
+        return self.to(device="cpu")
+
+    def cuda(self, device: Any = None, non_blocking: bool = False) -> Params4bit:  # type: ignore[override]
+        return self.to(device="cuda" if device is None else device, non_blocking=non_blocking)
+
+    def xpu(self, device: Any = None, non_blocking: bool = False) -> Params4bit:  # type: ignore[override]
+        return self.to(device="xpu" if device is None else device, non_blocking=non_blocking)
+
+    def to(self, *args: Any, **kwargs: Any) -> Params4bit:  # type: ignore[override]
+        """Quantize on the first move to a real device; afterwards move the packed data and its state."""
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None and device.type != "meta" and not self.bnb_quantized:
+            return self._quantize(device)
+        if device is not None and self.bnb_quantized:
+            _check_device_has_kernels(device)
+        if self.quant_state is not None and device is not None:
+            self.quant_state.to(device)
+        # The packed bytes keep their storage dtype: a float cast would corrupt them.
+        target_dtype = None if self.bnb_quantized else dtype
+        moved = torch.Tensor.to(self, device=device, dtype=target_dtype, non_blocking=non_blocking)
+        return Params4bit(
+            moved,
+            requires_grad=self.requires_grad,
+            quant_state=self.quant_state,
+            blocksize=self.blocksize,
+            compress_statistics=self.compress_statistics,
+            quant_type=self.quant_type,
+            quant_storage=self.quant_storage,
+            bnb_quantized=self.bnb_quantized,
+        )
+
+
+def _rebuild_params4bit(state: dict[str, Any]) -> Params4bit:
+    new = Params4bit.__new__(Params4bit)
+    new.__setstate__(state)
+    return new
+
+
+class Int8Params(torch.nn.Parameter):
+    """A weight that quantizes itself row-wise to int8 (LLM.int8()) when moved off the CPU or to a device."""
+
+    def __new__(
+        cls,
+        data: torch.Tensor | None = None,
+        requires_grad: bool = True,
+        has_fp16_weights: bool = False,
+        CB: torch.Tensor | None = None,
+        SCB: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Int8Params:
+        if data is None:
+            data = torch.empty(0)
+        obj = torch.Tensor._make_subclass(cls, data, requires_grad)
+        obj.CB = CB
+        obj.SCB = SCB
+        obj.has_fp16_weights = has_fp16_weights
+        return obj
+
+    def _quantize(self, device: torch.device) -> Int8Params:
+        _check_device_has_kernels(device)
+        if self.has_fp16_weights:
+            self.data = self.data.to(device)
+            return self
+        B = self.data.contiguous().to(device=device, dtype=torch.float16)
+        CB, SCB, _ = F.int8_vectorwise_quant(B)
+        self.data = CB
+        self.CB = CB
+        self.SCB = SCB
+        return self
+
+    def cpu(self) -> Int8Params:  # type: ignore[override]
+        return self.to(device="cpu")
+
+    def cuda(self, device: Any = None, non_blocking: bool = False) -> Int8Params:  # type: ignore[override]
+        return self.to(device="cuda" if device is None else device, non_blocking=non_blocking)
+
+    def xpu(self, device: Any = None, non_blocking: bool = False) -> Int8Params:  # type: ignore[override]
+        return self.to(device="xpu" if device is None else device, non_blocking=non_blocking)
+
+    def __deepcopy__(self, memo: dict) -> Int8Params:
+        new = type(self)(
+            self.data.clone(),
+            requires_grad=self.requires_grad,
+            has_fp16_weights=self.has_fp16_weights,
+            CB=None,
+            SCB=copy.deepcopy(self.SCB, memo),
+        )
+        if self.CB is not None:
+            new.CB = new.data if self.CB.data_ptr() == self.data.data_ptr() else copy.deepcopy(self.CB, memo)
+        memo[id(self)] = new
+        return new
+
+    def to(self, *args: Any, **kwargs: Any) -> Int8Params:  # type: ignore[override]
+        """Quantize float CPU data on a move to a real device; otherwise move data and scales."""
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        is_int8 = self.data.dtype == torch.int8
+        if device is not None and device.type != "meta" and self.data.device.type == "cpu" and not is_int8:
+            return self._quantize(device)
+        if device is not None and is_int8:
+            _check_device_has_kernels(device)
+        moved = torch.Tensor.to(self, device=device, dtype=None if is_int8 else dtype, non_blocking=non_blocking)
+        new = Int8Params(moved, requires_grad=self.requires_grad, has_fp16_weights=self.has_fp16_weights)
+        if is_int8:
+            new.CB = new.data
+            if self.SCB is not None and (device is None or device.type != "meta"):
+                new.SCB = self.SCB.to(device) if device is not None else self.SCB
+            else:
+                new.SCB = self.SCB
+        return new

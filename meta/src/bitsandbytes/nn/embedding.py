@@ -1,0 +1,230 @@
+"""Embeddings: ``StableEmbedding`` and ``Embedding`` (weight kept in 32 bit by the 8-bit optimizers),
+and the quantized tables ``Embedding8bit`` (int8 rows) and ``Embedding4bit`` / ``EmbeddingFP4`` /
+``EmbeddingNF4`` (NF4/FP4, only the looked-up rows decoded when possible).
+
+``bitsandbytes.nn.modules`` re-exports everything here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as torchF
+from torch import nn
+
+from .. import functional as F
+from ..functional import QuantState
+from ._params import Int8Params, Params4bit
+from .linear4bit import fix_4bit_weight_quant_state_from_module
+
+logger = logging.getLogger("bitsandbytes.nn.modules")
+"""Named for ``bitsandbytes.nn.modules``, not for this file: the established release reports slow
+configurations on that logger, and code filtering its records relies on the name."""
+
+
+def _register_optim_override(module: nn.Module) -> None:
+    """Ask the 8-bit optimizers to keep this module's weight in 32 bit (when bitsandbytes.optim exists)."""
+    try:
+        from ..optim import GlobalOptimManager
+    except ImportError:
+        return
+    GlobalOptimManager.get_instance().register_module_override(module, "weight", {"optim_bits": 32})
+
+
+class StableEmbedding(nn.Embedding):
+    """Embedding followed by LayerNorm, with its weight kept in 32-bit by the 8-bit optimizers."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: torch.Tensor | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_idx,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            _weight,
+            device,
+            dtype,
+        )
+        self.norm = nn.LayerNorm(embedding_dim, device=device)
+        _register_optim_override(self)
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
+        self._fill_padding_idx_with_zero()
+
+    def _fill_padding_idx_with_zero(self) -> None:
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].fill_(0)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        emb = torchF.embedding(
+            input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
+        )
+        emb = emb.to(torch.get_default_dtype())
+        return self.norm(emb).to(self.weight.dtype)
+
+
+class Embedding(nn.Embedding):
+    """A plain embedding whose weight the 8-bit optimizers keep in 32 bit."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: torch.Tensor | None = None,
+        device: Any = None,
+    ) -> None:
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_idx,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            _weight,
+            device=device,
+        )
+        _register_optim_override(self)
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].fill_(0)
+
+
+class Embedding8bit(nn.Embedding):
+    """An embedding table stored as int8 rows with per-row scales (quantized on ``.to(device)``)."""
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, device: Any = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, device=device, dtype=dtype)
+        self.dtype = self.weight.data.dtype
+        self.weight = Int8Params(self.weight.data, has_fp16_weights=False, requires_grad=False)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        raise NotImplementedError("Saving Embedding8bit module is not implemented")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self.weight, "SCB") or self.weight.SCB is None:
+            raise RuntimeError("Embedding layer is not quantized. Please call .cuda() or .to(device) first.")
+        rows = self.weight.data
+        scb = self.weight.SCB
+        compressed = torchF.embedding(input, rows).float()
+        scales = torchF.embedding(input, scb.view(-1, 1))
+        return (compressed * scales / 127.0).to(self.dtype)
+
+
+class Embedding4bit(nn.Embedding):
+    """An embedding table stored in 4 bit (NF4/FP4); only the looked-up rows are decoded when possible."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        dtype: torch.dtype | None = None,
+        quant_type: str = "fp4",
+        quant_storage: torch.dtype = torch.uint8,
+        device: Any = None,
+    ) -> None:
+        if quant_type not in QuantState.valid_quant_types:
+            raise ValueError(f"Embedding4bit: quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
+        super().__init__(num_embeddings, embedding_dim, device=device, dtype=dtype)
+        self.dtype = self.weight.data.dtype
+        self.weight = Params4bit(
+            self.weight.data,
+            requires_grad=False,
+            compress_statistics=None,
+            quant_type=quant_type,
+            quant_storage=quant_storage,
+            module=self,
+        )
+        self.quant_state: QuantState | None = None
+        self.quant_storage = quant_storage
+        blocksize = self.weight.blocksize
+        if embedding_dim % blocksize != 0:
+            logger.warning(
+                "Embedding size %d is not divisible by block size %d. This will lead to slow inference.",
+                embedding_dim,
+                blocksize,
+            )
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        raise NotImplementedError("Saving Embedding4bit module is not implemented")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        fix_4bit_weight_quant_state_from_module(self)
+        qs = self.weight.quant_state
+        if self.embedding_dim % qs.blocksize == 0:
+            packed = self.weight.data.view(torch.uint8).view(self.num_embeddings, self.embedding_dim // 2)
+            absmax = F._resolved_absmax(qs).view(self.num_embeddings, self.embedding_dim // qs.blocksize)
+            rows = torchF.embedding(input.reshape(-1), packed)
+            row_absmax = torchF.embedding(input.reshape(-1), absmax)
+            row_state = QuantState(
+                absmax=row_absmax.reshape(-1).contiguous(),
+                shape=(rows.shape[0], self.embedding_dim),
+                code=qs.code,
+                blocksize=qs.blocksize,
+                quant_type=qs.quant_type,
+                dtype=qs.dtype,
+            )
+            out = F.dequantize_4bit(rows.reshape(-1, 1), row_state)
+            return out.view(*input.shape, self.embedding_dim).to(self.dtype)
+        full = F.dequantize_4bit(self.weight.data.reshape(-1, 1), qs).to(self.dtype)
+        return torchF.embedding(input, full)
+
+
+class EmbeddingFP4(Embedding4bit):
+    """``Embedding4bit`` with ``quant_type="fp4"``."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        dtype: torch.dtype | None = None,
+        quant_storage: torch.dtype = torch.uint8,
+        device: Any = None,
+    ) -> None:
+        super().__init__(
+            num_embeddings, embedding_dim, dtype=dtype, quant_type="fp4", quant_storage=quant_storage, device=device
+        )
+
+
+class EmbeddingNF4(Embedding4bit):
+    """``Embedding4bit`` with ``quant_type="nf4"``."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        dtype: torch.dtype | None = None,
+        quant_storage: torch.dtype = torch.uint8,
+        device: Any = None,
+    ) -> None:
+        super().__init__(
+            num_embeddings, embedding_dim, dtype=dtype, quant_type="nf4", quant_storage=quant_storage, device=device
+        )

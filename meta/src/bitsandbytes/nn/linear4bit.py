@@ -1,0 +1,289 @@
+"""4-bit linear layers: ``Linear4bit`` (NF4/FP4 weight, quantized when moved to a device) and its
+``LinearFP4`` / ``LinearNF4`` presets, with the helpers the quantized layers share.
+
+``bitsandbytes.nn.modules`` re-exports everything here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..autograd._functions import matmul_4bit
+from ..functional import QuantState
+from ._params import NotQuantizedError, Params4bit
+
+if TYPE_CHECKING:
+    from .embedding import Embedding4bit
+
+logger = logging.getLogger("bitsandbytes.nn.modules")
+"""Named for ``bitsandbytes.nn.modules``, not for this file: the established release reports slow
+configurations on that logger, and code filtering its records relies on the name."""
+
+
+def _is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (FSDP2's sharded parameters), without importing torch.distributed."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def fix_4bit_weight_quant_state_from_module(module: Linear4bit | Embedding4bit) -> None:
+    """Restore ``weight.quant_state`` from ``module.quant_state`` (FSDP may hand back a bare tensor)."""
+    if getattr(module.weight, "quant_state", None) is not None:
+        return
+    if getattr(module, "quant_state", None) is None:
+        raise NotQuantizedError(
+            f"{type(module).__name__}: the weight is not quantized; move the module to a device "
+            "(e.g. module.to('cpu') or .cuda()) or load a quantized checkpoint first"
+        )
+    if module.weight.dim() != 2 or module.weight.shape[1] != 1:
+        raise NotQuantizedError(
+            f"{type(module).__name__}: weight of shape {tuple(module.weight.shape)} is not packed 4-bit data"
+        )
+    # A bare tensor (FSDP's gathered view) gets the state as an attribute: re-registering a new
+    # Params4bit on the module would detach it from the wrapper's flat or sharded parameter.
+    module.weight.quant_state = module.quant_state
+
+
+def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
+    """The bias in the compute dtype. As the established release's forward does, the parameter
+    itself takes that dtype, in place (code and test suites written for it observe ``bias.dtype``
+    after a forward); under torch.compile, which cannot trace that, a cast copy is used instead."""
+    bias = module.bias
+    if bias is None or bias.dtype == dtype:
+        return bias
+    if torch.compiler.is_compiling():
+        return bias.to(dtype)
+    bias.data = bias.data.to(dtype)
+    return bias
+
+
+class Linear4bit(nn.Linear):
+    """A linear layer with a 4-bit (NF4/FP4) weight, quantized when the module is moved to a device."""
+
+    def __init__(
+        self,
+        input_features: int,
+        output_features: int,
+        bias: bool = True,
+        compute_dtype: torch.dtype | None = None,
+        compress_statistics: bool = True,
+        quant_type: str = "fp4",
+        quant_storage: torch.dtype = torch.uint8,
+        device: Any = None,
+    ) -> None:
+        if quant_type not in QuantState.valid_quant_types:
+            raise ValueError(f"Linear4bit: quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
+        super().__init__(input_features, output_features, bias, device)
+        self.weight = Params4bit(
+            self.weight.data,
+            requires_grad=False,
+            compress_statistics=compress_statistics,
+            quant_type=quant_type,
+            quant_storage=quant_storage,
+            module=self,
+        )
+        self._quant_type = quant_type
+        self.compute_dtype = compute_dtype
+        self.compute_type_is_set = compute_dtype is not None
+        self.quant_state: QuantState | None = None
+        self.quant_storage = quant_storage
+        self.support_avx512bf16_for_cpu = False
+
+    def set_compute_type(self, x: torch.Tensor) -> None:
+        """Pick the compute dtype from the first input (f32/bf16 inputs); warn about slow f16/f32 mixes."""
+        if x.dtype in (torch.float32, torch.bfloat16):
+            self.compute_dtype = x.dtype
+        elif x.dtype == torch.float16 and self.compute_dtype in (None, torch.float32):
+            # One token (numel == last dim) is decoding; more is prefill or training.
+            what = "inference" if x.numel() == x.shape[-1] else "inference or training speed"
+            logger.warning(
+                "Input type into Linear4bit is torch.float16, but bnb_4bit_compute_dtype=torch.float32 (default). "
+                "This will lead to slow %s.",
+                what,
+            )
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        qs = getattr(self.weight, "quant_state", None)
+        if qs is None:
+            # FSDP2 (and FSDP1 flat parameters) hand the module a bare or DTensor weight; the quant
+            # state lives on on the module, replicated on every rank.
+            qs = getattr(self, "quant_state", None)
+        if qs is not None:
+            packed = qs.as_dict(packed=True)
+            for k, v in packed.items():
+                destination[prefix + "weight." + k] = v if keep_vars else v.detach()
+            if _is_dtensor(self.weight):
+                # Distributed checkpointing resolves "weight.absmax" by attribute traversal: mirror
+                # the entries on the sharded parameter (refreshed on every save).
+                for k in packed:
+                    if "." not in k:
+                        setattr(self.weight, k, packed[k])
+                self.weight.quant_state = qs
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        """Accept quantized checkpoints (§7.1) as well as float ones."""
+        weight_key = prefix + "weight"
+        stats = {k[len(weight_key) + 1 :]: v for k, v in state_dict.items() if k.startswith(weight_key + ".")}
+        if weight_key not in state_dict and any(k.startswith("quant_state.") for k in stats):
+            # FSDP1's sharded state dict: the wrapper loads the packed bytes into its flat
+            # parameter and leaves this layer the quant state.
+            self._load_in_place(
+                state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+            return
+        if weight_key in state_dict and stats:
+            own = getattr(self.weight, "quant_type", None)
+            if own is None:  # a sharded (DTensor) weight: the module's quant state knows the type
+                own = self.quant_state.quant_type if self.quant_state is not None else self._quant_type
+            type_keys = [k for k in stats if k.startswith("quant_state.")]
+            if not type_keys:
+                raise ValueError(
+                    f"Linear4bit: state dict has quantization items for {weight_key!r} "
+                    f"({sorted(stats)}) but lacks '{weight_key}.quant_state.bitsandbytes__{own}'"
+                )
+            for k in type_keys:
+                if k != f"quant_state.bitsandbytes__{own}":
+                    raise ValueError(
+                        f"Linear4bit: state dict key '{weight_key}.{k}' belongs to another quant type; this "
+                        f"layer has quant_type={own!r}"
+                    )
+            data = state_dict[weight_key]
+            w = self.weight
+            if (
+                _is_dtensor(w)
+                or (not isinstance(w, Params4bit) and w.shape == data.shape)
+                or (
+                    isinstance(w, Params4bit)
+                    and w.bnb_quantized
+                    and w.device.type != "meta"
+                    and (w.shape, w.dtype) == (data.shape, data.dtype)
+                )
+            ):
+                # copy into the weight already there: a wrapper (FSDP1 with use_orig_params keeps
+                # this very object, FSDP2 a DTensor) and optimizers hold references to it
+                self._load_in_place(
+                    state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+                )
+                return
+            if _is_dtensor(data):
+                data = data.full_tensor()  # a sharded (FSDP2) checkpoint loaded into an unsharded layer
+            device = self.weight.device if self.weight.device.type != "meta" else data.device
+            new_weight = Params4bit.from_prequantized(data, dict(stats), device=device, module=self)
+            if tuple(new_weight.quant_state.shape) != (self.out_features, self.in_features):
+                raise ValueError(
+                    f"Linear4bit: checkpoint weight {weight_key!r} has shape {tuple(new_weight.quant_state.shape)}, "
+                    f"expected {(self.out_features, self.in_features)}"
+                )
+            self.weight = new_weight
+            bias_key = prefix + "bias"
+            if self.bias is not None and bias_key in state_dict:
+                with torch.no_grad():
+                    self.bias.data = state_dict[bias_key].to(self.bias.device)
+            elif self.bias is not None:
+                missing_keys.append(bias_key)
+            for k in state_dict:
+                if k.startswith(prefix) and k not in (weight_key, bias_key) and not k.startswith(weight_key + "."):
+                    rest = k[len(prefix) :]
+                    if "." not in rest:
+                        unexpected_keys.append(k)
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _load_in_place(
+        self, state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        """Load a quantized checkpoint into a layer whose weight a wrapper owns (FSDP2's DTensor,
+        FSDP1's view of its flat parameter): the packed bytes are copied into that weight (full
+        or sharded source), never re-registered, and the quant state set on the module. Without a
+        weight entry (FSDP1 loads its flat parameter itself) only the quant state is taken."""
+        weight_key = prefix + "weight"
+        data = state_dict.get(weight_key)
+        if data is not None and data.dtype != self.weight.dtype:
+            raise ValueError(
+                f"Linear4bit: checkpoint weight {weight_key!r} is packed in {data.dtype} but this wrapped layer "
+                f"stores {self.weight.dtype}; load with the same bnb_4bit_quant_storage"
+            )
+        device = self.weight.device if self.weight.device.type != "meta" else "cpu"
+        quant_state = QuantState.from_dict(dict(stats), device=device)
+        if tuple(quant_state.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"Linear4bit: checkpoint weight {weight_key!r} has shape {tuple(quant_state.shape)}, "
+                f"expected {(self.out_features, self.in_features)}"
+            )
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(weight_key + ".")}
+        for name, own in (("weight", self.weight), ("bias", self.bias)):
+            value = state_dict.get(prefix + name)
+            if own is not None and value is not None and _is_dtensor(own) and not _is_dtensor(value):
+                from torch.distributed.tensor import distribute_tensor
+
+                # a full (unsharded) checkpoint: every rank keeps its own shard of it
+                state_dict[prefix + name] = distribute_tensor(value.to(own.device), own.device_mesh, own.placements)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict and data is not None, missing_keys, unexpected_keys, error_msgs
+        )
+        self.quant_state = quant_state
+        if not _is_dtensor(self.weight):
+            self.weight.quant_state = quant_state
+        if isinstance(self.weight, Params4bit):
+            self.weight.blocksize = quant_state.blocksize
+            self.weight.compress_statistics = quant_state.nested
+            self.weight.quant_type = quant_state.quant_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fix_4bit_weight_quant_state_from_module(self)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__}: input's last dimension is {x.shape[-1]}, expected in_features={self.in_features}"
+            )
+        if not self.compute_type_is_set:
+            self.set_compute_type(x)
+            self.compute_type_is_set = True
+        inp_dtype = x.dtype
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)
+        bias = _bias_in(self, x.dtype)
+        return matmul_4bit(x, self.weight.t(), bias=bias, quant_state=self.weight.quant_state).to(inp_dtype)
+
+
+class LinearFP4(Linear4bit):
+    """``Linear4bit`` with ``quant_type="fp4"``."""
+
+    def __init__(
+        self,
+        input_features: int,
+        output_features: int,
+        bias: bool = True,
+        compute_dtype: torch.dtype | None = None,
+        compress_statistics: bool = True,
+        quant_storage: torch.dtype = torch.uint8,
+        device: Any = None,
+    ) -> None:
+        super().__init__(
+            input_features, output_features, bias, compute_dtype, compress_statistics, "fp4", quant_storage, device
+        )
+
+
+class LinearNF4(Linear4bit):
+    """``Linear4bit`` with ``quant_type="nf4"``."""
+
+    def __init__(
+        self,
+        input_features: int,
+        output_features: int,
+        bias: bool = True,
+        compute_dtype: torch.dtype | None = None,
+        compress_statistics: bool = True,
+        quant_storage: torch.dtype = torch.uint8,
+        device: Any = None,
+    ) -> None:
+        super().__init__(
+            input_features, output_features, bias, compute_dtype, compress_statistics, "nf4", quant_storage, device
+        )

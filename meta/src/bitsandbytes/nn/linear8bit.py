@@ -1,0 +1,151 @@
+"""LLM.int8() linear layers: ``Linear8bitLt`` (int8 weight with per-row scales) and its state-dict
+pre-hook, and ``OutlierAwareLinear``, the base class for layers quantized around outlier inputs.
+
+``bitsandbytes.nn.modules`` re-exports everything here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..autograd._functions import MatmulLtState, matmul
+from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
+from ._params import Int8Params, NotQuantizedError
+from .linear4bit import _bias_in
+
+
+def maybe_rearrange_weight(
+    state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+) -> None:
+    """Load-state-dict pre-hook of ``Linear8bitLt``: consume ``weight_format`` (only ``"row"`` is supported)."""
+    weight = state_dict.get(f"{prefix}weight")
+    if weight is None:
+        return
+    weight_format = state_dict.pop(f"{prefix}weight_format", "row")
+    if isinstance(weight_format, torch.Tensor):
+        weight_format = weight_format.item()
+    if isinstance(weight_format, int):
+        if weight_format not in INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING:
+            raise ValueError(f"Expected supported weight format - got {weight_format}")
+        weight_format = INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING[weight_format]
+    if weight_format != "row":
+        raise ValueError(f"Only 'row' weight format is supported, got {weight_format}")
+
+
+class Linear8bitLt(nn.Linear):
+    """LLM.int8() linear layer: int8 weight with per-row scales, optional outlier decomposition."""
+
+    def __init__(
+        self,
+        input_features: int,
+        output_features: int,
+        bias: bool = True,
+        has_fp16_weights: bool = True,
+        threshold: float = 0.0,
+        index: Any = None,
+        device: Any = None,
+    ) -> None:
+        super().__init__(input_features, output_features, bias, device)
+        self.state = MatmulLtState()
+        self.index = index
+        self.state.threshold = threshold
+        self.state.has_fp16_weights = has_fp16_weights
+        if threshold > 0.0 and not has_fp16_weights:
+            self.state.use_pool = True
+        self.weight = Int8Params(self.weight.data, has_fp16_weights=has_fp16_weights, requires_grad=has_fp16_weights)
+        self._register_load_state_dict_pre_hook(maybe_rearrange_weight)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        scb = getattr(self.weight, "SCB", None)
+        if scb is None:
+            scb = self.state.SCB
+        if not self.state.has_fp16_weights and scb is not None:
+            destination[prefix + "SCB"] = scb if keep_vars else scb.detach()
+            destination[prefix + "weight_format"] = torch.tensor(0, dtype=torch.uint8)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for key in list(unexpected_keys):
+            if key[len(prefix) :] != "SCB":
+                continue
+            # A plain parameter (a weight tied to another module's) has no SCB attribute at all.
+            weight_scb = getattr(self.weight, "SCB", None)
+            target = weight_scb if weight_scb is not None else self.state.SCB
+            if target is None:
+                raise RuntimeError(
+                    "Loading a quantized checkpoint into non-quantized Linear8bitLt is not supported. "
+                    "Please call module.cuda() before module.load_state_dict()"
+                )
+            target.copy_(state_dict[key])
+            if self.state.SCB is not None:
+                self.state.SCB = target
+            unexpected_keys.remove(key)
+
+    def init_8bit_state(self) -> None:
+        """Move the int8 weight and its scales from the parameter into ``state``."""
+        self.state.CB = self.weight.CB
+        self.state.SCB = self.weight.SCB
+        self.weight.CB = None
+        self.weight.SCB = None
+
+    def to(self, *args: Any, **kwargs: Any) -> Linear8bitLt:  # type: ignore[override]
+        result = super().to(*args, **kwargs)
+        device, _, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None:
+            if result.state.CB is not None:
+                result.state.CB = result.state.CB.to(device)
+            if result.state.SCB is not None:
+                result.state.SCB = result.state.SCB.to(device)
+        return result
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear8bitLt: input's last dimension is {x.shape[-1]}, expected {self.in_features}")
+        self.state.is_training = self.training
+        if self.weight.CB is not None:
+            self.init_8bit_state()
+        if not self.state.has_fp16_weights and self.weight.dtype != torch.int8 and self.state.CB is None:
+            raise NotQuantizedError("Linear8bitLt: the weight is not quantized; move the module to a device first")
+        out = matmul(x, self.weight, bias=_bias_in(self, x.dtype), state=self.state)
+        if not self.state.has_fp16_weights and self.state.CB is not None:
+            self.weight.data = self.state.CB
+        return out
+
+
+class OutlierAwareLinear(nn.Linear):
+    """Base class for linear layers that quantize their weight around input outlier dimensions.
+
+    Subclasses implement :meth:`forward_with_outliers` and :meth:`quantize_weight`; the outliers come
+    from :class:`bitsandbytes.utils.OutlierTracer` (initialize it on the model first).
+    """
+
+    def __init__(self, input_features: int, output_features: int, bias: bool = True, device: Any = None) -> None:
+        super().__init__(input_features, output_features, bias, device)
+        self.outlier_dim: torch.Tensor | None = None
+        self.is_quantized = False
+
+    def forward_with_outliers(self, x: torch.Tensor, outlier_idx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("Please override the `forward_with_outliers(self, x, outlier_idx)` function")
+
+    def quantize_weight(self, w: torch.Tensor, outlier_idx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("Please override the `quantize_weights(self, w, outlier_idx)` function")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outlier_dim is None:
+            tracer = OutlierTracer.get_instance()
+            if not tracer.is_initialized():
+                print("Please use OutlierTracer.initialize(model) before using the OutlierAwareLinear layer")
+            self.outlier_dim = tracer.get_outliers(self.weight)
+        if not self.is_quantized:
+            w = self.quantize_weight(self.weight, self.outlier_dim)
+            self.weight.data.copy_(w)
+            self.is_quantized = True
+        return self.forward_with_outliers(x, self.outlier_dim)
