@@ -7,6 +7,10 @@
 #include "kernels.h"
 
 namespace bnb_cpu {
+namespace avx2 {
+void weight_matmul(const WeightMatmulArgs& a, int64_t n0, int64_t n1);  // kernels_avx2_wmm.cpp
+}  // namespace avx2
+
 namespace avx512 {
 
 #include "weight_matmul_simd.h"
@@ -32,7 +36,13 @@ struct Simd {
 
 }  // namespace
 
-void weight_matmul(const WeightMatmulArgs& a, int64_t n0, int64_t n1) { wmm_forward<Simd>(a, n0, n1); }
+// Below 4 rows of A the AVX2 kernel streams the weight faster (4096x4096 from memory, 2 threads,
+// same process: 1 row 0.62 vs 0.91 ms, 2 rows 0.74 vs 0.87); from 4 rows the 4x4 tiles win (4: 0.85
+// vs 1.34, 8: 1.40 vs 2.22, 16: 2.60 vs 4.16).
+void weight_matmul(const WeightMatmulArgs& a, int64_t n0, int64_t n1) {
+  if (a.m < 4) return avx2::weight_matmul(a, n0, n1);
+  wmm_forward<Simd>(a, n0, n1);
+}
 
 void weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1) {
   if (!wmm_transposed<Simd>(a, acc, j0, j1)) gen_weight_matmul_t(a, acc, j0, j1);

@@ -26,14 +26,15 @@ from ._scratch import scratch
 from .kernels import DTYPE_CODE, _dequantize_4bit_into, _nt, _on_cpu
 
 FUSED_ROWS: dict[str, dict[str, int]] = {
-    "avx512": {"int8_weight_mm": 12, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
-    "avx2": {"int8_weight_mm": 1, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
+    "avx512": {"int8_weight_mm": 16, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
+    "avx2": {"int8_weight_mm": 12, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
     "neon": {"int8_weight_mm": 1, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
     "scalar": {"int8_weight_mm": 0, "int8_weight_mm_t": 0, "gemm_4bit_t": 0},
 }
 """Per instruction set, the rows of A up to which the fused kernels run; dequantize + dense GEMM
 above. Crossovers measured at 4096x4096 bf16, 2 threads, weights evicted (bench/RESULTS.md); the
-AVX-512 forward is hand-written, the others are the compiler-vectorized portable kernels."""
+int8 kernels are hand-written for AVX-512 and AVX2 (weight_matmul_simd.h); the 4-bit transposed one
+and every NEON kernel are the compiler-vectorized portable ones."""
 
 
 def _fused(op: str, rows: int) -> bool:
