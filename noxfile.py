@@ -352,13 +352,18 @@ def demo(session: nox.Session) -> None:
     session.run("python", str(ROOT / "examples" / "demo.py"))
 
 
-@nox.session(name="bench-import")
-def bench_import(session: nox.Session) -> None:
-    """Import-time overhead of bitsandbytes over torch (meta + cpu wheel)."""
+def _cpu_bench(session: nox.Session, script: str) -> None:
+    """Run bench/<script> with the meta-package and the cpu wheel."""
     install_torch(session)
     install_meta(session)
     install_platform(session, "cpu")
-    session.run("python", str(ROOT / "bench" / "import_time.py"), *session.posargs)
+    session.run("python", str(ROOT / "bench" / script), *session.posargs)
+
+
+@nox.session(name="bench-import")
+def bench_import(session: nox.Session) -> None:
+    """Import-time overhead of bitsandbytes over torch (meta + cpu wheel)."""
+    _cpu_bench(session, "import_time.py")
 
 
 @nox.session(name="bench-cpu-optim")
@@ -509,19 +514,13 @@ def set_version(session: nox.Session) -> None:
 @nox.session(name="bench-cpu")
 def bench_cpu(session: nox.Session) -> None:
     """bitsandbytes-cpu op by op vs PyTorch's CPU kernels (dense, int4pack, int8pack, fused AdamW), 1 and 2 threads."""
-    install_torch(session)
-    install_meta(session)
-    install_platform(session, "cpu")
-    session.run("python", str(ROOT / "bench" / "cpu_ops.py"), *session.posargs)
+    _cpu_bench(session, "cpu_ops.py")
 
 
 @nox.session(name="bench-cpu-finetune")
 def bench_cpu_finetune(session: nox.Session) -> None:
     """bitsandbytes-cpu's fine-tuning paths (8-bit training, QLoRA backward, prefill) vs dense and int8pack."""
-    install_torch(session)
-    install_meta(session)
-    install_platform(session, "cpu")
-    session.run("python", str(ROOT / "bench" / "cpu_finetune.py"), *session.posargs)
+    _cpu_bench(session, "cpu_finetune.py")
 
 
 @nox.session(name="bench-cpu-model")
