@@ -60,7 +60,7 @@ def test_int8_weight_mm_and_its_transpose(isa, dtype, lead, n, k):
     _close(OPS.int8_weight_mm_t(G, CB, SCB), REF["int8_weight_mm_t"](G, CB, SCB), n)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("blocksize", [64, 256])
 @pytest.mark.parametrize("lead,n,k", SHAPES)
@@ -105,3 +105,18 @@ def test_mixed_devices_are_refused():
         OPS.int8_weight_mm(torch.randn(2, 8, device="meta"), CB, SCB)
     got = OPS.int8_weight_mm_t(torch.randn(3, 4, device="meta"), CB.to("meta"), SCB.to("meta"))
     assert got.device.type == "meta" and got.shape == (3, 8)
+
+
+def test_direct_call_with_gradients_does_not_hand_autograd_the_reused_buffer(monkeypatch):
+    """Called directly (not through torch.ops) with gradients on, the dense path must not let
+    autograd save the thread's reused buffer: a later call would overwrite the saved weight."""
+    monkeypatch.setattr(weight_matmul, "FUSED_ROWS", {i: dict.fromkeys(weight_matmul.KERNELS, -1) for i in ISAS})
+    g = torch.Generator().manual_seed(5)
+    CB, SCB, _ = REF["int8_vectorwise_quant"](torch.randn(8, 16, generator=g), 0.0)
+    A = torch.randn(6, 16, generator=g, requires_grad=True)
+    y = weight_matmul.int8_weight_mm(A, CB, SCB)
+    CB2, SCB2, _ = REF["int8_vectorwise_quant"](torch.randn(8, 16, generator=g) * 5, 0.0)
+    weight_matmul.int8_weight_mm(torch.randn(6, 16, generator=g), CB2, SCB2)  # would refill a shared buffer
+    y.sum().backward()
+    want = torch.ones(6, 8) @ REF["int8_vectorwise_dequant"](CB, SCB)
+    torch.testing.assert_close(A.grad, want, rtol=1e-5, atol=1e-5)

@@ -44,6 +44,16 @@ def _fused(op: str, rows: int) -> bool:
 QUANT_TYPE_CODE = {"fp4": 0, "nf4": 1}
 
 
+def _expanded_weight(A: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """An uninitialised ``[n, k]`` buffer for the expanded weight, in the dtype the dense GEMM runs
+    in: A's, except f32 for f16 (torch has no fast f16 GEMM on the CPU; the result is rounded to
+    f16 once). This thread's reused buffer, unless gradients are on for A in a direct call (not
+    through torch.ops, which runs below autograd): autograd would then save it for backward."""
+    dtype = torch.float32 if A.dtype == torch.float16 else A.dtype
+    keep = torch.is_grad_enabled() and A.requires_grad
+    return torch.empty((n, k), dtype=dtype) if keep else scratch((n, k), dtype)
+
+
 def _empty_result(A: torch.Tensor, width: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The result when A has no rows or the sum is empty: zeros (plus the bias)."""
     out = A.new_zeros((*A.shape[:-1], width))
@@ -61,11 +71,11 @@ def int8_weight_mm(
         return _empty_result(A, n, bias)
     CB, SCB = CB.contiguous(), SCB.contiguous()
     if not _fused("int8_weight_mm", A2.shape[0]):
-        W = scratch((n, k), A.dtype).copy_(CB)
-        out = torch.nn.functional.linear(A2, W).mul_(SCB * INV_127)
+        W = _expanded_weight(A, n, k).copy_(CB)
+        out = torch.nn.functional.linear(A2.to(W.dtype), W).mul_(SCB * INV_127)
         if bias is not None:
             out.add_(bias)
-        return out.view(*A.shape[:-1], n)
+        return out.to(A.dtype).view(*A.shape[:-1], n)
     A2 = A2.contiguous()
     out = torch.empty(A2.shape[0], n, dtype=A.dtype)
     if bias is not None:
@@ -102,8 +112,8 @@ def int8_weight_mm_t(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> to
         return _empty_result(A, k)
     CB, SCB = CB.contiguous(), SCB.contiguous()
     if not _fused("int8_weight_mm_t", A2.shape[0]):
-        W = scratch((n, k), A.dtype).copy_(CB)
-        out = (A2 * (SCB * INV_127)).to(A.dtype) @ W
+        W = _expanded_weight(A, n, k).copy_(CB)
+        out = ((A2 * (SCB * INV_127)).to(W.dtype) @ W).to(A.dtype)
     else:
         out = _fused_t(A2, n, k, (CB.data_ptr(), SCB.data_ptr(), 0, 0, 0, 0))
     return out.view(*A.shape[:-1], k)
@@ -120,9 +130,9 @@ def gemm_4bit_t(
         return _empty_result(A, k)
     B, absmax = B.contiguous(), absmax.contiguous()
     if not _fused("gemm_4bit_t", A2.shape[0]):
-        W = scratch((n, k), A.dtype)
+        W = _expanded_weight(A, n, k)
         _dequantize_4bit_into(B, absmax, blocksize, quant_type, W)
-        out = A2 @ W
+        out = (A2.to(W.dtype) @ W).to(A.dtype)
     else:
         weight = (0, 0, B.data_ptr(), absmax.data_ptr(), QUANT_TYPE_CODE[quant_type], blocksize)
         out = _fused_t(A2, n, k, weight)
