@@ -75,6 +75,35 @@ def _check_int8(device: str) -> str | None:
     return None if torch.equal(C.long(), a.long() @ b.long().t()) else "int8_linear_matmul is not exact"
 
 
+def _check_weight_mm(device: str) -> str | None:
+    """The fine-tuning matmuls (int8 forward and input gradient, 4-bit input gradient) against the
+    reference on the CPU, within f32 summation-order rounding; 1 and 24 rows (fused and dense paths)."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(48, 320, generator=g)
+    CB, SCB, _ = REF["int8_vectorwise_quant"](w, 0.0)
+    packed, absmax = REF["quantize_4bit"](w, 64, "nf4", torch.uint8)
+    for rows in (1, 24):
+        A, G = torch.randn(rows, 320, generator=g), torch.randn(rows, 48, generator=g)
+        pairs = {
+            "int8_weight_mm": (
+                ops.int8_weight_mm(A.to(device), CB.to(device), SCB.to(device)),
+                REF["int8_weight_mm"](A, CB, SCB),
+            ),
+            "int8_weight_mm_t": (
+                ops.int8_weight_mm_t(G.to(device), CB.to(device), SCB.to(device)),
+                REF["int8_weight_mm_t"](G, CB, SCB),
+            ),
+            "gemm_4bit_t": (
+                ops.gemm_4bit_t(G.to(device), packed.to(device), [48, 320], absmax.to(device), 64, "nf4"),
+                REF["gemm_4bit_t"](G, packed, [48, 320], absmax, 64, "nf4"),
+            ),
+        }
+        for op, (got, want) in pairs.items():
+            if not torch.allclose(got.cpu(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item()):
+                return f"{op} with {rows} row(s) differs from the reference"
+    return None
+
+
 def run(device: str) -> list[dict[str, Any]]:
     """Run every check on ``device``; each result names the implementation that served it."""
     checks: list[tuple[str, str, Callable[[], str | None]]] = [
@@ -90,6 +119,9 @@ def run(device: str) -> list[dict[str, Any]]:
             (f"8-bit block-wise {name} round trip", "quantize_blockwise", lambda d=dtype: _check_blockwise(device, d))
         )
     checks.append(("int8 quantization and exact int8 matmul", "int8_linear_matmul", lambda: _check_int8(device)))
+    checks.append(
+        ("matmuls against a quantized weight (fine-tuning)", "int8_weight_mm", lambda: _check_weight_mm(device))
+    )
     results = []
     for name, op, fn in checks:
         try:
