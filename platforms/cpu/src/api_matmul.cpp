@@ -54,6 +54,7 @@ extern "C" {
 BNB_API int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k,
                                            const int8_t* CB, const float* SCB, const void* bias, int32_t bias_dtype,
                                            void* out);
+BNB_API int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int32_t dtype);
 BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                         const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                         int64_t blocksize, void* out);
@@ -229,6 +230,17 @@ BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m,
       }
     });
   });
+  return bnb_cpu::ok();
+}
+
+// CPU-only extension: out[i] = src[i] for n int8 values, as f32, f16 or bf16 (exact): an int8
+// weight expanded for a dense GEMM, the row scales applied on the GEMM's small side.
+BNB_API int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int32_t dtype) {
+  BNB_REQUIRE(src && out, BNB_ERR_NULL_POINTER, "src and out must not be NULL");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "out's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(n >= 0, BNB_ERR_INVALID_ARGUMENT, "n must be >= 0, got %lld", static_cast<long long>(n));
+  const auto& kt = kernels();
+  parallel_for(n, 1 << 16, [&](int64_t i0, int64_t i1) { kt.int8_expand(src, out, dtype, i0, i1); });
   return bnb_cpu::ok();
 }
 

@@ -24,6 +24,7 @@ int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int6
                                           const int64_t* cols, int64_t ncols, int8_t* Bcols);
 int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                    const float* SCB, const void* bias, int32_t bias_dtype, void* out);
+int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int32_t dtype);
 int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                 const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                 int64_t blocksize, void* out);
@@ -202,6 +203,14 @@ PYBIND11_MODULE(_C, m) {
       py::arg("A"), py::arg("dtype"), py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("CB"), py::arg("SCB"),
       py::arg("bias"), py::arg("bias_dtype"), py::arg("out"), py::arg("nthreads") = 0,
       "out [rows, n] = A [rows, k] @ (CB * SCB / 127)^T (+ bias), reading the int8 weight directly.");
+  m.def(
+      "int8_expand",
+      [](u src, int64_t n, u out, int32_t dtype, int32_t nthreads) {
+        run("int8_expand", nthreads,
+            [&] { return bnb_cpu_int8_expand(ptr<const int8_t>(src), n, ptr<void>(out), dtype); });
+      },
+      py::arg("src"), py::arg("n"), py::arg("out"), py::arg("dtype"), py::arg("nthreads") = 0,
+      "out[i] = src[i] for n int8 values, as the float dtype code `dtype` (exact).");
   m.def(
       "weight_matmul_t",
       [](u A, int32_t dtype, int64_t rows, int64_t n, int64_t k, u CB, u SCB, u B4, u absmax, int32_t quant_type,

@@ -107,6 +107,8 @@ struct KernelTable {
   void (*int8_outlier_scan)(const void* A, int32_t dtype, int64_t rows, int64_t cols, float threshold, uint8_t* flags);
   // out = A @ W^T (+ bias) for output columns [n0, n1) (int8 weight only).
   void (*weight_matmul)(const WeightMatmulArgs& a, int64_t n0, int64_t n1);
+  // out[i] = src[i] as `dtype` (exact: int8 values are representable in f32, f16 and bf16), i in [i0, i1).
+  void (*int8_expand)(const int8_t* src, void* out, int32_t dtype, int64_t i0, int64_t i1);
   // Partial sums of out = A @ W over weight rows [j0, j1) into acc (m * k floats, overwritten).
   void (*weight_matmul_t)(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1);
   // Optimizers: elements [i0, i1) (whole 256-blocks for 8-bit). 32-bit returns sum(unorm^2).

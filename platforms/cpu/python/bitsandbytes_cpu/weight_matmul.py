@@ -54,6 +54,14 @@ def _expanded_weight(A: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return torch.empty((n, k), dtype=dtype) if keep else scratch((n, k), dtype)
 
 
+def _expand_int8(A: torch.Tensor, CB: torch.Tensor) -> torch.Tensor:
+    """CB as floats for the dense GEMM (exact), expanded by the native kernel on every thread."""
+    n, k = CB.shape
+    W = _expanded_weight(A, n, k)
+    _C.int8_expand(CB.data_ptr(), n * k, W.data_ptr(), DTYPE_CODE[W.dtype], _nt())
+    return W
+
+
 def _empty_result(A: torch.Tensor, width: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The result when A has no rows or the sum is empty: zeros (plus the bias)."""
     out = A.new_zeros((*A.shape[:-1], width))
@@ -71,7 +79,7 @@ def int8_weight_mm(
         return _empty_result(A, n, bias)
     CB, SCB = CB.contiguous(), SCB.contiguous()
     if not _fused("int8_weight_mm", A2.shape[0]):
-        W = _expanded_weight(A, n, k).copy_(CB)
+        W = _expand_int8(A, CB)
         out = torch.nn.functional.linear(A2.to(W.dtype), W).mul_(SCB * INV_127)
         if bias is not None:
             out.add_(bias)
@@ -112,7 +120,7 @@ def int8_weight_mm_t(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> to
         return _empty_result(A, k)
     CB, SCB = CB.contiguous(), SCB.contiguous()
     if not _fused("int8_weight_mm_t", A2.shape[0]):
-        W = _expanded_weight(A, n, k).copy_(CB)
+        W = _expand_int8(A, CB)
         out = ((A2 * (SCB * INV_127)).to(W.dtype) @ W).to(A.dtype)
     else:
         out = _fused_t(A2, n, k, (CB.data_ptr(), SCB.data_ptr(), 0, 0, 0, 0))

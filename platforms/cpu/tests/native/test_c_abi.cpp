@@ -22,6 +22,7 @@ const char* bnb_cpu_usable_isas(void);
 void bnb_cpu_set_num_threads(int32_t n);
 int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                    const float* SCB, const void* bias, int32_t bias_dtype, void* out);
+int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int32_t dtype);
 int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                 const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                 int64_t blocksize, void* out);
@@ -204,6 +205,21 @@ Outputs run_all(bool* gemm_ok) {
         if (fabs(s - out[r * nn + j]) > 1e-5 * sa + 1e-6) *gemm_ok = false;
       }
   }
+  // int8 -> float expansion: exact in every dtype, an odd count.
+  {
+    std::vector<int8_t> src(1001);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<int8_t>(static_cast<int>(i * 37 % 256) - 128);
+    std::vector<float> f32(src.size());
+    std::vector<uint16_t> h16(src.size()), b16(src.size());
+    bool exact = bnb_cpu_int8_expand(src.data(), 1001, f32.data(), BNB_DTYPE_F32) == BNB_OK &&
+                 bnb_cpu_int8_expand(src.data(), 1001, h16.data(), BNB_DTYPE_F16) == BNB_OK &&
+                 bnb_cpu_int8_expand(src.data(), 1001, b16.data(), BNB_DTYPE_BF16) == BNB_OK;
+    for (size_t i = 0; i < src.size(); ++i) {
+      const float v = static_cast<float>(src[i]);
+      exact = exact && f32[i] == v && bnb::half_to_float(h16[i]) == v && bnb::bf16_to_float(b16[i]) == v;
+    }
+    check(exact, "int8_expand is exact in f32, f16 and bf16");
+  }
   // Matmuls against a weight kept quantized: A @ W^T (int8, with bias) and G @ W (int8 and 4-bit)
   // against naive products of the dequantized weight; odd sizes, rows past a 256-column chunk.
   for (auto shape : {std::vector<int64_t>{1, 5, 33}, {6, 17, 300}, {4, 64, 512}, {9, 3, 65}}) {
@@ -287,6 +303,8 @@ void bad_arguments() {
         "weight_matmul_t quant_type 7");
   check(bnb_cpu_int8_weight_matmul(x.data(), 5, 1, 2, 2, cb, absmax, nullptr, 0, x.data()) == BNB_ERR_UNSUPPORTED_DTYPE,
         "int8_weight_matmul dtype 5");
+  check(bnb_cpu_int8_expand(nullptr, 4, x.data(), 0) == BNB_ERR_NULL_POINTER, "int8_expand without src");
+  check(bnb_cpu_int8_expand(cb, 4, x.data(), 3) == BNB_ERR_UNSUPPORTED_DTYPE, "int8_expand dtype 3");
   check(bnb_cpu_set_isa("avx9000") == BNB_ERR_INVALID_ARGUMENT, "unknown ISA is refused");
   check(bnb_cpu_set_isa(nullptr) == BNB_ERR_NULL_POINTER, "NULL ISA is refused");
   check(bnb_paged_free(nullptr) == BNB_ERR_NOT_IMPLEMENTED, "paged memory is not implemented");
