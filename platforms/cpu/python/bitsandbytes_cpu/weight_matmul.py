@@ -34,7 +34,8 @@ FUSED_ROWS: dict[str, dict[str, int]] = {
 """Per instruction set, the rows of A up to which the fused kernels run; dequantize + dense GEMM
 above. Crossovers measured at 4096x4096 bf16, 2 threads, weights evicted (bench/RESULTS.md); the
 int8 kernels are hand-written for AVX-512 and AVX2 (weight_matmul_simd.h); the 4-bit transposed one
-and every NEON kernel are the compiler-vectorized portable ones."""
+and every NEON kernel are the compiler-vectorized portable ones. The NEON row is not measured (no
+Arm machine here; qemu times nothing): it takes the portable kernels' crossovers seen on x86."""
 
 
 def _fused(op: str, rows: int) -> bool:
