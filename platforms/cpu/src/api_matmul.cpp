@@ -47,6 +47,15 @@ const float* f32_rows(const void* A, int32_t dtype, int64_t count) {
   return buf;
 }
 
+// SCB / 127 per weight row, in this thread's scratch slot 2 (NULL: out of memory).
+const float* row_scales(const float* SCB, int64_t n) {
+  auto* scale = static_cast<float*>(scratch(n * static_cast<int64_t>(sizeof(float)), 2));
+  if (scale) {
+    for (int64_t j = 0; j < n; ++j) scale[j] = SCB[j] * (1.0f / 127.0f);
+  }
+  return scale;
+}
+
 }  // namespace
 
 extern "C" {
@@ -170,10 +179,9 @@ BNB_API int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t
   BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
   if (m == 0 || n == 0) return bnb_cpu::ok();
   const float* a32 = f32_rows(A, dtype, m * k);
-  auto* scale = static_cast<float*>(scratch(n * static_cast<int64_t>(sizeof(float)), 2));
+  const float* scale = row_scales(SCB, n);
   BNB_REQUIRE(a32 && scale, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the scratch buffers (m=%lld, n=%lld, k=%lld)",
               static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k));
-  for (int64_t j = 0; j < n; ++j) scale[j] = SCB[j] * (1.0f / 127.0f);
   bnb_cpu::WeightMatmulArgs args{a32, m, n,       k,    CB,         scale, nullptr, nullptr,
                                  0,   0, nullptr, bias, bias_dtype, out,   dtype};
   const auto& kt = kernels();
@@ -200,11 +208,9 @@ BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m,
               static_cast<long long>(blocksize));
   if (m == 0 || k == 0) return bnb_cpu::ok();
   const float* a32 = f32_rows(A, dtype, m * n);
-  float* scale = nullptr;
-  if (CB) scale = static_cast<float*>(scratch(n * static_cast<int64_t>(sizeof(float)), 2));
+  const float* scale = CB ? row_scales(SCB, n) : nullptr;
   BNB_REQUIRE(a32 && (scale || !CB), BNB_ERR_OUT_OF_MEMORY, "cannot allocate the scratch buffers (m=%lld, n=%lld)",
               static_cast<long long>(m), static_cast<long long>(n));
-  for (int64_t j = 0; CB && j < n; ++j) scale[j] = SCB[j] * (1.0f / 127.0f);
   const auto& kt = kernels();
   bnb_cpu::WeightMatmulArgs args{
       a32,     m, n,   k,    CB, scale, B4, absmax, quant_type == BNB_QUANT_NF4 ? 1 : 0, blocksize, kt.dequantize_4bit,
