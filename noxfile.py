@@ -154,7 +154,10 @@ def lint(session: nox.Session) -> None:
         str(p)
         for pattern in ("*.h", "*.hpp", "*.cpp", "*.cu", "*.cuh", "*.c")
         for p in ROOT.glob(f"**/{pattern}")
-        if not any(part in {".nox", "build", "dist"} or part.startswith("_skbuild") for part in p.parts)
+        # hidden folders (.nox, .venv, .git: environments and tools, not ours), build outputs
+        if not any(
+            part.startswith((".", "_skbuild")) or part in {"build", "dist"} for part in p.relative_to(ROOT).parts
+        )
     )
     if sources:
         session.run("clang-format", "--dry-run", "-Werror", *sources)
