@@ -3,12 +3,14 @@
 #include <string.h>
 
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <vector>
 
 #include "bnb/bnb_c_api.h"
 #include "element.h"
 #include "kernels.h"
+#include "kernels_amx.h"
 #include "status.h"
 #include "threading.h"
 
@@ -20,18 +22,21 @@ using bnb_cpu::parallel_for;
 // Per-thread scratch reused across calls (grown, never shrunk): no allocation per call once warm.
 // NULL when the memory cannot be had: no C++ exception may cross the C ABI.
 // `slot` keeps apart buffers that are alive at the same time on one thread: 0 the kernels' own
-// (gemm_4bit's prepared A, weight_matmul_t's sums), 1 an input converted to f32, 2 per-row scales.
+// (gemm_4bit's prepared A, weight_matmul_t's sums, the AMX path's packed A), 1 an input converted to
+// f32 (or a bias), 2 per-row scales, 3 the AMX path's weight panel (on every worker thread).
 void* scratch(int64_t bytes, int slot = 0) {
-  thread_local std::vector<uint8_t> bufs[3];
+  thread_local std::vector<uint8_t> bufs[4];
   std::vector<uint8_t>& buf = bufs[slot];
-  if (static_cast<int64_t>(buf.size()) < bytes) {
+  if (static_cast<int64_t>(buf.size()) < bytes + 64) {
     try {
-      buf.resize(static_cast<size_t>(bytes));
+      buf.resize(static_cast<size_t>(bytes + 64));
     } catch (const std::exception&) {
       return nullptr;
     }
   }
-  return buf.data();
+  // 64-byte aligned: a tile or vector row then never straddles two cache lines.
+  const uintptr_t at = reinterpret_cast<uintptr_t>(buf.data());
+  return buf.data() + ((64 - at % 64) % 64);
 }
 
 // A as f32: A itself, or a conversion into this thread's scratch slot 1 (NULL: out of memory).
@@ -70,6 +75,9 @@ BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m,
 
 BNB_API int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k,
                                                   int32_t* C, const int64_t* cols, int64_t ncols, int8_t* Bcols);
+BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB,
+                                          const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
+                                          int64_t blocksize, const void* bias, int32_t bias_dtype, void* out);
 
 int32_t bnb_gemm_4bit(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const uint8_t* B,
                       const float* absmax, const float* code, int64_t blocksize, const void* bias, void* out,
@@ -247,6 +255,112 @@ BNB_API int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int
   BNB_REQUIRE(n >= 0, BNB_ERR_INVALID_ARGUMENT, "n must be >= 0, got %lld", static_cast<long long>(n));
   const auto& kt = kernels();
   parallel_for(n, 1 << 16, [&](int64_t i0, int64_t i1) { kt.int8_expand(src, out, dtype, i0, i1); });
+  return bnb_cpu::ok();
+}
+
+}  // extern "C"
+
+namespace {
+
+void expand_int8(const bnb_cpu::amx::PanelArgs& a, int64_t row, int64_t c0, int64_t c1, uint16_t* dst) {
+  kernels().int8_expand(static_cast<const int8_t*>(a.weight) + row * a.k + c0, dst, BNB_DTYPE_BF16, 0, c1 - c0);
+}
+
+// Whole blocks (k and c0 are multiples of the blocksize): the range's bytes and absmax start the call.
+void expand_4bit(const bnb_cpu::amx::PanelArgs& a, int64_t row, int64_t c0, int64_t c1, uint16_t* dst) {
+  const int64_t first = (row * a.k + c0) / a.blocksize;
+  kernels().dequantize_4bit(static_cast<const uint8_t*>(a.weight) + (row * a.k + c0) / 2, a.absmax + first, c1 - c0,
+                            a.blocksize, a.nf4, dst, BNB_DTYPE_BF16, 0, (c1 - c0 + a.blocksize - 1) / a.blocksize);
+}
+
+}  // namespace
+
+extern "C" {
+
+// CPU-only extension: out [m, n] (bf16) = A [m, k] (bf16) @ W^T (+ bias) on the AMX tile unit, W
+// [n, k] kept quantized: int8 rows (CB, SCB: W = CB * SCB / 127; B4 NULL) or packed 4-bit (B4,
+// absmax, quant_type, blocksize; CB NULL), expanded 32 rows at a time into a bf16 panel in cache.
+// BNB_ERR_NOT_IMPLEMENTED where AMX is not usable (bnb_cpu_amx_usable) or k is not a multiple of
+// 32 (and, for 4-bit, of blocksize).
+BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB,
+                                          const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
+                                          int64_t blocksize, const void* bias, int32_t bias_dtype, void* out) {
+  BNB_REQUIRE(A && out, BNB_ERR_NULL_POINTER, "A and out must not be NULL");
+  BNB_REQUIRE((CB && SCB && !B4) || (B4 && absmax && !CB), BNB_ERR_NULL_POINTER,
+              "give either CB and SCB (int8 weight) or B4 and absmax (4-bit weight)");
+  BNB_REQUIRE(!B4 || quant_type == BNB_QUANT_NF4 || quant_type == BNB_QUANT_FP4, BNB_ERR_UNSUPPORTED_QUANT_TYPE,
+              "quant_type must be NF4 or FP4, got %d", static_cast<int>(quant_type));
+  BNB_REQUIRE(!bias || bnb_cpu::is_float_dtype(bias_dtype), BNB_ERR_UNSUPPORTED_DTYPE,
+              "bias's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
+  BNB_REQUIRE(!B4 || blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
+              static_cast<long long>(blocksize));
+  BNB_REQUIRE(bnb_cpu::amx_usable(), BNB_ERR_NOT_IMPLEMENTED,
+              "AMX is not usable here (CPU, operating system, instruction set or bnb_cpu_set_amx)");
+  BNB_REQUIRE(k % 32 == 0 && (!B4 || k % blocksize == 0), BNB_ERR_NOT_IMPLEMENTED,
+              "the AMX path needs k (%lld) to be a multiple of 32 and, for 4-bit, of blocksize (%lld)",
+              static_cast<long long>(k), static_cast<long long>(blocksize));
+  if (m == 0 || n == 0) return bnb_cpu::ok();
+  namespace amx = bnb_cpu::amx;
+  const int64_t rows = std::min(m, amx::kMaxRows);
+  auto* packed = static_cast<uint32_t*>(scratch(amx::packed_bytes(rows, k), 0));
+  const float* scale = CB ? row_scales(SCB, n) : nullptr;
+  float* bias32 = nullptr;
+  if (bias) {
+    bias32 = static_cast<float*>(scratch(n * static_cast<int64_t>(sizeof(float)), 1));
+    if (bias32) {
+      bnb_cpu::dispatch_float(bias_dtype, [&](auto e) {
+        using E = decltype(e);
+        const auto* src = static_cast<const typename E::type*>(bias);
+        for (int64_t j = 0; j < n; ++j) bias32[j] = E::load(src[j]);
+      });
+    }
+  }
+  BNB_REQUIRE(packed && (scale || !CB) && (bias32 || !bias), BNB_ERR_OUT_OF_MEMORY,
+              "cannot allocate the scratch buffers (m=%lld, n=%lld, k=%lld)", static_cast<long long>(m),
+              static_cast<long long>(n), static_cast<long long>(k));
+  // Panels of up to 256 weight rows (each row of packed A read from L2 is used by all of them),
+  // fewer where that gives every thread a panel.
+  const int64_t threads = std::max(1, bnb_cpu::requested_threads());
+  const int64_t per_thread = (n + threads - 1) / threads;
+  const int64_t panel_rows = std::min(amx::kMaxPanelRows, std::max<int64_t>(32, (per_thread + 31) / 32 * 32));
+  const int64_t unit = CB ? 64 : blocksize;
+  amx::PanelArgs args{nullptr,
+                      0,
+                      n,
+                      k,
+                      CB ? expand_int8 : expand_4bit,
+                      unit,
+                      CB ? static_cast<const void*>(CB) : static_cast<const void*>(B4),
+                      absmax,
+                      quant_type == BNB_QUANT_NF4 ? 1 : 0,
+                      blocksize,
+                      scale,
+                      bias32,
+                      nullptr,
+                      panel_rows,
+                      amx::range_for(unit)};
+  const int64_t panels = (n + panel_rows - 1) / panel_rows;
+  std::atomic<bool> failed{false};
+  // Up to kMaxRows rows of A per pass: its packed form and the panel's sums then stay in L2.
+  for (int64_t r0 = 0; r0 < m && !failed.load(); r0 += amx::kMaxRows) {
+    args.A = static_cast<const uint16_t*>(A) + r0 * k;
+    args.m = std::min(amx::kMaxRows, m - r0);
+    args.out = static_cast<uint16_t*>(out) + r0 * n;
+    parallel_for((args.m + 31) / 32 * 2, 1, [&](int64_t b0, int64_t b1) { amx::pack_a(args, packed, b0, b1); });
+    // Each thread's work space is its scratch slot 3 (the calling thread's slots 0-2 hold packed
+    // A, the bias and the scales).
+    parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
+      void* work = scratch(amx::work_bytes(args.m, panel_rows, args.range), 3);
+      if (!work) {
+        failed = true;
+        return;
+      }
+      amx::panel_matmul(args, packed, work, p0 * panel_rows, std::min(n, p1 * panel_rows));
+    });
+  }
+  BNB_REQUIRE(!failed, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the AMX work space (%lld bytes)",
+              static_cast<long long>(amx::work_bytes(std::min(m, amx::kMaxRows), panel_rows, args.range)));
   return bnb_cpu::ok();
 }
 

@@ -25,6 +25,11 @@ int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int6
 int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                    const float* SCB, const void* bias, int32_t bias_dtype, void* out);
 int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int32_t dtype);
+int32_t bnb_cpu_amx_usable(void);
+void bnb_cpu_set_amx(int32_t on);
+int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
+                                  const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
+                                  const void* bias, int32_t bias_dtype, void* out);
 int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                 const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                 int64_t blocksize, void* out);
@@ -203,6 +208,28 @@ PYBIND11_MODULE(_C, m) {
       py::arg("A"), py::arg("dtype"), py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("CB"), py::arg("SCB"),
       py::arg("bias"), py::arg("bias_dtype"), py::arg("out"), py::arg("nthreads") = 0,
       "out [rows, n] = A [rows, k] @ (CB * SCB / 127)^T (+ bias), reading the int8 weight directly.");
+  m.def(
+      "amx_usable", [] { return bnb_cpu_amx_usable() != 0; },
+      "Whether the AMX paths run: the CPU and the operating system allow the tile unit, the avx512 table is "
+      "active and set_amx(False) has not turned them off.");
+  m.def(
+      "set_amx", [](bool on) { bnb_cpu_set_amx(on ? 1 : 0); }, py::arg("on"),
+      "Turn the AMX paths on (the default where supported) or off.");
+  m.def(
+      "weight_matmul_amx",
+      [](u A, int64_t rows, int64_t n, int64_t k, u CB, u SCB, u B4, u absmax, int32_t quant_type, int64_t blocksize,
+         u bias, int32_t bias_dtype, u out, int32_t nthreads) {
+        run("weight_matmul_amx", nthreads, [&] {
+          return bnb_cpu_weight_matmul_amx(ptr<const void>(A), rows, n, k, ptr<const int8_t>(CB), ptr<const float>(SCB),
+                                           ptr<const uint8_t>(B4), ptr<const float>(absmax), quant_type, blocksize,
+                                           ptr<const void>(bias), bias_dtype, ptr<void>(out));
+        });
+      },
+      py::arg("A"), py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("CB"), py::arg("SCB"), py::arg("B4"),
+      py::arg("absmax"), py::arg("quant_type"), py::arg("blocksize"), py::arg("bias"), py::arg("bias_dtype"),
+      py::arg("out"), py::arg("nthreads") = 0,
+      "out [rows, n] (bf16) = A [rows, k] (bf16) @ W^T (+ bias) on the AMX tile unit, W [n, k] kept as int8 rows (CB, "
+      "SCB) or packed 4-bit (B4, absmax, quant_type, blocksize).");
   m.def(
       "int8_expand",
       [](u src, int64_t n, u out, int32_t dtype, int32_t nthreads) {

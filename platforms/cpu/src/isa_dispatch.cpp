@@ -2,6 +2,11 @@
 // BNB_CPU_ISA or bnb_cpu_set_isa() names one.
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <atomic>
 #include <initializer_list>
@@ -9,6 +14,7 @@
 #include "bnb/bnb_c_api.h"
 #include "isa.h"
 #include "kernels.h"
+#include "kernels_amx.h"
 #include "status.h"
 
 namespace bnb_cpu {
@@ -118,6 +124,49 @@ int active_isa() {
 
 const KernelTable& kernels() { return *table_for(active_isa()); }
 
+namespace {
+
+// AMX-TILE and AMX-BF16 on the CPU, the tile state enabled by the operating system (XCR0 bits 17
+// and 18), and this process granted the tile data state (Linux asks for it once per process:
+// ARCH_REQ_XCOMP_PERM, feature 18). Checked once.
+bool amx_supported() {
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(BNB_CPU_NO_AMX)
+  static const bool ok = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    const bool amx_bf16 = (edx >> 22) & 1, amx_tile = (edx >> 24) & 1;
+    if (!amx_bf16 || !amx_tile) return false;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1)) return false;  // OSXSAVE
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if (((lo >> 17) & 3) != 3) return false;
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// BNB_CPU_AMX=0 in the environment, or bnb_cpu_set_amx(0), turns the AMX paths off.
+std::atomic<int> g_amx{-1};
+
+bool amx_enabled() {
+  int on = g_amx.load(std::memory_order_acquire);
+  if (on < 0) {
+    const char* env = getenv("BNB_CPU_AMX");
+    on = (env != nullptr && strcmp(env, "0") == 0) ? 0 : 1;
+    g_amx.store(on, std::memory_order_release);
+  }
+  return on == 1;
+}
+
+}  // namespace
+
+bool amx_usable() { return active_isa() == ISA_AVX512 && amx_enabled() && amx_supported(); }
+
 }  // namespace bnb_cpu
 
 extern "C" {
@@ -137,6 +186,14 @@ BNB_API int32_t bnb_cpu_set_isa(const char* name) {
   bnb_cpu::g_isa.store(isa, std::memory_order_release);
   return bnb_cpu::ok();
 }
+
+// CPU-only extension: 1 when the AMX paths run (CPU, operating system, the avx512 table active
+// and not turned off), else 0.
+BNB_API int32_t bnb_cpu_amx_usable(void) { return bnb_cpu::amx_usable() ? 1 : 0; }
+
+// CPU-only extension: turn the AMX paths on (1, the default where supported) or off (0); the tests
+// compare both with the reference this way.
+BNB_API void bnb_cpu_set_amx(int32_t on) { bnb_cpu::g_amx.store(on ? 1 : 0, std::memory_order_release); }
 
 // CPU-only extension: an error message when BNB_CPU_ISA names an unknown or unusable set ("" if fine).
 BNB_API const char* bnb_cpu_isa_env_error(void) {

@@ -13,7 +13,7 @@ import torch
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.int8 import INV_127
 
-from . import _C
+from . import _C, amx
 from ._scratch import scratch
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -310,6 +310,19 @@ def gemm_4bit(
         if not (bias.dim() == 1 and bias.shape[0] == shapeB[0]):
             raise ValueError(f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}")
     _on_cpu(A=A, B=B, absmax=eff)
+    if amx.eligible("gemm_4bit", A, _rows(A), shapeB[1], blocksize):
+        out = amx.weight_matmul(
+            A.reshape(-1, shapeB[1]),
+            shapeB[0],
+            shapeB[1],
+            B=B.contiguous().view(torch.uint8),
+            absmax=eff.contiguous().float(),
+            quant_type=quant_type,
+            blocksize=blocksize,
+            bias=None if bias is None else bias.to(A.dtype),
+            nthreads=_nt(),
+        )
+        return out.view(*A.shape[:-1], shapeB[0])
     if _rows(A) > FUSED_MAX_ROWS:
         # Prefill-sized inputs: the dense GEMM on the dequantized weight wins once the weight's
         # decoding is shared by enough rows; the fused kernel serves decoding (<= 32 rows). The

@@ -21,7 +21,7 @@ import torch
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.int8 import INV_127
 
-from . import _C
+from . import _C, amx
 from ._scratch import scratch
 from .kernels import DTYPE_CODE, _dequantize_4bit_into, _nt, _on_cpu
 
@@ -79,6 +79,9 @@ def int8_weight_mm(
     if A2.shape[0] == 0 or n == 0 or k == 0:
         return _empty_result(A, n, bias)
     CB, SCB = CB.contiguous(), SCB.contiguous()
+    if amx.eligible("int8_weight_mm", A, A2.shape[0], k):
+        out = amx.weight_matmul(A2, n, k, CB=CB, SCB=SCB, bias=bias, nthreads=_nt())
+        return out.view(*A.shape[:-1], n)
     if not _fused("int8_weight_mm", A2.shape[0]):
         W = _expand_int8(A, CB)
         out = torch.nn.functional.linear(A2.to(W.dtype), W).mul_(SCB * INV_127)

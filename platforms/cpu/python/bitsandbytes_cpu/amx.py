@@ -1,0 +1,78 @@
+"""The AMX path of the matmuls against a weight kept quantized (bf16 activations).
+
+On CPUs with AMX-BF16 (Intel Xeon from Sapphire Rapids on) the native library multiplies bf16
+activations by a 4-bit or int8 weight on the tile unit, expanding the weight 32 to 256 rows at
+a time into a panel that stays in the core's L2 (``bnb_cpu_weight_matmul_amx``): the dequantized
+weight never goes to memory, so prefill-sized batches cost about what a dense bf16 GEMM costs
+(bench/RESULTS.md). The panel holds exactly the values ``dequantize_4bit`` (or ``CB`` as floats)
+gives, the products are summed in f32, the int8 row scales and the bias are applied to the f32
+sum, and the result is rounded to bf16 once.
+
+``set_amx(False)`` in ``bitsandbytes_cpu._C`` (or ``BNB_CPU_AMX=0`` in the environment) turns the
+path off; it is off whenever another instruction set than avx512 is forced.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C
+
+QUANT_TYPE_CODE = {"fp4": 0, "nf4": 1}
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+MIN_ROWS = {"gemm_4bit": 9, "int8_weight_mm": 9}
+"""Rows of A from which the AMX path replaces the fused kernels (4096x4096 bf16, 2 threads,
+weights from memory; bench/RESULTS.md). Below them the fused kernels read the weight once for
+all rows and win."""
+
+
+def eligible(op: str, A: torch.Tensor, rows: int, k: int, blocksize: int | None = None) -> bool:
+    """Whether ``op`` takes the AMX path for A (``rows`` x ``k``) and, for 4-bit, ``blocksize``."""
+    return (
+        A.dtype == torch.bfloat16
+        and rows >= MIN_ROWS[op]
+        and k % 32 == 0
+        and (blocksize is None or k % blocksize == 0)
+        and _C.amx_usable()
+    )
+
+
+def weight_matmul(
+    A2: torch.Tensor,
+    n: int,
+    k: int,
+    *,
+    CB: torch.Tensor | None = None,
+    SCB: torch.Tensor | None = None,
+    B: torch.Tensor | None = None,
+    absmax: torch.Tensor | None = None,
+    quant_type: str = "nf4",
+    blocksize: int = 0,
+    bias: torch.Tensor | None = None,
+    nthreads: int = 0,
+) -> torch.Tensor:
+    """``A2 @ W^T (+ bias)`` in bf16 for bf16 ``A2`` ``[rows, k]`` and W ``[n, k]`` given as int8
+    rows (``CB``, ``SCB``) or packed 4-bit (``B``, ``absmax``, ``quant_type``, ``blocksize``).
+    Arguments are already checked by the caller."""
+    A2 = A2.contiguous()
+    out = torch.empty(A2.shape[0], n, dtype=torch.bfloat16)
+    if bias is not None:
+        bias = bias.contiguous()
+    _C.weight_matmul_amx(
+        A2.data_ptr(),
+        A2.shape[0],
+        n,
+        k,
+        0 if CB is None else CB.data_ptr(),
+        0 if SCB is None else SCB.data_ptr(),
+        0 if B is None else B.data_ptr(),
+        0 if absmax is None else absmax.data_ptr(),
+        QUANT_TYPE_CODE[quant_type],
+        blocksize,
+        0 if bias is None else bias.data_ptr(),
+        2 if bias is None else DTYPE_CODE[bias.dtype],
+        out.data_ptr(),
+        nthreads,
+    )
+    return out

@@ -1,0 +1,202 @@
+// AMX (AMX-TILE + AMX-BF16) matmul against a weight kept quantized: out [m, n] = A [m, k] @ W^T
+// for bf16 A, W [n, k] int8 rows (LLM.int8()'s training forward) or packed 4-bit (QLoRA's
+// forward, prefill-sized batches).
+//
+// W is expanded 32 rows at a time into a bf16 panel that stays in this core's L2 (the active
+// instruction set's own 4-bit dequantization or int8 expansion, so the panel holds exactly the
+// values dequantize_4bit gives), and the tile unit multiplies it while it is there: no dequantized
+// weight ever goes to memory. The panel rows are the tile unit's row operand (16 weight rows x 32
+// k per tile, loaded as they lie); A is the column operand, re-laid out once per call into the
+// VNNI pair layout (pack_a). Each 16 x 16 f32 result tile is thus out^T, transposed on the way out,
+// where the int8 row scales and the bias are applied and the sum is rounded to bf16 once.
+//
+// This file is compiled with the AVX-512 and AMX flags; nothing here runs unless
+// amx_usable() (isa_dispatch.cpp) said the CPU and the operating system allow it.
+#if !defined(BNB_CPU_NO_AMX)
+#include <immintrin.h>
+#endif
+#include <stdint.h>
+#include <string.h>
+
+#include "bnb/numeric.h"
+#include "element.h"
+#include "kernels_amx.h"
+
+namespace bnb_cpu {
+namespace amx {
+
+#if defined(BNB_CPU_NO_AMX)  // a compiler without the AMX flags: amx_usable() is false, never called
+
+void pack_a(const PanelArgs&, uint32_t*, int64_t, int64_t) {}
+void panel_matmul(const PanelArgs&, const uint32_t*, uint16_t*, int64_t, int64_t) {}
+
+#else
+
+namespace {
+
+// Palette 1 tile configuration (the layout LDTILECFG reads).
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Tiles 0-1: two 16-row slices of the weight panel; 2-3: two 16-column blocks of packed A;
+// 4-7: the 2 x 2 result tiles. Every tile is 16 rows of 64 bytes.
+void configure_tiles() {
+  TileConfig cfg;
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// f32 -> bf16 bits with round-to-nearest-even and every NaN -> 0xFFFF (bnb::float_to_bf16).
+inline __m256i to_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0xffff));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// Transposes 16 x 16 floats in place (rows r[0..15]).
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+}
+
+// One 16 x 16 result tile (c[i][j] = sum over k of W[n0 + i] . A[m0 + j]) into out, transposed,
+// the weight rows' scales and bias applied, rounded to bf16 once.
+void store_tile(const PanelArgs& a, const float (*c)[16], int64_t n0, int64_t m0) {
+  const int64_t rows = a.n - n0 < 16 ? a.n - n0 : 16;  // weight rows = output columns
+  const int64_t cols = a.m - m0 < 16 ? a.m - m0 : 16;  // rows of A = output rows
+  if (rows <= 0 || cols <= 0) return;
+  const __mmask16 lanes = static_cast<__mmask16>((1u << rows) - 1);
+  __m512 r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(c[i]);
+  transpose16(r);  // r[j][i] = c[i][j]: output row m0 + j, columns n0 + i
+  const __m512 scale = a.scale ? _mm512_maskz_loadu_ps(lanes, a.scale + n0) : _mm512_set1_ps(1.0f);
+  const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(lanes, a.bias + n0) : _mm512_setzero_ps();
+  for (int64_t j = 0; j < cols; ++j) {
+    __m512 v = r[j];
+    if (a.scale) v = _mm512_mul_ps(v, scale);
+    if (a.bias) v = _mm512_add_ps(v, bias);
+    _mm256_mask_storeu_epi16(a.out + (m0 + j) * a.n + n0, lanes, to_bf16(v));
+  }
+}
+
+}  // namespace
+
+void pack_a(const PanelArgs& a, uint32_t* packed, int64_t mb0, int64_t mb1) {
+  const int64_t kp = a.k / 2;  // bf16 pairs per row
+  const int64_t ks = a.k / 32;
+  const auto* A32 = reinterpret_cast<const uint32_t*>(a.A);
+  for (int64_t mb = mb0; mb < mb1; ++mb) {
+    for (int64_t s = 0; s < ks; ++s) {
+      uint32_t* dst = packed + (mb * ks + s) * 256;
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t row = mb * 16 + i;
+        if (row >= a.m) {
+          for (int64_t r = 0; r < 16; ++r) dst[r * 16 + i] = 0;
+          continue;
+        }
+        const uint32_t* src = A32 + row * kp + s * 16;
+        for (int64_t r = 0; r < 16; ++r) dst[r * 16 + i] = src[r];
+      }
+    }
+  }
+}
+
+void panel_matmul(const PanelArgs& a, const uint32_t* packed, void* work, int64_t j0, int64_t j1) {
+  const int64_t ks = a.k / 32, rs = a.range / 32;
+  const int64_t stride = a.range + 32;
+  const int64_t mpairs = (a.m + 31) / 32;
+  uint16_t* wbuf = static_cast<uint16_t*>(work);
+  auto* sums = reinterpret_cast<float (*)[4][16][16]>(wbuf + a.panel_rows * stride);
+  configure_tiles();
+  for (int64_t p0 = j0; p0 < j1; p0 += a.panel_rows) {
+    const int64_t rows = j1 - p0 < a.panel_rows ? j1 - p0 : a.panel_rows;
+    const int64_t pairs = (rows + 31) / 32;
+    for (int64_t s0 = 0; s0 < ks; s0 += rs) {
+      const int64_t s1 = ks - s0 < rs ? ks : s0 + rs;
+      const int64_t c0 = s0 * 32, c1 = s1 * 32;
+      for (int64_t r = 0; r < rows; ++r) a.expand(a, p0 + r, c0, c1, wbuf + r * stride);
+      for (int64_t r = rows; r < pairs * 32; ++r) memset(wbuf + r * stride, 0, static_cast<size_t>(c1 - c0) * 2);
+      const bool last = s1 == ks;
+      for (int64_t mp = 0; mp < mpairs; ++mp) {
+        const uint32_t* b0 = packed + (2 * mp * ks + s0) * 256;
+        const uint32_t* b1 = b0 + ks * 256;
+        for (int64_t rp = 0; rp < pairs; ++rp) {
+          const uint16_t* w0 = wbuf + rp * 32 * stride;
+          const uint16_t* w1 = w0 + 16 * stride;
+          float (*c)[16][16] = sums[mp * pairs + rp];
+          if (s0 == 0) {
+            _tile_zero(4);
+            _tile_zero(5);
+            _tile_zero(6);
+            _tile_zero(7);
+          } else {
+            _tile_loadd(4, c[0], 64);
+            _tile_loadd(5, c[1], 64);
+            _tile_loadd(6, c[2], 64);
+            _tile_loadd(7, c[3], 64);
+          }
+          for (int64_t s = 0; s < s1 - s0; ++s) {
+            _tile_loadd(0, w0 + s * 32, stride * 2);
+            _tile_loadd(1, w1 + s * 32, stride * 2);
+            _tile_loadd(2, b0 + s * 256, 64);
+            _tile_loadd(3, b1 + s * 256, 64);
+            _tile_dpbf16ps(4, 0, 2);
+            _tile_dpbf16ps(5, 0, 3);
+            _tile_dpbf16ps(6, 1, 2);
+            _tile_dpbf16ps(7, 1, 3);
+          }
+          _tile_stored(4, c[0], 64);
+          _tile_stored(5, c[1], 64);
+          _tile_stored(6, c[2], 64);
+          _tile_stored(7, c[3], 64);
+          if (last) {
+            const int64_t n0 = p0 + rp * 32;
+            store_tile(a, c[0], n0, mp * 32);
+            store_tile(a, c[1], n0, mp * 32 + 16);
+            store_tile(a, c[2], n0 + 16, mp * 32);
+            store_tile(a, c[3], n0 + 16, mp * 32 + 16);
+          }
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+#endif  // BNB_CPU_NO_AMX
+
+}  // namespace amx
+}  // namespace bnb_cpu

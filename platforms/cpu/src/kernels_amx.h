@@ -1,0 +1,56 @@
+// The AMX weight-panel matmul (kernels_amx.cpp): out [m, n] = A [m, k] @ W^T, A bf16, W kept
+// quantized and expanded 32 rows at a time into an L2-resident bf16 panel.
+#pragma once
+
+#include <stdint.h>
+
+namespace bnb_cpu {
+
+// Whether the CPU has AMX-TILE and AMX-BF16, the operating system lets this process use the tile
+// registers (asked for once, on first call), the avx512 kernel table is active and
+// bnb_cpu_set_amx() has not turned it off (isa_dispatch.cpp).
+bool amx_usable();
+
+namespace amx {
+
+constexpr int64_t kRangeSteps = 16;     // k is expanded and multiplied in ranges of 32 * kRangeSteps
+constexpr int64_t kMaxRows = 256;       // rows of A per pass (the C ABI splits larger inputs)
+constexpr int64_t kMaxPanelRows = 256;  // weight rows per panel
+
+struct PanelArgs {
+  const uint16_t* A;  // bf16 [m, k], k a multiple of 32
+  int64_t m, n, k;
+  // Writes columns [c0, c1) of weight row `row` as bf16 to dst; c0 and c1 are multiples of
+  // `unit` (or c1 = k).
+  void (*expand)(const PanelArgs& a, int64_t row, int64_t c0, int64_t c1, uint16_t* dst);
+  int64_t unit;
+  const void* weight;   // what expand_row reads: int8 CB, or the packed 4-bit bytes
+  const float* absmax;  // 4-bit: block-wise absmax
+  int32_t nf4;          // 4-bit: 1 NF4, 0 FP4
+  int64_t blocksize;    // 4-bit: k is a multiple of it
+  const float* scale;   // per weight row (int8: SCB / 127), or NULL
+  const float* bias;    // per weight row (f32), or NULL
+  uint16_t* out;        // bf16 [m, n]
+  int64_t panel_rows;   // weight rows per panel: a multiple of 32, at most kMaxPanelRows
+  int64_t range;        // k per range: a multiple of 32 * kRangeSteps and of `unit`; divides k or >= k
+};
+
+// The k range: 32 * kRangeSteps, or the unit (a 4-bit block) where that is larger.
+inline int64_t range_for(int64_t unit) { return unit > 32 * kRangeSteps ? unit : 32 * kRangeSteps; }
+
+// Per-thread work space of panel_matmul: the expanded k range of a panel (rows padded by a cache
+// line) and the running sums of every 16 x 16 output tile of the panel.
+inline int64_t work_bytes(int64_t m, int64_t panel_rows, int64_t range) {
+  return panel_rows * (range + 32) * 2 + (m + 31) / 32 * (panel_rows / 32) * 4 * 1024;
+}
+// Bytes of A re-laid out for the tile unit: rows rounded up to 32.
+inline int64_t packed_bytes(int64_t m, int64_t k) { return (m + 31) / 32 * 32 * k * 2; }
+
+// Re-lays out the 16-row blocks [mb0, mb1) of A (zero rows past m) for panel_matmul.
+void pack_a(const PanelArgs& a, uint32_t* packed, int64_t mb0, int64_t mb1);
+// Output columns [j0, j1) (j0 a multiple of panel_rows), with this thread's work space of
+// work_bytes(m, panel_rows, range).
+void panel_matmul(const PanelArgs& a, const uint32_t* packed, void* work, int64_t j0, int64_t j1);
+
+}  // namespace amx
+}  // namespace bnb_cpu
