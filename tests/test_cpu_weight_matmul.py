@@ -11,7 +11,7 @@ cpu = pytest.importorskip("bitsandbytes_cpu")
 
 import bitsandbytes.functional as F  # noqa: E402
 from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
-from bitsandbytes_cpu import weight_matmul  # noqa: E402
+from bitsandbytes_cpu import amx, weight_matmul  # noqa: E402
 
 OPS = torch.ops.bitsandbytes
 ISAS = cpu.build_info()["isa_usable"]
@@ -21,15 +21,27 @@ SHAPES = [((1,), 5, 33), ((3,), 17, 300), ((12,), 64, 512), ((2, 9), 3, 65), ((0
 TOL = {torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-@pytest.fixture(params=[(isa, path) for isa in ISAS for path in ("fused", "dense")], ids=lambda p: "-".join(p))
+PATHS = [(isa, path) for isa in ISAS for path in ("fused", "dense")]
+if "avx512" in ISAS:
+    cpu.set_isa("avx512")
+    if cpu._C.amx_usable():
+        PATHS.append(("avx512", "amx"))
+    cpu.set_isa("auto")
+
+
+@pytest.fixture(params=PATHS, ids=lambda p: "-".join(p))
 def isa(request, monkeypatch):
-    """Each usable instruction set, with every row count on the fused kernels or on the dense path."""
+    """Each usable instruction set, with every row count on the fused kernels or on the dense path;
+    and on CPUs with AMX, every bf16 row count on the AMX path (the others as for "dense")."""
     name, path = request.param
     rows = 10**9 if path == "fused" else -1
     monkeypatch.setattr(weight_matmul, "FUSED_ROWS", {i: dict.fromkeys(weight_matmul.KERNELS, rows) for i in ISAS})
+    monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 0))
+    cpu._C.set_amx(path == "amx")
     cpu.set_isa(name)
     yield name
     cpu.set_isa("auto")
+    cpu._C.set_amx(True)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:

@@ -130,8 +130,7 @@ namespace {
 // and 18), and this process granted the tile data state (Linux asks for it once per process:
 // ARCH_REQ_XCOMP_PERM, feature 18). Checked once.
 bool amx_supported() {
-#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(BNB_CPU_NO_AMX)
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
   static const bool ok = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
@@ -165,7 +164,7 @@ bool amx_enabled() {
 
 }  // namespace
 
-bool amx_usable() { return active_isa() == ISA_AVX512 && amx_enabled() && amx_supported(); }
+bool amx_usable() { return amx::compiled_in() && active_isa() == ISA_AVX512 && amx_enabled() && amx_supported(); }
 
 }  // namespace bnb_cpu
 

@@ -12,8 +12,11 @@
 //
 // This file is compiled with the AVX-512 and AMX flags; nothing here runs unless
 // amx_usable() (isa_dispatch.cpp) said the CPU and the operating system allow it.
-#if !defined(BNB_CPU_NO_AMX)
+// Built with the AMX flags (x86-64, GCC >= 11 or Clang >= 12), or the library has no AMX path.
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #include <immintrin.h>
+#else
+#define BNB_CPU_NO_AMX 1
 #endif
 #include <stdint.h>
 #include <string.h>
@@ -25,12 +28,15 @@
 namespace bnb_cpu {
 namespace amx {
 
-#if defined(BNB_CPU_NO_AMX)  // a compiler without the AMX flags: amx_usable() is false, never called
+#if defined(BNB_CPU_NO_AMX)  // amx_usable() is false: never called
 
+bool compiled_in() { return false; }
 void pack_a(const PanelArgs&, uint32_t*, int64_t, int64_t) {}
-void panel_matmul(const PanelArgs&, const uint32_t*, uint16_t*, int64_t, int64_t) {}
+void panel_matmul(const PanelArgs&, const uint32_t*, void*, int64_t, int64_t) {}
 
 #else
+
+bool compiled_in() { return true; }
 
 namespace {
 

@@ -46,6 +46,8 @@ inline int64_t work_bytes(int64_t m, int64_t panel_rows, int64_t range) {
 // Bytes of A re-laid out for the tile unit: rows rounded up to 32.
 inline int64_t packed_bytes(int64_t m, int64_t k) { return (m + 31) / 32 * 32 * k * 2; }
 
+// Whether this build has the AMX kernels (x86-64, compiled with the AMX flags).
+bool compiled_in();
 // Re-lays out the 16-row blocks [mb0, mb1) of A (zero rows past m) for panel_matmul.
 void pack_a(const PanelArgs& a, uint32_t* packed, int64_t mb0, int64_t mb1);
 // Output columns [j0, j1) (j0 a multiple of panel_rows), with this thread's work space of

@@ -26,6 +26,11 @@ int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int32_t dty
 int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                 const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                 int64_t blocksize, void* out);
+int32_t bnb_cpu_amx_usable(void);
+void bnb_cpu_set_amx(int32_t on);
+int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
+                                  const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
+                                  const void* bias, int32_t bias_dtype, void* out);
 }
 
 namespace {
@@ -310,6 +315,77 @@ void bad_arguments() {
   check(bnb_paged_free(nullptr) == BNB_ERR_NOT_IMPLEMENTED, "paged memory is not implemented");
 }
 
+// The AMX path (where the CPU has it): bf16 A against an int8 and a 4-bit weight, with bias, on
+// shapes with tails of every block (rows of A past 16, 32 and 256; weight rows past 32; k past a
+// 512 range), against a naive product of the same bf16 operands; then its argument checks.
+void amx_path() {
+  if (!bnb_cpu_amx_usable()) {
+    printf("AMX: not usable here\n");
+    return;
+  }
+  for (auto shape : {std::vector<int64_t>{1, 1, 32}, {17, 33, 64}, {40, 70, 544}, {300, 40, 96}}) {
+    const int64_t m = shape[0], nn = shape[1], k = shape[2];
+    std::mt19937 rng(static_cast<uint32_t>(m * 7 + nn * 3 + k));
+    std::vector<int8_t> cb(nn * k);
+    for (auto& v : cb) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    std::vector<float> scb(nn), bias = randn(nn, 41);
+    for (int64_t j = 0; j < nn; ++j) scb[j] = 0.5f + static_cast<float>(j % 5);
+    const auto a16 = to16(randn(m * k, 42), BNB_DTYPE_BF16);
+    const int64_t bs = 32;
+    std::vector<uint8_t> packed((nn * k + 1) / 2);
+    std::vector<float> absmax(nn * k / bs), w4(nn * k);
+    const auto w = randn(nn * k, 43);
+    bnb_quantize_4bit(w.data(), BNB_DTYPE_F32, nn * k, bs, BNB_QUANT_FP4, packed.data(), absmax.data(), nullptr);
+    std::vector<uint16_t> w16(nn * k);
+    bnb_dequantize_4bit(packed.data(), absmax.data(), nn * k, bs, BNB_QUANT_FP4, w16.data(), BNB_DTYPE_BF16, nullptr);
+    std::vector<uint16_t> out8(m * nn), out4(m * nn);
+    check(bnb_cpu_weight_matmul_amx(a16.data(), m, nn, k, cb.data(), scb.data(), nullptr, nullptr, 0, 0, bias.data(),
+                                    BNB_DTYPE_F32, out8.data()) == BNB_OK,
+          "weight_matmul_amx int8");
+    check(bnb_cpu_weight_matmul_amx(a16.data(), m, nn, k, nullptr, nullptr, packed.data(), absmax.data(), BNB_QUANT_FP4,
+                                    bs, nullptr, 0, out4.data()) == BNB_OK,
+          "weight_matmul_amx 4-bit");
+    bool ok = true;
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = 0; j < nn; ++j) {
+        double s8 = 0.0, sa8 = 0.0, s4 = 0.0, sa4 = 0.0;
+        for (int64_t i = 0; i < k; ++i) {
+          const double x = bnb::bf16_to_float(a16[r * k + i]);
+          s8 += x * cb[j * k + i];
+          sa8 += fabs(x * cb[j * k + i]);
+          s4 += x * bnb::bf16_to_float(w16[j * k + i]);
+          sa4 += fabs(x * bnb::bf16_to_float(w16[j * k + i]));
+        }
+        s8 = s8 * (scb[j] / 127.0) + bias[j];
+        sa8 = sa8 * (scb[j] / 127.0) + fabs(bias[j]);
+        // f32 sums of exact bf16 products, then one bf16 rounding (2^-8 relative).
+        if (fabs(s8 - bnb::bf16_to_float(out8[r * nn + j])) > 4e-3 * fabs(s8) + 1e-5 * sa8 + 1e-6) ok = false;
+        if (fabs(s4 - bnb::bf16_to_float(out4[r * nn + j])) > 4e-3 * fabs(s4) + 1e-5 * sa4 + 1e-6) ok = false;
+      }
+    }
+    check(ok, "weight_matmul_amx matches the naive product (m=" + std::to_string(m) + ", n=" + std::to_string(nn) +
+                  ", k=" + std::to_string(k) + ")");
+  }
+  uint16_t a[64] = {0}, o[64] = {0};
+  int8_t cb[128] = {0};
+  float scb[4] = {1, 1, 1, 1};
+  check(
+      bnb_cpu_weight_matmul_amx(a, 1, 2, 48, cb, scb, nullptr, nullptr, 0, 0, nullptr, 0, o) == BNB_ERR_NOT_IMPLEMENTED,
+      "weight_matmul_amx k not a multiple of 32");
+  check(bnb_cpu_weight_matmul_amx(a, 1, 2, 32, cb, nullptr, nullptr, nullptr, 0, 0, nullptr, 0, o) ==
+            BNB_ERR_NULL_POINTER,
+        "weight_matmul_amx without SCB");
+  check(bnb_cpu_weight_matmul_amx(a, -1, 2, 32, cb, scb, nullptr, nullptr, 0, 0, nullptr, 0, o) ==
+            BNB_ERR_INVALID_ARGUMENT,
+        "weight_matmul_amx m < 0");
+  bnb_cpu_set_amx(0);
+  check(
+      bnb_cpu_weight_matmul_amx(a, 1, 2, 32, cb, scb, nullptr, nullptr, 0, 0, nullptr, 0, o) == BNB_ERR_NOT_IMPLEMENTED,
+      "weight_matmul_amx turned off");
+  bnb_cpu_set_amx(1);
+  printf("AMX: %s\n", g_failures ? "FAILED" : "ok");
+}
+
 }  // namespace
 
 int main() {
@@ -339,6 +415,11 @@ int main() {
       }
       printf("%-7s %d thread(s): %s\n", isa.c_str(), threads, g_failures ? "FAILED" : "ok");
     }
+  }
+  for (int threads : {1, 2}) {
+    bnb_cpu_set_num_threads(threads);
+    check(bnb_cpu_set_isa("auto") == BNB_OK, "set_isa auto");
+    amx_path();
   }
   printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;

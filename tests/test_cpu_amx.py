@@ -1,0 +1,130 @@
+"""bitsandbytes-cpu's AMX path (bf16 activations against a 4-bit or int8 weight expanded panel by
+panel on the tile unit) against the reference kernels, on CPUs that have AMX-BF16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+cpu = pytest.importorskip("bitsandbytes_cpu")
+
+from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
+from bitsandbytes_cpu import amx  # noqa: E402
+
+
+def _amx_usable() -> bool:
+    if "avx512" not in cpu.build_info()["isa_usable"]:
+        return False
+    cpu.set_isa("avx512")
+    try:
+        return cpu._C.amx_usable()
+    finally:
+        cpu.set_isa("auto")
+
+
+pytestmark = pytest.mark.skipif(not _amx_usable(), reason="the CPU (or the operating system) has no AMX-BF16")
+OPS = torch.ops.bitsandbytes
+
+
+@pytest.fixture(autouse=True)
+def amx_on(monkeypatch):
+    """The AMX path for every row count; a spy counts its calls."""
+    cpu.set_isa("avx512")
+    cpu._C.set_amx(True)
+    monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 0))
+    calls = []
+    real = amx.weight_matmul
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(amx, "weight_matmul", spy)
+    yield calls
+    cpu.set_isa("auto")
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:
+    """bf16 result of an f32 sum against the reference's bf16 matmul of the same bf16 weight."""
+    assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape
+    scale = want.float().abs().max().item() if want.numel() else 0.0
+    torch.testing.assert_close(
+        got.float(), want.float(), rtol=1.6e-2, atol=1.6e-2 * max(scale, 1e-3) * (1 + k**0.5 / 8)
+    )
+
+
+# rows of A (1 and 2 passes of 256 rows, tails of 16 and 32), weight rows (tails of the 32-row
+# pairs and of the panels), k (one or several ranges of 512)
+SHAPES = [(1, 1, 32), (17, 33, 64), (33, 300, 96), (64, 64, 1024), (300, 70, 544), (5, 520, 128)]
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("blocksize", [32, 64, 1024])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_gemm_4bit(amx_on, quant_type, blocksize, m, n, k):
+    if k % blocksize:
+        blocksize = 32
+    g = torch.Generator().manual_seed(m * 131 + n * 7 + k)
+    W = torch.randn(n, k, generator=g)
+    packed, absmax = REF["quantize_4bit"](W, blocksize, quant_type, torch.uint8)
+    A = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    bias = torch.randn(n, generator=g)
+    for b in (None, bias, bias.to(torch.bfloat16)):
+        want = REF["gemm_4bit"](A, packed, [n, k], absmax, blocksize, quant_type, b)
+        got = OPS.gemm_4bit(A, packed, [n, k], absmax, blocksize, quant_type, b)
+        _close(got, want, k)
+    assert len(amx_on) == 3
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_int8_weight_mm(amx_on, m, n, k):
+    g = torch.Generator().manual_seed(m * 17 + n + k)
+    CB, SCB, _ = REF["int8_vectorwise_quant"](torch.randn(n, k, generator=g), 0.0)
+    A = torch.randn(2, m, k, generator=g).to(torch.bfloat16)
+    for b in (None, torch.randn(n, generator=g), torch.randn(n, generator=g).to(torch.float16)):
+        _close(OPS.int8_weight_mm(A, CB, SCB, b), REF["int8_weight_mm"](A, CB, SCB, b), k)
+    assert len(amx_on) == 3
+
+
+def test_exact_for_small_integers(amx_on):
+    """Integer-valued operands whose products sum exactly in f32 and round exactly to bf16: the
+    AMX result must equal the exact product bit for bit (no operand or tile may be misplaced)."""
+    g = torch.Generator().manual_seed(3)
+    n, k, m = 96, 128, 40
+    CB = torch.randint(-2, 3, (n, k), generator=g, dtype=torch.int8)
+    SCB = torch.full((n,), 127.0)
+    A = torch.randint(-1, 2, (m, k), generator=g).to(torch.bfloat16)
+    want = A.float() @ CB.float().t()
+    assert want.abs().max() <= 256  # integers exact in bf16
+    assert torch.equal(OPS.int8_weight_mm(A, CB, SCB).float(), want)
+    assert len(amx_on) == 1
+
+
+def test_other_dtypes_and_shapes_take_the_other_paths(amx_on):
+    g = torch.Generator().manual_seed(5)
+    CB, SCB, _ = REF["int8_vectorwise_quant"](torch.randn(8, 64, generator=g), 0.0)
+    OPS.int8_weight_mm(torch.randn(3, 64, generator=g), CB, SCB)  # f32: no AMX
+    CB2, SCB2, _ = REF["int8_vectorwise_quant"](torch.randn(8, 48, generator=g), 0.0)
+    OPS.int8_weight_mm(torch.randn(3, 48, generator=g).to(torch.bfloat16), CB2, SCB2)  # k % 32 != 0
+    cpu._C.set_amx(False)
+    OPS.int8_weight_mm(torch.randn(3, 64, generator=g).to(torch.bfloat16), CB, SCB)
+    assert amx_on == []
+
+
+def test_native_entry_refuses_what_it_cannot_do():
+    A = torch.zeros(4, 48, dtype=torch.bfloat16)
+    CB, SCB = torch.zeros(8, 48, dtype=torch.int8), torch.ones(8)
+    out = torch.empty(4, 8, dtype=torch.bfloat16)
+    args = (A.data_ptr(), 4, 8, 48, CB.data_ptr(), SCB.data_ptr(), 0, 0, 1, 0, 0, 2, out.data_ptr())
+    with pytest.raises(RuntimeError, match=r"k \(48\) to be a multiple of 32"):
+        cpu._C.weight_matmul_amx(*args)
+    with pytest.raises(ValueError, match="either CB and SCB"):
+        cpu._C.weight_matmul_amx(A.data_ptr(), 4, 8, 64, 0, SCB.data_ptr(), 0, 0, 1, 0, 0, 2, out.data_ptr())
+    cpu._C.set_amx(False)
+    try:
+        with pytest.raises(RuntimeError, match="AMX is not usable"):
+            cpu._C.weight_matmul_amx(
+                A.data_ptr(), 4, 8, 64, CB.data_ptr(), SCB.data_ptr(), 0, 0, 1, 0, 0, 2, out.data_ptr()
+            )
+    finally:
+        cpu._C.set_amx(True)
