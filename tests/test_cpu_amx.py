@@ -33,13 +33,14 @@ def amx_on(monkeypatch):
     cpu._C.set_amx(True)
     monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 0))
     calls = []
-    real = amx.weight_matmul
+    for name in ("weight_matmul", "weight_matmul_t"):
+        real = getattr(amx, name)
 
-    def spy(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
+        def spy(*args, real=real, **kwargs):
+            calls.append(args[0].shape)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(amx, "weight_matmul", spy)
+        monkeypatch.setattr(amx, name, spy)
     yield calls
     cpu.set_isa("auto")
 
@@ -128,3 +129,32 @@ def test_native_entry_refuses_what_it_cannot_do():
             )
     finally:
         cpu._C.set_amx(True)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("blocksize", [32, 64, 1024])
+@pytest.mark.parametrize("m,n,k", SHAPES + [(9, 600, 64)])
+def test_transposed_products(amx_on, quant_type, blocksize, m, n, k):
+    """The input gradients: G @ W for W kept as 4-bit and as int8 (every tail of the 32-row ranges,
+    of the 16-column tiles and of the 256-row passes; more than one 512-row range of W)."""
+    if k % blocksize:
+        blocksize = 32
+    g = torch.Generator().manual_seed(m * 5 + n * 11 + k)
+    packed, absmax = REF["quantize_4bit"](torch.randn(n, k, generator=g), blocksize, quant_type, torch.uint8)
+    G = torch.randn(m, n, generator=g).to(torch.bfloat16)
+    want = REF["gemm_4bit_t"](G, packed, [n, k], absmax, blocksize, quant_type)
+    _close(OPS.gemm_4bit_t(G, packed, [n, k], absmax, blocksize, quant_type), want, n)
+    CB, SCB, _ = REF["int8_vectorwise_quant"](torch.randn(n, k, generator=g), 0.0)
+    _close(OPS.int8_weight_mm_t(G, CB, SCB), REF["int8_weight_mm_t"](G, CB, SCB), n)
+    assert len(amx_on) == 2
+
+
+def test_transposed_exact_for_small_integers(amx_on):
+    g = torch.Generator().manual_seed(4)
+    n, k, m = 80, 72, 33
+    CB = torch.randint(-2, 3, (n, k), generator=g, dtype=torch.int8)
+    G = torch.randint(-1, 2, (m, n), generator=g).to(torch.bfloat16)
+    want = G.float() @ CB.float()
+    assert want.abs().max() <= 256
+    assert torch.equal(OPS.int8_weight_mm_t(G, CB, torch.full((n,), 127.0)).float(), want)
+    assert len(amx_on) == 1

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bnb/bnb_c_api.h"
+#include "bnb/numeric.h"
 #include "element.h"
 #include "kernels.h"
 #include "kernels_amx.h"
@@ -78,6 +79,9 @@ BNB_API int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t*
 BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                           const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                           int64_t blocksize, const void* bias, int32_t bias_dtype, void* out);
+BNB_API int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n, int64_t k, const int8_t* CB,
+                                            const float* SCB, const uint8_t* B4, const float* absmax,
+                                            int32_t quant_type, int64_t blocksize, void* out);
 
 int32_t bnb_gemm_4bit(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const uint8_t* B,
                       const float* absmax, const float* code, int64_t blocksize, const void* bias, void* out,
@@ -262,10 +266,6 @@ BNB_API int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int
 
 namespace {
 
-void expand_int8(const bnb_cpu::amx::PanelArgs& a, int64_t row, int64_t c0, int64_t c1, uint16_t* dst) {
-  kernels().int8_expand(static_cast<const int8_t*>(a.weight) + row * a.k + c0, dst, BNB_DTYPE_BF16, 0, c1 - c0);
-}
-
 // Whole blocks (k and c0 are multiples of the blocksize): the range's bytes and absmax start the call.
 void expand_4bit(const bnb_cpu::amx::PanelArgs& a, int64_t row, int64_t c0, int64_t c1, uint16_t* dst) {
   const int64_t first = (row * a.k + c0) / a.blocksize;
@@ -329,7 +329,7 @@ BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, i
                       0,
                       n,
                       k,
-                      CB ? expand_int8 : expand_4bit,
+                      CB ? bnb_cpu::amx::expand_int8 : expand_4bit,
                       unit,
                       CB ? static_cast<const void*>(CB) : static_cast<const void*>(B4),
                       absmax,
@@ -361,6 +361,77 @@ BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, i
   }
   BNB_REQUIRE(!failed, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the AMX work space (%lld bytes)",
               static_cast<long long>(amx::work_bytes(std::min(m, amx::kMaxRows), panel_rows, args.range)));
+  return bnb_cpu::ok();
+}
+
+// CPU-only extension: out [m, k] (bf16) = G [m, n] (bf16) @ W on the AMX tile unit, W [n, k] kept
+// quantized as for bnb_cpu_weight_matmul_amx (int8: G's columns are scaled by SCB / 127 and rounded
+// to bf16 first, as the dense path does). The input gradient of LLM.int8()'s training path and of
+// QLoRA. BNB_ERR_NOT_IMPLEMENTED where AMX is not usable or, for 4-bit, k is not a multiple of
+// blocksize.
+BNB_API int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n, int64_t k, const int8_t* CB,
+                                            const float* SCB, const uint8_t* B4, const float* absmax,
+                                            int32_t quant_type, int64_t blocksize, void* out) {
+  BNB_REQUIRE(G && out, BNB_ERR_NULL_POINTER, "G and out must not be NULL");
+  BNB_REQUIRE((CB && SCB && !B4) || (B4 && absmax && !CB), BNB_ERR_NULL_POINTER,
+              "give either CB and SCB (int8 weight) or B4 and absmax (4-bit weight)");
+  BNB_REQUIRE(!B4 || quant_type == BNB_QUANT_NF4 || quant_type == BNB_QUANT_FP4, BNB_ERR_UNSUPPORTED_QUANT_TYPE,
+              "quant_type must be NF4 or FP4, got %d", static_cast<int>(quant_type));
+  BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
+  BNB_REQUIRE(!B4 || blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
+              static_cast<long long>(blocksize));
+  BNB_REQUIRE(bnb_cpu::amx_usable(), BNB_ERR_NOT_IMPLEMENTED,
+              "AMX is not usable here (CPU, operating system, instruction set or bnb_cpu_set_amx)");
+  BNB_REQUIRE(!B4 || k % blocksize == 0, BNB_ERR_NOT_IMPLEMENTED,
+              "the AMX path needs k (%lld) to be a multiple of blocksize (%lld)", static_cast<long long>(k),
+              static_cast<long long>(blocksize));
+  if (m == 0 || k == 0) return bnb_cpu::ok();
+  namespace amx = bnb_cpu::amx;
+  const int64_t np = (n + 31) / 32 * 32;
+  auto* gp = static_cast<uint16_t*>(scratch(amx::padded_g_bytes(std::min(m, amx::kMaxRows), n), 0));
+  const float* scale = CB ? row_scales(SCB, n) : nullptr;
+  BNB_REQUIRE(gp && (scale || !CB), BNB_ERR_OUT_OF_MEMORY, "cannot allocate the scratch buffers (m=%lld, n=%lld)",
+              static_cast<long long>(m), static_cast<long long>(n));
+  const int64_t unit = std::max<int64_t>(32, CB ? 32 : blocksize);
+  const int64_t threads = std::max(1, bnb_cpu::requested_threads());
+  const int64_t per_thread = (k + threads - 1) / threads;
+  int64_t cols = std::min(amx::kMaxPanelRows, std::max<int64_t>(32, (per_thread + 31) / 32 * 32));
+  cols = (cols + unit - 1) / unit * unit;
+  const int64_t range = std::min<int64_t>(512, np);
+  amx::PanelArgs args{nullptr,
+                      0,
+                      n,
+                      k,
+                      CB ? bnb_cpu::amx::expand_int8 : expand_4bit,
+                      unit,
+                      CB ? static_cast<const void*>(CB) : static_cast<const void*>(B4),
+                      absmax,
+                      quant_type == BNB_QUANT_NF4 ? 1 : 0,
+                      blocksize,
+                      nullptr,
+                      nullptr,
+                      nullptr,
+                      cols,
+                      range};
+  const int64_t panels = (k + cols - 1) / cols;
+  std::atomic<bool> failed{false};
+  for (int64_t r0 = 0; r0 < m && !failed.load(); r0 += amx::kMaxRows) {
+    args.m = std::min(amx::kMaxRows, m - r0);
+    args.out = static_cast<uint16_t*>(out) + r0 * k;
+    const int64_t mp = (args.m + 31) / 32 * 32;
+    const auto* g = static_cast<const uint16_t*>(G) + r0 * n;
+    parallel_for(mp, 8, [&](int64_t i0, int64_t i1) { amx::pad_g(g, scale, args.m, n, gp, i0, i1); });
+    parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
+      void* work = scratch(amx::work_bytes_t(args.m, cols, range), 3);
+      if (!work) {
+        failed = true;
+        return;
+      }
+      amx::panel_matmul_t(args, gp, work, p0 * cols, std::min(k, p1 * cols));
+    });
+  }
+  BNB_REQUIRE(!failed, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the AMX work space (%lld bytes)",
+              static_cast<long long>(amx::work_bytes_t(std::min(m, amx::kMaxRows), cols, range)));
   return bnb_cpu::ok();
 }
 

@@ -30,6 +30,9 @@ void bnb_cpu_set_amx(int32_t on);
 int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
                                   const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
                                   const void* bias, int32_t bias_dtype, void* out);
+int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
+                                    const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
+                                    void* out);
 int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                 const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                 int64_t blocksize, void* out);
@@ -230,6 +233,20 @@ PYBIND11_MODULE(_C, m) {
       py::arg("out"), py::arg("nthreads") = 0,
       "out [rows, n] (bf16) = A [rows, k] (bf16) @ W^T (+ bias) on the AMX tile unit, W [n, k] kept as int8 rows (CB, "
       "SCB) or packed 4-bit (B4, absmax, quant_type, blocksize).");
+  m.def(
+      "weight_matmul_t_amx",
+      [](u G, int64_t rows, int64_t n, int64_t k, u CB, u SCB, u B4, u absmax, int32_t quant_type, int64_t blocksize,
+         u out, int32_t nthreads) {
+        run("weight_matmul_t_amx", nthreads, [&] {
+          return bnb_cpu_weight_matmul_t_amx(ptr<const void>(G), rows, n, k, ptr<const int8_t>(CB),
+                                             ptr<const float>(SCB), ptr<const uint8_t>(B4), ptr<const float>(absmax),
+                                             quant_type, blocksize, ptr<void>(out));
+        });
+      },
+      py::arg("G"), py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("CB"), py::arg("SCB"), py::arg("B4"),
+      py::arg("absmax"), py::arg("quant_type"), py::arg("blocksize"), py::arg("out"), py::arg("nthreads") = 0,
+      "out [rows, k] (bf16) = G [rows, n] (bf16) @ W on the AMX tile unit, W [n, k] kept as int8 rows (CB, SCB) or "
+      "packed 4-bit (B4, absmax, quant_type, blocksize).");
   m.def(
       "int8_expand",
       [](u src, int64_t n, u out, int32_t dtype, int32_t nthreads) {

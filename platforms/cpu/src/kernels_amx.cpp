@@ -31,6 +31,9 @@ namespace amx {
 #if defined(BNB_CPU_NO_AMX)  // amx_usable() is false: never called
 
 bool compiled_in() { return false; }
+void expand_int8(const PanelArgs&, int64_t, int64_t, int64_t, uint16_t*) {}
+void pad_g(const uint16_t*, const float*, int64_t, int64_t, uint16_t*, int64_t, int64_t) {}
+void panel_matmul_t(const PanelArgs&, const uint16_t*, void*, int64_t, int64_t) {}
 void pack_a(const PanelArgs&, uint32_t*, int64_t, int64_t) {}
 void panel_matmul(const PanelArgs&, const uint32_t*, void*, int64_t, int64_t) {}
 
@@ -120,6 +123,43 @@ void store_tile(const PanelArgs& a, const float (*c)[16], int64_t n0, int64_t m0
 
 }  // namespace
 
+void expand_int8(const PanelArgs& a, int64_t row, int64_t c0, int64_t c1, uint16_t* dst) {
+  const int8_t* src = static_cast<const int8_t*>(a.weight) + row * a.k + c0;
+  const int64_t count = c1 - c0;
+  // An int8 value has at most 8 significant bits: its bf16 is the top half of its f32, exactly.
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const __m512 f =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16)));
+  }
+  if (i < count) {
+    const __mmask16 rest = static_cast<__mmask16>((1u << (count - i)) - 1);
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(rest, src + i)));
+    _mm256_mask_storeu_epi16(dst + i, rest, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16)));
+  }
+}
+
+void pad_g(const uint16_t* g, const float* scale, int64_t m, int64_t n, uint16_t* gp, int64_t r0, int64_t r1) {
+  const int64_t np = (n + 31) / 32 * 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    uint16_t* dst = gp + r * np;
+    if (r >= m) {
+      memset(dst, 0, static_cast<size_t>(np) * 2);
+      continue;
+    }
+    const uint16_t* src = g + r * n;
+    for (int64_t j = 0; j < np; j += 16) {
+      const __mmask16 lanes = j + 16 <= n ? 0xffff : (j < n ? static_cast<__mmask16>((1u << (n - j)) - 1) : 0);
+      __m512 v =
+          _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, src + j)), 16));
+      if (scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(lanes, scale + j));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), to_bf16(v));
+    }
+  }
+}
+
 void pack_a(const PanelArgs& a, uint32_t* packed, int64_t mb0, int64_t mb1) {
   const int64_t kp = a.k / 2;  // bf16 pairs per row
   const int64_t ks = a.k / 32;
@@ -194,6 +234,102 @@ void panel_matmul(const PanelArgs& a, const uint32_t* packed, void* work, int64_
             store_tile(a, c[1], n0, mp * 32 + 16);
             store_tile(a, c[2], n0 + 16, mp * 32);
             store_tile(a, c[3], n0 + 16, mp * 32 + 16);
+          }
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+// The transposed product out [m, k] = G [m, n] @ W, W [n, k]: G (padded to whole 32 x 32 tiles) is
+// the row operand, loaded as it lies; W is the column operand, expanded a range of `range` weight
+// rows by `panel_rows` columns at a time and re-laid out into VNNI pairs (two weight rows' values
+// of one column side by side) for tiles of 32 weight rows x 16 columns. Output columns [c0, c1).
+void panel_matmul_t(const PanelArgs& a, const uint16_t* gp, void* work, int64_t c0, int64_t c1) {
+  const int64_t np = (a.n + 31) / 32 * 32;  // G's padded row length
+  const int64_t cols = a.panel_rows, rows = a.range;
+  const int64_t mpairs = (a.m + 31) / 32;
+  uint16_t* raw = static_cast<uint16_t*>(work);                         // [2][cols + 32]: two weight rows
+  uint32_t* vnni = reinterpret_cast<uint32_t*>(raw + 2 * (cols + 32));  // [cols / 16][rows / 32][16][16]
+  auto* sums = reinterpret_cast<float (*)[4][16][16]>(vnni + cols / 16 * (rows / 32) * 256);
+  const __m512i pairs_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                             37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  configure_tiles();
+  for (int64_t p0 = c0; p0 < c1; p0 += cols) {
+    const int64_t width = c1 - p0 < cols ? c1 - p0 : cols;
+    const int64_t kpairs = (width + 31) / 32;  // pairs of 16-column tiles
+    for (int64_t n0 = 0; n0 < a.n; n0 += rows) {
+      const int64_t h = a.n - n0 < rows ? a.n - n0 : rows;
+      const int64_t steps = (h + 31) / 32;
+      // Two weight rows at a time into L1, then side by side into the tiles' VNNI pairs.
+      const int64_t stride = cols + 32;
+      for (int64_t s = 0; s < steps; ++s) {
+        for (int64_t r = 0; r < 16; ++r) {
+          for (int64_t half = 0; half < 2; ++half) {
+            const int64_t row = s * 32 + 2 * r + half;
+            uint16_t* dst = raw + half * stride;
+            if (row < h) {
+              a.expand(a, n0 + row, p0, p0 + width, dst);
+              if (width < kpairs * 32) memset(dst + width, 0, static_cast<size_t>(kpairs * 32 - width) * 2);
+            } else {
+              memset(dst, 0, static_cast<size_t>(kpairs * 32) * 2);
+            }
+          }
+          for (int64_t cb = 0; cb < kpairs * 2; ++cb) {
+            const uint16_t* w0 = raw + cb * 16;
+            const __m512i lo = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0)));
+            const __m512i hi =
+                _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + stride)));
+            _mm512_storeu_si512(vnni + (cb * (rows / 32) + s) * 256 + r * 16,
+                                _mm512_permutex2var_epi16(lo, pairs_idx, hi));
+          }
+        }
+      }
+      const bool first = n0 == 0, last = n0 + rows >= a.n;
+      for (int64_t mp = 0; mp < mpairs; ++mp) {
+        const uint16_t* g0 = gp + mp * 32 * np + n0;
+        const uint16_t* g1 = g0 + 16 * np;
+        for (int64_t kp = 0; kp < kpairs; ++kp) {
+          const uint32_t* v0 = vnni + (2 * kp) * (rows / 32) * 256;
+          const uint32_t* v1 = v0 + (rows / 32) * 256;
+          float (*c)[16][16] = sums[mp * kpairs + kp];
+          if (first) {
+            _tile_zero(4);
+            _tile_zero(5);
+            _tile_zero(6);
+            _tile_zero(7);
+          } else {
+            _tile_loadd(4, c[0], 64);
+            _tile_loadd(5, c[1], 64);
+            _tile_loadd(6, c[2], 64);
+            _tile_loadd(7, c[3], 64);
+          }
+          for (int64_t s = 0; s < steps; ++s) {
+            _tile_loadd(0, g0 + s * 32, np * 2);
+            _tile_loadd(1, g1 + s * 32, np * 2);
+            _tile_loadd(2, v0 + s * 256, 64);
+            _tile_loadd(3, v1 + s * 256, 64);
+            _tile_dpbf16ps(4, 0, 2);
+            _tile_dpbf16ps(5, 0, 3);
+            _tile_dpbf16ps(6, 1, 2);
+            _tile_dpbf16ps(7, 1, 3);
+          }
+          _tile_stored(4, c[0], 64);
+          _tile_stored(5, c[1], 64);
+          _tile_stored(6, c[2], 64);
+          _tile_stored(7, c[3], 64);
+          if (!last) continue;
+          // c[2 * mt + kt]: rows mp * 32 + 16 * mt of out, columns p0 + kp * 32 + 16 * kt
+          for (int t = 0; t < 4; ++t) {
+            const int64_t m0 = mp * 32 + 16 * (t >> 1), k0 = p0 + kp * 32 + 16 * (t & 1);
+            const int64_t mrows = a.m - m0 < 16 ? a.m - m0 : 16;
+            const int64_t kcols = p0 + width - k0 < 16 ? p0 + width - k0 : 16;
+            if (mrows <= 0 || kcols <= 0) continue;
+            const __mmask16 lanes = static_cast<__mmask16>((1u << kcols) - 1);
+            for (int64_t i = 0; i < mrows; ++i) {
+              _mm256_mask_storeu_epi16(a.out + (m0 + i) * a.k + k0, lanes, to_bf16(_mm512_loadu_ps(c[t][i])));
+            }
           }
         }
       }

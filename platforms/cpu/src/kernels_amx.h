@@ -46,6 +46,22 @@ inline int64_t work_bytes(int64_t m, int64_t panel_rows, int64_t range) {
 // Bytes of A re-laid out for the tile unit: rows rounded up to 32.
 inline int64_t packed_bytes(int64_t m, int64_t k) { return (m + 31) / 32 * 32 * k * 2; }
 
+// The transposed product's work space: two expanded weight rows (panel_rows columns), the range's
+// VNNI form and the running sums of every output tile of the panel.
+inline int64_t work_bytes_t(int64_t m, int64_t panel_cols, int64_t range) {
+  return 2 * (panel_cols + 32) * 2 + range * panel_cols * 2 + (m + 31) / 32 * (panel_cols / 32) * 4 * 1024;
+}
+// G [m, n] (scaled per weight row for int8) as bf16 rows of (n + 31) / 32 * 32, (m + 31) / 32 * 32
+// of them, zero padded.
+inline int64_t padded_g_bytes(int64_t m, int64_t n) { return (m + 31) / 32 * 32 * ((n + 31) / 32 * 32) * 2; }
+
+// PanelArgs::expand of an int8 weight (CB rows, exact in bf16).
+void expand_int8(const PanelArgs& a, int64_t row, int64_t c0, int64_t c1, uint16_t* dst);
+
+// Rows [r0, r1) of the padded G (padded_g_bytes): G's columns times scale (when not NULL), rounded
+// to bf16; zeros past m and n.
+void pad_g(const uint16_t* g, const float* scale, int64_t m, int64_t n, uint16_t* gp, int64_t r0, int64_t r1);
+
 // Whether this build has the AMX kernels (x86-64, compiled with the AMX flags).
 bool compiled_in();
 // Re-lays out the 16-row blocks [mb0, mb1) of A (zero rows past m) for panel_matmul.
@@ -53,6 +69,11 @@ void pack_a(const PanelArgs& a, uint32_t* packed, int64_t mb0, int64_t mb1);
 // Output columns [j0, j1) (j0 a multiple of panel_rows), with this thread's work space of
 // work_bytes(m, panel_rows, range).
 void panel_matmul(const PanelArgs& a, const uint32_t* packed, void* work, int64_t j0, int64_t j1);
+// out [m, k] = G @ W for output columns [c0, c1) (c0 a multiple of panel_rows, which is a multiple
+// of 32 and of `unit`), G given padded (padded_g_bytes), W [n, k] read through `expand` (range = its
+// rows per range, a multiple of 32), with this thread's work space of work_bytes_t(m, panel_rows,
+// range). A, scale and bias are unused.
+void panel_matmul_t(const PanelArgs& a, const uint16_t* gp, void* work, int64_t c0, int64_t c1);
 
 }  // namespace amx
 }  // namespace bnb_cpu

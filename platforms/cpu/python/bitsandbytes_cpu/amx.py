@@ -21,18 +21,19 @@ from . import _C
 QUANT_TYPE_CODE = {"fp4": 0, "nf4": 1}
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
-MIN_ROWS = {"gemm_4bit": 9, "int8_weight_mm": 9}
+MIN_ROWS = {"gemm_4bit": 9, "int8_weight_mm": 9, "int8_weight_mm_t": 9, "gemm_4bit_t": 5}
 """Rows of A from which the AMX path replaces the fused kernels (4096x4096 bf16, 2 threads,
 weights from memory; bench/RESULTS.md). Below them the fused kernels read the weight once for
 all rows and win."""
 
 
 def eligible(op: str, A: torch.Tensor, rows: int, k: int, blocksize: int | None = None) -> bool:
-    """Whether ``op`` takes the AMX path for A (``rows`` x ``k``) and, for 4-bit, ``blocksize``."""
+    """Whether ``op`` takes the AMX path for A (``rows`` rows; W ``[n, k]``) and, for 4-bit,
+    ``blocksize``. The forward ops need k (the sum's length) to be a multiple of 32."""
     return (
         A.dtype == torch.bfloat16
         and rows >= MIN_ROWS[op]
-        and k % 32 == 0
+        and (k % 32 == 0 or op.endswith("_t"))
         and (blocksize is None or k % blocksize == 0)
         and _C.amx_usable()
     )
@@ -72,6 +73,40 @@ def weight_matmul(
         blocksize,
         0 if bias is None else bias.data_ptr(),
         2 if bias is None else DTYPE_CODE[bias.dtype],
+        out.data_ptr(),
+        nthreads,
+    )
+    return out
+
+
+def weight_matmul_t(
+    G2: torch.Tensor,
+    n: int,
+    k: int,
+    *,
+    CB: torch.Tensor | None = None,
+    SCB: torch.Tensor | None = None,
+    B: torch.Tensor | None = None,
+    absmax: torch.Tensor | None = None,
+    quant_type: str = "nf4",
+    blocksize: int = 0,
+    nthreads: int = 0,
+) -> torch.Tensor:
+    """``G2 @ W`` in bf16 for bf16 ``G2`` ``[rows, n]`` and W ``[n, k]`` (as for ``weight_matmul``;
+    int8: G2's columns are scaled by ``SCB / 127`` and rounded to bf16 first)."""
+    G2 = G2.contiguous()
+    out = torch.empty(G2.shape[0], k, dtype=torch.bfloat16)
+    _C.weight_matmul_t_amx(
+        G2.data_ptr(),
+        G2.shape[0],
+        n,
+        k,
+        0 if CB is None else CB.data_ptr(),
+        0 if SCB is None else SCB.data_ptr(),
+        0 if B is None else B.data_ptr(),
+        0 if absmax is None else absmax.data_ptr(),
+        QUANT_TYPE_CODE[quant_type],
+        blocksize,
         out.data_ptr(),
         nthreads,
     )

@@ -31,6 +31,9 @@ void bnb_cpu_set_amx(int32_t on);
 int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
                                   const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
                                   const void* bias, int32_t bias_dtype, void* out);
+int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
+                                    const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
+                                    void* out);
 }
 
 namespace {
@@ -323,7 +326,7 @@ void amx_path() {
     printf("AMX: not usable here\n");
     return;
   }
-  for (auto shape : {std::vector<int64_t>{1, 1, 32}, {17, 33, 64}, {40, 70, 544}, {300, 40, 96}}) {
+  for (auto shape : {std::vector<int64_t>{1, 1, 32}, {17, 33, 64}, {40, 70, 544}, {300, 40, 96}, {8, 1024, 1024}}) {
     const int64_t m = shape[0], nn = shape[1], k = shape[2];
     std::mt19937 rng(static_cast<uint32_t>(m * 7 + nn * 3 + k));
     std::vector<int8_t> cb(nn * k);
@@ -365,6 +368,33 @@ void amx_path() {
     }
     check(ok, "weight_matmul_amx matches the naive product (m=" + std::to_string(m) + ", n=" + std::to_string(nn) +
                   ", k=" + std::to_string(k) + ")");
+    // The transposed products: G [m, nn] @ W.
+    const auto g16 = to16(randn(m * nn, 44), BNB_DTYPE_BF16);
+    std::vector<uint16_t> outt8(m * k), outt4(m * k);
+    check(bnb_cpu_weight_matmul_t_amx(g16.data(), m, nn, k, cb.data(), scb.data(), nullptr, nullptr, 0, 0,
+                                      outt8.data()) == BNB_OK,
+          "weight_matmul_t_amx int8");
+    check(bnb_cpu_weight_matmul_t_amx(g16.data(), m, nn, k, nullptr, nullptr, packed.data(), absmax.data(),
+                                      BNB_QUANT_FP4, bs, outt4.data()) == BNB_OK,
+          "weight_matmul_t_amx 4-bit");
+    bool okt = true;
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t i = 0; i < k; ++i) {
+        double s8 = 0.0, sa8 = 0.0, s4 = 0.0, sa4 = 0.0;
+        for (int64_t j = 0; j < nn; ++j) {
+          const double x8 =
+              bnb::bf16_to_float(bnb::float_to_bf16(bnb::bf16_to_float(g16[r * nn + j]) * (scb[j] * (1.0f / 127.0f))));
+          const double x = bnb::bf16_to_float(g16[r * nn + j]);
+          s8 += x8 * cb[j * k + i];
+          sa8 += fabs(x8 * cb[j * k + i]);
+          s4 += x * bnb::bf16_to_float(w16[j * k + i]);
+          sa4 += fabs(x * bnb::bf16_to_float(w16[j * k + i]));
+        }
+        if (fabs(s8 - bnb::bf16_to_float(outt8[r * k + i])) > 4e-3 * fabs(s8) + 1e-5 * sa8 + 1e-6) okt = false;
+        if (fabs(s4 - bnb::bf16_to_float(outt4[r * k + i])) > 4e-3 * fabs(s4) + 1e-5 * sa4 + 1e-6) okt = false;
+      }
+    }
+    check(okt, "weight_matmul_t_amx matches the naive product (m=" + std::to_string(m) + ")");
   }
   uint16_t a[64] = {0}, o[64] = {0};
   int8_t cb[128] = {0};
