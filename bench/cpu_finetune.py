@@ -4,8 +4,9 @@ Per shape ([out, in] bf16 weights) and row count: ``Linear8bitLt`` in training m
 peft LoRA on an 8-bit base) forward, and forward + input gradient; ``Linear4bit`` forward + input
 gradient (QLoRA); ``matmul_4bit`` prefill. Peers in the same run: ``_weight_int8pack_mm`` (torch's
 int8 weight-only kernel), dense bf16 ``nn.Linear`` with a frozen weight (input gradient only) and
-with a trainable one, and "before": what these layers ran until the op interface's version 2
-(a dequantized copy of the weight per call, then a dense matmul).
+with a trainable one, "before": what these layers ran until the op interface's version 2 (a dequantized
+copy of the weight per call, then a dense matmul), and on CPUs with AMX-BF16 "no_amx": the same
+layer with bitsandbytes-cpu's AMX path turned off.
 
 Before every timed call a 256 MiB buffer is read, so each call reads its weight from memory as in a
 model too large for the cache. Variants are timed alternately, call by call; medians in ms.
@@ -58,6 +59,28 @@ def _out_features(layer) -> int:
     return layer.out_features if hasattr(layer, "out_features") else layer.weight.shape[0]
 
 
+def amx_usable() -> bool:
+    try:
+        import bitsandbytes_cpu
+    except ImportError:
+        return False
+    return bitsandbytes_cpu._C.amx_usable()
+
+
+def without_amx(fn: Callable[[], object]) -> Callable[[], None]:
+    """fn with bitsandbytes-cpu's AMX path turned off: what this machine ran before it."""
+    import bitsandbytes_cpu
+
+    def run() -> None:
+        bitsandbytes_cpu._C.set_amx(False)
+        try:
+            fn()
+        finally:
+            bitsandbytes_cpu._C.set_amx(True)
+
+    return run
+
+
 def before_int8(lin8: bnb.nn.Linear8bitLt) -> Callable[[torch.Tensor], torch.Tensor]:
     """The training path before version 2: dequantize the int8 weight per call, then F.linear."""
     CB, SCB = lin8.weight.CB, lin8.weight.SCB
@@ -107,7 +130,8 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
         cols = "  ".join(f"{k}={v:.2f} (x{ours / v:.2f})" for k, v in times.items() if k != "bnb")
         print(f"{N}x{K} {what:<28} rows {m:>3}: bnb {ours:8.2f} ms  {cols}", flush=True)
 
-    for m in (1, 4, 8):
+    amx = amx_usable()
+    for m in (1, 4, 8, 16, 32):
         x = torch.randn(m, K, dtype=dtype)
         with torch.no_grad():
             report(
@@ -119,6 +143,7 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
                         "int8pack": lambda: torch._weight_int8pack_mm(x, CB, scales),
                         "dense": lambda: frozen(x),
                         "before": lambda: b8(x),
+                        **({"no_amx": without_amx(lambda: lin8(x))} if amx and m > 16 else {}),
                     },
                     reps,
                 ),
@@ -126,16 +151,21 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
     for m in (8, 32, 128):
         x = torch.randn(m, K, dtype=dtype)
         common = {"dense_frozen": fwd_bwd(frozen, x), "dense": fwd_bwd(dense, x)}
+        amx8 = {"no_amx": without_amx(fwd_bwd(lin8, x))} if amx else {}
+        amx4 = {"no_amx": without_amx(fwd_bwd(lin4, x))} if amx else {}
         report(
             "Linear8bitLt train fwd+bwd",
             m,
-            timed({"bnb": fwd_bwd(lin8, x), **common, "before": fwd_bwd(b8, x)}, reps),
+            timed({"bnb": fwd_bwd(lin8, x), **common, "before": fwd_bwd(b8, x), **amx8}, reps),
         )
-        report("Linear4bit fwd+bwd", m, timed({"bnb": fwd_bwd(lin4, x), **common, "before": fwd_bwd(b4, x)}, reps))
-    for m in (64, 256):
+        report(
+            "Linear4bit fwd+bwd", m, timed({"bnb": fwd_bwd(lin4, x), **common, "before": fwd_bwd(b4, x), **amx4}, reps)
+        )
+    for m in (16, 64, 256):
         x = torch.randn(m, K, dtype=dtype)
         with torch.no_grad():
-            report("matmul_4bit prefill", m, timed({"bnb": lambda: lin4(x), "dense": lambda: frozen(x)}, reps))
+            noamx = {"no_amx": without_amx(lambda: lin4(x))} if amx else {}
+            report("matmul_4bit prefill", m, timed({"bnb": lambda: lin4(x), "dense": lambda: frozen(x), **noamx}, reps))
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ struct PanelArgs {
   const float* bias;    // per weight row (f32), or NULL
   uint16_t* out;        // bf16 [m, n]
   int64_t panel_rows;   // weight rows per panel: a multiple of 32, at most kMaxPanelRows
-  int64_t range;        // k per range: a multiple of 32 * kRangeSteps and of `unit`; divides k or >= k
+  int64_t range;        // k per range: a multiple of 32 * kRangeSteps and of `unit`
 };
 
 // The k range: 32 * kRangeSteps, or the unit (a 4-bit block) where that is larger.
