@@ -32,6 +32,7 @@ def amx_on(monkeypatch):
     cpu.set_isa("avx512")
     cpu._C.set_amx(True)
     monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 0))
+    monkeypatch.setattr(amx, "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 1 << 62))
     calls = []
     for name in ("weight_matmul", "weight_matmul_t"):
         real = getattr(amx, name)
@@ -110,6 +111,22 @@ def test_other_dtypes_and_shapes_take_the_other_paths(amx_on):
     cpu._C.set_amx(False)
     OPS.int8_weight_mm(torch.randn(3, 64, generator=g).to(torch.bfloat16), CB, SCB)
     assert amx_on == []
+
+
+def test_row_limits_choose_the_path(amx_on, monkeypatch):
+    """Above MAX_ROWS (and below MIN_ROWS) the op takes the other paths, with the same result."""
+    g = torch.Generator().manual_seed(8)
+    packed, absmax = REF["quantize_4bit"](torch.randn(64, 64, generator=g), 64, "nf4", torch.uint8)
+    A = torch.randn(40, 64, generator=g).to(torch.bfloat16)
+    monkeypatch.setattr(amx, "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 39))
+    other = OPS.gemm_4bit(A, packed, [64, 64], absmax, 64, "nf4")
+    assert amx_on == []
+    monkeypatch.setattr(amx, "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 40))
+    _close(OPS.gemm_4bit(A, packed, [64, 64], absmax, 64, "nf4"), other, 64)
+    assert len(amx_on) == 1
+    monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 41))
+    OPS.gemm_4bit(A, packed, [64, 64], absmax, 64, "nf4")
+    assert len(amx_on) == 1
 
 
 def test_native_entry_refuses_what_it_cannot_do():

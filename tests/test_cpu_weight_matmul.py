@@ -37,6 +37,7 @@ def isa(request, monkeypatch):
     rows = 10**9 if path == "fused" else -1
     monkeypatch.setattr(weight_matmul, "FUSED_ROWS", {i: dict.fromkeys(weight_matmul.KERNELS, rows) for i in ISAS})
     monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 0))
+    monkeypatch.setattr(amx, "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 1 << 62))
     cpu._C.set_amx(path == "amx")
     cpu.set_isa(name)
     yield name

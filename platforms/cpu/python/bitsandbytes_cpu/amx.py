@@ -27,12 +27,20 @@ MIN_ROWS = {"gemm_4bit": 9, "int8_weight_mm": 17, "int8_weight_mm_t": 9, "gemm_4
 which read the weight once for all rows without expanding it, win."""
 
 
+MAX_ROWS = {"gemm_4bit": 256, "int8_weight_mm": 1 << 62, "int8_weight_mm_t": 256, "gemm_4bit_t": 256}
+"""Rows of A up to which the AMX path runs. The native code takes A 256 rows at a time and expands
+the weight once per pass; above 256 rows the dequantized weight + oneDNN's GEMM is as fast or
+faster for the 4-bit forward and both input gradients (2048x2048 and 5632x2048 bf16, 512 and
+1024 rows, 2 threads), while the int8 forward still gains (int8 has no fast expansion into a
+dense GEMM)."""
+
+
 def eligible(op: str, A: torch.Tensor, rows: int, k: int, blocksize: int | None = None) -> bool:
     """Whether ``op`` takes the AMX path for A (``rows`` rows; W ``[n, k]``) and, for 4-bit,
     ``blocksize``. The forward ops need k (the sum's length) to be a multiple of 32."""
     return (
         A.dtype == torch.bfloat16
-        and rows >= MIN_ROWS[op]
+        and MIN_ROWS[op] <= rows <= MAX_ROWS[op]
         and (k % 32 == 0 or op.endswith("_t"))
         and (blocksize is None or k % blocksize == 0)
         and _C.amx_usable()
