@@ -43,16 +43,32 @@ def cpu_isas() -> list[str]:
     return bitsandbytes_cpu.build_info().get("isa_usable", [])
 
 
-def _with_isa(isa: str, fn: Callable) -> Callable:
-    """``fn`` run with the CPU kernels forced onto ``isa`` (the automatic choice restored after)."""
+def cpu_amx_usable() -> bool:
+    """Whether bitsandbytes-cpu's AMX path can run here (AMX-BF16 CPU, avx512 table)."""
+    if "avx512" not in cpu_isas():
+        return False
+    import bitsandbytes_cpu
+
+    bitsandbytes_cpu.set_isa("avx512")
+    try:
+        return bitsandbytes_cpu._C.amx_usable()
+    finally:
+        bitsandbytes_cpu.set_isa("auto")
+
+
+def _with_isa(isa: str, fn: Callable, amx: bool = False) -> Callable:
+    """``fn`` run with the CPU kernels forced onto ``isa``, the AMX path on or off (the automatic
+    choices restored after)."""
     import bitsandbytes_cpu
 
     def run(*args, **kwargs):
         bitsandbytes_cpu.set_isa(isa)
+        bitsandbytes_cpu._C.set_amx(amx)
         try:
             return fn(*args, **kwargs)
         finally:
             bitsandbytes_cpu.set_isa("auto")
+            bitsandbytes_cpu._C.set_amx(True)
 
     return run
 
@@ -85,7 +101,8 @@ def _host_kernels(platform: str) -> dict[str, Callable]:
 def implementations(op: str) -> list[tuple[str, str, Callable]]:
     """(device, implementation name, kernel) for ``op``: the reference on every device, plus
     each platform kernel registered for it; the CPU wheel's kernels once per instruction set
-    (scalar, avx2, avx512, neon: each dispatch path the machine can run); and the host-run
+    (scalar, avx2, avx512, neon: each dispatch path the machine can run) with the AMX path off,
+    and once more as ``avx512+amx`` where the CPU has AMX-BF16; and the host-run
     kernels of the platforms named in ``BNB_TEST_HOST_KERNELS`` (as ``<device>``, ``<platform>[host]``)."""
     out = []
     for platform, device in host_kernel_platforms():
@@ -100,6 +117,8 @@ def implementations(op: str) -> list[tuple[str, str, Callable]]:
         isas = cpu_isas() if dev == "cpu" and owner[0] == "cpu" else []
         if isas:
             out.extend((dev, f"{owner[0]}[{isa}]", _with_isa(isa, owner[1])) for isa in isas)
+            if cpu_amx_usable():
+                out.append((dev, f"{owner[0]}[avx512+amx]", _with_isa("avx512", owner[1], amx=True)))
         else:
             out.append((dev, owner[0], owner[1]))
     return out

@@ -18,6 +18,15 @@ bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 from bitsandbytes_cpu import _scratch  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _dense_path():
+    """These tests are about the dense prefill path's buffer: bf16 would take the AMX path (which
+    has no such buffer) on CPUs that have it."""
+    bitsandbytes_cpu._C.set_amx(False)
+    yield
+    bitsandbytes_cpu._C.set_amx(True)
+
+
 def _case(N: int, K: int, dtype: torch.dtype, seed: int):
     g = torch.Generator().manual_seed(seed)
     packed, absmax = REF["quantize_4bit"](torch.randn(N, K, generator=g), 64, "nf4", torch.uint8)

@@ -21,7 +21,7 @@ from . import _C
 QUANT_TYPE_CODE = {"fp4": 0, "nf4": 1}
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
-MIN_ROWS = {"gemm_4bit": 9, "int8_weight_mm": 17, "int8_weight_mm_t": 9, "gemm_4bit_t": 4}
+MIN_ROWS = {"gemm_4bit": 5, "int8_weight_mm": 10, "int8_weight_mm_t": 6, "gemm_4bit_t": 4}
 """Rows of A from which the AMX path replaces the fused kernels: the crossovers measured at
 4096x4096 bf16, 2 threads, weights from memory (bench/RESULTS.md). Below them the fused kernels,
 which read the weight once for all rows without expanding it, win."""
