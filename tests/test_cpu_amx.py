@@ -10,19 +10,9 @@ cpu = pytest.importorskip("bitsandbytes_cpu")
 
 from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
 from bitsandbytes_cpu import amx  # noqa: E402
+from conftest import cpu_amx_usable  # noqa: E402
 
-
-def _amx_usable() -> bool:
-    if "avx512" not in cpu.build_info()["isa_usable"]:
-        return False
-    cpu.set_isa("avx512")
-    try:
-        return cpu._C.amx_usable()
-    finally:
-        cpu.set_isa("auto")
-
-
-pytestmark = pytest.mark.skipif(not _amx_usable(), reason="the CPU (or the operating system) has no AMX-BF16")
+pytestmark = pytest.mark.skipif(not cpu_amx_usable(), reason="the CPU (or the operating system) has no AMX-BF16")
 OPS = torch.ops.bitsandbytes
 
 

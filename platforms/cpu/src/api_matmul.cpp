@@ -274,33 +274,43 @@ void expand_4bit(const bnb_cpu::amx::PanelArgs& a, int64_t row, int64_t c0, int6
                             a.blocksize, a.nf4, dst, BNB_DTYPE_BF16, 0, (c1 - c0 + a.blocksize - 1) / a.blocksize);
 }
 
+// The checks both AMX entries make of the weight and the sizes.
+int32_t check_amx_weight(const int8_t* CB, const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
+                         int64_t m, int64_t n, int64_t k, int64_t blocksize) {
+  BNB_REQUIRE((CB && SCB && !B4) || (B4 && absmax && !CB), BNB_ERR_NULL_POINTER,
+              "give either CB and SCB (int8 weight) or B4 and absmax (4-bit weight)");
+  BNB_REQUIRE(!B4 || quant_type == BNB_QUANT_NF4 || quant_type == BNB_QUANT_FP4, BNB_ERR_UNSUPPORTED_QUANT_TYPE,
+              "quant_type must be NF4 or FP4, got %d", static_cast<int>(quant_type));
+  BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
+  BNB_REQUIRE(!B4 || blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
+              static_cast<long long>(blocksize));
+  BNB_REQUIRE(bnb_cpu::amx_usable(), BNB_ERR_NOT_IMPLEMENTED,
+              "AMX is not usable here (CPU, operating system, instruction set or bnb_cpu_set_amx)");
+  BNB_REQUIRE(!B4 || k % blocksize == 0, BNB_ERR_NOT_IMPLEMENTED,
+              "the AMX path needs k (%lld) to be a multiple of blocksize (%lld)", static_cast<long long>(k),
+              static_cast<long long>(blocksize));
+  return bnb_cpu::ok();
+}
+
 }  // namespace
 
 extern "C" {
 
 // CPU-only extension: out [m, n] (bf16) = A [m, k] (bf16) @ W^T (+ bias) on the AMX tile unit, W
 // [n, k] kept quantized: int8 rows (CB, SCB: W = CB * SCB / 127; B4 NULL) or packed 4-bit (B4,
-// absmax, quant_type, blocksize; CB NULL), expanded 32 rows at a time into a bf16 panel in cache.
+// absmax, quant_type, blocksize; CB NULL), expanded range by range into a bf16 panel in cache.
 // BNB_ERR_NOT_IMPLEMENTED where AMX is not usable (bnb_cpu_amx_usable) or k is not a multiple of
 // 32 (and, for 4-bit, of blocksize).
 BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                           const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                           int64_t blocksize, const void* bias, int32_t bias_dtype, void* out) {
   BNB_REQUIRE(A && out, BNB_ERR_NULL_POINTER, "A and out must not be NULL");
-  BNB_REQUIRE((CB && SCB && !B4) || (B4 && absmax && !CB), BNB_ERR_NULL_POINTER,
-              "give either CB and SCB (int8 weight) or B4 and absmax (4-bit weight)");
-  BNB_REQUIRE(!B4 || quant_type == BNB_QUANT_NF4 || quant_type == BNB_QUANT_FP4, BNB_ERR_UNSUPPORTED_QUANT_TYPE,
-              "quant_type must be NF4 or FP4, got %d", static_cast<int>(quant_type));
   BNB_REQUIRE(!bias || bnb_cpu::is_float_dtype(bias_dtype), BNB_ERR_UNSUPPORTED_DTYPE,
               "bias's dtype must be f32, f16 or bf16");
-  BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
-  BNB_REQUIRE(!B4 || blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
-              static_cast<long long>(blocksize));
-  BNB_REQUIRE(bnb_cpu::amx_usable(), BNB_ERR_NOT_IMPLEMENTED,
-              "AMX is not usable here (CPU, operating system, instruction set or bnb_cpu_set_amx)");
-  BNB_REQUIRE(k % 32 == 0 && (!B4 || k % blocksize == 0), BNB_ERR_NOT_IMPLEMENTED,
-              "the AMX path needs k (%lld) to be a multiple of 32 and, for 4-bit, of blocksize (%lld)",
-              static_cast<long long>(k), static_cast<long long>(blocksize));
+  const int32_t status = check_amx_weight(CB, SCB, B4, absmax, quant_type, m, n, k, blocksize);
+  if (status != BNB_OK) return status;
+  BNB_REQUIRE(k % 32 == 0, BNB_ERR_NOT_IMPLEMENTED, "the AMX path needs k (%lld) to be a multiple of 32",
+              static_cast<long long>(k));
   if (m == 0 || n == 0) return bnb_cpu::ok();
   namespace amx = bnb_cpu::amx;
   const int64_t rows = std::min(m, amx::kMaxRows);
@@ -378,18 +388,8 @@ BNB_API int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n,
                                             const float* SCB, const uint8_t* B4, const float* absmax,
                                             int32_t quant_type, int64_t blocksize, void* out) {
   BNB_REQUIRE(G && out, BNB_ERR_NULL_POINTER, "G and out must not be NULL");
-  BNB_REQUIRE((CB && SCB && !B4) || (B4 && absmax && !CB), BNB_ERR_NULL_POINTER,
-              "give either CB and SCB (int8 weight) or B4 and absmax (4-bit weight)");
-  BNB_REQUIRE(!B4 || quant_type == BNB_QUANT_NF4 || quant_type == BNB_QUANT_FP4, BNB_ERR_UNSUPPORTED_QUANT_TYPE,
-              "quant_type must be NF4 or FP4, got %d", static_cast<int>(quant_type));
-  BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
-  BNB_REQUIRE(!B4 || blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
-              static_cast<long long>(blocksize));
-  BNB_REQUIRE(bnb_cpu::amx_usable(), BNB_ERR_NOT_IMPLEMENTED,
-              "AMX is not usable here (CPU, operating system, instruction set or bnb_cpu_set_amx)");
-  BNB_REQUIRE(!B4 || k % blocksize == 0, BNB_ERR_NOT_IMPLEMENTED,
-              "the AMX path needs k (%lld) to be a multiple of blocksize (%lld)", static_cast<long long>(k),
-              static_cast<long long>(blocksize));
+  const int32_t status = check_amx_weight(CB, SCB, B4, absmax, quant_type, m, n, k, blocksize);
+  if (status != BNB_OK) return status;
   if (m == 0 || k == 0) return bnb_cpu::ok();
   namespace amx = bnb_cpu::amx;
   const int64_t np = (n + 31) / 32 * 32;

@@ -24,6 +24,9 @@
 #include "bnb/numeric.h"
 #include "element.h"
 #include "kernels_amx.h"
+#if !defined(BNB_CPU_NO_AMX)
+#include "simd_avx512.h"
+#endif
 
 namespace bnb_cpu {
 namespace amx {
@@ -40,6 +43,8 @@ void panel_matmul(const PanelArgs&, const uint32_t*, void*, int64_t, int64_t) {}
 #else
 
 bool compiled_in() { return true; }
+
+using avx512::to_bf16;
 
 namespace {
 
@@ -65,13 +70,36 @@ void configure_tiles() {
   _tile_loadconfig(&cfg);
 }
 
-// f32 -> bf16 bits with round-to-nearest-even and every NaN -> 0xFFFF (bnb::float_to_bf16).
-inline __m256i to_bf16(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0xffff));
-  return _mm512_cvtepi32_epi16(r);
+// The 2 x 2 tile block both products share: sums c[2 * i + j] (+)= rows_i . cols_j over `steps`
+// k steps of 32, rows_i 16 rows of bf16 (`row_bytes` apart, 32 values a step) and cols_j the
+// VNNI column tiles (256 dwords a step); from zero when `first`, else from c; c holds them after.
+inline void multiply_2x2(const uint16_t* rows0, const uint16_t* rows1, int64_t row_bytes, const uint32_t* cols0,
+                         const uint32_t* cols1, int64_t steps, bool first, float (*c)[16][16]) {
+  if (first) {
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+  } else {
+    _tile_loadd(4, c[0], 64);
+    _tile_loadd(5, c[1], 64);
+    _tile_loadd(6, c[2], 64);
+    _tile_loadd(7, c[3], 64);
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    _tile_loadd(0, rows0 + s * 32, row_bytes);
+    _tile_loadd(1, rows1 + s * 32, row_bytes);
+    _tile_loadd(2, cols0 + s * 256, 64);
+    _tile_loadd(3, cols1 + s * 256, 64);
+    _tile_dpbf16ps(4, 0, 2);
+    _tile_dpbf16ps(5, 0, 3);
+    _tile_dpbf16ps(6, 1, 2);
+    _tile_dpbf16ps(7, 1, 3);
+  }
+  _tile_stored(4, c[0], 64);
+  _tile_stored(5, c[1], 64);
+  _tile_stored(6, c[2], 64);
+  _tile_stored(7, c[3], 64);
 }
 
 // Transposes 16 x 16 floats in place (rows r[0..15]).
@@ -203,31 +231,7 @@ void panel_matmul(const PanelArgs& a, const uint32_t* packed, void* work, int64_
           const uint16_t* w0 = wbuf + rp * 32 * stride;
           const uint16_t* w1 = w0 + 16 * stride;
           float (*c)[16][16] = sums[mp * pairs + rp];
-          if (s0 == 0) {
-            _tile_zero(4);
-            _tile_zero(5);
-            _tile_zero(6);
-            _tile_zero(7);
-          } else {
-            _tile_loadd(4, c[0], 64);
-            _tile_loadd(5, c[1], 64);
-            _tile_loadd(6, c[2], 64);
-            _tile_loadd(7, c[3], 64);
-          }
-          for (int64_t s = 0; s < s1 - s0; ++s) {
-            _tile_loadd(0, w0 + s * 32, stride * 2);
-            _tile_loadd(1, w1 + s * 32, stride * 2);
-            _tile_loadd(2, b0 + s * 256, 64);
-            _tile_loadd(3, b1 + s * 256, 64);
-            _tile_dpbf16ps(4, 0, 2);
-            _tile_dpbf16ps(5, 0, 3);
-            _tile_dpbf16ps(6, 1, 2);
-            _tile_dpbf16ps(7, 1, 3);
-          }
-          _tile_stored(4, c[0], 64);
-          _tile_stored(5, c[1], 64);
-          _tile_stored(6, c[2], 64);
-          _tile_stored(7, c[3], 64);
+          multiply_2x2(w0, w1, stride * 2, b0, b1, s1 - s0, s0 == 0, c);
           if (last) {
             const int64_t n0 = p0 + rp * 32;
             store_tile(a, c[0], n0, mp * 32);
@@ -294,31 +298,7 @@ void panel_matmul_t(const PanelArgs& a, const uint16_t* gp, void* work, int64_t 
           const uint32_t* v0 = vnni + (2 * kp) * (rows / 32) * 256;
           const uint32_t* v1 = v0 + (rows / 32) * 256;
           float (*c)[16][16] = sums[mp * kpairs + kp];
-          if (first) {
-            _tile_zero(4);
-            _tile_zero(5);
-            _tile_zero(6);
-            _tile_zero(7);
-          } else {
-            _tile_loadd(4, c[0], 64);
-            _tile_loadd(5, c[1], 64);
-            _tile_loadd(6, c[2], 64);
-            _tile_loadd(7, c[3], 64);
-          }
-          for (int64_t s = 0; s < steps; ++s) {
-            _tile_loadd(0, g0 + s * 32, np * 2);
-            _tile_loadd(1, g1 + s * 32, np * 2);
-            _tile_loadd(2, v0 + s * 256, 64);
-            _tile_loadd(3, v1 + s * 256, 64);
-            _tile_dpbf16ps(4, 0, 2);
-            _tile_dpbf16ps(5, 0, 3);
-            _tile_dpbf16ps(6, 1, 2);
-            _tile_dpbf16ps(7, 1, 3);
-          }
-          _tile_stored(4, c[0], 64);
-          _tile_stored(5, c[1], 64);
-          _tile_stored(6, c[2], 64);
-          _tile_stored(7, c[3], 64);
+          multiply_2x2(g0, g1, np * 2, v0, v1, steps, first, c);
           if (!last) continue;
           // c[2 * mt + kt]: rows mp * 32 + 16 * mt of out, columns p0 + kp * 32 + 16 * kt
           for (int t = 0; t < 4; ++t) {

@@ -47,6 +47,19 @@ def eligible(op: str, A: torch.Tensor, rows: int, k: int, blocksize: int | None 
     )
 
 
+def _weight_args(
+    CB: torch.Tensor | None,
+    SCB: torch.Tensor | None,
+    B: torch.Tensor | None,
+    absmax: torch.Tensor | None,
+    quant_type: str,
+    blocksize: int,
+) -> tuple[int, ...]:
+    """The weight's arguments of the native entries: CB, SCB, B4, absmax (0 for absent), quant_type, blocksize."""
+    ptrs = tuple(0 if t is None else t.data_ptr() for t in (CB, SCB, B, absmax))
+    return (*ptrs, QUANT_TYPE_CODE[quant_type], blocksize)
+
+
 def weight_matmul(
     A2: torch.Tensor,
     n: int,
@@ -68,22 +81,9 @@ def weight_matmul(
     out = torch.empty(A2.shape[0], n, dtype=torch.bfloat16)
     if bias is not None:
         bias = bias.contiguous()
-    _C.weight_matmul_amx(
-        A2.data_ptr(),
-        A2.shape[0],
-        n,
-        k,
-        0 if CB is None else CB.data_ptr(),
-        0 if SCB is None else SCB.data_ptr(),
-        0 if B is None else B.data_ptr(),
-        0 if absmax is None else absmax.data_ptr(),
-        QUANT_TYPE_CODE[quant_type],
-        blocksize,
-        0 if bias is None else bias.data_ptr(),
-        2 if bias is None else DTYPE_CODE[bias.dtype],
-        out.data_ptr(),
-        nthreads,
-    )
+    weight = _weight_args(CB, SCB, B, absmax, quant_type, blocksize)
+    bias_args = (0, 2) if bias is None else (bias.data_ptr(), DTYPE_CODE[bias.dtype])
+    _C.weight_matmul_amx(A2.data_ptr(), A2.shape[0], n, k, *weight, *bias_args, out.data_ptr(), nthreads)
     return out
 
 
@@ -104,18 +104,6 @@ def weight_matmul_t(
     int8: G2's columns are scaled by ``SCB / 127`` and rounded to bf16 first)."""
     G2 = G2.contiguous()
     out = torch.empty(G2.shape[0], k, dtype=torch.bfloat16)
-    _C.weight_matmul_t_amx(
-        G2.data_ptr(),
-        G2.shape[0],
-        n,
-        k,
-        0 if CB is None else CB.data_ptr(),
-        0 if SCB is None else SCB.data_ptr(),
-        0 if B is None else B.data_ptr(),
-        0 if absmax is None else absmax.data_ptr(),
-        QUANT_TYPE_CODE[quant_type],
-        blocksize,
-        out.data_ptr(),
-        nthreads,
-    )
+    weight = _weight_args(CB, SCB, B, absmax, quant_type, blocksize)
+    _C.weight_matmul_t_amx(G2.data_ptr(), G2.shape[0], n, k, *weight, out.data_ptr(), nthreads)
     return out
