@@ -274,6 +274,21 @@ void expand_4bit(const bnb_cpu::amx::PanelArgs& a, int64_t row, int64_t c0, int6
                             a.blocksize, a.nf4, dst, BNB_DTYPE_BF16, 0, (c1 - c0 + a.blocksize - 1) / a.blocksize);
 }
 
+// The weight's part of the AMX entries' arguments (W [n, k]: int8 rows CB, or packed 4-bit B4).
+bnb_cpu::amx::PanelArgs amx_weight(const int8_t* CB, const uint8_t* B4, const float* absmax, int32_t quant_type,
+                                   int64_t blocksize, int64_t n, int64_t k, int64_t unit) {
+  bnb_cpu::amx::PanelArgs a{};
+  a.n = n;
+  a.k = k;
+  a.expand = CB ? bnb_cpu::amx::expand_int8 : expand_4bit;
+  a.unit = unit;
+  a.weight = CB ? static_cast<const void*>(CB) : static_cast<const void*>(B4);
+  a.absmax = absmax;
+  a.nf4 = quant_type == BNB_QUANT_NF4 ? 1 : 0;
+  a.blocksize = blocksize;
+  return a;
+}
+
 // The checks both AMX entries make of the weight and the sizes.
 int32_t check_amx_weight(const int8_t* CB, const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                          int64_t m, int64_t n, int64_t k, int64_t blocksize) {
@@ -340,21 +355,11 @@ BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, i
   // Up to 64 rows of A, a panel's packed A is small: whole rows of the weight (up to 4096 values)
   // per range then read it in long runs (4096x4096 int8, 32 rows: 2.1 instead of 2.9 ms).
   const int64_t range = std::max(amx::range_for(unit), m <= 64 ? std::min<int64_t>((k + 511) / 512 * 512, 4096) : 0);
-  amx::PanelArgs args{nullptr,
-                      0,
-                      n,
-                      k,
-                      CB ? bnb_cpu::amx::expand_int8 : expand_4bit,
-                      unit,
-                      CB ? static_cast<const void*>(CB) : static_cast<const void*>(B4),
-                      absmax,
-                      quant_type == BNB_QUANT_NF4 ? 1 : 0,
-                      blocksize,
-                      scale,
-                      bias32,
-                      nullptr,
-                      panel_rows,
-                      range};
+  amx::PanelArgs args = amx_weight(CB, B4, absmax, quant_type, blocksize, n, k, unit);
+  args.scale = scale;
+  args.bias = bias32;
+  args.panel_rows = panel_rows;
+  args.range = range;
   const int64_t panels = (n + panel_rows - 1) / panel_rows;
   std::atomic<bool> failed{false};
   // Up to kMaxRows rows of A per pass: its packed form and the panel's sums then stay in L2.
@@ -407,21 +412,9 @@ BNB_API int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n,
   int64_t cols = std::min(max_cols, std::max<int64_t>(32, (per_thread + 31) / 32 * 32));
   cols = (cols + unit - 1) / unit * unit;
   const int64_t range = std::min<int64_t>(few ? 128 : 512, np);
-  amx::PanelArgs args{nullptr,
-                      0,
-                      n,
-                      k,
-                      CB ? bnb_cpu::amx::expand_int8 : expand_4bit,
-                      unit,
-                      CB ? static_cast<const void*>(CB) : static_cast<const void*>(B4),
-                      absmax,
-                      quant_type == BNB_QUANT_NF4 ? 1 : 0,
-                      blocksize,
-                      nullptr,
-                      nullptr,
-                      nullptr,
-                      cols,
-                      range};
+  amx::PanelArgs args = amx_weight(CB, B4, absmax, quant_type, blocksize, n, k, unit);
+  args.panel_rows = cols;
+  args.range = range;
   const int64_t panels = (k + cols - 1) / cols;
   std::atomic<bool> failed{false};
   for (int64_t r0 = 0; r0 < m && !failed.load(); r0 += amx::kMaxRows) {

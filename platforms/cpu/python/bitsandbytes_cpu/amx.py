@@ -47,19 +47,6 @@ def eligible(op: str, A: torch.Tensor, rows: int, k: int, blocksize: int | None 
     )
 
 
-def _weight_args(
-    CB: torch.Tensor | None,
-    SCB: torch.Tensor | None,
-    B: torch.Tensor | None,
-    absmax: torch.Tensor | None,
-    quant_type: str,
-    blocksize: int,
-) -> tuple[int, ...]:
-    """The weight's arguments of the native entries: CB, SCB, B4, absmax (0 for absent), quant_type, blocksize."""
-    ptrs = tuple(0 if t is None else t.data_ptr() for t in (CB, SCB, B, absmax))
-    return (*ptrs, QUANT_TYPE_CODE[quant_type], blocksize)
-
-
 def weight_matmul(
     A2: torch.Tensor,
     n: int,
@@ -72,38 +59,20 @@ def weight_matmul(
     quant_type: str = "nf4",
     blocksize: int = 0,
     bias: torch.Tensor | None = None,
+    transposed: bool = False,
     nthreads: int = 0,
 ) -> torch.Tensor:
-    """``A2 @ W^T (+ bias)`` in bf16 for bf16 ``A2`` ``[rows, k]`` and W ``[n, k]`` given as int8
-    rows (``CB``, ``SCB``) or packed 4-bit (``B``, ``absmax``, ``quant_type``, ``blocksize``).
-    Arguments are already checked by the caller."""
+    """bf16 ``A2 @ W^T (+ bias)`` for bf16 ``A2`` ``[rows, k]``, or with ``transposed`` ``A2 @ W``
+    for ``A2`` ``[rows, n]`` (int8: A2's columns scaled by ``SCB / 127`` and rounded to bf16 first,
+    no bias), W ``[n, k]`` given as int8 rows (``CB``, ``SCB``) or packed 4-bit (``B``, ``absmax``,
+    ``quant_type``, ``blocksize``). Arguments are already checked by the caller."""
     A2 = A2.contiguous()
-    out = torch.empty(A2.shape[0], n, dtype=torch.bfloat16)
-    if bias is not None:
-        bias = bias.contiguous()
-    weight = _weight_args(CB, SCB, B, absmax, quant_type, blocksize)
-    bias_args = (0, 2) if bias is None else (bias.data_ptr(), DTYPE_CODE[bias.dtype])
+    out = torch.empty(A2.shape[0], k if transposed else n, dtype=torch.bfloat16)
+    ptrs = tuple(0 if t is None else t.data_ptr() for t in (CB, SCB, B, absmax))
+    weight = (*ptrs, QUANT_TYPE_CODE[quant_type], blocksize)
+    if transposed:
+        _C.weight_matmul_t_amx(A2.data_ptr(), A2.shape[0], n, k, *weight, out.data_ptr(), nthreads)
+        return out
+    bias_args = (0, 2) if bias is None else (bias.contiguous().data_ptr(), DTYPE_CODE[bias.dtype])
     _C.weight_matmul_amx(A2.data_ptr(), A2.shape[0], n, k, *weight, *bias_args, out.data_ptr(), nthreads)
-    return out
-
-
-def weight_matmul_t(
-    G2: torch.Tensor,
-    n: int,
-    k: int,
-    *,
-    CB: torch.Tensor | None = None,
-    SCB: torch.Tensor | None = None,
-    B: torch.Tensor | None = None,
-    absmax: torch.Tensor | None = None,
-    quant_type: str = "nf4",
-    blocksize: int = 0,
-    nthreads: int = 0,
-) -> torch.Tensor:
-    """``G2 @ W`` in bf16 for bf16 ``G2`` ``[rows, n]`` and W ``[n, k]`` (as for ``weight_matmul``;
-    int8: G2's columns are scaled by ``SCB / 127`` and rounded to bf16 first)."""
-    G2 = G2.contiguous()
-    out = torch.empty(G2.shape[0], k, dtype=torch.bfloat16)
-    weight = _weight_args(CB, SCB, B, absmax, quant_type, blocksize)
-    _C.weight_matmul_t_amx(G2.data_ptr(), G2.shape[0], n, k, *weight, out.data_ptr(), nthreads)
     return out

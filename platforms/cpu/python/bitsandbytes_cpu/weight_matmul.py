@@ -124,7 +124,7 @@ def int8_weight_mm_t(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> to
         return _empty_result(A, k)
     CB, SCB = CB.contiguous(), SCB.contiguous()
     if amx.eligible("int8_weight_mm_t", A, A2.shape[0], k):
-        return amx.weight_matmul_t(A2, n, k, CB=CB, SCB=SCB, nthreads=_nt()).view(*A.shape[:-1], k)
+        return amx.weight_matmul(A2, n, k, CB=CB, SCB=SCB, transposed=True, nthreads=_nt()).view(*A.shape[:-1], k)
     if not _fused("int8_weight_mm_t", A2.shape[0]):
         W = _expand_int8(A, CB)
         out = ((A2 * (SCB * INV_127)).to(W.dtype) @ W).to(A.dtype)
@@ -144,8 +144,16 @@ def gemm_4bit_t(
         return _empty_result(A, k)
     B, absmax = B.contiguous(), absmax.contiguous()
     if amx.eligible("gemm_4bit_t", A, A2.shape[0], k, blocksize):
-        out = amx.weight_matmul_t(
-            A2, n, k, B=B.view(torch.uint8), absmax=absmax, quant_type=quant_type, blocksize=blocksize, nthreads=_nt()
+        out = amx.weight_matmul(
+            A2,
+            n,
+            k,
+            B=B.view(torch.uint8),
+            absmax=absmax,
+            quant_type=quant_type,
+            blocksize=blocksize,
+            transposed=True,
+            nthreads=_nt(),
         )
         return out.view(*A.shape[:-1], k)
     if not _fused("gemm_4bit_t", A2.shape[0]):
