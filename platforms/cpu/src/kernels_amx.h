@@ -13,7 +13,7 @@ bool amx_usable();
 
 namespace amx {
 
-constexpr int64_t kRangeSteps = 16;     // k is expanded and multiplied in ranges of 32 * kRangeSteps
+constexpr int64_t kRangeSteps = 8;      // k is expanded and multiplied in ranges of 32 * kRangeSteps
 constexpr int64_t kMaxRows = 256;       // rows of A per pass (the C ABI splits larger inputs)
 constexpr int64_t kMaxPanelRows = 256;  // weight rows per panel
 
