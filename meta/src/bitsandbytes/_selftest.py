@@ -77,7 +77,8 @@ def _check_int8(device: str) -> str | None:
 
 def _check_weight_mm(device: str) -> str | None:
     """The fine-tuning matmuls (int8 forward and input gradient, 4-bit input gradient) against the
-    reference on the CPU, within f32 summation-order rounding; 1 and 24 rows (fused and dense paths)."""
+    reference on the CPU, within f32 summation-order rounding; 1 and 24 rows (fused and dense paths);
+    then with bf16 activations, within bf16 rounding."""
     g = torch.Generator().manual_seed(4)
     w = torch.randn(48, 320, generator=g)
     CB, SCB, _ = REF["int8_vectorwise_quant"](w, 0.0)
@@ -101,6 +102,26 @@ def _check_weight_mm(device: str) -> str | None:
         for op, (got, want) in pairs.items():
             if not torch.allclose(got.cpu(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item()):
                 return f"{op} with {rows} row(s) differs from the reference"
+    # bf16 activations (the CPU wheel's AMX path where the CPU has it): within bf16 rounding.
+    A, G = torch.randn(24, 320, generator=g).bfloat16(), torch.randn(24, 48, generator=g).bfloat16()
+    d = {"A": A.to(device), "G": G.to(device), "CB": CB.to(device), "SCB": SCB.to(device)}
+    d.update(packed=packed.to(device), absmax=absmax.to(device))
+    pairs = {
+        "gemm_4bit": (
+            ops.gemm_4bit(d["A"], d["packed"], [48, 320], d["absmax"], 64, "nf4"),
+            REF["gemm_4bit"](A, packed, [48, 320], absmax, 64, "nf4"),
+        ),
+        "int8_weight_mm": (ops.int8_weight_mm(d["A"], d["CB"], d["SCB"]), REF["int8_weight_mm"](A, CB, SCB)),
+        "int8_weight_mm_t": (ops.int8_weight_mm_t(d["G"], d["CB"], d["SCB"]), REF["int8_weight_mm_t"](G, CB, SCB)),
+        "gemm_4bit_t": (
+            ops.gemm_4bit_t(d["G"], d["packed"], [48, 320], d["absmax"], 64, "nf4"),
+            REF["gemm_4bit_t"](G, packed, [48, 320], absmax, 64, "nf4"),
+        ),
+    }
+    for op, (got, want) in pairs.items():
+        scale = want.float().abs().max().item()
+        if not torch.allclose(got.cpu().float(), want.float(), rtol=2e-2, atol=2e-2 * scale):
+            return f"{op} with bf16 activations differs from the reference"
     return None
 
 

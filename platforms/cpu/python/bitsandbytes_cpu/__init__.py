@@ -20,8 +20,9 @@ OP_INTERFACE_VERSION = 2
 
 
 def build_info() -> dict[str, Any]:
-    """How the native library was built (platform, version, compiler, ISA list, ABI version)."""
-    return json.loads(_C.build_info())
+    """How the native library was built (platform, version, compiler, ISA list, ABI version), and
+    ``amx_usable``: whether the AMX path runs now (bitsandbytes_cpu.amx)."""
+    return {**json.loads(_C.build_info()), "amx_usable": _C.amx_usable()}
 
 
 def isa() -> str:
