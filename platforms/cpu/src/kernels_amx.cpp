@@ -1,18 +1,21 @@
-// AMX (AMX-TILE + AMX-BF16) matmul against a weight kept quantized: out [m, n] = A [m, k] @ W^T
-// for bf16 A, W [n, k] int8 rows (LLM.int8()'s training forward) or packed 4-bit (QLoRA's
-// forward, prefill-sized batches).
+// AMX (AMX-TILE + AMX-BF16) matmuls against a weight kept quantized, for bf16 activations:
+// out [m, n] = A [m, k] @ W^T (panel_matmul: QLoRA's forward and prefill, LLM.int8()'s training
+// forward) and out [m, k] = G [m, n] @ W (panel_matmul_t: their input gradients), W [n, k] int8
+// rows or packed 4-bit.
 //
-// W is expanded 32 rows at a time into a bf16 panel that stays in this core's L2 (the active
-// instruction set's own 4-bit dequantization or int8 expansion, so the panel holds exactly the
-// values dequantize_4bit gives), and the tile unit multiplies it while it is there: no dequantized
-// weight ever goes to memory. The panel rows are the tile unit's row operand (16 weight rows x 32
-// k per tile, loaded as they lie); A is the column operand, re-laid out once per call into the
-// VNNI pair layout (pack_a). Each 16 x 16 f32 result tile is thus out^T, transposed on the way out,
-// where the int8 row scales and the bias are applied and the sum is rounded to bf16 once.
+// W is expanded range by range into a bf16 panel that stays in this core's L2 (the active
+// instruction set's own 4-bit dequantization, so the panel holds exactly the values
+// dequantize_4bit gives, or an exact int8 expansion), and the tile unit multiplies it while it is
+// there: no dequantized weight ever goes to memory. Forward: the panel rows are the tile unit's row
+// operand (16 weight rows x 32 k per tile, loaded as they lie); A is the column operand, re-laid
+// out once per call into VNNI pairs (pack_a); each 16 x 16 f32 result tile is thus out^T,
+// transposed on the way out, where the int8 row scales and the bias are applied and the sum is
+// rounded to bf16 once. Input gradient: G is the row operand as it lies (padded, pad_g) and the
+// weight, two rows at a time, is interleaved into VNNI pairs for the column operand.
 //
-// This file is compiled with the AVX-512 and AMX flags; nothing here runs unless
-// amx_usable() (isa_dispatch.cpp) said the CPU and the operating system allow it.
-// Built with the AMX flags (x86-64, GCC >= 11 or Clang >= 12), or the library has no AMX path.
+// Compiled with the AVX-512 and AMX flags (x86-64, GCC >= 11 or Clang >= 12); elsewhere the file
+// builds empty and compiled_in() is false. Nothing here runs unless amx_usable()
+// (isa_dispatch.cpp) said the CPU and the operating system allow it.
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #include <immintrin.h>
 #else
@@ -57,7 +60,7 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
-// Tiles 0-1: two 16-row slices of the weight panel; 2-3: two 16-column blocks of packed A;
+// Tiles 0-1: two 16-row slices of the row operand; 2-3: two 16-column blocks of the column operand;
 // 4-7: the 2 x 2 result tiles. Every tile is 16 rows of 64 bytes.
 void configure_tiles() {
   TileConfig cfg;
