@@ -164,3 +164,19 @@ def test_transposed_exact_for_small_integers(amx_on):
     assert want.abs().max() <= 256
     assert torch.equal(OPS.int8_weight_mm_t(G, CB, torch.full((n,), 127.0)).float(), want)
     assert len(amx_on) == 1
+
+
+def test_non_contiguous_bias_and_activations(amx_on):
+    """Strided inputs are made contiguous (and kept alive) before the native call."""
+    g = torch.Generator().manual_seed(9)
+    n, k = 40, 64
+    packed, absmax = REF["quantize_4bit"](torch.randn(n, k, generator=g), 64, "nf4", torch.uint8)
+    A = torch.randn(k, 24, generator=g).to(torch.bfloat16).t()  # [24, k], not contiguous
+    bias = torch.randn(2 * n, generator=g)[::2]
+    want = REF["gemm_4bit"](A.contiguous(), packed, [n, k], absmax, 64, "nf4", bias.contiguous())
+    for _ in range(3):
+        _close(OPS.gemm_4bit(A, packed, [n, k], absmax, 64, "nf4", bias), want, k)
+    CB, SCB, _ = REF["int8_vectorwise_quant"](torch.randn(n, k, generator=g), 0.0)
+    want8 = REF["int8_weight_mm"](A.contiguous(), CB, SCB, bias.contiguous())
+    _close(OPS.int8_weight_mm(A, CB, SCB, bias), want8, k)
+    assert len(amx_on) == 4

@@ -1,8 +1,8 @@
 """The AMX path of the matmuls against a weight kept quantized (bf16 activations).
 
 On CPUs with AMX-BF16 (Intel Xeon from Sapphire Rapids on) the native library multiplies bf16
-activations by a 4-bit or int8 weight on the tile unit, expanding the weight 32 to 256 rows at
-a time into a panel that stays in the core's L2 (``bnb_cpu_weight_matmul_amx``): the dequantized
+activations by a 4-bit or int8 weight on the tile unit, expanding the weight range by range
+(64 to 256 rows, a slice of k) into a panel that stays in the core's L2 (``bnb_cpu_weight_matmul_amx``): the dequantized
 weight never goes to memory, so prefill-sized batches cost about what a dense bf16 GEMM costs
 (bench/RESULTS.md). The panel holds exactly the values ``dequantize_4bit`` (or ``CB`` as floats)
 gives, the products are summed in f32, the int8 row scales and the bias are applied to the f32
@@ -73,6 +73,8 @@ def weight_matmul(
     if transposed:
         _C.weight_matmul_t_amx(A2.data_ptr(), A2.shape[0], n, k, *weight, out.data_ptr(), nthreads)
         return out
-    bias_args = (0, 2) if bias is None else (bias.contiguous().data_ptr(), DTYPE_CODE[bias.dtype])
+    if bias is not None:
+        bias = bias.contiguous()  # kept referenced until the call returns
+    bias_args = (0, 2) if bias is None else (bias.data_ptr(), DTYPE_CODE[bias.dtype])
     _C.weight_matmul_amx(A2.data_ptr(), A2.shape[0], n, k, *weight, *bias_args, out.data_ptr(), nthreads)
     return out
