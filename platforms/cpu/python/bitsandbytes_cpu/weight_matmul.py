@@ -23,7 +23,7 @@ from bitsandbytes.backends.reference.int8 import INV_127
 
 from . import _C, amx
 from ._scratch import scratch
-from .kernels import DTYPE_CODE, _dequantize_4bit_into, _nt, _on_cpu
+from .kernels import DTYPE_CODE, QUANT_CODE, _dequantize_4bit_into, _nt, _on_cpu
 
 FUSED_ROWS: dict[str, dict[str, int]] = {
     "avx512": {"int8_weight_mm": 16, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
@@ -40,9 +40,6 @@ Arm machine here; qemu times nothing): it takes the portable kernels' crossovers
 
 def _fused(op: str, rows: int) -> bool:
     return rows <= FUSED_ROWS.get(_C.get_isa(), FUSED_ROWS["avx2"])[op]
-
-
-QUANT_TYPE_CODE = {"fp4": 0, "nf4": 1}
 
 
 def _expanded_weight(A: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -161,7 +158,7 @@ def gemm_4bit_t(
         _dequantize_4bit_into(B, absmax, blocksize, quant_type, W)
         out = (A2.to(W.dtype) @ W).to(A.dtype)
     else:
-        weight = (0, 0, B.data_ptr(), absmax.data_ptr(), QUANT_TYPE_CODE[quant_type], blocksize)
+        weight = (0, 0, B.data_ptr(), absmax.data_ptr(), QUANT_CODE[quant_type], blocksize)
         out = _fused_t(A2, n, k, weight)
     return out.view(*A.shape[:-1], k)
 
