@@ -285,3 +285,40 @@ def test_installed_platforms_match_expectation():
     if not expected:
         cpu = [r for r in bitsandbytes.platforms() if r["device_type"] == "cpu"][0]
         assert cpu["status"] == "missing" and "bitsandbytes-cpu==" in cpu["fix"]
+
+
+def _wheel_submodules() -> list[str]:
+    import importlib.util
+    import pkgutil
+
+    names = []
+    for platform in ("cpu", "cuda", "rocm", "xpu", "hpu", "mps"):
+        spec = importlib.util.find_spec(f"bitsandbytes_{platform}")
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for info in pkgutil.iter_modules(spec.submodule_search_locations):
+            if not info.name.startswith(("_", "lib")) or info.name == "_gaudi":  # lib*: the C ABI
+                names.append(f"bitsandbytes_{platform}.{info.name}")
+    return names
+
+
+@pytest.mark.parametrize("module", _wheel_submodules() or ["none-installed"])
+def test_importing_a_wheel_submodule_first_still_registers(module):
+    """``import bitsandbytes_cpu.kernels`` before ``bitsandbytes`` must not break registration."""
+    if module == "none-installed":
+        pytest.skip("no platform wheel installed")
+    import subprocess
+
+    code = (
+        f"import warnings; warnings.simplefilter('error')\n"
+        f"import {module}, bitsandbytes\n"
+        "print(sorted((r['platform'], r['status']) for r in bitsandbytes.platforms()))\n"
+        "print(bitsandbytes.implementation('quantize_4bit', 'cpu'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "BNB_PLATFORMS"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    records, cpu_impl = r.stdout.strip().splitlines()
+    assert "'failed'" not in records, records
+    if module.startswith("bitsandbytes_cpu."):
+        assert "('cpu', 'loaded')" in records and cpu_impl == "cpu", r.stdout

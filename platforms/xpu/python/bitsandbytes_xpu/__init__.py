@@ -155,3 +155,12 @@ __all__ = [
     "register",
     "triton_problem",
 ]
+
+# The kernel submodules import ``bitsandbytes``, whose import runs the platform loader, which
+# calls ``register()`` above. Were a submodule imported first (``import bitsandbytes_xpu.kernels``),
+# the loader would run while that submodule is half-initialised and registration would fail; so
+# the meta-package is imported here, once this package is complete and before any submodule is.
+try:
+    import bitsandbytes  # noqa: E402, F401
+except ImportError:  # the wheel without the meta-package: build_info() etc. still work
+    pass
