@@ -67,8 +67,15 @@ def num_blocks(n: int, blocksize: int) -> int:
 
 def check_same_device(arg_tensors: dict[str, torch.Tensor | None]) -> None:
     """Raise RuntimeError if the given tensors do not all live on one device."""
-    present = [t for t in arg_tensors.values() if t is not None]
-    if all(t.device == present[0].device for t in present[1:]):
+    first = None
+    for t in arg_tensors.values():
+        if t is None:
+            continue
+        if first is None:
+            first = t.device
+        elif t.device != first:
+            break
+    else:
         return
     devices = {name: t.device for name, t in arg_tensors.items() if t is not None}
     if len(set(devices.values())) > 1:

@@ -158,7 +158,8 @@ def dequantize_nf4(
 
 def _as_packed_bytes(B: torch.Tensor) -> torch.Tensor:
     """Packed 4-bit data as an ``(n, 1)`` column in a storage dtype the ops accept."""
-    B = B.reshape(-1, 1)
+    if not (B.dim() == 2 and B.shape[1] == 1):  # already a column (the usual weight): no new view
+        B = B.reshape(-1, 1)
     if B.dtype == torch.int8:
         B = B.view(torch.uint8)
     return B
@@ -190,7 +191,7 @@ def _gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias: 
     """``A @ dequant(B).T + bias`` through the ``gemm_4bit`` op (nested absmax passed through when possible)."""
     Bp = _as_packed_bytes(B)
     shape = list(quant_state.shape)
-    if bias is not None:
+    if bias is not None and bias.dtype != A.dtype:
         bias = bias.to(A.dtype)
     if quant_state.nested and quant_state.state2.blocksize == 256:
         s2 = quant_state.state2
@@ -206,5 +207,7 @@ def _gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias: 
             s2.code.to(A.device),
             quant_state.offset.reshape(()).float(),
         )
-    absmax = _resolved_absmax(quant_state).to(torch.float32)
+    absmax = _resolved_absmax(quant_state)
+    if absmax.dtype != torch.float32:
+        absmax = absmax.float()
     return torch.ops.bitsandbytes.gemm_4bit(A, Bp, shape, absmax, quant_state.blocksize, quant_state.quant_type, bias)

@@ -157,8 +157,17 @@ void store_tile(const PanelArgs& a, const float (*c)[16], int64_t n0, int64_t m0
 void expand_int8(const PanelArgs& a, int64_t row, int64_t c0, int64_t c1, uint16_t* dst) {
   const int8_t* src = static_cast<const int8_t*>(a.weight) + row * a.k + c0;
   const int64_t count = c1 - c0;
-  // An int8 value has at most 8 significant bits: its bf16 is the top half of its f32, exactly.
+  // An int8 value has at most 8 significant bits: its bf16 is the top half of its f32, exactly,
+  // so the rounding conversion (two f32 vectors into one bf16 vector) changes nothing; it packs
+  // 32 values in the shuffle port's time the truncating path spends on 16.
   int64_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    const __m512 lo =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+    const __m512 hi =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16))));
+    _mm512_storeu_si512(dst + i, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+  }
   for (; i + 16 <= count; i += 16) {
     const __m512 f =
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));

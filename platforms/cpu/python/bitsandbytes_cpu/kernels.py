@@ -161,6 +161,12 @@ def dequantize_blockwise_out(
 # ---- 4-bit matmul ---------------------------------------------------------------------------
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a contiguous f32 tensor (itself when it already is one)."""
+    t = t.contiguous()
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def _rows(A: torch.Tensor) -> int:
     return A.numel() // A.shape[-1] if A.shape[-1] else 0
 
@@ -175,13 +181,18 @@ def _gemm_4bit_into(
     bias: torch.Tensor | None,
     out: torch.Tensor,
 ) -> None:
+    # Each conversion only where needed: this glue runs once per decoded token per layer.
     A = A.contiguous()
-    raw = B.contiguous().view(torch.uint8)
-    absmax = absmax.contiguous().float()
-    code = code.contiguous().float()
+    raw = B.contiguous()
+    if raw.dtype != torch.uint8:
+        raw = raw.view(torch.uint8)
+    absmax = _f32(absmax)
+    code = _f32(code)
     bias_ptr = 0
     if bias is not None:
-        bias = bias.to(A.dtype).contiguous()
+        if bias.dtype != A.dtype:
+            bias = bias.to(A.dtype)
+        bias = bias.contiguous()
         bias_ptr = bias.data_ptr()
     _C.gemm_4bit(
         A.data_ptr(),
@@ -198,6 +209,9 @@ def _gemm_4bit_into(
         _nt(),
     )
 
+
+_PACKED_4BIT_DTYPES = (torch.uint8, torch.bfloat16, torch.float16, torch.float32)
+"""Storage dtypes a packed 4-bit weight may come in (``quant_storage``)."""
 
 FUSED_MAX_ROWS = 32
 """gemm_4bit runs the fused kernel up to this many rows of A, and dequantize + dense GEMM above."""
@@ -299,22 +313,24 @@ def gemm_4bit(
     """``A @ dequant(B).T + bias`` fused (batch 1 and small batches read the packed weight once)."""
     if len(shapeB) != 2:
         raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
-    if A.shape[-1] != shapeB[1]:
-        raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
+    n, k = shapeB
+    if A.shape[-1] != k:
+        raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({k})")
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
-    C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
-    C.check_quant_type(quant_type)
+    if B.dtype not in _PACKED_4BIT_DTYPES:
+        C.check_dtype(B, "B", _PACKED_4BIT_DTYPES)
     eff = _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-    C.check_dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
+    C.check_dequantize_4bit(B, eff, blocksize, quant_type, shapeB, A.dtype)
     if bias is not None:
-        if not (bias.dim() == 1 and bias.shape[0] == shapeB[0]):
-            raise ValueError(f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}")
+        if not (bias.dim() == 1 and bias.shape[0] == n):
+            raise ValueError(f"bitsandbytes: bias must have shape ({n},), got {tuple(bias.shape)}")
     _on_cpu(A=A, B=B, absmax=eff)
-    if amx.eligible("gemm_4bit", A, _rows(A), shapeB[1], blocksize):
+    rows = _rows(A)
+    if amx.eligible("gemm_4bit", A, rows, k, blocksize):
         out = amx.weight_matmul(
-            A.reshape(-1, shapeB[1]),
-            shapeB[0],
-            shapeB[1],
+            A.reshape(-1, k),
+            n,
+            k,
             B=B.contiguous().view(torch.uint8),
             absmax=eff.contiguous().float(),
             quant_type=quant_type,
@@ -322,8 +338,8 @@ def gemm_4bit(
             bias=None if bias is None else bias.to(A.dtype),
             nthreads=_nt(),
         )
-        return out.view(*A.shape[:-1], shapeB[0])
-    if _rows(A) > FUSED_MAX_ROWS:
+        return out.view(*A.shape[:-1], n)
+    if rows > FUSED_MAX_ROWS:
         # Prefill-sized inputs: the dense GEMM on the dequantized weight wins once the weight's
         # decoding is shared by enough rows; the fused kernel serves decoding (<= 32 rows). The
         # weight is a temporary in this thread's reused buffer (see _scratch).
@@ -340,8 +356,8 @@ def gemm_4bit(
         if f16:
             return torch.nn.functional.linear(A.float(), W, None if b is None else b.float()).to(torch.float16)
         return torch.nn.functional.linear(A, W, b)
-    out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
-    if out.numel():
+    out = torch.empty((*A.shape[:-1], n), dtype=A.dtype)
+    if rows and n:
         _gemm_4bit_into(A, B, shapeB, eff, _decode_table(quant_type), blocksize, bias, out)
     return out
 
