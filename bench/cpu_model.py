@@ -7,7 +7,8 @@ of 512 tokens, and one peft LoRA training step (batch 4 x 256 tokens: forward, b
 the adapters; not for torchao, whose int4 weights have no backward here). The checkpoint is
 written once to a temporary directory (about 2.2 GB in bf16) and every variant loads it.
 
-    python bench/cpu_model.py [--threads 2] [--layers 16] [--new-tokens 128] [--only bf16,nf4,int8,torchao]
+    python bench/cpu_model.py [--threads 2] [--layers 16] [--new-tokens 128]
+                              [--only bf16,nf4,int8,torchao,nf4-all,torchao-body]
     python bench/cpu_model.py --tiny      # a 2-layer, 256-wide model: checks the script in seconds
 """
 
@@ -55,18 +56,30 @@ def load(path: str, variant: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs: dict = {"dtype": torch.bfloat16, "device_map": "cpu"}
-    if variant == "nf4":
+    if variant in ("nf4", "nf4-all"):
+        # transformers keeps lm_head in bf16 unless told otherwise; "nf4-all" quantizes it too, as
+        # torchao's quantize_ does by default.
+        skip = {"llm_int8_skip_modules": []} if variant == "nf4-all" else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, **skip
         )
     elif variant == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if variant == "torchao":
+    if variant.startswith("torchao"):
         from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
         from torchao.quantization import quantize_
 
-        quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=128))
+        # "torchao": its default, every nn.Linear including lm_head; "torchao-body": the layers
+        # BitsAndBytesConfig quantizes (lm_head stays bf16), a like-for-like peer of "nf4".
+        def body(module: torch.nn.Module, fqn: str) -> bool:
+            return isinstance(module, torch.nn.Linear) and fqn != "lm_head"
+
+        quantize_(
+            model,
+            PrototypeInt4WeightOnlyConfig(group_size=128),
+            **({"filter_fn": body} if variant != "torchao" else {}),
+        )
     return model.eval()
 
 
@@ -128,7 +141,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prefill", type=int, default=512)
     parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--only", default="bf16,nf4,int8,torchao")
+    parser.add_argument("--only", default="bf16,nf4,int8,torchao,nf4-all,torchao-body")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -143,7 +156,7 @@ def main() -> None:
                 "decode_tok_s": decode_tokens_per_s(model, vocab, args.new_tokens, args.reps),
                 "prefill_s": prefill_s(model, vocab, args.prefill, args.reps),
             }
-            if variant != "torchao":
+            if variant in ("bf16", "nf4", "int8"):
                 r["lora_step_s"] = lora_step_s(model, vocab, 4, 256, args.reps)
             results[variant] = r
             print(variant, json.dumps({k: round(v, 3) for k, v in r.items()}), flush=True)
