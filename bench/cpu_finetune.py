@@ -161,7 +161,7 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
         report(
             "Linear4bit fwd+bwd", m, timed({"bnb": fwd_bwd(lin4, x), **common, "before": fwd_bwd(b4, x), **amx4}, reps)
         )
-    for m in (16, 64, 256):
+    for m in (16, 64, 256, 512):
         x = torch.randn(m, K, dtype=dtype)
         with torch.no_grad():
             noamx = {"no_amx": without_amx(lambda: lin4(x))} if amx else {}
