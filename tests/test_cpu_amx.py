@@ -180,3 +180,59 @@ def test_non_contiguous_bias_and_activations(amx_on):
     want8 = REF["int8_weight_mm"](A.contiguous(), CB, SCB, bias.contiguous())
     _close(OPS.int8_weight_mm(A, CB, SCB, bias), want8, k)
     assert len(amx_on) == 4
+
+
+# ---- the LLM.int8() GEMM on AMX-INT8 (native: from 8 rows, k a multiple of 64) ----------------
+
+int8_tiles = pytest.mark.skipif(not cpu._C.amx_int8_usable(), reason="the CPU has no AMX-INT8")
+
+
+def _int8_pair(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
+    B = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+    A[0, 0] = B[0, 0] = B[-1, -1] = -128
+    return A, B
+
+
+@int8_tiles
+@pytest.mark.parametrize(
+    "m, n, k", [(8, 33, 64), (17, 64, 128), (40, 70, 576), (300, 40, 192), (513, 96, 128), (9, 1, 64), (16, 20, 96)]
+)
+def test_int8_linear_matmul_exact(m, n, k):
+    """Every tail (rows of A, weight rows, two and three passes; k = 96 takes the VNNI kernel): exact."""
+    A, B = _int8_pair(m, n, k, m + n + k)
+    want = (A.long() @ B.long().t()).int()
+    got = OPS.int8_linear_matmul(A, B)
+    cpu._C.set_amx(False)
+    try:
+        off = OPS.int8_linear_matmul(A, B)
+    finally:
+        cpu._C.set_amx(True)
+    assert torch.equal(got, want) and torch.equal(off, want)
+
+
+@int8_tiles
+def test_int8_mixed_and_module_match_without_tiles():
+    """int8_mixed_scaled_mm with outlier columns and Linear8bitLt in eval mode at 24 rows give the
+    same bits with the tile unit as without it."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(5)
+    layer = bnb.nn.Linear8bitLt(128, 72, has_fp16_weights=False, threshold=6.0).to(torch.bfloat16).to("cpu").eval()
+    x = torch.randn(24, 128, dtype=torch.bfloat16)
+    x[:, [3, 77]] *= 20  # outlier columns
+    A2 = x.half()
+    CA, SCA, cols = OPS.int8_vectorwise_quant(A2, 6.0)
+    CB, SCB = layer.state.CB if layer.state.CB is not None else layer.weight.CB, layer.weight.SCB
+    assert cols.numel() == 2
+    results = []
+    for on in (True, False):
+        cpu._C.set_amx(on)
+        try:
+            with torch.no_grad():
+                results.append((OPS.int8_mixed_scaled_mm(x, CA, CB, SCA, SCB, cols, None)[0], layer(x)))
+        finally:
+            cpu._C.set_amx(True)
+    (mixed_on, mod_on), (mixed_off, mod_off) = results
+    assert torch.equal(mixed_on, mixed_off) and torch.equal(mod_on, mod_off)

@@ -150,6 +150,43 @@ int32_t bnb_int8_vectorwise_quant(const void* A, int32_t dtype, int64_t rows, in
   return bnb_cpu::ok();
 }
 
+}  // extern "C"
+
+namespace {
+
+// The int8 GEMM on the AMX-INT8 tile unit, A taken kInt8Rows rows per pass (packed into scratch
+// slot 0), the weight's blocks of 32 rows split over the threads; `after(n0, n1)` runs on each
+// thread's rows once their products are done. False (nothing written) when the scratch memory
+// cannot be had: the caller then runs the VNNI kernel.
+template <typename After>
+bool int8_matmul_amx(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C, After after) {
+  namespace amx = bnb_cpu::amx;
+  auto* packed = static_cast<uint32_t*>(scratch(amx::packed_int8_bytes(std::min(m, amx::kInt8Rows), k), 0));
+  if (!packed) return false;
+  std::atomic<bool> failed{false};
+  const int64_t blocks = (n + 31) / 32;
+  for (int64_t r0 = 0; r0 < m && !failed.load(); r0 += amx::kInt8Rows) {
+    const int64_t rows = std::min(amx::kInt8Rows, m - r0);
+    const int8_t* a = A + r0 * k;
+    parallel_for((rows + 31) / 32 * 2, 4,
+                 [&](int64_t b0, int64_t b1) { amx::pack_a_int8(a, rows, k, packed, b0, b1); });
+    parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+      auto* work = static_cast<int8_t*>(scratch(amx::int8_work_bytes(k), 3));
+      if (!work) {
+        failed = true;
+        return;
+      }
+      amx::int8_matmul(B, n, k, packed, rows, C + r0 * n, b0 * 32, std::min(n, b1 * 32), work);
+      if (r0 + rows >= m) after(b0 * 32, std::min(n, b1 * 32));
+    });
+  }
+  return !failed.load();
+}
+
+}  // namespace
+
+extern "C" {
+
 int32_t bnb_int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C,
                                bnb_stream) {
   return bnb_cpu_int8_linear_matmul_gather(A, B, m, n, k, C, nullptr, 0, nullptr);
@@ -170,12 +207,19 @@ BNB_API int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t*
                 static_cast<long long>(c), static_cast<long long>(cols[c]), static_cast<long long>(k));
   }
   if (n == 0) return bnb_cpu::ok();
-  const auto& kt = kernels();
-  parallel_for(n, 16, [&](int64_t n0, int64_t n1) {
-    if (m > 0) kt.int8_linear_matmul(A, B, m, n, k, C, n0, n1);
+  auto gather = [&](int64_t n0, int64_t n1) {
     for (int64_t j = n0; j < n1; ++j) {
       for (int64_t c = 0; c < ncols; ++c) Bcols[j * ncols + c] = B[j * k + cols[c]];
     }
+  };
+  if (m >= bnb_cpu::amx::kMinInt8Rows && k > 0 && k % 64 == 0 && bnb_cpu::amx_int8_usable() &&
+      int8_matmul_amx(A, B, m, n, k, C, gather)) {
+    return bnb_cpu::ok();
+  }
+  const auto& kt = kernels();
+  parallel_for(n, 16, [&](int64_t n0, int64_t n1) {
+    if (m > 0) kt.int8_linear_matmul(A, B, m, n, k, C, n0, n1);
+    gather(n0, n1);
   });
   return bnb_cpu::ok();
 }

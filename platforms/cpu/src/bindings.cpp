@@ -26,6 +26,7 @@ int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int6
                                    const float* SCB, const void* bias, int32_t bias_dtype, void* out);
 int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int32_t dtype);
 int32_t bnb_cpu_amx_usable(void);
+int32_t bnb_cpu_amx_int8_usable(void);
 void bnb_cpu_set_amx(int32_t on);
 int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
                                   const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
@@ -215,6 +216,10 @@ PYBIND11_MODULE(_C, m) {
       "amx_usable", [] { return bnb_cpu_amx_usable() != 0; },
       "Whether the AMX paths run: the CPU and the operating system allow the tile unit, the avx512 table is "
       "active and set_amx(False) has not turned them off.");
+  m.def(
+      "amx_int8_usable", [] { return bnb_cpu_amx_int8_usable() != 0; },
+      "Whether the int8 GEMM (int8_linear_matmul, 8 rows and more, k a multiple of 64) runs on the AMX-INT8 tile "
+      "unit: amx_usable() and the CPU has AMX-INT8.");
   m.def(
       "set_amx", [](bool on) { bnb_cpu_set_amx(on ? 1 : 0); }, py::arg("on"),
       "Turn the AMX paths on (the default where supported) or off.");

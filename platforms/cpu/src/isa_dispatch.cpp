@@ -166,6 +166,18 @@ bool amx_enabled() {
 
 bool amx_usable() { return amx::compiled_in() && active_isa() == ISA_AVX512 && amx_enabled() && amx_supported(); }
 
+bool amx_int8_usable() {
+  static const bool has_int8 = [] {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && ((edx >> 25) & 1);  // AMX-INT8
+#else
+    return false;
+#endif
+  }();
+  return has_int8 && amx::int8_compiled_in() && amx_usable();
+}
+
 }  // namespace bnb_cpu
 
 extern "C" {
@@ -189,6 +201,10 @@ BNB_API int32_t bnb_cpu_set_isa(const char* name) {
 // CPU-only extension: 1 when the AMX paths run (CPU, operating system, the avx512 table active
 // and not turned off), else 0.
 BNB_API int32_t bnb_cpu_amx_usable(void) { return bnb_cpu::amx_usable() ? 1 : 0; }
+
+// CPU-only extension: 1 when, in addition, the LLM.int8() GEMM runs on the AMX-INT8 tile unit
+// (bnb_int8_linear_matmul from 8 rows, k a multiple of 64).
+BNB_API int32_t bnb_cpu_amx_int8_usable(void) { return bnb_cpu::amx_int8_usable() ? 1 : 0; }
 
 // CPU-only extension: turn the AMX paths on (1, the default where supported) or off (0); the tests
 // compare both with the reference this way.

@@ -28,6 +28,7 @@
 #include "element.h"
 #include "kernels_amx.h"
 #if !defined(BNB_CPU_NO_AMX)
+#include "amx_tiles.h"
 #include "simd_avx512.h"
 #endif
 
@@ -48,30 +49,10 @@ void panel_matmul(const PanelArgs&, const uint32_t*, void*, int64_t, int64_t) {}
 bool compiled_in() { return true; }
 
 using avx512::to_bf16;
+using tiles::configure_tiles;
+using tiles::transpose16;
 
 namespace {
-
-// Palette 1 tile configuration (the layout LDTILECFG reads).
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-// Tiles 0-1: two 16-row slices of the row operand; 2-3: two 16-column blocks of the column operand;
-// 4-7: the 2 x 2 result tiles. Every tile is 16 rows of 64 bytes.
-void configure_tiles() {
-  TileConfig cfg;
-  memset(&cfg, 0, sizeof(cfg));
-  cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
 
 // The 2 x 2 tile block both products share: sums c[2 * i + j] (+)= rows_i . cols_j over `steps`
 // k steps of 32, rows_i 16 rows of bf16 (`row_bytes` apart, 32 values a step) and cols_j the
@@ -103,33 +84,6 @@ inline void multiply_2x2(const uint16_t* rows0, const uint16_t* rows1, int64_t r
   _tile_stored(5, c[1], 64);
   _tile_stored(6, c[2], 64);
   _tile_stored(7, c[3], 64);
-}
-
-// Transposes 16 x 16 floats in place (rows r[0..15]).
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
-  }
 }
 
 // One 16 x 16 result tile (c[i][j] = sum over k of W[n0 + i] . A[m0 + j]) into out, transposed,

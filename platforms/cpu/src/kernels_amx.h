@@ -10,6 +10,9 @@ namespace bnb_cpu {
 // registers (asked for once, on first call), the avx512 kernel table is active and
 // bnb_cpu_set_amx() has not turned it off (isa_dispatch.cpp).
 bool amx_usable();
+// amx_usable() and the CPU has AMX-INT8 too (and this build its kernels): the LLM.int8() GEMM
+// then runs on the tile unit.
+bool amx_int8_usable();
 
 namespace amx {
 
@@ -74,6 +77,24 @@ void panel_matmul(const PanelArgs& a, const uint32_t* packed, void* work, int64_
 // rows per range, a multiple of 32), with this thread's work space of work_bytes_t(m, panel_rows,
 // range). A, scale and bias are unused.
 void panel_matmul_t(const PanelArgs& a, const uint16_t* gp, void* work, int64_t c0, int64_t c1);
+
+// ---- AMX-INT8 (kernels_amx_int8.cpp) -----------------------------------------------------------
+
+constexpr int64_t kMinInt8Rows = 8;  // rows of A from which the tile GEMM replaces the VNNI kernel (measured)
+constexpr int64_t kInt8Rows = 256;   // rows of A per pass (its packed form stays in L2)
+
+// Whether this build has the AMX-INT8 kernels.
+bool int8_compiled_in();
+// Bytes of A [m, k] int8 re-laid out into VNNI-4 column tiles: rows rounded up to 32.
+inline int64_t packed_int8_bytes(int64_t m, int64_t k) { return (m + 31) / 32 * 32 * k; }
+// Per-thread work space of int8_matmul: a partial last block of 32 weight rows, zero padded.
+inline int64_t int8_work_bytes(int64_t k) { return 32 * k; }
+// Re-lays out the 16-row blocks [mb0, mb1) of A [m, k] (k a multiple of 64; zero rows past m).
+void pack_a_int8(const int8_t* A, int64_t m, int64_t k, uint32_t* packed, int64_t mb0, int64_t mb1);
+// C [m, n] (int32) = A @ B^T for output columns [n0, n1) (n0 a multiple of 32), B [n, k] int8, A
+// given packed (packed_int8_bytes), with this thread's work space of int8_work_bytes(k).
+void int8_matmul(const int8_t* B, int64_t n, int64_t k, const uint32_t* packed, int64_t m, int32_t* C, int64_t n0,
+                 int64_t n1, int8_t* work);
 
 }  // namespace amx
 }  // namespace bnb_cpu

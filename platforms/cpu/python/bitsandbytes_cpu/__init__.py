@@ -21,8 +21,9 @@ OP_INTERFACE_VERSION = 2
 
 def build_info() -> dict[str, Any]:
     """How the native library was built (platform, version, compiler, ISA list, ABI version), and
-    ``amx_usable``: whether the AMX path runs now (bitsandbytes_cpu.amx)."""
-    return {**json.loads(_C.build_info()), "amx_usable": _C.amx_usable()}
+    ``amx_usable``: whether the AMX path runs now (bitsandbytes_cpu.amx), ``amx_int8_usable``:
+    whether the int8 GEMM of LLM.int8() runs on the AMX-INT8 tile unit (from 8 rows)."""
+    return {**json.loads(_C.build_info()), "amx_usable": _C.amx_usable(), "amx_int8_usable": _C.amx_int8_usable()}
 
 
 def isa() -> str:

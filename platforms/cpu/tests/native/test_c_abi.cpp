@@ -28,6 +28,8 @@ int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t
                                 int64_t blocksize, void* out);
 int32_t bnb_cpu_amx_usable(void);
 void bnb_cpu_set_amx(int32_t on);
+int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C,
+                                          const int64_t* cols, int64_t ncols, int8_t* Bcols);
 int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
                                   const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
                                   const void* bias, int32_t bias_dtype, void* out);
@@ -416,6 +418,42 @@ void amx_path() {
   printf("AMX: %s\n", g_failures ? "FAILED" : "ok");
 }
 
+// The int8 GEMM at row counts that take the AMX-INT8 path where the CPU has it (8 rows and more, k
+// a multiple of 64; 300 rows: two passes; partial blocks of A rows and weight rows), exact against
+// the naive sums, with and without the outlier-column gather; the same with AMX off.
+void int8_gemm_rows() {
+  for (int amx_on : {1, 0}) {
+    bnb_cpu_set_amx(amx_on);
+    for (auto shape : {std::vector<int64_t>{8, 33, 64}, {17, 64, 128}, {40, 70, 576}, {300, 40, 192}, {9, 1, 64}}) {
+      const int64_t m = shape[0], nn = shape[1], k = shape[2];
+      std::mt19937 rng(static_cast<uint32_t>(m * 5 + nn * 11 + k));
+      std::vector<int8_t> A(m * k), B(nn * k), Bcols(nn * 2);
+      for (auto& v : A) v = static_cast<int8_t>(rng() & 0xff);
+      for (auto& v : B) v = static_cast<int8_t>(rng() & 0xff);
+      A[0] = B[0] = -128;
+      B[nn * k - 1] = -128;
+      const int64_t cols[2] = {0, k - 1};
+      std::vector<int32_t> C(m * nn, 12345), C2(m * nn, 12345);
+      check(bnb_int8_linear_matmul(A.data(), B.data(), m, nn, k, C.data(), nullptr) == BNB_OK, "int8_linear_matmul");
+      check(bnb_cpu_int8_linear_matmul_gather(A.data(), B.data(), m, nn, k, C2.data(), cols, 2, Bcols.data()) == BNB_OK,
+            "int8_linear_matmul_gather");
+      bool exact = true, gathered = true;
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t j = 0; j < nn; ++j) {
+          int32_t sum = 0;
+          for (int64_t i = 0; i < k; ++i) sum += A[r * k + i] * B[j * k + i];
+          exact &= sum == C[r * nn + j] && sum == C2[r * nn + j];
+        }
+      for (int64_t j = 0; j < nn; ++j) gathered &= Bcols[j * 2] == B[j * k] && Bcols[j * 2 + 1] == B[j * k + k - 1];
+      const std::string what = " (m=" + std::to_string(m) + ", n=" + std::to_string(nn) + ", k=" + std::to_string(k) +
+                               ", AMX " + (amx_on ? "on" : "off") + ")";
+      check(exact, "int8_linear_matmul is exact" + what);
+      check(gathered, "int8_linear_matmul_gather copies the columns" + what);
+    }
+  }
+  bnb_cpu_set_amx(1);
+}
+
 }  // namespace
 
 int main() {
@@ -450,6 +488,7 @@ int main() {
     bnb_cpu_set_num_threads(threads);
     check(bnb_cpu_set_isa("auto") == BNB_OK, "set_isa auto");
     amx_path();
+    int8_gemm_rows();
   }
   printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
