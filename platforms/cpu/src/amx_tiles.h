@@ -59,6 +59,42 @@ inline void transpose16(__m512 r[16]) {
   }
 }
 
+// The 2 x 2 tile block: sums c[2 * i + j] (+)= rows_i . cols_j over `steps` steps, rows_i 16 rows
+// of the row operand (`row_bytes` apart, 64 bytes a step) and cols_j column tiles (1 KiB a step);
+// from zero when `first`, else from c; c holds them after. `dot` issues the four products of a
+// step on tiles 4-7 (tdpbf16ps or tdpbssd: rows in tiles 0-1, columns in 2-3).
+template <typename Dot>
+inline void block_2x2(const void* rows0, const void* rows1, int64_t row_bytes, const void* cols0, const void* cols1,
+                      int64_t steps, bool first, void* c, Dot dot) {
+  auto* sums = static_cast<uint8_t*>(c);  // four 16 x 64-byte tiles
+  const auto* r0 = static_cast<const uint8_t*>(rows0);
+  const auto* r1 = static_cast<const uint8_t*>(rows1);
+  const auto* c0 = static_cast<const uint8_t*>(cols0);
+  const auto* c1 = static_cast<const uint8_t*>(cols1);
+  if (first) {
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+  } else {
+    _tile_loadd(4, sums, 64);
+    _tile_loadd(5, sums + 1024, 64);
+    _tile_loadd(6, sums + 2048, 64);
+    _tile_loadd(7, sums + 3072, 64);
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    _tile_loadd(0, r0 + s * 64, row_bytes);
+    _tile_loadd(1, r1 + s * 64, row_bytes);
+    _tile_loadd(2, c0 + s * 1024, 64);
+    _tile_loadd(3, c1 + s * 1024, 64);
+    dot();
+  }
+  _tile_stored(4, sums, 64);
+  _tile_stored(5, sums + 1024, 64);
+  _tile_stored(6, sums + 2048, 64);
+  _tile_stored(7, sums + 3072, 64);
+}
+
 }  // namespace tiles
 }  // namespace amx
 }  // namespace bnb_cpu

@@ -54,36 +54,16 @@ using tiles::transpose16;
 
 namespace {
 
-// The 2 x 2 tile block both products share: sums c[2 * i + j] (+)= rows_i . cols_j over `steps`
-// k steps of 32, rows_i 16 rows of bf16 (`row_bytes` apart, 32 values a step) and cols_j the
-// VNNI column tiles (256 dwords a step); from zero when `first`, else from c; c holds them after.
+// The 2 x 2 tile block of both bf16 products (tiles::block_2x2 with tdpbf16ps): rows_i 16 rows of
+// bf16 (`row_bytes` apart, 32 values a step), cols_j the VNNI column tiles (256 dwords a step).
 inline void multiply_2x2(const uint16_t* rows0, const uint16_t* rows1, int64_t row_bytes, const uint32_t* cols0,
                          const uint32_t* cols1, int64_t steps, bool first, float (*c)[16][16]) {
-  if (first) {
-    _tile_zero(4);
-    _tile_zero(5);
-    _tile_zero(6);
-    _tile_zero(7);
-  } else {
-    _tile_loadd(4, c[0], 64);
-    _tile_loadd(5, c[1], 64);
-    _tile_loadd(6, c[2], 64);
-    _tile_loadd(7, c[3], 64);
-  }
-  for (int64_t s = 0; s < steps; ++s) {
-    _tile_loadd(0, rows0 + s * 32, row_bytes);
-    _tile_loadd(1, rows1 + s * 32, row_bytes);
-    _tile_loadd(2, cols0 + s * 256, 64);
-    _tile_loadd(3, cols1 + s * 256, 64);
+  tiles::block_2x2(rows0, rows1, row_bytes, cols0, cols1, steps, first, c, [] {
     _tile_dpbf16ps(4, 0, 2);
     _tile_dpbf16ps(5, 0, 3);
     _tile_dpbf16ps(6, 1, 2);
     _tile_dpbf16ps(7, 1, 3);
-  }
-  _tile_stored(4, c[0], 64);
-  _tile_stored(5, c[1], 64);
-  _tile_stored(6, c[2], 64);
-  _tile_stored(7, c[3], 64);
+  });
 }
 
 // One 16 x 16 result tile (c[i][j] = sum over k of W[n0 + i] . A[m0 + j]) into out, transposed,

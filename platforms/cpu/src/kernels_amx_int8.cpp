@@ -90,24 +90,12 @@ void int8_matmul(const int8_t* B, int64_t n, int64_t k, const uint32_t* packed, 
     for (int64_t mp = 0; mp < mpairs; ++mp) {
       const uint32_t* a0 = packed + 2 * mp * ks * 256;
       const uint32_t* a1 = a0 + ks * 256;
-      _tile_zero(4);
-      _tile_zero(5);
-      _tile_zero(6);
-      _tile_zero(7);
-      for (int64_t s = 0; s < ks; ++s) {
-        _tile_loadd(0, w + s * 64, k);
-        _tile_loadd(1, w + 16 * k + s * 64, k);
-        _tile_loadd(2, a0 + s * 256, 64);
-        _tile_loadd(3, a1 + s * 256, 64);
+      tiles::block_2x2(w, w + 16 * k, k, a0, a1, ks, true, c, [] {
         _tile_dpbssd(4, 0, 2);
         _tile_dpbssd(5, 0, 3);
         _tile_dpbssd(6, 1, 2);
         _tile_dpbssd(7, 1, 3);
-      }
-      _tile_stored(4, c[0], 64);
-      _tile_stored(5, c[1], 64);
-      _tile_stored(6, c[2], 64);
-      _tile_stored(7, c[3], 64);
+      });
       store_int32_tile(c[0], C, m, n, nb, mp * 32);
       store_int32_tile(c[1], C, m, n, nb, mp * 32 + 16);
       store_int32_tile(c[2], C, m, n, nb + 16, mp * 32);
