@@ -156,8 +156,8 @@ namespace {
 
 // The int8 GEMM on the AMX-INT8 tile unit, A taken kInt8Rows rows per pass (packed into scratch
 // slot 0), the weight's blocks of 32 rows split over the threads; `after(n0, n1)` runs on each
-// thread's rows once their products are done. False (nothing written) when the scratch memory
-// cannot be had: the caller then runs the VNNI kernel.
+// thread's rows once their products are done. False when the scratch memory cannot be had: the
+// caller then runs the VNNI kernel, which writes every output again.
 template <typename After>
 bool int8_matmul_amx(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C, After after) {
   namespace amx = bnb_cpu::amx;

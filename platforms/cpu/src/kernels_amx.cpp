@@ -97,7 +97,7 @@ class WeightPrefetch {
   WeightPrefetch(const PanelArgs& a, int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t steps)
       : a_(a), int8_(a.expand == expand_int8), row_(r0), r1_(r1), c0_(c0), c1_(c1) {
     const int64_t run = int8_ ? c1 - c0 : (c1 - c0) / 2;  // bytes per row
-    // Runs of a kilobyte and more the hardware follows by itself (prefetching them too measured
+    // Longer runs the hardware follows by itself (prefetching whole 4 KiB rows as well measured
     // slower: 32 rows forward 1.8 -> 2.2 ms at 4096 x 4096 int8).
     if (run > kMaxPrefetchRun) r1_ = r0;
     per_step_ = r1_ > r0 ? ((r1_ - r0) * (run / 64 + 2) + steps - 1) / (steps > 0 ? steps : 1) : 0;
