@@ -63,6 +63,29 @@ const float* row_scales(const float* SCB, int64_t n) {
   return scale;
 }
 
+// The AMX entries' pass structure: A (or G) is taken `per_pass` rows at a time; each pass first
+// lays its slice out for the tile unit (prepare(r0, rows)), then covers `parts` parts split over
+// the threads, each thread with work_bytes(rows) of its scratch slot 3 (the calling thread's slots
+// 0-2 hold what prepare wrote, a bias and the row scales): run(work, r0, rows, p0, p1). False when
+// a thread's work space cannot be had; the passes stop there.
+template <typename Prepare, typename WorkBytes, typename Run>
+bool amx_passes(int64_t m, int64_t per_pass, int64_t parts, Prepare prepare, WorkBytes work_bytes, Run run) {
+  std::atomic<bool> failed{false};
+  for (int64_t r0 = 0; r0 < m && !failed.load(); r0 += per_pass) {
+    const int64_t rows = std::min(per_pass, m - r0);
+    prepare(r0, rows);
+    parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+      void* work = scratch(work_bytes(rows), 3);
+      if (!work) {
+        failed = true;
+        return;
+      }
+      run(work, r0, rows, p0, p1);
+    });
+  }
+  return !failed.load();
+}
+
 }  // namespace
 
 extern "C" {
@@ -163,24 +186,17 @@ bool int8_matmul_amx(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int
   namespace amx = bnb_cpu::amx;
   auto* packed = static_cast<uint32_t*>(scratch(amx::packed_int8_bytes(std::min(m, amx::kInt8Rows), k), 0));
   if (!packed) return false;
-  std::atomic<bool> failed{false};
-  const int64_t blocks = (n + 31) / 32;
-  for (int64_t r0 = 0; r0 < m && !failed.load(); r0 += amx::kInt8Rows) {
-    const int64_t rows = std::min(amx::kInt8Rows, m - r0);
-    const int8_t* a = A + r0 * k;
-    parallel_for((rows + 31) / 32 * 2, 4,
-                 [&](int64_t b0, int64_t b1) { amx::pack_a_int8(a, rows, k, packed, b0, b1); });
-    parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
-      auto* work = static_cast<int8_t*>(scratch(amx::int8_work_bytes(k), 3));
-      if (!work) {
-        failed = true;
-        return;
-      }
-      amx::int8_matmul(B, n, k, packed, rows, C + r0 * n, b0 * 32, std::min(n, b1 * 32), work);
-      if (r0 + rows >= m) after(b0 * 32, std::min(n, b1 * 32));
-    });
-  }
-  return !failed.load();
+  return amx_passes(
+      m, amx::kInt8Rows, (n + 31) / 32,
+      [&](int64_t r0, int64_t rows) {
+        parallel_for((rows + 31) / 32 * 2, 4,
+                     [&](int64_t b0, int64_t b1) { amx::pack_a_int8(A + r0 * k, rows, k, packed, b0, b1); });
+      },
+      [&](int64_t) { return amx::int8_work_bytes(k); },
+      [&](void* work, int64_t r0, int64_t rows, int64_t b0, int64_t b1) {
+        amx::int8_matmul(B, n, k, packed, rows, C + r0 * n, b0 * 32, std::min(n, b1 * 32), static_cast<int8_t*>(work));
+        if (r0 + rows >= m) after(b0 * 32, std::min(n, b1 * 32));
+      });
 }
 
 }  // namespace
@@ -372,20 +388,9 @@ BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, i
               static_cast<long long>(k));
   if (m == 0 || n == 0) return bnb_cpu::ok();
   namespace amx = bnb_cpu::amx;
-  const int64_t rows = std::min(m, amx::kMaxRows);
-  auto* packed = static_cast<uint32_t*>(scratch(amx::packed_bytes(rows, k), 0));
+  auto* packed = static_cast<uint32_t*>(scratch(amx::packed_bytes(std::min(m, amx::kMaxRows), k), 0));
   const float* scale = CB ? row_scales(SCB, n) : nullptr;
-  float* bias32 = nullptr;
-  if (bias) {
-    bias32 = static_cast<float*>(scratch(n * static_cast<int64_t>(sizeof(float)), 1));
-    if (bias32) {
-      bnb_cpu::dispatch_float(bias_dtype, [&](auto e) {
-        using E = decltype(e);
-        const auto* src = static_cast<const typename E::type*>(bias);
-        for (int64_t j = 0; j < n; ++j) bias32[j] = E::load(src[j]);
-      });
-    }
-  }
+  const float* bias32 = bias ? f32_rows(bias, bias_dtype, n) : nullptr;
   BNB_REQUIRE(packed && (scale || !CB) && (bias32 || !bias), BNB_ERR_OUT_OF_MEMORY,
               "cannot allocate the scratch buffers (m=%lld, n=%lld, k=%lld)", static_cast<long long>(m),
               static_cast<long long>(n), static_cast<long long>(k));
@@ -406,26 +411,20 @@ BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, i
   args.bias = bias32;
   args.panel_rows = panel_rows;
   args.range = range;
-  const int64_t panels = (n + panel_rows - 1) / panel_rows;
-  std::atomic<bool> failed{false};
   // Up to kMaxRows rows of A per pass: its packed form and the panel's sums then stay in L2.
-  for (int64_t r0 = 0; r0 < m && !failed.load(); r0 += amx::kMaxRows) {
-    args.A = static_cast<const uint16_t*>(A) + r0 * k;
-    args.m = std::min(amx::kMaxRows, m - r0);
-    args.out = static_cast<uint16_t*>(out) + r0 * n;
-    parallel_for((args.m + 31) / 32 * 2, 1, [&](int64_t b0, int64_t b1) { amx::pack_a(args, packed, b0, b1); });
-    // Each thread's work space is its scratch slot 3 (the calling thread's slots 0-2 hold packed
-    // A, the bias and the scales).
-    parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
-      void* work = scratch(amx::work_bytes(args.m, panel_rows, args.range), 3);
-      if (!work) {
-        failed = true;
-        return;
-      }
-      amx::panel_matmul(args, packed, work, p0 * panel_rows, std::min(n, p1 * panel_rows));
-    });
-  }
-  BNB_REQUIRE(!failed, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the AMX work space (%lld bytes)",
+  const bool done = amx_passes(
+      m, amx::kMaxRows, (n + panel_rows - 1) / panel_rows,
+      [&](int64_t r0, int64_t rows) {
+        args.A = static_cast<const uint16_t*>(A) + r0 * k;
+        args.m = rows;
+        args.out = static_cast<uint16_t*>(out) + r0 * n;
+        parallel_for((rows + 31) / 32 * 2, 1, [&](int64_t b0, int64_t b1) { amx::pack_a(args, packed, b0, b1); });
+      },
+      [&](int64_t rows) { return amx::work_bytes(rows, panel_rows, args.range); },
+      [&](void* work, int64_t, int64_t, int64_t p0, int64_t p1) {
+        amx::panel_matmul(args, packed, work, p0 * panel_rows, std::min(n, p1 * panel_rows));
+      });
+  BNB_REQUIRE(done, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the AMX work space (%lld bytes)",
               static_cast<long long>(amx::work_bytes(std::min(m, amx::kMaxRows), panel_rows, args.range)));
   return bnb_cpu::ok();
 }
@@ -462,24 +461,20 @@ BNB_API int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n,
   amx::PanelArgs args = amx_weight(CB, B4, absmax, quant_type, blocksize, n, k, unit);
   args.panel_rows = cols;
   args.range = range;
-  const int64_t panels = (k + cols - 1) / cols;
-  std::atomic<bool> failed{false};
-  for (int64_t r0 = 0; r0 < m && !failed.load(); r0 += amx::kMaxRows) {
-    args.m = std::min(amx::kMaxRows, m - r0);
-    args.out = static_cast<uint16_t*>(out) + r0 * k;
-    const int64_t mp = (args.m + 31) / 32 * 32;
-    const auto* g = static_cast<const uint16_t*>(G) + r0 * n;
-    parallel_for(mp, 8, [&](int64_t i0, int64_t i1) { amx::pad_g(g, scale, args.m, n, gp, i0, i1); });
-    parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
-      void* work = scratch(amx::work_bytes_t(args.m, cols, range), 3);
-      if (!work) {
-        failed = true;
-        return;
-      }
-      amx::panel_matmul_t(args, gp, work, p0 * cols, std::min(k, p1 * cols));
-    });
-  }
-  BNB_REQUIRE(!failed, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the AMX work space (%lld bytes)",
+  const bool done = amx_passes(
+      m, amx::kMaxRows, (k + cols - 1) / cols,
+      [&](int64_t r0, int64_t rows) {
+        args.m = rows;
+        args.out = static_cast<uint16_t*>(out) + r0 * k;
+        const auto* g = static_cast<const uint16_t*>(G) + r0 * n;
+        parallel_for((rows + 31) / 32 * 32, 8,
+                     [&](int64_t i0, int64_t i1) { amx::pad_g(g, scale, rows, n, gp, i0, i1); });
+      },
+      [&](int64_t rows) { return amx::work_bytes_t(rows, cols, range); },
+      [&](void* work, int64_t, int64_t, int64_t p0, int64_t p1) {
+        amx::panel_matmul_t(args, gp, work, p0 * cols, std::min(k, p1 * cols));
+      });
+  BNB_REQUIRE(done, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the AMX work space (%lld bytes)",
               static_cast<long long>(amx::work_bytes_t(std::min(m, amx::kMaxRows), cols, range)));
   return bnb_cpu::ok();
 }
