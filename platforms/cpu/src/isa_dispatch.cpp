@@ -126,27 +126,35 @@ const KernelTable& kernels() { return *table_for(active_isa()); }
 
 namespace {
 
-// AMX-TILE and AMX-BF16 on the CPU, the tile state enabled by the operating system (XCR0 bits 17
-// and 18), and this process granted the tile data state (Linux asks for it once per process:
-// ARCH_REQ_XCOMP_PERM, feature 18). Checked once.
-bool amx_supported() {
+// The AMX features this process may use, checked once: AMX-TILE and AMX-BF16 on the CPU (and
+// whether it has AMX-INT8 too), the tile state enabled by the operating system (XCR0 bits 17 and
+// 18), and this process granted the tile data state (Linux asks for it once per process:
+// ARCH_REQ_XCOMP_PERM, feature 18).
+struct AmxFeatures {
+  bool bf16 = false;  // AMX-TILE + AMX-BF16, allowed by the operating system
+  bool int8 = false;  // and AMX-INT8
+};
+
+const AmxFeatures& amx_features() {
+  static const AmxFeatures f = [] {
+    AmxFeatures r;
 #if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-  static const bool ok = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-    const bool amx_bf16 = (edx >> 22) & 1, amx_tile = (edx >> 24) & 1;
-    if (!amx_bf16 || !amx_tile) return false;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1)) return false;  // OSXSAVE
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return r;
+    const bool amx_bf16 = (edx >> 22) & 1, amx_tile = (edx >> 24) & 1, amx_int8 = (edx >> 25) & 1;
+    if (!amx_bf16 || !amx_tile) return r;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1)) return r;  // OSXSAVE
     unsigned lo = 0, hi = 0;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if (((lo >> 17) & 3) != 3) return false;
+    if (((lo >> 17) & 3) != 3) return r;
     constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-  }();
-  return ok;
-#else
-  return false;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return r;
+    r.bf16 = true;
+    r.int8 = amx_int8;
 #endif
+    return r;
+  }();
+  return f;
 }
 
 // BNB_CPU_AMX=0 in the environment, or bnb_cpu_set_amx(0), turns the AMX paths off.
@@ -164,19 +172,9 @@ bool amx_enabled() {
 
 }  // namespace
 
-bool amx_usable() { return amx::compiled_in() && active_isa() == ISA_AVX512 && amx_enabled() && amx_supported(); }
+bool amx_usable() { return amx::compiled_in() && active_isa() == ISA_AVX512 && amx_enabled() && amx_features().bf16; }
 
-bool amx_int8_usable() {
-  static const bool has_int8 = [] {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && ((edx >> 25) & 1);  // AMX-INT8
-#else
-    return false;
-#endif
-  }();
-  return has_int8 && amx::int8_compiled_in() && amx_usable();
-}
+bool amx_int8_usable() { return amx_features().int8 && amx::int8_compiled_in() && amx_usable(); }
 
 }  // namespace bnb_cpu
 
