@@ -17,9 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import _C
-
-QUANT_TYPE_CODE = {"fp4": 0, "nf4": 1}
-DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+from ._codes import DTYPE_CODE, QUANT_CODE
 
 MIN_ROWS = {"gemm_4bit": 5, "int8_weight_mm": 10, "int8_weight_mm_t": 6, "gemm_4bit_t": 4}
 """Rows of A from which the AMX path replaces the fused kernels: the crossovers measured at
@@ -71,7 +69,7 @@ def weight_matmul(
     A2 = A2.contiguous()
     out = torch.empty(A2.shape[0], k if transposed else n, dtype=torch.bfloat16)
     ptrs = tuple(0 if t is None else t.data_ptr() for t in (CB, SCB, B, absmax))
-    weight = (*ptrs, QUANT_TYPE_CODE[quant_type], blocksize)
+    weight = (*ptrs, QUANT_CODE[quant_type], blocksize)
     if transposed:
         _C.weight_matmul_t_amx(A2.data_ptr(), A2.shape[0], n, k, *weight, out.data_ptr(), nthreads)
         return out

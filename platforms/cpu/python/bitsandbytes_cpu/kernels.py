@@ -14,10 +14,8 @@ from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.int8 import INV_127
 
 from . import _C, amx
+from ._codes import DTYPE_CODE, QUANT_CODE
 from ._scratch import scratch
-
-DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-QUANT_CODE = {"fp4": 0, "nf4": 1}
 
 
 def _nt() -> int:
@@ -332,7 +330,7 @@ def gemm_4bit(
             n,
             k,
             B=B.contiguous().view(torch.uint8),
-            absmax=eff.contiguous().float(),
+            absmax=_f32(eff),
             quant_type=quant_type,
             blocksize=blocksize,
             bias=None if bias is None else bias.to(A.dtype),

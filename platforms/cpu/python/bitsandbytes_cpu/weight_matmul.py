@@ -22,8 +22,9 @@ from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.int8 import INV_127
 
 from . import _C, amx
+from ._codes import DTYPE_CODE, QUANT_CODE
 from ._scratch import scratch
-from .kernels import DTYPE_CODE, QUANT_CODE, _dequantize_4bit_into, _nt, _on_cpu
+from .kernels import _dequantize_4bit_into, _nt, _on_cpu
 
 FUSED_ROWS: dict[str, dict[str, int]] = {
     "avx512": {"int8_weight_mm": 16, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
