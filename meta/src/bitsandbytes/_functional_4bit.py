@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks
+from . import _checks, _direct
 from ._functional_blockwise import _resolved_absmax, quantize_blockwise
 from ._functional_codebooks import get_4bit_type
 from ._quant_state import QuantState
@@ -195,19 +195,17 @@ def _gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias: 
         bias = bias.to(A.dtype)
     if quant_state.nested and quant_state.state2.blocksize == 256:
         s2 = quant_state.state2
-        return torch.ops.bitsandbytes.gemm_4bit(
-            A,
-            Bp,
-            shape,
-            s2.absmax.float(),
-            quant_state.blocksize,
-            quant_state.quant_type,
-            bias,
-            quant_state.absmax,
-            s2.code.to(A.device),
-            quant_state.offset.reshape(()).float(),
+        absmax, absmax_8bit = s2.absmax.float(), quant_state.absmax
+        code, offset = s2.code.to(A.device), quant_state.offset.reshape(()).float()
+        gemm = _direct.kernel("gemm_4bit", A, Bp, absmax, bias, absmax_8bit, code, offset)
+        gemm = gemm or torch.ops.bitsandbytes.gemm_4bit.default
+        return gemm(
+            A, Bp, shape, absmax, quant_state.blocksize, quant_state.quant_type, bias, absmax_8bit, code, offset
         )
     absmax = _resolved_absmax(quant_state)
     if absmax.dtype != torch.float32:
         absmax = absmax.float()
-    return torch.ops.bitsandbytes.gemm_4bit(A, Bp, shape, absmax, quant_state.blocksize, quant_state.quant_type, bias)
+    # This call runs once per quantized layer and decoded token: past the dispatcher where the
+    # dispatcher would run the same kernel (_direct).
+    gemm = _direct.kernel("gemm_4bit", A, Bp, absmax, bias) or torch.ops.bitsandbytes.gemm_4bit.default
+    return gemm(A, Bp, shape, absmax, quant_state.blocksize, quant_state.quant_type, bias)

@@ -10,6 +10,8 @@ import warnings
 
 import torch
 
+from . import _direct
+
 
 def int8_linear_matmul(
     A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None, dtype: torch.dtype = torch.int32
@@ -41,7 +43,8 @@ def int8_vectorwise_quant(
     A: torch.Tensor, threshold: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Row-wise int8 quantization: ``(CA, row_stats, outlier_cols or None)``."""
-    return torch.ops.bitsandbytes.int8_vectorwise_quant.default(A, threshold)
+    quant = _direct.kernel("int8_vectorwise_quant", A) or torch.ops.bitsandbytes.int8_vectorwise_quant.default
+    return quant(A, threshold)
 
 
 def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,11 @@ ADDED_IN_VERSION_2: tuple[str, ...] = ("int8_weight_mm", "int8_weight_mm_t", "ge
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "xpu": "XPU", "hpu": "HPU", "mps": "MPS", "npu": "PrivateUse1"}
 
 
+def dispatch_key(device_type: str) -> str | None:
+    """The dispatch key under which ``device_type``'s kernels are registered (None: unknown)."""
+    return _DISPATCH_KEYS.get(device_type)
+
+
 def impl(lib: torch.library.Library, op: str, device_type: str | None, fn) -> None:
     """Register ``fn`` as the kernel of ``op`` for ``device_type`` (None: every device).
 
@@ -99,7 +104,7 @@ def impl(lib: torch.library.Library, op: str, device_type: str | None, fn) -> No
     the first call of every op (about 2 s); the kernels never run under dynamo anyway, since
     traced graphs call them as opaque ops through their fake kernels.
     """
-    key = "CompositeExplicitAutograd" if device_type is None else _DISPATCH_KEYS.get(device_type)
+    key = "CompositeExplicitAutograd" if device_type is None else dispatch_key(device_type)
     if key is None:
         raise ValueError(f"bitsandbytes: no dispatch key for device type {device_type!r}")
     lib.impl(op, fn, key, **_OVERRIDE)

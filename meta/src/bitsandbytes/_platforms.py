@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import _ops
+from . import _direct, _ops
 from ._version import __version__
 
 logger = logging.getLogger("bitsandbytes")
@@ -151,6 +151,8 @@ class LoadResult:
 
     def close(self) -> None:
         """Remove every kernel this pass registered (tests use this)."""
+        for (op, device_type), (_, fn) in self.kernels.items():
+            _direct.unbind(op, device_type, fn)
         for lib in self.libraries:
             lib._destroy()
         self.libraries.clear()
@@ -380,6 +382,7 @@ def _load_one(ep: Any, platform: str, device_type: str, runtime: Runtime, result
     result.libraries.append(lib)
     for op, fn in registered.items():
         result.kernels[(op, device_type)] = (platform, fn)
+        _direct.bind(op, device_type, fn)
     rec.status, rec.reason, rec.ops = "loaded", "", sorted(registered)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import _direct
 from .. import functional as F
 
 
@@ -132,9 +133,14 @@ def _int8_forward(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, s
     CA, SCA, outlier_cols = F.int8_vectorwise_quant(A2.to(torch.float16), threshold=state.threshold)
     if state.threshold > 0.0:
         state.idx = outlier_cols
-        output, _ = torch.ops.bitsandbytes.int8_mixed_scaled_mm(A2, CA, CB, SCA, SCB, outlier_cols, bias)
+        mixed = _direct.kernel("int8_mixed_scaled_mm", A2, CA, CB, SCA, SCB, outlier_cols, bias)
+        mixed = mixed or torch.ops.bitsandbytes.int8_mixed_scaled_mm.default
+        output, _ = mixed(A2, CA, CB, SCA, SCB, outlier_cols, bias)
     else:
-        output = torch.ops.bitsandbytes.int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
+        scaled = (
+            _direct.kernel("int8_scaled_mm", CA, CB, SCA, SCB, bias) or torch.ops.bitsandbytes.int8_scaled_mm.default
+        )
+        output = scaled(CA, CB, SCA, SCB, bias, A.dtype)
     return output.to(A.dtype).reshape(*A.shape[:-1], CB.shape[0])
 
 

@@ -24,9 +24,9 @@ def _nt() -> int:
     return torch.get_num_threads()
 
 
-def _on_cpu(**tensors: torch.Tensor) -> None:
+def _on_cpu(**tensors: torch.Tensor | None) -> None:
     for name, t in tensors.items():
-        if not t.is_cpu:
+        if t is not None and not t.is_cpu:
             raise RuntimeError(f"bitsandbytes_cpu: {name} must be on the CPU, got {t.device}")
 
 
@@ -296,6 +296,38 @@ def _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> t
     return resolved
 
 
+def _gemm_4bit_args_ok(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    shapeB: Sequence[int],
+    absmax: torch.Tensor,
+    blocksize: int,
+    quant_type: str,
+    bias: torch.Tensor | None,
+) -> bool:
+    """Whether gemm_4bit's arguments (absmax not nested) pass every check of its detailed path,
+    tested in one expression; False sends the call through those checks, which name the fault."""
+    if len(shapeB) != 2:
+        return False
+    n, k = shapeB
+    return (
+        n >= 0
+        and k >= 0
+        and A.shape[-1] == k
+        and A.dtype in C.FLOAT_DTYPES
+        and B.dtype in _PACKED_4BIT_DTYPES
+        and absmax.dtype == torch.float32
+        and blocksize in C.FOUR_BIT_BLOCKSIZES
+        and quant_type in C.QUANT_TYPES
+        and A.is_cpu
+        and B.is_cpu
+        and absmax.is_cpu
+        and B.numel() * B.element_size() >= (n * k + 1) // 2
+        and absmax.numel() >= -(n * k // -blocksize)
+        and (bias is None or (bias.is_cpu and bias.dim() == 1 and bias.shape[0] == n))
+    )
+
+
 def gemm_4bit(
     A: torch.Tensor,
     B: torch.Tensor,
@@ -309,20 +341,54 @@ def gemm_4bit(
     absmax_offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``A @ dequant(B).T + bias`` fused (batch 1 and small batches read the packed weight once)."""
-    if len(shapeB) != 2:
-        raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    if absmax_8bit is None and _gemm_4bit_args_ok(A, B, shapeB, absmax, blocksize, quant_type, bias):
+        # A decoding model's call: one layer and token, with caches that the previous layer's
+        # weights have just evicted, where every Python step costs microseconds (bench/cpu_glue.py).
+        n, k = shapeB
+        rows = A.numel() // k if k else 0
+        if rows < amx.MIN_ROWS["gemm_4bit"]:  # neither the AMX nor the dequantize + GEMM path
+            out = torch.empty((*A.shape[:-1], n), dtype=A.dtype)
+            if rows and n:
+                A = A.contiguous()
+                raw = B.contiguous()
+                if raw.dtype != torch.uint8:
+                    raw = raw.view(torch.uint8)
+                absmax = absmax.contiguous()
+                bias_ptr = 0
+                if bias is not None:
+                    bias = bias.to(A.dtype).contiguous()
+                    bias_ptr = bias.data_ptr()
+                _C.gemm_4bit(
+                    A.data_ptr(),
+                    DTYPE_CODE[A.dtype],
+                    rows,
+                    n,
+                    k,
+                    raw.data_ptr(),
+                    absmax.data_ptr(),
+                    _decode_table(quant_type).data_ptr(),
+                    blocksize,
+                    bias_ptr,
+                    out.data_ptr(),
+                    _nt(),
+                )
+            return out
+        eff = absmax
+    else:
+        if len(shapeB) != 2:
+            raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+        if A.shape[-1] != shapeB[1]:
+            raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
+        C.check_dtype(A, "A", C.FLOAT_DTYPES)
+        if B.dtype not in _PACKED_4BIT_DTYPES:
+            C.check_dtype(B, "B", _PACKED_4BIT_DTYPES)
+        eff = _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+        C.check_dequantize_4bit(B, eff, blocksize, quant_type, shapeB, A.dtype)
+        if bias is not None:
+            if not (bias.dim() == 1 and bias.shape[0] == shapeB[0]):
+                raise ValueError(f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}")
+        _on_cpu(A=A, B=B, absmax=eff, bias=bias)
     n, k = shapeB
-    if A.shape[-1] != k:
-        raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({k})")
-    C.check_dtype(A, "A", C.FLOAT_DTYPES)
-    if B.dtype not in _PACKED_4BIT_DTYPES:
-        C.check_dtype(B, "B", _PACKED_4BIT_DTYPES)
-    eff = _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-    C.check_dequantize_4bit(B, eff, blocksize, quant_type, shapeB, A.dtype)
-    if bias is not None:
-        if not (bias.dim() == 1 and bias.shape[0] == n):
-            raise ValueError(f"bitsandbytes: bias must have shape ({n},), got {tuple(bias.shape)}")
-    _on_cpu(A=A, B=B, absmax=eff)
     rows = _rows(A)
     if amx.eligible("gemm_4bit", A, rows, k, blocksize):
         out = amx.weight_matmul(

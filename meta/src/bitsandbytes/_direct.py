@@ -1,0 +1,106 @@
+"""Direct calls of platform kernels in eager mode, past the dispatcher.
+
+A call through ``torch.ops.bitsandbytes.<op>`` costs the dispatcher's round trip into the Python
+kernel: about 5 us with warm caches and about 35 us in a decoding model, where each layer's weight
+stream evicts the interpreter's state between two calls (2 threads of this project's CPU benchmark
+machine; ``bench/cpu_glue.py``). The functions on the decode path (the 4-bit GEMM, LLM.int8()
+inference) therefore call the kernel that the bitsandbytes loader registered for the device
+directly, where that is exactly what the dispatcher would run:
+
+- not while torch.compile traces, nor under a TorchDispatchMode or TorchFunctionMode (FakeTensor,
+  FlopCounterMode, ...), nor while the autograd profiler records (profiles keep showing the op);
+- every tensor argument a plain ``torch.Tensor``, all on one device, none requiring grad while
+  grad mode is on;
+- the kernel the dispatcher holds for that op and device is still the loader's one: checked at the
+  first direct call of each (op, device), so a kernel registered through ``torch.library`` after
+  the import (an out-of-tree backend, a user's override) is reached through the dispatcher.
+
+``BNB_DIRECT_KERNELS=0`` in the environment turns the fast path off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+
+from ._ops import NAMESPACE, dispatch_key
+
+_ENABLED = os.environ.get("BNB_DIRECT_KERNELS", "1").strip() != "0"
+
+_verified: dict[tuple[str, str], Callable] = {}
+"""(op, device type) -> kernel, checked to be what the dispatcher runs."""
+
+_bound: dict[tuple[str, str], tuple[Callable, str]] = {}
+"""(op, device type) -> (kernel, the dispatcher's description of it when it was registered)."""
+
+
+def _dispatcher_kernel(op: str, device_type: str) -> str | None:
+    """The dispatcher's description of the kernel it runs for ``op`` on ``device_type`` (it names
+    the registration site), or None where this torch cannot say."""
+    get = getattr(torch._C, "_dispatch_get_computed_kernel_for_dispatch_key", None)
+    key = dispatch_key(device_type)
+    if get is None or key is None:
+        return None
+    try:
+        return repr(get(f"{NAMESPACE}::{op}", key))
+    except (RuntimeError, TypeError):
+        return None
+
+
+def bind(op: str, device_type: str, fn: Callable) -> None:
+    """Record ``fn``, just registered as the kernel of ``op`` on ``device_type``, for direct calls."""
+    _verified.pop((op, device_type), None)
+    _bound.pop((op, device_type), None)
+    site = _dispatcher_kernel(op, device_type)
+    if _ENABLED and site is not None:
+        _bound[(op, device_type)] = (fn, site)
+
+
+def unbind(op: str, device_type: str, fn: Callable) -> None:
+    """Forget ``fn`` as the direct kernel of ``op`` on ``device_type`` (its registration is gone)."""
+    if _verified.get((op, device_type)) is fn:
+        del _verified[(op, device_type)]
+    entry = _bound.get((op, device_type))
+    if entry is not None and entry[0] is fn:
+        del _bound[(op, device_type)]
+
+
+def _verify(op: str, device_type: str) -> Callable | None:
+    fn, site = _bound[(op, device_type)]
+    if _dispatcher_kernel(op, device_type) != site:
+        del _bound[(op, device_type)]  # someone registered another kernel since: always dispatch
+        return None
+    _verified[(op, device_type)] = fn
+    return fn
+
+
+def kernel(op: str, *tensors: torch.Tensor | None) -> Callable | None:
+    """The kernel to call directly for ``op`` with these tensor arguments (None entries are
+    skipped), or None where the call must go through ``torch.ops`` (see the module docstring).
+    The kernel takes the op's arguments as the dispatcher passes them (its schema's order)."""
+    if torch.compiler.is_compiling() or not _bound:
+        return None
+    if (
+        torch._C._len_torch_dispatch_stack()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._autograd._profiler_enabled()
+    ):
+        return None
+    grad = torch.is_grad_enabled()
+    device = None
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) is not torch.Tensor or (grad and t.requires_grad):
+            return None
+        d = "cpu" if t.is_cpu else t.device.type
+        if device is None:
+            device = d
+        elif d != device:
+            return None
+    fn = _verified.get((op, device))
+    if fn is None and (op, device) in _bound:
+        fn = _verify(op, device)
+    return fn
