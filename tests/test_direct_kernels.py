@@ -173,3 +173,25 @@ def test_the_lean_cpu_path_still_checks_the_bias_device():
     A = torch.randn(1, 128).bfloat16()
     with pytest.raises(RuntimeError, match="bias"):
         torch.ops.bitsandbytes.gemm_4bit(A, q, [64, 128], st.absmax, 64, "nf4", torch.zeros(64, device="meta"))
+
+
+def test_linear4bit_follows_a_replaced_weight():
+    """Linear4bit keeps a plain alias of its packed weight between calls; replacing the weight
+    (a new parameter, or new data in the same parameter) must be seen by the next call."""
+    gen = torch.Generator().manual_seed(3)
+    layer = bitsandbytes.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight.data = torch.randn(64, 128, generator=gen)
+    layer = layer.to("cpu")
+    other = bitsandbytes.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    other.weight.data = torch.randn(64, 128, generator=gen)
+    other = other.to("cpu")
+    x = torch.randn(2, 128, generator=gen)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x), first)  # the kept alias
+        layer.weight.data = other.weight.data.clone()  # same parameter object, new storage
+        layer.weight.quant_state = other.weight.quant_state
+        assert torch.equal(layer(x), other(x))
+        layer.weight = other.weight  # a new parameter object
+        assert torch.equal(layer(x), other(x))
+        assert not torch.equal(first, other(x))

@@ -238,7 +238,9 @@ class Linear4bit(nn.Linear):
             self.weight.quant_type = quant_state.quant_type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fix_4bit_weight_quant_state_from_module(self)
+        weight = self.weight
+        if getattr(weight, "quant_state", None) is None:
+            fix_4bit_weight_quant_state_from_module(self)
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{type(self).__name__}: input's last dimension is {x.shape[-1]}, expected in_features={self.in_features}"
@@ -250,16 +252,31 @@ class Linear4bit(nn.Linear):
         if self.compute_dtype is not None and x.dtype != self.compute_dtype:
             x = x.to(self.compute_dtype)
         bias = _bias_in(self, x.dtype)
-        weight = self.weight
         # The packed data has no orientation (the ops read it as a column); a plain-tensor alias
-        # of the Params4bit skips its __torch_function__ on every torch call below (~2-3 us each,
-        # which adds up over a decoded token's ~100 calls). Traced code keeps the public form.
+        # of the Params4bit skips its __torch_function__ on every torch call below (~2-3 us each
+        # with warm caches, ~20 us cold, as in a decoding model's every layer). Traced code keeps
+        # the public form.
         if type(weight) is Params4bit and not torch.compiler.is_compiling():
-            packed = weight.as_subclass(torch.Tensor)
+            packed = self._plain_weight(weight)
         else:
             packed = weight.t()
         out = matmul_4bit(x, packed, bias=bias, quant_state=weight.quant_state)
         return out if out.dtype == inp_dtype else out.to(inp_dtype)
+
+    def _plain_weight(self, weight: Params4bit) -> torch.Tensor:
+        """A plain-tensor alias of ``weight``, kept across calls while the parameter is the same
+        object holding the same data (making one costs as much as a small allocation)."""
+        with torch._C.DisableTorchFunctionSubclass():
+            try:
+                ptr = weight.data_ptr()
+            except RuntimeError:  # no storage (meta, fake): nothing to keep
+                return weight.as_subclass(torch.Tensor)
+        cached = self.__dict__.get("_bnb_plain_weight")
+        if cached is not None and cached[0] is weight and cached[1] == ptr:
+            return cached[2]
+        alias = weight.as_subclass(torch.Tensor)
+        self.__dict__["_bnb_plain_weight"] = (weight, ptr, alias)
+        return alias
 
 
 class LinearFP4(Linear4bit):
