@@ -176,6 +176,14 @@ PYBIND11_MODULE(_C, m) {
           return bnb_int8_vectorwise_quant(ptr<const void>(A), dtype, rows, cols, threshold, ptr<int8_t>(out),
                                            ptr<float>(row_stats), ptr<uint8_t>(outlier_cols), nullptr);
         });
+        // The number of outlier columns flagged, so that the caller looks for them only when any
+        // (a decoding model's activations seldom have one).
+        int64_t flagged = 0;
+        if (outlier_cols != 0 && rows > 0) {
+          const uint8_t* flags = ptr<const uint8_t>(outlier_cols);
+          for (int64_t c = 0; c < cols; ++c) flagged += flags[c] != 0;
+        }
+        return flagged;
       },
       py::arg("A"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("threshold"), py::arg("out"),
       py::arg("row_stats"), py::arg("outlier_cols"), py::arg("nthreads") = 0);

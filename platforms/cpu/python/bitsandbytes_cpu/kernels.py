@@ -433,19 +433,22 @@ def int8_vectorwise_quant(
     A: torch.Tensor, threshold: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Row-wise absmax int8 quantization with outlier columns (``|A| >= threshold``)."""
-    C.check_dtype(A, "A", C.FLOAT_DTYPES)
-    C.check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
-    if not (threshold >= 0.0):
-        raise ValueError(f"bitsandbytes: threshold must be >= 0, got {threshold}")
-    _on_cpu(A=A)
+    if not (A.dtype in C.FLOAT_DTYPES and A.dim() >= 1 and threshold >= 0.0 and A.is_cpu):
+        C.check_dtype(A, "A", C.FLOAT_DTYPES)
+        C.check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
+        if not (threshold >= 0.0):
+            raise ValueError(f"bitsandbytes: threshold must be >= 0, got {threshold}")
+        _on_cpu(A=A)
     A = A.contiguous()
     cols = A.shape[-1]
-    rows = C.int8_rows(A)
+    rows = A.numel() // cols if cols else C.int8_rows(A)
     out = torch.empty(A.shape, dtype=torch.int8)
-    row_stats = torch.zeros(rows, dtype=torch.float32)
-    flags = torch.zeros(cols, dtype=torch.uint8) if threshold > 0.0 else None
-    if rows and cols:
-        _C.int8_vectorwise_quant(
+    filled = rows and cols  # the kernel writes every statistic and flag
+    row_stats = (torch.empty if filled else torch.zeros)(rows, dtype=torch.float32)
+    flags = (torch.empty if filled else torch.zeros)(cols, dtype=torch.uint8) if threshold > 0.0 else None
+    flagged = 0
+    if filled:
+        flagged = _C.int8_vectorwise_quant(
             A.data_ptr(),
             DTYPE_CODE[A.dtype],
             rows,
@@ -456,7 +459,10 @@ def int8_vectorwise_quant(
             flags.data_ptr() if flags is not None else 0,
             _nt(),
         )
-    outlier_cols = torch.argwhere(flags).view(-1) if flags is not None else None
+    if flags is None:
+        return out, row_stats, None
+    # Finding the flagged columns costs more than the quantization of a decoded token's row.
+    outlier_cols = torch.argwhere(flags).view(-1) if flagged else torch.empty(0, dtype=torch.int64)
     return out, row_stats, outlier_cols
 
 
@@ -580,7 +586,67 @@ def int8_scaled_mm(
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """int8 GEMM and fused dequantization (+ bias), native end to end."""
-    return int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
+    if not _int8_scaled_mm_args_ok(A, B, row_stats, col_stats, bias, dtype):
+        return int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
+    # Every check of the two ops passed in one test: the natives directly (a decoding model makes
+    # this call per layer and token, with cold caches in which each Python step and allocation
+    # costs microseconds; bench/cpu_glue.py). A fresh int32 tensor costs less here than the
+    # reused buffer of _scratch, whose slice and view are two more tensor objects.
+    n, k = B.shape
+    rows = A.numel() // k
+    out = torch.empty((*A.shape[:-1], n), dtype=dtype or torch.float16)
+    acc = torch.empty((rows, n), dtype=torch.int32)
+    A, B, row_stats, col_stats = A.contiguous(), B.contiguous(), row_stats.contiguous(), col_stats.contiguous()
+    nt = _nt()
+    _C.int8_linear_matmul(A.data_ptr(), B.data_ptr(), rows, n, k, acc.data_ptr(), nt)
+    bias_ptr, bias_code = 0, 0
+    if bias is not None:
+        bias = bias.contiguous()
+        bias_ptr, bias_code = bias.data_ptr(), DTYPE_CODE[bias.dtype]
+    _C.int8_mm_dequant(
+        acc.data_ptr(),
+        row_stats.data_ptr(),
+        col_stats.data_ptr(),
+        rows,
+        n,
+        bias_ptr,
+        bias_code,
+        out.data_ptr(),
+        DTYPE_CODE[out.dtype],
+        nt,
+    )
+    return out
+
+
+def _int8_scaled_mm_args_ok(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    row_stats: torch.Tensor,
+    col_stats: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype | None,
+) -> bool:
+    """Whether int8_scaled_mm's arguments pass every check of int8_linear_matmul and then
+    int8_mm_dequant, with at least one row and k > 0, tested in one expression; False sends the
+    call through those ops, whose checks name the fault."""
+    if not (A.dtype == torch.int8 and B.dtype == torch.int8 and B.dim() == 2 and A.dim() >= 1):
+        return False
+    n, k = B.shape
+    return (
+        k > 0
+        and A.shape[-1] == k
+        and A.numel() >= k
+        and (dtype is None or dtype in C.FLOAT_DTYPES)
+        and row_stats.dtype == torch.float32
+        and col_stats.dtype == torch.float32
+        and row_stats.numel() == A.numel() // k
+        and col_stats.numel() == n
+        and A.is_cpu
+        and B.is_cpu
+        and row_stats.is_cpu
+        and col_stats.is_cpu
+        and (bias is None or (bias.is_cpu and bias.dtype in C.FLOAT_DTYPES and bias.numel() == n))
+    )
 
 
 def int8_mixed_scaled_mm(
