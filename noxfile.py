@@ -526,6 +526,12 @@ def bench_cpu_finetune(session: nox.Session) -> None:
     _cpu_bench(session, "cpu_finetune.py")
 
 
+@nox.session(name="bench-cpu-glue")
+def bench_cpu_glue(session: nox.Session) -> None:
+    """One quantized layer's per-call cost at batch 1 with cold caches (as in decoding), stage by stage."""
+    _cpu_bench(session, "cpu_glue.py")
+
+
 @nox.session(name="bench-cpu-model")
 def bench_cpu_model(session: nox.Session) -> None:
     """A Llama-shaped model (1.1 B, random weights) in bf16 / NF4 / 8-bit / torchao int4: decode, prefill, LoRA step."""
