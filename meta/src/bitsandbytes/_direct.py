@@ -27,7 +27,18 @@ import torch
 
 from ._ops import NAMESPACE, dispatch_key
 
-_ENABLED = os.environ.get("BNB_DIRECT_KERNELS", "1").strip() != "0"
+# The torch internals this needs; where one is missing (an older torch), the fast path stays off.
+_dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_function_mode_on = getattr(torch._C, "_is_torch_function_mode_enabled", None)
+_profiler_on = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled", None)
+_computed_kernel = getattr(torch._C, "_dispatch_get_computed_kernel_for_dispatch_key", None)
+
+_ENABLED = os.environ.get("BNB_DIRECT_KERNELS", "1").strip() != "0" and None not in (
+    _dispatch_stack_len,
+    _function_mode_on,
+    _profiler_on,
+    _computed_kernel,
+)
 
 _verified: dict[tuple[str, str], Callable] = {}
 """(op, device type) -> kernel, checked to be what the dispatcher runs."""
@@ -39,14 +50,14 @@ _bound: dict[tuple[str, str], tuple[Callable, str]] = {}
 def _dispatcher_kernel(op: str, device_type: str) -> str | None:
     """The dispatcher's description of the kernel it runs for ``op`` on ``device_type`` (it names
     the registration site), or None where this torch cannot say."""
-    get = getattr(torch._C, "_dispatch_get_computed_kernel_for_dispatch_key", None)
     key = dispatch_key(device_type)
-    if get is None or key is None:
+    if _computed_kernel is None or key is None:
         return None
     try:
-        return repr(get(f"{NAMESPACE}::{op}", key))
+        desc = repr(_computed_kernel(f"{NAMESPACE}::{op}", key))
     except (RuntimeError, TypeError):
         return None
+    return desc if "registered at" in desc else None  # no registration site: cannot tell kernels apart
 
 
 def bind(op: str, device_type: str, fn: Callable) -> None:
@@ -82,11 +93,7 @@ def kernel(op: str, *tensors: torch.Tensor | None) -> Callable | None:
     The kernel takes the op's arguments as the dispatcher passes them (its schema's order)."""
     if torch.compiler.is_compiling() or not _bound:
         return None
-    if (
-        torch._C._len_torch_dispatch_stack()
-        or torch._C._is_torch_function_mode_enabled()
-        or torch._C._autograd._profiler_enabled()
-    ):
+    if _dispatch_stack_len() or _function_mode_on() or _profiler_on():
         return None
     grad = torch.is_grad_enabled()
     device = None

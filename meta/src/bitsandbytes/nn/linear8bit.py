@@ -118,9 +118,11 @@ class Linear8bitLt(nn.Linear):
             raise NotQuantizedError("Linear8bitLt: the weight is not quantized; move the module to a device first")
         out = matmul(x, weight, bias=_bias_in(self, x.dtype), state=state)
         CB = state.CB
-        if not state.has_fp16_weights and CB is not None and not _holds(weight, CB):
-            # As the established forward does after every call; skipped when the parameter already
-            # holds exactly CB (an assignment costs ~25 us with cold caches, in every decoded layer).
+        if not state.has_fp16_weights and CB is not None and (torch.compiler.is_compiling() or not _holds(weight, CB)):
+            # As the established forward does after every call; in eager mode skipped when the
+            # parameter already holds exactly CB (an assignment costs ~25 us with cold caches, in
+            # every decoded layer). Traced code keeps the assignment (dynamo breaks the graph on
+            # a data-pointer comparison).
             weight.data = CB
         return out
 
