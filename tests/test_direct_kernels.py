@@ -195,3 +195,26 @@ def test_linear4bit_follows_a_replaced_weight():
         layer.weight = other.weight  # a new parameter object
         assert torch.equal(layer(x), other(x))
         assert not torch.equal(first, other(x))
+
+
+def test_the_kept_alias_is_not_state():
+    """The alias Linear4bit keeps on a CPU weight stays out of copies and pickles of it."""
+    import copy
+    import io
+
+    from bitsandbytes.nn._params import PLAIN_ALIAS_KEY
+
+    layer = bitsandbytes.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+    x = torch.randn(1, 128)
+    with torch.no_grad():
+        y = layer(x)
+    assert PLAIN_ALIAS_KEY in layer.weight.__dict__
+    assert PLAIN_ALIAS_KEY not in copy.copy(layer.weight).__dict__
+    assert PLAIN_ALIAS_KEY not in copy.deepcopy(layer).weight.__dict__
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert PLAIN_ALIAS_KEY not in loaded.weight.__dict__
+    with torch.no_grad():
+        assert torch.equal(loaded(x), y)

@@ -33,6 +33,9 @@ def _check_device_has_kernels(device: torch.device) -> None:
 
 _DTYPE_GETTER = torch.Tensor.dtype.__get__
 
+PLAIN_ALIAS_KEY = "_bnb_plain_alias"
+"""Where Linear4bit keeps a plain-tensor alias of a Params4bit's data (its ``__dict__``)."""
+
 
 def _check_fsdp1_flatten(frame: Any) -> None:
     """FSDP1 flattens each unit's parameters into one float tensor of a single dtype. When its
@@ -93,6 +96,7 @@ class Params4bit(torch.nn.Parameter):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        state.pop(PLAIN_ALIAS_KEY, None)  # Linear4bit's kept alias: a cache, not state
         state["data"] = self.data
         state["requires_grad"] = self.requires_grad
         return state

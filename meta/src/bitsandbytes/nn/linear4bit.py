@@ -14,7 +14,7 @@ from torch import nn
 
 from ..autograd._functions import matmul_4bit
 from ..functional import QuantState
-from ._params import NotQuantizedError, Params4bit
+from ._params import PLAIN_ALIAS_KEY, NotQuantizedError, Params4bit
 
 if TYPE_CHECKING:
     from .embedding import Embedding4bit
@@ -45,6 +45,28 @@ def fix_4bit_weight_quant_state_from_module(module: Linear4bit | Embedding4bit) 
     # A bare tensor (FSDP's gathered view) gets the state as an attribute: re-registering a new
     # Params4bit on the module would detach it from the wrapper's flat or sharded parameter.
     module.weight.quant_state = module.quant_state
+
+
+def _plain_alias(weight: Params4bit) -> torch.Tensor:
+    """A plain-tensor alias of the packed ``weight``. Making one costs as much as a small
+    allocation (~20 us with cold caches, as in every layer of a decoding model), so for a weight
+    in CPU memory it is kept on the parameter (left out of its pickled state) while the parameter
+    holds the same data. Elsewhere none is kept: after a move of the parameter's data (an
+    offloading hook's), a kept alias would hold the old memory until the next call."""
+    with torch._C.DisableTorchFunctionSubclass():
+        try:
+            ptr, cpu = weight.data_ptr(), weight.is_cpu
+        except RuntimeError:  # no storage (meta, fake): nothing to keep
+            return weight.as_subclass(torch.Tensor)
+        kept = weight.__dict__.get(PLAIN_ALIAS_KEY)
+        if cpu and kept is not None and kept[0] == ptr:
+            return kept[1]
+        alias = weight.as_subclass(torch.Tensor)
+    if cpu:
+        weight.__dict__[PLAIN_ALIAS_KEY] = (ptr, alias)
+    elif kept is not None:
+        del weight.__dict__[PLAIN_ALIAS_KEY]
+    return alias
 
 
 def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
@@ -257,26 +279,11 @@ class Linear4bit(nn.Linear):
         # with warm caches, ~20 us cold, as in a decoding model's every layer). Traced code keeps
         # the public form.
         if type(weight) is Params4bit and not torch.compiler.is_compiling():
-            packed = self._plain_weight(weight)
+            packed = _plain_alias(weight)
         else:
             packed = weight.t()
         out = matmul_4bit(x, packed, bias=bias, quant_state=weight.quant_state)
         return out if out.dtype == inp_dtype else out.to(inp_dtype)
-
-    def _plain_weight(self, weight: Params4bit) -> torch.Tensor:
-        """A plain-tensor alias of ``weight``, kept across calls while the parameter is the same
-        object holding the same data (making one costs as much as a small allocation)."""
-        with torch._C.DisableTorchFunctionSubclass():
-            try:
-                ptr = weight.data_ptr()
-            except RuntimeError:  # no storage (meta, fake): nothing to keep
-                return weight.as_subclass(torch.Tensor)
-        cached = self.__dict__.get("_bnb_plain_weight")
-        if cached is not None and cached[0] is weight and cached[1] == ptr:
-            return cached[2]
-        alias = weight.as_subclass(torch.Tensor)
-        self.__dict__["_bnb_plain_weight"] = (weight, ptr, alias)
-        return alias
 
 
 class LinearFP4(Linear4bit):
