@@ -49,6 +49,10 @@ def test_plain_cpu_tensors_get_the_loaded_kernel():
     q, st = _weight()
     A = torch.randn(1, 128).bfloat16()
     assert _direct.kernel("gemm_4bit", A, q, st.absmax, None) is CPU_KERNEL
+    bias = torch.nn.Parameter(torch.zeros(64, dtype=torch.bfloat16))  # a layer's bias, as passed
+    with torch.no_grad():
+        assert _direct.kernel("gemm_4bit", A, q, st.absmax, bias) is CPU_KERNEL
+    assert _direct.kernel("gemm_4bit", A, q, st.absmax, bias) is None  # it requires grad
 
 
 def test_an_op_without_a_platform_kernel_goes_through_the_dispatcher():

@@ -9,8 +9,9 @@ directly, where that is exactly what the dispatcher would run:
 
 - not while torch.compile traces, nor under a TorchDispatchMode or TorchFunctionMode (FakeTensor,
   FlopCounterMode, ...), nor while the autograd profiler records (profiles keep showing the op);
-- every tensor argument a plain ``torch.Tensor``, all on one device, none requiring grad while
-  grad mode is on;
+- every tensor argument a plain ``torch.Tensor`` or ``nn.Parameter`` (whose torch functions are
+  disabled: the dispatcher sees a tensor), all on one device, none requiring grad while grad mode
+  is on;
 - the kernel the dispatcher holds for that op and device is still the loader's one: checked at the
   first direct call of each (op, device), so a kernel registered through ``torch.library`` after
   the import (an out-of-tree backend, a user's override) is reached through the dispatcher.
@@ -39,6 +40,8 @@ _ENABLED = os.environ.get("BNB_DIRECT_KERNELS", "1").strip() != "0" and None not
     _profiler_on,
     _computed_kernel,
 )
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 _verified: dict[tuple[str, str], Callable] = {}
 """(op, device type) -> kernel, checked to be what the dispatcher runs."""
@@ -100,7 +103,7 @@ def kernel(op: str, *tensors: torch.Tensor | None) -> Callable | None:
     for t in tensors:
         if t is None:
             continue
-        if type(t) is not torch.Tensor or (grad and t.requires_grad):
+        if type(t) not in _PLAIN or (grad and t.requires_grad):
             return None
         d = "cpu" if t.is_cpu else t.device.type
         if device is None:
