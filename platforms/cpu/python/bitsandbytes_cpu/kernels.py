@@ -341,40 +341,11 @@ def gemm_4bit(
     absmax_offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``A @ dequant(B).T + bias`` fused (batch 1 and small batches read the packed weight once)."""
-    if absmax_8bit is None and _gemm_4bit_args_ok(A, B, shapeB, absmax, blocksize, quant_type, bias):
-        # A decoding model's call: one layer and token, with caches that the previous layer's
-        # weights have just evicted, where every Python step costs microseconds (bench/cpu_glue.py).
-        n, k = shapeB
-        rows = A.numel() // k if k else 0
-        if rows < amx.MIN_ROWS["gemm_4bit"]:  # neither the AMX nor the dequantize + GEMM path
-            out = torch.empty((*A.shape[:-1], n), dtype=A.dtype)
-            if rows and n:
-                A = A.contiguous()
-                raw = B.contiguous()
-                if raw.dtype != torch.uint8:
-                    raw = raw.view(torch.uint8)
-                absmax = absmax.contiguous()
-                bias_ptr = 0
-                if bias is not None:
-                    bias = bias.to(A.dtype).contiguous()
-                    bias_ptr = bias.data_ptr()
-                _C.gemm_4bit(
-                    A.data_ptr(),
-                    DTYPE_CODE[A.dtype],
-                    rows,
-                    n,
-                    k,
-                    raw.data_ptr(),
-                    absmax.data_ptr(),
-                    _decode_table(quant_type).data_ptr(),
-                    blocksize,
-                    bias_ptr,
-                    out.data_ptr(),
-                    _nt(),
-                )
-            return out
-        eff = absmax
-    else:
+    # Every check below in one test first: a decoding model makes this call per layer and token,
+    # with caches that the previous layer's weights have just evicted, where every Python step
+    # costs microseconds (bench/cpu_glue.py). A failed test runs the checks, which name the fault.
+    eff = absmax
+    if absmax_8bit is not None or not _gemm_4bit_args_ok(A, B, shapeB, absmax, blocksize, quant_type, bias):
         if len(shapeB) != 2:
             raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
         if A.shape[-1] != shapeB[1]:
@@ -390,7 +361,8 @@ def gemm_4bit(
         _on_cpu(A=A, B=B, absmax=eff, bias=bias)
     n, k = shapeB
     rows = _rows(A)
-    if amx.eligible("gemm_4bit", A, rows, k, blocksize):
+    # amx.eligible needs MIN_ROWS rows: testing that first spares a decoding call the function call.
+    if rows >= amx.MIN_ROWS["gemm_4bit"] and amx.eligible("gemm_4bit", A, rows, k, blocksize):
         out = amx.weight_matmul(
             A.reshape(-1, k),
             n,
@@ -441,7 +413,7 @@ def int8_vectorwise_quant(
         _on_cpu(A=A)
     A = A.contiguous()
     cols = A.shape[-1]
-    rows = A.numel() // cols if cols else C.int8_rows(A)
+    rows = C.int8_rows(A)
     out = torch.empty(A.shape, dtype=torch.int8)
     filled = rows and cols  # the kernel writes every statistic and flag
     row_stats = (torch.empty if filled else torch.zeros)(rows, dtype=torch.float32)
@@ -541,21 +513,37 @@ def int8_mm_dequant(
     A, row_stats, col_stats = A.contiguous(), row_stats.contiguous(), col_stats.contiguous()
     out = torch.empty(A.shape, dtype=dtype)
     if out.numel():
-        if bias is not None:
-            bias = bias.contiguous()
-        _C.int8_mm_dequant(
-            A.data_ptr(),
-            row_stats.data_ptr(),
-            col_stats.data_ptr(),
-            rows,
-            n,
-            bias.data_ptr() if bias is not None else 0,
-            DTYPE_CODE[bias.dtype] if bias is not None else 0,
-            out.data_ptr(),
-            DTYPE_CODE[dtype],
-            _nt(),
-        )
+        _int8_mm_dequant_into(A, row_stats, col_stats, rows, n, bias, out)
     return out
+
+
+def _int8_mm_dequant_into(
+    A: torch.Tensor,
+    row_stats: torch.Tensor,
+    col_stats: torch.Tensor,
+    rows: int,
+    n: int,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    """The native dequantization of int32 ``A`` (rows x n) into ``out``; A and the statistics
+    contiguous, every argument checked."""
+    bias_ptr, bias_code = 0, 0
+    if bias is not None:
+        bias = bias.contiguous()
+        bias_ptr, bias_code = bias.data_ptr(), DTYPE_CODE[bias.dtype]
+    _C.int8_mm_dequant(
+        A.data_ptr(),
+        row_stats.data_ptr(),
+        col_stats.data_ptr(),
+        rows,
+        n,
+        bias_ptr,
+        bias_code,
+        out.data_ptr(),
+        DTYPE_CODE[out.dtype],
+        _nt(),
+    )
 
 
 _INT8_CODE: list[torch.Tensor] = []
@@ -588,33 +576,15 @@ def int8_scaled_mm(
     """int8 GEMM and fused dequantization (+ bias), native end to end."""
     if not _int8_scaled_mm_args_ok(A, B, row_stats, col_stats, bias, dtype):
         return int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
-    # Every check of the two ops passed in one test: the natives directly (a decoding model makes
+    # Every check of the two ops passed in one test: their natives directly (a decoding model makes
     # this call per layer and token, with cold caches in which each Python step and allocation
     # costs microseconds; bench/cpu_glue.py). A fresh int32 tensor costs less here than the
     # reused buffer of _scratch, whose slice and view are two more tensor objects.
     n, k = B.shape
-    rows = A.numel() // k
-    out = torch.empty((*A.shape[:-1], n), dtype=dtype or torch.float16)
-    acc = torch.empty((rows, n), dtype=torch.int32)
-    A, B, row_stats, col_stats = A.contiguous(), B.contiguous(), row_stats.contiguous(), col_stats.contiguous()
-    nt = _nt()
-    _C.int8_linear_matmul(A.data_ptr(), B.data_ptr(), rows, n, k, acc.data_ptr(), nt)
-    bias_ptr, bias_code = 0, 0
-    if bias is not None:
-        bias = bias.contiguous()
-        bias_ptr, bias_code = bias.data_ptr(), DTYPE_CODE[bias.dtype]
-    _C.int8_mm_dequant(
-        acc.data_ptr(),
-        row_stats.data_ptr(),
-        col_stats.data_ptr(),
-        rows,
-        n,
-        bias_ptr,
-        bias_code,
-        out.data_ptr(),
-        DTYPE_CODE[out.dtype],
-        nt,
-    )
+    acc = torch.empty((*A.shape[:-1], n), dtype=torch.int32)
+    _int8_matmul_into(A, B, acc)
+    out = torch.empty(acc.shape, dtype=dtype or torch.float16)
+    _int8_mm_dequant_into(acc, row_stats.contiguous(), col_stats.contiguous(), A.numel() // k, n, bias, out)
     return out
 
 
