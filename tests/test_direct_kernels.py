@@ -17,6 +17,8 @@ import bitsandbytes.functional as F
 from bitsandbytes import _direct
 
 CPU_KERNEL = bitsandbytes._LOADED.kernels.get(("gemm_4bit", "cpu"), (None, None))[1]
+CPU_INT8_DEQUANT = bitsandbytes._LOADED.kernels.get(("int8_mm_dequant", "cpu"), (None, None))[1]
+CPU_INT8_SCALED_MM = bitsandbytes._LOADED.kernels.get(("int8_scaled_mm", "cpu"), (None, None))[1]
 needs_cpu_wheel = pytest.mark.skipif(CPU_KERNEL is None, reason="no platform kernel serves the CPU")
 
 
@@ -177,6 +179,15 @@ def test_the_lean_cpu_path_still_checks_the_bias_device():
     A = torch.randn(1, 128).bfloat16()
     with pytest.raises(RuntimeError, match="bias"):
         torch.ops.bitsandbytes.gemm_4bit(A, q, [64, 128], st.absmax, 64, "nf4", torch.zeros(64, device="meta"))
+    # The int8 dequantization, called as a direct call would (no fake kernel in between).
+    acc = torch.ones(2, 64, dtype=torch.int32)
+    stats = torch.ones(2), torch.ones(64)
+    with pytest.raises(RuntimeError, match="bias"):
+        CPU_INT8_DEQUANT(acc, *stats, torch.float16, torch.zeros(64, device="meta"))
+    with pytest.raises(RuntimeError, match="bias"):
+        CPU_INT8_SCALED_MM(
+            acc.to(torch.int8), torch.ones(64, 64, dtype=torch.int8), *stats, torch.zeros(64, device="meta")
+        )
 
 
 def test_linear4bit_follows_a_replaced_weight():

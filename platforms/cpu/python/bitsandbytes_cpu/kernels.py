@@ -509,7 +509,7 @@ def int8_mm_dequant(
     if bias is not None:
         C.check_dtype(bias, "bias", C.FLOAT_DTYPES)
     dtype = dtype or torch.float16
-    _on_cpu(A=A, row_stats=row_stats, col_stats=col_stats)
+    _on_cpu(A=A, row_stats=row_stats, col_stats=col_stats, bias=bias)
     A, row_stats, col_stats = A.contiguous(), row_stats.contiguous(), col_stats.contiguous()
     out = torch.empty(A.shape, dtype=dtype)
     if out.numel():
