@@ -16,6 +16,12 @@ directly, where that is exactly what the dispatcher would run:
   first direct call of each (op, device), so a kernel registered through ``torch.library`` after
   the import (an out-of-tree backend, a user's override) is reached through the dispatcher.
 
+A platform kernel may also offer ``kernel.prepare(*weight_side_args)``: a runner with the
+weight-side arguments of a layer checked once (``prepare`` below; ``Linear4bit`` keeps one for
+decoding). Runners hold what they were prepared with: a caller keeps one only while it calls
+with those same tensors and ``generation`` is unchanged, and calls it only where ``no_modes()`` holds, not
+while torch.compile traces.
+
 ``BNB_DIRECT_KERNELS=0`` in the environment turns the fast path off.
 """
 
@@ -49,6 +55,15 @@ _verified: dict[tuple[str, str], Callable] = {}
 _bound: dict[tuple[str, str], tuple[Callable, str]] = {}
 """(op, device type) -> (kernel, the dispatcher's description of it when it was registered)."""
 
+generation = 0
+"""Bumped whenever a kernel is bound or unbound, or found replaced: prepared runners made before
+are stale."""
+
+
+def _changed() -> None:
+    global generation
+    generation += 1
+
 
 def _dispatcher_kernel(op: str, device_type: str) -> str | None:
     """The dispatcher's description of the kernel it runs for ``op`` on ``device_type`` (it names
@@ -65,6 +80,7 @@ def _dispatcher_kernel(op: str, device_type: str) -> str | None:
 
 def bind(op: str, device_type: str, fn: Callable) -> None:
     """Record ``fn``, just registered as the kernel of ``op`` on ``device_type``, for direct calls."""
+    _changed()
     _verified.pop((op, device_type), None)
     _bound.pop((op, device_type), None)
     site = _dispatcher_kernel(op, device_type)
@@ -74,6 +90,7 @@ def bind(op: str, device_type: str, fn: Callable) -> None:
 
 def unbind(op: str, device_type: str, fn: Callable) -> None:
     """Forget ``fn`` as the direct kernel of ``op`` on ``device_type`` (its registration is gone)."""
+    _changed()
     if _verified.get((op, device_type)) is fn:
         del _verified[(op, device_type)]
     entry = _bound.get((op, device_type))
@@ -84,6 +101,7 @@ def unbind(op: str, device_type: str, fn: Callable) -> None:
 def _verify(op: str, device_type: str) -> Callable | None:
     fn, site = _bound[(op, device_type)]
     if _dispatcher_kernel(op, device_type) != site:
+        _changed()
         del _bound[(op, device_type)]  # someone registered another kernel since: always dispatch
         return None
     _verified[(op, device_type)] = fn
@@ -114,3 +132,19 @@ def kernel(op: str, *tensors: torch.Tensor | None) -> Callable | None:
     if fn is None and (op, device) in _bound:
         fn = _verify(op, device)
     return fn
+
+
+def no_modes() -> bool:
+    """Whether a direct call may run now as far as global state goes, torch.compile aside (the
+    caller tests ``torch.compiler.is_compiling()`` first): no dispatch or function mode, no
+    profiler recording."""
+    return _ENABLED and not (_dispatch_stack_len() or _function_mode_on() or _profiler_on())
+
+
+def prepare(op: str, tensors: tuple[torch.Tensor | None, ...], args: tuple) -> Callable | None:
+    """The platform's prepared runner for ``op`` (``kernel.prepare(*args)``), or None where the
+    kernel offers none or a direct call is not allowed for ``tensors`` (see ``kernel``). Valid
+    while ``generation`` is what it was at this call."""
+    fn = kernel(op, *tensors)
+    make = getattr(fn, "prepare", None)
+    return None if make is None else make(*args)

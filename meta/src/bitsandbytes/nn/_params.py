@@ -36,6 +36,14 @@ _DTYPE_GETTER = torch.Tensor.dtype.__get__
 PLAIN_ALIAS_KEY = "_bnb_plain_alias"
 """Where Linear4bit keeps a plain-tensor alias of a Params4bit's data (its ``__dict__``)."""
 
+DECODE_PLAN_KEY = "_bnb_decode_plan"
+"""Where Linear4bit keeps its prepared decoding runner for a Params4bit (its ``__dict__``)."""
+
+DECODE_PLAN_BUILDS_KEY = "_bnb_decode_plan_builds"
+"""How many decoding runners Linear4bit has prepared for a Params4bit (its ``__dict__``)."""
+
+_CACHE_KEYS = (PLAIN_ALIAS_KEY, DECODE_PLAN_KEY, DECODE_PLAN_BUILDS_KEY)
+
 
 def _check_fsdp1_flatten(frame: Any) -> None:
     """FSDP1 flattens each unit's parameters into one float tensor of a single dtype. When its
@@ -96,7 +104,8 @@ class Params4bit(torch.nn.Parameter):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.pop(PLAIN_ALIAS_KEY, None)  # Linear4bit's kept alias: a cache, not state
+        for key in _CACHE_KEYS:  # Linear4bit's caches, not state
+            state.pop(key, None)
         state["data"] = self.data
         state["requires_grad"] = self.requires_grad
         return state

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .. import _direct
 from ..autograd._functions import matmul_4bit
 from ..functional import QuantState
-from ._params import PLAIN_ALIAS_KEY, NotQuantizedError, Params4bit
+from ._params import DECODE_PLAN_BUILDS_KEY, DECODE_PLAN_KEY, PLAIN_ALIAS_KEY, NotQuantizedError, Params4bit
 
 if TYPE_CHECKING:
     from .embedding import Embedding4bit
@@ -67,6 +68,57 @@ def _plain_alias(weight: Params4bit) -> torch.Tensor:
     elif kept is not None:
         del weight.__dict__[PLAIN_ALIAS_KEY]
     return alias
+
+
+_MAX_PLAN_BUILDS = 4
+"""Runners prepared per weight before Linear4bit stops: a weight whose memory keeps changing (an
+offloading hook's) would otherwise pay for a new one on every call."""
+
+_disable_torch_function = torch._C.DisableTorchFunctionSubclass
+
+
+def _plan_key(module: Linear4bit, weight: Params4bit) -> tuple | None:
+    """What a decoding runner for ``module`` depends on besides its input (see ``forward``), or
+    None where none can be kept: a nested (double-quantized) absmax, a weight without storage."""
+    qs = weight.quant_state
+    if qs is None or qs.nested or qs.absmax is None:
+        return None
+    bias = module._parameters.get("bias")
+    try:
+        with _disable_torch_function():
+            ptr = weight.data_ptr()
+    except RuntimeError:  # no storage (fake)
+        return None
+    if not ptr:  # meta
+        return None
+    absmax = qs.absmax
+    bias_ptr = 0 if bias is None else bias.data_ptr()
+    return (_direct.generation, ptr, qs, absmax, absmax.data_ptr(), bias, bias_ptr, module.compute_dtype)
+
+
+def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tensor, x: torch.Tensor) -> None:
+    """After a general forward in eager mode: prepare the platform's runner of this layer's 4-bit
+    GEMM (``_direct.prepare``) unless a current one is kept, and keep it on the weight."""
+    key = _plan_key(module, weight)
+    kept = weight.__dict__.get(DECODE_PLAN_KEY)
+    if key is None or (kept is not None and all(a is b or (type(a) is int and a == b) for a, b in zip(kept, key))):
+        return  # (compared by identity: tensors and quant states have no plain equality)
+    builds = weight.__dict__.get(DECODE_PLAN_BUILDS_KEY, 0)
+    if builds >= _MAX_PLAN_BUILDS:
+        weight.__dict__.pop(DECODE_PLAN_KEY, None)
+        return
+    weight.__dict__[DECODE_PLAN_BUILDS_KEY] = builds + 1
+    qs, bias = key[2], key[5]
+    absmax, shape = qs.absmax, list(qs.shape)
+    run = _direct.prepare(
+        "gemm_4bit",
+        (x, packed, absmax, bias),
+        (packed, shape, absmax, qs.blocksize, qs.quant_type, bias, x.dtype),
+    )
+    if run is None:
+        weight.__dict__.pop(DECODE_PLAN_KEY, None)
+    else:
+        weight.__dict__[DECODE_PLAN_KEY] = (*key, run)
 
 
 def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
@@ -260,6 +312,33 @@ class Linear4bit(nn.Linear):
             self.weight.quant_type = quant_state.quant_type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Decoding: the runner kept by an earlier call (_keep_decode_plan), where nothing it was
+        # prepared with has changed and the call is a plain eager one. Each test costs ~1 us with
+        # the caches as cold as a decoding model leaves them; the general path below costs ~45 us
+        # more per call (bench/cpu_glue.py).
+        plan = None
+        if not torch.compiler.is_compiling():  # traced code takes the general path
+            weight = self._parameters.get("weight")
+            plan = weight.__dict__.get(DECODE_PLAN_KEY) if type(weight) is Params4bit else None
+        if plan is not None:
+            gen, ptr, qs, absmax, absmax_ptr, bias, bias_ptr, dtype, run = plan
+            if (
+                gen == _direct.generation
+                and type(x) is torch.Tensor
+                and weight.quant_state is qs
+                and qs.absmax is absmax
+                and self._parameters.get("bias") is bias
+                and self.compute_dtype is dtype
+                and not (torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
+                and _direct.no_modes()
+                and absmax.data_ptr() == absmax_ptr
+                and (bias is None or bias.data_ptr() == bias_ptr)
+            ):
+                with _disable_torch_function():
+                    same = weight.data_ptr() == ptr
+                out = run(x) if same else None
+                if out is not None:
+                    return out
         weight = self.weight
         if getattr(weight, "quant_state", None) is None:
             fix_4bit_weight_quant_state_from_module(self)
@@ -283,6 +362,8 @@ class Linear4bit(nn.Linear):
         else:
             packed = weight.t()
         out = matmul_4bit(x, packed, bias=bias, quant_state=weight.quant_state)
+        if type(weight) is Params4bit and not torch.compiler.is_compiling() and type(x) is torch.Tensor:
+            _keep_decode_plan(self, weight, packed, x)
         return out if out.dtype == inp_dtype else out.to(inp_dtype)
 
 

@@ -39,6 +39,7 @@ def set_isa(name: str) -> None:
 
 def register(register_kernel: Callable[[str, Callable], None]) -> None:
     """Bind every native CPU kernel to its op: ``register_kernel(op_name, fn)`` per op."""
+    from . import prepared  # noqa: F401  (gives gemm_4bit its prepared runner)
     from .kernels import KERNELS
     from .weight_matmul import KERNELS as WEIGHT_MATMUL_KERNELS
 

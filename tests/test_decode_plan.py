@@ -1,0 +1,271 @@
+"""Linear4bit's kept decoding runner (a platform's prepared gemm_4bit, bitsandbytes._direct.prepare):
+when it is used, that it gives the general path's result bit for bit, and that every change to
+what it was prepared with sends the call back to the general path."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import bitsandbytes
+from bitsandbytes import _direct
+from bitsandbytes.nn._params import DECODE_PLAN_BUILDS_KEY, DECODE_PLAN_KEY
+
+prepared = pytest.importorskip("bitsandbytes_cpu.prepared", reason="the CPU wheel offers the prepared runner")
+pytestmark = pytest.mark.skipif(
+    ("gemm_4bit", "cpu") not in bitsandbytes._LOADED.kernels, reason="no platform kernel serves the CPU"
+)
+
+
+def _layer(k=128, n=64, bias=True, dtype=torch.bfloat16, seed=0, nested=False, quant_type="nf4"):
+    gen = torch.Generator().manual_seed(seed)
+    layer = bitsandbytes.nn.Linear4bit(
+        k, n, bias=bias, compute_dtype=dtype, quant_type=quant_type, compress_statistics=nested
+    )
+    layer.weight.data = torch.randn(n, k, generator=gen) * 0.1
+    if bias:
+        layer.bias.data = torch.randn(n, generator=gen)
+    return layer.to("cpu")
+
+
+def _general(layer, x):
+    """The layer's result through the general path only (the kept runner set aside)."""
+    plan = layer.weight.__dict__.pop(DECODE_PLAN_KEY, None)
+    builds = layer.weight.__dict__.get(DECODE_PLAN_BUILDS_KEY, 0)
+    layer.weight.__dict__[DECODE_PLAN_BUILDS_KEY] = 1 << 30  # keeps none for this call
+    try:
+        return layer(x)
+    finally:
+        layer.weight.__dict__[DECODE_PLAN_BUILDS_KEY] = builds
+        if plan is not None:
+            layer.weight.__dict__[DECODE_PLAN_KEY] = plan
+
+
+class _Count:
+    """Wraps the kept runner of ``layer`` and counts the calls that it served."""
+
+    def __init__(self, layer):
+        plan = layer.weight.__dict__[DECODE_PLAN_KEY]
+        self.served = 0
+
+        def run(x):
+            out = plan[-1](x)
+            self.served += out is not None
+            return out
+
+        layer.weight.__dict__[DECODE_PLAN_KEY] = (*plan[:-1], run)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(1, 128), (1, 1, 128), (2, 2, 128), (4, 128)])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_the_runner_gives_the_general_result_bit_for_bit(dtype, bias, shape, quant_type):
+    layer = _layer(bias=bias, dtype=dtype, quant_type=quant_type)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    with torch.no_grad():
+        first = layer(x)  # general path; keeps the runner
+        assert DECODE_PLAN_KEY in layer.weight.__dict__
+        count = _Count(layer)
+        y = layer(x)
+        assert count.served == 1
+        assert y.shape == first.shape == (*shape[:-1], 64) and y.dtype == dtype
+        assert torch.equal(y, first)
+        assert torch.equal(y, _general(layer, x))
+        ref = (
+            x.float() @ bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float().t()
+        )
+        if bias:
+            ref = ref + layer.bias.float()
+        torch.testing.assert_close(y.float(), ref, rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize(
+    "case", ["rows_above_the_limit", "other_dtype", "non_contiguous", "requires_grad", "subclass", "empty"]
+)
+def test_inputs_the_runner_does_not_take_go_the_general_way(case):
+    layer = _layer()
+    x = torch.randn(1, 128).bfloat16()
+    with torch.no_grad():
+        layer(x)
+    count = _Count(layer)
+    grad = False
+    if case == "rows_above_the_limit":
+        x = torch.randn(prepared.MAX_ROWS + 1, 128).bfloat16()
+    elif case == "other_dtype":
+        x = torch.randn(1, 128)  # converted to the compute dtype by the general path
+    elif case == "non_contiguous":
+        x = torch.randn(128, 2).bfloat16().t()
+    elif case == "requires_grad":
+        x = x.clone().requires_grad_()
+        grad = True
+    elif case == "subclass":
+        x = torch.nn.Parameter(x, requires_grad=False)
+    elif case == "empty":
+        x = torch.randn(0, 128).bfloat16()
+    with torch.set_grad_enabled(grad):
+        y = layer(x)
+        ref = _general(layer, x)
+    assert count.served == 0
+    assert torch.equal(y, ref)
+    if case == "requires_grad":
+        y.float().sum().backward()
+        assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_a_wrong_input_still_gets_the_general_error():
+    layer = _layer()
+    with torch.no_grad():
+        layer(torch.randn(1, 128).bfloat16())
+        with pytest.raises(ValueError, match="in_features=128"):
+            layer(torch.randn(1, 96).bfloat16())
+
+
+@pytest.mark.parametrize(
+    "change", ["weight_data", "weight_object", "quant_state", "absmax_object", "absmax_data", "bias_data",
+               "bias_dtype", "bias_object", "bias_removed", "compute_dtype", "generation"],
+)  # fmt: skip
+def test_every_change_to_the_prepared_weight_is_seen(change):
+    layer, other = _layer(seed=0), _layer(seed=1)
+    x = torch.randn(1, 128, generator=torch.Generator().manual_seed(2)).bfloat16()
+    with torch.no_grad():
+        layer(x)
+        before = layer(x)
+        count = _Count(layer)
+        if change == "weight_data":
+            layer.weight.data = other.weight.data.clone()
+            layer.weight.quant_state = other.weight.quant_state
+        elif change == "weight_object":
+            layer.weight = other.weight
+        elif change == "quant_state":  # same packed data, another absmax
+            qs = copy.deepcopy(layer.weight.quant_state)
+            qs.absmax = qs.absmax * 2
+            layer.weight.quant_state = qs
+        elif change == "absmax_object":
+            layer.weight.quant_state.absmax = layer.weight.quant_state.absmax * 2
+        elif change == "absmax_data":
+            layer.weight.quant_state.absmax.data = layer.weight.quant_state.absmax * 2
+        elif change == "bias_data":
+            layer.bias.data = layer.bias.data + 1
+        elif change == "bias_dtype":
+            layer.bias.data = layer.bias.data.float() + 1
+        elif change == "bias_object":
+            layer.bias = torch.nn.Parameter(layer.bias.data + 1)
+        elif change == "bias_removed":
+            layer.bias = None
+        elif change == "compute_dtype":
+            layer.compute_dtype = torch.float32
+        elif change == "generation":  # a kernel bound or unbound since
+            _direct._changed()
+        after = layer(x)
+        assert count.served == 0
+        assert torch.equal(after, _general(layer, x))
+        if change != "generation":
+            assert not torch.equal(after.float(), before.float())
+        # A fresh runner for the changed layer (for inputs in its compute dtype), equal to the general path.
+        x = x.to(layer.compute_dtype)
+        after = _general(layer, x)
+        again = _Count(layer)
+        assert torch.equal(layer(x), after)
+        assert again.served == 1
+
+
+def test_in_place_changes_are_read():
+    """The runner reads the weight, absmax and bias through their memory: in-place updates (a
+    load_state_dict into the layer) are used by the next call."""
+    layer, other = _layer(seed=0), _layer(seed=1)
+    x = torch.randn(1, 128).bfloat16()
+    with torch.no_grad():
+        layer(x)
+        count = _Count(layer)
+        layer.weight.data.copy_(other.weight.data)
+        layer.weight.quant_state.absmax.copy_(other.weight.quant_state.absmax)
+        layer.bias.copy_(other.bias.to(layer.bias.dtype))
+        assert torch.equal(layer(x), other(x))
+        assert count.served == 1
+
+
+def test_modes_and_the_profiler_see_the_op():
+    layer = _layer()
+    x = torch.randn(1, 128).bfloat16()
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad():
+        layer(x)
+        count = _Count(layer)
+        with Ops() as mode:
+            layer(x)
+        assert any("gemm_4bit" in op for op in mode.ops)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            layer(x)
+        assert "bitsandbytes::gemm_4bit" in {e.key for e in prof.key_averages()}
+        assert count.served == 0
+
+
+def test_none_is_kept_for_a_nested_absmax_and_results_match():
+    layer = _layer(nested=True)
+    x = torch.randn(1, 128).bfloat16()
+    with torch.no_grad():
+        y = layer(x)
+        assert DECODE_PLAN_KEY not in layer.weight.__dict__
+        assert torch.equal(layer(x), y)
+
+
+def test_a_weight_that_keeps_moving_stops_getting_runners():
+    layer, other = _layer(seed=0), _layer(seed=1)
+    x = torch.randn(1, 128).bfloat16()
+    datas = [layer.weight.data, other.weight.data]
+    with torch.no_grad():
+        for i in range(12):
+            layer.weight.data = datas[i % 2].clone()
+            layer(x)
+    assert layer.weight.__dict__[DECODE_PLAN_BUILDS_KEY] == 4
+    assert DECODE_PLAN_KEY not in layer.weight.__dict__
+
+
+def test_the_runner_is_not_state():
+    layer = _layer()
+    x = torch.randn(1, 128).bfloat16()
+    with torch.no_grad():
+        y = layer(x)
+        assert DECODE_PLAN_KEY in layer.weight.__dict__
+        clone = copy.deepcopy(layer)
+        assert DECODE_PLAN_KEY not in clone.weight.__dict__
+        buf = io.BytesIO()
+        torch.save(layer, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert DECODE_PLAN_KEY not in loaded.weight.__dict__
+        assert torch.equal(clone(x), y) and torch.equal(loaded(x), y)
+        clone.weight.data.zero_()  # the copy's own memory, not the original's
+        assert torch.equal(layer(x), y)
+
+
+def test_prepare_refuses_what_the_runner_cannot_take():
+    layer = _layer()
+    w, qs = layer.weight.as_subclass(torch.Tensor), layer.weight.quant_state
+    shape = list(qs.shape)
+    ok = prepared.prepare_gemm_4bit(w, shape, qs.absmax, 64, "nf4", None, torch.bfloat16)
+    assert ok is not None
+    assert ok(torch.randn(1, 128, device="meta", dtype=torch.bfloat16)) is None  # not on the CPU
+    assert prepared.prepare_gemm_4bit(w, shape, qs.absmax.half(), 64, "nf4", None, torch.bfloat16) is None
+    assert prepared.prepare_gemm_4bit(w, [64], qs.absmax, 64, "nf4", None, torch.bfloat16) is None
+    assert prepared.prepare_gemm_4bit(w, shape, qs.absmax, 63, "nf4", None, torch.bfloat16) is None
+    assert prepared.prepare_gemm_4bit(w, shape, qs.absmax, 64, "int4", None, torch.bfloat16) is None
+    assert prepared.prepare_gemm_4bit(w[:10], shape, qs.absmax, 64, "nf4", None, torch.bfloat16) is None
+    bias = torch.zeros(64)
+    assert prepared.prepare_gemm_4bit(w, shape, qs.absmax, 64, "nf4", bias, torch.bfloat16) is None  # f32 bias
+    assert prepared.prepare_gemm_4bit(w, shape, qs.absmax, 64, "nf4", bias[:32], torch.float32) is None
+    assert prepared.prepare_gemm_4bit(w, shape, qs.absmax, 64, "nf4", None, torch.int8) is None
