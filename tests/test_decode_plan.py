@@ -1,6 +1,7 @@
-"""Linear4bit's kept decoding runner (a platform's prepared gemm_4bit, bitsandbytes._direct.prepare):
-when it is used, that it gives the general path's result bit for bit, and that every change to
-what it was prepared with sends the call back to the general path."""
+"""The kept inference runners of Linear4bit and Linear8bitLt (a platform's prepared gemm_4bit and
+LLM.int8() inference, bitsandbytes._direct.prepare): when they are used, that they give the general
+path's result bit for bit, and that every change to what they were prepared with sends the call
+back to the general path."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import bitsandbytes
+import bitsandbytes.nn.linear8bit as l8
 from bitsandbytes import _direct
 from bitsandbytes.nn._params import DECODE_PLAN_BUILDS_KEY, DECODE_PLAN_KEY
 
@@ -49,7 +51,11 @@ class _Count:
     """Wraps the kept runner of ``layer`` and counts the calls that it served."""
 
     def __init__(self, layer):
-        plan = layer.weight.__dict__[DECODE_PLAN_KEY]
+        if isinstance(layer, bitsandbytes.nn.Linear8bitLt):
+            holder, key = layer.__dict__, l8._INT8_PLAN_KEY
+        else:
+            holder, key = layer.weight.__dict__, DECODE_PLAN_KEY
+        plan = holder[key]
         self.served = 0
 
         def run(x):
@@ -57,7 +63,7 @@ class _Count:
             self.served += out is not None
             return out
 
-        layer.weight.__dict__[DECODE_PLAN_KEY] = (*plan[:-1], run)
+        holder[key] = (*plan[:-1], run)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -269,3 +275,178 @@ def test_prepare_refuses_what_the_runner_cannot_take():
     assert prepared.prepare_gemm_4bit(w, shape, qs.absmax, 64, "nf4", bias, torch.bfloat16) is None  # f32 bias
     assert prepared.prepare_gemm_4bit(w, shape, qs.absmax, 64, "nf4", bias[:32], torch.float32) is None
     assert prepared.prepare_gemm_4bit(w, shape, qs.absmax, 64, "nf4", None, torch.int8) is None
+
+
+# ---- Linear8bitLt ------------------------------------------------------------------------------
+
+
+def _layer8(k=128, n=64, bias=True, threshold=6.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    layer = bitsandbytes.nn.Linear8bitLt(k, n, bias=bias, has_fp16_weights=False, threshold=threshold)
+    layer.weight.data = torch.randn(n, k, generator=gen) * 0.1
+    if bias:
+        layer.bias.data = torch.randn(n, generator=gen)
+    return layer.to("cpu").eval()
+
+
+def _general8(layer, x):
+    plan = layer.__dict__.pop(l8._INT8_PLAN_KEY, None)
+    builds = layer.__dict__.get(l8._INT8_PLAN_BUILDS_KEY, 0)
+    layer.__dict__[l8._INT8_PLAN_BUILDS_KEY] = 1 << 30
+    try:
+        return layer(x)
+    finally:
+        layer.__dict__[l8._INT8_PLAN_BUILDS_KEY] = builds
+        if plan is not None:
+            layer.__dict__[l8._INT8_PLAN_KEY] = plan
+
+
+def _x(*shape, dtype=torch.bfloat16, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).clamp(-3, 3).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+@pytest.mark.parametrize("shape", [(1, 128), (1, 1, 128), (2, 3, 128)])
+def test_int8_runner_gives_the_general_result_bit_for_bit(dtype, bias, threshold, shape):
+    layer = _layer8(bias=bias, threshold=threshold)
+    x = _x(*shape, dtype=dtype)
+    with torch.no_grad():
+        first = layer(x)
+        assert l8._INT8_PLAN_KEY in layer.__dict__
+        count = _Count(layer)
+        y = layer(x)
+        assert count.served == 1
+        assert y.dtype == dtype and y.shape == (*shape[:-1], 64)
+        assert torch.equal(y, first) and torch.equal(y, _general8(layer, x))
+        if threshold > 0.0:
+            assert layer.state.idx is not None and layer.state.idx.numel() == 0
+        assert layer.state.is_training is False
+        W = layer.state.CB.float() * layer.state.SCB.view(-1, 1) / 127
+        ref = x.float() @ W.t() + (layer.bias.float() if bias else 0)
+        torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.05)
+
+
+def test_int8_outlier_columns_take_the_general_path():
+    layer = _layer8(threshold=6.0)
+    x = _x(1, 128)
+    with torch.no_grad():
+        layer(x)
+        count = _Count(layer)
+        x[0, 5] = 20.0
+        y = layer(x)
+        assert count.served == 0
+        assert layer.state.idx.tolist() == [5]
+        assert torch.equal(y, _general8(layer, x))
+
+
+@pytest.mark.parametrize(
+    "change", ["CB_object", "SCB_object", "SCB_data", "weight_object", "bias_data", "bias_dtype", "bias_removed",
+               "threshold", "train_mode", "generation", "requantized"],
+)  # fmt: skip
+def test_every_change_to_the_prepared_int8_layer_is_seen(change):
+    layer, other = _layer8(seed=0), _layer8(seed=1)
+    x = _x(1, 128)
+    with torch.no_grad():
+        other(x)  # moves its int8 weight into its state
+        layer(x)
+        before = layer(x)
+        count = _Count(layer)
+        if change == "CB_object":
+            layer.state.CB = other.state.CB
+            layer.weight.data = other.state.CB
+        elif change == "SCB_object":
+            layer.state.SCB = layer.state.SCB * 2
+        elif change == "SCB_data":
+            layer.state.SCB.data = layer.state.SCB * 2
+        elif change == "weight_object":
+            layer.weight = other.weight
+            layer.state = other.state
+        elif change == "bias_data":
+            layer.bias.data = layer.bias.data + 1
+        elif change == "bias_dtype":
+            layer.bias.data = layer.bias.data.float() + 1
+        elif change == "bias_removed":
+            layer.bias = None
+        elif change == "threshold":
+            layer.state.threshold = 0.5  # now many outlier columns
+        elif change == "train_mode":
+            layer.train()
+        elif change == "generation":
+            _direct._changed()
+        elif change == "requantized":  # a new 16-bit weight quantized into the same parameter
+            layer.weight = bitsandbytes.nn.Int8Params(other.weight.data.float() * 0 + 0.05, requires_grad=False)
+            layer.state.CB = None
+            layer.weight = layer.weight.to("cpu")
+        after = layer(x)
+        assert count.served == 0
+        if change != "train_mode":
+            assert torch.equal(after, _general8(layer, x))
+        if change not in ("generation", "train_mode"):
+            assert not torch.equal(after.float(), before.float())
+
+
+def test_int8_in_place_changes_are_read():
+    layer, other = _layer8(seed=0), _layer8(seed=1)
+    x = _x(1, 128)
+    with torch.no_grad():
+        other(x)
+        layer(x)
+        count = _Count(layer)
+        layer.state.CB.copy_(other.state.CB)
+        layer.state.SCB.copy_(other.state.SCB)
+        layer.bias.copy_(other.bias.to(layer.bias.dtype))
+        assert torch.equal(layer(x), other(x))
+        assert count.served == 1
+
+
+def test_int8_runner_is_not_state_and_modes_see_the_ops():
+    layer = _layer8()
+    x = _x(1, 128)
+    with torch.no_grad():
+        y = layer(x)
+        assert l8._INT8_PLAN_KEY in layer.__dict__
+        clone = copy.deepcopy(layer)
+        assert l8._INT8_PLAN_KEY not in clone.__dict__
+        buf = io.BytesIO()
+        torch.save(layer, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert l8._INT8_PLAN_KEY not in loaded.__dict__
+        assert torch.equal(clone(x), y) and torch.equal(loaded(x), y)
+        count = _Count(layer)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            layer(x)
+        keys = {e.key for e in prof.key_averages()}
+        assert "bitsandbytes::int8_vectorwise_quant" in keys
+        assert count.served == 0
+
+
+def test_int8_inputs_the_runner_does_not_take():
+    layer = _layer8()
+    with torch.no_grad():
+        layer(_x(1, 128))
+        count = _Count(layer)
+        for x in (_x(prepared.INT8_MAX_ROWS + 1, 128), _x(128, 2).t(), torch.randn(0, 128).bfloat16()):
+            assert torch.equal(layer(x), _general8(layer, x))
+        assert count.served == 0
+    x = _x(1, 128).requires_grad_()
+    y = layer(x)  # gradients flow: the general path
+    y.float().sum().backward()
+    assert count.served == 0 and x.grad is not None
+
+
+def test_prepare_int8_refuses_what_the_runner_cannot_take():
+    layer = _layer8()
+    with torch.no_grad():
+        layer(_x(1, 128))
+    CB, SCB = layer.state.CB, layer.state.SCB
+    assert prepared.prepare_int8_linear(CB, SCB, None, 6.0, torch.bfloat16) is not None
+    assert prepared.prepare_int8_linear(CB.float(), SCB, None, 6.0, torch.bfloat16) is None
+    assert prepared.prepare_int8_linear(CB, SCB.half(), None, 6.0, torch.bfloat16) is None
+    assert prepared.prepare_int8_linear(CB, SCB[:10], None, 6.0, torch.bfloat16) is None
+    assert prepared.prepare_int8_linear(CB.t(), SCB, None, 6.0, torch.bfloat16) is None
+    assert prepared.prepare_int8_linear(CB, SCB, torch.zeros(64), 6.0, torch.bfloat16) is None
+    assert prepared.prepare_int8_linear(CB, SCB, None, -1.0, torch.bfloat16) is None
+    assert prepared.prepare_int8_linear(CB, SCB, None, 6.0, torch.int32) is None

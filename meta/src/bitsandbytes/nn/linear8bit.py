@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _direct
 from ..autograd._functions import MatmulLtState, matmul
 from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
 from ._params import Int8Params, NotQuantizedError
@@ -33,6 +34,54 @@ def maybe_rearrange_weight(
         weight_format = INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING[weight_format]
     if weight_format != "row":
         raise ValueError(f"Only 'row' weight format is supported, got {weight_format}")
+
+
+_INT8_PLAN_KEY = "_bnb_int8_plan"
+"""Where Linear8bitLt keeps its prepared inference runner (its ``__dict__``; not state)."""
+
+_INT8_PLAN_BUILDS_KEY = "_bnb_int8_plan_builds"
+
+_MAX_PLAN_BUILDS = 4
+"""Runners prepared per layer before it stops (see linear4bit._MAX_PLAN_BUILDS)."""
+
+_NO_OUTLIERS = torch.empty(0, dtype=torch.int64)
+"""``state.idx`` after a call without outlier columns (the general path's empty index)."""
+
+
+def _keep_int8_plan(module: Linear8bitLt, weight: torch.Tensor, x: torch.Tensor) -> None:
+    """After a general inference forward in eager mode: prepare the platform's LLM.int8()
+    inference runner for this layer (``_direct.prepare``) unless a current one is kept."""
+    state = module.state
+    CB, SCB, bias = state.CB, state.SCB, module._parameters.get("bias")
+    if CB is None or SCB is None or state.has_fp16_weights or module._parameters.get("weight") is not weight:
+        return
+    key = (
+        _direct.generation,
+        state,
+        CB,
+        CB.data_ptr(),
+        SCB,
+        SCB.data_ptr(),
+        state.threshold,
+        weight,
+        bias,
+        0 if bias is None else bias.data_ptr(),
+    )
+    kept = module.__dict__.get(_INT8_PLAN_KEY)
+    if kept is not None and all(a is b or (type(a) in (int, float) and a == b) for a, b in zip(kept, key)):
+        return
+    builds = module.__dict__.get(_INT8_PLAN_BUILDS_KEY, 0)
+    module.__dict__.pop(_INT8_PLAN_KEY, None)
+    if builds >= _MAX_PLAN_BUILDS or weight.data_ptr() != CB.data_ptr():
+        return
+    module.__dict__[_INT8_PLAN_BUILDS_KEY] = builds + 1
+    # The runner stands for int8_vectorwise_quant and int8_(mixed_)scaled_mm together: each must
+    # be the loader's kernel for the device (as a direct call of each would require).
+    if _direct.kernel("int8_vectorwise_quant", x) is None or _direct.kernel("int8_scaled_mm", x, CB, SCB) is None:
+        return
+    run = _direct.prepare("int8_mixed_scaled_mm", (x, CB, SCB, bias), (CB, SCB, bias, state.threshold, x.dtype))
+    if run is not None:
+        module.__dict__[_INT8_PLAN_KEY] = (*key, run)
 
 
 class Linear8bitLt(nn.Linear):
@@ -106,7 +155,47 @@ class Linear8bitLt(nn.Linear):
                 result.state.SCB = result.state.SCB.to(device)
         return result
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop(_INT8_PLAN_KEY, None)  # a cache, not state
+        state.pop(_INT8_PLAN_BUILDS_KEY, None)
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Inference: the runner kept by an earlier call (_keep_int8_plan), where nothing it was
+        # prepared with has changed and the call is a plain eager one without gradients; as in
+        # Linear4bit.forward, each test costs ~1 us with cold caches, the general path far more.
+        plan = None if torch.compiler.is_compiling() else self.__dict__.get(_INT8_PLAN_KEY)
+        if plan is not None:
+            gen, state, CB, cb_ptr, SCB, scb_ptr, threshold, weight, bias, bias_ptr, run = plan
+            if (
+                gen == _direct.generation
+                and type(x) is torch.Tensor
+                and not self.training
+                and self.state is state
+                and state.CB is CB
+                and state.SCB is SCB
+                and state.threshold == threshold
+                and not state.has_fp16_weights
+                and self._parameters.get("weight") is weight
+                and self._parameters.get("bias") is bias
+                and not (
+                    torch.is_grad_enabled()
+                    and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+                )
+                and _direct.no_modes()
+                and getattr(weight, "CB", None) is None
+                and weight.data_ptr() == cb_ptr
+                and CB.data_ptr() == cb_ptr
+                and SCB.data_ptr() == scb_ptr
+                and (bias is None or bias.data_ptr() == bias_ptr)
+            ):
+                out = run(x)
+                if out is not None:  # what the general path would have left in the state
+                    state.is_training = False
+                    if threshold > 0.0:
+                        state.idx = _NO_OUTLIERS
+                    return out
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear8bitLt: input's last dimension is {x.shape[-1]}, expected {self.in_features}")
         state = self.state
@@ -124,6 +213,8 @@ class Linear8bitLt(nn.Linear):
             # every decoded layer). Traced code keeps the assignment (dynamo breaks the graph on
             # a data-pointer comparison).
             weight.data = CB
+        if not self.training and CB is not None and not torch.compiler.is_compiling() and type(x) is torch.Tensor:
+            _keep_int8_plan(self, weight, x)
         return out
 
 
