@@ -220,13 +220,45 @@ def test_modes_and_the_profiler_see_the_op():
         assert count.served == 0
 
 
-def test_none_is_kept_for_a_nested_absmax_and_results_match():
-    layer = _layer(nested=True)
-    x = torch.randn(1, 128).bfloat16()
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_nested_absmax_is_resolved_once_and_results_match(bias):
+    layer = _layer(k=512, n=128, nested=True, bias=bias)  # 1024 blocks of 64: 4 nested blocks of 256
+    x = torch.randn(1, 512).bfloat16()
     with torch.no_grad():
         y = layer(x)
-        assert DECODE_PLAN_KEY not in layer.weight.__dict__
+        count = _Count(layer)
         assert torch.equal(layer(x), y)
+        assert count.served == 1
+        assert torch.equal(y, _general(layer, x))
+
+
+@pytest.mark.parametrize("change", ["absmax_8bit", "nested_absmax", "nested_code", "offset", "state2", "offset_data"])
+def test_every_change_to_a_nested_absmax_is_seen(change):
+    layer = _layer(k=512, n=128, nested=True)
+    x = torch.randn(1, 512).bfloat16()
+    qs = layer.weight.quant_state
+    with torch.no_grad():
+        layer(x)
+        before = layer(x)
+        count = _Count(layer)
+        if change == "absmax_8bit":
+            qs.absmax.add_(1)  # in place: the version counter
+        elif change == "nested_absmax":
+            qs.state2.absmax.mul_(2)
+        elif change == "nested_code":
+            qs.state2.code.mul_(0.5)
+        elif change == "offset":
+            qs.offset.add_(0.01)
+        elif change == "state2":
+            s2 = copy.deepcopy(qs.state2)
+            s2.absmax = s2.absmax * 2
+            qs.state2 = s2
+        elif change == "offset_data":
+            qs.offset.data = qs.offset + 0.01  # new memory, same object, same version
+        after = layer(x)
+        assert count.served == 0
+        assert torch.equal(after, _general(layer, x))
+        assert not torch.equal(after, before)
 
 
 def test_a_weight_that_keeps_moving_stops_getting_runners():

@@ -77,12 +77,43 @@ offloading hook's) would otherwise pay for a new one on every call."""
 _disable_torch_function = torch._C.DisableTorchFunctionSubclass
 
 
+def _nested_key(qs: QuantState) -> tuple | None:
+    """What a runner depends on in a nested (double-quantized) absmax, which it resolves once:
+    each tensor's object, memory and version counter (in-place changes, e.g. load_state_dict)."""
+    s2 = qs.state2
+    if s2 is None or s2.blocksize != 256 or qs.offset is None:
+        return None  # (other block sizes: the general path resolves the absmax on every call)
+    tensors = (qs.absmax, s2.absmax, s2.code, qs.offset)
+    if any(type(t) is not torch.Tensor for t in tensors) or s2.absmax.dtype != torch.float32:
+        return None
+    if qs.offset.dtype != torch.float32 or qs.offset.numel() != 1:
+        return None
+    return (s2, *((t, t.data_ptr(), t._version) for t in tensors))
+
+
+def _nested_same(qs: QuantState, key: tuple) -> bool:
+    """Whether the nested absmax of ``qs`` is still what ``key`` (_nested_key) recorded."""
+    s2 = qs.state2
+    if s2 is not key[0]:
+        return False
+    for t, (kept, ptr, version) in zip((qs.absmax, s2.absmax, s2.code, qs.offset), key[1:]):
+        if t is not kept or t.data_ptr() != ptr or t._version != version:
+            return False
+    return True
+
+
 def _plan_key(module: Linear4bit, weight: Params4bit) -> tuple | None:
     """What a decoding runner for ``module`` depends on besides its input (see ``forward``), or
-    None where none can be kept: a nested (double-quantized) absmax, a weight without storage."""
+    None where none can be kept (a weight without storage, a nested absmax in other blocks than
+    of 256)."""
     qs = weight.quant_state
-    if qs is None or qs.nested or qs.absmax is None:
+    if qs is None or qs.absmax is None:
         return None
+    nested = None
+    if qs.nested:
+        nested = _nested_key(qs)
+        if nested is None:
+            return None
     bias = module._parameters.get("bias")
     try:
         with _disable_torch_function():
@@ -93,7 +124,19 @@ def _plan_key(module: Linear4bit, weight: Params4bit) -> tuple | None:
         return None
     absmax = qs.absmax
     bias_ptr = 0 if bias is None else bias.data_ptr()
-    return (_direct.generation, ptr, qs, absmax, absmax.data_ptr(), bias, bias_ptr, module.compute_dtype)
+    return (_direct.generation, ptr, qs, absmax, absmax.data_ptr(), bias, bias_ptr, module.compute_dtype, nested)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Key entries compared by identity (tensors and quant states have no plain equality), numbers
+    by value, tuples entry by entry."""
+    if a is b:
+        return True
+    if type(a) is int or type(a) is float:
+        return a == b
+    if type(a) is tuple and type(b) is tuple:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return False
 
 
 def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tensor, x: torch.Tensor) -> None:
@@ -101,20 +144,29 @@ def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tens
     GEMM (``_direct.prepare``) unless a current one is kept, and keep it on the weight."""
     key = _plan_key(module, weight)
     kept = weight.__dict__.get(DECODE_PLAN_KEY)
-    if key is None or (kept is not None and all(a is b or (type(a) is int and a == b) for a, b in zip(kept, key))):
-        return  # (compared by identity: tensors and quant states have no plain equality)
+    if key is None or (kept is not None and all(_same(a, b) for a, b in zip(kept, key))):
+        return
     builds = weight.__dict__.get(DECODE_PLAN_BUILDS_KEY, 0)
     if builds >= _MAX_PLAN_BUILDS:
         weight.__dict__.pop(DECODE_PLAN_KEY, None)
         return
     weight.__dict__[DECODE_PLAN_BUILDS_KEY] = builds + 1
     qs, bias = key[2], key[5]
-    absmax, shape = qs.absmax, list(qs.shape)
-    run = _direct.prepare(
-        "gemm_4bit",
-        (x, packed, absmax, bias),
-        (packed, shape, absmax, qs.blocksize, qs.quant_type, bias, x.dtype),
-    )
+    shape = list(qs.shape)
+    if qs.nested:  # the op's nested arguments, as _functional_4bit._gemm_4bit passes them
+        s2 = qs.state2
+        nested = (qs.absmax, s2.code, qs.offset.reshape(()))
+        run = _direct.prepare(
+            "gemm_4bit",
+            (x, packed, s2.absmax, bias, *nested),
+            (packed, shape, s2.absmax, qs.blocksize, qs.quant_type, bias, x.dtype, *nested),
+        )
+    else:
+        run = _direct.prepare(
+            "gemm_4bit",
+            (x, packed, qs.absmax, bias),
+            (packed, shape, qs.absmax, qs.blocksize, qs.quant_type, bias, x.dtype),
+        )
     if run is None:
         weight.__dict__.pop(DECODE_PLAN_KEY, None)
     else:
@@ -321,7 +373,7 @@ class Linear4bit(nn.Linear):
             weight = self._parameters.get("weight")
             plan = weight.__dict__.get(DECODE_PLAN_KEY) if type(weight) is Params4bit else None
         if plan is not None:
-            gen, ptr, qs, absmax, absmax_ptr, bias, bias_ptr, dtype, run = plan
+            gen, ptr, qs, absmax, absmax_ptr, bias, bias_ptr, dtype, nested, run = plan
             if (
                 gen == _direct.generation
                 and type(x) is torch.Tensor
@@ -333,6 +385,7 @@ class Linear4bit(nn.Linear):
                 and _direct.no_modes()
                 and absmax.data_ptr() == absmax_ptr
                 and (bias is None or bias.data_ptr() == bias_ptr)
+                and (nested is None or _nested_same(qs, nested))
             ):
                 with _disable_torch_function():
                     same = weight.data_ptr() == ptr

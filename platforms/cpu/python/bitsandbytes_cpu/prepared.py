@@ -41,12 +41,24 @@ def prepare_gemm_4bit(
     quant_type: str,
     bias: torch.Tensor | None,
     dtype: torch.dtype,
+    absmax_8bit: torch.Tensor | None = None,
+    absmax_code: torch.Tensor | None = None,
+    absmax_offset: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
-    """A runner of ``gemm_4bit`` for this weight (absmax not nested, every tensor contiguous and
-    in the dtype the kernel reads, bias in ``dtype``), or None where these arguments need the
-    op's general path (which converts them, or names what is wrong with them)."""
+    """A runner of ``gemm_4bit`` for this weight (every tensor contiguous and in the dtype the
+    kernel reads, bias in ``dtype``), or None where these arguments need the op's general path
+    (which converts them, or names what is wrong with them). A nested absmax (``absmax_8bit``
+    with its code and offset, as the op takes it) is resolved here, once: the caller must not
+    use the runner after any of those tensors changes."""
     if len(shapeB) != 2 or dtype not in DTYPE_CODE:
         return None
+    if absmax_8bit is not None:
+        if absmax_code is None or absmax_offset is None:
+            return None
+        for t in (absmax, absmax_8bit, absmax_code, absmax_offset):
+            if not t.is_cpu:
+                return None
+        absmax = kernels._resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     n, k = int(shapeB[0]), int(shapeB[1])
     probe = torch.empty((1, k), dtype=dtype)
     if not (
