@@ -12,6 +12,7 @@ gives the warm numbers. Medians of ``--calls`` calls, every stage in each round,
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -32,15 +33,32 @@ def stages(n: int, k: int) -> dict[str, callable]:
     q = lin4.weight.as_subclass(torch.Tensor)
     shape = list(st.shape)
 
+    from bitsandbytes.nn import linear8bit
+    from bitsandbytes.nn._params import DECODE_PLAN_BUILDS_KEY
+
+    general4 = copy.deepcopy(lin4)  # the same layer without its kept decoding runner
+    general4.weight.__dict__[DECODE_PLAN_BUILDS_KEY] = 1 << 30
+    nested4 = bnb.nn.Linear4bit(
+        k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4", compress_statistics=True
+    )
+    nested4.weight.data = (torch.randn(n, k, generator=gen) * 0.02).bfloat16()
+    nested4 = nested4.to("cpu")
     lin8 = bnb.nn.Linear8bitLt(k, n, bias=False, has_fp16_weights=False, threshold=6.0)
     lin8.weight.data = torch.randn(n, k, generator=gen) * 0.02
     lin8 = lin8.to("cpu").eval()
+    with torch.no_grad():
+        lin8(x)  # moves the int8 weight into the layer's state before the copy
+    general8 = copy.deepcopy(lin8)
+    general8.__dict__[linear8bit._INT8_PLAN_BUILDS_KEY] = 1 << 30
     dense = torch.nn.Linear(k, n, bias=False).bfloat16()
     out = {
         "Linear4bit nf4 (module)": lambda: lin4(x),
+        "Linear4bit nf4, general path": lambda: general4(x),
+        "Linear4bit nf4 double-quant": lambda: nested4(x),
         "matmul_4bit": lambda: bnb.matmul_4bit(x, q, quant_state=st),
         "torch.ops gemm_4bit": lambda: torch.ops.bitsandbytes.gemm_4bit(x, q, shape, st.absmax, 64, "nf4"),
         "Linear8bitLt thr 6 (module)": lambda: lin8(x),
+        "Linear8bitLt thr 6, general": lambda: general8(x),
         "nn.Linear bf16 (module)": lambda: dense(x),
     }
     try:  # the CPU wheel's native kernel, without any Python glue
