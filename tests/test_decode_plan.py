@@ -482,3 +482,24 @@ def test_prepare_int8_refuses_what_the_runner_cannot_take():
     assert prepared.prepare_int8_linear(CB, SCB, torch.zeros(64), 6.0, torch.bfloat16) is None
     assert prepared.prepare_int8_linear(CB, SCB, None, -1.0, torch.bfloat16) is None
     assert prepared.prepare_int8_linear(CB, SCB, None, 6.0, torch.int32) is None
+
+
+def test_a_kernel_without_runners_is_asked_a_few_times_only(monkeypatch):
+    """Where the platform kernel offers no runner (another device's), the general path stops
+    asking after a few calls instead of paying for the attempt on every one."""
+    import bitsandbytes.nn.linear4bit as l4
+
+    asked = []
+
+    def no_runner(op, tensors, args):
+        asked.append(op)
+
+    monkeypatch.setattr(l4._direct, "prepare", no_runner)
+    monkeypatch.setattr(l8._direct, "prepare", no_runner)
+    layer4, layer8 = _layer(), _layer8()
+    x = torch.randn(1, 128).bfloat16()
+    with torch.no_grad():
+        for _ in range(10):
+            assert torch.equal(layer4(x), _general(layer4, x))
+            assert torch.equal(layer8(x), _general8(layer8, x))
+    assert asked.count("gemm_4bit") == 4 and asked.count("int8_mixed_scaled_mm") == 4

@@ -17,10 +17,10 @@ directly, where that is exactly what the dispatcher would run:
   the import (an out-of-tree backend, a user's override) is reached through the dispatcher.
 
 A platform kernel may also offer ``kernel.prepare(*weight_side_args)``: a runner with the
-weight-side arguments of a layer checked once (``prepare`` below; ``Linear4bit`` keeps one for
-decoding). Runners hold what they were prepared with: a caller keeps one only while it calls
-with those same tensors and ``generation`` is unchanged, and calls it only where ``no_modes()`` holds, not
-while torch.compile traces.
+weight-side arguments of a layer checked once (``prepare`` below; ``Linear4bit`` and
+``Linear8bitLt`` keep one for inference). Runners hold what they were prepared with: a caller
+keeps one only while it calls with those same tensors and ``generation`` is unchanged, and calls
+it only where ``no_modes()`` holds and torch.compile is not tracing.
 
 ``BNB_DIRECT_KERNELS=0`` in the environment turns the fast path off.
 """

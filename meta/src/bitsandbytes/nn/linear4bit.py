@@ -142,13 +142,15 @@ def _same(a: Any, b: Any) -> bool:
 def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tensor, x: torch.Tensor) -> None:
     """After a general forward in eager mode: prepare the platform's runner of this layer's 4-bit
     GEMM (``_direct.prepare``) unless a current one is kept, and keep it on the weight."""
-    key = _plan_key(module, weight)
     kept = weight.__dict__.get(DECODE_PLAN_KEY)
-    if key is None or (kept is not None and all(_same(a, b) for a, b in zip(kept, key))):
-        return
     builds = weight.__dict__.get(DECODE_PLAN_BUILDS_KEY, 0)
-    if builds >= _MAX_PLAN_BUILDS:
-        weight.__dict__.pop(DECODE_PLAN_KEY, None)
+    if kept is None and builds >= _MAX_PLAN_BUILDS:
+        return  # (a device whose kernel offers no runner, or a weight that kept moving: nothing more to try)
+    key = _plan_key(module, weight)
+    if key is not None and kept is not None and all(_same(a, b) for a, b in zip(kept, key)):
+        return
+    weight.__dict__.pop(DECODE_PLAN_KEY, None)  # stale: it would keep the old memory alive
+    if key is None or builds >= _MAX_PLAN_BUILDS:
         return
     weight.__dict__[DECODE_PLAN_BUILDS_KEY] = builds + 1
     qs, bias = key[2], key[5]
@@ -167,9 +169,7 @@ def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tens
             (x, packed, qs.absmax, bias),
             (packed, shape, qs.absmax, qs.blocksize, qs.quant_type, bias, x.dtype),
         )
-    if run is None:
-        weight.__dict__.pop(DECODE_PLAN_KEY, None)
-    else:
+    if run is not None:
         weight.__dict__[DECODE_PLAN_KEY] = (*key, run)
 
 
@@ -415,7 +415,12 @@ class Linear4bit(nn.Linear):
         else:
             packed = weight.t()
         out = matmul_4bit(x, packed, bias=bias, quant_state=weight.quant_state)
-        if type(weight) is Params4bit and not torch.compiler.is_compiling() and type(x) is torch.Tensor:
+        if (
+            type(weight) is Params4bit
+            and not torch.compiler.is_compiling()
+            and type(x) is torch.Tensor
+            and not (torch.is_grad_enabled() and x.requires_grad)  # (training: no runner would serve)
+        ):
             _keep_decode_plan(self, weight, packed, x)
         return out if out.dtype == inp_dtype else out.to(inp_dtype)
 

@@ -15,7 +15,7 @@ from .. import _direct
 from ..autograd._functions import MatmulLtState, matmul
 from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
 from ._params import Int8Params, NotQuantizedError
-from .linear4bit import _bias_in
+from .linear4bit import _bias_in, _same
 
 
 def maybe_rearrange_weight(
@@ -51,9 +51,14 @@ _NO_OUTLIERS = torch.empty(0, dtype=torch.int64)
 def _keep_int8_plan(module: Linear8bitLt, weight: torch.Tensor, x: torch.Tensor) -> None:
     """After a general inference forward in eager mode: prepare the platform's LLM.int8()
     inference runner for this layer (``_direct.prepare``) unless a current one is kept."""
+    kept = module.__dict__.get(_INT8_PLAN_KEY)
+    builds = module.__dict__.get(_INT8_PLAN_BUILDS_KEY, 0)
+    if kept is None and builds >= _MAX_PLAN_BUILDS:
+        return  # (a device whose kernel offers no runner, or a layer that kept changing)
     state = module.state
     CB, SCB, bias = state.CB, state.SCB, module._parameters.get("bias")
     if CB is None or SCB is None or state.has_fp16_weights or module._parameters.get("weight") is not weight:
+        module.__dict__.pop(_INT8_PLAN_KEY, None)
         return
     key = (
         _direct.generation,
@@ -67,11 +72,9 @@ def _keep_int8_plan(module: Linear8bitLt, weight: torch.Tensor, x: torch.Tensor)
         bias,
         0 if bias is None else bias.data_ptr(),
     )
-    kept = module.__dict__.get(_INT8_PLAN_KEY)
-    if kept is not None and all(a is b or (type(a) in (int, float) and a == b) for a, b in zip(kept, key)):
+    if kept is not None and all(_same(a, b) for a, b in zip(kept, key)):
         return
-    builds = module.__dict__.get(_INT8_PLAN_BUILDS_KEY, 0)
-    module.__dict__.pop(_INT8_PLAN_KEY, None)
+    module.__dict__.pop(_INT8_PLAN_KEY, None)  # stale: it would keep the old memory alive
     if builds >= _MAX_PLAN_BUILDS or weight.data_ptr() != CB.data_ptr():
         return
     module.__dict__[_INT8_PLAN_BUILDS_KEY] = builds + 1
