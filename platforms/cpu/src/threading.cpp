@@ -188,17 +188,24 @@ const HostOmp* host_omp() {
 #endif
 }
 
-// One parallel_for call: chunks of `per` elements handed out in order to whichever thread is free.
+// One parallel_for call, its ranges handed out in order to whichever thread is free: first
+// `threads` long ones of `big` elements, then small ones of `per` elements. Each thread's first
+// range is one long sequential stream (the weight rows of a decoding GEMV, which the prefetchers
+// follow from row to row: a decoding model's token takes 1-2 % less time than with four small
+// ranges per thread), and the small ones keep a thread that starts late (descheduled, or still
+// finishing something else) from costing more than a fraction of the call.
 struct Chunks {
   const std::function<void(int64_t, int64_t)>* fn;
-  int64_t n, per;
+  int64_t n, big, per, threads;
   std::atomic<int64_t> next{0};
 
   void work() {
     for (;;) {
-      const int64_t begin = next.fetch_add(per, std::memory_order_relaxed);
+      const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
+      const int64_t begin = t < threads ? t * big : threads * big + (t - threads) * per;
       if (begin >= n) return;
-      (*fn)(begin, begin + per < n ? begin + per : n);
+      const int64_t end = begin + (t < threads ? big : per);
+      (*fn)(begin, end < n ? end : n);
     }
   }
   static void omp_body(void* self) { static_cast<Chunks*>(self)->work(); }
@@ -230,13 +237,17 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
     return;
   }
   if (omp != nullptr) {
-    // Up to 4 chunks per thread, taken dynamically: a thread that starts late (descheduled, or
-    // still finishing something else) costs a fraction of a chunk, not half the call.
-    const int64_t per_units = (units + 4 * threads - 1) / (4 * threads);
+    // Seven eighths of an even share per thread as one range, the last eighth in four ranges per
+    // thread, all taken dynamically (see Chunks).
+    const int64_t big_units = 7 * units / (8 * threads);
+    const int64_t rest = units - big_units * threads;
+    const int64_t per_units = rest > 0 ? (rest + 4 * threads - 1) / (4 * threads) : 1;
     Chunks chunks;
     chunks.fn = &fn;
     chunks.n = n;
+    chunks.big = big_units * grain;
     chunks.per = per_units * grain;
+    chunks.threads = big_units > 0 ? threads : 0;  // too few units for long ranges: small ones only
     omp->parallel(&Chunks::omp_body, &chunks, static_cast<unsigned>(threads), 0);
     return;
   }
