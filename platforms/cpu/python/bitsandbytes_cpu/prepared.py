@@ -1,20 +1,20 @@
 """Prepared runners: a kernel's weight-side arguments checked once, for a layer that calls it with
-the same weight on every decoded token.
+the same weight on every decoded token (the ``prepare`` attribute that the meta-package's
+``_direct.prepare`` looks for on a registered kernel).
 
-``int8_mixed_scaled_mm.prepare(CB, SCB, bias, threshold, dtype)`` returns ``run(A)``: the LLM.int8()
-inference of a few rows of ``A`` (``int8_vectorwise_quant`` of ``A`` in f16, then
-``int8_mixed_scaled_mm``), or None for any other ``A`` and wherever an outlier column turns up
-(rare in decoding; the general path then handles them).
+- ``gemm_4bit.prepare(B, shapeB, absmax, blocksize, quant_type, bias, dtype[, absmax_8bit,
+  absmax_code, absmax_offset])`` returns ``run(A)``, which computes ``gemm_4bit(A, B, shapeB,
+  absmax, blocksize, quant_type, bias, ...)`` for an ``A`` of ``dtype`` with few rows.
+- ``int8_mixed_scaled_mm.prepare(CB, SCB, bias, threshold, dtype)`` returns ``run(A)``: the
+  LLM.int8() inference of a few rows of ``A`` (``int8_vectorwise_quant`` of ``A`` in f16, then
+  ``int8_mixed_scaled_mm``), unless an outlier column turns up (rare in decoding).
 
-``gemm_4bit.prepare(B, shapeB, absmax, blocksize, quant_type, bias, dtype)`` (the attribute that the
-meta-package's ``_direct.prepare`` looks for on a registered kernel) returns ``run(A)``, which
-computes ``gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias)`` for an ``A`` of ``dtype``
-with few rows, or returns None for any other ``A`` (the caller then takes the op's general path).
-The runner keeps the tensors it was prepared with alive and reads them through their pointers:
-the caller must not use it once the layer holds other tensors (``Linear4bit`` checks that on
-every call). What the runner saves over the op (``bench/cpu_glue.py``): the weight-side checks,
-the choice of path and the conversions, ~20 us a call with the caches as cold as in a decoding
-model.
+A runner returns None for any ``A`` it does not take; the caller then takes the ops' general path.
+It keeps the tensors it was prepared with alive and reads them through their pointers: the caller
+must not use it once the layer holds other tensors (``Linear4bit`` and ``Linear8bitLt`` check that
+on every call). What it saves over the ops (``bench/cpu_glue.py``): the weight-side checks, the
+choice of path, the conversions and the temporaries, 20-40 us a call with the caches as cold as
+in a decoding model.
 """
 
 from __future__ import annotations
