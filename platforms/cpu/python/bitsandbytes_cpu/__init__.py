@@ -39,8 +39,10 @@ def set_isa(name: str) -> None:
 
 def register(register_kernel: Callable[[str, Callable], None]) -> None:
     """Bind every native CPU kernel to its op: ``register_kernel(op_name, fn)`` per op."""
-    from . import prepared  # noqa: F401  (gives gemm_4bit its prepared runner)
+    from . import prepared  # noqa: F401  (gives gemm_4bit and int8_mixed_scaled_mm their prepared runners)
     from .kernels import KERNELS
+    from .kernels_int8 import KERNELS as INT8_KERNELS
+    from .kernels_optim import KERNELS as OPTIM_KERNELS
     from .weight_matmul import KERNELS as WEIGHT_MATMUL_KERNELS
 
     error = _C.isa_env_error()
@@ -49,7 +51,7 @@ def register(register_kernel: Callable[[str, Callable], None]) -> None:
 
         raise ValueError(f"bitsandbytes_cpu: {error} (BNB_CPU_ISA={os.environ.get('BNB_CPU_ISA')!r})")
 
-    for name, fn in {**KERNELS, **WEIGHT_MATMUL_KERNELS}.items():
+    for name, fn in {**KERNELS, **INT8_KERNELS, **OPTIM_KERNELS, **WEIGHT_MATMUL_KERNELS}.items():
         register_kernel(name, fn)
 
 

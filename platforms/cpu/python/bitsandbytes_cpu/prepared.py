@@ -26,7 +26,7 @@ import torch
 
 from bitsandbytes import _checks as C
 
-from . import _C, amx, kernels
+from . import _C, amx, kernels, kernels_int8
 from ._codes import DTYPE_CODE
 
 MAX_ROWS = min(kernels.FUSED_MAX_ROWS, amx.MIN_ROWS["gemm_4bit"] - 1)
@@ -188,4 +188,4 @@ def prepare_int8_linear(
 
 
 kernels.gemm_4bit.prepare = prepare_gemm_4bit
-kernels.int8_mixed_scaled_mm.prepare = prepare_int8_linear
+kernels_int8.int8_mixed_scaled_mm.prepare = prepare_int8_linear
