@@ -68,7 +68,7 @@ class _Count:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("shape", [(1, 128), (1, 1, 128), (2, 2, 128), (4, 128)])
+@pytest.mark.parametrize("shape", [(128,), (1, 128), (1, 1, 128), (2, 2, 128), (4, 128)])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 def test_the_runner_gives_the_general_result_bit_for_bit(dtype, bias, shape, quant_type):
     layer = _layer(bias=bias, dtype=dtype, quant_type=quant_type)
@@ -340,7 +340,7 @@ def _x(*shape, dtype=torch.bfloat16, seed=1):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
-@pytest.mark.parametrize("shape", [(1, 128), (1, 1, 128), (2, 3, 128)])
+@pytest.mark.parametrize("shape", [(128,), (1, 128), (1, 1, 128), (2, 3, 128)])
 def test_int8_runner_gives_the_general_result_bit_for_bit(dtype, bias, threshold, shape):
     layer = _layer8(bias=bias, threshold=threshold)
     x = _x(*shape, dtype=dtype)
