@@ -366,8 +366,8 @@ class Linear4bit(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Decoding: the runner kept by an earlier call (_keep_decode_plan), where nothing it was
         # prepared with has changed and the call is a plain eager one. Each test costs ~1 us with
-        # the caches as cold as a decoding model leaves them; the general path below costs ~45 us
-        # more per call (bench/cpu_glue.py).
+        # the caches as cold as a decoding model leaves them; the general path below costs ~20 us
+        # more per call, ~40 us with double quantization (bench/cpu_glue.py).
         plan = None
         if not torch.compiler.is_compiling():  # traced code takes the general path
             weight = self._parameters.get("weight")
