@@ -112,9 +112,7 @@ def kernel(op: str, *tensors: torch.Tensor | None) -> Callable | None:
     """The kernel to call directly for ``op`` with these tensor arguments (None entries are
     skipped), or None where the call must go through ``torch.ops`` (see the module docstring).
     The kernel takes the op's arguments as the dispatcher passes them (its schema's order)."""
-    if torch.compiler.is_compiling() or not _bound:
-        return None
-    if _dispatch_stack_len() or _function_mode_on() or _profiler_on():
+    if torch.compiler.is_compiling() or not _bound or not no_modes():
         return None
     grad = torch.is_grad_enabled()
     device = None

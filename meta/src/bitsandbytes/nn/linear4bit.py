@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from .. import _direct
 from ..autograd._functions import matmul_4bit
 from ..functional import QuantState
+from . import _runners
 from ._params import DECODE_PLAN_BUILDS_KEY, DECODE_PLAN_KEY, PLAIN_ALIAS_KEY, NotQuantizedError, Params4bit
 
 if TYPE_CHECKING:
@@ -70,10 +72,6 @@ def _plain_alias(weight: Params4bit) -> torch.Tensor:
     return alias
 
 
-_MAX_PLAN_BUILDS = 4
-"""Runners prepared per weight before Linear4bit stops: a weight whose memory keeps changing (an
-offloading hook's) would otherwise pay for a new one on every call."""
-
 _disable_torch_function = torch._C.DisableTorchFunctionSubclass
 
 
@@ -127,50 +125,36 @@ def _plan_key(module: Linear4bit, weight: Params4bit) -> tuple | None:
     return (_direct.generation, ptr, qs, absmax, absmax.data_ptr(), bias, bias_ptr, module.compute_dtype, nested)
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Key entries compared by identity (tensors and quant states have no plain equality), numbers
-    by value, tuples entry by entry."""
-    if a is b:
-        return True
-    if type(a) is int or type(a) is float:
-        return a == b
-    if type(a) is tuple and type(b) is tuple:
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return False
-
-
-def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tensor, x: torch.Tensor) -> None:
-    """After a general forward in eager mode: prepare the platform's runner of this layer's 4-bit
-    GEMM (``_direct.prepare``) unless a current one is kept, and keep it on the weight."""
-    kept = weight.__dict__.get(DECODE_PLAN_KEY)
-    builds = weight.__dict__.get(DECODE_PLAN_BUILDS_KEY, 0)
-    if kept is None and builds >= _MAX_PLAN_BUILDS:
-        return  # (a device whose kernel offers no runner, or a weight that kept moving: nothing more to try)
-    key = _plan_key(module, weight)
-    if key is not None and kept is not None and all(_same(a, b) for a, b in zip(kept, key)):
-        return
-    weight.__dict__.pop(DECODE_PLAN_KEY, None)  # stale: it would keep the old memory alive
-    if key is None or builds >= _MAX_PLAN_BUILDS:
-        return
-    weight.__dict__[DECODE_PLAN_BUILDS_KEY] = builds + 1
+def _prepare_decode_plan(key: tuple, packed: torch.Tensor, x: torch.Tensor) -> Callable | None:
+    """The platform's runner of this layer's 4-bit GEMM for ``key`` (_plan_key), with the op's
+    arguments as _functional_4bit._gemm_4bit passes them."""
     qs, bias = key[2], key[5]
     shape = list(qs.shape)
-    if qs.nested:  # the op's nested arguments, as _functional_4bit._gemm_4bit passes them
+    if qs.nested:
         s2 = qs.state2
         nested = (qs.absmax, s2.code, qs.offset.reshape(()))
-        run = _direct.prepare(
+        return _direct.prepare(
             "gemm_4bit",
             (x, packed, s2.absmax, bias, *nested),
             (packed, shape, s2.absmax, qs.blocksize, qs.quant_type, bias, x.dtype, *nested),
         )
-    else:
-        run = _direct.prepare(
-            "gemm_4bit",
-            (x, packed, qs.absmax, bias),
-            (packed, shape, qs.absmax, qs.blocksize, qs.quant_type, bias, x.dtype),
-        )
-    if run is not None:
-        weight.__dict__[DECODE_PLAN_KEY] = (*key, run)
+    return _direct.prepare(
+        "gemm_4bit",
+        (x, packed, qs.absmax, bias),
+        (packed, shape, qs.absmax, qs.blocksize, qs.quant_type, bias, x.dtype),
+    )
+
+
+def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tensor, x: torch.Tensor) -> None:
+    """After a general forward in eager mode: keep a current runner of this layer's 4-bit GEMM on
+    the weight (_runners.keep)."""
+    _runners.keep(
+        weight.__dict__,
+        DECODE_PLAN_KEY,
+        DECODE_PLAN_BUILDS_KEY,
+        lambda: _plan_key(module, weight),
+        lambda key: _prepare_decode_plan(key, packed, x),
+    )
 
 
 def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:

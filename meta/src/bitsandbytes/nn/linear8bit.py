@@ -6,6 +6,7 @@ pre-hook, and ``OutlierAwareLinear``, the base class for layers quantized around
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,8 +15,9 @@ from torch import nn
 from .. import _direct
 from ..autograd._functions import MatmulLtState, matmul
 from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
+from . import _runners
 from ._params import Int8Params, NotQuantizedError
-from .linear4bit import _bias_in, _same
+from .linear4bit import _bias_in
 
 
 def maybe_rearrange_weight(
@@ -41,50 +43,31 @@ _INT8_PLAN_KEY = "_bnb_int8_plan"
 
 _INT8_PLAN_BUILDS_KEY = "_bnb_int8_plan_builds"
 
-_MAX_PLAN_BUILDS = 4
-"""Runners prepared per layer before it stops (see linear4bit._MAX_PLAN_BUILDS)."""
-
 _NO_OUTLIERS = torch.empty(0, dtype=torch.int64)
 """``state.idx`` after a call without outlier columns (the general path's empty index)."""
 
 
-def _keep_int8_plan(module: Linear8bitLt, weight: torch.Tensor, x: torch.Tensor) -> None:
-    """After a general inference forward in eager mode: prepare the platform's LLM.int8()
-    inference runner for this layer (``_direct.prepare``) unless a current one is kept."""
-    kept = module.__dict__.get(_INT8_PLAN_KEY)
-    builds = module.__dict__.get(_INT8_PLAN_BUILDS_KEY, 0)
-    if kept is None and builds >= _MAX_PLAN_BUILDS:
-        return  # (a device whose kernel offers no runner, or a layer that kept changing)
+def _int8_plan_key(module: Linear8bitLt, weight: torch.Tensor) -> tuple | None:
+    """What the LLM.int8() runner of ``module`` depends on besides its input (see ``forward``), or
+    None where none can be kept (no int8 weight in the state, or a parameter not holding it)."""
     state = module.state
     CB, SCB, bias = state.CB, state.SCB, module._parameters.get("bias")
     if CB is None or SCB is None or state.has_fp16_weights or module._parameters.get("weight") is not weight:
-        module.__dict__.pop(_INT8_PLAN_KEY, None)
-        return
-    key = (
-        _direct.generation,
-        state,
-        CB,
-        CB.data_ptr(),
-        SCB,
-        SCB.data_ptr(),
-        state.threshold,
-        weight,
-        bias,
-        0 if bias is None else bias.data_ptr(),
-    )
-    if kept is not None and all(_same(a, b) for a, b in zip(kept, key)):
-        return
-    module.__dict__.pop(_INT8_PLAN_KEY, None)  # stale: it would keep the old memory alive
-    if builds >= _MAX_PLAN_BUILDS or weight.data_ptr() != CB.data_ptr():
-        return
-    module.__dict__[_INT8_PLAN_BUILDS_KEY] = builds + 1
-    # The runner stands for int8_vectorwise_quant and int8_(mixed_)scaled_mm together: each must
-    # be the loader's kernel for the device (as a direct call of each would require).
+        return None
+    if weight.data_ptr() != CB.data_ptr():
+        return None
+    bias_ptr = 0 if bias is None else bias.data_ptr()
+    return (_direct.generation, state, CB, CB.data_ptr(), SCB, SCB.data_ptr(), state.threshold, weight, bias, bias_ptr)
+
+
+def _prepare_int8_plan(key: tuple, x: torch.Tensor) -> Callable | None:
+    """The platform's LLM.int8() inference runner for ``key`` (_int8_plan_key). It stands for
+    int8_vectorwise_quant and int8_(mixed_)scaled_mm together: each must be the loader's kernel for
+    the device (as a direct call of each would require)."""
+    state, CB, SCB, bias = key[1], key[2], key[4], key[8]
     if _direct.kernel("int8_vectorwise_quant", x) is None or _direct.kernel("int8_scaled_mm", x, CB, SCB) is None:
-        return
-    run = _direct.prepare("int8_mixed_scaled_mm", (x, CB, SCB, bias), (CB, SCB, bias, state.threshold, x.dtype))
-    if run is not None:
-        module.__dict__[_INT8_PLAN_KEY] = (*key, run)
+        return None
+    return _direct.prepare("int8_mixed_scaled_mm", (x, CB, SCB, bias), (CB, SCB, bias, state.threshold, x.dtype))
 
 
 class Linear8bitLt(nn.Linear):
@@ -165,9 +148,10 @@ class Linear8bitLt(nn.Linear):
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Inference: the runner kept by an earlier call (_keep_int8_plan), where nothing it was
-        # prepared with has changed and the call is a plain eager one without gradients; as in
-        # Linear4bit.forward, each test costs ~1 us with cold caches, the general path ~40 us more.
+        # Inference: the runner kept after an earlier general call (_runners.keep), where nothing
+        # it was prepared with has changed and the call is a plain eager one without gradients; as
+        # in Linear4bit.forward, each test costs ~1 us with cold caches, the general path ~40 us
+        # more.
         plan = None if torch.compiler.is_compiling() else self.__dict__.get(_INT8_PLAN_KEY)
         if plan is not None:
             gen, state, CB, cb_ptr, SCB, scb_ptr, threshold, weight, bias, bias_ptr, run = plan
@@ -217,7 +201,13 @@ class Linear8bitLt(nn.Linear):
             # a data-pointer comparison).
             weight.data = CB
         if not self.training and CB is not None and not torch.compiler.is_compiling() and type(x) is torch.Tensor:
-            _keep_int8_plan(self, weight, x)
+            _runners.keep(
+                self.__dict__,
+                _INT8_PLAN_KEY,
+                _INT8_PLAN_BUILDS_KEY,
+                lambda: _int8_plan_key(self, weight),
+                lambda key: _prepare_int8_plan(key, x),
+            )
         return out
 
 
