@@ -7,7 +7,6 @@
 // instructions to a CPU without them (see bnb/portability.h).
 #include <immintrin.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "bnb/codebooks.h"
 #include "bnb/numeric.h"
