@@ -4,7 +4,8 @@ Per shape ([out, in] bf16 weights) and row count: ``Linear8bitLt`` in training m
 peft LoRA on an 8-bit base) forward, and forward + input gradient; ``Linear4bit`` forward + input
 gradient (QLoRA); ``matmul_4bit`` prefill. Peers in the same run: ``_weight_int8pack_mm`` (torch's
 int8 weight-only kernel), dense bf16 ``nn.Linear`` with a frozen weight (input gradient only) and
-with a trainable one, "before": what these layers ran until the op interface's version 2 (a dequantized
+with a trainable one, the frozen layer in f32 ("dense_f32": the fast dense layer on CPUs without bf16
+arithmetic), "before": what these layers ran until the op interface's version 2 (a dequantized
 copy of the weight per call, then a dense matmul), and on CPUs with AMX-BF16 "no_amx": the same
 layer with bitsandbytes-cpu's AMX path turned off.
 
@@ -117,8 +118,12 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
     dtype = torch.bfloat16
     dense = torch.nn.Linear(K, N, dtype=dtype)
     frozen = torch.nn.Linear(K, N, dtype=dtype).requires_grad_(False)
+    # The same frozen layer in f32: on CPUs without bf16 arithmetic (no AVX512-BF16 or AMX) torch's
+    # bf16 GEMM is a slow fallback, and f32 is the dense layer a user would run there instead.
+    frozen32 = torch.nn.Linear(K, N, dtype=torch.float32).requires_grad_(False)
     with torch.no_grad():  # (outside no_grad the copy would tie frozen's weight into dense's graph)
         frozen.weight.copy_(dense.weight)
+        frozen32.weight.copy_(dense.weight)
     lin8 = bnb.nn.Linear8bitLt(K, N, has_fp16_weights=False).to(dtype).to("cpu").train()
     lin4 = bnb.nn.Linear4bit(K, N, compute_dtype=dtype, quant_type="nf4").to(dtype).to("cpu")
     CB, scales = lin8.weight.CB, (lin8.weight.SCB / 127).to(dtype)
@@ -133,6 +138,7 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
     amx = amx_usable()
     for m in (1, 4, 8, 16, 32):
         x = torch.randn(m, K, dtype=dtype)
+        x32 = x.float()
         with torch.no_grad():
             report(
                 "Linear8bitLt train fwd",
@@ -142,6 +148,7 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
                         "bnb": lambda: lin8(x),
                         "int8pack": lambda: torch._weight_int8pack_mm(x, CB, scales),
                         "dense": lambda: frozen(x),
+                        "dense_f32": lambda: frozen32(x32),
                         "before": lambda: b8(x),
                         **({"no_amx": without_amx(lambda: lin8(x))} if amx and m > 16 else {}),
                     },
@@ -150,7 +157,11 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
             )
     for m in (8, 32, 128):
         x = torch.randn(m, K, dtype=dtype)
-        common = {"dense_frozen": fwd_bwd(frozen, x), "dense": fwd_bwd(dense, x)}
+        common = {
+            "dense_frozen": fwd_bwd(frozen, x),
+            "dense": fwd_bwd(dense, x),
+            "dense_f32_frozen": fwd_bwd(frozen32, x.float()),
+        }
         amx8 = {"no_amx": without_amx(fwd_bwd(lin8, x))} if amx else {}
         amx4 = {"no_amx": without_amx(fwd_bwd(lin4, x))} if amx else {}
         report(
@@ -165,7 +176,9 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
         x = torch.randn(m, K, dtype=dtype)
         with torch.no_grad():
             noamx = {"no_amx": without_amx(lambda: lin4(x))} if amx else {}
-            report("matmul_4bit prefill", m, timed({"bnb": lambda: lin4(x), "dense": lambda: frozen(x), **noamx}, reps))
+            x32 = x.float()
+            peers = {"dense": lambda: frozen(x), "dense_f32": lambda: frozen32(x32), **noamx}
+            report("matmul_4bit prefill", m, timed({"bnb": lambda: lin4(x), **peers}, reps))
 
 
 def main() -> None:

@@ -15,7 +15,10 @@ from bitsandbytes_cpu import amx, weight_matmul  # noqa: E402
 
 OPS = torch.ops.bitsandbytes
 ISAS = cpu.build_info()["isa_usable"]
+# (5,), 40, 1024: rows of the transposed kernels' partial sums 4 KiB apart, which the native
+# code pads (WeightMatmulArgs::ldacc), in two parts.
 SHAPES = [((1,), 5, 33), ((3,), 17, 300), ((12,), 64, 512), ((2, 9), 3, 65), ((0,), 4, 64), ((2,), 6, 256)]
+SHAPES += [((5,), 40, 1024)]
 # The kernels sum in f32 (or scale after a dense GEMM) without first rounding the dequantized
 # weight: within A's dtype rounding of the reference, plus f32 summation order.
 TOL = {torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}

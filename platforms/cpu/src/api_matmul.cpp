@@ -256,7 +256,7 @@ BNB_API int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t
   BNB_REQUIRE(a32 && scale, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the scratch buffers (m=%lld, n=%lld, k=%lld)",
               static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k));
   bnb_cpu::WeightMatmulArgs args{a32, m, n,       k,    CB,         scale, nullptr, nullptr,
-                                 0,   0, nullptr, bias, bias_dtype, out,   dtype};
+                                 0,   0, nullptr, bias, bias_dtype, out,   dtype,   0};
   const auto& kt = kernels();
   const int64_t grain = k >= 4096 ? 16 : (65536 / (k + 1) + 15) / 16 * 16;
   parallel_for(n, grain, [&](int64_t n0, int64_t n1) { kt.weight_matmul(args, n0, n1); });
@@ -282,29 +282,44 @@ BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m,
   if (m == 0 || k == 0) return bnb_cpu::ok();
   const float* a32 = f32_rows(A, dtype, m * n);
   const float* scale = CB ? row_scales(SCB, n) : nullptr;
+  const int64_t ldacc = (k * 4) % 4096 == 0 ? k + 16 : k;  // see WeightMatmulArgs::ldacc
   BNB_REQUIRE(a32 && (scale || !CB), BNB_ERR_OUT_OF_MEMORY, "cannot allocate the scratch buffers (m=%lld, n=%lld)",
               static_cast<long long>(m), static_cast<long long>(n));
   const auto& kt = kernels();
-  bnb_cpu::WeightMatmulArgs args{
-      a32,     m, n,   k,    CB, scale, B4, absmax, quant_type == BNB_QUANT_NF4 ? 1 : 0, blocksize, kt.dequantize_4bit,
-      nullptr, 0, out, dtype};
+  bnb_cpu::WeightMatmulArgs args{a32,
+                                 m,
+                                 n,
+                                 k,
+                                 CB,
+                                 scale,
+                                 B4,
+                                 absmax,
+                                 quant_type == BNB_QUANT_NF4 ? 1 : 0,
+                                 blocksize,
+                                 kt.dequantize_4bit,
+                                 nullptr,
+                                 0,
+                                 out,
+                                 dtype,
+                                 ldacc};
   // Each part streams a contiguous range of weight rows into its own m x k partial sums (one part
   // per thread, at least 16 rows each); the parts are then added, column range by column range.
   const int64_t threads = std::max(1, bnb_cpu::requested_threads());
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, n / 16));
-  auto* acc = static_cast<float*>(scratch(parts * m * k * static_cast<int64_t>(sizeof(float)), 0));
+  auto* acc = static_cast<float*>(scratch(parts * m * ldacc * static_cast<int64_t>(sizeof(float)), 0));
   BNB_REQUIRE(acc, BNB_ERR_OUT_OF_MEMORY, "cannot allocate the %lld x %lld x %lld partial sums",
               static_cast<long long>(parts), static_cast<long long>(m), static_cast<long long>(k));
   parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) kt.weight_matmul_t(args, acc + p * m * k, p * n / parts, (p + 1) * n / parts);
+    for (int64_t p = p0; p < p1; ++p) kt.weight_matmul_t(args, acc + p * m * ldacc, p * n / parts, (p + 1) * n / parts);
   });
   bnb_cpu::dispatch_float(dtype, [&](auto o) {
     using O = decltype(o);
     auto* dst = static_cast<typename O::type*>(out);
     parallel_for(m * k, 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        float s = acc[i];
-        for (int64_t p = 1; p < parts; ++p) s += acc[p * m * k + i];
+        const int64_t at = i / k * ldacc + i % k;
+        float s = acc[at];
+        for (int64_t p = 1; p < parts; ++p) s += acc[p * m * ldacc + at];
         dst[i] = O::store(s);
       }
     });

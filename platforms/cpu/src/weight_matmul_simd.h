@@ -85,7 +85,7 @@ inline void wmm_add_rows(const bnb_cpu::WeightMatmulArgs& a, int64_t j, int coun
     typename S::V w[4];
     for (int q = 0; q < 4; ++q) w[q] = S::load_i8(b[q] + i);
     for (int64_t r = 0; r < a.m; ++r) {
-      float* dst = acc + r * a.k + i;
+      float* dst = acc + r * a.ldacc + i;
       const float* f = factors + r * 4;
       typename S::V v = S::load(dst);
       for (int q = 0; q < 4; ++q) v = S::fma(S::set1(f[q]), w[q], v);
@@ -94,7 +94,7 @@ inline void wmm_add_rows(const bnb_cpu::WeightMatmulArgs& a, int64_t j, int coun
   }
   for (; i < a.k; ++i)
     for (int64_t r = 0; r < a.m; ++r)
-      for (int q = 0; q < 4; ++q) acc[r * a.k + i] += factors[r * 4 + q] * static_cast<float>(b[q][i]);
+      for (int q = 0; q < 4; ++q) acc[r * a.ldacc + i] += factors[r * 4 + q] * static_cast<float>(b[q][i]);
 }
 
 // Partial sums over weight rows [j0, j1) for up to kMaxRows rows of A (their sums stay in L1/L2);
@@ -104,7 +104,8 @@ constexpr int64_t kWmmMaxRows = 16;
 template <class S>
 bool wmm_transposed(const bnb_cpu::WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1) {
   if (!a.CB || a.m > kWmmMaxRows) return false;
-  for (int64_t t = 0; t < a.m * a.k; ++t) acc[t] = 0.0f;
+  for (int64_t r = 0; r < a.m; ++r)
+    for (int64_t i = 0; i < a.k; ++i) acc[r * a.ldacc + i] = 0.0f;
   float factors[kWmmMaxRows * 4];
   for (int64_t j = j0; j < j1; j += 4) wmm_add_rows<S>(a, j, j1 - j < 4 ? static_cast<int>(j1 - j) : 4, acc, factors);
   return true;

@@ -23,6 +23,19 @@ def _nt() -> int:
     return torch.get_num_threads()
 
 
+def dense_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which a dense GEMM on an expanded weight runs for activations of ``dtype``.
+
+    torch has no fast f16 GEMM on the CPU, and a fast bf16 one only where the CPU multiplies bf16
+    itself (AVX512-BF16 or AMX, which the avx512 kernel table requires): elsewhere oneDNN's bf16
+    fallback is slower than f32 by up to x100 for ``A @ W`` (AVX2, 8x4096 @ 4096x4096: 944 ms in
+    bf16, 8.5 ms in f32). Those GEMMs run in f32 and the result is rounded to A's dtype once.
+    """
+    if dtype == torch.float16 or (dtype == torch.bfloat16 and _C.get_isa() != "avx512"):
+        return torch.float32
+    return dtype
+
+
 def _on_cpu(**tensors: torch.Tensor | None) -> None:
     for name, t in tensors.items():
         if t is not None and not t.is_cpu:
@@ -381,15 +394,15 @@ def gemm_4bit(
         # The reused buffer only where nothing can keep it: a direct call (not through torch.ops,
         # which runs below autograd) with gradients on would save it for backward.
         keep = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
-        # torch has no fast f16 GEMM on the CPU (4096x4096, 128 rows: 89 ms in f16, 28 ms in f32):
-        # f16 runs in f32, the weight unrounded (the reference rounds it to f16; the difference is
-        # inside the f16 tolerance), the bias rounded to f16 as the reference's.
-        f16 = A.dtype == torch.float16
-        W = (torch.empty if keep else scratch)(list(shapeB), dtype=torch.float32 if f16 else A.dtype)
+        # Where torch has no fast GEMM in A's dtype (dense_dtype) it runs in f32, the weight
+        # unrounded (the reference rounds it to A's dtype; the difference is inside A's
+        # tolerance), the bias rounded to A's dtype as the reference's.
+        dt = dense_dtype(A.dtype)
+        W = (torch.empty if keep else scratch)(list(shapeB), dtype=dt)
         _dequantize_4bit_into(B, eff, blocksize, quant_type, W)
         b = None if bias is None else bias.to(A.dtype)
-        if f16:
-            return torch.nn.functional.linear(A.float(), W, None if b is None else b.float()).to(torch.float16)
+        if dt != A.dtype:
+            return torch.nn.functional.linear(A.to(dt), W, None if b is None else b.to(dt)).to(A.dtype)
         return torch.nn.functional.linear(A, W, b)
     out = torch.empty((*A.shape[:-1], n), dtype=A.dtype)
     if rows and n:

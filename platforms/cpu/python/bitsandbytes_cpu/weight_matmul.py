@@ -24,19 +24,21 @@ from bitsandbytes.backends.reference.int8 import INV_127
 from . import _C, amx
 from ._codes import DTYPE_CODE, QUANT_CODE
 from ._scratch import scratch
-from .kernels import _dequantize_4bit_into, _nt, _on_cpu
+from .kernels import _dequantize_4bit_into, _nt, _on_cpu, dense_dtype
 
 FUSED_ROWS: dict[str, dict[str, int]] = {
     "avx512": {"int8_weight_mm": 16, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
-    "avx2": {"int8_weight_mm": 12, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
+    "avx2": {"int8_weight_mm": 96, "int8_weight_mm_t": 16, "gemm_4bit_t": 16},
     "neon": {"int8_weight_mm": 1, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
     "scalar": {"int8_weight_mm": 0, "int8_weight_mm_t": 0, "gemm_4bit_t": 0},
 }
 """Per instruction set, the rows of A up to which the fused kernels run; dequantize + dense GEMM
-above. Crossovers measured at 4096x4096 bf16, 2 threads, weights evicted (bench/RESULTS.md); the
-int8 kernels are hand-written for AVX-512 and AVX2 (weight_matmul_simd.h); the 4-bit transposed one
-and every NEON kernel are the compiler-vectorized portable ones. The NEON row is not measured (no
-Arm machine here; qemu times nothing): it takes the portable kernels' crossovers seen on x86."""
+above. Crossovers measured at 4096x4096 bf16, 2 threads, weights evicted (bench/RESULTS.md): avx512
+against oneDNN's bf16 GEMM (a Xeon with AMX), avx2 against the f32 GEMM that ``dense_dtype`` picks
+there (an AMD EPYC, Zen 3). The int8 kernels are hand-written for AVX-512 and AVX2
+(weight_matmul_simd.h); the 4-bit transposed one and every NEON kernel are the compiler-vectorized
+portable ones. The NEON row is not measured (no Arm machine here; qemu times nothing): it takes the
+portable kernels' crossovers seen on x86."""
 
 
 def _fused(op: str, rows: int) -> bool:
@@ -45,10 +47,11 @@ def _fused(op: str, rows: int) -> bool:
 
 def _expanded_weight(A: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """An uninitialised ``[n, k]`` buffer for the expanded weight, in the dtype the dense GEMM runs
-    in: A's, except f32 for f16 (torch has no fast f16 GEMM on the CPU; the result is rounded to
-    f16 once). This thread's reused buffer, unless gradients are on for A in a direct call (not
-    through torch.ops, which runs below autograd): autograd would then save it for backward."""
-    dtype = torch.float32 if A.dtype == torch.float16 else A.dtype
+    in (``dense_dtype``: A's, or f32 where torch has no fast GEMM in A's dtype; the result is
+    rounded to A's dtype once). This thread's reused buffer, unless gradients are on for A in a
+    direct call (not through torch.ops, which runs below autograd): autograd would then save it
+    for backward."""
+    dtype = dense_dtype(A.dtype)
     keep = torch.is_grad_enabled() and A.requires_grad
     return torch.empty((n, k), dtype=dtype) if keep else scratch((n, k), dtype)
 
