@@ -10,6 +10,7 @@ written once to a temporary directory (about 2.2 GB in bf16) and every variant l
     python bench/cpu_model.py [--threads 2] [--layers 16] [--new-tokens 128]
                               [--only bf16,nf4,int8,torchao,nf4-all,torchao-body]
     python bench/cpu_model.py --tiny      # a 2-layer, 256-wide model: checks the script in seconds
+    python bench/cpu_model.py --no-lora   # decode and prefill only
 """
 
 from __future__ import annotations
@@ -143,6 +144,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--only", default="bf16,nf4,int8,torchao,nf4-all,torchao-body")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument(
+        "--no-lora",
+        action="store_true",
+        help="skip the LoRA steps (on CPUs without bf16 arithmetic the bf16 peer's backward runs "
+        "torch's slow bf16 fallback for hours)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -156,7 +163,7 @@ def main() -> None:
                 "decode_tok_s": decode_tokens_per_s(model, vocab, args.new_tokens, args.reps),
                 "prefill_s": prefill_s(model, vocab, args.prefill, args.reps),
             }
-            if variant in ("bf16", "nf4", "int8"):
+            if variant in ("bf16", "nf4", "int8") and not args.no_lora:
                 r["lora_step_s"] = lora_step_s(model, vocab, 4, 256, args.reps)
             results[variant] = r
             print(variant, json.dumps({k: round(v, 3) for k, v in r.items()}), flush=True)

@@ -4,10 +4,12 @@
 // Both kernels run the templated math of optimizer_math.h on 8 f32 lanes (VF below: one IEEE
 // rounding per operation, as the scalar kernel), so they are bit-identical to kernels_scalar.
 //
-// 8-bit: per 256-element block, the codes are decoded with a gather on the 256-entry qmap, the
-// update runs with the new states going to an L1-resident block buffer (their |x| maxima kept in
-// registers on the way), and the states are requantized with a fresh absmax through one 32-bit
-// gather on the 65536-point grid table per 8 values (any code book, no search).
+// 8-bit: per 256-element block, the codes are decoded through the 256-entry qmap into an
+// L1-resident buffer, the update runs with the new states going to another (their |x| maxima kept
+// in registers on the way), and the states are requantized with a fresh absmax through the
+// 65536-point grid table (any code book, no search). Both table lookups are scalar loads, not
+// gathers: on AMD Zen 3 that took a 1 M-parameter Adam8bit step from 2.74 to 2.35 ns a parameter
+// on one core (bench/RESULTS.md).
 //
 // 32-bit: one pass over g, p and the states; `measure` sums the squared update components in
 // double in index order, exactly as the scalar loop does.
@@ -170,10 +172,14 @@ double opt32_e(const Opt32Args& a, int64_t i0, int64_t i1) {
 
 constexpr int64_t kBS = BNB_OPTIM_STATE_BLOCKSIZE;
 
-// qmap[codes[0..7]] * scale.
-inline __m256 decode8(const uint8_t* codes, const float* qmap, __m256 scale) {
-  const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes)));
-  return _mm256_mul_ps(_mm256_i32gather_ps(qmap, idx, 4), scale);
+// qmap[codes[i]] for the block's 256 codes, into out (an 8-lane gather costs more on Zen 3 than 8
+// scalar loads and stores).
+inline void decode_block(const uint8_t* codes, const float* qmap, float* out) {
+  for (int64_t j = 0; j < kBS; j += 8) {
+    uint64_t w;
+    memcpy(&w, codes + j, 8);
+    for (int e = 0; e < 8; ++e) out[j + e] = qmap[(w >> (8 * e)) & 0xff];
+  }
 }
 
 // Grid indices of the 8-bit state rule (bnb::state_grid_index) of 8 values: the clamp below -1
@@ -193,17 +199,20 @@ inline void requantize_block(const float* v, __m256i mx, const uint8_t* grid, ui
   if (am != am) am = bnb::state_absmax(v, kBS);  // which NaN: the one the portable kernel keeps
   *absmax = am;
   const __m256 inv = _mm256_set1_ps(bnb::div_rn(1.0f, am < 1e-38f ? 1e-38f : am));
-  const int* table = reinterpret_cast<const int*>(grid);  // 4 readable bytes after the end
-  const __m256i low = _mm256_set1_epi32(0xff);
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  for (int j = 0; j < kBS; j += 32) {
-    __m256i k[4];
-    for (int r = 0; r < 4; ++r) {
-      const __m256i idx = grid_index8(_mm256_load_ps(v + j + 8 * r), inv);
-      k[r] = _mm256_and_si256(_mm256_i32gather_epi32(table, idx, 1), low);
-    }
-    const __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(k[0], k[1]), _mm256_packus_epi32(k[2], k[3]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + j), _mm256_permutevar8x32_epi32(w, order));
+  // The grid table lookups as scalar loads (cheaper than gathers, as in decode_block), the 8 codes
+  // of a vector gathered into one 64-bit store.
+  for (int j = 0; j < kBS; j += 8) {
+    const __m256i idx = grid_index8(_mm256_load_ps(v + j), inv);
+    const __m128i lo = _mm256_castsi256_si128(idx), hi = _mm256_extracti128_si256(idx, 1);
+    const uint64_t i01 = static_cast<uint64_t>(_mm_cvtsi128_si64(lo)),
+                   i23 = static_cast<uint64_t>(_mm_extract_epi64(lo, 1));
+    const uint64_t i45 = static_cast<uint64_t>(_mm_cvtsi128_si64(hi)),
+                   i67 = static_cast<uint64_t>(_mm_extract_epi64(hi, 1));
+    const uint64_t w = uint64_t{grid[i01 & 0xffffffff]} | uint64_t{grid[i01 >> 32]} << 8 |
+                       uint64_t{grid[i23 & 0xffffffff]} << 16 | uint64_t{grid[i23 >> 32]} << 24 |
+                       uint64_t{grid[i45 & 0xffffffff]} << 32 | uint64_t{grid[i45 >> 32]} << 40 |
+                       uint64_t{grid[i67 & 0xffffffff]} << 48 | uint64_t{grid[i67 >> 32]} << 56;
+    memcpy(codes + j, &w, 8);
   }
 }
 
@@ -222,12 +231,13 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
   const float* qmap1 = a.qmap1;
   const float* qmap2 = kTwo ? a.qmap2 : a.qmap1;
   alignas(32) float v1[kBS], v1b[kBS], v2[kBS];
+  alignas(32) float d1[kBS], d1b[kBS], d2[kBS];  // the block's decoded codes (before the absmax)
   int64_t start = i0;
   for (; start + kBS <= i1; start += kBS) {
     const int64_t b = start / kBS;
-    const uint8_t* q1 = a.state1 + start;
-    const uint8_t* q1b = kSlow ? a.state1 + a.n + start : nullptr;
-    const uint8_t* q2 = kTwo ? a.state2 + start : nullptr;
+    decode_block(a.state1 + start, qmap1, d1);
+    if (kSlow) decode_block(a.state1 + a.n + start, qmap1, d1b);
+    if (kTwo) decode_block(a.state2 + start, qmap2, d2);
     const __m256 am1 = _mm256_set1_ps(a.absmax1[b]);
     const __m256 am1b = _mm256_set1_ps(kSlow ? a.absmax1[blocks + b] : 0.0f);
     const __m256 am2 = _mm256_set1_ps(kTwo ? a.absmax2[b] : 0.0f);
@@ -235,9 +245,9 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
     const T* gb = g + start;
     T* pb = p + start;
     for (int j = 0; j < kBS; j += 8) {
-      const __m256 o1 = decode8(q1 + j, qmap1, am1);
-      const __m256 o1b = kSlow ? decode8(q1b + j, qmap1, am1b) : _mm256_setzero_ps();
-      const __m256 o2 = kTwo ? decode8(q2 + j, qmap2, am2) : _mm256_setzero_ps();
+      const __m256 o1 = _mm256_mul_ps(_mm256_load_ps(d1 + j), am1);
+      const __m256 o1b = kSlow ? _mm256_mul_ps(_mm256_load_ps(d1b + j), am1b) : _mm256_setzero_ps();
+      const __m256 o2 = kTwo ? _mm256_mul_ps(_mm256_load_ps(d2 + j), am2) : _mm256_setzero_ps();
       VF gv(load8<E>(gb + j));
       if (scale_g) gv = mul_rn(gv, VF(gs));
       const VF pv(load8<E>(pb + j));
