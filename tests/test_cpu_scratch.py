@@ -16,6 +16,7 @@ from bitsandbytes.backends.reference import KERNELS as REF
 
 bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 from bitsandbytes_cpu import _scratch  # noqa: E402
+from bitsandbytes_cpu.kernels import dense_dtype  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -50,12 +51,25 @@ def test_buffer_reused_across_shapes_and_dtypes():
     for N, K, A, packed, absmax, want in data + data[::-1]:  # smaller after larger, dtype changes
         _close(_run(A, packed, absmax, N, K), want, K)
     if _scratch.ENABLED:
-        bufs = _scratch._LOCAL.bufs  # one per dtype (f16 prefill runs in f32), grown as needed
-        assert bufs[torch.bfloat16].numel() >= 72 * 512 and bufs[torch.float32].numel() >= 96 * 640
-        before = bufs[torch.bfloat16].data_ptr()
+        # One buffer per dtype the dense GEMM runs in (f16, and bf16 on CPUs without bf16
+        # arithmetic, run in f32), grown as needed.
+        bufs = _scratch._LOCAL.bufs
+        b16 = dense_dtype(torch.bfloat16)
+        assert set(bufs) == {b16, torch.float32}
+        assert bufs[b16].numel() >= 72 * 512 and bufs[torch.float32].numel() >= 96 * 640
+        before = bufs[b16].data_ptr()
         N, K, A, packed, absmax, want = data[1]
         _close(_run(A, packed, absmax, N, K), want, K)
-        assert bufs[torch.bfloat16].data_ptr() == before  # no new allocation for a smaller weight
+        assert bufs[b16].data_ptr() == before  # no new allocation for a smaller weight
+
+
+def test_dense_dtype_follows_the_cpu():
+    """bf16 keeps its dtype only where the avx512 kernel table runs (it requires AVX512-BF16, and
+    oneDNN then multiplies bf16 itself); f16 always runs in f32."""
+    fast_bf16 = bitsandbytes_cpu.isa() == "avx512"
+    assert dense_dtype(torch.bfloat16) == (torch.bfloat16 if fast_bf16 else torch.float32)
+    assert dense_dtype(torch.float16) == torch.float32
+    assert dense_dtype(torch.float32) == torch.float32
 
 
 def test_each_thread_has_its_own_buffer():
@@ -101,7 +115,7 @@ def test_buffer_first_made_in_inference_mode():
         try:
             with torch.inference_mode():
                 _close(_run(A, packed, absmax, 80, 384), want, 384)
-            assert not _scratch.ENABLED or not _scratch._LOCAL.bufs[torch.bfloat16].is_inference()
+            assert not _scratch.ENABLED or not _scratch._LOCAL.bufs[dense_dtype(torch.bfloat16)].is_inference()
             _close(_run(A, packed, absmax, 80, 384), want, 384)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
