@@ -316,11 +316,15 @@ BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m,
     using O = decltype(o);
     auto* dst = static_cast<typename O::type*>(out);
     parallel_for(m * k, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t at = i / k * ldacc + i % k;
-        float s = acc[at];
-        for (int64_t p = 1; p < parts; ++p) s += acc[p * m * ldacc + at];
-        dst[i] = O::store(s);
+      for (int64_t i = i0; i < i1;) {  // one row of acc's (padded) layout at a time
+        const int64_t c = i % k, len = std::min(i1 - i, k - c);
+        const float* row = acc + i / k * ldacc + c;
+        for (int64_t t = 0; t < len; ++t) {
+          float s = row[t];
+          for (int64_t p = 1; p < parts; ++p) s += row[p * m * ldacc + t];
+          dst[i + t] = O::store(s);
+        }
+        i += len;
       }
     });
   });
