@@ -285,12 +285,12 @@ float lookup_row_b64(const Gemm4bitArgs& a, const float* P, int64_t j, const Tab
   const int64_t k = a.k;
   const uint8_t* w = a.B + j * k / 2;
   const float* am = a.absmax + j * k / 64;
-  const uint8_t* pf_end = a.B + a.n * k / 2 - kAhead;  // prefetch while inside the weight
+  const int64_t ahead_end = a.n * k / 2 - kAhead;  // prefetch while inside the weight
   const __m256i mask = _mm256_set1_epi8(15);
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 128 <= k; i += 128, w += 64, am += 2) {
-    if (w < pf_end) _mm_prefetch(reinterpret_cast<const char*>(w + kAhead), _MM_HINT_T0);
+    if (w - a.B < ahead_end) _mm_prefetch(reinterpret_cast<const char*>(w + kAhead), _MM_HINT_T0);
     acc0 = _mm256_fmadd_ps(block64<E::kDtype>(w, P + i, t, mask), _mm256_broadcast_ss(am), acc0);
     acc1 = _mm256_fmadd_ps(block64<E::kDtype>(w + 32, P + i + 64, t, mask), _mm256_broadcast_ss(am + 1), acc1);
   }
