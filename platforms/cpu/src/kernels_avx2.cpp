@@ -207,6 +207,9 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// How far ahead of the loads the batch-1 loops prefetch the weight stream.
+constexpr int64_t kAhead = 8192;
+
 // One weight row j, columns [i0, i1) (whole blocks), against MT rows of A (lookup kernel); adds
 // the MT dot products to sums[0..MT). A single row keeps four partial sums so that no FMA waits
 // for the previous one. kPrefetch: the weight row is one sequential stream (the whole of k), read
@@ -216,7 +219,6 @@ template <typename E, int MT, bool kPrefetch>
 void lookup_rows(const Gemm4bitArgs& a, const float* P, int64_t r0, int64_t j, const Table16& t, int64_t i0, int64_t i1,
                  float* sums) {
   constexpr int NP = MT == 1 ? 4 : 2;
-  constexpr int64_t kAhead = 8192;
   const int64_t k = a.k, bs = a.blocksize;
   const uint8_t* wrow = a.B + j * k / 2;
   const float* am = a.absmax + j * k / bs;
@@ -281,7 +283,6 @@ inline __m256 block64(const uint8_t* wb, const float* ap, const Table16& t, __m2
 // line of the weight) go straight through per iteration, each scaled into its own accumulator.
 template <typename E>
 float lookup_row_b64(const Gemm4bitArgs& a, const float* P, int64_t j, const Table16& t) {
-  constexpr int64_t kAhead = 8192;  // as lookup_rows
   const int64_t k = a.k;
   const uint8_t* w = a.B + j * k / 2;
   const float* am = a.absmax + j * k / 64;
