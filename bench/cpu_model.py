@@ -11,6 +11,7 @@ written once to a temporary directory (about 2.2 GB in bf16) and every variant l
                               [--only bf16,nf4,int8,torchao,nf4-all,torchao-body]
     python bench/cpu_model.py --tiny      # a 2-layer, 256-wide model: checks the script in seconds
     python bench/cpu_model.py --no-lora   # decode and prefill only
+    python bench/cpu_model.py --dtype float32 --only f32,nf4,int8   # all in f32 (dense peer "f32")
 """
 
 from __future__ import annotations
@@ -53,16 +54,16 @@ def build_checkpoint(path: str, tiny: bool, layers: int) -> None:
     model.save_pretrained(path)
 
 
-def load(path: str, variant: str):
+def load(path: str, variant: str, dtype: torch.dtype = torch.bfloat16):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict = {"dtype": torch.bfloat16, "device_map": "cpu"}
+    kwargs: dict = {"dtype": dtype, "device_map": "cpu"}
     if variant in ("nf4", "nf4-all"):
         # transformers keeps lm_head in bf16 unless told otherwise; "nf4-all" quantizes it too, as
         # torchao's quantize_ does by default.
         skip = {"llm_int8_skip_modules": []} if variant == "nf4-all" else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, **skip
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, **skip
         )
     elif variant == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
@@ -150,38 +151,49 @@ def main() -> None:
         help="skip the LoRA steps (on CPUs without bf16 arithmetic the bf16 peer's backward runs "
         "torch's slow bf16 fallback for hours)",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="the model's dtype and the 4-bit compute dtype; with float32 the dense peer is named "
+        "f32 instead of bf16 (on CPUs without bf16 arithmetic f32 is what a user would train in)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    dense = "bf16" if dtype == torch.bfloat16 else "f32"
     torch.set_num_threads(args.threads)
     vocab = 1024 if args.tiny else 32000
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as path:
         build_checkpoint(path, args.tiny, args.layers)
         for variant in args.only.split(","):
-            model = load(path, variant)
+            if variant in ("bf16", "f32") and variant != dense:
+                parser.error(f"with --dtype {args.dtype} the dense peer is {dense!r}, not {variant!r}")
+            model = load(path, variant, dtype)
             r = {
                 "decode_tok_s": decode_tokens_per_s(model, vocab, args.new_tokens, args.reps),
                 "prefill_s": prefill_s(model, vocab, args.prefill, args.reps),
             }
-            if variant in ("bf16", "nf4", "int8") and not args.no_lora:
+            if variant in (dense, "nf4", "int8") and not args.no_lora:
                 r["lora_step_s"] = lora_step_s(model, vocab, 4, 256, args.reps)
             results[variant] = r
             print(variant, json.dumps({k: round(v, 3) for k, v in r.items()}), flush=True)
             del model
             gc.collect()
-    base = results.get("bf16")
+    base = results.get(dense)
     if base:
         for variant, r in results.items():
             ratios = {
-                "decode_x_bf16": r["decode_tok_s"] / base["decode_tok_s"],
-                "prefill_x_bf16": r["prefill_s"] / base["prefill_s"],
+                f"decode_x_{dense}": r["decode_tok_s"] / base["decode_tok_s"],
+                f"prefill_x_{dense}": r["prefill_s"] / base["prefill_s"],
             }
-            if "lora_step_s" in r:
-                ratios["lora_step_x_bf16"] = r["lora_step_s"] / base["lora_step_s"]
+            if "lora_step_s" in r and "lora_step_s" in base:
+                ratios[f"lora_step_x_{dense}"] = r["lora_step_s"] / base["lora_step_s"]
             print(variant, json.dumps({k: round(v, 2) for k, v in ratios.items()}), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "results": results}, f, indent=1)
+            json.dump({"threads": args.threads, "dtype": args.dtype, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
