@@ -214,6 +214,23 @@ Outputs run_all(bool* gemm_ok) {
         }
         if (fabs(s - out[r * nn + j]) > 1e-5 * sa + 1e-6) *gemm_ok = false;
       }
+    if (m == 1) {  // one bf16 row: the AVX2 table's fixed-point kernel (reads and bounds under the sanitizers)
+      const std::vector<uint16_t> a16 = to16(a, BNB_DTYPE_BF16);
+      std::vector<uint16_t> out16(nn);
+      check(bnb_gemm_4bit(a16.data(), BNB_DTYPE_BF16, 1, nn, k, packed.data(), absmax.data(), code.data(), bs, nullptr,
+                          out16.data(), nullptr) == BNB_OK,
+            "gemm_4bit bf16");
+      for (int64_t j = 0; j < nn; ++j) {
+        double s = 0.0, sa = 0.0;
+        for (int64_t i = 0; i < k; ++i) {
+          const double x = bnb::bf16_to_float(a16[i]);
+          s += x * wd[j * k + i];
+          sa += fabs(x * wd[j * k + i]);
+        }
+        // bf16 output rounding (2^-8 relative) and the kernels' weight or activation rounding (< 2^-8)
+        if (fabs(s - bnb::bf16_to_float(out16[j])) > 0.004 * fabs(s) + 0.004 * sa + 1e-6) *gemm_ok = false;
+      }
+    }
   }
   // int8 -> float expansion: exact in every dtype, an odd count.
   {
