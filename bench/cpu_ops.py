@@ -42,11 +42,13 @@ def median_ms(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, floa
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def copy_bandwidth(reps: int) -> float:
-    """GB/s of a large tensor copy (bytes read + bytes written)."""
+def copy_bandwidth(reps: int, rounds: int = 3) -> float:
+    """GB/s of a large tensor copy (bytes read + bytes written): the best of a few rounds' medians,
+    since on a shared machine a neighbour's traffic only ever lowers it (and a low copy figure
+    would flatter the ops measured against it)."""
     src = torch.randn(64 * 2**20 // 4 * 4)  # 256 MiB
     dst = torch.empty_like(src)
-    t = median_ms({"copy": lambda: dst.copy_(src)}, max(reps // 2, 5))["copy"]
+    t = min(median_ms({"copy": lambda: dst.copy_(src)}, max(reps // 2, 5))["copy"] for _ in range(rounds))
     return 2 * src.numel() * 4 / (t * 1e-3) / 1e9
 
 
