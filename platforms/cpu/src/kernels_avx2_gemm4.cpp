@@ -20,14 +20,14 @@ void gen_gemm_4bit(const Gemm4bitArgs& a, int64_t n0, int64_t n1);  // kernels_g
 // to f32 and re-laid out once per call ("prepared") so that the weights decoded from 32 packed
 // bytes meet their activations without any shuffle of A.
 //
-// Block size a multiple of 64 ("lookup" kernel): the code book is pshufb tables of its bytes, so
-// 32 weights take one pshufb per byte of the value and byte/word unpacks. f16 / bf16 A: the code
-// book rounded to A's dtype, two tables (low and high bytes); bf16 becomes f32 by a shift and a
-// mask, f16 by vcvtph2ps (one bf16 row takes the fixed-point kernel further below). f32 A: the f32 code book itself,
-// four tables (4 pshufb and 8 unpacks per 32 weights; the two 8-entry vpermps and a blend per 8 weights this replaces
-// took twice the instructions: 4096x4096 batch 1 on 2 threads 1.49 -> 0.88-1.02 ms). Each block's partial dot products
-// are scaled by its absmax in f32 afterwards: no per-block table (which would cost as much as the dot product at block
-// size 64).
+// Block size a multiple of 64 ("lookup" kernel): the code book is pshufb tables of its bytes, so 32
+// weights take one pshufb per byte of the value and byte/word unpacks. f16 / bf16 A: the code book
+// rounded to A's dtype, two tables (low and high bytes); bf16 becomes f32 by a shift and a mask,
+// f16 by vcvtph2ps (one bf16 row takes the fixed-point kernel further below). f32 A: the f32 code
+// book itself, four tables (4 pshufb and 8 unpacks per 32 weights; the two 8-entry vpermps and a
+// blend per 8 weights this replaces took twice the instructions: 4096x4096 batch 1 on 2 threads
+// 1.49 -> 0.88-1.02 ms). Each block's partial dot products are scaled by its absmax in f32
+// afterwards: no per-block table (which would cost as much as the dot product at block size 64).
 
 namespace {
 
