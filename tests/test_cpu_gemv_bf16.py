@@ -3,8 +3,10 @@
 On AVX2 that product runs in 16-bit fixed point (A scaled per 64 columns by a power of two, the
 code book times 2^13; platforms/cpu/README.md): each value of A moves by at most 2^-15 of its
 group's largest |value| and each code-book entry by at most 2^-14. These tests hold every path to
-that bound plus the bf16 rounding of the output, on inputs that stress the scaling: an outlier per
-group, all-zero groups, tiny and huge groups, and inf / NaN (which take the f32 kernel)."""
+its bound plus the bf16 rounding of the output, on inputs that stress the scaling: an outlier per
+group, all-zero groups, tiny and huge groups, and inf / NaN (which take the f32 kernel); and the
+AVX2 result to a float64 model of the fixed-point product, which a bound alone cannot tell from a
+kernel that keeps fewer bits."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from bitsandbytes.backends.reference.codebooks import four_bit_decode_table
 bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 
 ISAS = bitsandbytes_cpu.build_info().get("isa_usable", [])
+
+CASES = ["randn", "outlier", "zero_groups", "magnitudes", "small", "huge", "deep", "tiny", "inf", "nan"]
+FIXED_CASES = [c for c in CASES if c not in ("tiny", "inf", "nan")]
 
 
 def _input(K: int, case: str, seed: int) -> torch.Tensor:
@@ -31,8 +36,10 @@ def _input(K: int, case: str, seed: int) -> torch.Tensor:
         A[0, :64] *= 1e-20
         A[0, 64:128] *= 1e20
         A[0, 128:192] *= 2.0**-90
-    elif case == "tiny":  # under 2^-96: the f32 kernel
-        A[0, 64:128] *= 1e-35
+    elif case in ("small", "huge", "deep"):  # each scale on its own, where no group hides it
+        A *= {"small": 1e-20, "huge": 1e20, "deep": 2.0**-90}[case]
+    elif case == "tiny":  # under 2^-96: the f32 kernel (a kernel that dropped it would give 0)
+        A *= 1e-35
     elif case == "inf":
         A[0, 5] = float("inf")
     elif case == "nan":
@@ -47,18 +54,18 @@ def _bound(A: torch.Tensor, W: torch.Tensor, absmax: torch.Tensor, exact: torch.
     - the other kernels: the weight rounded to bf16 (the code book in bf16, or code * absmax)."""
     a = A.double().abs()
     w = W.double().abs()
-    base = 2.0**-8 * exact.abs() + 1e-6 * (a @ w.T)
+    base = 2.0**-8 * exact.abs() + 1e-5 * (a @ w.T)
     if not fixed:
         return base + 2.0**-8 * (a @ w.T)
     gmax = a.view(-1, 64).amax(dim=1).repeat_interleave(64).view(1, -1)
     am = absmax.double().repeat_interleave(W.numel() // absmax.numel()).view(W.shape)
-    return base + 2.0**-15 * (gmax @ w.T) + 2.0**-14 * (a @ am.T)
+    return base + 2.0**-15 * (gmax @ w.T) + 2.0**-14 * (a @ am.T) + 2.0**-29 * (gmax @ am.T)
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("K,blocksize", [(4096, 64), (2048, 128), (1024, 256), (4096, 4096), (192, 64)])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-@pytest.mark.parametrize("case", ["randn", "outlier", "zero_groups", "magnitudes", "tiny", "inf", "nan"])
+@pytest.mark.parametrize("case", CASES)
 def test_gemv_bf16_within_the_fixed_point_bound(isa, K, blocksize, quant_type, case) -> None:
     N = 96
     W = torch.randn(N, K, generator=torch.Generator().manual_seed(K + blocksize))
@@ -84,3 +91,46 @@ def test_gemv_bf16_within_the_fixed_point_bound(isa, K, blocksize, quant_type, c
     # AVX2 runs the fixed-point kernel wherever A's groups fit it (not "tiny").
     bound = _bound(A, Wq, absmax, exact, fixed=isa == "avx2" and case != "tiny")
     assert bool((err <= bound).all()), f"worst excess {(err - bound).max().item():.3g}"
+
+
+def _fixed_point_model(
+    A: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, N: int, K: int, blocksize: int
+) -> torch.Tensor:
+    """What the fixed-point kernel computes, in float64 before its f32 summation: A per 64
+    columns times 2^(14 - e) rounded half to even (e: the exponent of the group's largest |value|),
+    the code book times 2^13 rounded, exact integer group sums, each times 2^(e - 27) and its
+    block's absmax."""
+    x = A.double().view(-1, 64)
+    gmax = x.abs().amax(dim=1)
+    e = torch.frexp(gmax).exponent.double() - 1  # gmax in [2^e, 2^(e+1))
+    q = torch.round(x * torch.exp2(14 - e)[:, None])
+    cint = torch.round(code.double() * 8192)
+    p = packed.view(-1)
+    idx = torch.stack([p // 16, p % 16], dim=1).view(N, K).long()  # high nibble first
+    sums = (cint[idx].view(N, K // 64, 64) * q.view(1, K // 64, 64)).sum(dim=2)  # exact integers
+    am = absmax.double().view(N, K // blocksize).repeat_interleave(blocksize // 64, dim=1)
+    return (sums * torch.exp2(e - 27)[None, :] * am).sum(dim=1).view(1, N)
+
+
+@pytest.mark.skipif("avx2" not in ISAS, reason="the fixed-point kernel is the AVX2 table's")
+@pytest.mark.parametrize("K,blocksize", [(4096, 64), (2048, 128), (1024, 256), (4096, 4096)])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("case", FIXED_CASES)
+def test_avx2_gemv_bf16_is_the_fixed_point_product(K, blocksize, quant_type, case) -> None:
+    """The AVX2 result is the fixed-point model's, rounded to bf16: within one bf16 unit everywhere
+    (f32 summation may move a value across a rounding boundary) and equal in almost every output.
+    Fewer bits of A, truncation instead of rounding or a wrong group exponent fail this."""
+    N = 256
+    W = torch.randn(N, K, generator=torch.Generator().manual_seed(K + blocksize + 1))
+    packed, absmax = REF["quantize_4bit"](W, blocksize, quant_type, torch.uint8)
+    code = four_bit_decode_table(quant_type)
+    A = _input(K, case, seed=N + K + 1)
+    bitsandbytes_cpu.set_isa("avx2")
+    try:
+        got = torch.ops.bitsandbytes.gemv_4bit(A, packed, [N, K], absmax, code, blocksize)
+    finally:
+        bitsandbytes_cpu.set_isa("auto")
+    model = _fixed_point_model(A, packed, absmax, code, N, K, blocksize)
+    rounded = model.to(torch.bfloat16)
+    assert bool(((got.double() - model).abs() <= 2.0**-7 * model.abs()).all())
+    assert (got == rounded).double().mean().item() >= 0.95

@@ -246,7 +246,8 @@ void lookup_range(const Gemm4bitArgs& a, const float* P, const Table16& t, int64
 //
 // Error, against the exact product: each value of A moves by at most half a unit, 2^-15 of its
 // group's largest |value| (under the bf16 rounding of the largest product, 2^-9, that the
-// reference's dequantized bf16 weight carries); each code-book entry by at most 2^-14. 32-bit
+// reference's dequantized bf16 weight carries), so values far below their group's largest keep
+// fewer bits than bf16 would; each code-book entry by at most 2^-14. 32-bit
 // range: |q| <= 2^15 - 1 and |entry| <= 2^13, so a lane's 8 products per group stay under 2^31.
 // A that holds inf, NaN or a group whose largest |value| is under 2^-96 takes the f32 kernel.
 

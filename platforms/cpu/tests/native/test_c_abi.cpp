@@ -214,22 +214,35 @@ Outputs run_all(bool* gemm_ok) {
         }
         if (fabs(s - out[r * nn + j]) > 1e-5 * sa + 1e-6) *gemm_ok = false;
       }
-    if (m == 1) {  // one bf16 row: the AVX2 table's fixed-point kernel (reads and bounds under the sanitizers)
-      const std::vector<uint16_t> a16 = to16(a, BNB_DTYPE_BF16);
-      std::vector<uint16_t> out16(nn);
-      check(bnb_gemm_4bit(a16.data(), BNB_DTYPE_BF16, 1, nn, k, packed.data(), absmax.data(), code.data(), bs, nullptr,
-                          out16.data(), nullptr) == BNB_OK,
-            "gemm_4bit bf16");
-      for (int64_t j = 0; j < nn; ++j) {
-        double s = 0.0, sa = 0.0;
-        for (int64_t i = 0; i < k; ++i) {
-          const double x = bnb::bf16_to_float(a16[i]);
-          s += x * wd[j * k + i];
-          sa += fabs(x * wd[j * k + i]);
-        }
-        // bf16 output rounding (2^-8 relative) and the kernels' weight or activation rounding (< 2^-8)
-        if (fabs(s - bnb::bf16_to_float(out16[j])) > 0.004 * fabs(s) + 0.004 * sa + 1e-6) *gemm_ok = false;
+  }
+  // One bf16 row (the AVX2 table's fixed-point kernel: its reads and bounds under the sanitizers),
+  // block sizes 64, 128 and an odd multiple of 64 (192: packed codes and absmax made directly, since
+  // the quantizer takes powers of two only).
+  for (auto shape : {std::vector<int64_t>{16, 4096, 128}, {10, 256, 64}, {12, 384, 192}}) {
+    const int64_t nn = shape[0], k = shape[1], bs = shape[2];
+    const auto a = randn(k, 23), am = randn(nn * k / bs, 24);
+    std::vector<uint8_t> packed(nn * k / 2);
+    std::vector<float> absmax(nn * k / bs), code(16);
+    for (size_t i = 0; i < packed.size(); ++i) packed[i] = static_cast<uint8_t>(i * 97 % 256);
+    for (size_t b = 0; b < absmax.size(); ++b) absmax[b] = 0.1f + fabsf(am[b]);
+    for (int c = 0; c < 16; ++c) code[c] = bnb::decode_4bit(1, c);
+    const std::vector<uint16_t> a16 = to16(a, BNB_DTYPE_BF16);
+    std::vector<uint16_t> out16(nn);
+    check(bnb_gemm_4bit(a16.data(), BNB_DTYPE_BF16, 1, nn, k, packed.data(), absmax.data(), code.data(), bs, nullptr,
+                        out16.data(), nullptr) == BNB_OK,
+          "gemm_4bit bf16");
+    for (int64_t j = 0; j < nn; ++j) {
+      double s = 0.0, sa = 0.0;
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t e = j * k + i;
+        const uint8_t byte = packed[e / 2];
+        const double w = static_cast<double>(code[(e & 1) ? (byte & 15) : (byte >> 4)]) * absmax[e / bs];
+        const double x = bnb::bf16_to_float(a16[i]);
+        s += x * w;
+        sa += fabs(x * w);
       }
+      // bf16 output rounding (2^-8 relative) and the kernels' weight or activation rounding (< 2^-8)
+      if (fabs(s - bnb::bf16_to_float(out16[j])) > 0.004 * fabs(s) + 0.004 * sa + 1e-6) *gemm_ok = false;
     }
   }
   // int8 -> float expansion: exact in every dtype, an odd count.
