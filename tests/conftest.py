@@ -56,7 +56,7 @@ def cpu_amx_usable() -> bool:
         bitsandbytes_cpu.set_isa("auto")
 
 
-def _with_isa(isa: str, fn: Callable, amx: bool = False) -> Callable:
+def with_isa(isa: str, fn: Callable, amx: bool = False) -> Callable:
     """``fn`` run with the CPU kernels forced onto ``isa``, the AMX path on or off (the automatic
     choices restored after)."""
     import bitsandbytes_cpu
@@ -116,9 +116,9 @@ def implementations(op: str) -> list[tuple[str, str, Callable]]:
             continue
         isas = cpu_isas() if dev == "cpu" and owner[0] == "cpu" else []
         if isas:
-            out.extend((dev, f"{owner[0]}[{isa}]", _with_isa(isa, owner[1])) for isa in isas)
+            out.extend((dev, f"{owner[0]}[{isa}]", with_isa(isa, owner[1])) for isa in isas)
             if cpu_amx_usable():
-                out.append((dev, f"{owner[0]}[avx512+amx]", _with_isa("avx512", owner[1], amx=True)))
+                out.append((dev, f"{owner[0]}[avx512+amx]", with_isa("avx512", owner[1], amx=True)))
         else:
             out.append((dev, owner[0], owner[1]))
     return out

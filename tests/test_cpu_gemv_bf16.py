@@ -15,13 +15,25 @@ import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import four_bit_decode_table
+from conftest import cpu_isas, with_isa
 
-bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
+pytest.importorskip("bitsandbytes_cpu")
 
-ISAS = bitsandbytes_cpu.build_info().get("isa_usable", [])
+ISAS = cpu_isas()
 
 CASES = ["randn", "outlier", "zero_groups", "magnitudes", "small", "huge", "deep", "tiny", "inf", "nan"]
 FIXED_CASES = [c for c in CASES if c not in ("tiny", "inf", "nan")]
+
+
+def _weight(N: int, K: int, blocksize: int, quant_type: str, seed: int):
+    """A random [N, K] weight quantized by the reference: packed, absmax and the code book."""
+    W = torch.randn(N, K, generator=torch.Generator().manual_seed(seed))
+    packed, absmax = REF["quantize_4bit"](W, blocksize, quant_type, torch.uint8)
+    return packed, absmax, four_bit_decode_table(quant_type)
+
+
+def _gemv(isa: str, A, packed, absmax, code, N: int, K: int, blocksize: int) -> torch.Tensor:
+    return with_isa(isa, torch.ops.bitsandbytes.gemv_4bit)(A, packed, [N, K], absmax, code, blocksize)
 
 
 def _input(K: int, case: str, seed: int) -> torch.Tensor:
@@ -68,16 +80,10 @@ def _bound(A: torch.Tensor, W: torch.Tensor, absmax: torch.Tensor, exact: torch.
 @pytest.mark.parametrize("case", CASES)
 def test_gemv_bf16_within_the_fixed_point_bound(isa, K, blocksize, quant_type, case) -> None:
     N = 96
-    W = torch.randn(N, K, generator=torch.Generator().manual_seed(K + blocksize))
-    packed, absmax = REF["quantize_4bit"](W, blocksize, quant_type, torch.uint8)
-    code = four_bit_decode_table(quant_type)
+    packed, absmax, code = _weight(N, K, blocksize, quant_type, seed=K + blocksize)
     Wq = REF["dequantize_4bit"](packed, absmax, blocksize, quant_type, [N, K], torch.float32)
     A = _input(K, case, seed=N + K)
-    bitsandbytes_cpu.set_isa(isa)
-    try:
-        got = torch.ops.bitsandbytes.gemv_4bit(A, packed, [N, K], absmax, code, blocksize)
-    finally:
-        bitsandbytes_cpu.set_isa("auto")
+    got = _gemv(isa, A, packed, absmax, code, N, K, blocksize)
     want = REF["gemv_4bit"](A, packed, [N, K], absmax, code, blocksize)
     assert got.dtype == torch.bfloat16 and got.shape == want.shape
     if case in ("inf", "nan"):
@@ -121,15 +127,9 @@ def test_avx2_gemv_bf16_is_the_fixed_point_product(K, blocksize, quant_type, cas
     (f32 summation may move a value across a rounding boundary) and equal in almost every output.
     Fewer bits of A, truncation instead of rounding or a wrong group exponent fail this."""
     N = 256
-    W = torch.randn(N, K, generator=torch.Generator().manual_seed(K + blocksize + 1))
-    packed, absmax = REF["quantize_4bit"](W, blocksize, quant_type, torch.uint8)
-    code = four_bit_decode_table(quant_type)
+    packed, absmax, code = _weight(N, K, blocksize, quant_type, seed=K + blocksize + 1)
     A = _input(K, case, seed=N + K + 1)
-    bitsandbytes_cpu.set_isa("avx2")
-    try:
-        got = torch.ops.bitsandbytes.gemv_4bit(A, packed, [N, K], absmax, code, blocksize)
-    finally:
-        bitsandbytes_cpu.set_isa("auto")
+    got = _gemv("avx2", A, packed, absmax, code, N, K, blocksize)
     model = _fixed_point_model(A, packed, absmax, code, N, K, blocksize)
     rounded = model.to(torch.bfloat16)
     assert bool(((got.double() - model).abs() <= 2.0**-7 * model.abs()).all())
