@@ -162,14 +162,16 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     dense = "bf16" if dtype == torch.bfloat16 else "f32"
+    variants = args.only.split(",")
+    for variant in variants:  # before the checkpoint is written (minutes at full size)
+        if variant in ("bf16", "f32") and variant != dense:
+            parser.error(f"with --dtype {args.dtype} the dense peer is {dense!r}, not {variant!r}")
     torch.set_num_threads(args.threads)
     vocab = 1024 if args.tiny else 32000
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as path:
         build_checkpoint(path, args.tiny, args.layers)
-        for variant in args.only.split(","):
-            if variant in ("bf16", "f32") and variant != dense:
-                parser.error(f"with --dtype {args.dtype} the dense peer is {dense!r}, not {variant!r}")
+        for variant in variants:
             model = load(path, variant, dtype)
             r = {
                 "decode_tok_s": decode_tokens_per_s(model, vocab, args.new_tokens, args.reps),
