@@ -87,7 +87,7 @@ def prepare_gemm_4bit(
         rows = A.numel() // k
         if not 0 < rows <= MAX_ROWS:
             return None
-        out = empty((*shape[:-1], n), dtype=dtype)
+        out = empty(*shape[:-1], n, dtype=dtype)
         gemm(
             A.data_ptr(),
             dtype_code,
@@ -179,7 +179,7 @@ def prepare_int8_linear(
         if quant(a16.data_ptr(), f16_code, rows, k, threshold, ca, sca, flags if threshold > 0.0 else 0, nt):
             return None  # outlier columns: the general path decomposes them
         matmul(ca, cb_ptr, rows, n, k, acc, nt)
-        out = empty((*shape[:-1], n), dtype=dtype)
+        out = empty(*shape[:-1], n, dtype=dtype)
         dequant(acc, sca, scb_ptr, rows, n, bias_ptr, bias_code, out.data_ptr(), out_code, nt)
         return out
 
