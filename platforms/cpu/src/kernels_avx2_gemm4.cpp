@@ -102,13 +102,6 @@ void store_out(const Gemm4bitArgs& a, int64_t r, int64_t j, float v) {
   static_cast<T*>(a.out)[r * a.n + j] = E::store(v);
 }
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // How far ahead of the loads the batch-1 loops prefetch the weight stream.
 constexpr int64_t kAhead = 8192;
 

@@ -5,6 +5,7 @@
 
 #include "element.h"
 #include "kernels.h"
+#include "simd_avx2.h"
 
 namespace bnb_cpu {
 namespace avx2 {
@@ -27,11 +28,7 @@ struct Simd {
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V set1(float v) { return _mm256_set1_ps(v); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static float sum(V v) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-  }
+  static float sum(V v) { return hsum(v); }
 };
 
 }  // namespace

@@ -62,5 +62,13 @@ inline uint32_t hmax_epi32(__m256i m) {
   return static_cast<uint32_t>(_mm_cvtsi128_si32(a));
 }
 
+// The sum of 8 f32 lanes: the two halves, then pairs, then the last two (one fixed order).
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 }  // namespace avx2
 }  // namespace bnb_cpu
