@@ -125,6 +125,52 @@ def bench_4bit(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
         rep.add(f"matmul_4bit nf4 nested bf16 {N}x{K} batch 1", median_ms(fns, reps), N * K / 2)
 
 
+def bench_4bit_stream(rep: Report, N: int, K: int, reps: int, only: set[str], stream_mib: int) -> None:
+    """Batch-1 bf16 ``matmul_4bit`` as a decoding model too large for the cache runs it: a pass over
+    distinct layers of this shape, together at least ``stream_mib`` MiB, called back to back, so
+    that every call's weight comes from memory while the code around the calls stays as warm as a
+    model's layers keep it. Per-call time: a pass's median over its layer count. The peers (dense
+    bf16, PyTorch's int4 kernel) stream their own distinct weights the same way."""
+    if "matmul_4bit" not in only or stream_mib <= 0:
+        return
+    gen = torch.Generator().manual_seed(4)
+    A = torch.randn(1, K, generator=gen).to(torch.bfloat16)
+    budget = stream_mib * 2**20
+
+    def layers(nbytes: float) -> int:
+        return max(1, -(-int(budget) // int(nbytes)))
+
+    nbytes = N * K / 2 + N * K / 64 * 4
+    quant, mods = [], []
+    for _ in range(layers(nbytes)):
+        W = (torch.randn(N, K, generator=gen) * 0.02).to(torch.bfloat16)
+        packed, qs = F.quantize_4bit(W, blocksize=64, quant_type="nf4")
+        quant.append((packed.t(), qs))
+        m = bnb.nn.Linear4bit(
+            K, N, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4", compress_statistics=False
+        )
+        m.weight.data = W
+        mods.append(m.to("cpu"))  # quantized by the move, as transformers' loading does
+    dense = [torch.randn(N, K, generator=gen).to(torch.bfloat16) for _ in range(layers(N * K * 2))]
+    i4 = [
+        torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (N, K), dtype=torch.int32), 2)
+        for _ in range(layers(N * K / 2 + N * K / 64 * 4))
+    ]
+    sz = torch.rand(K // 64, N, 2, generator=gen).to(torch.bfloat16)
+    passes = {
+        "bnb": (lambda: [bnb.matmul_4bit(A, q, s) for q, s in quant], len(quant)),
+        "Linear4bit": (lambda: [m(A) for m in mods], len(mods)),
+        "dense": (lambda: [torch.nn.functional.linear(A, w) for w in dense], len(dense)),
+        "int4pack": (lambda: [torch.ops.aten._weight_int4pack_mm_for_cpu(A, w, 64, sz) for w in i4], len(i4)),
+    }
+    with torch.no_grad():
+        per_pass = median_ms({k: fn for k, (fn, _) in passes.items()}, reps)
+    per_call = {k: per_pass[k] / passes[k][1] for k in passes}
+    name = f"matmul_4bit nf4 bf16 {N}x{K} batch 1, {len(quant)} layers streamed"
+    rep.add(name, per_call, nbytes)
+    rep.add(f"  the same through Linear4bit ({len(mods)} layers)", {"bnb": per_call["Linear4bit"]}, nbytes)
+
+
 def bench_blockwise(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
     gen = torch.Generator().manual_seed(1)
     for dtype in (torch.float32, torch.bfloat16):
@@ -222,6 +268,12 @@ def main() -> None:
         "--only",
         default="matmul_4bit,dequantize_4bit,quantize_4bit,quantize_blockwise,dequantize_blockwise,linear8bit,optim",
     )
+    ap.add_argument(
+        "--stream-mib",
+        type=int,
+        default=64,
+        help="batch-1 matmul_4bit also over distinct layers of at least this many MiB in all (0: off)",
+    )
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -244,6 +296,7 @@ def main() -> None:
         for shape in args.shapes.split(","):
             N, K = (int(x) for x in shape.split("x"))
             bench_4bit(rep, N, K, args.reps, only)
+            bench_4bit_stream(rep, N, K, args.reps, only, args.stream_mib)
             bench_blockwise(rep, N, K, args.reps, only)
             bench_int8(rep, N, K, args.reps, only)
         bench_optim(rep, args.reps, only)
