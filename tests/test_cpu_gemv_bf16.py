@@ -75,7 +75,7 @@ def _bound(A: torch.Tensor, W: torch.Tensor, absmax: torch.Tensor, exact: torch.
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("K,blocksize", [(4096, 64), (2048, 128), (1024, 256), (4096, 4096), (192, 64)])
+@pytest.mark.parametrize("K,blocksize", [(4096, 64), (4288, 64), (2048, 128), (1024, 256), (4096, 4096), (192, 64)])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("case", CASES)
 def test_gemv_bf16_within_the_fixed_point_bound(isa, K, blocksize, quant_type, case) -> None:
@@ -119,7 +119,8 @@ def _fixed_point_model(
 
 
 @pytest.mark.skipif("avx2" not in ISAS, reason="the fixed-point kernel is the AVX2 table's")
-@pytest.mark.parametrize("K,blocksize", [(4096, 64), (2048, 128), (1024, 256), (4096, 4096)])
+# 4288 columns at block size 64: eight-group steps, then a pair of groups and a single one.
+@pytest.mark.parametrize("K,blocksize", [(4096, 64), (4288, 64), (2048, 128), (1024, 256), (4096, 4096)])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("case", FIXED_CASES)
 def test_avx2_gemv_bf16_is_the_fixed_point_product(K, blocksize, quant_type, case) -> None:
