@@ -1,12 +1,13 @@
 """The batch-1 bf16 4-bit matmul of every CPU instruction set against the exact product.
 
-On AVX2 that product runs in 16-bit fixed point (A scaled per 64 columns by a power of two, the
-code book times 2^13; platforms/cpu/README.md): each value of A moves by at most 2^-15 of its
-group's largest |value| and each code-book entry by at most 2^-14. These tests hold every path to
-its bound plus the bf16 rounding of the output, on inputs that stress the scaling: an outlier per
-group, all-zero groups, tiny and huge groups, and inf / NaN (which take the f32 kernel); and the
-AVX2 result to a float64 model of the fixed-point product, which a bound alone cannot tell from a
-kernel that keeps fewer bits."""
+On AVX2, and on AVX-512 at block size 64 with K a multiple of 128, that product runs in 16-bit
+fixed point (A scaled per 64 columns by a power of two, the code book times 2^13;
+platforms/cpu/README.md): each value of A moves by at most 2^-15 of its group's largest |value|
+and each code-book entry by at most 2^-14. These tests hold every path to its bound plus the bf16
+rounding of the output, on inputs that stress the scaling: an outlier per group, all-zero groups,
+tiny and huge groups, and inf / NaN (which take the other kernel); and each fixed-point result to
+a float64 model of the fixed-point product, which a bound alone cannot tell from a kernel that
+keeps fewer bits."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ ISAS = cpu_isas()
 
 CASES = ["randn", "outlier", "zero_groups", "magnitudes", "small", "huge", "deep", "tiny", "inf", "nan"]
 FIXED_CASES = [c for c in CASES if c not in ("tiny", "inf", "nan")]
+
+
+def _fixed_point(isa: str, K: int, blocksize: int) -> bool:
+    """Whether the instruction set's batch-1 bf16 kernel at this shape is the fixed-point one."""
+    return isa == "avx2" or (isa == "avx512" and blocksize == 64 and K % 128 == 0)
 
 
 def _weight(N: int, K: int, blocksize: int, quant_type: str, seed: int):
@@ -94,8 +100,8 @@ def test_gemv_bf16_within_the_fixed_point_bound(isa, K, blocksize, quant_type, c
         return
     exact = A.double() @ Wq.double().T
     err = (got.double() - exact).abs()
-    # AVX2 runs the fixed-point kernel wherever A's groups fit it (not "tiny").
-    bound = _bound(A, Wq, absmax, exact, fixed=isa == "avx2" and case != "tiny")
+    # The fixed-point kernels run wherever A's groups fit them (not "tiny").
+    bound = _bound(A, Wq, absmax, exact, fixed=_fixed_point(isa, K, blocksize) and case != "tiny")
     assert bool((err <= bound).all()), f"worst excess {(err - bound).max().item():.3g}"
 
 
@@ -118,19 +124,27 @@ def _fixed_point_model(
     return (sums * torch.exp2(e - 27)[None, :] * am).sum(dim=1).view(1, N)
 
 
-@pytest.mark.skipif("avx2" not in ISAS, reason="the fixed-point kernel is the AVX2 table's")
-# 4288 columns at block size 64: eight-group steps, then a pair of groups and a single one.
-@pytest.mark.parametrize("K,blocksize", [(4096, 64), (4288, 64), (2048, 128), (1024, 256), (4096, 4096)])
+# AVX2: 4288 columns at block size 64 are eight-group steps, then a pair of groups and a single one.
+FIXED_SHAPES = [
+    (isa, K, blocksize)
+    for isa in ISAS
+    for K, blocksize in [(4096, 64), (4288, 64), (1024, 64), (2048, 128), (1024, 256), (4096, 4096)]
+    if isa in ("avx2", "avx512") and _fixed_point(isa, K, blocksize)
+]
+
+
+@pytest.mark.skipif(not FIXED_SHAPES, reason="no fixed-point kernel on this CPU")
+@pytest.mark.parametrize("isa,K,blocksize", FIXED_SHAPES)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("case", FIXED_CASES)
-def test_avx2_gemv_bf16_is_the_fixed_point_product(K, blocksize, quant_type, case) -> None:
-    """The AVX2 result is the fixed-point model's, rounded to bf16: within one bf16 unit everywhere
-    (f32 summation may move a value across a rounding boundary) and equal in almost every output.
-    Fewer bits of A, truncation instead of rounding or a wrong group exponent fail this."""
+def test_gemv_bf16_is_the_fixed_point_product(isa, K, blocksize, quant_type, case) -> None:
+    """A fixed-point kernel's result is the model's, rounded to bf16: within one bf16 unit
+    everywhere (f32 summation may move a value across a rounding boundary) and equal in almost every
+    output. Fewer bits of A, truncation instead of rounding or a wrong group exponent fail this."""
     N = 256
     packed, absmax, code = _weight(N, K, blocksize, quant_type, seed=K + blocksize + 1)
     A = _input(K, case, seed=N + K + 1)
-    got = _gemv("avx2", A, packed, absmax, code, N, K, blocksize)
+    got = _gemv(isa, A, packed, absmax, code, N, K, blocksize)
     model = _fixed_point_model(A, packed, absmax, code, N, K, blocksize)
     rounded = model.to(torch.bfloat16)
     assert bool(((got.double() - model).abs() <= 2.0**-7 * model.abs()).all())

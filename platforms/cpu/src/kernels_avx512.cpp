@@ -3,6 +3,7 @@
 // is written with intrinsics, as are the quantizers (kernels_avx512_quant.cpp), the optimizers
 // (kernels_avx512_optim.cpp) and the weight-only int8 matmul (kernels_avx512_wmm.cpp).
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -27,7 +28,8 @@ namespace avx512 {
 // rounded to bf16 exactly as the reference rounds it; f16/f32 A run in f32 FMA with the weight
 // rounded to A's dtype. One or two rows at block size 64 (k a multiple of 128) take the gemv
 // kernels instead, with layouts of their own (gemv_bf16_b64, gemv_f32_b64): the code book's values
-// times each block's partial sum, the weight unrounded.
+// times each block's partial sum, the weight unrounded; one bf16 row there runs in 16-bit fixed
+// point (gemv_fixed16) where A allows it. The prepared buffer starts with a header naming which.
 
 namespace {
 
@@ -45,15 +47,91 @@ bool gemv_f32_b64(const Gemm4bitArgs& a) {
   return a.dtype != BNB_DTYPE_BF16 && a.m <= 2 && a.blocksize == 64 && a.k % 128 == 0;
 }
 
+// One bf16 row at block size 64 (k a multiple of 128) with a code book within [-1, 1]: the
+// fixed-point kernel (gemv_fixed16_row) where A's groups allow it. On this class vdpbf16ps issues
+// as several operations on the two vector ports (8 independent chains: 0.54 ns an instruction,
+// vpdpwssd 0.18, vfmadd 0.16, on the machine of bench/RESULTS.md), so the bf16 dot products were
+// the kernel's bound; vpdpwssd on 16-bit integers does the same 32 products in one.
+bool gemv_fixed16(const Gemm4bitArgs& a) {
+  if (!(gemv_bf16_b64(a) && a.m == 1)) return false;
+  for (int c = 0; c < 16; ++c)
+    if (!(fabsf(a.code[c]) <= 1.0f)) return false;
+  return true;
+}
+
+// The prepared buffer: a header naming its layout, then the layout.
+constexpr int64_t kHeader = 64;
+enum PreparedLayout : int32_t { kPlain = 1, kFixed16 = 2 };
+
+// 128 columns of one bf16 row as the fixed-point kernel takes them, the AVX2 table's format
+// (kernels_avx2_gemm4.cpp: A per 64 columns times 2^(14 - e), rounded half to even, for the
+// group's largest |value| in [2^e, 2^(e+1)); its scale S = 2^(e - 27) including the code book's
+// 2^13) in gemv_bf16_row's order: Q[32q + i] = column 4i + q. False where a group holds inf or NaN
+// or its largest |value| is under 2^-96 (the bf16 kernel takes those).
+bool fixed16_prepare128(const uint16_t* A, int16_t* Q, float* S) {
+  __m512i col[4];  // the 128 columns' integers in column order, 32 a register
+  for (int h = 0; h < 2; ++h) {
+    const __m512i v0 = _mm512_loadu_si512(A + 64 * h), v1 = _mm512_loadu_si512(A + 64 * h + 32);
+    const __m512i mag = _mm512_max_epu16(_mm512_and_si512(v0, _mm512_set1_epi16(0x7fff)),
+                                         _mm512_and_si512(v1, _mm512_set1_epi16(0x7fff)));
+    const uint32_t top = _mm512_reduce_max_epu32(
+        _mm512_max_epu32(_mm512_and_si512(mag, _mm512_set1_epi32(0xffff)), _mm512_srli_epi32(mag, 16)));
+    const int e = static_cast<int>(top >> 7) - 127;
+    if (top == 0) {
+      S[h] = 0.0f;
+    } else if (top >= 0x7f80u || e < -96) {
+      return false;
+    } else {
+      S[h] = bnb::bits_float(static_cast<uint32_t>(e - 27 + 127) << 23);
+    }
+    const __m512 scale = _mm512_castsi512_ps(_mm512_set1_epi32(top == 0 ? 127 << 23 : (14 - e + 127) << 23));
+    for (int r = 0; r < 2; ++r) {
+      const __m512i v = r == 0 ? v0 : v1;
+      __m256i half[2];
+      for (int t = 0; t < 2; ++t) {
+        const __m256i b = t == 0 ? _mm512_castsi512_si256(v) : _mm512_extracti64x4_epi64(v, 1);
+        const __m512 f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+        half[t] = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(f, scale)));  // exact product
+      }
+      col[2 * h + r] = _mm512_inserti64x4(_mm512_castsi256_si512(half[0]), half[1], 1);
+    }
+  }
+  for (int q = 0; q < 4; ++q) {
+    // Lane i < 16 takes column 4i + q of the first 64, lane i >= 16 column 4(i - 16) + q of the rest.
+    alignas(64) uint16_t ix[32];
+    for (int i = 0; i < 32; ++i) ix[i] = static_cast<uint16_t>(4 * (i % 16) + q);
+    const __m512i idx = _mm512_load_si512(ix);
+    const __m512i lo = _mm512_permutex2var_epi16(col[0], idx, col[1]);
+    const __m512i hi = _mm512_permutex2var_epi16(col[2], idx, col[3]);
+    _mm512_storeu_si512(Q + 32 * q, _mm512_mask_blend_epi16(0xffff0000u, lo, hi));
+  }
+  return true;
+}
+
 }  // namespace
 
 int64_t gemm_4bit_prepare_bytes(const Gemm4bitArgs& a) {
   if (!gemm_fast(a)) return 0;
-  return a.m * a.k * (a.dtype == BNB_DTYPE_BF16 ? 2 : 4);
+  const int64_t plain = a.m * a.k * (a.dtype == BNB_DTYPE_BF16 ? 2 : 4);
+  const int64_t fixed = gemv_fixed16(a) ? a.k * 2 + a.k / 64 * 4 : 0;
+  return kHeader + (plain > fixed ? plain : fixed);
 }
 
 void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
   if (!gemm_fast(a)) return;
+  *static_cast<int32_t*>(scratch) = kPlain;
+  if (gemv_fixed16(a)) {
+    const uint16_t* A = static_cast<const uint16_t*>(a.A);
+    int16_t* Q = reinterpret_cast<int16_t*>(static_cast<char*>(scratch) + kHeader);
+    float* S = reinterpret_cast<float*>(static_cast<char*>(scratch) + kHeader + a.k * 2);
+    bool ok = true;
+    for (int64_t g = 0; ok && g < a.k; g += 128) ok = fixed16_prepare128(A + g, Q + g, S + g / 64);
+    if (ok) {
+      *static_cast<int32_t*>(scratch) = kFixed16;
+      return;
+    }
+  }
+  scratch = static_cast<char*>(scratch) + kHeader;
   const int64_t total = a.m * a.k;
   if (gemv_bf16_b64(a)) {
     const uint16_t* A = static_cast<const uint16_t*>(a.A);
@@ -175,8 +253,8 @@ void gemm_bf16_tile(const Gemm4bitArgs& a, const uint16_t* P, int64_t r0, int64_
 // partial sums are scaled by both absmax values with one vector; sums[r] = the row's dot product.
 // The weight row is one sequential stream; two accumulators alternate so that no step waits for
 // the previous one's FMA.
-template <int MT, typename Part>
-inline void gemv_row_b64(const Gemm4bitArgs& a, int64_t j, Part part, float (&sums)[MT]) {
+template <int MT, bool kGroupScale = false, typename Part>
+inline void gemv_row_b64(const Gemm4bitArgs& a, int64_t j, Part part, float (&sums)[MT], const float* gs = nullptr) {
   const int64_t k = a.k;
   const __m512i sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   const uint8_t* w = a.B + j * k / 2;
@@ -199,8 +277,9 @@ inline void gemv_row_b64(const Gemm4bitArgs& a, int64_t j, Part part, float (&su
     }
     __m512 parts[MT];
     part(_mm512_loadu_si512(w + i / 2), i, parts);
-    const __m512 scale = _mm512_permutexvar_ps(
-        sel, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(am + i / 64)))));
+    __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(am + i / 64)));
+    if (kGroupScale) pair = _mm_mul_ps(pair, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(gs + i / 64))));
+    const __m512 scale = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(pair));
     for (int r = 0; r < MT; ++r) acc_c[r] = _mm512_fmadd_ps(parts[r], scale, acc_c[r]);
   };
   int64_t i = 0;
@@ -238,6 +317,27 @@ void gemv_bf16_row(const Gemm4bitArgs& a, const uint16_t* P, int64_t j, const __
       },
       sums);
   for (int r = 0; r < MT; ++r) store_out<Element<BNB_DTYPE_BF16>>(a, r, j, sums[r]);
+}
+
+// One weight row against one bf16 row in 16-bit fixed point (gemv_fixed16; A prepared by
+// fixed16_prepare128, its group scales S): the lookups of gemv_bf16_row into the code book as
+// 16-bit integers (entry * 2^13), vpdpwssd, whose 32-bit sums are exact (a lane sums 8 products
+// under 2^28 each), then one conversion and, per step, the two groups' S * absmax.
+void gemv_fixed16_row(const Gemm4bitArgs& a, const int16_t* Q, const float* S, int64_t j, const __m512i tab) {
+  float sums[1];
+  gemv_row_b64<1, true>(
+      a, j,
+      [&](const __m512i x, int64_t i, __m512(&parts)[1]) BNB_INLINE_LAMBDA {
+        const int16_t* q = Q + i;
+        __m512i d = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(q),
+                                        _mm512_permutexvar_epi16(_mm512_srli_epi16(x, 4), tab));
+        d = _mm512_dpwssd_epi32(d, _mm512_loadu_si512(q + 32), _mm512_permutexvar_epi16(x, tab));
+        d = _mm512_dpwssd_epi32(d, _mm512_loadu_si512(q + 64), _mm512_permutexvar_epi16(_mm512_srli_epi16(x, 12), tab));
+        d = _mm512_dpwssd_epi32(d, _mm512_loadu_si512(q + 96), _mm512_permutexvar_epi16(_mm512_srli_epi16(x, 8), tab));
+        parts[0] = _mm512_cvtepi32_ps(d);
+      },
+      sums, S);
+  store_out<Element<BNB_DTYPE_BF16>>(a, 0, j, sums[0]);
 }
 
 // One weight row against MT (1 or 2) f32 rows (f32 or f16 activations), block size 64
@@ -346,8 +446,20 @@ void gemm_rows(const Gemm4bitArgs& a, int64_t j0, const __m512 code) {
 
 }  // namespace
 
-void gemm_4bit(const Gemm4bitArgs& a, int64_t n0, int64_t n1) {
-  if (!gemm_fast(a) || a.prepared == nullptr) return gen_gemm_4bit(a, n0, n1);
+void gemm_4bit(const Gemm4bitArgs& args, int64_t n0, int64_t n1) {
+  if (!gemm_fast(args) || args.prepared == nullptr) return gen_gemm_4bit(args, n0, n1);
+  const char* body = static_cast<const char*>(args.prepared) + kHeader;
+  if (*static_cast<const int32_t*>(args.prepared) == kFixed16) {
+    alignas(64) int16_t t[32];
+    for (int c = 0; c < 32; ++c) t[c] = static_cast<int16_t>(lrintf(args.code[c % 16] * 8192.0f));
+    const __m512i tab = _mm512_load_si512(t);
+    const int16_t* Q = reinterpret_cast<const int16_t*>(body);
+    const float* S = reinterpret_cast<const float*>(body + args.k * 2);
+    for (int64_t j = n0; j < n1; ++j) gemv_fixed16_row(args, Q, S, j, tab);
+    return;
+  }
+  Gemm4bitArgs a = args;
+  a.prepared = body;
   const __m512 code = _mm512_loadu_ps(a.code);
   int64_t j = n0;
   // bf16, one or two rows: one weight row at a time, so that each thread reads the weight as one
