@@ -108,7 +108,7 @@ def bench_4bit(rep: Report, N: int, K: int, reps: int, only: set[str]) -> None:
             q4 = torch.randint(0, 16, (N, K), dtype=torch.int32, generator=gen)
             w4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 2)
             sz = torch.rand(K // 64, N, 2, generator=gen).to(dtype) if dtype == torch.bfloat16 else None
-            for batch in (1, 8, 32, 128):  # 128 rows: prefill, the dequantize + dense GEMM path
+            for batch in (1, 4, 8, 32, 128):  # 128 rows: prefill, the dequantize + dense GEMM path
                 A = torch.randn(batch, K, generator=gen).to(dtype)
                 fns = {
                     "bnb": lambda A=A: bnb.matmul_4bit(A, packed.t(), qs),

@@ -23,6 +23,7 @@ def amx_on(monkeypatch):
     cpu._C.set_amx(True)
     monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 0))
     monkeypatch.setattr(amx, "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 1 << 62))
+    monkeypatch.setattr(amx, "FIXED_POINT_ROWS", 0)
     calls = []
     real = amx.weight_matmul
 
@@ -116,6 +117,20 @@ def test_row_limits_choose_the_path(amx_on, monkeypatch):
     monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 41))
     OPS.gemm_4bit(A, packed, [64, 64], absmax, 64, "nf4")
     assert len(amx_on) == 1
+
+
+def test_fixed_point_rows_keep_the_fused_kernel(amx_on, monkeypatch):
+    """At block size 64 with k a multiple of 128, up to FIXED_POINT_ROWS rows stay on the fused
+    (fixed-point) kernel; other block sizes and more rows take AMX."""
+    monkeypatch.setattr(amx, "FIXED_POINT_ROWS", 7)
+    g = torch.Generator().manual_seed(9)
+    W = torch.randn(64, 128, generator=g)
+    for blocksize, rows, amx_calls in [(64, 7, 0), (64, 8, 1), (128, 7, 2)]:
+        packed, absmax = REF["quantize_4bit"](W, blocksize, "nf4", torch.uint8)
+        A = torch.randn(rows, 128, generator=g).to(torch.bfloat16)
+        got = OPS.gemm_4bit(A, packed, [64, 128], absmax, blocksize, "nf4")
+        _close(got, REF["gemm_4bit"](A, packed, [64, 128], absmax, blocksize, "nf4"), 128)
+        assert len(amx_on) == amx_calls
 
 
 def test_native_entry_refuses_what_it_cannot_do():

@@ -1,7 +1,8 @@
-"""The batch-1 bf16 4-bit matmul of every CPU instruction set against the exact product.
+"""The bf16 4-bit matmul of decoding (1 to 8 rows) of every CPU instruction set against the
+exact product.
 
-On AVX2, and on AVX-512 at block size 64 with K a multiple of 128, that product runs in 16-bit
-fixed point (A scaled per 64 columns by a power of two, the code book times 2^13;
+On AVX2 (one row), and on AVX-512 at block size 64 with K a multiple of 128 (up to 8 rows), that
+product runs in 16-bit fixed point (A scaled per 64 columns by a power of two, the code book times 2^13;
 platforms/cpu/README.md): each value of A moves by at most 2^-15 of its group's largest |value|
 and each code-book entry by at most 2^-14. These tests hold every path to its bound plus the bf16
 rounding of the output, on inputs that stress the scaling: an outlier per group, all-zero groups,
@@ -26,9 +27,11 @@ CASES = ["randn", "outlier", "zero_groups", "magnitudes", "small", "huge", "deep
 FIXED_CASES = [c for c in CASES if c not in ("tiny", "inf", "nan")]
 
 
-def _fixed_point(isa: str, K: int, blocksize: int) -> bool:
-    """Whether the instruction set's batch-1 bf16 kernel at this shape is the fixed-point one."""
-    return isa == "avx2" or (isa == "avx512" and blocksize == 64 and K % 128 == 0)
+def _fixed_point(isa: str, M: int, K: int, blocksize: int) -> bool:
+    """Whether the instruction set's bf16 kernel for M rows at this shape is the fixed-point one."""
+    if isa == "avx2":
+        return M == 1
+    return isa == "avx512" and M <= 8 and blocksize == 64 and K % 128 == 0
 
 
 def _weight(N: int, K: int, blocksize: int, quant_type: str, seed: int):
@@ -42,26 +45,26 @@ def _gemv(isa: str, A, packed, absmax, code, N: int, K: int, blocksize: int) -> 
     return with_isa(isa, torch.ops.bitsandbytes.gemv_4bit)(A, packed, [N, K], absmax, code, blocksize)
 
 
-def _input(K: int, case: str, seed: int) -> torch.Tensor:
+def _input(K: int, case: str, seed: int, M: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    A = torch.randn(1, K, generator=g)
+    A = torch.randn(M, K, generator=g)
     if case == "outlier":  # one large value per 64 columns: the rest keep fewer bits
-        A[0, 7::64] = 1000.0
+        A[:, 7::64] = 1000.0
     elif case == "zero_groups":
-        A[0, :128] = 0.0
-        A[0, -64:] = 0.0
+        A[:, :128] = 0.0
+        A[-1, -64:] = 0.0
     elif case == "magnitudes":  # groups far apart in scale, within the fixed-point range
-        A[0, :64] *= 1e-20
-        A[0, 64:128] *= 1e20
-        A[0, 128:192] *= 2.0**-90
+        A[:, :64] *= 1e-20
+        A[:, 64:128] *= 1e20
+        A[-1, 128:192] *= 2.0**-90
     elif case in ("small", "huge", "deep"):  # each scale on its own, where no group hides it
         A *= {"small": 1e-20, "huge": 1e20, "deep": 2.0**-90}[case]
     elif case == "tiny":  # under 2^-96: the f32 kernel (a kernel that dropped it would give 0)
         A *= 1e-35
     elif case == "inf":
-        A[0, 5] = float("inf")
+        A[-1, 5] = float("inf")
     elif case == "nan":
-        A[0, 70] = float("nan")
+        A[-1, 70] = float("nan")
     return A.to(torch.bfloat16)
 
 
@@ -75,20 +78,21 @@ def _bound(A: torch.Tensor, W: torch.Tensor, absmax: torch.Tensor, exact: torch.
     base = 2.0**-8 * exact.abs() + 1e-5 * (a @ w.T)
     if not fixed:
         return base + 2.0**-8 * (a @ w.T)
-    gmax = a.view(-1, 64).amax(dim=1).repeat_interleave(64).view(1, -1)
+    gmax = a.view(-1, 64).amax(dim=1).repeat_interleave(64).view(a.shape[0], -1)
     am = absmax.double().repeat_interleave(W.numel() // absmax.numel()).view(W.shape)
     return base + 2.0**-15 * (gmax @ w.T) + 2.0**-14 * (a @ am.T) + 2.0**-29 * (gmax @ am.T)
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("M", [1, 3, 6])
 @pytest.mark.parametrize("K,blocksize", [(4096, 64), (4288, 64), (2048, 128), (1024, 256), (4096, 4096), (192, 64)])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("case", CASES)
-def test_gemv_bf16_within_the_fixed_point_bound(isa, K, blocksize, quant_type, case) -> None:
+def test_gemv_bf16_within_the_fixed_point_bound(isa, M, K, blocksize, quant_type, case) -> None:
     N = 96
     packed, absmax, code = _weight(N, K, blocksize, quant_type, seed=K + blocksize)
     Wq = REF["dequantize_4bit"](packed, absmax, blocksize, quant_type, [N, K], torch.float32)
-    A = _input(K, case, seed=N + K)
+    A = _input(K, case, seed=N + K, M=M)
     got = _gemv(isa, A, packed, absmax, code, N, K, blocksize)
     want = REF["gemv_4bit"](A, packed, [N, K], absmax, code, blocksize)
     assert got.dtype == torch.bfloat16 and got.shape == want.shape
@@ -101,17 +105,18 @@ def test_gemv_bf16_within_the_fixed_point_bound(isa, K, blocksize, quant_type, c
     exact = A.double() @ Wq.double().T
     err = (got.double() - exact).abs()
     # The fixed-point kernels run wherever A's groups fit them (not "tiny").
-    bound = _bound(A, Wq, absmax, exact, fixed=_fixed_point(isa, K, blocksize) and case != "tiny")
+    bound = _bound(A, Wq, absmax, exact, fixed=_fixed_point(isa, M, K, blocksize) and case != "tiny")
     assert bool((err <= bound).all()), f"worst excess {(err - bound).max().item():.3g}"
 
 
 def _fixed_point_model(
     A: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, N: int, K: int, blocksize: int
 ) -> torch.Tensor:
-    """What the fixed-point kernel computes, in float64 before its f32 summation: A per 64
-    columns times 2^(14 - e) rounded half to even (e: the exponent of the group's largest |value|),
-    the code book times 2^13 rounded, exact integer group sums, each times 2^(e - 27) and its
-    block's absmax."""
+    """What the fixed-point kernel computes, in float64 before its f32 summation: each row of A per
+    64 columns times 2^(14 - e) rounded half to even (e: the exponent of the group's largest
+    |value|), the code book times 2^13 rounded, exact integer group sums, each times 2^(e - 27) and
+    its block's absmax."""
+    M, G = A.shape[0], K // 64
     x = A.double().view(-1, 64)
     gmax = x.abs().amax(dim=1)
     e = torch.frexp(gmax).exponent.double() - 1  # gmax in [2^e, 2^(e+1))
@@ -119,31 +124,32 @@ def _fixed_point_model(
     cint = torch.round(code.double() * 8192)
     p = packed.view(-1)
     idx = torch.stack([p // 16, p % 16], dim=1).view(N, K).long()  # high nibble first
-    sums = (cint[idx].view(N, K // 64, 64) * q.view(1, K // 64, 64)).sum(dim=2)  # exact integers
+    sums = (cint[idx].view(1, N, G, 64) * q.view(M, 1, G, 64)).sum(dim=3)  # exact integers
     am = absmax.double().view(N, K // blocksize).repeat_interleave(blocksize // 64, dim=1)
-    return (sums * torch.exp2(e - 27)[None, :] * am).sum(dim=1).view(1, N)
+    return (sums * torch.exp2(e - 27).view(M, 1, G) * am.view(1, N, G)).sum(dim=2)
 
 
 # AVX2: 4288 columns at block size 64 are eight-group steps, then a pair of groups and a single one.
 FIXED_SHAPES = [
-    (isa, K, blocksize)
+    (isa, M, K, blocksize)
     for isa in ISAS
+    for M in (1, 2, 3, 4, 5, 8)
     for K, blocksize in [(4096, 64), (4288, 64), (1024, 64), (2048, 128), (1024, 256), (4096, 4096)]
-    if isa in ("avx2", "avx512") and _fixed_point(isa, K, blocksize)
+    if isa in ("avx2", "avx512") and _fixed_point(isa, M, K, blocksize)
 ]
 
 
 @pytest.mark.skipif(not FIXED_SHAPES, reason="no fixed-point kernel on this CPU")
-@pytest.mark.parametrize("isa,K,blocksize", FIXED_SHAPES)
+@pytest.mark.parametrize("isa,M,K,blocksize", FIXED_SHAPES)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("case", FIXED_CASES)
-def test_gemv_bf16_is_the_fixed_point_product(isa, K, blocksize, quant_type, case) -> None:
+def test_gemv_bf16_is_the_fixed_point_product(isa, M, K, blocksize, quant_type, case) -> None:
     """A fixed-point kernel's result is the model's, rounded to bf16: within one bf16 unit
     everywhere (f32 summation may move a value across a rounding boundary) and equal in almost every
     output. Fewer bits of A, truncation instead of rounding or a wrong group exponent fail this."""
     N = 256
     packed, absmax, code = _weight(N, K, blocksize, quant_type, seed=K + blocksize + 1)
-    A = _input(K, case, seed=N + K + 1)
+    A = _input(K, case, seed=N + K + 1, M=M)
     got = _gemv(isa, A, packed, absmax, code, N, K, blocksize)
     model = _fixed_point_model(A, packed, absmax, code, N, K, blocksize)
     rounded = model.to(torch.bfloat16)

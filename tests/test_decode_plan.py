@@ -101,7 +101,7 @@ def test_inputs_the_runner_does_not_take_go_the_general_way(case):
     count = _Count(layer)
     grad = False
     if case == "rows_above_the_limit":
-        x = torch.randn(prepared.MAX_ROWS + 1, 128).bfloat16()
+        x = torch.randn(prepared.kernels.FUSED_MAX_ROWS + 1, 128).bfloat16()  # above every runner's limit
     elif case == "other_dtype":
         x = torch.randn(1, 128)  # converted to the compute dtype by the general path
     elif case == "non_contiguous":

@@ -35,9 +35,25 @@ rows the 4-bit forward is at parity. The int8 forward has no dense alternative o
 no fast expansion into a dense GEMM), so it always runs here."""
 
 
+FIXED_POINT_ROWS = 7
+"""Rows of A up to which ``gemm_4bit`` at block size 64 with k a multiple of 128 keeps the fused
+kernel, which the avx512 table runs in 16-bit fixed point (``vpdpwssd``) for up to 8 bf16 rows.
+4096x4096 bf16, 2 threads, layers streamed from memory (bench/RESULTS.md): 5 rows 0.80-0.84 ms
+against AMX's 1.37-1.48, 7 rows 1.12-1.13 against 1.44-1.46; with the weight in cache 7 rows are
+at parity and at 8 rows AMX is faster (0.98 against 1.23 ms)."""
+
+
+def fused_rows(k: int, blocksize: int) -> int:
+    """The most rows of A for which ``gemm_4bit`` (W ``[n, k]``) keeps the fused kernel on AMX
+    machines."""
+    return FIXED_POINT_ROWS if blocksize == 64 and k % 128 == 0 else MIN_ROWS["gemm_4bit"] - 1
+
+
 def eligible(op: str, A: torch.Tensor, rows: int, k: int, blocksize: int | None = None) -> bool:
     """Whether ``op`` takes the AMX path for A (``rows`` rows; W ``[n, k]``) and, for 4-bit,
     ``blocksize``. The forward ops need k (the sum's length) to be a multiple of 32."""
+    if op == "gemm_4bit" and blocksize is not None and rows <= fused_rows(k, blocksize):
+        return False
     return (
         A.dtype == torch.bfloat16
         and MIN_ROWS[op] <= rows <= MAX_ROWS[op]
