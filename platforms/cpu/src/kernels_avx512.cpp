@@ -29,7 +29,7 @@ namespace avx512 {
 // rounded to bf16 exactly as the reference rounds it; f16/f32 A run in f32 FMA with the weight
 // rounded to A's dtype. One or two rows at block size 64 (k a multiple of 128) take the gemv
 // kernels of gemv_avx512.h instead, with layouts of their own (gemv_bf16_b64, gemv_f32_b64): the
-// code book's values times each block's partial sum, the weight unrounded; one to four bf16 rows
+// code book's values times each block's partial sum, the weight unrounded; one to eight bf16 rows
 // run there in 16-bit fixed point (gemv_fixed16) where A allows it. The prepared buffer starts
 // with a header naming its layout.
 
