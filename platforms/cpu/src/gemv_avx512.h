@@ -1,6 +1,7 @@
-// The AVX-512 table's 4-bit GEMV kernels (one to four rows of A at block size 64, k a multiple of
-// 128): the weight streamed one row at a time, its 128 weights a step looked up with vpermw, then
-// vdpbf16ps (bf16 rows), vpdpwssd (bf16 rows in 16-bit fixed point) or FMA (f32 and f16 rows).
+// The AVX-512 table's 4-bit GEMV kernels (block size 64, k a multiple of 128): the weight streamed
+// one row at a time, its 128 weights a step looked up with vpermw, then vpdpwssd (one to eight
+// bf16 rows in 16-bit fixed point), vdpbf16ps (one or two bf16 rows the fixed point cannot hold)
+// or FMA (one or two f32 or f16 rows).
 // Included by kernels_avx512.cpp only (compiled with the AVX-512 flags).
 #pragma once
 
@@ -30,10 +31,10 @@ bool gemv_f32_b64(const Gemm4bitArgs& a) {
 }
 
 // One to kFixedRows bf16 rows at block size 64 (k a multiple of 128) with a code book within
-// [-1, 1]: the fixed-point kernel (gemv_fixed16_row) where A's groups allow it. On this class vdpbf16ps issues
-// as several operations on the two vector ports (8 independent chains: 0.54 ns an instruction,
-// vpdpwssd 0.18, vfmadd 0.16, on the machine of bench/RESULTS.md), so the bf16 dot products were
-// the kernel's bound; vpdpwssd on 16-bit integers does the same 32 products in one.
+// [-1, 1]: the fixed-point kernel (gemv_fixed16_row) where A's groups allow it. On Intel's AMX
+// Xeons vdpbf16ps issues as several operations on the two vector ports (8 independent chains:
+// 0.54 ns an instruction, vpdpwssd 0.18, vfmadd 0.16; bench/RESULTS.md), so the bf16 dot products
+// were the kernel's bound; vpdpwssd on 16-bit integers does the same 32 products in one.
 constexpr int64_t kFixedRows = 8;
 bool gemv_fixed16(const Gemm4bitArgs& a) {
   if (!(a.dtype == BNB_DTYPE_BF16 && a.m >= 1 && a.m <= kFixedRows && a.blocksize == 64 && a.k % 128 == 0))
