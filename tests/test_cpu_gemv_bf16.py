@@ -23,7 +23,7 @@ pytest.importorskip("bitsandbytes_cpu")
 
 ISAS = cpu_isas()
 
-CASES = ["randn", "outlier", "zero_groups", "magnitudes", "small", "huge", "deep", "tiny", "inf", "nan"]
+CASES = ["randn", "outlier", "zero_groups", "magnitudes", "small", "huge", "deep", "tiny_product", "tiny", "inf", "nan"]
 FIXED_CASES = [c for c in CASES if c not in ("tiny", "inf", "nan")]
 
 
@@ -39,6 +39,12 @@ def _weight(N: int, K: int, blocksize: int, quant_type: str, seed: int):
     W = torch.randn(N, K, generator=torch.Generator().manual_seed(seed))
     packed, absmax = REF["quantize_4bit"](W, blocksize, quant_type, torch.uint8)
     return packed, absmax, four_bit_decode_table(quant_type)
+
+
+def _scaled(absmax: torch.Tensor, case: str) -> torch.Tensor:
+    """The weight's block absmax for the case: 2^-34 times smaller for "tiny_product" (the same
+    packed codes quantize the weight times 2^-34)."""
+    return absmax * 2.0**-34 if case == "tiny_product" else absmax
 
 
 def _gemv(isa: str, A, packed, absmax, code, N: int, K: int, blocksize: int) -> torch.Tensor:
@@ -59,6 +65,8 @@ def _input(K: int, case: str, seed: int, M: int = 1) -> torch.Tensor:
         A[-1, 128:192] *= 2.0**-90
     elif case in ("small", "huge", "deep"):  # each scale on its own, where no group hides it
         A *= {"small": 1e-20, "huge": 1e20, "deep": 2.0**-90}[case]
+    elif case == "tiny_product":  # with _scaled's weights: a group's scale times absmax is deep in
+        A *= 2.0**-86  # the subnormal range (~2^-143) while every product stays a normal float
     elif case == "tiny":  # under 2^-96: the f32 kernel (a kernel that dropped it would give 0)
         A *= 1e-35
     elif case == "inf":
@@ -91,6 +99,7 @@ def _bound(A: torch.Tensor, W: torch.Tensor, absmax: torch.Tensor, exact: torch.
 def test_gemv_bf16_within_the_fixed_point_bound(isa, M, K, blocksize, quant_type, case) -> None:
     N = 96
     packed, absmax, code = _weight(N, K, blocksize, quant_type, seed=K + blocksize)
+    absmax = _scaled(absmax, case)
     Wq = REF["dequantize_4bit"](packed, absmax, blocksize, quant_type, [N, K], torch.float32)
     A = _input(K, case, seed=N + K, M=M)
     got = _gemv(isa, A, packed, absmax, code, N, K, blocksize)
@@ -133,8 +142,18 @@ def _fixed_point_model(
 FIXED_SHAPES = [
     (isa, M, K, blocksize)
     for isa in ISAS
-    for M in (1, 2, 3, 4, 5, 8)
-    for K, blocksize in [(4096, 64), (4288, 64), (1024, 64), (2048, 128), (1024, 256), (4096, 4096)]
+    for M in range(1, 9)
+    # 128 and 384 columns: one and three 128-column steps (the last one outside the step pairs).
+    for K, blocksize in [
+        (4096, 64),
+        (4288, 64),
+        (1024, 64),
+        (384, 64),
+        (128, 64),
+        (2048, 128),
+        (1024, 256),
+        (4096, 4096),
+    ]
     if isa in ("avx2", "avx512") and _fixed_point(isa, M, K, blocksize)
 ]
 
@@ -149,6 +168,7 @@ def test_gemv_bf16_is_the_fixed_point_product(isa, M, K, blocksize, quant_type, 
     output. Fewer bits of A, truncation instead of rounding or a wrong group exponent fail this."""
     N = 256
     packed, absmax, code = _weight(N, K, blocksize, quant_type, seed=K + blocksize + 1)
+    absmax = _scaled(absmax, case)
     A = _input(K, case, seed=N + K + 1, M=M)
     got = _gemv(isa, A, packed, absmax, code, N, K, blocksize)
     model = _fixed_point_model(A, packed, absmax, code, N, K, blocksize)

@@ -90,6 +90,22 @@ def test_the_runner_gives_the_general_result_bit_for_bit(dtype, bias, shape, qua
         torch.testing.assert_close(y.float(), ref, rtol=0.02, atol=0.02)
 
 
+@pytest.mark.parametrize("k,rows,served", [(128, 7, 1), (128, 8, 0), (192, 4, 1), (192, 5, 0)])
+def test_the_runner_takes_the_rows_of_the_fused_kernel(k, rows, served):
+    """Up to amx.fused_rows: 7 rows at block size 64 with k a multiple of 128 (the fixed-point
+    GEMV), 4 elsewhere; more rows go the general way, with the same result."""
+    layer = _layer(k=k)
+    with torch.no_grad():
+        layer(torch.randn(1, k).bfloat16())
+    count = _Count(layer)
+    x = torch.randn(rows, k).bfloat16()
+    with torch.no_grad():
+        y = layer(x)
+        ref = _general(layer, x)
+    assert count.served == served
+    assert torch.equal(y, ref)
+
+
 @pytest.mark.parametrize(
     "case", ["rows_above_the_limit", "other_dtype", "non_contiguous", "requires_grad", "subclass", "empty"]
 )

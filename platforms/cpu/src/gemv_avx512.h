@@ -48,7 +48,8 @@ bool gemv_fixed16(const Gemm4bitArgs& a) {
 // (kernels_avx2_gemm4.cpp: A per 64 columns times 2^(14 - e), rounded half to even, for the
 // group's largest |value| in [2^e, 2^(e+1)); its scale S = 2^(e - 27) including the code book's
 // 2^13) in gemv_bf16_row's order: Q[32q + i] = column 4i + q. False where a group holds inf or NaN
-// or its largest |value| is under 2^-96 (the bf16 kernel takes those).
+// or its largest |value| is under 2^-96: then the whole call takes the other kernels (the bf16
+// GEMV for one or two rows, the tiles for more).
 bool fixed16_prepare128(const uint16_t* A, int16_t* Q, float* S) {
   __m512i col[4];  // the 128 columns' integers in column order, 32 a register
   for (int h = 0; h < 2; ++h) {
@@ -128,15 +129,17 @@ inline void gemv_row_b64(const Gemm4bitArgs& a, int64_t j, Part part, float (&su
     __m512 parts[MT];
     part(_mm512_loadu_si512(w + i / 2), i, parts);
     const __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(am + i / 64)));
-    if (kGroupScale) {
-      for (int r = 0; r < MT; ++r) {
+    const __m512 scale = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(pair));
+    for (int r = 0; r < MT; ++r) {
+      __m512 p = parts[r];
+      if (kGroupScale) {
+        // The partial sums times the groups' powers of two first (exact: S >= 2^-123 and a
+        // nonzero sum >= 1), then the absmax: S * absmax as one product could fall below the
+        // normal range, and lose bits, where the output itself is an ordinary number.
         const __m128 s = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(gs + r * k / 64 + i / 64)));
-        const __m512 scale = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(_mm_mul_ps(pair, s)));
-        acc_c[r] = _mm512_fmadd_ps(parts[r], scale, acc_c[r]);
+        p = _mm512_mul_ps(p, _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(s)));
       }
-    } else {
-      const __m512 scale = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(pair));
-      for (int r = 0; r < MT; ++r) acc_c[r] = _mm512_fmadd_ps(parts[r], scale, acc_c[r]);
+      acc_c[r] = _mm512_fmadd_ps(p, scale, acc_c[r]);
     }
   };
   int64_t i = 0;
