@@ -6,11 +6,11 @@
 #pragma once
 
 #include <immintrin.h>
-#include <math.h>
 #include <stdint.h>
 
 #include "bnb/numeric.h"
 #include "element.h"
+#include "fixed16.h"
 #include "kernels.h"
 #include "simd_avx512.h"
 
@@ -37,17 +37,12 @@ bool gemv_f32_b64(const Gemm4bitArgs& a) {
 // were the kernel's bound; vpdpwssd on 16-bit integers does the same 32 products in one.
 constexpr int64_t kFixedRows = 8;
 bool gemv_fixed16(const Gemm4bitArgs& a) {
-  if (!(a.dtype == BNB_DTYPE_BF16 && a.m >= 1 && a.m <= kFixedRows && a.blocksize == 64 && a.k % 128 == 0))
-    return false;
-  for (int c = 0; c < 16; ++c)
-    if (!(fabsf(a.code[c]) <= 1.0f)) return false;
-  return true;
+  return a.dtype == BNB_DTYPE_BF16 && a.m >= 1 && a.m <= kFixedRows && a.blocksize == 64 && a.k % 128 == 0 &&
+         fixed16::code_fits(a.code);
 }
 
-// 128 columns of one bf16 row as the fixed-point kernel takes them, the AVX2 table's format
-// (kernels_avx2_gemm4.cpp: A per 64 columns times 2^(14 - e), rounded half to even, for the
-// group's largest |value| in [2^e, 2^(e+1)); its scale S = 2^(e - 27) including the code book's
-// 2^13) in gemv_bf16_row's order: Q[32q + i] = column 4i + q. False where a group holds inf or NaN
+// 128 columns of one bf16 row in the fixed-point format (fixed16.h), with each group's scale S,
+// in gemv_bf16_row's order: Q[32q + i] = column 4i + q. False where a group holds inf or NaN
 // or its largest |value| is under 2^-96: then the whole call takes the other kernels (the bf16
 // GEMV for one or two rows, the tiles for more).
 bool fixed16_prepare128(const uint16_t* A, int16_t* Q, float* S) {
@@ -61,12 +56,12 @@ bool fixed16_prepare128(const uint16_t* A, int16_t* Q, float* S) {
     const int e = static_cast<int>(top >> 7) - 127;
     if (top == 0) {
       S[h] = 0.0f;
-    } else if (top >= 0x7f80u || e < -96) {
+    } else if (top >= 0x7f80u || e < fixed16::kMinExponent) {
       return false;
     } else {
-      S[h] = bnb::bits_float(static_cast<uint32_t>(e - 27 + 127) << 23);
+      S[h] = bnb::bits_float(fixed16::group_scale_bits(e));
     }
-    const __m512 scale = _mm512_castsi512_ps(_mm512_set1_epi32(top == 0 ? 127 << 23 : (14 - e + 127) << 23));
+    const __m512 scale = _mm512_castsi512_ps(_mm512_set1_epi32(top == 0 ? 127 << 23 : fixed16::a_scale_bits(e)));
     for (int r = 0; r < 2; ++r) {
       const __m512i v = r == 0 ? v0 : v1;
       __m256i half[2];
@@ -78,11 +73,12 @@ bool fixed16_prepare128(const uint16_t* A, int16_t* Q, float* S) {
       col[2 * h + r] = _mm512_inserti64x4(_mm512_castsi256_si512(half[0]), half[1], 1);
     }
   }
+  // Lane i < 16 takes column 4i + q of the first 64, lane i >= 16 column 4(i - 16) + q of the rest.
+  alignas(64) static constexpr uint16_t kColumn0[32] = {0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60,
+                                                        0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60};
+  const __m512i column0 = _mm512_load_si512(kColumn0);
   for (int q = 0; q < 4; ++q) {
-    // Lane i < 16 takes column 4i + q of the first 64, lane i >= 16 column 4(i - 16) + q of the rest.
-    alignas(64) uint16_t ix[32];
-    for (int i = 0; i < 32; ++i) ix[i] = static_cast<uint16_t>(4 * (i % 16) + q);
-    const __m512i idx = _mm512_load_si512(ix);
+    const __m512i idx = _mm512_add_epi16(column0, _mm512_set1_epi16(static_cast<short>(q)));
     const __m512i lo = _mm512_permutex2var_epi16(col[0], idx, col[1]);
     const __m512i hi = _mm512_permutex2var_epi16(col[2], idx, col[3]);
     _mm512_storeu_si512(Q + 32 * q, _mm512_mask_blend_epi16(0xffff0000u, lo, hi));

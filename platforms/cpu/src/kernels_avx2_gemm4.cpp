@@ -1,12 +1,12 @@
 // The AVX2 4-bit matmul (gemm_4bit): a pshufb lookup kernel over A prepared once per call, and
 // for one bf16 row of A (decoding) a 16-bit fixed-point kernel. Compiled with -mavx2 -mfma -mf16c.
 #include <immintrin.h>
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "bnb/numeric.h"
 #include "element.h"
+#include "fixed16.h"
 #include "kernels.h"
 #include "simd_avx2.h"
 
@@ -244,15 +244,13 @@ void lookup_range(const Gemm4bitArgs& a, const float* P, const Table16& t, int64
 // range: |q| <= 2^15 - 1 and |entry| <= 2^13, so a lane's 8 products per group stay under 2^31.
 // A that holds inf, NaN or a group whose largest |value| is under 2^-96 takes the f32 kernel.
 
-constexpr float kCodeScale = 8192.0f;  // 2^13
-
 // The code book as 16-bit integers, split into pshufb tables of their low and high bytes.
 struct Fixed16Table {
   __m256i lo, hi;
   explicit Fixed16Table(const float* code) {
     alignas(16) uint8_t b[2][16];
     for (int c = 0; c < 16; ++c) {
-      const uint16_t v = static_cast<uint16_t>(static_cast<int16_t>(lrintf(code[c] * kCodeScale)));
+      const uint16_t v = static_cast<uint16_t>(fixed16::code_entry(code[c]));
       b[0][c] = static_cast<uint8_t>(v);
       b[1][c] = static_cast<uint8_t>(v >> 8);
     }
@@ -260,12 +258,6 @@ struct Fixed16Table {
     hi = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(b[1])));
   }
 };
-
-bool code_fits_fixed16(const float* code) {
-  for (int c = 0; c < 16; ++c)
-    if (!(fabsf(code[c]) <= 1.0f)) return false;
-  return true;
-}
 
 // One group of A (64 bf16 values) as 64 int16 in the order group64 meets them: the even columns
 // 0-14 and 32-46, the even 16-30 and 48-62, then the same of the odd columns (byte b of the
@@ -288,9 +280,9 @@ bool fixed16_group(const uint16_t* A, int16_t* Q, float* S) {
     return true;
   }
   const int e = static_cast<int>(top >> 23) - 127;
-  if (top >= 0x7f800000u || e < -96) return false;
-  const __m256 scale = _mm256_castsi256_ps(_mm256_set1_epi32((14 - e + 127) << 23));
-  *S = bnb::bits_float(static_cast<uint32_t>(e - 27 + 127) << 23);
+  if (top >= 0x7f800000u || e < fixed16::kMinExponent) return false;
+  const __m256 scale = _mm256_castsi256_ps(_mm256_set1_epi32(fixed16::a_scale_bits(e)));
+  *S = bnb::bits_float(fixed16::group_scale_bits(e));
   // Within each 128-bit lane: the words at even positions, then those at odd positions.
   const __m256i split = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,  //
                                          0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
@@ -381,7 +373,7 @@ void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
   if (!gemm_fast(a)) return;
   char* body = static_cast<char*>(scratch) + kHeader;
   int32_t* layout = static_cast<int32_t*>(scratch);
-  if (a.m == 1 && a.dtype == BNB_DTYPE_BF16 && code_fits_fixed16(a.code)) {
+  if (a.m == 1 && a.dtype == BNB_DTYPE_BF16 && fixed16::code_fits(a.code)) {
     const uint16_t* A = static_cast<const uint16_t*>(a.A);
     int16_t* Q = reinterpret_cast<int16_t*>(body);
     float* S = reinterpret_cast<float*>(body + a.k * 2);

@@ -3,7 +3,6 @@
 // is written with intrinsics, as are the quantizers (kernels_avx512_quant.cpp), the optimizers
 // (kernels_avx512_optim.cpp) and the weight-only int8 matmul (kernels_avx512_wmm.cpp).
 #include <immintrin.h>
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -246,7 +245,7 @@ void gemm_4bit(const Gemm4bitArgs& args, int64_t n0, int64_t n1) {
   const char* body = static_cast<const char*>(args.prepared) + kHeader;
   if (*static_cast<const int32_t*>(args.prepared) == kFixed16) {
     alignas(64) int16_t t[32];
-    for (int c = 0; c < 32; ++c) t[c] = static_cast<int16_t>(lrintf(args.code[c % 16] * 8192.0f));
+    for (int c = 0; c < 32; ++c) t[c] = fixed16::code_entry(args.code[c % 16]);
     const __m512i tab = _mm512_load_si512(t);
     const int16_t* Q = reinterpret_cast<const int16_t*>(body);
     const float* S = reinterpret_cast<const float*>(body + args.m * args.k * 2);
