@@ -154,7 +154,7 @@ def bench_4bit_stream(rep: Report, N: int, K: int, reps: int, only: set[str], st
     dense = [torch.randn(N, K, generator=gen).to(torch.bfloat16) for _ in range(layers(N * K * 2))]
     i4 = [
         torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (N, K), dtype=torch.int32), 2)
-        for _ in range(layers(N * K / 2 + N * K / 64 * 4))
+        for _ in range(layers(nbytes))
     ]
     sz = torch.rand(K // 64, N, 2, generator=gen).to(torch.bfloat16)
     calls = {

@@ -29,10 +29,6 @@ from bitsandbytes import _checks as C
 from . import _C, amx, kernels, kernels_int8
 from ._codes import DTYPE_CODE
 
-MAX_ROWS = min(kernels.FUSED_MAX_ROWS, amx.MIN_ROWS["gemm_4bit"] - 1)
-"""Rows of A a runner takes: those of the fused kernel below the AMX crossover (decoding); more
-at the shapes of ``amx.fused_rows``."""
-
 
 def prepare_gemm_4bit(
     B: torch.Tensor,
@@ -79,7 +75,8 @@ def prepare_gemm_4bit(
     bias_ptr = 0 if bias is None else keep[2].data_ptr()
     dtype_code = DTYPE_CODE[dtype]
     gemm, empty, threads = _C.gemm_4bit, torch.empty, torch.get_num_threads
-    max_rows = min(kernels.FUSED_MAX_ROWS, max(MAX_ROWS, amx.fused_rows(k, blocksize)))
+    # The rows of the fused kernel below the AMX crossover (decoding).
+    max_rows = min(kernels.FUSED_MAX_ROWS, amx.fused_rows(k, blocksize))
 
     def run(A: torch.Tensor) -> torch.Tensor | None:
         # The op's checks of A, in one test: every step costs microseconds here (module docstring).
