@@ -65,3 +65,74 @@ def test_8bit_update_matches_scalar(isa, name, dtype, skip_zeros, gnorm_scale, w
         torch.set_num_threads(threads)
     for what, w, o in zip(("p", "state1", "absmax1", "state2", "absmax2"), want, got):
         assert torch.equal(w, o), f"{isa} {what} differs from scalar"
+
+
+def _grid_index(s: torch.Tensor) -> torch.Tensor:
+    """The 8-bit state rule's grid index of scaled values s (f32, one rounding per operation)."""
+    return ((s.clamp(-1.0, 1.0) + 1.0) * 32767.5 + 0.5).floor()
+
+
+def _ordered(bits: torch.Tensor) -> torch.Tensor:
+    """f32 bit patterns (int64) <-> integers in the order of the values (its own inverse)."""
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _from_ordered(o: torch.Tensor) -> torch.Tensor:
+    return _ordered(o).to(torch.int32).view(torch.float32)
+
+
+def _grid_thresholds() -> torch.Tensor:
+    """For every grid index b >= 1, the smallest f32 s whose grid index is >= b (bisection over
+    the f32 values in order): the values at which any code book's code can change."""
+    b = torch.arange(1, 65536, dtype=torch.float32)
+    lo = torch.full(b.shape, int(_ordered(torch.tensor([-1.0]).view(torch.int32).long())), dtype=torch.int64)
+    hi = torch.full(b.shape, int(_ordered(torch.tensor([1.0]).view(torch.int32).long())), dtype=torch.int64)
+    while bool((hi - lo > 1).any()):
+        mid = (lo + hi) // 2
+        up = _grid_index(_from_ordered(mid)) >= b
+        hi = torch.where(up, mid, hi)
+        lo = torch.where(up, lo, mid)
+    return hi
+
+
+@pytest.mark.skipif(not VECTOR_ISAS, reason="only the scalar kernels are usable on this CPU")
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+@pytest.mark.parametrize("signed", [True, False])
+def test_8bit_state_codes_at_every_grid_threshold(isa, signed) -> None:
+    """Momentum's first step stores g itself, so with a 1.0 in every block (absmax 1) the scaled
+    state values are exactly the ones chosen: every grid threshold and the f32 value just below
+    it, where the vector kernels' code tables and searches must change code exactly as the scalar
+    kernel does; for the signed and the unsigned dynamic code book."""
+    t = _grid_thresholds()
+    values = torch.cat([_from_ordered(t), _from_ordered(t - 1), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 2e-45])])
+    per = 255
+    blocks = (values.numel() + per - 1) // per
+    body = torch.zeros(blocks * per)
+    body[: values.numel()] = values
+    g = torch.cat([torch.ones(blocks, 1), body.view(blocks, per)], dim=1).view(-1)
+    q1 = F.create_dynamic_map(signed=signed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    got = {}
+    try:
+        for which in ("scalar", isa):
+            p = torch.zeros_like(g)
+            s1 = torch.zeros(g.numel(), dtype=torch.uint8)
+            a1 = torch.zeros(blocks)
+            bitsandbytes_cpu.set_isa(which)
+            try:
+                torch.ops.bitsandbytes.optimizer_update_8bit_blockwise(
+                    "momentum", g, p, s1, None, 0.9, 0.0, 0.0, 0.0, 1e-8, 1, 1e-3, q1, None, a1, None, 0.0, 1.0, False
+                )
+            finally:
+                bitsandbytes_cpu.set_isa("auto")
+            got[which] = (s1, a1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got["scalar"][1], torch.ones(blocks))
+    want, have = got["scalar"][0], got[isa][0]
+    bad = (want != have).nonzero().flatten()
+    assert bad.numel() == 0, f"{isa}: {bad.numel()} codes differ, first at {g[bad[:4]].tolist()}"
+    # The thresholds do change the code (at least once per code): the test is where it matters.
+    codes = want.view(blocks, 256)[:, 1:].reshape(-1)
+    assert int((codes[: t.numel()] != codes[t.numel() : 2 * t.numel()]).sum()) >= 200

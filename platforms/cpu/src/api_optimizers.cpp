@@ -29,6 +29,8 @@ struct GridTable {
   uint8_t pad[4] = {0, 0, 0, 0};  // kernels gather 32 bits at a time from `code`
   uint16_t bound[256];            // see Opt8Args::bound1
   bool has_bound = false;
+  uint32_t keys[bnb_cpu::kStateKeyEnd - bnb_cpu::kStateKeyFloor];  // see Opt8Args::keys1
+  bool has_keys = false;
 };
 
 // bound[j] = the first grid index whose code is >= j; usable when the codes never decrease along
@@ -45,6 +47,37 @@ void fill_bounds(GridTable& t) {
     t.bound[j] = static_cast<uint16_t>(k);
   }
   t.has_bound = true;
+}
+
+// The code of a scaled state value given by its bits.
+uint8_t code_of_bits(const GridTable& t, uint32_t bits) {
+  return t.code[bnb::state_grid_index(bnb::bits_float(bits), 1.0f)];
+}
+
+// Opt8Args::keys1 from the grid's codes. Within one sign the code is monotone in the bits (the
+// grid index is monotone in s and the codes never decrease along the grid), so a bucket whose two
+// ends share a code is constant, and otherwise its first change is found by bisection; a bucket
+// with a second change leaves has_keys false.
+void fill_keys(GridTable& t) {
+  using bnb_cpu::kStateKeyEnd;
+  using bnb_cpu::kStateKeyFloor;
+  for (uint32_t u = kStateKeyFloor; u < kStateKeyEnd; ++u) {
+    const uint32_t lo = u == kStateKeyFloor ? 0u : u << 15, hi = (u << 15) | 0x7fffu;
+    const uint32_t c0 = code_of_bits(t, lo), c1 = code_of_bits(t, hi);
+    uint32_t entry = c0 | (c1 << 8) | 0xfffe0000u;  // no change: the compare never holds
+    if (c0 != c1) {
+      if (u == kStateKeyFloor) return;
+      uint32_t a = lo, b = hi;  // code(a) == c0, code(b) != c0
+      while (b - a > 1) {
+        const uint32_t mid = a + (b - a) / 2;
+        (code_of_bits(t, mid) == c0 ? a : b) = mid;
+      }
+      if (code_of_bits(t, b) != c1) return;
+      entry = c0 | (c1 << 8) | (((b & 0x7fffu) - 1u) << 17);
+    }
+    t.keys[u - kStateKeyFloor] = entry;
+  }
+  t.has_keys = true;
 }
 
 std::shared_ptr<const GridTable> grid_table(const float* qmap) {
@@ -65,6 +98,7 @@ std::shared_ptr<const GridTable> grid_table(const float* qmap) {
     t->code[k] = static_cast<uint8_t>(bnb::nearest_sorted_256(mids, bnb::state_grid_value(k)));
   }
   fill_bounds(*t);
+  if (t->has_bound) fill_keys(*t);
   std::lock_guard<std::mutex> lock(mutex);
   cache[next] = t;
   next = (next + 1) % 4;
@@ -163,6 +197,8 @@ int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, vo
                       grid2 ? grid2->code : nullptr,
                       grid1->has_bound ? grid1->bound : nullptr,
                       grid2 && grid2->has_bound ? grid2->bound : nullptr,
+                      grid1->has_keys ? grid1->keys : nullptr,
+                      grid2 && grid2->has_keys ? grid2->keys : nullptr,
                       n};
   const auto& kt = kernels();
   parallel_for(n, 64 * kBlock, [&](int64_t i0, int64_t i1) { kt.optimizer_8bit_blockwise(a, i0, i1); });
