@@ -21,6 +21,7 @@
 #include "bnb/optimizer_math.h"
 #include "element.h"
 #include "kernels.h"
+#include "opt8_prefetch.h"
 #include "optimizer_dispatch.h"
 #include "simd_avx2.h"
 
@@ -245,6 +246,7 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
     const T* gb = g + start;
     T* pb = p + start;
     for (int j = 0; j < kBS; j += 8) {
+      if (j % 64 == 0) prefetch_opt8_streams(a, g, p, start + j + kOpt8PrefetchAhead, i1, kSlow, kTwo);
       const __m256 o1 = _mm256_mul_ps(_mm256_load_ps(d1 + j), am1);
       const __m256 o1b = kSlow ? _mm256_mul_ps(_mm256_load_ps(d1b + j), am1b) : _mm256_setzero_ps();
       const __m256 o2 = kTwo ? _mm256_mul_ps(_mm256_load_ps(d2 + j), am2) : _mm256_setzero_ps();

@@ -17,6 +17,7 @@
 #include "bnb/optimizer_math.h"
 #include "element.h"
 #include "kernels.h"
+#include "opt8_prefetch.h"
 #include "optimizer_dispatch.h"
 #include "simd_avx512.h"
 
@@ -203,17 +204,6 @@ inline PendingCodes requantize_block(const float* v, __m512i mb, const BoundSear
   return PendingCodes();
 }
 
-// Prefetches into L1 the 64 elements at i of every stream of the update, kPrefetchAhead elements
-// before they are read: the hardware prefetchers alone leave the kernel waiting on memory (2
-// threads, 16.7 M parameters evicted from cache: Adam8bit 10.1-10.3 -> 8.8-9.0 ms, SGD8bit
-// 7.2-7.5 -> 6.1-6.3; 256-1024 elements ahead are alike, 4096 slower, L2 as the target no better).
-constexpr int64_t kPrefetchAhead = 512;
-
-template <typename T>
-inline void prefetch64(const T* x) {
-  for (size_t o = 0; o < 64 * sizeof(T); o += 64) _mm_prefetch(reinterpret_cast<const char*>(x) + o, _MM_HINT_T0);
-}
-
 template <int OPT, typename E>
 void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
   constexpr int64_t BS = BNB_OPTIM_STATE_BLOCKSIZE;
@@ -246,14 +236,7 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
     __m512i mx1 = _mm512_setzero_si512(), mx1b = _mm512_setzero_si512(), mx2 = _mm512_setzero_si512();
     for (int64_t q = 0; q < BS; q += 64) {
       __m512 m1v[4], m1bv[4], m2v[4];
-      const int64_t ahead = start + q + kPrefetchAhead;
-      if (ahead + 64 <= i1) {
-        prefetch64(g + ahead);
-        prefetch64(p + ahead);
-        _mm_prefetch(reinterpret_cast<const char*>(a.state1 + ahead), _MM_HINT_T0);
-        if (kSlow) _mm_prefetch(reinterpret_cast<const char*>(a.state1 + a.n + ahead), _MM_HINT_T0);
-        if (two) _mm_prefetch(reinterpret_cast<const char*>(a.state2 + ahead), _MM_HINT_T0);
-      }
+      prefetch_opt8_streams(a, g, p, start + q + kOpt8PrefetchAhead, i1, kSlow, two);
       // The first moments' codes are looked up on the shuffle port, the second moment's
       // gathered: with the requantization's gathers that balances the two (1 thread in cache, ns
       // a parameter: Adam8bit 0.88 -> 0.85; gathering the first moments as well is slower).
