@@ -29,7 +29,7 @@ struct GridTable {
   uint8_t pad[4] = {0, 0, 0, 0};  // kernels gather 32 bits at a time from `code`
   uint16_t bound[256];            // see Opt8Args::bound1
   bool has_bound = false;
-  uint32_t keys[bnb_cpu::kStateKeyEnd - bnb_cpu::kStateKeyFloor];  // see Opt8Args::keys1
+  uint32_t keys[bnb_cpu::kStateKeyEnd];  // see Opt8Args::keys1
   bool has_keys = false;
 };
 
@@ -60,13 +60,11 @@ uint8_t code_of_bits(const GridTable& t, uint32_t bits) {
 // with a second change leaves has_keys false.
 void fill_keys(GridTable& t) {
   using bnb_cpu::kStateKeyEnd;
-  using bnb_cpu::kStateKeyFloor;
-  for (uint32_t u = kStateKeyFloor; u < kStateKeyEnd; ++u) {
-    const uint32_t lo = u == kStateKeyFloor ? 0u : u << 15, hi = (u << 15) | 0x7fffu;
+  for (uint32_t u = 0; u < kStateKeyEnd; ++u) {
+    const uint32_t lo = u << 15, hi = lo | 0x7fffu;
     const uint32_t c0 = code_of_bits(t, lo), c1 = code_of_bits(t, hi);
     uint32_t entry = c0 | (c1 << 8) | 0xfffe0000u;  // no change: the compare never holds
     if (c0 != c1) {
-      if (u == kStateKeyFloor) return;
       uint32_t a = lo, b = hi;  // code(a) == c0, code(b) != c0
       while (b - a > 1) {
         const uint32_t mid = a + (b - a) / 2;
@@ -75,7 +73,7 @@ void fill_keys(GridTable& t) {
       if (code_of_bits(t, b) != c1) return;
       entry = c0 | (c1 << 8) | (((b & 0x7fffu) - 1u) << 17);
     }
-    t.keys[u - kStateKeyFloor] = entry;
+    t.keys[u] = entry;
   }
   t.has_keys = true;
 }

@@ -43,18 +43,16 @@ struct Opt8Args {
   const uint16_t* bound1;
   const uint16_t* bound2;
   // The same rule as a table of the scaled value's bits (s = x / absmax in f32, as the kernels
-  // form it): entry u - kStateKeyFloor for u = max(bits(s) >> 15, kStateKeyFloor) holds the codes
-  // at the low and the high end of those bits' bucket (bytes 0 and 1) and, in bits 17-31, t - 1
-  // for the first low 15 bits t that take the high one: code = (bits(s) << 17) > entry ? byte 1
-  // : byte 0. NULL when a bucket holds more than one change of code.
+  // form it): entry bits(s) >> 15 (sign, exponent and the top 8 bits of the mantissa) holds the
+  // codes at the low and the high end of those bits' bucket (bytes 0 and 1) and, in bits 17-31,
+  // t - 1 for the first low 15 bits t that take the high one: code = (bits(s) << 17) > entry ?
+  // byte 1 : byte 0. NULL when a bucket holds more than one change of code.
   const uint32_t* keys1;
   const uint32_t* keys2;
   int64_t n;
 };
 
-// The buckets of Opt8Args::keys1: |s| down to 2^-63 (smaller positive values share the floor
-// bucket), every negative value, and |s| < 2, which holds every s of a finite block.
-constexpr uint32_t kStateKeyFloor = 64u << 8;
+// The buckets of Opt8Args::keys1: every s with |s| < 2, which holds every s of a finite block.
 constexpr uint32_t kStateKeyEnd = (1u << 16) + (128u << 8);
 
 struct Opt32Args {

@@ -147,12 +147,11 @@ constexpr LowBytes kLowBytes;
 
 // Codes of 64 scaled values s from the table of their bits (Opt8Args::keys1): one gather a 16,
 // one compare, and the low bytes of the 64 entries gathered into one vector.
-inline __m512i key_codes64(const float* v, __m512 inv, const void* base) {
+inline __m512i key_codes64(const float* v, __m512 inv, const uint32_t* keys) {
   __m512i c[4];
   for (int r = 0; r < 4; ++r) {
     const __m512i b = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(v + 16 * r), inv));
-    const __m512i u = _mm512_max_epu32(_mm512_srli_epi32(b, 15), _mm512_set1_epi32(kStateKeyFloor));
-    const __m512i e = _mm512_i32gather_epi32(u, base, 4);
+    const __m512i e = _mm512_i32gather_epi32(_mm512_srli_epi32(b, 15), keys, 4);
     c[r] = _mm512_mask_srli_epi32(e, _mm512_cmpgt_epu32_mask(_mm512_slli_epi32(b, 17), e), e, 8);
   }
   const __m512i low = _mm512_load_si512(kLowBytes.index);
@@ -168,15 +167,10 @@ struct PendingCodes {
   uint8_t* codes = nullptr;
   __m512 inv = _mm512_setzero_ps();
 
-  void write64(const void* keys_base, int64_t q) const {
-    if (v != nullptr) _mm512_storeu_si512(codes + q, key_codes64(v + q, inv, keys_base));
+  void write64(const uint32_t* keys, int64_t q) const {
+    if (v != nullptr) _mm512_storeu_si512(codes + q, key_codes64(v + q, inv, keys));
   }
 };
-
-// The gathers' base for a key table: its entries start at bucket kStateKeyFloor.
-inline const void* keys_base(const uint32_t* keys) {
-  return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(keys) - 4u * kStateKeyFloor);
-}
 
 // New absmax of a 256-value block (NaN sticks, as nan_max_abs), given the lane-wise unsigned
 // maximum of the block's abs_bits (kept while the values were computed), and its codes: pending
@@ -221,8 +215,6 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
   const BoundSearch search1(a.bound1);
   const BoundSearch search2(two ? a.bound2 : a.bound1);
   const __m512i order = unpack_order();
-  const void* base1 = a.keys1 ? keys_base(a.keys1) : nullptr;
-  const void* base2 = two && a.keys2 ? keys_base(a.keys2) : nullptr;
   // The new state values of the block being updated and of the one whose codes are pending.
   alignas(64) float buf[2][3][BS];
   PendingCodes pend1, pend1b, pend2;
@@ -268,18 +260,18 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
           mx2 = _mm512_max_epu32(mx2, abs_bits(n2));
         }
       }
-      pend1.write64(base1, q);
-      if (kSlow) pend1b.write64(base1, q);
-      if (two) pend2.write64(base2, q);
+      pend1.write64(a.keys1, q);
+      if (kSlow) pend1b.write64(a.keys1, q);
+      if (two) pend2.write64(a.keys2, q);
     }
     pend1 = requantize_block(v1, mx1, search1, a.keys1, a.state1 + start, a.absmax1 + b);
     if (kSlow) pend1b = requantize_block(v1b, mx1b, search1, a.keys1, a.state1 + a.n + start, a.absmax1 + blocks + b);
     if (two) pend2 = requantize_block(v2, mx2, search2, a.keys2, a.state2 + start, a.absmax2 + b);
   }
   for (int64_t q = 0; q < BS; q += 64) {
-    pend1.write64(base1, q);
-    if (kSlow) pend1b.write64(base1, q);
-    if (two) pend2.write64(base2, q);
+    pend1.write64(a.keys1, q);
+    if (kSlow) pend1b.write64(a.keys1, q);
+    if (two) pend2.write64(a.keys2, q);
   }
   if (start < i1) kernels_scalar.optimizer_8bit_blockwise(a, start, i1);  // a partial last block
 }
