@@ -136,3 +136,45 @@ def test_8bit_state_codes_at_every_grid_threshold(isa, signed) -> None:
     # The thresholds do change the code (at least once per code): the test is where it matters.
     codes = want.view(blocks, 256)[:, 1:].reshape(-1)
     assert int((codes[: t.numel()] != codes[t.numel() : 2 * t.numel()]).sum()) >= 200
+
+
+def _run_ademamix(isa: str, step: int, betas: tuple[float, float]) -> list[torch.Tensor]:
+    """AdEMAMix with its states and gradients spread over 2^-140 .. 2^100 block by block, so that
+    the vector kernels' division by the step's bias corrections meets quotients far from 1 and
+    values outside the range its multiply-and-correct path takes."""
+    gen = torch.Generator().manual_seed(2)
+    blocks = 64
+    n = 256 * blocks
+    scale = torch.pow(2.0, torch.linspace(-140, 100, blocks)).repeat_interleave(256)
+    p = torch.randn(n, generator=gen)
+    g = torch.randn(n, generator=gen) * scale
+    g[::53] = 0.0
+    s1 = torch.randint(0, 256, (2 * n,), generator=gen, dtype=torch.uint8)
+    a1 = torch.cat([scale[::256], scale[::256] * 0.5])
+    s2 = torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8)
+    a2 = scale[::256] ** 2
+    q1, q2 = F.create_dynamic_map(signed=True), F.create_dynamic_map(signed=False)
+    bitsandbytes_cpu.set_isa(isa)
+    try:
+        torch.ops.bitsandbytes.optimizer_update_8bit_blockwise(
+            "ademamix", g, p, s1, s2, betas[0], betas[1], 0.9999, 5.0, 1e-8, step, 1e-3, q1, q2, a1, a2, 0.0, 1.0, False
+        )
+    finally:
+        bitsandbytes_cpu.set_isa("auto")
+    return [_bits(t) for t in (p, s1, a1, s2, a2)]
+
+
+@pytest.mark.skipif(not VECTOR_ISAS, reason="only the scalar kernels are usable on this CPU")
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+@pytest.mark.parametrize("step", [1, 2, 7, 100, 5000])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.95), (0.99, 0.9999)])
+def test_ademamix_bias_correction_divisions_match_scalar(isa, step, betas) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = _run_ademamix("scalar", step, betas)
+        got = _run_ademamix(isa, step, betas)
+    finally:
+        torch.set_num_threads(threads)
+    for what, w, o in zip(("p", "state1", "absmax1", "state2", "absmax2"), want, got):
+        assert torch.equal(w, o), f"{isa} {what} differs from scalar at step {step}"

@@ -39,6 +39,26 @@ inline VF mul_rn(VF a, VF b) { return VF(_mm512_mul_ps(a.v, b.v)); }
 inline VF div_rn(VF a, VF b) { return VF(_mm512_div_ps(a.v, b.v)); }
 inline VF sqrt_rn(VF a) { return VF(_mm512_sqrt_ps(a.v)); }
 inline VF fma_rn(VF a, VF b, VF c) { return VF(_mm512_fmadd_ps(a.v, b.v, c.v)); }
+// x / b without the divider, for AdEMAMix's two per-call divisors: q = x * rb, then Markstein's
+// correction q + (x - q b) rb, with x - q b exact (one FMA). The sum rounds to div_rn(x, b)
+// whenever rb = div_rn(1, b) and nothing under- or overflows, which |x| within [2^-60, 2^60] and b
+// within [2^-30, 2^30] (else rb = 0) ensure; a zero x is its own quotient (b > 0). A vector with
+// any other lane divides.
+inline VF div_const_rn(VF x, float b, float rb) {
+  const __m512 vb = _mm512_set1_ps(b);
+  if (rb != 0.0f) {
+    const __m512 vr = _mm512_set1_ps(rb);
+    const __m512 q = _mm512_mul_ps(x.v, vr);
+    const __m512 q1 = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, vb, x.v), vr, q);
+    const __m512i ax = _mm512_and_si512(_mm512_castps_si512(x.v), _mm512_set1_epi32(0x7fffffff));
+    const __m512i lo = _mm512_set1_epi32(0x21800000);  // 2^-60; 2^60 is 0x5d800000
+    const __mmask16 in = _mm512_cmple_epu32_mask(_mm512_sub_epi32(ax, lo), _mm512_set1_epi32(0x5d800000 - 0x21800000));
+    const __mmask16 zero = _mm512_testn_epi32_mask(ax, ax);
+    if (static_cast<__mmask16>(in | zero) == 0xffff) return VF(_mm512_mask_mov_ps(x.v, in, q1));
+  }
+  return VF(_mm512_div_ps(x.v, vb));
+}
+
 // torch.sign: -1, 0 (of either sign) or 1, and 0 for NaN.
 inline VF sign_of(VF x) {
   const __m512 x_or_zero = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x.v, x.v, _CMP_ORD_Q), x.v);  // NaN -> +0

@@ -40,7 +40,18 @@ struct OptimizerConsts {
   float c2_over_c1;  // c2 / c1
   float c1_over_c2;  // c1 / c2 (the update norm of adam/lamb leaves out c2/c1)
   float decay;       // 1 - lr * wd (decoupled weight decay)
+  float inv_c1;      // div_rn(1, c1) and div_rn(1, c2) for div_const_rn, or 0 where c1 or c2 lies
+  float inv_c2;      // outside [2^-30, 2^30]
 };
+
+// x / b for a divisor b fixed for the call, given rb = div_rn(1, b) (or 0): div_rn(x, b) exactly.
+// This version divides; a vector kernel may overload it for its F with a multiplication and a
+// correction step (kernels_avx512_optim.cpp).
+template <typename F>
+BNB_HD BNB_INLINE F div_const_rn(F x, float b, float rb) {
+  (void)rb;
+  return div_rn(x, F(b));
+}
 
 // Whether `optimizer` keeps a second state (state2).
 BNB_HD BNB_INLINE bool optimizer_two_states(int32_t optimizer) {
@@ -80,6 +91,8 @@ inline OptimizerConsts make_optimizer_consts(int32_t optimizer, const bnb_optimi
   c.c2_over_c1 = static_cast<float>(c2 / c1);
   c.c1_over_c2 = static_cast<float>(c1 / c2);
   c.decay = static_cast<float>(1.0 - h.lr * h.weight_decay);
+  c.inv_c1 = (c.c1 >= 0x1p-30f && c.c1 <= 0x1p30f) ? div_rn(1.0f, c.c1) : 0.0f;
+  c.inv_c2 = (c.c2 >= 0x1p-30f && c.c2 <= 0x1p30f) ? div_rn(1.0f, c.c2) : 0.0f;
   return c;
 }
 #endif
@@ -109,8 +122,8 @@ BNB_HD BNB_INLINE F optimizer_direction(const BNB_THREAD OptimizerConsts& c, F g
       s1 = fma_rn(c.one_minus_beta1, g, mul_rn(s1, c.beta1));
       s1b = fma_rn(c.one_minus_beta3, g, mul_rn(s1b, c.beta3));
       s2 = fma_rn(mul_rn(c.one_minus_beta2, g), g, mul_rn(s2, c.beta2));
-      const F num = add_rn(div_rn(s1, F(c.c1)), mul_rn(F(c.alpha), s1b));
-      return div_rn(num, add_rn(div_rn(sqrt_rn(s2), c.c2), c.eps));
+      const F num = add_rn(div_const_rn(s1, c.c1, c.inv_c1), mul_rn(F(c.alpha), s1b));
+      return div_rn(num, add_rn(div_const_rn(sqrt_rn(s2), c.c2, c.inv_c2), c.eps));
     }
     case BNB_OPTIM_LION: {
       const F d = sign_of(add_rn(mul_rn(s1, F(c.beta1)), mul_rn(g, F(c.one_minus_beta1))));
