@@ -29,6 +29,8 @@ inline bnb::OptimizerConsts consts_from(constant float* P) {
   c.c2_over_c1 = P[17];
   c.c1_over_c2 = P[18];
   c.decay = P[19];
+  c.inv_c1 = 0.0f;  // unused here (div_const_rn divides); set so that no field is left undefined
+  c.inv_c2 = 0.0f;
   return c;
 }
 // P[20] gnorm_scale, P[21] max_unorm (> 0: trust-ratio clip), P[22] param_norm.
