@@ -21,6 +21,30 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8).clone()
 
 
+def _update(isa: str, *args) -> None:
+    """optimizer_update_8bit_blockwise(*args) on the kernels of `isa`."""
+    bitsandbytes_cpu.set_isa(isa)
+    try:
+        torch.ops.bitsandbytes.optimizer_update_8bit_blockwise(*args)
+    finally:
+        bitsandbytes_cpu.set_isa("auto")
+
+
+def _scalar_and(isa: str, run):
+    """run("scalar") and run(isa), on 2 threads (several threads' chunks of blocks)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return run("scalar"), run(isa)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _assert_same_bits(isa: str, want: list[torch.Tensor], got: list[torch.Tensor], where: str = "") -> None:
+    for what, w, o in zip(("p", "state1", "absmax1", "state2", "absmax2"), want, got):
+        assert torch.equal(w, o), f"{isa} {what} differs from scalar{where}"
+
+
 def _run(isa: str, name: str, dtype: torch.dtype, skip_zeros: bool, gnorm_scale: float, wd: float):
     gen = torch.Generator().manual_seed(1)
     n = 256 * 70 + 77  # several threads' chunks of whole blocks and a partial last block
@@ -40,13 +64,9 @@ def _run(isa: str, name: str, dtype: torch.dtype, skip_zeros: bool, gnorm_scale:
     a2 = torch.rand((n + 255) // 256, generator=gen) if two else None
     q1 = F.create_dynamic_map(signed=True)
     q2 = F.create_dynamic_map(signed=False) if two else None
-    bitsandbytes_cpu.set_isa(isa)
-    try:
-        torch.ops.bitsandbytes.optimizer_update_8bit_blockwise(
-            name, g, p, s1, s2, 0.9, 0.995, 0.9999, 5.0, 1e-8, 4, 1e-2, q1, q2, a1, a2, wd, gnorm_scale, skip_zeros
-        )
-    finally:
-        bitsandbytes_cpu.set_isa("auto")
+    _update(
+        isa, name, g, p, s1, s2, 0.9, 0.995, 0.9999, 5.0, 1e-8, 4, 1e-2, q1, q2, a1, a2, wd, gnorm_scale, skip_zeros
+    )
     return [_bits(t) for t in (p, s1, a1, s2, a2) if t is not None]
 
 
@@ -56,15 +76,8 @@ def _run(isa: str, name: str, dtype: torch.dtype, skip_zeros: bool, gnorm_scale:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("skip_zeros", "gnorm_scale", "wd"), [(False, 1.0, 0.0), (True, 0.5, 0.01)])
 def test_8bit_update_matches_scalar(isa, name, dtype, skip_zeros, gnorm_scale, wd) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        want = _run("scalar", name, dtype, skip_zeros, gnorm_scale, wd)
-        got = _run(isa, name, dtype, skip_zeros, gnorm_scale, wd)
-    finally:
-        torch.set_num_threads(threads)
-    for what, w, o in zip(("p", "state1", "absmax1", "state2", "absmax2"), want, got):
-        assert torch.equal(w, o), f"{isa} {what} differs from scalar"
+    want, got = _scalar_and(isa, lambda which: _run(which, name, dtype, skip_zeros, gnorm_scale, wd))
+    _assert_same_bits(isa, want, got)
 
 
 def _grid_index(s: torch.Tensor) -> torch.Tensor:
@@ -111,26 +124,16 @@ def test_8bit_state_codes_at_every_grid_threshold(isa, signed) -> None:
     body[: values.numel()] = values
     g = torch.cat([torch.ones(blocks, 1), body.view(blocks, per)], dim=1).view(-1)
     q1 = F.create_dynamic_map(signed=signed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    got = {}
-    try:
-        for which in ("scalar", isa):
-            p = torch.zeros_like(g)
-            s1 = torch.zeros(g.numel(), dtype=torch.uint8)
-            a1 = torch.zeros(blocks)
-            bitsandbytes_cpu.set_isa(which)
-            try:
-                torch.ops.bitsandbytes.optimizer_update_8bit_blockwise(
-                    "momentum", g, p, s1, None, 0.9, 0.0, 0.0, 0.0, 1e-8, 1, 1e-3, q1, None, a1, None, 0.0, 1.0, False
-                )
-            finally:
-                bitsandbytes_cpu.set_isa("auto")
-            got[which] = (s1, a1)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(got["scalar"][1], torch.ones(blocks))
-    want, have = got["scalar"][0], got[isa][0]
+
+    def run(which: str) -> tuple[torch.Tensor, torch.Tensor]:
+        p, s1, a1 = torch.zeros_like(g), torch.zeros(g.numel(), dtype=torch.uint8), torch.zeros(blocks)
+        _update(
+            which, "momentum", g, p, s1, None, 0.9, 0.0, 0.0, 0.0, 1e-8, 1, 1e-3, q1, None, a1, None, 0.0, 1.0, False
+        )
+        return s1, a1
+
+    (want, absmax), (have, _) = _scalar_and(isa, run)
+    assert torch.equal(absmax, torch.ones(blocks))
     bad = (want != have).nonzero().flatten()
     assert bad.numel() == 0, f"{isa}: {bad.numel()} codes differ, first at {g[bad[:4]].tolist()}"
     # The thresholds do change the code (at least once per code): the test is where it matters.
@@ -154,13 +157,28 @@ def _run_ademamix(isa: str, step: int, betas: tuple[float, float]) -> list[torch
     s2 = torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8)
     a2 = scale[::256] ** 2
     q1, q2 = F.create_dynamic_map(signed=True), F.create_dynamic_map(signed=False)
-    bitsandbytes_cpu.set_isa(isa)
-    try:
-        torch.ops.bitsandbytes.optimizer_update_8bit_blockwise(
-            "ademamix", g, p, s1, s2, betas[0], betas[1], 0.9999, 5.0, 1e-8, step, 1e-3, q1, q2, a1, a2, 0.0, 1.0, False
-        )
-    finally:
-        bitsandbytes_cpu.set_isa("auto")
+    _update(
+        isa,
+        "ademamix",
+        g,
+        p,
+        s1,
+        s2,
+        betas[0],
+        betas[1],
+        0.9999,
+        5.0,
+        1e-8,
+        step,
+        1e-3,
+        q1,
+        q2,
+        a1,
+        a2,
+        0.0,
+        1.0,
+        False,
+    )
     return [_bits(t) for t in (p, s1, a1, s2, a2)]
 
 
@@ -169,12 +187,5 @@ def _run_ademamix(isa: str, step: int, betas: tuple[float, float]) -> list[torch
 @pytest.mark.parametrize("step", [1, 2, 7, 100, 5000])
 @pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.95), (0.99, 0.9999)])
 def test_ademamix_bias_correction_divisions_match_scalar(isa, step, betas) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        want = _run_ademamix("scalar", step, betas)
-        got = _run_ademamix(isa, step, betas)
-    finally:
-        torch.set_num_threads(threads)
-    for what, w, o in zip(("p", "state1", "absmax1", "state2", "absmax2"), want, got):
-        assert torch.equal(w, o), f"{isa} {what} differs from scalar at step {step}"
+    want, got = _scalar_and(isa, lambda which: _run_ademamix(which, step, betas))
+    _assert_same_bits(isa, want, got, f" at step {step}")
