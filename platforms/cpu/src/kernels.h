@@ -24,6 +24,11 @@ struct Gemm4bitArgs {
   const void* prepared;  // A re-laid out by gemm_4bit_prepare (NULL when the kernel needs none)
 };
 
+// A gemm_4bit_prepare buffer that can hold more than one layout starts with a header of this many
+// bytes (the body keeps the buffer's 64-byte alignment) whose first int32 names the layout; the
+// layout ids are each instruction set's own.
+constexpr int64_t kPreparedHeader = 64;
+
 struct Opt8Args {
   const bnb::OptimizerConsts* c;
   const void* g;

@@ -361,17 +361,16 @@ float fixed16_row(const Gemm4bitArgs& a, const int16_t* Q, const float* S, int64
   return hsum(acc0);
 }
 
-// The prepared buffer: a header naming its layout, then the layout.
-constexpr int64_t kHeader = 64;
+// The layouts the prepared buffer's header names (kernels.h: kPreparedHeader).
 enum PreparedLayout : int32_t { kLookupF32 = 1, kFixed16 = 2 };
 
 }  // namespace
 
-int64_t gemm_4bit_prepare_bytes(const Gemm4bitArgs& a) { return gemm_fast(a) ? kHeader + a.m * a.k * 4 : 0; }
+int64_t gemm_4bit_prepare_bytes(const Gemm4bitArgs& a) { return gemm_fast(a) ? kPreparedHeader + a.m * a.k * 4 : 0; }
 
 void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
   if (!gemm_fast(a)) return;
-  char* body = static_cast<char*>(scratch) + kHeader;
+  char* body = static_cast<char*>(scratch) + kPreparedHeader;
   int32_t* layout = static_cast<int32_t*>(scratch);
   if (a.m == 1 && a.dtype == BNB_DTYPE_BF16 && fixed16::code_fits(a.code)) {
     const uint16_t* A = static_cast<const uint16_t*>(a.A);
@@ -400,7 +399,7 @@ void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
 
 void gemm_4bit(const Gemm4bitArgs& a, int64_t n0, int64_t n1) {
   if (!gemm_fast(a) || a.prepared == nullptr) return gen_gemm_4bit(a, n0, n1);
-  const char* body = static_cast<const char*>(a.prepared) + kHeader;
+  const char* body = static_cast<const char*>(a.prepared) + kPreparedHeader;
   if (*static_cast<const int32_t*>(a.prepared) == kFixed16) {
     const Fixed16Table t(a.code);
     const int16_t* Q = reinterpret_cast<const int16_t*>(body);

@@ -36,8 +36,7 @@ namespace {
 
 bool gemm_fast(const Gemm4bitArgs& a) { return a.k % 64 == 0 && a.blocksize >= 64 && a.k % a.blocksize == 0; }
 
-// The prepared buffer: a header naming its layout, then the layout.
-constexpr int64_t kHeader = 64;
+// The layouts the prepared buffer's header names (kernels.h: kPreparedHeader).
 enum PreparedLayout : int32_t { kPlain = 1, kFixed16 = 2 };
 
 }  // namespace
@@ -46,7 +45,7 @@ int64_t gemm_4bit_prepare_bytes(const Gemm4bitArgs& a) {
   if (!gemm_fast(a)) return 0;
   const int64_t plain = a.m * a.k * (a.dtype == BNB_DTYPE_BF16 ? 2 : 4);
   const int64_t fixed = gemv_fixed16(a) ? a.m * (a.k * 2 + a.k / 64 * 4) : 0;
-  return kHeader + (plain > fixed ? plain : fixed);
+  return kPreparedHeader + (plain > fixed ? plain : fixed);
 }
 
 void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
@@ -54,8 +53,8 @@ void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
   *static_cast<int32_t*>(scratch) = kPlain;
   if (gemv_fixed16(a)) {
     const uint16_t* A = static_cast<const uint16_t*>(a.A);
-    int16_t* Q = reinterpret_cast<int16_t*>(static_cast<char*>(scratch) + kHeader);
-    float* S = reinterpret_cast<float*>(static_cast<char*>(scratch) + kHeader + a.m * a.k * 2);
+    int16_t* Q = reinterpret_cast<int16_t*>(static_cast<char*>(scratch) + kPreparedHeader);
+    float* S = reinterpret_cast<float*>(static_cast<char*>(scratch) + kPreparedHeader + a.m * a.k * 2);
     bool ok = true;
     for (int64_t g = 0; ok && g < a.m * a.k; g += 128) ok = fixed16_prepare128(A + g, Q + g, S + g / 64);
     if (ok) {
@@ -63,7 +62,7 @@ void gemm_4bit_prepare(const Gemm4bitArgs& a, void* scratch) {
       return;
     }
   }
-  scratch = static_cast<char*>(scratch) + kHeader;
+  scratch = static_cast<char*>(scratch) + kPreparedHeader;
   const int64_t total = a.m * a.k;
   if (gemv_bf16_b64(a)) {
     const uint16_t* A = static_cast<const uint16_t*>(a.A);
@@ -242,7 +241,7 @@ void gemm_rows(const Gemm4bitArgs& a, int64_t j0, const __m512 code) {
 
 void gemm_4bit(const Gemm4bitArgs& args, int64_t n0, int64_t n1) {
   if (!gemm_fast(args) || args.prepared == nullptr) return gen_gemm_4bit(args, n0, n1);
-  const char* body = static_cast<const char*>(args.prepared) + kHeader;
+  const char* body = static_cast<const char*>(args.prepared) + kPreparedHeader;
   if (*static_cast<const int32_t*>(args.prepared) == kFixed16) {
     alignas(64) int16_t t[32];
     for (int c = 0; c < 32; ++c) t[c] = fixed16::code_entry(args.code[c % 16]);
