@@ -9,6 +9,7 @@
 // and code books without that table, take a binary search on 16-bit lanes over the grid indices
 // at which the code changes (vpermw / vpermi2w). Both give exactly the code of the 65536-point
 // grid table: bit-identical to the portable kernel.
+#include <float.h>
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
@@ -185,9 +186,10 @@ inline __m512i key_codes64(const float* v, __m512 inv, const uint32_t* keys) {
 struct PendingCodes {
   const float* v = nullptr;  // the block's new state values; nullptr: nothing pending
   uint8_t* codes = nullptr;
+  const uint32_t* keys = nullptr;
   __m512 inv = _mm512_setzero_ps();
 
-  void write64(const uint32_t* keys, int64_t q) const {
+  void write64(int64_t q) const {
     if (v != nullptr) _mm512_storeu_si512(codes + q, key_codes64(v + q, inv, keys));
   }
 };
@@ -195,7 +197,8 @@ struct PendingCodes {
 // New absmax of a 256-value block (NaN sticks, as nan_max_abs), given the lane-wise unsigned
 // maximum of the block's abs_bits (kept while the values were computed), and its codes: pending
 // for the table of s's bits when there is one (`keys`) and the block is finite; otherwise, and for
-// a block with inf or NaN, whose s are NaN, written at once by the search over the grid.
+// a block with inf or NaN (whose s are 0 or NaN, outside the table), written at once by the
+// search over the grid.
 inline PendingCodes requantize_block(const float* v, __m512i mb, const BoundSearch& search, const uint32_t* keys,
                                      uint8_t* codes, float* absmax) {
   float am = bnb::bits_float(_mm512_reduce_max_epu32(mb));
@@ -203,9 +206,10 @@ inline PendingCodes requantize_block(const float* v, __m512i mb, const BoundSear
   *absmax = am;
   PendingCodes pending;
   pending.inv = _mm512_set1_ps(bnb::div_rn(1.0f, am < 1e-38f ? 1e-38f : am));
-  if (keys != nullptr && am <= 3.4028235e38f) {
+  if (keys != nullptr && am <= FLT_MAX) {
     pending.v = v;
     pending.codes = codes;
+    pending.keys = keys;
     return pending;
   }
   __m512i k[8], r[8];
@@ -238,6 +242,11 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
   // The new state values of the block being updated and of the one whose codes are pending.
   alignas(64) float buf[2][3][BS];
   PendingCodes pend1, pend1b, pend2;
+  const auto write_pending = [&](int64_t q) BNB_INLINE_LAMBDA {
+    pend1.write64(q);
+    if (kSlow) pend1b.write64(q);
+    if (two) pend2.write64(q);
+  };
   int cur = 0;
   int64_t start = i0;
   for (; start + BS <= i1; start += BS, cur ^= 1) {
@@ -280,19 +289,13 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
           mx2 = _mm512_max_epu32(mx2, abs_bits(n2));
         }
       }
-      pend1.write64(a.keys1, q);
-      if (kSlow) pend1b.write64(a.keys1, q);
-      if (two) pend2.write64(a.keys2, q);
+      write_pending(q);
     }
     pend1 = requantize_block(v1, mx1, search1, a.keys1, a.state1 + start, a.absmax1 + b);
     if (kSlow) pend1b = requantize_block(v1b, mx1b, search1, a.keys1, a.state1 + a.n + start, a.absmax1 + blocks + b);
     if (two) pend2 = requantize_block(v2, mx2, search2, a.keys2, a.state2 + start, a.absmax2 + b);
   }
-  for (int64_t q = 0; q < BS; q += 64) {
-    pend1.write64(a.keys1, q);
-    if (kSlow) pend1b.write64(a.keys1, q);
-    if (two) pend2.write64(a.keys2, q);
-  }
+  for (int64_t q = 0; q < BS; q += 64) write_pending(q);
   if (start < i1) kernels_scalar.optimizer_8bit_blockwise(a, start, i1);  // a partial last block
 }
 
