@@ -42,6 +42,10 @@ inline VF sub_rn(VF a, VF b) { return VF(_mm256_sub_ps(a.v, b.v)); }
 inline VF mul_rn(VF a, VF b) { return VF(_mm256_mul_ps(a.v, b.v)); }
 inline VF div_rn(VF a, VF b) { return VF(_mm256_div_ps(a.v, b.v)); }
 inline VF sqrt_rn(VF a) { return VF(_mm256_sqrt_ps(a.v)); }
+// x / b for a divisor fixed for the call (optimizer_math.h): x itself where b is 1, as the
+// division would give it (AdEMAMix's first bias correction 1 - beta1^t rounds to 1 from step 165
+// at beta1 = 0.9), so that a long run's steps spend one division a vector less.
+inline VF div_const_rn(VF x, float b, float /*rb*/) { return b == 1.0f ? x : div_rn(x, VF(b)); }
 inline VF fma_rn(VF a, VF b, VF c) { return VF(_mm256_fmadd_ps(a.v, b.v, c.v)); }
 // torch.sign: -1 or 1 for a non-zero number (its sign bit on 1.0), x itself for zeros, 0 for NaN.
 inline VF sign_of(VF x) {

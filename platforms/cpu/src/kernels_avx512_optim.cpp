@@ -44,8 +44,10 @@ inline VF fma_rn(VF a, VF b, VF c) { return VF(_mm512_fmadd_ps(a.v, b.v, c.v)); 
 // correction q + (x - q b) rb, with x - q b exact (one FMA). The sum rounds to div_rn(x, b)
 // whenever rb = div_rn(1, b) and nothing under- or overflows, which |x| within [2^-60, 2^60] and b
 // within [2^-30, 2^30] (else rb = 0) ensure; a zero x is its own quotient (b > 0). A vector with
-// any other lane divides.
+// any other lane divides. Where b is 1 the quotient is x itself, as the division would give it
+// (AdEMAMix's first bias correction 1 - beta1^t rounds to 1 from step 165 at beta1 = 0.9).
 inline VF div_const_rn(VF x, float b, float rb) {
+  if (b == 1.0f) return x;
   const __m512 vb = _mm512_set1_ps(b);
   if (rb != 0.0f) {
     const __m512 vr = _mm512_set1_ps(rb);
