@@ -130,9 +130,10 @@ def test_int8_mixed_scaled_mm_rejects_outlier_columns_outside_the_weight(device,
     CA = torch.randint(-127, 128, (2, 64), dtype=torch.int8, device=device)
     CB = torch.randint(-127, 128, (32, 64), dtype=torch.int8, device=device)
     SCA, SCB = torch.rand(2, device=device) + 1, torch.rand(32, device=device) + 1
-    cols = torch.tensor([3, 64], dtype=torch.int64, device=device)
-    with pytest.raises((IndexError, ValueError, RuntimeError), match="out of bounds|outside"):
-        fn(A, CA, CB, SCA, SCB, cols, None)
+    for bad in ([3, 64], [-1, 3]):  # past the last column, or counted from the end
+        cols = torch.tensor(bad, dtype=torch.int64, device=device)
+        with pytest.raises((IndexError, ValueError, RuntimeError), match="out of bounds|outside"):
+            fn(A, CA, CB, SCA, SCB, cols, None)
     out, sub_a = fn(A, CA, CB, SCA, SCB, torch.tensor([3, 63], device=device), None)
     assert out.shape == (2, 32) and torch.equal(sub_a, A[:, [3, 63]])
 

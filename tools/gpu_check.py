@@ -48,6 +48,7 @@ CONFORMANCE = [
     "tests/test_ops_conformance_matmul.py",
     "tests/test_optim_ops.py",
     "tests/test_ops_bad_input.py",
+    "tests/test_empty_matmul.py",
 ]
 CUDA_TESTS = [*CONFORMANCE, "tests/test_cuda_platform.py", "tests/test_gpu_glue_checks.py"]
 # CI runs the CPU cases of these files; on the GPU machine the time goes to cuda (--with-cpu-cases).

@@ -288,16 +288,17 @@ def check_int8_mm_dequant(
     dtype: torch.dtype | None,
     bias: torch.Tensor | None,
 ) -> tuple[int, int]:
-    """int8_mm_dequant's inputs: int32 ``A`` seen as a (rows, n) matrix, one f32 row statistic per
-    row, one f32 column statistic (and bias entry) per column, an f16/bf16/f32 output dtype
-    (None: f16); returns (rows, n)."""
+    """int8_mm_dequant's inputs: int32 ``A`` of at least one dimension seen as a (rows, n) matrix,
+    one f32 row statistic per row, one f32 column statistic (and bias entry, of any dtype) per
+    column, an f16/bf16/f32 output dtype (None: f16); returns (rows, n)."""
     if dtype is not None:
         check_output_dtype(dtype)
     check_dtype(A, "A", (torch.int32,))
     check_dtype(row_stats, "row_stats", (torch.float32,))
     check_dtype(col_stats, "col_stats", (torch.float32,))
-    n = A.shape[-1] if A.dim() else 1
-    rows = A.numel() // n if n else 0
+    check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension (rows x n), got a 0-d tensor")
+    n = A.shape[-1]
+    rows = int8_rows(A)
     if row_stats.numel() != rows:
         raise ValueError(f"bitsandbytes: row_stats must have {rows} entries, got {row_stats.numel()}")
     if col_stats.numel() != n:
@@ -313,6 +314,18 @@ def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> No
         raise ValueError(f"bitsandbytes: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
     if out.dtype != dtype:
         raise DTypeError(f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")
+
+
+def check_outlier_cols(outlier_cols: torch.Tensor, k: int) -> None:
+    """int8_mixed_scaled_mm's ``outlier_cols``: a 1-D int64 (or int32) tensor of column indices
+    within [0, k) (a negative index is an error, not a column counted from the end)."""
+    if not (outlier_cols.dim() == 1 and outlier_cols.dtype in (torch.int64, torch.int32)):
+        raise ValueError(
+            f"bitsandbytes: outlier_cols must be a 1-D int64 tensor, got {outlier_cols.dtype} {tuple(outlier_cols.shape)}"
+        )
+    if outlier_cols.numel():
+        lo, hi = int(outlier_cols.min()), int(outlier_cols.max())
+        check(lo >= 0 and hi < k, f"bitsandbytes: outlier_cols holds columns outside [0, {k}): {lo} .. {hi}")
 
 
 def check_int8_weight_mm(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Any
 
@@ -118,6 +119,12 @@ def _weight_shape(B: torch.Tensor, state: MatmulLtState) -> tuple[int, int]:
     return W.shape[0], W.shape[1]
 
 
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a (rows, t.shape[-1]) matrix; reshape(-1, 0) cannot say how many rows an empty
+    last dimension leaves."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
 def _int8_input_grad(grad_output: torch.Tensor, state: MatmulLtState, dtype: torch.dtype) -> torch.Tensor:
     """``grad_output @ (CB * SCB / 127)`` in ``dtype``: the weight stays int8 (no dequantized copy
     on platforms that read it directly; the reference dequantizes into grad_output's dtype)."""
@@ -129,7 +136,7 @@ def _int8_forward(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, s
     """LLM.int8() forward of a non-empty ``A``: int8 GEMM of the row-quantized input and weight,
     the outlier columns (``|A| >= state.threshold``) in A's precision."""
     CB, SCB = _int8_weight(B, state)
-    A2 = A.reshape(-1, A.shape[-1])
+    A2 = _as_rows(A)
     CA, SCA, outlier_cols = F.int8_vectorwise_quant(A2.to(torch.float16), threshold=state.threshold)
     if state.threshold > 0.0:
         state.idx = outlier_cols
@@ -144,6 +151,15 @@ def _int8_forward(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, s
     return output.to(A.dtype).reshape(*A.shape[:-1], CB.shape[0])
 
 
+def _empty_product(A: torch.Tensor, N: int, bias: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:
+    """``A @ W.T + bias`` for an empty A (no rows, or in_features 0, whose sums are empty): zeros
+    plus the bias, as torch.nn.functional.linear gives (into ``out`` when given)."""
+    result = torch.zeros(*A.shape[:-1], N, dtype=A.dtype, device=A.device)
+    if bias is not None:
+        result += bias.to(A.dtype)
+    return result if out is None else out.copy_(result)
+
+
 class MatMul8bitLt(torch.autograd.Function):
     """LLM.int8(): int8 GEMM of row-wise quantized input and weight, outliers in input precision."""
 
@@ -156,8 +172,9 @@ class MatMul8bitLt(torch.autograd.Function):
         ctx.bias_shape = None if bias is None else bias.shape
         if A.numel() == 0:
             ctx.is_empty = True
+            ctx.shape_A = A.shape
             ctx.save_for_backward(None)
-            return torch.empty(*A.shape[:-1], N, dtype=A.dtype, device=A.device)
+            return _empty_product(A, N, bias, out)
         ctx.is_empty = False
         output = _int8_forward(A, B, bias, state)
         ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
@@ -168,19 +185,23 @@ class MatMul8bitLt(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         if ctx.is_empty:
-            bias_grad = None if ctx.bias_shape is None else torch.zeros(ctx.bias_shape, device=grad_output.device)
-            return torch.zeros_like(grad_output[..., :0]), None, None, bias_grad, None
+            # The output was the bias alone (or nothing): its gradient is the rows' sum.
+            bias_grad = None
+            if ctx.bias_shape is not None and ctx.needs_input_grad[3]:
+                bias_grad = _as_rows(grad_output).sum(0).to(ctx.dtype_A)
+            grad_A = grad_output.new_zeros(ctx.shape_A, dtype=ctx.dtype_A) if ctx.needs_input_grad[0] else None
+            return grad_A, None, None, bias_grad, None
         (A,) = ctx.saved_tensors
         state = ctx.state
         req_a, req_b, _, req_bias, _ = ctx.needs_input_grad
         grad_A = grad_B = grad_bias = None
-        g2 = grad_output.reshape(-1, grad_output.shape[-1])
+        g2 = _as_rows(grad_output)
         if req_bias:
             grad_bias = g2.sum(0).to(ctx.dtype_A)
         if req_a:
             grad_A = _int8_input_grad(grad_output, state, ctx.dtype_A)
         if req_b and A is not None:
-            grad_B = g2.t().to(A.dtype) @ A.reshape(-1, A.shape[-1])
+            grad_B = g2.t().to(A.dtype) @ _as_rows(A)
         return grad_A, grad_B, None, grad_bias, None
 
 
@@ -205,13 +226,13 @@ class MatMul8bitFp(torch.autograd.Function):
         state = ctx.state
         req_a, req_b, _, req_bias, _ = ctx.needs_input_grad
         grad_A = grad_B = grad_bias = None
-        g2 = grad_output.reshape(-1, grad_output.shape[-1])
+        g2 = _as_rows(grad_output)
         if req_bias:
             grad_bias = g2.sum(0)
         if req_a:
             grad_A = _int8_input_grad(grad_output, state, ctx.dtype_A)
         if req_b and A is not None:
-            grad_B = g2.t().to(A.dtype) @ A.reshape(-1, A.shape[-1])
+            grad_B = g2.t().to(A.dtype) @ _as_rows(A)
         return grad_A, grad_B, None, grad_bias, None
 
 
@@ -227,7 +248,7 @@ class MatMul4Bit(torch.autograd.Function):
         if A.numel() == 0:
             ctx.is_empty = True
             ctx.save_for_backward(B)
-            return torch.empty(*A.shape[:-1], N, dtype=A.dtype, device=A.device)
+            return _empty_product(A, N, bias, out)
         ctx.is_empty = False
         output = F._gemm_4bit(A, B, quant_state, bias)
         ctx.save_for_backward(B)
@@ -241,7 +262,7 @@ class MatMul4Bit(torch.autograd.Function):
         req_a, _, _, req_bias, _ = ctx.needs_input_grad
         grad_A = grad_bias = None
         if req_bias:
-            grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(0).to(ctx.bias_dtype)
+            grad_bias = _as_rows(grad_output).sum(0).to(ctx.bias_dtype)
         if req_a:
             if ctx.is_empty:
                 grad_A = grad_output.new_zeros(*grad_output.shape[:-1], ctx.state.shape[1]).to(ctx.dtype_A)

@@ -177,6 +177,13 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
+def empty_sum(A: torch.Tensor, width: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A matmul's result where A has no rows or the sum over k is empty: zeros (plus the bias),
+    ``[*A.shape[:-1], width]`` in A's dtype."""
+    out = A.new_zeros((*A.shape[:-1], width))
+    return out if bias is None else out.add_(bias.to(A.dtype))
+
+
 def _rows(A: torch.Tensor) -> int:
     return A.numel() // A.shape[-1] if A.shape[-1] else 0
 
@@ -235,6 +242,8 @@ def gemv_4bit(
     _on_cpu(A=A, B=B)
     out = torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype)
     if out.numel():
+        if shapeB[1] == 0:
+            return out.zero_()  # an empty sum
         _gemm_4bit_into(A, B, shapeB, absmax, code, blocksize, None, out)
     return out
 
@@ -253,7 +262,9 @@ def gemv_4bit_out(
     C.check_out(out, shape, A.dtype)
     C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
     _on_cpu(A=A, B=B, out=out)
-    if out.is_contiguous():
+    if shapeB[1] == 0:
+        out.zero_()  # an empty sum
+    elif out.is_contiguous():
         if out.numel():
             _gemm_4bit_into(A, B, shapeB, absmax, code, blocksize, None, out)
     else:
@@ -404,10 +415,11 @@ def gemm_4bit(
         if dt != A.dtype:
             return torch.nn.functional.linear(A.to(dt), W, None if b is None else b.to(dt)).to(A.dtype)
         return torch.nn.functional.linear(A, W, b)
-    out = torch.empty((*A.shape[:-1], n), dtype=A.dtype)
     if rows and n:
+        out = torch.empty((*A.shape[:-1], n), dtype=A.dtype)
         _gemm_4bit_into(A, B, shapeB, eff, _decode_table(quant_type), blocksize, bias, out)
-    return out
+        return out
+    return empty_sum(A, n, bias)  # no rows, no columns or k = 0 (for which rows is 0 too)
 
 
 KERNELS: dict[str, Callable] = {

@@ -120,8 +120,8 @@ def int8_mm_dequant(
 ) -> torch.Tensor:
     """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` in ``dtype`` (default f16)."""
     rows, n = C.check_int8_mm_dequant(A, row_stats, col_stats, dtype, bias)
-    if bias is not None:
-        C.check_dtype(bias, "bias", C.FLOAT_DTYPES)
+    if bias is not None and bias.dtype not in C.FLOAT_DTYPES:
+        bias = bias.float()  # added in f32, as the reference does
     dtype = dtype or torch.float16
     _on_cpu(A=A, row_stats=row_stats, col_stats=col_stats, bias=bias)
     A, row_stats, col_stats = A.contiguous(), row_stats.contiguous(), col_stats.contiguous()
@@ -211,13 +211,14 @@ def _int8_scaled_mm_args_ok(
     dtype: torch.dtype | None,
 ) -> bool:
     """Whether int8_scaled_mm's arguments pass every check of int8_linear_matmul and then
-    int8_mm_dequant, with at least one row and k > 0, tested in one expression; False sends the
+    int8_mm_dequant, with at least one row, n > 0 and k > 0, tested in one expression; False sends the
     call through those ops, whose checks name the fault."""
     if not (A.dtype == torch.int8 and B.dtype == torch.int8 and B.dim() == 2 and A.dim() >= 1):
         return False
     n, k = B.shape
     return (
         k > 0
+        and n > 0
         and A.shape[-1] == k
         and A.numel() >= k
         and (dtype is None or dtype in C.FLOAT_DTYPES)
@@ -251,11 +252,8 @@ def int8_mixed_scaled_mm(
     # The weight's outlier columns are copied by the int8 GEMM while it streams each weight row
     # (CB[:, cols] alone would read a cache line per row and column from memory).
     _check_int8_matmul(CA, CB)
-    if not (outlier_cols.dim() == 1 and outlier_cols.dtype in (torch.int64, torch.int32)):
-        raise ValueError(
-            f"bitsandbytes: outlier_cols must be a 1-D int64 tensor, got {outlier_cols.dtype} {tuple(outlier_cols.shape)}"
-        )
     _on_cpu(outlier_cols=outlier_cols)
+    C.check_outlier_cols(outlier_cols, CB.shape[1])
     cols = outlier_cols.to(torch.int64).contiguous()
     CA, CB = CA.contiguous(), CB.contiguous()
     n, k = CB.shape

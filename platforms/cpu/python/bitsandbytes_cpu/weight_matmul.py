@@ -24,7 +24,7 @@ from bitsandbytes.backends.reference.int8 import INV_127
 from . import _C, amx
 from ._codes import DTYPE_CODE, QUANT_CODE
 from ._scratch import scratch
-from .kernels import _dequantize_4bit_into, _nt, _on_cpu, dense_dtype
+from .kernels import _dequantize_4bit_into, _nt, _on_cpu, dense_dtype, empty_sum
 
 FUSED_ROWS: dict[str, dict[str, int]] = {
     "avx512": {"int8_weight_mm": 16, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
@@ -64,21 +64,15 @@ def _expand_int8(A: torch.Tensor, CB: torch.Tensor) -> torch.Tensor:
     return W
 
 
-def _empty_result(A: torch.Tensor, width: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The result when A has no rows or the sum is empty: zeros (plus the bias)."""
-    out = A.new_zeros((*A.shape[:-1], width))
-    return out if bias is None else out.add_(bias.to(A.dtype))
-
-
 def int8_weight_mm(
     A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``A @ (CB * SCB / 127)^T + bias`` in A's dtype, for A ``[..., K]`` and CB ``[N, K]``."""
     n, k = C.check_int8_weight_mm(A, CB, SCB, bias)
     _on_cpu(A=A, CB=CB, SCB=SCB, **({} if bias is None else {"bias": bias}))
+    if A.numel() == 0 or n == 0:  # before the reshape, which an empty A's last dimension of 0 defeats
+        return empty_sum(A, n, bias)
     A2 = A.reshape(-1, k)
-    if A2.shape[0] == 0 or n == 0 or k == 0:
-        return _empty_result(A, n, bias)
     CB, SCB = CB.contiguous(), SCB.contiguous()
     if amx.eligible("int8_weight_mm", A, A2.shape[0], k):
         out = amx.weight_matmul(A2, n, k, CB=CB, SCB=SCB, bias=bias, nthreads=_nt())
@@ -120,9 +114,9 @@ def int8_weight_mm_t(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> to
     """``A @ (CB * SCB / 127)`` in A's dtype, for A ``[..., N]`` and CB ``[N, K]``."""
     n, k = C.check_int8_weight_mm(A, CB, SCB, transposed=True)
     _on_cpu(A=A, CB=CB, SCB=SCB)
+    if A.numel() == 0 or k == 0:  # before the reshape, which an empty A's last dimension of 0 defeats
+        return empty_sum(A, k)
     A2 = A.reshape(-1, n)
-    if A2.shape[0] == 0 or n == 0 or k == 0:
-        return _empty_result(A, k)
     CB, SCB = CB.contiguous(), SCB.contiguous()
     if amx.eligible("int8_weight_mm_t", A, A2.shape[0], k):
         return amx.weight_matmul(A2, n, k, CB=CB, SCB=SCB, transposed=True, nthreads=_nt()).view(*A.shape[:-1], k)
@@ -140,9 +134,9 @@ def gemm_4bit_t(
     """``A @ W`` in A's dtype, W the 4-bit weight of ``shapeB`` = ``[N, K]`` packed in B."""
     n, k = C.check_gemm_4bit_t(A, B, shapeB, absmax, blocksize, quant_type)
     _on_cpu(A=A, B=B, absmax=absmax)
+    if A.numel() == 0 or k == 0:  # before the reshape, which an empty A's last dimension of 0 defeats
+        return empty_sum(A, k)
     A2 = A.reshape(-1, n)
-    if A2.shape[0] == 0 or n == 0 or k == 0:
-        return _empty_result(A, k)
     B, absmax = B.contiguous(), absmax.contiguous()
     if amx.eligible("gemm_4bit_t", A, A2.shape[0], k, blocksize):
         out = amx.weight_matmul(

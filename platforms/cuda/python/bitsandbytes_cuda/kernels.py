@@ -8,6 +8,7 @@ current around the launch. Validation uses the op interface's shared checks
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -151,7 +152,7 @@ def _gemm_4bit_native(
     device = _on_cuda(A=A, B=B, absmax=absmax, code=code, bias=bias, out=out)
     shape = (*A.shape[:-1], N)
     result = out if out is not None and out.is_contiguous() else torch.empty(shape, dtype=A.dtype, device=device)
-    m = A.numel() // K if K else 0
+    m = math.prod(A.shape[:-1])  # rows, also where K = 0 (an empty sum: the bias)
     if m == 0 or N == 0:
         return result
     if K == 0:
@@ -313,7 +314,7 @@ def int8_vectorwise_quant(
     C.check(threshold >= 0.0, f"bitsandbytes: threshold must be >= 0, got {threshold}")
     device = _on_cuda(A=A)
     cols = A.shape[-1]
-    rows = A.numel() // cols if cols else 0
+    rows = C.int8_rows(A)
     A = A.contiguous()
     out = torch.empty(A.shape, dtype=torch.int8, device=device)
     row_stats = torch.zeros(rows, dtype=torch.float32, device=device)

@@ -217,8 +217,8 @@ def int8_mm_dequant(
 ) -> torch.Tensor:
     """``A * (row_stats[:, None] * col_stats[None, :]) / 127**2 (+ bias)`` in ``dtype`` (default f16)."""
     rows, n = C.check_int8_mm_dequant(A, row_stats, col_stats, dtype, bias)
-    if bias is not None:
-        C.check_dtype(bias, "bias", C.FLOAT_DTYPES)
+    if bias is not None and bias.dtype not in C.FLOAT_DTYPES:
+        bias = bias.float()  # added in f32, as the reference does
     C.check_same_device({"A": A, "row_stats": row_stats, "col_stats": col_stats, "bias": bias})
     dtype = dtype or torch.float16
     out = torch.empty(A.shape, dtype=dtype, device=A.device)
@@ -284,13 +284,13 @@ def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> None:
 
 def _int8_matmul_into(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
     n, k = B.shape
-    a = A.reshape(-1, k).contiguous() if k else A.reshape(-1, 0)
-    m = out.numel() // n if n else 0
     if out.numel() == 0:
         return
     if k == 0:
         out.zero_()
         return
+    a = A.reshape(-1, k).contiguous()
+    m = out.numel() // n
     b = B.contiguous()
     fast = _int_mm(a, b)
     if fast is not None:
@@ -346,6 +346,7 @@ def int8_mixed_scaled_mm(
     out = int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
     if outlier_cols is None or outlier_cols.numel() == 0:
         return out, a.new_empty(a.shape[0], 0)
+    C.check_outlier_cols(outlier_cols, CB.shape[1])  # (its one sync: the outlier path syncs anyway)
     sub_a = a[:, outlier_cols]
     sub_b = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype)
     out2 = out.reshape(-1, out.shape[-1]).addmm(sub_a, sub_b.t())

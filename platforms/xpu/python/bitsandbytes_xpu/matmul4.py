@@ -110,10 +110,15 @@ def _fused_into(
 ) -> None:
     """The fused kernel into the contiguous ``out`` (rows × N), ROWS_PER_LAUNCH rows per launch."""
     N, K = shapeB
+    if out.numel() == 0:
+        return
+    if K == 0:  # an empty sum: zeros, plus the bias
+        out.zero_()
+        if bias is not None:
+            out += bias
+        return
     a = A.reshape(-1, K).contiguous()
     rows = a.shape[0]
-    if rows == 0 or N == 0:
-        return
     o = store_view(out).view(rows, N)
     raw = B.contiguous().view(torch.uint8).reshape(-1)
     absmax, table = absmax.contiguous().float(), table.contiguous().float()

@@ -16,8 +16,8 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     x = A.reshape(-1).float()
     n = x.numel()
     blocks = C.num_blocks(n, blocksize)
-    pad = blocks * blocksize - n
-    xb = torch.nn.functional.pad(x, (0, pad)).view(blocks, blocksize)
+    width = min(blocksize, max(n, 1))  # a block larger than A is A: no padding to the block size
+    xb = torch.nn.functional.pad(x, (0, blocks * width - n)).view(blocks, width)
     absmax = xb.abs().amax(dim=1)
     inv = 1.0 / absmax.clamp(min=1e-38)
     scaled = (xb * inv[:, None]).clamp(-1.0, 1.0).view(-1)[:n]
@@ -31,7 +31,7 @@ def dequantize_blockwise(
     """``code[A] * absmax[block]`` in f32, cast to ``dtype``, shaped like ``A``."""
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
     n = A.numel()
-    scale = absmax.repeat_interleave(blocksize)[:n]
+    scale = absmax.repeat_interleave(min(blocksize, max(n, 1)))[:n]
     out = code[A.reshape(-1).long()] * scale
     return _cast(out, dtype).view(A.shape)
 

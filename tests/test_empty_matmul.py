@@ -1,0 +1,149 @@
+"""Matmuls whose sum is empty (in_features 0), that have no rows or no output columns: every
+implementation present returns what torch.nn.functional.linear does (zeros plus the bias), and the
+modules' gradients follow, instead of uninitialised memory or a reshape error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bitsandbytes as bnb
+from bitsandbytes.backends.reference import KERNELS as REF
+from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_decode_table
+from conftest import impl_params
+
+BIAS = torch.tensor([1.0, -2.0, 3.0])
+
+
+def _packed_4bit(n: int, k: int, device: str):
+    packed, absmax = REF["quantize_4bit"](torch.randn(n, k), 64, "nf4", torch.uint8)
+    return packed.to(device), absmax.to(device)
+
+
+def _expect(got: torch.Tensor, shape: tuple[int, ...], bias: torch.Tensor | None = None) -> None:
+    want = torch.zeros(shape)
+    if bias is not None:
+        want += bias
+    assert tuple(got.shape) == shape
+    assert torch.equal(got.cpu().float(), want)
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("gemm_4bit"))
+@pytest.mark.parametrize("a_shape,n,k", [((4, 0), 3, 0), ((2, 5, 0), 3, 0), ((0, 70), 3, 70), ((2, 70), 0, 70)])
+def test_gemm_4bit_empty(device, impl, fn, a_shape, n, k):
+    B, absmax = _packed_4bit(n, k, device)
+    A = torch.randn(a_shape, device=device)
+    bias = BIAS[:n].to(device)
+    _expect(fn(A, B, [n, k], absmax, 64, "nf4", bias), (*a_shape[:-1], n), BIAS[:n])
+    _expect(fn(A, B, [n, k], absmax, 64, "nf4"), (*a_shape[:-1], n))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("gemv_4bit"))
+def test_gemv_4bit_empty_sum(device, impl, fn):
+    B, absmax = _packed_4bit(3, 0, device)
+    code = four_bit_decode_table("nf4").to(device)
+    _expect(fn(torch.randn(1, 0, device=device), B, [3, 0], absmax, code, 64), (1, 3))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("gemm_4bit_t"))
+@pytest.mark.parametrize("a_shape,n,k", [((2, 0), 0, 70), ((0, 3), 3, 70), ((2, 3), 3, 0)])
+def test_gemm_4bit_t_empty(device, impl, fn, a_shape, n, k):
+    B, absmax = _packed_4bit(n, k, device)
+    _expect(fn(torch.randn(a_shape, device=device), B, [n, k], absmax, 64, "nf4"), (*a_shape[:-1], k))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_weight_mm"))
+@pytest.mark.parametrize("a_shape,n,k", [((2, 0), 3, 0), ((0, 5), 3, 5), ((2, 5), 0, 5)])
+def test_int8_weight_mm_empty(device, impl, fn, a_shape, n, k):
+    CB = torch.ones(n, k, dtype=torch.int8, device=device)
+    SCB = torch.ones(n, device=device)
+    A = torch.randn(a_shape, device=device)
+    _expect(fn(A, CB, SCB, BIAS[:n].to(device)), (*a_shape[:-1], n), BIAS[:n])
+    _expect(fn(A, CB, SCB, None), (*a_shape[:-1], n))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_weight_mm_t"))
+@pytest.mark.parametrize("a_shape,n,k", [((2, 0), 0, 5), ((0, 3), 3, 5), ((2, 3), 3, 0)])
+def test_int8_weight_mm_t_empty(device, impl, fn, a_shape, n, k):
+    CB = torch.ones(n, k, dtype=torch.int8, device=device)
+    _expect(fn(torch.randn(a_shape, device=device), CB, torch.ones(n, device=device)), (*a_shape[:-1], k))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_linear_matmul"))
+def test_int8_linear_matmul_empty_sum(device, impl, fn):
+    A = torch.empty(2, 0, dtype=torch.int8, device=device)
+    B = torch.empty(3, 0, dtype=torch.int8, device=device)
+    got = fn(A, B)
+    assert got.dtype == torch.int32 and tuple(got.shape) == (2, 3) and not got.any()
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_scaled_mm"))
+@pytest.mark.parametrize("m,n,k", [(2, 0, 5), (2, 3, 0), (0, 3, 5)])
+def test_int8_scaled_mm_empty(device, impl, fn, m, n, k):
+    A = torch.ones(m, k, dtype=torch.int8, device=device)
+    B = torch.ones(n, k, dtype=torch.int8, device=device)
+    got = fn(A, B, torch.ones(m, device=device), torch.ones(n, device=device), BIAS[:n].to(device), torch.float32)
+    _expect(got, (m, n), BIAS[:n])
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_mm_dequant"))
+def test_int8_mm_dequant_no_columns(device, impl, fn):
+    A = torch.empty(2, 0, dtype=torch.int32, device=device)
+    got = fn(A, torch.ones(2, device=device), torch.empty(0, device=device), torch.float32)
+    assert tuple(got.shape) == (2, 0) and got.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_mm_dequant"))
+@pytest.mark.parametrize("bias_dtype", [torch.float64, torch.int32])
+def test_int8_mm_dequant_takes_a_bias_of_any_dtype(device, impl, fn, bias_dtype):
+    g = torch.Generator().manual_seed(1)
+    A = torch.randint(-(2**20), 2**20, (4, 6), generator=g, dtype=torch.int32)
+    rs, cs = torch.rand(4, generator=g) * 100, torch.rand(6, generator=g) * 100
+    bias = torch.arange(-3, 3).to(bias_dtype)
+    want = REF["int8_mm_dequant"](A, rs, cs, torch.float32, bias)
+    got = fn(A.to(device), rs.to(device), cs.to(device), torch.float32, bias.to(device))
+    assert torch.equal(got.cpu(), want)
+    assert torch.equal(want, REF["int8_mm_dequant"](A, rs, cs, torch.float32, bias.float()))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_mm_dequant"))
+def test_int8_mm_dequant_rejects_a_0d_input(device, impl, fn):
+    A = torch.tensor(5, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        fn(A, torch.ones(1, device=device), torch.ones(1, device=device), torch.float32)
+
+
+@pytest.mark.parametrize("blocksize", [2**31, 2**32 + 64])
+def test_reference_blockwise_block_larger_than_the_input(blocksize):
+    """A block larger than A is one block of A's size (the reference once padded A to the block)."""
+    x = torch.randn(8, 64)
+    q, absmax = REF["quantize_blockwise"](x, dynamic_map(), blocksize)
+    q_one, absmax_one = REF["quantize_blockwise"](x, dynamic_map(), 512)
+    assert torch.equal(q, q_one) and torch.equal(absmax, absmax_one) and absmax.shape == (1,)
+    y = REF["dequantize_blockwise"](q, absmax, dynamic_map(), blocksize, torch.float32)
+    assert torch.equal(y, REF["dequantize_blockwise"](q, absmax, dynamic_map(), 512, torch.float32))
+
+
+MODULES = [
+    ("Linear4bit", {}),
+    ("Linear8bitLt", {}),
+    ("Linear8bitLt", {"has_fp16_weights": False}),
+    ("Linear8bitLt", {"has_fp16_weights": False, "threshold": 6.0}),
+]
+
+
+@pytest.mark.parametrize("name,kw", MODULES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MODULES)])
+@pytest.mark.parametrize("x_shape", [(2, 0), (2, 3, 0), (0, 5)])
+@pytest.mark.parametrize("train", [True, False])
+def test_module_forward_and_backward_when_empty(name, kw, x_shape, train):
+    module = getattr(bnb.nn, name)(x_shape[-1], 3, bias=True, **kw)
+    with torch.no_grad():
+        module.bias.copy_(BIAS)
+    module = module.to("cpu").train(train)
+    x = torch.randn(x_shape, requires_grad=True)
+    y = module(x)
+    _expect(y.detach(), (*x_shape[:-1], 3), BIAS)
+    y.backward(torch.full_like(y, 2.0))
+    assert tuple(x.grad.shape) == x_shape and not x.grad.any()
+    rows = y.numel() // 3
+    assert torch.equal(module.bias.grad, torch.full((3,), 2.0 * rows))
