@@ -147,3 +147,16 @@ def test_module_forward_and_backward_when_empty(name, kw, x_shape, train):
     assert tuple(x.grad.shape) == x_shape and not x.grad.any()
     rows = y.numel() // 3
     assert torch.equal(module.bias.grad, torch.full((3,), 2.0 * rows))
+
+
+@pytest.mark.parametrize("name,kw", MODULES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MODULES)])
+@pytest.mark.parametrize("x_shape", [(1, 0), (0,), (1, 1, 0), (3, 0)])
+def test_module_inference_when_empty(name, kw, x_shape):
+    """Without gradients (the decoding paths, one row included): the bias, never stale memory."""
+    module = getattr(bnb.nn, name)(0, 3, bias=True, **kw)
+    with torch.no_grad():
+        module.bias.copy_(BIAS)
+    module = module.to("cpu").eval()
+    with torch.no_grad():
+        for _ in range(3):  # a fresh allocation each time would show what was left there
+            _expect(module(torch.randn(x_shape)), (*x_shape[:-1], 3), BIAS)

@@ -338,9 +338,8 @@ def matmul_4bit(
     if needs_grad:
         return MatMul4Bit.apply(A, B, out, bias, quant_state)
     if A.numel() == 0:
-        result = torch.empty(*A.shape[:-1], N, dtype=A.dtype, device=A.device)
-    else:
-        result = F._gemm_4bit(A, B, quant_state, bias)
+        return _empty_product(A, N, bias, out)
+    result = F._gemm_4bit(A, B, quant_state, bias)
     if out is not None:
         return out.copy_(result)
     return result
