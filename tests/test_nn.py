@@ -111,6 +111,32 @@ def test_linear4bit_state_dict_errors():
         bnb.nn.Params4bit.from_prequantized(ref["weight"], {"absmax": ref["weight.absmax"]}, device="cpu")
 
 
+def test_linear4bit_quantized_checkpoint_bias_follows_torch_rules():
+    """A quantized checkpoint loaded into a fresh (or meta-built) layer: its bias is checked and
+    copied as torch.nn.Linear's (unexpected key, size mismatch, dtype kept, missing key), and a
+    meta-built layer ends with both tensors loaded."""
+    src = bnb.nn.Linear4bit(64, 32, quant_type="nf4")
+    torch.nn.init.normal_(src.bias)
+    src = src.to("cpu")
+    sd = src.state_dict()
+    x = torch.randn(3, 64)
+    with pytest.raises(RuntimeError, match='Unexpected key.*"bias"'):
+        bnb.nn.Linear4bit(64, 32, bias=False, quant_type="nf4").load_state_dict(sd)
+    with pytest.raises(RuntimeError, match="size mismatch for bias"):
+        bnb.nn.Linear4bit(64, 32, quant_type="nf4").load_state_dict({**sd, "bias": torch.zeros(16)})
+    with pytest.raises(RuntimeError, match='Missing key.*"bias"'):
+        bnb.nn.Linear4bit(64, 32, quant_type="nf4").load_state_dict({k: v for k, v in sd.items() if k != "bias"})
+    fresh = bnb.nn.Linear4bit(64, 32, quant_type="nf4")
+    fresh.load_state_dict({**sd, "bias": sd["bias"].bfloat16()})
+    assert fresh.bias.dtype == torch.float32 and torch.equal(fresh.bias, sd["bias"].bfloat16().float())
+    for assign in (False, True):
+        with torch.device("meta"):
+            empty = bnb.nn.Linear4bit(64, 32, quant_type="nf4")
+        empty.load_state_dict(sd, assign=assign)
+        assert empty.weight.device.type == "cpu" and empty.bias.device.type == "cpu"
+        assert torch.equal(empty(x), src(x))
+
+
 def test_linear4bit_bad_input():
     m = bnb.nn.Linear4bit(64, 32, quant_type="nf4").to("cpu")
     with pytest.raises(ValueError, match="in_features=64"):

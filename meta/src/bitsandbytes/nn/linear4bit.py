@@ -291,17 +291,18 @@ class Linear4bit(nn.Linear):
                     f"expected {(self.out_features, self.in_features)}"
                 )
             self.weight = new_weight
-            bias_key = prefix + "bias"
-            if self.bias is not None and bias_key in state_dict:
-                with torch.no_grad():
-                    self.bias.data = state_dict[bias_key].to(self.bias.device)
-            elif self.bias is not None:
-                missing_keys.append(bias_key)
-            for k in state_dict:
-                if k.startswith(prefix) and k not in (weight_key, bias_key) and not k.startswith(weight_key + "."):
-                    rest = k[len(prefix) :]
-                    if "." not in rest:
-                        unexpected_keys.append(k)
+            # The rest (the bias, unexpected keys) by torch's own rules: shape checks, the bias's
+            # dtype kept, assign=True honoured, a bias key unexpected in a layer without one. A
+            # bias on meta (a layer built under init_empty_weights) is taken from the checkpoint,
+            # as the weight just was, so that the layer is never left half loaded.
+            rest = {k: v for k, v in state_dict.items() if k != weight_key and not k.startswith(weight_key + ".")}
+            if self.bias is not None and self.bias.device.type == "meta" and prefix + "bias" in rest:
+                local_metadata = {**local_metadata, "assign_to_params_buffers": True}
+            n_missing = len(missing_keys)
+            super()._load_from_state_dict(
+                rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+            missing_keys[n_missing:] = [k for k in missing_keys[n_missing:] if k != weight_key]
             return
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
