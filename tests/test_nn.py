@@ -137,6 +137,32 @@ def test_linear4bit_quantized_checkpoint_bias_follows_torch_rules():
         assert torch.equal(empty(x), src(x))
 
 
+@pytest.mark.parametrize("storage", [torch.uint8, torch.bfloat16, torch.float16, torch.float32])
+def test_linear4bit_module_float_casts_keep_the_packed_weight(storage):
+    """Module.half() / .bfloat16() / .float() / .double() cast the bias and leave the packed bytes
+    as they are in every quant_storage (a float storage was value-converted, corrupting them)."""
+    m = bnb.nn.Linear4bit(64, 32, quant_type="nf4", quant_storage=storage, compute_dtype=torch.float32).to("cpu")
+    packed = m.weight.data.view(torch.uint8).clone()
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        want = m(x)
+        for cast in ("half", "bfloat16", "double", "float"):
+            getattr(m, cast)()
+            assert isinstance(m.weight, bnb.nn.Params4bit) and m.weight.dtype == storage
+            assert torch.equal(m.weight.data.view(torch.uint8), packed), cast
+        assert m.bias.dtype == torch.float32
+        torch.testing.assert_close(m(x), want, rtol=0, atol=1e-2)  # the bias went through bf16
+
+
+def test_stable_embedding_device_and_dtype():
+    """device and dtype reach nn.Embedding by keyword (positionally they were its _freeze)."""
+    e = bnb.nn.StableEmbedding(10, 4, device="cpu")
+    assert e.weight.requires_grad and e.weight.device.type == "cpu"
+    e = bnb.nn.StableEmbedding(10, 4, dtype=torch.bfloat16)
+    assert e.weight.dtype == torch.bfloat16 and e.weight.requires_grad
+    assert e(torch.tensor([1, 2])).dtype == torch.bfloat16
+
+
 def test_linear4bit_bad_input():
     m = bnb.nn.Linear4bit(64, 32, quant_type="nf4").to("cpu")
     with pytest.raises(ValueError, match="in_features=64"):

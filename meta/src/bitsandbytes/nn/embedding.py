@@ -58,8 +58,8 @@ class StableEmbedding(nn.Embedding):
             scale_grad_by_freq,
             sparse,
             _weight,
-            device,
-            dtype,
+            device=device,  # by keyword: positionally they would land in nn.Embedding's _freeze
+            dtype=dtype,
         )
         self.norm = nn.LayerNorm(embedding_dim, device=device)
         _register_optim_override(self)
