@@ -135,6 +135,15 @@ def test_linear4bit_quantized_checkpoint_bias_follows_torch_rules():
         empty.load_state_dict(sd, assign=assign)
         assert empty.weight.device.type == "cpu" and empty.bias.device.type == "cpu"
         assert torch.equal(empty(x), src(x))
+    # Without assign a meta-built layer keeps its bias dtype and owns its bias (no alias of the
+    # checkpoint's tensor); with assign=True it takes the checkpoint's, as torch does.
+    half_bias = {**sd, "bias": sd["bias"].bfloat16()}
+    for assign in (False, True):
+        with torch.device("meta"):
+            empty = bnb.nn.Linear4bit(64, 32, quant_type="nf4")
+        empty.load_state_dict(half_bias, assign=assign)
+        assert empty.bias.dtype == (torch.bfloat16 if assign else torch.float32)
+        assert (empty.bias.data_ptr() == half_bias["bias"].data_ptr()) == assign
 
 
 @pytest.mark.parametrize("storage", [torch.uint8, torch.bfloat16, torch.float16, torch.float32])

@@ -318,13 +318,16 @@ def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> No
 
 def check_outlier_cols(outlier_cols: torch.Tensor, k: int) -> None:
     """int8_mixed_scaled_mm's ``outlier_cols``: a 1-D int64 (or int32) tensor of column indices
-    within [0, k) (a negative index is an error, not a column counted from the end)."""
+    within [0, k) (a negative index is an error, not a column counted from the end). The range is
+    checked where the indices are host memory; on an accelerator reading them back would stall
+    every LLM.int8() layer with outliers on the device, so there only the kind is checked."""
     if not (outlier_cols.dim() == 1 and outlier_cols.dtype in (torch.int64, torch.int32)):
         raise ValueError(
             f"bitsandbytes: outlier_cols must be a 1-D int64 tensor, got {outlier_cols.dtype} {tuple(outlier_cols.shape)}"
         )
-    if outlier_cols.numel():
-        lo, hi = int(outlier_cols.min()), int(outlier_cols.max())
+    if outlier_cols.numel() and outlier_cols.device.type == "cpu":
+        lo, hi = torch.aminmax(outlier_cols)
+        lo, hi = int(lo), int(hi)
         check(lo >= 0 and hi < k, f"bitsandbytes: outlier_cols holds columns outside [0, {k}): {lo} .. {hi}")
 
 

@@ -32,8 +32,9 @@ def _check_device_has_kernels(device: torch.device) -> None:
 
 
 _DTYPE_GETTER = torch.Tensor.dtype.__get__
-# Module.half() / .float() / .bfloat16() / .double() cast every floating-point parameter this way;
-# a quantized Params4bit in a float quant_storage keeps its packed bytes (as .to(dtype) does).
+# Module.half() / .float() / .bfloat16() / .double() cast every floating-point parameter this way.
+# A quantized Params4bit in a float quant_storage answers them with itself: its packed bytes are
+# not values to convert (.to(dtype) keeps them too). A uint8 storage never reaches them.
 _FLOAT_CASTS = (torch.Tensor.half, torch.Tensor.float, torch.Tensor.bfloat16, torch.Tensor.double)
 
 PLAIN_ALIAS_KEY = "_bnb_plain_alias"
@@ -148,8 +149,10 @@ class Params4bit(torch.nn.Parameter):
         kwargs = kwargs or {}
         if func is _DTYPE_GETTER or func is torch.Tensor.is_floating_point:
             _check_fsdp1_flatten(sys._getframe(1))
-        if func in _FLOAT_CASTS and isinstance(args[0], Params4bit) and args[0].bnb_quantized:
-            return args[0]
+        if func in _FLOAT_CASTS and isinstance(args[0], Params4bit):
+            w = args[0]
+            if w.bnb_quantized and w.quant_storage is not None and w.quant_storage.is_floating_point:
+                return w
         if func in (torch.chunk, torch.split):
             src = args[0]
             with torch._C.DisableTorchFunctionSubclass():

@@ -293,11 +293,18 @@ class Linear4bit(nn.Linear):
             self.weight = new_weight
             # The rest (the bias, unexpected keys) by torch's own rules: shape checks, the bias's
             # dtype kept, assign=True honoured, a bias key unexpected in a layer without one. A
-            # bias on meta (a layer built under init_empty_weights) is taken from the checkpoint,
-            # as the weight just was, so that the layer is never left half loaded.
+            # bias on meta (a layer built under init_empty_weights) first gets storage where the
+            # weight now is, so that the layer is never left half loaded; a sharded checkpoint's
+            # bias is gathered, as its weight was.
             rest = {k: v for k, v in state_dict.items() if k != weight_key and not k.startswith(weight_key + ".")}
-            if self.bias is not None and self.bias.device.type == "meta" and prefix + "bias" in rest:
-                local_metadata = {**local_metadata, "assign_to_params_buffers": True}
+            bias_key = prefix + "bias"
+            if self.bias is not None and bias_key in rest:
+                if _is_dtensor(rest[bias_key]) and not _is_dtensor(self.bias):
+                    rest[bias_key] = rest[bias_key].full_tensor()
+                if self.bias.device.type == "meta" and not local_metadata.get("assign_to_params_buffers", False):
+                    self.bias = nn.Parameter(
+                        torch.empty_like(self.bias, device=new_weight.device), requires_grad=self.bias.requires_grad
+                    )
             n_missing = len(missing_keys)
             super()._load_from_state_dict(
                 rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -159,6 +159,8 @@ def _gemm_4bit_native(
         result.zero_()
         if bias is not None:
             result += bias
+        if out is not None and result is not out:
+            out.copy_(result)
         return result
     A = A.contiguous()
     raw = B.contiguous().view(torch.uint8)

@@ -343,10 +343,12 @@ def int8_mixed_scaled_mm(
     """LLM.int8() with outlier decomposition: the int8 GEMM + dequantization, then the outlier
     columns in A's precision (torch's addmm on the few gathered columns, as the reference)."""
     a = A.reshape(-1, A.shape[-1]) if A.dim() != 2 else A
+    outliers = outlier_cols is not None and outlier_cols.numel() > 0
+    if outliers:
+        C.check_outlier_cols(outlier_cols, CB.shape[1])
     out = int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
-    if outlier_cols is None or outlier_cols.numel() == 0:
+    if not outliers:
         return out, a.new_empty(a.shape[0], 0)
-    C.check_outlier_cols(outlier_cols, CB.shape[1])  # (its one sync: the outlier path syncs anyway)
     sub_a = a[:, outlier_cols]
     sub_b = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype)
     out2 = out.reshape(-1, out.shape[-1]).addmm(sub_a, sub_b.t())

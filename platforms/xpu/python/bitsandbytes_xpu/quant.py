@@ -219,13 +219,14 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     out = torch.empty(A.shape, dtype=torch.uint8, device=A.device)
     absmax = torch.empty(nblocks, dtype=torch.float32, device=A.device)
     mids = midpoints(code.to(torch.float32)).contiguous()
-    width = next_pow2(blocksize)
+    bs = min(blocksize, max(n, 1))  # a block larger than A is A (the kernel loops over a block)
+    width = next_pow2(bs)
     single = width <= TILE
     cw = width if single else TILE
     g = max(1, TILE // width) if single else 1
     with device_guard(A):
         _quantize_blockwise_kernel[(triton.cdiv(nblocks, g),)](
-            A, out, absmax, mids, n, nblocks, blocksize, G=g, CW=cw, SINGLE=single, **LAUNCH
+            A, out, absmax, mids, n, nblocks, bs, G=g, CW=cw, SINGLE=single, **LAUNCH
         )
     return out, absmax
 
@@ -240,8 +241,9 @@ def dequantize_blockwise_into(
     A, absmax, code = A.contiguous(), absmax.contiguous(), code.contiguous()
     with device_guard(out):
         _dequantize_blockwise_kernel[(triton.cdiv(n, 2 * DEQUANT_BYTES),)](
-            A, absmax, code, store_view(out), n, blocksize, BLOCK=2 * DEQUANT_BYTES, OUT=OUT_KIND[out.dtype], **LAUNCH
-        )
+            A, absmax, code, store_view(out), n, min(blocksize, n),  # a block larger than A is A
+            BLOCK=2 * DEQUANT_BYTES, OUT=OUT_KIND[out.dtype], **LAUNCH,
+        )  # fmt: skip
 
 
 def dequantize_blockwise(

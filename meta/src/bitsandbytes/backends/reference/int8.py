@@ -122,10 +122,12 @@ def int8_mixed_scaled_mm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LLM.int8() with outlier decomposition: int8 GEMM plus the outlier columns in A's precision."""
     a = _rows(A)
+    outliers = outlier_cols is not None and outlier_cols.numel() > 0
+    if outliers:
+        C.check_outlier_cols(outlier_cols, CB.shape[1])
     out = int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
-    if outlier_cols is None or outlier_cols.numel() == 0:
+    if not outliers:
         return out, a.new_empty(a.shape[0], 0)
-    C.check_outlier_cols(outlier_cols, CB.shape[1])
     sub_a = a[:, outlier_cols]
     sub_b = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype)
     out2 = _rows(out).addmm(sub_a, sub_b.t())
