@@ -65,6 +65,13 @@ def num_blocks(n: int, blocksize: int) -> int:
     return -(n // -blocksize)
 
 
+def block_width(n: int, blocksize: int) -> int:
+    """The elements a block spans in a tensor of ``n``: ``blocksize``, or ``n`` (at least 1) where
+    one block holds them all. A kernel that pads to, loops over or stores a block's size in 32 bits
+    takes this, so that a block size of 2^31 or 2^32 + 64 is one block of the tensor's size."""
+    return min(blocksize, max(n, 1))
+
+
 def check_same_device(arg_tensors: dict[str, torch.Tensor | None]) -> None:
     """Raise RuntimeError if the given tensors do not all live on one device."""
     first = None

@@ -11,6 +11,7 @@ import torch
 
 from .. import _direct
 from .. import functional as F
+from ..backends.reference.weight_mm import empty_product
 
 
 class GlobalOutlierPooler:
@@ -152,11 +153,9 @@ def _int8_forward(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, s
 
 
 def _empty_product(A: torch.Tensor, N: int, bias: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:
-    """``A @ W.T + bias`` for an empty A (no rows, or in_features 0, whose sums are empty): zeros
-    plus the bias, as torch.nn.functional.linear gives (into ``out`` when given)."""
-    result = torch.zeros(*A.shape[:-1], N, dtype=A.dtype, device=A.device)
-    if bias is not None:
-        result += bias.to(A.dtype)
+    """``A @ W.T + bias`` for an empty A (no rows, or in_features 0): ``empty_product``, into
+    ``out`` when given."""
+    result = empty_product(A, N, bias)
     return result if out is None else out.copy_(result)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bitsandbytes import _checks as C
+from bitsandbytes.backends.reference.weight_mm import empty_product
 
 from . import _C, amx
 from ._codes import DTYPE_CODE, QUANT_CODE
@@ -175,13 +176,6 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     """``t`` as a contiguous f32 tensor (itself when it already is one)."""
     t = t.contiguous()
     return t if t.dtype == torch.float32 else t.float()
-
-
-def empty_sum(A: torch.Tensor, width: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """A matmul's result where A has no rows or the sum over k is empty: zeros (plus the bias),
-    ``[*A.shape[:-1], width]`` in A's dtype."""
-    out = A.new_zeros((*A.shape[:-1], width))
-    return out if bias is None else out.add_(bias.to(A.dtype))
 
 
 def _rows(A: torch.Tensor) -> int:
@@ -419,7 +413,7 @@ def gemm_4bit(
         out = torch.empty((*A.shape[:-1], n), dtype=A.dtype)
         _gemm_4bit_into(A, B, shapeB, eff, _decode_table(quant_type), blocksize, bias, out)
         return out
-    return empty_sum(A, n, bias)  # no rows, no columns or k = 0 (for which rows is 0 too)
+    return empty_product(A, n, bias)  # no rows, no columns or k = 0 (for which rows is 0 too)
 
 
 KERNELS: dict[str, Callable] = {

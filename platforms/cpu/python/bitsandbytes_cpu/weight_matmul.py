@@ -20,11 +20,12 @@ import torch
 
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.int8 import INV_127
+from bitsandbytes.backends.reference.weight_mm import empty_product
 
 from . import _C, amx
 from ._codes import DTYPE_CODE, QUANT_CODE
 from ._scratch import scratch
-from .kernels import _dequantize_4bit_into, _nt, _on_cpu, dense_dtype, empty_sum
+from .kernels import _dequantize_4bit_into, _nt, _on_cpu, dense_dtype
 
 FUSED_ROWS: dict[str, dict[str, int]] = {
     "avx512": {"int8_weight_mm": 16, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
@@ -71,7 +72,7 @@ def int8_weight_mm(
     n, k = C.check_int8_weight_mm(A, CB, SCB, bias)
     _on_cpu(A=A, CB=CB, SCB=SCB, **({} if bias is None else {"bias": bias}))
     if A.numel() == 0 or n == 0:  # before the reshape, which an empty A's last dimension of 0 defeats
-        return empty_sum(A, n, bias)
+        return empty_product(A, n, bias)
     A2 = A.reshape(-1, k)
     CB, SCB = CB.contiguous(), SCB.contiguous()
     if amx.eligible("int8_weight_mm", A, A2.shape[0], k):
@@ -115,7 +116,7 @@ def int8_weight_mm_t(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> to
     n, k = C.check_int8_weight_mm(A, CB, SCB, transposed=True)
     _on_cpu(A=A, CB=CB, SCB=SCB)
     if A.numel() == 0 or k == 0:  # before the reshape, which an empty A's last dimension of 0 defeats
-        return empty_sum(A, k)
+        return empty_product(A, k)
     A2 = A.reshape(-1, n)
     CB, SCB = CB.contiguous(), SCB.contiguous()
     if amx.eligible("int8_weight_mm_t", A, A2.shape[0], k):
@@ -135,7 +136,7 @@ def gemm_4bit_t(
     n, k = C.check_gemm_4bit_t(A, B, shapeB, absmax, blocksize, quant_type)
     _on_cpu(A=A, B=B, absmax=absmax)
     if A.numel() == 0 or k == 0:  # before the reshape, which an empty A's last dimension of 0 defeats
-        return empty_sum(A, k)
+        return empty_product(A, k)
     A2 = A.reshape(-1, n)
     B, absmax = B.contiguous(), absmax.contiguous()
     if amx.eligible("gemm_4bit_t", A, A2.shape[0], k, blocksize):

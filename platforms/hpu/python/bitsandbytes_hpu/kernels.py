@@ -96,7 +96,7 @@ def _four_bit_tables(quant_type: str, device: torch.device) -> tuple[torch.Tenso
 def _block_scale(absmax: torch.Tensor, blocksize: int, n: int) -> torch.Tensor:
     """``absmax[i // blocksize]`` for i < n, as a broadcast (no ``repeat_interleave``)."""
     blocks = C.num_blocks(n, blocksize)
-    width = min(blocksize, max(n, 1))  # a block larger than the tensor is the tensor
+    width = C.block_width(n, blocksize)
     return absmax.reshape(-1)[:blocks].float().unsqueeze(1).expand(blocks, width).reshape(-1)[:n]
 
 
@@ -268,7 +268,7 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     x = A.reshape(-1).float()
     n = x.numel()
     blocks = C.num_blocks(n, blocksize)
-    width = min(blocksize, max(n, 1))  # a block larger than A is A: no padding to the block size
+    width = C.block_width(n, blocksize)
     xb = torch.nn.functional.pad(x, (0, blocks * width - n)).view(blocks, width)
     absmax = xb.abs().amax(dim=1)
     inv = 1.0 / absmax.clamp(min=1e-38)

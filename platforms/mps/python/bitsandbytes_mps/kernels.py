@@ -330,8 +330,7 @@ class MetalKernels(OptimizerKernels):
         out = torch.empty(A.shape, dtype=torch.uint8, device=device)
         absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32, device=device)
         if n:
-            # The kernels' sizes are 32-bit: a block larger than A is A (so 2^32 + 64 is not 64).
-            blocksize = min(blocksize, n)
+            blocksize = C.block_width(n, blocksize)  # the kernels' sizes are 32-bit
             threads = 64  # a multiple of the SIMD width, up to 256 as the block size asks
             while threads < 256 and threads < blocksize:
                 threads *= 2
@@ -346,7 +345,7 @@ class MetalKernels(OptimizerKernels):
     ) -> None:
         n = A.numel()
         getattr(lib, f"bnb_dequantize_blockwise_{SUFFIX[out.dtype]}")(
-            A.contiguous(), code.contiguous().float(), absmax.contiguous(), out, n, min(blocksize, max(n, 1)),
+            A.contiguous(), code.contiguous().float(), absmax.contiguous(), out, n, C.block_width(n, blocksize),
             threads=_groups(n, 256) * 256, group_size=256,
         )  # fmt: skip
 

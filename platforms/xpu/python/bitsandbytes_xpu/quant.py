@@ -219,7 +219,7 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     out = torch.empty(A.shape, dtype=torch.uint8, device=A.device)
     absmax = torch.empty(nblocks, dtype=torch.float32, device=A.device)
     mids = midpoints(code.to(torch.float32)).contiguous()
-    bs = min(blocksize, max(n, 1))  # a block larger than A is A (the kernel loops over a block)
+    bs = C.block_width(n, blocksize)  # the kernel loops over a block
     width = next_pow2(bs)
     single = width <= TILE
     cw = width if single else TILE
@@ -241,7 +241,7 @@ def dequantize_blockwise_into(
     A, absmax, code = A.contiguous(), absmax.contiguous(), code.contiguous()
     with device_guard(out):
         _dequantize_blockwise_kernel[(triton.cdiv(n, 2 * DEQUANT_BYTES),)](
-            A, absmax, code, store_view(out), n, min(blocksize, n),  # a block larger than A is A
+            A, absmax, code, store_view(out), n, C.block_width(n, blocksize),
             BLOCK=2 * DEQUANT_BYTES, OUT=OUT_KIND[out.dtype], **LAUNCH,
         )  # fmt: skip
 

@@ -16,7 +16,7 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     x = A.reshape(-1).float()
     n = x.numel()
     blocks = C.num_blocks(n, blocksize)
-    width = min(blocksize, max(n, 1))  # a block larger than A is A: no padding to the block size
+    width = C.block_width(n, blocksize)
     xb = torch.nn.functional.pad(x, (0, blocks * width - n)).view(blocks, width)
     absmax = xb.abs().amax(dim=1)
     inv = 1.0 / absmax.clamp(min=1e-38)
@@ -31,7 +31,7 @@ def dequantize_blockwise(
     """``code[A] * absmax[block]`` in f32, cast to ``dtype``, shaped like ``A``."""
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
     n = A.numel()
-    scale = absmax.repeat_interleave(min(blocksize, max(n, 1)))[:n]
+    scale = absmax.repeat_interleave(C.block_width(n, blocksize))[:n]
     out = code[A.reshape(-1).long()] * scale
     return _cast(out, dtype).view(A.shape)
 

@@ -16,6 +16,13 @@ from .fourbit import dequantize_4bit
 from .int8 import INV_127
 
 
+def empty_product(A: torch.Tensor, width: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A matmul's result where A has no rows or the sum over its last dimension is empty: zeros
+    plus the bias, ``[*A.shape[:-1], width]`` in A's dtype, as torch.nn.functional.linear gives."""
+    out = A.new_zeros((*A.shape[:-1], width))
+    return out if bias is None else out.add_(bias.to(A.dtype))
+
+
 def _int8_weight(CB: torch.Tensor, SCB: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (CB * SCB.view(-1, 1) * INV_127).to(dtype)
 
