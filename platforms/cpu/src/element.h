@@ -36,6 +36,11 @@ struct Element<BNB_DTYPE_BF16> {
   BNB_INLINE static uint16_t store(float v) { return bnb::float_to_bf16(v); }
 };
 
+// A maximum taken over bit patterns (a non-negative number, not NaN) as float compares would have
+// found it: under denormals-are-zero (torch.set_flush_denormal(True)) a subnormal reads as 0, so
+// the portable kernel's maximum of a block of subnormals is 0. Otherwise x + 0 is x.
+BNB_INLINE float as_compared(float max_bits) { return max_bits + 0.0f; }
+
 // Calls fn(Element<D>{}) for the runtime dtype `dtype` (one of the float dtypes).
 template <typename Fn>
 void dispatch_float(int32_t dtype, Fn&& fn) {

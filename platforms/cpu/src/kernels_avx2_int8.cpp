@@ -47,7 +47,7 @@ void quant_rows(const typename E::type* A, int64_t cols, float threshold, int8_t
       if (thr && bnb::bits_float(a) >= threshold) a = 0;
       mbits = a > mbits ? a : mbits;
     }
-    const float m = mbits > 0x7f800000u ? bnb::bits_float(0x7fc00000u) : bnb::bits_float(mbits);
+    const float m = mbits > 0x7f800000u ? bnb::bits_float(0x7fc00000u) : as_compared(bnb::bits_float(mbits));
     row_stats[r] = m;
     if (m == 0.0f || m != m) {  // every code 0 (int8_round)
       memset(q, 0, static_cast<size_t>(cols));

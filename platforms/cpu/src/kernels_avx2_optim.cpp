@@ -203,7 +203,7 @@ inline void requantize_block(const float* v, __m256i mx, const uint8_t* grid, ui
   float am = bnb::bits_float(hmax_epi32(mx));
   if (am != am) am = bnb::state_absmax(v, kBS);  // which NaN: the one the portable kernel keeps
   *absmax = am;
-  const __m256 inv = _mm256_set1_ps(bnb::div_rn(1.0f, am < 1e-38f ? 1e-38f : am));
+  const __m256 inv = _mm256_set1_ps(bnb::inverse_absmax(am));
   // The grid table lookups as scalar loads (cheaper than gathers, as in decode_block), the 8 codes
   // of a vector gathered into one 64-bit store.
   for (int j = 0; j < kBS; j += 8) {

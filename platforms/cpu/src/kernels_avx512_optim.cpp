@@ -207,7 +207,7 @@ inline PendingCodes requantize_block(const float* v, __m512i mb, const BoundSear
   if (am != am) am = bnb::state_absmax(v, 256);  // which NaN: the one the portable kernel keeps
   *absmax = am;
   PendingCodes pending;
-  pending.inv = _mm512_set1_ps(bnb::div_rn(1.0f, am < 1e-38f ? 1e-38f : am));
+  pending.inv = _mm512_set1_ps(bnb::inverse_absmax(am));
   if (keys != nullptr && am <= FLT_MAX) {
     pending.v = v;
     pending.codes = codes;

@@ -223,12 +223,15 @@ void quantize_nf4_t(const typename E::type* x, int64_t n, int64_t blocksize, con
         }
         const __m512i r = transpose_max16(m);
         const __m512 amax =
-            _mm512_mask_mov_ps(_mm512_castsi512_ps(r), _mm512_cmpgt_epu32_mask(r, _mm512_set1_epi32(0x7f800000)),
+            _mm512_mask_mov_ps(_mm512_add_ps(_mm512_castsi512_ps(r), _mm512_setzero_ps()),  // as_compared
+                               _mm512_cmpgt_epu32_mask(r, _mm512_set1_epi32(0x7f800000)),
                                _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
         _mm512_storeu_ps(absmax + b, amax);
-        // 1 / max(absmax, 1e-38) as bnb::inverse_absmax; vmaxps gives its second operand (NaN stays).
-        _mm512_store_ps(inv + (b - g0),
-                        _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_set1_ps(1e-38f), amax)));
+        // bnb::inverse_absmax: the floor's inverse where absmax < 1e-38 or reads as 0 (NaN stays).
+        const __mmask16 tiny = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-38f), _CMP_LT_OQ) |
+                               _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_EQ_OQ);
+        _mm512_store_ps(inv + (b - g0), _mm512_mask_mov_ps(_mm512_div_ps(_mm512_set1_ps(1.0f), amax), tiny,
+                                                           _mm512_set1_ps(bnb::inverse_absmax_floor())));
       }
     }
     for (; b < g1; ++b) {

@@ -45,7 +45,7 @@ inline float block_absmax(const typename E::type* x, int64_t len) {
     }
     const uint32_t r = hmax_epi32(_mm256_max_epi32(m0, m1));
     if (r > 0x7f800000u) return nan;
-    float m = bnb::bits_float(r);
+    float m = as_compared(bnb::bits_float(r));
     for (; i < len; ++i) m = bnb::nan_max_abs(m, x[i]);
     return m;
   } else {
@@ -64,7 +64,7 @@ inline float block_absmax(const typename E::type* x, int64_t len) {
     float m;
     if constexpr (E::kDtype == BNB_DTYPE_BF16) {
       if (r > 0x7f80u) return nan;
-      m = bnb::bits_float(r << 16);
+      m = as_compared(bnb::bits_float(r << 16));
     } else {
       if (r > 0x7c00u) return nan;
       m = bnb::half_to_float(static_cast<uint16_t>(r));
@@ -157,11 +157,14 @@ void group_absmax(const typename E::type* x, int64_t n, int64_t blocksize, int64
         nan = _mm256_cmpgt_epi32(r, _mm256_set1_epi32(0x7c00));
         amax = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
       }
+      amax = _mm256_add_ps(amax, _mm256_setzero_ps());  // as_compared, lane by lane
       amax = _mm256_blendv_ps(amax, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)), _mm256_castsi256_ps(nan));
       _mm256_storeu_ps(absmax + b, amax);
-      // 1 / max(absmax, 1e-38); vmaxps returns its second operand when one is NaN: NaN stays.
-      _mm256_storeu_ps(inv + (b - g0),
-                       _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_max_ps(_mm256_set1_ps(1e-38f), amax)));
+      // bnb::inverse_absmax: the floor's inverse where absmax < 1e-38 or reads as 0 (NaN stays).
+      const __m256 tiny = _mm256_or_ps(_mm256_cmp_ps(amax, _mm256_set1_ps(1e-38f), _CMP_LT_OQ),
+                                       _mm256_cmp_ps(amax, _mm256_setzero_ps(), _CMP_EQ_OQ));
+      _mm256_storeu_ps(inv + (b - g0), _mm256_blendv_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), amax),
+                                                        _mm256_set1_ps(bnb::inverse_absmax_floor()), tiny));
     }
   }
   for (; b < g1; ++b) {

@@ -72,7 +72,16 @@ BNB_HD BNB_INLINE float nan_max_abs(float m, float a) {
   return (v > m || v != v) && m == m ? v : m;
 }
 
-// Scale that maps a block's absmax onto [-1, 1]: 1 / max(absmax, 1e-38), NaN stays NaN.
-BNB_HD BNB_INLINE float inverse_absmax(float absmax) { return 1.0f / (absmax < 1e-38f ? 1e-38f : absmax); }
+// 1 / 1e-38f, written out: where subnormals read as zero (denormals-are-zero, as under
+// torch.set_flush_denormal(True), or a GPU's flush-to-zero mode) the subnormal 1e-38f is 0 at run
+// time, and so would be the divisor.
+BNB_HD BNB_INLINE float inverse_absmax_floor() { return 1.0000001e38f; }
+
+// Scale that maps a block's absmax onto [-1, 1]: 1 / max(absmax, 1e-38), NaN stays NaN. A zero
+// absmax is tested as such: under denormals-are-zero `absmax < 1e-38f` is false for 0 (1e-38f
+// reads as 0), and 1 / 0 would turn a zero block into NaN codes.
+BNB_HD BNB_INLINE float inverse_absmax(float absmax) {
+  return (absmax < 1e-38f || absmax == 0.0f) ? inverse_absmax_floor() : 1.0f / absmax;
+}
 
 }  // namespace bnb

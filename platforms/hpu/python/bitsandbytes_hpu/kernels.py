@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from bitsandbytes import _checks as C
+from bitsandbytes.backends.reference.blockwise import inverse_absmax
 from bitsandbytes.backends.reference.codebooks import FP4_DECODE_VALUES, FP4_VALUES, NF4_VALUES, midpoints
 from bitsandbytes.backends.reference.fourbit import _blockwise_scaled
 
@@ -271,8 +272,7 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     width = C.block_width(n, blocksize)
     xb = torch.nn.functional.pad(x, (0, blocks * width - n)).view(blocks, width)
     absmax = xb.abs().amax(dim=1)
-    inv = 1.0 / absmax.clamp(min=1e-38)
-    scaled = (xb * inv[:, None]).clamp(-1.0, 1.0).view(-1)[:n]
+    scaled = (xb * inverse_absmax(absmax)[:, None]).clamp(-1.0, 1.0).view(-1)[:n]
     codes = nearest_index(scaled, midpoints(code)).to(torch.uint8)
     return codes.view(A.shape), absmax
 

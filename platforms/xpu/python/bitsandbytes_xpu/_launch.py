@@ -131,8 +131,12 @@ def clamp_unit(x):
 
 @triton.jit
 def inverse_absmax(absmax):
-    """1 / max(absmax, 1e-38), correctly rounded; NaN stays NaN."""
-    return tl.math.div_rn(tl.full(absmax.shape, 1.0, tl.float32), tl.where(absmax < 1e-38, 1e-38, absmax))
+    """1 / max(absmax, 1e-38), correctly rounded; NaN stays NaN. The floor's inverse is written out
+    and a zero absmax tested as such, so that a zero block keeps zero codes where subnormals read as
+    zero (1e-38 is subnormal); shared/include/bnb/numeric.h has the same rule."""
+    tiny = (absmax < 1e-38) | (absmax == 0.0)
+    inv = tl.math.div_rn(tl.full(absmax.shape, 1.0, tl.float32), tl.where(tiny, 1.0, absmax))
+    return tl.where(tiny, 1.0000001e38, inv)
 
 
 @triton.jit

@@ -9,6 +9,17 @@ import torch
 from ... import _checks as C
 from .codebooks import midpoints, nearest_code
 
+# 1 / 1e-38 in f32, written out: where subnormals read as zero (torch.set_flush_denormal(True))
+# the subnormal 1e-38 is 0 at run time (shared/include/bnb/numeric.h has the same rule).
+INVERSE_ABSMAX_FLOOR = 1.0000001e38
+
+
+def inverse_absmax(absmax: torch.Tensor) -> torch.Tensor:
+    """1 / max(absmax, 1e-38) per block, NaN kept. A zero absmax is tested as such: under
+    torch.set_flush_denormal(True) ``absmax < 1e-38`` is false for 0, and 1 / 0 would give a zero
+    block NaN codes."""
+    return torch.where((absmax < 1e-38) | (absmax == 0), INVERSE_ABSMAX_FLOOR, 1.0 / absmax)
+
 
 def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Map each element to the nearest entry of ``code`` after per-block absmax scaling."""
@@ -19,8 +30,7 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     width = C.block_width(n, blocksize)
     xb = torch.nn.functional.pad(x, (0, blocks * width - n)).view(blocks, width)
     absmax = xb.abs().amax(dim=1)
-    inv = 1.0 / absmax.clamp(min=1e-38)
-    scaled = (xb * inv[:, None]).clamp(-1.0, 1.0).view(-1)[:n]
+    scaled = (xb * inverse_absmax(absmax)[:, None]).clamp(-1.0, 1.0).view(-1)[:n]
     codes = nearest_code(scaled, midpoints(code)).to(torch.uint8)
     return codes.view(A.shape), absmax
 

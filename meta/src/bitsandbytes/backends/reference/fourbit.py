@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ... import _checks as C
-from .blockwise import dequantize_blockwise
+from .blockwise import dequantize_blockwise, inverse_absmax
 from .codebooks import four_bit_decode_table, four_bit_lookup, nearest_code
 
 
@@ -21,8 +21,7 @@ def _blockwise_scaled(A: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, to
         x = torch.nn.functional.pad(x, (0, pad))
     xb = x.view(blocks, blocksize)
     absmax = xb.abs().amax(dim=1)
-    inv = 1.0 / absmax.clamp(min=1e-38)
-    scaled = (xb * inv[:, None]).clamp(-1.0, 1.0)
+    scaled = (xb * inverse_absmax(absmax)[:, None]).clamp(-1.0, 1.0)
     return scaled.view(-1), absmax, n
 
 

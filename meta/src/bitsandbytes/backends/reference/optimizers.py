@@ -25,6 +25,7 @@ import math
 import torch
 
 from ... import _checks as C
+from .blockwise import inverse_absmax
 from .codebooks import midpoints, nearest_code
 
 OPTIMIZER_NAMES = C.OPTIMIZER_NAMES
@@ -292,7 +293,7 @@ def _grid_index(x: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tenso
     xb = xb.reshape(rows, blocks, STATE_BLOCKSIZE)
     lo, hi = torch.aminmax(xb, dim=-1)
     absmax = torch.maximum(hi, lo.neg_())
-    scaled = (xb * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(-1)).clamp_(-1.0, 1.0)
+    scaled = (xb * inverse_absmax(absmax).unsqueeze(-1)).clamp_(-1.0, 1.0)
     idx = scaled.add_(1.0).mul_(_GRID_HALF).add_(0.5).floor_().nan_to_num_(nan=65535.0)
     return idx.view(rows, blocks * STATE_BLOCKSIZE)[:, :k].to(torch.int32), absmax
 
