@@ -109,8 +109,9 @@ try:
     import bitsandbytes_cpu
 except ImportError:  # the host sessions of other platforms install no CPU wheel
     bitsandbytes_cpu = None
-VECTOR_ISAS = [i for i in bitsandbytes_cpu.build_info().get("isa_usable", [])] if bitsandbytes_cpu else []
-VECTOR_ISAS = [i for i in VECTOR_ISAS if i != "scalar"]
+USABLE = bitsandbytes_cpu.build_info().get("isa_usable", []) if bitsandbytes_cpu else []
+VECTOR_ISAS = [i for i in USABLE if i != "scalar"]
+QUANTIZERS = ("quantize_4bit", "quantize_blockwise", "int8_vectorwise_quant")
 needs_cpu_wheel = pytest.mark.skipif(bitsandbytes_cpu is None, reason="the CPU wheel is not installed")
 
 
@@ -160,8 +161,7 @@ def _adam():
 def test_subnormal_blocks_reference_matches_scalar() -> None:
     """In this mode the reference (torch's amax) finds absmax 0 for a block of subnormals, as the
     scalar kernels do."""
-    ops = {name: getattr(torch.ops.bitsandbytes, name) for name in ("quantize_4bit", "quantize_blockwise")}
-    ops["int8_vectorwise_quant"] = torch.ops.bitsandbytes.int8_vectorwise_quant
+    ops = {name: getattr(torch.ops.bitsandbytes, name) for name in QUANTIZERS}
     want = _on_isa("scalar", lambda: _quantizers(ops))
     with flush_denormal():
         got = _bits(_quantizers(REF))
@@ -173,8 +173,7 @@ def test_subnormal_blocks_reference_matches_scalar() -> None:
 def test_subnormal_blocks_match_scalar(isa) -> None:
     """Blocks of subnormals (zero in this mode, though the vector kernels take their maxima over
     bit patterns) quantize as the scalar kernel does, in the quantizers and an 8-bit Adam step."""
-    ops = {name: getattr(torch.ops.bitsandbytes, name) for name in ("quantize_4bit", "quantize_blockwise")}
-    ops["int8_vectorwise_quant"] = torch.ops.bitsandbytes.int8_vectorwise_quant
+    ops = {name: getattr(torch.ops.bitsandbytes, name) for name in QUANTIZERS}
     for name, fn in (("quantizers", lambda: _quantizers(ops)), ("adam", _adam)):
         want, got = _on_isa("scalar", fn), _on_isa(isa, fn)
         assert all(torch.equal(a, b) for a, b in zip(want, got)), name
