@@ -7,6 +7,7 @@ memory. Platform wheels call these too: they are part of the op interface.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -91,16 +92,18 @@ def check_same_device(arg_tensors: dict[str, torch.Tensor | None]) -> None:
 
 
 def check_4bit_shape(shape: Sequence[int], absmax: torch.Tensor, packed: torch.Tensor, blocksize: int) -> None:
-    """Check that ``packed`` and ``absmax`` are large enough to describe a tensor of ``shape``."""
+    """Check that ``packed`` and ``absmax`` describe a tensor of ``shape`` exactly: more bytes or more
+    scales than it needs mean they belong to other data, or to another block size (a silent wrong
+    answer if decoded)."""
     n = 1
     for s in shape:
         if s < 0:
             raise ValueError(f"bitsandbytes: shape must be non-negative, got {list(shape)}")
         n *= s
     nbytes = packed.numel() * packed.element_size()
-    if nbytes < (n + 1) // 2:
+    if nbytes != (n + 1) // 2:
         raise ValueError(f"bitsandbytes: A holds {nbytes} packed bytes but shape {list(shape)} needs {(n + 1) // 2}")
-    if absmax.numel() < num_blocks(n, blocksize):
+    if absmax.numel() != num_blocks(n, blocksize):
         raise ValueError(
             f"bitsandbytes: absmax has {absmax.numel()} entries but shape {list(shape)} with blocksize "
             f"{blocksize} needs {num_blocks(n, blocksize)}"
@@ -251,7 +254,7 @@ def check_dequantize_blockwise(
     check_output_dtype(dtype)
     check_same_device({"A": A, "absmax": absmax, "code": code})
     need = num_blocks(A.numel(), blocksize)
-    if absmax.numel() < need:
+    if absmax.numel() != need:  # more scales than blocks: another block size's
         raise ValueError(
             f"bitsandbytes: absmax has {absmax.numel()} entries but A with blocksize {blocksize} needs {need}"
         )
@@ -321,6 +324,34 @@ def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> No
         raise ValueError(f"bitsandbytes: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
     if out.dtype != dtype:
         raise DTypeError(f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")
+
+
+def check_linear_input(layer: str, x: torch.Tensor, in_features: int) -> None:
+    """A quantized linear layer's input: a floating-point tensor ``[..., in_features]``."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DTypeError(f"{layer}: the input must be a floating-point tensor, got {what}")
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(
+            f"{layer}: the input's last dimension must be in_features={in_features}, got shape {tuple(x.shape)}"
+        )
+
+
+def check_compute_dtype(layer: str, dtype: Any) -> None:
+    """A layer's ``compute_dtype``: None (the input's) or f16, bf16, f32."""
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"{layer}: compute_dtype must be None, torch.float16, torch.bfloat16 or torch.float32, got {dtype!r}"
+        )
+
+
+def into_out(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    """``result``, or ``out`` filled with it once ``check_out`` passes (copy_ alone would cast the
+    values and broadcast them into a wrong shape)."""
+    if out is None:
+        return result
+    check_out(out, result.shape, result.dtype)
+    return out.copy_(result)
 
 
 def check_outlier_cols(outlier_cols: torch.Tensor, k: int) -> None:

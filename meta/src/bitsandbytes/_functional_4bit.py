@@ -34,6 +34,8 @@ def quantize_4bit(
         raise TypeError(f"bitsandbytes: A must be a tensor, got {type(A).__name__}")
     _checks.check_dtype(A, "A", _checks.FLOAT_DTYPES)
     input_shape = A.shape
+    if compress_statistics and absmax is not None:
+        raise ValueError("bitsandbytes: absmax= cannot be filled with compress_statistics=True (it is quantized)")
     packed, _absmax = torch.ops.bitsandbytes.quantize_4bit(A, blocksize, quant_type, quant_storage)
     code = get_4bit_type(quant_type, device=A.device)
     if compress_statistics:
@@ -51,12 +53,14 @@ def quantize_4bit(
         )
     else:
         if absmax is not None:
+            _checks.check_out(absmax, _absmax.shape, _absmax.dtype)
             absmax.copy_(_absmax)
             _absmax = absmax
         state = QuantState(
             absmax=_absmax, shape=input_shape, dtype=A.dtype, blocksize=blocksize, code=code, quant_type=quant_type
         )
     if out is not None:
+        _checks.check_out(out, packed.shape, packed.dtype)
         out.copy_(packed)
         packed = out
     return packed, state

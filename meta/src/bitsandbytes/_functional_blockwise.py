@@ -27,9 +27,12 @@ def quantize_blockwise(
     """
     _checks.check_positive_blocksize(blocksize)
     _checks.check_dtype(A, "A", _checks.FLOAT_DTYPES)
+    if nested and absmax is not None:
+        raise ValueError("bitsandbytes: absmax= cannot be filled with nested=True (it is quantized)")
     code = _dynamic_code(A.device) if code is None else code.to(A.device)
     q, _absmax = torch.ops.bitsandbytes.quantize_blockwise(A, code, blocksize)
     if out is not None:
+        _checks.check_out(out, q.shape, q.dtype)
         out.copy_(q)
         q = out
     if nested:
@@ -40,6 +43,7 @@ def quantize_blockwise(
         )
     else:
         if absmax is not None:
+            _checks.check_out(absmax, _absmax.shape, _absmax.dtype)
             absmax.copy_(_absmax)
             _absmax = absmax
         state = QuantState(absmax=_absmax, code=code.clone(), blocksize=blocksize, dtype=A.dtype)
@@ -49,6 +53,12 @@ def quantize_blockwise(
 def _resolved_absmax(quant_state: QuantState) -> torch.Tensor:
     """The f32 per-block absmax of a state, undoing double quantization when nested."""
     if not quant_state.nested:
+        if not quant_state.absmax.is_floating_point():
+            # u8 codes of a nested absmax whose state2 was lost: decoding them as scales is garbage
+            raise ValueError(
+                f"bitsandbytes: the absmax of a quant state without nested statistics (state2) must be "
+                f"floating point, got {quant_state.absmax.dtype}"
+            )
         return quant_state.absmax
     absmax = dequantize_blockwise(quant_state.absmax, quant_state.state2)
     return (absmax + quant_state.offset.to(absmax.device)).float()

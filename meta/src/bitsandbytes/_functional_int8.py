@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from . import _direct
+from . import _checks, _direct
 
 
 def int8_linear_matmul(
@@ -34,9 +34,7 @@ def int8_mm_dequant(
 ) -> torch.Tensor:
     """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` as float16."""
     result = torch.ops.bitsandbytes.int8_mm_dequant.default(A, row_stats, col_stats, dtype=torch.float16, bias=bias)
-    if out is not None:
-        return out.copy_(result)
-    return result
+    return _checks.into_out(out, result)
 
 
 def int8_vectorwise_quant(
@@ -108,7 +106,7 @@ def igemm(
     a = A.transpose(-1, -2) if transposed_A else A
     b = B.transpose(-1, -2) if transposed_B else B
     result = torch.ops.bitsandbytes.int8_linear_matmul.default(a.contiguous(), b.transpose(-1, -2).contiguous())
-    return out.copy_(result) if out is not None else result
+    return _checks.into_out(out, result)
 
 
 def batched_igemm(
@@ -125,4 +123,4 @@ def batched_igemm(
     result = torch.stack(
         [torch.ops.bitsandbytes.int8_linear_matmul.default(x.contiguous(), y.t().contiguous()) for x, y in zip(a, b)]
     )
-    return out.copy_(result) if out is not None else result
+    return _checks.into_out(out, result)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import torch
@@ -173,14 +174,19 @@ class QuantState:
             )
 
         offset, state2 = None, None
-        if "nested_absmax" in qs_dict:
-            for required in ("nested_blocksize", "nested_quant_map", "nested_dtype", "nested_offset"):
+        nested_items = ("nested_absmax", "nested_blocksize", "nested_quant_map", "nested_dtype", "nested_offset")
+        if any(k in qs_dict for k in nested_items):
+            for required in nested_items:
                 if required not in qs_dict:
                     raise ValueError(f"bitsandbytes: nested quant state lacks the {required!r} item")
             nested_offset = qs_dict["nested_offset"]
-            if isinstance(nested_offset, bool) or not isinstance(nested_offset, (int, float)):
+            if (
+                isinstance(nested_offset, bool)
+                or not isinstance(nested_offset, (int, float))
+                or not math.isfinite(nested_offset)
+            ):
                 raise ValueError(
-                    f"bitsandbytes: quant state item 'nested_offset' must be a number, got {nested_offset!r}"
+                    f"bitsandbytes: quant state item 'nested_offset' must be a finite number, got {nested_offset!r}"
                 )
             offset = torch.tensor(float(nested_offset), device=device)
             state2 = cls(
@@ -202,9 +208,16 @@ class QuantState:
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         ):
             raise ValueError(f"bitsandbytes: quant state item 'shape' must be a list of sizes, got {shape!r}")
+        absmax = _tensor_item(qs_dict, "absmax", device)
+        want = torch.uint8 if state2 is not None else torch.float32
+        if absmax.dtype != want:
+            kind = "a nested" if state2 is not None else "a non-nested"
+            raise ValueError(
+                f"bitsandbytes: quant state item 'absmax' of {kind} state must be {want}, got {absmax.dtype}"
+            )
         return cls(
             quant_type=quant_type,
-            absmax=_tensor_item(qs_dict, "absmax", device),
+            absmax=absmax,
             blocksize=_int_item(qs_dict, "blocksize"),
             code=code,
             dtype=_dtype_from_name(qs_dict["dtype"], "dtype"),

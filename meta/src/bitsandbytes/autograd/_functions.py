@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .. import _checks as C
 from .. import _direct
 from .. import functional as F
 from ..backends.reference.weight_mm import empty_product
@@ -156,7 +157,7 @@ def _empty_product(A: torch.Tensor, N: int, bias: torch.Tensor | None, out: torc
     """``A @ W.T + bias`` for an empty A (no rows, or in_features 0): ``empty_product``, into
     ``out`` when given."""
     result = empty_product(A, N, bias)
-    return result if out is None else out.copy_(result)
+    return C.into_out(out, result)
 
 
 class MatMul8bitLt(torch.autograd.Function):
@@ -178,7 +179,7 @@ class MatMul8bitLt(torch.autograd.Function):
         output = _int8_forward(A, B, bias, state)
         ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
         if out is not None:
-            return out.copy_(output)
+            return C.into_out(out, output)
         return output
 
     @staticmethod
@@ -216,7 +217,7 @@ class MatMul8bitFp(torch.autograd.Function):
         ctx.dtype_A = A.dtype
         ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
         if out is not None:
-            return out.copy_(output)
+            return C.into_out(out, output)
         return output
 
     @staticmethod
@@ -252,7 +253,7 @@ class MatMul4Bit(torch.autograd.Function):
         output = F._gemm_4bit(A, B, quant_state, bias)
         ctx.save_for_backward(B)
         if out is not None:
-            return out.copy_(output)
+            return C.into_out(out, output)
         return output
 
     @staticmethod
@@ -300,7 +301,7 @@ def matmul(
         return MatMul8bitLt.apply(A, B, out, bias, state)
     # Inference: the same forward without the autograd.Function machinery (~10 us a call).
     output = _int8_forward(A, B, bias, state)
-    return out.copy_(output) if out is not None else output
+    return C.into_out(out, output)
 
 
 def matmul_4bit(
@@ -328,7 +329,7 @@ def matmul_4bit(
                 )
             W = F.dequantize_4bit(B.reshape(-1, 1), quant_state).to(A.dtype)
             result = torch.nn.functional.linear(A, W.t(), None if bias is None else bias.to(A.dtype))
-            return out.copy_(result) if out is not None else result
+            return C.into_out(out, result)
         raise ValueError(
             f"bitsandbytes.matmul_4bit: input's last dimension ({A.shape[-1]}) does not match the weight's "
             f"in_features ({K})"
@@ -339,9 +340,7 @@ def matmul_4bit(
     if A.numel() == 0:
         return _empty_product(A, N, bias, out)
     result = F._gemm_4bit(A, B, quant_state, bias)
-    if out is not None:
-        return out.copy_(result)
-    return result
+    return C.into_out(out, result)
 
 
 __all__ = [

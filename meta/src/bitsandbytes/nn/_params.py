@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _checks
 from .. import functional as F
 from ..functional import QuantState
 
@@ -211,6 +212,9 @@ class Params4bit(torch.nn.Parameter):
             raise ValueError(
                 f"bitsandbytes: the checkpoint holds {quant_state.quant_type} weights but quant_type={expected!r} was requested"
             )
+        if quant_state.shape is not None:
+            # a float weight, or packed bytes of another shape, beside these statistics
+            _checks.check_4bit_shape(quant_state.shape, quant_state.absmax, data, quant_state.blocksize)
         self = cls(
             data.to(device),
             requires_grad=requires_grad,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .. import _direct
+from .. import _checks, _direct
 from ..autograd._functions import matmul_4bit
 from ..functional import QuantState
 from . import _runners
@@ -186,6 +186,7 @@ class Linear4bit(nn.Linear):
     ) -> None:
         if quant_type not in QuantState.valid_quant_types:
             raise ValueError(f"Linear4bit: quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
+        _checks.check_compute_dtype("Linear4bit", compute_dtype)
         super().__init__(input_features, output_features, bias, device)
         self.weight = Params4bit(
             self.weight.data,
@@ -387,10 +388,7 @@ class Linear4bit(nn.Linear):
         weight = self.weight
         if getattr(weight, "quant_state", None) is None:
             fix_4bit_weight_quant_state_from_module(self)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{type(self).__name__}: input's last dimension is {x.shape[-1]}, expected in_features={self.in_features}"
-            )
+        _checks.check_linear_input(type(self).__name__, x, self.in_features)
         if not self.compute_type_is_set:
             self.set_compute_type(x)
             self.compute_type_is_set = True

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import _direct
+from .. import _checks, _direct
 from ..autograd._functions import MatmulLtState, matmul
 from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
 from . import _runners
@@ -83,6 +83,10 @@ class Linear8bitLt(nn.Linear):
         index: Any = None,
         device: Any = None,
     ) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0.0:
+            raise ValueError(f"Linear8bitLt: threshold must be a number >= 0 (0 disables outliers), got {threshold!r}")
+        if not isinstance(has_fp16_weights, bool):
+            raise TypeError(f"Linear8bitLt: has_fp16_weights must be a bool, got {has_fp16_weights!r}")
         super().__init__(input_features, output_features, bias, device)
         self.state = MatmulLtState()
         self.index = index
@@ -105,21 +109,42 @@ class Linear8bitLt(nn.Linear):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
+        # A plain parameter (a weight tied to another module's) has no SCB attribute at all.
+        weight_scb = getattr(self.weight, "SCB", None)
+        target = weight_scb if weight_scb is not None else self.state.SCB
+        weight = state_dict.get(prefix + "weight")
+        if target is not None and self.weight.dtype == torch.int8 and isinstance(weight, torch.Tensor):
+            if weight.is_floating_point():
+                # copy_ would truncate the floats into the int8 codes
+                error_msgs.append(
+                    f"bitsandbytes: {prefix}weight is {weight.dtype} but this Linear8bitLt is already quantized "
+                    "(int8): load a float checkpoint before moving the layer to its device, or load a quantized "
+                    "checkpoint (int8 weight and SCB)"
+                )
+                return
+            if prefix + "SCB" not in state_dict:
+                missing_keys.append(prefix + "SCB")  # the int8 codes alone would keep stale row scales
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         for key in list(unexpected_keys):
             if key[len(prefix) :] != "SCB":
                 continue
-            # A plain parameter (a weight tied to another module's) has no SCB attribute at all.
-            weight_scb = getattr(self.weight, "SCB", None)
-            target = weight_scb if weight_scb is not None else self.state.SCB
             if target is None:
                 raise RuntimeError(
                     "Loading a quantized checkpoint into non-quantized Linear8bitLt is not supported. "
                     "Please call module.cuda() before module.load_state_dict()"
                 )
-            target.copy_(state_dict[key])
+            scb = state_dict[key]
+            if not isinstance(scb, torch.Tensor) or not scb.is_floating_point() or scb.shape != target.shape:
+                error_msgs.append(
+                    f"bitsandbytes: {key} must be a floating-point tensor of shape {tuple(target.shape)} (one "
+                    f"scale per output row), got "
+                    + (f"{scb.dtype} of shape {tuple(scb.shape)}" if isinstance(scb, torch.Tensor) else repr(scb))
+                )
+                unexpected_keys.remove(key)
+                continue
+            target.copy_(scb)
             if self.state.SCB is not None:
                 self.state.SCB = target
             unexpected_keys.remove(key)
@@ -183,8 +208,7 @@ class Linear8bitLt(nn.Linear):
                     if threshold > 0.0:
                         state.idx = _NO_OUTLIERS
                     return out
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"Linear8bitLt: input's last dimension is {x.shape[-1]}, expected {self.in_features}")
+        _checks.check_linear_input("Linear8bitLt", x, self.in_features)
         state = self.state
         state.is_training = self.training
         weight = self.weight

@@ -4,10 +4,42 @@ of an optimizer's settings. Re-exported by ``bitsandbytes.optim.optimizer``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+# The settings an override may change: what Optimizer8bit.get_config reads.
+_NON_NEGATIVE = ("lr", "eps", "weight_decay", "max_unorm", "alpha", "min_8bit_size")
+OVERRIDABLE = frozenset({*_NON_NEGATIVE, "betas", "optim_bits", "skip_zeros", "t_alpha", "t_beta3"})
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_overrides(config: dict[str, Any], where: str) -> None:
+    """Reject an override that would be ignored (an unknown or misspelt setting) or that the
+    optimizer's constructor would have refused, before it reaches a step."""
+    if not isinstance(config, dict):
+        raise TypeError(f"{where}: the overrides must be a dict, got {type(config).__name__}")
+    unknown = sorted(set(config) - OVERRIDABLE)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; an override may set {sorted(OVERRIDABLE)}")
+    for key in _NON_NEGATIVE:
+        if key in config and not (_is_number(config[key]) and config[key] >= 0):
+            raise ValueError(f"{where}: {key} must be a finite number >= 0, got {config[key]!r}")
+    if "optim_bits" in config and config["optim_bits"] not in (8, 32):
+        raise ValueError(f"{where}: optim_bits must be 8 or 32, got {config['optim_bits']!r}")
+    betas = config.get("betas", ())
+    if not isinstance(betas, (tuple, list)) or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"{where}: betas must be a sequence of numbers in [0, 1), got {betas!r}")
+    for key in ("t_alpha", "t_beta3"):
+        if config.get(key) is not None and not (_is_number(config[key]) and config[key] >= 0):
+            raise ValueError(f"{where}: {key} must be None or a number of steps >= 0, got {config[key]!r}")
+    if "skip_zeros" in config and not isinstance(config["skip_zeros"], bool):
+        raise ValueError(f"{where}: skip_zeros must be a bool, got {config['skip_zeros']!r}")
 
 
 class MockArgs:
@@ -66,12 +98,19 @@ class GlobalOptimManager:
         self.uses_config_override = True
         if isinstance(parameters, torch.Tensor):
             parameters = [parameters]
-        if key is not None and value is not None:
+        parameters = list(parameters)
+        for p in parameters:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"override_config: parameters must be tensors, got {type(p).__name__}")
+        if key is not None and value is None:
+            raise ValueError(f"override_config: key {key!r} was given without a value")
+        if key is not None:
             if key_value_dict is not None:
                 raise ValueError("override_config: give either key/value or key_value_dict, not both")
             key_value_dict = {key: value}
         if key_value_dict is None:
             return
+        check_overrides(key_value_dict, "override_config")
         for p in parameters:
             if id(p) in self.pid2config:
                 self.pid2config[id(p)].update(key_value_dict)
@@ -80,4 +119,5 @@ class GlobalOptimManager:
 
     def register_module_override(self, module: torch.nn.Module, param_name: str, config: dict[str, Any]) -> None:
         """Override settings of ``module.<param_name>``; resolved at the optimizer's first step."""
+        check_overrides(config, "register_module_override")
         self.module_weight_config_triple.append((module, param_name, config))

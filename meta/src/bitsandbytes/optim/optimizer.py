@@ -167,6 +167,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             if k in id_map:
                 param = id_map[k]
                 state[param] = cast(param, v)
+                _check_loaded_state(param, state[param])
             else:
                 state[k] = v
 
@@ -260,12 +261,13 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def get_state_buffer(self, p: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A zero state buffer like ``p``; paged (unified memory) when the optimizer is paged,
-        the parameter is on an accelerator, is large (>= 1e5 elements) and paging is available."""
+        the parameter is on an accelerator, is large (>= 1e5 elements) and paging is available.
+        Contiguous whatever p's strides (a transposed parameter): the kernels take dense states."""
         if not self.is_paged or p.numel() < 1e5:
-            return torch.zeros_like(p, dtype=dtype, device=p.device)
+            return torch.zeros(p.shape, dtype=dtype, device=p.device)
         if p.device.type == "cpu" or not F.paging_supported():
             _warn_paging_unsupported(p.device)
-            return torch.zeros_like(p, dtype=dtype, device=p.device)
+            return torch.zeros(p.shape, dtype=dtype, device=p.device)
         buff = F.get_paged(*p.shape, dtype=dtype, device=p.device)
         buff.zero_()
         self.page_mng.paged_tensors.append(buff)
@@ -305,10 +307,30 @@ class Optimizer8bit(torch.optim.Optimizer):
         return torch.zeros((*lead, blocks), dtype=torch.float32, device=p.device)
 
 
-def _validate(lr: float, eps: float, betas: Any, weight_decay: float) -> list[float]:
+def _check_loaded_state(p: torch.Tensor, pstate: Any) -> None:
+    """A loaded parameter state must have the parameter's shape (AdEMAMix's state1 two rows of it):
+    the kernels read states as flat arrays, so a state of another parameter of the same size would
+    be applied without any error."""
+    if not isinstance(pstate, dict):
+        return
+    local = tuple(_local(p).shape)
+    allowed = {"state1": (local, (2, *local)), "state2": (local,)}
+    for key, shapes in allowed.items():
+        v = pstate.get(key)
+        if isinstance(v, torch.Tensor) and type(v) is torch.Tensor and tuple(v.shape) not in shapes:
+            raise ValueError(
+                f"loaded state dict: {key} has shape {tuple(v.shape)}, but its parameter has shape {local}"
+            )
+
+
+def _validate(lr: float, eps: float, betas: Any, weight_decay: float, nbetas: int = 2) -> list[float]:
+    """The checks torch.optim makes of its hyperparameters, and that ``betas`` holds the ``nbetas``
+    values the update reads (else the first step fails with an IndexError that names nothing)."""
     if isinstance(betas, str):
         betas = betas.replace("(", "").replace(")", "").strip().split(",")
         betas = [float(b) for b in betas if b.strip()]
+    if not isinstance(betas, (tuple, list)) or len(betas) < nbetas:
+        raise ValueError(f"Invalid betas: {betas!r} (this optimizer needs {nbetas} values)")
     if not 0.0 <= lr:
         raise ValueError(f"Invalid learning rate: {lr}")
     if not 0.0 <= eps:
@@ -319,6 +341,14 @@ def _validate(lr: float, eps: float, betas: Any, weight_decay: float) -> list[fl
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
     return betas
+
+
+def _validate_ademamix(alpha: float, t_alpha: int | None, t_beta3: int | None) -> None:
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0.0):
+        raise ValueError(f"Invalid alpha value: {alpha} (must be a finite number >= 0)")
+    for name, t in (("t_alpha", t_alpha), ("t_beta3", t_beta3)):
+        if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
+            raise ValueError(f"Invalid {name} value: {t!r} (a number of steps >= 0, or None)")
 
 
 class Optimizer2State(Optimizer8bit):
@@ -342,7 +372,9 @@ class Optimizer2State(Optimizer8bit):
         t_alpha: int | None = None,
         t_beta3: int | None = None,
     ) -> None:
-        betas = _validate(lr, eps, betas, weight_decay)
+        betas = _validate(lr, eps, betas, weight_decay, 3 if optimizer_name == "ademamix" else 2)
+        if optimizer_name == "ademamix":
+            _validate_ademamix(alpha, t_alpha, t_beta3)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),

@@ -339,8 +339,8 @@ def _gemm_4bit_args_ok(
         and A.is_cpu
         and B.is_cpu
         and absmax.is_cpu
-        and B.numel() * B.element_size() >= (n * k + 1) // 2
-        and absmax.numel() >= -(n * k // -blocksize)
+        and B.numel() * B.element_size() == (n * k + 1) // 2
+        and absmax.numel() == -(n * k // -blocksize)
         and (bias is None or (bias.is_cpu and bias.dim() == 1 and bias.shape[0] == n))
     )
 
