@@ -13,7 +13,7 @@ import torch
 import bitsandbytes as bnb
 import bitsandbytes.functional as F
 from bitsandbytes.functional import QuantState
-from bitsandbytes.nn import Linear4bit, Linear8bitLt, LinearNF4, Params4bit
+from bitsandbytes.nn import Int8Params, Linear4bit, Linear8bitLt, LinearNF4, Params4bit
 from bitsandbytes.optim import GlobalOptimManager
 
 # -- serialized 4-bit and 8-bit states -------------------------------------------------------------
@@ -267,3 +267,14 @@ def test_optimizer_state_of_another_shape_is_refused() -> None:
     with pytest.raises(ValueError, match="state1 has shape \\(64, 100\\), but its parameter has shape \\(100, 64\\)"):
         bnb.optim.Adam8bit([q]).load_state_dict(sd)
     bnb.optim.Adam8bit([torch.nn.Parameter(torch.randn(64, 100))]).load_state_dict(sd)
+
+
+@pytest.mark.parametrize(
+    "param", [lambda w: Int8Params(w, requires_grad=True), lambda w: Params4bit(w, requires_grad=True)]
+)
+def test_a_parameter_requiring_gradients_is_not_quantized_into_integer_codes(param) -> None:
+    with pytest.raises(RuntimeError, match="requires gradients cannot be quantized into .* requires_grad=False"):
+        param(torch.randn(4, 64)).to("cpu")
+    # A float storage holds the packed bytes in a floating tensor, which may keep requires_grad.
+    w = Params4bit(torch.randn(4, 64), requires_grad=True, quant_storage=torch.bfloat16).to("cpu")
+    assert w.requires_grad and w.dtype == torch.bfloat16

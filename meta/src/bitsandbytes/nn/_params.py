@@ -234,6 +234,8 @@ class Params4bit(torch.nn.Parameter):
         if self.bnb_quantized:
             return self  # already quantized: quantizing again is a no-op
         _check_device_has_kernels(device)
+        if not self.quant_storage.is_floating_point:  # a float storage may keep requires_grad
+            _check_no_grad_for_codes(self, "Params4bit", "packed 4-bit codes")
         w = self.data.contiguous().to(device)
         packed, quant_state = F.quantize_4bit(
             w,
@@ -288,6 +290,16 @@ def _rebuild_params4bit(state: dict[str, Any]) -> Params4bit:
     return new
 
 
+def _check_no_grad_for_codes(param: torch.Tensor, name: str, what: str) -> None:
+    """torch keeps gradients only for floating tensors: a parameter that requires one cannot take
+    the integer codes its quantization leaves (torch's own message names neither)."""
+    if param.requires_grad:
+        raise RuntimeError(
+            f"{name}: a parameter that requires gradients cannot be quantized into {what}; create it "
+            "with requires_grad=False"
+        )
+
+
 class Int8Params(torch.nn.Parameter):
     """A weight that quantizes itself row-wise to int8 (LLM.int8()) when moved off the CPU or to a device."""
 
@@ -313,6 +325,7 @@ class Int8Params(torch.nn.Parameter):
         if self.has_fp16_weights:
             self.data = self.data.to(device)
             return self
+        _check_no_grad_for_codes(self, "Int8Params", "int8 codes (has_fp16_weights=True keeps a trainable weight)")
         B = self.data.contiguous().to(device=device, dtype=torch.float16)
         CB, SCB, _ = F.int8_vectorwise_quant(B)
         self.data = CB
