@@ -329,7 +329,7 @@ def _validate(lr: float, eps: float, betas: Any, weight_decay: float, nbetas: in
     if isinstance(betas, str):
         betas = betas.replace("(", "").replace(")", "").strip().split(",")
         betas = [float(b) for b in betas if b.strip()]
-    if not isinstance(betas, (tuple, list)) or len(betas) < nbetas:
+    if not hasattr(betas, "__len__") or len(betas) < nbetas:
         raise ValueError(f"Invalid betas: {betas!r} (this optimizer needs {nbetas} values)")
     if not 0.0 <= lr:
         raise ValueError(f"Invalid learning rate: {lr}")
