@@ -95,6 +95,31 @@ def test_int8_linear_matmul_empty_sum(device, impl, fn):
     assert got.dtype == torch.int32 and tuple(got.shape) == (2, 3) and not got.any()
 
 
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_linear_matmul"))
+def test_int8_linear_matmul_one_empty_row(device, impl, fn):
+    """A 1-D A is one row, also when K is 0: the product is N zeros."""
+    got = fn(torch.empty(0, dtype=torch.int8, device=device), torch.empty(5, 0, dtype=torch.int8, device=device))
+    assert got.dtype == torch.int32 and tuple(got.shape) == (5,) and not got.any()
+
+
+ROW_QUANTIZERS = [
+    pytest.param(op, device, fn, id=f"{op}-{device}-{impl}")
+    for op in ("int8_vectorwise_quant", "int8_double_quant")
+    for device, impl, fn in implementations(op)
+]
+
+
+@pytest.mark.parametrize("op,device,fn", ROW_QUANTIZERS)
+@pytest.mark.parametrize("shape", [(0,), (2, 3, 0), (0, 5), (2, 0, 4)])
+def test_int8_row_quantizers_on_empty_input(op, device, fn, shape):
+    got = fn(torch.empty(shape, device=device), 0.0)
+    want = REF[op](torch.empty(shape), 0.0)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert tuple(g.shape) == tuple(w.shape) and g.dtype == w.dtype
+
+
 @pytest.mark.parametrize("device,impl,fn", impl_params("int8_scaled_mm"))
 @pytest.mark.parametrize("m,n,k", [(2, 0, 5), (2, 3, 0), (0, 3, 5)])
 def test_int8_scaled_mm_empty(device, impl, fn, m, n, k):

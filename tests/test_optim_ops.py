@@ -84,6 +84,49 @@ def test_update_32bit(device, impl, fn, name, dtype, step) -> None:
         torch.testing.assert_close(s2, want_s2, rtol=1e-5, atol=1e-6)
 
 
+def _run_32bit(fn, name, p, g, *, beta1=0.9, beta2=0.99, max_unorm=0.0, unorm=None, step=3):
+    s1, s2 = states32(name, p.shape, p.device)
+    fn(
+        name, g, p, s1, s2, unorm, max_unorm, 1.0 if max_unorm else 0.0, beta1, beta2, HYPER["beta3"],
+        HYPER["alpha"], HYPER["eps"], HYPER["weight_decay"], step, HYPER["lr"], 1.0, False,
+    )  # fmt: skip
+    return [t.cpu() for t in (p, s1, s2) if t is not None]
+
+
+@pytest.mark.parametrize("device, impl, fn", impl_params("optimizer_update_32bit"))
+def test_lion_nan_gradient_moves_by_decay_only(device, impl, fn) -> None:
+    """torch.sign(NaN) is 0: Lion's step at a NaN gradient element is the decay alone."""
+    g = torch.randn(300)
+    g[7] = float("nan")
+    p = torch.randn(300)
+    got = _run_32bit(fn, "lion", p.clone().to(device), g.to(device))
+    want = _run_32bit(KERNELS["optimizer_update_32bit"], "lion", p.clone(), g)
+    assert torch.equal(got[0], want[0]) and not got[0].isnan().any()
+
+
+@pytest.mark.parametrize("device, impl, fn", impl_params("optimizer_update_32bit"))
+@pytest.mark.parametrize("name", NAMES)
+def test_a_beta_of_one_is_ieee_arithmetic(device, impl, fn, name) -> None:
+    """beta1 or beta2 = 1 makes a bias correction 0: the ops divide by it as the kernels' IEEE
+    arithmetic does (inf, NaN), where Python's float division would raise ZeroDivisionError.
+    SGD passes (momentum, dampening) as the betas, and dampening=1 is accepted."""
+    gen = torch.Generator().manual_seed(4)
+    p, g = torch.randn(300, generator=gen), torch.randn(300, generator=gen)
+    for betas in ((1.0, 0.99), (0.9, 1.0)):
+        got = _run_32bit(fn, name, p.clone().to(device), g.to(device), beta1=betas[0], beta2=betas[1])
+        want = _run_32bit(KERNELS["optimizer_update_32bit"], name, p.clone(), g, beta1=betas[0], beta2=betas[1])
+        for a, b in zip(got, want):
+            assert torch.equal(a.isnan(), b.isnan())
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("device, impl, fn", impl_params("optimizer_update_32bit"))
+def test_empty_parameter_clip_writes_a_zero_norm(device, impl, fn) -> None:
+    unorm = torch.full((1,), 7.0, device=device)
+    _run_32bit(fn, "lamb", torch.empty(0, device=device), torch.empty(0, device=device), max_unorm=1.0, unorm=unorm)
+    assert unorm.item() == 0.0
+
+
 def quant8(x: torch.Tensor, code: torch.Tensor, rows: int):
     """Exact-nearest block-wise (256) quantization of ``x`` as ``rows`` independent rows."""
     n = x.numel() // rows

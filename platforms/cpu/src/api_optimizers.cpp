@@ -127,7 +127,10 @@ int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, in
               "state2 is required for this optimizer");
   const bool clip = hparams->max_unorm > 0.0;
   BNB_REQUIRE(!clip || unorm_vec, BNB_ERR_NULL_POINTER, "unorm_vec is required when max_unorm > 0");
-  if (n == 0) return bnb_cpu::ok();
+  if (n == 0) {
+    if (clip) *unorm_vec = 0.0f;  // the norm of an empty update
+    return bnb_cpu::ok();
+  }
   const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);
   const auto& kt = kernels();
   bnb_cpu::Opt32Args a{&c,

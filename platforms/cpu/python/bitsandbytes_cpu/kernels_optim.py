@@ -47,6 +47,8 @@ def optimizer_update_32bit(
         C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     _on_cpu(g=g, p=p, state1=state1)
     if n == 0:
+        if clip:
+            unorm_vec.zero_()  # the norm of an empty update (the C ABI writes it too)
         return
     pc = p if p.is_contiguous() else p.contiguous()
     gc = g.contiguous()

@@ -174,6 +174,11 @@ Outputs run_all(bool* gemm_ok) {
     check(bnb_optimizer_update_32bit(opt, g.data(), p.data(), BNB_DTYPE_F32, s1.data(), s2.data(), &unorm, pn, &h,
                                      nullptr) == BNB_OK,
           "optimizer_update_32bit clip");
+    float empty_norm = 7.0f;
+    check(bnb_optimizer_update_32bit(opt, g.data(), p.data(), BNB_DTYPE_F32, s1.data(), s2.data(), &empty_norm, 0, &h,
+                                     nullptr) == BNB_OK &&
+              empty_norm == 0.0f,
+          "optimizer_update_32bit clip of an empty parameter writes a zero norm");
     h.max_unorm = 0.0f;
     std::vector<uint8_t> q1(2 * pn, 140), q2(pn, 200);
     const auto qm1 = dynamic_code();

@@ -445,6 +445,8 @@ def optimizer_update_32bit(
         C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     _on_cuda(g=g, p=p, state1=state1, state2=state2 if two else None, unorm_vec=unorm_vec if clip else None)
     if n == 0:
+        if clip:
+            unorm_vec.zero_()  # the norm of an empty update
         return
     h = _C.OptimizerHparams(
         beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale, max_unorm if clip else 0.0, param_norm, step,

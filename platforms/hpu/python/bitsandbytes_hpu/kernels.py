@@ -299,7 +299,8 @@ def dequantize_blockwise_out(
 
 
 def _rows(A: torch.Tensor) -> torch.Tensor:
-    return A.reshape(-1, A.shape[-1]) if A.dim() != 2 else A
+    """A as a (rows, A.shape[-1]) matrix; C.int8_rows counts the rows (reshape(-1, 0) has none)."""
+    return A.reshape(C.int8_rows(A), A.shape[-1]) if A.dim() != 2 else A
 
 
 def _int8_quantize(

@@ -8,13 +8,13 @@ one ``constant float*`` array: torch rounds each to f32 as ``static_cast<float>`
 from __future__ import annotations
 
 import abc
-import math
 from typing import Any
 
 import torch
 
 from bitsandbytes import _checks as C
 from bitsandbytes.backends import reference as R
+from bitsandbytes.backends.reference.optimizers import ieee_div, ieee_pow, ieee_sqrt
 
 OPTIMIZER_IDS = {"momentum": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lion": 4, "ademamix": 5, "lamb": 6, "lars": 7}
 """C ABI ids (``bnb_optimizer``); lamb/lars share adam/momentum's math, their clip is max_unorm."""
@@ -22,28 +22,6 @@ OPTIMIZER_IDS = {"momentum": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lion": 4
 SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 THREADS = 256  # per threadgroup; the 8-bit kernel maps one threadgroup to one 256-element state block
 MAX_ELEMENTS = 2**31 - 1
-
-
-def _ieee_div(a: float, b: float) -> float:
-    """a / b in double as C computes it (inf or NaN for b == 0, where Python raises)."""
-    if b != 0.0:
-        return a / b
-    if a == 0.0 or math.isnan(a):
-        return math.nan
-    return math.copysign(math.inf, a) * math.copysign(1.0, b)
-
-
-def _ieee_pow(a: float, b: float) -> float:
-    try:
-        return math.pow(a, b)
-    except OverflowError:
-        return math.inf if a > 0 or float(b).is_integer() and int(b) % 2 == 0 else -math.inf
-    except ValueError:
-        return math.nan
-
-
-def _ieee_sqrt(a: float) -> float:
-    return math.sqrt(a) if a >= 0.0 else math.nan
 
 
 def optimizer_consts(
@@ -65,8 +43,8 @@ def optimizer_consts(
     make_optimizer_consts() computed in Python's doubles (the same libm pow and sqrt), each
     rounded to f32 when torch binds the list as floats, then gnorm_scale, max_unorm, param_norm."""
     b1, b2, b3, st = float(beta1), float(beta2), float(beta3), float(step)
-    c1 = 1.0 - _ieee_pow(b1, st)
-    c2 = _ieee_sqrt(1.0 - _ieee_pow(b2, st))
+    c1 = 1.0 - ieee_pow(b1, st)
+    c2 = ieee_sqrt(1.0 - ieee_pow(b2, st))
     return [
         float(OPTIMIZER_IDS[optimizer_name]),
         1.0 if step == 1 else 0.0,
@@ -85,8 +63,8 @@ def optimizer_consts(
         c1,
         c2,
         float(eps) * c2,
-        _ieee_div(c2, c1),
-        _ieee_div(c1, c2),
+        ieee_div(c2, c1),
+        ieee_div(c1, c2),
         1.0 - float(lr) * float(weight_decay),
         float(gnorm_scale),
         float(max_unorm),
@@ -141,6 +119,8 @@ class OptimizerKernels(abc.ABC):
             g=g, p=p, state1=state1, state2=state2 if two else None, unorm_vec=unorm_vec if clip else None
         )
         if n == 0:
+            if clip:
+                unorm_vec.zero_()  # type: ignore[union-attr]  # the norm of an empty update
             return
         lib = self.library("optimizer_update_32bit")
         if lib is None or n > MAX_ELEMENTS:

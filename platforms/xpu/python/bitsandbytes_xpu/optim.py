@@ -36,7 +36,7 @@ _DECOUPLED = {"adam", "lamb", "ademamix", "lion"}
 
 @triton.jit
 def _sign(x):
-    return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, x))  # torch.sign: 0 stays, NaN stays
+    return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, 0.0))  # torch.sign (NaN gives 0)
 
 
 @triton.jit
@@ -126,7 +126,7 @@ def _consts(name: str, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr) 
     return {
         "b1": h.beta1, "b2": h.beta2, "b3": h.beta3, "omb1": 1.0 - h.beta1, "omb2": 1.0 - h.beta2,
         "omb3": 1.0 - h.beta3, "alpha": h.alpha, "eps": h.eps, "wd": h.wd, "c1": h.c1, "c2": h.c2,
-        "eps_c2": h.eps * h.c2, "c2_over_c1": h.c2 / h.c1, "c1_over_c2": h.c1 / h.c2, "decay": 1.0 - h.lr * h.wd,
+        "eps_c2": h.eps * h.c2, "c2_over_c1": h.c2_over_c1, "c1_over_c2": h.c1_over_c2, "decay": 1.0 - h.lr * h.wd,
     }  # fmt: skip
 
 
@@ -173,6 +173,8 @@ def optimizer_update_32bit(
         C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     C.check_same_device({"g": g, "p": p, "state1": state1, "state2": state2, "unorm_vec": unorm_vec})
     if n == 0:
+        if clip:
+            unorm_vec.zero_()  # the norm of an empty update
         return
     pc = p if p.is_contiguous() else p.contiguous()
     gc = g.contiguous()

@@ -67,7 +67,7 @@ def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     Float32 sums of up to 1024 int8 products are exact, so K is split into such chunks.
     """
     _check_int8_matmul(A, B)
-    a = _rows(A)
+    a = A.reshape(torch.Size(A.shape[:-1]).numel(), A.shape[-1])  # a 1-D A is one row, even when empty
     out = torch.zeros(a.shape[0], B.shape[0], dtype=torch.int32, device=A.device)
     for k0 in range(0, a.shape[1], _EXACT_K_CHUNK):
         part = a[:, k0 : k0 + _EXACT_K_CHUNK].float() @ B[:, k0 : k0 + _EXACT_K_CHUNK].float().t()

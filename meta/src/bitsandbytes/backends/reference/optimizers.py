@@ -54,8 +54,34 @@ def _state_numel(optimizer_name: str, n: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def ieee_div(a: float, b: float) -> float:
+    """a / b in double as C computes it (inf or NaN for b == 0, where Python raises): a beta of 1
+    makes a bias correction 0, which the kernels divide by as IEEE arithmetic does. Tensors (the
+    HPU kernels keep the corrections on the device) divide so already, without a host sync."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or b != 0.0:
+        return a / b
+    if a == 0.0 or math.isnan(a):
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def ieee_pow(a: float, b: float) -> float:
+    """math.pow with C's overflow and domain results instead of Python's exceptions."""
+    try:
+        return math.pow(a, b)
+    except OverflowError:
+        return math.inf if a > 0 or float(b).is_integer() and int(b) % 2 == 0 else -math.inf
+    except ValueError:
+        return math.nan
+
+
+def ieee_sqrt(a: float) -> float:
+    """math.sqrt with C's NaN for a negative argument."""
+    return math.sqrt(a) if a >= 0.0 else math.nan
+
+
 class _Hyper:
-    """Per-call scalars, with the bias corrections precomputed once."""
+    """Per-call scalars, with the bias corrections and their ratios precomputed once."""
 
     __slots__ = ("name", "beta1", "beta2", "beta3", "alpha", "eps", "wd", "step", "lr", "c1", "c2")
 
@@ -63,8 +89,16 @@ class _Hyper:
         self.name = name
         self.beta1, self.beta2, self.beta3, self.alpha = float(beta1), float(beta2), float(beta3), float(alpha)
         self.eps, self.wd, self.step, self.lr = float(eps), float(wd), int(step), float(lr)
-        self.c1 = 1.0 - self.beta1**self.step
-        self.c2 = math.sqrt(1.0 - self.beta2**self.step)
+        self.c1 = 1.0 - ieee_pow(self.beta1, self.step)
+        self.c2 = ieee_sqrt(1.0 - ieee_pow(self.beta2, self.step))
+
+    @property
+    def c2_over_c1(self) -> float:
+        return ieee_div(self.c2, self.c1)
+
+    @property
+    def c1_over_c2(self) -> float:
+        return ieee_div(self.c1, self.c2)
 
 
 def _direction(h: _Hyper, g: torch.Tensor, p: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor | None) -> torch.Tensor:
@@ -80,7 +114,7 @@ def _direction(h: _Hyper, g: torch.Tensor, p: torch.Tensor, s1: torch.Tensor, s2
         s2.mul_(h.beta2).addcmul_(g, g, value=1.0 - h.beta2)
         # m̂ / (√v̂ + eps) written as (c2/c1) · m / (√v + eps·c2).
         d = s2.sqrt().add_(h.eps * h.c2)
-        return torch.div(s1, d, out=d).mul_(h.c2 / h.c1)
+        return torch.div(s1, d, out=d).mul_(h.c2_over_c1)
     if name == "ademamix":
         m1, m2 = s1[0], s1[1]
         m1.mul_(h.beta1).add_(g, alpha=1.0 - h.beta1)
@@ -114,7 +148,7 @@ def _clip_vector(h: _Hyper, d: torch.Tensor) -> torch.Tensor:
     factor ``c2/c1``: ``u = m / (√v + eps·c2)`` (= direction · c1/c2); for the other algorithms
     ``u`` is the direction itself.
     """
-    return d * (h.c1 / h.c2) if h.name in ("adam", "lamb") else d
+    return d * h.c1_over_c2 if h.name in ("adam", "lamb") else d
 
 
 def _update_sq(h: _Hyper, d: torch.Tensor) -> float:
