@@ -289,7 +289,9 @@ def _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> t
     """f32 absmax of a double-quantized state: one native block-wise dequantization (blocks of
     256) plus the offset, done once per weight and kept on ``absmax_8bit`` (4 bytes per block of
     the weight, 1/16 byte per weight at block size 64); any in-place change of the inputs (their
-    version counters) or new inputs resolve it again."""
+    version counters) or new inputs resolve it again. A write through ``.data`` (a tensor with a
+    version counter of its own) is not seen: quant-state tensors are replaced, not edited so.
+    Re-resolving on every call would cost a decoded token one dequantization per layer."""
     if absmax_8bit is None:
         return absmax
     C.check(

@@ -172,7 +172,8 @@ def gemv_4bit_out(
 def resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> torch.Tensor:
     """f32 absmax of a double-quantized state: one block-wise dequantization (blocks of 256)
     plus the offset, done once per weight and kept on ``absmax_8bit``; an in-place change of any
-    input (its version counter) or new inputs resolve it again."""
+    input (its version counter) or new inputs resolve it again. A write through ``.data`` (a
+    tensor with a version counter of its own) is not seen, as in the CPU wheel."""
     if absmax_8bit is None:
         return absmax
     C.check(
