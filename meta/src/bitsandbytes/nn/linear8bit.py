@@ -6,6 +6,7 @@ pre-hook, and ``OutlierAwareLinear``, the base class for layers quantized around
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -83,7 +84,7 @@ class Linear8bitLt(nn.Linear):
         index: Any = None,
         device: Any = None,
     ) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0.0:
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not threshold >= 0.0:
             raise ValueError(f"Linear8bitLt: threshold must be a number >= 0 (0 disables outliers), got {threshold!r}")
         if not isinstance(has_fp16_weights, bool):
             raise TypeError(f"Linear8bitLt: has_fp16_weights must be a bool, got {has_fp16_weights!r}")

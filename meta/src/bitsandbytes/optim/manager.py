@@ -5,6 +5,7 @@ of an optimizer's settings. Re-exported by ``bitsandbytes.optim.optimizer``."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,8 +16,9 @@ _NON_NEGATIVE = ("lr", "eps", "weight_decay", "max_unorm", "alpha", "min_8bit_si
 OVERRIDABLE = frozenset({*_NON_NEGATIVE, "betas", "optim_bits", "skip_zeros", "t_alpha", "t_beta3"})
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def is_finite_number(v: Any) -> bool:
+    """A finite real number (numpy's too), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def check_overrides(config: dict[str, Any], where: str) -> None:
@@ -28,15 +30,15 @@ def check_overrides(config: dict[str, Any], where: str) -> None:
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {unknown}; an override may set {sorted(OVERRIDABLE)}")
     for key in _NON_NEGATIVE:
-        if key in config and not (_is_number(config[key]) and config[key] >= 0):
+        if key in config and not (is_finite_number(config[key]) and config[key] >= 0):
             raise ValueError(f"{where}: {key} must be a finite number >= 0, got {config[key]!r}")
     if "optim_bits" in config and config["optim_bits"] not in (8, 32):
         raise ValueError(f"{where}: optim_bits must be 8 or 32, got {config['optim_bits']!r}")
     betas = config.get("betas", ())
-    if not isinstance(betas, (tuple, list)) or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas):
+    if not hasattr(betas, "__len__") or not all(is_finite_number(b) and 0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"{where}: betas must be a sequence of numbers in [0, 1), got {betas!r}")
     for key in ("t_alpha", "t_beta3"):
-        if config.get(key) is not None and not (_is_number(config[key]) and config[key] >= 0):
+        if config.get(key) is not None and not (is_finite_number(config[key]) and config[key] >= 0):
             raise ValueError(f"{where}: {key} must be None or a number of steps >= 0, got {config[key]!r}")
     if "skip_zeros" in config and not isinstance(config["skip_zeros"], bool):
         raise ValueError(f"{where}: skip_zeros must be a bool, got {config['skip_zeros']!r}")

@@ -23,7 +23,7 @@ import torch
 from .. import _functional_optim as F
 from .._checks import FLOAT_DTYPES
 from ..backends.reference.codebooks import dynamic_map
-from .manager import GlobalOptimManager, MockArgs
+from .manager import GlobalOptimManager, MockArgs, is_finite_number
 
 logger = logging.getLogger(__name__)
 
@@ -344,10 +344,10 @@ def _validate(lr: float, eps: float, betas: Any, weight_decay: float, nbetas: in
 
 
 def _validate_ademamix(alpha: float, t_alpha: int | None, t_beta3: int | None) -> None:
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0.0):
+    if not (is_finite_number(alpha) and alpha >= 0.0):
         raise ValueError(f"Invalid alpha value: {alpha} (must be a finite number >= 0)")
     for name, t in (("t_alpha", t_alpha), ("t_beta3", t_beta3)):
-        if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
+        if t is not None and not (is_finite_number(t) and t >= 0):
             raise ValueError(f"Invalid {name} value: {t!r} (a number of steps >= 0, or None)")
 
 
