@@ -6,10 +6,12 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "bnb/bnb_c_api.h"
 #include "bnb/optimizer_math.h"
+#include "isa.h"
 #include "kernels.h"
 #include "status.h"
 #include "threading.h"
@@ -29,8 +31,9 @@ struct GridTable {
   uint8_t pad[4] = {0, 0, 0, 0};  // kernels gather 32 bits at a time from `code`
   uint16_t bound[256];            // see Opt8Args::bound1
   bool has_bound = false;
-  uint32_t keys[bnb_cpu::kStateKeyEnd];  // see Opt8Args::keys1
+  std::vector<uint32_t> keys;  // kStateKeyEnd entries once filled: see Opt8Args::keys1
   bool has_keys = false;
+  bool keys_tried = false;  // fill_keys ran (only the avx512 kernels read the keys)
 };
 
 // bound[j] = the first grid index whose code is >= j; usable when the codes never decrease along
@@ -60,6 +63,7 @@ uint8_t code_of_bits(const GridTable& t, uint32_t bits) {
 // with a second change leaves has_keys false.
 void fill_keys(GridTable& t) {
   using bnb_cpu::kStateKeyEnd;
+  std::vector<uint32_t> keys(kStateKeyEnd);
   for (uint32_t u = 0; u < kStateKeyEnd; ++u) {
     const uint32_t lo = u << 15, hi = lo | 0x7fffu;
     const uint32_t c0 = code_of_bits(t, lo), c1 = code_of_bits(t, hi);
@@ -73,8 +77,9 @@ void fill_keys(GridTable& t) {
       if (code_of_bits(t, b) != c1) return;
       entry = c0 | (c1 << 8) | (((b & 0x7fffu) - 1u) << 17);
     }
-    t.keys[u] = entry;
+    keys[u] = entry;
   }
+  t.keys = std::move(keys);
   t.has_keys = true;
 }
 
@@ -82,10 +87,13 @@ std::shared_ptr<const GridTable> grid_table(const float* qmap) {
   static std::mutex mutex;
   static std::shared_ptr<const GridTable> cache[4];
   static int next = 0;
+  // The key table (384 KiB, about 1 ms to build) only where the running kernels read it; a table
+  // cached without it is built again if the instruction set changes to one that does.
+  const bool want_keys = bnb_cpu::active_isa() == bnb_cpu::ISA_AVX512;
   {
     std::lock_guard<std::mutex> lock(mutex);
     for (const auto& t : cache) {
-      if (t && memcmp(t->qmap, qmap, sizeof(t->qmap)) == 0) return t;
+      if (t && memcmp(t->qmap, qmap, sizeof(t->qmap)) == 0 && (t->keys_tried || !want_keys)) return t;
     }
   }
   auto t = std::make_shared<GridTable>();
@@ -96,7 +104,8 @@ std::shared_ptr<const GridTable> grid_table(const float* qmap) {
     t->code[k] = static_cast<uint8_t>(bnb::nearest_sorted_256(mids, bnb::state_grid_value(k)));
   }
   fill_bounds(*t);
-  if (t->has_bound) fill_keys(*t);
+  if (t->has_bound && want_keys) fill_keys(*t);
+  t->keys_tried = want_keys;
   std::lock_guard<std::mutex> lock(mutex);
   cache[next] = t;
   next = (next + 1) % 4;
@@ -198,8 +207,8 @@ int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, vo
                       grid2 ? grid2->code : nullptr,
                       grid1->has_bound ? grid1->bound : nullptr,
                       grid2 && grid2->has_bound ? grid2->bound : nullptr,
-                      grid1->has_keys ? grid1->keys : nullptr,
-                      grid2 && grid2->has_keys ? grid2->keys : nullptr,
+                      grid1->has_keys ? grid1->keys.data() : nullptr,
+                      grid2 && grid2->has_keys ? grid2->keys.data() : nullptr,
                       n};
   const auto& kt = kernels();
   parallel_for(n, 64 * kBlock, [&](int64_t i0, int64_t i1) { kt.optimizer_8bit_blockwise(a, i0, i1); });
