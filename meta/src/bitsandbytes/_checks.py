@@ -275,6 +275,12 @@ def int8_rows(A: torch.Tensor) -> int:
     return A.numel() // cols if cols else (0 if A.dim() == 1 else int(torch.Size(A.shape[:-1]).numel()))
 
 
+def int8_matrix(A: torch.Tensor) -> torch.Tensor:
+    """A as the (int8_rows(A), A.shape[-1]) matrix the LLM.int8() row ops see (an explicit row
+    count: reshape(-1, 0) is ambiguous for an empty last dimension)."""
+    return A.reshape(int8_rows(A), A.shape[-1]) if A.dim() != 2 else A
+
+
 def check_int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> tuple[int, int]:
     """int8_vectorwise_dequant's inputs: int8 ``A`` seen as a (rows, cols) matrix (its last
     dimension the columns) and one f32 statistic per row; returns (rows, cols)."""

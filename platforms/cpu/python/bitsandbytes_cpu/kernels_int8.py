@@ -59,8 +59,7 @@ def int8_double_quant(
     part is the native row quantization of the transpose (the same formula per column), with the
     outlier elements masked out of the column maxima first (their columns are zeroed after)."""
     CA, row_stats, outlier_cols = int8_vectorwise_quant(A, threshold)
-    cols = A.shape[-1]
-    rows2d = A.reshape(C.int8_rows(A), cols) if A.dim() != 2 else A
+    rows2d = C.int8_matrix(A)
     outliers = outlier_cols is not None and outlier_cols.numel() > 0
     src = rows2d.masked_fill(rows2d.float().abs() >= threshold, 0.0) if outliers else rows2d
     CAt_t, col_stats, _ = int8_vectorwise_quant(src.t().contiguous(), 0.0)
@@ -245,7 +244,7 @@ def int8_mixed_scaled_mm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LLM.int8() with outlier decomposition: native int8 GEMM + dequant, then the few outlier
     columns in A's precision (only those columns of CB are read)."""
-    a = A.reshape(C.int8_rows(A), A.shape[-1]) if A.dim() != 2 else A
+    a = C.int8_matrix(A)
     if outlier_cols is None or outlier_cols.numel() == 0:
         out = int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
         return out, a.new_empty(a.shape[0], 0)

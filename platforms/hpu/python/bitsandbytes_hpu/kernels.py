@@ -298,11 +298,6 @@ def dequantize_blockwise_out(
 # ------------------------------------------------------------------------------------ LLM.int8()
 
 
-def _rows(A: torch.Tensor) -> torch.Tensor:
-    """A as a (rows, A.shape[-1]) matrix; C.int8_rows counts the rows (reshape(-1, 0) has none)."""
-    return A.reshape(C.int8_rows(A), A.shape[-1]) if A.dim() != 2 else A
-
-
 def _int8_quantize(
     A: torch.Tensor, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -311,7 +306,7 @@ def _int8_quantize(
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
     C.check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
     C.check(threshold >= 0.0, f"bitsandbytes: threshold must be >= 0, got {threshold}")
-    rows = _rows(A).float()
+    rows = C.int8_matrix(A).float()
     absA = rows.abs()
     col_mask = None
     if threshold > 0.0:

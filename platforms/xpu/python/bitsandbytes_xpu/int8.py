@@ -342,7 +342,7 @@ def int8_mixed_scaled_mm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LLM.int8() with outlier decomposition: the int8 GEMM + dequantization, then the outlier
     columns in A's precision (torch's addmm on the few gathered columns, as the reference)."""
-    a = A.reshape(-1, A.shape[-1]) if A.dim() != 2 else A
+    a = C.int8_matrix(A)
     outliers = outlier_cols is not None and outlier_cols.numel() > 0
     if outliers:
         C.check_outlier_cols(outlier_cols, CB.shape[1])

@@ -11,11 +11,6 @@ INV_127_SQ = 6.200124e-05  # 1 / 127**2, as the established release's default ke
 _EXACT_K_CHUNK = 1024  # |a*b| <= 2**14, so 1024 terms sum exactly in f32 (2**24)
 
 
-def _rows(A: torch.Tensor) -> torch.Tensor:
-    # an explicit row count: reshape(-1, 0) is ambiguous for an empty last dimension
-    return A.reshape(C.int8_rows(A), A.shape[-1]) if A.dim() != 2 else A
-
-
 def int8_vectorwise_quant(
     A: torch.Tensor, threshold: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -23,7 +18,7 @@ def int8_vectorwise_quant(
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
     C.check(A.dim() >= 1, "bitsandbytes: A must have at least one dimension")
     C.check(threshold >= 0.0, f"bitsandbytes: threshold must be >= 0, got {threshold}")
-    rows = _rows(A).float()
+    rows = C.int8_matrix(A).float()
     absA = rows.abs()
     outlier_cols = None
     outliers = None
@@ -91,7 +86,7 @@ def int8_mm_dequant(
 ) -> torch.Tensor:
     """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` in ``dtype`` (default f16)."""
     C.check_int8_mm_dequant(A, row_stats, col_stats, dtype, bias)
-    rows = _rows(A)
+    rows = C.int8_matrix(A)
     out = rows.float() * (row_stats.view(-1, 1) * col_stats.view(1, -1)) * INV_127_SQ
     if bias is not None:
         out = out + bias.float()
@@ -121,7 +116,7 @@ def int8_mixed_scaled_mm(
     bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LLM.int8() with outlier decomposition: int8 GEMM plus the outlier columns in A's precision."""
-    a = _rows(A)
+    a = C.int8_matrix(A)
     outliers = outlier_cols is not None and outlier_cols.numel() > 0
     if outliers:
         C.check_outlier_cols(outlier_cols, CB.shape[1])
@@ -130,7 +125,7 @@ def int8_mixed_scaled_mm(
         return out, a.new_empty(a.shape[0], 0)
     sub_a = a[:, outlier_cols]
     sub_b = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype)
-    out2 = _rows(out).addmm(sub_a, sub_b.t())
+    out2 = C.int8_matrix(out).addmm(sub_a, sub_b.t())
     return out2.view(out.shape), sub_a
 
 
@@ -139,7 +134,7 @@ def int8_double_quant(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Row-wise and column-wise int8 quantization in one call; outlier columns are zero in both."""
     CA, row_stats, outlier_cols = int8_vectorwise_quant(A, threshold)
-    rows = _rows(A).float()
+    rows = C.int8_matrix(A).float()
     absA = rows.abs()
     if outlier_cols is not None:
         absA = absA.masked_fill(absA >= threshold, 0.0)
