@@ -31,9 +31,8 @@ struct GridTable {
   uint8_t pad[4] = {0, 0, 0, 0};  // kernels gather 32 bits at a time from `code`
   uint16_t bound[256];            // see Opt8Args::bound1
   bool has_bound = false;
-  std::vector<uint32_t> keys;  // kStateKeyEnd entries once filled: see Opt8Args::keys1
-  bool has_keys = false;
-  bool keys_tried = false;  // fill_keys ran (only the avx512 kernels read the keys)
+  std::vector<uint32_t> keys;  // see Opt8Args::keys1: kStateKeyEnd entries, or none
+  bool keys_tried = false;     // fill_keys ran (only the avx512 kernels read the keys)
 };
 
 // bound[j] = the first grid index whose code is >= j; usable when the codes never decrease along
@@ -60,7 +59,7 @@ uint8_t code_of_bits(const GridTable& t, uint32_t bits) {
 // Opt8Args::keys1 from the grid's codes. Within one sign the code is monotone in the bits (the
 // grid index is monotone in s and the codes never decrease along the grid), so a bucket whose two
 // ends share a code is constant, and otherwise its first change is found by bisection; a bucket
-// with a second change leaves has_keys false.
+// with a second change leaves keys empty.
 void fill_keys(GridTable& t) {
   using bnb_cpu::kStateKeyEnd;
   std::vector<uint32_t> keys(kStateKeyEnd);
@@ -80,7 +79,6 @@ void fill_keys(GridTable& t) {
     keys[u] = entry;
   }
   t.keys = std::move(keys);
-  t.has_keys = true;
 }
 
 std::shared_ptr<const GridTable> grid_table(const float* qmap) {
@@ -207,8 +205,8 @@ int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, vo
                       grid2 ? grid2->code : nullptr,
                       grid1->has_bound ? grid1->bound : nullptr,
                       grid2 && grid2->has_bound ? grid2->bound : nullptr,
-                      grid1->has_keys ? grid1->keys.data() : nullptr,
-                      grid2 && grid2->has_keys ? grid2->keys.data() : nullptr,
+                      grid1->keys.empty() ? nullptr : grid1->keys.data(),
+                      grid2 && !grid2->keys.empty() ? grid2->keys.data() : nullptr,
                       n};
   const auto& kt = kernels();
   parallel_for(n, 64 * kBlock, [&](int64_t i0, int64_t i1) { kt.optimizer_8bit_blockwise(a, i0, i1); });

@@ -156,8 +156,7 @@ def _int8_forward(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, s
 def _empty_product(A: torch.Tensor, N: int, bias: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:
     """``A @ W.T + bias`` for an empty A (no rows, or in_features 0): ``empty_product``, into
     ``out`` when given."""
-    result = empty_product(A, N, bias)
-    return C.into_out(out, result)
+    return C.into_out(out, empty_product(A, N, bias))
 
 
 class MatMul8bitLt(torch.autograd.Function):
@@ -178,9 +177,7 @@ class MatMul8bitLt(torch.autograd.Function):
         ctx.is_empty = False
         output = _int8_forward(A, B, bias, state)
         ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
-        if out is not None:
-            return C.into_out(out, output)
-        return output
+        return C.into_out(out, output)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
@@ -216,9 +213,7 @@ class MatMul8bitFp(torch.autograd.Function):
         ctx.state = state
         ctx.dtype_A = A.dtype
         ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
-        if out is not None:
-            return C.into_out(out, output)
-        return output
+        return C.into_out(out, output)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
@@ -252,9 +247,7 @@ class MatMul4Bit(torch.autograd.Function):
         ctx.is_empty = False
         output = F._gemm_4bit(A, B, quant_state, bias)
         ctx.save_for_backward(B)
-        if out is not None:
-            return C.into_out(out, output)
-        return output
+        return C.into_out(out, output)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
@@ -339,8 +332,7 @@ def matmul_4bit(
         return MatMul4Bit.apply(A, B, out, bias, quant_state)
     if A.numel() == 0:
         return _empty_product(A, N, bias, out)
-    result = F._gemm_4bit(A, B, quant_state, bias)
-    return C.into_out(out, result)
+    return C.into_out(out, F._gemm_4bit(A, B, quant_state, bias))
 
 
 __all__ = [

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from bitsandbytes.backends.reference.blockwise import INVERSE_ABSMAX_FLOOR
+
 OUT_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 """Output dtype -> the ``OUT`` constexpr of ``store_float``."""
 
@@ -129,6 +131,9 @@ def clamp_unit(x):
     return tl.where(x > 1.0, 1.0, tl.where(x < -1.0, -1.0, x))
 
 
+_INVERSE_ABSMAX_FLOOR: tl.constexpr = tl.constexpr(INVERSE_ABSMAX_FLOOR)
+
+
 @triton.jit
 def inverse_absmax(absmax):
     """1 / max(absmax, 1e-38), correctly rounded; NaN stays NaN. The floor's inverse is written out
@@ -136,7 +141,7 @@ def inverse_absmax(absmax):
     zero (1e-38 is subnormal); shared/include/bnb/numeric.h has the same rule."""
     tiny = (absmax < 1e-38) | (absmax == 0.0)
     inv = tl.math.div_rn(tl.full(absmax.shape, 1.0, tl.float32), tl.where(tiny, 1.0, absmax))
-    return tl.where(tiny, 1.0000001e38, inv)
+    return tl.where(tiny, _INVERSE_ABSMAX_FLOOR, inv)
 
 
 @triton.jit
