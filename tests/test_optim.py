@@ -464,7 +464,7 @@ def test_load_state_dict_onto_device(device: str) -> None:
 
 
 def test_ademamix_schedule() -> None:
-    from bitsandbytes.optim.optimizer import ademamix_schedule
+    from bitsandbytes.optim.ademamix import ademamix_schedule
 
     assert ademamix_schedule(5.0, 0.9, 0.9999, 3, None, None) == (5.0, 0.9999)
     alpha, beta3 = ademamix_schedule(5.0, 0.9, 0.9999, 10, 100, 100)

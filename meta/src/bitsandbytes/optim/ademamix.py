@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from .optimizer import Optimizer2State, _local, ademamix_schedule
+from ._hyperparams import ademamix_schedule
+from .optimizer import Optimizer2State, _local
 
 
 class AdEMAMix(Optimizer2State):

@@ -10,7 +10,6 @@ which go through ``torch.ops.bitsandbytes`` to the kernel registered for the par
 from __future__ import annotations
 
 import logging
-import math
 from collections import abc as container_abcs
 from collections import defaultdict
 from collections.abc import Iterable
@@ -23,7 +22,8 @@ import torch
 from .. import _functional_optim as F
 from .._checks import FLOAT_DTYPES
 from ..backends.reference.codebooks import dynamic_map
-from .manager import GlobalOptimManager, MockArgs, is_finite_number
+from ._hyperparams import validate_ademamix, validate_hyperparameters
+from .manager import GlobalOptimManager, MockArgs
 
 logger = logging.getLogger(__name__)
 
@@ -323,34 +323,6 @@ def _check_loaded_state(p: torch.Tensor, pstate: Any) -> None:
             )
 
 
-def _validate(lr: float, eps: float, betas: Any, weight_decay: float, nbetas: int = 2) -> list[float]:
-    """The checks torch.optim makes of its hyperparameters, and that ``betas`` holds the ``nbetas``
-    values the update reads (else the first step fails with an IndexError that names nothing)."""
-    if isinstance(betas, str):
-        betas = betas.replace("(", "").replace(")", "").strip().split(",")
-        betas = [float(b) for b in betas if b.strip()]
-    if not hasattr(betas, "__len__") or len(betas) < nbetas:
-        raise ValueError(f"Invalid betas: {betas!r} (this optimizer needs {nbetas} values)")
-    if not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= eps:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    for i, b in enumerate(betas):
-        if not 0.0 <= b < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {b} (each beta must lie in [0, 1))")
-    if not 0.0 <= weight_decay:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-    return betas
-
-
-def _validate_ademamix(alpha: float, t_alpha: int | None, t_beta3: int | None) -> None:
-    if not (is_finite_number(alpha) and alpha >= 0.0):
-        raise ValueError(f"Invalid alpha value: {alpha} (must be a finite number >= 0)")
-    for name, t in (("t_alpha", t_alpha), ("t_beta3", t_beta3)):
-        if t is not None and not (is_finite_number(t) and t >= 0):
-            raise ValueError(f"Invalid {name} value: {t!r} (a number of steps >= 0, or None)")
-
-
 class Optimizer2State(Optimizer8bit):
     """Optimizers with two states: adam, lamb, ademamix."""
 
@@ -372,9 +344,9 @@ class Optimizer2State(Optimizer8bit):
         t_alpha: int | None = None,
         t_beta3: int | None = None,
     ) -> None:
-        betas = _validate(lr, eps, betas, weight_decay, 3 if optimizer_name == "ademamix" else 2)
+        betas = validate_hyperparameters(lr, eps, betas, weight_decay, 3 if optimizer_name == "ademamix" else 2)
         if optimizer_name == "ademamix":
-            _validate_ademamix(alpha, t_alpha, t_beta3)
+            validate_ademamix(alpha, t_alpha, t_beta3)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -500,7 +472,7 @@ class Optimizer1State(Optimizer8bit):
         skip_zeros: bool = False,
         is_paged: bool = False,
     ) -> None:
-        betas = _validate(lr, eps, betas, weight_decay)
+        betas = validate_hyperparameters(lr, eps, betas, weight_decay)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults, optim_bits, is_paged)
         if args is None:
@@ -591,22 +563,10 @@ class Optimizer1State(Optimizer8bit):
             )
 
 
-def ademamix_schedule(alpha: float, beta1: float, beta3: float, step: int, t_alpha, t_beta3) -> tuple[float, float]:
-    """AdEMAMix's warm-up of ``alpha`` and ``beta3`` at ``step`` (spec §8.5); unchanged when unset."""
-    alpha_t = min(step * alpha / t_alpha, alpha) if t_alpha else alpha
-    beta3_t = beta3
-    if t_beta3:
-        ln_b1, ln_b3 = math.log(beta1), math.log(beta3)
-        s = step / t_beta3
-        beta3_t = min(math.exp((ln_b1 * ln_b3) / ((1 - s) * ln_b3 + s * ln_b1)), beta3)
-    return alpha_t, beta3_t
-
-
 __all__ = [
     "GlobalOptimManager",
     "MockArgs",
     "Optimizer1State",
     "Optimizer2State",
     "Optimizer8bit",
-    "ademamix_schedule",
 ]
