@@ -9,6 +9,8 @@ cannot.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import importlib.util
 import pathlib
 import sys
@@ -30,7 +32,7 @@ class _NoNative(types.ModuleType):
 
 
 @pytest.fixture(scope="module")
-def glue():
+def glue_modules():
     spec = importlib.util.spec_from_file_location(PKG, GLUE / "__init__.py", submodule_search_locations=[str(GLUE)])
     pkg = importlib.util.module_from_spec(spec)
     sys.modules[PKG] = pkg
@@ -38,10 +40,16 @@ def glue():
     try:
         spec.loader.exec_module(pkg)
         kernels = importlib.import_module(f"{PKG}.kernels")
-        yield kernels.KERNELS
+        paged = importlib.import_module(f"{PKG}.paged")
+        yield types.SimpleNamespace(kernels=kernels, paged=paged)
     finally:
         for name in [m for m in sys.modules if m == PKG or m.startswith(PKG + ".")]:
             del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def glue(glue_modules):
+    return glue_modules.kernels.KERNELS
 
 
 N = 300  # two state blocks, the second partial
@@ -146,3 +154,214 @@ def test_int8_mm_dequant_rejects_like_the_reference(glue, case):
     args = dict(A=torch.zeros(2, 3, dtype=torch.int32), row_stats=torch.ones(2), col_stats=torch.ones(3))
     args.update(BAD_MM_DEQUANT[case])
     _rejects_like_reference(glue["int8_mm_dequant"], REF["int8_mm_dequant"], args)
+
+
+# ---- every op: what reaches the native call ----------------------------------------------------
+#
+# The harness below lets the glue take CPU tensors for device tensors (its device type set to
+# "cpu", the stream 0) and records each native call instead of running it: a case either must be
+# refused before native code with an error naming the argument, or must reach native code with
+# arguments the C ABI can take.
+
+
+class _Recorder(types.ModuleType):
+    """Stands in for the native module: records every call, runs nothing."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name == "OptimizerHparams":
+            return lambda *args: args
+
+        def call(*args):
+            self.calls.append((name, args))
+
+        return call
+
+
+@pytest.fixture
+def on_cpu(glue_modules, monkeypatch):
+    """The glue's kernels with CPU tensors taken as device tensors and a recording native module."""
+    k = glue_modules.kernels
+    native = _Recorder("native")
+    monkeypatch.setattr(k, "_DEVICE_TYPE", "cpu")
+    monkeypatch.setattr(k, "_stream", lambda t: 0)
+    monkeypatch.setattr(k, "_C", native)
+    return types.SimpleNamespace(ops=k.KERNELS, native=native)
+
+
+def _packed_weight(N=8, K=64, blocksize=64):
+    B = torch.zeros(N * K // 2, 1, dtype=torch.uint8)
+    return B, torch.ones(N * K // blocksize)
+
+
+def test_gemv_4bit_refuses_host_tensors_on_the_reference_path_too(glue):
+    """A block size the kernel lacks runs the reference; the device check must come first."""
+    B, absmax = _packed_weight(K=64, blocksize=16)
+    A, code = torch.randn(1, 64), torch.zeros(16)
+    with pytest.raises(RuntimeError, match="A must be on a CUDA device"):
+        glue["gemv_4bit"](A, B, [8, 64], absmax, code, 16)
+
+
+def test_gemv_4bit_out_checks_out_device_on_the_reference_path(on_cpu):
+    B, absmax = _packed_weight(K=64, blocksize=16)
+    A, code = torch.randn(1, 64), torch.zeros(16)
+    out = torch.empty(1, 8, device="meta")
+    with pytest.raises(RuntimeError, match="out must be on"):
+        on_cpu.ops["gemv_4bit.out"](A, B, [8, 64], absmax, code, 16, out)
+
+
+@pytest.mark.parametrize("op", ["gemv_4bit", "gemm_4bit", "int8_linear_matmul", "int8_linear_matmul.out"])
+def test_zero_dim_A_is_refused_by_name(on_cpu, op):
+    B, absmax = _packed_weight()
+    args = {
+        "gemv_4bit": (torch.tensor(1.0), B, [8, 64], absmax, torch.zeros(16), 64),
+        "gemm_4bit": (torch.tensor(1.0), B, [8, 64], absmax, 64, "nf4"),
+        "int8_linear_matmul": (torch.tensor(1, dtype=torch.int8), torch.zeros(8, 1, dtype=torch.int8)),
+        "int8_linear_matmul.out": (
+            torch.tensor(1, dtype=torch.int8),
+            torch.zeros(8, 1, dtype=torch.int8),
+            torch.empty(8, dtype=torch.int32),
+        ),
+    }[op]
+    with pytest.raises(ValueError, match="A must have at least one dimension"):
+        on_cpu.ops[op](*args)
+    assert not on_cpu.native.calls
+
+
+def test_gemm_4bit_names_a_wrong_absmax_8bit_dtype(glue):
+    B, absmax = _packed_weight()
+    nested = (torch.ones(1), dynamic_map(signed=True), torch.tensor(0.5))
+    with pytest.raises(TypeError, match="absmax_8bit must have dtype"):
+        glue["gemm_4bit"](torch.randn(1, 64), B, [8, 64], nested[0], 64, "nf4", None, absmax, *nested[1:])
+
+
+def test_gemm_4bit_refuses_an_absmax_offset_that_broadcasts(on_cpu):
+    """An offset of shape (blocks, 1) would broadcast the scales into a (blocks, blocks) tensor whose
+    first row the kernel reads: a silent wrong answer."""
+    B, absmax = _packed_weight()
+    blocks = absmax.numel()
+    absmax_8bit = torch.zeros(blocks, dtype=torch.uint8)
+    offset = torch.zeros(blocks, 1)
+    with pytest.raises(ValueError, match="absmax_offset"):
+        on_cpu.ops["gemm_4bit"](
+            torch.randn(1, 64), B, [8, 64], torch.ones(1), 64, "nf4", None, absmax_8bit, dynamic_map(), offset
+        )
+    assert [name for name, _ in on_cpu.native.calls] == ["dequantize_blockwise"]
+
+
+@pytest.mark.parametrize("blocksize", [2**63 - 1, 2**64, 10**30])
+def test_blockwise_passes_a_block_size_the_native_size_type_holds(on_cpu, blocksize):
+    """The C ABI takes int64 block sizes (pybind11 refuses a larger int with an unrelated TypeError,
+    and ceil(n / blocksize) formed as (n + blocksize - 1) / blocksize wraps near INT64_MAX): a block
+    size of at least n is one block of n."""
+    A = torch.randn(100)
+    out, absmax = on_cpu.ops["quantize_blockwise"](A, dynamic_map(), blocksize)
+    assert absmax.shape == (1,)
+    on_cpu.ops["dequantize_blockwise"](out, absmax, dynamic_map(), blocksize, torch.float32)
+    (q_name, q_args), (d_name, d_args) = on_cpu.native.calls
+    assert (q_name, q_args[4]) == ("quantize_blockwise", 100)
+    assert (d_name, d_args[4]) == ("dequantize_blockwise", 100)
+
+
+def _neg(t: torch.Tensor) -> torch.Tensor:
+    """A dense negated view (what ``z.conj().imag`` gives for a one-element complex z)."""
+    v = torch._neg_view(t)
+    assert v.is_neg() and v.is_contiguous() and v.contiguous().is_neg()
+    return v
+
+
+NEG_VIEW_CASES = {
+    "quantize_4bit A": ("quantize_4bit", "A", lambda: (_neg(torch.randn(64)), 64, "nf4", torch.uint8)),
+    "quantize_blockwise A": ("quantize_blockwise", "A", lambda: (_neg(torch.randn(64)), dynamic_map(), 64)),
+    "dequantize_blockwise absmax": (
+        "dequantize_blockwise",
+        "absmax",
+        lambda: (torch.zeros(64, dtype=torch.uint8), _neg(torch.ones(1)), dynamic_map(), 64, torch.float32),
+    ),
+    "int8_mm_dequant col_stats": (
+        "int8_mm_dequant",
+        "col_stats",
+        lambda: (torch.ones(2, 3, dtype=torch.int32), torch.ones(2), _neg(torch.ones(3))),
+    ),
+    "optimizer p": ("optimizer_update_32bit", "p", lambda: tuple(_args_32bit(p=_neg(torch.randn(N))).values())),
+}
+
+
+@pytest.mark.parametrize("case", list(NEG_VIEW_CASES))
+def test_negated_views_are_refused_by_name(on_cpu, case):
+    """A kernel reads data_ptr(): the memory of a negated view holds the values before negation."""
+    op, arg, make = NEG_VIEW_CASES[case]
+    with pytest.raises(ValueError, match=f"{arg} is a negated view"):
+        on_cpu.ops[op](*make())
+    assert not on_cpu.native.calls
+
+
+# ---- paged memory ------------------------------------------------------------------------------
+
+
+class _FakeManaged(types.ModuleType):
+    """paged_alloc / paged_free / paged_prefetch over host buffers, with the C ABI's checks."""
+
+    def __init__(self):
+        super().__init__("native")
+        self.buffers: dict[int, object] = {}
+        self.prefetches: list[tuple[int, int, int]] = []
+
+    def paged_alloc(self, nbytes: int) -> int:
+        if nbytes <= 0:
+            raise ValueError(f"paged_alloc: bytes must be positive, got {nbytes}")
+        buf = ctypes.create_string_buffer(nbytes)
+        self.buffers[ctypes.addressof(buf)] = buf
+        return ctypes.addressof(buf)
+
+    def paged_free(self, address: int) -> None:
+        self.buffers.pop(address)
+
+    def paged_prefetch(self, address: int, nbytes: int, device: int, stream: int) -> None:
+        if nbytes <= 0:
+            raise ValueError(f"paged_prefetch: bytes must be positive, got {nbytes}")
+        self.prefetches.append((address, nbytes, device))
+
+
+@pytest.fixture
+def paged(glue_modules, monkeypatch):
+    native = _FakeManaged()
+    monkeypatch.setattr(glue_modules.paged, "_C", native)
+    monkeypatch.setattr(glue_modules.paged, "_current_device", lambda: 0)
+    monkeypatch.setattr(glue_modules.paged, "_stream", lambda device: 0)
+    yield types.SimpleNamespace(mod=glue_modules.paged, native=native)
+    gc.collect()  # frees the test's paged tensors through the fake while it is still in place
+
+
+def test_empty_paged_refuses_a_negative_shape(paged):
+    with pytest.raises(ValueError, match="shape must be non-negative"):
+        paged.mod.empty_paged((-1, 4))
+    assert not paged.native.buffers
+
+
+def test_prefetch_of_an_empty_paged_tensor_does_nothing(paged):
+    t = paged.mod.empty_paged((0, 4))
+    assert t.shape == (0, 4) and t.is_paged
+    paged.mod.prefetch(t, device=0)
+    assert not paged.native.prefetches
+
+
+def test_prefetch_moves_the_allocation_not_past_it(paged):
+    """An expanded view spans 1000 elements of a one-element allocation: prefetching numel *
+    element_size bytes from its address would run past the allocation."""
+    t = paged.mod.empty_paged((1,))
+    paged.mod.prefetch(t.expand(1000), device=0)
+    paged.mod.prefetch(t, to_cpu=True)
+    address = t.data_ptr()
+    assert paged.native.prefetches == [(address, 4, 0), (address, 4, -1)]
+
+
+def test_prefetch_refuses_memory_that_is_not_paged(paged):
+    with pytest.raises(ValueError, match="t is not a paged tensor"):
+        paged.mod.prefetch(torch.zeros(16), device=0)
+    assert not paged.native.prefetches

@@ -143,12 +143,15 @@ int32_t bnb_int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int6
               static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k));
   BNB_REQUIRE(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX, BNB_ERR_INVALID_ARGUMENT,
               "m, n and k must fit in int32");
-  BNB_REQUIRE((m + kTile - 1) / kTile < 65536, BNB_ERR_INVALID_ARGUMENT, "m is too large for one launch");
   DeviceGuard guard(A);
   if (guard.status()) return guard.status();
   cudaStream_t s = as_stream(stream);
   if (cublaslt_int8_matmul(A, B, m, n, k, C, s)) return check_launch("bnb_int8_linear_matmul (cublasLt)");
   cudaGetLastError();  // a refused cuBLASLt call leaves nothing to report
+  // The built-in kernel's grid has one row of tiles per 16 rows of A (cuBLASLt has no such limit).
+  BNB_REQUIRE((m + kTile - 1) / kTile < 65536, BNB_ERR_INVALID_ARGUMENT,
+              "m (%lld rows) is too large for the built-in int8 kernel (at most %d); cuBLASLt was not usable",
+              static_cast<long long>(m), 65535 * kTile);
   const dim3 grid(static_cast<unsigned int>((n + kTile - 1) / kTile),
                   static_cast<unsigned int>((m + kTile - 1) / kTile));
   int8_matmul_kernel<<<grid, kTile * kTile, 0, s>>>(A, B, m, n, k, C);

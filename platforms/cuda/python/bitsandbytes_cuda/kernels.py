@@ -49,14 +49,25 @@ def _stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
+_DEVICE_TYPE = "cuda"
+"""The device type every tensor must have (a ROCm torch calls its GPUs ``cuda`` too)."""
+
+
 def _on_cuda(**tensors: torch.Tensor | None) -> torch.device:
-    """Check that every given tensor is on one CUDA device and return it."""
+    """Check that every given tensor is on one CUDA device and return it.
+
+    A negated view (``tensor.is_neg()``, e.g. ``z.conj().imag``) is refused too: its memory holds
+    the values before negation, which a kernel reading ``data_ptr()`` would take as they are (a
+    silent sign error), and ``.contiguous()`` keeps the bit when the view is already dense.
+    """
     device = None
     for name, t in tensors.items():
         if t is None:
             continue
         C.check(
-            t.device.type == "cuda", f"bitsandbytes_cuda: {name} must be on a CUDA device, got {t.device}", RuntimeError
+            t.device.type == _DEVICE_TYPE,
+            f"bitsandbytes_cuda: {name} must be on a CUDA device, got {t.device}",
+            RuntimeError,
         )
         if device is None:
             device = t.device
@@ -65,8 +76,23 @@ def _on_cuda(**tensors: torch.Tensor | None) -> torch.device:
             f"bitsandbytes_cuda: all tensors must be on one device, {name} is on {t.device}, not {device}",
             RuntimeError,
         )
-    assert device is not None
+        C.check(
+            not t.is_neg(),
+            f"bitsandbytes_cuda: {name} is a negated view (is_neg()); pass {name}.resolve_neg()",
+        )
+    C.check(device is not None, "bitsandbytes_cuda: no tensor argument given", RuntimeError)
     return device
+
+
+def _check_has_dim(A: torch.Tensor, name: str = "A") -> None:
+    """``A`` has a last dimension (a 0-d tensor would fail later as an IndexError naming nothing)."""
+    C.check(A.dim() >= 1, f"bitsandbytes: {name} must have at least one dimension, got a 0-d tensor")
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """A packed tensor's bytes, contiguous and flat (a 0-d f32 tensor holds 4 of them too)."""
+    t = t.contiguous()
+    return t if t.dtype == torch.uint8 else t.reshape(-1).view(torch.uint8)
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -100,7 +126,7 @@ def _dequantize_4bit_into(
     n = out.numel()
     if n == 0:
         return
-    raw = A.contiguous().view(torch.uint8)
+    raw = _bytes(A)
     absmax = absmax.contiguous()
     _C.dequantize_4bit(
         raw.data_ptr(), absmax.data_ptr(), n, blocksize, QUANT_CODE[quant_type], out.data_ptr(),
@@ -146,10 +172,11 @@ def _gemm_4bit_native(
     code: torch.Tensor,
     blocksize: int,
     bias: torch.Tensor | None,
+    device: torch.device,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The fused kernel; every argument checked, every tensor on ``device`` (the callers' _on_cuda)."""
     N, K = int(shapeB[0]), int(shapeB[1])
-    device = _on_cuda(A=A, B=B, absmax=absmax, code=code, bias=bias, out=out)
     shape = (*A.shape[:-1], N)
     result = out if out is not None and out.is_contiguous() else torch.empty(shape, dtype=A.dtype, device=device)
     m = math.prod(A.shape[:-1])  # rows, also where K = 0 (an empty sum: the bias)
@@ -163,7 +190,7 @@ def _gemm_4bit_native(
             out.copy_(result)
         return result
     A = A.contiguous()
-    raw = B.contiguous().view(torch.uint8)
+    raw = _bytes(B)
     absmax = absmax.contiguous().float()
     code = code.contiguous().float()
     bias = bias.contiguous() if bias is not None else None
@@ -180,12 +207,14 @@ def gemv_4bit(
     A: torch.Tensor, B: torch.Tensor, shapeB: Sequence[int], absmax: torch.Tensor, code: torch.Tensor, blocksize: int
 ) -> torch.Tensor:
     """``A @ dequant(B).T`` read straight from the packed weights (batch 1 and small batches)."""
+    _check_has_dim(A)
     C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
+    _on_cuda(A=A, B=B, absmax=absmax, code=code)
     if blocksize not in C.FOUR_BIT_BLOCKSIZES:  # the kernel takes the 4-bit block sizes only
         from bitsandbytes.backends.reference.fourbit import gemv_4bit as reference_gemv_4bit
 
         return reference_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
-    return _gemm_4bit_native(A, B, shapeB, absmax, code, blocksize, None)
+    return _gemm_4bit_native(A, B, shapeB, absmax, code, blocksize, None, A.device)
 
 
 def gemv_4bit_out(
@@ -198,13 +227,15 @@ def gemv_4bit_out(
     out: torch.Tensor,
 ) -> None:
     """``gemv_4bit`` into a preallocated ``out``."""
+    _check_has_dim(A)
     C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
     shape = (*A.shape[:-1], shapeB[0])
     C.check_out(out, shape, A.dtype)
+    _on_cuda(A=A, B=B, absmax=absmax, code=code, out=out)  # before either path: out's device too
     if blocksize not in C.FOUR_BIT_BLOCKSIZES:
         out.copy_(gemv_4bit(A, B, shapeB, absmax, code, blocksize))
         return
-    _gemm_4bit_native(A, B, shapeB, absmax, code, blocksize, None, out=out)
+    _gemm_4bit_native(A, B, shapeB, absmax, code, blocksize, None, A.device, out=out)
 
 
 def gemm_4bit(
@@ -220,6 +251,7 @@ def gemm_4bit(
     absmax_offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``A @ dequant(B).T + bias`` with an optionally nested absmax, without dequantizing B."""
+    _check_has_dim(A)
     C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
     C.check(
         A.shape[-1] == shapeB[1],
@@ -230,21 +262,31 @@ def gemm_4bit(
     C.check_dtype(absmax, "absmax", (torch.float32,))
     C.check_blocksize_4bit(blocksize)
     C.check_quant_type(quant_type)
-    C.check_4bit_shape(list(shapeB), absmax if absmax_8bit is None else absmax_8bit, B, blocksize)
-    device = _on_cuda(A=A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, bias=bias)
     if absmax_8bit is not None:
+        C.check_dtype(absmax_8bit, "absmax_8bit", (torch.uint8,))
         C.check(
             absmax_code is not None and absmax_offset is not None,
             "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
         )
-        absmax = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32) + absmax_offset.float()
+    C.check_4bit_shape(list(shapeB), absmax if absmax_8bit is None else absmax_8bit, B, blocksize)
+    device = _on_cuda(A=A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, bias=bias)
+    if absmax_8bit is not None:
+        inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
+        absmax = inner + absmax_offset.float()
+        # An offset of another shape broadcasts the scales into a larger tensor, of which the
+        # kernel would read the first rows: a silent wrong answer (the reference refuses it).
+        C.check(
+            absmax.shape == inner.shape,
+            f"bitsandbytes: absmax_offset must be one value (a 0-d tensor) or one per entry of absmax_8bit "
+            f"({absmax_8bit.numel()}), got shape {tuple(absmax_offset.shape)}",
+        )
     if bias is not None:
         C.check(
             bias.dim() == 1 and bias.shape[0] == shapeB[0],
             f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}",
         )
         bias = bias.to(A.dtype)
-    return _gemm_4bit_native(A, B, shapeB, absmax, _decode_table(quant_type, device), blocksize, bias)
+    return _gemm_4bit_native(A, B, shapeB, absmax, _decode_table(quant_type, device), blocksize, bias, device)
 
 
 # ---- block-wise 8-bit -----------------------------------------------------------------------
@@ -260,9 +302,11 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
     out = torch.empty(A.shape, dtype=torch.uint8, device=device)
     absmax = torch.empty(C.num_blocks(n, blocksize), dtype=torch.float32, device=device)
     if n:
+        # A block size >= n is one block of n (block_width): the native size is an int64, and a
+        # larger Python int would not convert (or would overflow the kernel's block count).
         _C.quantize_blockwise(
-            A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, blocksize, out.data_ptr(), absmax.data_ptr(),
-            _stream(A),
+            A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, C.block_width(n, blocksize), out.data_ptr(),
+            absmax.data_ptr(), _stream(A),
         )  # fmt: skip
     return out, absmax
 
@@ -275,8 +319,8 @@ def _dequantize_blockwise_into(
         return
     A, absmax, code = A.contiguous(), absmax.contiguous(), code.contiguous()
     _C.dequantize_blockwise(
-        A.data_ptr(), code.data_ptr(), absmax.data_ptr(), n, blocksize, out.data_ptr(), DTYPE_CODE[out.dtype],
-        _stream(out),
+        A.data_ptr(), code.data_ptr(), absmax.data_ptr(), n, C.block_width(n, blocksize), out.data_ptr(),
+        DTYPE_CODE[out.dtype], _stream(out),
     )  # fmt: skip
 
 
@@ -346,6 +390,7 @@ def _int8_matmul_into(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> No
 
 
 def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> torch.device:
+    _check_has_dim(A)
     C.check_dtype(A, "A", (torch.int8,))
     C.check_dtype(B, "B", (torch.int8,))
     C.check(B.dim() == 2, f"bitsandbytes: B must be 2-D [N, K], got shape {tuple(B.shape)}")
@@ -369,7 +414,7 @@ def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) 
     _check_int8_matmul(A, B)
     shape = (*A.shape[:-1], B.shape[0])
     C.check_out(out, shape, torch.int32)
-    _on_cuda(A=A, out=out)
+    _on_cuda(A=A, B=B, out=out)
     if out.is_contiguous():
         _int8_matmul_into(A, B, out)
     else:
