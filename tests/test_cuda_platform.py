@@ -275,3 +275,26 @@ def test_paged_tensor_roundtrip():
     paged.prefetch(t, to_cpu=True)
     torch.cuda.synchronize()
     assert t.is_paged and float(t.sum()) == 2000.0
+
+
+@gpu
+@pytest.mark.parametrize("name", ["AdamW8bit", "AdamW", "Lion8bit", "AdEMAMix8bit"])
+def test_paged_optimizer_keeps_its_states_in_paged_memory_and_matches_the_unpaged_one(name):
+    """The paged variant steps the same kernels over states in managed memory: the parameters
+    equal the unpaged optimizer's bit for bit, and a state dict reads the finished update."""
+    from bitsandbytes import functional as F
+
+    paged_cls, plain_cls = getattr(bitsandbytes.optim, f"Paged{name}"), getattr(bitsandbytes.optim, name)
+    w = torch.randn(512, 256, device="cuda")  # >= 1e5 elements: paged
+    a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    paged_opt, plain_opt = paged_cls([a]), plain_cls([b])
+    for _ in range(3):
+        g = torch.randn_like(w)
+        a.grad, b.grad = g.clone(), g.clone()
+        paged_opt.step()
+        plain_opt.step()
+    assert paged_opt.state[a]["state1"].is_paged and paged_opt.state[a]["state1"].device.type == "cpu"
+    assert torch.equal(a, b)
+    saved = paged_opt.state_dict()["state"][0]["__bnb_optimizer_quant_state__"]["state1"]
+    assert torch.equal(saved.to("cuda"), plain_opt.state[b]["state1"])
+    assert F.GlobalPageManager.get_instance().paged_tensors  # registered for prefetch_all

@@ -307,6 +307,25 @@ def test_misc_helpers():
     }
 
 
+def test_paging_helpers_are_one_set_and_work_on_any_tensor():
+    """bitsandbytes.functional and the optimizers share one page registry; the element-wise helpers
+    change the tensor in place (paged or not) instead of raising."""
+    from bitsandbytes import _functional_optim
+
+    assert F.GlobalPageManager is _functional_optim.GlobalPageManager and F.get_paged is _functional_optim.get_paged
+    A = torch.full((2, 3), 7.0).t()  # a view: the helpers write through it
+    F.fill(A, 2.5)
+    assert torch.equal(A, torch.full((3, 2), 2.5))
+    F._mul(A, torch.tensor([2.0, 4.0]))
+    assert torch.equal(A, torch.tensor([[5.0, 10.0]] * 3))
+    F.elementwise_func("arange", A, None)
+    assert torch.equal(A, torch.arange(6.0).view(3, 2))
+    F.elementwise_func("fill", A, None, value=-1.0)
+    assert torch.equal(A, torch.full((3, 2), -1.0))
+    with pytest.raises(ValueError, match="func_name 'cos'"):
+        F.elementwise_func("cos", A, None)
+
+
 def test_deprecated_int8_helpers():
     A = torch.randint(-127, 128, (3, 8), dtype=torch.int8)
     B = torch.randint(-127, 128, (8, 5), dtype=torch.int8)

@@ -365,3 +365,40 @@ def test_prefetch_refuses_memory_that_is_not_paged(paged):
     with pytest.raises(ValueError, match="t is not a paged tensor"):
         paged.mod.prefetch(torch.zeros(16), device=0)
     assert not paged.native.prefetches
+
+
+def _adam_32bit_args(p, state1, state2):
+    g = torch.empty_like(p)
+    return ("adam", g, p, state1, state2, None, 0.0, 0.0, 0.9, 0.999, 0.0, 0.0, 1e-8, 0.0, 1, 1e-3, 1.0)
+
+
+@pytest.fixture
+def on_meta_device(glue_modules, monkeypatch):
+    """The glue with meta tensors taken as device tensors (so a CPU tensor is not one) and a
+    recording native module."""
+    k = glue_modules.kernels
+    native = _Recorder("native")
+    monkeypatch.setattr(k, "_DEVICE_TYPE", "meta")
+    monkeypatch.setattr(k, "_stream", lambda t: 0)
+    monkeypatch.setattr(k, "_C", native)
+    return types.SimpleNamespace(ops=k.KERNELS, native=native)
+
+
+def test_optimizer_states_in_paged_memory_reach_the_kernel(paged, on_meta_device):
+    """A paged optimizer's states report device cpu, yet live in managed memory the GPU addresses:
+    the glue passes them to the kernel beside a device parameter."""
+    p = torch.empty(4, 64, device="meta")
+    s1, s2 = paged.mod.empty_paged((4, 64)), paged.mod.empty_paged((4, 64))
+    on_meta_device.ops["optimizer_update_32bit"](*_adam_32bit_args(p, s1, s2))
+    ((name, args),) = on_meta_device.native.calls
+    assert name == "optimizer_update_32bit" and s1.data_ptr() in args and s2.data_ptr() in args
+
+
+def test_a_host_tensor_marked_paged_is_still_refused(paged, on_meta_device):
+    """The is_paged attribute alone proves nothing: only memory from empty_paged is addressable."""
+    p = torch.empty(4, 64, device="meta")
+    fake = torch.zeros(4, 64)
+    fake.is_paged = True
+    with pytest.raises(RuntimeError, match="state2 must be on a CUDA device"):
+        on_meta_device.ops["optimizer_update_32bit"](*_adam_32bit_args(p, paged.mod.empty_paged((4, 64)), fake))
+    assert not on_meta_device.native.calls

@@ -322,3 +322,62 @@ def test_importing_a_wheel_submodule_first_still_registers(module):
     assert "'failed'" not in records, records
     if module.startswith("bitsandbytes_cpu."):
         assert "('cpu', 'loaded')" in records and cpu_impl == "cpu", r.stdout
+
+
+# ---- paged memory: a wheel's optional paged_memory() hook --------------------------------------
+
+
+def test_a_wheels_paged_memory_serves_get_paged_and_prefetch(monkeypatch):
+    from bitsandbytes import _paging
+    from bitsandbytes import functional as F
+
+    monkeypatch.setattr(_paging, "_PROVIDER", None)
+    calls = []
+
+    def allocate(shape, dtype):
+        calls.append(("allocate", shape, dtype))
+        return torch.empty(shape, dtype=dtype)
+
+    def prefetch(t, index, to_cpu):
+        calls.append(("prefetch", tuple(t.shape), index, to_cpu))
+
+    ep = FakeEntryPoint("cuda12x", kernels={"dequantize_4bit": lambda *a: None})
+    ep._mod.paged_memory = lambda: (allocate, prefetch)
+    with pytest.raises(RuntimeError, match="paged memory for cuda devices"):
+        F.get_paged(3, 4, device="cuda:1")
+    result = load(entry_points=[FakeEntryPoint("cpu"), ep], runtime=CUDA12, env={})
+    try:
+        assert record(result, "cuda12x").status == "loaded"
+        assert _paging.paging_supported("cuda") and _paging.paging_supported() and not _paging.paging_supported("cpu")
+        t = F.get_paged(3, 4, dtype=torch.uint8, device="cuda:1")
+        assert (t.shape, t.dtype, t.is_paged, t.page_deviceid) == ((3, 4), torch.uint8, True, 1)
+        F.prefetch_tensor(t, to_cpu=True)
+        F.GlobalPageManager.get_instance().paged_tensors.append(t)
+        try:
+            F.GlobalPageManager.get_instance().prefetch_all()
+        finally:
+            F.GlobalPageManager.get_instance().paged_tensors.remove(t)
+        assert calls == [
+            ("allocate", (3, 4), torch.uint8),
+            ("prefetch", (3, 4), 1, True),
+            ("prefetch", (3, 4), 1, False),
+        ]
+        with pytest.raises(RuntimeError, match="paged memory for cpu devices"):
+            F.get_paged(2, device="cpu")
+    finally:
+        result.close()
+
+
+def test_a_failing_paged_memory_hook_warns_and_leaves_paging_off(monkeypatch):
+    from bitsandbytes import _paging
+
+    monkeypatch.setattr(_paging, "_PROVIDER", None)
+    ep = FakeEntryPoint("cuda12x", kernels={"dequantize_4bit": lambda *a: None})
+    ep._mod.paged_memory = lambda: (None, None)
+    with pytest.warns(PlatformWarning, match="paged memory but it could not be set up"):
+        result = load(entry_points=[FakeEntryPoint("cpu"), ep], runtime=CUDA12, env={})
+    try:
+        assert record(result, "cuda12x").status == "loaded"  # the kernels serve all the same
+        assert not _paging.paging_supported("cuda")
+    finally:
+        result.close()

@@ -1,4 +1,4 @@
-"""Functional optimizer updates and the paging helpers (spec §3.4, §3.5).
+"""Functional optimizer updates (spec §3.4); the paging helpers (§3.5) live in ``_paging``.
 
 ``bitsandbytes.functional`` re-exports everything public here. The update functions are thin
 wrappers over ``torch.ops.bitsandbytes.optimizer_update_*``, so whichever kernel a platform
@@ -12,99 +12,16 @@ import logging
 import torch
 
 from . import _ops  # noqa: F401  (defines torch.ops.bitsandbytes)
+from ._paging import (  # noqa: F401  (the paging helpers were defined here before)
+    FIRST_CUDA_DEVICE,
+    GlobalPageManager,
+    get_paged,
+    is_on_gpu,
+    paging_supported,
+    prefetch_tensor,
+)
 
 logger = logging.getLogger(__name__)
-
-FIRST_CUDA_DEVICE = torch.device("cuda", 0)
-
-
-class GlobalPageManager:
-    """Singleton registry of paged (unified-memory) tensors. Use ``get_instance()``."""
-
-    _instance: GlobalPageManager | None = None
-
-    def __init__(self) -> None:
-        raise RuntimeError("Call get_instance() instead")
-
-    def initialize(self) -> None:
-        """Reset the registry."""
-        self.paged_tensors: list[torch.Tensor] = []
-
-    @classmethod
-    def get_instance(cls) -> GlobalPageManager:
-        """The one instance, created on first use."""
-        if cls._instance is None:
-            inst = cls.__new__(cls)
-            inst.initialize()
-            cls._instance = inst
-        return cls._instance
-
-    def prefetch_all(self, to_cpu: bool = False) -> None:
-        """Prefetch every registered paged tensor, most recently registered first."""
-        for t in self.paged_tensors[::-1]:
-            prefetch_tensor(t, to_cpu)
-
-
-_PAGED_ALLOCATOR = None
-"""Set by a platform wheel that supports unified memory: ``(shape, dtype, device) -> Tensor``."""
-
-_PAGED_PREFETCH = None
-"""Set with ``_PAGED_ALLOCATOR``: ``(tensor, to_cpu) -> None``."""
-
-
-def paging_supported() -> bool:
-    """Whether an installed platform wheel provides paged (unified-memory) tensors."""
-    return _PAGED_ALLOCATOR is not None
-
-
-def get_paged(
-    *shape: int, dtype: torch.dtype = torch.float32, device: torch.device = FIRST_CUDA_DEVICE
-) -> torch.Tensor:
-    """A paged (unified-memory) tensor with attributes ``is_paged`` and ``page_deviceid``.
-
-    Needs a platform wheel with paging support (CUDA); raises RuntimeError otherwise.
-    """
-    if _PAGED_ALLOCATOR is None:
-        raise RuntimeError(
-            "bitsandbytes: paged memory needs a platform wheel with unified-memory support "
-            '(e.g. pip install "bitsandbytes[cuda12x]"); none is loaded'
-        )
-    t = _PAGED_ALLOCATOR(tuple(shape), dtype, torch.device(device))
-    t.is_paged = True
-    t.page_deviceid = torch.device(device).index
-    return t
-
-
-def prefetch_tensor(A: torch.Tensor, to_cpu: bool = False) -> None:
-    """Ask the driver to migrate paged tensor ``A`` to its device (or to the CPU)."""
-    assert getattr(A, "is_paged", False), "Only paged tensors can be prefetched!"
-    if _PAGED_PREFETCH is None:
-        raise RuntimeError("bitsandbytes: no platform wheel with paging support is loaded")
-    _PAGED_PREFETCH(A, to_cpu)
-
-
-def is_on_gpu(tensors: list[torch.Tensor | None]) -> bool:
-    """Check that the tensors (None and paged ones ignored) share one device; True or RuntimeError.
-
-    All on the CPU is fine, as is all on one accelerator; a CPU/accelerator mix or two
-    accelerators raise.
-    """
-    on_cpu = False
-    devices: set[tuple[str, int | None]] = set()
-    for t in tensors:
-        if t is None or getattr(t, "is_paged", False):
-            continue
-        if t.device.type == "cpu":
-            on_cpu = True
-        else:
-            devices.add((t.device.type, t.device.index))
-    if on_cpu and devices:
-        shapes = [(tuple(t.shape), str(t.device)) for t in tensors if t is not None]
-        raise RuntimeError(f"All input tensors need to be on the same device, but found some on the CPU: {shapes}")
-    if len(devices) > 1:
-        shapes = [(tuple(t.shape), str(t.device)) for t in tensors if t is not None]
-        raise RuntimeError(f"Input tensors need to be on the same accelerator device, but found: {shapes}")
-    return True
 
 
 def optimizer_update_32bit(

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import _direct, _ops
+from . import _direct, _ops, _paging
 from ._version import __version__
 
 logger = logging.getLogger("bitsandbytes")
@@ -384,6 +384,22 @@ def _load_one(ep: Any, platform: str, device_type: str, runtime: Runtime, result
         result.kernels[(op, device_type)] = (platform, fn)
         _direct.bind(op, device_type, fn)
     rec.status, rec.reason, rec.ops = "loaded", "", sorted(registered)
+    _use_paged_memory(module, platform, device_type)
+
+
+def _use_paged_memory(module: Any, platform: str, device_type: str) -> None:
+    """Take a loaded wheel's unified memory for paged optimizers (its optional ``paged_memory()``
+    hook returns ``(allocate(shape, dtype), prefetch(tensor, device_index, to_cpu))``)."""
+    hook = getattr(module, "paged_memory", None)
+    if hook is None:
+        return
+    try:
+        _paging.set_provider(device_type, *hook())
+    except Exception as exc:  # paging is an optimisation: the optimizers work without it
+        _warn(
+            f"bitsandbytes: {platform} offers paged memory but it could not be set up ({exc!r}); paged "
+            "optimizers keep their states in device memory"
+        )
 
 
 def load_out_of_tree_backends(entry_points: Iterable[Any] | None = None) -> None:

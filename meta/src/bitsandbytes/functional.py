@@ -3,9 +3,9 @@
 Every tensor computation goes through the ``torch.ops.bitsandbytes`` ops, so a loaded platform
 wheel serves it; without one the reference kernels do. Code books are built in Python.
 
-This module holds the public surface and the paging / handle stand-ins; the rest lives in private
-modules named for what they hold (``_functional_codebooks``, ``_quant_state``,
-``_functional_blockwise``, ``_functional_4bit``, ``_functional_int8``, ``_functional_optim``).
+This module holds the public surface and the handle stand-ins; the rest lives in private modules
+named for what they hold (``_functional_codebooks``, ``_quant_state``, ``_functional_blockwise``,
+``_functional_4bit``, ``_functional_int8``, ``_functional_optim``, ``_paging``).
 Every name this module held before that split is still here, and the public classes and
 functions report it as their ``__module__`` (pickles and reprs name ``bitsandbytes.functional``).
 """
@@ -16,7 +16,6 @@ import ctypes
 import itertools  # noqa: F401  (names this module held before the split stay reachable here)
 import json  # noqa: F401
 import warnings  # noqa: F401
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -55,6 +54,17 @@ from ._functional_int8 import (  # noqa: F401
     int8_vectorwise_dequant,
     int8_vectorwise_quant,
 )
+from ._functional_optim import optimizer_update_8bit_blockwise, optimizer_update_32bit  # noqa: F401
+from ._paging import (  # noqa: F401
+    FIRST_CUDA_DEVICE,
+    GlobalPageManager,
+    _mul,
+    elementwise_func,
+    fill,
+    get_paged,
+    is_on_gpu,
+    prefetch_tensor,
+)
 from ._quant_state import (  # noqa: F401
     _QUANT_STATE_DTYPES,
     QuantState,
@@ -70,44 +80,12 @@ from .utils import pack_dict_to_tensor, unpack_tensor_to_dict
 C = 127.0
 """The int8 scale constant of LLM.int8()."""
 
-FIRST_CUDA_DEVICE = torch.device("cuda", 0)
-
 name2qmap: dict[str, torch.Tensor]
 """Cache of named code books (``"dynamic"`` = the signed dynamic map, on first use): the dict that
 ``_functional_codebooks`` fills, imported above; annotated here as it was before the split."""
 
-_PAGING_UNSUPPORTED = (
-    "bitsandbytes: paged (unified-memory) tensors need a platform kernel library with paging support; "
-    "none is loaded here, so use regular tensors (e.g. an optimizer with is_paged=False)."
-)
-
-
 # --------------------------------------------------------------------------------------------
 # Singletons kept for API compatibility
-
-
-class GlobalPageManager:
-    """Registry of paged tensors (singleton: use :meth:`get_instance`)."""
-
-    _instance: GlobalPageManager | None = None
-
-    def __init__(self) -> None:
-        raise RuntimeError("Call get_instance() instead")
-
-    def initialize(self) -> None:
-        self.paged_tensors: list[torch.Tensor] = []
-
-    @classmethod
-    def get_instance(cls) -> GlobalPageManager:
-        if cls._instance is None:
-            cls._instance = cls.__new__(cls)
-            cls._instance.initialize()
-        return cls._instance
-
-    def prefetch_all(self, to_cpu: bool = False) -> None:
-        """Prefetch every registered paged tensor, in reverse registration order."""
-        for t in self.paged_tensors[::-1]:
-            prefetch_tensor(t, to_cpu)
 
 
 class CUBLAS_Context:  # noqa: N801  (public name)
@@ -131,60 +109,6 @@ class CUBLAS_Context:  # noqa: N801  (public name)
     def get_context(self, device: torch.device) -> Any:
         """The cached handle for ``device`` (None: kernels manage their own handles)."""
         return self.context.setdefault(device.index if device.index is not None else 0, None)
-
-
-def get_paged(
-    *shape: int, dtype: torch.dtype = torch.float32, device: torch.device = FIRST_CUDA_DEVICE
-) -> torch.Tensor:
-    """Allocate a paged tensor. Not available in this build: raises RuntimeError."""
-    raise RuntimeError(_PAGING_UNSUPPORTED)
-
-
-def prefetch_tensor(A: torch.Tensor, to_cpu: bool = False) -> None:
-    """Prefetch a paged tensor. Raises RuntimeError (no paged tensors exist in this build)."""
-    if not getattr(A, "is_paged", False):
-        raise ValueError("bitsandbytes: prefetch_tensor needs a paged tensor (A.is_paged is False)")
-    raise RuntimeError(_PAGING_UNSUPPORTED)
-
-
-def elementwise_func(func_name: str, A: torch.Tensor, B: Any, value: float = 0.0, prefetch: bool = True) -> None:
-    """Native element-wise helper over paged tensors. Raises RuntimeError in this build."""
-    raise RuntimeError(_PAGING_UNSUPPORTED)
-
-
-def fill(A: torch.Tensor, value: float, device: Any = None, prefetch: bool = True) -> None:
-    """Native fill of a paged tensor. Raises RuntimeError in this build."""
-    raise RuntimeError(_PAGING_UNSUPPORTED)
-
-
-def _mul(A: torch.Tensor, B: torch.Tensor, device: Any = None) -> None:
-    raise RuntimeError(_PAGING_UNSUPPORTED)
-
-
-def is_on_gpu(tensors: Iterable[torch.Tensor | None]) -> bool:
-    """True if the tensors are all on CPU or all on one accelerator; RuntimeError otherwise.
-
-    ``None`` entries and paged tensors are ignored.
-    """
-    on_cpu = False
-    gpu_ids: set[tuple[str, int | None]] = set()
-    for t in tensors:
-        if t is None or getattr(t, "is_paged", False):
-            continue
-        if t.device.type == "cpu":
-            on_cpu = True
-        else:
-            gpu_ids.add((t.device.type, t.device.index))
-    if on_cpu and gpu_ids:
-        shapes = [(tuple(t.shape), t.device) for t in tensors if t is not None]
-        raise RuntimeError(
-            f"bitsandbytes: all tensors must be on the same device (CPU or one accelerator), got {shapes}"
-        )
-    if len(gpu_ids) > 1:
-        raise RuntimeError(
-            f"bitsandbytes: input tensors must be on one accelerator device, got {sorted(map(str, gpu_ids))}"
-        )
-    return True
 
 
 def get_ptr(A: torch.Tensor | None) -> ctypes.c_void_p | None:
@@ -214,12 +138,6 @@ class _NoNativeLibrary:
 
 lib = _NoNativeLibrary()
 """Compatibility handle; calling any attribute raises RuntimeError."""
-
-
-try:  # The optimizer update wrappers are maintained in their own module.
-    from ._functional_optim import optimizer_update_8bit_blockwise, optimizer_update_32bit  # noqa: F401
-except ImportError:
-    pass
 
 
 __all__ = [
@@ -263,7 +181,14 @@ __all__ = [
 ]
 
 # The public names keep this module as their ``__module__``: pickles and reprs name them as before.
-_SPLIT_OUT = ("_functional_codebooks", "_quant_state", "_functional_blockwise", "_functional_4bit", "_functional_int8")
+_SPLIT_OUT = (
+    "_functional_codebooks",
+    "_quant_state",
+    "_functional_blockwise",
+    "_functional_4bit",
+    "_functional_int8",
+    "_paging",
+)
 for _name in __all__:
     if getattr(globals()[_name], "__module__", "").removeprefix("bitsandbytes.") in _SPLIT_OUT:
         globals()[_name].__module__ = __name__

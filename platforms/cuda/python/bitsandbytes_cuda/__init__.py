@@ -67,6 +67,14 @@ def register(register_kernel: Callable[[str, Callable], None]) -> None:
             register_kernel(name, fn)
 
 
+def paged_memory() -> tuple[Callable, Callable]:
+    """CUDA managed memory for paged optimizers, as the meta-package takes it after ``register``:
+    ``(allocate(shape, dtype), prefetch(tensor, device_index, to_cpu))``."""
+    from . import paged
+
+    return paged.empty_paged, paged.prefetch
+
+
 def native_build_info() -> dict[str, Any]:
     """The build info compiled into libbitsandbytes_cuda (loads the native library)."""
     from . import _C
@@ -81,6 +89,7 @@ __all__ = [
     "build_info",
     "check_runtime",
     "native_build_info",
+    "paged_memory",
     "register",
 ]
 

@@ -15,7 +15,7 @@ import torch
 
 from bitsandbytes import _checks as C
 
-from . import _C
+from . import _C, paged
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 QUANT_CODE = {"fp4": 0, "nf4": 1}
@@ -54,7 +54,8 @@ _DEVICE_TYPE = "cuda"
 
 
 def _on_cuda(**tensors: torch.Tensor | None) -> torch.device:
-    """Check that every given tensor is on one CUDA device and return it.
+    """Check that every given tensor is on one CUDA device, or in paged memory (a paged optimizer's
+    states), and return the device.
 
     A negated view (``tensor.is_neg()``, e.g. ``z.conj().imag``) is refused too: its memory holds
     the values before negation, which a kernel reading ``data_ptr()`` would take as they are (a
@@ -62,8 +63,8 @@ def _on_cuda(**tensors: torch.Tensor | None) -> torch.device:
     """
     device = None
     for name, t in tensors.items():
-        if t is None:
-            continue
+        if t is None or (t.device.type == "cpu" and getattr(t, "is_paged", False) and paged.holds(t)):
+            continue  # paged (managed) memory: the kernels address it from any GPU
         C.check(
             t.device.type == _DEVICE_TYPE,
             f"bitsandbytes_cuda: {name} must be on a CUDA device, got {t.device}",

@@ -44,6 +44,16 @@ def _allocation_of(address: int) -> tuple[int, int] | None:
     return (start, size) if address < start + size else None
 
 
+def holds(t: torch.Tensor) -> bool:
+    """Whether every byte ``t`` addresses lies in one live paged allocation: such a tensor reports
+    device ``cpu``, yet the kernels of any GPU may read and write it in place."""
+    if t.numel() == 0:
+        return True
+    span = t.element_size() * (1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())))
+    found = _allocation_of(t.data_ptr())
+    return found is not None and t.data_ptr() + span <= found[0] + found[1]
+
+
 def empty_paged(shape: tuple[int, ...] | list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A CPU-addressable tensor backed by managed memory (freed when the tensor is collected).
 

@@ -172,6 +172,14 @@ def register(register_kernel: Callable[[str, Callable], None]) -> None:
             register_kernel(name, fn)
 
 
+def paged_memory() -> tuple[Callable, Callable]:
+    """HIP managed memory for paged optimizers (the shared ``paged.py``), as the meta-package takes
+    it after ``register``: ``(allocate(shape, dtype), prefetch(tensor, device_index, to_cpu))``."""
+    from . import paged
+
+    return paged.empty_paged, paged.prefetch
+
+
 def native_build_info() -> dict[str, Any]:
     """The build info compiled into the kernel library torch's ROCm major uses (loads it)."""
     from . import _C
@@ -191,6 +199,7 @@ __all__ = [
     "hip_major",
     "libraries",
     "native_build_info",
+    "paged_memory",
     "register",
     "torch_runtime",
     "unsupported_gpus",
