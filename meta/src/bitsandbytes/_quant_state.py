@@ -66,6 +66,12 @@ def _tensor_item(qs_dict: dict[str, Any], key: str, device: torch.device | str) 
     return value.to(device)
 
 
+def _offset_value(offset: torch.Tensor) -> float:
+    """``nested_offset`` as a number; NaN for a state on ``meta`` (a layer moved there keeps its
+    state-dict keys, and ``from_dict`` refuses the NaN should such an entry ever be loaded)."""
+    return math.nan if offset.device.type == "meta" else offset.item()
+
+
 class QuantState:
     """Everything needed to dequantize a block-wise quantized tensor (4-bit or 8-bit).
 
@@ -243,7 +249,7 @@ class QuantState:
                     "nested_blocksize": self.state2.blocksize,
                     "nested_quant_map": self.state2.code.clone(),
                     "nested_dtype": _dtype_name(self.state2.dtype),
-                    "nested_offset": self.offset.item(),
+                    "nested_offset": _offset_value(self.offset),
                 }
             )
         if not packed or self.quant_type is None:

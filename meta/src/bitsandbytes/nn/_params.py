@@ -49,6 +49,72 @@ DECODE_PLAN_BUILDS_KEY = "_bnb_decode_plan_builds"
 
 _CACHE_KEYS = (PLAIN_ALIAS_KEY, DECODE_PLAN_KEY, DECODE_PLAN_BUILDS_KEY)
 
+_APPLYING = 0
+"""Above zero while a bitsandbytes layer runs ``nn.Module._apply`` (``module_apply``): ``detach()``
+of a Params4bit / Int8Params then keeps its type and attributes, as torch's ``Parameter(...)``
+rebuild of a parameter moved to an incompatible device (to or from ``meta``) requires."""
+
+
+def _tensor_to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``t`` on ``device``; uninitialized memory there when ``t`` is on meta (``to_empty``)."""
+    if t is None or t.device == device:
+        return t
+    if t.device.type == "meta":
+        return torch.empty_like(t, device=device)
+    return t.to(device)
+
+
+def _quant_state_to(qs: QuantState | None, device: torch.device) -> None:
+    """``QuantState.to`` in place, where a state on meta gets uninitialized tensors (``to_empty``)."""
+    if qs is None:
+        return
+    qs.code = _tensor_to(qs.code, device)
+    qs.absmax = _tensor_to(qs.absmax, device)
+    if qs.nested:
+        qs.offset = _tensor_to(qs.offset, device)
+        qs.state2.absmax = _tensor_to(qs.state2.absmax, device)
+        qs.state2.code = _tensor_to(qs.state2.code, device)
+
+
+def module_apply(module: nn.Module, apply: Any, fn: Any, recurse: bool) -> nn.Module:
+    """``nn.Module._apply`` (``apply``, the bound base method) for a layer holding Params4bit /
+    Int8Params: each such parameter comes out as its own type with its quantization state (quant
+    state, row scales) on the parameter's new device, whatever ``fn`` does (``.to``, ``to_empty``,
+    ``share_memory_``), and its packed codes are never converted to another dtype (``.type()``).
+
+    torch rebuilds a parameter moved to an incompatible device (to or from ``meta``) with
+    ``Parameter(new, requires_grad)``, which needs ``detach()`` to keep the type; a plain
+    Parameter in its place would drop the quant state (peft and transformers then read packed
+    bytes as weights)."""
+    global _APPLYING
+    own = [p for p in module._parameters.values() if isinstance(p, (Params4bit, Int8Params))]
+    if not own:
+        return apply(fn, recurse)
+
+    def keeping(t: torch.Tensor) -> torch.Tensor:
+        out = fn(t)
+        for p in own:
+            if t is p and out is not p:
+                return p._applied(out)
+        return out
+
+    _APPLYING += 1
+    try:
+        result = apply(keeping, recurse)
+    finally:
+        _APPLYING -= 1
+    for p in module._parameters.values():
+        if not isinstance(p, (Params4bit, Int8Params)):
+            continue
+        p.__dict__.pop("_is_param", None)  # set by Parameter(...); the __dict__ keys are a contract
+        if isinstance(p, Int8Params):
+            # torch keeps the old parameter object where the devices are compatible (its data
+            # replaced), or a rebuilt one: either way, the codes are its data, the scales beside it
+            if p.CB is not None:
+                p.CB = p.data
+            p.SCB = _tensor_to(p.SCB, p.device)
+    return result
+
 
 def _check_fsdp1_flatten(frame: Any) -> None:
     """FSDP1 flattens each unit's parameters into one float tensor of a single dtype. When its
@@ -141,9 +207,7 @@ class Params4bit(torch.nn.Parameter):
         return new
 
     def __copy__(self) -> Params4bit:
-        new = type(self).__new__(type(self))
-        new.__setstate__(self.__getstate__())
-        return new
+        return _rebuild_params4bit(self.__getstate__(), type(self))
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
@@ -173,6 +237,34 @@ class Params4bit(torch.nn.Parameter):
                 for part in parts
             )
         return super().__torch_function__(func, types, args, kwargs)
+
+    def _like(self, data: torch.Tensor) -> Params4bit:
+        """A Params4bit of ``data`` with this one's attributes (the same quant state object)."""
+        return Params4bit(
+            data,
+            requires_grad=self.requires_grad,
+            quant_state=self.quant_state,
+            blocksize=self.blocksize,
+            compress_statistics=self.compress_statistics,
+            quant_type=self.quant_type,
+            quant_storage=self.quant_storage,
+            module=self.module,
+            bnb_quantized=self.bnb_quantized,
+        )
+
+    def detach(self) -> torch.Tensor:  # type: ignore[override]
+        out = super().detach()
+        return self._like(out) if _APPLYING else out
+
+    def _applied(self, out: torch.Tensor) -> torch.Tensor:
+        """What ``module_apply`` keeps of ``out``, a layer function's result for this parameter."""
+        if isinstance(out, Params4bit):  # .to(): the quant state has moved with it
+            out.module = self.module
+            return out
+        if self.bnb_quantized and (out.dtype, out.shape) != (self.dtype, self.shape):
+            return self.to(out.device)  # a value conversion (Module.type) would garble the codes
+        _quant_state_to(self.quant_state, out.device)
+        return self._like(out)
 
     # -- the quantized state -----------------------------------------------------------------
 
@@ -284,9 +376,12 @@ class Params4bit(torch.nn.Parameter):
         )
 
 
-def _rebuild_params4bit(state: dict[str, Any]) -> Params4bit:
-    new = Params4bit.__new__(Params4bit)
-    new.__setstate__(state)
+def _rebuild_params4bit(state: dict[str, Any], cls: type = Params4bit) -> Params4bit:
+    # Made around its data: a tensor of another kind (meta) cannot replace an empty CPU one's data.
+    state = dict(state)
+    new = cls.__new__(cls, state.pop("data"), requires_grad=state.pop("requires_grad"))
+    for k, v in state.items():
+        setattr(new, k, v)
     return new
 
 
@@ -354,6 +449,29 @@ class Int8Params(torch.nn.Parameter):
             new.CB = new.data if self.CB.data_ptr() == self.data.data_ptr() else copy.deepcopy(self.CB, memo)
         memo[id(self)] = new
         return new
+
+    def _like(self, data: torch.Tensor, SCB: torch.Tensor | None) -> Int8Params:
+        """An Int8Params of ``data`` with this one's flags; ``CB`` is the new data where this one has it."""
+        new = Int8Params(data, requires_grad=self.requires_grad, has_fp16_weights=self.has_fp16_weights, SCB=SCB)
+        if self.CB is not None:
+            new.CB = new.data
+        return new
+
+    def detach(self) -> torch.Tensor:  # type: ignore[override]
+        out = super().detach()
+        return self._like(out, self.SCB) if _APPLYING else out
+
+    def _applied(self, out: torch.Tensor) -> torch.Tensor:
+        """What ``module_apply`` keeps of ``out``, a layer function's result for this parameter
+        (``module_apply`` then puts ``CB`` / ``SCB`` where the kept parameter's data is)."""
+        if self.dtype == torch.int8 and out.dtype != torch.int8:
+            out = self.to(out.device)  # a value conversion (Module.type) would garble the codes
+        if not isinstance(out, Int8Params):
+            return self._like(out, self.SCB)
+        # .to() gives codes CB and the scales as if none had moved into a layer's state
+        out.CB = out.data if self.CB is not None else None
+        out.SCB = self.SCB
+        return out
 
     def to(self, *args: Any, **kwargs: Any) -> Int8Params:  # type: ignore[override]
         """Quantize float CPU data on a move to a real device; otherwise move data and scales."""

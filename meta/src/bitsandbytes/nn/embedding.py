@@ -8,6 +8,7 @@ and the quantized tables ``Embedding8bit`` (int8 rows) and ``Embedding4bit`` / `
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 
 from .. import functional as F
 from ..functional import QuantState
-from ._params import Int8Params, Params4bit
+from ._params import Int8Params, Params4bit, module_apply
 from .linear4bit import fix_4bit_weight_quant_state_from_module
 
 logger = logging.getLogger("bitsandbytes.nn.modules")
@@ -129,6 +130,9 @@ class Embedding8bit(nn.Embedding):
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         raise NotImplementedError("Saving Embedding8bit module is not implemented")
 
+    def _apply(self, fn: Callable, recurse: bool = True) -> Embedding8bit:  # type: ignore[override]
+        return module_apply(self, super()._apply, fn, recurse)  # the weight keeps its type and state
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.weight, "SCB") or self.weight.SCB is None:
             raise RuntimeError("Embedding layer is not quantized. Please call .cuda() or .to(device) first.")
@@ -175,6 +179,9 @@ class Embedding4bit(nn.Embedding):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         raise NotImplementedError("Saving Embedding4bit module is not implemented")
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> Embedding4bit:  # type: ignore[override]
+        return module_apply(self, super()._apply, fn, recurse)  # the weight keeps its type and state
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         fix_4bit_weight_quant_state_from_module(self)

@@ -17,7 +17,14 @@ from .. import _checks, _direct
 from ..autograd._functions import matmul_4bit
 from ..functional import QuantState
 from . import _runners
-from ._params import DECODE_PLAN_BUILDS_KEY, DECODE_PLAN_KEY, PLAIN_ALIAS_KEY, NotQuantizedError, Params4bit
+from ._params import (
+    DECODE_PLAN_BUILDS_KEY,
+    DECODE_PLAN_KEY,
+    PLAIN_ALIAS_KEY,
+    NotQuantizedError,
+    Params4bit,
+    module_apply,
+)
 
 if TYPE_CHECKING:
     from .embedding import Embedding4bit
@@ -202,6 +209,10 @@ class Linear4bit(nn.Linear):
         self.quant_state: QuantState | None = None
         self.quant_storage = quant_storage
         self.support_avx512bf16_for_cpu = False
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> Linear4bit:  # type: ignore[override]
+        # .to("meta"), to_empty(): the weight stays a Params4bit with its quant state (module_apply)
+        return module_apply(self, super()._apply, fn, recurse)
 
     def set_compute_type(self, x: torch.Tensor) -> None:
         """Pick the compute dtype from the first input (f32/bf16 inputs); warn about slow f16/f32 mixes."""

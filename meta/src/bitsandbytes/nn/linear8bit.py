@@ -17,7 +17,7 @@ from .. import _checks, _direct
 from ..autograd._functions import MatmulLtState, matmul
 from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
 from . import _runners
-from ._params import Int8Params, NotQuantizedError
+from ._params import Int8Params, NotQuantizedError, _tensor_to, module_apply
 from .linear4bit import _bias_in
 
 
@@ -145,10 +145,30 @@ class Linear8bitLt(nn.Linear):
                 )
                 unexpected_keys.remove(key)
                 continue
-            target.copy_(scb)
-            if self.state.SCB is not None:
-                self.state.SCB = target
+            if local_metadata.get("assign_to_params_buffers", False):
+                self._assign_scales(scb)
+            else:
+                target.copy_(scb)
+                if self.state.SCB is not None:
+                    self.state.SCB = target
             unexpected_keys.remove(key)
+
+    def _assign_scales(self, scb: torch.Tensor) -> None:
+        """load_state_dict(assign=True): torch put the checkpoint's codes in place as a plain
+        Parameter; keep them an Int8Params with the checkpoint's scales, where the layer reads them
+        (the state after a forward, else the weight). Copying into the old scales, as without
+        assign, would leave them with the replaced parameter (or on meta)."""
+        weight = self._parameters["weight"]
+        if not isinstance(weight, Int8Params):
+            weight = Int8Params(
+                weight.data, requires_grad=weight.requires_grad, has_fp16_weights=self.state.has_fp16_weights
+            )
+            self._parameters["weight"] = weight
+        if self.state.CB is not None or self.state.SCB is not None:
+            self.state.CB, self.state.SCB = weight.data, scb
+            weight.CB = weight.SCB = None
+        else:
+            weight.CB, weight.SCB = weight.data, scb
 
     def init_8bit_state(self) -> None:
         """Move the int8 weight and its scales from the parameter into ``state``."""
@@ -156,6 +176,17 @@ class Linear8bitLt(nn.Linear):
         self.state.SCB = self.weight.SCB
         self.weight.CB = None
         self.weight.SCB = None
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> Linear8bitLt:  # type: ignore[override]
+        module_apply(self, super()._apply, fn, recurse)
+        # After a forward the int8 weight lives in the state (init_8bit_state): keep it the
+        # parameter's data and the scales beside it, also through to_empty() and meta.
+        state, weight = self.state, self._parameters.get("weight")
+        if weight is not None and (state.CB is not None or state.SCB is not None):
+            if state.CB is not None and weight.dtype == torch.int8 and weight.shape == state.CB.shape:
+                state.CB = weight.data
+            state.SCB = _tensor_to(state.SCB, weight.device)
+        return self
 
     def to(self, *args: Any, **kwargs: Any) -> Linear8bitLt:  # type: ignore[override]
         result = super().to(*args, **kwargs)

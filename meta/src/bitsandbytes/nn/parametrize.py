@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import functional as F
 from ..functional import QuantState
+from ._params import _quant_state_to
 
 
 class Bnb4bitParametrization(nn.Module):
@@ -22,7 +23,12 @@ class Bnb4bitParametrization(nn.Module):
 
     @torch.no_grad()
     def forward(self, quantized_param: torch.Tensor) -> torch.Tensor:
-        return F.dequantize_4bit(quantized_param, self.quant_state)
+        qs = self.quant_state
+        if qs.absmax.device != quantized_param.device:
+            # The quant state is no parameter or buffer: Module.to() / to_empty() moved only the
+            # packed data (the parametrization's ``original``); the state follows it here.
+            _quant_state_to(qs, quantized_param.device)
+        return F.dequantize_4bit(quantized_param, qs)
 
 
 def _enable_parametrization_cache(module: nn.Module, inputs: Any) -> None:

@@ -1,0 +1,261 @@
+"""Life cycle of the quantized layers as transformers, peft and accelerate drive it: moves to and from
+``meta`` (``module.to("meta")``, ``to_empty``), reloading, copying, with values checked against the
+established release's fixtures or the layer's own earlier outputs."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+import bitsandbytes as bnb
+from bitsandbytes.nn.parametrize import replace_parameter_4bit
+from conftest import DATA, load_fixture
+
+LINEAR4BIT = sorted(
+    p.name[: -len(".safetensors")] for p in DATA.glob("linear4bit_*.safetensors") if ".io." not in p.name
+)
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
+PARAMS4BIT_KEYS = [
+    "blocksize",
+    "compress_statistics",
+    "quant_type",
+    "quant_state",
+    "quant_storage",
+    "bnb_quantized",
+    "module",
+]
+
+
+def _linear4bit(name: str) -> tuple[bnb.nn.Linear4bit, dict]:
+    """The fixture's layer, quantized on CPU from its float weight, and its inputs/outputs."""
+    _, qt, nest, storage, compute = name.split("_")
+    m = bnb.nn.Linear4bit(
+        128,
+        64,
+        True,
+        getattr(torch, compute),
+        compress_statistics=nest == "nested",
+        quant_type=qt,
+        quant_storage=getattr(torch, storage),
+    )
+    io_ = load_fixture(f"{name}.io.safetensors")
+    m.weight.data = io_["float_weight"].clone()
+    m.bias.data = io_["float_bias"].clone()
+    return m.to("cpu"), io_
+
+
+def _tensor_shapes(qs: bnb.functional.QuantState) -> dict:
+    return {k: (v.shape, v.dtype) for k, v in qs.as_dict().items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("name", LINEAR4BIT)
+def test_linear4bit_to_meta_then_to_empty_and_reload_gives_fixture_outputs(name):
+    """module.to("meta") on a quantized Linear4bit failed inside nn.Module._apply (torch's
+    Parameter(...) rebuild needs detach() to keep the Params4bit type)."""
+    m, io_ = _linear4bit(name)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    qs = m.quant_state
+    shapes = _tensor_shapes(qs)
+    packed = (m.weight.shape, m.weight.dtype)
+
+    assert m.to("meta") is m
+    w = m.weight
+    assert type(w) is bnb.nn.Params4bit and w.device.type == "meta" and (w.shape, w.dtype) == packed
+    assert list(w.__dict__) == PARAMS4BIT_KEYS  # no "_is_param" left by Parameter(...)
+    assert w.module is m and w.bnb_quantized and not w.requires_grad
+    assert m.quant_state is qs and w.quant_state is qs  # the same state, moved in place
+    assert qs.shape == (64, 128) and _tensor_shapes(qs) == shapes
+    assert qs.absmax.device.type == "meta" and qs.code.device.type == "meta"
+    assert type(w.detach()) is torch.Tensor  # outside a module move detach() is torch's
+    on_meta = m.state_dict()  # the keys stay (the nested offset, unknown on meta, is NaN)
+    assert list(on_meta) == list(sd)
+    assert all(v.device.type == "meta" for k, v in on_meta.items() if "quant_state." not in k)
+
+    m.to_empty(device="cpu")
+    w = m.weight
+    assert type(w) is bnb.nn.Params4bit and w.device.type == "cpu" and (w.shape, w.dtype) == packed
+    assert list(w.__dict__) == PARAMS4BIT_KEYS and w.module is m
+    assert all(t.device.type == "cpu" for t in qs.as_dict().values() if isinstance(t, torch.Tensor))
+    assert _tensor_shapes(qs) == shapes
+
+    m.load_state_dict(sd)
+    assert m.quant_state is m.weight.quant_state
+    for x, y in (("x3", "y3"), ("x1", "y1")):
+        out = m(io_[x])
+        assert out.dtype == io_[x].dtype
+        torch.testing.assert_close(out.float(), io_[y].float(), rtol=TOL[out.dtype], atol=TOL[out.dtype])
+
+
+@pytest.mark.parametrize("name", LINEAR4BIT[:2] + LINEAR4BIT[-2:])
+def test_linear4bit_on_meta_loads_a_checkpoint_with_assign(name):
+    m, io_ = _linear4bit(name)
+    want = m(io_["x3"])
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    m.to("meta")
+    m.load_state_dict(sd, assign=True)
+    assert type(m.weight) is bnb.nn.Params4bit and m.weight.device.type == "cpu"
+    assert m.quant_state is m.weight.quant_state
+    assert torch.equal(m(io_["x3"]), want)
+
+
+def test_linear4bit_model_to_meta_keeps_every_layer_and_deepcopies():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        bnb.nn.LinearNF4(64, 32, compute_dtype=torch.float32),
+        torch.nn.ReLU(),
+        bnb.nn.LinearFP4(32, 8, bias=False, compute_dtype=torch.float32, compress_statistics=False),
+    ).to("cpu")
+    x = torch.randn(2, 5, 64)
+    want = model(x)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    model.to("meta")
+    assert all(type(model[i].weight) is bnb.nn.Params4bit for i in (0, 2))
+    twin = copy.deepcopy(model)  # a meta model copies too (accelerate's init_empty_weights copies)
+    for m in (model, twin):
+        m.to_empty(device="cpu")
+        m.load_state_dict(sd)
+        assert torch.equal(m(x), want)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+@pytest.mark.parametrize("ran", [False, True])
+def test_linear8bitlt_to_meta_then_to_empty_and_reload(threshold, ran):
+    """Same failure for Int8Params; after to_empty the int8 codes, CB and SCB must stay together so
+    that load_state_dict refills the scales the forward uses."""
+    io_ = load_fixture(f"linear8bitlt_thr{int(threshold)}.io.safetensors")
+    m = bnb.nn.Linear8bitLt(128, 64, has_fp16_weights=False, threshold=threshold)
+    m.weight.data = io_["float_weight"].clone()
+    m.bias.data = io_["float_bias"].clone()
+    m = m.to("cpu")
+    x = io_["x_fp32"]
+    if ran:
+        m(x)  # moves CB / SCB from the weight into m.state
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+
+    m.to("meta")
+    assert type(m.weight) is bnb.nn.Int8Params and m.weight.device.type == "meta"
+    assert list(m.weight.__dict__) == ["CB", "SCB", "has_fp16_weights"]
+    scb = m.state.SCB if ran else m.weight.SCB
+    assert scb.device.type == "meta" and scb.shape == (64,)
+
+    m.to_empty(device="cpu")
+    assert type(m.weight) is bnb.nn.Int8Params and m.weight.dtype == torch.int8
+    m.load_state_dict(sd)
+    torch.testing.assert_close(m(x), io_["y_fp32"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(m.state_dict()["SCB"], sd["SCB"])
+
+
+@pytest.mark.parametrize("cls", [bnb.nn.EmbeddingNF4, bnb.nn.EmbeddingFP4, bnb.nn.Embedding8bit])
+def test_quantized_embeddings_to_meta_and_back(cls):
+    torch.manual_seed(0)
+    e = cls(10, 64).to("cpu")
+    idx = torch.tensor([[1, 2], [9, 0]])
+    want = e(idx)
+    kept = {k: v.clone() for k, v in vars(e.weight).items() if isinstance(v, torch.Tensor)}
+    qs = getattr(e.weight, "quant_state", None)
+    kept_qs = None if qs is None else {k: v.clone() for k, v in qs.as_dict().items() if isinstance(v, torch.Tensor)}
+    data = e.weight.data.clone()
+    e.to("meta")
+    assert type(e.weight).__name__ in ("Params4bit", "Int8Params") and e.weight.device.type == "meta"
+    e.to_empty(device="cpu")
+    # refill what to_empty left uninitialized, as a loader would
+    e.weight.data.copy_(data)
+    for k, v in kept.items():
+        getattr(e.weight, k).copy_(v)
+    if kept_qs is not None:
+        assert e.quant_state is e.weight.quant_state
+        e.quant_state.absmax.copy_(kept_qs["absmax"])
+        e.quant_state.code.copy_(kept_qs["quant_map"])
+    assert torch.equal(e(idx), want)
+
+
+def test_parametrized_4bit_quant_state_follows_the_packed_data():
+    """The parametrization's quant state is no parameter or buffer: Module.to() moved the packed
+    data alone, and the forward mixed devices."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 16)
+    replace_parameter_4bit(lin, "weight", compress_statistics=True)
+    x = torch.randn(3, 64)
+    want = lin(x)
+    packed = lin.parametrizations.weight.original.detach().clone()
+    lin.to("meta")
+    assert lin(x.to("meta")).shape == (3, 16)
+    lin.to_empty(device="cpu")
+    qs = lin.parametrizations.weight[0].quant_state
+    with torch.no_grad():
+        lin.parametrizations.weight.original.copy_(packed)
+        lin.bias.copy_(torch.zeros(16))
+    out = lin(x)  # runs: the state followed the data to the CPU (its values are to_empty's)
+    assert out.shape == (3, 16) and qs.absmax.device.type == "cpu" and qs.state2.absmax.device.type == "cpu"
+    assert want.shape == out.shape
+
+
+def test_linear4bit_module_type_keeps_the_packed_codes():
+    """Module.type(dtype) converts every parameter by value: the packed codes were garbled."""
+    torch.manual_seed(0)
+    m = bnb.nn.Linear4bit(64, 16, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+    x = torch.randn(2, 64)
+    want = m(x)
+    packed = m.weight.data.clone()
+    m.type(torch.float64).type(torch.float32)
+    assert type(m.weight) is bnb.nn.Params4bit and torch.equal(m.weight.data, packed)
+    torch.testing.assert_close(m(x), want)
+
+
+def test_linear4bit_pickle_and_torch_save_roundtrip_on_meta_and_cpu():
+    torch.manual_seed(0)
+    m = bnb.nn.Linear4bit(64, 16, compute_dtype=torch.float32, quant_type="fp4").to("cpu")
+    x = torch.randn(2, 64)
+    want = m(x)
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    back = pickle.loads(pickle.dumps(copy.deepcopy(m).to("meta")))
+    assert type(back.weight) is bnb.nn.Params4bit and back.weight.module is back
+    back.to_empty(device="cpu").load_state_dict(sd)
+    assert torch.equal(back(x), want)
+
+
+def test_params4bit_on_meta_copies_pickles_and_serializes_its_state():
+    """Params4bit.to("meta") always worked; copy.copy / pickle of the result failed (rebuilt
+    around an empty CPU tensor), and a nested state on meta could not list its items."""
+    torch.manual_seed(0)
+    w = bnb.nn.Params4bit(torch.randn(16, 64), quant_type="nf4", compress_statistics=True).to("cpu")
+    items = w.quant_state.as_dict(packed=True)
+    on_meta = w.to("meta")
+    for twin in (copy.copy(on_meta), pickle.loads(pickle.dumps(on_meta))):
+        assert type(twin) is bnb.nn.Params4bit and twin.device.type == "meta"
+        assert twin.shape == on_meta.shape and twin.dtype == torch.uint8
+        assert list(twin.__dict__) == PARAMS4BIT_KEYS and twin.quant_state.shape == (16, 64)
+    packed = on_meta.quant_state.as_dict(packed=True)
+    assert list(packed) == list(items)
+    blob = packed["quant_state.bitsandbytes__nf4"]
+    with pytest.raises(ValueError, match="nested_offset"):  # a NaN offset is never loaded
+        bnb.functional.QuantState.from_dict({**items, "quant_state.bitsandbytes__nf4": blob}, device="cpu")
+
+
+@pytest.mark.parametrize("on_meta", [False, True])
+@pytest.mark.parametrize("ran", [False, True])
+def test_linear8bitlt_load_state_dict_with_assign(on_meta, ran):
+    """assign=True put the checkpoint's codes in as a plain Parameter and copied its scales into
+    the replaced Int8Params: the next forward failed (no scales) or read the old codes."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 128)
+    src = bnb.nn.Linear8bitLt(128, 64, has_fp16_weights=False, threshold=6.0).to("cpu")
+    want = src(x)
+    sd = src.state_dict()
+    dst = bnb.nn.Linear8bitLt(128, 64, has_fp16_weights=False, threshold=6.0).to("cpu")
+    if ran:
+        dst(x)
+    if on_meta:
+        dst.to("meta")
+    dst.load_state_dict(sd, assign=True)
+    assert type(dst.weight) is bnb.nn.Int8Params and list(dst.weight.__dict__) == ["CB", "SCB", "has_fp16_weights"]
+    assert dst.weight.data_ptr() == sd["weight"].data_ptr()  # assigned, not copied
+    assert torch.equal(dst(x), want)
+    assert torch.equal(dst.state_dict()["SCB"], sd["SCB"])
