@@ -10,11 +10,7 @@ which go through ``torch.ops.bitsandbytes`` to the kernel registered for the par
 from __future__ import annotations
 
 import logging
-from collections import abc as container_abcs
-from collections import defaultdict
 from collections.abc import Iterable
-from copy import deepcopy
-from itertools import chain
 from typing import Any
 
 import torch
@@ -23,6 +19,8 @@ from .. import _functional_optim as F
 from .._checks import FLOAT_DTYPES
 from ..backends.reference.codebooks import dynamic_map
 from ._hyperparams import validate_ademamix, validate_hyperparameters
+from ._state_dict import QUANT_STATE_KEY, _local, wrap_quant_state
+from ._state_dict import load_state_dict as _load_state_dict
 from .manager import GlobalOptimManager, MockArgs
 
 logger = logging.getLogger(__name__)
@@ -31,17 +29,6 @@ STATE_BLOCKSIZE = 256
 """Block size of 8-bit optimizer states (fixed, spec §8.3)."""
 
 _PAGING_WARNED = False
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The rank's own shard of a DTensor (FSDP2 parameters and gradients), else ``t`` itself.
-
-    The kernels update plain tensors; each rank steps its local shard and keeps block-wise state
-    for that shard only. Under ``no_grad`` the local tensor is the DTensor's storage, so in-place
-    updates land in the sharded parameter.
-    """
-    to_local = getattr(t, "to_local", None)
-    return to_local() if to_local is not None and type(t).__name__ == "DTensor" else t
 
 
 def _warn_paging_unsupported(device: torch.device) -> None:
@@ -58,7 +45,7 @@ def _warn_paging_unsupported(device: torch.device) -> None:
 class Optimizer8bit(torch.optim.Optimizer):
     """Base of every bitsandbytes optimizer (8-bit and 32-bit states alike)."""
 
-    _FSDP_WRAPPED_QUANT_STATE_KEY = "__bnb_optimizer_quant_state__"
+    _FSDP_WRAPPED_QUANT_STATE_KEY = QUANT_STATE_KEY
 
     def __init__(
         self, params: Iterable, defaults: dict[str, Any], optim_bits: int = 32, is_paged: bool = False
@@ -87,14 +74,21 @@ class Optimizer8bit(torch.optim.Optimizer):
             self.fill_qmap()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As ``torch.optim.Optimizer.add_param_group``, rejecting parameters the kernels cannot update."""
-        super().add_param_group(param_group)
-        for p in self.param_groups[-1]["params"]:
-            if p.dtype not in FLOAT_DTYPES:
+        """As ``torch.optim.Optimizer.add_param_group``, rejecting parameters the kernels cannot
+        update before the group is added (a refused group must not stay behind)."""
+        params = param_group["params"]
+        if isinstance(params, torch.Tensor):
+            param_group["params"] = params = [params]
+        elif not isinstance(params, set):  # torch refuses sets with its own message
+            param_group["params"] = params = list(params)
+        for p in params:
+            p = p[1] if isinstance(p, tuple) and len(p) == 2 else p  # (name, param) pairs
+            if isinstance(p, torch.Tensor) and p.dtype not in FLOAT_DTYPES:
                 raise TypeError(
                     f"bitsandbytes optimizers update float32, float16 or bfloat16 parameters; got a parameter "
                     f"of dtype {p.dtype} and shape {tuple(p.shape)}"
                 )
+        super().add_param_group(param_group)
 
     def fill_qmap(self) -> None:
         """Create the signed (``dynamic``) and unsigned (``udynamic``) 8-bit state maps."""
@@ -106,77 +100,33 @@ class Optimizer8bit(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The torch layout, with each parameter's quantization state wrapped under
         ``"__bnb_optimizer_quant_state__"`` (so FSDP leaves it alone)."""
-        sd = super().state_dict()
-        wrapped = {}
-        for idx, pstate in sd["state"].items():
-            outer = {k: v for k, v in pstate.items() if k not in self.non_castable_tensor_keys}
-            inner = {k: v for k, v in pstate.items() if k in self.non_castable_tensor_keys}
-            if inner:
-                outer[self._FSDP_WRAPPED_QUANT_STATE_KEY] = inner
-            wrapped[idx] = outer
-        sd["state"] = wrapped
-        return sd
+        return wrap_quant_state(super().state_dict(), self.non_castable_tensor_keys)
 
     def load_state_dict(self, state_dict: dict[str, Any], move_to_device: bool = True) -> None:
         """Load a state dict of ``state_dict()``'s layout (wrapped or not).
 
         Floating tensors other than the quantization state are cast to each parameter's dtype
         and device; the quantization state keeps its dtype and is moved to the parameter's
-        device when ``move_to_device``.
+        device when ``move_to_device``. A parameter state this optimizer cannot continue with
+        (another algorithm's, torch.optim's, another shape) raises ValueError.
         """
-        state_dict = deepcopy(state_dict)
-        for pstate in state_dict["state"].values():
-            if isinstance(pstate, dict) and self._FSDP_WRAPPED_QUANT_STATE_KEY in pstate:
-                pstate.update(pstate.pop(self._FSDP_WRAPPED_QUANT_STATE_KEY))
+        _load_state_dict(self, state_dict, move_to_device)
 
-        groups = self.param_groups
-        saved_groups = state_dict["param_groups"]
-        if len(groups) != len(saved_groups):
-            raise ValueError(
-                f"loaded state dict has {len(saved_groups)} parameter groups, but the optimizer has {len(groups)}"
-            )
-        for i, (g, sg) in enumerate(zip(groups, saved_groups)):
-            if len(g["params"]) != len(sg["params"]):
-                raise ValueError(
-                    f"loaded state dict's parameter group {i} has {len(sg['params'])} parameters, but the "
-                    f"optimizer's has {len(g['params'])}"
-                )
+    def __getstate__(self) -> dict[str, Any]:
+        """torch pickles only defaults, state and param_groups; a copy (``copy.deepcopy``,
+        ``pickle``, ``torch.save(optimizer)``) also needs the settings the steps read. The
+        singletons are not copied, and the copy resolves overrides again at its first step."""
+        state = super().__getstate__()
+        for key, value in self.__dict__.items():
+            if not key.startswith("_") and key not in state and key not in ("mng", "page_mng"):
+                state[key] = value
+        state["initialized"] = False
+        return state
 
-        id_map = dict(
-            zip(
-                chain.from_iterable(g["params"] for g in saved_groups),
-                chain.from_iterable(g["params"] for g in groups),
-            )
-        )
-
-        def cast(param: torch.Tensor, value: Any, key: str | None = None) -> Any:
-            if isinstance(value, torch.Tensor):
-                if key in self.non_castable_tensor_keys:
-                    return value.to(param.device) if move_to_device else value
-                if value.is_floating_point() and param.is_floating_point():
-                    return value.to(device=param.device, dtype=param.dtype)
-                return value.to(param.device)
-            if isinstance(value, dict):
-                return {k: cast(param, v, key=k) for k, v in value.items()}
-            if isinstance(value, container_abcs.Iterable) and not isinstance(value, str):
-                return type(value)(cast(param, v) for v in value)
-            return value
-
-        state: defaultdict[Any, dict] = defaultdict(dict)
-        for k, v in state_dict["state"].items():
-            if k in id_map:
-                param = id_map[k]
-                state[param] = cast(param, v)
-                _check_loaded_state(param, state[param])
-            else:
-                state[k] = v
-
-        def update_group(group: dict[str, Any], new_group: dict[str, Any]) -> dict[str, Any]:
-            new_group["params"] = group["params"]
-            return new_group
-
-        param_groups = [update_group(g, ng) for g, ng in zip(groups, saved_groups)]
-        self.__setstate__({"state": state, "param_groups": param_groups})
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.mng = GlobalOptimManager.get_instance()
+        self.page_mng = F.GlobalPageManager.get_instance()
 
     # ---------------------------------------------------------------------------- step loop
 
@@ -302,29 +252,26 @@ class Optimizer8bit(torch.optim.Optimizer):
         return self.name2qmap["dynamic"], self.name2qmap["udynamic"]
 
     @staticmethod
+    def _unorm_vec(state: dict[str, Any], p: torch.Tensor, config: dict[str, Any]) -> torch.Tensor | None:
+        """The update-norm scratch of the trust-ratio clip, or None when the clip is off. Created
+        here when missing: ``max_unorm`` can be turned on after the state was (an override, a
+        state dict saved without the clip)."""
+        if config["max_unorm"] <= 0.0:
+            return None
+        if "unorm_vec" not in state:
+            state["unorm_vec"] = torch.zeros((1,), device=p.device)
+        return state["unorm_vec"]
+
+    @staticmethod
     def _absmax(p: torch.Tensor, *lead: int) -> torch.Tensor:
         blocks = -(p.numel() // -STATE_BLOCKSIZE)
         return torch.zeros((*lead, blocks), dtype=torch.float32, device=p.device)
 
 
-def _check_loaded_state(p: torch.Tensor, pstate: Any) -> None:
-    """A loaded parameter state must have the parameter's shape (AdEMAMix's state1 two rows of it):
-    the kernels read states as flat arrays, so a state of another parameter of the same size would
-    be applied without any error."""
-    if not isinstance(pstate, dict):
-        return
-    local = tuple(_local(p).shape)
-    allowed = {"state1": (local, (2, *local)), "state2": (local,)}
-    for key, shapes in allowed.items():
-        v = pstate.get(key)
-        if isinstance(v, torch.Tensor) and type(v) is torch.Tensor and tuple(v.shape) not in shapes:
-            raise ValueError(
-                f"loaded state dict: {key} has shape {tuple(v.shape)}, but its parameter has shape {local}"
-            )
-
-
 class Optimizer2State(Optimizer8bit):
     """Optimizers with two states: adam, lamb, ademamix."""
+
+    n_states = 2  # state tensors per parameter (state1, state2); load_state_dict checks it
 
     def __init__(
         self,
@@ -426,7 +373,7 @@ class Optimizer2State(Optimizer8bit):
                 alpha,
                 config["weight_decay"],
                 1.0,
-                state["unorm_vec"] if config["max_unorm"] > 0.0 else None,
+                self._unorm_vec(state, p, config),
                 max_unorm=config["max_unorm"],
                 skip_zeros=config["skip_zeros"],
             )
@@ -456,6 +403,8 @@ class Optimizer2State(Optimizer8bit):
 
 class Optimizer1State(Optimizer8bit):
     """Optimizers with one state: momentum (SGD), lars, rmsprop, adagrad, lion."""
+
+    n_states = 1  # state tensors per parameter (state1); load_state_dict checks it
 
     def __init__(
         self,
@@ -535,7 +484,7 @@ class Optimizer1State(Optimizer8bit):
                 0.0,
                 config["weight_decay"],
                 1.0,
-                state["unorm_vec"] if config["max_unorm"] > 0.0 else None,
+                self._unorm_vec(state, p, config),
                 max_unorm=config["max_unorm"],
                 skip_zeros=config["skip_zeros"],
             )
