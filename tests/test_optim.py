@@ -323,6 +323,52 @@ def test_paged_on_cpu_logs_once_and_works(caplog) -> None:
     assert torch.equal(a.detach(), b.detach())
 
 
+@pytest.mark.parametrize("name", ["AdamW8bit", "AdamW32bit", "Lion8bit", "AdEMAMix8bit"])
+def test_paged_states_come_from_the_wheels_paged_memory(monkeypatch, caplog, name) -> None:
+    """With a wheel's paged memory for the parameter's device, the large states are allocated
+    there, registered for prefetch_all, prefetched before each update and synchronized after the
+    step; the parameters equal the unpaged optimizer's bit for bit. (A fake provider pages CPU
+    memory here; tests/test_cuda_platform.py runs CUDA managed memory on a GPU.)"""
+    from bitsandbytes import _paging
+
+    log = []
+
+    def allocate(shape, dtype):
+        log.append(("allocate", shape, dtype))
+        return torch.full(shape, 7, dtype=dtype)  # not zero: the optimizer must clear it
+
+    monkeypatch.setattr(_paging, "_PROVIDER", ("cpu", allocate, lambda t, i, to_cpu: log.append(("prefetch", t))))
+    monkeypatch.setattr(_paging, "synchronize", lambda device: log.append(("sync", device)))
+    registry = bnb.functional.GlobalPageManager.get_instance().paged_tensors
+    before = list(registry)
+    torch.manual_seed(0)
+    w = torch.randn(400, 256)  # >= 1e5 elements: paged
+    small = torch.randn(64)  # below: ordinary memory
+    a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    sa, sb = torch.nn.Parameter(small.clone()), torch.nn.Parameter(small.clone())
+    paged_opt = getattr(bnb.optim, f"Paged{name}")([a, sa])
+    plain_opt = getattr(bnb.optim, name)([b, sb])
+    try:
+        with caplog.at_level(logging.WARNING, logger="bitsandbytes.optim.optimizer"):
+            for _ in range(3):
+                g, gs = torch.randn_like(w), torch.randn_like(small)
+                a.grad, b.grad, sa.grad, sb.grad = g.clone(), g.clone(), gs.clone(), gs.clone()
+                paged_opt.step()
+                plain_opt.step()
+        states = [paged_opt.state[a][k] for k in ("state1", "state2") if k in paged_opt.state[a]]
+        assert states and all(t.is_paged for t in states)
+        assert not any(getattr(t, "is_paged", False) for t in paged_opt.state[sa].values())
+        assert registry[len(before) :] == states
+        assert [e[0] for e in log].count("allocate") == len(states)
+        prefetched = [e[1] for e in log if e[0] == "prefetch"]
+        assert len(prefetched) == 3 * len(states) and all(any(t is s for s in states) for t in prefetched)
+        assert [e for e in log if e[0] == "sync"] == [("sync", torch.device("cpu"))] * 3
+        assert not [r for r in caplog.records if "paged" in r.getMessage()]
+        assert torch.equal(a.detach(), b.detach()) and torch.equal(sa.detach(), sb.detach())
+    finally:
+        del registry[len(before) :]
+
+
 # -------------------------------------------------------------------------------------------- bad inputs
 
 

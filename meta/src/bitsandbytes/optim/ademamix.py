@@ -63,9 +63,8 @@ class AdEMAMix(Optimizer2State):
         state["state2"] = self.get_state_buffer(p, dtype=dtype)
 
     def _pair_buffer(self, p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        # Both EMAs in one buffer. A paged variant of this buffer comes with paging support in a
-        # platform wheel; until then it is ordinary memory (get_state_buffer logs that for state2).
-        return torch.zeros((2, *p.shape), dtype=dtype, device=p.device)
+        # Both EMAs in one buffer of twice p's size: paged from half get_state_buffer's threshold.
+        return self._state_zeros(p, (2, *p.shape), dtype, 0.5e5)
 
     def _betas3(self, config: dict[str, Any], step: int) -> tuple[float, float, float, float]:
         beta1, beta2, beta3 = config["betas"]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .. import _functional_optim as F
+from .. import _paging
 from .._checks import FLOAT_DTYPES
 from ..backends.reference.codebooks import dynamic_map
 from ._hyperparams import validate_ademamix, validate_hyperparameters
@@ -165,6 +166,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             self.to_gpu()
             self.initialized = True
 
+        paged_on: set[torch.device] = set()
         for gindex, group in enumerate(self.param_groups):
             for pindex, p in enumerate(group["params"]):
                 if p.grad is None:
@@ -179,6 +181,12 @@ class Optimizer8bit(torch.optim.Optimizer):
                     self.init_state(group, p, gindex, pindex)
                 self.prefetch_state(p)
                 self.update_step(group, p, gindex, pindex)
+                if self.is_paged and any(getattr(t, "is_paged", False) for t in state.values()):
+                    paged_on.add(p.device)
+        for device in paged_on:
+            # The kernels update paged states asynchronously, and the host addresses the same
+            # memory (a state dict, a checkpoint) with nothing ordering it after them.
+            _paging.synchronize(device)
         return loss
 
     def get_config(self, gindex: int, pindex: int, group: dict[str, Any]) -> dict[str, Any]:
@@ -211,14 +219,21 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def get_state_buffer(self, p: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A zero state buffer like ``p``; paged (unified memory) when the optimizer is paged,
-        the parameter is on an accelerator, is large (>= 1e5 elements) and paging is available.
-        Contiguous whatever p's strides (a transposed parameter): the kernels take dense states."""
-        if not self.is_paged or p.numel() < 1e5:
-            return torch.zeros(p.shape, dtype=dtype, device=p.device)
-        if p.device.type == "cpu" or not F.paging_supported():
+        the parameter is large (>= 1e5 elements) and a loaded platform wheel pages memory for its
+        device (CUDA, ROCm). Contiguous whatever p's strides (a transposed parameter): the kernels
+        take dense states."""
+        return self._state_zeros(p, tuple(p.shape), dtype, 1e5)
+
+    def _state_zeros(
+        self, p: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, paged_from: float
+    ) -> torch.Tensor:
+        """Zeros of ``shape`` for ``p``'s state: paged memory when paged and ``p.numel() >= paged_from``."""
+        if not self.is_paged or p.numel() < paged_from:
+            return torch.zeros(shape, dtype=dtype, device=p.device)
+        if not _paging.paging_supported(p.device):
             _warn_paging_unsupported(p.device)
-            return torch.zeros(p.shape, dtype=dtype, device=p.device)
-        buff = F.get_paged(*p.shape, dtype=dtype, device=p.device)
+            return torch.zeros(shape, dtype=dtype, device=p.device)
+        buff = F.get_paged(*shape, dtype=dtype, device=p.device)
         buff.zero_()
         self.page_mng.paged_tensors.append(buff)
         return buff
