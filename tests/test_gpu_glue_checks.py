@@ -402,3 +402,17 @@ def test_a_host_tensor_marked_paged_is_still_refused(paged, on_meta_device):
     with pytest.raises(RuntimeError, match="state2 must be on a CUDA device"):
         on_meta_device.ops["optimizer_update_32bit"](*_adam_32bit_args(p, paged.mod.empty_paged((4, 64)), fake))
     assert not on_meta_device.native.calls
+
+
+def test_a_paged_tensor_pickles_as_an_ordinary_one(paged):
+    """torch.save of a paged optimizer's state dict pickles each state's __dict__: nothing that
+    cannot be pickled (the ctypes buffer behind the memory) may sit there."""
+    import io
+
+    t = paged.mod.empty_paged((4, 8))
+    t.fill_(3.0)
+    buf = io.BytesIO()
+    torch.save({"state1": t}, buf)
+    loaded = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)["state1"]
+    assert torch.equal(loaded, torch.full((4, 8), 3.0)) and loaded.is_paged
+    assert loaded.data_ptr() != t.data_ptr()

@@ -181,17 +181,46 @@ def test_parametrized_4bit_quant_state_follows_the_packed_data():
     replace_parameter_4bit(lin, "weight", compress_statistics=True)
     x = torch.randn(3, 64)
     want = lin(x)
-    packed = lin.parametrizations.weight.original.detach().clone()
+    qs = lin.parametrizations.weight[0].quant_state
+    saved = {k: getattr(qs, k).clone() for k in ("absmax", "code", "offset")}
+    saved2 = {k: getattr(qs.state2, k).clone() for k in ("absmax", "code")}
+    packed, bias = lin.parametrizations.weight.original.detach().clone(), lin.bias.detach().clone()
     lin.to("meta")
     assert lin(x.to("meta")).shape == (3, 16)
     lin.to_empty(device="cpu")
-    qs = lin.parametrizations.weight[0].quant_state
+    assert qs.absmax.device.type == "meta"  # not moved yet: the forward moves it
     with torch.no_grad():
         lin.parametrizations.weight.original.copy_(packed)
-        lin.bias.copy_(torch.zeros(16))
-    out = lin(x)  # runs: the state followed the data to the CPU (its values are to_empty's)
-    assert out.shape == (3, 16) and qs.absmax.device.type == "cpu" and qs.state2.absmax.device.type == "cpu"
-    assert want.shape == out.shape
+        lin.bias.copy_(bias)
+    lin(x)  # the state follows the data to the CPU (with to_empty's values)
+    assert qs.absmax.device.type == "cpu" and qs.state2.absmax.device.type == "cpu"
+    for k, v in saved.items():
+        getattr(qs, k).copy_(v)
+    for k, v in saved2.items():
+        getattr(qs.state2, k).copy_(v)
+    assert torch.equal(lin(x), want)
+
+
+def test_detach_in_another_thread_during_a_module_move_stays_plain():
+    """While one thread moves a quantized layer, detach() keeps the subclass there only."""
+    import threading
+
+    from bitsandbytes.nn._params import Params4bit, module_apply
+
+    layer = bnb.nn.Linear4bit(64, 32).to("cpu")
+    other = bnb.nn.Linear4bit(64, 32).to("cpu")
+    seen = {}
+
+    def apply(fn, recurse):
+        seen["here"] = type(layer.weight.detach())
+        worker = threading.Thread(target=lambda: seen.__setitem__("there", type(other.weight.detach())))
+        worker.start()
+        worker.join()
+        return layer
+
+    module_apply(layer, apply, lambda t: t, True)
+    assert seen == {"here": Params4bit, "there": torch.Tensor}
+    assert type(layer.weight.detach()) is torch.Tensor
 
 
 def test_linear4bit_module_type_keeps_the_packed_codes():

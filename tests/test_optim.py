@@ -362,11 +362,57 @@ def test_paged_states_come_from_the_wheels_paged_memory(monkeypatch, caplog, nam
         assert [e[0] for e in log].count("allocate") == len(states)
         prefetched = [e[1] for e in log if e[0] == "prefetch"]
         assert len(prefetched) == 3 * len(states) and all(any(t is s for s in states) for t in prefetched)
-        assert [e for e in log if e[0] == "sync"] == [("sync", torch.device("cpu"))] * 3
+        # one before the host zeroes each new paged buffer, one at the end of each step
+        assert [e for e in log if e[0] == "sync"] == [("sync", torch.device("cpu"))] * (len(states) + 3)
         assert not [r for r in caplog.records if "paged" in r.getMessage()]
         assert torch.equal(a.detach(), b.detach()) and torch.equal(sa.detach(), sb.detach())
     finally:
         del registry[len(before) :]
+
+
+def test_copies_and_checkpoints_of_a_paged_optimizer_continue(monkeypatch) -> None:
+    """A deepcopy or a loaded checkpoint of a paged optimizer holds ordinary tensors that still
+    carry ``is_paged``: they are neither prefetched nor left behind on the host (the wheel's
+    prefetch refuses memory it did not allocate), and every copy continues like the original."""
+    import copy
+    import io
+
+    from bitsandbytes import _paging
+
+    allocated = []
+
+    def allocate(shape, dtype):
+        allocated.append(torch.empty(shape, dtype=dtype))
+        return allocated[-1]
+
+    def prefetch(t, index, to_cpu):
+        assert any(t is a for a in allocated), "prefetch of memory the wheel did not allocate"
+
+    monkeypatch.setattr(_paging, "_PROVIDER", ("cpu", allocate, prefetch))
+    registry = bnb.functional.GlobalPageManager.get_instance().paged_tensors
+    before = len(registry)
+    try:
+        torch.manual_seed(0)
+        w = torch.randn(400, 256)
+        params = [torch.nn.Parameter(w.clone()) for _ in range(3)]
+        opt = bnb.optim.PagedAdamW8bit([params[0]])
+        params[0].grad = torch.randn_like(w)
+        opt.step()
+        copied = copy.deepcopy(opt)  # steps its own copy of the parameter
+        buf = io.BytesIO()
+        torch.save(opt.state_dict(), buf)
+        resumed = bnb.optim.PagedAdamW8bit([params[2]])
+        params[2].data.copy_(params[0].data)
+        resumed.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+        assert resumed.state[params[2]]["state1"].is_paged  # the flag survives, the memory is ordinary
+        cp = copied.param_groups[0]["params"][0]
+        g = torch.randn_like(w)
+        for p, o in ((params[0], opt), (cp, copied), (params[2], resumed)):
+            p.grad = g.clone()
+            o.step()
+        assert torch.equal(cp.detach(), params[0].detach()) and torch.equal(params[2].detach(), params[0].detach())
+    finally:
+        del registry[before:]
 
 
 # -------------------------------------------------------------------------------------------- bad inputs

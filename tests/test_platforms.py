@@ -366,6 +366,7 @@ def test_a_wheels_paged_memory_serves_get_paged_and_prefetch(monkeypatch):
             F.get_paged(2, device="cpu")
     finally:
         result.close()
+    assert not _paging.paging_supported()  # unloading the wheel takes its paged memory away too
 
 
 def test_a_failing_paged_memory_hook_warns_and_leaves_paging_off(monkeypatch):

@@ -12,6 +12,7 @@ in ordinary device memory and :func:`get_paged` raises.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,12 +24,31 @@ _PROVIDER: tuple[str, Callable[..., torch.Tensor], Callable[..., None]] | None =
 """(device type, allocate(shape, dtype), prefetch(tensor, device_index, to_cpu)) of the loaded wheel."""
 
 
-def set_provider(device_type: str, allocate: Callable[..., torch.Tensor], prefetch: Callable[..., None]) -> None:
-    """Use a platform wheel's unified memory for paged tensors of ``device_type`` devices."""
+_ALLOCATED: dict[int, weakref.ref] = {}
+"""id -> weak reference of the live tensors :func:`get_paged` made (a WeakSet would compare
+tensors with ``==``). A copy of one (``deepcopy``, ``torch.load`` of a checkpoint) keeps the
+``is_paged`` attribute but is ordinary host memory."""
+
+
+def set_provider(
+    device_type: str | None,
+    allocate: Callable[..., torch.Tensor] | None = None,
+    prefetch: Callable[..., None] | None = None,
+) -> None:
+    """Use a platform wheel's unified memory for paged tensors of ``device_type`` devices (None: none)."""
     global _PROVIDER
+    if device_type is None:
+        _PROVIDER = None
+        return
     if not (callable(allocate) and callable(prefetch)):
         raise TypeError("bitsandbytes: paged_memory() must return (allocate, prefetch), two callables")
     _PROVIDER = (device_type, allocate, prefetch)
+
+
+def is_paged(t: Any) -> bool:
+    """Whether ``t`` is a paged tensor from :func:`get_paged` itself (not a copy carrying the flag)."""
+    ref = _ALLOCATED.get(id(t))
+    return ref is not None and ref() is t
 
 
 def paging_supported(device: torch.device | str | None = None) -> bool:
@@ -81,6 +101,8 @@ def get_paged(
     t = _PROVIDER[1](tuple(int(s) for s in shape), dtype)
     t.is_paged = True
     t.page_deviceid = device.index
+    key = id(t)
+    _ALLOCATED[key] = weakref.ref(t, lambda _: _ALLOCATED.pop(key, None))
     return t
 
 
@@ -102,7 +124,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def _synchronize_if_paged(tensors: Iterable[Any]) -> None:
-    paged = [t for t in tensors if getattr(t, "is_paged", False)]
+    paged = [t for t in tensors if is_paged(t)]
     if paged and _PROVIDER is not None:
         index = getattr(paged[0], "page_deviceid", None)
         synchronize(torch.device(_PROVIDER[0], index) if index is not None else torch.device(_PROVIDER[0]))

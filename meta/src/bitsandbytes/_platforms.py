@@ -149,14 +149,19 @@ class LoadResult:
         owner = self.kernels.get((op, device_type))
         return owner[0] if owner else "reference"
 
+    paged_memory: Any = None  # the provider this pass handed to _paging, if any
+
     def close(self) -> None:
-        """Remove every kernel this pass registered (tests use this)."""
+        """Remove every kernel this pass registered, and its paged memory (tests use this)."""
         for (op, device_type), (_, fn) in self.kernels.items():
             _direct.unbind(op, device_type, fn)
         for lib in self.libraries:
             lib._destroy()
         self.libraries.clear()
         self.kernels.clear()
+        if self.paged_memory is not None and _paging._PROVIDER is self.paged_memory:
+            _paging.set_provider(None)
+        self.paged_memory = None
 
 
 def install_command(platform: str) -> str:
@@ -384,10 +389,10 @@ def _load_one(ep: Any, platform: str, device_type: str, runtime: Runtime, result
         result.kernels[(op, device_type)] = (platform, fn)
         _direct.bind(op, device_type, fn)
     rec.status, rec.reason, rec.ops = "loaded", "", sorted(registered)
-    _use_paged_memory(module, platform, device_type)
+    _use_paged_memory(module, platform, device_type, result)
 
 
-def _use_paged_memory(module: Any, platform: str, device_type: str) -> None:
+def _use_paged_memory(module: Any, platform: str, device_type: str, result: LoadResult) -> None:
     """Take a loaded wheel's unified memory for paged optimizers (its optional ``paged_memory()``
     hook returns ``(allocate(shape, dtype), prefetch(tensor, device_index, to_cpu))``)."""
     hook = getattr(module, "paged_memory", None)
@@ -395,6 +400,7 @@ def _use_paged_memory(module: Any, platform: str, device_type: str) -> None:
         return
     try:
         _paging.set_provider(device_type, *hook())
+        result.paged_memory = _paging._PROVIDER
     except Exception as exc:  # paging is an optimisation: the optimizers work without it
         _warn(
             f"bitsandbytes: {platform} offers paged memory but it could not be set up ({exc!r}); paged "

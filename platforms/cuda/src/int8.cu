@@ -150,7 +150,7 @@ int32_t bnb_int8_linear_matmul(const int8_t* A, const int8_t* B, int64_t m, int6
   cudaGetLastError();  // a refused cuBLASLt call leaves nothing to report
   // The built-in kernel's grid has one row of tiles per 16 rows of A (cuBLASLt has no such limit).
   BNB_REQUIRE((m + kTile - 1) / kTile < 65536, BNB_ERR_INVALID_ARGUMENT,
-              "m (%lld rows) is too large for the built-in int8 kernel (at most %d); cuBLASLt was not usable",
+              "A has %lld rows, too many for the built-in int8 kernel (at most %d); cuBLASLt was not usable",
               static_cast<long long>(m), 65535 * kTile);
   const dim3 grid(static_cast<unsigned int>((n + kTile - 1) / kTile),
                   static_cast<unsigned int>((m + kTile - 1) / kTile));

@@ -28,6 +28,17 @@ int32_t bnb_paged_prefetch(void* ptr, int64_t bytes, int32_t device, bnb_stream 
   BNB_REQUIRE(ptr != nullptr, BNB_ERR_NULL_POINTER, "ptr must not be NULL");
   BNB_REQUIRE(bytes > 0, BNB_ERR_INVALID_ARGUMENT, "bytes must be positive, got %lld", static_cast<long long>(bytes));
   BNB_REQUIRE(device >= -1, BNB_ERR_INVALID_ARGUMENT, "device must be >= -1 (host), got %d", device);
+  // Without concurrent managed access (Windows, WSL, Jetson, some ROCm setups) the driver refuses
+  // prefetches and migrates pages on access instead: a prefetch is then only a hint not taken.
+  int gpu = device;
+  if (gpu < 0) {
+    const cudaError_t current = cudaGetDevice(&gpu);
+    if (current != cudaSuccess) return cuda_fail(current, "bnb_paged_prefetch: cudaGetDevice");
+  }
+  int concurrent = 0;
+  const cudaError_t attr = cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, gpu);
+  if (attr != cudaSuccess) return cuda_fail(attr, "bnb_paged_prefetch: cudaDeviceGetAttribute");
+  if (!concurrent) return ok();
 #if CUDART_VERSION >= 13000
   cudaMemLocation location = {};
   location.type = device < 0 ? cudaMemLocationTypeHost : cudaMemLocationTypeDevice;

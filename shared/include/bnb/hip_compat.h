@@ -52,6 +52,7 @@
 #define cudaMemAttachGlobal hipMemAttachGlobal
 #define cudaCpuDeviceId hipCpuDeviceId
 #define cudaDevAttrWarpSize hipDeviceAttributeWarpSize
+#define cudaDevAttrConcurrentManagedAccess hipDeviceAttributeConcurrentManagedAccess
 #define cudaGetLastError hipGetLastError
 #define cudaGetErrorString hipGetErrorString
 #define cudaGetErrorName hipGetErrorName

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
 from typing import Any
 
 import torch
@@ -49,10 +50,16 @@ DECODE_PLAN_BUILDS_KEY = "_bnb_decode_plan_builds"
 
 _CACHE_KEYS = (PLAIN_ALIAS_KEY, DECODE_PLAN_KEY, DECODE_PLAN_BUILDS_KEY)
 
-_APPLYING = 0
-"""Above zero while a bitsandbytes layer runs ``nn.Module._apply`` (``module_apply``): ``detach()``
-of a Params4bit / Int8Params then keeps its type and attributes, as torch's ``Parameter(...)``
-rebuild of a parameter moved to an incompatible device (to or from ``meta``) requires."""
+
+class _ApplyDepth(threading.local):
+    depth = 0
+
+
+_APPLYING = _ApplyDepth()
+"""``depth`` is above zero while this thread runs a bitsandbytes layer's ``nn.Module._apply``
+(``module_apply``): ``detach()`` of a Params4bit / Int8Params then keeps its type and attributes,
+as torch's ``Parameter(...)`` rebuild of a parameter moved to an incompatible device (to or from
+``meta``) requires. Per thread: a ``detach()`` elsewhere meanwhile gives a plain tensor as always."""
 
 
 def _tensor_to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -86,7 +93,6 @@ def module_apply(module: nn.Module, apply: Any, fn: Any, recurse: bool) -> nn.Mo
     ``Parameter(new, requires_grad)``, which needs ``detach()`` to keep the type; a plain
     Parameter in its place would drop the quant state (peft and transformers then read packed
     bytes as weights)."""
-    global _APPLYING
     own = [p for p in module._parameters.values() if isinstance(p, (Params4bit, Int8Params))]
     if not own:
         return apply(fn, recurse)
@@ -98,11 +104,11 @@ def module_apply(module: nn.Module, apply: Any, fn: Any, recurse: bool) -> nn.Mo
                 return p._applied(out)
         return out
 
-    _APPLYING += 1
+    _APPLYING.depth += 1
     try:
         result = apply(keeping, recurse)
     finally:
-        _APPLYING -= 1
+        _APPLYING.depth -= 1
     for p in module._parameters.values():
         if not isinstance(p, (Params4bit, Int8Params)):
             continue
@@ -222,24 +228,12 @@ class Params4bit(torch.nn.Parameter):
             src = args[0]
             with torch._C.DisableTorchFunctionSubclass():
                 parts = func(*args, **kwargs)
-            return tuple(
-                Params4bit(
-                    part,
-                    requires_grad=src.requires_grad,
-                    quant_state=src.quant_state,
-                    blocksize=src.blocksize,
-                    compress_statistics=src.compress_statistics,
-                    quant_type=src.quant_type,
-                    quant_storage=src.quant_storage,
-                    module=src.module,
-                    bnb_quantized=src.bnb_quantized,
-                )
-                for part in parts
-            )
+            return tuple(src._like(part) for part in parts)
         return super().__torch_function__(func, types, args, kwargs)
 
-    def _like(self, data: torch.Tensor) -> Params4bit:
-        """A Params4bit of ``data`` with this one's attributes (the same quant state object)."""
+    def _like(self, data: torch.Tensor, keep_module: bool = True) -> Params4bit:
+        """A Params4bit of ``data`` with this one's attributes (the same quant state object), and
+        its module unless not ``keep_module``."""
         return Params4bit(
             data,
             requires_grad=self.requires_grad,
@@ -248,13 +242,13 @@ class Params4bit(torch.nn.Parameter):
             compress_statistics=self.compress_statistics,
             quant_type=self.quant_type,
             quant_storage=self.quant_storage,
-            module=self.module,
+            module=self.module if keep_module else None,
             bnb_quantized=self.bnb_quantized,
         )
 
     def detach(self) -> torch.Tensor:  # type: ignore[override]
         out = super().detach()
-        return self._like(out) if _APPLYING else out
+        return self._like(out) if _APPLYING.depth else out
 
     def _applied(self, out: torch.Tensor) -> torch.Tensor:
         """What ``module_apply`` keeps of ``out``, a layer function's result for this parameter."""
@@ -364,16 +358,7 @@ class Params4bit(torch.nn.Parameter):
         # The packed bytes keep their storage dtype: a float cast would corrupt them.
         target_dtype = None if self.bnb_quantized else dtype
         moved = torch.Tensor.to(self, device=device, dtype=target_dtype, non_blocking=non_blocking)
-        return Params4bit(
-            moved,
-            requires_grad=self.requires_grad,
-            quant_state=self.quant_state,
-            blocksize=self.blocksize,
-            compress_statistics=self.compress_statistics,
-            quant_type=self.quant_type,
-            quant_storage=self.quant_storage,
-            bnb_quantized=self.bnb_quantized,
-        )
+        return self._like(moved, keep_module=False)  # as the established release: no module
 
 
 def _rebuild_params4bit(state: dict[str, Any], cls: type = Params4bit) -> Params4bit:
@@ -459,7 +444,7 @@ class Int8Params(torch.nn.Parameter):
 
     def detach(self) -> torch.Tensor:  # type: ignore[override]
         out = super().detach()
-        return self._like(out, self.SCB) if _APPLYING else out
+        return self._like(out, self.SCB) if _APPLYING.depth else out
 
     def _applied(self, out: torch.Tensor) -> torch.Tensor:
         """What ``module_apply`` keeps of ``out``, a layer function's result for this parameter
@@ -468,9 +453,11 @@ class Int8Params(torch.nn.Parameter):
             out = self.to(out.device)  # a value conversion (Module.type) would garble the codes
         if not isinstance(out, Int8Params):
             return self._like(out, self.SCB)
-        # .to() gives codes CB and the scales as if none had moved into a layer's state
+        # .to() gives codes CB and the scales as if none had moved into a layer's state (keeping
+        # the scales it already moved)
         out.CB = out.data if self.CB is not None else None
-        out.SCB = self.SCB
+        if self.SCB is None:
+            out.SCB = None
         return out
 
     def to(self, *args: Any, **kwargs: Any) -> Int8Params:  # type: ignore[override]

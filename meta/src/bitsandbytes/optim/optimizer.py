@@ -138,7 +138,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 if p in self.state:
                     values = self.state[p]
                     for k, v in values.items():
-                        if isinstance(v, torch.Tensor) and not getattr(v, "is_paged", False):
+                        if isinstance(v, torch.Tensor) and not _paging.is_paged(v):
                             values[k] = v.to(p.device)
 
     def check_overrides(self) -> None:
@@ -181,7 +181,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                     self.init_state(group, p, gindex, pindex)
                 self.prefetch_state(p)
                 self.update_step(group, p, gindex, pindex)
-                if self.is_paged and any(getattr(t, "is_paged", False) for t in state.values()):
+                if self.is_paged and any(_paging.is_paged(t) for t in state.values()):
                     paged_on.add(p.device)
         for device in paged_on:
             # The kernels update paged states asynchronously, and the host addresses the same
@@ -234,6 +234,9 @@ class Optimizer8bit(torch.optim.Optimizer):
             _warn_paging_unsupported(p.device)
             return torch.zeros(shape, dtype=dtype, device=p.device)
         buff = F.get_paged(*shape, dtype=dtype, device=p.device)
+        # Zeroed by the host: first let the device finish this step's earlier updates (a GPU
+        # without concurrent managed access faults on host access while a kernel runs).
+        _paging.synchronize(p.device)
         buff.zero_()
         self.page_mng.paged_tensors.append(buff)
         return buff
@@ -244,7 +247,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             state = self.state[p]
             for key in ("state1", "state2"):
                 t = state.get(key)
-                if t is not None and getattr(t, "is_paged", False):
+                if _paging.is_paged(t):
                     F.prefetch_tensor(t)
 
     # ---------------------------------------------------------------------------- helpers

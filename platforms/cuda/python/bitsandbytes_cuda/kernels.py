@@ -81,7 +81,12 @@ def _on_cuda(**tensors: torch.Tensor | None) -> torch.device:
             not t.is_neg(),
             f"bitsandbytes_cuda: {name} is a negated view (is_neg()); pass {name}.resolve_neg()",
         )
-    C.check(device is not None, "bitsandbytes_cuda: no tensor argument given", RuntimeError)
+    C.check(
+        device is not None,
+        f"bitsandbytes_cuda: none of {', '.join(n for n, t in tensors.items() if t is not None) or 'the arguments'} "
+        "is on a CUDA device (paged memory alone does not say which GPU runs the kernel)",
+        RuntimeError,
+    )
     return device
 
 

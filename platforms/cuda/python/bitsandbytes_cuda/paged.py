@@ -21,7 +21,7 @@ from . import _C
 # (cudaMemPrefetchAsync of ordinary device or host memory fails inside the driver).
 _LIVE: dict[int, int] = {}
 _STARTS: list[int] = []
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # _release also runs from the garbage collector, in any thread
 
 
 def _release(address: int) -> None:
@@ -80,8 +80,10 @@ def empty_paged(shape: tuple[int, ...] | list[int], dtype: torch.dtype = torch.f
     buffer = (ctypes.c_byte * nbytes).from_address(address)
     weakref.finalize(buffer, _release, address)
     t = torch.frombuffer(buffer, dtype=dtype, count=numel).view(dims)
+    # frombuffer holds a reference to ``buffer`` for the storage's lifetime (views included), so
+    # the memory is freed after the last tensor on it. Nothing else goes into the tensor's
+    # __dict__: torch.save pickles it (a state dict of a paged optimizer is saved as it is).
     t.is_paged = True  # type: ignore[attr-defined]
-    t._bnb_paged_buffer = buffer  # type: ignore[attr-defined]  # keeps the memory alive
     return t
 
 
