@@ -8,6 +8,7 @@ specific: gemv/gemm shapes, int8, optimizers, streams, devices and paged memory.
 
 from __future__ import annotations
 
+import io
 import types
 
 import pytest
@@ -297,4 +298,8 @@ def test_paged_optimizer_keeps_its_states_in_paged_memory_and_matches_the_unpage
     assert torch.equal(a, b)
     saved = paged_opt.state_dict()["state"][0]["__bnb_optimizer_quant_state__"]["state1"]
     assert torch.equal(saved.to("cuda"), plain_opt.state[b]["state1"])
+    buf = io.BytesIO()
+    torch.save(paged_opt.state_dict(), buf)  # a checkpoint, as Trainer and accelerate write it
+    loaded = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    assert torch.equal(loaded["state"][0]["__bnb_optimizer_quant_state__"]["state1"], saved)
     assert F.GlobalPageManager.get_instance().paged_tensors  # registered for prefetch_all
