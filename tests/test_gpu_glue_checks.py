@@ -183,15 +183,21 @@ class _Recorder(types.ModuleType):
         return call
 
 
-@pytest.fixture
-def on_cpu(glue_modules, monkeypatch):
-    """The glue's kernels with CPU tensors taken as device tensors and a recording native module."""
+def _recording_glue(glue_modules, monkeypatch, device_type: str) -> types.SimpleNamespace:
+    """The glue's kernels taking ``device_type`` tensors for device tensors, with a recording
+    native module."""
     k = glue_modules.kernels
     native = _Recorder("native")
-    monkeypatch.setattr(k, "_DEVICE_TYPE", "cpu")
+    monkeypatch.setattr(k, "_DEVICE_TYPE", device_type)
     monkeypatch.setattr(k, "_stream", lambda t: 0)
     monkeypatch.setattr(k, "_C", native)
     return types.SimpleNamespace(ops=k.KERNELS, native=native)
+
+
+@pytest.fixture
+def on_cpu(glue_modules, monkeypatch):
+    """The glue's kernels with CPU tensors taken as device tensors and a recording native module."""
+    return _recording_glue(glue_modules, monkeypatch, "cpu")
 
 
 def _packed_weight(N=8, K=64, blocksize=64):
@@ -376,12 +382,7 @@ def _adam_32bit_args(p, state1, state2):
 def on_meta_device(glue_modules, monkeypatch):
     """The glue with meta tensors taken as device tensors (so a CPU tensor is not one) and a
     recording native module."""
-    k = glue_modules.kernels
-    native = _Recorder("native")
-    monkeypatch.setattr(k, "_DEVICE_TYPE", "meta")
-    monkeypatch.setattr(k, "_stream", lambda t: 0)
-    monkeypatch.setattr(k, "_C", native)
-    return types.SimpleNamespace(ops=k.KERNELS, native=native)
+    return _recording_glue(glue_modules, monkeypatch, "meta")
 
 
 def test_optimizer_states_in_paged_memory_reach_the_kernel(paged, on_meta_device):

@@ -10,6 +10,7 @@ import pickle
 
 import pytest
 import torch
+from test_nn import _linear4bit_from_case
 
 import bitsandbytes as bnb
 from bitsandbytes.nn.parametrize import replace_parameter_4bit
@@ -32,17 +33,7 @@ PARAMS4BIT_KEYS = [
 
 def _linear4bit(name: str) -> tuple[bnb.nn.Linear4bit, dict]:
     """The fixture's layer, quantized on CPU from its float weight, and its inputs/outputs."""
-    _, qt, nest, storage, compute = name.split("_")
-    m = bnb.nn.Linear4bit(
-        128,
-        64,
-        True,
-        getattr(torch, compute),
-        compress_statistics=nest == "nested",
-        quant_type=qt,
-        quant_storage=getattr(torch, storage),
-    )
-    io_ = load_fixture(f"{name}.io.safetensors")
+    m, io_ = _linear4bit_from_case(name)
     m.weight.data = io_["float_weight"].clone()
     m.bias.data = io_["float_bias"].clone()
     return m.to("cpu"), io_

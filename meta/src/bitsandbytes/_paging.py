@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ._singleton import Singleton
+
 FIRST_CUDA_DEVICE = torch.device("cuda", 0)
 
 _PROVIDER: tuple[str, Callable[..., torch.Tensor], Callable[..., None]] | None = None
@@ -56,26 +58,14 @@ def paging_supported(device: torch.device | str | None = None) -> bool:
     return _PROVIDER is not None and (device is None or torch.device(device).type == _PROVIDER[0])
 
 
-class GlobalPageManager:
+class GlobalPageManager(Singleton):
     """Singleton registry of paged tensors. Use ``get_instance()``."""
 
     _instance: GlobalPageManager | None = None
 
-    def __init__(self) -> None:
-        raise RuntimeError("Call get_instance() instead")
-
     def initialize(self) -> None:
         """Reset the registry."""
         self.paged_tensors: list[torch.Tensor] = []
-
-    @classmethod
-    def get_instance(cls) -> GlobalPageManager:
-        """The one instance, created on first use."""
-        if cls._instance is None:
-            inst = cls.__new__(cls)
-            inst.initialize()
-            cls._instance = inst
-        return cls._instance
 
     def prefetch_all(self, to_cpu: bool = False) -> None:
         """Prefetch every registered paged tensor, most recently registered first."""

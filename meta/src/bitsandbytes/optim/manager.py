@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .._singleton import Singleton
+
 # The settings an override may change: what Optimizer8bit.get_config reads.
 _NON_NEGATIVE = ("lr", "eps", "weight_decay", "max_unorm", "alpha", "min_8bit_size")
 OVERRIDABLE = frozenset({*_NON_NEGATIVE, "betas", "optim_bits", "skip_zeros", "t_alpha", "t_beta3"})
@@ -52,13 +54,10 @@ class MockArgs:
             setattr(self, key, value)
 
 
-class GlobalOptimManager:
+class GlobalOptimManager(Singleton):
     """Singleton holding per-parameter optimizer overrides. Use ``get_instance()``."""
 
     _instance: GlobalOptimManager | None = None
-
-    def __init__(self) -> None:
-        raise RuntimeError("Call get_instance() instead")
 
     def initialize(self) -> None:
         """Forget every override."""
@@ -67,15 +66,6 @@ class GlobalOptimManager:
         self.optimizer = None
         self.uses_config_override = False
         self.module_weight_config_triple: list[tuple[torch.nn.Module, str, dict[str, Any]]] = []
-
-    @classmethod
-    def get_instance(cls) -> GlobalOptimManager:
-        """The one instance, created on first use."""
-        if cls._instance is None:
-            inst = cls.__new__(cls)
-            inst.initialize()
-            cls._instance = inst
-        return cls._instance
 
     def register_parameters(self, params: Iterable) -> None:
         """Map overrides already given by parameter to their (group index, parameter index)."""
