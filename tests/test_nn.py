@@ -187,18 +187,22 @@ def test_linear4bit_bad_input():
         m.weight.to("ipu")
 
 
+PARAMS4BIT_KEYS = [
+    "blocksize",
+    "compress_statistics",
+    "quant_type",
+    "quant_state",
+    "quant_storage",
+    "bnb_quantized",
+    "module",
+]
+"""A Params4bit's ``__dict__`` keys, in order (peft and accelerate rebuild parameters from it)."""
+
+
 def test_params4bit_contracts():
     lin = torch.nn.Linear(128, 48)
     p = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type="nf4", _is_hf_initialized=True)
-    assert list(p.__dict__) == [
-        "blocksize",
-        "compress_statistics",
-        "quant_type",
-        "quant_state",
-        "quant_storage",
-        "bnb_quantized",
-        "module",
-    ]
+    assert list(p.__dict__) == PARAMS4BIT_KEYS
     q = p.to("cpu")
     assert q is p and p.bnb_quantized and p.dtype == torch.uint8 and p.shape == (3072, 1)
     assert p.quant_state.shape == (48, 128) and p.quant_state.dtype == torch.float32

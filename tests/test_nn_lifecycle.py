@@ -10,7 +10,7 @@ import pickle
 
 import pytest
 import torch
-from test_nn import _linear4bit_from_case
+from test_nn import PARAMS4BIT_KEYS, _linear4bit_from_case
 
 import bitsandbytes as bnb
 from bitsandbytes.nn.parametrize import replace_parameter_4bit
@@ -20,15 +20,6 @@ LINEAR4BIT = sorted(
     p.name[: -len(".safetensors")] for p in DATA.glob("linear4bit_*.safetensors") if ".io." not in p.name
 )
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
-PARAMS4BIT_KEYS = [
-    "blocksize",
-    "compress_statistics",
-    "quant_type",
-    "quant_state",
-    "quant_storage",
-    "bnb_quantized",
-    "module",
-]
 
 
 def _linear4bit(name: str) -> tuple[bnb.nn.Linear4bit, dict]:
