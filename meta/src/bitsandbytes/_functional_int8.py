@@ -101,12 +101,22 @@ def igemm(
     transposed_A: bool = False,
     transposed_B: bool = False,
 ) -> torch.Tensor:
-    """Deprecated: int32 ``A @ B`` of int8 matrices (optionally transposed)."""
+    """Deprecated: int32 ``A @ B`` of int8 matrices (optionally transposed); two 3-D operands
+    multiply batch by batch, as ``batched_igemm`` does."""
     _deprecated("igemm")
     a = A.transpose(-1, -2) if transposed_A else A
     b = B.transpose(-1, -2) if transposed_B else B
+    if a.dim() == 3 and b.dim() == 3:
+        return _checks.into_out(out, _batched_int8_mm(a, b))
     result = torch.ops.bitsandbytes.int8_linear_matmul.default(a.contiguous(), b.transpose(-1, -2).contiguous())
     return _checks.into_out(out, result)
+
+
+def _batched_int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int32 ``a[i] @ b[i]`` for each batch entry."""
+    return torch.stack(
+        [torch.ops.bitsandbytes.int8_linear_matmul.default(x.contiguous(), y.t().contiguous()) for x, y in zip(a, b)]
+    )
 
 
 def batched_igemm(
@@ -120,7 +130,4 @@ def batched_igemm(
     _deprecated("batched_igemm")
     a = A.transpose(-1, -2) if transposed_A else A
     b = B.transpose(-1, -2) if transposed_B else B
-    result = torch.stack(
-        [torch.ops.bitsandbytes.int8_linear_matmul.default(x.contiguous(), y.t().contiguous()) for x, y in zip(a, b)]
-    )
-    return _checks.into_out(out, result)
+    return _checks.into_out(out, _batched_int8_mm(a, b))

@@ -285,9 +285,10 @@ class QuantState:
             and self.blocksize == other.blocksize
             and self.quant_type == other.quant_type
             and (
-                self.offset == other.offset
+                self.offset is other.offset
                 if self.offset is None or other.offset is None
-                else bool(torch.allclose(self.offset.float(), other.offset.float().to(self.offset.device)))
+                # exact, as the established release compares offsets (absmax and code get atol=1e-6)
+                else bool((self.offset == other.offset.to(self.offset.device)).all())
             )
             and (self.state2 == other.state2 if self.state2 is not None else other.state2 is None)
         )

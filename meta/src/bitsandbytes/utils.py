@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import subprocess
 from collections.abc import Callable, Sequence
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING: dict[str, int] = {"row": 0, "col32": 1, "col_turing": 2, "col_ampere": 3}
 """Name of an 8-bit weight layout -> the integer saved under ``weight_format`` in checkpoints."""
@@ -89,12 +92,12 @@ class OutlierTracer:
 
     def get_hvalue(self, weight: torch.Tensor) -> int:
         """Identity of a weight: the data pointer of its storage."""
-        return weight.data.storage().data_ptr()
+        return weight.data.untyped_storage().data_ptr()
 
     def get_outliers(self, weight: torch.Tensor) -> torch.Tensor | None:
         """Outlier dimensions recorded for ``weight`` (None if it has not run yet)."""
         if not self.is_initialized():
-            print("Outlier tracer is not initialized...")
+            logger.warning("Outlier tracer is not initialized...")
             return None
         return self.hvalue2outlier_idx.get(self.get_hvalue(weight))
 
@@ -106,25 +109,32 @@ class OutlierTracer:
 
 
 def outlier_hook(module: torch.nn.Module, input: tuple) -> None:
-    """Forward pre-hook used by :class:`OutlierTracer`: records outlier input dims of ``module``."""
+    """Forward pre-hook used by :class:`OutlierTracer`.
+
+    The first time a weight is seen, its outlier input dimensions are recorded under it: for the
+    first traced layer from its input (the z-score of each row's std at 3, plus every feature
+    with a magnitude above 6), for every later layer from its own weight. A weight seen again
+    (the second forward) removes all the tracer's hooks.
+    """
     tracer = OutlierTracer.get_instance()
     hvalue = tracer.get_hvalue(module.weight)
-    if hvalue not in tracer.hvalue2outlier_idx:
-        outlier_idx = find_outlier_dims(module.weight)
-        tracer.outliers.append(outlier_idx)
-        tracer.hvalues.append(hvalue)
-        if len(tracer.outliers) > 1:
-            # The input of this layer is the output of the previous one: merge both views.
-            if tracer.outliers[-1].numel() > 0:
-                assert tracer.outliers[-1].max() < module.weight.shape[1]
-            if tracer.outliers[-2].numel() > 0:
-                assert tracer.outliers[-2].max() < module.weight.shape[0]
-            tracer.hvalue2outlier_idx[tracer.hvalues[-2]] = tracer.outliers[-1]
-        else:
-            merged = input[0].reshape(-1, input[0].shape[-1])
-            tracer.hvalue2outlier_idx[hvalue] = find_outlier_dims(merged, reduction_dim=0)
+    if hvalue in tracer.hvalue2outlier_idx:
         for hook in tracer.hooks:
             hook.remove()
+        return
+    outlier_idx = find_outlier_dims(module.weight)
+    tracer.outliers.append(outlier_idx)
+    tracer.hvalues.append(hvalue)
+    if len(tracer.outliers) > 1:
+        if outlier_idx.numel() > 0:
+            assert outlier_idx.max() < module.weight.shape[1]
+        tracer.hvalue2outlier_idx[hvalue] = outlier_idx
+        return
+    # The first layer: its input is all there is to go on.
+    merged = input[0].detach().reshape(-1, input[0].shape[-1])
+    by_std = find_outlier_dims(merged, reduction_dim=1, zscore=3)
+    by_magnitude = torch.where((merged.abs() > 6).sum(dim=0) > 0)[0]
+    tracer.hvalue2outlier_idx[hvalue] = torch.cat([by_std, by_magnitude]).unique()
 
 
 def replace_linear(
@@ -138,7 +148,8 @@ def replace_linear(
 
     The replacement is built as ``linear_replacement(in_features, out_features, has_bias)``. With
     ``copy_weights`` the old weight/bias Parameters are reused; ``post_processing_function`` names a
-    method called on the replacement module (as in the established release) afterwards.
+    method of the replaced (old) module, called as ``old_module.<name>(old_module)`` as the
+    established release does (skipped when the old module has no such attribute).
     """
     for name, module in model.named_children():
         if len(list(module.children())) > 0:
@@ -150,9 +161,9 @@ def replace_linear(
                 model._modules[name].weight = old_module.weight
                 model._modules[name].bias = old_module.bias
             if post_processing_function is not None:
-                func = getattr(model._modules[name], post_processing_function, None)
+                func = getattr(old_module, post_processing_function, None)
                 if func is not None:
-                    func(model._modules[name])
+                    func(old_module)
     return model
 
 

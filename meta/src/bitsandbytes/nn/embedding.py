@@ -138,9 +138,11 @@ class Embedding8bit(nn.Embedding):
             raise RuntimeError("Embedding layer is not quantized. Please call .cuda() or .to(device) first.")
         rows = self.weight.data
         scb = self.weight.SCB
-        compressed = torchF.embedding(input, rows).float()
+        compressed = torchF.embedding(input, rows)
         scales = torchF.embedding(input, scb.view(-1, 1))
-        return (compressed * scales / 127.0).to(self.dtype)
+        # int8 codes times (scale / 127), in that order: (codes * scale) / 127 rounds differently
+        # in float32 and would not give the established release's numbers
+        return (compressed * (scales / 127.0)).to(self.dtype)
 
 
 class Embedding4bit(nn.Embedding):

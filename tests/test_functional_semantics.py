@@ -1,0 +1,125 @@
+"""Valid-input semantics of the functional API helpers and ``bitsandbytes.utils`` that the
+established release defines by behaviour: outlier tracing, ``replace_linear``'s post-processing
+hook, the deprecated int8 GEMMs and ``QuantState`` equality."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+
+import pytest
+import torch
+
+import bitsandbytes.functional as F
+from bitsandbytes import utils
+
+
+@pytest.fixture
+def tracer():
+    """The OutlierTracer singleton, its hooks removed and its state dropped afterwards."""
+    t = utils.OutlierTracer.get_instance()
+    yield t
+    for hook in getattr(t, "hooks", []):
+        hook.remove()
+    t.__dict__.clear()
+
+
+def _three_layers() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 48), torch.nn.Linear(48, 16)
+    )
+    with torch.no_grad():
+        model[2].weight[:, 11] *= 40.0  # input feature 11 of the second linear layer is an outlier
+        model[3].weight[:, 30] *= 40.0  # and input feature 30 of the third
+    return model
+
+
+def test_outlier_tracer_records_every_linear_layer(tracer):
+    model = _three_layers()
+    tracer.initialize(model)
+    x = torch.randn(2, 5, 32)
+    x[..., 7] = 9.0  # magnitude above 6: an outlier feature of the first layer's input
+    model(x)
+    # the first layer: features with |x| > 6, plus rows whose std is a 3-sigma outlier (none here)
+    assert tracer.get_outliers(model[0].weight).tolist() == [7]
+    # every later layer: the outlier input dims of its own weight
+    assert tracer.get_outliers(model[2].weight).tolist() == [11]
+    assert tracer.get_outliers(model[3].weight).tolist() == [30]
+    assert torch.equal(tracer.get_outliers(model[3].weight), utils.find_outlier_dims(model[3].weight))
+
+
+def test_outlier_tracer_hooks_stay_until_a_weight_is_seen_again(tracer):
+    model = _three_layers()
+    tracer.initialize(model)
+    x = torch.randn(3, 32)
+    model(x)
+    assert [len(model[i]._forward_pre_hooks) for i in (0, 2, 3)] == [1, 1, 1]
+    model(x)  # the second forward removes them
+    assert [len(model[i]._forward_pre_hooks) for i in (0, 2, 3)] == [0, 0, 0]
+    assert tracer.get_outliers(model[2].weight).tolist() == [11]
+
+
+def test_outlier_tracer_uninitialized_warns_on_the_logger(caplog):
+    fresh = utils.OutlierTracer.__new__(utils.OutlierTracer)
+    with caplog.at_level(logging.WARNING, logger="bitsandbytes.utils"):
+        assert fresh.get_outliers(torch.zeros(2, 2)) is None
+    assert caplog.messages == ["Outlier tracer is not initialized..."]
+
+
+def test_outlier_tracer_weight_identity_gives_no_storage_warning(monkeypatch):
+    # torch warns about TypedStorage once per process: make every use warn for this test
+    monkeypatch.setattr(torch.storage, "_always_warn_typed_storage_removal", True)
+    t = utils.OutlierTracer.__new__(utils.OutlierTracer)
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert t.get_hvalue(w) == w.untyped_storage().data_ptr()
+
+
+def test_replace_linear_calls_post_processing_on_the_replaced_module():
+    calls = []
+
+    class Tagged(torch.nn.Linear):
+        def finish(self, module):
+            calls.append((self, module))
+
+    old = Tagged(8, 4)
+    model = torch.nn.Sequential(old, torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    utils.replace_linear(model, lambda i, o, b: torch.nn.Linear(i, o, b), post_processing_function="finish")
+    assert calls == [(old, old)]  # the old module's method, given the old module
+    assert type(model[0]) is torch.nn.Linear and model[0] is not old
+
+
+def test_replace_linear_skips_post_processing_the_old_module_lacks():
+    class WithHook(torch.nn.Linear):
+        def finish(self, module):  # pragma: no cover - must not be called
+            raise AssertionError("the replacement's method was called")
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    utils.replace_linear(model, lambda i, o, b: WithHook(i, o, b), post_processing_function="finish")
+    assert isinstance(model[0], WithHook)
+
+
+@pytest.mark.parametrize(("transposed_A", "transposed_B"), [(False, False), (True, False), (False, True)])
+def test_igemm_multiplies_two_3d_operands_batch_by_batch(transposed_A, transposed_B):
+    g = torch.Generator().manual_seed(0)
+    A = torch.randint(-127, 128, (3, 5, 16), generator=g, dtype=torch.int8)
+    B = torch.randint(-127, 128, (3, 16, 7), generator=g, dtype=torch.int8)
+    a = A.transpose(1, 2).contiguous() if transposed_A else A
+    b = B.transpose(1, 2).contiguous() if transposed_B else B
+    with pytest.warns(FutureWarning):
+        C = F.igemm(a, b, transposed_A=transposed_A, transposed_B=transposed_B)
+    assert C.dtype == torch.int32
+    assert torch.equal(C, A.int() @ B.int())
+
+
+def test_quant_state_equality_compares_offsets_exactly():
+    q, state = F.quantize_4bit(torch.randn(64, 64), quant_type="nf4", compress_statistics=True)
+    same = copy.deepcopy(state)
+    assert state == same
+    nudged = copy.deepcopy(state)
+    nudged.offset = nudged.offset + 1e-6  # absmax and code get atol=1e-6; the offset none
+    assert state != nudged
+    assert torch.equal(F.dequantize_4bit(q, state), F.dequantize_4bit(q, same))
