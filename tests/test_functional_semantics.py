@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+import bitsandbytes as bnb
 import bitsandbytes.functional as F
 from bitsandbytes import utils
 
@@ -123,3 +124,30 @@ def test_quant_state_equality_compares_offsets_exactly():
     nudged.offset = nudged.offset + 1e-6  # absmax and code get atol=1e-6; the offset none
     assert state != nudged
     assert torch.equal(F.dequantize_4bit(q, state), F.dequantize_4bit(q, same))
+
+
+def test_outlier_aware_linear_without_a_tracer_warns_on_the_logger(caplog, capsys):
+    """An OutlierAwareLinear used before OutlierTracer.initialize says so on the logger (it printed)."""
+    from bitsandbytes.utils import OutlierTracer
+
+    class Identity(bnb.nn.OutlierAwareLinear):
+        def quantize_weight(self, w, outlier_idx):
+            return w
+
+        def forward_with_outliers(self, x, outlier_idx):
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+
+    tracer = OutlierTracer.get_instance()
+    was = tracer.__dict__.copy()
+    tracer.initialized = False
+    try:
+        layer = Identity(8, 4)
+        x = torch.randn(2, 8)
+        with caplog.at_level(logging.WARNING, logger="bitsandbytes.nn.modules"):
+            out = layer(x)
+    finally:
+        tracer.__dict__.clear()
+        tracer.__dict__.update(was)
+    assert torch.equal(out, torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert any("OutlierTracer.initialize" in r.getMessage() for r in caplog.records)
+    assert "OutlierTracer" not in capsys.readouterr().out

@@ -380,6 +380,29 @@ def _check_no_grad_for_codes(param: torch.Tensor, name: str, what: str) -> None:
         )
 
 
+def _index_on_host_without_accelerator(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``Int8Params.to(0)`` on a machine without an accelerator: the host (torch raises).
+
+    accelerate quantizes an 8-bit weight that is to stay in (or be offloaded to) CPU memory with
+    ``Int8Params(...).to(0).to("cpu")`` and then moves ``CB``/``SCB`` to the CPU: it means
+    "quantize on the compute device, keep the result on the host". Where no accelerator exists the
+    CPU is that device, so a bare device index is read as the CPU; with an accelerator, and for
+    every other argument, ``Tensor.to``'s own parsing applies unchanged."""
+    index = args[0] if args else kwargs.get("device")
+    if type(index) is not int or _accelerator_available():
+        return args, kwargs
+    if args:
+        return ("cpu", *args[1:]), kwargs
+    return args, {**kwargs, "device": "cpu"}
+
+
+def _accelerator_available() -> bool:
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and hasattr(acc, "is_available"):
+        return bool(acc.is_available())
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
 class Int8Params(torch.nn.Parameter):
     """A weight that quantizes itself row-wise to int8 (LLM.int8()) when moved off the CPU or to a device."""
 
@@ -462,6 +485,7 @@ class Int8Params(torch.nn.Parameter):
 
     def to(self, *args: Any, **kwargs: Any) -> Int8Params:  # type: ignore[override]
         """Quantize float CPU data on a move to a real device; otherwise move data and scales."""
+        args, kwargs = _index_on_host_without_accelerator(args, kwargs)
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
         is_int8 = self.data.dtype == torch.int8
         if device is not None and device.type != "meta" and self.data.device.type == "cpu" and not is_int8:

@@ -6,6 +6,7 @@ pre-hook, and ``OutlierAwareLinear``, the base class for layers quantized around
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,8 @@ from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
 from . import _runners
 from ._params import Int8Params, NotQuantizedError, _tensor_to, module_apply
 from .linear4bit import _bias_in
+
+logger = logging.getLogger("bitsandbytes.nn.modules")  # the established release's module name
 
 
 def maybe_rearrange_weight(
@@ -171,11 +174,21 @@ class Linear8bitLt(nn.Linear):
             weight.CB, weight.SCB = weight.data, scb
 
     def init_8bit_state(self) -> None:
-        """Move the int8 weight and its scales from the parameter into ``state``."""
-        self.state.CB = self.weight.CB
-        self.state.SCB = self.weight.SCB
-        self.weight.CB = None
-        self.weight.SCB = None
+        """Move the int8 weight and its scales from the parameter into ``state``.
+
+        A weight holding its codes but no scales is one moved with ``Int8Params.to`` after its
+        scales had gone into the state (``module.weight = module.weight.to(device)``, which peft's
+        DoRA runs on every forward of an 8-bit layer on CPU): where those codes are the ones in the
+        state, they keep the state's scales rather than leaving the layer with none (other codes
+        without scales are left as they are, to fail, not to be scaled wrongly)."""
+        weight, state = self.weight, self.state
+        scb = weight.SCB
+        if scb is None and state.SCB is not None and _same_codes(weight.CB, state.CB):
+            scb = _tensor_to(state.SCB, weight.CB.device)
+        state.CB = weight.CB
+        state.SCB = scb
+        weight.CB = None
+        weight.SCB = None
 
     def _apply(self, fn: Callable, recurse: bool = True) -> Linear8bitLt:  # type: ignore[override]
         module_apply(self, super()._apply, fn, recurse)
@@ -248,6 +261,11 @@ class Linear8bitLt(nn.Linear):
             self.init_8bit_state()
         if not state.has_fp16_weights and weight.dtype != torch.int8 and state.CB is None:
             raise NotQuantizedError("Linear8bitLt: the weight is not quantized; move the module to a device first")
+        if not state.has_fp16_weights and state.CB is not None and state.SCB is None:
+            raise NotQuantizedError(
+                "Linear8bitLt: the int8 weight has no row scales (SCB); build it with "
+                "Int8Params(codes, SCB=scales) or load a quantized checkpoint holding its SCB"
+            )
         out = matmul(x, weight, bias=_bias_in(self, x.dtype), state=state)
         CB = state.CB
         if not state.has_fp16_weights and CB is not None and (torch.compiler.is_compiling() or not _holds(weight, CB)):
@@ -265,6 +283,15 @@ class Linear8bitLt(nn.Linear):
                 lambda key: _prepare_int8_plan(key, x),
             )
         return out
+
+
+def _same_codes(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Whether ``a`` and ``b`` hold the same int8 codes (the same memory, or equal values)."""
+    if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype or "meta" in (a.device.type, b.device.type):
+        return False
+    if a.device == b.device and a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
+        return True
+    return torch.equal(a, b.to(a.device))
 
 
 def _holds(param: torch.Tensor, t: torch.Tensor) -> bool:
@@ -299,7 +326,7 @@ class OutlierAwareLinear(nn.Linear):
         if self.outlier_dim is None:
             tracer = OutlierTracer.get_instance()
             if not tracer.is_initialized():
-                print("Please use OutlierTracer.initialize(model) before using the OutlierAwareLinear layer")
+                logger.warning("Please use OutlierTracer.initialize(model) before using the OutlierAwareLinear layer")
             self.outlier_dim = tracer.get_outliers(self.weight)
         if not self.is_quantized:
             w = self.quantize_weight(self.weight, self.outlier_dim)
