@@ -74,6 +74,7 @@ from ._quant_state import (  # noqa: F401
     _tensor_item,
     _unpack_quant_state_blob,
 )
+from ._singleton import Singleton
 from .backends.reference import codebooks as _codebooks  # noqa: F401
 from .utils import pack_dict_to_tensor, unpack_tensor_to_dict
 
@@ -88,23 +89,14 @@ name2qmap: dict[str, torch.Tensor]
 # Singletons kept for API compatibility
 
 
-class CUBLAS_Context:  # noqa: N801  (public name)
+class CUBLAS_Context(Singleton):  # noqa: N801  (public name)
     """Per-device cuBLAS handle cache (singleton). This build owns no handles: ``get_context`` returns None."""
 
     _instance: CUBLAS_Context | None = None
 
-    def __init__(self) -> None:
-        raise RuntimeError("Call get_instance() instead")
-
     def initialize(self) -> None:
+        """An empty cache."""
         self.context: dict[int, Any] = {}
-
-    @classmethod
-    def get_instance(cls) -> CUBLAS_Context:
-        if cls._instance is None:
-            cls._instance = cls.__new__(cls)
-            cls._instance.initialize()
-        return cls._instance
 
     def get_context(self, device: torch.device) -> Any:
         """The cached handle for ``device`` (None: kernels manage their own handles)."""
