@@ -5,8 +5,6 @@ A tiny random Llama saved from a config (no hub access); run by `nox -s tests-in
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
 import torch
 
@@ -16,48 +14,19 @@ accelerate = pytest.importorskip("accelerate")
 
 import bitsandbytes as bnb  # noqa: E402
 
+from ._tiny_llama import load_quantized as _load  # noqa: E402
+from ._tiny_llama import prompt_logits as _logits  # noqa: E402
+from ._tiny_llama import save_tiny_llama  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
-PROMPT = torch.tensor([[1, 5, 9, 17, 33, 2, 70]])
 BATCH = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope="module")
 def float_checkpoint(tmp_path_factory):
     """A tiny random Llama saved with save_pretrained."""
-    try:  # transformers gates on the installed distribution's version, not on the import path
-        importlib.metadata.version("bitsandbytes")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - depends on the environment
-        pytest.skip("bitsandbytes is not installed as a distribution (run `nox -s tests-integration`)")
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    path = tmp_path_factory.mktemp("tiny_llama_flows")
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
-
-
-def _load(path, **quant):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    return AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=BitsAndBytesConfig(**quant), device_map="cpu", dtype=torch.float32
-    )
-
-
-def _logits(model):
-    with torch.no_grad():
-        return model(PROMPT).logits.float()
+    return save_tiny_llama(tmp_path_factory, "tiny_llama_flows", vocab_size=256)
 
 
 def _rel(a, b):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
 import torch
 
@@ -13,48 +11,17 @@ pytest.importorskip("accelerate")
 
 import bitsandbytes as bnb  # noqa: E402
 
-pytestmark = pytest.mark.integration
+from ._tiny_llama import PROMPT, save_tiny_llama  # noqa: E402
+from ._tiny_llama import load_quantized as _load  # noqa: E402
+from ._tiny_llama import prompt_logits as _logits  # noqa: E402
 
-PROMPT = torch.tensor([[1, 5, 9, 17, 33, 2, 70]])
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def float_checkpoint(tmp_path_factory):
     """A tiny random Llama saved with save_pretrained."""
-    try:  # transformers gates on the installed distribution's version, not on the import path
-        importlib.metadata.version("bitsandbytes")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - depends on the environment
-        pytest.skip("bitsandbytes is not installed as a distribution (run `nox -s tests-integration`)")
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(path)
-    return path
-
-
-def _load(path, **quant):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    return AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=BitsAndBytesConfig(**quant), device_map="cpu", dtype=torch.float32
-    )
-
-
-def _logits(model):
-    with torch.no_grad():
-        return model(PROMPT).logits.float()
+    return save_tiny_llama(tmp_path_factory, "tiny_llama", vocab_size=128)
 
 
 FOUR_BIT = [

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ._sharded_state import is_dtensor, local_state
+
 QUANT_STATE_KEY = "__bnb_optimizer_quant_state__"
 
 
@@ -29,8 +31,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     for that shard only. Under ``no_grad`` the local tensor is the DTensor's storage, so in-place
     updates land in the sharded parameter.
     """
-    to_local = getattr(t, "to_local", None)
-    return to_local() if to_local is not None and type(t).__name__ == "DTensor" else t
+    return t.to_local() if is_dtensor(t) else t
 
 
 def wrap_quant_state(sd: dict[str, Any], keys: set[str]) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def load_state_dict(opt: torch.optim.Optimizer, state_dict: dict[str, Any], move
     for k, v in state_dict["state"].items():
         if k in id_map:
             param = id_map[k]
-            state[param] = cast(param, v)
+            state[param] = cast(param, local_state(param, v))
             check_loaded_state(opt, param, state[param])
         else:
             state[k] = v

@@ -17,16 +17,17 @@ import torch
 
 from .. import _functional_optim as F
 from .. import _paging
-from .._checks import FLOAT_DTYPES
+from .._checks import FLOAT_DTYPES, OPTIMIZER_STATE_BLOCKSIZE
 from ..backends.reference.codebooks import dynamic_map
 from ._hyperparams import validate_ademamix, validate_hyperparameters
+from ._sharded_state import shard_state_dict
 from ._state_dict import QUANT_STATE_KEY, _local, wrap_quant_state
 from ._state_dict import load_state_dict as _load_state_dict
 from .manager import GlobalOptimManager, MockArgs
 
 logger = logging.getLogger(__name__)
 
-STATE_BLOCKSIZE = 256
+STATE_BLOCKSIZE = OPTIMIZER_STATE_BLOCKSIZE
 """Block size of 8-bit optimizer states (fixed, spec §8.3)."""
 
 _PAGING_WARNED = False
@@ -100,8 +101,9 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The torch layout, with each parameter's quantization state wrapped under
-        ``"__bnb_optimizer_quant_state__"`` (so FSDP leaves it alone)."""
-        return wrap_quant_state(super().state_dict(), self.non_castable_tensor_keys)
+        ``"__bnb_optimizer_quant_state__"`` (so FSDP leaves it alone). The states of the local
+        shard of an FSDP2 (DTensor) parameter are DTensors (_sharded_state)."""
+        return wrap_quant_state(shard_state_dict(self, super().state_dict()), self.non_castable_tensor_keys)
 
     def load_state_dict(self, state_dict: dict[str, Any], move_to_device: bool = True) -> None:
         """Load a state dict of ``state_dict()``'s layout (wrapped or not).
