@@ -65,12 +65,25 @@ def test_library_override(monkeypatch, caplog, hip, variable, value):
     assert variable in caplog.text
 
 
-@pytest.mark.parametrize("value", ["12.4", "cu124", " 124", ""])
+@pytest.mark.parametrize("value", ["12.4", "cu124", " 124"])
 def test_library_override_must_be_digits(monkeypatch, value):
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setenv("BNB_CUDA_VERSION", value)
     with pytest.raises(RuntimeError, match="BNB_CUDA_VERSION.*digits only"):
         cextension.get_cuda_bnb_library_path(spec((12, 0)))
+
+
+def test_an_empty_library_override_counts_as_unset(monkeypatch):
+    """`export BNB_CUDA_VERSION=` is how the established release tells users to switch the
+    override off: the library is then chosen by torch's CUDA version, as without the variable."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(cextension, "_find_cuda_libs", lambda prefix, is_hip: {})
+    monkeypatch.delenv("BNB_CUDA_VERSION", raising=False)
+    unset = cextension.get_cuda_bnb_library_path(spec((12, 6)))
+    monkeypatch.setenv("BNB_CUDA_VERSION", "")
+    assert (
+        cextension.get_cuda_bnb_library_path(spec((12, 6))) == unset == PACKAGE_DIR / f"libbitsandbytes_cuda126{SUFFIX}"
+    )
 
 
 def test_find_cuda_libs_reads_names_and_rocm_build_info(monkeypatch, tmp_path):

@@ -102,9 +102,33 @@ def print_environment(report: dict[str, Any]) -> None:
     print("=" * 60)
 
 
+def print_backend_diagnostics(report: dict[str, Any]) -> None:
+    """What follows the header in the established release's report (spec §11.2): with a CUDA or
+    ROCm GPU, the runtime version, compute capability and the kernel library that fits them;
+    on a host with no CUDA, ROCm or XPU device, one line saying whether the CPU library loaded."""
+    devices = report["devices"]
+    if "cuda" in devices:
+        from .cuda_specs import get_cuda_specs
+        from .diagnostics.cuda import print_diagnostics
+
+        specs = get_cuda_specs()
+        if specs is None:
+            print("PyTorch reports a GPU but not its compute capability or runtime version.")
+            return
+        try:
+            print_diagnostics(specs)
+        except RuntimeError as exc:  # e.g. a BNB_CUDA_VERSION / BNB_ROCM_VERSION that is not digits
+            print(f"Kernel library selection failed: {exc}")
+    elif "xpu" not in devices:
+        cpu = next((r for r in report["platforms"] if r["platform"] == "cpu"), None)
+        status = "loaded successfully" if cpu is not None and cpu["status"] == "loaded" else "failed to load"
+        print(f"No CUDA, ROCm, or XPU detected; CPU library {status}.")
+
+
 def print_report(report: dict[str, Any]) -> None:
     """The human-readable report."""
     print_environment(report)
+    print_backend_diagnostics(report)
     print(f"Op interface version: {report['op_interface_version']}")
     print("Devices:")
     for device, desc in report["devices"].items():

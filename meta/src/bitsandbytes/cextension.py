@@ -101,7 +101,7 @@ def get_cuda_bnb_library_path(cuda_specs: CUDASpecs) -> Path:
 
     ``BNB_CUDA_VERSION`` (``BNB_ROCM_VERSION`` on a ROCm build of torch), digits only, names the
     library outright (``124`` -> ``libbitsandbytes_cuda124``), with a logged warning and no
-    fallback; any other value is a RuntimeError. Otherwise: the library built for exactly the
+    fallback; an empty value counts as unset; any other value is a RuntimeError. Otherwise: the library built for exactly the
     runtime's version; else the newest older one of the same major; else the oldest newer one
     of the same major (both with a logged warning); never another major. When nothing fits,
     the path of the exact version is returned, which does not exist, so that loading it fails
@@ -109,8 +109,8 @@ def get_cuda_bnb_library_path(cuda_specs: CUDASpecs) -> Path:
     is_hip = bool(getattr(torch.version, "hip", None))
     prefix, kind, variable = ("rocm", "ROCm", "BNB_ROCM_VERSION") if is_hip else ("cuda", "CUDA", "BNB_CUDA_VERSION")
     override = os.environ.get(variable)
-    if override is not None:
-        if not override.isdigit():
+    if override:  # set but empty is unset: the established release tells users to `export VAR=`
+        if not (override.isascii() and override.isdigit()):  # str.isdigit() also takes "²", "١٢٤"
             raise RuntimeError(
                 f"{variable}={override!r}: the value must be digits only, e.g. '124' for {kind} 12.4 "
                 f"(unset {variable} to choose automatically)"
@@ -118,7 +118,7 @@ def get_cuda_bnb_library_path(cuda_specs: CUDASpecs) -> Path:
         name = f"libbitsandbytes_{prefix}{override}{DYNAMIC_LIBRARY_SUFFIX}"
         logger.warning(
             "%s=%s is set: loading %s instead of choosing by the %s version torch uses. "
-            "If that is not what you want: unset %s",
+            "If that is not what you want: unset %s (or set it to an empty string)",
             variable,
             override,
             name,
