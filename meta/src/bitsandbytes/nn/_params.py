@@ -389,18 +389,11 @@ def _index_on_host_without_accelerator(args: tuple, kwargs: dict) -> tuple[tuple
     CPU is that device, so a bare device index is read as the CPU; with an accelerator, and for
     every other argument, ``Tensor.to``'s own parsing applies unchanged."""
     index = args[0] if args else kwargs.get("device")
-    if type(index) is not int or _accelerator_available():
+    if type(index) is not int or torch.accelerator.is_available():
         return args, kwargs
     if args:
         return ("cpu", *args[1:]), kwargs
     return args, {**kwargs, "device": "cpu"}
-
-
-def _accelerator_available() -> bool:
-    acc = getattr(torch, "accelerator", None)
-    if acc is not None and hasattr(acc, "is_available"):
-        return bool(acc.is_available())
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 class Int8Params(torch.nn.Parameter):

@@ -289,9 +289,7 @@ def _same_codes(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     """Whether ``a`` and ``b`` hold the same int8 codes (the same memory, or equal values)."""
     if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype or "meta" in (a.device.type, b.device.type):
         return False
-    if a.device == b.device and a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
-        return True
-    return torch.equal(a, b.to(a.device))
+    return (a.device == b.device and _holds(a, b)) or torch.equal(a, b.to(a.device))
 
 
 def _holds(param: torch.Tensor, t: torch.Tensor) -> bool:

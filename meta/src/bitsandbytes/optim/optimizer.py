@@ -56,7 +56,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         self.initialized = False
         self.name2qmap: dict[str, torch.Tensor] = {}
         self.is_paged = is_paged
-        self.page_mng = F.GlobalPageManager.get_instance()
+        self.page_mng = _paging.GlobalPageManager.get_instance()
         self.mng = GlobalOptimManager.get_instance()
         self.non_castable_tensor_keys = {
             "qmap1",
@@ -129,7 +129,7 @@ class Optimizer8bit(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.mng = GlobalOptimManager.get_instance()
-        self.page_mng = F.GlobalPageManager.get_instance()
+        self.page_mng = _paging.GlobalPageManager.get_instance()
 
     # ---------------------------------------------------------------------------- step loop
 
@@ -235,11 +235,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         if not _paging.paging_supported(p.device):
             _warn_paging_unsupported(p.device)
             return torch.zeros(shape, dtype=dtype, device=p.device)
-        buff = F.get_paged(*shape, dtype=dtype, device=p.device)
-        # Zeroed by the host: first let the device finish this step's earlier updates (a GPU
-        # without concurrent managed access faults on host access while a kernel runs).
-        _paging.synchronize(p.device)
-        buff.zero_()
+        buff = _paging.get_paged(*shape, dtype=dtype, device=p.device)
+        _paging.fill(buff, 0)  # after the device's queued updates: the host writes managed memory
         self.page_mng.paged_tensors.append(buff)
         return buff
 
@@ -250,7 +247,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             for key in ("state1", "state2"):
                 t = state.get(key)
                 if _paging.is_paged(t):
-                    F.prefetch_tensor(t)
+                    _paging.prefetch_tensor(t)
 
     # ---------------------------------------------------------------------------- helpers
 
