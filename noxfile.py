@@ -62,7 +62,7 @@ def oldest_torch() -> str:
 def tests_oldest_torch(session: nox.Session) -> None:
     """The CPU suite under the oldest torch the meta-package claims (not in CI: PyPI's Linux torch of
     that age is a CUDA build, about 5 GB with its nvidia wheels). ``BNB_OLDEST_TORCH`` overrides the
-    requirement, e.g. ``torch==2.4.0+cpu`` with PIP_EXTRA_INDEX_URL at PyTorch's CPU index."""
+    requirement, e.g. ``torch==2.8.0+cpu`` with PIP_EXTRA_INDEX_URL at PyTorch's CPU index."""
     session.install(os.environ.get("BNB_OLDEST_TORCH", f"torch=={oldest_torch()}.0"))
     session.install(*TEST_DEPS)
     install_meta(session)

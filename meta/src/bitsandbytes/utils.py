@@ -88,6 +88,7 @@ class OutlierTracer:
                 self.hooks.append(m.register_forward_pre_hook(outlier_hook))
 
     def is_initialized(self) -> bool:
+        """Whether ``initialize(model)`` has been called."""
         return getattr(self, "initialized", False)
 
     def get_hvalue(self, weight: torch.Tensor) -> int:

@@ -24,6 +24,7 @@ class GlobalOutlierPooler:
         raise RuntimeError("Call get_instance() instead")
 
     def initialize(self) -> None:
+        """Empty the pool and forget the model dimension."""
         self.outliers: set[int] = set()
         self.model_dim: int | None = None
 
@@ -43,6 +44,7 @@ class GlobalOutlierPooler:
         self.outliers.update(outlier_idx.tolist())
 
     def get_current_outlier_idx(self) -> torch.Tensor:
+        """The pooled outlier indices, sorted, as an int64 tensor."""
         return torch.tensor(sorted(self.outliers), dtype=torch.int64)
 
 

@@ -338,12 +338,15 @@ class Params4bit(torch.nn.Parameter):
         return self
 
     def cpu(self) -> Params4bit:  # type: ignore[override]
+        """``self.to(device="cpu")``: quantizes first if the data is not packed yet."""
         return self.to(device="cpu")
 
     def cuda(self, device: Any = None, non_blocking: bool = False) -> Params4bit:  # type: ignore[override]
+        """``self.to(device)`` with ``"cuda"`` as the default device: quantizes on the first move."""
         return self.to(device="cuda" if device is None else device, non_blocking=non_blocking)
 
     def xpu(self, device: Any = None, non_blocking: bool = False) -> Params4bit:  # type: ignore[override]
+        """``self.to(device)`` with ``"xpu"`` as the default device: quantizes on the first move."""
         return self.to(device="xpu" if device is None else device, non_blocking=non_blocking)
 
     def to(self, *args: Any, **kwargs: Any) -> Params4bit:  # type: ignore[override]
@@ -430,12 +433,15 @@ class Int8Params(torch.nn.Parameter):
         return self
 
     def cpu(self) -> Int8Params:  # type: ignore[override]
+        """``self.to(device="cpu")``: float data is quantized to int8 rows on the way."""
         return self.to(device="cpu")
 
     def cuda(self, device: Any = None, non_blocking: bool = False) -> Int8Params:  # type: ignore[override]
+        """``self.to(device)`` with ``"cuda"`` as the default device; float data is quantized on the way."""
         return self.to(device="cuda" if device is None else device, non_blocking=non_blocking)
 
     def xpu(self, device: Any = None, non_blocking: bool = False) -> Int8Params:  # type: ignore[override]
+        """``self.to(device)`` with ``"xpu"`` as the default device; float data is quantized on the way."""
         return self.to(device="xpu" if device is None else device, non_blocking=non_blocking)
 
     def __deepcopy__(self, memo: dict) -> Int8Params:

@@ -66,6 +66,7 @@ class StableEmbedding(nn.Embedding):
         _register_optim_override(self)
 
     def reset_parameters(self) -> None:
+        """Xavier-uniform initialisation of the table; the ``padding_idx`` row is zeroed."""
         nn.init.xavier_uniform_(self.weight)
         self._fill_padding_idx_with_zero()
 
@@ -75,6 +76,8 @@ class StableEmbedding(nn.Embedding):
                 self.weight[self.padding_idx].fill_(0)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Look up the rows of ``input``, layer-normalise them in the default float dtype and
+        return them in the table's dtype."""
         emb = torchF.embedding(
             input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
         )
@@ -111,6 +114,7 @@ class Embedding(nn.Embedding):
         _register_optim_override(self)
 
     def reset_parameters(self) -> None:
+        """Xavier-uniform initialisation of the table; the ``padding_idx`` row is zeroed."""
         nn.init.xavier_uniform_(self.weight)
         if self.padding_idx is not None:
             with torch.no_grad():
@@ -134,6 +138,8 @@ class Embedding8bit(nn.Embedding):
         return module_apply(self, super()._apply, fn, recurse)  # the weight keeps its type and state
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Look up the int8 rows of ``input`` and scale each by its row scale / 127, in the
+        module's dtype. Raises ``RuntimeError`` before the table has been quantized."""
         if not hasattr(self.weight, "SCB") or self.weight.SCB is None:
             raise RuntimeError("Embedding layer is not quantized. Please call .cuda() or .to(device) first.")
         rows = self.weight.data
@@ -186,6 +192,9 @@ class Embedding4bit(nn.Embedding):
         return module_apply(self, super()._apply, fn, recurse)  # the weight keeps its type and state
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Look up the rows of ``input``, decoded to the module's dtype. When ``embedding_dim`` is a
+        multiple of the block size only the looked-up rows are dequantized; otherwise the whole
+        table is."""
         fix_4bit_weight_quant_state_from_module(self)
         qs = self.weight.quant_state
         if self.embedding_dim % qs.blocksize == 0:

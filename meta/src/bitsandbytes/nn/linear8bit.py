@@ -25,7 +25,13 @@ logger = logging.getLogger("bitsandbytes.nn.modules")  # the established release
 
 
 def maybe_rearrange_weight(
-    state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
 ) -> None:
     """Load-state-dict pre-hook of ``Linear8bitLt``: consume ``weight_format`` (only ``"row"`` is supported)."""
     weight = state_dict.get(f"{prefix}weight")
@@ -202,6 +208,8 @@ class Linear8bitLt(nn.Linear):
         return self
 
     def to(self, *args: Any, **kwargs: Any) -> Linear8bitLt:  # type: ignore[override]
+        """``nn.Module.to``, then the int8 weight and row scales kept in ``state`` follow to the new
+        device."""
         result = super().to(*args, **kwargs)
         device, _, _, _ = torch._C._nn._parse_to(*args, **kwargs)
         if device is not None:
@@ -218,6 +226,9 @@ class Linear8bitLt(nn.Linear):
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """LLM.int8() product ``x @ W.T + bias`` (``bitsandbytes.matmul`` with this layer's
+        ``state``): with ``threshold > 0`` the outlier columns of ``x`` are multiplied unquantized.
+        Raises ``NotQuantizedError`` when an int8-only layer has no int8 weight or no row scales."""
         # Inference: the runner kept after an earlier general call (_runners.keep), where nothing
         # it was prepared with has changed and the call is a plain eager one without gradients; as
         # in Linear4bit.forward, each test costs ~1 us with cold caches, the general path ~40 us
@@ -315,12 +326,16 @@ class OutlierAwareLinear(nn.Linear):
         self.is_quantized = False
 
     def forward_with_outliers(self, x: torch.Tensor, outlier_idx: torch.Tensor) -> torch.Tensor:
+        """The layer's product given the outlier dimensions; subclasses implement it."""
         raise NotImplementedError("Please override the `forward_with_outliers(self, x, outlier_idx)` function")
 
     def quantize_weight(self, w: torch.Tensor, outlier_idx: torch.Tensor) -> torch.Tensor:
+        """The weight to store, quantized around the outlier dimensions; subclasses implement it."""
         raise NotImplementedError("Please override the `quantize_weights(self, w, outlier_idx)` function")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """On the first call, ask ``OutlierTracer`` for the outlier dimensions and replace the weight
+        with ``quantize_weight``'s result; then return ``forward_with_outliers(x, outlier_dim)``."""
         if self.outlier_dim is None:
             tracer = OutlierTracer.get_instance()
             if not tracer.is_initialized():

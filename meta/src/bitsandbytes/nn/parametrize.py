@@ -23,6 +23,7 @@ class Bnb4bitParametrization(nn.Module):
 
     @torch.no_grad()
     def forward(self, quantized_param: torch.Tensor) -> torch.Tensor:
+        """Dequantize ``quantized_param`` with the stored quant state (moved to its device first)."""
         qs = self.quant_state
         if qs.absmax.device != quantized_param.device:
             # The quant state is no parameter or buffer: Module.to() / to_empty() moved only the

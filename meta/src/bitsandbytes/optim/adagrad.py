@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from .optimizer import Optimizer1State
 
 
@@ -23,16 +26,16 @@ class Adagrad(Optimizer1State):
 
     def __init__(
         self,
-        params,
-        lr=1e-2,
-        lr_decay=0,
-        weight_decay=0,
-        initial_accumulator_value=0,
-        eps=1e-10,
-        optim_bits=32,
-        args=None,
-        min_8bit_size=4096,
-    ):
+        params: Iterable,
+        lr: float = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+    ) -> None:
         _check(lr, lr_decay, weight_decay, initial_accumulator_value, eps)
         super().__init__("adagrad", params, lr, (0.0, 0.0), eps, weight_decay, optim_bits, args, min_8bit_size)
 
@@ -42,16 +45,16 @@ class Adagrad8bit(Optimizer1State):
 
     def __init__(
         self,
-        params,
-        lr=1e-2,
-        lr_decay=0,
-        weight_decay=0,
-        initial_accumulator_value=0,
-        eps=1e-10,
-        optim_bits=8,
-        args=None,
-        min_8bit_size=4096,
-    ):
+        params: Iterable,
+        lr: float = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        optim_bits: int = 8,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+    ) -> None:
         _check(lr, lr_decay, weight_decay, initial_accumulator_value, eps)
         if optim_bits != 8:
             raise ValueError(f"Adagrad8bit uses 8-bit states; optim_bits must be 8, got {optim_bits}")
@@ -63,15 +66,15 @@ class Adagrad32bit(Optimizer1State):
 
     def __init__(
         self,
-        params,
-        lr=1e-2,
-        lr_decay=0,
-        weight_decay=0,
-        initial_accumulator_value=0,
-        eps=1e-10,
-        optim_bits=32,
-        args=None,
-        min_8bit_size=4096,
-    ):
+        params: Iterable,
+        lr: float = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+    ) -> None:
         _check(lr, lr_decay, weight_decay, initial_accumulator_value, eps)
         super().__init__("adagrad", params, lr, (0.0, 0.0), eps, weight_decay, 32, args, min_8bit_size)

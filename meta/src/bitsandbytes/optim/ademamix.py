@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -15,18 +16,18 @@ class AdEMAMix(Optimizer2State):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999, 0.9999),
-        alpha=5.0,
-        t_alpha=None,
-        t_beta3=None,
-        eps=1e-8,
-        weight_decay=1e-2,
-        optim_bits=32,
-        min_8bit_size=4096,
-        is_paged=False,
-    ):
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, ...] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        t_alpha: int | None = None,
+        t_beta3: int | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        optim_bits: int = 32,
+        min_8bit_size: int = 4096,
+        is_paged: bool = False,
+    ) -> None:
         super().__init__(
             "ademamix",
             params,
@@ -77,17 +78,17 @@ class AdEMAMix8bit(AdEMAMix):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999, 0.9999),
-        alpha=5.0,
-        t_alpha=None,
-        t_beta3=None,
-        eps=1e-8,
-        weight_decay=1e-2,
-        min_8bit_size=4096,
-        is_paged=False,
-    ):
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, ...] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        t_alpha: int | None = None,
+        t_beta3: int | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        min_8bit_size: int = 4096,
+        is_paged: bool = False,
+    ) -> None:
         super().__init__(params, lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay, 8, min_8bit_size, is_paged)
 
 
@@ -97,17 +98,17 @@ class AdEMAMix32bit(AdEMAMix):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999, 0.9999),
-        alpha=5.0,
-        t_alpha=None,
-        t_beta3=None,
-        eps=1e-8,
-        weight_decay=1e-2,
-        min_8bit_size=4096,
-        is_paged=False,
-    ):
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, ...] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        t_alpha: int | None = None,
+        t_beta3: int | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        min_8bit_size: int = 4096,
+        is_paged: bool = False,
+    ) -> None:
         super().__init__(params, lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay, 32, min_8bit_size, is_paged)
 
 
@@ -116,17 +117,17 @@ class PagedAdEMAMix(AdEMAMix):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999, 0.9999),
-        alpha=5.0,
-        t_alpha=None,
-        t_beta3=None,
-        eps=1e-8,
-        weight_decay=1e-2,
-        optim_bits=32,
-        min_8bit_size=4096,
-    ):
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, ...] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        t_alpha: int | None = None,
+        t_beta3: int | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        optim_bits: int = 32,
+        min_8bit_size: int = 4096,
+    ) -> None:
         super().__init__(params, lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay, optim_bits, min_8bit_size, True)
 
 
@@ -135,16 +136,16 @@ class PagedAdEMAMix8bit(AdEMAMix):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999, 0.9999),
-        alpha=5.0,
-        t_alpha=None,
-        t_beta3=None,
-        eps=1e-8,
-        weight_decay=1e-2,
-        min_8bit_size=4096,
-    ):
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, ...] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        t_alpha: int | None = None,
+        t_beta3: int | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        min_8bit_size: int = 4096,
+    ) -> None:
         super().__init__(params, lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay, 8, min_8bit_size, True)
 
 
@@ -153,16 +154,16 @@ class PagedAdEMAMix32bit(AdEMAMix):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999, 0.9999),
-        alpha=5.0,
-        t_alpha=None,
-        t_beta3=None,
-        eps=1e-8,
-        weight_decay=1e-2,
-        min_8bit_size=4096,
-    ):
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, ...] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        t_alpha: int | None = None,
+        t_beta3: int | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        min_8bit_size: int = 4096,
+    ) -> None:
         super().__init__(params, lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay, 32, min_8bit_size, True)
 
 
@@ -173,7 +174,7 @@ class _ReferenceAdEMAMix(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params,
+        params: Iterable,
         lr: float = 1e-3,
         betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
         alpha: float = 5.0,
@@ -181,7 +182,7 @@ class _ReferenceAdEMAMix(torch.optim.Optimizer):
         weight_decay: float = 1e-2,
         t_beta3: int | None = None,
         t_alpha: int | None = None,
-    ):
+    ) -> None:
         defaults = dict(
             lr=lr, betas=betas, alpha=alpha, eps=eps, weight_decay=weight_decay, t_alpha=t_alpha, t_beta3=t_beta3
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from .optimizer import Optimizer2State
 
 
@@ -10,19 +13,19 @@ class LAMB(Optimizer2State):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        bias_correction=True,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0,
-        amsgrad=False,
-        adam_w_mode=True,
-        optim_bits=32,
-        args=None,
-        min_8bit_size=4096,
-        max_unorm=1.0,
-    ):
+        params: Iterable,
+        lr: float = 1e-3,
+        bias_correction: bool = True,
+        betas: tuple[float, ...] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        adam_w_mode: bool = True,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        max_unorm: float = 1.0,
+    ) -> None:
         super().__init__(
             "lamb", params, lr, betas, eps, weight_decay, optim_bits, args, min_8bit_size, max_unorm=max_unorm
         )
@@ -33,18 +36,18 @@ class LAMB8bit(Optimizer2State):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        bias_correction=True,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0,
-        amsgrad=False,
-        adam_w_mode=True,
-        args=None,
-        min_8bit_size=4096,
-        max_unorm=1.0,
-    ):
+        params: Iterable,
+        lr: float = 1e-3,
+        bias_correction: bool = True,
+        betas: tuple[float, ...] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        adam_w_mode: bool = True,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        max_unorm: float = 1.0,
+    ) -> None:
         if amsgrad:
             raise ValueError("LAMB8bit does not support amsgrad=True")
         if max_unorm != 1.0:
@@ -57,16 +60,16 @@ class LAMB32bit(Optimizer2State):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        bias_correction=True,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0,
-        amsgrad=False,
-        adam_w_mode=True,
-        args=None,
-        min_8bit_size=4096,
-        max_unorm=1.0,
-    ):
+        params: Iterable,
+        lr: float = 1e-3,
+        bias_correction: bool = True,
+        betas: tuple[float, ...] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        adam_w_mode: bool = True,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        max_unorm: float = 1.0,
+    ) -> None:
         super().__init__("lamb", params, lr, betas, eps, weight_decay, 32, args, min_8bit_size, max_unorm=max_unorm)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import torch
 
 from .optimizer import Optimizer1State
@@ -17,17 +20,17 @@ class LARS(Optimizer1State):
 
     def __init__(
         self,
-        params,
-        lr,
-        momentum=0,
-        dampening=0,
-        weight_decay=0,
-        nesterov=False,
-        optim_bits=32,
-        args=None,
-        min_8bit_size=4096,
-        max_unorm=0.02,
-    ):
+        params: Iterable,
+        lr: float,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        max_unorm: float = 0.02,
+    ) -> None:
         _need_momentum(momentum)
         super().__init__(
             "lars",
@@ -48,16 +51,16 @@ class LARS8bit(Optimizer1State):
 
     def __init__(
         self,
-        params,
-        lr,
-        momentum=0,
-        dampening=0,
-        weight_decay=0,
-        nesterov=False,
-        args=None,
-        min_8bit_size=4096,
-        max_unorm=0.02,
-    ):
+        params: Iterable,
+        lr: float,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        max_unorm: float = 0.02,
+    ) -> None:
         _need_momentum(momentum)
         super().__init__(
             "lars", params, lr, (momentum, dampening), 0.0, weight_decay, 8, args, min_8bit_size, max_unorm=max_unorm
@@ -69,16 +72,16 @@ class LARS32bit(Optimizer1State):
 
     def __init__(
         self,
-        params,
-        lr,
-        momentum=0,
-        dampening=0,
-        weight_decay=0,
-        nesterov=False,
-        args=None,
-        min_8bit_size=4096,
-        max_unorm=0.02,
-    ):
+        params: Iterable,
+        lr: float,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        max_unorm: float = 0.02,
+    ) -> None:
         _need_momentum(momentum)
         super().__init__(
             "lars", params, lr, (momentum, dampening), 0.0, weight_decay, 32, args, min_8bit_size, max_unorm=max_unorm
@@ -88,7 +91,16 @@ class LARS32bit(Optimizer1State):
 class PytorchLARS(torch.optim.Optimizer):
     """LARS written with plain PyTorch ops (state key ``momentum_buffer``), as a reference."""
 
-    def __init__(self, params, lr=0.01, momentum=0, dampening=0, weight_decay=0, nesterov=False, max_unorm=0.02):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.01,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        max_unorm: float = 0.02,
+    ) -> None:
         if lr < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
@@ -113,7 +125,7 @@ class PytorchLARS(torch.optim.Optimizer):
             group.setdefault("nesterov", False)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One LARS step; returns the closure's loss."""
         loss = None
         if closure is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from .optimizer import Optimizer1State
 
 
@@ -10,15 +13,15 @@ class Lion(Optimizer1State):
 
     def __init__(
         self,
-        params,
-        lr=1e-4,
-        betas=(0.9, 0.99),
-        weight_decay=0,
-        optim_bits=32,
-        args=None,
-        min_8bit_size=4096,
-        is_paged=False,
-    ):
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: tuple[float, ...] = (0.9, 0.99),
+        weight_decay: float = 0,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        is_paged: bool = False,
+    ) -> None:
         super().__init__(
             "lion", params, lr, betas, 0.0, weight_decay, optim_bits, args, min_8bit_size, is_paged=is_paged
         )
@@ -28,8 +31,15 @@ class Lion8bit(Optimizer1State):
     """Lion with block-wise 8-bit states."""
 
     def __init__(
-        self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, args=None, min_8bit_size=4096, is_paged=False
-    ):
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: tuple[float, ...] = (0.9, 0.99),
+        weight_decay: float = 0,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        is_paged: bool = False,
+    ) -> None:
         super().__init__("lion", params, lr, betas, 0.0, weight_decay, 8, args, min_8bit_size, is_paged=is_paged)
 
 
@@ -37,8 +47,15 @@ class Lion32bit(Optimizer1State):
     """Lion with 32-bit states."""
 
     def __init__(
-        self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, args=None, min_8bit_size=4096, is_paged=False
-    ):
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: tuple[float, ...] = (0.9, 0.99),
+        weight_decay: float = 0,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        is_paged: bool = False,
+    ) -> None:
         super().__init__("lion", params, lr, betas, 0.0, weight_decay, 32, args, min_8bit_size, is_paged=is_paged)
 
 
@@ -46,20 +63,43 @@ class PagedLion(Optimizer1State):
     """Lion with paged states."""
 
     def __init__(
-        self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, optim_bits=32, args=None, min_8bit_size=4096
-    ):
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: tuple[float, ...] = (0.9, 0.99),
+        weight_decay: float = 0,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+    ) -> None:
         super().__init__("lion", params, lr, betas, 0.0, weight_decay, optim_bits, args, min_8bit_size, is_paged=True)
 
 
 class PagedLion8bit(Optimizer1State):
     """Lion with paged 8-bit states."""
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, args=None, min_8bit_size=4096):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: tuple[float, ...] = (0.9, 0.99),
+        weight_decay: float = 0,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+    ) -> None:
         super().__init__("lion", params, lr, betas, 0.0, weight_decay, 8, args, min_8bit_size, is_paged=True)
 
 
 class PagedLion32bit(Optimizer1State):
     """Lion with paged 32-bit states."""
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, args=None, min_8bit_size=4096):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: tuple[float, ...] = (0.9, 0.99),
+        weight_decay: float = 0,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+    ) -> None:
         super().__init__("lion", params, lr, betas, 0.0, weight_decay, 32, args, min_8bit_size, is_paged=True)

@@ -10,7 +10,7 @@ which go through ``torch.ops.bitsandbytes`` to the kernel registered for the par
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -156,7 +156,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                         self.mng.index2config[(gindex, pindex)] = config
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step over every parameter with a gradient; returns the closure's loss."""
         loss = None
         if closure is not None:
@@ -214,9 +214,13 @@ class Optimizer8bit(torch.optim.Optimizer):
         return config
 
     def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        """Create the state of ``p`` before its first step; each optimizer with one or two states
+        overrides this."""
         raise NotImplementedError("init_state method needs to be overridden")
 
     def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
+        """Apply one update to ``p`` from its gradient and state; each optimizer with one or two
+        states overrides this."""
         raise NotImplementedError("The update_step method needs to be overridden")
 
     def get_state_buffer(self, p: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

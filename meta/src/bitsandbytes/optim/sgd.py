@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from .optimizer import Optimizer1State
 
 
@@ -15,16 +18,16 @@ class SGD(Optimizer1State):
 
     def __init__(
         self,
-        params,
-        lr,
-        momentum=0,
-        dampening=0,
-        weight_decay=0,
-        nesterov=False,
-        optim_bits=32,
-        args=None,
-        min_8bit_size=4096,
-    ):
+        params: Iterable,
+        lr: float,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+    ) -> None:
         _need_momentum(momentum)
         super().__init__(
             "momentum", params, lr, (momentum, dampening), 0.0, weight_decay, optim_bits, args, min_8bit_size
@@ -35,8 +38,16 @@ class SGD8bit(Optimizer1State):
     """SGD with a block-wise 8-bit momentum state."""
 
     def __init__(
-        self, params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False, args=None, min_8bit_size=4096
-    ):
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+    ) -> None:
         _need_momentum(momentum)
         super().__init__("momentum", params, lr, (momentum, dampening), 0.0, weight_decay, 8, args, min_8bit_size)
 
@@ -45,7 +56,15 @@ class SGD32bit(Optimizer1State):
     """SGD with a 32-bit momentum state."""
 
     def __init__(
-        self, params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False, args=None, min_8bit_size=4096
-    ):
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+    ) -> None:
         _need_momentum(momentum)
         super().__init__("momentum", params, lr, (momentum, dampening), 0.0, weight_decay, 32, args, min_8bit_size)
