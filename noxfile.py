@@ -184,21 +184,38 @@ def install_cuda_platform(session: nox.Session) -> None:
 @nox.session(name="build-cuda", tags=["ci"])
 def build_cuda(session: nox.Session) -> None:
     """Build the CUDA wheel with the local nvcc for one architecture, then check it without a GPU:
-    every C ABI symbol exported, build info names toolkit and arch, no CUDA library inside."""
+    every C ABI symbol exported, build info names toolkit and arch, no CUDA library inside. Then
+    the release's way: a C-only build (its C ABI test runs) packaged by a second wheel build
+    through BNB_KERNEL_LIBRARY_DIR, which must carry that library byte for byte."""
     arch = os.environ.get("BNB_CUDA_ARCHS", "90")
-    out = pathlib.Path(session.create_tmp()) / "wheelhouse"
-    if out.exists():
-        for old in out.glob("*.whl"):
-            old.unlink()
-    session.install("pip")
-    session.run(
-        "python", "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(CUDA_DIR), env={"BNB_CUDA_ARCHS": arch}
-    )
-    wheels = sorted(out.glob("bitsandbytes_cuda*.whl"))
-    if len(wheels) != 1:
-        session.error(f"expected one CUDA wheel in {out}, found {[w.name for w in wheels]}")
+    tmp = pathlib.Path(session.create_tmp()).resolve()
     arch_args = [a for part in arch.replace(",", ";").split(";") if part for a in ("--arch", part)]
-    session.run("python", str(CUDA_DIR / "tools" / "check_wheel.py"), str(wheels[0]), *arch_args)
+    session.install("pip")
+
+    def wheel(out: pathlib.Path, env: dict[str, str]) -> pathlib.Path:
+        shutil.rmtree(out, ignore_errors=True)
+        session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(CUDA_DIR), env=env)
+        wheels = sorted(out.glob("bitsandbytes_cuda*.whl"))
+        if len(wheels) != 1:
+            session.error(f"expected one CUDA wheel in {out}, found {[w.name for w in wheels]}")
+        session.run("python", str(CUDA_DIR / "tools" / "check_wheel.py"), str(wheels[0]), *arch_args)
+        return wheels[0]
+
+    wheel(tmp / "wheelhouse", {"BNB_CUDA_ARCHS": arch})
+
+    prefix, build = tmp / "kernel-prefix", tmp / "kernel-build"
+    for folder in (prefix, build):
+        shutil.rmtree(folder, ignore_errors=True)
+    session.run(
+        "bash", str(ROOT / "tools" / "build_kernel_library.sh"), str(CUDA_DIR), str(prefix),
+        env={"BNB_KERNEL_BUILD_DIR": str(build), "BNB_KERNEL_CMAKE_ARGS": f"-DBNB_CUDA_ARCHS={arch}"},
+        external=True,
+    )  # fmt: skip
+    packaged = wheel(tmp / "wheelhouse-prebuilt", {"SKBUILD_CMAKE_DEFINE": f"BNB_KERNEL_LIBRARY_DIR={prefix}"})
+    with zipfile.ZipFile(packaged) as zf:
+        inside = zf.read("bitsandbytes_cuda/libbitsandbytes_cuda.so")
+    if [inside] != [lib.read_bytes() for lib in prefix.glob("lib*/libbitsandbytes_cuda.so")]:
+        session.error("the wheel built with BNB_KERNEL_LIBRARY_DIR does not carry the prebuilt library as it is")
 
 
 @nox.session(name="tests-cuda")

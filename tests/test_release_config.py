@@ -4,6 +4,7 @@ with --noconftest); the cibuildwheel tests skip where cibuildwheel is not instal
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -16,6 +17,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYTHONS = ["cp310", "cp311", "cp312", "cp313", "cp314"]
 VERSION = (ROOT / "VERSION").read_text().strip()
+CUDA_TOOLS = ROOT / "platforms" / "cuda" / "tools"
 
 # The test sessions of the library collect tests/ too; these configure CMake projects and run
 # cibuildwheel, so they run once, in `nox -s release-config` (which sets BNB_RELEASE_TESTS=1).
@@ -92,16 +94,51 @@ def test_cuda_config_excludes_and_checks_runtime_libraries():
         assert f"--exclude '{lib}'" in linux
     assert "check_wheel.py --forbid 'libcudart*' --forbid 'libcublas*'" in linux
     assert "BNB_CUDA_MAJOR" in config["linux"]["environment-pass"]
-    assert any("cuda_dist_name.py" in step for step in config["linux"]["before-all"])
+    for os_name in ("linux", "windows"):
+        steps = config[os_name]["before-all"]
+        assert any("{package}/tools/set_cuda_major.py --from-env" in step for step in steps)
+        assert "BNB_KERNEL_LIBRARY_DIR=" in config[os_name]["environment"]["SKBUILD_CMAKE_DEFINE"]
+    # The architectures reach the option the CMake project reads (CMAKE_CUDA_ARCHITECTURES it sets itself).
+    assert "BNB_CUDA_ARCHS" in config["linux"]["environment-pass"]
+    assert all("CMAKE_CUDA_ARCHITECTURES" not in step for step in config["linux"]["before-all"])
+    assert any("-DBNB_CUDA_ARCHS=" in step for step in config["linux"]["before-all"])
 
 
-def test_cuda_dist_name(tmp_path):
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "bitsandbytes-cuda12x"\n')
-    script = [sys.executable, str(ROOT / "release" / "cuda_dist_name.py"), str(tmp_path)]
-    subprocess.run(script, env={**os.environ, "BNB_CUDA_MAJOR": "13"}, check=True, capture_output=True)
-    assert 'name = "bitsandbytes-cuda13x"' in (tmp_path / "pyproject.toml").read_text()
-    bad = subprocess.run(script, env={**os.environ, "BNB_CUDA_MAJOR": "11"}, capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip() == "error: BNB_CUDA_MAJOR='11'; set it to one of 12, 13"
+def _set_cuda_major(tmp_path, monkeypatch):
+    """platforms/cuda/tools/set_cuda_major.py, pointed at a copy of the real pyproject.toml."""
+    spec = importlib.util.spec_from_file_location("set_cuda_major", CUDA_TOOLS / "set_cuda_major.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    copy = tmp_path / "pyproject.toml"
+    copy.write_text((ROOT / "platforms" / "cuda" / "pyproject.toml").read_text())
+    monkeypatch.setattr(module, "PYPROJECT", copy)
+    return module, copy
+
+
+def test_set_cuda_major_from_env_renames_distribution_and_entry_point(tmp_path, monkeypatch, capsys):
+    module, copy = _set_cuda_major(tmp_path, monkeypatch)
+    monkeypatch.setenv("BNB_CUDA_MAJOR", "12")
+    assert module.main(["--from-env"]) == 0
+    text = copy.read_text()
+    assert 'name = "bitsandbytes-cuda12x"  # bnb:cuda-major' in text
+    assert 'cuda12x = "bitsandbytes_cuda:register"  # bnb:cuda-major' in text
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads(text)["project"]
+    assert project["name"] == "bitsandbytes-cuda12x"
+    assert project["entry-points"]["bitsandbytes.platforms"] == {"cuda12x": "bitsandbytes_cuda:register"}
+
+
+@pytest.mark.parametrize("value", ["", "11", "twelve", "\u0661\u0662"])
+def test_set_cuda_major_from_env_refuses_a_bad_value(tmp_path, monkeypatch, capsys, value):
+    module, copy = _set_cuda_major(tmp_path, monkeypatch)
+    before = copy.read_text()
+    monkeypatch.setenv("BNB_CUDA_MAJOR", value)
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--from-env"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "BNB_CUDA_MAJOR" in err or "CUDA 12 or newer" in err
+    assert copy.read_text() == before
 
 
 def test_rocm_build_identifiers():
@@ -170,6 +207,13 @@ def test_wrong_platform_is_one_line(tmp_path, platform, message):
 def test_missing_prebuilt_kernel_library_is_one_line(tmp_path):
     line = configure(tmp_path, f"-DBNB_KERNEL_LIBRARY_DIR={tmp_path / 'nowhere'}")
     assert "holds no bitsandbytes_cpu CMake package; build it first:" in line
+
+
+@needs_cmake
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit")
+def test_cuda_missing_prebuilt_kernel_library_is_one_line(tmp_path):
+    line = configure(tmp_path, f"-DBNB_KERNEL_LIBRARY_DIR={tmp_path / 'nowhere'}", source=ROOT / "platforms" / "cuda")
+    assert "holds no bitsandbytes_cuda CMake package; build it first:" in line
 
 
 @needs_cmake
