@@ -156,7 +156,7 @@ def build(dist: pathlib.Path) -> None:
 
 def sources(dist: pathlib.Path) -> None:
     """What the release adds beside cibuildwheel's wheels: an sdist of every distribution and the
-    py3-none-any wheels, meta and hpu (built from their sdists)."""
+    py3-none-any wheels of the meta-package and of PURE_PLATFORMS (built from their sdists)."""
     dist.mkdir(parents=True, exist_ok=True)
     meta_sdist = sdist.build_sdist("meta", dist)
     for pyproject in sorted((ROOT / "platforms").glob("*/pyproject.toml")):
