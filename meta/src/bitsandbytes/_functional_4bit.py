@@ -40,7 +40,8 @@ def quantize_4bit(
     code = get_4bit_type(quant_type, device=A.device)
     if compress_statistics:
         offset = _absmax.mean()
-        qabsmax, state2 = quantize_blockwise(_absmax - offset, blocksize=256)
+        # the op's absmax is a temporary here: centred in place, not copied (the same differences)
+        qabsmax, state2 = quantize_blockwise(_absmax.sub_(offset), blocksize=256)
         state = QuantState(
             absmax=qabsmax,
             shape=input_shape,

@@ -61,7 +61,12 @@ def _resolved_absmax(quant_state: QuantState) -> torch.Tensor:
             )
         return quant_state.absmax
     absmax = dequantize_blockwise(quant_state.absmax, quant_state.state2)
-    return (absmax + quant_state.offset.to(absmax.device)).float()
+    offset = quant_state.offset.to(absmax.device)
+    if absmax.dtype == torch.float32 and offset.dtype == torch.float32 and offset.numel() == 1 and offset.dim() <= 1:
+        # the new decoded tensor takes the offset in place: the same sums as ``absmax + offset``
+        # without a second absmax-sized temporary (4 bytes per block of the weight)
+        return absmax.add_(offset)
+    return (absmax + offset).float()
 
 
 def dequantize_blockwise(

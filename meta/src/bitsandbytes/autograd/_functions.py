@@ -102,6 +102,8 @@ def _int8_weight(B: torch.Tensor, state: MatmulLtState) -> tuple[torch.Tensor, t
                 raise ValueError("bitsandbytes.matmul: B is int8 but neither state.SCB nor B.SCB holds its row scales")
             state.CB, state.SCB = B.data, scb
         else:
+            # the previous step's codes go first: two int8 copies of the weight need not coexist
+            state.CB = state.SCB = None
             state.CB, state.SCB, _ = F.int8_vectorwise_quant(B.detach().to(torch.float16))
     return state.CB, state.SCB
 

@@ -151,6 +151,28 @@ class Embedding8bit(nn.Embedding):
         return (compressed * (scales / 127.0)).to(self.dtype)
 
 
+def _looked_up_absmax(qs: QuantState, index: torch.Tensor, num: int, per_row: int) -> torch.Tensor:
+    """The f32 absmax of the table rows ``index`` (``[len(index), per_row]``). A double-quantized
+    absmax is decoded for those rows only (``code[q] * absmax2[block] + offset``, the sums of
+    ``dequantize_blockwise`` and ``_resolved_absmax``), not for the whole table: a decoded token
+    of a 128256x4096 table would otherwise make two 32 MiB temporaries."""
+    s2 = qs.state2
+    if not (
+        qs.nested
+        and qs.absmax.dtype == torch.uint8
+        and s2.absmax.dtype == torch.float32
+        and s2.code.dtype == torch.float32
+        and s2.dtype in (None, torch.float32)
+        and qs.offset.dtype == torch.float32
+        and qs.offset.numel() == 1
+    ):
+        return torchF.embedding(index, F._resolved_absmax(qs).view(num, per_row))
+    codes = torchF.embedding(index, qs.absmax.view(num, per_row))  # checks the indices
+    flat = index.long().unsqueeze(1) * per_row + torch.arange(per_row, device=index.device)
+    scale = s2.absmax[flat // s2.blocksize]
+    return s2.code.to(codes.device)[codes.long()].mul_(scale).add_(qs.offset.reshape(()).to(codes.device))
+
+
 class Embedding4bit(nn.Embedding):
     """An embedding table stored in 4 bit (NF4/FP4); only the looked-up rows are decoded when possible."""
 
@@ -199,9 +221,10 @@ class Embedding4bit(nn.Embedding):
         qs = self.weight.quant_state
         if self.embedding_dim % qs.blocksize == 0:
             packed = self.weight.data.view(torch.uint8).view(self.num_embeddings, self.embedding_dim // 2)
-            absmax = F._resolved_absmax(qs).view(self.num_embeddings, self.embedding_dim // qs.blocksize)
             rows = torchF.embedding(input.reshape(-1), packed)
-            row_absmax = torchF.embedding(input.reshape(-1), absmax)
+            row_absmax = _looked_up_absmax(
+                qs, input.reshape(-1), self.num_embeddings, self.embedding_dim // qs.blocksize
+            )
             row_state = QuantState(
                 absmax=row_absmax.reshape(-1).contiguous(),
                 shape=(rows.shape[0], self.embedding_dim),
