@@ -374,9 +374,11 @@ def demo(session: nox.Session) -> None:
     session.run("python", str(ROOT / "examples" / "demo.py"))
 
 
-def _cpu_bench(session: nox.Session, script: str) -> None:
-    """Run bench/<script> with the meta-package and the cpu wheel."""
+def _cpu_bench(session: nox.Session, script: str, *deps: str) -> None:
+    """Run bench/<script> with the meta-package, the cpu wheel and ``deps``."""
     install_torch(session)
+    if deps:
+        session.install(*deps, TORCH)  # the pinned torch stays: deps never swap it
     install_meta(session)
     install_platform(session, "cpu")
     session.run("python", str(ROOT / "bench" / script), *session.posargs)
@@ -386,6 +388,13 @@ def _cpu_bench(session: nox.Session, script: str) -> None:
 def bench_import(session: nox.Session) -> None:
     """Import-time overhead of bitsandbytes over torch (meta + cpu wheel)."""
     _cpu_bench(session, "import_time.py")
+
+
+@nox.session(name="bench-memory")
+def bench_memory(session: nox.Session) -> None:
+    """Peak host memory of the main CPU flows (quantizing, inference, training, optimizers,
+    checkpoints, transformers loading) against what each must hold (bench/memory.py, Linux)."""
+    _cpu_bench(session, "memory.py", *INTEGRATION_DEPS)
 
 
 @nox.session(name="bench-cpu-optim")
