@@ -99,10 +99,15 @@ def unbind(op: str, device_type: str, fn: Callable) -> None:
 
 
 def _verify(op: str, device_type: str) -> Callable | None:
-    fn, site = _bound[(op, device_type)]
+    # Threads may verify the same entry at once, or one may drop it while another is here: look
+    # it up and drop it without assuming it is (still) there.
+    entry = _bound.get((op, device_type))
+    if entry is None:
+        return None
+    fn, site = entry
     if _dispatcher_kernel(op, device_type) != site:
         _changed()
-        del _bound[(op, device_type)]  # someone registered another kernel since: always dispatch
+        _bound.pop((op, device_type), None)  # someone registered another kernel since: always dispatch
         return None
     _verified[(op, device_type)] = fn
     return fn

@@ -101,10 +101,12 @@ def _int8_weight(B: torch.Tensor, state: MatmulLtState) -> tuple[torch.Tensor, t
             if scb is None:
                 raise ValueError("bitsandbytes.matmul: B is int8 but neither state.SCB nor B.SCB holds its row scales")
             state.CB, state.SCB = B.data, scb
-        else:
-            # the previous step's codes go first: two int8 copies of the weight need not coexist
-            state.CB = state.SCB = None
-            state.CB, state.SCB, _ = F.int8_vectorwise_quant(B.detach().to(torch.float16))
+            return B.data, scb
+        # the previous step's codes go first: two int8 copies of the weight need not coexist
+        state.CB = state.SCB = None
+        CB, SCB, _ = F.int8_vectorwise_quant(B.detach().to(torch.float16))
+        state.CB, state.SCB = CB, SCB
+        return CB, SCB  # (not read back from the state: another thread sharing it may be at the line above)
     return state.CB, state.SCB
 
 
@@ -131,17 +133,24 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
-def _int8_input_grad(grad_output: torch.Tensor, state: MatmulLtState, dtype: torch.dtype) -> torch.Tensor:
-    """``grad_output @ (CB * SCB / 127)`` in ``dtype``: the weight stays int8 (no dequantized copy
-    on platforms that read it directly; the reference dequantizes into grad_output's dtype)."""
-    grad = torch.ops.bitsandbytes.int8_weight_mm_t(grad_output, state.CB, state.SCB)
+def _int8_input_grad(grad_output: torch.Tensor, ctx: Any, dtype: torch.dtype) -> torch.Tensor:
+    """``grad_output @ (CB * SCB / 127)`` in ``dtype`` with the int8 weight the forward used (kept
+    on ``ctx``: the shared state may hold another thread's, or none, by now). The weight stays int8
+    (no dequantized copy on platforms that read it directly; the reference dequantizes into
+    grad_output's dtype)."""
+    grad = torch.ops.bitsandbytes.int8_weight_mm_t(grad_output, ctx.CB, ctx.SCB)
     return grad.to(dtype)
 
 
-def _int8_forward(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, state: MatmulLtState) -> torch.Tensor:
+def _int8_forward(
+    A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, state: MatmulLtState, ctx: Any = None
+) -> torch.Tensor:
     """LLM.int8() forward of a non-empty ``A``: int8 GEMM of the row-quantized input and weight,
-    the outlier columns (``|A| >= state.threshold``) in A's precision."""
+    the outlier columns (``|A| >= state.threshold``) in A's precision. The int8 weight used is
+    kept on ``ctx`` (when given) for the backward."""
     CB, SCB = _int8_weight(B, state)
+    if ctx is not None:
+        ctx.CB, ctx.SCB = CB, SCB
     A2 = _as_rows(A)
     CA, SCA, outlier_cols = F.int8_vectorwise_quant(A2.to(torch.float16), threshold=state.threshold)
     if state.threshold > 0.0:
@@ -179,7 +188,7 @@ class MatMul8bitLt(torch.autograd.Function):
             ctx.save_for_backward(None)
             return _empty_product(A, N, bias, out)
         ctx.is_empty = False
-        output = _int8_forward(A, B, bias, state)
+        output = _int8_forward(A, B, bias, state, ctx)
         ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
         return C.into_out(out, output)
 
@@ -193,14 +202,13 @@ class MatMul8bitLt(torch.autograd.Function):
             grad_A = grad_output.new_zeros(ctx.shape_A, dtype=ctx.dtype_A) if ctx.needs_input_grad[0] else None
             return grad_A, None, None, bias_grad, None
         (A,) = ctx.saved_tensors
-        state = ctx.state
         req_a, req_b, _, req_bias, _ = ctx.needs_input_grad
         grad_A = grad_B = grad_bias = None
         g2 = _as_rows(grad_output)
         if req_bias:
             grad_bias = g2.sum(0).to(ctx.dtype_A)
         if req_a:
-            grad_A = _int8_input_grad(grad_output, state, ctx.dtype_A)
+            grad_A = _int8_input_grad(grad_output, ctx, ctx.dtype_A)
         if req_b and A is not None:
             grad_B = g2.t().to(A.dtype) @ _as_rows(A)
         return grad_A, grad_B, None, grad_bias, None
@@ -213,6 +221,7 @@ class MatMul8bitFp(torch.autograd.Function):
     def forward(ctx, A, B, out=None, bias=None, state=None):  # type: ignore[override]
         state = state or MatmulLtState()
         CB, SCB = _int8_weight(B, state)
+        ctx.CB, ctx.SCB = CB, SCB
         output = torch.ops.bitsandbytes.int8_weight_mm(A, CB, SCB, None if bias is None else bias.to(A.dtype))
         ctx.state = state
         ctx.dtype_A = A.dtype
@@ -222,14 +231,13 @@ class MatMul8bitFp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         (A,) = ctx.saved_tensors
-        state = ctx.state
         req_a, req_b, _, req_bias, _ = ctx.needs_input_grad
         grad_A = grad_B = grad_bias = None
         g2 = _as_rows(grad_output)
         if req_bias:
             grad_bias = g2.sum(0)
         if req_a:
-            grad_A = _int8_input_grad(grad_output, state, ctx.dtype_A)
+            grad_A = _int8_input_grad(grad_output, ctx, ctx.dtype_A)
         if req_b and A is not None:
             grad_B = g2.t().to(A.dtype) @ _as_rows(A)
         return grad_A, grad_B, None, grad_bias, None

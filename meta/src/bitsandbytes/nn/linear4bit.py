@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +136,10 @@ def _plan_key(module: Linear4bit, weight: Params4bit) -> tuple | None:
 def _prepare_decode_plan(key: tuple, packed: torch.Tensor, x: torch.Tensor) -> Callable | None:
     """The platform's runner of this layer's 4-bit GEMM for ``key`` (_plan_key), with the op's
     arguments as _functional_4bit._gemm_4bit passes them."""
+    if packed.data_ptr() != key[1]:
+        # The weight's memory was replaced (``weight.data = ...`` from another thread) after this
+        # call took ``packed`` (a plain alias): a runner on it would pass forward's check for good.
+        return None
     qs, bias = key[2], key[5]
     shape = list(qs.shape)
     if qs.nested:
@@ -164,17 +169,38 @@ def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tens
     )
 
 
+_BIAS_LOCK = threading.Lock()
+"""Serializes _bias_in's in-place conversions of a bias to another dtype."""
+
+
+def _bias_hold(bias: torch.Tensor) -> torch.Tensor:
+    """A tensor of its own on ``bias``'s current memory (a view where autograd needs the parameter,
+    otherwise a detached alias): it keeps that memory alive through a later ``bias.data = ...``."""
+    with _disable_torch_function():
+        return bias.view(bias.shape) if torch.is_grad_enabled() and bias.requires_grad else bias.detach()
+
+
 def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
     """The bias in the compute dtype. As the established release's forward does, the parameter
     itself takes that dtype, in place (code and test suites written for it observe ``bias.dtype``
-    after a forward); under torch.compile, which cannot trace that, a cast copy is used instead."""
+    after a forward); under torch.compile, which cannot trace that, a cast copy is used instead.
+
+    Threads may share a layer: the kernels run without the GIL, and another thread's conversion
+    (the first call of a cold layer, or inputs of another dtype) replaces the parameter's memory
+    while they read it. So the caller gets a tensor holding the memory it will read
+    (``_bias_hold``), taken in the right dtype, and conversions are made one at a time."""
     bias = module.bias
-    if bias is None or bias.dtype == dtype:
-        return bias
+    if bias is None:
+        return None
     if torch.compiler.is_compiling():
-        return bias.to(dtype)
-    bias.data = bias.data.to(dtype)
-    return bias
+        return bias if bias.dtype == dtype else bias.to(dtype)
+    held = _bias_hold(bias)
+    if held.dtype == dtype:
+        return held
+    with _BIAS_LOCK:
+        if bias.dtype != dtype:  # (another thread may have converted it meanwhile)
+            bias.data = bias.data.to(dtype)
+        return _bias_hold(bias)
 
 
 class Linear4bit(nn.Linear):
@@ -368,6 +394,10 @@ class Linear4bit(nn.Linear):
             self.weight.quant_type = quant_state.quant_type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ dequantize_4bit(weight).T + bias`` computed in ``compute_dtype`` (a float32 or bfloat16
+        first input makes its dtype the compute dtype, ``set_compute_type``), returned in ``x``'s dtype.
+        In eager inference a runner prepared by an earlier call may serve it directly
+        (``BNB_DIRECT_KERNELS=0`` turns that off)."""
         # Decoding: the runner kept by an earlier call (_keep_decode_plan), where nothing it was
         # prepared with has changed and the call is a plain eager one. Each test costs ~1 us with
         # the caches as cold as a decoding model leaves them; the general path below costs ~20 us
