@@ -267,3 +267,50 @@ def test_load_state_dict_runs_torch_load_hooks() -> None:
     fresh.load_state_dict(opt.state_dict())
     assert calls == ["pre", "post"]
     assert fresh.param_groups[0]["lr"] == 5e-3 and opt.param_groups[0]["lr"] == 1e-2
+
+
+# ---- per-parameter overrides follow the parameter's life ----
+
+
+def test_override_goes_with_its_parameter():
+    """An override is keyed by ``id(p)``; once ``p`` is freed the entry goes too, so a new parameter
+    Python places at the same address starts with the optimizer's own settings (it used to
+    inherit the dead parameter's ``optim_bits=32``)."""
+    import gc
+
+    mng = GlobalOptimManager.get_instance()
+    old = torch.nn.Parameter(torch.randn(4096))
+    mng.override_config(old, "optim_bits", 32)
+    assert mng.pid2config[id(old)] == {"optim_bits": 32}
+    opt = bnb.optim.Adam8bit([old], min_8bit_size=16)
+    old.grad = torch.ones_like(old)
+    opt.step()
+    assert opt.state[old]["state1"].dtype == torch.float32  # the override applies while it lives
+    old_id = id(old)
+    del opt, old
+    gc.collect()
+    assert old_id not in mng.pid2config
+    fresh = [torch.nn.Parameter(torch.randn(4096)) for _ in range(64)]
+    for p in fresh:
+        p.grad = torch.ones_like(p)
+    opt = bnb.optim.Adam8bit(fresh, min_8bit_size=16)
+    opt.step()
+    assert all(opt.state[p]["state1"].dtype == torch.uint8 for p in fresh)
+
+
+def test_module_override_goes_with_its_parameter():
+    import gc
+
+    mng = GlobalOptimManager.get_instance()
+    emb = torch.nn.Embedding(64, 256)
+    mng.register_module_override(emb, "weight", {"optim_bits": 32})
+    opt = bnb.optim.Adam8bit(emb.parameters(), min_8bit_size=16)
+    emb.weight.grad = torch.ones_like(emb.weight)
+    opt.step()
+    assert opt.state[emb.weight]["state1"].dtype == torch.float32
+    pid = id(emb.weight)
+    assert pid in mng.pid2config
+    mng.module_weight_config_triple.clear()
+    del opt, emb
+    gc.collect()
+    assert pid not in mng.pid2config

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,6 +63,7 @@ class GlobalOptimManager(Singleton):
     def initialize(self) -> None:
         """Forget every override."""
         self.pid2config: dict[int, dict[str, Any]] = {}
+        self._watched: set[int] = set()
         self.index2config: dict[tuple[int, int], dict[str, Any]] = {}
         self.optimizer = None
         self.uses_config_override = False
@@ -107,7 +109,20 @@ class GlobalOptimManager(Singleton):
             if id(p) in self.pid2config:
                 self.pid2config[id(p)].update(key_value_dict)
             else:
-                self.pid2config[id(p)] = dict(key_value_dict)
+                self.set_parameter_config(p, dict(key_value_dict))
+
+    def set_parameter_config(self, p: torch.Tensor, config: dict[str, Any]) -> None:
+        """Keep ``config`` as ``p``'s override for as long as ``p`` lives. Entries are keyed by
+        ``id(p)``, as in the established release; the entry goes when ``p`` is freed, so a new
+        parameter that Python places at the same address does not inherit it."""
+        self.pid2config[id(p)] = config
+        if id(p) not in self._watched:
+            self._watched.add(id(p))
+            weakref.finalize(p, self._forget, id(p))
+
+    def _forget(self, pid: int) -> None:
+        self.pid2config.pop(pid, None)
+        self._watched.discard(pid)
 
     def register_module_override(self, module: torch.nn.Module, param_name: str, config: dict[str, Any]) -> None:
         """Override settings of ``module.<param_name>``; resolved at the optimizer's first step."""

@@ -152,7 +152,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             for gindex, group in enumerate(self.param_groups):
                 for pindex, p in enumerate(group["params"]):
                     if p is pmodule:
-                        self.mng.pid2config[id(p)] = config
+                        self.mng.set_parameter_config(p, config)
                         self.mng.index2config[(gindex, pindex)] = config
 
     @torch.no_grad()
