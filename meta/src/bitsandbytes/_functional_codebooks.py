@@ -97,7 +97,12 @@ def get_4bit_type(typename: str, device: torch.device | str | None = None, block
     raise NotImplementedError(f"Typename {typename} not supported")
 
 
+_DYNAMIC_SIGNED = _codebooks.create_dynamic_map(signed=True)
+"""The signed dynamic map, built at import: building it reads tensors back to Python floats, which
+torch.compile cannot trace (``name2qmap`` fills from this copy on first use, traced or not)."""
+
+
 def _dynamic_code(device: torch.device) -> torch.Tensor:
     if "dynamic" not in name2qmap:
-        name2qmap["dynamic"] = create_dynamic_map(signed=True)
+        name2qmap["dynamic"] = _DYNAMIC_SIGNED.clone()
     return name2qmap["dynamic"].to(device)

@@ -107,7 +107,27 @@ def impl(lib: torch.library.Library, op: str, device_type: str | None, fn) -> No
     key = "CompositeExplicitAutograd" if device_type is None else dispatch_key(device_type)
     if key is None:
         raise ValueError(f"bitsandbytes: no dispatch key for device type {device_type!r}")
-    lib.impl(op, fn, key, **_OVERRIDE)
+    lib.impl(op, _below_autograd(fn), key, **_OVERRIDE)
+
+
+def _below_autograd(fn):
+    """``fn`` run with autograd's dispatch keys excluded, as the op's kernel.
+
+    The ops have no autograd formula (the autograd.Functions of ``bitsandbytes.autograd`` hold
+    the gradients). PyTorch's autograd fallback runs a backend kernel with autograd still on, so
+    a kernel written with torch ops would record a graph through its internals: gradients that
+    only some code paths have (a fused native path has none), and that torch.compile, which sees
+    the op as opaque, does not have (opcheck's test_autograd_registration and
+    test_aot_dispatch_dynamic). Below autograd every kernel's outputs are graph-free, as a native
+    kernel's are; direct calls (``_direct``) bypass this wrapper only where no input requires grad.
+    """
+
+    @functools.wraps(fn)
+    def kernel(*args, **kwargs):
+        with torch._C._AutoDispatchBelowAutograd():
+            return fn(*args, **kwargs)
+
+    return kernel
 
 
 # A later registration of the same (op, device) replaces the earlier one (a platform loaded again,
@@ -169,9 +189,10 @@ def _register_fakes() -> None:
     def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
         shape = (*CA.shape[:-1], CB.shape[0])
         out = torch.empty(shape, device=A.device, dtype=A.dtype)
-        ctx = torch.library.get_ctx()
-        k = ctx.new_dynamic_size()
-        sub_a = A.new_empty(A.shape[0], k)
+        # subA = A[:, outlier_cols] of A seen as a (rows, K) matrix: one column per index, none
+        # without outlier_cols (not data-dependent: the indices' count is their shape).
+        k = 0 if outlier_cols is None else outlier_cols.numel()
+        sub_a = A.new_empty(prod(A.shape[:-1]), k)
         return out, sub_a
 
     @_fake("int8_scaled_mm")
@@ -217,6 +238,8 @@ def _register_fakes() -> None:
         out_col = torch.empty_like(A, dtype=torch.int8)
         row_stats = torch.empty(prod(A.shape[:-1]), device=A.device, dtype=torch.float32)
         col_stats = torch.empty(A.shape[-1], device=A.device, dtype=torch.float32)
+        if threshold == 0.0:  # no outlier search: None, as the kernels return (and int8_vectorwise_quant)
+            return out_row, out_col, row_stats, col_stats, None
         k = torch.library.get_ctx().new_dynamic_size()
         return out_row, out_col, row_stats, col_stats, A.new_empty(k, dtype=torch.int64)
 
