@@ -260,7 +260,14 @@ def flow_linear4bit_backward(n, k, rows):
     layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=BF16, quant_type="nf4", device="meta")
     layer.weight = bnb.nn.Params4bit(_w(n, k), requires_grad=False, quant_type="nf4")
     layer = layer.to("cpu")
-    x = _x(rows, k).requires_grad_()
+    # the output (and its gradient) and the input gradient; a weight-sized temporary is the price
+    # of the dense product (backward dequantizes the weight once)
+    return _input_grad_run(layer, _x(rows, k)), rows * n * 2 * 2 + rows * k * 2
+
+
+def _input_grad_run(layer, x):
+    """A forward + backward of ``layer`` on ``x`` returning the input gradient (frozen weights)."""
+    x.requires_grad_()
 
     def run():
         layer(x).sum().backward()
@@ -268,17 +275,20 @@ def flow_linear4bit_backward(n, k, rows):
         x.grad = None
         return g
 
-    # the output (and its gradient) and the input gradient; a weight-sized temporary is the price
-    # of the dense product (backward dequantizes the weight once)
-    return run, rows * n * 2 * 2 + rows * k * 2
+    return run
 
 
-def flow_linear8bit_forward(n, k, rows, threshold, train):
+def _int8_layer(n, k, threshold):
+    """A frozen int8 ``Linear8bitLt`` (n x k) quantized on the CPU from a bf16 weight."""
     import bitsandbytes as bnb
 
     layer = bnb.nn.Linear8bitLt(k, n, bias=False, has_fp16_weights=False, threshold=threshold, device="meta")
     layer.weight = bnb.nn.Int8Params(_w(n, k), requires_grad=False, has_fp16_weights=False)
-    layer = layer.to("cpu")
+    return layer.to("cpu")
+
+
+def flow_linear8bit_forward(n, k, rows, threshold, train):
+    layer = _int8_layer(n, k, threshold)
     layer.train(train)
     x = _x(rows, k)
 
@@ -313,20 +323,7 @@ def flow_linear8bit_fp16_train(n, k, rows, threshold, warm=False):
 
 
 def flow_linear8bit_backward(n, k, rows, threshold):
-    import bitsandbytes as bnb
-
-    layer = bnb.nn.Linear8bitLt(k, n, bias=False, has_fp16_weights=False, threshold=threshold, device="meta")
-    layer.weight = bnb.nn.Int8Params(_w(n, k), requires_grad=False, has_fp16_weights=False)
-    layer = layer.to("cpu")
-    x = _x(rows, k).requires_grad_()
-
-    def run():
-        layer(x).sum().backward()
-        g = x.grad
-        x.grad = None
-        return g
-
-    return run, rows * n * 2 * 2 + rows * k * 2
+    return _input_grad_run(_int8_layer(n, k, threshold), _x(rows, k)), rows * n * 2 * 2 + rows * k * 2
 
 
 def flow_embedding4bit(vocab, dim, tokens, compress):
