@@ -160,3 +160,28 @@ def test_default_code_book_built_outside_the_trace(nested_4bit):
         F.name2qmap.clear()
         F.name2qmap.update(saved)
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        "torch.device('meta')",
+        "torch._subclasses.fake_tensor.FakeTensorMode()",
+    ],
+)
+def test_import_inside_a_device_context_or_fake_mode(context):
+    """The code book built at import (for torch.compile) is built on the CPU outside the importer's
+    modes: ``import bitsandbytes`` under ``with torch.device("meta")`` (model construction) or a
+    FakeTensorMode failed ("Cannot copy out of meta tensor" / a data-dependent output)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, torch._subclasses.fake_tensor\n"
+        f"with {context}:\n"
+        "    import bitsandbytes.functional as F\n"
+        "q, s = F.quantize_blockwise(torch.linspace(-1, 1, 300))\n"
+        "assert s.code.device.type == 'cpu' and s.code.shape == (256,)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

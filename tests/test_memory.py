@@ -234,3 +234,58 @@ def test_params4bit_and_quantized_state_dict_round_trip_stay_near_their_size():
     assert r["quantize"] < 1.3 * r["need"], r
     assert r["state_dict"] < 0.1 * r["need"], r  # the packed data is aliased, not copied
     assert r["load"] < 0.1 * r["need"], r  # into a layer on meta: the loaded tensors become its own
+
+
+def test_int8_backward_frees_the_forward_codes_with_the_backward():
+    # The int8 backward reads the codes its forward used. Kept as ctx attributes they lived as long
+    # as the graph: the previous step's loss, still referenced during the next forward, held every
+    # has_fp16_weights layer's old codes while the new ones were made (two int8 copies of the model).
+    import weakref
+
+    import torch
+
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(*[bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=True) for _ in range(3)])
+    seen = {"previous": [], "alive": []}
+
+    def count_old_codes(module, args):
+        seen["alive"].append(sum(r() is not None for r in seen["previous"]))
+
+    hook = layers[-1].register_forward_pre_hook(count_old_codes)
+    for training in (True, False):  # MatMul8bitFp and MatMul8bitLt
+        layers.train(training)
+        seen["previous"], seen["alive"] = [], []
+        for _ in range(3):
+            loss = layers(torch.randn(4, 64, requires_grad=True)).float().pow(2).sum()
+            loss.backward()
+            seen["previous"] = [weakref.ref(layer.state.CB) for layer in layers]
+        # at the last layer's forward only its own codes (still in its state) remain of the old step
+        assert seen["alive"][1:] == [1, 1], (training, seen["alive"])
+    hook.remove()
+
+
+def test_int8_backward_with_a_weight_quantized_in_inference_mode():
+    # Inference tensors cannot be saved for backward: the int8 weight of a layer quantized under
+    # inference_mode still serves the input's gradient.
+    import torch
+
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        layer = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False).to("cpu")
+    torch.manual_seed(0)
+    twin = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False).to("cpu")
+    assert layer.weight.data.is_inference() and not twin.weight.data.is_inference()
+    assert torch.equal(layer.weight.data, twin.weight.data)
+    for training in (True, False):
+        layer.train(training)
+        twin.train(training)
+        grads = []
+        for m in (layer, twin):
+            x = torch.ones(4, 64, requires_grad=True)
+            m(x).float().pow(2).sum().backward()
+            grads.append(x.grad)
+        assert torch.equal(grads[0], grads[1])

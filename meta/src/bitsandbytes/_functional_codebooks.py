@@ -97,7 +97,16 @@ def get_4bit_type(typename: str, device: torch.device | str | None = None, block
     raise NotImplementedError(f"Typename {typename} not supported")
 
 
-_DYNAMIC_SIGNED = _codebooks.create_dynamic_map(signed=True)
+def _build_dynamic_signed() -> torch.Tensor:
+    # On the CPU and outside any mode the importer may be in (``with torch.device("meta")``,
+    # ``torch.set_default_device``, a FakeTensorMode): the map's values are read back to floats.
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), torch.device("cpu"):
+        return _codebooks.create_dynamic_map(signed=True)
+
+
+_DYNAMIC_SIGNED = _build_dynamic_signed()
 """The signed dynamic map, built at import: building it reads tensors back to Python floats, which
 torch.compile cannot trace (``name2qmap`` fills from this copy on first use, traced or not)."""
 

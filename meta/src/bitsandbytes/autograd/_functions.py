@@ -133,24 +133,50 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
-def _int8_input_grad(grad_output: torch.Tensor, ctx: Any, dtype: torch.dtype) -> torch.Tensor:
+def _int8_input_grad(
+    grad_output: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """``grad_output @ (CB * SCB / 127)`` in ``dtype`` with the int8 weight the forward used (kept
-    on ``ctx``: the shared state may hold another thread's, or none, by now). The weight stays int8
-    (no dequantized copy on platforms that read it directly; the reference dequantizes into
+    for backward: the shared state may hold another thread's, or none, by now). The weight stays
+    int8 (no dequantized copy on platforms that read it directly; the reference dequantizes into
     grad_output's dtype)."""
-    grad = torch.ops.bitsandbytes.int8_weight_mm_t(grad_output, ctx.CB, ctx.SCB)
+    grad = torch.ops.bitsandbytes.int8_weight_mm_t(grad_output, CB, SCB)
     return grad.to(dtype)
+
+
+def _save_for_backward(
+    ctx: Any, A: torch.Tensor, B: torch.Tensor, state: MatmulLtState, CB: torch.Tensor, SCB: torch.Tensor
+) -> None:
+    """Keep what the int8 backward reads (``_saved``): ``A`` for the weight's gradient, the int8
+    weight the forward used for the input's. Codes made by this forward (a 16/32-bit weight,
+    requantized on every call) are saved tensors, which autograd frees after the backward: as
+    ``ctx`` attributes they lived as long as the graph, and the previous step's graph, still
+    referenced during the next forward, held a second int8 copy of every layer's weight. The
+    layer's own int8 weight stays a ``ctx`` attribute (no copy; saved-tensor hooks such as
+    offloading leave it alone; one quantized under inference_mode could not be saved)."""
+    req_a, req_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    fresh = req_a and state.has_fp16_weights and B.dtype != torch.int8 and not state.has_accumulated_gradients
+    ctx.int8_weight = (CB, SCB) if req_a and not fresh else None
+    ctx.save_for_backward(A if req_b else None, *((CB, SCB) if fresh else (None, None)))
+
+
+def _saved(ctx: Any) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(A, CB, SCB)`` as ``_save_for_backward`` kept them."""
+    A, CB, SCB = ctx.saved_tensors
+    if ctx.int8_weight is not None:
+        CB, SCB = ctx.int8_weight
+    return A, CB, SCB
 
 
 def _int8_forward(
     A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, state: MatmulLtState, ctx: Any = None
 ) -> torch.Tensor:
     """LLM.int8() forward of a non-empty ``A``: int8 GEMM of the row-quantized input and weight,
-    the outlier columns (``|A| >= state.threshold``) in A's precision. The int8 weight used is
-    kept on ``ctx`` (when given) for the backward."""
+    the outlier columns (``|A| >= state.threshold``) in A's precision. With ``ctx``, ``A`` and the
+    int8 weight used are kept for the backward (``_save_for_backward``)."""
     CB, SCB = _int8_weight(B, state)
     if ctx is not None:
-        ctx.CB, ctx.SCB = CB, SCB
+        _save_for_backward(ctx, A, B, state, CB, SCB)
     A2 = _as_rows(A)
     CA, SCA, outlier_cols = F.int8_vectorwise_quant(A2.to(torch.float16), threshold=state.threshold)
     if state.threshold > 0.0:
@@ -189,7 +215,6 @@ class MatMul8bitLt(torch.autograd.Function):
             return _empty_product(A, N, bias, out)
         ctx.is_empty = False
         output = _int8_forward(A, B, bias, state, ctx)
-        ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
         return C.into_out(out, output)
 
     @staticmethod
@@ -201,14 +226,14 @@ class MatMul8bitLt(torch.autograd.Function):
                 bias_grad = _as_rows(grad_output).sum(0).to(ctx.dtype_A)
             grad_A = grad_output.new_zeros(ctx.shape_A, dtype=ctx.dtype_A) if ctx.needs_input_grad[0] else None
             return grad_A, None, None, bias_grad, None
-        (A,) = ctx.saved_tensors
+        A, CB, SCB = _saved(ctx)
         req_a, req_b, _, req_bias, _ = ctx.needs_input_grad
         grad_A = grad_B = grad_bias = None
         g2 = _as_rows(grad_output)
         if req_bias:
             grad_bias = g2.sum(0).to(ctx.dtype_A)
         if req_a:
-            grad_A = _int8_input_grad(grad_output, ctx, ctx.dtype_A)
+            grad_A = _int8_input_grad(grad_output, CB, SCB, ctx.dtype_A)
         if req_b and A is not None:
             grad_B = g2.t().to(A.dtype) @ _as_rows(A)
         return grad_A, grad_B, None, grad_bias, None
@@ -221,23 +246,22 @@ class MatMul8bitFp(torch.autograd.Function):
     def forward(ctx, A, B, out=None, bias=None, state=None):  # type: ignore[override]
         state = state or MatmulLtState()
         CB, SCB = _int8_weight(B, state)
-        ctx.CB, ctx.SCB = CB, SCB
         output = torch.ops.bitsandbytes.int8_weight_mm(A, CB, SCB, None if bias is None else bias.to(A.dtype))
         ctx.state = state
         ctx.dtype_A = A.dtype
-        ctx.save_for_backward(A if ctx.needs_input_grad[1] else None)
+        _save_for_backward(ctx, A, B, state, CB, SCB)
         return C.into_out(out, output)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        (A,) = ctx.saved_tensors
+        A, CB, SCB = _saved(ctx)
         req_a, req_b, _, req_bias, _ = ctx.needs_input_grad
         grad_A = grad_B = grad_bias = None
         g2 = _as_rows(grad_output)
         if req_bias:
             grad_bias = g2.sum(0)
         if req_a:
-            grad_A = _int8_input_grad(grad_output, ctx, ctx.dtype_A)
+            grad_A = _int8_input_grad(grad_output, CB, SCB, ctx.dtype_A)
         if req_b and A is not None:
             grad_B = g2.t().to(A.dtype) @ _as_rows(A)
         return grad_A, grad_B, None, grad_bias, None
