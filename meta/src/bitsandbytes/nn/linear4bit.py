@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -171,6 +172,16 @@ def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tens
 
 _BIAS_LOCK = threading.Lock()
 """Serializes _bias_in's in-place conversions of a bias to another dtype."""
+
+
+def _new_bias_lock() -> None:
+    # A child forked while another thread held the lock would wait for it for ever.
+    global _BIAS_LOCK
+    _BIAS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_bias_lock)
 
 
 def _bias_hold(bias: torch.Tensor) -> torch.Tensor:
