@@ -583,10 +583,29 @@ def _cmake_native_tests(session: nox.Session, build: pathlib.Path, *options: str
 
 @nox.session(name="tests-cpu-sanitize", python=False, tags=["ci"])
 def tests_cpu_sanitize(session: nox.Session) -> None:
-    """The CPU library built with AddressSanitizer + UBSan, its C ABI test driver run on every ISA."""
+    """The CPU library built with AddressSanitizer + UBSan, its C ABI test driver run on every ISA.
+
+    Then the multi-threaded stress driver (tests-cpu-tsan's), a few seconds: memory errors under concurrency."""
     build = pathlib.Path(session.create_tmp()) / "build-sanitize"
     _cmake_native_tests(session, build, "-DBNB_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
     env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    session.run(str(build / "test_c_abi"), env=env, external=True)
+    session.run(str(build / "test_threads"), env=env, external=True)
+
+
+@nox.session(name="tests-cpu-tsan", python=False, tags=["ci"])
+def tests_cpu_tsan(session: nox.Session) -> None:
+    """The CPU library built with ThreadSanitizer: the multi-threaded stress driver, then the C ABI driver.
+
+    tests/native/test_threads.cpp runs every kernel family from four threads at once while another
+    changes the instruction set and AMX, and checks every result bit for bit against a call made
+    alone. The parallel loops run on the library's own thread pool (BNB_CPU_THREADS=pool; the drivers
+    load no OpenMP runtime anyway): GNU libgomp is not built with TSan, and its threads would hide
+    races from it. Arguments go to test_threads: [iterations] [forked cold starts] [forked settings races]."""
+    build = pathlib.Path(session.create_tmp()) / "build-tsan"
+    _cmake_native_tests(session, build, "-DBNB_SANITIZE_THREAD=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
+    env = {"BNB_CPU_THREADS": "pool", "TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1"}
+    session.run(str(build / "test_threads"), *session.posargs, env=env, external=True)
     session.run(str(build / "test_c_abi"), env=env, external=True)
 
 

@@ -114,12 +114,16 @@ const char* isa_name(int isa) { return (isa >= 0 && isa < ISA_COUNT) ? kNames[is
 bool isa_usable(int isa) { return isa >= 0 && isa < ISA_COUNT && compiled_in(isa) && cpu_supports(isa); }
 
 int active_isa() {
-  int isa = g_isa.load(std::memory_order_acquire);
-  if (isa < 0) {
-    isa = initial_isa();
-    g_isa.store(isa, std::memory_order_release);
-  }
-  return isa;
+  const int isa = g_isa.load(std::memory_order_acquire);
+  if (isa >= 0) return isa;
+  // First use: publish the initial choice only if no bnb_cpu_set_isa() got in first. A plain store
+  // here undid a set_isa made on another thread between the load above and it (a cold start of
+  // tests/native/test_threads.cpp: set_isa("scalar"), then get_isa() gave "avx512").
+  int expected = -1;
+  const int initial = initial_isa();
+  return g_isa.compare_exchange_strong(expected, initial, std::memory_order_acq_rel, std::memory_order_acquire)
+             ? initial
+             : expected;
 }
 
 const KernelTable& kernels() { return *table_for(active_isa()); }
@@ -163,9 +167,13 @@ std::atomic<int> g_amx{-1};
 bool amx_enabled() {
   int on = g_amx.load(std::memory_order_acquire);
   if (on < 0) {
+    // First use: as active_isa(), never overwrite a bnb_cpu_set_amx() made meanwhile.
     const char* env = getenv("BNB_CPU_AMX");
-    on = (env != nullptr && strcmp(env, "0") == 0) ? 0 : 1;
-    g_amx.store(on, std::memory_order_release);
+    const int initial = (env != nullptr && strcmp(env, "0") == 0) ? 0 : 1;
+    int expected = -1;
+    on = g_amx.compare_exchange_strong(expected, initial, std::memory_order_acq_rel, std::memory_order_acquire)
+             ? initial
+             : expected;
   }
   return on == 1;
 }
@@ -220,19 +228,22 @@ BNB_API const char* bnb_cpu_isa_env_error(void) {
 
 // CPU-only extension: comma-separated instruction sets compiled in and usable on this CPU.
 BNB_API const char* bnb_cpu_usable_isas(void) {
-  static char buf[64];
-  static std::atomic<bool> done{false};
-  if (!done.load(std::memory_order_acquire)) {
-    char tmp[64] = "";
+  // Built once by C++'s thread-safe static initialisation. (A flag checked before filling a static
+  // buffer let two first callers write it at once while a third read it: a data race that
+  // ThreadSanitizer reported.)
+  struct List {
+    char text[64] = "";
+  };
+  static const List list = [] {
+    List l;
     for (int i = 0; i < bnb_cpu::ISA_COUNT; ++i) {
       if (!bnb_cpu::isa_usable(i)) continue;
-      if (tmp[0]) strcat(tmp, ",");
-      strcat(tmp, bnb_cpu::isa_name(i));
+      if (l.text[0]) strcat(l.text, ",");
+      strcat(l.text, bnb_cpu::isa_name(i));
     }
-    memcpy(buf, tmp, sizeof(buf));
-    done.store(true, std::memory_order_release);
-  }
-  return buf;
+    return l;
+  }();
+  return list.text;
 }
 
 }  // extern "C"
