@@ -614,7 +614,7 @@ AARCH64_PACKAGES = ["g++-aarch64-linux-gnu", "qemu-user"]
 
 @nox.session(name="tests-cpu-aarch64", python=False, tags=["ci"])
 def tests_cpu_aarch64(session: nox.Session) -> None:
-    """Cross-build the CPU library for aarch64 (NEON kernels) and run the C ABI test driver under qemu-user.
+    """Cross-build the CPU library for aarch64 (NEON kernels) and run the C ABI test drivers under qemu-user.
 
     Installs Debian's cross compiler and qemu-user with apt-get when they are missing (CI runs as root)."""
     import shutil
@@ -627,4 +627,5 @@ def tests_cpu_aarch64(session: nox.Session) -> None:
         session, build, "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
         "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
     )  # fmt: skip
-    session.run("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(build / "test_c_abi"), external=True)
+    for driver in ("test_c_abi", "test_threads"):  # the NEON kernels alone, then from four threads at once
+        session.run("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(build / driver), external=True)
