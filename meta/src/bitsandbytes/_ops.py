@@ -122,9 +122,14 @@ def _below_autograd(fn):
     kernel's are; direct calls (``_direct``) bypass this wrapper only where no input requires grad.
     """
 
+    grad_enabled = torch.is_grad_enabled
+    below_autograd = torch._C._AutoDispatchBelowAutograd
+
     @functools.wraps(fn)
     def kernel(*args, **kwargs):
-        with torch._C._AutoDispatchBelowAutograd():
+        if not grad_enabled():  # nothing can record a graph (optimizer steps, no_grad inference)
+            return fn(*args, **kwargs)
+        with below_autograd():
             return fn(*args, **kwargs)
 
     return kernel
