@@ -22,51 +22,12 @@
 #include "bnb/bnb_c_api.h"
 #include "bnb/codebooks.h"
 #include "bnb/numeric.h"
-
-extern "C" {
-const char* bnb_cpu_get_isa(void);
-int32_t bnb_cpu_set_isa(const char* name);
-const char* bnb_cpu_usable_isas(void);
-void bnb_cpu_set_num_threads(int32_t n);
-int32_t bnb_cpu_get_num_threads(void);
-int32_t bnb_cpu_amx_usable(void);
-int32_t bnb_cpu_amx_int8_usable(void);
-void bnb_cpu_set_amx(int32_t on);
-int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
-                                   const float* SCB, const void* bias, int32_t bias_dtype, void* out);
-int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int32_t dtype);
-int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
-                                const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
-                                int64_t blocksize, void* out);
-int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C,
-                                          const int64_t* cols, int64_t ncols, int8_t* Bcols);
-int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
-                                  const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
-                                  const void* bias, int32_t bias_dtype, void* out);
-int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n, int64_t k, const int8_t* CB, const float* SCB,
-                                    const uint8_t* B4, const float* absmax, int32_t quant_type, int64_t blocksize,
-                                    void* out);
-}
+#include "cpu_extras.h"
+#include "inputs.h"
 
 namespace {
 
 // ---- inputs: made without calling the library, so that a cold start's first calls are the callers' ----
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  for (size_t i = 3; i < n; i += 17) v[i] = 0.0f;
-  return v;
-}
-
-std::vector<uint16_t> to16(const std::vector<float>& v, int32_t dtype) {
-  std::vector<uint16_t> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    o[i] = dtype == BNB_DTYPE_BF16 ? bnb::float_to_bf16(v[i]) : bnb::float_to_half(v[i]);
-  return o;
-}
 
 template <typename T>
 std::vector<T> random_bytes(size_t n, uint32_t seed) {
