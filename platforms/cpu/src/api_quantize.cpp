@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "bnb/bnb_c_api.h"
+#include "bnb/numeric.h"
 #include "kernels.h"
 #include "memory_hint.h"
 #include "status.h"
@@ -29,11 +30,6 @@ int32_t check_4bit(int64_t n, int64_t blocksize, int32_t quant_type) {
   return BNB_OK;
 }
 
-// ceil(n / blocksize) without forming n + blocksize - 1, which wraps for a block size near INT64_MAX
-// (the 8-bit block-wise ops take any blocksize > 0): a block count of 0 or less would leave every
-// output unwritten and still report success.
-int64_t num_blocks(int64_t n, int64_t blocksize) { return n / blocksize + (n % blocksize != 0 ? 1 : 0); }
-
 // Blocks per thread task: about 64 KiB of elements, at least one block.
 int64_t block_grain(int64_t blocksize) {
   const int64_t g = 16384 / blocksize;
@@ -52,7 +48,7 @@ int32_t bnb_quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t block
   const auto& k = kernels();
   const int nf4 = quant_type == BNB_QUANT_NF4;
   bnb_cpu::advise_output(packed, (n + 1) / 2);
-  parallel_for(num_blocks(n, blocksize), block_grain(blocksize),
+  parallel_for(bnb::ceil_div(n, blocksize), block_grain(blocksize),
                [&](int64_t b0, int64_t b1) { k.quantize_4bit(A, dtype, n, blocksize, nf4, packed, absmax, b0, b1); });
   return bnb_cpu::ok();
 }
@@ -65,7 +61,7 @@ int32_t bnb_dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t 
   const auto& k = kernels();
   const int nf4 = quant_type == BNB_QUANT_NF4;
   bnb_cpu::advise_output(out, n * bnb_cpu::dtype_size(out_dtype));
-  parallel_for(num_blocks(n, blocksize), block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+  parallel_for(bnb::ceil_div(n, blocksize), block_grain(blocksize), [&](int64_t b0, int64_t b1) {
     k.dequantize_4bit(packed, absmax, n, blocksize, nf4, out, out_dtype, b0, b1);
   });
   return bnb_cpu::ok();
@@ -78,7 +74,7 @@ int32_t bnb_quantize_blockwise(const void* A, int32_t dtype, const float* code, 
   if (int32_t s = check_common(n, blocksize)) return s;
   const auto& k = kernels();
   bnb_cpu::advise_output(out, n);
-  parallel_for(num_blocks(n, blocksize), block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+  parallel_for(bnb::ceil_div(n, blocksize), block_grain(blocksize), [&](int64_t b0, int64_t b1) {
     k.quantize_blockwise(A, dtype, code, n, blocksize, out, absmax, b0, b1);
   });
   return bnb_cpu::ok();
@@ -91,7 +87,7 @@ int32_t bnb_dequantize_blockwise(const uint8_t* A, const float* code, const floa
   if (int32_t s = check_common(n, blocksize)) return s;
   const auto& k = kernels();
   bnb_cpu::advise_output(out, n * bnb_cpu::dtype_size(out_dtype));
-  parallel_for(num_blocks(n, blocksize), block_grain(blocksize), [&](int64_t b0, int64_t b1) {
+  parallel_for(bnb::ceil_div(n, blocksize), block_grain(blocksize), [&](int64_t b0, int64_t b1) {
     k.dequantize_blockwise(A, code, absmax, n, blocksize, out, out_dtype, b0, b1);
   });
   return bnb_cpu::ok();

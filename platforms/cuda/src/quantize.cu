@@ -1,6 +1,7 @@
 // CUDA kernels of the common C ABI: 4-bit (NF4/FP4) and block-wise 8-bit quantization.
 #include "bnb/codebooks.h"
 #include "bnb/fp_ops.h"
+#include "bnb/numeric.h"
 #include "common.cuh"
 
 namespace bnb_cuda {
@@ -146,10 +147,6 @@ int32_t check_4bit(int64_t n, int64_t blocksize, int32_t quant_type) {
   return BNB_OK;
 }
 
-// ceil(n / blocksize) without forming n + blocksize - 1, which wraps for a block size near
-// INT64_MAX (a block count of 0 would then launch an empty grid).
-int64_t block_count(int64_t n, int64_t blocksize) { return n / blocksize + (n % blocksize != 0 ? 1 : 0); }
-
 int blockwise_threads(int64_t blocksize) {
   int t = 64;  // a multiple of every warp size
   while (t < kThreads && t < blocksize) t *= 2;
@@ -170,7 +167,7 @@ int32_t bnb_quantize_4bit(const void* A, int32_t dtype, int64_t n, int64_t block
   if (int32_t s = check_4bit(n, blocksize, quant_type)) return s;
   DeviceGuard guard(A);
   if (guard.status()) return guard.status();
-  const int64_t nblocks = block_count(n, blocksize);
+  const int64_t nblocks = bnb::ceil_div(n, blocksize);
   const int tpq = static_cast<int>(blocksize / 2 < kThreads ? blocksize / 2 : kThreads);
   const int ppt = static_cast<int>(blocksize / 2 / tpq);
   const int64_t ctas = (nblocks + kThreads / tpq - 1) / (kThreads / tpq);
@@ -204,7 +201,7 @@ int32_t bnb_quantize_blockwise(const void* A, int32_t dtype, const float* code, 
   BNB_REQUIRE(A && code && out && absmax, BNB_ERR_NULL_POINTER, "A, code, out and absmax must not be NULL");
   BNB_REQUIRE(is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
   if (int32_t s = check_common(n, blocksize)) return s;
-  const int64_t nblocks = block_count(n, blocksize);
+  const int64_t nblocks = bnb::ceil_div(n, blocksize);
   BNB_REQUIRE(nblocks < (1LL << 31), BNB_ERR_INVALID_ARGUMENT, "too many blocks for one launch");
   DeviceGuard guard(A);
   if (guard.status()) return guard.status();

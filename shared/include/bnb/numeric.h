@@ -1,4 +1,5 @@
-// Float conversions and reductions with exactly the rounding torch uses, for every platform.
+// Float conversions and reductions with exactly the rounding torch uses, for every platform, and
+// the integer helpers the kernels' entry points share.
 #pragma once
 
 #include <stdint.h>
@@ -7,6 +8,11 @@
 #include "portability.h"
 
 namespace bnb {
+
+// ceil(a / b) for a >= 0 and b > 0, without forming a + b - 1, which wraps for a b near INT64_MAX
+// (the 8-bit block-wise ops take any blocksize > 0): a block count of 0 or less would leave every
+// output unwritten, or launch an empty grid, and still report success.
+BNB_HD BNB_INLINE int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
 
 BNB_HD BNB_INLINE uint32_t float_bits(float f) {
   uint32_t u;
