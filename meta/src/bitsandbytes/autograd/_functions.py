@@ -90,12 +90,14 @@ class MatmulLtState:
         raise AttributeError(f"'MatmulLtState' object has no attribute '{name}'")
 
 
+def _requantized_each_call(B: torch.Tensor, state: MatmulLtState) -> bool:
+    """Whether ``B`` is a trainable 16/32-bit weight whose int8 codes every forward makes anew."""
+    return state.has_fp16_weights and B.dtype != torch.int8 and not state.has_accumulated_gradients
+
+
 def _int8_weight(B: torch.Tensor, state: MatmulLtState) -> tuple[torch.Tensor, torch.Tensor]:
     """The int8 weight and its row scales, (re)quantizing ``B`` when it is kept in 16/32 bit."""
-    needs_quant = state.CB is None or (
-        state.has_fp16_weights and B.dtype != torch.int8 and not state.has_accumulated_gradients
-    )
-    if needs_quant:
+    if state.CB is None or _requantized_each_call(B, state):
         if B.dtype == torch.int8:
             scb = state.SCB if state.SCB is not None else getattr(B, "SCB", None)
             if scb is None:
@@ -155,7 +157,7 @@ def _save_for_backward(
     layer's own int8 weight stays a ``ctx`` attribute (no copy; saved-tensor hooks such as
     offloading leave it alone; one quantized under inference_mode could not be saved)."""
     req_a, req_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    fresh = req_a and state.has_fp16_weights and B.dtype != torch.int8 and not state.has_accumulated_gradients
+    fresh = req_a and _requantized_each_call(B, state)
     ctx.int8_weight = (CB, SCB) if req_a and not fresh else None
     ctx.save_for_backward(A if req_b else None, *((CB, SCB) if fresh else (None, None)))
 
