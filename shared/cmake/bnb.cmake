@@ -105,6 +105,18 @@ function(bnb_import_kernel_library name prefix version out_var)
   set(${out_var} "bitsandbytes::${name}" PARENT_SCOPE)
 endfunction()
 
+# bnb_install_kernel_library_in_package(<target> <package>): the kernel library into the Python
+# package's folder, beside the pybind11 module: installed as built here, or, for one imported from
+# a C-only build (BNB_KERNEL_LIBRARY_DIR / _DIRS, bnb_import_kernel_library), its file as it is.
+function(bnb_install_kernel_library_in_package target package)
+  get_target_property(_imported ${target} IMPORTED)
+  if(_imported)
+    install(FILES "$<TARGET_FILE:${target}>" DESTINATION ${package})
+  else()
+    install(TARGETS ${target} LIBRARY DESTINATION ${package} RUNTIME DESTINATION ${package})
+  endif()
+endfunction()
+
 # bnb_install_kernel_library(<target> <version> <description>): the C-only install of a platform:
 # the library, include/bnb/bnb_c_api.h, lib/cmake/<target>/ (exported target bitsandbytes::<target>)
 # and lib/pkgconfig/<target>.pc. Both package files are relocatable: a staging prefix works.
