@@ -426,14 +426,20 @@ def test_kernels_in_a_child_forked_while_another_thread_runs_them(threading_mode
     assert r.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0]"
 
 
-_FORK_WITH_BIAS_LOCK_HELD = """
-import os, torch, bitsandbytes as bnb
-from bitsandbytes.nn import linear4bit
+_FORK_WITH_SWAP_LOCK_HELD = """
+import os, threading, torch, bitsandbytes as bnb
+from bitsandbytes.nn import _params
 torch.set_num_threads(1)
-linear4bit._BIAS_LOCK.acquire()  # as if another thread were converting a bias at the fork
+held = threading.Event()
+def hold():  # another thread converting a bias (or moving a layer) at the fork
+    _params.swap_lock().acquire()
+    held.set()
+    threading.Event().wait()
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
 pid = os.fork()
 if pid == 0:
-    layer = bnb.nn.Linear4bit(64, 32, bias=True, compute_dtype=torch.bfloat16).to("cpu")
+    layer = bnb.nn.Linear4bit(64, 32, bias=True, compute_dtype=torch.bfloat16).to("cpu")  # under the lock
     out = layer(torch.randn(2, 64, dtype=torch.bfloat16))  # converts the f32 bias under the lock
     os._exit(0 if out.shape == (2, 32) and layer.bias.dtype == torch.bfloat16 else 3)
 import signal, time
@@ -450,9 +456,9 @@ else:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_child_forked_while_the_bias_lock_is_held_does_not_wait_for_it():
-    """The lock that serializes bias conversions is a new one in a forked child: the copy of a
-    lock another thread held at the fork would never be released there."""
-    r = subprocess.run([sys.executable, "-c", _FORK_WITH_BIAS_LOCK_HELD], capture_output=True, text=True, timeout=60)
+def test_child_forked_while_the_swap_lock_is_held_does_not_wait_for_it():
+    """The lock that serializes bias conversions and layer moves is a new one in a forked child:
+    the copy of a lock another thread held at the fork would never be released there."""
+    r = subprocess.run([sys.executable, "-c", _FORK_WITH_SWAP_LOCK_HELD], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "0"

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import threading
 from typing import Any
@@ -62,6 +63,29 @@ as torch's ``Parameter(...)`` rebuild of a parameter moved to an incompatible de
 ``meta``) requires. Per thread: a ``detach()`` elsewhere meanwhile gives a plain tensor as always."""
 
 
+_SWAP_LOCK = threading.RLock()
+
+
+def swap_lock() -> threading.RLock:
+    """The lock held wherever a layer's parameter gets new memory: ``module_apply`` (``.to``,
+    ``.half()``, ...) and a forward converting its bias to the compute dtype (``_bias_in``).
+
+    Threads may share a layer. torch's ``t.to(dtype)`` reads ``t``'s dtype and then its memory; a
+    ``bias.data = ...`` from another thread between the two made ``layer.to(torch.float16)`` fail
+    ("expected scalar type Half but found BFloat16")."""
+    return _SWAP_LOCK
+
+
+def _new_swap_lock() -> None:
+    # A child forked while another thread held the lock would wait for it for ever.
+    global _SWAP_LOCK
+    _SWAP_LOCK = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_swap_lock)
+
+
 def _tensor_to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     """``t`` on ``device``; uninitialized memory there when ``t`` is on meta (``to_empty``)."""
     if t is None or t.device == device:
@@ -92,7 +116,13 @@ def module_apply(module: nn.Module, apply: Any, fn: Any, recurse: bool) -> nn.Mo
     torch rebuilds a parameter moved to an incompatible device (to or from ``meta``) with
     ``Parameter(new, requires_grad)``, which needs ``detach()`` to keep the type; a plain
     Parameter in its place would drop the quant state (peft and transformers then read packed
-    bytes as weights)."""
+    bytes as weights). It runs under ``swap_lock()``: a forward in another thread may be converting
+    this layer's bias meanwhile."""
+    with swap_lock():
+        return _module_apply(module, apply, fn, recurse)
+
+
+def _module_apply(module: nn.Module, apply: Any, fn: Any, recurse: bool) -> nn.Module:
     own = [p for p in module._parameters.values() if isinstance(p, (Params4bit, Int8Params))]
     if not own:
         return apply(fn, recurse)

@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,7 @@ from ._params import (
     NotQuantizedError,
     Params4bit,
     module_apply,
+    swap_lock,
 )
 
 if TYPE_CHECKING:
@@ -170,20 +169,6 @@ def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tens
     )
 
 
-_BIAS_LOCK = threading.Lock()
-"""Serializes _bias_in's in-place conversions of a bias to another dtype."""
-
-
-def _new_bias_lock() -> None:
-    # A child forked while another thread held the lock would wait for it for ever.
-    global _BIAS_LOCK
-    _BIAS_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_bias_lock)
-
-
 def _bias_hold(bias: torch.Tensor) -> torch.Tensor:
     """A tensor of its own on ``bias``'s current memory (a view where autograd needs the parameter,
     otherwise a detached alias): it keeps that memory alive through a later ``bias.data = ...``."""
@@ -208,7 +193,7 @@ def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
     held = _bias_hold(bias)
     if held.dtype == dtype:
         return held
-    with _BIAS_LOCK:
+    with swap_lock():
         if bias.dtype != dtype:  # (another thread may have converted it meanwhile)
             bias.data = bias.data.to(dtype)
         return _bias_hold(bias)
