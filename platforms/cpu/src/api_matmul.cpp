@@ -306,7 +306,7 @@ BNB_API int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m,
   // per thread, at least 16 rows each); the parts are then added, column range by column range.
   // The order of that sum follows the thread count, so the result's last bits do too (as those of
   // torch's GEMMs, which the larger batches of this product take, do); every other kernel of the
-  // wheel gives the same bits at any thread count.
+  // wheel gives the same bits at any thread count (tests/test_cpu_thread_counts.py).
   const int64_t threads = std::max(1, bnb_cpu::requested_threads());
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, n / 16));
   auto* acc = static_cast<float*>(scratch(parts * m * ldacc * static_cast<int64_t>(sizeof(float)), 0));
