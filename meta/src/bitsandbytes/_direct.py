@@ -8,7 +8,8 @@ inference) therefore call the kernel that the bitsandbytes loader registered for
 directly, where that is exactly what the dispatcher would run:
 
 - not while torch.compile traces, nor under a TorchDispatchMode or TorchFunctionMode (FakeTensor,
-  FlopCounterMode, ...), nor while the autograd profiler records (profiles keep showing the op);
+  FlopCounterMode, ...), nor while the autograd profiler records (profiles keep showing the op),
+  nor under autocast (the dispatcher's kernels run with it off);
 - every tensor argument a plain ``torch.Tensor`` or ``nn.Parameter`` (whose torch functions are
   disabled: the dispatcher sees a tensor), all on one device, none requiring grad while grad mode
   is on;
@@ -32,7 +33,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._ops import NAMESPACE, dispatch_key
+from ._ops import NAMESPACE, autocast_on, dispatch_key
 
 # The torch internals this needs; where one is missing (an older torch), the fast path stays off.
 _dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -140,8 +141,8 @@ def kernel(op: str, *tensors: torch.Tensor | None) -> Callable | None:
 def no_modes() -> bool:
     """Whether a direct call may run now as far as global state goes, torch.compile aside (the
     caller tests ``torch.compiler.is_compiling()`` first): no dispatch or function mode, no
-    profiler recording."""
-    return _ENABLED and not (_dispatch_stack_len() or _function_mode_on() or _profiler_on())
+    profiler recording, no autocast (the dispatcher's kernels run with it off: ``_ops``)."""
+    return _ENABLED and not (_dispatch_stack_len() or _function_mode_on() or _profiler_on() or autocast_on())
 
 
 def prepare(op: str, tensors: tuple[torch.Tensor | None, ...], args: tuple) -> Callable | None:

@@ -96,6 +96,17 @@ def dispatch_key(device_type: str) -> str | None:
     return _DISPATCH_KEYS.get(device_type)
 
 
+def _autocast_unknown() -> bool:
+    return True
+
+
+# Whether any device's autocast is on, and the guard that excludes every autocast dispatch key
+# (what torch's autocast wrappers hold while they run an op). Where this torch lacks the cheap
+# test, the guard is taken on every call.
+autocast_on = getattr(torch._C, "_is_any_autocast_enabled", _autocast_unknown)
+no_autocast = torch._C._DisableAutocast
+
+
 def impl(lib: torch.library.Library, op: str, device_type: str | None, fn) -> None:
     """Register ``fn`` as the kernel of ``op`` for ``device_type`` (None: every device).
 
@@ -111,7 +122,7 @@ def impl(lib: torch.library.Library, op: str, device_type: str | None, fn) -> No
 
 
 def _below_autograd(fn):
-    """``fn`` run with autograd's dispatch keys excluded, as the op's kernel.
+    """``fn`` run as the op's kernel: with autograd's dispatch keys excluded, and autocast's.
 
     The ops have no autograd formula (the autograd.Functions of ``bitsandbytes.autograd`` hold
     the gradients). PyTorch's autograd fallback runs a backend kernel with autograd still on, so
@@ -120,6 +131,12 @@ def _below_autograd(fn):
     the op as opaque, does not have (opcheck's test_autograd_registration and
     test_aot_dispatch_dynamic). Below autograd every kernel's outputs are graph-free, as a native
     kernel's are; direct calls (``_direct``) bypass this wrapper only where no input requires grad.
+
+    Autocast, likewise, passes the ops by (they are not on its lists) but would reach the torch
+    ops inside a kernel: the reference int8 matmul's exact f32 sums of int8 products would run in
+    bf16 or f16 (wrong integers; f16 overflows), a dense path's f32 GEMM in bf16 while a fused
+    path of the same op stays exact. As torch's own autocast wrappers do for the ops they call, a
+    kernel runs with autocast off: its results are the op's, whatever the caller's autocast.
     """
 
     grad_enabled = torch.is_grad_enabled
@@ -127,6 +144,12 @@ def _below_autograd(fn):
 
     @functools.wraps(fn)
     def kernel(*args, **kwargs):
+        if autocast_on():
+            with no_autocast():
+                if not grad_enabled():
+                    return fn(*args, **kwargs)
+                with below_autograd():
+                    return fn(*args, **kwargs)
         if not grad_enabled():  # nothing can record a graph (optimizer steps, no_grad inference)
             return fn(*args, **kwargs)
         with below_autograd():

@@ -12,6 +12,7 @@ import torch
 from .. import _checks as C
 from .. import _direct
 from .. import functional as F
+from .._ops import autocast_on
 from ..backends.reference.weight_mm import empty_product
 
 
@@ -307,6 +308,27 @@ class MatMul4Bit(torch.autograd.Function):
         return grad_A, None, None, grad_bias, None
 
 
+def _autocast_operands(A: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``A`` and ``bias`` as autocast casts ``torch.nn.functional.linear``'s operands, where
+    autocast is on for A's device: the established release computes the 4-bit product (all but
+    one row without gradients) and LLM.int8()'s CPU/XPU training product with ``linear``, so under
+    autocast they run in its dtype. The ops themselves ignore autocast (``_ops``); this cast, made
+    before them and recorded by autograd, is the one place it acts."""
+    if not autocast_on():
+        return A, bias
+    device = A.device.type
+    if not torch.is_autocast_enabled(device):
+        return A, bias
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None or not t.is_floating_point() or t.dtype in (dtype, torch.float64):
+            return t
+        return t.to(dtype)
+
+    return cast(A), cast(bias)
+
+
 def matmul(
     A: torch.Tensor,
     B: torch.Tensor,
@@ -324,6 +346,7 @@ def matmul(
         where = "state.CB.shape[1]" if _uses_prepared_weight(state) else "B.shape[1]"
         raise ValueError(f"bitsandbytes.matmul: A's last dimension ({A.shape[-1]}) must equal {where} ({K})")
     if state.is_training and A.device.type in ("cpu", "xpu"):
+        A, bias = _autocast_operands(A, bias)
         return MatMul8bitFp.apply(A, B, out, bias, state)
     needs_grad = torch.is_grad_enabled() and (
         A.requires_grad or B.requires_grad or (bias is not None and bias.requires_grad)
@@ -366,6 +389,8 @@ def matmul_4bit(
             f"in_features ({K})"
         )
     needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
+    if needs_grad or A.numel() != A.shape[-1]:  # (one row without gradients: the established GEMV)
+        A, bias = _autocast_operands(A, bias)
     if needs_grad:
         return MatMul4Bit.apply(A, B, out, bias, quant_state)
     if A.numel() == 0:
