@@ -91,6 +91,57 @@ def check_same_device(arg_tensors: dict[str, torch.Tensor | None]) -> None:
         raise RuntimeError(f"bitsandbytes: tensors must be on one device, got {desc}")
 
 
+def check_has_dim(t: torch.Tensor, arg: str) -> None:
+    """Raise ValueError for a 0-d ``t``: a matmul operand needs a last dimension (without this
+    check, ``t.shape[-1]`` raises an IndexError that names nothing)."""
+    if t.dim() == 0:
+        raise ValueError(f"bitsandbytes: {arg} must have at least one dimension, got a 0-d tensor")
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes [first, last) that ``t``'s elements (at least one) can occupy (a superset where
+    strides interleave)."""
+    lo = hi = t.data_ptr()
+    if t.is_contiguous():
+        return lo, lo + t.nbytes
+    size = t.element_size()
+    for n, st in zip(t.shape, t.stride()):
+        if st >= 0:
+            hi += (n - 1) * st * size
+        else:
+            lo += (n - 1) * st * size
+    return lo, hi + size
+
+
+def may_overlap(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Whether ``a`` and ``b`` may share memory: their byte spans intersect. Conservative (two
+    interleaved views such as ``x[::2]`` and ``x[1::2]`` count as overlapping), which serves its
+    uses: a kernel that writes one while it reads the other takes a safe path, or refuses them.
+    Tensors without memory (meta, fake, empty) never overlap."""
+    if a is None or b is None or a.device != b.device or a.device.type == "meta" or not a.numel() or not b.numel():
+        return False
+    try:
+        (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
+    except RuntimeError:  # tensors without storage (tracing, functional tensors)
+        return False
+    return a0 < b1 and b0 < a1
+
+
+def has_internal_overlap(t: torch.Tensor) -> bool:
+    """Whether several of ``t``'s elements are one memory location (an ``expand``ed view: a stride
+    of 0 in a dimension of more than one element), so that writing into it loses values."""
+    return any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride()))
+
+
+def check_writable(t: torch.Tensor, arg: str) -> None:
+    """Raise ValueError if ``t``, which an op writes, is an expanded view (``has_internal_overlap``)."""
+    if has_internal_overlap(t):
+        raise ValueError(
+            f"bitsandbytes: {arg} is an expanded view (stride 0, shape {tuple(t.shape)}, strides {t.stride()}) "
+            f"and cannot be written; pass a tensor with memory for each element (e.g. {arg}.clone())"
+        )
+
+
 def check_4bit_shape(shape: Sequence[int], absmax: torch.Tensor, packed: torch.Tensor, blocksize: int) -> None:
     """Check that ``packed`` and ``absmax`` describe a tensor of ``shape`` exactly: more bytes or more
     scales than it needs mean they belong to other data, or to another block size (a silent wrong
@@ -182,6 +233,38 @@ def check_optimizer_8bit_states(
     return two
 
 
+def check_optimizer_no_alias(written: dict[str, torch.Tensor | None], read: dict[str, torch.Tensor | None]) -> None:
+    """An optimizer op updates ``written`` (the parameter, the states, their absmax, unorm_vec) in
+    place while it reads ``read`` (the gradient, the code books): no written tensor may be an
+    expanded view or share memory with any other argument, whose values it would change while
+    the update still reads them (a state passed as another state, as the parameter, or a view of
+    the gradient's memory). The read-only arguments may share memory with one another (one code
+    book for both states). Each tensor's byte span is taken once: this runs on every step of
+    every parameter."""
+    spans: list[tuple[str, bool, int, int]] = []
+    try:
+        for is_written, group in ((True, written), (False, read)):
+            for name, t in group.items():
+                if t is None:
+                    continue
+                if is_written and not t.is_contiguous():
+                    check_writable(t, name)
+                if t.numel() and not t.is_meta:
+                    lo, hi = _byte_span(t)
+                    spans.append((name, is_written, lo, hi))
+    except RuntimeError:  # tensors without storage (tracing, functional tensors)
+        return
+    for i, (name, is_written, lo, hi) in enumerate(spans):
+        if not is_written:
+            break  # read-only tensors may overlap each other
+        for other, _, lo2, hi2 in spans[i + 1 :]:
+            if lo < hi2 and lo2 < hi:
+                raise ValueError(
+                    f"bitsandbytes: {name} and {other} share memory; the optimizer update writes {name} "
+                    f"in place, so each state, the parameter and the gradient need memory of their own"
+                )
+
+
 def check_optimizer_args(g: torch.Tensor, p: torch.Tensor) -> None:
     """Checks shared by both optimizer ops: matching sizes and float dtypes."""
     if g.numel() != p.numel():
@@ -224,6 +307,7 @@ def check_gemv_4bit(
     """Argument checks of gemv_4bit shared by every backend."""
     if len(shapeB) != 2:
         raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    check_has_dim(A, "A")
     if A.shape[-1] != shapeB[1]:
         raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
     check_dtype(A, "A", FLOAT_DTYPES)
@@ -271,6 +355,8 @@ def check_quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int
 def int8_rows(A: torch.Tensor) -> int:
     """Rows of A seen as a (rows, A.shape[-1]) matrix, as the LLM.int8() row ops count them: a 1-D
     A is one row (none when it is empty)."""
+    if A.dim() == 0:
+        check_has_dim(A, "A")
     cols = A.shape[-1]
     return A.numel() // cols if cols else (0 if A.dim() == 1 else int(torch.Size(A.shape[:-1]).numel()))
 
@@ -330,6 +416,7 @@ def check_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> No
         raise ValueError(f"bitsandbytes: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
     if out.dtype != dtype:
         raise DTypeError(f"bitsandbytes: out must have dtype {dtype}, got {out.dtype}")
+    check_writable(out, "out")
 
 
 def check_linear_input(layer: str, x: torch.Tensor, in_features: int) -> None:

@@ -21,6 +21,7 @@ from ._checks import (
     check_blocksize_4bit,
     check_dtype,
     check_gemm_4bit_t,
+    check_has_dim,
     check_int8_weight_mm,
     check_optimizer_args,
     check_out,
@@ -215,6 +216,8 @@ def _tensor_args(arguments: dict) -> dict[str, torch.Tensor]:
 def _register_fakes() -> None:
     @_fake("int8_mixed_scaled_mm")
     def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
+        check_has_dim(A, "A")
+        check_has_dim(CA, "CA")
         shape = (*CA.shape[:-1], CB.shape[0])
         out = torch.empty(shape, device=A.device, dtype=A.dtype)
         # subA = A[:, outlier_cols] of A seen as a (rows, K) matrix: one column per index, none
@@ -225,6 +228,7 @@ def _register_fakes() -> None:
 
     @_fake("int8_scaled_mm")
     def _(A, B, row_stats, col_stats, bias=None, dtype=None):
+        check_has_dim(A, "A")
         shape = (*A.shape[:-1], B.shape[0])
         return torch.empty(shape, device=A.device, dtype=dtype or torch.float16)
 
@@ -232,11 +236,13 @@ def _register_fakes() -> None:
     def _(A, B):
         check_dtype(A, "A", (torch.int8,))
         check_dtype(B, "B", (torch.int8,))
+        check_has_dim(A, "A")
         shape = (*A.shape[:-1], B.shape[0])
         return torch.empty(shape, device=A.device, dtype=torch.int32)
 
     @_fake("int8_linear_matmul.out")
     def _(A, B, out):
+        check_has_dim(A, "A")
         shape = (*A.shape[:-1], B.shape[0])
         check_out(out, shape, torch.int32)
         check(out.device == A.device, f"bitsandbytes: out must be on {A.device}, got {out.device}")
@@ -298,6 +304,7 @@ def _register_fakes() -> None:
         A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None
     ):
         check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+        check_has_dim(A, "A")
         check(
             A.shape[-1] == shapeB[1],
             f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
@@ -358,6 +365,7 @@ def _register_fakes() -> None:
 
     @_fake("gemv_4bit")
     def _(A, B, shapeB, absmax, code, blocksize):
+        check_has_dim(A, "A")
         check(
             A.shape[-1] == shapeB[1],
             f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
@@ -366,6 +374,7 @@ def _register_fakes() -> None:
 
     @_fake("gemv_4bit.out")
     def _(A, B, shapeB, absmax, code, blocksize, out):
+        check_has_dim(A, "A")
         shape = (*A.shape[:-1], shapeB[0])
         check_out(out, shape, A.dtype)
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "bnb/bnb_c_api.h"
-#include "bnb/optimizer_math.h"
+#include "bnb/optimizer_buffers.h"
 #include "isa.h"
 #include "kernels.h"
 #include "status.h"
@@ -118,6 +118,7 @@ int32_t check_common(int32_t optimizer, const void* g, void* p, int32_t dtype, i
   BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "g and p must be f32, f16 or bf16");
   BNB_REQUIRE(n >= 0, BNB_ERR_INVALID_ARGUMENT, "n must be >= 0");
   BNB_REQUIRE(h->step >= 1, BNB_ERR_INVALID_ARGUMENT, "step must be >= 1, got %lld", static_cast<long long>(h->step));
+  BNB_REQUIRE(n <= INT64_MAX / 16, BNB_ERR_INVALID_ARGUMENT, "n is too large, got %lld", static_cast<long long>(n));
   return BNB_OK;
 }
 
@@ -134,6 +135,11 @@ int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, in
               "state2 is required for this optimizer");
   const bool clip = hparams->max_unorm > 0.0;
   BNB_REQUIRE(!clip || unorm_vec, BNB_ERR_NULL_POINTER, "unorm_vec is required when max_unorm > 0");
+  const bool two = bnb::optimizer_two_states(optimizer);
+  const char *first = nullptr, *second = nullptr;  // no buffer the update writes may share memory with another
+  BNB_REQUIRE(
+      !bnb::optimizer_32bit_overlap(optimizer, g, p, dtype, state1, state2, unorm_vec, clip, n, &first, &second),
+      BNB_ERR_INVALID_ARGUMENT, BNB_OPTIMIZER_OVERLAP_MESSAGE, first, second, first);
   if (n == 0) {
     if (clip) *unorm_vec = 0.0f;  // the norm of an empty update
     return bnb_cpu::ok();
@@ -146,7 +152,7 @@ int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, in
                        dtype,
                        static_cast<float>(hparams->gnorm_scale),
                        state1,
-                       bnb::optimizer_two_states(optimizer) ? state2 : nullptr,
+                       two ? state2 : nullptr,
                        n,
                        static_cast<float>(hparams->lr),
                        0};
@@ -186,6 +192,10 @@ int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, vo
   const bool two = bnb::optimizer_two_states(optimizer);
   BNB_REQUIRE(!two || (state2 && qmap2 && absmax2), BNB_ERR_NULL_POINTER,
               "state2, qmap2 and absmax2 are required for this optimizer");
+  const char *first = nullptr, *second = nullptr;  // no buffer the update writes may share memory with another
+  BNB_REQUIRE(!bnb::optimizer_8bit_overlap(optimizer, g, p, dtype, state1, state2, qmap1, qmap2, absmax1, absmax2, n,
+                                           kBlock, &first, &second),
+              BNB_ERR_INVALID_ARGUMENT, BNB_OPTIMIZER_OVERLAP_MESSAGE, first, second, first);
   if (n == 0) return bnb_cpu::ok();
   const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);
   const auto grid1 = grid_table(qmap1);

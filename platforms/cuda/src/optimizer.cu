@@ -2,7 +2,7 @@
 // per-element math is shared with every platform (bnb/optimizer_math.h).
 #include "bnb/codebooks.h"
 #include "bnb/fp_ops.h"
-#include "bnb/optimizer_math.h"
+#include "bnb/optimizer_buffers.h"
 #include "common.cuh"
 
 namespace bnb_cuda {
@@ -150,6 +150,11 @@ int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, in
               "state2 is required for this optimizer");
   const bool clip = hparams->max_unorm > 0.0f;
   BNB_REQUIRE(!clip || unorm_vec, BNB_ERR_NULL_POINTER, "unorm_vec is required when max_unorm > 0");
+  BNB_REQUIRE(n <= INT64_MAX / 16, BNB_ERR_INVALID_ARGUMENT, "n is too large, got %lld", static_cast<long long>(n));
+  const char *first = nullptr, *second = nullptr;  // no buffer the update writes may share memory with another
+  BNB_REQUIRE(
+      !bnb::optimizer_32bit_overlap(optimizer, g, p, dtype, state1, state2, unorm_vec, clip, n, &first, &second),
+      BNB_ERR_INVALID_ARGUMENT, BNB_OPTIMIZER_OVERLAP_MESSAGE, first, second, first);
   DeviceGuard guard(p);
   if (guard.status()) return guard.status();
   const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);
@@ -186,6 +191,10 @@ int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, vo
               "state2, qmap2 and absmax2 are required for this optimizer");
   const int64_t nblocks = (n + kStateBlock - 1) / kStateBlock;
   BNB_REQUIRE(nblocks < (1LL << 31), BNB_ERR_INVALID_ARGUMENT, "n is too large for one launch");
+  const char *first = nullptr, *second = nullptr;  // no buffer the update writes may share memory with another
+  BNB_REQUIRE(!bnb::optimizer_8bit_overlap(optimizer, g, p, dtype, state1, state2, qmap1, qmap2, absmax1, absmax2, n,
+                                           kStateBlock, &first, &second),
+              BNB_ERR_INVALID_ARGUMENT, BNB_OPTIMIZER_OVERLAP_MESSAGE, first, second, first);
   DeviceGuard guard(p);
   if (guard.status()) return guard.status();
   const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);

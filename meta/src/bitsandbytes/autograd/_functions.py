@@ -342,6 +342,7 @@ def matmul(
     if threshold > 0.0:
         state.threshold = threshold
     _, K = _weight_shape(B, state)
+    C.check_has_dim(A, "A")
     if A.shape[-1] != K:
         where = "state.CB.shape[1]" if _uses_prepared_weight(state) else "B.shape[1]"
         raise ValueError(f"bitsandbytes.matmul: A's last dimension ({A.shape[-1]}) must equal {where} ({K})")
@@ -371,6 +372,7 @@ def matmul_4bit(
     if quant_state.shape is None or len(quant_state.shape) != 2:
         raise ValueError(f"bitsandbytes.matmul_4bit: quant_state.shape must be 2-D [N, K], got {quant_state.shape}")
     N, K = quant_state.shape
+    C.check_has_dim(A, "A")
     if A.shape[-1] != K:
         if A.shape[-1] == N:
             if not torch.compiler.is_compiling():

@@ -43,6 +43,13 @@ def _on_cpu(**tensors: torch.Tensor | None) -> None:
             raise RuntimeError(f"bitsandbytes_cpu: {name} must be on the CPU, got {t.device}")
 
 
+def _aliases(out: torch.Tensor, *inputs: torch.Tensor) -> bool:
+    """Whether ``out`` may share memory with one of ``inputs``: a native kernel writing ``out``
+    directly would then overwrite inputs it has yet to read (a wrong result); such a call computes
+    into a new tensor and copies it into ``out``, as for a non-contiguous ``out``."""
+    return any(C.may_overlap(out, t) for t in inputs)
+
+
 def quantize_4bit(
     A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +118,7 @@ def dequantize_4bit_out(
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
     C.check_out(out, shape, dtype)
     _on_cpu(A=A, absmax=absmax, out=out)
-    if out.is_contiguous():
+    if out.is_contiguous() and not _aliases(out, A, absmax):
         _dequantize_4bit_into(A, absmax, blocksize, quant_type, out)
     else:
         out.copy_(dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype))
@@ -163,7 +170,7 @@ def dequantize_blockwise_out(
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
     C.check_out(out, A.shape, dtype)
     _on_cpu(A=A, out=out)
-    if out.is_contiguous():
+    if out.is_contiguous() and not _aliases(out, A, absmax, code):
         _dequantize_blockwise_into(A, absmax, code, blocksize, out)
     else:
         out.copy_(dequantize_blockwise(A, absmax, code, blocksize, dtype))
@@ -258,7 +265,7 @@ def gemv_4bit_out(
     _on_cpu(A=A, B=B, out=out)
     if shapeB[1] == 0:
         out.zero_()  # an empty sum
-    elif out.is_contiguous():
+    elif out.is_contiguous() and not _aliases(out, A, B, absmax, code):
         if out.numel():
             _gemm_4bit_into(A, B, shapeB, absmax, code, blocksize, None, out)
     else:
@@ -299,7 +306,12 @@ def _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> t
         "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
     )
     try:
-        key = tuple((t.data_ptr(), t._version, t.numel()) for t in (absmax_8bit, absmax, absmax_code, absmax_offset))
+        # The layout too: two views of one storage (one version counter) can start at the same
+        # address with the same size and hold different values (x[:n] and x[::2]).
+        key = tuple(
+            (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype)
+            for t in (absmax_8bit, absmax, absmax_code, absmax_offset)
+        )
         hit = getattr(absmax_8bit, "_bnb_cpu_resolved_absmax", None)
         if hit is not None and hit[0] == key:
             return hit[1]
@@ -326,7 +338,7 @@ def _gemm_4bit_args_ok(
 ) -> bool:
     """Whether gemm_4bit's arguments (absmax not nested) pass every check of its detailed path,
     tested in one expression; False sends the call through those checks, which name the fault."""
-    if len(shapeB) != 2:
+    if len(shapeB) != 2 or not A.dim():
         return False
     n, k = shapeB
     return (
@@ -367,6 +379,7 @@ def gemm_4bit(
     if absmax_8bit is not None or not _gemm_4bit_args_ok(A, B, shapeB, absmax, blocksize, quant_type, bias):
         if len(shapeB) != 2:
             raise ValueError(f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+        C.check_has_dim(A, "A")
         if A.shape[-1] != shapeB[1]:
             raise ValueError(f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})")
         C.check_dtype(A, "A", C.FLOAT_DTYPES)

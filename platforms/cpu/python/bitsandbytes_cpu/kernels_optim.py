@@ -46,12 +46,18 @@ def optimizer_update_32bit(
     if clip:
         C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     _on_cpu(g=g, p=p, state1=state1)
+    p_dense, g_dense = p.is_contiguous(), g.is_contiguous()
+    if not (p_dense and g_dense):  # the kernel gets copies: their originals' memory is checked here
+        C.check_optimizer_no_alias(
+            {"p": p, "state1": state1, "state2": state2 if two else None, "unorm_vec": unorm_vec if clip else None},
+            {"g": g},
+        )
     if n == 0:
         if clip:
             unorm_vec.zero_()  # the norm of an empty update (the C ABI writes it too)
         return
-    pc = p if p.is_contiguous() else p.contiguous()
-    gc = g.contiguous()
+    pc = p if p_dense else p.contiguous()
+    gc = g if g_dense else g.contiguous()
     _C.optimizer_update_32bit(
         OPTIMIZER_CODE[optimizer_name],
         gc.data_ptr(),
@@ -108,10 +114,22 @@ def optimizer_update_8bit_blockwise(
     n = p.numel()
     two = C.check_optimizer_8bit_states(optimizer_name, n, state1, state2, qmap1, qmap2, absmax1, absmax2)
     _on_cpu(g=g, p=p, state1=state1, qmap1=qmap1, absmax1=absmax1)
+    p_dense, g_dense = p.is_contiguous(), g.is_contiguous()
+    if not (p_dense and g_dense):  # the kernel gets copies: their originals' memory is checked here
+        C.check_optimizer_no_alias(
+            {
+                "p": p,
+                "state1": state1,
+                "absmax1": absmax1,
+                "state2": state2 if two else None,
+                "absmax2": absmax2 if two else None,
+            },
+            {"g": g, "qmap1": qmap1, "qmap2": qmap2 if two else None},
+        )
     if n == 0:
         return
-    pc = p if p.is_contiguous() else p.contiguous()
-    gc = g.contiguous()
+    pc = p if p_dense else p.contiguous()
+    gc = g if g_dense else g.contiguous()
     q1 = qmap1.contiguous()
     q2 = qmap2.contiguous() if two else None
     _C.optimizer_update_8bit_blockwise(

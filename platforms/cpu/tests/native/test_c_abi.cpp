@@ -297,6 +297,32 @@ void bad_arguments() {
   check(bnb_optimizer_update_32bit(42, x.data(), x.data(), 0, x.data(), nullptr, nullptr, 64, nullptr, nullptr) ==
             BNB_ERR_NULL_POINTER,
         "optimizer without hparams");
+  {  // a buffer the update writes sharing memory with another argument: refused before any write
+    bnb_optimizer_hparams h = {0.9f, 0.99f, 0.999f, 2.0f, 1e-6f, 0.0f, 1e-3f, 1.0f, 0.0f, 0.0f, 1, 0};
+    std::vector<float> g(64, 0.1f), p(64, 1.0f), s(128, 0.5f), qm(256, 0.0f), am(2, 1.0f);
+    check(bnb_optimizer_update_32bit(BNB_OPTIM_ADAM, g.data(), p.data(), BNB_DTYPE_F32, s.data(), s.data() + 32,
+                                     nullptr, 64, &h, nullptr) == BNB_ERR_INVALID_ARGUMENT &&
+              strstr(bnb_last_error(), "state1 and state2 share memory") != nullptr,
+          "32-bit state2 overlapping state1");
+    check(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_MOMENTUM, g.data(), p.data(), BNB_DTYPE_F32,
+                                              reinterpret_cast<uint8_t*>(g.data()) + 8, nullptr, qm.data(), nullptr,
+                                              am.data(), nullptr, 64, &h, nullptr) == BNB_ERR_INVALID_ARGUMENT &&
+              strstr(bnb_last_error(), "state1 and g share memory") != nullptr,
+          "8-bit state1 inside the gradient");
+    check(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_MOMENTUM, p.data(), p.data(), BNB_DTYPE_F32,
+                                              reinterpret_cast<uint8_t*>(s.data()), nullptr, qm.data(), nullptr,
+                                              am.data(), nullptr, 64, &h, nullptr) == BNB_ERR_INVALID_ARGUMENT,
+          "8-bit g is p");
+    check(p == std::vector<float>(64, 1.0f) && s == std::vector<float>(128, 0.5f) && am[0] == 1.0f,
+          "nothing written by the refused updates");
+    std::vector<uint8_t> st1(64, 128), st2(64, 0);
+    std::vector<float> am1(1, 1.0f), am2(1, 1.0f);
+    const auto code = dynamic_code();
+    check(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_ADAM, g.data(), p.data(), BNB_DTYPE_F32, st1.data(), st2.data(),
+                                              code.data(), code.data(), am1.data(), am2.data(), 64, &h,
+                                              nullptr) == BNB_OK,
+          "read-only arguments may share memory (qmap2 is qmap1)");
+  }
   const int8_t cb[4] = {1, 2, 3, 4};
   check(bnb_cpu_int8_weight_matmul(x.data(), 0, 1, 2, 2, cb, nullptr, nullptr, 0, x.data()) == BNB_ERR_NULL_POINTER,
         "int8_weight_matmul without SCB");

@@ -135,6 +135,7 @@ def gemm_4bit(
 ) -> torch.Tensor:
     """``A @ dequant(B).T + bias`` with an optionally nested absmax."""
     C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    C.check_has_dim(A, "A")
     C.check(
         A.shape[-1] == shapeB[1],
         f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",

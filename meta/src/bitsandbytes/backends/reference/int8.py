@@ -49,6 +49,7 @@ def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> None:
     C.check_dtype(A, "A", (torch.int8,))
     C.check_dtype(B, "B", (torch.int8,))
     C.check(B.dim() == 2, f"bitsandbytes: B must be 2-D [N, K], got shape {tuple(B.shape)}")
+    C.check_has_dim(A, "A")
     C.check(
         A.shape[-1] == B.shape[1],
         f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal B.shape[1] ({B.shape[1]})",
