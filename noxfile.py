@@ -113,7 +113,8 @@ def tests_mps_host(session: nox.Session) -> None:
     install_meta(session)
     install_platform(session, "mps")
     tests = ["test_mps_platform.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py", "test_optim_ops.py",
-             "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py"]  # fmt: skip
+             "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
+             "test_layouts_and_aliasing.py"]  # fmt: skip
     env = {
         "BNB_TEST_HOST_KERNELS": "mps",
         "BNB_MPS_HOST_DIR": str(ROOT / "platforms" / "mps" / "host"),
@@ -344,6 +345,7 @@ HPU_HOST_TESTS = [
     "tests/test_ops_bad_input.py",
     "tests/test_empty_matmul.py",
     "tests/test_flush_denormal.py",
+    "tests/test_layouts_and_aliasing.py",
     "tests/test_hpu_platform.py",
 ]
 
@@ -414,6 +416,7 @@ XPU_TEST_FILES = [
     "tests/test_ops_bad_input.py",
     "tests/test_empty_matmul.py",
     "tests/test_flush_denormal.py",
+    "tests/test_layouts_and_aliasing.py",
     "tests/test_xpu_platform.py",
 ]
 

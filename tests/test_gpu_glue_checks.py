@@ -239,6 +239,63 @@ def test_zero_dim_A_is_refused_by_name(on_cpu, op):
     assert not on_cpu.native.calls
 
 
+def _out_inside_an_input(op: str, fresh: bool) -> tuple[tuple, torch.Tensor]:
+    """``op``'s arguments with its ``out`` inside the memory of one input but starting at another
+    address (so that out's pointer reaching native code means out was written directly), or a
+    fresh ``out``."""
+    buf = torch.zeros(8192, dtype=torch.uint8)
+
+    def place(at: int, nbytes: int, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+        return (torch.zeros(nbytes, dtype=torch.uint8) if fresh else buf[at : at + nbytes]).view(dtype).view(shape)
+
+    if op == "dequantize_blockwise.out":  # out inside A
+        A = buf[:1024].view(32, 32)
+        out = place(256, 32 * 32 * 4, torch.float32, (32, 32))
+        return (A, torch.ones(4), dynamic_map(signed=True), 256, torch.float32, out), out
+    if op == "dequantize_4bit.out":  # A (256 packed bytes) inside out
+        out = place(0, 8 * 64 * 4, torch.float32, (8, 64))
+        A = buf[1024:1280].view(256, 1)
+        return (A, torch.ones(8), 64, "nf4", [8, 64], torch.float32, out), out
+    if op == "int8_linear_matmul.out":  # A inside out
+        out = place(0, 4 * 64 * 4, torch.int32, (4, 64))
+        A = buf[256:512].view(torch.int8).view(4, 64)
+        return (A, torch.zeros(64, 64, dtype=torch.int8), out), out
+    # gemv_4bit.out: out inside A
+    A = buf[:256].view(torch.float32).view(1, 64)
+    out = place(32, 8 * 4, torch.float32, (1, 8))
+    B, absmax = _packed_weight()
+    return (A, B, [8, 64], absmax, torch.zeros(16), 64, out), out
+
+
+@pytest.mark.parametrize(
+    "op", ["dequantize_blockwise.out", "dequantize_4bit.out", "int8_linear_matmul.out", "gemv_4bit.out"]
+)
+def test_an_out_sharing_an_input_is_not_handed_to_the_kernel(on_cpu, op):
+    """The kernel would write out while it still reads the input: the glue hands it a fresh
+    tensor (and copies that into out); a fresh out is handed over as it is."""
+    args, out = _out_inside_an_input(op, fresh=True)
+    on_cpu.ops[op](*args)
+    assert any(out.data_ptr() in call for _, call in on_cpu.native.calls)
+    on_cpu.native.calls.clear()
+    args, out = _out_inside_an_input(op, fresh=False)
+    on_cpu.ops[op](*args)
+    assert on_cpu.native.calls and not any(out.data_ptr() in call for _, call in on_cpu.native.calls)
+
+
+@pytest.mark.parametrize("case", ["strided p over g", "expanded p"])
+def test_optimizer_memory_of_copied_tensors_is_checked_in_the_glue(on_cpu, case):
+    """A non-contiguous p or g reaches the kernel as a copy, whose pointer the C entry point
+    compares: the originals are checked before any native call (and before any write)."""
+    buf = torch.randn(2 * N)
+    p, g = (buf[::2], buf[1::2]) if case == "strided p over g" else (torch.randn(1).expand(N), torch.randn(N))
+    match = "p and g share memory" if case == "strided p over g" else "p is an expanded view"
+    for name, make in (("optimizer_update_32bit", _args_32bit), ("optimizer_update_8bit_blockwise", _args_8bit)):
+        before = buf.clone()
+        with pytest.raises(ValueError, match=match):
+            on_cpu.ops[name](**make(p=p, g=g))
+        assert not on_cpu.native.calls and torch.equal(buf, before)
+
+
 def test_gemm_4bit_names_a_wrong_absmax_8bit_dtype(glue):
     B, absmax = _packed_weight()
     nested = (torch.ones(1), dynamic_map(signed=True), torch.tensor(0.5))

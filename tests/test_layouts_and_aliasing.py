@@ -136,6 +136,28 @@ def test_zero_dim_A_is_refused(device):
             call()
 
 
+@pytest.mark.parametrize("device,impl,fn", impl_params("gemm_4bit"))
+def test_zero_dim_A_refused_by_gemm_4bit(device, impl, fn):
+    packed, absmax = ops.quantize_4bit(torch.randn(64, 64), 64, "nf4", torch.uint8)
+    with pytest.raises(ValueError, match="A must have at least one dimension"):
+        fn(torch.tensor(1.0, device=device), packed.to(device), [64, 64], absmax.to(device), 64, "nf4")
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_linear_matmul"))
+def test_zero_dim_A_refused_by_int8_linear_matmul(device, impl, fn):
+    B = torch.zeros(64, 64, dtype=torch.int8, device=device)
+    with pytest.raises(ValueError, match="A must have at least one dimension"):
+        fn(torch.tensor(1, dtype=torch.int8, device=device), B)
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_linear_matmul.out"))
+def test_zero_dim_A_refused_by_int8_linear_matmul_out(device, impl, fn):
+    B = torch.zeros(64, 64, dtype=torch.int8, device=device)
+    out = torch.empty(64, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="A must have at least one dimension"):
+        fn(torch.tensor(1, dtype=torch.int8, device=device), B, out)
+
+
 def test_zero_dim_A_public_matmuls():
     w = torch.randn(64, 64)
     packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
@@ -242,6 +264,31 @@ def test_optimizer_8bit_strided_g_and_p(device, impl, fn):
     _step_8bit(fn, t)
     for k in ("p", "state1", "state2", "absmax1", "absmax2"):
         assert torch.equal(t[k], ref[k]), k
+
+
+# ---- where a data pointer is not an address: only views of one storage are compared -----------
+
+
+def test_overlap_across_storages_only_where_pointers_are_addresses(monkeypatch):
+    from bitsandbytes import _checks as C
+
+    raw = bytearray(4096)
+    a = torch.frombuffer(raw, dtype=torch.float32)  # two storages over one allocation
+    b = torch.frombuffer(raw, dtype=torch.float32, offset=40, count=10)
+    x = torch.zeros(1000)
+    assert C.may_overlap(a, b)  # CPU pointers are addresses: the allocation is shared
+    with pytest.raises(ValueError, match="share memory"):
+        C.check_optimizer_no_alias({"p": a}, {"g": b})
+    # A device whose data_ptr() is a handle (MPS: the Metal buffer object): two storages never
+    # overlap, however their pointers compare; views of one storage still do.
+    monkeypatch.setattr(C, "ADDRESS_DEVICES", frozenset())
+    assert not C.may_overlap(a, b)
+    C.check_optimizer_no_alias({"p": a}, {"g": b})
+    assert C.may_overlap(x[:10], x[5:15]) and not C.may_overlap(x[:10], x[10:20])
+    assert C.may_overlap_any(x[:10], None, torch.zeros(3), x[9:])
+    with pytest.raises(ValueError, match="state1 and state2 share memory"):
+        C.check_optimizer_no_alias({"state1": x[:500], "state2": x[499:]}, {})
+    C.check_optimizer_no_alias({"state1": x[:500], "state2": x[500:]}, {})
 
 
 # ---- the nested absmax: a strided view of the code book is not a cached result ----------------

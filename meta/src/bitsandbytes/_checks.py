@@ -98,6 +98,22 @@ def check_has_dim(t: torch.Tensor, arg: str) -> None:
         raise ValueError(f"bitsandbytes: {arg} must have at least one dimension, got a 0-d tensor")
 
 
+ADDRESS_DEVICES = frozenset({"cpu", "cuda", "xpu"})
+"""Device types whose ``data_ptr()`` is an address in the memory the kernels read, so tensors of
+two storages are compared by their byte spans too (one allocation can back two storages:
+``torch.from_numpy`` twice, DLPack). On other devices only views of one storage are compared:
+on MPS ``data_ptr()`` is the address of the Metal buffer object, not of its bytes, and the spans
+of two buffers would intersect by chance (a refused optimizer step where nothing is shared)."""
+
+
+def _memory_domain(t: torch.Tensor) -> tuple[torch.device, int]:
+    """Where ``t``'s byte span is meaningful: its device, plus its storage's base pointer on a
+    device whose pointers are not addresses (``ADDRESS_DEVICES``)."""
+    if t.device.type in ADDRESS_DEVICES:
+        return t.device, 0
+    return t.device, t.untyped_storage().data_ptr()
+
+
 def _byte_span(t: torch.Tensor) -> tuple[int, int]:
     """The bytes [first, last) that ``t``'s elements (at least one) can occupy (a superset where
     strides interleave)."""
@@ -121,10 +137,20 @@ def may_overlap(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     if a is None or b is None or a.device != b.device or a.device.type == "meta" or not a.numel() or not b.numel():
         return False
     try:
+        if _memory_domain(a) != _memory_domain(b):
+            return False
         (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
     except RuntimeError:  # tensors without storage (tracing, functional tensors)
         return False
     return a0 < b1 and b0 < a1
+
+
+def may_overlap_any(out: torch.Tensor, *inputs: torch.Tensor | None) -> bool:
+    """Whether ``out`` may share memory with one of ``inputs`` (``may_overlap``). A kernel that
+    writes ``out`` while it still reads the inputs would then overwrite values it has yet to read
+    (a wrong result, or a race on a GPU): an ``.out`` op computes into a fresh tensor and copies
+    it into ``out`` instead, as for a non-contiguous ``out``."""
+    return any(may_overlap(out, t) for t in inputs)
 
 
 def has_internal_overlap(t: torch.Tensor) -> bool:
@@ -241,7 +267,7 @@ def check_optimizer_no_alias(written: dict[str, torch.Tensor | None], read: dict
     the gradient's memory). The read-only arguments may share memory with one another (one code
     book for both states). Each tensor's byte span is taken once: this runs on every step of
     every parameter."""
-    spans: list[tuple[str, bool, int, int]] = []
+    spans: list[tuple[str, bool, tuple[torch.device, int], int, int]] = []
     try:
         for is_written, group in ((True, written), (False, read)):
             for name, t in group.items():
@@ -251,18 +277,46 @@ def check_optimizer_no_alias(written: dict[str, torch.Tensor | None], read: dict
                     check_writable(t, name)
                 if t.numel() and not t.is_meta:
                     lo, hi = _byte_span(t)
-                    spans.append((name, is_written, lo, hi))
+                    spans.append((name, is_written, _memory_domain(t), lo, hi))
     except RuntimeError:  # tensors without storage (tracing, functional tensors)
         return
-    for i, (name, is_written, lo, hi) in enumerate(spans):
+    for i, (name, is_written, domain, lo, hi) in enumerate(spans):
         if not is_written:
             break  # read-only tensors may overlap each other
-        for other, _, lo2, hi2 in spans[i + 1 :]:
-            if lo < hi2 and lo2 < hi:
+        for other, _, domain2, lo2, hi2 in spans[i + 1 :]:
+            if lo < hi2 and lo2 < hi and domain == domain2:
                 raise ValueError(
                     f"bitsandbytes: {name} and {other} share memory; the optimizer update writes {name} "
                     f"in place, so each state, the parameter and the gradient need memory of their own"
                 )
+
+
+def check_optimizer_32bit_no_alias(
+    g: torch.Tensor,
+    p: torch.Tensor,
+    state1: torch.Tensor,
+    state2: torch.Tensor | None,
+    unorm_vec: torch.Tensor | None,
+) -> None:
+    """``check_optimizer_no_alias`` over optimizer_update_32bit's tensors (None: unused by the call)."""
+    check_optimizer_no_alias({"p": p, "state1": state1, "state2": state2, "unorm_vec": unorm_vec}, {"g": g})
+
+
+def check_optimizer_8bit_no_alias(
+    g: torch.Tensor,
+    p: torch.Tensor,
+    state1: torch.Tensor,
+    state2: torch.Tensor | None,
+    qmap1: torch.Tensor,
+    qmap2: torch.Tensor | None,
+    absmax1: torch.Tensor,
+    absmax2: torch.Tensor | None,
+) -> None:
+    """``check_optimizer_no_alias`` over optimizer_update_8bit_blockwise's tensors (None: unused)."""
+    check_optimizer_no_alias(
+        {"p": p, "state1": state1, "absmax1": absmax1, "state2": state2, "absmax2": absmax2},
+        {"g": g, "qmap1": qmap1, "qmap2": qmap2},
+    )
 
 
 def check_optimizer_args(g: torch.Tensor, p: torch.Tensor) -> None:

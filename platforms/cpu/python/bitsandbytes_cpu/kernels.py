@@ -43,13 +43,6 @@ def _on_cpu(**tensors: torch.Tensor | None) -> None:
             raise RuntimeError(f"bitsandbytes_cpu: {name} must be on the CPU, got {t.device}")
 
 
-def _aliases(out: torch.Tensor, *inputs: torch.Tensor) -> bool:
-    """Whether ``out`` may share memory with one of ``inputs``: a native kernel writing ``out``
-    directly would then overwrite inputs it has yet to read (a wrong result); such a call computes
-    into a new tensor and copies it into ``out``, as for a non-contiguous ``out``."""
-    return any(C.may_overlap(out, t) for t in inputs)
-
-
 def quantize_4bit(
     A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +111,7 @@ def dequantize_4bit_out(
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
     C.check_out(out, shape, dtype)
     _on_cpu(A=A, absmax=absmax, out=out)
-    if out.is_contiguous() and not _aliases(out, A, absmax):
+    if out.is_contiguous() and not C.may_overlap_any(out, A, absmax):
         _dequantize_4bit_into(A, absmax, blocksize, quant_type, out)
     else:
         out.copy_(dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype))
@@ -170,7 +163,7 @@ def dequantize_blockwise_out(
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
     C.check_out(out, A.shape, dtype)
     _on_cpu(A=A, out=out)
-    if out.is_contiguous() and not _aliases(out, A, absmax, code):
+    if out.is_contiguous() and not C.may_overlap_any(out, A, absmax, code):
         _dequantize_blockwise_into(A, absmax, code, blocksize, out)
     else:
         out.copy_(dequantize_blockwise(A, absmax, code, blocksize, dtype))
@@ -265,7 +258,7 @@ def gemv_4bit_out(
     _on_cpu(A=A, B=B, out=out)
     if shapeB[1] == 0:
         out.zero_()  # an empty sum
-    elif out.is_contiguous() and not _aliases(out, A, B, absmax, code):
+    elif out.is_contiguous() and not C.may_overlap_any(out, A, B, absmax, code):
         if out.numel():
             _gemm_4bit_into(A, B, shapeB, absmax, code, blocksize, None, out)
     else:

@@ -12,7 +12,7 @@ from bitsandbytes.backends.reference.int8 import INV_127
 
 from . import _C
 from ._codes import DTYPE_CODE
-from .kernels import _aliases, _dequantize_blockwise_into, _nt, _on_cpu
+from .kernels import _dequantize_blockwise_into, _nt, _on_cpu
 
 
 def int8_vectorwise_quant(
@@ -105,7 +105,7 @@ def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) 
     shape = (*A.shape[:-1], B.shape[0])
     C.check_out(out, shape, torch.int32)
     _on_cpu(out=out)
-    if out.is_contiguous() and not _aliases(out, A, B):
+    if out.is_contiguous() and not C.may_overlap_any(out, A, B):
         _int8_matmul_into(A, B, out)
     else:
         out.copy_(int8_linear_matmul(A, B))

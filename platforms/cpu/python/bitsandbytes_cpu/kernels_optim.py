@@ -48,10 +48,7 @@ def optimizer_update_32bit(
     _on_cpu(g=g, p=p, state1=state1)
     p_dense, g_dense = p.is_contiguous(), g.is_contiguous()
     if not (p_dense and g_dense):  # the kernel gets copies: their originals' memory is checked here
-        C.check_optimizer_no_alias(
-            {"p": p, "state1": state1, "state2": state2 if two else None, "unorm_vec": unorm_vec if clip else None},
-            {"g": g},
-        )
+        C.check_optimizer_32bit_no_alias(g, p, state1, state2 if two else None, unorm_vec if clip else None)
     if n == 0:
         if clip:
             unorm_vec.zero_()  # the norm of an empty update (the C ABI writes it too)
@@ -116,15 +113,8 @@ def optimizer_update_8bit_blockwise(
     _on_cpu(g=g, p=p, state1=state1, qmap1=qmap1, absmax1=absmax1)
     p_dense, g_dense = p.is_contiguous(), g.is_contiguous()
     if not (p_dense and g_dense):  # the kernel gets copies: their originals' memory is checked here
-        C.check_optimizer_no_alias(
-            {
-                "p": p,
-                "state1": state1,
-                "absmax1": absmax1,
-                "state2": state2 if two else None,
-                "absmax2": absmax2 if two else None,
-            },
-            {"g": g, "qmap1": qmap1, "qmap2": qmap2 if two else None},
+        C.check_optimizer_8bit_no_alias(
+            g, p, state1, state2 if two else None, qmap1, qmap2 if two else None, absmax1, absmax2 if two else None
         )
     if n == 0:
         return

@@ -164,7 +164,7 @@ def dequantize_4bit_out(
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
     C.check_out(out, shape, dtype)
     _on_cuda(A=A, absmax=absmax, out=out)
-    if out.is_contiguous():
+    if out.is_contiguous() and not C.may_overlap_any(out, A, absmax):
         _dequantize_4bit_into(A, absmax, blocksize, quant_type, out)
     else:
         out.copy_(dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype))
@@ -184,7 +184,9 @@ def _gemm_4bit_native(
     """The fused kernel; every argument checked, every tensor on ``device`` (the callers' _on_cuda)."""
     N, K = int(shapeB[0]), int(shapeB[1])
     shape = (*A.shape[:-1], N)
-    result = out if out is not None and out.is_contiguous() else torch.empty(shape, dtype=A.dtype, device=device)
+    # An out sharing memory with an input would be written while the kernel still reads it.
+    direct = out is not None and out.is_contiguous() and not C.may_overlap_any(out, A, B, absmax, code, bias)
+    result = out if direct else torch.empty(shape, dtype=A.dtype, device=device)
     m = math.prod(A.shape[:-1])  # rows, also where K = 0 (an empty sum: the bias)
     if m == 0 or N == 0:
         return result
@@ -348,7 +350,7 @@ def dequantize_blockwise_out(
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
     C.check_out(out, A.shape, dtype)
     _on_cuda(A=A, absmax=absmax, code=code, out=out)
-    if out.is_contiguous():
+    if out.is_contiguous() and not C.may_overlap_any(out, A, absmax, code):
         _dequantize_blockwise_into(A, absmax, code, blocksize, out)
     else:
         out.copy_(dequantize_blockwise(A, absmax, code, blocksize, dtype))
@@ -421,7 +423,7 @@ def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) 
     shape = (*A.shape[:-1], B.shape[0])
     C.check_out(out, shape, torch.int32)
     _on_cuda(A=A, B=B, out=out)
-    if out.is_contiguous():
+    if out.is_contiguous() and not C.may_overlap_any(out, A, B):
         _int8_matmul_into(A, B, out)
     else:
         out.copy_(int8_linear_matmul(A, B))
@@ -495,6 +497,9 @@ def optimizer_update_32bit(
     if clip:
         C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     _on_cuda(g=g, p=p, state1=state1, state2=state2 if two else None, unorm_vec=unorm_vec if clip else None)
+    if not (p.is_contiguous() and g.is_contiguous()):  # the kernel gets copies: the C entry point
+        # compares their pointers, so the originals' memory is checked here
+        C.check_optimizer_32bit_no_alias(g, p, state1, state2 if two else None, unorm_vec if clip else None)
     if n == 0:
         if clip:
             unorm_vec.zero_()  # the norm of an empty update
@@ -544,6 +549,10 @@ def optimizer_update_8bit_blockwise(
     if not two:
         state2 = qmap2 = absmax2 = None
     _on_cuda(g=g, p=p, state1=state1, state2=state2, qmap1=qmap1, qmap2=qmap2, absmax1=absmax1, absmax2=absmax2)
+    if not (p.is_contiguous() and g.is_contiguous()):  # as in optimizer_update_32bit
+        C.check_optimizer_8bit_no_alias(
+            g, p, state1, state2 if two else None, qmap1, qmap2 if two else None, absmax1, absmax2 if two else None
+        )
     if n == 0:
         return
     h = _C.OptimizerHparams(beta1, beta2, beta3, alpha, eps, weight_decay, lr, gnorm_scale, 0.0, 0.0, step, skip_zeros)

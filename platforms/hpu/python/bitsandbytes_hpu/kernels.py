@@ -237,6 +237,7 @@ def gemm_4bit(
     """``A @ dequant(B).T + bias`` in A's dtype, a nested absmax resolved first (8-bit
     dequantize plus offset); NF4 weights decode through Gaudi's op where it applies."""
     C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    C.check_has_dim(A, "A")
     C.check(
         A.shape[-1] == shapeB[1],
         f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",

@@ -83,6 +83,7 @@ def optimizer_update_32bit(
     if clip:
         C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     C.check_same_device({"g": g, "p": p, "state1": state1, "state2": state2, "unorm_vec": unorm_vec})
+    C.check_optimizer_32bit_no_alias(g, p, state1, state2 if two else None, unorm_vec if clip else None)
     h = _hyper(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, p.device)
 
     gc = _grad(g, gnorm_scale)
@@ -161,6 +162,9 @@ def optimizer_update_8bit_blockwise(
             "absmax1": absmax1,
             "absmax2": absmax2,
         }
+    )
+    C.check_optimizer_8bit_no_alias(
+        g, p, state1, state2 if two else None, qmap1, qmap2 if two else None, absmax1, absmax2 if two else None
     )
     rows = 2 if optimizer_name == "ademamix" else 1
     blocks = C.num_blocks(n, rule.STATE_BLOCKSIZE)

@@ -184,12 +184,19 @@ class MetalKernels(OptimizerKernels):
         dtype: torch.dtype,
         out: torch.Tensor,
     ) -> None:
-        """4-bit dequantization into ``out``."""
+        """4-bit dequantization into ``out`` (a strided ``out``, or one sharing memory with an input,
+        gets a fresh result copied in)."""
         C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
         C.check_out(out, shape, dtype)
         self._device(A=A, absmax=absmax, out=out)
         lib = self.library("dequantize_4bit.out") if out.numel() else None
-        if out.numel() and out.is_contiguous() and lib is not None and out.numel() <= MAX_ELEMENTS:
+        if (
+            out.numel()
+            and out.is_contiguous()
+            and lib is not None
+            and out.numel() <= MAX_ELEMENTS
+            and not C.may_overlap_any(out, A, absmax)
+        ):
             self._dequantize_4bit_into(lib, A, absmax, blocksize, quant_type, out)
         elif out.numel():
             out.copy_(self.dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype))
@@ -263,7 +270,7 @@ class MetalKernels(OptimizerKernels):
         C.check_out(out, (*A.shape[:-1], shapeB[0]), A.dtype)
         self._device(A=A, B=B, absmax=absmax, code=code, out=out)
         lib = self.library("gemv_4bit.out") if self._gemv_fits(A, shapeB, blocksize) else None
-        if lib is not None and out.is_contiguous():
+        if lib is not None and out.is_contiguous() and not C.may_overlap_any(out, A, B, absmax, code):
             self._gemv(lib, A, B, shapeB, absmax, code, blocksize, out)
         else:
             out.copy_(self.gemv_4bit(A, B, shapeB, absmax, code, blocksize))
@@ -284,6 +291,7 @@ class MetalKernels(OptimizerKernels):
         """``A @ dequant(B).T + bias``: the fused gemv kernel for 1 to 8 rows of A, otherwise the
         dequantize kernel and torch's matmul on the device."""
         C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+        C.check_has_dim(A, "A")
         C.check(
             A.shape[-1] == shapeB[1],
             f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
@@ -374,12 +382,19 @@ class MetalKernels(OptimizerKernels):
         dtype: torch.dtype,
         out: torch.Tensor,
     ) -> None:
-        """Block-wise 8-bit dequantization into ``out``."""
+        """Block-wise 8-bit dequantization into ``out`` (a strided ``out``, or one sharing memory with
+        an input, gets a fresh result copied in)."""
         C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
         C.check_out(out, A.shape, dtype)
         self._device(A=A, absmax=absmax, code=code, out=out)
         lib = self.library("dequantize_blockwise.out") if out.numel() else None
-        if out.numel() and out.is_contiguous() and lib is not None and out.numel() <= MAX_ELEMENTS:
+        if (
+            out.numel()
+            and out.is_contiguous()
+            and lib is not None
+            and out.numel() <= MAX_ELEMENTS
+            and not C.may_overlap_any(out, A, absmax, code)
+        ):
             self._dequantize_blockwise_into(lib, A, absmax, code, blocksize, out)
         elif out.numel():
             out.copy_(self.dequantize_blockwise(A, absmax, code, blocksize, dtype))

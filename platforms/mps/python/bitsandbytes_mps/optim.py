@@ -118,6 +118,7 @@ class OptimizerKernels(abc.ABC):
         device = self._device(
             g=g, p=p, state1=state1, state2=state2 if two else None, unorm_vec=unorm_vec if clip else None
         )
+        C.check_optimizer_32bit_no_alias(g, p, state1, state2 if two else None, unorm_vec if clip else None)
         if n == 0:
             if clip:
                 unorm_vec.zero_()  # type: ignore[union-attr]  # the norm of an empty update
@@ -178,6 +179,9 @@ class OptimizerKernels(abc.ABC):
         if not two:
             state2 = qmap2 = absmax2 = None
         self._device(g=g, p=p, state1=state1, state2=state2, qmap1=qmap1, qmap2=qmap2, absmax1=absmax1, absmax2=absmax2)
+        C.check_optimizer_8bit_no_alias(
+            g, p, state1, state2 if two else None, qmap1, qmap2 if two else None, absmax1, absmax2 if two else None
+        )
         if n == 0:
             return
         lib = self.library("optimizer_update_8bit_blockwise")

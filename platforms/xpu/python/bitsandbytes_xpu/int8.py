@@ -275,6 +275,7 @@ def _check_int8_matmul(A: torch.Tensor, B: torch.Tensor) -> None:
     C.check_dtype(A, "A", (torch.int8,))
     C.check_dtype(B, "B", (torch.int8,))
     C.check(B.dim() == 2, f"bitsandbytes: B must be 2-D [N, K], got shape {tuple(B.shape)}")
+    C.check_has_dim(A, "A")
     C.check(
         A.shape[-1] == B.shape[1],
         f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal B.shape[1] ({B.shape[1]})",
@@ -313,7 +314,7 @@ def int8_linear_matmul_out(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) 
     _check_int8_matmul(A, B)
     C.check_out(out, (*A.shape[:-1], B.shape[0]), torch.int32)
     C.check_same_device({"A": A, "out": out})
-    if out.is_contiguous():
+    if out.is_contiguous() and not C.may_overlap_any(out, A, B):
         _int8_matmul_into(A, B, out)
     else:
         out.copy_(int8_linear_matmul(A, B))

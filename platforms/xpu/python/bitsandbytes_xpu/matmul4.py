@@ -160,7 +160,7 @@ def gemv_4bit_out(
     C.check_out(out, (*A.shape[:-1], shapeB[0]), A.dtype)
     C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
     C.check_same_device({"A": A, "out": out})
-    if out.is_contiguous():
+    if out.is_contiguous() and not C.may_overlap_any(out, A, B, absmax, code):
         _fused_into(A, B, shapeB, absmax, code, blocksize, None, out)
     else:
         out.copy_(gemv_4bit(A, B, shapeB, absmax, code, blocksize))
@@ -181,7 +181,12 @@ def resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> to
         "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
     )
     try:
-        key = tuple((t.data_ptr(), t._version, t.numel()) for t in (absmax_8bit, absmax, absmax_code, absmax_offset))
+        # The layout too: two views of one storage (one version counter) can start at the same
+        # address with the same size and hold different values (x[:n] and x[::2]).
+        key = tuple(
+            (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype)
+            for t in (absmax_8bit, absmax, absmax_code, absmax_offset)
+        )
         hit = getattr(absmax_8bit, "_bnb_xpu_resolved_absmax", None)
         if hit is not None and hit[0] == key:
             return hit[1]
@@ -231,6 +236,7 @@ def gemm_4bit(
     """``A @ dequant(B).T + bias``: the fused kernel up to FUSED_MAX_ROWS rows of A, above that
     the weight dequantized into a reused buffer and torch's matmul (the reference's own steps)."""
     C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
+    C.check_has_dim(A, "A")
     C.check(
         A.shape[-1] == shapeB[1],
         f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",

@@ -172,6 +172,7 @@ def optimizer_update_32bit(
     if clip:
         C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     C.check_same_device({"g": g, "p": p, "state1": state1, "state2": state2, "unorm_vec": unorm_vec})
+    C.check_optimizer_32bit_no_alias(g, p, state1, state2 if two else None, unorm_vec if clip else None)
     if n == 0:
         if clip:
             unorm_vec.zero_()  # the norm of an empty update
@@ -306,6 +307,9 @@ def optimizer_update_8bit_blockwise(
         {"g": g, "p": p, "state1": state1, "state2": state2, "qmap1": qmap1, "qmap2": qmap2, "absmax1": absmax1,
          "absmax2": absmax2}
     )  # fmt: skip
+    C.check_optimizer_8bit_no_alias(
+        g, p, state1, state2 if two else None, qmap1, qmap2 if two else None, absmax1, absmax2 if two else None
+    )
     if n == 0:
         return
     pc = p if p.is_contiguous() else p.contiguous()

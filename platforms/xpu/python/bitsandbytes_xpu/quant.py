@@ -200,11 +200,12 @@ def dequantize_4bit_out(
     dtype: torch.dtype,
     out: torch.Tensor,
 ) -> None:
-    """4-bit dequantization into ``out`` (a strided ``out`` gets a contiguous result copied in)."""
+    """4-bit dequantization into ``out`` (a strided ``out``, or one sharing memory with an input, gets
+    a fresh result copied in)."""
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
     C.check_out(out, shape, dtype)
     C.check_same_device({"A": A, "out": out})
-    if out.is_contiguous():
+    if out.is_contiguous() and not C.may_overlap_any(out, A, absmax):
         dequantize_4bit_into(A, absmax, blocksize, quant_type, out)
     else:
         out.copy_(dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype))
@@ -259,11 +260,12 @@ def dequantize_blockwise(
 def dequantize_blockwise_out(
     A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype, out: torch.Tensor
 ) -> None:
-    """Block-wise 8-bit dequantization into ``out``."""
+    """Block-wise 8-bit dequantization into ``out`` (a strided ``out``, or one sharing memory with an
+    input, gets a fresh result copied in)."""
     C.check_dequantize_blockwise(A, absmax, code, blocksize, dtype)
     C.check_out(out, A.shape, dtype)
     C.check_same_device({"A": A, "out": out})
-    if out.is_contiguous():
+    if out.is_contiguous() and not C.may_overlap_any(out, A, absmax, code):
         dequantize_blockwise_into(A, absmax, code, blocksize, out)
     else:
         out.copy_(dequantize_blockwise(A, absmax, code, blocksize, dtype))

@@ -210,14 +210,8 @@ def optimizer_update_32bit(
     if clip:
         C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
     C.check_same_device({"g": g, "p": p, "state1": state1, "state2": state2, "unorm_vec": unorm_vec})
-    C.check_optimizer_no_alias(
-        {
-            "p": p,
-            "state1": state1,
-            "state2": state2 if optimizer_name in TWO_STATE else None,
-            "unorm_vec": unorm_vec if clip else None,
-        },
-        {"g": g},
+    C.check_optimizer_32bit_no_alias(
+        g, p, state1, state2 if optimizer_name in TWO_STATE else None, unorm_vec if clip else None
     )
     h = _Hyper(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr)
 
@@ -391,15 +385,8 @@ def optimizer_update_8bit_blockwise(
             "absmax2": absmax2,
         }
     )
-    C.check_optimizer_no_alias(
-        {
-            "p": p,
-            "state1": state1,
-            "absmax1": absmax1,
-            "state2": state2 if two else None,
-            "absmax2": absmax2 if two else None,
-        },
-        {"g": g, "qmap1": qmap1, "qmap2": qmap2 if two else None},
+    C.check_optimizer_8bit_no_alias(
+        g, p, state1, state2 if two else None, qmap1, qmap2 if two else None, absmax1, absmax2 if two else None
     )
     h = _Hyper(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr)
 
