@@ -177,3 +177,49 @@ def test_linear4bit_keeps_the_input_dtype(compute_dtype, dtype):
     want = _run(lambda a: bnb.matmul_4bit(a.to(cd).to(dtype), w.t(), w.quant_state, bias=bias).float(), x)
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
     _assert_same(got, want)
+
+
+@pytest.mark.parametrize("rows", [1, 80])
+def test_an_out_is_not_cast(rows):
+    """As for torch's ops (``torch.mm(..., out=...)``), a call with an ``out`` is not eligible for
+    autocast: the product keeps out's dtype (it raised a DTypeError for out's f32)."""
+    packed, state = bnb.functional.quantize_4bit(torch.randn(192, 512), quant_type="nf4")
+    x, bias = _operands(rows, False)
+    want = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
+    out = torch.empty_like(want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bnb.matmul_4bit(x, packed.t(), state, out=out, bias=bias)
+    assert got is out and torch.equal(out, want)
+    layer = _linear8bit(0.0, True)
+    want = bnb.matmul(x, layer.weight, state=layer.state)
+    out = torch.empty_like(want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bnb.matmul(x, layer.weight, out=out, state=layer.state)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_linear4bit_on_meta_under_autocast():
+    """A layer moved to meta (a shape-only pass) runs under autocast as torch's Linear does there:
+    autocast has no meta kernels (it raised 'unknown device type for autocast')."""
+    layer = bnb.nn.Linear4bit(512, 192, quant_type="nf4").to("cpu").to("meta")
+    x = torch.empty(80, 512, device="meta")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.shape == (80, 192) and out.device.type == "meta"
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit-train"])
+def test_compiled_under_autocast_equals_eager(kind):
+    """torch.compile traces the autocast cast of the operands and the opaque ops: one graph, the
+    eager result's bits."""
+    torch.manual_seed(1)
+    if kind == "4bit":
+        module = bnb.nn.Linear4bit(512, 192, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+    else:
+        module = _linear8bit(0.0, True)
+    x, _ = _operands(16, False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = module(x)
+        compiled = torch.compile(module, fullgraph=True, backend="aot_eager")(x)
+    assert compiled.dtype == eager.dtype
+    assert torch.equal(compiled, eager)

@@ -286,8 +286,9 @@ def check_optimizer_no_alias(written: dict[str, torch.Tensor | None], read: dict
         for other, _, domain2, lo2, hi2 in spans[i + 1 :]:
             if lo < hi2 and lo2 < hi and domain == domain2:
                 raise ValueError(
-                    f"bitsandbytes: {name} and {other} share memory; the optimizer update writes {name} "
-                    f"in place, so each state, the parameter and the gradient need memory of their own"
+                    f"bitsandbytes: {name} and {other} may share memory (their byte ranges overlap); the "
+                    f"optimizer update writes {name} in place, so each state, the parameter and the gradient "
+                    f"need memory of their own"
                 )
 
 

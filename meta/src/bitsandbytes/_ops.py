@@ -97,14 +97,9 @@ def dispatch_key(device_type: str) -> str | None:
     return _DISPATCH_KEYS.get(device_type)
 
 
-def _autocast_unknown() -> bool:
-    return True
-
-
 # Whether any device's autocast is on, and the guard that excludes every autocast dispatch key
-# (what torch's autocast wrappers hold while they run an op). Where this torch lacks the cheap
-# test, the guard is taken on every call.
-autocast_on = getattr(torch._C, "_is_any_autocast_enabled", _autocast_unknown)
+# (what torch's autocast wrappers hold while they run an op).
+autocast_on = torch._C._is_any_autocast_enabled
 no_autocast = torch._C._DisableAutocast
 
 

@@ -308,16 +308,23 @@ class MatMul4Bit(torch.autograd.Function):
         return grad_A, None, None, grad_bias, None
 
 
-def _autocast_operands(A: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _autocast_operands(
+    A: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``A`` and ``bias`` as autocast casts ``torch.nn.functional.linear``'s operands, where
     autocast is on for A's device: the established release computes the 4-bit product (all but
     one row without gradients) and LLM.int8()'s CPU/XPU training product with ``linear``, so under
     autocast they run in its dtype. The ops themselves ignore autocast (``_ops``); this cast, made
-    before them and recorded by autograd, is the one place it acts."""
-    if not autocast_on():
+    before them and recorded by autograd, is the one place it acts. As for torch's ops, a call
+    with an ``out`` is not cast (its result keeps out's dtype), nor one on a device autocast does
+    not know (``meta``)."""
+    if out is not None or not autocast_on():
         return A, bias
     device = A.device.type
-    if not torch.is_autocast_enabled(device):
+    try:
+        if not torch.is_autocast_enabled(device):
+            return A, bias
+    except RuntimeError:  # a device type without autocast (meta): torch's linear is not cast there
         return A, bias
     dtype = torch.get_autocast_dtype(device)
 
@@ -347,7 +354,7 @@ def matmul(
         where = "state.CB.shape[1]" if _uses_prepared_weight(state) else "B.shape[1]"
         raise ValueError(f"bitsandbytes.matmul: A's last dimension ({A.shape[-1]}) must equal {where} ({K})")
     if state.is_training and A.device.type in ("cpu", "xpu"):
-        A, bias = _autocast_operands(A, bias)
+        A, bias = _autocast_operands(A, bias, out)
         return MatMul8bitFp.apply(A, B, out, bias, state)
     needs_grad = torch.is_grad_enabled() and (
         A.requires_grad or B.requires_grad or (bias is not None and bias.requires_grad)
@@ -392,7 +399,7 @@ def matmul_4bit(
         )
     needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
     if needs_grad or A.numel() != A.shape[-1]:  # (one row without gradients: the established GEMV)
-        A, bias = _autocast_operands(A, bias)
+        A, bias = _autocast_operands(A, bias, out)
     if needs_grad:
         return MatMul4Bit.apply(A, B, out, bias, quant_state)
     if A.numel() == 0:
