@@ -152,3 +152,36 @@ def test_peft_lora_qlora_training(float_checkpoint, tmp_path):
     print(f"merged 4-bit model vs adapter model: relative logit difference {rel:.4f} (base model: {base_rel:.4f})")
     # re-quantizing the merged weight costs 4-bit rounding again, but the adapter's effect survives
     assert rel < 0.5 * base_rel
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_trainer_bf16_lora_follows_the_float_run(float_checkpoint, tmp_path, kind):
+    """transformers' Trainer with ``bf16=True`` on the CPU runs the forward under
+    ``torch.autocast("cpu", torch.bfloat16)``: QLoRA / LoRA on an 8-bit base with gradient
+    checkpointing trains, each step's loss within bf16 rounding of the same run without it."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import Trainer, TrainingArguments
+
+    quant = {"load_in_8bit": True}
+    if kind == "4bit":
+        quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+    batch = torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(1))
+    data = [{"input_ids": row, "labels": row} for row in batch]
+    losses = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = prepare_model_for_kbit_training(_load(float_checkpoint, **quant), use_gradient_checkpointing=True)
+        lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], lora_dropout=0.0)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"run-{bf16}"), per_device_train_batch_size=4, max_steps=8,
+            learning_rate=5e-3, bf16=bf16, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
+            disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        )  # fmt: skip
+        trainer = Trainer(model=get_peft_model(model, lora), args=args, train_dataset=data)
+        trainer.train()
+        losses[bf16] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    print(f"{kind}: f32 {losses[False]}, bf16 autocast {losses[True]}")
+    assert len(losses[True]) == len(losses[False]) == 8
+    assert losses[False][-1] < losses[False][0] - 0.05
+    for a, b in zip(losses[False], losses[True]):
+        assert abs(a - b) < 0.01
