@@ -116,17 +116,12 @@ def _memory_domain(t: torch.Tensor) -> tuple[torch.device, int]:
 
 def _byte_span(t: torch.Tensor) -> tuple[int, int]:
     """The bytes [first, last) that ``t``'s elements (at least one) can occupy (a superset where
-    strides interleave)."""
-    lo = hi = t.data_ptr()
+    strides interleave; torch's strides are never negative)."""
+    lo = t.data_ptr()
     if t.is_contiguous():
         return lo, lo + t.nbytes
     size = t.element_size()
-    for n, st in zip(t.shape, t.stride()):
-        if st >= 0:
-            hi += (n - 1) * st * size
-        else:
-            lo += (n - 1) * st * size
-    return lo, hi + size
+    return lo, lo + size + sum((n - 1) * st * size for n, st in zip(t.shape, t.stride()))
 
 
 def may_overlap(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:

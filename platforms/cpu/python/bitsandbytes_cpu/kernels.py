@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bitsandbytes import _checks as C
+from bitsandbytes.backends.reference.fourbit import cached_nested_absmax
 from bitsandbytes.backends.reference.weight_mm import empty_product
 
 from . import _C, amx
@@ -286,38 +287,11 @@ def _decode_table(quant_type: str) -> torch.Tensor:
 
 
 def _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> torch.Tensor:
-    """f32 absmax of a double-quantized state: one native block-wise dequantization (blocks of
-    256) plus the offset, done once per weight and kept on ``absmax_8bit`` (4 bytes per block of
-    the weight, 1/16 byte per weight at block size 64); any in-place change of the inputs (their
-    version counters) or new inputs resolve it again. A write through ``.data`` (a tensor with a
-    version counter of its own) is not seen: quant-state tensors are replaced, not edited so.
-    Re-resolving on every call would cost a decoded token one dequantization per layer."""
-    if absmax_8bit is None:
-        return absmax
-    C.check(
-        absmax_code is not None and absmax_offset is not None,
-        "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
+    """f32 absmax of a double-quantized state: one native block-wise dequantization plus the
+    offset, done once per weight and kept on ``absmax_8bit`` (``cached_nested_absmax``)."""
+    return cached_nested_absmax(
+        absmax, absmax_8bit, absmax_code, absmax_offset, dequantize_blockwise, "_bnb_cpu_resolved_absmax"
     )
-    try:
-        # The layout too: two views of one storage (one version counter) can start at the same
-        # address with the same size and hold different values (x[:n] and x[::2]).
-        key = tuple(
-            (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype)
-            for t in (absmax_8bit, absmax, absmax_code, absmax_offset)
-        )
-        hit = getattr(absmax_8bit, "_bnb_cpu_resolved_absmax", None)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-    except (RuntimeError, AttributeError):  # tensors without storage or version (tracing)
-        key = None
-    inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-    resolved = inner.add_(absmax_offset.float())
-    if key is not None:
-        try:
-            absmax_8bit._bnb_cpu_resolved_absmax = (key, resolved)
-        except (RuntimeError, AttributeError):
-            pass
-    return resolved
 
 
 def _gemm_4bit_args_ok(

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from bitsandbytes import _checks as C
+from bitsandbytes.backends.reference.fourbit import cached_nested_absmax
 
 from ._launch import LAUNCH, OUT_KIND, device_guard, interpreted, next_pow2, store_float, store_view
 from .quant import decode_table, dequantize_4bit_into, dequantize_blockwise
@@ -170,36 +171,11 @@ def gemv_4bit_out(
 
 
 def resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> torch.Tensor:
-    """f32 absmax of a double-quantized state: one block-wise dequantization (blocks of 256)
-    plus the offset, done once per weight and kept on ``absmax_8bit``; an in-place change of any
-    input (its version counter) or new inputs resolve it again. A write through ``.data`` (a
-    tensor with a version counter of its own) is not seen, as in the CPU wheel."""
-    if absmax_8bit is None:
-        return absmax
-    C.check(
-        absmax_code is not None and absmax_offset is not None,
-        "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
+    """f32 absmax of a double-quantized state: one block-wise dequantization plus the offset,
+    done once per weight and kept on ``absmax_8bit`` (``cached_nested_absmax``)."""
+    return cached_nested_absmax(
+        absmax, absmax_8bit, absmax_code, absmax_offset, dequantize_blockwise, "_bnb_xpu_resolved_absmax"
     )
-    try:
-        # The layout too: two views of one storage (one version counter) can start at the same
-        # address with the same size and hold different values (x[:n] and x[::2]).
-        key = tuple(
-            (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype)
-            for t in (absmax_8bit, absmax, absmax_code, absmax_offset)
-        )
-        hit = getattr(absmax_8bit, "_bnb_xpu_resolved_absmax", None)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-    except (RuntimeError, AttributeError):  # tensors without storage or version (tracing)
-        key = None
-    resolved = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-    resolved.add_(absmax_offset.float())
-    if key is not None:
-        try:
-            absmax_8bit._bnb_xpu_resolved_absmax = (key, resolved)
-        except (RuntimeError, AttributeError):
-            pass
-    return resolved
 
 
 class _Buffers(threading.local):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -119,6 +119,48 @@ def resolve_nested_absmax(
     )
     inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
     return inner + absmax_offset.float()
+
+
+def cached_nested_absmax(
+    absmax: torch.Tensor,
+    absmax_8bit: torch.Tensor | None,
+    absmax_code: torch.Tensor | None,
+    absmax_offset: torch.Tensor | None,
+    dequantize: Callable[..., torch.Tensor],
+    slot: str,
+) -> torch.Tensor:
+    """``resolve_nested_absmax`` through a platform's block-wise ``dequantize`` (the
+    ``dequantize_blockwise`` op's arguments), done once per weight and kept on ``absmax_8bit``
+    under the attribute ``slot`` (4 bytes per block of the weight, 1/16 byte per weight at block
+    size 64): re-resolving on every call would cost a decoded token one dequantization per layer.
+    Any in-place change of the inputs (their version counters) or other inputs resolve it again;
+    the key holds each input's layout too, since two views of one storage (one version counter)
+    can start at the same address with the same size and hold different values (``x[:n]``,
+    ``x[::2]``). A write through ``.data`` (a tensor with a version counter of its own) is not
+    seen: quant-state tensors are replaced, not edited so."""
+    if absmax_8bit is None:
+        return absmax
+    C.check(
+        absmax_code is not None and absmax_offset is not None,
+        "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
+    )
+    try:
+        key = tuple(
+            (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype)
+            for t in (absmax_8bit, absmax, absmax_code, absmax_offset)
+        )
+        hit = getattr(absmax_8bit, slot, None)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    except (RuntimeError, AttributeError):  # tensors without storage or version (tracing)
+        key = None
+    resolved = dequantize(absmax_8bit, absmax, absmax_code, 256, torch.float32).add_(absmax_offset.float())
+    if key is not None:
+        try:
+            setattr(absmax_8bit, slot, (key, resolved))
+        except (RuntimeError, AttributeError):
+            pass
+    return resolved
 
 
 def gemm_4bit(
