@@ -6,8 +6,9 @@ gradient (QLoRA); ``matmul_4bit`` prefill. Peers in the same run: ``_weight_int8
 int8 weight-only kernel), dense bf16 ``nn.Linear`` with a frozen weight (input gradient only) and
 with a trainable one, the frozen layer in f32 ("dense_f32": the fast dense layer on CPUs without bf16
 arithmetic), "before": what these layers ran until the op interface's version 2 (a dequantized
-copy of the weight per call, then a dense matmul), and on CPUs with AMX-BF16 "no_amx": the same
-layer with bitsandbytes-cpu's AMX path turned off.
+copy of the weight per call, then a dense matmul), and on CPUs with AMX-BF16: the same
+layer with bitsandbytes-cpu's AMX path turned off ("no_amx"), then also with its weight expanded
+whole instead of in panels ("no_amx_whole"), and on the avx2 kernel table ("avx2", "avx2_whole").
 
 Before every timed call a 256 MiB buffer is read, so each call reads its weight from memory as in a
 model too large for the cache. Variants are timed alternately, call by call; medians in ms.
@@ -68,16 +69,27 @@ def amx_usable() -> bool:
     return bitsandbytes_cpu._C.amx_usable()
 
 
-def without_amx(fn: Callable[[], object]) -> Callable[[], None]:
-    """fn with bitsandbytes-cpu's AMX path turned off: what this machine ran before it."""
+def without_amx(fn: Callable[[], object], isa: str | None = None, whole: bool = False) -> Callable[[], None]:
+    """fn with bitsandbytes-cpu's AMX path turned off: what this machine ran before it, or what a
+    CPU without AMX runs. ``isa``: also with that instruction set's kernel table (``avx2``: the f32
+    dense GEMM of CPUs without bf16 arithmetic). ``whole``: the weight expanded whole before the
+    dense GEMM, as before the panels of ``bitsandbytes_cpu._panels``."""
     import bitsandbytes_cpu
+    from bitsandbytes_cpu import _panels
 
     def run() -> None:
+        old_isa, old_rows = bitsandbytes_cpu._C.get_isa(), _panels.PANEL_MIN_ROWS
         bitsandbytes_cpu._C.set_amx(False)
+        if isa:
+            bitsandbytes_cpu._C.set_isa(isa)
+        if whole:
+            _panels.PANEL_MIN_ROWS = 1 << 62
         try:
             fn()
         finally:
             bitsandbytes_cpu._C.set_amx(True)
+            bitsandbytes_cpu._C.set_isa(old_isa)
+            _panels.PANEL_MIN_ROWS = old_rows
 
     return run
 
@@ -151,6 +163,7 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
                         "dense_f32": lambda: frozen32(x32),
                         "before": lambda: b8(x),
                         **({"no_amx": without_amx(lambda: lin8(x))} if amx and m > 16 else {}),
+                        **({"no_amx_whole": without_amx(lambda: lin8(x), whole=True)} if amx and m > 16 else {}),
                     },
                     reps,
                 ),
@@ -176,6 +189,10 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
         x = torch.randn(m, K, dtype=dtype)
         with torch.no_grad():
             noamx = {"no_amx": without_amx(lambda: lin4(x))} if amx else {}
+            if amx and m > 32:  # the dense GEMM on the expanded weight, in panels and whole
+                noamx["no_amx_whole"] = without_amx(lambda: lin4(x), whole=True)
+                noamx["avx2"] = without_amx(lambda: lin4(x), isa="avx2")
+                noamx["avx2_whole"] = without_amx(lambda: lin4(x), isa="avx2", whole=True)
             x32 = x.float()
             peers = {"dense": lambda: frozen(x), "dense_f32": lambda: frozen32(x32), **noamx}
             report("matmul_4bit prefill", m, timed({"bnb": lambda: lin4(x), **peers}, reps))

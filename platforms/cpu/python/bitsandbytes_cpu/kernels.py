@@ -16,7 +16,7 @@ from bitsandbytes.backends.reference.weight_mm import empty_product
 
 from . import _C, amx
 from ._codes import DTYPE_CODE, QUANT_CODE
-from ._scratch import scratch
+from ._panels import block_step, panelled_linear
 
 
 def _nt() -> int:
@@ -376,21 +376,37 @@ def gemm_4bit(
         return out.view(*A.shape[:-1], n)
     if rows > FUSED_MAX_ROWS:
         # Prefill-sized inputs: the dense GEMM on the dequantized weight wins once the weight's
-        # decoding is shared by enough rows; the fused kernel serves decoding (<= 32 rows). The
-        # weight is a temporary in this thread's reused buffer (see _scratch).
-        # The reused buffer only where nothing can keep it: a direct call (not through torch.ops,
-        # which runs below autograd) with gradients on would save it for backward.
-        keep = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
+        # decoding is shared by enough rows; the fused kernel serves decoding (<= 32 rows).
         # Where torch has no fast GEMM in A's dtype (dense_dtype) it runs in f32, the weight
         # unrounded (the reference rounds it to A's dtype; the difference is inside A's
         # tolerance), the bias rounded to A's dtype as the reference's.
         dt = dense_dtype(A.dtype)
-        W = (torch.empty if keep else scratch)(list(shapeB), dtype=dt)
-        _dequantize_4bit_into(B, eff, blocksize, quant_type, W)
-        b = None if bias is None else bias.to(A.dtype)
-        if dt != A.dtype:
-            return torch.nn.functional.linear(A.to(dt), W, None if b is None else b.to(dt)).to(A.dtype)
-        return torch.nn.functional.linear(A, W, b)
+        b = None if bias is None else bias.to(A.dtype).to(dt)
+        # A direct call (not through torch.ops, which runs below autograd) with gradients on
+        # multiplies the whole weight, which autograd saves for backward; otherwise the weight is
+        # dequantized panel by panel into this thread's reused buffer (see _panels).
+        if torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad)):
+            W = torch.empty(list(shapeB), dtype=dt)
+            _dequantize_4bit_into(B, eff, blocksize, quant_type, W)
+            return torch.nn.functional.linear(A.to(dt), W, b).to(A.dtype)
+        raw = B.contiguous().view(torch.uint8)
+        absmax = _f32(eff)
+
+        def expand(r0: int, r1: int, panel: torch.Tensor) -> None:
+            _C.dequantize_4bit(
+                raw.data_ptr() + r0 * k // 2,
+                absmax.data_ptr() + r0 * k // blocksize * 4,
+                (r1 - r0) * k,
+                blocksize,
+                QUANT_CODE[quant_type],
+                panel.data_ptr(),
+                DTYPE_CODE[dt],
+                _nt(),
+            )
+
+        A2 = A.reshape(-1, k).to(dt)
+        out = panelled_linear(A2, n, expand, b, step=block_step(k, blocksize))
+        return out.to(A.dtype).view(*A.shape[:-1], n)
     if rows and n:
         out = torch.empty((*A.shape[:-1], n), dtype=A.dtype)
         _gemm_4bit_into(A, B, shapeB, eff, _decode_table(quant_type), blocksize, bias, out)

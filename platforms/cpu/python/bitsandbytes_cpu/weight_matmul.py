@@ -24,6 +24,7 @@ from bitsandbytes.backends.reference.weight_mm import empty_product
 
 from . import _C, amx
 from ._codes import DTYPE_CODE, QUANT_CODE
+from ._panels import panelled_linear
 from ._scratch import scratch
 from .kernels import _dequantize_4bit_into, _nt, _on_cpu, dense_dtype
 
@@ -53,8 +54,12 @@ def _expanded_weight(A: torch.Tensor, n: int, k: int) -> torch.Tensor:
     direct call (not through torch.ops, which runs below autograd): autograd would then save it
     for backward."""
     dtype = dense_dtype(A.dtype)
-    keep = torch.is_grad_enabled() and A.requires_grad
-    return torch.empty((n, k), dtype=dtype) if keep else scratch((n, k), dtype)
+    return torch.empty((n, k), dtype=dtype) if _keeps_weight(A) else scratch((n, k), dtype)
+
+
+def _keeps_weight(A: torch.Tensor) -> bool:
+    """Whether autograd would save the expanded weight: gradients on for A in a direct call."""
+    return torch.is_grad_enabled() and A.requires_grad
 
 
 def _expand_int8(A: torch.Tensor, CB: torch.Tensor) -> torch.Tensor:
@@ -79,8 +84,15 @@ def int8_weight_mm(
         out = amx.weight_matmul(A2, n, k, CB=CB, SCB=SCB, bias=bias, nthreads=_nt())
         return out.view(*A.shape[:-1], n)
     if not _fused("int8_weight_mm", A2.shape[0]):
-        W = _expand_int8(A, CB)
-        out = torch.nn.functional.linear(A2.to(W.dtype), W).mul_(SCB * INV_127)
+        if _keeps_weight(A):
+            out = torch.nn.functional.linear(A2.to(dense_dtype(A.dtype)), _expand_int8(A, CB))
+        else:
+
+            def expand(r0: int, r1: int, panel: torch.Tensor) -> None:
+                _C.int8_expand(CB.data_ptr() + r0 * k, (r1 - r0) * k, panel.data_ptr(), DTYPE_CODE[panel.dtype], _nt())
+
+            out = panelled_linear(A2.to(dense_dtype(A.dtype)), n, expand)
+        out.mul_(SCB * INV_127)
         if bias is not None:
             out.add_(bias)
         return out.to(A.dtype).view(*A.shape[:-1], n)
