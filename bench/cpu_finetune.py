@@ -78,18 +78,18 @@ def without_amx(fn: Callable[[], object], isa: str | None = None, whole: bool = 
     from bitsandbytes_cpu import _panels
 
     def run() -> None:
-        old_isa, old_rows = bitsandbytes_cpu._C.get_isa(), _panels.PANEL_MIN_ROWS
+        old_isa, old_rows = bitsandbytes_cpu._C.get_isa(), _panels.PANEL_MIN
         bitsandbytes_cpu._C.set_amx(False)
         if isa:
             bitsandbytes_cpu._C.set_isa(isa)
         if whole:
-            _panels.PANEL_MIN_ROWS = 1 << 62
+            _panels.PANEL_MIN = 1 << 62
         try:
             fn()
         finally:
             bitsandbytes_cpu._C.set_amx(True)
             bitsandbytes_cpu._C.set_isa(old_isa)
-            _panels.PANEL_MIN_ROWS = old_rows
+            _panels.PANEL_MIN = old_rows
 
     return run
 

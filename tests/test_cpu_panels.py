@@ -1,5 +1,6 @@
 """bitsandbytes-cpu's dense products on a weight expanded panel by panel (``_panels``): gemm_4bit's
-prefill path and the int8 training forward above the fused kernels' rows. Results equal the
+prefill path, the int8 training forward and the input gradients (``int8_weight_mm_t``,
+``gemm_4bit_t``) above the fused kernels' rows. Results equal the
 reference on every instruction set, whatever the panel size, and the thread's buffer holds one
 panel, not the whole weight."""
 
@@ -15,7 +16,7 @@ from bitsandbytes.backends.reference import KERNELS as REF
 bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 from bitsandbytes_cpu import _panels, _scratch  # noqa: E402
 from bitsandbytes_cpu.kernels import dense_dtype  # noqa: E402
-from bitsandbytes_cpu.weight_matmul import int8_weight_mm  # noqa: E402
+from bitsandbytes_cpu.weight_matmul import gemm_4bit_t, int8_weight_mm, int8_weight_mm_t  # noqa: E402
 
 ISAS = bitsandbytes_cpu._C.usable_isas().split(",")
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -35,7 +36,7 @@ def _dense_path():
 def small_panels(monkeypatch):
     """Panels of a few rows, so that small weights take many."""
     monkeypatch.setattr(_panels, "PANEL_BYTES", 1)
-    monkeypatch.setattr(_panels, "PANEL_MIN_ROWS", 8)
+    monkeypatch.setattr(_panels, "PANEL_MIN", 8)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:
@@ -43,16 +44,17 @@ def _close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * k**0.5)
 
 
-def test_panel_rows():
+def test_panel_width():
     assert _panels.block_step(4096, 64) == 1
     assert _panels.block_step(100, 64) == 16  # 16 rows of 100 values: 25 blocks of 64
     assert _panels.block_step(96, 64) == 2
-    assert _panels.panel_rows(4096, 4096, 2) == 2048  # 16 MiB of bf16
-    assert _panels.panel_rows(4096, 14336, 4) == 1024  # the floor of rows, past the bytes
-    assert _panels.panel_rows(500, 4096, 4) == 500  # the whole weight
-    assert _panels.panel_rows(0, 4096, 4) == 1  # an empty weight still steps
-    assert _panels.panel_rows(10000, 1 << 20, 4, step=3000) == 3000  # never below one whole-block step
-    assert _panels.panel_rows(100000, 100, 4, step=3000) == 39000  # whole steps within the bytes
+    assert _panels.panel_width(4096, 4096, 2) == 2048  # 16 MiB of bf16
+    assert _panels.panel_width(4096, 14336, 4) == 1024  # the floor of rows, past the bytes
+    assert _panels.panel_width(14336, 4096, 4, step=64) == 1024  # columns of the transposed product
+    assert _panels.panel_width(500, 4096, 4) == 500  # the whole weight
+    assert _panels.panel_width(0, 4096, 4) == 1  # an empty weight still steps
+    assert _panels.panel_width(10000, 1 << 20, 4, step=3000) == 3000  # never below one whole-block step
+    assert _panels.panel_width(100000, 100, 4, step=3000) == 39000  # whole steps within the bytes
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -83,19 +85,43 @@ def test_int8_weight_mm_in_panels_equals_the_reference(small_panels, isa, dtype)
     _close(int8_weight_mm(A, CB, SCB, bias), REF["int8_weight_mm"](A, CB, SCB, bias), 72)
 
 
-def test_the_buffer_holds_one_panel(monkeypatch):
-    """A new thread's buffer after a prefill product: one panel of the weight, not all of it."""
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_input_gradients_in_column_panels_equal_the_reference(small_panels, isa, dtype):
+    """G @ W, W expanded a few columns at a time (whole blocks of 64 for the 4-bit weight), and a
+    4-bit weight whose rows do not hold whole blocks (expanded whole)."""
+    bitsandbytes_cpu._C.set_isa(isa)
+    g = torch.Generator().manual_seed(5)
+    CB = torch.randint(-127, 128, (90, 200), generator=g, dtype=torch.int8)
+    SCB = torch.rand(90, generator=g) * 4
+    G = torch.randn(3, 40, 90, generator=g).to(dtype)  # 120 rows: above every table's fused rows
+    got = int8_weight_mm_t(G, CB, SCB)
+    assert got.shape == (3, 40, 200)
+    _close(got, REF["int8_weight_mm_t"](G, CB, SCB), 90)
+    for k in (320, 200):  # 5 blocks of 64 per row; 200 values: rows share blocks
+        packed, absmax = REF["quantize_4bit"](torch.randn(90, k, generator=g), 64, "nf4", torch.uint8)
+        got = gemm_4bit_t(G, packed, [90, k], absmax, 64, "nf4")
+        _close(got, REF["gemm_4bit_t"](G, packed, [90, k], absmax, 64, "nf4"), 90)
+
+
+@pytest.mark.parametrize("op", ["gemm_4bit", "gemm_4bit_t", "int8_weight_mm", "int8_weight_mm_t"])
+def test_the_buffer_holds_one_panel(monkeypatch, op):
+    """A new thread's buffer after a product above the fused rows: one panel of the weight, not all
+    of it."""
     monkeypatch.setattr(_panels, "PANEL_BYTES", 64 << 10)
-    monkeypatch.setattr(_panels, "PANEL_MIN_ROWS", 16)
+    monkeypatch.setattr(_panels, "PANEL_MIN", 16)
     n, k = 300, 512
     g = torch.Generator().manual_seed(4)
     packed, absmax = REF["quantize_4bit"](torch.randn(n, k, generator=g), 64, "nf4", torch.uint8)
-    A = torch.randn(48, k, generator=g)
+    CB, SCB = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8), torch.rand(n, generator=g)
+    A = torch.randn(48, n if op.endswith("_t") else k, generator=g)
+    args = {"gemm_4bit": (A, packed, [n, k], absmax, 64, "nf4"), "int8_weight_mm": (A, CB, SCB)}
+    args["gemm_4bit_t"], args["int8_weight_mm_t"] = args["gemm_4bit"], args["int8_weight_mm"]
     seen: dict[str, object] = {}
 
     def work() -> None:
         try:
-            seen["out"] = torch.ops.bitsandbytes.gemm_4bit(A, packed, [n, k], absmax, 64, "nf4")
+            seen["out"] = getattr(torch.ops.bitsandbytes, op)(*args[op])
             seen["buf"] = _scratch._LOCAL.bufs[dense_dtype(A.dtype)].numel() if _scratch.ENABLED else None
         except BaseException as e:  # noqa: BLE001 - reported below
             seen["error"] = e
@@ -104,11 +130,11 @@ def test_the_buffer_holds_one_panel(monkeypatch):
     t.start()
     t.join()
     assert "error" not in seen, seen["error"]
-    _close(seen["out"], REF["gemm_4bit"](A, packed, [n, k], absmax, 64, "nf4"), k)
-    rows = _panels.panel_rows(n, k, 4)
-    assert rows == 32  # 64 KiB of f32 rows of 512: ten panels
+    _close(seen["out"], REF[op](*args[op]), k)
+    # 64 KiB of f32: 32 weight rows of 512, or 54 columns of 300 (64 for whole 4-bit blocks)
+    width = {"gemm_4bit": 32, "int8_weight_mm": 32, "gemm_4bit_t": 64, "int8_weight_mm_t": 54}[op]
     if seen["buf"] is not None:
-        assert seen["buf"] == rows * k
+        assert seen["buf"] == width * (n if op.endswith("_t") else k) < n * k
 
 
 def test_no_weight_rows_above_the_fused_rows():

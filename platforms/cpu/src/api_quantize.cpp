@@ -93,4 +93,42 @@ int32_t bnb_dequantize_blockwise(const uint8_t* A, const float* code, const floa
   return bnb_cpu::ok();
 }
 
+// CPU-only extension: out [n, c1 - c0] = columns [c0, c1) of the weight W [n, k], as f32, f16 or
+// bf16: int8 rows CB (exact; the row scales are not applied), or packed 4-bit B4 with absmax, k,
+// c0 and c1 then multiples of blocksize (each row's range is whole blocks). The input gradients'
+// dense GEMM (A @ W) multiplies the weight column panel by column panel.
+BNB_API int32_t bnb_cpu_expand_columns(const int8_t* CB, const uint8_t* B4, const float* absmax, int32_t quant_type,
+                                       int64_t blocksize, int64_t n, int64_t k, int64_t c0, int64_t c1, void* out,
+                                       int32_t dtype) {
+  BNB_REQUIRE(out && ((CB && !B4) || (B4 && absmax && !CB)), BNB_ERR_NULL_POINTER,
+              "give out and either CB (int8 weight) or B4 and absmax (4-bit weight)");
+  BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "out's dtype must be f32, f16 or bf16");
+  BNB_REQUIRE(n >= 0 && k >= 0 && c0 >= 0 && c0 <= c1 && c1 <= k, BNB_ERR_INVALID_ARGUMENT,
+              "need n >= 0 and 0 <= c0 <= c1 <= k, got n=%lld, k=%lld, c0=%lld, c1=%lld", static_cast<long long>(n),
+              static_cast<long long>(k), static_cast<long long>(c0), static_cast<long long>(c1));
+  if (B4) {
+    if (int32_t s = check_4bit(1, blocksize, quant_type)) return s;
+    BNB_REQUIRE(k % blocksize == 0 && c0 % blocksize == 0 && c1 % blocksize == 0, BNB_ERR_INVALID_ARGUMENT,
+                "k (%lld), c0 (%lld) and c1 (%lld) must be multiples of blocksize (%lld)", static_cast<long long>(k),
+                static_cast<long long>(c0), static_cast<long long>(c1), static_cast<long long>(blocksize));
+  }
+  const int64_t w = c1 - c0;
+  if (n == 0 || w == 0) return bnb_cpu::ok();
+  const auto& kt = kernels();
+  const int nf4 = quant_type == BNB_QUANT_NF4;
+  const int64_t row_bytes = w * bnb_cpu::dtype_size(dtype);
+  parallel_for(n, bnb::ceil_div(16384, w), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      void* dst = static_cast<char*>(out) + r * row_bytes;
+      const int64_t first = r * k + c0;  // the row's range in the flat weight
+      if (CB) {
+        kt.int8_expand(CB + first, dst, dtype, 0, w);
+      } else {
+        kt.dequantize_4bit(B4 + first / 2, absmax + first / blocksize, w, blocksize, nf4, dst, dtype, 0, w / blocksize);
+      }
+    }
+  });
+  return bnb_cpu::ok();
+}
+
 }  // extern "C"

@@ -243,6 +243,19 @@ PYBIND11_MODULE(_C, m) {
       py::arg("src"), py::arg("n"), py::arg("out"), py::arg("dtype"), py::arg("nthreads") = 0,
       "out[i] = src[i] for n int8 values, as the float dtype code `dtype` (exact).");
   m.def(
+      "expand_columns",
+      [](u CB, u B4, u absmax, int32_t quant_type, int64_t blocksize, int64_t n, int64_t k, int64_t c0, int64_t c1,
+         u out, int32_t dtype, int32_t nthreads) {
+        run("expand_columns", nthreads, [&] {
+          return bnb_cpu_expand_columns(ptr<const int8_t>(CB), ptr<const uint8_t>(B4), ptr<const float>(absmax),
+                                        quant_type, blocksize, n, k, c0, c1, ptr<void>(out), dtype);
+        });
+      },
+      py::arg("CB"), py::arg("B4"), py::arg("absmax"), py::arg("quant_type"), py::arg("blocksize"), py::arg("n"),
+      py::arg("k"), py::arg("c0"), py::arg("c1"), py::arg("out"), py::arg("dtype"), py::arg("nthreads") = 0,
+      "out [n, c1 - c0] = columns [c0, c1) of W [n, k] as the float dtype code `dtype`: int8 rows CB (scales not "
+      "applied) or packed 4-bit (B4, absmax, quant_type, blocksize; k, c0 and c1 multiples of blocksize).");
+  m.def(
       "weight_matmul_t",
       [](u A, int32_t dtype, int64_t rows, int64_t n, int64_t k, u CB, u SCB, u B4, u absmax, int32_t quant_type,
          int64_t blocksize, u out, int32_t nthreads) {

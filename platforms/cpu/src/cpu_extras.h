@@ -1,8 +1,8 @@
 // CPU-only extensions of the C ABI (bnb_cpu_*), exported by libbitsandbytes_cpu beside the common
 // functions of bnb/bnb_c_api.h: the instruction-set, AMX and thread-count settings, and the
 // matmuls against a weight kept quantized. Declared once here for the library's users in this
-// folder (the pybind11 module and the native test drivers); isa_dispatch.cpp, threading.cpp and
-// api_matmul.cpp define them.
+// folder (the pybind11 module and the native test drivers); isa_dispatch.cpp, threading.cpp,
+// api_matmul.cpp and api_quantize.cpp define them.
 #pragma once
 
 #include <stdint.h>
@@ -25,6 +25,9 @@ int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int6
 int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                    const float* SCB, const void* bias, int32_t bias_dtype, void* out);
 int32_t bnb_cpu_int8_expand(const int8_t* src, int64_t n, void* out, int32_t dtype);
+int32_t bnb_cpu_expand_columns(const int8_t* CB, const uint8_t* B4, const float* absmax, int32_t quant_type,
+                               int64_t blocksize, int64_t n, int64_t k, int64_t c0, int64_t c1, void* out,
+                               int32_t dtype);
 int32_t bnb_cpu_weight_matmul_t(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                 const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                 int64_t blocksize, void* out);

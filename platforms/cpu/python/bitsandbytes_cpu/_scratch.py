@@ -5,9 +5,8 @@ unmaps them on free), and the OS zeroes each of its pages on first touch, which 
 writing the data. The expanded weight of the dense products above the fused kernels' rows (gemm_4bit's prefill
 path: dequantize, then a dense GEMM) is such a temporary: it goes into a buffer instead, one per
 thread and dtype, kept for the thread's lifetime and grown to the largest request it has seen
-(4096x4096 bf16 batch 64 on 2 threads: 12.5-16.0 -> 7.0-7.3 ms, dense bf16 6.0 ms). The forward
-products ask for one panel of the weight at a time (``_panels``); the transposed ones (input
-gradients) for the whole weight. ``BNB_CPU_SCRATCH=0`` in the
+(4096x4096 bf16 batch 64 on 2 threads: 12.5-16.0 -> 7.0-7.3 ms, dense bf16 6.0 ms). The products
+ask for one panel of the weight at a time (``_panels``). ``BNB_CPU_SCRATCH=0`` in the
 environment when the package is imported turns reuse off.
 """
 

@@ -16,7 +16,7 @@ from bitsandbytes.backends.reference.weight_mm import empty_product
 
 from . import _C, amx
 from ._codes import DTYPE_CODE, QUANT_CODE
-from ._panels import block_step, panelled_linear
+from ._panels import block_step, panelled_product
 
 
 def _nt() -> int:
@@ -405,7 +405,7 @@ def gemm_4bit(
             )
 
         A2 = A.reshape(-1, k).to(dt)
-        out = panelled_linear(A2, n, expand, b, step=block_step(k, blocksize))
+        out = panelled_product(A2, n, expand, bias=b, step=block_step(k, blocksize))
         return out.to(A.dtype).view(*A.shape[:-1], n)
     if rows and n:
         out = torch.empty((*A.shape[:-1], n), dtype=A.dtype)

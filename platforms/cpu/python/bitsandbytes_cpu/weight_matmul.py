@@ -4,17 +4,18 @@
 ``int8_weight_mm_t``: ``A @ (CB * SCB / 127)``, its input gradient; ``gemm_4bit_t``:
 ``A @ dequantize_4bit(B)``, QLoRA's input gradient. Up to ``FUSED_ROWS`` rows of A the native
 kernels read the quantized weight directly and sum in f32 (no dequantized copy). Above, where a
-dense GEMM (AMX or AVX-512 in oneDNN) is worth its setup, the weight is expanded into this
-thread's reused buffer (``_scratch``; never fresh memory per call) and multiplied densely: int8
-values are exact in every float dtype, so the int8 paths multiply by the row scales on the small
-side (the output's columns, or A's columns for the transposed product).
+dense GEMM (AMX or AVX-512 in oneDNN) is worth its setup, the weight is expanded panel by panel
+(rows for the forward, columns for the input gradients; ``_panels``) into this thread's reused
+buffer (``_scratch``; never fresh memory per call) and multiplied densely: int8 values are exact
+in every float dtype, so the int8 paths multiply by the row scales on the small side (the output's
+columns, or A's columns for the transposed product).
 
 Results equal the reference (dequantize into A's dtype, then matmul) within A's dtype rounding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,9 +25,9 @@ from bitsandbytes.backends.reference.weight_mm import empty_product
 
 from . import _C, amx
 from ._codes import DTYPE_CODE, QUANT_CODE
-from ._panels import panelled_linear
+from ._panels import panelled_product
 from ._scratch import scratch
-from .kernels import _dequantize_4bit_into, _nt, _on_cpu, dense_dtype
+from .kernels import _dequantize_4bit_into, _f32, _nt, _on_cpu, dense_dtype
 
 FUSED_ROWS: dict[str, dict[str, int]] = {
     "avx512": {"int8_weight_mm": 16, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
@@ -91,7 +92,7 @@ def int8_weight_mm(
             def expand(r0: int, r1: int, panel: torch.Tensor) -> None:
                 _C.int8_expand(CB.data_ptr() + r0 * k, (r1 - r0) * k, panel.data_ptr(), DTYPE_CODE[panel.dtype], _nt())
 
-            out = panelled_linear(A2.to(dense_dtype(A.dtype)), n, expand)
+            out = panelled_product(A2.to(dense_dtype(A.dtype)), n, expand)
         out.mul_(SCB * INV_127)
         if bias is not None:
             out.add_(bias)
@@ -116,6 +117,38 @@ def int8_weight_mm(
     return out.view(*A.shape[:-1], n)
 
 
+def _column_panels(
+    n: int,
+    k: int,
+    *,
+    CB: torch.Tensor | None = None,
+    B: torch.Tensor | None = None,
+    absmax: torch.Tensor | None = None,
+    quant_type: str = "nf4",
+    blocksize: int = 0,
+) -> Callable[[int, int, torch.Tensor], None]:
+    """The expansion of columns ``c0:c1`` of the weight ``[n, k]`` (int8 rows CB, scales not
+    applied, or packed 4-bit B with f32 absmax; all contiguous) into a panel, for ``panelled_product``."""
+
+    def expand(c0: int, c1: int, panel: torch.Tensor) -> None:
+        _C.expand_columns(
+            0 if CB is None else CB.data_ptr(),
+            0 if B is None else B.data_ptr(),
+            0 if absmax is None else absmax.data_ptr(),
+            QUANT_CODE[quant_type],
+            blocksize,
+            n,
+            k,
+            c0,
+            c1,
+            panel.data_ptr(),
+            DTYPE_CODE[panel.dtype],
+            _nt(),
+        )
+
+    return expand
+
+
 def _fused_t(A2: torch.Tensor, n: int, k: int, weight: tuple[int, ...]) -> torch.Tensor:
     A2 = A2.contiguous()
     out = torch.empty(A2.shape[0], k, dtype=A2.dtype)
@@ -134,8 +167,11 @@ def int8_weight_mm_t(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> to
     if amx.eligible("int8_weight_mm_t", A, A2.shape[0], k):
         return amx.weight_matmul(A2, n, k, CB=CB, SCB=SCB, transposed=True, nthreads=_nt()).view(*A.shape[:-1], k)
     if not _fused("int8_weight_mm_t", A2.shape[0]):
-        W = _expand_int8(A, CB)
-        out = ((A2 * (SCB * INV_127)).to(W.dtype) @ W).to(A.dtype)
+        A2 = (A2 * (SCB * INV_127)).to(dense_dtype(A.dtype))
+        if _keeps_weight(A):
+            out = (A2 @ _expand_int8(A, CB)).to(A.dtype)
+        else:
+            out = panelled_product(A2, k, _column_panels(n, k, CB=CB), transposed=True).to(A.dtype)
     else:
         out = _fused_t(A2, n, k, (CB.data_ptr(), SCB.data_ptr(), 0, 0, 0, 0))
     return out.view(*A.shape[:-1], k)
@@ -165,9 +201,16 @@ def gemm_4bit_t(
         )
         return out.view(*A.shape[:-1], k)
     if not _fused("gemm_4bit_t", A2.shape[0]):
-        W = _expanded_weight(A, n, k)
-        _dequantize_4bit_into(B, absmax, blocksize, quant_type, W)
-        out = (A2.to(W.dtype) @ W).to(A.dtype)
+        A2 = A2.to(dense_dtype(A.dtype))
+        if _keeps_weight(A) or k % blocksize:  # (column panels need whole blocks in each row)
+            W = _expanded_weight(A, n, k)
+            _dequantize_4bit_into(B, absmax, blocksize, quant_type, W)
+            out = (A2 @ W).to(A.dtype)
+        else:
+            expand = _column_panels(
+                n, k, B=B.view(torch.uint8), absmax=_f32(absmax), quant_type=quant_type, blocksize=blocksize
+            )
+            out = panelled_product(A2, k, expand, transposed=True, step=blocksize).to(A.dtype)
     else:
         weight = (0, 0, B.data_ptr(), absmax.data_ptr(), QUANT_CODE[quant_type], blocksize)
         out = _fused_t(A2, n, k, weight)

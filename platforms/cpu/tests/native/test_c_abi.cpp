@@ -256,6 +256,19 @@ Outputs run_all(bool* gemm_ok) {
     check(bnb_cpu_weight_matmul_t(g.data(), BNB_DTYPE_F32, m, nn, k, nullptr, nullptr, packed.data(), absmax.data(),
                                   BNB_QUANT_NF4, bs, out4.data()) == BNB_OK,
           "weight_matmul_t 4-bit");
+    {  // columns of the weight, as the input gradients' dense panels expand them: exact
+      const int64_t c0 = k / 3, c1 = k - 1, w4c = k % bs ? 0 : k - bs;
+      std::vector<float> cols(nn * (c1 - c0)), cols4(nn * w4c);
+      bool same = bnb_cpu_expand_columns(cb.data(), nullptr, nullptr, 0, 0, nn, k, c0, c1, cols.data(),
+                                         BNB_DTYPE_F32) == BNB_OK;
+      same = same && (w4c == 0 || bnb_cpu_expand_columns(nullptr, packed.data(), absmax.data(), BNB_QUANT_NF4, bs, nn,
+                                                         k, bs, k, cols4.data(), BNB_DTYPE_F32) == BNB_OK);
+      for (int64_t j = 0; j < nn; ++j) {
+        for (int64_t i = c0; i < c1; ++i) same = same && cols[j * (c1 - c0) + i - c0] == cb[j * k + i];
+        for (int64_t i = 0; i < w4c; ++i) same = same && cols4[j * w4c + i] == w4[j * k + bs + i];
+      }
+      check(same, "expand_columns int8 and 4-bit");
+    }
     for (int64_t r = 0; r < m; ++r) {
       for (int64_t j = 0; j < nn; ++j) {
         double s = bias[j], sa = fabs(bias[j]);
@@ -339,6 +352,18 @@ void bad_arguments() {
         "int8_weight_matmul dtype 5");
   check(bnb_cpu_int8_expand(nullptr, 4, x.data(), 0) == BNB_ERR_NULL_POINTER, "int8_expand without src");
   check(bnb_cpu_int8_expand(cb, 4, x.data(), 3) == BNB_ERR_UNSUPPORTED_DTYPE, "int8_expand dtype 3");
+  check(bnb_cpu_expand_columns(cb, packed.data(), absmax, 1, 64, 1, 64, 0, 64, x.data(), 0) == BNB_ERR_NULL_POINTER,
+        "expand_columns with both weights");
+  check(bnb_cpu_expand_columns(cb, nullptr, nullptr, 0, 0, 2, 2, 1, 3, x.data(), 0) == BNB_ERR_INVALID_ARGUMENT,
+        "expand_columns c1 past k");
+  check(bnb_cpu_expand_columns(nullptr, packed.data(), absmax, 1, 64, 1, 64, 32, 64, x.data(), 0) ==
+            BNB_ERR_INVALID_ARGUMENT,
+        "expand_columns c0 inside a block");
+  check(bnb_cpu_expand_columns(nullptr, packed.data(), absmax, 1, 48, 1, 96, 0, 48, x.data(), 0) ==
+            BNB_ERR_INVALID_BLOCKSIZE,
+        "expand_columns blocksize 48");
+  check(bnb_cpu_expand_columns(cb, nullptr, nullptr, 0, 0, 1, 4, 0, 4, x.data(), 3) == BNB_ERR_UNSUPPORTED_DTYPE,
+        "expand_columns dtype 3");
   check(bnb_cpu_set_isa("avx9000") == BNB_ERR_INVALID_ARGUMENT, "unknown ISA is refused");
   check(bnb_cpu_set_isa(nullptr) == BNB_ERR_NULL_POINTER, "NULL ISA is refused");
   check(bnb_paged_free(nullptr) == BNB_ERR_NOT_IMPLEMENTED, "paged memory is not implemented");

@@ -325,6 +325,16 @@ std::vector<Op> make_ops() {
     o.status(bnb_cpu_int8_expand(in.CB.data(), static_cast<int64_t>(in.CB.size()), out.data(), BNB_DTYPE_BF16));
     o.put(out);
   });
+  add("expand_columns int8 f16 and 4-bit bf16", [](const Inputs& in, Out& o) {
+    const int64_t c0 = in.bs, c1 = in.wk - in.bs;
+    std::vector<uint16_t> out(in.wn * (c1 - c0)), out4(in.wn * (c1 - c0));
+    o.status(bnb_cpu_expand_columns(in.CB.data(), nullptr, nullptr, 0, 0, in.wn, in.wk, c0 + 1, c1 + 1, out.data(),
+                                    BNB_DTYPE_F16));
+    o.status(bnb_cpu_expand_columns(nullptr, in.W4.data(), in.W4absmax.data(), BNB_QUANT_FP4, in.bs, in.wn, in.wk, c0,
+                                    c1, out4.data(), BNB_DTYPE_BF16));
+    o.put(out);
+    o.put(out4);
+  });
   add("weight_matmul_amx int8 m=16", [](const Inputs& in, Out& o) {
     std::vector<uint16_t> out(16 * in.wn);
     o.status(bnb_cpu_weight_matmul_amx(in.Ab.data(), 16, in.wn, in.wk, in.CB.data(), in.SCB.data(), nullptr, nullptr, 0,
