@@ -32,6 +32,7 @@ import os
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from ._ops import NAMESPACE, autocast_on, dispatch_key
 
@@ -40,6 +41,7 @@ _dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
 _function_mode_on = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 _profiler_on = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled", None)
 _computed_kernel = getattr(torch._C, "_dispatch_get_computed_kernel_for_dispatch_key", None)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None) or (lambda: False)
 
 _ENABLED = os.environ.get("BNB_DIRECT_KERNELS", "1").strip() != "0" and None not in (
     _dispatch_stack_len,
@@ -141,8 +143,28 @@ def kernel(op: str, *tensors: torch.Tensor | None) -> Callable | None:
 def no_modes() -> bool:
     """Whether a direct call may run now as far as global state goes, torch.compile aside (the
     caller tests ``torch.compiler.is_compiling()`` first): no dispatch or function mode, no
-    profiler recording, no autocast (the dispatcher's kernels run with it off: ``_ops``)."""
-    return _ENABLED and not (_dispatch_stack_len() or _function_mode_on() or _profiler_on() or autocast_on())
+    profiler recording, no autocast (the dispatcher's kernels run with it off: ``_ops``), no
+    torch.func transform and no forward-AD dual level (a kernel reading memory would fail on a
+    functorch wrapper, or drop a tangent)."""
+    return _ENABLED and not (
+        _dispatch_stack_len() or _function_mode_on() or _profiler_on() or autocast_on() or transforms_active()
+    )
+
+
+def transforms_active() -> bool:
+    """Whether a torch.func transform runs (tensors may be functorch wrappers, without memory of
+    their own) or a forward-AD dual level is open (tensors may carry tangents)."""
+    return _functorch_active() or dual_level_open()
+
+
+def functorch_active() -> bool:
+    """Whether a torch.func transform runs."""
+    return _functorch_active()
+
+
+def dual_level_open() -> bool:
+    """Whether a forward-AD dual level is open (``torch.autograd.forward_ad.dual_level``)."""
+    return getattr(_fwad, "_current_level", -1) >= 0
 
 
 def prepare(op: str, tensors: tuple[torch.Tensor | None, ...], args: tuple) -> Callable | None:

@@ -14,6 +14,7 @@ from .. import _direct
 from .. import functional as F
 from .._ops import autocast_on
 from ..backends.reference.weight_mm import empty_product
+from . import _transforms
 
 
 class GlobalOutlierPooler:
@@ -142,7 +143,10 @@ def _int8_input_grad(
     """``grad_output @ (CB * SCB / 127)`` in ``dtype`` with the int8 weight the forward used (kept
     for backward: the shared state may hold another thread's, or none, by now). The weight stays
     int8 (no dequantized copy on platforms that read it directly; the reference dequantizes into
-    grad_output's dtype)."""
+    grad_output's dtype). In a backward that builds a graph (``create_graph=True``) it is made of
+    torch operations, differentiable in turn."""
+    if torch.is_grad_enabled():
+        return (grad_output @ _transforms.int8_dequantized(CB, SCB, grad_output.dtype)).to(dtype)
     grad = torch.ops.bitsandbytes.int8_weight_mm_t(grad_output, CB, SCB)
     return grad.to(dtype)
 
@@ -298,6 +302,11 @@ class MatMul4Bit(torch.autograd.Function):
         if req_a:
             if ctx.is_empty:
                 grad_A = grad_output.new_zeros(*grad_output.shape[:-1], ctx.state.shape[1]).to(ctx.dtype_A)
+            elif torch.is_grad_enabled():
+                # create_graph=True: a product autograd can differentiate again (the op has no
+                # derivative of its own; a second derivative would silently miss this term)
+                W = _transforms.dequantized_4bit(B, ctx.state, grad_output.dtype)
+                grad_A = (grad_output @ W).to(ctx.dtype_A)
             else:
                 state = ctx.state
                 absmax = F._resolved_absmax(state).to(torch.float32)
@@ -353,6 +362,12 @@ def matmul(
     if A.shape[-1] != K:
         where = "state.CB.shape[1]" if _uses_prepared_weight(state) else "B.shape[1]"
         raise ValueError(f"bitsandbytes.matmul: A's last dimension ({A.shape[-1]}) must equal {where} ({K})")
+    if not torch.compiler.is_compiling() and _transforms.active(A, B, bias):
+        # torch.func transforms, forward-mode tangents: the same product in torch operations
+        if state.is_training and A.device.type in ("cpu", "xpu"):
+            A, bias = _autocast_operands(A, bias, out)
+        weight = None if _requantized_each_call(B, state) else _int8_weight(B, state)
+        return C.into_out(out, _transforms.linear_int8(A, B, state, bias, weight))
     if state.is_training and A.device.type in ("cpu", "xpu"):
         A, bias = _autocast_operands(A, bias, out)
         return MatMul8bitFp.apply(A, B, out, bias, state)
@@ -397,6 +412,10 @@ def matmul_4bit(
             f"bitsandbytes.matmul_4bit: input's last dimension ({A.shape[-1]}) does not match the weight's "
             f"in_features ({K})"
         )
+    if not torch.compiler.is_compiling() and _transforms.active(A, bias):
+        # torch.func transforms, forward-mode tangents: the same product in torch operations
+        A, bias = _autocast_operands(A, bias, out)
+        return C.into_out(out, _transforms.linear_4bit(A, B, quant_state, bias))
     needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
     if needs_grad or A.numel() != A.shape[-1]:  # (one row without gradients: the established GEMV)
         A, bias = _autocast_operands(A, bias, out)

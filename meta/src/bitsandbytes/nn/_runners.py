@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .. import _direct
+
 MAX_BUILDS = 4
 """Runners prepared per holder before a layer stops: a weight whose memory keeps changing (an
 offloading hook's), or a device whose kernel offers no runner, would otherwise pay for an attempt
@@ -38,6 +40,8 @@ def keep(
     """Keep ``store[plan_key] = (*key(), runner)`` current. ``key()`` gives what the runner depends
     on, or None where none can be kept; ``make(key)`` prepares a runner, or gives None. Called only
     after a general forward, so its cost stays off the kept runner's path."""
+    if _direct.transforms_active():
+        return  # no runner could be prepared (nor would one be used): keep the tries for later calls
     kept = store.get(plan_key)
     builds = store.get(builds_key, 0)
     if kept is None and builds >= MAX_BUILDS:

@@ -184,11 +184,14 @@ def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
     Threads may share a layer: the kernels run without the GIL, and another thread's conversion
     (the first call of a cold layer, or inputs of another dtype) replaces the parameter's memory
     while they read it. So the caller gets a tensor holding the memory it will read
-    (``_bias_hold``), taken in the right dtype, and conversions are made one at a time."""
+    (``_bias_hold``), taken in the right dtype, and conversions are made one at a time. Under
+    torch.func transforms and forward-mode AD the bias is used as it is (a cast copy)."""
     bias = module.bias
     if bias is None:
         return None
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _direct.transforms_active():
+        # Neither can torch.func transforms (torch crashes viewing a parameter whose dtype changed
+        # under one), nor does forward-mode AD keep a tangent through ``.data``.
         return bias if bias.dtype == dtype else bias.to(dtype)
     held = _bias_hold(bias)
     if held.dtype == dtype:
@@ -436,8 +439,9 @@ class Linear4bit(nn.Linear):
         # The packed data has no orientation (the ops read it as a column); a plain-tensor alias
         # of the Params4bit skips its __torch_function__ on every torch call below (~2-3 us each
         # with warm caches, ~20 us cold, as in a decoding model's every layer). Traced code keeps
-        # the public form.
-        if type(weight) is Params4bit and not torch.compiler.is_compiling():
+        # the public form, and so does a call under a torch.func transform (an alias made there is
+        # a functorch wrapper, of no use to the later calls it would be kept for).
+        if type(weight) is Params4bit and not torch.compiler.is_compiling() and not _direct.transforms_active():
             packed = _plain_alias(weight)
         else:
             packed = weight.t()
