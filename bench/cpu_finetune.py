@@ -177,6 +177,9 @@ def run_shape(N: int, K: int, reps: int, rows: list[dict]) -> None:
         }
         amx8 = {"no_amx": without_amx(fwd_bwd(lin8, x))} if amx else {}
         amx4 = {"no_amx": without_amx(fwd_bwd(lin4, x))} if amx else {}
+        if amx and m > 8:  # the input gradients' dense GEMM, on column panels and on the whole weight
+            amx8["no_amx_whole"] = without_amx(fwd_bwd(lin8, x), whole=True)
+            amx4["no_amx_whole"] = without_amx(fwd_bwd(lin4, x), whole=True)
         report(
             "Linear8bitLt train fwd+bwd",
             m,

@@ -37,6 +37,7 @@ def small_panels(monkeypatch):
     """Panels of a few rows, so that small weights take many."""
     monkeypatch.setattr(_panels, "PANEL_BYTES", 1)
     monkeypatch.setattr(_panels, "PANEL_MIN", 8)
+    monkeypatch.setattr(_panels, "PANEL_ALIGN", 1)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:
@@ -48,13 +49,15 @@ def test_panel_width():
     assert _panels.block_step(4096, 64) == 1
     assert _panels.block_step(100, 64) == 16  # 16 rows of 100 values: 25 blocks of 64
     assert _panels.block_step(96, 64) == 2
-    assert _panels.panel_width(4096, 4096, 2) == 2048  # 16 MiB of bf16
+    assert _panels.panel_width(4096, 4096, 2) == 4096  # 32 MiB of bf16: the whole weight
+    assert _panels.panel_width(14336, 4096, 4) == 2048  # 32 MiB of f32
     assert _panels.panel_width(4096, 14336, 4) == 1024  # the floor of rows, past the bytes
-    assert _panels.panel_width(14336, 4096, 4, step=64) == 1024  # columns of the transposed product
+    assert _panels.panel_width(14336, 4096, 2, step=64) == 4096  # columns of the transposed product
+    assert _panels.panel_width(4096, 14336, 2) == 1152  # 32 MiB is 1170 rows: whole multiples of 64
     assert _panels.panel_width(500, 4096, 4) == 500  # the whole weight
     assert _panels.panel_width(0, 4096, 4) == 1  # an empty weight still steps
-    assert _panels.panel_width(10000, 1 << 20, 4, step=3000) == 3000  # never below one whole-block step
-    assert _panels.panel_width(100000, 100, 4, step=3000) == 39000  # whole steps within the bytes
+    assert _panels.panel_width(50000, 1 << 20, 4, step=3000) == 24000  # whole blocks, a multiple of 64
+    assert _panels.panel_width(200000, 100, 4, step=3000) == 72000  # within the bytes: 83886 rows
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -110,6 +113,7 @@ def test_the_buffer_holds_one_panel(monkeypatch, op):
     of it."""
     monkeypatch.setattr(_panels, "PANEL_BYTES", 64 << 10)
     monkeypatch.setattr(_panels, "PANEL_MIN", 16)
+    monkeypatch.setattr(_panels, "PANEL_ALIGN", 1)
     n, k = 300, 512
     g = torch.Generator().manual_seed(4)
     packed, absmax = REF["quantize_4bit"](torch.randn(n, k, generator=g), 64, "nf4", torch.uint8)

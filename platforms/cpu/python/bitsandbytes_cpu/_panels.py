@@ -10,32 +10,38 @@ panel's product lands in its own columns of the output: every output element is 
 with the whole weight (the GEMM may order it differently for a narrower panel, as it does for
 another thread count: within the dense dtype's rounding).
 
-The gain is memory (the buffer holds one panel: for a 14336x4096 weight 16 MiB instead of 235 MB
-in f32; for 4096x14336, 1024 rows, 58 MB) and time, since each panel is read back from the cache
-rather than from memory; the figures are in bench/RESULTS.md ("Prefill in panels"), measured with
-``bench/cpu_finetune.py``.
+The gain is memory: the thread's buffer holds one panel, 32 MiB for a 14336x4096 weight instead
+of 235 MB in f32 (58 MB for 4096x14336: 1024 rows). Time is unchanged or better (the panel is
+read back from the cache): AMX off, 2 threads, weights evicted, 64-256 rows, x0.76-1.04 of the
+whole weight's time for the 4-bit products in bf16 and x0.94-1.05 in f32 (bench/RESULTS.md,
+"Prefill in panels"). The int8 input gradient in bf16 is the exception: its columns read row by
+row cost more than the panels gain (x1.06-1.50), so there the whole weight is expanded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from math import gcd
+from math import gcd, lcm
 
 import torch
 
 from ._scratch import scratch
 
-PANEL_BYTES = 16 << 20
+PANEL_BYTES = 32 << 20
 """The largest expanded panel, in bytes, unless ``PANEL_MIN`` rows or columns need more."""
 PANEL_MIN = 1024
 """The fewest weight rows (or columns) in a panel (all of them when the weight has fewer)."""
+PANEL_ALIGN = 64
+"""Panels hold a multiple of this many rows (columns), so that the GEMMs see even sizes."""
 
 
 def panel_width(count: int, length: int, itemsize: int, step: int = 1) -> int:
     """Weight rows (or columns) per panel, of ``count``, each ``length`` values of ``itemsize``
-    bytes: a multiple of ``step`` (so that a panel holds whole quantization blocks), or all."""
+    bytes: a multiple of ``step`` (so that a panel holds whole quantization blocks) and of
+    ``PANEL_ALIGN``, or all of them."""
+    unit = lcm(step, PANEL_ALIGN)
     width = max(PANEL_MIN, PANEL_BYTES // max(1, length * itemsize))
-    width = max(step, width // step * step)
+    width = max(unit, width // unit * unit)
     return max(1, min(count, width))
 
 

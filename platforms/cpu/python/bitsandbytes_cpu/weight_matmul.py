@@ -168,7 +168,8 @@ def int8_weight_mm_t(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> to
         return amx.weight_matmul(A2, n, k, CB=CB, SCB=SCB, transposed=True, nthreads=_nt()).view(*A.shape[:-1], k)
     if not _fused("int8_weight_mm_t", A2.shape[0]):
         A2 = (A2 * (SCB * INV_127)).to(dense_dtype(A.dtype))
-        if _keeps_weight(A):
+        # In bf16, int8 columns read row by row cost more than panels gain (``_panels``).
+        if _keeps_weight(A) or A2.dtype != torch.float32:
             out = (A2 @ _expand_int8(A, CB)).to(A.dtype)
         else:
             out = panelled_product(A2, k, _column_panels(n, k, CB=CB), transposed=True).to(A.dtype)
