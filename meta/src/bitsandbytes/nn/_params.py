@@ -1,7 +1,8 @@
 """The quantized parameters: ``Params4bit`` (NF4/FP4, quantized on the first move to a device) and
 ``Int8Params`` (LLM.int8() rows), with the checks they make on devices and under FSDP1.
 
-``bitsandbytes.nn.modules`` re-exports everything here; pickles name ``_rebuild_params4bit`` there.
+``bitsandbytes.nn.modules`` re-exports everything here; pickles name ``_rebuild_params4bit`` and
+``_rebuild_int8params`` there.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from .. import _checks
 from .. import functional as F
 from ..functional import QuantState
+from ._shared import share_statistics
 
 
 class NotQuantizedError(RuntimeError, AssertionError):
@@ -149,6 +151,7 @@ def _module_apply(module: nn.Module, apply: Any, fn: Any, recurse: bool) -> nn.M
             if p.CB is not None:
                 p.CB = p.data
             p.SCB = _tensor_to(p.SCB, p.device)
+        share_statistics(p)  # Module.share_memory(): the scales go where the codes went
     return result
 
 
@@ -520,6 +523,21 @@ class Int8Params(torch.nn.Parameter):
         memo[id(self)] = new
         return new
 
+    def __reduce_ex__(self, protocol: int) -> Any:
+        """Pickle as an Int8Params (``pickle``, ``copy.copy``, ``torch.save`` of a module,
+        torch.multiprocessing queues and spawned processes): data, ``requires_grad`` and the
+        ``__dict__``, with ``CB`` rebuilt as the data where it is the data. torch's
+        ``Parameter`` pickling made a plain Parameter of it, which a later ``.to(device)`` does
+        not quantize, and a separate copy of the codes in ``CB``."""
+        state = dict(self.__dict__)
+        state.pop("_is_param", None)
+        data = self.data
+        cb_is_data = isinstance(self.CB, torch.Tensor) and _same_view(self.CB, data)
+        if cb_is_data:
+            state["CB"] = None
+        args: tuple = (data, self.requires_grad, state, cb_is_data)
+        return (_rebuild_int8params, args if type(self) is Int8Params else (*args, type(self)))
+
     def _like(self, data: torch.Tensor, SCB: torch.Tensor | None) -> Int8Params:
         """An Int8Params of ``data`` with this one's flags; ``CB`` is the new data where this one has it."""
         new = Int8Params(data, requires_grad=self.requires_grad, has_fp16_weights=self.has_fp16_weights, SCB=SCB)
@@ -563,3 +581,23 @@ class Int8Params(torch.nn.Parameter):
             else:
                 new.SCB = self.SCB
         return new
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` view the same memory the same way (on meta: the same layout)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        if (a.device, a.dtype, a.shape) != (b.device, b.dtype, b.shape):
+            return False
+        return a.device.type == "meta" or (a.stride() == b.stride() and a.data_ptr() == b.data_ptr())
+
+
+def _rebuild_int8params(
+    data: torch.Tensor, requires_grad: bool, state: dict[str, Any], cb_is_data: bool, cls: type = Int8Params
+) -> Int8Params:
+    """The Int8Params ``Int8Params.__reduce_ex__`` describes (pickles name it in ``bitsandbytes.nn.modules``)."""
+    new = cls.__new__(cls, data, requires_grad=requires_grad)
+    for k, v in state.items():
+        setattr(new, k, v)
+    if cb_is_data:
+        new.CB = new.data
+    return new

@@ -26,6 +26,7 @@ from ._params import (
     module_apply,
     swap_lock,
 )
+from ._shared import copy_quant_state_, detached_stats
 
 if TYPE_CHECKING:
     from .embedding import Embedding4bit
@@ -321,6 +322,11 @@ class Linear4bit(nn.Linear):
             if _is_dtensor(data):
                 data = data.full_tensor()  # a sharded (FSDP2) checkpoint loaded into an unsharded layer
             device = self.weight.device if self.weight.device.type != "meta" else data.device
+            if self.weight.device.type != "meta" and not local_metadata.get("assign_to_params_buffers", False):
+                # copied, as torch copies into a layer's memory: the layer must not share the
+                # memory of the state dict's tensors (another layer's, another process's), to
+                # write into it or change with it. (A layer on meta takes them as its own.)
+                data, stats = data.to(device, copy=True), detached_stats(stats, device)
             new_weight = Params4bit.from_prequantized(data, dict(stats), device=device, module=self)
             if tuple(new_weight.quant_state.shape) != (self.out_features, self.in_features):
                 raise ValueError(
@@ -367,7 +373,8 @@ class Linear4bit(nn.Linear):
                 f"stores {self.weight.dtype}; load with the same bnb_4bit_quant_storage"
             )
         device = self.weight.device if self.weight.device.type != "meta" else "cpu"
-        quant_state = QuantState.from_dict(dict(stats), device=device)
+        assign = local_metadata.get("assign_to_params_buffers", False)
+        quant_state = QuantState.from_dict(dict(stats) if assign else detached_stats(stats, device), device=device)
         if tuple(quant_state.shape) != (self.out_features, self.in_features):
             raise ValueError(
                 f"Linear4bit: checkpoint weight {weight_key!r} has shape {tuple(quant_state.shape)}, "
@@ -384,6 +391,11 @@ class Linear4bit(nn.Linear):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict and data is not None, missing_keys, unexpected_keys, error_msgs
         )
+        old = getattr(self.weight, "quant_state", None) if isinstance(self.weight, Params4bit) else None
+        if old is not None and not assign and copy_quant_state_(old, quant_state):
+            # the codes were copied into the weight's memory: the statistics go into the tensors
+            # read with them (by a process sharing that memory, a copy.copy of this layer)
+            quant_state = old
         self.quant_state = quant_state
         if not _is_dtensor(self.weight):
             self.weight.quant_state = quant_state

@@ -19,6 +19,7 @@ from ..autograd._functions import MatmulLtState, matmul
 from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
 from . import _runners
 from ._params import Int8Params, NotQuantizedError, _tensor_to, module_apply
+from ._shared import share_statistics
 from .linear4bit import _bias_in
 
 logger = logging.getLogger("bitsandbytes.nn.modules")  # the established release's module name
@@ -205,6 +206,7 @@ class Linear8bitLt(nn.Linear):
             if state.CB is not None and weight.dtype == torch.int8 and weight.shape == state.CB.shape:
                 state.CB = weight.data
             state.SCB = _tensor_to(state.SCB, weight.device)
+            share_statistics(weight, (state.CB, state.SCB))  # Module.share_memory(): with the codes
         return self
 
     def to(self, *args: Any, **kwargs: Any) -> Linear8bitLt:  # type: ignore[override]

@@ -6,8 +6,8 @@ established release exactly: transformers, peft and accelerate depend on all of 
 The code lives in modules named for what they hold: :mod:`._params` (``Params4bit``,
 ``Int8Params``), :mod:`.linear4bit`, :mod:`.linear8bit` and :mod:`.embedding`. This module keeps
 every name it held before that split, and the moved classes and functions report it as their
-``__module__``: user code, pickles (``_rebuild_params4bit``, whole pickled models) and the
-established release's tests name them ``bitsandbytes.nn.modules.<name>``.
+``__module__``: user code, pickles (``_rebuild_params4bit``, ``_rebuild_int8params``, whole pickled
+models) and the established release's tests name them ``bitsandbytes.nn.modules.<name>``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ._params import (  # noqa: F401
     Params4bit,
     _check_device_has_kernels,
     _check_fsdp1_flatten,
+    _rebuild_int8params,
     _rebuild_params4bit,
 )
 from .embedding import (  # noqa: F401
@@ -79,6 +80,6 @@ __all__ = [
 ]
 
 # The moved classes and functions keep this module as their ``__module__``: pickles and reprs name them as before.
-for _name in (*__all__, "NotQuantizedError", "_rebuild_params4bit"):
+for _name in (*__all__, "NotQuantizedError", "_rebuild_params4bit", "_rebuild_int8params"):
     globals()[_name].__module__ = __name__
 del _name
