@@ -559,6 +559,12 @@ def bench_cpu_finetune(session: nox.Session) -> None:
     _cpu_bench(session, "cpu_finetune.py")
 
 
+@nox.session(name="bench-cpu-panels")
+def bench_cpu_panels(session: nox.Session) -> None:
+    """The dense products above the fused rows, weight expanded in panels vs whole: time and peak memory."""
+    _cpu_bench(session, "cpu_panels.py")
+
+
 @nox.session(name="bench-cpu-glue")
 def bench_cpu_glue(session: nox.Session) -> None:
     """One quantized layer's per-call cost at batch 1 with cold caches (as in decoding), stage by stage."""
