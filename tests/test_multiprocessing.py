@@ -191,13 +191,21 @@ def test_int8params_copies_and_pickles_stay_int8params(how):
     _assert_same(_forward(roundtrip(layer), x), _forward(layer, x))
 
 
-def test_int8params_pickle_is_refused_by_the_weights_only_loader():
-    """As a Params4bit's: a clear error naming the rebuild function, not a plain Parameter."""
+@pytest.mark.parametrize("what", ["parameter", "state_dict(keep_vars=True)"])
+def test_int8params_pickle_loads_with_the_weights_only_loader(what):
+    """torch.load's default (weights_only) loader took a pickled Int8Params before it pickled as
+    itself (as torch's plain Parameter, as the established release's does): it still loads, now
+    as an Int8Params with its codes and scales."""
+    layer = _layers()["int8"]
     buf = io.BytesIO()
-    torch.save(_layers()["int8"].weight, buf)
+    torch.save(layer.weight if what == "parameter" else layer.state_dict(keep_vars=True), buf)
     buf.seek(0)
-    with pytest.raises(pickle.UnpicklingError, match="_rebuild_int8params"):
-        torch.load(buf, weights_only=True)
+    loaded = torch.load(buf, weights_only=True)
+    back = loaded if what == "parameter" else loaded["weight"]
+    assert type(back) is bnb.nn.Int8Params and back.CB.data_ptr() == back.data_ptr()
+    assert torch.equal(back.data, layer.weight.data) and torch.equal(back.SCB, layer.weight.SCB)
+    with pytest.raises(TypeError, match="rebuilds Int8Params"):  # a crafted pickle's other class
+        bnb.nn.modules._rebuild_int8params(back.data, False, {}, True, torch.nn.Parameter)
 
 
 def test_whole_model_saved_with_torch_save_runs_in_a_fresh_process(served, tmp_path):
@@ -344,8 +352,11 @@ def test_a_copy_of_the_weight_follows_an_in_place_load():
     _assert_same(bnb.functional.dequantize_4bit(twin.data, twin.quant_state), expected)
 
 
+@pytest.mark.parametrize("keep_vars", [False, True])
 @pytest.mark.parametrize("compress_statistics", [True, False])
-def test_loading_into_an_unquantized_layer_copies_the_state_dict(compress_statistics):
+def test_loading_into_an_unquantized_layer_copies_the_state_dict(compress_statistics, keep_vars):
+    """Also from ``state_dict(keep_vars=True)``, whose weight is the source's Params4bit."""
+
     def layer(seed, quantize=True):
         torch.manual_seed(seed)
         out = bnb.nn.Linear4bit(
@@ -356,7 +367,7 @@ def test_loading_into_an_unquantized_layer_copies_the_state_dict(compress_statis
     source, x = layer(0), W.inputs(1)
     expected = _forward(source, x)
     target = layer(1, quantize=False)
-    target.load_state_dict(source.state_dict())
+    target.load_state_dict(source.state_dict(keep_vars=keep_vars))
     _assert_same(_forward(target, x), expected)
     assert target.weight.data_ptr() != source.weight.data_ptr()
     assert target.weight.quant_state.absmax.data_ptr() != source.weight.quant_state.absmax.data_ptr()

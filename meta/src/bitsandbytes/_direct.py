@@ -146,25 +146,21 @@ def no_modes() -> bool:
     profiler recording, no autocast (the dispatcher's kernels run with it off: ``_ops``), no
     torch.func transform and no forward-AD dual level (a kernel reading memory would fail on a
     functorch wrapper, or drop a tangent)."""
+    # (transforms_active() inlined: this test runs on every call of a kept runner)
     return _ENABLED and not (
-        _dispatch_stack_len() or _function_mode_on() or _profiler_on() or autocast_on() or transforms_active()
+        _dispatch_stack_len()
+        or _function_mode_on()
+        or _profiler_on()
+        or autocast_on()
+        or _functorch_active()
+        or getattr(_fwad, "_current_level", -1) >= 0
     )
 
 
 def transforms_active() -> bool:
     """Whether a torch.func transform runs (tensors may be functorch wrappers, without memory of
     their own) or a forward-AD dual level is open (tensors may carry tangents)."""
-    return _functorch_active() or dual_level_open()
-
-
-def functorch_active() -> bool:
-    """Whether a torch.func transform runs."""
-    return _functorch_active()
-
-
-def dual_level_open() -> bool:
-    """Whether a forward-AD dual level is open (``torch.autograd.forward_ad.dual_level``)."""
-    return getattr(_fwad, "_current_level", -1) >= 0
+    return _functorch_active() or getattr(_fwad, "_current_level", -1) >= 0
 
 
 def prepare(op: str, tensors: tuple[torch.Tensor | None, ...], args: tuple) -> Callable | None:

@@ -28,9 +28,10 @@ if TYPE_CHECKING:
 def active(*tensors: torch.Tensor | None) -> bool:
     """Whether a product of ``tensors`` must be made of torch operations: a torch.func transform is
     running, or one of them carries a forward-mode tangent."""
-    if _direct.functorch_active():
+    # (the _direct tests inlined: every eager matmul_4bit / matmul call makes this one)
+    if _direct._functorch_active():
         return True
-    if not _direct.dual_level_open():
+    if getattr(_fwad, "_current_level", -1) < 0:
         return False
     return any(t is not None and _fwad.unpack_dual(t).tangent is not None for t in tensors)
 

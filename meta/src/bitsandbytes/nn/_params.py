@@ -595,9 +595,17 @@ def _rebuild_int8params(
     data: torch.Tensor, requires_grad: bool, state: dict[str, Any], cb_is_data: bool, cls: type = Int8Params
 ) -> Int8Params:
     """The Int8Params ``Int8Params.__reduce_ex__`` describes (pickles name it in ``bitsandbytes.nn.modules``)."""
+    if not (isinstance(cls, type) and issubclass(cls, Int8Params)):  # (a crafted pickle)
+        raise TypeError(f"bitsandbytes: _rebuild_int8params rebuilds Int8Params, got {cls!r}")
     new = cls.__new__(cls, data, requires_grad=requires_grad)
     for k, v in state.items():
         setattr(new, k, v)
     if cb_is_data:
         new.CB = new.data
     return new
+
+
+# torch.load's default (weights_only) unpickler takes only allowlisted globals. A pickled
+# Int8Params (torch.save of the parameter, or of ``state_dict(keep_vars=True)``) loaded there as
+# the established release's plain Parameter did; named by ``__reduce_ex__``, it needs this.
+torch.serialization.add_safe_globals([_rebuild_int8params])

@@ -326,7 +326,9 @@ class Linear4bit(nn.Linear):
                 # copied, as torch copies into a layer's memory: the layer must not share the
                 # memory of the state dict's tensors (another layer's, another process's), to
                 # write into it or change with it. (A layer on meta takes them as its own.)
-                data, stats = data.to(device, copy=True), detached_stats(stats, device)
+                # (detached first: a Params4bit, as state_dict(keep_vars=True) holds, has a .to()
+                # of its own, which takes no copy argument and moves its quant state)
+                data, stats = data.detach().to(device, copy=True), detached_stats(stats, device)
             new_weight = Params4bit.from_prequantized(data, dict(stats), device=device, module=self)
             if tuple(new_weight.quant_state.shape) != (self.out_features, self.in_features):
                 raise ValueError(
