@@ -390,11 +390,31 @@ class Params4bit(torch.nn.Parameter):
         if device is not None and self.bnb_quantized:
             _check_device_has_kernels(device)
         if self.quant_state is not None and device is not None:
+            if device.type != "meta":
+                _check_statistics_have_data(self.quant_state, device)
             self.quant_state.to(device)
         # The packed bytes keep their storage dtype: a float cast would corrupt them.
         target_dtype = None if self.bnb_quantized else dtype
         moved = torch.Tensor.to(self, device=device, dtype=target_dtype, non_blocking=non_blocking)
         return self._like(moved, keep_module=False)  # as the established release: no module
+
+
+def _check_statistics_have_data(qs: QuantState, device: torch.device) -> None:
+    """Refuse to move a 4-bit weight to ``device`` while its quant state is on meta: the
+    statistics have no values to bring (torch's own message names neither them nor the cause)."""
+    if qs.absmax is None or qs.absmax.device.type != "meta":
+        return
+    raise NotImplementedError(
+        f"bitsandbytes: cannot move a quantized 4-bit weight to {device}: its quantization statistics "
+        "(quant_state: absmax, code) are on the meta device and hold no values. Params4bit.to('meta') "
+        "moves them there in place, as the established release does, so they cannot come back. "
+        "accelerate's offloading hooks do this to already-quantized 4-bit layers (cpu_offload, "
+        "disk_offload, dispatch_model with 'cpu' or 'disk' in the device map): offloading 4-bit "
+        "layers is not supported; keep them on their execution device (accelerate and transformers "
+        "offload only modules left unquantized, e.g. llm_int8_enable_fp32_cpu_offload=True), or "
+        "offload LLM.int8() layers instead. After module.to('meta'), use module.to_empty(device=...) "
+        "and load a state dict."
+    )
 
 
 def _rebuild_params4bit(state: dict[str, Any], cls: type = Params4bit) -> Params4bit:
@@ -416,6 +436,13 @@ def _check_no_grad_for_codes(param: torch.Tensor, name: str, what: str) -> None:
         )
 
 
+def _bare_index_without_accelerator(args: tuple, kwargs: dict) -> bool:
+    """Whether ``.to(*args, **kwargs)`` names its device by a bare index (``.to(0)``) on a machine
+    without an accelerator (see ``_index_on_host_without_accelerator``)."""
+    index = args[0] if args else kwargs.get("device")
+    return type(index) is int and not torch.accelerator.is_available()
+
+
 def _index_on_host_without_accelerator(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """``Int8Params.to(0)`` on a machine without an accelerator: the host (torch raises).
 
@@ -424,8 +451,7 @@ def _index_on_host_without_accelerator(args: tuple, kwargs: dict) -> tuple[tuple
     "quantize on the compute device, keep the result on the host". Where no accelerator exists the
     CPU is that device, so a bare device index is read as the CPU; with an accelerator, and for
     every other argument, ``Tensor.to``'s own parsing applies unchanged."""
-    index = args[0] if args else kwargs.get("device")
-    if type(index) is not int or torch.accelerator.is_available():
+    if not _bare_index_without_accelerator(args, kwargs):
         return args, kwargs
     if args:
         return ("cpu", *args[1:]), kwargs
@@ -498,6 +524,23 @@ class Int8Params(torch.nn.Parameter):
         self.SCB = SCB
         return self
 
+    def _scaled_as_values(self) -> Int8Params:
+        """``.to(0)`` on a machine without an accelerator of int8 codes that have no row scales.
+
+        The established release quantizes CPU data on a move to a device index, int8 data too:
+        the codes are taken as the values they hold (their row maxima as the scales; every row
+        LLM.int8() makes reaches +-127, so the codes come back unchanged). accelerate relies on it
+        when it brings an offloaded 8-bit weight back to the CPU: it builds
+        ``Int8Params(codes).to(0).to("cpu")`` (after a forward the layer's scales live in its
+        state, not on the weight) and then sets the checkpoint's scales on the result. Here the
+        scales are the codes' row maxima and the codes are kept as they are (never re-rounded)."""
+        codes = self.data
+        if codes.dim() == 0 or codes.shape[-1] == 0:
+            scales = torch.zeros(codes.shape[:-1], dtype=torch.float32)
+        else:  # (in float: an int8 abs() would keep -128 negative)
+            scales = torch.maximum(codes.amax(dim=-1).float(), codes.amin(dim=-1).float().neg())
+        return Int8Params(codes, requires_grad=self.requires_grad, has_fp16_weights=False, CB=codes, SCB=scales)
+
     def cpu(self) -> Int8Params:  # type: ignore[override]
         """``self.to(device="cpu")``: float data is quantized to int8 rows on the way."""
         return self.to(device="cpu")
@@ -565,9 +608,13 @@ class Int8Params(torch.nn.Parameter):
 
     def to(self, *args: Any, **kwargs: Any) -> Int8Params:  # type: ignore[override]
         """Quantize float CPU data on a move to a real device; otherwise move data and scales."""
+        quantize_on_host = _bare_index_without_accelerator(args, kwargs)
         args, kwargs = _index_on_host_without_accelerator(args, kwargs)
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
         is_int8 = self.data.dtype == torch.int8
+        codes_without_scales = is_int8 and self.SCB is None and not self.has_fp16_weights
+        if quantize_on_host and codes_without_scales and self.data.device.type == "cpu":
+            return self._scaled_as_values()
         if device is not None and device.type != "meta" and self.data.device.type == "cpu" and not is_int8:
             return self._quantize(device)
         if device is not None and is_int8:
