@@ -49,3 +49,8 @@ def prompt_logits(model):
     """``model``'s float logits for ``PROMPT``."""
     with torch.no_grad():
         return model(PROMPT).logits.float()
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|a - b| / |b|`` (Frobenius norms)."""
+    return ((a - b).norm() / b.norm()).item()

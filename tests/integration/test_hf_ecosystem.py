@@ -16,7 +16,7 @@ accelerate = pytest.importorskip("accelerate")
 import bitsandbytes as bnb  # noqa: E402
 import bitsandbytes.functional as F  # noqa: E402
 
-from ._tiny_llama import PROMPT, save_tiny_llama  # noqa: E402
+from ._tiny_llama import PROMPT, rel_error, save_tiny_llama  # noqa: E402
 from ._tiny_llama import load_quantized as _load  # noqa: E402
 from ._tiny_llama import prompt_logits as _logits  # noqa: E402
 
@@ -37,10 +37,6 @@ BATCH = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1
 def float_checkpoint(tmp_path_factory):
     """A tiny random Llama saved with save_pretrained."""
     return save_tiny_llama(tmp_path_factory, "tiny_llama_ecosystem", vocab_size=256)
-
-
-def _rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def _generate(model, **kwargs):
@@ -216,16 +212,16 @@ def test_peft_lora_merge_unmerge_and_safe_merge_on_a_quantized_base(float_checkp
     for n, m in layers.items():
         assert torch.equal(m.base_layer.weight.data, _fresh_codes(m.base_layer, before[n] + deltas[n])), n
     merged = _logits(model)
-    rel_merged, rel_base = _rel(merged, want), _rel(base, want)
+    rel_merged, rel_base = rel_error(merged, want), rel_error(base, want)
     four_bit = "load_in_4bit" in quant
     print(f"{list(quant)[0]}: merged vs adapter {rel_merged:.4f}, base vs adapter {rel_base:.4f}")
     assert rel_merged < (0.15 if four_bit else 0.02) and rel_merged < rel_base
 
     model.unmerge_adapter()
     for n, m in layers.items():
-        err = _rel(_dequantized(m.base_layer), before[n])
+        err = rel_error(_dequantized(m.base_layer), before[n])
         assert err < (0.2 if four_bit else 0.01), (n, err)
-    assert _rel(_logits(model), want) < (0.15 if four_bit else 0.02)
+    assert rel_error(_logits(model), want) < (0.15 if four_bit else 0.02)
 
     safe = _lora(float_checkpoint, quant).merge_and_unload(safe_merge=True)
     plain = _lora(float_checkpoint, quant).merge_and_unload()
@@ -346,6 +342,6 @@ def test_8bit_dequantize_gives_the_int8_weights_in_float(float_checkpoint):
         layer = model.get_submodule(name)
         assert type(layer) is torch.nn.Linear and layer.weight.dtype == torch.float32
         torch.testing.assert_close(layer.weight, w, rtol=1e-6, atol=1e-7)
-    rel = _rel(_logits(model), want)
+    rel = rel_error(_logits(model), want)
     print(f"8-bit dequantized vs quantized logits: {rel:.4f}")
     assert rel < 0.02

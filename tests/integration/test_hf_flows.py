@@ -16,7 +16,7 @@ import bitsandbytes as bnb  # noqa: E402
 
 from ._tiny_llama import load_quantized as _load  # noqa: E402
 from ._tiny_llama import prompt_logits as _logits  # noqa: E402
-from ._tiny_llama import save_tiny_llama  # noqa: E402
+from ._tiny_llama import rel_error, save_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +27,6 @@ BATCH = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1
 def float_checkpoint(tmp_path_factory):
     """A tiny random Llama saved with save_pretrained."""
     return save_tiny_llama(tmp_path_factory, "tiny_llama_flows", vocab_size=256)
-
-
-def _rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
@@ -86,7 +82,7 @@ def test_peft_dora_on_8bit_trains_saves_and_merges(float_checkpoint, tmp_path, t
     trained = _logits(model)
     with model.disable_adapter():
         untrained = _logits(model)
-    assert _rel(untrained, trained) > 0.1
+    assert rel_error(untrained, trained) > 0.1
     model.save_pretrained(tmp_path / "adapter")
 
     reloaded = PeftModel.from_pretrained(base(), tmp_path / "adapter")
@@ -96,7 +92,7 @@ def test_peft_dora_on_8bit_trains_saves_and_merges(float_checkpoint, tmp_path, t
     layer = merged.model.layers[0].self_attn.q_proj
     assert isinstance(layer, bnb.nn.Linear8bitLt) and layer.weight.dtype == torch.int8
     # re-quantizing the merged weight to int8 costs little next to what the adapter changed
-    assert _rel(_logits(merged), trained) < 0.05
+    assert rel_error(_logits(merged), trained) < 0.05
 
 
 def _empty_bnb_llama(float_checkpoint, **quant):
