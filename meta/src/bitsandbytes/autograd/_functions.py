@@ -283,18 +283,22 @@ class MatMul4Bit(torch.autograd.Function):
         ctx.state = quant_state
         ctx.dtype_A = A.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        if A.numel() == 0:
-            ctx.is_empty = True
-            ctx.save_for_backward(B)
+        ctx.is_empty = A.numel() == 0
+        # A weight quantized under torch.inference_mode cannot be saved for backward (torch
+        # raises): as in the established release, which kept it as a ctx attribute, it still
+        # serves the input's gradient.
+        ctx.inference_weight = B if not torch.compiler.is_compiling() and B.is_inference() else None
+        ctx.save_for_backward(None if ctx.inference_weight is not None else B)
+        if ctx.is_empty:
             return _empty_product(A, N, bias, out)
-        ctx.is_empty = False
         output = F._gemm_4bit(A, B, quant_state, bias)
-        ctx.save_for_backward(B)
         return C.into_out(out, output)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         (B,) = ctx.saved_tensors
+        if B is None:
+            B = ctx.inference_weight
         req_a, _, _, req_bias, _ = ctx.needs_input_grad
         grad_A = grad_bias = None
         if req_bias:

@@ -95,6 +95,8 @@ def _nested_key(qs: QuantState) -> tuple | None:
         return None
     if qs.offset.dtype != torch.float32 or qs.offset.numel() != 1:
         return None
+    if any(t.is_inference() for t in tensors):
+        return None  # (made under torch.inference_mode: no version counter to watch)
     return (s2, *((t, t.data_ptr(), t._version) for t in tensors))
 
 
@@ -186,7 +188,11 @@ def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
     (the first call of a cold layer, or inputs of another dtype) replaces the parameter's memory
     while they read it. So the caller gets a tensor holding the memory it will read
     (``_bias_hold``), taken in the right dtype, and conversions are made one at a time. Under
-    torch.func transforms and forward-mode AD the bias is used as it is (a cast copy)."""
+    torch.func transforms and forward-mode AD the bias is used as it is (a cast copy).
+
+    A conversion made under ``torch.inference_mode`` (an evaluation or generation pass before
+    training) is made outside it: the parameter's new memory must not be an inference tensor,
+    which autograd would silently leave without a gradient afterwards."""
     bias = module.bias
     if bias is None:
         return None
@@ -199,7 +205,8 @@ def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
         return held
     with swap_lock():
         if bias.dtype != dtype:  # (another thread may have converted it meanwhile)
-            bias.data = bias.data.to(dtype)
+            with torch.inference_mode(False):
+                bias.data = bias.data.to(dtype)
         return _bias_hold(bias)
 
 
