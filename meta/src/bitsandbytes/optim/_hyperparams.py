@@ -1,5 +1,5 @@
-"""Checks of the optimizers' hyperparameters at construction (spec §8.1, §8.5), and AdEMAMix's
-warm-up schedule of ``alpha`` and ``beta3``."""
+"""Checks of the optimizers' hyperparameters at construction (spec §8.1, §8.5), the ``betas`` a
+parameter group's step uses, and AdEMAMix's warm-up schedule of ``alpha`` and ``beta3``."""
 
 from __future__ import annotations
 
@@ -47,3 +47,39 @@ def ademamix_schedule(alpha: float, beta1: float, beta3: float, step: int, t_alp
         s = step / t_beta3
         beta3_t = min(math.exp((ln_b1 * ln_b3) / ((1 - s) * ln_b3 + s * ln_b1)), beta3)
     return alpha_t, beta3_t
+
+
+_NO_MOMENTUM = {
+    "rmsprop": "its betas[0] is the smoothing constant alpha (the scheduler would cycle alpha) and its "
+    "momentum (betas[1]) is not applied",
+    "adagrad": "its betas are not applied (the scheduler's momentum would be ignored)",
+}
+"""Kernels whose ``betas[0]`` is no momentum: a scheduler cycling momentum is refused (the
+``"base_momentum"`` entry OneCycleLR and CyclicLR write to each group marks it)."""
+
+_TORCH_BETA1_NAME = {"momentum": "momentum", "lars": "momentum", "rmsprop": "alpha"}
+"""torch.optim's group key for ``betas[0]`` of the bitsandbytes kernels whose ``betas`` hold
+another algorithm's hyperparameters (SGD/LARS: momentum; RMSprop: the smoothing constant)."""
+
+
+def group_betas(group: dict[str, Any], optimizer_name: str | None, cls_name: str) -> tuple[float, ...]:
+    """``group["betas"]``, with torch.optim's names for its entries taking their place when the
+    group has them: ``"momentum"`` for ``betas[0]`` of SGD and LARS (``(momentum, dampening)``),
+    ``"alpha"`` for ``betas[0]`` of RMSprop (``(alpha, momentum)``). Torch code writes those
+    names: ``ZeroRedundancyOptimizer`` copies its own groups' entries (a scheduler cycling
+    ``momentum``, e.g. OneCycleLR) into the local optimizer's groups every step.
+
+    Raises ValueError when a scheduler cycles momentum (OneCycleLR, CyclicLR) for RMSprop or
+    Adagrad, whose ``betas[0]`` is no momentum.
+    """
+    betas = group["betas"]
+    if optimizer_name in _NO_MOMENTUM and "base_momentum" in group:
+        raise ValueError(
+            f"{cls_name} has no momentum to cycle, but a scheduler with cycle_momentum=True "
+            f"(OneCycleLR, CyclicLR) drives its parameter group: {_NO_MOMENTUM[optimizer_name]}. Create the "
+            f"scheduler with cycle_momentum=False"
+        )
+    key = _TORCH_BETA1_NAME.get(optimizer_name)
+    if key is not None and key in group:
+        return (group[key], *tuple(betas)[1:])
+    return betas

@@ -113,6 +113,19 @@ def load_state_dict(opt: torch.optim.Optimizer, state_dict: dict[str, Any], move
         post_hook(opt)
 
 
+def unwrap_assigned_state(opt: torch.optim.Optimizer, p: torch.Tensor, pstate: dict[str, Any]) -> None:
+    """Unwrap, in place, a parameter state assigned in ``state_dict()``'s layout without going
+    through ``load_state_dict`` (``ZeroRedundancyOptimizer.load_state_dict`` copies each saved
+    parameter state straight into its local optimizer's ``state``), and check it as a loaded one:
+    the step would otherwise find no ``state1`` beside the nested quantization state."""
+    inner = pstate.pop(QUANT_STATE_KEY)
+    if not isinstance(inner, dict):
+        raise ValueError(f"{QUANT_STATE_KEY} of a parameter state holds a {type(inner).__name__}, not a dict")
+    device = _local(p).device
+    pstate.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inner.items()})
+    check_loaded_state(opt, p, pstate)
+
+
 def check_loaded_state(opt: torch.optim.Optimizer, p: torch.Tensor, pstate: Any) -> None:
     """Refuse a loaded parameter state this optimizer cannot continue with; bring a 32-bit state
     saved in another float dtype back to float32 (the dtype its kernels read).

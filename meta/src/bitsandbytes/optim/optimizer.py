@@ -19,9 +19,9 @@ from .. import _functional_optim as F
 from .. import _paging
 from .._checks import FLOAT_DTYPES, OPTIMIZER_STATE_BLOCKSIZE
 from ..backends.reference.codebooks import dynamic_map
-from ._hyperparams import validate_ademamix, validate_hyperparameters
+from ._hyperparams import group_betas, validate_ademamix, validate_hyperparameters
 from ._sharded_state import shard_state_dict
-from ._state_dict import QUANT_STATE_KEY, _local, wrap_quant_state
+from ._state_dict import QUANT_STATE_KEY, _local, unwrap_assigned_state, wrap_quant_state
 from ._state_dict import load_state_dict as _load_state_dict
 from .manager import GlobalOptimManager, MockArgs
 
@@ -77,7 +77,8 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As ``torch.optim.Optimizer.add_param_group``, rejecting parameters the kernels cannot
-        update before the group is added (a refused group must not stay behind)."""
+        update before the group is added (a refused group must not stay behind). A group added
+        after the first step has its ``register_module_override`` entries resolved at the next."""
         params = param_group["params"]
         if isinstance(params, torch.Tensor):
             param_group["params"] = params = [params]
@@ -91,6 +92,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                     f"of dtype {p.dtype} and shape {tuple(p.shape)}"
                 )
         super().add_param_group(param_group)
+        self.initialized = False  # check_overrides() again: the new parameters may have overrides
 
     def fill_qmap(self) -> None:
         """Create the signed (``dynamic``) and unsigned (``udynamic``) 8-bit state maps."""
@@ -179,6 +181,8 @@ class Optimizer8bit(torch.optim.Optimizer):
                         f"{gindex}, shape {tuple(p.shape)}); use a dense gradient"
                     )
                 state = self.state[p]
+                if QUANT_STATE_KEY in state:
+                    unwrap_assigned_state(self, p, state)
                 if len(state) == 0:
                     self.init_state(group, p, gindex, pindex)
                 self.prefetch_state(p)
@@ -194,7 +198,7 @@ class Optimizer8bit(torch.optim.Optimizer):
     def get_config(self, gindex: int, pindex: int, group: dict[str, Any]) -> dict[str, Any]:
         """The settings for parameter ``pindex`` of group ``gindex``, overrides applied."""
         config = {
-            "betas": group["betas"],
+            "betas": group_betas(group, getattr(self, "optimizer_name", None), type(self).__name__),
             "eps": group["eps"],
             "weight_decay": group["weight_decay"],
             "lr": group["lr"],
