@@ -91,7 +91,7 @@ def test_int8params_chunked_quantization_is_bit_identical():
 
     import bitsandbytes as bnb
     import bitsandbytes.functional as F
-    from bitsandbytes.nn import _params
+    from bitsandbytes.nn import _int8params as _params
 
     torch.manual_seed(0)
     for dtype in (torch.bfloat16, torch.float32):

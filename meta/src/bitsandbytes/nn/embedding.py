@@ -17,7 +17,8 @@ from torch import nn
 
 from .. import functional as F
 from ..functional import QuantState
-from ._params import Int8Params, Params4bit, module_apply
+from ._int8params import Int8Params
+from ._params import Params4bit, module_apply
 from .linear4bit import fix_4bit_weight_quant_state_from_module
 
 logger = logging.getLogger("bitsandbytes.nn.modules")

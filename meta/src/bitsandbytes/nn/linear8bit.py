@@ -18,7 +18,8 @@ from .. import _checks, _direct
 from ..autograd._functions import MatmulLtState, matmul
 from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
 from . import _runners
-from ._params import Int8Params, NotQuantizedError, _tensor_to, module_apply
+from ._int8params import Int8Params
+from ._params import NotQuantizedError, _tensor_to, module_apply
 from ._shared import share_statistics
 from .linear4bit import _bias_in
 

@@ -3,8 +3,8 @@
 Class names, constructor signatures, instance ``__dict__`` keys and state-dict layouts follow the
 established release exactly: transformers, peft and accelerate depend on all of them.
 
-The code lives in modules named for what they hold: :mod:`._params` (``Params4bit``,
-``Int8Params``), :mod:`.linear4bit`, :mod:`.linear8bit` and :mod:`.embedding`. This module keeps
+The code lives in modules named for what they hold: :mod:`._params` (``Params4bit``),
+:mod:`._int8params` (``Int8Params``), :mod:`.linear4bit`, :mod:`.linear8bit` and :mod:`.embedding`. This module keeps
 every name it held before that split, and the moved classes and functions report it as their
 ``__module__``: user code, pickles (``_rebuild_params4bit``, ``_rebuild_int8params``, whole pickled
 models) and the established release's tests name them ``bitsandbytes.nn.modules.<name>``.
@@ -25,14 +25,13 @@ from .. import functional as F  # noqa: F401
 from ..autograd._functions import MatmulLtState, matmul, matmul_4bit  # noqa: F401
 from ..functional import QuantState  # noqa: F401
 from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer  # noqa: F401
+from ._int8params import Int8Params, _rebuild_int8params  # noqa: F401
 from ._params import (  # noqa: F401
     _DTYPE_GETTER,
-    Int8Params,
     NotQuantizedError,
     Params4bit,
     _check_device_has_kernels,
     _check_fsdp1_flatten,
-    _rebuild_int8params,
     _rebuild_params4bit,
 )
 from .embedding import (  # noqa: F401
