@@ -13,7 +13,7 @@ from .. import _checks as C
 from .. import _direct
 from .. import functional as F
 from .._ops import autocast_on
-from ..backends.reference.weight_mm import empty_product
+from ..backends.reference.weight_mm import empty_product, int8_weight_values
 from . import _transforms
 
 
@@ -146,7 +146,7 @@ def _int8_input_grad(
     grad_output's dtype). In a backward that builds a graph (``create_graph=True``) it is made of
     torch operations, differentiable in turn."""
     if torch.is_grad_enabled():
-        return (grad_output @ _transforms.int8_dequantized(CB, SCB, grad_output.dtype)).to(dtype)
+        return (grad_output @ int8_weight_values(CB, SCB, grad_output.dtype)).to(dtype)
     grad = torch.ops.bitsandbytes.int8_weight_mm_t(grad_output, CB, SCB)
     return grad.to(dtype)
 

@@ -19,7 +19,8 @@ import torch.autograd.forward_ad as _fwad
 
 from .. import _direct
 from .. import functional as F
-from ..backends.reference.int8 import INV_127, INV_127_SQ
+from ..backends.reference.int8 import INV_127_SQ, round_rows
+from ..backends.reference.weight_mm import int8_weight_values
 
 if TYPE_CHECKING:
     from ._functions import MatmulLtState
@@ -47,17 +48,11 @@ def linear_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: F.QuantState, bia
     return torch.nn.functional.linear(A, W, None if bias is None else bias.to(A.dtype))
 
 
-def int8_dequantized(CB: torch.Tensor, SCB: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``CB * SCB / 127`` (row scales) in ``dtype``, as the kernels dequantize an int8 weight."""
-    return (CB.float() * SCB.float().view(-1, 1) * INV_127).to(dtype)
-
-
 def _rowwise_codes(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``int8_vectorwise_quant``'s codes (as f32 values) and row absmax of the f32 matrix ``rows``
     in which outliers are already zero."""
     stats = rows.abs().amax(dim=-1)
-    q = torch.round(rows * (127.0 / stats).unsqueeze(-1)).clamp(-127, 127)
-    return torch.where(stats.unsqueeze(-1) == 0, 0.0, q).nan_to_num(0.0), stats
+    return round_rows(rows, stats), stats
 
 
 def _int8_product(
@@ -80,7 +75,7 @@ def _int8_product(
     out = out.to(A.dtype)
     if outlier_cols is not None:
         sub_a = a.reshape(-1, a.shape[-1]).masked_fill(~outlier_cols, 0)
-        out = out + sub_a @ int8_dequantized(CB, SCB, A.dtype).t()
+        out = out + sub_a @ int8_weight_values(CB, SCB, A.dtype).t()
     return out.reshape(*A.shape[:-1], CB.shape[0])
 
 
@@ -101,12 +96,12 @@ def linear_int8(
     if int8_weight is None:
         rows = B.detach().to(torch.float16).float()
         codes, stats = _rowwise_codes(rows)
-        Wq = int8_dequantized(codes, stats, A.dtype)
+        Wq = int8_weight_values(codes, stats, A.dtype)
         W = B.to(A.dtype)
         W = Wq + (W - W.detach())  # Wq's values, B's gradient
     else:
         codes, stats = int8_weight
-        W = int8_dequantized(codes, stats, A.dtype)
+        W = int8_weight_values(codes, stats, A.dtype)
     dense = torch.nn.functional.linear(A, W, bias)
     if state.is_training and A.device.type in ("cpu", "xpu"):
         return dense

@@ -11,6 +11,13 @@ INV_127_SQ = 6.200124e-05  # 1 / 127**2, as the established release's default ke
 _EXACT_K_CHUNK = 1024  # |a*b| <= 2**14, so 1024 terms sum exactly in f32 (2**24)
 
 
+def round_rows(rows: torch.Tensor, row_stats: torch.Tensor) -> torch.Tensor:
+    """The int8 codes, as f32 values, of the f32 matrix ``rows`` scaled by ``127 / row_stats``
+    (rounded to nearest even, in [-127, 127]; 0 in a row whose statistic is 0, and for NaN)."""
+    q = torch.round(rows * (127.0 / row_stats)[:, None])
+    return torch.where(row_stats[:, None] == 0, 0.0, q).clamp(-127, 127).nan_to_num(0.0)
+
+
 def int8_vectorwise_quant(
     A: torch.Tensor, threshold: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -27,10 +34,7 @@ def int8_vectorwise_quant(
         absA = absA.masked_fill(outliers, 0.0)
         outlier_cols = torch.argwhere(outliers.any(dim=0)).view(-1)
     row_stats = absA.amax(dim=1) if rows.shape[1] else rows.new_zeros(rows.shape[0])
-    scale = 127.0 / row_stats
-    q = torch.round(rows * scale[:, None])
-    q = torch.where(row_stats[:, None] == 0, 0.0, q).clamp(-127, 127).nan_to_num(0.0)
-    out = q.to(torch.int8)
+    out = round_rows(rows, row_stats).to(torch.int8)
     if outliers is not None:
         if rows.shape[0] > 1:
             out[:, outlier_cols] = 0

@@ -23,7 +23,9 @@ def empty_product(A: torch.Tensor, width: int, bias: torch.Tensor | None = None)
     return out if bias is None else out.add_(bias.to(A.dtype))
 
 
-def _int8_weight(CB: torch.Tensor, SCB: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def int8_weight_values(CB: torch.Tensor, SCB: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The int8 weight's values ``CB * SCB / 127`` (row scales) in ``dtype``, in torch operations
+    (differentiable and batchable where CB and SCB are float)."""
     return (CB * SCB.view(-1, 1) * INV_127).to(dtype)
 
 
@@ -33,14 +35,16 @@ def int8_weight_mm(
     """``A @ (CB * SCB / 127)^T + bias`` in A's dtype."""
     C.check_int8_weight_mm(A, CB, SCB, bias)
     C.check_same_device({"A": A, "CB": CB, "SCB": SCB, "bias": bias})
-    return torch.nn.functional.linear(A, _int8_weight(CB, SCB, A.dtype), None if bias is None else bias.to(A.dtype))
+    return torch.nn.functional.linear(
+        A, int8_weight_values(CB, SCB, A.dtype), None if bias is None else bias.to(A.dtype)
+    )
 
 
 def int8_weight_mm_t(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> torch.Tensor:
     """``A @ (CB * SCB / 127)`` in A's dtype."""
     C.check_int8_weight_mm(A, CB, SCB, transposed=True)
     C.check_same_device({"A": A, "CB": CB, "SCB": SCB})
-    return A @ _int8_weight(CB, SCB, A.dtype)
+    return A @ int8_weight_values(CB, SCB, A.dtype)
 
 
 def gemm_4bit_t(
