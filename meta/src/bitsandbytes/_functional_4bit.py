@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks, _direct
-from ._functional_blockwise import _resolved_absmax, quantize_blockwise
+from ._functional_blockwise import _check_fill, _resolved_absmax, quantize_blockwise
 from ._functional_codebooks import get_4bit_type
 from ._quant_state import QuantState
 
@@ -37,11 +37,16 @@ def quantize_4bit(
     if compress_statistics and absmax is not None:
         raise ValueError("bitsandbytes: absmax= cannot be filled with compress_statistics=True (it is quantized)")
     packed, _absmax = torch.ops.bitsandbytes.quantize_4bit(A, blocksize, quant_type, quant_storage)
+    # both preallocated tensors are checked before either is written: a refused call changes nothing
+    _check_fill(A, out, packed, "out")
+    _check_fill(A, absmax, _absmax, "absmax")
     code = get_4bit_type(quant_type, device=A.device)
     if compress_statistics:
         offset = _absmax.mean()
-        # the op's absmax is a temporary here: centred in place, not copied (the same differences)
-        qabsmax, state2 = quantize_blockwise(_absmax.sub_(offset), blocksize=256)
+        # the op's absmax is a temporary here: centred in place, not copied (the same differences);
+        # of an input that requires grad, torch marks it as part of the graph, where in place is refused
+        centred = _absmax - offset if _absmax.requires_grad else _absmax.sub_(offset)
+        qabsmax, state2 = quantize_blockwise(centred, blocksize=256)
         state = QuantState(
             absmax=qabsmax,
             shape=input_shape,
@@ -54,16 +59,12 @@ def quantize_4bit(
         )
     else:
         if absmax is not None:
-            _checks.check_out(absmax, _absmax.shape, _absmax.dtype)
-            absmax.copy_(_absmax)
-            _absmax = absmax
+            _absmax = absmax.copy_(_absmax)
         state = QuantState(
             absmax=_absmax, shape=input_shape, dtype=A.dtype, blocksize=blocksize, code=code, quant_type=quant_type
         )
     if out is not None:
-        _checks.check_out(out, packed.shape, packed.dtype)
-        out.copy_(packed)
-        packed = out
+        packed = out.copy_(packed)
     return packed, state
 
 

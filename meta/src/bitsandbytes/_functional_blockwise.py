@@ -29,12 +29,17 @@ def quantize_blockwise(
     _checks.check_dtype(A, "A", _checks.FLOAT_DTYPES)
     if nested and absmax is not None:
         raise ValueError("bitsandbytes: absmax= cannot be filled with nested=True (it is quantized)")
-    code = _dynamic_code(A.device) if code is None else code.to(A.device)
-    q, _absmax = torch.ops.bitsandbytes.quantize_blockwise(A, code, blocksize)
+    if code is None:
+        code = _dynamic_code(A.device)
+        q, _absmax = torch.ops.bitsandbytes.quantize_blockwise(A, code, blocksize)  # ascending
+    else:
+        code = code.to(A.device)
+        q, _absmax = _quantize_codes(A, code, blocksize)
+    # both preallocated tensors are checked before either is written: a refused call changes nothing
+    _check_fill(A, out, q, "out")
+    _check_fill(A, absmax, _absmax, "absmax")
     if out is not None:
-        _checks.check_out(out, q.shape, q.dtype)
-        out.copy_(q)
-        q = out
+        q = out.copy_(q)
     if nested:
         offset = _absmax.mean()
         qabsmax, state2 = quantize_blockwise(_absmax - offset, blocksize=blocksize, nested=False)
@@ -43,11 +48,45 @@ def quantize_blockwise(
         )
     else:
         if absmax is not None:
-            _checks.check_out(absmax, _absmax.shape, _absmax.dtype)
-            absmax.copy_(_absmax)
-            _absmax = absmax
+            _absmax = absmax.copy_(_absmax)
         state = QuantState(absmax=_absmax, code=code.clone(), blocksize=blocksize, dtype=A.dtype)
     return q, state
+
+
+def _check_fill(A: torch.Tensor, given: torch.Tensor | None, result: torch.Tensor, arg: str) -> None:
+    """Checks of a preallocated tensor that receives ``result``: its shape, dtype and device.
+
+    A tensor on another device than ``A`` is refused, as torch refuses an ``out=`` there: the
+    copy would move the result to that device (on ``meta`` it would be lost) without a word.
+    """
+    if given is None:
+        return
+    _checks.check_out(given, result.shape, result.dtype)
+    if given.device != A.device:
+        raise RuntimeError(f"bitsandbytes: {arg} must be on {A.device} (the device of A), got {given.device}")
+
+
+def _is_concrete(t: torch.Tensor) -> bool:
+    """Whether ``t``'s values can be read here: not a meta or fake tensor, not while compiling."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return not (t.device.type == "meta" or isinstance(t, FakeTensor) or torch.compiler.is_compiling())
+
+
+def _quantize_codes(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``quantize_blockwise`` op for a code book in any order: indices into ``code`` itself.
+
+    The kernels find the nearest entry by bisection of an ascending table. A table in another
+    order (a descending one, or ``create_linear_map(signed=False, total_bits<8)``, whose padding
+    zeros sit in the middle) would give codes far from the nearest entry without an error, so
+    such a table is quantized against its sorted copy and the codes mapped back to its indices.
+    """
+    op = torch.ops.bitsandbytes.quantize_blockwise
+    if code.dim() != 1 or code.numel() != 256 or not _is_concrete(code) or bool((code[1:] >= code[:-1]).all()):
+        return op(A, code, blocksize)  # ascending, or refused by the op's own checks
+    ordered, order = code.sort(stable=True)
+    q, absmax = op(A, ordered, blocksize)
+    return order.to(torch.uint8)[q.long()], absmax
 
 
 def _resolved_absmax(quant_state: QuantState) -> torch.Tensor:
@@ -62,7 +101,13 @@ def _resolved_absmax(quant_state: QuantState) -> torch.Tensor:
         return quant_state.absmax
     absmax = dequantize_blockwise(quant_state.absmax, quant_state.state2)
     offset = quant_state.offset.to(absmax.device)
-    if absmax.dtype == torch.float32 and offset.dtype == torch.float32 and offset.numel() == 1 and offset.dim() <= 1:
+    if (
+        absmax.dtype == torch.float32
+        and offset.dtype == torch.float32
+        and offset.numel() == 1
+        and offset.dim() <= 1
+        and not absmax.requires_grad  # of a state from an input requiring grad: in the graph
+    ):
         # the new decoded tensor takes the offset in place: the same sums as ``absmax + offset``
         # without a second absmax-sized temporary (4 bytes per block of the weight)
         return absmax.add_(offset)

@@ -17,13 +17,16 @@ name2qmap: dict[str, torch.Tensor] = {}
 
 
 def create_linear_map(signed: bool = True, total_bits: int = 8, add_zero: bool = True) -> torch.Tensor:
-    """An evenly spaced code of ``2**total_bits`` values (one fewer when signed with a zero), padded to 256."""
+    """An evenly spaced code of ``2**total_bits`` values (one fewer when signed with a zero), padded to 256.
+
+    Codes of more than 8 bits are returned whole (no padding), as ``create_fp8_map`` returns them.
+    """
     count = 2**total_bits
     if signed and (add_zero or total_bits < 8):
         count -= 1
     values = torch.linspace(-1.0 if signed else 0.0, 1.0, count)
     gap = 256 - values.numel()
-    if gap == 0:
+    if gap <= 0:
         return values
     half = values.numel() // 2
     return torch.cat([values[:half], torch.zeros(gap), values[half:]])

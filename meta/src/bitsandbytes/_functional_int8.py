@@ -34,6 +34,14 @@ def int8_mm_dequant(
 ) -> torch.Tensor:
     """``A * row_stats[:, None] * col_stats[None, :] / 127**2 (+ bias)`` as float16."""
     result = torch.ops.bitsandbytes.int8_mm_dequant.default(A, row_stats, col_stats, dtype=torch.float16, bias=bias)
+    return _into_out(out, result, A)
+
+
+def _into_out(out: torch.Tensor | None, result: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``result``, or ``out`` filled with it once its shape, dtype and device (``A``'s) are checked."""
+    if out is not None and out.device != A.device:
+        # a copy would move the result to that device (on meta it would be lost) without a word
+        raise RuntimeError(f"bitsandbytes: out must be on {A.device} (the device of A), got {out.device}")
     return _checks.into_out(out, result)
 
 
@@ -107,9 +115,9 @@ def igemm(
     a = A.transpose(-1, -2) if transposed_A else A
     b = B.transpose(-1, -2) if transposed_B else B
     if a.dim() == 3 and b.dim() == 3:
-        return _checks.into_out(out, _batched_int8_mm(a, b))
+        return _into_out(out, _batched_int8_mm(a, b), A)
     result = torch.ops.bitsandbytes.int8_linear_matmul.default(a.contiguous(), b.transpose(-1, -2).contiguous())
-    return _checks.into_out(out, result)
+    return _into_out(out, result, A)
 
 
 def _batched_int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -130,4 +138,4 @@ def batched_igemm(
     _deprecated("batched_igemm")
     a = A.transpose(-1, -2) if transposed_A else A
     b = B.transpose(-1, -2) if transposed_B else B
-    return _checks.into_out(out, _batched_int8_mm(a, b))
+    return _into_out(out, _batched_int8_mm(a, b), A)

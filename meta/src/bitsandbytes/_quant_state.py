@@ -143,7 +143,8 @@ class QuantState:
         """
         qs_dict = dict(qs_dict)  # the caller's dict is left as it was
         qs_keys = [k for k, v in qs_dict.items() if "quant_state" in k and isinstance(v, torch.Tensor)]
-        if "quant_type" not in qs_dict:
+        # an unpacked dict may carry a dotted prefix too ("weight.quant_type")
+        if not any(k.split(".")[-1] == "quant_type" for k in qs_dict):
             if not qs_keys:
                 raise ValueError(
                     "Expected packed or unpacked quant_state items, found neither: the state dict lacks the "

@@ -56,7 +56,11 @@ def find_outlier_dims(
     random indices instead (a baseline).
     """
     if rdm:
-        return torch.randint(0, weight.shape[1], size=(topk,), device=weight.device).long()
+        if topk is None:
+            raise ValueError("bitsandbytes: find_outlier_dims(rdm=True) needs topk, the number of indices to draw")
+        # indices of the dimension the std keeps: the one that is not reduced
+        kept = weight.shape[1 - reduction_dim % 2] if weight.dim() == 2 else weight.shape[1]
+        return torch.randint(0, kept, size=(topk,), device=weight.device).long()
     std = weight.float().std(reduction_dim)
     stdm = std.mean()
     stdstd = std.std()
