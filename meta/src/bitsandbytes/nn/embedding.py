@@ -35,6 +35,15 @@ def _register_optim_override(module: nn.Module) -> None:
     GlobalOptimManager.get_instance().register_module_override(module, "weight", {"optim_bits": 32})
 
 
+def _keep_param_type(module: nn.Module, wrap: Callable[[torch.Tensor], nn.Parameter]) -> None:
+    """After ``load_state_dict(assign=True)`` (a table built on meta, then loaded) torch has put
+    the checkpoint's float table in place as a plain ``Parameter``: wrap it again as the quantized
+    parameter type, to be quantized on the next move to a device as before."""
+    weight = module._parameters.get("weight")
+    if weight is not None and type(weight) is nn.Parameter and weight.is_floating_point():
+        module._parameters["weight"] = wrap(weight.data)
+
+
 class StableEmbedding(nn.Embedding):
     """Embedding followed by LayerNorm, with its weight kept in 32-bit by the 8-bit optimizers."""
 
@@ -135,6 +144,24 @@ class Embedding8bit(nn.Embedding):
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         raise NotImplementedError("Saving Embedding8bit module is not implemented")
 
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        # Once quantized the table holds int8 codes whose row scales no checkpoint carries (the
+        # module saves none): copying a float table into them would truncate it to integers.
+        weight = state_dict.get(prefix + "weight")
+        if isinstance(weight, torch.Tensor) and getattr(self.weight, "SCB", None) is not None:
+            error_msgs.append(
+                f"Embedding8bit: cannot load {prefix}weight ({weight.dtype}) into a table that is already "
+                "quantized (int8 rows and their scales): load the float table before moving the module to "
+                "its device"
+            )
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        _keep_param_type(self, lambda w: Int8Params(w, has_fp16_weights=False, requires_grad=False))
+
     def _apply(self, fn: Callable, recurse: bool = True) -> Embedding8bit:  # type: ignore[override]
         return module_apply(self, super()._apply, fn, recurse)  # the weight keeps its type and state
 
@@ -210,6 +237,28 @@ class Embedding4bit(nn.Embedding):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         raise NotImplementedError("Saving Embedding4bit module is not implemented")
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        old = self.weight
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if not isinstance(old, Params4bit):
+            return
+        _keep_param_type(
+            self,
+            lambda w: Params4bit(
+                w,
+                requires_grad=False,
+                blocksize=old.blocksize,
+                compress_statistics=old.compress_statistics,
+                quant_type=old.quant_type,
+                quant_storage=old.quant_storage,
+                module=self,
+            ),
+        )
 
     def _apply(self, fn: Callable, recurse: bool = True) -> Embedding4bit:  # type: ignore[override]
         return module_apply(self, super()._apply, fn, recurse)  # the weight keeps its type and state
