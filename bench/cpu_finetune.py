@@ -62,16 +62,17 @@ def _out_features(layer) -> int:
 
 
 def amx_usable() -> bool:
+    """Whether bitsandbytes-cpu's panel path runs: on AMX, or in its AVX512-BF16 form (no AMX)."""
     try:
         import bitsandbytes_cpu
     except ImportError:
         return False
-    return bitsandbytes_cpu._C.amx_usable()
+    return bitsandbytes_cpu._C.panel_usable()
 
 
 def without_amx(fn: Callable[[], object], isa: str | None = None, whole: bool = False) -> Callable[[], None]:
-    """fn with bitsandbytes-cpu's AMX path turned off: what this machine ran before it, or what a
-    CPU without AMX runs. ``isa``: also with that instruction set's kernel table (``avx2``: the f32
+    """fn with bitsandbytes-cpu's panel path (AMX, or its AVX512-BF16 form on CPUs without AMX)
+    turned off: the fused kernels and oneDNN's GEMM on the weight expanded panel by panel. ``isa``: also with that instruction set's kernel table (``avx2``: the f32
     dense GEMM of CPUs without bf16 arithmetic). ``whole``: the weight expanded whole before the
     dense GEMM, as before the panels of ``bitsandbytes_cpu._panels``."""
     import bitsandbytes_cpu

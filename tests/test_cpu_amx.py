@@ -1,5 +1,6 @@
-"""bitsandbytes-cpu's AMX path (bf16 activations against a 4-bit or int8 weight expanded panel by
-panel on the tile unit) against the reference kernels, on CPUs that have AMX-BF16."""
+"""bitsandbytes-cpu's panel path (bf16 activations against a 4-bit or int8 weight expanded panel by
+panel) against the reference kernels: on the AMX tile unit on CPUs that have AMX-BF16, and in its
+AVX512-BF16 dot-product form (the form CPUs without AMX run; forced where AMX runs too)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,32 @@ from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
 from bitsandbytes_cpu import amx  # noqa: E402
 from conftest import cpu_amx_usable  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not cpu_amx_usable(), reason="the CPU (or the operating system) has no AMX-BF16")
+
+def _panel_usable() -> bool:
+    if "avx512" not in cpu.build_info()["isa_usable"]:
+        return False
+    cpu.set_isa("avx512")
+    try:
+        return cpu._C.panel_usable()
+    finally:
+        cpu.set_isa("auto")
+
+
+UNITS = (["tiles"] if cpu_amx_usable() else []) + (["dots"] if _panel_usable() else [])
+pytestmark = pytest.mark.skipif(not UNITS, reason="the avx512 kernel table does not run here")
 OPS = torch.ops.bitsandbytes
 
 
-@pytest.fixture(autouse=True)
-def amx_on(monkeypatch):
-    """The AMX path for every row count; a spy counts its calls."""
+@pytest.fixture(autouse=True, params=UNITS or ["none"])
+def amx_on(request, monkeypatch):
+    """The panel path on each unit for every row count; a spy counts its calls."""
     cpu.set_isa("avx512")
     cpu._C.set_amx(True)
-    monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 0))
-    monkeypatch.setattr(amx, "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 1 << 62))
+    cpu._C.set_panel_dots(request.param == "dots")
+    for limits in ("MIN_ROWS", "DOTS_MIN_ROWS"):
+        monkeypatch.setattr(amx, limits, dict.fromkeys(getattr(amx, limits), 0))
+    for limits in ("MAX_ROWS", "DOTS_MAX_ROWS"):
+        monkeypatch.setattr(amx, limits, dict.fromkeys(getattr(amx, limits), 1 << 62))
     monkeypatch.setattr(amx, "FIXED_POINT_ROWS", 0)
     calls = []
     real = amx.weight_matmul
@@ -33,6 +49,7 @@ def amx_on(monkeypatch):
 
     monkeypatch.setattr(amx, "weight_matmul", spy)
     yield calls
+    cpu._C.set_panel_dots(False)
     cpu.set_isa("auto")
 
 
@@ -108,24 +125,27 @@ def test_row_limits_choose_the_path(amx_on, monkeypatch):
     g = torch.Generator().manual_seed(8)
     packed, absmax = REF["quantize_4bit"](torch.randn(64, 64, generator=g), 64, "nf4", torch.uint8)
     A = torch.randn(40, 64, generator=g).to(torch.bfloat16)
-    monkeypatch.setattr(amx, "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 39))
+    prefix = "DOTS_" if cpu._C.panel_dots() else ""
+    monkeypatch.setattr(amx, prefix + "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 39))
     other = OPS.gemm_4bit(A, packed, [64, 64], absmax, 64, "nf4")
     assert amx_on == []
-    monkeypatch.setattr(amx, "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 40))
+    monkeypatch.setattr(amx, prefix + "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 40))
     _close(OPS.gemm_4bit(A, packed, [64, 64], absmax, 64, "nf4"), other, 64)
     assert len(amx_on) == 1
-    monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 41))
+    monkeypatch.setattr(amx, prefix + "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 41))
     OPS.gemm_4bit(A, packed, [64, 64], absmax, 64, "nf4")
     assert len(amx_on) == 1
 
 
 def test_fixed_point_rows_keep_the_fused_kernel(amx_on, monkeypatch):
     """At block size 64 with k a multiple of 128, up to FIXED_POINT_ROWS rows stay on the fused
-    (fixed-point) kernel; other block sizes and more rows take AMX."""
+    (fixed-point) kernel; other block sizes and more rows take AMX. The dot-product form has its
+    own lower limit (DOTS_MIN_ROWS, here 0) instead."""
     monkeypatch.setattr(amx, "FIXED_POINT_ROWS", 7)
     g = torch.Generator().manual_seed(9)
     W = torch.randn(64, 128, generator=g)
-    for blocksize, rows, amx_calls in [(64, 7, 0), (64, 8, 1), (128, 7, 2)]:
+    calls = (1, 2, 3) if cpu._C.panel_dots() else (0, 1, 2)
+    for (blocksize, rows), amx_calls in zip([(64, 7), (64, 8), (128, 7)], calls):
         packed, absmax = REF["quantize_4bit"](W, blocksize, "nf4", torch.uint8)
         A = torch.randn(rows, 128, generator=g).to(torch.bfloat16)
         got = OPS.gemm_4bit(A, packed, [64, 128], absmax, blocksize, "nf4")
@@ -144,7 +164,7 @@ def test_native_entry_refuses_what_it_cannot_do():
         cpu._C.weight_matmul_amx(A.data_ptr(), 4, 8, 64, 0, SCB.data_ptr(), 0, 0, 1, 0, 0, 2, out.data_ptr())
     cpu._C.set_amx(False)
     try:
-        with pytest.raises(RuntimeError, match="AMX is not usable"):
+        with pytest.raises(RuntimeError, match="the panel matmuls do not run here"):
             cpu._C.weight_matmul_amx(
                 A.data_ptr(), 4, 8, 64, CB.data_ptr(), SCB.data_ptr(), 0, 0, 1, 0, 0, 2, out.data_ptr()
             )

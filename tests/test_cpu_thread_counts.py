@@ -31,21 +31,25 @@ OPS = torch.ops.bitsandbytes
 THREADS = (1, 2, 3, 5)
 MODES = list(cpu.build_info()["isa_usable"])
 if "avx512" in MODES:
-    MODES.append("avx512+amx")
+    MODES += ["avx512+amx", "avx512+dots"]  # the panel path on the tile unit, and in its AVX512-BF16 form
 
 
 @pytest.fixture(params=MODES)
 def mode(request):
-    isa, _, amx = request.param.partition("+")
+    isa, _, unit = request.param.partition("+")
     cpu.set_isa(isa)
-    cpu._C.set_amx(bool(amx))
-    if amx and not cpu._C.amx_usable():
+    cpu._C.set_amx(bool(unit))
+    cpu._C.set_panel_dots(unit == "dots")
+    usable = cpu._C.amx_usable() if unit == "amx" else cpu._C.panel_usable()
+    if unit and not usable:
         cpu.set_isa("auto")
         cpu._C.set_amx(True)
-        pytest.skip("no AMX-BF16 here")
+        cpu._C.set_panel_dots(False)
+        pytest.skip(f"the panel path's {unit} form does not run here")
     yield request.param
     cpu.set_isa("auto")
     cpu._C.set_amx(True)
+    cpu._C.set_panel_dots(False)
 
 
 def _at_each_count(fn: Callable[[], object]) -> list[list[torch.Tensor]]:

@@ -29,23 +29,30 @@ if "avx512" in ISAS:
     cpu.set_isa("avx512")
     if cpu._C.amx_usable():
         PATHS.append(("avx512", "amx"))
+    if cpu._C.panel_usable():  # the panel matmuls' AVX512-BF16 form (forced where AMX runs too)
+        PATHS.append(("avx512", "dots"))
     cpu.set_isa("auto")
 
 
 @pytest.fixture(params=PATHS, ids=lambda p: "-".join(p))
 def isa(request, monkeypatch):
     """Each usable instruction set, with every row count on the fused kernels or on the dense path;
-    and on CPUs with AMX, every bf16 row count on the AMX path (the others as for "dense")."""
+    and where the panel matmuls run, every bf16 row count on them, on the AMX tile unit and with
+    AVX512-BF16 dot products (the other dtypes as for "dense")."""
     name, path = request.param
     rows = 10**9 if path == "fused" else -1
     monkeypatch.setattr(weight_matmul, "FUSED_ROWS", {i: dict.fromkeys(weight_matmul.KERNELS, rows) for i in ISAS})
-    monkeypatch.setattr(amx, "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 0))
-    monkeypatch.setattr(amx, "MAX_ROWS", dict.fromkeys(amx.MAX_ROWS, 1 << 62))
-    cpu._C.set_amx(path == "amx")
+    for limits in ("MIN_ROWS", "DOTS_MIN_ROWS"):
+        monkeypatch.setattr(amx, limits, dict.fromkeys(getattr(amx, limits), 0))
+    for limits in ("MAX_ROWS", "DOTS_MAX_ROWS"):
+        monkeypatch.setattr(amx, limits, dict.fromkeys(getattr(amx, limits), 1 << 62))
+    cpu._C.set_amx(path in ("amx", "dots"))
+    cpu._C.set_panel_dots(path == "dots")
     cpu.set_isa(name)
     yield name
     cpu.set_isa("auto")
     cpu._C.set_amx(True)
+    cpu._C.set_panel_dots(False)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:

@@ -204,7 +204,18 @@ PYBIND11_MODULE(_C, m) {
       "unit: amx_usable() and the CPU has AMX-INT8.");
   m.def(
       "set_amx", [](bool on) { bnb_cpu_set_amx(on ? 1 : 0); }, py::arg("on"),
-      "Turn the AMX paths on (the default where supported) or off.");
+      "Turn the AMX paths on (the default where supported) or off; off also turns off the panel matmuls' "
+      "dot-product form on CPUs without AMX.");
+  m.def(
+      "panel_usable", [] { return bnb_cpu_panel_usable() != 0; },
+      "Whether the panel matmuls (weight_matmul_amx, weight_matmul_t_amx) run: on the AMX tile unit, or with "
+      "AVX512-BF16 dot products on CPUs without AMX (avx512 table active, set_amx(False) not called).");
+  m.def(
+      "panel_dots", [] { return bnb_cpu_panel_dots() != 0; },
+      "Whether the panel matmuls run with AVX512-BF16 dot products (no AMX, or set_panel_dots(True)).");
+  m.def(
+      "set_panel_dots", [](bool force) { bnb_cpu_set_panel_dots(force ? 1 : 0); }, py::arg("force"),
+      "Force the panel matmuls' dot-product form where AMX runs too (tests), or back to the tile unit.");
   m.def(
       "weight_matmul_amx",
       [](u A, int64_t rows, int64_t n, int64_t k, u CB, u SCB, u B4, u absmax, int32_t quant_type, int64_t blocksize,

@@ -184,6 +184,16 @@ bool amx_usable() { return amx::compiled_in() && active_isa() == ISA_AVX512 && a
 
 bool amx_int8_usable() { return amx_features().int8 && amx::int8_compiled_in() && amx_usable(); }
 
+namespace {
+std::atomic<int> g_panel_dots{0};  // 1: the panel matmuls use dot products even where AMX runs
+}  // namespace
+
+bool panel_usable() { return amx::compiled_in() && active_isa() == ISA_AVX512 && amx_enabled(); }
+
+bool panel_dots_form() { return !amx_features().bf16 || g_panel_dots.load(std::memory_order_acquire) == 1; }
+
+bool panel_dots() { return panel_usable() && panel_dots_form(); }
+
 }  // namespace bnb_cpu
 
 extern "C" {
@@ -215,6 +225,19 @@ BNB_API int32_t bnb_cpu_amx_int8_usable(void) { return bnb_cpu::amx_int8_usable(
 // CPU-only extension: turn the AMX paths on (1, the default where supported) or off (0); the tests
 // compare both with the reference this way.
 BNB_API void bnb_cpu_set_amx(int32_t on) { bnb_cpu::g_amx.store(on ? 1 : 0, std::memory_order_release); }
+
+// CPU-only extension: 1 when the panel matmuls (bnb_cpu_weight_matmul_amx and _t_amx) run: on the
+// AMX tile unit, or with AVX512-BF16 dot products where the CPU has no AMX; else 0.
+BNB_API int32_t bnb_cpu_panel_usable(void) { return bnb_cpu::panel_usable() ? 1 : 0; }
+
+// CPU-only extension: 1 when the panel matmuls run with AVX512-BF16 dot products (no AMX, or forced).
+BNB_API int32_t bnb_cpu_panel_dots(void) { return bnb_cpu::panel_dots() ? 1 : 0; }
+
+// CPU-only extension: force (1) the panel matmuls' dot-product form where AMX runs too, or go back to
+// the tile unit there (0, the default); the tests cover both forms this way.
+BNB_API void bnb_cpu_set_panel_dots(int32_t force) {
+  bnb_cpu::g_panel_dots.store(force ? 1 : 0, std::memory_order_release);
+}
 
 // CPU-only extension: an error message when BNB_CPU_ISA names an unknown or unusable set ("" if fine).
 BNB_API const char* bnb_cpu_isa_env_error(void) {

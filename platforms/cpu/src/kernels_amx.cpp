@@ -66,6 +66,56 @@ inline void multiply_2x2(const uint16_t* rows0, const uint16_t* rows1, int64_t r
   });
 }
 
+// The same 2 x 2 block of products with AVX512-BF16 dot products (vdpbf16ps), on CPUs whose avx512
+// table runs without AMX: c[2 * h + t][i][j] += sum over the steps' 16 pairs p of row i of rows_h
+// (pair p, broadcast) times column operand t's VNNI pair p of lane j. Eight rows by both column
+// operands are 16 accumulators; each pair's two column vectors are loaded once for the 8 rows.
+// Groups of 8 rows at or past `live` (rows of the 32 that are padding) are skipped: their sums are
+// never stored (a few rows of G would otherwise cost as much as 32).
+inline void dots_2x2(const uint16_t* rows0, const uint16_t* rows1, int64_t row_bytes, const uint32_t* cols0,
+                     const uint32_t* cols1, int64_t steps, bool first, float (*c)[16][16], int64_t live) {
+  for (int h = 0; h < 2; ++h) {
+    const auto* rows = reinterpret_cast<const uint8_t*>(h ? rows1 : rows0);
+    for (int i0 = 0; i0 < 16 && h * 16 + i0 < live; i0 += 8) {
+      __m512 acc[8][2];
+      for (int i = 0; i < 8; ++i) {
+        for (int t = 0; t < 2; ++t) acc[i][t] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c[2 * h + t][i0 + i]);
+      }
+      for (int64_t s = 0; s < steps; ++s) {
+        const uint32_t* b0 = cols0 + s * 256;
+        const uint32_t* b1 = cols1 + s * 256;
+        const uint8_t* r = rows + i0 * row_bytes + s * 64;
+        for (int p = 0; p < 16; ++p) {
+          const __m512bh v0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b0 + p * 16));
+          const __m512bh v1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b1 + p * 16));
+          for (int i = 0; i < 8; ++i) {
+            int32_t pair;
+            memcpy(&pair, r + i * row_bytes + p * 4, 4);
+            const __m512bh w = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], w, v0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], w, v1);
+          }
+        }
+      }
+      for (int i = 0; i < 8; ++i) {
+        for (int t = 0; t < 2; ++t) _mm512_storeu_ps(c[2 * h + t][i0 + i], acc[i][t]);
+      }
+    }
+  }
+}
+
+// The 2 x 2 block on the unit PanelArgs::dots names; `live`: the rows of rows0 / rows1 (32 in all)
+// that are not padding.
+inline void block(const PanelArgs& a, const uint16_t* rows0, const uint16_t* rows1, int64_t row_bytes,
+                  const uint32_t* cols0, const uint32_t* cols1, int64_t steps, bool first, float (*c)[16][16],
+                  int64_t live) {
+  if (a.dots) {
+    dots_2x2(rows0, rows1, row_bytes, cols0, cols1, steps, first, c, live);
+  } else {
+    multiply_2x2(rows0, rows1, row_bytes, cols0, cols1, steps, first, c);
+  }
+}
+
 // One 16 x 16 result tile (c[i][j] = sum over k of W[n0 + i] . A[m0 + j]) into out, transposed,
 // the weight rows' scales and bias applied, rounded to bf16 once.
 void store_tile(const PanelArgs& a, const float (*c)[16], int64_t n0, int64_t m0) {
@@ -201,7 +251,7 @@ void panel_matmul(const PanelArgs& a, const uint32_t* packed, void* work, int64_
   const int64_t mpairs = (a.m + 31) / 32;
   uint16_t* wbuf = static_cast<uint16_t*>(work);
   auto* sums = reinterpret_cast<float (*)[4][16][16]>(wbuf + a.panel_rows * stride);
-  configure_tiles();
+  if (!a.dots) configure_tiles();
   for (int64_t p0 = j0; p0 < j1; p0 += a.panel_rows) {
     const int64_t rows = j1 - p0 < a.panel_rows ? j1 - p0 : a.panel_rows;
     const int64_t pairs = (rows + 31) / 32;
@@ -226,7 +276,7 @@ void panel_matmul(const PanelArgs& a, const uint32_t* packed, void* work, int64_
           const uint16_t* w0 = wbuf + rp * 32 * stride;
           const uint16_t* w1 = w0 + 16 * stride;
           float (*c)[16][16] = sums[mp * pairs + rp];
-          multiply_2x2(w0, w1, stride * 2, b0, b1, s1 - s0, s0 == 0, c);
+          block(a, w0, w1, stride * 2, b0, b1, s1 - s0, s0 == 0, c, rows - rp * 32);
           if (last) {
             const int64_t n0 = p0 + rp * 32;
             store_tile(a, c[0], n0, mp * 32);
@@ -238,7 +288,7 @@ void panel_matmul(const PanelArgs& a, const uint32_t* packed, void* work, int64_
       }
     }
   }
-  _tile_release();
+  if (!a.dots) _tile_release();
 }
 
 // The transposed product out [m, k] = G [m, n] @ W, W [n, k]: G (padded to whole 32 x 32 tiles) is
@@ -254,7 +304,7 @@ void panel_matmul_t(const PanelArgs& a, const uint16_t* gp, void* work, int64_t 
   auto* sums = reinterpret_cast<float (*)[4][16][16]>(vnni + cols / 16 * (rows / 32) * 256);
   const __m512i pairs_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
                                              37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  configure_tiles();
+  if (!a.dots) configure_tiles();
   for (int64_t p0 = c0; p0 < c1; p0 += cols) {
     const int64_t width = c1 - p0 < cols ? c1 - p0 : cols;
     const int64_t kpairs = (width + 31) / 32;  // pairs of 16-column tiles
@@ -301,7 +351,7 @@ void panel_matmul_t(const PanelArgs& a, const uint16_t* gp, void* work, int64_t 
           const uint32_t* v0 = vnni + (2 * kp) * (rows / 32) * 256;
           const uint32_t* v1 = v0 + (rows / 32) * 256;
           float (*c)[16][16] = sums[mp * kpairs + kp];
-          multiply_2x2(g0, g1, np * 2, v0, v1, steps, first, c);
+          block(a, g0, g1, np * 2, v0, v1, steps, first, c, a.m - mp * 32);
           if (!last) continue;
           // c[2 * mt + kt]: rows mp * 32 + 16 * mt of out, columns p0 + kp * 32 + 16 * kt
           for (int t = 0; t < 4; ++t) {
@@ -318,7 +368,7 @@ void panel_matmul_t(const PanelArgs& a, const uint16_t* gp, void* work, int64_t 
       }
     }
   }
-  _tile_release();
+  if (!a.dots) _tile_release();
 }
 
 #endif  // BNB_CPU_NO_AMX

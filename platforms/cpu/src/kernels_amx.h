@@ -13,6 +13,16 @@ bool amx_usable();
 // amx_usable() and the CPU has AMX-INT8 too (and this build its kernels): the LLM.int8() GEMM
 // then runs on the tile unit.
 bool amx_int8_usable();
+// Whether the panel matmuls below run: on the tile unit where amx_usable(), else (this build has
+// them, the avx512 table is active, whose CPUs all have AVX512-BF16, and bnb_cpu_set_amx() has not
+// turned them off) with AVX512-BF16 dot products in the tiles' layout.
+bool panel_usable();
+// Whether the panel matmuls use the dot products: no AMX, or bnb_cpu_set_panel_dots(1) (tests).
+bool panel_dots();
+// The form a panel matmul that has passed panel_usable() takes: the dot products unless the CPU has
+// AMX (and they are not forced). It reads no setting another thread may change between the two
+// (an instruction set forced meanwhile must not send a CPU without AMX to the tile unit).
+bool panel_dots_form();
 
 namespace amx {
 
@@ -36,6 +46,7 @@ struct PanelArgs {
   uint16_t* out;        // bf16 [m, n]
   int64_t panel_rows;   // weight rows per panel: a multiple of 32, at most kMaxPanelRows
   int64_t range;        // k per range: a multiple of 32 * kRangeSteps and of `unit`
+  bool dots;            // AVX512-BF16 dot products instead of the tile unit (CPUs without AMX)
 };
 
 // The k range: 32 * kRangeSteps, or the unit (a 4-bit block) where that is larger.

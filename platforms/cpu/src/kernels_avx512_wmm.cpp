@@ -1,5 +1,6 @@
-// AVX-512 matmuls against an int8 weight kept quantized (weight_matmul_simd.h): 4 weight rows by
-// 4 rows of A in registers for the forward, 4 weight rows at a time for the input gradient.
+// AVX-512 matmuls against a weight kept quantized (weight_matmul_simd.h): 4 int8 weight rows by
+// 4 rows of A in registers for the forward, 4 weight rows (int8 or 4-bit)
+// at a time for the input gradient.
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -15,7 +16,8 @@ namespace avx512 {
 
 #include "weight_matmul_simd.h"
 
-void gen_weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1);  // kernels_generic.inc
+void gen_weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1);      // kernels_generic.inc
+void gen_weight_row(const WeightMatmulArgs& a, int64_t j, int64_t k0, int64_t k1, float* w);  // kernels_generic.inc
 
 namespace {
 
@@ -45,7 +47,7 @@ void weight_matmul(const WeightMatmulArgs& a, int64_t n0, int64_t n1) {
 }
 
 void weight_matmul_t(const WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1) {
-  if (!wmm_transposed<Simd>(a, acc, j0, j1)) gen_weight_matmul_t(a, acc, j0, j1);
+  if (!wmm_transposed<Simd>(a, acc, j0, j1, gen_weight_row)) gen_weight_matmul_t(a, acc, j0, j1);
 }
 
 }  // namespace avx512

@@ -1,8 +1,9 @@
-// Matmuls against an int8 weight kept quantized (LLM.int8()'s training path), written once over a
+// Matmuls against a weight kept quantized, written once over a
 // SIMD traits type S and compiled per instruction set (kernels_avx2_wmm.cpp, kernels_avx512_wmm.cpp;
 // include from those files only, inside their namespace):
-//   forward          out[r, j] = sum_i A[r, i] * CB[j, i] * scale[j] (+ bias[j])
-//   input gradient   acc[r, i] = sum_j A[r, j] * CB[j, i] * scale[j]   (partial sums over rows j)
+//   forward          out[r, j] = sum_i A[r, i] * CB[j, i] * scale[j] (+ bias[j])   (int8, LLM.int8())
+//   input gradient   acc[r, i] = sum_j A[r, j] * W[j, i]   (partial sums over rows j; W int8 rows
+//                    CB[j, :] * scale[j] for LLM.int8(), or packed 4-bit for QLoRA)
 // A is f32. S provides: V (vector of S::kWidth f32), kRows (rows of A per register tile), zero,
 // load (f32), load_i8 (kWidth int8 -> f32), fma(a, b, c) = a * b + c, set1, store, sum (horizontal).
 // Sums are f32 in another order than the portable kernels': results agree within rounding.
@@ -72,41 +73,78 @@ void wmm_forward(const bnb_cpu::WeightMatmulArgs& a, int64_t n0, int64_t n1) {
   });
 }
 
-// acc[r, :] += sum over weight rows j..j+3 of A[r, j + q] * scale[j + q] * CB[j + q, :] (count
-// rows: 1 to 4): each slice of the rows is converted once and added to every row of A's sums.
-template <class S>
-inline void wmm_add_rows(const bnb_cpu::WeightMatmulArgs& a, int64_t j, int count, float* acc, float* factors) {
-  const int8_t* b[4];
-  for (int q = 0; q < 4; ++q) b[q] = a.CB + (j + (q < count ? q : 0)) * a.k;
-  for (int64_t r = 0; r < a.m; ++r)
-    for (int q = 0; q < 4; ++q) factors[r * 4 + q] = q < count ? a.A[r * a.n + j + q] * a.scale[j + q] : 0.0f;
+// acc[r, c0 + i] += sum over q < 4 of factors[r * 4 + q] * W_q[i] for i in [0, len): the four
+// weight rows' slices (w(q, i): S::kWidth values from column c0 + i; at(q, i): one) are loaded once
+// and added to every row of A's sums, which stay in L1/L2.
+template <class S, class Slice, class At>
+inline void wmm_add_span(const bnb_cpu::WeightMatmulArgs& a, int64_t c0, int64_t len, float* acc, const float* factors,
+                         Slice w_slice, At w_at) {
   int64_t i = 0;
-  for (; i + S::kWidth <= a.k; i += S::kWidth) {
+  for (; i + S::kWidth <= len; i += S::kWidth) {
     typename S::V w[4];
-    for (int q = 0; q < 4; ++q) w[q] = S::load_i8(b[q] + i);
+    for (int q = 0; q < 4; ++q) w[q] = w_slice(q, i);
     for (int64_t r = 0; r < a.m; ++r) {
-      float* dst = acc + r * a.ldacc + i;
+      float* dst = acc + r * a.ldacc + c0 + i;
       const float* f = factors + r * 4;
       typename S::V v = S::load(dst);
       for (int q = 0; q < 4; ++q) v = S::fma(S::set1(f[q]), w[q], v);
       S::store(dst, v);
     }
   }
-  for (; i < a.k; ++i)
+  for (; i < len; ++i)
     for (int64_t r = 0; r < a.m; ++r)
-      for (int q = 0; q < 4; ++q) acc[r * a.ldacc + i] += factors[r * 4 + q] * static_cast<float>(b[q][i]);
+      for (int q = 0; q < 4; ++q) acc[r * a.ldacc + c0 + i] += factors[r * 4 + q] * w_at(q, i);
 }
 
-// Partial sums over weight rows [j0, j1) for up to kMaxRows rows of A (their sums stay in L1/L2);
-// returns false (nothing done) otherwise, for the caller's portable kernel.
+// Columns of 4-bit weight rows decoded at a time (4 rows x 512 f32: 8 KiB of L1).
+constexpr int64_t kWmmSpan = 512;
+
+// acc[r, :] += sum over weight rows j..j+3 of A[r, j + q] * W[j + q, :] (count rows: 1 to 4; the
+// others add nothing: int8 repeats row j with a factor of 0, 4-bit adds zeros). int8 rows are converted in registers
+// (scale[j + q] folded into A's factor); 4-bit rows are decoded span by span into w (4 x kWmmSpan floats) by `row` (the
+// portable kernels' row expansion, through the ISA's dequantization: the exact values dequantize_4bit gives).
+template <class S, class Row>
+inline void wmm_add_rows(const bnb_cpu::WeightMatmulArgs& a, int64_t j, int count, float* acc, float* factors, float* w,
+                         Row row) {
+  for (int64_t r = 0; r < a.m; ++r)
+    for (int q = 0; q < 4; ++q)
+      factors[r * 4 + q] = q < count ? a.A[r * a.n + j + q] * (a.CB ? a.scale[j + q] : 1.0f) : 0.0f;
+  if (a.CB) {
+    const int8_t* b[4];
+    for (int q = 0; q < 4; ++q) b[q] = a.CB + (j + (q < count ? q : 0)) * a.k;
+    wmm_add_span<S>(
+        a, 0, a.k, acc, factors, [&](int q, int64_t i) { return S::load_i8(b[q] + i); },
+        [&](int q, int64_t i) { return static_cast<float>(b[q][i]); });
+    return;
+  }
+  for (int64_t c0 = 0; c0 < a.k; c0 += kWmmSpan) {
+    const int64_t len = a.k - c0 < kWmmSpan ? a.k - c0 : kWmmSpan;
+    for (int q = 0; q < 4; ++q) {
+      if (q < count) {
+        row(a, j + q, c0, c0 + len, w + q * kWmmSpan);
+      } else {  // zeros, not a repeated row: 0 times an infinite weight would make a NaN
+        for (int64_t i = 0; i < len; ++i) w[q * kWmmSpan + i] = 0.0f;
+      }
+    }
+    wmm_add_span<S>(
+        a, c0, len, acc, factors, [&](int q, int64_t i) { return S::load(w + q * kWmmSpan + i); },
+        [&](int q, int64_t i) { return w[q * kWmmSpan + i]; });
+  }
+}
+
+// Partial sums over weight rows [j0, j1) for up to kWmmMaxRows rows of A (their sums stay in
+// L1/L2); returns false (nothing done) otherwise, for the caller's portable kernel. `row(a, j, c0,
+// c1, dst)` writes columns [c0, c1) of 4-bit weight row j as floats.
 constexpr int64_t kWmmMaxRows = 16;
 
-template <class S>
-bool wmm_transposed(const bnb_cpu::WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1) {
-  if (!a.CB || a.m > kWmmMaxRows) return false;
+template <class S, class Row>
+bool wmm_transposed(const bnb_cpu::WeightMatmulArgs& a, float* acc, int64_t j0, int64_t j1, Row row) {
+  if (a.m > kWmmMaxRows) return false;
   for (int64_t r = 0; r < a.m; ++r)
     for (int64_t i = 0; i < a.k; ++i) acc[r * a.ldacc + i] = 0.0f;
   float factors[kWmmMaxRows * 4];
-  for (int64_t j = j0; j < j1; j += 4) wmm_add_rows<S>(a, j, j1 - j < 4 ? static_cast<int>(j1 - j) : 4, acc, factors);
+  alignas(64) float w[4 * kWmmSpan];
+  for (int64_t j = j0; j < j1; j += 4)
+    wmm_add_rows<S>(a, j, j1 - j < 4 ? static_cast<int>(j1 - j) : 4, acc, factors, w, row);
   return true;
 }

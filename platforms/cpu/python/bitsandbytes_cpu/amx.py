@@ -1,4 +1,5 @@
-"""The AMX path of the matmuls against a weight kept quantized (bf16 activations).
+"""The panel path of the matmuls against a weight kept quantized (bf16 activations): AMX, or its
+AVX512-BF16 dot-product form on CPUs without AMX.
 
 On CPUs with AMX-BF16 (Intel Xeon from Sapphire Rapids on) the native library multiplies bf16
 activations by a 4-bit or int8 weight on the tile unit, expanding the weight range by range
@@ -8,8 +9,14 @@ weight never goes to memory, so prefill-sized batches cost about what a dense bf
 gives, the products are summed in f32, the int8 row scales and the bias are applied to the f32
 sum, and the result is rounded to bf16 once.
 
+On CPUs whose avx512 kernel table runs without AMX (AMD Zen 4, Intel Xeons before Sapphire Rapids:
+every CPU the table runs on has AVX512-BF16), the same panels, layouts and passes multiply with
+``vdpbf16ps``, 16 products of bf16 pairs per instruction, twice the f32 FMA's rate: from
+``DOTS_MIN_ROWS`` rows the forward products beat oneDNN's bf16 GEMM on the dense weight, which reads
+four times the weight's bytes (bench/RESULTS.md). ``panel_dots()`` tells which form runs.
+
 ``set_amx(False)`` in ``bitsandbytes_cpu._C`` (or ``BNB_CPU_AMX=0`` in the environment) turns the
-path off; it is off whenever another instruction set than avx512 is forced.
+path off (both forms); it is off whenever another instruction set than avx512 is forced.
 """
 
 from __future__ import annotations
@@ -35,6 +42,21 @@ rows the 4-bit forward is at parity. The int8 forward has no dense alternative o
 no fast expansion into a dense GEMM), so it always runs here."""
 
 
+DOTS_MIN_ROWS = {"gemm_4bit": 25, "int8_weight_mm": 17, "int8_weight_mm_t": 17, "gemm_4bit_t": 13}
+"""On CPUs without AMX (AMD Zen 4 among them) the panel path multiplies with AVX512-BF16 dot products
+(``vdpbf16ps``) in the tile unit's layout, from these rows of A up to ``DOTS_MAX_ROWS``: below, the
+fused kernels win. Measured on a Zen 4 (2 threads, weights from memory, 4096x4096 and 4096x14336
+bf16; bench/RESULTS.md): the 4-bit forward's fused kernel wins up to 16 / 24 rows and loses from 24 /
+32; the int8 forward's up to 12-16 rows; the input gradients' SIMD kernels up to 12 (4-bit) and 16
+(int8) rows."""
+
+DOTS_MAX_ROWS = {"gemm_4bit": 512, "int8_weight_mm": 1 << 62, "int8_weight_mm_t": 256, "gemm_4bit_t": 256}
+"""Rows of A up to which the dot-product form runs; above, oneDNN's GEMM on the weight expanded
+panel by panel. The forwards are at parity with it at 512 rows (the int8 forward, which has no fast
+dense alternative, always runs here); the input gradients lose to it from 512 rows (4096x14336: 4-bit
+182 against 168 ms, int8 179 against 165)."""
+
+
 FIXED_POINT_ROWS = 7
 """Rows of A up to which ``gemm_4bit`` at block size 64 with k a multiple of 128 keeps the fused
 kernel, which the avx512 table runs in 16-bit fixed point (``vpdpwssd``) for up to 8 bf16 rows.
@@ -50,17 +72,21 @@ def fused_rows(k: int, blocksize: int) -> int:
 
 
 def eligible(op: str, A: torch.Tensor, rows: int, k: int, blocksize: int | None = None) -> bool:
-    """Whether ``op`` takes the AMX path for A (``rows`` rows; W ``[n, k]``) and, for 4-bit,
-    ``blocksize``. The forward ops need k (the sum's length) to be a multiple of 32."""
-    if op == "gemm_4bit" and blocksize is not None and rows <= fused_rows(k, blocksize):
-        return False
-    return (
+    """Whether ``op`` takes the panel path for A (``rows`` rows; W ``[n, k]``) and, for 4-bit,
+    ``blocksize``: on the AMX tile unit, or on CPUs without AMX with AVX512-BF16 dot products
+    (``DOTS_MIN_ROWS``). The forward ops need k (the sum's length) to be a multiple of 32."""
+    if not (
         A.dtype == torch.bfloat16
-        and MIN_ROWS[op] <= rows <= MAX_ROWS[op]
         and (k % 32 == 0 or op.endswith("_t"))
         and (blocksize is None or k % blocksize == 0)
-        and _C.amx_usable()
-    )
+        and _C.panel_usable()
+    ):
+        return False
+    if _C.panel_dots():
+        return DOTS_MIN_ROWS[op] <= rows <= DOTS_MAX_ROWS[op]
+    if op == "gemm_4bit" and blocksize is not None and rows <= fused_rows(k, blocksize):
+        return False
+    return MIN_ROWS[op] <= rows <= MAX_ROWS[op]
 
 
 def weight_matmul(

@@ -30,18 +30,20 @@ from ._scratch import scratch
 from .kernels import _dequantize_4bit_into, _f32, _nt, _on_cpu, dense_dtype
 
 FUSED_ROWS: dict[str, dict[str, int]] = {
-    "avx512": {"int8_weight_mm": 16, "int8_weight_mm_t": 8, "gemm_4bit_t": 4},
+    "avx512": {"int8_weight_mm": 16, "int8_weight_mm_t": 16, "gemm_4bit_t": 16},
     "avx2": {"int8_weight_mm": 96, "int8_weight_mm_t": 16, "gemm_4bit_t": 16},
     "neon": {"int8_weight_mm": 1, "int8_weight_mm_t": 4, "gemm_4bit_t": 2},
     "scalar": {"int8_weight_mm": 0, "int8_weight_mm_t": 0, "gemm_4bit_t": 0},
 }
 """Per instruction set, the rows of A up to which the fused kernels run; dequantize + dense GEMM
-above. Crossovers measured at 4096x4096 bf16, 2 threads, weights evicted (bench/RESULTS.md): avx512
-against oneDNN's bf16 GEMM (a Xeon with AMX), avx2 against the f32 GEMM that ``dense_dtype`` picks
-there (an AMD EPYC, Zen 3). The int8 kernels are hand-written for AVX-512 and AVX2
-(weight_matmul_simd.h); the 4-bit transposed one and every NEON kernel are the compiler-vectorized
-portable ones. The NEON row is not measured (no Arm machine here; qemu times nothing): it takes the
-portable kernels' crossovers seen on x86."""
+above (bf16 activations take the panel path first where ``amx.eligible`` says so). Crossovers
+measured at 4096x4096, 2 threads, weights evicted (bench/RESULTS.md): avx512 against oneDNN's GEMM
+(a Xeon with AMX; the input gradients on an AMD Zen 4, where the SIMD kernels up to 16 rows, their
+limit, take x0.3-0.45 of the dense path's time in f32 and f16), avx2 against the f32 GEMM that
+``dense_dtype`` picks there (an AMD EPYC, Zen 3). The kernels of the int8 weight and of the input
+gradients are hand-written for AVX-512 and AVX2 (weight_matmul_simd.h); every NEON kernel is the
+compiler-vectorized portable one. The NEON row is not measured (no Arm machine here; qemu times
+nothing): it takes the portable kernels' crossovers seen on x86."""
 
 
 def _fused(op: str, rows: int) -> bool:

@@ -369,15 +369,27 @@ void bad_arguments() {
   check(bnb_paged_free(nullptr) == BNB_ERR_NOT_IMPLEMENTED, "paged memory is not implemented");
 }
 
-// The AMX path (where the CPU has it): bf16 A against an int8 and a 4-bit weight, with bias, on
-// shapes with tails of every block (rows of A past 16, 32 and 256; weight rows past 32; k past a
-// 512 range), against a naive product of the same bf16 operands; then its argument checks.
+// The panel path (under the avx512 table): bf16 A against an int8 and a 4-bit weight, with bias,
+// on shapes with tails of every block (rows of A past 8, 16, 32 and 256; weight rows past 32; k past
+// a 512 range), against a naive product of the same bf16 operands; then its argument checks. On
+// the AMX tile unit where the CPU has it, and in the AVX512-BF16 dot-product form (forced there).
+void panel_products(const char* unit);
+
 void amx_path() {
-  if (!bnb_cpu_amx_usable()) {
-    printf("AMX: not usable here\n");
+  if (!bnb_cpu_panel_usable()) {
+    printf("panel matmuls: not usable here\n");
     return;
   }
-  for (auto shape : {std::vector<int64_t>{1, 1, 32}, {17, 33, 64}, {40, 70, 544}, {300, 40, 96}, {8, 1024, 1024}}) {
+  if (bnb_cpu_amx_usable()) panel_products("AMX");
+  bnb_cpu_set_panel_dots(1);
+  check(bnb_cpu_panel_dots() == 1, "panel_dots after set_panel_dots(1)");
+  panel_products("AVX512-BF16 dots");
+  bnb_cpu_set_panel_dots(0);
+}
+
+void panel_products(const char* unit) {
+  for (auto shape :
+       {std::vector<int64_t>{1, 1, 32}, {17, 33, 64}, {40, 70, 544}, {300, 40, 96}, {8, 1024, 1024}, {11, 45, 64}}) {
     const int64_t m = shape[0], nn = shape[1], k = shape[2];
     std::mt19937 rng(static_cast<uint32_t>(m * 7 + nn * 3 + k));
     std::vector<int8_t> cb(nn * k);
@@ -464,7 +476,7 @@ void amx_path() {
       bnb_cpu_weight_matmul_amx(a, 1, 2, 32, cb, scb, nullptr, nullptr, 0, 0, nullptr, 0, o) == BNB_ERR_NOT_IMPLEMENTED,
       "weight_matmul_amx turned off");
   bnb_cpu_set_amx(1);
-  printf("AMX: %s\n", g_failures ? "FAILED" : "ok");
+  printf("%s: %s\n", unit, g_failures ? "FAILED" : "ok");
 }
 
 // The int8 GEMM at row counts that take the AMX-INT8 path where the CPU has it (8 rows and more, k
