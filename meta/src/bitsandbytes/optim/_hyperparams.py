@@ -4,18 +4,24 @@ parameter group's step uses, and AdEMAMix's warm-up schedule of ``alpha`` and ``
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
+from .._checks import OPTIMIZER_NAMES, TWO_STATE_OPTIMIZERS
 from .manager import is_finite_number
+
+TWO_STATE = tuple(n for n in OPTIMIZER_NAMES if n in TWO_STATE_OPTIMIZERS)
+ONE_STATE = tuple(n for n in OPTIMIZER_NAMES if n not in TWO_STATE_OPTIMIZERS)
 
 
 def validate_hyperparameters(lr: float, eps: float, betas: Any, weight_decay: float, nbetas: int = 2) -> list[float]:
-    """The checks torch.optim makes of its hyperparameters, and that ``betas`` holds the ``nbetas``
-    values the update reads (else the first step fails with an IndexError that names nothing)."""
+    """The checks torch.optim makes of its hyperparameters, and that ``betas`` holds exactly the
+    ``nbetas`` values the update reads (too few fail the first step with an IndexError that names
+    nothing; a surplus one would be ignored without a word, where torch.optim refuses it)."""
     if isinstance(betas, str):
         betas = betas.replace("(", "").replace(")", "").strip().split(",")
         betas = [float(b) for b in betas if b.strip()]
-    if not hasattr(betas, "__len__") or len(betas) < nbetas:
+    if not hasattr(betas, "__len__") or len(betas) != nbetas:
         raise ValueError(f"Invalid betas: {betas!r} (this optimizer needs {nbetas} values)")
     if not 0.0 <= lr:
         raise ValueError(f"Invalid learning rate: {lr}")
@@ -27,6 +33,60 @@ def validate_hyperparameters(lr: float, eps: float, betas: Any, weight_decay: fl
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
     return betas
+
+
+def validate_settings(cls_name: str, optimizer_name: str, two_state: bool, args: Any) -> None:
+    """The settings of ``args`` (``optim_bits``, ``min_8bit_size``, ``max_unorm``) and the kernel
+    name, checked at construction: a bad one would otherwise surface at the first step, or be
+    silently taken as another value (a negative ``max_unorm`` as no clip)."""
+    names = TWO_STATE if two_state else ONE_STATE
+    if optimizer_name not in names:
+        other = ONE_STATE if two_state else TWO_STATE
+        hint = f" ({optimizer_name!r} is updated by {'Optimizer1State' if two_state else 'Optimizer2State'})"
+        raise ValueError(
+            f"Invalid optimizer_name for {cls_name}: {optimizer_name!r}; expected one of {', '.join(names)}"
+            + (hint if optimizer_name in other else "")
+        )
+    bits = getattr(args, "optim_bits", 32)
+    if isinstance(bits, bool) or bits not in (8, 32):
+        raise ValueError(f"Invalid optim_bits value: {bits!r} (8 or 32)")
+    size = getattr(args, "min_8bit_size", 0)
+    if not (is_finite_number(size) and size >= 0):
+        raise ValueError(f"Invalid min_8bit_size value: {size!r} (a number of elements >= 0)")
+    max_unorm = getattr(args, "max_unorm", 0.0)
+    if not (is_finite_number(max_unorm) and max_unorm >= 0):
+        raise ValueError(f"Invalid max_unorm value: {max_unorm!r} (a finite number >= 0; 0 turns the clip off)")
+
+
+def named_beta(name: str, value: float) -> None:
+    """``betas`` entries that a class takes under torch.optim's name (SGD's ``momentum``,
+    RMSprop's ``alpha``): checked under that name, in [0, 1) as every beta."""
+    if not (is_finite_number(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"Invalid {name} value: {value!r} (must lie in [0, 1))")
+
+
+def warn_ignored(cls_name: str, **given: tuple[Any, Any]) -> None:
+    """Warn for each argument ``name=(value, default)`` that the class accepts for compatibility
+    but its update does not apply (spec §8.2), when it is not left at its default: the caller
+    asked for something (AMSGrad, Nesterov momentum, RMSprop momentum) the steps will not do."""
+    for name, (value, default) in given.items():
+        if value != default:
+            warnings.warn(
+                f"{cls_name}: {name}={value!r} is accepted for compatibility but not applied by the "
+                f"update, which behaves as {name}={default!r}",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def check_group_betas(betas: Any, optimizer_name: str | None, cls_name: str) -> None:
+    """The betas a step reads from a parameter group or an override: as many as the update uses."""
+    need = 3 if optimizer_name == "ademamix" else 2
+    if not hasattr(betas, "__len__") or len(betas) != need:
+        raise ValueError(
+            f"{cls_name}: invalid betas {betas!r} in a parameter group or an override (this optimizer "
+            f"needs {need} values)"
+        )
 
 
 def validate_ademamix(alpha: float, t_alpha: int | None, t_beta3: int | None) -> None:

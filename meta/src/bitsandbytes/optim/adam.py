@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ._hyperparams import warn_ignored
 from .optimizer import Optimizer2State
 
 
@@ -31,6 +32,7 @@ class Adam(Optimizer2State):
         min_8bit_size: int = 4096,
         is_paged: bool = False,
     ) -> None:
+        warn_ignored(type(self).__name__, amsgrad=(amsgrad, False))
         super().__init__(
             "adam", params, lr, betas, eps, weight_decay, optim_bits, args, min_8bit_size, is_paged=is_paged
         )
@@ -72,6 +74,7 @@ class Adam32bit(Optimizer2State):
         min_8bit_size: int = 4096,
         is_paged: bool = False,
     ) -> None:
+        warn_ignored(type(self).__name__, amsgrad=(amsgrad, False))
         super().__init__("adam", params, lr, betas, eps, weight_decay, 32, args, min_8bit_size, is_paged=is_paged)
 
 
@@ -91,6 +94,7 @@ class PagedAdam(Optimizer2State):
         min_8bit_size: int = 4096,
         is_paged: bool = False,
     ) -> None:
+        warn_ignored(type(self).__name__, amsgrad=(amsgrad, False))
         super().__init__("adam", params, lr, betas, eps, weight_decay, optim_bits, args, min_8bit_size, is_paged=True)
 
 
@@ -130,4 +134,5 @@ class PagedAdam32bit(Optimizer2State):
         min_8bit_size: int = 4096,
         is_paged: bool = False,
     ) -> None:
+        warn_ignored(type(self).__name__, amsgrad=(amsgrad, False))
         super().__init__("adam", params, lr, betas, eps, weight_decay, 32, args, min_8bit_size, is_paged=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ._hyperparams import warn_ignored
 from .adam import _check_8bit
 from .optimizer import Optimizer2State
 
@@ -25,6 +26,7 @@ class AdamW(Optimizer2State):
         min_8bit_size: int = 4096,
         is_paged: bool = False,
     ) -> None:
+        warn_ignored(type(self).__name__, amsgrad=(amsgrad, False))
         super().__init__(
             "adam", params, lr, betas, eps, weight_decay, optim_bits, args, min_8bit_size, is_paged=is_paged
         )
@@ -66,6 +68,7 @@ class AdamW32bit(Optimizer2State):
         min_8bit_size: int = 4096,
         is_paged: bool = False,
     ) -> None:
+        warn_ignored(type(self).__name__, amsgrad=(amsgrad, False))
         super().__init__("adam", params, lr, betas, eps, weight_decay, 32, args, min_8bit_size, is_paged=is_paged)
 
 
@@ -84,6 +87,7 @@ class PagedAdamW(Optimizer2State):
         args: Any = None,
         min_8bit_size: int = 4096,
     ) -> None:
+        warn_ignored(type(self).__name__, amsgrad=(amsgrad, False))
         super().__init__("adam", params, lr, betas, eps, weight_decay, optim_bits, args, min_8bit_size, is_paged=True)
 
 
@@ -121,4 +125,5 @@ class PagedAdamW32bit(Optimizer2State):
         args: Any = None,
         min_8bit_size: int = 4096,
     ) -> None:
+        warn_ignored(type(self).__name__, amsgrad=(amsgrad, False))
         super().__init__("adam", params, lr, betas, eps, weight_decay, 32, args, min_8bit_size, is_paged=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ._hyperparams import warn_ignored
 from .optimizer import Optimizer2State
 
 
@@ -26,6 +27,12 @@ class LAMB(Optimizer2State):
         min_8bit_size: int = 4096,
         max_unorm: float = 1.0,
     ) -> None:
+        warn_ignored(
+            type(self).__name__,
+            bias_correction=(bias_correction, True),
+            amsgrad=(amsgrad, False),
+            adam_w_mode=(adam_w_mode, True),
+        )
         super().__init__(
             "lamb", params, lr, betas, eps, weight_decay, optim_bits, args, min_8bit_size, max_unorm=max_unorm
         )
@@ -52,6 +59,12 @@ class LAMB8bit(Optimizer2State):
             raise ValueError("LAMB8bit does not support amsgrad=True")
         if max_unorm != 1.0:
             raise ValueError(f"LAMB8bit supports only max_unorm=1.0, got {max_unorm}")
+        warn_ignored(
+            type(self).__name__,
+            bias_correction=(bias_correction, True),
+            amsgrad=(amsgrad, False),
+            adam_w_mode=(adam_w_mode, True),
+        )
         super().__init__("lamb", params, lr, betas, eps, weight_decay, 8, args, min_8bit_size, max_unorm=max_unorm)
 
 
@@ -72,4 +85,10 @@ class LAMB32bit(Optimizer2State):
         min_8bit_size: int = 4096,
         max_unorm: float = 1.0,
     ) -> None:
+        warn_ignored(
+            type(self).__name__,
+            bias_correction=(bias_correction, True),
+            amsgrad=(amsgrad, False),
+            adam_w_mode=(adam_w_mode, True),
+        )
         super().__init__("lamb", params, lr, betas, eps, weight_decay, 32, args, min_8bit_size, max_unorm=max_unorm)

@@ -7,12 +7,15 @@ from typing import Any
 
 import torch
 
+from ._hyperparams import named_beta, warn_ignored
 from .optimizer import Optimizer1State
 
 
-def _need_momentum(momentum: float) -> None:
+def _need_momentum(momentum: float, dampening: float = 0.0) -> None:
     if momentum == 0:
         raise NotImplementedError("LARS without momentum is not supported; pass momentum > 0")
+    named_beta("momentum", momentum)  # betas[0]; dampening is betas[1] (stored, not applied)
+    named_beta("dampening", dampening)
 
 
 class LARS(Optimizer1State):
@@ -31,7 +34,8 @@ class LARS(Optimizer1State):
         min_8bit_size: int = 4096,
         max_unorm: float = 0.02,
     ) -> None:
-        _need_momentum(momentum)
+        _need_momentum(momentum, dampening)
+        warn_ignored(type(self).__name__, dampening=(dampening, 0), nesterov=(nesterov, False))
         super().__init__(
             "lars",
             params,
@@ -61,7 +65,8 @@ class LARS8bit(Optimizer1State):
         min_8bit_size: int = 4096,
         max_unorm: float = 0.02,
     ) -> None:
-        _need_momentum(momentum)
+        _need_momentum(momentum, dampening)
+        warn_ignored(type(self).__name__, dampening=(dampening, 0), nesterov=(nesterov, False))
         super().__init__(
             "lars", params, lr, (momentum, dampening), 0.0, weight_decay, 8, args, min_8bit_size, max_unorm=max_unorm
         )
@@ -82,7 +87,8 @@ class LARS32bit(Optimizer1State):
         min_8bit_size: int = 4096,
         max_unorm: float = 0.02,
     ) -> None:
-        _need_momentum(momentum)
+        _need_momentum(momentum, dampening)
+        warn_ignored(type(self).__name__, dampening=(dampening, 0), nesterov=(nesterov, False))
         super().__init__(
             "lars", params, lr, (momentum, dampening), 0.0, weight_decay, 32, args, min_8bit_size, max_unorm=max_unorm
         )

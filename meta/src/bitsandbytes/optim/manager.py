@@ -120,6 +120,10 @@ class GlobalOptimManager(Singleton):
             self._watched.add(id(p))
             weakref.finalize(p, self._forget, id(p))
 
+    def owners_of(self, config: dict[str, Any]) -> set[int]:
+        """The ids of the live parameters whose override ``config`` is (the same dict object)."""
+        return {pid for pid, c in self.pid2config.items() if c is config}
+
     def _forget(self, pid: int) -> None:
         self.pid2config.pop(pid, None)
         self._watched.discard(pid)

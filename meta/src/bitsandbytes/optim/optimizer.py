@@ -19,7 +19,7 @@ from .. import _functional_optim as F
 from .. import _paging
 from .._checks import FLOAT_DTYPES, OPTIMIZER_STATE_BLOCKSIZE
 from ..backends.reference.codebooks import dynamic_map
-from ._hyperparams import group_betas, validate_ademamix, validate_hyperparameters
+from ._hyperparams import check_group_betas, group_betas, validate_ademamix, validate_hyperparameters, validate_settings
 from ._sharded_state import shard_state_dict
 from ._state_dict import QUANT_STATE_KEY, _local, unwrap_assigned_state, wrap_quant_state
 from ._state_dict import load_state_dict as _load_state_dict
@@ -146,16 +146,17 @@ class Optimizer8bit(torch.optim.Optimizer):
                             values[k] = v.to(p.device)
 
     def check_overrides(self) -> None:
-        """Resolve ``GlobalOptimManager.register_module_override`` entries to parameter indices."""
+        """Resolve ``GlobalOptimManager.register_module_override`` entries to overrides of the parameters they name."""
         for module, attr, config in self.mng.module_weight_config_triple:
             pmodule = getattr(module, attr)
             if not isinstance(pmodule, torch.Tensor):
                 raise ValueError(f"register_module_override: {type(module).__name__}.{attr} is not a tensor")
-            for gindex, group in enumerate(self.param_groups):
-                for pindex, p in enumerate(group["params"]):
+            # By the parameter only: an entry by position would also reach the parameter at the
+            # same position of every other optimizer.
+            for group in self.param_groups:
+                for p in group["params"]:
                     if p is pmodule:
                         self.mng.set_parameter_config(p, config)
-                        self.mng.index2config[(gindex, pindex)] = config
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -210,11 +211,16 @@ class Optimizer8bit(torch.optim.Optimizer):
             "max_unorm": self.args.max_unorm,
             "skip_zeros": self.args.skip_zeros,
         }
-        if (gindex, pindex) in self.mng.index2config:
-            config.update(self.mng.index2config[(gindex, pindex)])
         p = group["params"][pindex]
+        indexed = self.mng.index2config.get((gindex, pindex))
+        owners = self.mng.owners_of(indexed) if indexed is not None else set()
+        if indexed is not None and (not owners or id(p) in owners):
+            # An entry by position that is another live parameter's override (of another model's
+            # optimizer, registered or resolved there) is not this parameter's.
+            config.update(indexed)
         if id(p) in self.mng.pid2config:
             config.update(self.mng.pid2config[id(p)])
+        check_group_betas(config["betas"], getattr(self, "optimizer_name", None), type(self).__name__)
         return config
 
     def init_state(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
@@ -288,6 +294,16 @@ class Optimizer8bit(torch.optim.Optimizer):
         return state["unorm_vec"]
 
     @staticmethod
+    def _dense(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(local, work, grad)``: the rank's local parameter, the dense tensor the kernel updates
+        (``local`` itself, or a contiguous copy that the caller copies back into ``local``) and the
+        dense local gradient. A parameter that is a strided view (a transposed weight, a slice of
+        a flat buffer, a channels_last weight) keeps its storage and strides, as under torch.optim."""
+        local, grad = _local(p), _local(p.grad)
+        work = local if local.is_contiguous() else local.contiguous()
+        return local, work, grad if grad.is_contiguous() else grad.contiguous()
+
+    @staticmethod
     def _absmax(p: torch.Tensor, *lead: int) -> torch.Tensor:
         blocks = -(p.numel() // -STATE_BLOCKSIZE)
         return torch.zeros((*lead, blocks), dtype=torch.float32, device=p.device)
@@ -338,6 +354,7 @@ class Optimizer2State(Optimizer8bit):
                     "skip_zeros": skip_zeros,
                 }
             )
+        validate_settings(type(self).__name__, optimizer_name, True, args)
         self.args = args
         self.optimizer_name = optimizer_name
 
@@ -372,12 +389,7 @@ class Optimizer2State(Optimizer8bit):
     def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
         """Advance ``p`` by one step with the kernel of its device."""
         state = self.state[p]
-        if not p.is_contiguous():
-            p.data = p.data.contiguous()
-        if not p.grad.is_contiguous():
-            p.grad = p.grad.contiguous()
-        grad = _local(p.grad)
-        p = _local(p)
+        local, p, grad = self._dense(p)
         config = self.get_config(gindex, pindex, group)
         state["step"] += 1
         step = state["step"]
@@ -424,6 +436,8 @@ class Optimizer2State(Optimizer8bit):
                 gnorm_scale=1.0,
                 skip_zeros=config["skip_zeros"],
             )
+        if p is not local:
+            local.copy_(p)
 
 
 class Optimizer1State(Optimizer8bit):
@@ -458,6 +472,7 @@ class Optimizer1State(Optimizer8bit):
                     "skip_zeros": skip_zeros,
                 }
             )
+        validate_settings(type(self).__name__, optimizer_name, False, args)
         self.args = args
         self.optimizer_name = optimizer_name
 
@@ -483,12 +498,7 @@ class Optimizer1State(Optimizer8bit):
     def update_step(self, group: dict[str, Any], p: torch.Tensor, gindex: int, pindex: int) -> None:
         """Advance ``p`` by one step with the kernel of its device."""
         state = self.state[p]
-        if not p.is_contiguous():
-            p.data = p.data.contiguous()
-        if not p.grad.is_contiguous():
-            p.grad = p.grad.contiguous()
-        grad = _local(p.grad)
-        p = _local(p)
+        local, p, grad = self._dense(p)
         config = self.get_config(gindex, pindex, group)
         state["step"] += 1
         step = state["step"]
@@ -535,6 +545,8 @@ class Optimizer1State(Optimizer8bit):
                 gnorm_scale=1.0,
                 skip_zeros=config["skip_zeros"],
             )
+        if p is not local:
+            local.copy_(p)
 
 
 __all__ = [

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ._hyperparams import named_beta, warn_ignored
 from .optimizer import Optimizer1State
 
 
-def _check(alpha: float, centered: bool) -> None:
+def _check(alpha: float, centered: bool, momentum: float = 0.0) -> None:
     if alpha == 0:
         raise NotImplementedError("RMSprop with alpha == 0.0 is not supported")
     if centered:
         raise NotImplementedError("Centered RMSprop is not supported")
+    named_beta("alpha", alpha)  # betas = (alpha, momentum)
+    named_beta("momentum", momentum)
 
 
 class RMSprop(Optimizer1State):
@@ -31,7 +34,8 @@ class RMSprop(Optimizer1State):
         args: Any = None,
         min_8bit_size: int = 4096,
     ) -> None:
-        _check(alpha, centered)
+        _check(alpha, centered, momentum)
+        warn_ignored(type(self).__name__, momentum=(momentum, 0))
         super().__init__("rmsprop", params, lr, (alpha, momentum), eps, weight_decay, optim_bits, args, min_8bit_size)
 
 
@@ -50,7 +54,8 @@ class RMSprop8bit(Optimizer1State):
         args: Any = None,
         min_8bit_size: int = 4096,
     ) -> None:
-        _check(alpha, centered)
+        _check(alpha, centered, momentum)
+        warn_ignored(type(self).__name__, momentum=(momentum, 0))
         super().__init__("rmsprop", params, lr, (alpha, momentum), eps, weight_decay, 8, args, min_8bit_size)
 
 
@@ -69,5 +74,6 @@ class RMSprop32bit(Optimizer1State):
         args: Any = None,
         min_8bit_size: int = 4096,
     ) -> None:
-        _check(alpha, centered)
+        _check(alpha, centered, momentum)
+        warn_ignored(type(self).__name__, momentum=(momentum, 0))
         super().__init__("rmsprop", params, lr, (alpha, momentum), eps, weight_decay, 32, args, min_8bit_size)

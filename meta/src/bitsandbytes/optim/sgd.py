@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ._hyperparams import named_beta, warn_ignored
 from .optimizer import Optimizer1State
 
 
-def _need_momentum(momentum: float) -> None:
+def _need_momentum(momentum: float, dampening: float = 0.0) -> None:
     if momentum == 0:
         raise NotImplementedError("SGD without momentum is not supported; use torch.optim.SGD or pass momentum > 0")
+    named_beta("momentum", momentum)  # betas[0]; dampening is betas[1] (stored, not applied)
+    named_beta("dampening", dampening)
 
 
 class SGD(Optimizer1State):
@@ -28,7 +31,8 @@ class SGD(Optimizer1State):
         args: Any = None,
         min_8bit_size: int = 4096,
     ) -> None:
-        _need_momentum(momentum)
+        _need_momentum(momentum, dampening)
+        warn_ignored(type(self).__name__, dampening=(dampening, 0), nesterov=(nesterov, False))
         super().__init__(
             "momentum", params, lr, (momentum, dampening), 0.0, weight_decay, optim_bits, args, min_8bit_size
         )
@@ -48,7 +52,8 @@ class SGD8bit(Optimizer1State):
         args: Any = None,
         min_8bit_size: int = 4096,
     ) -> None:
-        _need_momentum(momentum)
+        _need_momentum(momentum, dampening)
+        warn_ignored(type(self).__name__, dampening=(dampening, 0), nesterov=(nesterov, False))
         super().__init__("momentum", params, lr, (momentum, dampening), 0.0, weight_decay, 8, args, min_8bit_size)
 
 
@@ -66,5 +71,6 @@ class SGD32bit(Optimizer1State):
         args: Any = None,
         min_8bit_size: int = 4096,
     ) -> None:
-        _need_momentum(momentum)
+        _need_momentum(momentum, dampening)
+        warn_ignored(type(self).__name__, dampening=(dampening, 0), nesterov=(nesterov, False))
         super().__init__("momentum", params, lr, (momentum, dampening), 0.0, weight_decay, 32, args, min_8bit_size)
