@@ -15,6 +15,9 @@ bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 OPTIMIZERS = ["adam", "lamb", "ademamix", "lion", "momentum", "lars", "rmsprop", "adagrad"]
 TWO_STATE = {"adam", "lamb", "ademamix"}
 VECTOR_ISAS = [i for i in bitsandbytes_cpu.build_info().get("isa_usable", []) if i != "scalar"]
+if "avx512" in VECTOR_ISAS:  # its kernel with gathers, and with byte-plane lookups and the grid search
+    at = VECTOR_ISAS.index("avx512")
+    VECTOR_ISAS[at : at + 1] = ["avx512+gathers", "avx512+lookups"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -22,12 +25,16 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _update(isa: str, *args) -> None:
-    """optimizer_update_8bit_blockwise(*args) on the kernels of `isa`."""
-    bitsandbytes_cpu.set_isa(isa)
+    """optimizer_update_8bit_blockwise(*args) on the kernels of `isa` ("avx512+gathers" /
+    "avx512+lookups": the avx512 kernel's two forms)."""
+    name, _, form = isa.partition("+")
+    bitsandbytes_cpu.set_isa(name)
+    bitsandbytes_cpu._C.set_optimizer_gathers(form == "gathers" if form else -1)
     try:
         torch.ops.bitsandbytes.optimizer_update_8bit_blockwise(*args)
     finally:
         bitsandbytes_cpu.set_isa("auto")
+        bitsandbytes_cpu._C.set_optimizer_gathers(-1)
 
 
 def _scalar_and(isa: str, run):

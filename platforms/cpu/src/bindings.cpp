@@ -207,6 +207,13 @@ PYBIND11_MODULE(_C, m) {
       "Turn the AMX paths on (the default where supported) or off; off also turns off the panel matmuls' "
       "dot-product form on CPUs without AMX.");
   m.def(
+      "optimizer_gathers", [] { return bnb_cpu_optimizer_gathers() != 0; },
+      "Whether the avx512 8-bit optimizer kernel uses gathers (off on AMD CPUs, where byte-plane lookups and "
+      "the grid search are faster; the same bits).");
+  m.def(
+      "set_optimizer_gathers", [](int mode) { bnb_cpu_set_optimizer_gathers(mode); }, py::arg("mode"),
+      "Force the 8-bit optimizer kernel's gathers on (1) or off (0), or back to the CPU's choice (-1).");
+  m.def(
       "panel_usable", [] { return bnb_cpu_panel_usable() != 0; },
       "Whether the panel matmuls (weight_matmul_amx, weight_matmul_t_amx) run: on the AMX tile unit, or with "
       "AVX512-BF16 dot products on CPUs without AMX (avx512 table active, set_amx(False) not called).");

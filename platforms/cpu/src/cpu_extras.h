@@ -23,6 +23,8 @@ void bnb_cpu_set_amx(int32_t on);
 int32_t bnb_cpu_panel_usable(void);
 int32_t bnb_cpu_panel_dots(void);
 void bnb_cpu_set_panel_dots(int32_t force);
+int32_t bnb_cpu_optimizer_gathers(void);
+void bnb_cpu_set_optimizer_gathers(int32_t mode);
 int32_t bnb_cpu_int8_linear_matmul_gather(const int8_t* A, const int8_t* B, int64_t m, int64_t n, int64_t k, int32_t* C,
                                           const int64_t* cols, int64_t ncols, int8_t* Bcols);
 int32_t bnb_cpu_int8_weight_matmul(const void* A, int32_t dtype, int64_t m, int64_t n, int64_t k, const int8_t* CB,

@@ -17,5 +17,11 @@ const char* isa_name(int isa);
 bool isa_usable(int isa);
 // The instruction set whose kernels run now.
 int active_isa();
+// Whether the avx512 8-bit optimizer kernel uses gathers (the second moment's decoding and the
+// state codes from the table of the scaled value's bits) or, where gathers are slow, byte-plane
+// lookups and the search over the grid (the same bits): off on AMD CPUs (a Zen 4, 2 threads,
+// 16.7 M parameters: Adam8bit 16-19 -> 11-13 ms, AdEMAMix8bit 26-29 -> 18-20 ms), on elsewhere (a
+// Xeon: the gathers are the faster form). bnb_cpu_set_optimizer_gathers() forces either.
+bool optimizer_gathers();
 
 }  // namespace bnb_cpu

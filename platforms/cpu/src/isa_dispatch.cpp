@@ -185,6 +185,21 @@ bool amx_usable() { return amx::compiled_in() && active_isa() == ISA_AVX512 && a
 bool amx_int8_usable() { return amx_features().int8 && amx::int8_compiled_in() && amx_usable(); }
 
 namespace {
+std::atomic<int> g_optimizer_gathers{-1};  // -1: by the CPU's vendor
+}  // namespace
+
+bool optimizer_gathers() {
+  const int forced = g_optimizer_gathers.load(std::memory_order_acquire);
+  if (forced >= 0) return forced == 1;
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  static const bool amd = __builtin_cpu_is("amd");
+  return !amd;
+#else
+  return true;
+#endif
+}
+
+namespace {
 std::atomic<int> g_panel_dots{0};  // 1: the panel matmuls use dot products even where AMX runs
 }  // namespace
 
@@ -225,6 +240,16 @@ BNB_API int32_t bnb_cpu_amx_int8_usable(void) { return bnb_cpu::amx_int8_usable(
 // CPU-only extension: turn the AMX paths on (1, the default where supported) or off (0); the tests
 // compare both with the reference this way.
 BNB_API void bnb_cpu_set_amx(int32_t on) { bnb_cpu::g_amx.store(on ? 1 : 0, std::memory_order_release); }
+
+// CPU-only extension: 1 when the avx512 8-bit optimizer kernel uses gathers, 0 where it uses the
+// byte-plane lookups and the grid search instead (the same bits; see bnb_cpu::optimizer_gathers).
+BNB_API int32_t bnb_cpu_optimizer_gathers(void) { return bnb_cpu::optimizer_gathers() ? 1 : 0; }
+
+// CPU-only extension: force the 8-bit optimizer kernel's gathers on (1) or off (0), or back to the
+// CPU's choice (-1); the tests compare both forms with the scalar kernel this way.
+BNB_API void bnb_cpu_set_optimizer_gathers(int32_t mode) {
+  bnb_cpu::g_optimizer_gathers.store(mode < 0 ? -1 : (mode ? 1 : 0), std::memory_order_release);
+}
 
 // CPU-only extension: 1 when the panel matmuls (bnb_cpu_weight_matmul_amx and _t_amx) run: on the
 // AMX tile unit, or with AVX512-BF16 dot products where the CPU has no AMX; else 0.

@@ -17,6 +17,7 @@
 #include "bnb/numeric.h"
 #include "bnb/optimizer_math.h"
 #include "element.h"
+#include "isa.h"
 #include "kernels.h"
 #include "opt8_prefetch.h"
 #include "optimizer_dispatch.h"
@@ -238,6 +239,13 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
   const bool scale_g = a.gnorm_scale != 1.0f;
   const bool skip = c.skip_zeros != 0;
   const BytePlanes planes1(a.qmap1);
+  // Where gathers are slow (optimizer_gathers()), the second moment is looked up on the byte
+  // planes as the first, and the codes come from the search over the grid instead of the table of
+  // s's bits: the same values and codes without a gather.
+  const bool gathers = optimizer_gathers();
+  const BytePlanes planes2(two ? a.qmap2 : a.qmap1);
+  const uint32_t* keys1 = gathers ? a.keys1 : nullptr;
+  const uint32_t* keys2 = gathers ? a.keys2 : nullptr;
   const BoundSearch search1(a.bound1);
   const BoundSearch search2(two ? a.bound2 : a.bound1);
   const __m512i order = unpack_order();
@@ -265,7 +273,13 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
       // a parameter: Adam8bit 0.88 -> 0.85; gathering the first moments as well is slower).
       lookup64(a.state1 + start + q, planes1, order, a.absmax1[b], m1v);
       if (kSlow) lookup64(a.state1 + a.n + start + q, planes1, order, a.absmax1[blocks + b], m1bv);
-      if (two) gather64(a.state2 + start + q, a.qmap2, a.absmax2[b], m2v);
+      if (two) {
+        if (gathers) {
+          gather64(a.state2 + start + q, a.qmap2, a.absmax2[b], m2v);
+        } else {
+          lookup64(a.state2 + start + q, planes2, order, a.absmax2[b], m2v);
+        }
+      }
       for (int r = 0; r < 4; ++r) {
         const int64_t i = start + q + 16 * r;
         VF gv(load16<E>(g + i));
@@ -293,9 +307,9 @@ void opt8_t(const Opt8Args& a, int64_t i0, int64_t i1) {
       }
       write_pending(q);
     }
-    pend1 = requantize_block(v1, mx1, search1, a.keys1, a.state1 + start, a.absmax1 + b);
-    if (kSlow) pend1b = requantize_block(v1b, mx1b, search1, a.keys1, a.state1 + a.n + start, a.absmax1 + blocks + b);
-    if (two) pend2 = requantize_block(v2, mx2, search2, a.keys2, a.state2 + start, a.absmax2 + b);
+    pend1 = requantize_block(v1, mx1, search1, keys1, a.state1 + start, a.absmax1 + b);
+    if (kSlow) pend1b = requantize_block(v1b, mx1b, search1, keys1, a.state1 + a.n + start, a.absmax1 + blocks + b);
+    if (two) pend2 = requantize_block(v2, mx2, search2, keys2, a.state2 + start, a.absmax2 + b);
   }
   for (int64_t q = 0; q < BS; q += 64) write_pending(q);
   if (start < i1) kernels_scalar.optimizer_8bit_blockwise(a, start, i1);  // a partial last block

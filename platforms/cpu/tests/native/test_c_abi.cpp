@@ -543,6 +543,16 @@ int main() {
               "bit-identical to the scalar kernels with " + std::to_string(threads) + " thread(s)");
       }
       printf("%-7s %d thread(s): %s\n", isa.c_str(), threads, g_failures ? "FAILED" : "ok");
+      if (isa == "avx512") {  // the 8-bit optimizer kernel's other form (gathers, or lookups + search)
+        const int other = bnb_cpu_optimizer_gathers() ? 0 : 1;
+        bnb_cpu_set_optimizer_gathers(other);
+        check(bnb_cpu_optimizer_gathers() == other, "set_optimizer_gathers");
+        check(run_all(&gemm_ok).bytes == scalar.bytes,
+              "bit-identical to the scalar kernels, optimizer gathers " + std::to_string(other));
+        bnb_cpu_set_optimizer_gathers(-1);
+        printf("%-7s %d thread(s), optimizer gathers %d: %s\n", isa.c_str(), threads, other,
+               g_failures ? "FAILED" : "ok");
+      }
     }
   }
   for (int threads : {1, 2}) {
