@@ -84,6 +84,36 @@ def test_linear4bit_on_meta_loads_a_checkpoint_with_assign(name):
     assert torch.equal(m(io_["x3"]), want)
 
 
+@pytest.mark.parametrize("kind", ["nf4", "fp4-plain", "int8"])
+def test_a_float_checkpoint_assigned_on_meta_is_quantized_on_the_move(kind):
+    """A layer built on meta and given a float checkpoint with assign=True: torch put the tensor in
+    as a plain Parameter, which the move to a device did not quantize ("not quantized" at the
+    first call). It is wrapped again as the quantized parameter type, with the layer's settings."""
+    torch.manual_seed(0)
+
+    def make():
+        if kind == "int8":
+            return bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False)
+        quant_type, _, plain = kind.partition("-")
+        return bnb.nn.Linear4bit(
+            64, 32, compute_dtype=torch.float32, quant_type=quant_type, compress_statistics=not plain
+        )
+
+    sd = {k: v.clone() for k, v in make().state_dict().items()}
+    with torch.device("meta"):
+        m = make()
+    m.load_state_dict(sd, assign=True)
+    ref = make()
+    ref.load_state_dict(sd)
+    m, ref = m.to("cpu"), ref.to("cpu")
+    assert type(m.weight) is type(ref.weight)
+    if kind != "int8":
+        assert m.weight.quant_state.quant_type == ref.weight.quant_state.quant_type
+        assert (m.weight.quant_state.state2 is None) == (kind == "fp4-plain")
+    x = torch.randn(3, 64)
+    assert torch.equal(m(x), ref(x))
+
+
 def test_linear4bit_model_to_meta_keeps_every_layer_and_deepcopies():
     torch.manual_seed(0)
     model = torch.nn.Sequential(

@@ -17,7 +17,7 @@ statistics that go with them:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -89,3 +89,12 @@ def copy_quant_state_(dst: QuantState, src: QuantState) -> bool:
         for d, s in zip(_statistics(dst), _statistics(src)):
             d.copy_(s)
     return True
+
+
+def keep_param_type(module: torch.nn.Module, wrap: Callable[[torch.Tensor], torch.nn.Parameter]) -> None:
+    """After ``load_state_dict(assign=True)`` of a float checkpoint into a layer built on meta, torch
+    has put the checkpoint's tensor in place as a plain ``Parameter``: wrap it again as the layer's
+    quantized parameter type (``wrap``), to be quantized on the next move to a device as before."""
+    weight = module._parameters.get("weight")
+    if weight is not None and type(weight) is torch.nn.Parameter and weight.is_floating_point():
+        module._parameters["weight"] = wrap(weight.data)

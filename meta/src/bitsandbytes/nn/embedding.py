@@ -19,6 +19,7 @@ from .. import functional as F
 from ..functional import QuantState
 from ._int8params import Int8Params
 from ._params import Params4bit, module_apply
+from ._shared import keep_param_type
 from .linear4bit import fix_4bit_weight_quant_state_from_module
 
 logger = logging.getLogger("bitsandbytes.nn.modules")
@@ -33,15 +34,6 @@ def _register_optim_override(module: nn.Module) -> None:
     except ImportError:
         return
     GlobalOptimManager.get_instance().register_module_override(module, "weight", {"optim_bits": 32})
-
-
-def _keep_param_type(module: nn.Module, wrap: Callable[[torch.Tensor], nn.Parameter]) -> None:
-    """After ``load_state_dict(assign=True)`` (a table built on meta, then loaded) torch has put
-    the checkpoint's float table in place as a plain ``Parameter``: wrap it again as the quantized
-    parameter type, to be quantized on the next move to a device as before."""
-    weight = module._parameters.get("weight")
-    if weight is not None and type(weight) is nn.Parameter and weight.is_floating_point():
-        module._parameters["weight"] = wrap(weight.data)
 
 
 class StableEmbedding(nn.Embedding):
@@ -160,7 +152,7 @@ class Embedding8bit(nn.Embedding):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        _keep_param_type(self, lambda w: Int8Params(w, has_fp16_weights=False, requires_grad=False))
+        keep_param_type(self, lambda w: Int8Params(w, has_fp16_weights=False, requires_grad=False))
 
     def _apply(self, fn: Callable, recurse: bool = True) -> Embedding8bit:  # type: ignore[override]
         return module_apply(self, super()._apply, fn, recurse)  # the weight keeps its type and state
@@ -247,7 +239,7 @@ class Embedding4bit(nn.Embedding):
         )
         if not isinstance(old, Params4bit):
             return
-        _keep_param_type(
+        keep_param_type(
             self,
             lambda w: Params4bit(
                 w,

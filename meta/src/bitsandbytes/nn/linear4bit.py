@@ -26,7 +26,7 @@ from ._params import (
     module_apply,
     swap_lock,
 )
-from ._shared import copy_quant_state_, detached_stats
+from ._shared import copy_quant_state_, detached_stats, keep_param_type
 
 if TYPE_CHECKING:
     from .embedding import Embedding4bit
@@ -363,9 +363,23 @@ class Linear4bit(nn.Linear):
             )
             missing_keys[n_missing:] = [k for k in missing_keys[n_missing:] if k != weight_key]
             return
+        old = self.weight
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if isinstance(old, Params4bit):  # a float checkpoint assigned (assign=True): quantized on the move
+            keep_param_type(
+                self,
+                lambda w: Params4bit(
+                    w,
+                    requires_grad=old.requires_grad,
+                    blocksize=old.blocksize,
+                    compress_statistics=old.compress_statistics,
+                    quant_type=old.quant_type,
+                    quant_storage=old.quant_storage,
+                    module=self,
+                ),
+            )
 
     def _load_in_place(
         self, state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -20,7 +20,7 @@ from ..utils import INVERSE_LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, OutlierTracer
 from . import _runners
 from ._int8params import Int8Params
 from ._params import NotQuantizedError, _tensor_to, module_apply
-from ._shared import share_statistics
+from ._shared import keep_param_type, share_statistics
 from .linear4bit import _bias_in
 
 logger = logging.getLogger("bitsandbytes.nn.modules")  # the established release's module name
@@ -136,9 +136,14 @@ class Linear8bitLt(nn.Linear):
                 return
             if prefix + "SCB" not in state_dict:
                 missing_keys.append(prefix + "SCB")  # the int8 codes alone would keep stale row scales
+        old = self.weight
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if isinstance(old, Int8Params):  # a float checkpoint assigned (assign=True): quantized on the move
+            keep_param_type(
+                self, lambda w: Int8Params(w, requires_grad=old.requires_grad, has_fp16_weights=old.has_fp16_weights)
+            )
         for key in list(unexpected_keys):
             if key[len(prefix) :] != "SCB":
                 continue
