@@ -43,15 +43,16 @@ def cpu_isas() -> list[str]:
     return bitsandbytes_cpu.build_info().get("isa_usable", [])
 
 
-def cpu_amx_usable() -> bool:
-    """Whether bitsandbytes-cpu's AMX path can run here (AMX-BF16 CPU, avx512 table)."""
+def cpu_amx_usable(panel: bool = False) -> bool:
+    """Whether bitsandbytes-cpu's AMX path can run here (AMX-BF16 CPU, avx512 table); with
+    ``panel``, whether its panel path runs in either form (AMX, or AVX512-BF16 dot products)."""
     if "avx512" not in cpu_isas():
         return False
     import bitsandbytes_cpu
 
     bitsandbytes_cpu.set_isa("avx512")
     try:
-        return bitsandbytes_cpu._C.amx_usable()
+        return bitsandbytes_cpu._C.panel_usable() if panel else bitsandbytes_cpu._C.amx_usable()
     finally:
         bitsandbytes_cpu.set_isa("auto")
 

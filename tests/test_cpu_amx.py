@@ -13,18 +13,7 @@ from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
 from bitsandbytes_cpu import amx  # noqa: E402
 from conftest import cpu_amx_usable  # noqa: E402
 
-
-def _panel_usable() -> bool:
-    if "avx512" not in cpu.build_info()["isa_usable"]:
-        return False
-    cpu.set_isa("avx512")
-    try:
-        return cpu._C.panel_usable()
-    finally:
-        cpu.set_isa("auto")
-
-
-UNITS = (["tiles"] if cpu_amx_usable() else []) + (["dots"] if _panel_usable() else [])
+UNITS = (["tiles"] if cpu_amx_usable() else []) + (["dots"] if cpu_amx_usable(panel=True) else [])
 pytestmark = pytest.mark.skipif(not UNITS, reason="the avx512 kernel table does not run here")
 OPS = torch.ops.bitsandbytes
 

@@ -232,6 +232,20 @@ class Params4bit(torch.nn.Parameter):
     def __reduce_ex__(self, protocol: int) -> Any:
         return (_rebuild_params4bit, (self.__getstate__(),))
 
+    def _unquantized_like(self, data: torch.Tensor, requires_grad: bool, module: nn.Module | None) -> Params4bit:
+        """A new Params4bit, not quantized yet, holding the float ``data`` with this one's settings
+        (block size, nesting, quant type and storage): quantized on the next move to a device as
+        this one would have been."""
+        return type(self)(
+            data,
+            requires_grad=requires_grad,
+            blocksize=self.blocksize,
+            compress_statistics=self.compress_statistics,
+            quant_type=self.quant_type,
+            quant_storage=self.quant_storage,
+            module=module,
+        )
+
     def __deepcopy__(self, memo: dict) -> Params4bit:
         new = type(self)(
             self.data.clone(),

@@ -239,18 +239,7 @@ class Embedding4bit(nn.Embedding):
         )
         if not isinstance(old, Params4bit):
             return
-        keep_param_type(
-            self,
-            lambda w: Params4bit(
-                w,
-                requires_grad=False,
-                blocksize=old.blocksize,
-                compress_statistics=old.compress_statistics,
-                quant_type=old.quant_type,
-                quant_storage=old.quant_storage,
-                module=self,
-            ),
-        )
+        keep_param_type(self, lambda w: old._unquantized_like(w, False, self))
 
     def _apply(self, fn: Callable, recurse: bool = True) -> Embedding4bit:  # type: ignore[override]
         return module_apply(self, super()._apply, fn, recurse)  # the weight keeps its type and state

@@ -368,18 +368,7 @@ class Linear4bit(nn.Linear):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         if isinstance(old, Params4bit):  # a float checkpoint assigned (assign=True): quantized on the move
-            keep_param_type(
-                self,
-                lambda w: Params4bit(
-                    w,
-                    requires_grad=old.requires_grad,
-                    blocksize=old.blocksize,
-                    compress_statistics=old.compress_statistics,
-                    quant_type=old.quant_type,
-                    quant_storage=old.quant_storage,
-                    module=self,
-                ),
-            )
+            keep_param_type(self, lambda w: old._unquantized_like(w, old.requires_grad, self))
 
     def _load_in_place(
         self, state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
