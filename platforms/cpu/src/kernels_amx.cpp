@@ -13,9 +13,13 @@
 // rounded to bf16 once. Input gradient: G is the row operand as it lies (padded, pad_g) and the
 // weight, two rows at a time, is interleaved into VNNI pairs for the column operand.
 //
+// On CPUs without AMX the same panels, layouts and passes multiply with AVX512-BF16 dot products
+// (dots_2x2, PanelArgs::dots): every CPU the avx512 table runs on has them.
+//
 // Compiled with the AVX-512 and AMX flags (x86-64, GCC >= 11 or Clang >= 12); elsewhere the file
-// builds empty and compiled_in() is false. Nothing here runs unless amx_usable()
-// (isa_dispatch.cpp) said the CPU and the operating system allow it.
+// builds empty and compiled_in() is false. Nothing here runs unless panel_usable()
+// (isa_dispatch.cpp) said so, and the tile unit only where amx_usable() said the CPU and the
+// operating system allow it.
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #include <immintrin.h>
 #else
