@@ -31,6 +31,17 @@ struct Simd {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  using Table4 = __m512;
+  static Table4 table4(const float* code16) { return _mm512_loadu_ps(code16); }
+  // 16 values from 8 bytes: byte i into dwords 2i and 2i + 1, the even ones shifted to the high
+  // nibble; vpermps reads the low 4 bits of each index.
+  static V load_4bit(const uint8_t* p, Table4 t) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    const __m512i x = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+    return _mm512_permutexvar_ps(_mm512_srlv_epi32(x, _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4)),
+                                 t);
+  }
   static V set1(float v) { return _mm512_set1_ps(v); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static float sum(V v) { return _mm512_reduce_add_ps(v); }

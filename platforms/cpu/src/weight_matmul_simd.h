@@ -5,12 +5,15 @@
 //   input gradient   acc[r, i] = sum_j A[r, j] * W[j, i]   (partial sums over rows j; W int8 rows
 //                    CB[j, :] * scale[j] for LLM.int8(), or packed 4-bit for QLoRA)
 // A is f32. S provides: V (vector of S::kWidth f32), kRows (rows of A per register tile), zero,
-// load (f32), load_i8 (kWidth int8 -> f32), fma(a, b, c) = a * b + c, set1, store, sum (horizontal).
+// load (f32), load_i8 (kWidth int8 -> f32), fma(a, b, c) = a * b + c, mul, set1, store, sum
+// (horizontal), and for 4-bit weights Table4 / table4(16 floats) / load_4bit(kWidth / 2 packed
+// bytes, high nibble first, as table entries).
 // Sums are f32 in another order than the portable kernels': results agree within rounding.
 #pragma once
 
 #include <stdint.h>
 
+#include "bnb/codebooks.h"
 #include "element.h"
 #include "kernels.h"
 
@@ -105,7 +108,7 @@ constexpr int64_t kWmmSpan = 512;
 // portable kernels' row expansion, through the ISA's dequantization: the exact values dequantize_4bit gives).
 template <class S, class Row>
 inline void wmm_add_rows(const bnb_cpu::WeightMatmulArgs& a, int64_t j, int count, float* acc, float* factors, float* w,
-                         Row row) {
+                         const float* code16, Row row) {
   for (int64_t r = 0; r < a.m; ++r)
     for (int q = 0; q < 4; ++q)
       factors[r * 4 + q] = q < count ? a.A[r * a.n + j + q] * (a.CB ? a.scale[j + q] : 1.0f) : 0.0f;
@@ -115,6 +118,24 @@ inline void wmm_add_rows(const bnb_cpu::WeightMatmulArgs& a, int64_t j, int coun
     wmm_add_span<S>(
         a, 0, a.k, acc, factors, [&](int q, int64_t i) { return S::load_i8(b[q] + i); },
         [&](int q, int64_t i) { return static_cast<float>(b[q][i]); });
+    return;
+  }
+  const int64_t bs = a.blocksize;
+  if (count == 4 && a.k % bs == 0 && bs % S::kWidth == 0 && (bs & (bs - 1)) == 0) {
+    // Rows of whole blocks (a power of two, of whole vectors): decoded in registers, code times
+    // the block's absmax as dequantize_4bit computes it, without the detour through w.
+    const int shift = __builtin_ctzll(static_cast<unsigned long long>(bs));
+    const typename S::Table4 t = S::table4(code16);
+    const uint8_t* b[4];
+    const float* am[4];
+    for (int q = 0; q < 4; ++q) {
+      b[q] = a.B4 + (j + q) * a.k / 2;
+      am[q] = a.absmax + (j + q) * a.k / bs;
+    }
+    wmm_add_span<S>(
+        a, 0, a.k, acc, factors,
+        [&](int q, int64_t i) { return S::mul(S::load_4bit(b[q] + i / 2, t), S::set1(am[q][i >> shift])); },
+        [&](int q, int64_t i) { return code16[(b[q][i / 2] >> ((i & 1) ? 0 : 4)) & 15] * am[q][i >> shift]; });
     return;
   }
   for (int64_t c0 = 0; c0 < a.k; c0 += kWmmSpan) {
@@ -144,7 +165,9 @@ bool wmm_transposed(const bnb_cpu::WeightMatmulArgs& a, float* acc, int64_t j0, 
     for (int64_t i = 0; i < a.k; ++i) acc[r * a.ldacc + i] = 0.0f;
   float factors[kWmmMaxRows * 4];
   alignas(64) float w[4 * kWmmSpan];
+  alignas(64) float code16[16];  // the 4-bit code book
+  for (int c = 0; c < 16; ++c) code16[c] = bnb::decode_4bit(a.nf4, static_cast<uint32_t>(c));
   for (int64_t j = j0; j < j1; j += 4)
-    wmm_add_rows<S>(a, j, j1 - j < 4 ? static_cast<int>(j1 - j) : 4, acc, factors, w, row);
+    wmm_add_rows<S>(a, j, j1 - j < 4 ? static_cast<int>(j1 - j) : 4, acc, factors, w, code16, row);
   return true;
 }

@@ -230,7 +230,7 @@ Outputs run_all(bool* gemm_ok) {
   }
   // Matmuls against a weight kept quantized: A @ W^T (int8, with bias) and G @ W (int8 and 4-bit)
   // against naive products of the dequantized weight; odd sizes, rows past a 256-column chunk.
-  for (auto shape : {std::vector<int64_t>{1, 5, 33}, {6, 17, 300}, {4, 64, 512}, {9, 3, 65}}) {
+  for (auto shape : {std::vector<int64_t>{1, 5, 33}, {6, 17, 300}, {4, 64, 512}, {9, 3, 65}, {3, 70, 128}}) {
     const int64_t m = shape[0], nn = shape[1], k = shape[2];
     std::mt19937 rng(static_cast<uint32_t>(m * 1000 + k));
     std::vector<int8_t> cb(nn * k);
