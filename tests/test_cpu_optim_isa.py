@@ -1,7 +1,9 @@
 """The fused 8-bit optimizer kernels of every CPU instruction set, bit for bit against the scalar
 kernel: parameters, state codes and block absmax, for every algorithm and parameter dtype, over
 several threads' worth of whole blocks plus a partial one, with zeros, NaN and inf in the
-gradient, skip_zeros, gradient scaling and weight decay."""
+gradient, skip_zeros, gradient scaling and weight decay; with the dynamic code books and with
+others (linear, sorted random: the second moment's then looked up on byte planes, the codes from
+the grid search)."""
 
 from __future__ import annotations
 
@@ -52,7 +54,25 @@ def _assert_same_bits(isa: str, want: list[torch.Tensor], got: list[torch.Tensor
         assert torch.equal(w, o), f"{isa} {what} differs from scalar{where}"
 
 
-def _run(isa: str, name: str, dtype: torch.dtype, skip_zeros: bool, gnorm_scale: float, wd: float):
+def _code_books(book: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The signed and the unsigned code book of `book`: "dynamic" (the optimizers' own), "linear"
+    or "sorted-random" (256 sorted random codes spanning [-1, 1] / [0, 1])."""
+    if book == "dynamic":
+        return F.create_dynamic_map(signed=True), F.create_dynamic_map(signed=False)
+    if book == "linear":
+        return torch.linspace(-1, 1, 256), torch.linspace(0, 1, 256)
+    g = torch.Generator().manual_seed(0)
+    signed = torch.sort(torch.rand(256, generator=g) * 2 - 1).values
+    signed[0], signed[-1] = -1.0, 1.0
+    unsigned = torch.sort(torch.rand(256, generator=g)).values
+    unsigned[0], unsigned[-1] = 0.0, 1.0
+    return signed, unsigned
+
+
+CODE_BOOKS = ["dynamic", "linear", "sorted-random"]
+
+
+def _run(isa: str, name: str, dtype: torch.dtype, skip_zeros: bool, gnorm_scale: float, wd: float, book: str):
     gen = torch.Generator().manual_seed(1)
     n = 256 * 70 + 77  # several threads' chunks of whole blocks and a partial last block
     rows = 2 if name == "ademamix" else 1
@@ -63,14 +83,14 @@ def _run(isa: str, name: str, dtype: torch.dtype, skip_zeros: bool, gnorm_scale:
     g[300] = float("inf")
     g[301] = -float("inf")
     s1 = torch.randint(0, 256, (rows * n,), generator=gen, dtype=torch.uint8)
-    s1[256 * 3 : 256 * 4] = 127  # a block of zero-valued states (code of 0.0 in the signed map)
+    s1[256 * 3 : 256 * 4] = 127  # a block of zero-valued states (code of 0.0 in the signed dynamic map)
     a1 = torch.rand(rows * ((n + 255) // 256), generator=gen)
     a1[7] = 0.0
     two = name in TWO_STATE
     s2 = torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8) if two else None
     a2 = torch.rand((n + 255) // 256, generator=gen) if two else None
-    q1 = F.create_dynamic_map(signed=True)
-    q2 = F.create_dynamic_map(signed=False) if two else None
+    q1, q2 = _code_books(book)
+    q2 = q2 if two else None
     _update(
         isa, name, g, p, s1, s2, 0.9, 0.995, 0.9999, 5.0, 1e-8, 4, 1e-2, q1, q2, a1, a2, wd, gnorm_scale, skip_zeros
     )
@@ -82,9 +102,10 @@ def _run(isa: str, name: str, dtype: torch.dtype, skip_zeros: bool, gnorm_scale:
 @pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("skip_zeros", "gnorm_scale", "wd"), [(False, 1.0, 0.0), (True, 0.5, 0.01)])
-def test_8bit_update_matches_scalar(isa, name, dtype, skip_zeros, gnorm_scale, wd) -> None:
-    want, got = _scalar_and(isa, lambda which: _run(which, name, dtype, skip_zeros, gnorm_scale, wd))
-    _assert_same_bits(isa, want, got)
+@pytest.mark.parametrize("book", CODE_BOOKS)
+def test_8bit_update_matches_scalar(isa, name, dtype, skip_zeros, gnorm_scale, wd, book) -> None:
+    want, got = _scalar_and(isa, lambda which: _run(which, name, dtype, skip_zeros, gnorm_scale, wd, book))
+    _assert_same_bits(isa, want, got, f" ({book} code book)")
 
 
 def _grid_index(s: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
-"""Edge cases of the panel path's AVX512-BF16 dot-product form, the 4-bit input-gradient SIMD kernels,
-the avx512 8-bit optimizer kernel without gathers and the float checkpoints assigned to quantized
-layers built on meta: edge shapes, thread counts, NaN/inf propagation, code books other than the
-dynamic ones, and the switches left as they were found."""
+"""Edge cases of the panel path's AVX512-BF16 dot-product form, the 4-bit input-gradient SIMD kernels
+and the float checkpoints assigned to quantized layers built on meta: edge shapes, thread counts,
+NaN/inf propagation, and the switches (panel dot products, optimizer gathers) left as they were
+found. The 8-bit optimizer kernels' forms on other code books: test_cpu_optim_isa.py."""
 
 from __future__ import annotations
 
@@ -199,87 +199,6 @@ def test_switches_go_back():
     cpu._C.set_panel_dots(True)
     cpu._C.set_panel_dots(False)
     assert cpu._C.panel_dots() == dots_before
-
-
-OPTIMIZERS = ["adam", "lamb", "ademamix", "lion", "momentum", "lars", "rmsprop", "adagrad"]
-
-
-def _code_books():
-    g = torch.Generator().manual_seed(0)
-    signed = torch.sort(torch.rand(256, generator=g) * 2 - 1).values
-    signed[0], signed[-1] = -1.0, 1.0
-    unsigned = torch.sort(torch.rand(256, generator=g)).values
-    unsigned[0], unsigned[-1] = 0.0, 1.0
-    return {
-        "linear": (torch.linspace(-1, 1, 256), torch.linspace(0, 1, 256)),
-        "sorted-random": (signed, unsigned),
-    }
-
-
-def _optimizer_step(cpu, form, name, dtype, q1, q2, n):
-    gen = torch.Generator().manual_seed(n)
-    rows = 2 if name == "ademamix" else 1
-    p = torch.randn(n, generator=gen).to(dtype)
-    g = (torch.randn(n, generator=gen) * 0.05).to(dtype)
-    g[::31] = 0.0
-    g[7] = float("nan")
-    g[9] = float("inf")
-    s1 = torch.randint(0, 256, (rows * n,), generator=gen, dtype=torch.uint8)
-    a1 = torch.rand(rows * ((n + 255) // 256), generator=gen)
-    two = name in ("adam", "lamb", "ademamix")
-    s2 = torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8) if two else None
-    a2 = torch.rand((n + 255) // 256, generator=gen) if two else None
-    cpu.set_isa("scalar" if form is None else "avx512")
-    cpu._C.set_optimizer_gathers(-1 if form is None else form)
-    try:
-        torch.ops.bitsandbytes.optimizer_update_8bit_blockwise(
-            name,
-            g,
-            p,
-            s1,
-            s2,
-            0.9,
-            0.995,
-            0.9999,
-            5.0,
-            1e-8,
-            3,
-            1e-2,
-            q1,
-            q2 if two else None,
-            a1,
-            a2,
-            0.01,
-            1.0,
-            False,
-        )
-    finally:
-        cpu.set_isa("auto")
-        cpu._C.set_optimizer_gathers(-1)
-    return [_bits(t) if t.dtype != torch.uint8 else t for t in (p, s1, a1, s2, a2) if t is not None]
-
-
-@pytest.mark.parametrize("book", ["linear", "sorted-random"])
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_8bit_optimizer_both_forms_other_code_books(book, name):
-    """Code books other than the dynamic ones (the second moment's looked up on byte planes, the
-    codes from the grid search): both forms give the scalar kernel's bits."""
-    cpu = _cpu()
-    if "avx512" not in cpu.build_info()["isa_usable"]:
-        pytest.skip("the avx512 kernel table does not run here")
-    q1, q2 = _code_books()[book]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        for dtype in (torch.float32, torch.bfloat16):
-            n = 256 * 9 + 1
-            want = _optimizer_step(cpu, None, name, dtype, q1, q2, n)
-            for form in (0, 1):
-                got = _optimizer_step(cpu, form, name, dtype, q1, q2, n)
-                for w, o in zip(want, got):
-                    assert torch.equal(w, o), f"{name} {dtype} gathers={form}"
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,9 @@ class GlobalOptimManager(Singleton):
     def initialize(self) -> None:
         """Forget every override."""
         self.pid2config: dict[int, dict[str, Any]] = {}
+        # id(config) -> the ids of the parameters whose override that dict is: pid2config read
+        # backwards, kept with it, so a step finds an override's owners without a scan.
+        self._owners: dict[int, set[int]] = {}
         self._watched: set[int] = set()
         self.index2config: dict[tuple[int, int], dict[str, Any]] = {}
         self.optimizer = None
@@ -115,17 +118,34 @@ class GlobalOptimManager(Singleton):
         """Keep ``config`` as ``p``'s override for as long as ``p`` lives. Entries are keyed by
         ``id(p)``, as in the established release; the entry goes when ``p`` is freed, so a new
         parameter that Python places at the same address does not inherit it."""
-        self.pid2config[id(p)] = config
-        if id(p) not in self._watched:
-            self._watched.add(id(p))
-            weakref.finalize(p, self._forget, id(p))
+        pid = id(p)
+        old = self.pid2config.get(pid)
+        self.pid2config[pid] = config
+        owners = self._owners.setdefault(id(config), set())
+        owners.add(pid)
+        # Again: a finalizer run since setdefault may have dropped the (then empty) set.
+        self._owners[id(config)] = owners
+        if old is not None and old is not config:
+            self._disown(pid, old)
+        if pid not in self._watched:
+            self._watched.add(pid)
+            weakref.finalize(p, self._forget, pid)
 
     def owners_of(self, config: dict[str, Any]) -> set[int]:
         """The ids of the live parameters whose override ``config`` is (the same dict object)."""
-        return {pid for pid, c in self.pid2config.items() if c is config}
+        return set(self._owners.get(id(config), ()))
+
+    def _disown(self, pid: int, config: dict[str, Any]) -> None:
+        owners = self._owners.get(id(config))
+        if owners is not None:
+            owners.discard(pid)
+            if not owners:
+                self._owners.pop(id(config), None)
 
     def _forget(self, pid: int) -> None:
-        self.pid2config.pop(pid, None)
+        config = self.pid2config.pop(pid, None)
+        if config is not None:
+            self._disown(pid, config)
         self._watched.discard(pid)
 
     def register_module_override(self, module: torch.nn.Module, param_name: str, config: dict[str, Any]) -> None:
