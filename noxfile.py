@@ -114,7 +114,7 @@ def tests_mps_host(session: nox.Session) -> None:
     install_platform(session, "mps")
     tests = ["test_mps_platform.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py", "test_optim_ops.py",
              "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
-             "test_layouts_and_aliasing.py"]  # fmt: skip
+             "test_layouts_and_aliasing.py", "test_mps_edges.py"]  # fmt: skip
     env = {
         "BNB_TEST_HOST_KERNELS": "mps",
         "BNB_MPS_HOST_DIR": str(ROOT / "platforms" / "mps" / "host"),

@@ -503,7 +503,7 @@ def test_nested_absmax_arguments_are_named(arg, change, exc, message):
 
 def test_nested_absmax_offset_must_be_one_value():
     # An offset of several values broadcast over the decoded scales: a wrong answer without an error
-    # (the reference kernel still does this; the op's fake kernel asks for a 0-dim offset).
+    # (the shared check_nested_absmax now refuses it on every backend).
     A, packed, absmax, q, inner, offset = _nested_case()
     per_block = torch.linspace(-0.1, 0.1, 60) + offset
     with pytest.raises(ValueError, match=r"absmax_offset must hold one value \(a 0-dim tensor\), got shape \(60,\)"):

@@ -154,3 +154,76 @@ def test_a_tensor_on_meta_beside_cpu_tensors_is_refused_not_filled_with_garbage(
         ops.dequantize_4bit.out(packed, state.absmax, 64, "nf4", [64, 64], torch.float32, out)
     got = ops.dequantize_4bit(packed.to("meta"), state.absmax.to("meta"), 64, "nf4", [64, 64], torch.float32)
     assert got.device.type == "meta" and got.shape == (64, 64)
+
+
+# ---- arguments named as the caller passed them (gemv_4bit/gemm_4bit's B, a nested absmax, qmaps) ----
+
+
+def _nested_weight(device: str):
+    """A 40x96 NF4 weight with a nested absmax (60 blocks of 64): its parts and an input."""
+    import bitsandbytes.functional as F
+
+    w = torch.randn(40, 96)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+    parts = (packed, state.state2.absmax, state.absmax, state.state2.code, state.offset)
+    return torch.randn(3, 96, device=device), *(t.to(device) for t in parts)
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("gemm_4bit"))
+def test_gemm_4bit_names_B_and_the_nested_absmax(device, impl, fn):
+    A, packed, inner, absmax_8bit, code, offset = _nested_weight(device)
+    want = fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit, code, offset)
+    # One value in another shape decodes as the 0-dim offset does (it is one value).
+    assert torch.equal(fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit, code, offset.view(1, 1)), want)
+    several = torch.linspace(-0.1, 0.1, 60, device=device) + offset  # would broadcast over the scales
+    with pytest.raises(ValueError, match=r"absmax_offset must hold one value .*got shape \(60,\)"):
+        fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit, code, several)
+    with pytest.raises(ValueError, match="absmax_code must hold 256 values"):
+        fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit, code[:128], offset)
+    with pytest.raises(TypeError, match="absmax_8bit must have dtype"):
+        fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit.float(), code, offset)
+    with pytest.raises(ValueError, match=r"absmax \(the scales of absmax_8bit, one per 256 codes\) has 2 entries"):
+        fn(A, packed, [40, 96], torch.ones(2, device=device), 64, "nf4", None, absmax_8bit, code, offset)
+    with pytest.raises(ValueError, match=r"absmax_8bit has 59 entries but shapeB \[40, 96\]"):
+        fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit[:59], code, offset)
+    with pytest.raises(ValueError, match=r"^bitsandbytes: B holds 1919 packed bytes but shapeB \[40, 96\] needs 1920"):
+        fn(A, packed.flatten()[:1919], [40, 96], inner, 64, "nf4", None, absmax_8bit, code, offset)
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("gemv_4bit"))
+def test_gemv_4bit_names_the_packed_weight_B(device, impl, fn):
+    from bitsandbytes.backends.reference.codebooks import four_bit_decode_table
+
+    A, packed, _, _, _, _ = _nested_weight(device)
+    absmax = torch.ones(60, device=device)
+    code = four_bit_decode_table("nf4").to(device)
+    with pytest.raises(ValueError, match=r"^bitsandbytes: B holds 1919 packed bytes but shapeB \[40, 96\] needs 1920"):
+        fn(A[:1], packed.flatten()[:1919], [40, 96], absmax, code, 64)
+    with pytest.raises(ValueError, match=r"^bitsandbytes: absmax has 59 entries but shapeB \[40, 96\]"):
+        fn(A[:1], packed, [40, 96], absmax[:59], code, 64)
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("optimizer_update_8bit_blockwise"))
+@pytest.mark.parametrize("arg", ["qmap1", "qmap2"])
+def test_optimizer_8bit_names_its_code_books(device, impl, fn, arg):
+    n = 300
+    t = {
+        "g": torch.randn(n, device=device),
+        "p": torch.randn(n, device=device),
+        "state1": torch.full((n,), 128, dtype=torch.uint8, device=device),
+        "state2": torch.zeros(n, dtype=torch.uint8, device=device),
+        "qmap1": dynamic_map(signed=True, device=device),
+        "qmap2": dynamic_map(signed=False, device=device),
+        "absmax1": torch.rand(2, device=device),
+        "absmax2": torch.rand(2, device=device),
+    }
+    for bad, exc, message in (
+        (t[arg][:128], ValueError, f"^bitsandbytes: {arg} must hold 256 values, got 128$"),
+        (t[arg].double(), TypeError, f"^bitsandbytes: {arg} must have dtype"),
+    ):
+        u = dict(t, **{arg: bad})
+        with pytest.raises(exc, match=message):
+            fn(
+                "adam", u["g"], u["p"], u["state1"], u["state2"], 0.9, 0.999, 0.0, 0.0, 1e-8, 1, 1e-3,
+                u["qmap1"], u["qmap2"], u["absmax1"], u["absmax2"], 0.0, 1.0,
+            )  # fmt: skip

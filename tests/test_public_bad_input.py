@@ -92,7 +92,7 @@ def test_float_checkpoint_into_a_quantized_linear8bitlt_is_refused() -> None:
 def test_float_weight_beside_4bit_statistics_is_refused() -> None:
     w = torch.randn(16, 64)
     q, s = F.quantize_4bit(w, quant_type="nf4")
-    with pytest.raises(ValueError, match="A holds 4096 packed bytes but shape \\[16, 64\\] needs 512"):
+    with pytest.raises(ValueError, match="B holds 4096 packed bytes but shapeB \\[16, 64\\] needs 512"):
         bnb.matmul_4bit(torch.randn(2, 64), w.t(), s)
     with pytest.raises(ValueError, match="A holds 4096 packed bytes"):
         Params4bit.from_prequantized(w, s.as_dict(packed=True), device="cpu")

@@ -163,22 +163,62 @@ def check_writable(t: torch.Tensor, arg: str) -> None:
         )
 
 
-def check_4bit_shape(shape: Sequence[int], absmax: torch.Tensor, packed: torch.Tensor, blocksize: int) -> None:
+def check_4bit_shape(
+    shape: Sequence[int],
+    absmax: torch.Tensor,
+    packed: torch.Tensor,
+    blocksize: int,
+    packed_name: str = "A",
+    shape_name: str = "shape",
+    absmax_name: str = "absmax",
+) -> None:
     """Check that ``packed`` and ``absmax`` describe a tensor of ``shape`` exactly: more bytes or more
     scales than it needs mean they belong to other data, or to another block size (a silent wrong
-    answer if decoded)."""
+    answer if decoded). The names are the caller's arguments (``B`` and ``shapeB`` for a weight,
+    ``absmax_8bit`` for the scales of a nested one)."""
     n = 1
     for s in shape:
         if s < 0:
-            raise ValueError(f"bitsandbytes: shape must be non-negative, got {list(shape)}")
+            raise ValueError(f"bitsandbytes: {shape_name} must be non-negative, got {list(shape)}")
         n *= s
     nbytes = packed.numel() * packed.element_size()
     if nbytes != (n + 1) // 2:
-        raise ValueError(f"bitsandbytes: A holds {nbytes} packed bytes but shape {list(shape)} needs {(n + 1) // 2}")
+        raise ValueError(
+            f"bitsandbytes: {packed_name} holds {nbytes} packed bytes but {shape_name} {list(shape)} needs "
+            f"{(n + 1) // 2}"
+        )
     if absmax.numel() != num_blocks(n, blocksize):
         raise ValueError(
-            f"bitsandbytes: absmax has {absmax.numel()} entries but shape {list(shape)} with blocksize "
-            f"{blocksize} needs {num_blocks(n, blocksize)}"
+            f"bitsandbytes: {absmax_name} has {absmax.numel()} entries but {shape_name} {list(shape)} with "
+            f"blocksize {blocksize} needs {num_blocks(n, blocksize)}"
+        )
+
+
+def check_nested_absmax(
+    absmax: torch.Tensor,
+    absmax_8bit: torch.Tensor,
+    absmax_code: torch.Tensor | None,
+    absmax_offset: torch.Tensor | None,
+) -> None:
+    """The parts of a nested (double-quantized) absmax, each under its own name: ``absmax_8bit``
+    (u8 codes), ``absmax_code`` (their 256-entry code book), ``absmax`` (f32, one scale per 256
+    codes) and ``absmax_offset`` (one value: a tensor of several would broadcast over the scales, a
+    wrong answer without an error)."""
+    if absmax_code is None or absmax_offset is None:
+        raise ValueError("bitsandbytes: absmax_8bit needs absmax_code and absmax_offset")
+    check_dtype(absmax_8bit, "absmax_8bit", (torch.uint8,))
+    check_code(absmax_code, "absmax_code")
+    check_dtype(absmax, "absmax", (torch.float32,))
+    inner = num_blocks(absmax_8bit.numel(), 256)
+    if absmax.numel() != inner:
+        raise ValueError(
+            f"bitsandbytes: absmax (the scales of absmax_8bit, one per 256 codes) has {absmax.numel()} entries "
+            f"but absmax_8bit's {absmax_8bit.numel()} codes need {inner}"
+        )
+    check_dtype(absmax_offset, "absmax_offset", (*FLOAT_DTYPES, torch.float64))
+    if absmax_offset.numel() != 1:
+        raise ValueError(
+            f"bitsandbytes: absmax_offset must hold one value (a 0-dim tensor), got shape {tuple(absmax_offset.shape)}"
         )
 
 
@@ -242,14 +282,14 @@ def check_optimizer_8bit_states(
     rows = 2 if optimizer_name == "ademamix" else 1
     blocks = num_blocks(n, OPTIMIZER_STATE_BLOCKSIZE)
     check_optimizer_state(state1, "state1", rows * n, torch.uint8)
-    check_code(qmap1)
+    check_code(qmap1, "qmap1")
     check_optimizer_state(absmax1, "absmax1", rows * blocks, torch.float32)
     two = optimizer_name in TWO_STATE_OPTIMIZERS
     if two:
         check_optimizer_state(state2, "state2", n, torch.uint8)
         if qmap2 is None:
             raise ValueError("bitsandbytes: qmap2 is required for this optimizer")
-        check_code(qmap2)
+        check_code(qmap2, "qmap2")
         check_optimizer_state(absmax2, "absmax2", blocks, torch.float32)
     return two
 
@@ -367,14 +407,14 @@ def check_gemv_4bit(
         raise ValueError(f"bitsandbytes: code must hold 16 values, got {code.numel()}")
     check_positive_blocksize(blocksize)
     check_same_device({"A": A, "B": B, "absmax": absmax, "code": code})
-    check_4bit_shape(shapeB, absmax, B, blocksize)
+    check_4bit_shape(shapeB, absmax, B, blocksize, "B", "shapeB")
 
 
-def check_code(code: torch.Tensor) -> None:
-    """A code book must be 256 ascending f32 values."""
-    check_dtype(code, "code", (torch.float32,))
+def check_code(code: torch.Tensor, arg: str = "code") -> None:
+    """A code book must be 256 ascending f32 values; ``arg`` is the caller's name for it."""
+    check_dtype(code, arg, (torch.float32,))
     if code.numel() != 256:
-        raise ValueError(f"bitsandbytes: code must hold 256 values, got {code.numel()}")
+        raise ValueError(f"bitsandbytes: {arg} must hold 256 values, got {code.numel()}")
 
 
 def check_dequantize_blockwise(
@@ -545,7 +585,7 @@ def check_gemm_4bit_t(
     check_blocksize_4bit(blocksize)
     check_quant_type(quant_type)
     check_dtype(absmax, "absmax", (torch.float32,))
-    check_4bit_shape((n, k), absmax, B, blocksize)
+    check_4bit_shape((n, k), absmax, B, blocksize, "B", "shapeB")
     check(
         A.dim() >= 1 and A.shape[-1] == n,
         f"bitsandbytes: A's last dimension must equal shapeB[0] ({n}), got shape {tuple(A.shape)}",

@@ -23,6 +23,7 @@ from ._checks import (
     check_gemm_4bit_t,
     check_has_dim,
     check_int8_weight_mm,
+    check_nested_absmax,
     check_optimizer_args,
     check_out,
     check_output_dtype,
@@ -308,15 +309,7 @@ def _register_fakes() -> None:
         check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
         check_dtype(absmax, "absmax", (torch.float32,))
         if absmax_8bit is not None:
-            check_dtype(absmax_8bit, "absmax_8bit", (torch.uint8,))
-            check(
-                absmax_code is not None and absmax_code.numel() == 256,
-                "bitsandbytes: absmax_code must hold 256 f32 values",
-            )
-            check(
-                absmax_offset is not None and absmax_offset.dim() == 0,
-                "bitsandbytes: absmax_offset must be a 0-dim tensor",
-            )
+            check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
         if bias is not None:
             check(
                 bias.dim() == 1 and bias.shape[0] == shapeB[0],

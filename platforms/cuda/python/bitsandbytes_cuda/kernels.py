@@ -271,23 +271,14 @@ def gemm_4bit(
     C.check_blocksize_4bit(blocksize)
     C.check_quant_type(quant_type)
     if absmax_8bit is not None:
-        C.check_dtype(absmax_8bit, "absmax_8bit", (torch.uint8,))
-        C.check(
-            absmax_code is not None and absmax_offset is not None,
-            "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
-        )
-    C.check_4bit_shape(list(shapeB), absmax if absmax_8bit is None else absmax_8bit, B, blocksize)
+        C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+        C.check_4bit_shape(list(shapeB), absmax_8bit, B, blocksize, "B", "shapeB", "absmax_8bit")
+    else:
+        C.check_4bit_shape(list(shapeB), absmax, B, blocksize, "B", "shapeB")
     device = _on_cuda(A=A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, bias=bias)
     if absmax_8bit is not None:
         inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-        absmax = inner + absmax_offset.float()
-        # An offset of another shape broadcasts the scales into a larger tensor, of which the
-        # kernel would read the first rows: a silent wrong answer (the reference refuses it).
-        C.check(
-            absmax.shape == inner.shape,
-            f"bitsandbytes: absmax_offset must be one value (a 0-d tensor) or one per entry of absmax_8bit "
-            f"({absmax_8bit.numel()}), got shape {tuple(absmax_offset.shape)}",
-        )
+        absmax = inner + absmax_offset.float().reshape(())
     if bias is not None:
         C.check(
             bias.dim() == 1 and bias.shape[0] == shapeB[0],

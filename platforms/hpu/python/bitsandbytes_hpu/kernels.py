@@ -111,58 +111,16 @@ def swap_nibbles(raw: torch.Tensor) -> torch.Tensor:
     return (raw >> 4) | (raw << 4)
 
 
-def check_packed_weight(B: torch.Tensor, shapeB: Sequence[int]) -> None:
-    """gemv_4bit's and gemm_4bit's packed weight ``B`` holds exactly the bytes of ``shapeB``, named
-    as such: the shared check, written for ``dequantize_4bit``, calls the packed tensor ``A``,
-    which in these ops is the activation (a valid tensor the message would blame)."""
-    C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
-    C.check(all(s >= 0 for s in shapeB), f"bitsandbytes: shapeB must be non-negative, got {list(shapeB)}")
-    need = (C.prod(shapeB) + 1) // 2
-    nbytes = B.numel() * B.element_size()
-    C.check(nbytes == need, f"bitsandbytes: B holds {nbytes} packed bytes but shapeB {list(shapeB)} needs {need}")
-
-
 def resolve_nested_absmax(
     absmax: torch.Tensor,
     absmax_8bit: torch.Tensor,
     absmax_code: torch.Tensor | None,
     absmax_offset: torch.Tensor | None,
-    shapeB: Sequence[int],
-    blocksize: int,
 ) -> torch.Tensor:
     """The f32 absmax of a nested (double-quantized) 4-bit weight: ``absmax_8bit`` decoded with
-    ``absmax_code`` and the inner ``absmax`` (blocks of 256), plus ``absmax_offset``.
-
-    Each argument is checked under its own name first (the block-wise decode would call them
-    ``A``, ``code`` and ``absmax``), and ``absmax_offset`` must be one value: a tensor of several
-    would broadcast over the scales, a wrong answer without an error.
-    """
-    C.check(
-        absmax_code is not None and absmax_offset is not None,
-        "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
-    )
-    C.check_dtype(absmax_8bit, "absmax_8bit", (torch.uint8,))
-    C.check_dtype(absmax_code, "absmax_code", (torch.float32,))
-    C.check(absmax_code.numel() == 256, f"bitsandbytes: absmax_code must hold 256 values, got {absmax_code.numel()}")
-    C.check_dtype(absmax, "absmax", (torch.float32,))
-    C.check(
-        absmax_offset.numel() == 1,
-        f"bitsandbytes: absmax_offset must hold one value (a 0-dim tensor), got shape {tuple(absmax_offset.shape)}",
-    )
-    C.check_blocksize_4bit(blocksize)
-    codes = absmax_8bit.numel()
-    blocks = C.num_blocks(C.prod(shapeB), blocksize)
-    C.check(
-        codes == blocks,
-        f"bitsandbytes: absmax_8bit has {codes} entries but shapeB {list(shapeB)} with blocksize {blocksize} "
-        f"needs {blocks}",
-    )
-    inner = C.num_blocks(codes, 256)
-    C.check(
-        absmax.numel() == inner,
-        f"bitsandbytes: absmax (the scales of absmax_8bit, one per 256 codes) has {absmax.numel()} entries but "
-        f"absmax_8bit's {codes} codes need {inner}",
-    )
+    ``absmax_code`` and the inner ``absmax`` (blocks of 256), plus the one value ``absmax_offset``,
+    each argument checked under its own name first (``check_nested_absmax``)."""
+    C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     decoded = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
     return decoded + absmax_offset.float().reshape(())
 
@@ -258,13 +216,6 @@ def gemv_4bit(
 ) -> torch.Tensor:
     """``A @ dequant(B).T`` with B decoded by ``code``: dequantize, then one matmul in A's dtype
     (on Gaudi the decode fuses into a TPC kernel that feeds the MME)."""
-    C.check(len(shapeB) == 2, f"bitsandbytes: shapeB must have 2 dimensions, got {list(shapeB)}")
-    C.check_has_dim(A, "A")
-    C.check(
-        A.shape[-1] == shapeB[1],
-        f"bitsandbytes: A's last dimension ({A.shape[-1]}) must equal shapeB[1] ({shapeB[1]})",
-    )
-    check_packed_weight(B, shapeB)  # before the shared checks, which would name B "A"
     C.check_gemv_4bit(A, B, shapeB, absmax, code, blocksize)
     n = shapeB[0] * shapeB[1]
     W = _dequantize_codes(B, absmax, blocksize, code, n).view(shapeB[0], shapeB[1])
@@ -307,15 +258,18 @@ def gemm_4bit(
     )
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
     C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
-    check_packed_weight(B, shapeB)
     if bias is not None:
         C.check(
             bias.dim() == 1 and bias.shape[0] == shapeB[0],
             f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}",
         )
         bias = bias.to(A.dtype)
+    C.check_blocksize_4bit(blocksize)
     if absmax_8bit is not None:
-        absmax = resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset, shapeB, blocksize)
+        absmax = resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+        C.check_4bit_shape(list(shapeB), absmax_8bit, B, blocksize, "B", "shapeB", "absmax_8bit")
+    else:
+        C.check_4bit_shape(list(shapeB), absmax, B, blocksize, "B", "shapeB")
     W = dequantize_4bit(B, absmax, blocksize, quant_type, list(shapeB), A.dtype)
     return torch.nn.functional.linear(A, W, bias)
 

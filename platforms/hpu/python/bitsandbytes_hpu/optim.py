@@ -112,14 +112,6 @@ def optimizer_update_32bit(
     p.copy_(newp.view(p.shape))
 
 
-def _check_qmap(qmap: torch.Tensor | None, arg: str) -> None:
-    """A state's code book: 256 f32 values, named as the argument it is (the shared state check
-    calls either one ``code``). A missing one is left to the shared check, which names it."""
-    if qmap is not None:
-        C.check_dtype(qmap, arg, (torch.float32,))
-        C.check(qmap.numel() == 256, f"bitsandbytes: {arg} must hold 256 values, got {qmap.numel()}")
-
-
 def _grid_table(qmap: torch.Tensor) -> torch.Tensor:
     """The uint8 code of the ``qmap`` entry nearest each of the 65536 grid points, in the graph."""
     return nearest_index(rule._grid_points(qmap.device), midpoints(qmap)).to(torch.uint8)
@@ -158,9 +150,6 @@ def optimizer_update_8bit_blockwise(
     states, apply the update in f32, write ``p`` in its dtype, re-quantize with fresh absmax."""
     C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
-    _check_qmap(qmap1, "qmap1")
-    if optimizer_name in C.TWO_STATE_OPTIMIZERS:
-        _check_qmap(qmap2, "qmap2")
     two = C.check_optimizer_8bit_states(optimizer_name, n, state1, state2, qmap1, qmap2, absmax1, absmax2)
     C.check_same_device(
         {

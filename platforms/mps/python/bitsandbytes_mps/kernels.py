@@ -301,15 +301,18 @@ class MetalKernels(OptimizerKernels):
         C.check_dtype(absmax, "absmax", (torch.float32,))
         C.check_blocksize_4bit(blocksize)
         C.check_quant_type(quant_type)
-        C.check_4bit_shape(list(shapeB), absmax if absmax_8bit is None else absmax_8bit, B, blocksize)
-        device = self._device(A=A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, bias=bias)
         if absmax_8bit is not None:
-            C.check(
-                absmax_code is not None and absmax_offset is not None,
-                "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
-            )
+            C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+            C.check_4bit_shape(list(shapeB), absmax_8bit, B, blocksize, "B", "shapeB", "absmax_8bit")
+        else:
+            C.check_4bit_shape(list(shapeB), absmax, B, blocksize, "B", "shapeB")
+        device = self._device(
+            A=A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, absmax_code=absmax_code, absmax_offset=absmax_offset,
+            bias=bias,
+        )  # fmt: skip
+        if absmax_8bit is not None:
             absmax = self.dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-            absmax = absmax + absmax_offset.float()
+            absmax = absmax + absmax_offset.float().reshape(())
         if bias is not None:
             C.check(
                 bias.dim() == 1 and bias.shape[0] == shapeB[0],

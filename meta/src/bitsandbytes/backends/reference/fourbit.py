@@ -113,12 +113,9 @@ def resolve_nested_absmax(
     """The effective f32 absmax of a nested (double-quantized) state, or ``absmax`` itself."""
     if absmax_8bit is None:
         return absmax
-    C.check(
-        absmax_code is not None and absmax_offset is not None,
-        "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
-    )
+    C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-    return inner + absmax_offset.float()
+    return inner + absmax_offset.float().reshape(())
 
 
 def cached_nested_absmax(
@@ -140,10 +137,7 @@ def cached_nested_absmax(
     seen: quant-state tensors are replaced, not edited so."""
     if absmax_8bit is None:
         return absmax
-    C.check(
-        absmax_code is not None and absmax_offset is not None,
-        "bitsandbytes: absmax_8bit needs absmax_code and absmax_offset",
-    )
+    C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     try:
         key = tuple(
             (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype)
@@ -154,7 +148,7 @@ def cached_nested_absmax(
             return hit[1]
     except (RuntimeError, AttributeError):  # tensors without storage or version (tracing)
         key = None
-    resolved = dequantize(absmax_8bit, absmax, absmax_code, 256, torch.float32).add_(absmax_offset.float())
+    resolved = dequantize(absmax_8bit, absmax, absmax_code, 256, torch.float32).add_(absmax_offset.float().reshape(()))
     if key is not None:
         try:
             setattr(absmax_8bit, slot, (key, resolved))
@@ -185,6 +179,10 @@ def gemm_4bit(
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
     C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
     eff = resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+    C.check_blocksize_4bit(blocksize)
+    C.check_4bit_shape(
+        list(shapeB), eff, B, blocksize, "B", "shapeB", "absmax" if absmax_8bit is None else "absmax_8bit"
+    )
     W = dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
     if bias is not None:
         C.check(
