@@ -418,6 +418,7 @@ XPU_TEST_FILES = [
     "tests/test_flush_denormal.py",
     "tests/test_layouts_and_aliasing.py",
     "tests/test_xpu_platform.py",
+    "tests/test_xpu_edges.py",
 ]
 
 

@@ -51,6 +51,18 @@ def test_gemv_4bit(device, impl, fn, dtype, N, K, blocksize, quant_type):
         close(got.cpu(), REF["gemv_4bit"](A, packed, [N, K], absmax, code, blocksize), K)
 
 
+@pytest.mark.parametrize("device,impl,fn", [*impl_params("gemv_4bit"), pytest.param("cpu", "ref", REF["gemv_4bit"])])
+@pytest.mark.parametrize("blocksize", [2**32 + 64, 2**62])
+def test_gemv_4bit_block_longer_than_the_weight(device, impl, fn, blocksize):
+    # One block of all 7 * 33 weights: the result of the block size that just covers them, with
+    # no scale expanded to the block's length (2**62 of them would overflow the allocation).
+    packed, absmax = quantized(7, 33, 256, "nf4")
+    code = four_bit_decode_table("nf4")
+    A = torch.randn(2, 33)
+    got = fn(A.to(device), packed.to(device), [7, 33], absmax.to(device), code.to(device), blocksize)
+    close(got.cpu(), REF["gemv_4bit"](A, packed, [7, 33], absmax, code, 256), 33)
+
+
 @pytest.mark.parametrize("device,impl,fn", impl_params("gemv_4bit.out"))
 def test_gemv_4bit_out_and_3d_input(device, impl, fn):
     N, K = 48, 128

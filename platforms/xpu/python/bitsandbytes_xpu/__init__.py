@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -47,12 +48,17 @@ def _triton_dist() -> tuple[str, str] | None:
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
+    """The release numbers of ``version``, at most three: '3.1.0+git12' is (3, 1, 0). A part counts
+    by its leading digits, and a part with a suffix ends the release: '3.0rc1' is (3, 0), a
+    pre-release of 3.0 (the digits of its suffix are no minor version), '3.0.post9' is (3, 0)."""
     parts = []
     for piece in version.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        digits = re.match(r"[0-9]*", piece).group()
         if not digits:
             break
         parts.append(int(digits))
+        if len(digits) != len(piece):
+            break
     return tuple(parts)
 
 

@@ -267,7 +267,11 @@ def _grid_table(qmap: torch.Tensor) -> torch.Tensor:
     """The reference's code table of ``qmap`` over the 65536 grid points, cached per code book
     storage address and version (an optimizer passes the same two code books every step). The
     entry holds the code book itself, so its address cannot be reused by another tensor while
-    cached, and views share the version counter: a hit needs no comparison (no device sync)."""
+    cached, and views share the version counter: a hit needs no comparison (no device sync). An
+    inference tensor (made under ``torch.inference_mode``) has no version counter: its table comes
+    from the reference's cache, which compares the code book's values instead."""
+    if qmap.is_inference():
+        return R._grid_table(qmap.contiguous())
     key = (qmap.device, qmap.data_ptr(), qmap._version)
     hit = _GRID_TABLES.get(key)
     if hit is None:

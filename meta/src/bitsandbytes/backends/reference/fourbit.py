@@ -50,7 +50,9 @@ def _dequantize_flat(
     A: torch.Tensor, absmax: torch.Tensor, blocksize: int, table: torch.Tensor, n: int
 ) -> torch.Tensor:
     codes = _unpack_codes(A, n)
-    scale = absmax.float().repeat_interleave(blocksize)[:n]
+    # A block longer than the tensor is one block of n values: repeating each scale blocksize
+    # times would allocate that many (gemv_4bit takes any positive block size, 2**62 included).
+    scale = absmax.float().repeat_interleave(min(blocksize, max(n, 1)))[:n]
     return table.to(A.device)[codes] * scale
 
 
