@@ -130,22 +130,42 @@ struct BoundSearch {
     }
   }
 
-  // 64 codes from two vectors of bit-reversed codes (u16 lanes).
-  __m512i codes64(__m512i r0, __m512i r1) const {
-    const __m512i b = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(r0)), _mm512_cvtepi16_epi8(r1), 1);
-    return reverse(b);
+  // 64 codes in value order from two vectors of bit-reversed codes in grid_index32's lane order
+  // (values 0-31, then 32-63): their low bytes gathered by one vpermt2b, then bit-reversed.
+  __m512i codes64(__m512i r0, __m512i r1, __m512i packed_order) const {
+    return reverse(_mm512_permutex2var_epi8(r0, packed_order, r1));
   }
 };
 
-// Grid indices floor((clamp(v * inv, -1, 1) + 1) * 32767.5 + 0.5) of 16 values as u16; NaN ->
-// 65535 (cvtt gives 0x80000000, which the unsigned saturation turns into 0xFFFF). The clamp is
-// implicit: |v| <= absmax, so |v * inv| <= 1 + 2^-23, whose index is the clamped one (0 or 65535).
-inline __m256i grid_index16(__m512 v, __m512 inv) {
-  const __m512 s = _mm512_mul_ps(v, inv);
-  const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_add_ps(s, _mm512_set1_ps(1.0f)), _mm512_set1_ps(32767.5f)),
-                                 _mm512_set1_ps(0.5f));
-  return _mm512_cvtusepi32_epi16(_mm512_cvttps_epi32(t));
+// Grid indices floor((clamp(v * inv, -1, 1) + 1) * 32767.5 + 0.5) of the 32 values at v as u16,
+// NaN -> 65535: cvtt gives 0x80000000 for NaN and at most 65536 otherwise, the unsigned minimum
+// with 65535 clamps both, and vpackusdw then packs exactly. The clamp of s is implicit: |v| <=
+// absmax, so |v * inv| <= 1 + 2^-23, whose index is the clamped one (0 or 65535). One pack for 32
+// values leaves them in its in-lane order, u16 lane 8i + 4h + t holding value 16h + 4i + t; the
+// search is lane-wise, and kPackedOrder puts the codes back in order.
+inline __m512i grid_index32(const float* v, __m512 inv) {
+  __m512i w[2];
+  for (int h = 0; h < 2; ++h) {
+    const __m512 s = _mm512_mul_ps(_mm512_load_ps(v + 16 * h), inv);
+    const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_add_ps(s, _mm512_set1_ps(1.0f)), _mm512_set1_ps(32767.5f)),
+                                   _mm512_set1_ps(0.5f));
+    w[h] = _mm512_min_epu32(_mm512_cvttps_epi32(t), _mm512_set1_epi32(65535));
+  }
+  return _mm512_packus_epi32(w[0], w[1]);
 }
+
+// The vpermt2b index taking the low bytes of two vectors of 32 u16 lanes in grid_index32's order
+// (values 0-31, then 32-63) to 64 bytes in value order.
+struct PackedOrder {
+  alignas(64) uint8_t index[64];
+  constexpr PackedOrder() : index() {
+    for (int j = 0; j < 64; ++j) {
+      const int x = j % 32, lane = 8 * ((x % 16) / 4) + 4 * (x / 16) + x % 4;
+      index[j] = static_cast<uint8_t>(64 * (j / 32) + 2 * lane);
+    }
+  }
+};
+constexpr PackedOrder kPackedOrder;
 
 // |x| as bit patterns: their unsigned maximum is the largest |x|, or a NaN's (above inf's).
 inline __m512i abs_bits(__m512 x) { return _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)); }
@@ -216,12 +236,10 @@ inline PendingCodes requantize_block(const float* v, __m512i mb, const BoundSear
     return pending;
   }
   __m512i k[8], r[8];
-  for (int j = 0; j < 8; ++j) {
-    k[j] = _mm512_inserti64x4(_mm512_castsi256_si512(grid_index16(_mm512_load_ps(v + 32 * j), pending.inv)),
-                              grid_index16(_mm512_load_ps(v + 32 * j + 16), pending.inv), 1);
-  }
+  for (int j = 0; j < 8; ++j) k[j] = grid_index32(v + 32 * j, pending.inv);
   search.find<8>(k, r);
-  for (int j = 0; j < 8; j += 2) _mm512_storeu_si512(codes + 32 * j, search.codes64(r[j], r[j + 1]));
+  const __m512i order = _mm512_load_si512(kPackedOrder.index);
+  for (int j = 0; j < 8; j += 2) _mm512_storeu_si512(codes + 32 * j, search.codes64(r[j], r[j + 1], order));
   return PendingCodes();
 }
 
