@@ -81,7 +81,7 @@ def prepare_gemm_4bit(
     def run(A: torch.Tensor) -> torch.Tensor | None:
         # The op's checks of A, in one test: every step costs microseconds here (module docstring).
         shape = A.shape
-        if not (A.dtype is dtype and shape[-1] == k and A.is_cpu and A.is_contiguous()):
+        if not (A.dtype is dtype and shape and shape[-1] == k and A.is_cpu and A.is_contiguous()):
             return None
         rows = A.numel() // k
         if not 0 < rows <= max_rows:
@@ -164,7 +164,7 @@ def prepare_int8_linear(
 
     def run(A: torch.Tensor) -> torch.Tensor | None:
         shape = A.shape
-        if not (A.dtype is dtype and shape[-1] == k and A.is_cpu and A.is_contiguous()):
+        if not (A.dtype is dtype and shape and shape[-1] == k and A.is_cpu and A.is_contiguous()):
             return None
         rows = A.numel() // k
         if not 0 < rows <= INT8_MAX_ROWS:
