@@ -227,3 +227,31 @@ def test_optimizer_8bit_names_its_code_books(device, impl, fn, arg):
                 "adam", u["g"], u["p"], u["state1"], u["state2"], 0.9, 0.999, 0.0, 0.0, 1e-8, 1, 1e-3,
                 u["qmap1"], u["qmap2"], u["absmax1"], u["absmax2"], 0.0, 1.0,
             )  # fmt: skip
+
+
+# ---- an int8 product's bias is one value per output column, as a vector -----------------------
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_mm_dequant"))
+def test_int8_mm_dequant_bias_must_be_a_vector(device, impl, fn):
+    acc = torch.randint(-1000, 1000, (4, 4), dtype=torch.int32, device=device)
+    stats = torch.rand(4, device=device) + 0.5
+    # With as many rows as columns an (n, 1) bias would broadcast down the rows: a wrong answer.
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\), got \(4, 1\)"):
+        fn(acc, stats, stats, torch.float32, torch.ones(4, 1, device=device))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_scaled_mm"))
+def test_int8_scaled_mm_bias_must_be_a_vector(device, impl, fn):
+    A = torch.randint(-127, 128, (4, 8), dtype=torch.int8, device=device)
+    B = torch.randint(-127, 128, (4, 8), dtype=torch.int8, device=device)
+    stats = torch.rand(4, device=device) + 0.5
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\), got \(4, 1\)"):
+        fn(A, B, stats, stats, torch.ones(4, 1, device=device))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_weight_mm"))
+def test_int8_weight_mm_bias_must_be_a_vector(device, impl, fn):
+    CB = torch.randint(-127, 128, (4, 8), dtype=torch.int8, device=device)
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\), got \(4, 1\)"):
+        fn(torch.randn(4, 8, device=device), CB, torch.rand(4, device=device) + 0.5, torch.ones(4, 1, device=device))

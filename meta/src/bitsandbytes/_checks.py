@@ -495,8 +495,8 @@ def check_int8_mm_dequant(
         raise ValueError(f"bitsandbytes: row_stats must have {rows} entries, got {row_stats.numel()}")
     if col_stats.numel() != n:
         raise ValueError(f"bitsandbytes: col_stats must have {n} entries, got {col_stats.numel()}")
-    if bias is not None and bias.numel() != n:
-        raise ValueError(f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
+    if bias is not None and not (bias.dim() == 1 and bias.numel() == n):
+        raise ValueError(f"bitsandbytes: bias must have shape ({n},), got {tuple(bias.shape)}")
     return rows, n
 
 
@@ -570,7 +570,9 @@ def check_int8_weight_mm(
     )
     if bias is not None:
         check_dtype(bias, "bias", FLOAT_DTYPES)
-        check(bias.numel() == n, f"bitsandbytes: bias must have {n} entries, got {bias.numel()}")
+        check(
+            bias.dim() == 1 and bias.numel() == n, f"bitsandbytes: bias must have shape ({n},), got {tuple(bias.shape)}"
+        )
     return n, k
 
 

@@ -230,7 +230,7 @@ def _int8_scaled_mm_args_ok(
         and B.is_cpu
         and row_stats.is_cpu
         and col_stats.is_cpu
-        and (bias is None or (bias.is_cpu and bias.dtype in C.FLOAT_DTYPES and bias.numel() == n))
+        and (bias is None or (bias.is_cpu and bias.dtype in C.FLOAT_DTYPES and bias.dim() == 1 and bias.numel() == n))
     )
 
 

@@ -149,7 +149,13 @@ def prepare_int8_linear(
         and threshold >= 0.0
         and (
             bias is None
-            or (bias.is_cpu and bias.dtype == dtype and bias.is_contiguous() and bias.numel() == CB.shape[0])
+            or (
+                bias.is_cpu
+                and bias.dtype == dtype
+                and bias.is_contiguous()
+                and bias.dim() == 1
+                and bias.numel() == CB.shape[0]
+            )
         )
     ):
         return None
