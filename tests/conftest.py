@@ -135,3 +135,28 @@ def _seeded_rng():
     """Every test starts from the same torch RNG state, so a tolerance check sees the same draw
     on every run (no test passes or fails by the luck of an unseeded draw)."""
     torch.manual_seed(0)
+
+
+def adam_8bit_args(n: int = 1000, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of one 8-bit block-wise Adam step over ``n`` elements (dynamic code books)."""
+    from bitsandbytes.backends.reference.codebooks import dynamic_map
+
+    blocks = -(-n // 256)
+    return {
+        "g": torch.randn(n, device=device),
+        "p": torch.randn(n, device=device),
+        "state1": torch.full((n,), 128, dtype=torch.uint8, device=device),
+        "state2": torch.zeros(n, dtype=torch.uint8, device=device),
+        "qmap1": dynamic_map(signed=True, device=device),
+        "qmap2": dynamic_map(signed=False, device=device),
+        "absmax1": torch.rand(blocks, device=device),
+        "absmax2": torch.rand(blocks, device=device),
+    }
+
+
+def step_8bit(fn: Callable[..., object], t: dict[str, torch.Tensor]) -> None:
+    """One Adam step of ``optimizer_update_8bit_blockwise`` implementation ``fn`` on ``t``."""
+    fn(
+        "adam", t["g"], t["p"], t["state1"], t["state2"], 0.9, 0.999, 0.0, 0.0, 1e-8, 1, 1e-3,
+        t["qmap1"], t["qmap2"], t["absmax1"], t["absmax2"], 0.0, 1.0,
+    )  # fmt: skip

@@ -11,7 +11,7 @@ import torch
 import bitsandbytes as bnb
 import bitsandbytes.functional as F
 from bitsandbytes.backends.reference.codebooks import dynamic_map
-from conftest import impl_params
+from conftest import adam_8bit_args, impl_params, step_8bit
 
 ops = torch.ops.bitsandbytes
 
@@ -170,26 +170,6 @@ def test_zero_dim_A_public_matmuls():
 # ---- optimizer states: shared memory or an expanded parameter refused, before any write -------
 
 
-def _adam_8bit_args(n: int = 1000) -> dict[str, torch.Tensor]:
-    return {
-        "g": torch.randn(n),
-        "p": torch.randn(n),
-        "state1": torch.full((n,), 128, dtype=torch.uint8),
-        "state2": torch.zeros(n, dtype=torch.uint8),
-        "qmap1": dynamic_map(signed=True),
-        "qmap2": dynamic_map(signed=False),
-        "absmax1": torch.rand(4),
-        "absmax2": torch.rand(4),
-    }
-
-
-def _step_8bit(fn, t: dict[str, torch.Tensor]) -> None:
-    fn(
-        "adam", t["g"], t["p"], t["state1"], t["state2"], 0.9, 0.999, 0.0, 0.0, 1e-8, 1, 1e-3,
-        t["qmap1"], t["qmap2"], t["absmax1"], t["absmax2"], 0.0, 1.0,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("device,impl,fn", impl_params("optimizer_update_8bit_blockwise"))
 def test_optimizer_8bit_shared_memory_refused(device, impl, fn):
     if device != "cpu":
@@ -202,32 +182,32 @@ def test_optimizer_8bit_shared_memory_refused(device, impl, fn):
         "state1": lambda t: t["g"].view(torch.uint8)[:1000],  # a view of the gradient's memory
     }
     for arg, make in aliases.items():
-        t = _adam_8bit_args()
+        t = adam_8bit_args()
         t[arg] = make(t)
         before = {k: v.clone() for k, v in t.items()}
         with pytest.raises(ValueError, match="share memory"):
-            _step_8bit(fn, t)
+            step_8bit(fn, t)
         for k in t:  # refused before any write
             assert torch.equal(t[k], before[k]), (arg, k)
     # one code book for both states is fine (both are only read)
-    t = _adam_8bit_args()
+    t = adam_8bit_args()
     t["qmap2"] = t["qmap1"] = dynamic_map(signed=False)
     u = {k: v.clone() for k, v in t.items()}
     u["qmap2"] = u["qmap1"].clone()
-    _step_8bit(fn, t)
-    _step_8bit(fn, u)
+    step_8bit(fn, t)
+    step_8bit(fn, u)
     for k in ("p", "state1", "state2", "absmax1", "absmax2"):
         assert torch.equal(t[k], u[k]), k
 
 
 @pytest.mark.parametrize("device,impl,fn", impl_params("optimizer_update_8bit_blockwise"))
 def test_optimizer_8bit_expanded_p_refused_before_any_write(device, impl, fn):
-    t = _adam_8bit_args()
+    t = adam_8bit_args()
     t = {k: v.to(device) for k, v in t.items()}
     t["p"] = t["p"][:1].expand(1000)
     before = {k: v.clone() for k, v in t.items()}
     with pytest.raises(ValueError, match="p is an expanded view"):
-        _step_8bit(fn, t)
+        step_8bit(fn, t)
     for k in t:
         assert torch.equal(t[k], before[k]), k
 
@@ -256,12 +236,12 @@ def test_optimizer_32bit_shared_memory_refused(device, impl, fn):
 
 @pytest.mark.parametrize("device,impl,fn", impl_params("optimizer_update_8bit_blockwise"))
 def test_optimizer_8bit_strided_g_and_p(device, impl, fn):
-    t = _adam_8bit_args(20 * 50)
+    t = adam_8bit_args(20 * 50)
     ref = {k: v.clone() for k, v in t.items()}
-    _step_8bit(fn, ref)
+    step_8bit(fn, ref)
     t["p"] = torch.stack([t["p"], torch.zeros_like(t["p"])], 1)[:, 0]  # stride 2
     t["g"] = torch.zeros(20 * 50 + 3)[3:].copy_(t["g"])  # a storage offset
-    _step_8bit(fn, t)
+    step_8bit(fn, t)
     for k in ("p", "state1", "state2", "absmax1", "absmax2"):
         assert torch.equal(t[k], ref[k]), k
 

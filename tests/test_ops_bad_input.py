@@ -7,7 +7,7 @@ import torch
 
 from bitsandbytes._checks import DTypeError
 from bitsandbytes.backends.reference.codebooks import dynamic_map
-from conftest import impl_params
+from conftest import adam_8bit_args, impl_params, step_8bit
 
 
 @pytest.mark.parametrize("device,impl,fn", impl_params("quantize_4bit"))
@@ -206,27 +206,13 @@ def test_gemv_4bit_names_the_packed_weight_B(device, impl, fn):
 @pytest.mark.parametrize("device,impl,fn", impl_params("optimizer_update_8bit_blockwise"))
 @pytest.mark.parametrize("arg", ["qmap1", "qmap2"])
 def test_optimizer_8bit_names_its_code_books(device, impl, fn, arg):
-    n = 300
-    t = {
-        "g": torch.randn(n, device=device),
-        "p": torch.randn(n, device=device),
-        "state1": torch.full((n,), 128, dtype=torch.uint8, device=device),
-        "state2": torch.zeros(n, dtype=torch.uint8, device=device),
-        "qmap1": dynamic_map(signed=True, device=device),
-        "qmap2": dynamic_map(signed=False, device=device),
-        "absmax1": torch.rand(2, device=device),
-        "absmax2": torch.rand(2, device=device),
-    }
+    t = adam_8bit_args(300, device)
     for bad, exc, message in (
         (t[arg][:128], ValueError, f"^bitsandbytes: {arg} must hold 256 values, got 128$"),
         (t[arg].double(), TypeError, f"^bitsandbytes: {arg} must have dtype"),
     ):
-        u = dict(t, **{arg: bad})
         with pytest.raises(exc, match=message):
-            fn(
-                "adam", u["g"], u["p"], u["state1"], u["state2"], 0.9, 0.999, 0.0, 0.0, 1e-8, 1, 1e-3,
-                u["qmap1"], u["qmap2"], u["absmax1"], u["absmax2"], 0.0, 1.0,
-            )  # fmt: skip
+            step_8bit(fn, dict(t, **{arg: bad}))
 
 
 # ---- an int8 product's bias is one value per output column, as a vector -----------------------
