@@ -347,6 +347,7 @@ HPU_HOST_TESTS = [
     "tests/test_flush_denormal.py",
     "tests/test_layouts_and_aliasing.py",
     "tests/test_hpu_platform.py",
+    "tests/test_hpu_edges.py",
 ]
 
 
