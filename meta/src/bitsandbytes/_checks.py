@@ -380,15 +380,44 @@ def check_quantize_4bit(A: torch.Tensor, blocksize: int, quant_type: str, quant_
 
 
 def check_dequantize_4bit(
-    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype
+    A: torch.Tensor,
+    absmax: torch.Tensor,
+    blocksize: int,
+    quant_type: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    packed_name: str = "A",
+    shape_name: str = "shape",
+    absmax_name: str = "absmax",
 ) -> None:
-    """Argument checks of dequantize_4bit shared by every backend."""
+    """Argument checks of dequantize_4bit shared by every backend; a matmul decoding its weight
+    passes its own names (``B``, ``shapeB``, and ``absmax_8bit`` where ``absmax`` was resolved from
+    nested scales)."""
     check_blocksize_4bit(blocksize)
     check_quant_type(quant_type)
     check_dtype(absmax, "absmax", (torch.float32,))
     check_output_dtype(dtype)
-    check_same_device({"A": A, "absmax": absmax})
-    check_4bit_shape(shape, absmax, A, blocksize)
+    check_same_device({packed_name: A, "absmax": absmax})
+    check_4bit_shape(shape, absmax, A, blocksize, packed_name, shape_name, absmax_name)
+
+
+def check_4bit_weight(
+    shapeB: Sequence[int],
+    B: torch.Tensor,
+    blocksize: int,
+    absmax: torch.Tensor,
+    absmax_8bit: torch.Tensor | None,
+    absmax_code: torch.Tensor | None,
+    absmax_offset: torch.Tensor | None,
+) -> None:
+    """gemm_4bit's packed weight ``B`` of ``shapeB`` and its scales, before any is decoded: one
+    ``absmax`` per block, or nested ones (``absmax_8bit`` per block, with the parts
+    ``check_nested_absmax`` checks)."""
+    if absmax_8bit is None:
+        check_4bit_shape(shapeB, absmax, B, blocksize, "B", "shapeB")
+    else:
+        check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+        check_4bit_shape(shapeB, absmax_8bit, B, blocksize, "B", "shapeB", "absmax_8bit")
 
 
 def check_gemv_4bit(

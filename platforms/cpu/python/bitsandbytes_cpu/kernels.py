@@ -353,10 +353,8 @@ def gemm_4bit(
         if B.dtype not in _PACKED_4BIT_DTYPES:
             C.check_dtype(B, "B", _PACKED_4BIT_DTYPES)
         eff = _resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-        C.check_blocksize_4bit(blocksize)
         scales = "absmax" if absmax_8bit is None else "absmax_8bit"
-        C.check_4bit_shape(list(shapeB), eff, B, blocksize, "B", "shapeB", scales)
-        C.check_dequantize_4bit(B, eff, blocksize, quant_type, shapeB, A.dtype)
+        C.check_dequantize_4bit(B, eff, blocksize, quant_type, shapeB, A.dtype, "B", "shapeB", scales)
         if bias is not None:
             if not (bias.dim() == 1 and bias.shape[0] == shapeB[0]):
                 raise ValueError(f"bitsandbytes: bias must have shape ({shapeB[0]},), got {tuple(bias.shape)}")

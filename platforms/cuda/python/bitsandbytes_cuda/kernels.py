@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bitsandbytes import _checks as C
+from bitsandbytes.backends.reference.fourbit import decode_nested_absmax
 
 from . import _C, paged
 
@@ -270,15 +271,10 @@ def gemm_4bit(
     C.check_dtype(absmax, "absmax", (torch.float32,))
     C.check_blocksize_4bit(blocksize)
     C.check_quant_type(quant_type)
-    if absmax_8bit is not None:
-        C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-        C.check_4bit_shape(list(shapeB), absmax_8bit, B, blocksize, "B", "shapeB", "absmax_8bit")
-    else:
-        C.check_4bit_shape(list(shapeB), absmax, B, blocksize, "B", "shapeB")
+    C.check_4bit_weight(list(shapeB), B, blocksize, absmax, absmax_8bit, absmax_code, absmax_offset)
     device = _on_cuda(A=A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, bias=bias)
     if absmax_8bit is not None:
-        inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-        absmax = inner + absmax_offset.float().reshape(())
+        absmax = decode_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset, dequantize_blockwise)
     if bias is not None:
         C.check(
             bias.dim() == 1 and bias.shape[0] == shapeB[0],

@@ -33,7 +33,7 @@ import torch
 from bitsandbytes import _checks as C
 from bitsandbytes.backends.reference.blockwise import inverse_absmax
 from bitsandbytes.backends.reference.codebooks import FP4_DECODE_VALUES, FP4_VALUES, NF4_VALUES, midpoints
-from bitsandbytes.backends.reference.fourbit import _blockwise_scaled
+from bitsandbytes.backends.reference.fourbit import _blockwise_scaled, decode_nested_absmax
 
 from . import _gaudi
 
@@ -109,20 +109,6 @@ def _packed_bytes(A: torch.Tensor, n: int) -> torch.Tensor:
 def swap_nibbles(raw: torch.Tensor) -> torch.Tensor:
     """Each byte with its two nibbles exchanged (uint8)."""
     return (raw >> 4) | (raw << 4)
-
-
-def resolve_nested_absmax(
-    absmax: torch.Tensor,
-    absmax_8bit: torch.Tensor,
-    absmax_code: torch.Tensor | None,
-    absmax_offset: torch.Tensor | None,
-) -> torch.Tensor:
-    """The f32 absmax of a nested (double-quantized) 4-bit weight: ``absmax_8bit`` decoded with
-    ``absmax_code`` and the inner ``absmax`` (blocks of 256), plus the one value ``absmax_offset``,
-    each argument checked under its own name first (``check_nested_absmax``)."""
-    C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-    decoded = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-    return decoded + absmax_offset.float().reshape(())
 
 
 # ------------------------------------------------------------------------------------- 4-bit
@@ -265,11 +251,9 @@ def gemm_4bit(
         )
         bias = bias.to(A.dtype)
     C.check_blocksize_4bit(blocksize)
+    C.check_4bit_weight(list(shapeB), B, blocksize, absmax, absmax_8bit, absmax_code, absmax_offset)
     if absmax_8bit is not None:
-        absmax = resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-        C.check_4bit_shape(list(shapeB), absmax_8bit, B, blocksize, "B", "shapeB", "absmax_8bit")
-    else:
-        C.check_4bit_shape(list(shapeB), absmax, B, blocksize, "B", "shapeB")
+        absmax = decode_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset, dequantize_blockwise)
     W = dequantize_4bit(B, absmax, blocksize, quant_type, list(shapeB), A.dtype)
     return torch.nn.functional.linear(A, W, bias)
 

@@ -27,6 +27,7 @@ import torch
 
 from bitsandbytes import _checks as C
 from bitsandbytes.backends import reference as R
+from bitsandbytes.backends.reference.fourbit import decode_nested_absmax
 
 from .optim import OptimizerKernels
 
@@ -301,18 +302,13 @@ class MetalKernels(OptimizerKernels):
         C.check_dtype(absmax, "absmax", (torch.float32,))
         C.check_blocksize_4bit(blocksize)
         C.check_quant_type(quant_type)
-        if absmax_8bit is not None:
-            C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-            C.check_4bit_shape(list(shapeB), absmax_8bit, B, blocksize, "B", "shapeB", "absmax_8bit")
-        else:
-            C.check_4bit_shape(list(shapeB), absmax, B, blocksize, "B", "shapeB")
+        C.check_4bit_weight(list(shapeB), B, blocksize, absmax, absmax_8bit, absmax_code, absmax_offset)
         device = self._device(
             A=A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, absmax_code=absmax_code, absmax_offset=absmax_offset,
             bias=bias,
         )  # fmt: skip
         if absmax_8bit is not None:
-            absmax = self.dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-            absmax = absmax + absmax_offset.float().reshape(())
+            absmax = decode_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset, self.dequantize_blockwise)
         if bias is not None:
             C.check(
                 bias.dim() == 1 and bias.shape[0] == shapeB[0],

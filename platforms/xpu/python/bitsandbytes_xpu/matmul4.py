@@ -221,10 +221,8 @@ def gemm_4bit(
     C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
     C.check_quant_type(quant_type)
     eff = resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-    C.check_blocksize_4bit(blocksize)
     scales = "absmax" if absmax_8bit is None else "absmax_8bit"
-    C.check_4bit_shape(list(shapeB), eff, B, blocksize, "B", "shapeB", scales)
-    C.check_dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
+    C.check_dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype, "B", "shapeB", scales)
     if bias is not None:
         C.check(
             bias.dim() == 1 and bias.shape[0] == shapeB[0],

@@ -61,8 +61,14 @@ def dequantize_4bit(
 ) -> torch.Tensor:
     """Decode packed 4-bit codes: ``table[code] * absmax[block]`` in f32, cast to ``dtype``."""
     C.check_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype)
-    n = C.prod(shape)
-    out = _dequantize_flat(A, absmax, blocksize, four_bit_decode_table(quant_type), n)
+    return _decode_4bit(A, absmax, blocksize, quant_type, shape, dtype)
+
+
+def _decode_4bit(
+    A: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: Sequence[int], dtype: torch.dtype
+) -> torch.Tensor:
+    """``dequantize_4bit`` of checked arguments."""
+    out = _dequantize_flat(A, absmax, blocksize, four_bit_decode_table(quant_type), C.prod(shape))
     return out.to(dtype).reshape(shape)
 
 
@@ -116,8 +122,20 @@ def resolve_nested_absmax(
     if absmax_8bit is None:
         return absmax
     C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-    inner = dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-    return inner + absmax_offset.float().reshape(())
+    return decode_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset, dequantize_blockwise)
+
+
+def decode_nested_absmax(
+    absmax: torch.Tensor,
+    absmax_8bit: torch.Tensor,
+    absmax_code: torch.Tensor,
+    absmax_offset: torch.Tensor,
+    dequantize: Callable[..., torch.Tensor],
+) -> torch.Tensor:
+    """The f32 scales of checked nested parts (``check_nested_absmax``) through a platform's
+    block-wise ``dequantize`` (the ``dequantize_blockwise`` op's arguments): the codes decoded in
+    blocks of 256, plus the one offset value."""
+    return dequantize(absmax_8bit, absmax, absmax_code, 256, torch.float32) + absmax_offset.float().reshape(())
 
 
 def cached_nested_absmax(
@@ -150,7 +168,7 @@ def cached_nested_absmax(
             return hit[1]
     except (RuntimeError, AttributeError):  # tensors without storage or version (tracing)
         key = None
-    resolved = dequantize(absmax_8bit, absmax, absmax_code, 256, torch.float32).add_(absmax_offset.float().reshape(()))
+    resolved = decode_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset, dequantize)
     if key is not None:
         try:
             setattr(absmax_8bit, slot, (key, resolved))
@@ -181,11 +199,9 @@ def gemm_4bit(
     C.check_dtype(A, "A", C.FLOAT_DTYPES)
     C.check_dtype(B, "B", (torch.uint8, torch.bfloat16, torch.float16, torch.float32))
     eff = resolve_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
-    C.check_blocksize_4bit(blocksize)
-    C.check_4bit_shape(
-        list(shapeB), eff, B, blocksize, "B", "shapeB", "absmax" if absmax_8bit is None else "absmax_8bit"
-    )
-    W = dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
+    scales = "absmax" if absmax_8bit is None else "absmax_8bit"
+    C.check_dequantize_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype, "B", "shapeB", scales)
+    W = _decode_4bit(B, eff, blocksize, quant_type, list(shapeB), A.dtype)
     if bias is not None:
         C.check(
             bias.dim() == 1 and bias.shape[0] == shapeB[0],
