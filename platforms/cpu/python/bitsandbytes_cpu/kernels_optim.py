@@ -38,13 +38,7 @@ def optimizer_update_32bit(
     """One fused optimizer step with f32 states (one pass; two with max_unorm > 0)."""
     C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
-    C.check_optimizer_state(state1, "state1", 2 * n if optimizer_name == "ademamix" else n, torch.float32)
-    two = optimizer_name in C.TWO_STATE_OPTIMIZERS
-    if two:
-        C.check_optimizer_state(state2, "state2", n, torch.float32)
-    clip = max_unorm > 0.0
-    if clip:
-        C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
+    two, clip = C.check_optimizer_32bit_states(optimizer_name, n, state1, state2, unorm_vec, max_unorm)
     _on_cpu(g=g, p=p, state1=state1)
     p_dense, g_dense = p.is_contiguous(), g.is_contiguous()
     if not (p_dense and g_dense):  # the kernel gets copies: their originals' memory is checked here

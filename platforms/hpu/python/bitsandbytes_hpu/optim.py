@@ -75,13 +75,7 @@ def optimizer_update_32bit(
     """
     C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
-    C.check_optimizer_state(state1, "state1", rule._state_numel(optimizer_name, n), torch.float32)
-    two = optimizer_name in C.TWO_STATE_OPTIMIZERS
-    if two:
-        C.check_optimizer_state(state2, "state2", n, torch.float32)
-    clip = max_unorm > 0.0
-    if clip:
-        C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
+    two, clip = C.check_optimizer_32bit_states(optimizer_name, n, state1, state2, unorm_vec, max_unorm)
     C.check_same_device({"g": g, "p": p, "state1": state1, "state2": state2, "unorm_vec": unorm_vec})
     C.check_optimizer_32bit_no_alias(g, p, state1, state2 if two else None, unorm_vec if clip else None)
     h = _hyper(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, p.device)

@@ -108,13 +108,7 @@ class OptimizerKernels(abc.ABC):
         per-threadgroup sums of ||u||^2, added on the device, then the clipped update)."""
         C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
         n = p.numel()
-        C.check_optimizer_state(state1, "state1", 2 * n if optimizer_name == "ademamix" else n, torch.float32)
-        two = optimizer_name in C.TWO_STATE_OPTIMIZERS
-        if two:
-            C.check_optimizer_state(state2, "state2", n, torch.float32)
-        clip = max_unorm > 0.0
-        if clip:
-            C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
+        two, clip = C.check_optimizer_32bit_states(optimizer_name, n, state1, state2, unorm_vec, max_unorm)
         device = self._device(
             g=g, p=p, state1=state1, state2=state2 if two else None, unorm_vec=unorm_vec if clip else None
         )

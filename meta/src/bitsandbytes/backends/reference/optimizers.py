@@ -41,15 +41,6 @@ _CHUNK = STATE_BLOCKSIZE * 1024
 
 
 # --------------------------------------------------------------------------------------------
-# Checks
-# --------------------------------------------------------------------------------------------
-
-
-def _state_numel(optimizer_name: str, n: int) -> int:
-    return 2 * n if optimizer_name == "ademamix" else n
-
-
-# --------------------------------------------------------------------------------------------
 # The update math of one chunk, in f32 (spec §8.5)
 # --------------------------------------------------------------------------------------------
 
@@ -203,22 +194,15 @@ def optimizer_update_32bit(
     """
     C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
-    C.check_optimizer_state(state1, "state1", _state_numel(optimizer_name, n), torch.float32)
-    if optimizer_name in TWO_STATE:
-        C.check_optimizer_state(state2, "state2", n, torch.float32)
-    clip = max_unorm > 0.0
-    if clip:
-        C.check_optimizer_state(unorm_vec, "unorm_vec", 1, torch.float32)
+    two, clip = C.check_optimizer_32bit_states(optimizer_name, n, state1, state2, unorm_vec, max_unorm)
     C.check_same_device({"g": g, "p": p, "state1": state1, "state2": state2, "unorm_vec": unorm_vec})
-    C.check_optimizer_32bit_no_alias(
-        g, p, state1, state2 if optimizer_name in TWO_STATE else None, unorm_vec if clip else None
-    )
+    C.check_optimizer_32bit_no_alias(g, p, state1, state2 if two else None, unorm_vec if clip else None)
     h = _Hyper(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr)
 
     pflat = p.view(-1) if p.is_contiguous() else p.reshape(-1).clone()
     gflat = g.reshape(-1)
     s1 = state1.view(2, n) if optimizer_name == "ademamix" else state1.view(-1)
-    s2 = state2.view(-1) if state2 is not None and optimizer_name in TWO_STATE else None
+    s2 = state2.view(-1) if two else None
 
     def chunk(a: int, b: int):
         gc = _f32(gflat[a:b], gnorm_scale)
