@@ -91,7 +91,8 @@ def find_cudart_libraries() -> Iterator[Path]:
 
 
 def print_diagnostics(cuda_specs: CUDASpecs) -> None:
-    """What the GPU runtime is, which kernel library fits it and whether it is installed."""
+    """What the GPU runtime is, which kernel library fits it and whether it is installed, then
+    the runtime libraries reachable through the environment (``print_runtime_diagnostics``)."""
     from ..cextension import HIP_ENVIRONMENT, get_cuda_bnb_library_path
 
     kind = "ROCm" if HIP_ENVIRONMENT else "CUDA"
@@ -108,6 +109,7 @@ def print_diagnostics(cuda_specs: CUDASpecs) -> None:
             `python -m bitsandbytes` names the install command.
             """
         )
+    print_runtime_diagnostics()
 
 
 def print_runtime_diagnostics() -> None:
