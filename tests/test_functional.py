@@ -318,12 +318,12 @@ def test_paging_helpers_are_one_set_and_work_on_any_tensor():
     assert torch.equal(A, torch.full((3, 2), 2.5))
     F._mul(A, torch.tensor([2.0, 4.0]))
     assert torch.equal(A, torch.tensor([[5.0, 10.0]] * 3))
-    F.elementwise_func("arange", A, None)
+    F.elementwise_func("arange", A, None, 0.0)
     assert torch.equal(A, torch.arange(6.0).view(3, 2))
     F.elementwise_func("fill", A, None, value=-1.0)
     assert torch.equal(A, torch.full((3, 2), -1.0))
     with pytest.raises(ValueError, match="func_name 'cos'"):
-        F.elementwise_func("cos", A, None)
+        F.elementwise_func("cos", A, None, 0.0)
 
 
 def test_deprecated_int8_helpers():
@@ -333,7 +333,7 @@ def test_deprecated_int8_helpers():
         got = F.igemm(A, B)
     assert torch.equal(got, A.int() @ B.int())
     with pytest.warns(FutureWarning):
-        assert F.check_matmul(A, B) == (3, 5)
+        assert F.check_matmul(A, B, None, False, False) == (3, 5)
     with pytest.warns(FutureWarning):
         batched = F.batched_igemm(A[None], B[None])
     assert torch.equal(batched[0], A.int() @ B.int())

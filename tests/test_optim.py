@@ -452,7 +452,7 @@ def test_bad_constructor_args(make, exc, match) -> None:
 
 def test_betas_string_is_parsed() -> None:
     opt = bnb.optim.AdamW([torch.nn.Parameter(torch.randn(4))], betas="(0.8, 0.9)")
-    assert opt.param_groups[0]["betas"] == (0.8, 0.9)
+    assert opt.param_groups[0]["betas"] == [0.8, 0.9]  # spec §8.1: a string is parsed to a list
 
 
 def test_sparse_gradient_rejected() -> None:

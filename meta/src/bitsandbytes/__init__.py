@@ -7,7 +7,6 @@ that matches each device torch can see (see ``bitsandbytes._platforms``).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 
 import torch
@@ -40,10 +39,6 @@ from . import autograd, functional, nn, utils  # noqa: E402
 from .autograd._functions import MatmulLtState, matmul, matmul_4bit  # noqa: E402
 from .nn import modules  # noqa: E402, F401  (the established release exposes bnb.modules)
 
-with contextlib.suppress(ImportError):
-    from . import optim  # noqa: F401  (maintained separately; joins when present)
-
-
 _LAZY_MODULES = frozenset({"cextension", "consts", "cuda_specs", "diagnostics"})
 
 
@@ -54,6 +49,11 @@ def __getattr__(name: str):
         return importlib.import_module(f"{__name__}.{name}")
     if name == "adam":
         return optim.adam
+    if name == "default_ops":  # the kernels every device falls back to
+        return importlib.import_module(f"{__name__}.backends.reference")
+    if name == "cpu_ops":  # the kernels registered for the CPU: the CPU wheel's, or the reference
+        cpu = [r for r in _LOADED.records if r.platform == "cpu" and r.status == "loaded"]
+        return importlib.import_module("bitsandbytes_cpu" if cpu else f"{__name__}.backends.reference")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -82,9 +82,9 @@ def _deprecated(name: str) -> None:
 def check_matmul(
     A: torch.Tensor,
     B: torch.Tensor,
-    out: torch.Tensor | None = None,
-    transposed_A: bool = False,
-    transposed_B: bool = False,
+    out: torch.Tensor | None,
+    transposed_A: bool,
+    transposed_B: bool,
     expected_type: torch.dtype = torch.int8,
 ) -> torch.Size:
     """Deprecated: validate an int8 matmul's operands and return the output shape."""

@@ -96,11 +96,16 @@ def get_paged(
     return t
 
 
+class NotPagedError(ValueError, AssertionError):
+    """A tensor that should be paged is not. The established release asserts ``A.is_paged`` (spec
+    §3.5), so this is an AssertionError as well as a ValueError."""
+
+
 def prefetch_tensor(A: torch.Tensor, to_cpu: bool = False) -> None:
     """Ask the driver to move paged tensor ``A``'s pages to its device (``A.page_deviceid``, the
     current device when None) or to the host."""
     if not getattr(A, "is_paged", False):
-        raise ValueError("bitsandbytes: prefetch_tensor needs a paged tensor (A.is_paged is not True)")
+        raise NotPagedError("bitsandbytes: prefetch_tensor needs a paged tensor (A.is_paged is not True)")
     if _PROVIDER is None:
         raise RuntimeError("bitsandbytes: no platform wheel with paging support is loaded")
     _PROVIDER[2](A, getattr(A, "page_deviceid", None), to_cpu)
@@ -132,7 +137,7 @@ def _mul(A: torch.Tensor, B: torch.Tensor, device: Any = None) -> None:
     A.mul_(B)
 
 
-def elementwise_func(func_name: str, A: torch.Tensor, B: Any, value: float = 0.0, prefetch: bool = True) -> None:
+def elementwise_func(func_name: str, A: torch.Tensor, B: Any, value: float, prefetch: bool = True) -> None:
     """The element-wise helpers over (paged) tensors, in place on ``A``: ``"fill"`` (with ``value``),
     ``"arange"`` (0, 1, 2, ... in ``A``'s flat order) and ``"_mul"`` (``A *= B``)."""
     if func_name == "fill":

@@ -95,6 +95,10 @@ class QuantState:
         "nested_dtype",
         "nested_offset",
     ]
+    packing_format_for_cpu = False
+    """Whether the codes are in the established release's AVX512-BF16 CPU re-layout: never here.
+    The CPU wheel keeps the checkpoint layout and prepares its fast paths beside it (kept runners),
+    so a state dict, a move to another device or a dequantize needs no conversion back."""
 
     def __init__(
         self,

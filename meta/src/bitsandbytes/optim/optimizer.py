@@ -44,6 +44,12 @@ def _warn_paging_unsupported(device: torch.device) -> None:
         )
 
 
+def _group_betas(given: Any, betas: list[float] | tuple[float, ...]) -> list[float] | tuple[float, ...]:
+    """``betas`` as the parameter group keeps it (spec §8.1): the list of floats parsed from a
+    string such as ``"(0.9, 0.999)"``, otherwise a tuple (as the established release records it)."""
+    return list(betas) if isinstance(given, str) else tuple(betas)
+
+
 class Optimizer8bit(torch.optim.Optimizer):
     """Base of every bitsandbytes optimizer (8-bit and 32-bit states alike)."""
 
@@ -332,12 +338,13 @@ class Optimizer2State(Optimizer8bit):
         t_alpha: int | None = None,
         t_beta3: int | None = None,
     ) -> None:
+        given_betas = betas
         betas = validate_hyperparameters(lr, eps, betas, weight_decay, 3 if optimizer_name == "ademamix" else 2)
         if optimizer_name == "ademamix":
             validate_ademamix(alpha, t_alpha, t_beta3)
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=_group_betas(given_betas, betas),
             eps=eps,
             weight_decay=weight_decay,
             alpha=alpha,
@@ -460,8 +467,9 @@ class Optimizer1State(Optimizer8bit):
         skip_zeros: bool = False,
         is_paged: bool = False,
     ) -> None:
+        given_betas = betas
         betas = validate_hyperparameters(lr, eps, betas, weight_decay)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, betas=_group_betas(given_betas, betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults, optim_bits, is_paged)
         if args is None:
             args = MockArgs(
