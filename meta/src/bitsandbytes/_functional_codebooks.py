@@ -53,7 +53,7 @@ def create_fp8_map(
 ) -> torch.Tensor:
     """A minifloat code: every (exponent, mantissa) pattern, optionally signed, sorted, max 1."""
     if exponent_bits + precision_bits != total_bits - int(signed):
-        raise ValueError(
+        raise _codebooks.CodebookArgumentError(
             f"create_fp8_map: exponent_bits ({exponent_bits}) + precision_bits ({precision_bits}) must equal "
             f"total_bits ({total_bits}) minus the sign bit ({int(signed)})"
         )

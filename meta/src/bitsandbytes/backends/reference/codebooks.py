@@ -10,6 +10,12 @@ import functools
 
 import torch
 
+
+class CodebookArgumentError(ValueError, AssertionError):
+    """Arguments a code-book constructor cannot build a code from. The established release
+    asserted these (spec §2.4/§2.5: ``AssertionError``); a ``ValueError`` names the problem."""
+
+
 NF4_VALUES = (
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
     -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
@@ -99,7 +105,7 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     data.append(0.0)
     data.append(1.0)
     if len(data) != 2**total_bits:
-        raise ValueError(f"dynamic map has {len(data)} entries, expected {2**total_bits}")
+        raise CodebookArgumentError(f"dynamic map has {len(data)} entries, expected {2**total_bits}")
     data += [0.0] * (256 - len(data))
     return torch.sort(torch.tensor(data, dtype=torch.float32)).values
 
