@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import bitsandbytes
 import bitsandbytes.nn.linear8bit as l8
 from bitsandbytes import _direct
-from bitsandbytes.nn._params import DECODE_PLAN_BUILDS_KEY, DECODE_PLAN_KEY
+from bitsandbytes.nn._params import DECODE_PLAN_BUILDS_KEY, DECODE_PLAN_KEY, weight_caches
 
 prepared = pytest.importorskip("bitsandbytes_cpu.prepared", reason="the CPU wheel offers the prepared runner")
 pytestmark = pytest.mark.skipif(
@@ -36,15 +36,15 @@ def _layer(k=128, n=64, bias=True, dtype=torch.bfloat16, seed=0, nested=False, q
 
 def _general(layer, x):
     """The layer's result through the general path only (the kept runner set aside)."""
-    plan = layer.weight.__dict__.pop(DECODE_PLAN_KEY, None)
-    builds = layer.weight.__dict__.get(DECODE_PLAN_BUILDS_KEY, 0)
-    layer.weight.__dict__[DECODE_PLAN_BUILDS_KEY] = 1 << 30  # keeps none for this call
+    plan = weight_caches(layer.weight).pop(DECODE_PLAN_KEY, None)
+    builds = weight_caches(layer.weight).get(DECODE_PLAN_BUILDS_KEY, 0)
+    weight_caches(layer.weight)[DECODE_PLAN_BUILDS_KEY] = 1 << 30  # keeps none for this call
     try:
         return layer(x)
     finally:
-        layer.weight.__dict__[DECODE_PLAN_BUILDS_KEY] = builds
+        weight_caches(layer.weight)[DECODE_PLAN_BUILDS_KEY] = builds
         if plan is not None:
-            layer.weight.__dict__[DECODE_PLAN_KEY] = plan
+            weight_caches(layer.weight)[DECODE_PLAN_KEY] = plan
 
 
 class _Count:
@@ -54,7 +54,7 @@ class _Count:
         if isinstance(layer, bitsandbytes.nn.Linear8bitLt):
             holder, key = layer.__dict__, l8._INT8_PLAN_KEY
         else:
-            holder, key = layer.weight.__dict__, DECODE_PLAN_KEY
+            holder, key = weight_caches(layer.weight), DECODE_PLAN_KEY
         plan = holder[key]
         self.served = 0
 
@@ -75,7 +75,7 @@ def test_the_runner_gives_the_general_result_bit_for_bit(dtype, bias, shape, qua
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     with torch.no_grad():
         first = layer(x)  # general path; keeps the runner
-        assert DECODE_PLAN_KEY in layer.weight.__dict__
+        assert DECODE_PLAN_KEY in weight_caches(layer.weight)
         count = _Count(layer)
         y = layer(x)
         assert count.served == 1
@@ -285,8 +285,8 @@ def test_a_weight_that_keeps_moving_stops_getting_runners():
         for i in range(12):
             layer.weight.data = datas[i % 2].clone()
             layer(x)
-    assert layer.weight.__dict__[DECODE_PLAN_BUILDS_KEY] == 4
-    assert DECODE_PLAN_KEY not in layer.weight.__dict__
+    assert weight_caches(layer.weight)[DECODE_PLAN_BUILDS_KEY] == 4
+    assert DECODE_PLAN_KEY not in weight_caches(layer.weight)
 
 
 def test_the_runner_is_not_state():
@@ -294,14 +294,14 @@ def test_the_runner_is_not_state():
     x = torch.randn(1, 128).bfloat16()
     with torch.no_grad():
         y = layer(x)
-        assert DECODE_PLAN_KEY in layer.weight.__dict__
+        assert DECODE_PLAN_KEY in weight_caches(layer.weight)
         clone = copy.deepcopy(layer)
-        assert DECODE_PLAN_KEY not in clone.weight.__dict__
+        assert DECODE_PLAN_KEY not in weight_caches(clone.weight)
         buf = io.BytesIO()
         torch.save(layer, buf)
         buf.seek(0)
         loaded = torch.load(buf, weights_only=False)
-        assert DECODE_PLAN_KEY not in loaded.weight.__dict__
+        assert DECODE_PLAN_KEY not in weight_caches(loaded.weight)
         assert torch.equal(clone(x), y) and torch.equal(loaded(x), y)
         clone.weight.data.zero_()  # the copy's own memory, not the original's
         assert torch.equal(layer(x), y)

@@ -217,19 +217,19 @@ def test_the_kept_alias_is_not_state():
     import copy
     import io
 
-    from bitsandbytes.nn._params import PLAIN_ALIAS_KEY
+    from bitsandbytes.nn._params import PLAIN_ALIAS_KEY, weight_caches
 
     layer = bitsandbytes.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
     x = torch.randn(1, 128)
     with torch.no_grad():
         y = layer(x)
-    assert PLAIN_ALIAS_KEY in layer.weight.__dict__
-    assert PLAIN_ALIAS_KEY not in copy.copy(layer.weight).__dict__
-    assert PLAIN_ALIAS_KEY not in copy.deepcopy(layer).weight.__dict__
+    assert PLAIN_ALIAS_KEY in weight_caches(layer.weight)
+    assert PLAIN_ALIAS_KEY not in weight_caches(copy.copy(layer.weight))
+    assert PLAIN_ALIAS_KEY not in weight_caches(copy.deepcopy(layer).weight)
     buf = io.BytesIO()
     torch.save(layer, buf)
     buf.seek(0)
     loaded = torch.load(buf, weights_only=False)
-    assert PLAIN_ALIAS_KEY not in loaded.weight.__dict__
+    assert PLAIN_ALIAS_KEY not in weight_caches(loaded.weight)
     with torch.no_grad():
         assert torch.equal(loaded(x), y)

@@ -42,16 +42,30 @@ _DTYPE_GETTER = torch.Tensor.dtype.__get__
 # not values to convert (.to(dtype) keeps them too). A uint8 storage never reaches them.
 _FLOAT_CASTS = (torch.Tensor.half, torch.Tensor.float, torch.Tensor.bfloat16, torch.Tensor.double)
 
-PLAIN_ALIAS_KEY = "_bnb_plain_alias"
-"""Where Linear4bit keeps a plain-tensor alias of a Params4bit's data (its ``__dict__``)."""
+PLAIN_ALIAS_KEY = "plain_alias"
+"""Where Linear4bit keeps a plain-tensor alias of a Params4bit's data (in ``weight_caches``)."""
 
-DECODE_PLAN_KEY = "_bnb_decode_plan"
-"""Where Linear4bit keeps its prepared decoding runner for a Params4bit (its ``__dict__``)."""
+DECODE_PLAN_KEY = "decode_plan"
+"""Where Linear4bit keeps its prepared decoding runner for a Params4bit (in ``weight_caches``)."""
 
-DECODE_PLAN_BUILDS_KEY = "_bnb_decode_plan_builds"
-"""How many decoding runners Linear4bit has prepared for a Params4bit (its ``__dict__``)."""
+DECODE_PLAN_BUILDS_KEY = "decode_plan_builds"
+"""How many decoding runners Linear4bit has prepared for a Params4bit (in ``weight_caches``)."""
 
-_CACHE_KEYS = (PLAIN_ALIAS_KEY, DECODE_PLAN_KEY, DECODE_PLAN_BUILDS_KEY)
+NO_CACHES: dict[str, Any] = {}
+"""What ``getattr(weight, "_bnb_caches", NO_CACHES)`` reads for a weight with none yet (never written)."""
+
+
+def weight_caches(weight: Params4bit) -> dict[str, Any]:
+    """Linear4bit's caches for ``weight`` (the ``*_KEY`` entries). They live in a slot of the
+    parameter, outside its ``__dict__`` (which holds exactly the seven attributes of spec §6.1, as
+    transformers and accelerate pass it on to a new Params4bit) and outside its copies and pickled
+    state: they describe this object's memory, not the weight."""
+    try:
+        return weight._bnb_caches
+    except AttributeError:
+        caches: dict[str, Any] = {}
+        weight._bnb_caches = caches
+        return caches
 
 
 class _ApplyDepth(threading.local):
@@ -185,6 +199,8 @@ def _check_fsdp1_flatten(frame: Any) -> None:
 class Params4bit(torch.nn.Parameter):
     """A weight that quantizes itself to 4 bit (NF4/FP4) when first moved to a device."""
 
+    __slots__ = ("_bnb_caches",)  # weight_caches
+
     def __new__(
         cls,
         data: torch.Tensor | None = None,
@@ -216,8 +232,6 @@ class Params4bit(torch.nn.Parameter):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in _CACHE_KEYS:  # Linear4bit's caches, not state
-            state.pop(key, None)
         state["data"] = self.data
         state["requires_grad"] = self.requires_grad
         return state

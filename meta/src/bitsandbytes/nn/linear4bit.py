@@ -20,11 +20,13 @@ from . import _runners
 from ._params import (
     DECODE_PLAN_BUILDS_KEY,
     DECODE_PLAN_KEY,
+    NO_CACHES,
     PLAIN_ALIAS_KEY,
     NotQuantizedError,
     Params4bit,
     module_apply,
     swap_lock,
+    weight_caches,
 )
 from ._shared import copy_quant_state_, detached_stats, keep_param_type
 
@@ -70,14 +72,15 @@ def _plain_alias(weight: Params4bit) -> torch.Tensor:
             ptr, cpu = weight.data_ptr(), weight.is_cpu
         except RuntimeError:  # no storage (meta, fake): nothing to keep
             return weight.as_subclass(torch.Tensor)
-        kept = weight.__dict__.get(PLAIN_ALIAS_KEY)
+        caches = weight_caches(weight)
+        kept = caches.get(PLAIN_ALIAS_KEY)
         if cpu and kept is not None and kept[0] == ptr:
             return kept[1]
         alias = weight.as_subclass(torch.Tensor)
     if cpu:
-        weight.__dict__[PLAIN_ALIAS_KEY] = (ptr, alias)
+        caches[PLAIN_ALIAS_KEY] = (ptr, alias)
     elif kept is not None:
-        del weight.__dict__[PLAIN_ALIAS_KEY]
+        del caches[PLAIN_ALIAS_KEY]
     return alias
 
 
@@ -164,7 +167,7 @@ def _keep_decode_plan(module: Linear4bit, weight: Params4bit, packed: torch.Tens
     """After a general forward in eager mode: keep a current runner of this layer's 4-bit GEMM on
     the weight (_runners.keep)."""
     _runners.keep(
-        weight.__dict__,
+        weight_caches(weight),
         DECODE_PLAN_KEY,
         DECODE_PLAN_BUILDS_KEY,
         lambda: _plan_key(module, weight),
@@ -285,9 +288,12 @@ class Linear4bit(nn.Linear):
         """Accept quantized checkpoints (§7.1) as well as float ones."""
         weight_key = prefix + "weight"
         stats = {k[len(weight_key) + 1 :]: v for k, v in state_dict.items() if k.startswith(weight_key + ".")}
-        if weight_key not in state_dict and any(k.startswith("quant_state.") for k in stats):
+        own_float_weight = isinstance(self.weight, Params4bit) and not self.weight.bnb_quantized
+        if weight_key not in state_dict and any(k.startswith("quant_state.") for k in stats) and not own_float_weight:
             # FSDP1's sharded state dict: the wrapper loads the packed bytes into its flat
-            # parameter and leaves this layer the quant state.
+            # parameter and leaves this layer the quant state. (A layer still holding its own
+            # float weight has no wrapper to load them: torch's rules apply, and a strict load
+            # reports the missing weight instead of leaving statistics beside unpacked floats.)
             self._load_in_place(
                 state_dict, prefix, stats, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
             )
@@ -428,7 +434,9 @@ class Linear4bit(nn.Linear):
         plan = None
         if not torch.compiler.is_compiling():  # traced code takes the general path
             weight = self._parameters.get("weight")
-            plan = weight.__dict__.get(DECODE_PLAN_KEY) if type(weight) is Params4bit else None
+            plan = (
+                getattr(weight, "_bnb_caches", NO_CACHES).get(DECODE_PLAN_KEY) if type(weight) is Params4bit else None
+            )
         if plan is not None:
             gen, ptr, qs, absmax, absmax_ptr, bias, bias_ptr, dtype, nested, run = plan
             if (
