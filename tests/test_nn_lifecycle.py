@@ -300,3 +300,29 @@ def test_linear8bitlt_load_state_dict_with_assign(on_meta, ran):
     assert dst.weight.data_ptr() == sd["weight"].data_ptr()  # assigned, not copied
     assert torch.equal(dst(x), want)
     assert torch.equal(dst.state_dict()["SCB"], sd["SCB"])
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_float_load_under_torch_swap_mode_keeps_params4bit(assign):
+    """With ``torch.__future__.set_swap_module_params_on_conversion(True)`` load_state_dict swaps
+    the loaded value into the parameter object (``Params4bit.module_load``): the layer keeps a
+    Params4bit, which quantizes on the next move as after a plain load (a plain tensor there
+    could not be swapped with a Params4bit, and would never quantize)."""
+    torch.manual_seed(0)
+    source = torch.nn.Linear(64, 32)
+    plain = bnb.nn.Linear4bit(64, 32, quant_type="nf4")
+    plain.load_state_dict(source.state_dict())
+    plain = plain.to("cpu")
+    layer = bnb.nn.Linear4bit(64, 32, quant_type="nf4")
+    weight = layer.weight
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        layer.load_state_dict(source.state_dict(), assign=assign)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+    assert layer.weight is weight and type(weight) is bnb.nn.Params4bit and weight.module is layer
+    assert not weight.bnb_quantized and torch.equal(weight.data, source.weight.data)
+    layer = layer.to("cpu")
+    assert layer.weight.bnb_quantized and torch.equal(layer.weight.data, plain.weight.data)
+    x = torch.randn(3, 64)
+    assert torch.equal(layer(x), plain(x))

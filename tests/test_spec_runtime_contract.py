@@ -389,6 +389,19 @@ def test_runtime_library_search_prefers_conda_and_ld_library_path(monkeypatch, t
     assert found == ["conda_prefix", "ld_library_path", "my_toolkit"]
 
 
+def test_runtime_library_reached_twice_is_named_once(monkeypatch, tmp_path):
+    """One file reached through two variables (and through a link) is one library, not a false
+    "Found 2 runtime libraries" warning."""
+    env = _runtime_dirs(tmp_path, ["LD_LIBRARY_PATH"])
+    (tmp_path / "link").symlink_to(env["LD_LIBRARY_PATH"])
+    env["CUDA_HOME"] = env["LD_LIBRARY_PATH"]
+    env["MY_TOOLKIT"] = str(tmp_path / "link")
+    monkeypatch.setattr(dcuda.os, "environ", env)
+    monkeypatch.setattr(dcuda, "CUDA_RUNTIME_LIB_PATTERNS", ("libcudart*.so*",))
+    found = list(dcuda.find_cudart_libraries())
+    assert [p.parent.parent.name for p in found] == ["ld_library_path"]
+
+
 def test_cuda_report_lists_the_runtime_libraries_it_finds(monkeypatch, tmp_path, capsys):
     """§11.2 "with CUDA: library-path ... checks": the report searches the environment (§11.1)."""
     env = _runtime_dirs(tmp_path, ["LD_LIBRARY_PATH"])

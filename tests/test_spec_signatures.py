@@ -80,10 +80,14 @@ def test_submodule_inventory(module):
 def test_incidental_backend_modules():
     # §1.1: `cpu_ops`, `default_ops` are top-level modules of the established release: here the
     # kernels registered for the CPU and the reference kernels every device falls back to.
-    cpu_loaded = any(r["platform"] == "cpu" and r["status"] == "loaded" for r in bnb.platforms())
     assert bnb.default_ops.__name__ == "bitsandbytes.backends.reference"
-    assert bnb.cpu_ops.__name__ == ("bitsandbytes_cpu" if cpu_loaded else "bitsandbytes.backends.reference")
     assert isinstance(bnb.cpu_ops, types.ModuleType)
+    serving = bnb.implementation("quantize_4bit", "cpu")  # what the loader registered for the CPU
+    assert serving in ("cpu", "reference")
+    if serving == "cpu":
+        assert bnb.cpu_ops.__name__ == "bitsandbytes_cpu" and callable(bnb.cpu_ops.register)
+    else:
+        assert bnb.cpu_ops is bnb.default_ops
 
 
 def test_cpu_layout_is_the_checkpoint_layout():

@@ -81,13 +81,20 @@ def get_potentially_lib_path_containing_env_vars() -> dict[str, str]:
 
 
 def find_cudart_libraries() -> Iterator[Path]:
-    """Runtime libraries reachable through the environment, preferred variables first."""
+    """Runtime libraries reachable through the environment, preferred variables first; a file
+    reached through several variables or links is named once."""
     candidates = get_potentially_lib_path_containing_env_vars()
-    for name in CUDART_PATH_PREFERRED_ENVVARS:
-        if name in candidates:
-            yield from find_cuda_libraries_in_path_list(candidates.pop(name))
-    for value in candidates.values():
-        yield from find_cuda_libraries_in_path_list(value)
+    ordered = [candidates.pop(name) for name in CUDART_PATH_PREFERRED_ENVVARS if name in candidates]
+    seen: set[Path] = set()
+    for value in [*ordered, *candidates.values()]:
+        for path in find_cuda_libraries_in_path_list(value):
+            try:
+                real = path.resolve()
+            except OSError:
+                real = path
+            if real not in seen:
+                seen.add(real)
+                yield path
 
 
 def print_diagnostics(cuda_specs: CUDASpecs) -> None:
@@ -114,9 +121,12 @@ def print_diagnostics(cuda_specs: CUDASpecs) -> None:
 
 def print_runtime_diagnostics() -> None:
     """Every runtime library found through the environment; a warning when there are several."""
+    from ..cextension import HIP_ENVIRONMENT
+
     found = list(find_cudart_libraries())
     if not found:
-        print("No CUDA runtime library found through the environment (torch brings its own).")
+        kind = "HIP" if HIP_ENVIRONMENT else "CUDA"
+        print(f"No {kind} runtime library found through the environment (torch brings its own).")
     elif len(found) > 1:
         print(f"Found {len(found)} runtime libraries; the first on the loader path wins:")
     for path in found:

@@ -11,6 +11,8 @@ import copy
 import os
 import sys
 import threading
+import types
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -51,8 +53,12 @@ DECODE_PLAN_KEY = "decode_plan"
 DECODE_PLAN_BUILDS_KEY = "decode_plan_builds"
 """How many decoding runners Linear4bit has prepared for a Params4bit (in ``weight_caches``)."""
 
-NO_CACHES: dict[str, Any] = {}
-"""What ``getattr(weight, "_bnb_caches", NO_CACHES)`` reads for a weight with none yet (never written)."""
+_NO_CACHES: Mapping[str, Any] = types.MappingProxyType({})
+
+
+def kept_caches(weight: Params4bit) -> Mapping[str, Any]:
+    """``weight_caches(weight)`` to read, without making one: empty where none was kept."""
+    return getattr(weight, "_bnb_caches", _NO_CACHES)
 
 
 def weight_caches(weight: Params4bit) -> dict[str, Any]:
@@ -312,6 +318,17 @@ class Params4bit(torch.nn.Parameter):
     def detach(self) -> torch.Tensor:  # type: ignore[override]
         out = super().detach()
         return self._like(out) if _APPLYING.depth else out
+
+    def module_load(self, other: torch.Tensor, assign: bool = False) -> Params4bit:
+        """The value ``load_state_dict`` swaps in under torch's swap mode
+        (``torch.__future__.set_swap_module_params_on_conversion(True)``): ``other`` (copied into
+        this parameter's memory, or taken as is with ``assign``) as a Params4bit with this one's
+        settings. A plain tensor there would leave the layer a weight that never quantizes, and
+        cannot swap with a Params4bit (their slots differ). Quantized checkpoints never come here:
+        ``Linear4bit._load_from_state_dict`` loads them."""
+        with torch._C.DisableTorchFunctionSubclass():
+            value = other.detach() if assign else self.copy_(other).detach()
+        return self._like(value)
 
     def _applied(self, out: torch.Tensor) -> torch.Tensor:
         """What ``module_apply`` keeps of ``out``, a layer function's result for this parameter."""

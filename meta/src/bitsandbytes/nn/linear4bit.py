@@ -20,10 +20,10 @@ from . import _runners
 from ._params import (
     DECODE_PLAN_BUILDS_KEY,
     DECODE_PLAN_KEY,
-    NO_CACHES,
     PLAIN_ALIAS_KEY,
     NotQuantizedError,
     Params4bit,
+    kept_caches,
     module_apply,
     swap_lock,
     weight_caches,
@@ -434,9 +434,7 @@ class Linear4bit(nn.Linear):
         plan = None
         if not torch.compiler.is_compiling():  # traced code takes the general path
             weight = self._parameters.get("weight")
-            plan = (
-                getattr(weight, "_bnb_caches", NO_CACHES).get(DECODE_PLAN_KEY) if type(weight) is Params4bit else None
-            )
+            plan = kept_caches(weight).get(DECODE_PLAN_KEY) if type(weight) is Params4bit else None
         if plan is not None:
             gen, ptr, qs, absmax, absmax_ptr, bias, bias_ptr, dtype, nested, run = plan
             if (

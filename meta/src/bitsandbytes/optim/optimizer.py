@@ -46,8 +46,8 @@ def _warn_paging_unsupported(device: torch.device) -> None:
 
 def _group_betas(given: Any, betas: list[float] | tuple[float, ...]) -> list[float] | tuple[float, ...]:
     """``betas`` as the parameter group keeps it (spec §8.1): the list of floats parsed from a
-    string such as ``"(0.9, 0.999)"``, otherwise a tuple (the established release's state dicts hold a tuple for betas given as a list:
-    tests/data/optim_*.pt)."""
+    string such as ``"(0.9, 0.999)"``, otherwise a tuple (the established release's state dicts
+    hold a tuple for betas given as a list: tests/data/optim_*.pt)."""
     return list(betas) if isinstance(given, str) else tuple(betas)
 
 
