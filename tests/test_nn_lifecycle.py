@@ -326,3 +326,36 @@ def test_float_load_under_torch_swap_mode_keeps_params4bit(assign):
     assert layer.weight.bnb_quantized and torch.equal(layer.weight.data, plain.weight.data)
     x = torch.randn(3, 64)
     assert torch.equal(layer(x), plain(x))
+
+
+@pytest.mark.parametrize("kind", ["nf4-nested", "nf4-bf16-storage", "int8"])
+def test_moves_of_a_warm_layer_under_torch_swap_mode(kind):
+    """Under torch's swap mode, ``.to()`` / ``.float()`` swap each converted parameter into the old
+    object, which torch refuses while another tensor shares it: the plain alias a warm Linear4bit
+    kept did (RuntimeError "Couldn't swap Linear4bit.weight"). Moves of a layer that ran keep its
+    type, codes and results."""
+    torch.manual_seed(0)
+    if kind == "int8":
+        layer = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False)
+    else:
+        storage = torch.bfloat16 if kind == "nf4-bf16-storage" else torch.uint8
+        layer = bnb.nn.Linear4bit(
+            64, 32, quant_type="nf4", compress_statistics=kind == "nf4-nested", quant_storage=storage
+        )
+    layer = layer.to("cpu")
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = layer(x)
+        codes = layer.weight.data.clone()
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            layer = layer.to("cpu").float()
+            assert type(layer.weight) in (bnb.nn.Params4bit, bnb.nn.Int8Params)
+            assert torch.equal(layer.weight.data.view(torch.uint8), codes.view(torch.uint8))
+            assert torch.equal(layer(x), expected)
+            layer = layer.to("meta")
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(False)
+    assert layer.weight.is_meta
+    state = layer.weight.quant_state if kind != "int8" else layer.state
+    assert (state.absmax if kind != "int8" else state.SCB).is_meta

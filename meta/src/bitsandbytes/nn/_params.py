@@ -56,6 +56,14 @@ DECODE_PLAN_BUILDS_KEY = "decode_plan_builds"
 _NO_CACHES: Mapping[str, Any] = types.MappingProxyType({})
 
 
+def drop_weight_caches(weight: Params4bit) -> None:
+    """Forget ``weight_caches(weight)`` (they rebuild on the next forward)."""
+    try:
+        del weight._bnb_caches
+    except AttributeError:
+        pass
+
+
 def kept_caches(weight: Params4bit) -> Mapping[str, Any]:
     """``weight_caches(weight)`` to read, without making one: empty where none was kept."""
     return getattr(weight, "_bnb_caches", _NO_CACHES)
@@ -150,6 +158,10 @@ def _module_apply(module: nn.Module, apply: Any, fn: Any, recurse: bool) -> nn.M
     own = [p for p in module._parameters.values() if isinstance(p, (Params4bit, Int8Params))]
     if not own:
         return apply(fn, recurse)
+    if torch.__future__.get_swap_module_params_on_conversion():
+        for p in own:  # a kept plain alias is a second reference to p's tensor: swap_tensors refuses it
+            if isinstance(p, Params4bit):
+                drop_weight_caches(p)
 
     def keeping(t: torch.Tensor) -> torch.Tensor:
         out = fn(t)
