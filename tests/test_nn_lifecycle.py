@@ -359,3 +359,30 @@ def test_moves_of_a_warm_layer_under_torch_swap_mode(kind):
     assert layer.weight.is_meta
     state = layer.weight.quant_state if kind != "int8" else layer.state
     assert (state.absmax if kind != "int8" else state.SCB).is_meta
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_int8_layer_load_under_torch_swap_mode(assign):
+    """The swap mode's load_state_dict swaps ``Int8Params.module_load``'s value into the weight:
+    the layer keeps an Int8Params (a plain Parameter had taken its place, without SCB). An int8
+    checkpoint into a quantized layer keeps the checkpoint's codes and row scales; a float one
+    assigned to a layer built on meta is quantized on the move."""
+    io_ = load_fixture("linear8bitlt_thr0.io.safetensors")
+    float_sd = {"weight": io_["float_weight"].clone(), "bias": io_["float_bias"].clone()}
+    source = bnb.nn.Linear8bitLt(128, 64, has_fp16_weights=False)
+    source.load_state_dict(float_sd)
+    int8_sd = {k: v.clone() for k, v in source.to("cpu").state_dict().items()}
+    if assign:
+        with torch.device("meta"):
+            layer = bnb.nn.Linear8bitLt(128, 64, has_fp16_weights=False)
+    else:
+        layer = bnb.nn.Linear8bitLt(128, 64, has_fp16_weights=False).to("cpu")
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        layer.load_state_dict(float_sd if assign else int8_sd, assign=assign)
+        layer = layer.to("cpu")
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+    assert type(layer.weight) is bnb.nn.Int8Params and torch.equal(layer.weight.data, int8_sd["weight"])
+    assert torch.equal(layer.state_dict()["SCB"], int8_sd["SCB"])
+    torch.testing.assert_close(layer(io_["x_fp32"]), io_["y_fp32"], rtol=1e-5, atol=1e-5)

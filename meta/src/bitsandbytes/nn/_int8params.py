@@ -171,6 +171,16 @@ class Int8Params(torch.nn.Parameter):
         out = super().detach()
         return self._like(out, self.SCB) if _APPLYING.depth else out
 
+    def module_load(self, other: torch.Tensor, assign: bool = False) -> Int8Params:
+        """The value ``load_state_dict`` swaps in under torch's swap mode
+        (``torch.__future__.set_swap_module_params_on_conversion(True)``): ``other`` (copied into
+        this parameter's memory, or taken as is with ``assign``) as an Int8Params with this one's
+        flags and scales, which ``Linear8bitLt._load_from_state_dict`` then refills. A plain
+        tensor there would turn the layer's weight into a Parameter without its row scales."""
+        with torch._C.DisableTorchFunctionSubclass():
+            value = other.detach() if assign else self.copy_(other).detach()
+        return self._like(value, self.SCB)
+
     def _applied(self, out: torch.Tensor) -> torch.Tensor:
         """What ``module_apply`` keeps of ``out``, a layer function's result for this parameter
         (``module_apply`` then puts ``CB`` / ``SCB`` where the kept parameter's data is)."""
