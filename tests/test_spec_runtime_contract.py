@@ -33,7 +33,11 @@ from bitsandbytes.consts import DYNAMIC_LIBRARY_SUFFIX as SUFFIX
 from bitsandbytes.cuda_specs import CUDASpecs
 from bitsandbytes.diagnostics import cuda as dcuda
 
+# The default path runs where the CPU wheel is installed (nox -s tests-cpu; tests-reference has the
+# meta-package alone, and test_platforms.py checks that each session has what it expects).
 PATHS = {"cpu-wheel": {}, "reference": {"BNB_PLATFORMS": "none"}}
+if importlib.util.find_spec("bitsandbytes_cpu") is None:
+    del PATHS["cpu-wheel"]
 RULE = "=" * 60
 RELATED = ["accelerate", "diffusers", "numpy", "pip", "peft", "safetensors", "transformers", "triton", "trl"]
 NO_GPU = not torch.cuda.is_available()
