@@ -386,3 +386,24 @@ def test_int8_layer_load_under_torch_swap_mode(assign):
     assert type(layer.weight) is bnb.nn.Int8Params and torch.equal(layer.weight.data, int8_sd["weight"])
     assert torch.equal(layer.state_dict()["SCB"], int8_sd["SCB"])
     torch.testing.assert_close(layer(io_["x_fp32"]), io_["y_fp32"], rtol=1e-5, atol=1e-5)
+
+
+def test_quantized_checkpoint_into_a_warm_layer_under_torch_swap_mode():
+    """A quantized checkpoint loads into a quantized Linear4bit in place; under swap mode torch then
+    swaps ``module_load``'s value into the weight, which it refuses while the plain alias kept by
+    an earlier forward shares the weight's tensor ("not possible to get the gradient edge")."""
+    torch.manual_seed(0)
+    source = bnb.nn.Linear4bit(64, 32, quant_type="nf4", compute_dtype=torch.float32).to("cpu")
+    layer = bnb.nn.Linear4bit(64, 32, quant_type="nf4", compute_dtype=torch.float32).to("cpu")
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        layer(x)  # keeps the plain alias
+        weight = layer.weight
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            layer.load_state_dict(source.state_dict())
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(False)
+        assert layer.weight is weight and type(weight) is bnb.nn.Params4bit and weight.bnb_quantized
+        assert torch.equal(weight.data, source.weight.data)
+        assert torch.equal(layer(x), source(x))

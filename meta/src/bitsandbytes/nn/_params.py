@@ -336,8 +336,10 @@ class Params4bit(torch.nn.Parameter):
         (``torch.__future__.set_swap_module_params_on_conversion(True)``): ``other`` (copied into
         this parameter's memory, or taken as is with ``assign``) as a Params4bit with this one's
         settings. A plain tensor there would leave the layer a weight that never quantizes, and
-        cannot swap with a Params4bit (their slots differ). Quantized checkpoints never come here:
-        ``Linear4bit._load_from_state_dict`` loads them."""
+        cannot swap with a Params4bit (their slots differ). Quantized checkpoints come here from
+        ``Linear4bit._load_from_state_dict``'s load in place, and the swap that follows
+        needs this parameter's tensor unshared: the caches' plain alias goes first."""
+        drop_weight_caches(self)
         with torch._C.DisableTorchFunctionSubclass():
             value = other.detach() if assign else self.copy_(other).detach()
         return self._like(value)
