@@ -130,6 +130,18 @@ def impl_params(op: str) -> list:
     return [pytest.param(d, n, fn, id=f"{d}-{n}") for d, n, fn in implementations(op)]
 
 
+@pytest.fixture
+def optim_manager():
+    """The GlobalOptimManager singleton, cleared before and after the test: its overrides are
+    keyed by parameter ids, which later tests' parameters reuse."""
+    from bitsandbytes.optim import GlobalOptimManager
+
+    manager = GlobalOptimManager.get_instance()
+    manager.initialize()
+    yield manager
+    manager.initialize()
+
+
 @pytest.fixture(autouse=True)
 def _seeded_rng():
     """Every test starts from the same torch RNG state, so a tolerance check sees the same draw

@@ -299,7 +299,7 @@ def test_functional_ops_from_threads(compress_statistics):
 
 
 @pytest.mark.parametrize("name", ["Adam8bit", "PagedAdamW8bit", "Lion8bit"])
-def test_8bit_optimizers_in_threads_match_sequential(name):
+def test_8bit_optimizers_in_threads_match_sequential(name, optim_manager):
     """Each thread steps an optimizer of its own (GlobalOptimManager is shared by all): the same
     parameters and states as the steps made one thread after another. Thread 1 overrides its
     vector's settings (optim_bits=32) while the others register nothing."""
@@ -324,13 +324,8 @@ def test_8bit_optimizers_in_threads_match_sequential(name):
         return [p.detach().clone() for p in params] + [t.clone() for t in states]
 
     alive: list[list[torch.nn.Parameter]] = []
-    manager = bnb.optim.GlobalOptimManager.get_instance()
-    manager.initialize()
-    try:
-        refs = [train(i) for i in range(THREADS)]
-        outs = _in_threads(train)
-    finally:
-        manager.initialize()
+    refs = [train(i) for i in range(THREADS)]
+    outs = _in_threads(train)
     for i, ref in enumerate(refs):
         assert _same(outs[i], ref), f"thread {i}"
 

@@ -36,11 +36,7 @@ def build(entry, params, **extra):
     return cls(params, **kwargs, **extra)
 
 
-@pytest.fixture(autouse=True)
-def fresh_manager():
-    GlobalOptimManager.get_instance().initialize()
-    yield
-    GlobalOptimManager.get_instance().initialize()
+pytestmark = pytest.mark.usefixtures("optim_manager")
 
 
 # -------------------------------------------------------------------------------------------- tracking

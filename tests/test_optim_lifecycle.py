@@ -17,11 +17,7 @@ from bitsandbytes.optim.optimizer import GlobalOptimManager, Optimizer2State
 QSTATE = "__bnb_optimizer_quant_state__"
 
 
-@pytest.fixture(autouse=True)
-def fresh_manager():
-    GlobalOptimManager.get_instance().initialize()
-    yield
-    GlobalOptimManager.get_instance().initialize()
+pytestmark = pytest.mark.usefixtures("optim_manager")
 
 
 def roundtrip(obj, weights_only: bool = True):

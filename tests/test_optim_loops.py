@@ -54,11 +54,7 @@ SCHEDULERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def fresh_manager():
-    B.GlobalOptimManager.get_instance().initialize()
-    yield
-    B.GlobalOptimManager.get_instance().initialize()
+pytestmark = pytest.mark.usefixtures("optim_manager")
 
 
 def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -11,18 +11,12 @@ import pytest
 import torch
 
 import bitsandbytes as bnb
-from bitsandbytes.optim import GlobalOptimManager
 from bitsandbytes.optim.optimizer import Optimizer1State, Optimizer2State
 
 optim = bnb.optim
 
 
-@pytest.fixture(autouse=True)
-def _clean_manager():
-    mng = GlobalOptimManager.get_instance()
-    mng.initialize()
-    yield mng
-    mng.initialize()
+pytestmark = pytest.mark.usefixtures("optim_manager")
 
 
 def _param(*shape: int, dtype: torch.dtype = torch.float32) -> torch.nn.Parameter:
@@ -71,14 +65,14 @@ def test_settings_of_an_args_object_are_checked() -> None:
 
 
 @pytest.mark.parametrize("where", ["group", "override"])
-def test_betas_of_the_wrong_length_in_a_group_or_override(where, _clean_manager) -> None:
+def test_betas_of_the_wrong_length_in_a_group_or_override(where, optim_manager) -> None:
     p, q = _param(10), _param(10)
     opt = optim.Adam([p])
     if where == "group":
         opt.add_param_group({"params": [q], "betas": (0.5,)})
     else:
         opt.add_param_group({"params": [q]})
-        _clean_manager.override_config(q, "betas", (0.5, 0.6, 0.7))
+        optim_manager.override_config(q, "betas", (0.5, 0.6, 0.7))
     p.grad, q.grad = torch.randn(10), torch.randn(10)
     with pytest.raises(ValueError, match=r"Adam: invalid betas .* needs 2 values"):
         opt.step()
@@ -325,32 +319,32 @@ def test_empty_and_scalar_parameters(make) -> None:
 # -------------------------------------------------------------------------------------------- GlobalOptimManager
 
 
-def test_override_forms_before_and_after_construction(_clean_manager) -> None:
+def test_override_forms_before_and_after_construction(optim_manager) -> None:
     a, b, c = _param(5000), _param(5000), _param(5000)
-    _clean_manager.override_config(a, key_value_dict={"optim_bits": 32})
+    optim_manager.override_config(a, key_value_dict={"optim_bits": 32})
     opt = optim.Adam8bit([a, b, c], lr=0.1)
-    _clean_manager.override_config([b], "optim_bits", 32)  # after construction, before the first step
+    optim_manager.override_config([b], "optim_bits", 32)  # after construction, before the first step
     for p in (a, b, c):
         p.grad = torch.randn_like(p)
     opt.step()
     assert [opt.state[p]["state1"].dtype for p in (a, b, c)] == [torch.float32, torch.float32, torch.uint8]
-    _clean_manager.override_config(c, "lr", 0.0)  # after the first step: applies from the next one
+    optim_manager.override_config(c, "lr", 0.0)  # after the first step: applies from the next one
     before = c.detach().clone()
     opt.step()
     assert torch.equal(c.detach(), before) and opt.state[c]["state1"].dtype == torch.uint8
 
 
 @pytest.mark.parametrize("how", ["module", "register_parameters"])
-def test_an_override_does_not_reach_another_optimizers_parameter(how, _clean_manager) -> None:
+def test_an_override_does_not_reach_another_optimizers_parameter(how, optim_manager) -> None:
     """Overrides for one model's parameter stayed behind by position, (group 0, parameter 0),
     and froze the first parameter of every optimizer built afterwards (lr 0 here)."""
     torch.manual_seed(0)
     a, b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
     if how == "module":
-        _clean_manager.register_module_override(a, "weight", {"lr": 0.0})
+        optim_manager.register_module_override(a, "weight", {"lr": 0.0})
     else:
-        _clean_manager.override_config(a.weight, "lr", 0.0)
-        _clean_manager.register_parameters(a.parameters())
+        optim_manager.override_config(a.weight, "lr", 0.0)
+        optim_manager.register_parameters(a.parameters())
     opt_a, opt_b = optim.Adam(a.parameters(), lr=0.1), optim.Adam(b.parameters(), lr=0.1)
     for m, opt in ((a, opt_a), (b, opt_b)):
         m(torch.randn(3, 4)).sum().backward()
@@ -360,14 +354,14 @@ def test_an_override_does_not_reach_another_optimizers_parameter(how, _clean_man
         assert moved == (m is b)
 
 
-def test_register_parameters_still_applies_by_position_to_a_new_parameter(_clean_manager) -> None:
+def test_register_parameters_still_applies_by_position_to_a_new_parameter(optim_manager) -> None:
     """The purpose of ``register_parameters``: an override whose parameter is gone (replaced by a
     new object) still reaches the parameter at its position."""
     import gc
 
     old = _param(5000)
-    _clean_manager.override_config(old, "optim_bits", 32)
-    _clean_manager.register_parameters([old])
+    optim_manager.override_config(old, "optim_bits", 32)
+    optim_manager.register_parameters([old])
     del old
     gc.collect()
     new = _param(5000)

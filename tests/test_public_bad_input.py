@@ -14,7 +14,6 @@ import bitsandbytes as bnb
 import bitsandbytes.functional as F
 from bitsandbytes.functional import QuantState
 from bitsandbytes.nn import Int8Params, Linear4bit, Linear8bitLt, LinearNF4, Params4bit
-from bitsandbytes.optim import GlobalOptimManager
 
 # -- serialized 4-bit and 8-bit states -------------------------------------------------------------
 
@@ -217,14 +216,6 @@ def test_ademamix_schedule_arguments_are_checked(kwargs, message) -> None:
         bnb.optim.AdEMAMix8bit([torch.nn.Parameter(torch.randn(10))], **kwargs)
 
 
-@pytest.fixture
-def manager():
-    mng = GlobalOptimManager.get_instance()
-    mng.initialize()
-    yield mng
-    mng.initialize()
-
-
 @pytest.mark.parametrize(
     "call, error, message",
     [
@@ -241,16 +232,16 @@ def manager():
         ),
     ],
 )
-def test_overrides_are_checked(manager, call, error, message) -> None:
+def test_overrides_are_checked(optim_manager, call, error, message) -> None:
     p = torch.nn.Parameter(torch.randn(5000))
     with pytest.raises(error, match=message):
-        call(manager, p)
-    assert manager.pid2config == {} and manager.module_weight_config_triple == []
+        call(optim_manager, p)
+    assert optim_manager.pid2config == {} and optim_manager.module_weight_config_triple == []
 
 
-def test_overrides_still_apply(manager) -> None:
+def test_overrides_still_apply(optim_manager) -> None:
     p = torch.nn.Parameter(torch.randn(5000))
-    manager.override_config(p, "optim_bits", 32)
+    optim_manager.override_config(p, "optim_bits", 32)
     opt = bnb.optim.Adam8bit([p])
     p.grad = torch.randn_like(p)
     opt.step()

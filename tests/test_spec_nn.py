@@ -473,17 +473,9 @@ def test_linear8bitlt_to_moves_state():
 # -- §6.5 embeddings -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_optim_manager():
-    mgr = bnb.optim.GlobalOptimManager.get_instance()
-    mgr.initialize()
-    yield mgr
-    mgr.initialize()
-
-
 @pytest.mark.parametrize("cls", [bnb.nn.Embedding, bnb.nn.StableEmbedding])
-def test_dense_embeddings_register_32bit_override_and_xavier(cls, fresh_optim_manager):
-    mgr = fresh_optim_manager
+def test_dense_embeddings_register_32bit_override_and_xavier(cls, optim_manager):
+    mgr = optim_manager
     e = cls(50, 8, padding_idx=2)
     assert any(
         m is e and name == "weight" and cfg == {"optim_bits": 32} for m, name, cfg in mgr.module_weight_config_triple

@@ -26,12 +26,7 @@ QMAPS = (_RELEASE["qmap1"], _RELEASE["qmap2"])
 """The signed and unsigned dynamic maps as the established release stores them (qmap1, qmap2)."""
 
 
-@pytest.fixture(autouse=True)
-def mng():
-    m = GlobalOptimManager.get_instance()
-    m.initialize()
-    yield m
-    m.initialize()
+pytestmark = pytest.mark.usefixtures("optim_manager")
 
 
 def _rand(*shape: int, seed: int) -> torch.Tensor:
@@ -354,7 +349,7 @@ def test_step_semantics() -> None:
     assert opt.step() is None
 
 
-def test_get_config_defaults_and_override_precedence(mng) -> None:
+def test_get_config_defaults_and_override_precedence(optim_manager) -> None:
     """§8.1 get_config: group values, ``alpha`` 0.0 / ``t_alpha``/``t_beta3`` None when the group
     has none, the settings of ``args``; then index2config[(g, p)], then pid2config[id(p)]."""
     p, q = torch.nn.Parameter(torch.zeros(8)), torch.nn.Parameter(torch.zeros(8))
@@ -365,24 +360,24 @@ def test_get_config_defaults_and_override_precedence(mng) -> None:
     cfg = opt.get_config(0, 0, opt.param_groups[0])
     assert {k: (tuple(v) if k == "betas" else v) for k, v in cfg.items() if k in want} == want
     assert opt.get_config(1, 0, opt.param_groups[1])["lr"] == 0.7
-    mng.index2config[(1, 0)] = {"lr": 0.11, "eps": 0.5}
-    mng.override_config(q, "lr", 0.22)
+    optim_manager.index2config[(1, 0)] = {"lr": 0.11, "eps": 0.5}
+    optim_manager.override_config(q, "lr", 0.22)
     cfg = opt.get_config(1, 0, opt.param_groups[1])
     assert (cfg["lr"], cfg["eps"]) == (0.22, 0.5)
     assert opt.get_config(0, 0, opt.param_groups[0])["lr"] == 0.3
 
 
-def test_state_width_follows_min_8bit_size_and_optim_bits_overrides(mng) -> None:
+def test_state_width_follows_min_8bit_size_and_optim_bits_overrides(optim_manager) -> None:
     """§8.1 init_state: 8-bit states iff optim_bits == 8 and numel >= min_8bit_size, both taken
     from the per-parameter config (overrides included)."""
     ps = [torch.nn.Parameter(_rand(5000, seed=i)) for i in range(4)]
-    mng.override_config(ps[1], "min_8bit_size", 5001)
-    mng.override_config([ps[2]], key_value_dict={"min_8bit_size": 5000})
+    optim_manager.override_config(ps[1], "min_8bit_size", 5001)
+    optim_manager.override_config([ps[2]], key_value_dict={"min_8bit_size": 5000})
     opt = optim.Adam(ps, optim_bits=8, min_8bit_size=4096)
-    mng.override_config(ps[3], "optim_bits", 32)
+    optim_manager.override_config(ps[3], "optim_bits", 32)
     thirty_two = optim.Adam32bit([torch.nn.Parameter(_rand(64, seed=9))])
     big = torch.nn.Parameter(_rand(5000, seed=8))
-    mng.override_config(big, "optim_bits", 8)
+    optim_manager.override_config(big, "optim_bits", 8)
     thirty_two.add_param_group({"params": [big]})
     for o in (opt, thirty_two):
         for group in o.param_groups:
@@ -436,30 +431,32 @@ def test_load_state_dict_casting_rules() -> None:
 # -------------------------------------------------------------------------------------------- §8.4 manager
 
 
-def test_register_parameters_maps_overrides_to_group_positions(mng) -> None:
+def test_register_parameters_maps_overrides_to_group_positions(optim_manager) -> None:
     """§8.4 register_parameters: a param iterable or param-group dicts; existing pid2config
     entries become index2config[(group, index)]; override_config merges into the entry."""
     a, b, c = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
-    mng.override_config([b, c], "lr", 0.5)
-    mng.override_config(c, key_value_dict={"eps": 0.25})
-    assert mng.uses_config_override is True
-    assert mng.pid2config[id(c)] == {"lr": 0.5, "eps": 0.25} and mng.pid2config[id(b)] == {"lr": 0.5}
-    mng.register_parameters([{"params": [a]}, {"params": [b, c]}])
-    assert mng.index2config == {(1, 0): {"lr": 0.5}, (1, 1): {"lr": 0.5, "eps": 0.25}}
-    mng.index2config.clear()
-    mng.register_parameters([a, b, c])
-    assert set(mng.index2config) == {(0, 1), (0, 2)}
+    optim_manager.override_config([b, c], "lr", 0.5)
+    optim_manager.override_config(c, key_value_dict={"eps": 0.25})
+    assert optim_manager.uses_config_override is True
+    assert optim_manager.pid2config[id(c)] == {"lr": 0.5, "eps": 0.25} and optim_manager.pid2config[id(b)] == {
+        "lr": 0.5
+    }
+    optim_manager.register_parameters([{"params": [a]}, {"params": [b, c]}])
+    assert optim_manager.index2config == {(1, 0): {"lr": 0.5}, (1, 1): {"lr": 0.5, "eps": 0.25}}
+    optim_manager.index2config.clear()
+    optim_manager.register_parameters([a, b, c])
+    assert set(optim_manager.index2config) == {(0, 1), (0, 2)}
 
 
 @pytest.mark.parametrize("how", ["override_config", "register_module_override"])
-def test_overrides_follow_the_parameters_through_model_to(how, mng) -> None:
+def test_overrides_follow_the_parameters_through_model_to(how, optim_manager) -> None:
     """§8.4: overrides keyed by the parameter keep applying after ``model.to(dtype)`` (which
     keeps the Parameter objects), and only to that parameter."""
     model = torch.nn.Sequential(torch.nn.Embedding(100, 64), torch.nn.Linear(64, 80))
     if how == "override_config":
-        mng.override_config(model[0].weight, "optim_bits", 32)
+        optim_manager.override_config(model[0].weight, "optim_bits", 32)
     else:
-        mng.register_module_override(model[0], "weight", {"optim_bits": 32})
+        optim_manager.register_module_override(model[0], "weight", {"optim_bits": 32})
     model.to(torch.bfloat16)
     opt = optim.AdamW8bit(model.parameters())
     for p in model.parameters():

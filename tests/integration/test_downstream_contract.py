@@ -578,26 +578,21 @@ def test_10_6_trainer_optimizer_names_build_step_and_round_trip(tmp_path, name):
         assert torch.equal(a, b)
 
 
-def test_10_6_trainer_registers_embeddings_for_32bit(tmp_path):
+def test_10_6_trainer_registers_embeddings_for_32bit(tmp_path, optim_manager):
     """Trainer.create_optimizer with an 8-bit bitsandbytes optimizer registers every embedding
     with GlobalOptimManager.register_module_override(module, "weight", {"optim_bits": 32})."""
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-    manager = bnb.optim.GlobalOptimManager.get_instance()
-    manager.initialize()
-    try:
-        torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1)
-        model = LlamaForCausalLM(config)
-        args = TrainingArguments(output_dir=str(tmp_path), optim="adamw_bnb_8bit", use_cpu=True, report_to=[])
-        opt = Trainer(model=model, args=args).create_optimizer()
-        opt = getattr(opt, "optimizer", opt)
-        assert type(opt).__name__ == "AdamW" and opt.args.optim_bits == 8
-        ids = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(0))
-        model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-        emb, up = model.model.embed_tokens.weight, model.model.layers[0].mlp.up_proj.weight
-        assert opt.state[emb]["state1"].dtype == torch.float32  # overridden to 32-bit
-        assert opt.state[up]["state1"].dtype == torch.uint8
-    finally:
-        manager.initialize()  # the overrides are keyed by parameter ids, which later tests reuse
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1)
+    model = LlamaForCausalLM(config)
+    args = TrainingArguments(output_dir=str(tmp_path), optim="adamw_bnb_8bit", use_cpu=True, report_to=[])
+    opt = Trainer(model=model, args=args).create_optimizer()
+    opt = getattr(opt, "optimizer", opt)
+    assert type(opt).__name__ == "AdamW" and opt.args.optim_bits == 8
+    ids = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    emb, up = model.model.embed_tokens.weight, model.model.layers[0].mlp.up_proj.weight
+    assert opt.state[emb]["state1"].dtype == torch.float32  # overridden to 32-bit
+    assert opt.state[up]["state1"].dtype == torch.uint8
