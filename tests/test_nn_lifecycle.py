@@ -4,6 +4,7 @@ established release's fixtures or the layer's own earlier outputs."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import pickle
@@ -302,6 +303,17 @@ def test_linear8bitlt_load_state_dict_with_assign(on_meta, ran):
     assert torch.equal(dst.state_dict()["SCB"], sd["SCB"])
 
 
+@contextlib.contextmanager
+def swap_mode():
+    """torch's swap mode (``torch.__future__.set_swap_module_params_on_conversion``) for the block."""
+    before = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        yield
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(before)
+
+
 @pytest.mark.parametrize("assign", [False, True])
 def test_float_load_under_torch_swap_mode_keeps_params4bit(assign):
     """With ``torch.__future__.set_swap_module_params_on_conversion(True)`` load_state_dict swaps
@@ -315,11 +327,8 @@ def test_float_load_under_torch_swap_mode_keeps_params4bit(assign):
     plain = plain.to("cpu")
     layer = bnb.nn.Linear4bit(64, 32, quant_type="nf4")
     weight = layer.weight
-    torch.__future__.set_swap_module_params_on_conversion(True)
-    try:
+    with swap_mode():
         layer.load_state_dict(source.state_dict(), assign=assign)
-    finally:
-        torch.__future__.set_swap_module_params_on_conversion(False)
     assert layer.weight is weight and type(weight) is bnb.nn.Params4bit and weight.module is layer
     assert not weight.bnb_quantized and torch.equal(weight.data, source.weight.data)
     layer = layer.to("cpu")
@@ -347,15 +356,12 @@ def test_moves_of_a_warm_layer_under_torch_swap_mode(kind):
     with torch.no_grad():
         expected = layer(x)
         codes = layer.weight.data.clone()
-        torch.__future__.set_swap_module_params_on_conversion(True)
-        try:
+        with swap_mode():
             layer = layer.to("cpu").float()
             assert type(layer.weight) in (bnb.nn.Params4bit, bnb.nn.Int8Params)
             assert torch.equal(layer.weight.data.view(torch.uint8), codes.view(torch.uint8))
             assert torch.equal(layer(x), expected)
             layer = layer.to("meta")
-        finally:
-            torch.__future__.set_swap_module_params_on_conversion(False)
     assert layer.weight.is_meta
     state = layer.weight.quant_state if kind != "int8" else layer.state
     assert (state.absmax if kind != "int8" else state.SCB).is_meta
@@ -377,12 +383,9 @@ def test_int8_layer_load_under_torch_swap_mode(assign):
             layer = bnb.nn.Linear8bitLt(128, 64, has_fp16_weights=False)
     else:
         layer = bnb.nn.Linear8bitLt(128, 64, has_fp16_weights=False).to("cpu")
-    torch.__future__.set_swap_module_params_on_conversion(True)
-    try:
+    with swap_mode():
         layer.load_state_dict(float_sd if assign else int8_sd, assign=assign)
         layer = layer.to("cpu")
-    finally:
-        torch.__future__.set_swap_module_params_on_conversion(False)
     assert type(layer.weight) is bnb.nn.Int8Params and torch.equal(layer.weight.data, int8_sd["weight"])
     assert torch.equal(layer.state_dict()["SCB"], int8_sd["SCB"])
     torch.testing.assert_close(layer(io_["x_fp32"]), io_["y_fp32"], rtol=1e-5, atol=1e-5)
@@ -399,11 +402,8 @@ def test_quantized_checkpoint_into_a_warm_layer_under_torch_swap_mode():
     with torch.no_grad():
         layer(x)  # keeps the plain alias
         weight = layer.weight
-        torch.__future__.set_swap_module_params_on_conversion(True)
-        try:
+        with swap_mode():
             layer.load_state_dict(source.state_dict())
-        finally:
-            torch.__future__.set_swap_module_params_on_conversion(False)
         assert layer.weight is weight and type(weight) is bnb.nn.Params4bit and weight.bnb_quantized
         assert torch.equal(weight.data, source.weight.data)
         assert torch.equal(layer(x), source(x))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import functional as F
-from ._params import _APPLYING, _check_device_has_kernels, _check_no_grad_for_codes
+from ._params import _APPLYING, _check_device_has_kernels, _check_no_grad_for_codes, loaded_value
 
 
 def _bare_index_without_accelerator(args: tuple, kwargs: dict) -> bool:
@@ -177,9 +177,7 @@ class Int8Params(torch.nn.Parameter):
         this parameter's memory, or taken as is with ``assign``) as an Int8Params with this one's
         flags and scales, which ``Linear8bitLt._load_from_state_dict`` then refills. A plain
         tensor there would turn the layer's weight into a Parameter without its row scales."""
-        with torch._C.DisableTorchFunctionSubclass():
-            value = other.detach() if assign else self.copy_(other).detach()
-        return self._like(value, self.SCB)
+        return self._like(loaded_value(self, other, assign), self.SCB)
 
     def _applied(self, out: torch.Tensor) -> torch.Tensor:
         """What ``module_apply`` keeps of ``out``, a layer function's result for this parameter

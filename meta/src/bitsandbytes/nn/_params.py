@@ -64,6 +64,13 @@ def drop_weight_caches(weight: Params4bit) -> None:
         pass
 
 
+def loaded_value(param: torch.Tensor, other: torch.Tensor, assign: bool) -> torch.Tensor:
+    """What ``Tensor.module_load`` would give, as a plain tensor: ``other`` copied into ``param``'s
+    memory, or ``other`` itself with ``assign``. A parameter class wraps it in its own type."""
+    with torch._C.DisableTorchFunctionSubclass():
+        return other.detach() if assign else param.copy_(other).detach()
+
+
 def kept_caches(weight: Params4bit) -> Mapping[str, Any]:
     """``weight_caches(weight)`` to read, without making one: empty where none was kept."""
     return getattr(weight, "_bnb_caches", _NO_CACHES)
@@ -340,9 +347,7 @@ class Params4bit(torch.nn.Parameter):
         ``Linear4bit._load_from_state_dict``'s load in place, and the swap that follows
         needs this parameter's tensor unshared: the caches' plain alias goes first."""
         drop_weight_caches(self)
-        with torch._C.DisableTorchFunctionSubclass():
-            value = other.detach() if assign else self.copy_(other).detach()
-        return self._like(value)
+        return self._like(loaded_value(self, other, assign))
 
     def _applied(self, out: torch.Tensor) -> torch.Tensor:
         """What ``module_apply`` keeps of ``out``, a layer function's result for this parameter."""
