@@ -135,7 +135,8 @@ def decode_nested_absmax(
     """The f32 scales of checked nested parts (``check_nested_absmax``) through a platform's
     block-wise ``dequantize`` (the ``dequantize_blockwise`` op's arguments): the codes decoded in
     blocks of 256, plus the one offset value."""
-    return dequantize(absmax_8bit, absmax, absmax_code, 256, torch.float32) + absmax_offset.float().reshape(())
+    decoded = dequantize(absmax_8bit, absmax, absmax_code, 256, torch.float32)  # a fresh tensor
+    return decoded.add_(absmax_offset.float().reshape(()))
 
 
 def cached_nested_absmax(
