@@ -114,7 +114,7 @@ def tests_mps_host(session: nox.Session) -> None:
     install_platform(session, "mps")
     tests = ["test_mps_platform.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py", "test_optim_ops.py",
              "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
-             "test_layouts_and_aliasing.py", "test_mps_edges.py"]  # fmt: skip
+             "test_layouts_and_aliasing.py", "test_host_edges.py"]  # fmt: skip
     env = {
         "BNB_TEST_HOST_KERNELS": "mps",
         "BNB_MPS_HOST_DIR": str(ROOT / "platforms" / "mps" / "host"),
@@ -122,6 +122,27 @@ def tests_mps_host(session: nox.Session) -> None:
     }
     session.run("pytest", "-p", "no:cacheprovider", "-k", "mps", *[f"tests/{t}" for t in tests], *session.posargs,
                 env=env)  # fmt: skip
+
+
+@nox.session(name="tests-cuda-host", tags=["ci"])
+def tests_cuda_host(session: nox.Session) -> None:
+    """The CUDA and ROCm kernels without a GPU: the CUDA wheel's kernel sources compiled as C++ by the
+    CUDA host harness (platforms/cuda/host), for warps of 32 lanes (``cuda[host]``) and of 64
+    (``rocm[host]``: the ROCm wheel builds the same sources for AMD wavefronts), run through the
+    wheel's own bindings and glue: the conformance suite against the reference, the edge cases and
+    the harness's own refusals."""
+    install_torch(session)
+    session.install(*TEST_DEPS, "pybind11")
+    install_meta(session)
+    tests = ["test_cuda_host_harness.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py",
+             "test_optim_ops.py", "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
+             "test_layouts_and_aliasing.py", "test_host_edges.py"]  # fmt: skip
+    env = {
+        "BNB_TEST_HOST_KERNELS": "cuda,rocm",
+        "BNB_CUDA_HOST_CACHE": str(pathlib.Path(session.create_tmp()).resolve() / "cuda-host"),
+    }
+    session.run("pytest", "-p", "no:cacheprovider", "-k", "cuda or rocm", *[f"tests/{t}" for t in tests],
+                *session.posargs, env=env)  # fmt: skip
 
 
 @nox.session(name="tests-slow")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pathlib
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -80,12 +82,13 @@ HOST_KERNELS_ENV = "BNB_TEST_HOST_KERNELS"
 def host_kernel_platforms() -> list[tuple[str, str]]:
     """(platform, device) pairs whose kernels run here on another device's tensors, named in
     ``BNB_TEST_HOST_KERNELS`` (comma-separated ``platform`` or ``platform@device``, device
-    ``cpu`` by default: ``xpu,hpu,mps`` in the nox sessions, ``xpu@cuda`` in the GPU check).
+    ``cpu`` by default: ``xpu,hpu,mps,cuda,rocm`` in the nox sessions, ``xpu@cuda`` in the GPU check).
 
     Each such platform package ``bitsandbytes_<p>`` provides ``host_kernels() -> {op: fn}``:
     its real kernels, runnable on those tensors (XPU: Triton, under ``TRITON_INTERPRET=1`` on
     the CPU; MPS: the Metal source compiled as C++ in a host harness; HPU: the tensor programs
-    on CPU tensors). A named platform that cannot be imported fails the run, never passes."""
+    on CPU tensors). ``cuda`` and ``rocm`` are the CUDA sources compiled as C++ by the CUDA host
+    harness of this checkout, for warps of 32 and 64 lanes, through the CUDA glue. A named platform that cannot be imported fails the run, never passes."""
     out = []
     for entry in os.environ.get(HOST_KERNELS_ENV, "").split(","):
         if entry.strip():
@@ -94,7 +97,28 @@ def host_kernel_platforms() -> list[tuple[str, str]]:
     return out
 
 
-def _host_kernels(platform: str) -> dict[str, Callable]:
+CUDA_HARNESS_WARPS = {"cuda": 32, "rocm": 64}
+"""Platforms whose kernels the CUDA host harness (platforms/cuda/host, from this checkout) runs, and
+the warp width: the CUDA sources as an NVIDIA GPU runs them, and as a 64-wide AMD wavefront does."""
+
+
+def cuda_harness():
+    """platforms/cuda/host/cuda_host.py of this checkout (the CUDA wheel need not be installed)."""
+    name = "_bnb_cuda_host_harness"
+    module = sys.modules.get(name)
+    if module is None:
+        path = pathlib.Path(__file__).resolve().parents[1] / "platforms" / "cuda" / "host" / "cuda_host.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def host_kernels_of(platform: str) -> dict[str, Callable]:
+    """``{op: fn}`` of a platform's kernels run here (see ``host_kernel_platforms``)."""
+    if platform in CUDA_HARNESS_WARPS:
+        return cuda_harness().host_kernels(CUDA_HARNESS_WARPS[platform])
     module = importlib.import_module(f"bitsandbytes_{platform}")
     return module.host_kernels()
 
@@ -107,7 +131,7 @@ def implementations(op: str) -> list[tuple[str, str, Callable]]:
     kernels of the platforms named in ``BNB_TEST_HOST_KERNELS`` (as ``<device>``, ``<platform>[host]``)."""
     out = []
     for platform, device in host_kernel_platforms():
-        fn = _host_kernels(platform).get(op)
+        fn = host_kernels_of(platform).get(op)
         if fn is not None:
             out.append((device, f"{platform}[host]", fn))
     for dev in devices():

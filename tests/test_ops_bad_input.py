@@ -188,6 +188,14 @@ def test_gemm_4bit_names_B_and_the_nested_absmax(device, impl, fn):
         fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit[:59], code, offset)
     with pytest.raises(ValueError, match=r"^bitsandbytes: B holds 1919 packed bytes but shapeB \[40, 96\] needs 1920"):
         fn(A, packed.flatten()[:1919], [40, 96], inner, 64, "nf4", None, absmax_8bit, code, offset)
+    # The parts live with absmax_8bit: torch's add silently skipped an offset on meta (the scales
+    # came out without it, on the reference, HPU and CUDA paths). A CPU offset is one value on
+    # any device, as torch adds it.
+    with pytest.raises(RuntimeError, match=r"absmax_offset (must be on|on meta)"):
+        fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit, code, offset.to("meta"))
+    with pytest.raises(RuntimeError, match=r"absmax_code (must be on|on meta)"):
+        fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit, code.to("meta"), offset)
+    assert torch.equal(fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit, code, offset.cpu()), want)
 
 
 @pytest.mark.parametrize("device,impl,fn", impl_params("gemv_4bit"))

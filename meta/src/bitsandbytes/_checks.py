@@ -220,6 +220,18 @@ def check_nested_absmax(
         raise ValueError(
             f"bitsandbytes: absmax_offset must hold one value (a 0-dim tensor), got shape {tuple(absmax_offset.shape)}"
         )
+    # The parts live with absmax_8bit. The offset may also be a CPU tensor (torch adds a one-value CPU
+    # tensor to a tensor on any device, as the established release's `absmax += offset` did); on
+    # another device (meta) torch would silently skip the addition.
+    device = absmax_8bit.device
+    for name, t in (("absmax_code", absmax_code), ("absmax", absmax)):
+        if t.device != device:
+            raise RuntimeError(f"bitsandbytes: {name} must be on {device} (absmax_8bit's device), got {t.device}")
+    if absmax_offset.device != device and absmax_offset.device.type != "cpu":
+        raise RuntimeError(
+            f"bitsandbytes: absmax_offset must be on {device} (absmax_8bit's device) or a CPU tensor, "
+            f"got {absmax_offset.device}"
+        )
 
 
 def prod(shape: Sequence[int]) -> int:

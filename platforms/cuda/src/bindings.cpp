@@ -120,7 +120,9 @@ PYBIND11_MODULE(BNB_PY_MODULE, m) {
     });
   });
 
-  py::class_<bnb_optimizer_hparams>(m, "OptimizerHparams")
+  // Local to this module: another build of these bindings in the same process (a ROCm and a CUDA
+  // wheel's, or the host harness's) registers its own.
+  py::class_<bnb_optimizer_hparams>(m, "OptimizerHparams", py::module_local())
       .def(py::init([](double beta1, double beta2, double beta3, double alpha, double eps, double weight_decay,
                        double lr, double gnorm_scale, double max_unorm, double param_norm, int64_t step,
                        bool skip_zeros) {

@@ -1,26 +1,22 @@
 // Host emulation of the Metal features the MPS kernels use, so that their source compiles as C++
 // and runs on the CPU (the test harness; never part of a GPU run).
 //
-// A threadgroup runs as one fiber (ucontext) per thread. Every barrier and every SIMD-group
-// shuffle is a synchronisation point: the scheduler runs each thread, lane by lane, up to its next
-// point, and releases a barrier only when every thread of the group waits at one, a shuffle only
-// when every lane of its SIMD group (32 threads) waits at one. A thread that returns while others
-// wait at a barrier, lanes of one SIMD group at different points, or a shuffle with a lane that
-// does not exist are errors reported to Python (they are undefined behaviour on the GPU).
-// Threadgroup memory is a function-local `static thread_local` shared by the group's fibers.
+// A threadgroup runs on the scheduler of shared/host/simt_host.h (shared with the CUDA harness):
+// one fiber per thread, in lock-step phases between barriers and SIMD-group shuffles (32 lanes),
+// with what is undefined on the GPU reported to Python as an error. Threadgroup memory is a
+// function-local `static thread_local` shared by the group's fibers.
 #pragma once
 
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <ucontext.h>
 
 #include <functional>
 #include <string>
-#include <vector>
 
 #include "bnb/bnb_c_api.h"  // the optimizer ids, and what optimizer_math.h's host-only part needs
+#include "simt_host.h"      // the thread-group scheduler (shared/host), shared with the CUDA harness
 
 // Metal keywords and attributes that mean nothing on the host. BNB_HOST_SCAN (preprocessing
 // only) marks them instead, for the harness to read each kernel's parameters.
@@ -72,157 +68,17 @@ inline float max(float a, float b) { return fmaxf(a, b); }
 namespace bnbh {
 
 constexpr uint32_t kSimdWidth = 32;
-constexpr uint32_t kMaxGroup = 1024;
-constexpr size_t kStackBytes = 128 * 1024;
-
-enum State { kReady = 0, kBarrier = 1, kShuffle = 2, kDone = 3 };
-
-struct Fiber {
-  ucontext_t ctx;
-  State state;
-  uint32_t shuffles;  // shuffles this thread has completed
-  uint32_t barriers;  // barriers this thread has passed
-};
-
-struct Group {
-  uint32_t size = 0;
-  uint32_t current = 0;
-  ucontext_t sched;
-  std::vector<Fiber> fibers;
-  const std::function<void(uint32_t)>* body = nullptr;
-  float slots[2][kMaxGroup];
-  std::string error;
-};
-
-inline thread_local Group* g_group = nullptr;
-
-inline std::vector<char*>& stacks() {
-  static thread_local std::vector<char*> pool;
-  return pool;
-}
-
-inline void fiber_entry() {
-  Group* g = g_group;
-  const uint32_t i = g->current;
-  (*g->body)(i);
-  g->fibers[i].state = kDone;  // uc_link returns to the scheduler
-}
-
-// Other threads run while this one is suspended and write threadgroup memory: the compiler must
-// neither keep such values in registers across the switch nor sink stores below it (it cannot
-// see that swapcontext runs code of this file that reads and writes those statics).
-inline void suspend(State s) {
-  Group* g = g_group;
-  Fiber& f = g->fibers[g->current];
-  f.state = s;
-  asm volatile("" ::: "memory");
-  swapcontext(&f.ctx, &g->sched);
-  asm volatile("" ::: "memory");
-}
+constexpr uint32_t kMaxGroup = bnb_simt::kMaxGroup;
 
 // threadgroup_barrier(mem_flags::mem_threadgroup)
-inline void barrier() {
-  suspend(kBarrier);
-  g_group->fibers[g_group->current].barriers++;
-}
+inline void barrier() { bnb_simt::barrier(); }
 
 // simd_shuffle_xor: the value of lane (this lane ^ mask) of the same SIMD group.
-inline float shuffle_xor(float v, uint32_t mask) {
-  Group* g = g_group;
-  const uint32_t i = g->current;
-  const uint32_t k = g->fibers[i].shuffles & 1u;
-  g->slots[k][i] = v;
-  suspend(kShuffle);
-  const uint32_t partner = i ^ (mask % kSimdWidth);
-  g = g_group;
-  g->fibers[i].shuffles++;
-  if (partner >= g->size) {
-    if (g->error.empty())
-      g->error = "simd_shuffle_xor reads lane " + std::to_string(partner) + " of a group of " +
-                 std::to_string(g->size) + " threads";
-    return 0.0f;
-  }
-  return g->slots[k][partner];
-}
+inline float shuffle_xor(float v, uint32_t mask) { return bnb_simt::shuffle_xor(v, mask, "simd_shuffle_xor"); }
 
 // Runs one threadgroup of `size` threads; body(i) is thread i. Returns "" or what went wrong.
 inline std::string run_group(uint32_t size, const std::function<void(uint32_t)>& body) {
-  if (size == 0 || size > kMaxGroup) return "threadgroup size must be in [1, 1024], got " + std::to_string(size);
-  Group g;
-  g.size = size;
-  g.body = &body;
-  g.fibers.resize(size);
-  std::vector<char*>& pool = stacks();
-  while (pool.size() < size) pool.push_back(new char[kStackBytes]);
-  Group* saved = g_group;
-  g_group = &g;
-  for (uint32_t i = 0; i < size; ++i) {
-    Fiber& f = g.fibers[i];
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = pool[i];
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = &g.sched;
-    makecontext(&f.ctx, fiber_entry, 0);
-    f.state = kReady;
-    f.shuffles = 0;
-    f.barriers = 0;
-  }
-  for (;;) {
-    for (uint32_t i = 0; i < size; ++i) {
-      if (g.fibers[i].state != kReady) continue;
-      g.current = i;
-      swapcontext(&g.sched, &g.fibers[i].ctx);
-    }
-    if (!g.error.empty()) break;
-    uint32_t done = 0, at_barrier = 0;
-    for (const Fiber& f : g.fibers) {
-      done += f.state == kDone;
-      at_barrier += f.state == kBarrier;
-    }
-    if (done == size) break;
-    bool released = false;
-    // SIMD groups whose lanes all wait at a shuffle go on.
-    for (uint32_t s = 0; s < size; s += kSimdWidth) {
-      const uint32_t end = s + kSimdWidth < size ? s + kSimdWidth : size;
-      bool all = true, any = false;
-      for (uint32_t i = s; i < end; ++i) {
-        all = all && g.fibers[i].state == kShuffle && g.fibers[i].shuffles == g.fibers[s].shuffles;
-        any = any || g.fibers[i].state == kShuffle;
-      }
-      if (all) {
-        for (uint32_t i = s; i < end; ++i) g.fibers[i].state = kReady;
-        released = true;
-      } else if (any) {
-        bool others_stuck = true;  // lanes elsewhere can never join: divergent SIMD group
-        for (uint32_t i = s; i < end; ++i) others_stuck = others_stuck && g.fibers[i].state != kReady;
-        if (others_stuck && g.error.empty()) {
-          g.error = "lanes of SIMD group " + std::to_string(s / kSimdWidth) +
-                    " reach different points (a shuffle in divergent control flow)";
-        }
-      }
-    }
-    if (!released && at_barrier == size) {
-      for (const Fiber& f : g.fibers) {
-        if (f.barriers != g.fibers[0].barriers && g.error.empty()) {
-          g.error = "threads wait at different barriers (" + std::to_string(f.barriers) + " and " +
-                    std::to_string(g.fibers[0].barriers) + " passed)";
-        }
-      }
-      if (!g.error.empty()) break;
-      for (Fiber& f : g.fibers) f.state = kReady;
-      released = true;
-    }
-    if (!released) {
-      if (g.error.empty()) {
-        g.error = done ? std::to_string(done) + " of " + std::to_string(size) +
-                             " threads returned while others wait at a barrier"
-                       : "threads of the group wait at different barriers or shuffles";
-      }
-      break;
-    }
-  }
-  g_group = saved;
-  return g.error;
+  return bnb_simt::run_group(size, kSimdWidth, body);
 }
 
 // The thread ids of one kernel invocation (one-dimensional grids).

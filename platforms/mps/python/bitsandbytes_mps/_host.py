@@ -148,12 +148,14 @@ def host_dir() -> pathlib.Path:
 
 
 def _include_dirs() -> list[str]:
-    """metal_host.h's folder and the shared headers (bnb_c_api.h) it includes."""
+    """metal_host.h's folder, the shared headers (bnb_c_api.h) and the thread-group scheduler
+    (shared/host/simt_host.h) it includes."""
     host = host_dir()
-    shared = host.parent.parent.parent / "shared" / "include"
-    if not (shared / "bnb" / "bnb_c_api.h").exists():
-        raise RuntimeError(f"bitsandbytes_mps host harness: {shared}/bnb/bnb_c_api.h not found beside {host}")
-    return [str(host), str(shared)]
+    shared = host.parent.parent.parent / "shared"
+    for needed in ("include/bnb/bnb_c_api.h", "host/simt_host.h"):
+        if not (shared / needed).exists():
+            raise RuntimeError(f"bitsandbytes_mps host harness: {shared}/{needed} not found beside {host}")
+    return [str(host), str(shared / "include"), str(shared / "host")]
 
 
 FLAGS = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-strict-aliasing", "-fPIC", "-Wno-attributes"]
@@ -162,8 +164,9 @@ FLAGS = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-strict-aliasing", "-fPI
 def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
     """Compile ``source`` (the shipped Metal text) with the host emulation; (library, kernels)."""
     cxx = _compiler()
-    incs = [f"-I{d}" for d in _include_dirs()]
-    host_h = "".join(p.read_text() for p in sorted(host_dir().glob("*.h")))
+    host, _, scheduler = dirs = _include_dirs()
+    incs = [f"-I{d}" for d in dirs]
+    host_h = "".join(p.read_text() for d in (host, scheduler) for p in sorted(pathlib.Path(d).glob("*.h")))
     key = hashlib.sha256("\0".join([source, host_h, cxx, *FLAGS, *incs]).encode()).hexdigest()[:20]
     cache = pathlib.Path(
         os.environ.get("BNB_MPS_HOST_CACHE") or pathlib.Path.home() / ".cache" / "bitsandbytes-mps-host"

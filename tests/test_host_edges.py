@@ -1,8 +1,13 @@
-"""The MPS wheel's kernels at the edges, through the host harness (its Metal source compiled as
-C++, ``bitsandbytes_mps.host_kernels()``), against the reference kernels: empty and one-element
-tensors, lengths off the block size, every block size and float dtype, strided and offset views,
-NaN / inf / -0.0 / subnormals, nested 4-bit scales, odd matmul shapes, each optimizer with its
-options, and bad input (a clear error naming the argument, never a wrong answer).
+"""The kernels the host harnesses run, at the edges, against the reference kernels: the MPS
+wheel's Metal source (``mps``) and the CUDA wheel's sources for warps of 32 (``cuda``) and 64
+lanes (``rocm``, as an AMD CDNA wavefront runs them), all compiled as C++ and run on CPU tensors
+through their wheel's glue. Empty and one-element tensors, lengths off the block size, every block
+size and float dtype, strided and offset views, NaN / inf / -0.0 / subnormals, nested 4-bit
+scales, odd matmul shapes, each optimizer with its options, and bad input (a clear error naming the
+argument, never a wrong answer).
+
+Each harness named in ``BNB_TEST_HOST_KERNELS`` runs (``tests-mps-host``, ``tests-cuda-host``);
+with none named the tests are skipped, as the harness sessions run them.
 
 The numeric standard is the conformance suite's: quantize / dequantize bit for bit, the matmuls
 within a few units in the last place, the optimizers as tests/test_optim_ops.py compares them.
@@ -18,12 +23,16 @@ import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_decode_table
+from conftest import CUDA_HARNESS_WARPS, host_kernel_platforms, host_kernels_of
 
-mps = pytest.importorskip("bitsandbytes_mps")
+HARNESSES = ["mps", *CUDA_HARNESS_WARPS]
+NAMED = [p for p, device in host_kernel_platforms() if p in HARNESSES and device == "cpu"]
 
+if not NAMED:
+    pytest.skip("no host harness named in BNB_TEST_HOST_KERNELS", allow_module_level=True)
 pytestmark = pytest.mark.skipif(
     not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
-    reason="no C++ compiler: the MPS host harness cannot be built",
+    reason="no C++ compiler: the host harnesses cannot be built",
 )
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -34,9 +43,10 @@ TWO_STATE = {"adam", "lamb", "ademamix"}
 SPECIAL = [float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1e-40, -1e-40, 65504.0, 3e38, -2.5, 0.3]
 
 
-@pytest.fixture(scope="module")
-def K():
-    return mps.host_kernels()
+@pytest.fixture(scope="module", params=NAMED)
+def K(request):
+    """The op -> kernel map of one harness."""
+    return host_kernels_of(request.param)
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -60,7 +70,7 @@ def mm_close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-def test_mps_4bit_every_blocksize_and_odd_length(K, dtype, quant_type):
+def test_host_4bit_every_blocksize_and_odd_length(K, dtype, quant_type):
     g = torch.Generator().manual_seed(1)
     for n, sizes in ((1, BLOCKSIZES), (3, [32, 4096]), (65, [32, 64, 128]), (4097, [64, 2048, 4096])):
         for bs in sizes:
@@ -74,7 +84,7 @@ def test_mps_4bit_every_blocksize_and_odd_length(K, dtype, quant_type):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-def test_mps_4bit_special_values(K, dtype, quant_type):
+def test_host_4bit_special_values(K, dtype, quant_type):
     A = torch.tensor(SPECIAL * 7)[:67].to(dtype)
     for bs in (32, 4096):
         packed, absmax = K["quantize_4bit"](A, bs, quant_type, torch.uint8)
@@ -92,7 +102,7 @@ def test_mps_4bit_special_values(K, dtype, quant_type):
         assert same(out, REF["dequantize_4bit"](codes, scales, 32, quant_type, [n], dtype))
 
 
-def test_mps_4bit_zero_dim_strided_and_offset_views(K):
+def test_host_4bit_zero_dim_strided_and_offset_views(K):
     g = torch.Generator().manual_seed(3)
     scalar = torch.tensor(-2.5)
     got, want = K["quantize_4bit"](scalar, 64, "fp4", torch.uint8), REF["quantize_4bit"](scalar, 64, "fp4", torch.uint8)
@@ -123,7 +133,7 @@ def test_mps_4bit_zero_dim_strided_and_offset_views(K):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_mps_blockwise_odd_blocksizes_and_lengths(K, dtype):
+def test_host_blockwise_odd_blocksizes_and_lengths(K, dtype):
     g = torch.Generator().manual_seed(4)
     code = dynamic_map(True)
     for n in (1, 3, 257, 1000):
@@ -137,7 +147,7 @@ def test_mps_blockwise_odd_blocksizes_and_lengths(K, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_mps_blockwise_special_values_and_views(K, dtype):
+def test_host_blockwise_special_values_and_views(K, dtype):
     code = dynamic_map(True)
     A = torch.tensor(SPECIAL * 25)[:257].to(dtype)
     for bs in (1, 4, 64, 256):
@@ -175,7 +185,7 @@ MM_SHAPES = [(1, 1, 32), (3, 7, 64), (5, 16, 32), (2, 4096, 4096), (13, 40, 32),
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-def test_mps_gemv_and_gemm_odd_shapes(K, dtype, quant_type):
+def test_host_gemv_and_gemm_odd_shapes(K, dtype, quant_type):
     g = torch.Generator().manual_seed(7)
     code = dynamic_map(True)
     table = four_bit_decode_table(quant_type)
@@ -201,7 +211,7 @@ def test_mps_gemv_and_gemm_odd_shapes(K, dtype, quant_type):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_mps_gemv_special_values_and_empty(K, dtype):
+def test_host_gemv_special_values_and_empty(K, dtype):
     g = torch.Generator().manual_seed(8)
     W = torch.randn(8, 64, generator=g)
     W[1, 3] = float("nan")
@@ -232,7 +242,7 @@ def _states(name, n, g):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_mps_optimizer_32bit_options(K, name):
+def test_host_optimizer_32bit_options(K, name):
     g = torch.Generator().manual_seed(9)
     # (dtype, n, weight_decay, gnorm_scale, max_unorm, skip_zeros, step, layout)
     cases = [
@@ -275,7 +285,7 @@ def test_mps_optimizer_32bit_options(K, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_mps_optimizer_8bit_options(K, name):
+def test_host_optimizer_8bit_options(K, name):
     g = torch.Generator().manual_seed(10)
     rows = 2 if name == "ademamix" else 1
     signed, unsigned = dynamic_map(True), dynamic_map(False)
@@ -369,8 +379,8 @@ BAD = {
     # values broadcast over the scales: a wrong answer); the 8-bit optimizer's code books by name
     "gemm_nested_offset_of_several_values": (_gemm_nested(absmax_offset=_OFFSET.repeat(4)), ValueError, r"absmax_offset must hold one value"),
     "gemm_nested_offset_int": (_gemm_nested(absmax_offset=torch.tensor(1)), TypeError, r"absmax_offset must have dtype"),
-    "gemm_nested_offset_on_another_device": (_gemm_nested(absmax_offset=_OFFSET.to("meta")), RuntimeError, r"absmax_offset must be on cpu"),
-    "gemm_nested_code_on_another_device": (_gemm_nested(absmax_code=_CODE.to("meta")), RuntimeError, r"absmax_code must be on cpu"),
+    "gemm_nested_offset_on_another_device": (_gemm_nested(absmax_offset=_OFFSET.to("meta")), RuntimeError, r"absmax_offset must be on (cpu|a CUDA device)"),
+    "gemm_nested_code_on_another_device": (_gemm_nested(absmax_code=_CODE.to("meta")), RuntimeError, r"absmax_code must be on (cpu|a CUDA device)"),
     "gemm_nested_code_short": (_gemm_nested(absmax_code=_CODE[:255]), ValueError, r"absmax_code must hold 256"),
     "gemm_nested_code_f16": (_gemm_nested(absmax_code=_CODE.half()), TypeError, r"absmax_code must have dtype"),
     "gemm_nested_8bit_f32": (_gemm_nested(absmax_8bit=_Q8.float()), TypeError, r"absmax_8bit must have dtype"),
@@ -383,13 +393,13 @@ BAD = {
     "q4_quant_type": (lambda K: K["quantize_4bit"](_A, 64, "int4", torch.uint8), ValueError, r"quant_type"),
     "q4_f64": (lambda K: K["quantize_4bit"](_A.double(), 64, "nf4", torch.uint8), TypeError, r"A must have dtype"),
     "q4_storage_odd": (lambda K: K["quantize_4bit"](torch.randn(3), 64, "nf4", torch.float32), ValueError, r"quant_storage"),
-    "q4_on_another_device": (lambda K: K["quantize_4bit"](_A.to("meta"), 64, "nf4", torch.uint8), RuntimeError, r"A must be on cpu"),
+    "q4_on_another_device": (lambda K: K["quantize_4bit"](_A.to("meta"), 64, "nf4", torch.uint8), RuntimeError, r"A must be on (cpu|a CUDA device)"),
     "dq4_absmax_short": (lambda K: K["dequantize_4bit"](_P, _ABSMAX[:-1], 64, "nf4", [4, 64], torch.float32), ValueError, r"absmax has 3"),
     "dq4_packed_short": (lambda K: K["dequantize_4bit"](_P[:-1], _ABSMAX, 64, "nf4", [4, 64], torch.float32), ValueError, r"A holds 127"),
     "dq4_wrong_blocksize": (lambda K: K["dequantize_4bit"](_P, _ABSMAX, 32, "nf4", [4, 64], torch.float32), ValueError, r"absmax has 4 .* needs 8"),
     "dq4_dtype_int": (lambda K: K["dequantize_4bit"](_P, _ABSMAX, 64, "nf4", [4, 64], torch.int32), TypeError, r"dtype must be"),
     "dq4_out_shape": (lambda K: K["dequantize_4bit.out"](_P, _ABSMAX, 64, "nf4", [4, 64], torch.float32, torch.empty(64, 4)), ValueError, r"out must have shape"),
-    "dq4_out_device": (lambda K: K["dequantize_4bit.out"](_P, _ABSMAX, 64, "nf4", [4, 64], torch.float32, torch.empty(4, 64, device="meta")), RuntimeError, r"out must be on cpu"),
+    "dq4_out_device": (lambda K: K["dequantize_4bit.out"](_P, _ABSMAX, 64, "nf4", [4, 64], torch.float32, torch.empty(4, 64, device="meta")), RuntimeError, r"out must be on (cpu|a CUDA device)"),
     "gemv_code_15": (lambda K: K["gemv_4bit"](_X, _P, [4, 64], _ABSMAX, _TABLE[:15], 64), ValueError, r"code must hold 16"),
     "gemv_k_mismatch": (lambda K: K["gemv_4bit"](torch.randn(2, 63), _P, [4, 64], _ABSMAX, _TABLE, 64), ValueError, r"A's last dimension \(63\)"),
     "gemv_blocksize_0": (lambda K: K["gemv_4bit"](_X, _P, [4, 64], _ABSMAX, _TABLE, 0), ValueError, r"blocksize must be positive"),
@@ -400,20 +410,20 @@ BAD = {
     "opt32_state1_size": (_opt32(state1=torch.zeros(301)), ValueError, r"state1 must hold 300"),
     "opt32_p_dtype": (_opt32(p=torch.randn(300).half()), TypeError, r"g dtype .* must equal p dtype"),
     "opt32_unorm_missing": (_opt32("lamb", unorm_vec=None, max_unorm=1.0), ValueError, r"unorm_vec is required"),
-    "opt32_state2_device": (_opt32(state2=torch.zeros(300, device="meta")), RuntimeError, r"state2 must be on cpu"),
+    "opt32_state2_device": (_opt32(state2=torch.zeros(300, device="meta")), RuntimeError, r"state2 must be on (cpu|a CUDA device)"),
     "opt8_absmax1_size": (_opt8(absmax1=torch.ones(1)), ValueError, r"absmax1 must hold 2"),
-    "opt8_qmap1_device": (_opt8(qmap1=dynamic_map(True).to("meta")), RuntimeError, r"qmap1 must be on cpu"),
+    "opt8_qmap1_device": (_opt8(qmap1=dynamic_map(True).to("meta")), RuntimeError, r"qmap1 must be on (cpu|a CUDA device)"),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(BAD), ids=[f"mps-{k}" for k in BAD])
-def test_mps_bad_input_names_the_argument(K, case):
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_host_bad_input_names_the_argument(K, case):
     call, exc, match = BAD[case]
     with pytest.raises(exc, match=match):
         call(K)
 
 
-def test_mps_nested_gemm_accepts_a_one_element_offset(K):
+def test_host_nested_gemm_accepts_a_one_element_offset(K):
     """The offset check refuses several values, not a one-element offset of any shape."""
     for offset in (_OFFSET, _OFFSET.reshape(1)):
         got = K["gemm_4bit"](_X, _P, [4, 64], _A8, 64, "nf4", None, _Q8, _CODE, offset)

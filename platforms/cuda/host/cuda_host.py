@@ -1,0 +1,167 @@
+"""The CUDA host harness: the CUDA wheel's kernels (platforms/cuda/src) compiled as C++ and run on
+CPU tensors, through the wheel's own Python glue and pybind11 bindings.
+
+``host_kernels(warp)`` builds (once, cached) the extension module ``_C`` from the unchanged kernel
+sources, ``src/bindings.cpp`` and the runtime emulation of ``cuda_host.h``, loads a private copy of
+``bitsandbytes_cuda``'s glue over it, and returns the glue's ``{op: fn}`` for CPU tensors. Only the
+launch syntax is rewritten (``<<<...>>>`` is not C++; see cuda_host.h). ``warp`` is the warp
+width the kernels are compiled and run for: 32 as on NVIDIA GPUs (``cuda[host]`` in the tests), 64
+as on AMD CDNA wavefronts, which the ROCm wheel builds from the same sources (``rocm[host]``).
+
+What it proves: the kernels' indexing, launch configurations, barriers and warp reductions, the
+shared-memory use, the C entry points' checks and the glue's argument packing, compared with the
+reference by the conformance suite. What it cannot: timing, memory coalescing, races between
+blocks (blocks run one after another), nvcc's own code generation (its contraction of plain
+``a * b + c``: the kernels spell the bit-exact arithmetic with bnb/fp_ops.h, whose ``_rn`` forms are
+exact either way), cuBLASLt (absent here: the built-in int8 kernel runs) and paged memory.
+
+The object files go to ``BNB_CUDA_HOST_CACHE`` (else ``~/.cache/bitsandbytes-cuda-host``), keyed by
+a hash of every input; the compiler is ``CXX``, else ``c++``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import types
+from collections.abc import Callable
+
+HOST = pathlib.Path(__file__).resolve().parent
+CUDA = HOST.parent
+REPO = CUDA.parent.parent
+SHARED = REPO / "shared"
+KERNEL_SOURCES = ("runtime.cu", "quantize.cu", "gemm_4bit.cu", "int8.cu", "optimizer.cu", "paged.cu")
+FLAGS = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-fPIC", "-fvisibility=hidden",
+         "-Wall", "-Wno-unknown-pragmas", "-Werror"]  # fmt: skip
+DEVICE_DEFINES = ["-D__CUDACC__", "-D__CUDA_ARCH__=900", "-include", "cuda_runtime.h"]  # nvcc pre-includes it too
+LAUNCH_OPEN, LAUNCH_CLOSE = "<<<", ">>>"
+
+
+def rewrite_launches(text: str, name: str) -> str:
+    """``kernel<<<cfg>>>(args)`` -> ``kernel | ::bnb_cuda_host::config(cfg)(args)``: the call binds
+    first, and the ``|`` of cuda_host.h runs the launch."""
+    opens, closes = text.count(LAUNCH_OPEN), text.count(LAUNCH_CLOSE)
+    if opens != closes:
+        raise RuntimeError(f"cuda host harness: {name} has {opens} '<<<' but {closes} '>>>'")
+    return text.replace(LAUNCH_OPEN, " | ::bnb_cuda_host::config(").replace(LAUNCH_CLOSE, ")")
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if not cxx:
+        raise RuntimeError("cuda host harness: no C++ compiler found (install g++ or set CXX)")
+    return cxx
+
+
+def _units(warp: int, gen: pathlib.Path) -> list[tuple[str, str, list[str]]]:
+    """(object name, source text, extra flags) of every translation unit."""
+    import pybind11
+
+    src = CUDA / "src"
+    common = [f"-I{HOST / 'include'}", f"-I{HOST}", f"-I{SHARED / 'include'}", f"-I{SHARED / 'host'}", f"-I{src}"]
+    device = [*common, *DEVICE_DEFINES, f"-DBNB_WARP_SIZE={warp}"]
+    units = []
+    for name in KERNEL_SOURCES:
+        text = rewrite_launches((src / name).read_text(), name)
+        units.append((name.replace(".cu", ".o"), f'#line 1 "{src / name}"\n{text}', device))
+    units.append(("cublaslt_host.o", (HOST / "cublaslt_host.cpp").read_text(), device))
+    probe = HOST / "probe_kernels.cu"  # the harness's own test kernels (bnb_cuda_host_probe)
+    units.append(("probe_kernels.o", f'#line 1 "{probe}"\n{rewrite_launches(probe.read_text(), probe.name)}', device))
+    units.append(("status.o", (SHARED / "src" / "status.cpp").read_text(), common))
+    units.append(("build_info.o", (src / "build_info.cpp").read_text(), [*common, f"-I{gen}"]))
+    python = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+    units.append(("bindings.o", (src / "bindings.cpp").read_text(), [*common, *python]))
+    return units
+
+
+def _inputs_hash(cxx: str, warp: int) -> str:
+    h = hashlib.sha256()
+    files = [*(CUDA / "src").iterdir(), *HOST.rglob("*.h"), *HOST.glob("*.cpp"), *HOST.glob("*.cu"), *(SHARED / "include" / "bnb").iterdir(),
+             *(SHARED / "host").iterdir(), SHARED / "src" / "status.cpp", pathlib.Path(__file__)]  # fmt: skip
+    for f in sorted(p for p in files if p.is_file()):
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update("\0".join([cxx, str(warp), sys.version, *FLAGS]).encode())
+    return h.hexdigest()[:20]
+
+
+def build(warp: int = 32) -> pathlib.Path:
+    """Compile the harness module for warps of ``warp`` lanes; the path of the ``_C`` extension."""
+    if warp not in (32, 64):
+        raise ValueError(f"warp must be 32 or 64, got {warp}")
+    cxx = _compiler()
+    cache = pathlib.Path(
+        os.environ.get("BNB_CUDA_HOST_CACHE") or pathlib.Path.home() / ".cache" / "bitsandbytes-cuda-host"
+    )
+    out_dir = cache / f"w{warp}-{_inputs_hash(cxx, warp)}"
+    module = out_dir / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}"
+    if module.exists():
+        return module
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp_name:
+        tmp = pathlib.Path(tmp_name)
+        gen = tmp / "gen"
+        gen.mkdir()
+        info = {"platform": f"cuda-host-w{warp}", "harness": True, "warp_size": warp}
+        (gen / "bnb_build_info.h").write_text(f"#define BNB_BUILD_INFO_JSON {json.dumps(json.dumps(info))}\n")
+
+        def compile_one(unit: tuple[str, str, list[str]]) -> pathlib.Path:
+            obj, text, flags = unit
+            source = tmp / obj.replace(".o", ".cpp")
+            source.write_text(text)
+            cmd = [cxx, *FLAGS, *flags, "-c", str(source), "-o", str(tmp / obj)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"cuda host harness: compiling {obj} failed:\n{done.stderr[-8000:]}")
+            return tmp / obj
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            objects = list(pool.map(compile_one, _units(warp, gen)))
+        linked = tmp / module.name
+        done = subprocess.run([cxx, "-shared", "-o", str(linked), *map(str, objects)], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"cuda host harness: linking failed:\n{done.stderr[-8000:]}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(linked, module)  # atomic: a concurrent build of the same inputs writes the same file
+    return module
+
+
+_GLUES: dict[int, types.ModuleType] = {}
+
+
+def glue(warp: int = 32) -> types.ModuleType:
+    """A private copy of bitsandbytes_cuda's ``kernels`` module over the harness's ``_C``, taking
+    CPU tensors (its device type ``cpu``, stream 0). The installed wheel, if any, is untouched."""
+    if warp in _GLUES:
+        return _GLUES[warp]
+    path = build(warp)
+    pkg_name = f"_bnb_cuda_host_w{warp}"
+    pkg_dir = CUDA / "python" / "bitsandbytes_cuda"
+    native_spec = importlib.util.spec_from_file_location(f"{pkg_name}._C", path)
+    native = importlib.util.module_from_spec(native_spec)
+    native_spec.loader.exec_module(native)
+    spec = importlib.util.spec_from_file_location(
+        pkg_name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
+    )
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules[pkg_name] = pkg
+    sys.modules[f"{pkg_name}._C"] = native
+    spec.loader.exec_module(pkg)
+    kernels = importlib.import_module(f"{pkg_name}.kernels")
+    kernels._DEVICE_TYPE = "cpu"
+    kernels._stream = lambda t: 0
+    _GLUES[warp] = kernels
+    return kernels
+
+
+def host_kernels(warp: int = 32) -> dict[str, Callable]:
+    """The CUDA glue's kernels, run by the harness on CPU tensors: ``{op name: fn}``."""
+    return dict(glue(warp).KERNELS)

@@ -1,0 +1,58 @@
+// Kernels that test the CUDA host harness itself (compiled into the harness module only, never
+// into a wheel): one correct block reduction, and launches a GPU would run into undefined
+// behaviour or refuse. tests/test_cuda_host_harness.py calls bnb_cuda_host_probe through ctypes
+// and expects each misuse to fail its launch with a status and a message, as a kernel fault
+// reaches a caller of the C ABI on a GPU (check_launch).
+#include "common.cuh"
+
+namespace bnb_cuda {
+namespace {
+
+// Correct: the block's max |x| through the shared reduction (warp shuffles and shared memory).
+__global__ void absmax_kernel(const float* x, int n, float* out) {
+  __shared__ float scratch[1024 / bnb::kWarpSize];
+  float m = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) m = bnb::nan_max_abs(m, x[i]);
+  m = bnb::block_absmax(m, scratch);
+  if (threadIdx.x == 0) *out = m;
+}
+
+// A barrier that only some threads reach.
+__global__ void divergent_barrier_kernel(float* out) {
+  if (threadIdx.x < 5) __syncthreads();
+  out[threadIdx.x] = 1.0f;
+}
+
+// A warp reduction in control flow that splits the warp.
+__global__ void divergent_shuffle_kernel(float* out) {
+  float v = static_cast<float>(threadIdx.x);
+  if (threadIdx.x % bnb::kWarpSize < 3) v = bnb::warp_sum(v);
+  out[threadIdx.x] = v;
+}
+
+}  // namespace
+}  // namespace bnb_cuda
+
+using namespace bnb_cuda;
+
+// which: 0 the correct reduction over x[0..n) with `threads` threads (result in *out), 1 a
+// divergent barrier, 2 a divergent warp shuffle, 3 the correct kernel with a block of `threads`
+// threads (too many: an invalid configuration). Returns the status the C
+// ABI would return; bnb_last_error() holds the message.
+extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, int32_t n, int32_t threads, float* out) {
+  switch (which) {
+    case 0:
+    case 3:
+      absmax_kernel<<<1, threads>>>(x, n, out);
+      break;
+    case 1:
+      divergent_barrier_kernel<<<1, threads>>>(out);
+      break;
+    case 2:
+      divergent_shuffle_kernel<<<1, threads>>>(out);
+      break;
+    default:
+      return fail(BNB_ERR_INVALID_ARGUMENT, "unknown probe %d", which);
+  }
+  return check_launch("bnb_cuda_host_probe");
+}

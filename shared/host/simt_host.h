@@ -1,0 +1,193 @@
+// One GPU thread group run on the CPU: the scheduler the host harnesses of the MPS (Metal) and
+// CUDA/ROCm kernels share. A test tool of the repository, never part of a wheel or a GPU run.
+//
+// Every thread of a group (a Metal threadgroup, a CUDA block) runs as one fiber (ucontext). Every
+// barrier and every warp (SIMD-group) shuffle is a synchronisation point: the scheduler runs each
+// thread, lane by lane, up to its next point, and releases a barrier only when every thread of the
+// group waits at one, a shuffle only when every lane of its warp waits at one. What is undefined
+// behaviour on a GPU is an error reported to the caller: a thread that returns while others wait
+// at a barrier, lanes of one warp at different points, threads at different barrier instances, a
+// shuffle that reads a lane that does not exist. The warp width is a parameter (32 for NVIDIA and
+// Metal, 64 for AMD CDNA wavefronts).
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <ucontext.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace bnb_simt {
+
+constexpr uint32_t kMaxGroup = 1024;
+constexpr uint32_t kMaxWarp = 64;
+constexpr size_t kStackBytes = 128 * 1024;
+
+enum State { kReady = 0, kBarrier = 1, kShuffle = 2, kDone = 3 };
+
+struct Fiber {
+  ucontext_t ctx;
+  State state;
+  uint32_t shuffles;  // shuffles this thread has completed
+  uint32_t barriers;  // barriers this thread has passed
+};
+
+struct Group {
+  uint32_t size = 0;
+  uint32_t warp = 32;
+  uint32_t current = 0;
+  ucontext_t sched;
+  std::vector<Fiber> fibers;
+  const std::function<void(uint32_t)>* body = nullptr;
+  float slots[2][kMaxGroup];
+  std::string error;
+};
+
+inline thread_local Group* g_group = nullptr;
+
+inline std::vector<char*>& stacks() {
+  static thread_local std::vector<char*> pool;
+  return pool;
+}
+
+inline void fiber_entry() {
+  Group* g = g_group;
+  const uint32_t i = g->current;
+  (*g->body)(i);
+  g->fibers[i].state = kDone;  // uc_link returns to the scheduler
+}
+
+// The index of the running thread in its group.
+inline uint32_t current_thread() { return g_group->current; }
+
+// The running group's warp width.
+inline uint32_t warp_width() { return g_group->warp; }
+
+// Records the first error of the running group (a kernel's own misuse, e.g. a bad shuffle width).
+inline void report(const std::string& what) {
+  if (g_group->error.empty()) g_group->error = what;
+}
+
+// Other threads run while this one is suspended and write the group's shared memory: the
+// compiler must neither keep such values in registers across the switch nor sink stores below it
+// (it cannot see that swapcontext runs code that reads and writes those statics).
+inline void suspend(State s) {
+  Group* g = g_group;
+  Fiber& f = g->fibers[g->current];
+  f.state = s;
+  asm volatile("" ::: "memory");
+  swapcontext(&f.ctx, &g->sched);
+  asm volatile("" ::: "memory");
+}
+
+// A barrier over the whole group (threadgroup_barrier, __syncthreads).
+inline void barrier() {
+  suspend(kBarrier);
+  g_group->fibers[g_group->current].barriers++;
+}
+
+// The value of lane (this lane ^ mask) of the same warp. `what` names the shuffle in errors.
+inline float shuffle_xor(float v, uint32_t mask, const char* what) {
+  Group* g = g_group;
+  const uint32_t i = g->current;
+  const uint32_t k = g->fibers[i].shuffles & 1u;
+  g->slots[k][i] = v;
+  suspend(kShuffle);
+  const uint32_t partner = i ^ (mask % g->warp);
+  g = g_group;
+  g->fibers[i].shuffles++;
+  if (partner >= g->size) {
+    report(std::string(what) + " reads lane " + std::to_string(partner) + " of a group of " + std::to_string(g->size) +
+           " threads");
+    return 0.0f;
+  }
+  return g->slots[k][partner];
+}
+
+// Runs one group of `size` threads in warps of `warp` lanes; body(i) is thread i. Returns "" or
+// what went wrong.
+inline std::string run_group(uint32_t size, uint32_t warp, const std::function<void(uint32_t)>& body) {
+  if (size == 0 || size > kMaxGroup) return "group size must be in [1, 1024], got " + std::to_string(size);
+  if (warp == 0 || warp > kMaxWarp || (warp & (warp - 1)) != 0)
+    return "warp width must be a power of two in [1, 64], got " + std::to_string(warp);
+  Group g;
+  g.size = size;
+  g.warp = warp;
+  g.body = &body;
+  g.fibers.resize(size);
+  std::vector<char*>& pool = stacks();
+  while (pool.size() < size) pool.push_back(new char[kStackBytes]);
+  Group* saved = g_group;
+  g_group = &g;
+  for (uint32_t i = 0; i < size; ++i) {
+    Fiber& f = g.fibers[i];
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = pool[i];
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = &g.sched;
+    makecontext(&f.ctx, fiber_entry, 0);
+    f.state = kReady;
+    f.shuffles = 0;
+    f.barriers = 0;
+  }
+  for (;;) {
+    for (uint32_t i = 0; i < size; ++i) {
+      if (g.fibers[i].state != kReady) continue;
+      g.current = i;
+      swapcontext(&g.sched, &g.fibers[i].ctx);
+    }
+    if (!g.error.empty()) break;
+    uint32_t done = 0, at_barrier = 0;
+    for (const Fiber& f : g.fibers) {
+      done += f.state == kDone;
+      at_barrier += f.state == kBarrier;
+    }
+    if (done == size) break;
+    bool released = false;
+    // Warps whose lanes all wait at the same shuffle go on.
+    for (uint32_t s = 0; s < size; s += warp) {
+      const uint32_t end = s + warp < size ? s + warp : size;
+      bool all = true, any = false;
+      for (uint32_t i = s; i < end; ++i) {
+        all = all && g.fibers[i].state == kShuffle && g.fibers[i].shuffles == g.fibers[s].shuffles;
+        any = any || g.fibers[i].state == kShuffle;
+      }
+      if (all) {
+        for (uint32_t i = s; i < end; ++i) g.fibers[i].state = kReady;
+        released = true;
+      } else if (any) {
+        bool others_stuck = true;  // lanes elsewhere can never join: a divergent warp
+        for (uint32_t i = s; i < end; ++i) others_stuck = others_stuck && g.fibers[i].state != kReady;
+        if (others_stuck && g.error.empty()) {
+          g.error = "lanes of SIMD group " + std::to_string(s / warp) +
+                    " reach different points (a shuffle in divergent control flow)";
+        }
+      }
+    }
+    if (!released && at_barrier == size) {
+      for (const Fiber& f : g.fibers) {
+        if (f.barriers != g.fibers[0].barriers && g.error.empty()) {
+          g.error = "threads wait at different barriers (" + std::to_string(f.barriers) + " and " +
+                    std::to_string(g.fibers[0].barriers) + " passed)";
+        }
+      }
+      if (!g.error.empty()) break;
+      for (Fiber& f : g.fibers) f.state = kReady;
+      released = true;
+    }
+    if (!released) {
+      if (g.error.empty()) {
+        g.error = done ? std::to_string(done) + " of " + std::to_string(size) +
+                             " threads returned while others wait at a barrier"
+                       : "threads of the group wait at different barriers or shuffles";
+      }
+      break;
+    }
+  }
+  g_group = saved;
+  return g.error;
+}
+
+}  // namespace bnb_simt

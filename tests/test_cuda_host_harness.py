@@ -1,0 +1,121 @@
+"""The CUDA host harness itself (platforms/cuda/host): that it refuses what a GPU would not run
+correctly, that a kernel fault reaches the caller as the C ABI reports it, and that what it runs is
+this checkout's kernel sources and glue.
+
+The kernels' results are compared with the reference by the conformance suite and
+tests/test_host_edges.py under ``BNB_TEST_HOST_KERNELS=cuda,rocm`` (``nox -s tests-cuda-host``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import CUDA_HARNESS_WARPS, cuda_harness, host_kernel_platforms
+
+NAMED = [p for p, _ in host_kernel_platforms() if p in CUDA_HARNESS_WARPS]
+
+if not NAMED:
+    pytest.skip("the CUDA host harness runs where BNB_TEST_HOST_KERNELS names cuda or rocm", allow_module_level=True)
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
+    reason="no C++ compiler: the CUDA host harness cannot be built",
+)
+
+WARPS = sorted({CUDA_HARNESS_WARPS[p] for p in NAMED}) or [32]
+
+
+class Probe:
+    """bnb_cuda_host_probe of one harness build, through ctypes."""
+
+    def __init__(self, warp: int) -> None:
+        self.lib = ctypes.CDLL(str(cuda_harness().build(warp)))
+        self.lib.bnb_cuda_host_probe.restype = ctypes.c_int32
+        self.lib.bnb_cuda_host_probe.argtypes = [ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32,
+                                                 ctypes.c_void_p]  # fmt: skip
+        self.lib.bnb_last_error.restype = ctypes.c_char_p
+
+    def __call__(self, which: int, threads: int, x: torch.Tensor | None = None) -> tuple[int, str, torch.Tensor]:
+        out = torch.zeros(max(threads, 1))
+        n = 0 if x is None else x.numel()
+        status = self.lib.bnb_cuda_host_probe(which, 0 if x is None else x.data_ptr(), n, threads, out.data_ptr())
+        return status, self.lib.bnb_last_error().decode() if status else "", out
+
+
+@pytest.fixture(scope="module", params=WARPS, ids=[f"warp{w}" for w in WARPS])
+def probe(request):
+    return Probe(request.param), request.param
+
+
+@pytest.mark.parametrize("warps", [1, 3, 4, 16])
+def test_cuda_host_block_reduction_is_exact(probe, warps):
+    run, warp = probe
+    x = torch.randn(3000)
+    x[1234] = -7.5  # the largest magnitude is negative: a reduction of signed values would lose it
+    status, msg, out = run(0, warps * warp, x)
+    assert status == 0, msg
+    assert out[0].item() == 7.5
+
+
+def test_cuda_host_refuses_a_barrier_only_some_threads_reach(probe):
+    run, _ = probe
+    status, msg, _ = run(1, 64)
+    assert status != 0
+    assert "bnb_cuda_host_probe" in msg and "returned while others wait at a barrier" in msg
+    assert "cudaErrorLaunchFailure" in msg and "block (0, 0, 0)" in msg
+
+
+def test_cuda_host_refuses_a_shuffle_in_a_divergent_warp(probe):
+    run, _ = probe
+    status, msg, _ = run(2, 64)
+    assert status != 0 and "reach different points" in msg
+
+
+def test_cuda_host_refuses_an_invalid_launch_configuration(probe):
+    run, _ = probe
+    status, msg, _ = run(3, 2048, torch.ones(8))
+    assert status != 0 and "invalid configuration argument: block (2048, 1, 1)" in msg
+    assert "cudaErrorInvalidConfiguration" in msg
+    # The error was taken by check_launch: the next launch is clean.
+    status, msg, out = run(0, 64, torch.ones(8))
+    assert status == 0, msg
+    assert out[0].item() == 1.0
+
+
+def test_cuda_host_shuffle_past_the_block_is_refused(probe):
+    """A block that is not a whole number of warps: the last warp's shuffles read lanes that do
+    not exist (the shared reduction requires whole warps)."""
+    run, warp = probe
+    status, msg, _ = run(0, warp + warp // 2, torch.ones(8))
+    assert status != 0 and "__shfl_xor_sync reads lane" in msg
+
+
+@pytest.mark.parametrize("warp", WARPS, ids=[f"warp{w}" for w in WARPS])
+def test_cuda_host_module_is_this_checkouts_sources(warp):
+    """The module's build info names the harness and its warp; the glue is the wheel's own file."""
+    kernels = cuda_harness().glue(warp)
+    native = kernels._C
+    info = json.loads(native.build_info())
+    assert info == {"platform": f"cuda-host-w{warp}", "harness": True, "warp_size": warp}
+    assert native.abi_version() >= 1
+    glue_file = cuda_harness().CUDA / "python" / "bitsandbytes_cuda" / "kernels.py"
+    assert kernels.__file__ == str(glue_file)
+    # The launch syntax is the only rewrite; a stray bracket is refused.
+    assert cuda_harness().rewrite_launches("k<<<1, 2>>>(x);", "t") == "k | ::bnb_cuda_host::config(1, 2)(x);"
+    with pytest.raises(RuntimeError, match="1 '<<<' but 0 '>>>'"):
+        cuda_harness().rewrite_launches("k<<<1, 2(x);", "t")
+
+
+def test_cuda_host_kernel_errors_reach_python_as_the_glue_raises_them():
+    """A check of the C entry point (not the glue) surfaces as the bindings' exception."""
+    native = cuda_harness().glue(32)._C
+    x = torch.randn(64)
+    packed, absmax = torch.empty(32, dtype=torch.uint8), torch.empty(1)
+    with pytest.raises(ValueError, match=r"bitsandbytes_cuda: quantize_4bit: .*blocksize must be a power of two"):
+        native.quantize_4bit(x.data_ptr(), 0, 64, 48, 1, packed.data_ptr(), absmax.data_ptr(), 0)
+    with pytest.raises(TypeError, match="A's dtype must be f32, f16 or bf16"):
+        native.quantize_4bit(x.data_ptr(), 7, 64, 64, 1, packed.data_ptr(), absmax.data_ptr(), 0)
