@@ -130,17 +130,28 @@ def tests_cuda_host(session: nox.Session) -> None:
     CUDA host harness (platforms/cuda/host), for warps of 32 lanes (``cuda[host]``) and of 64
     (``rocm[host]``: the ROCm wheel builds the same sources for AMD wavefronts), run through the
     wheel's own bindings and glue: the conformance suite against the reference, the edge cases and
-    the harness's own refusals."""
+    the harness's own refusals. The module is built with AddressSanitizer and UBSan (a kernel
+    touching memory outside a tensor, or overflowing a signed integer, stops the run);
+    ``BNB_CUDA_HOST_SANITIZE=0`` builds it plain."""
     install_torch(session)
     session.install(*TEST_DEPS, "pybind11")
     install_meta(session)
+    sanitize = os.environ.get("BNB_CUDA_HOST_SANITIZE", "1") not in ("", "0")
     tests = ["test_cuda_host_harness.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py",
              "test_optim_ops.py", "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
              "test_layouts_and_aliasing.py", "test_host_edges.py"]  # fmt: skip
     env = {
         "BNB_TEST_HOST_KERNELS": "cuda,rocm",
         "BNB_CUDA_HOST_CACHE": str(pathlib.Path(session.create_tmp()).resolve() / "cuda-host"),
+        "BNB_CUDA_HOST_SANITIZE": "1" if sanitize else "0",
     }
+    if sanitize:  # the runtimes first in the process (Python links neither), as ASan requires
+        cxx = os.environ.get("CXX") or "c++"
+        libs = [
+            subprocess.check_output([cxx, f"-print-file-name={n}"], text=True).strip()
+            for n in ("libasan.so", "libstdc++.so")
+        ]
+        env.update(LD_PRELOAD=" ".join(libs), ASAN_OPTIONS="detect_leaks=0")
     session.run("pytest", "-p", "no:cacheprovider", "-k", "cuda or rocm", *[f"tests/{t}" for t in tests],
                 *session.posargs, env=env)  # fmt: skip
 

@@ -83,13 +83,22 @@ def _units(warp: int, gen: pathlib.Path) -> list[tuple[str, str, list[str]]]:
     return units
 
 
+def _sanitize_flags() -> list[str]:
+    """``BNB_CUDA_HOST_SANITIZE=1``: AddressSanitizer and UBSan in the module (run Python with
+    ``LD_PRELOAD`` = the compiler's libasan): a kernel reading or writing past a tensor torch
+    allocated, or overflowing a signed integer, stops the run with a report."""
+    if os.environ.get("BNB_CUDA_HOST_SANITIZE", "") in ("", "0"):
+        return []
+    return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+
+
 def _inputs_hash(cxx: str, warp: int) -> str:
     h = hashlib.sha256()
     files = [*(CUDA / "src").iterdir(), *HOST.rglob("*.h"), *HOST.glob("*.cpp"), *HOST.glob("*.cu"), *(SHARED / "include" / "bnb").iterdir(),
              *(SHARED / "host").iterdir(), SHARED / "src" / "status.cpp", pathlib.Path(__file__)]  # fmt: skip
     for f in sorted(p for p in files if p.is_file()):
         h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
-    h.update("\0".join([cxx, str(warp), sys.version, *FLAGS]).encode())
+    h.update("\0".join([cxx, str(warp), sys.version, *FLAGS, *_sanitize_flags()]).encode())
     return h.hexdigest()[:20]
 
 
@@ -117,7 +126,7 @@ def build(warp: int = 32) -> pathlib.Path:
             obj, text, flags = unit
             source = tmp / obj.replace(".o", ".cpp")
             source.write_text(text)
-            cmd = [cxx, *FLAGS, *flags, "-c", str(source), "-o", str(tmp / obj)]
+            cmd = [cxx, *FLAGS, *_sanitize_flags(), *flags, "-c", str(source), "-o", str(tmp / obj)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f"cuda host harness: compiling {obj} failed:\n{done.stderr[-8000:]}")
@@ -126,7 +135,8 @@ def build(warp: int = 32) -> pathlib.Path:
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             objects = list(pool.map(compile_one, _units(warp, gen)))
         linked = tmp / module.name
-        done = subprocess.run([cxx, "-shared", "-o", str(linked), *map(str, objects)], capture_output=True, text=True)
+        link = [cxx, "-shared", *_sanitize_flags(), "-o", str(linked), *map(str, objects)]
+        done = subprocess.run(link, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"cuda host harness: linking failed:\n{done.stderr[-8000:]}")
         out_dir.mkdir(parents=True, exist_ok=True)
