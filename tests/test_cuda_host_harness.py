@@ -9,13 +9,14 @@ tests/test_host_edges.py under ``BNB_TEST_HOST_KERNELS=cuda,rocm`` (``nox -s tes
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import shutil
 
 import pytest
 import torch
 
-from conftest import CUDA_HARNESS_WARPS, cuda_harness, host_kernel_platforms
+from conftest import CUDA_HARNESS_WARPS, adam_8bit_args, cuda_harness, host_kernel_platforms, step_8bit
 
 NAMED = [p for p, _ in host_kernel_platforms() if p in CUDA_HARNESS_WARPS]
 
@@ -119,3 +120,49 @@ def test_cuda_host_kernel_errors_reach_python_as_the_glue_raises_them():
         native.quantize_4bit(x.data_ptr(), 0, 64, 48, 1, packed.data_ptr(), absmax.data_ptr(), 0)
     with pytest.raises(TypeError, match="A's dtype must be f32, f16 or bf16"):
         native.quantize_4bit(x.data_ptr(), 7, 64, 64, 1, packed.data_ptr(), absmax.data_ptr(), 0)
+
+
+def test_cuda_host_paged_memory_bookkeeping():
+    """The paged-memory glue (paged.py) over the harness's managed memory (host memory here): which
+    tensors it holds, prefetch of an allocation and of a view, and the memory freed only after the
+    last tensor on it (under the session's AddressSanitizer, a use after free would stop the run)."""
+    paged = cuda_harness().glue(32).paged
+    before = dict(paged._LIVE)
+    t = paged.empty_paged((3, 100), torch.float32)
+    assert t.is_paged and t.shape == (3, 100) and paged.holds(t) and paged.holds(t[1:, ::7])
+    assert not paged.holds(torch.zeros(3))
+    t.copy_(torch.arange(300.0).view(3, 100))
+    paged.prefetch(t)
+    paged.prefetch(t[2], to_cpu=True)
+    with pytest.raises(ValueError, match="t is not a paged tensor"):
+        paged.prefetch(torch.zeros(4))
+    with pytest.raises(ValueError, match="shape must be non-negative"):
+        paged.empty_paged((2, -1))
+    empty = paged.empty_paged((0, 5), torch.uint8)
+    assert empty.is_paged and empty.numel() == 0 and dict(paged._LIVE).keys() - before.keys()
+    view = t[1]
+    del t
+    gc.collect()
+    assert len(paged._LIVE) == len(before) + 1  # the view keeps the allocation
+    view.add_(1.0)  # still valid memory
+    assert view[:3].tolist() == [101.0, 102.0, 103.0]
+    del view
+    gc.collect()
+    assert paged._LIVE == before and sorted(paged._STARTS) == sorted(before)
+
+
+def test_cuda_host_optimizer_steps_on_paged_states():
+    """An 8-bit Adam step whose states live in paged memory (as a paged optimizer allocates them;
+    gradient and parameter on the device) gives the same kernels' step on ordinary tensors, bit for
+    bit (the kernels themselves are compared with the reference by tests/test_optim_ops.py)."""
+    glue = cuda_harness().glue(32)
+    want = adam_8bit_args(700)
+    got = {name: t.clone() for name, t in want.items()}
+    for name in ("state1", "state2", "absmax1", "absmax2"):
+        got[name] = glue.paged.empty_paged(want[name].shape, want[name].dtype)
+        got[name].copy_(want[name])
+    for _ in range(3):
+        step_8bit(glue.KERNELS["optimizer_update_8bit_blockwise"], want)
+        step_8bit(glue.KERNELS["optimizer_update_8bit_blockwise"], got)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name

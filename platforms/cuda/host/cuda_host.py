@@ -149,7 +149,8 @@ _GLUES: dict[int, types.ModuleType] = {}
 
 def glue(warp: int = 32) -> types.ModuleType:
     """A private copy of bitsandbytes_cuda's ``kernels`` module over the harness's ``_C``, taking
-    CPU tensors (its device type ``cpu``, stream 0). The installed wheel, if any, is untouched."""
+    CPU tensors (its device type ``cpu``, stream 0; ``kernels.paged`` on device 0). The installed
+    wheel, if any, is untouched."""
     if warp in _GLUES:
         return _GLUES[warp]
     path = build(warp)
@@ -168,6 +169,9 @@ def glue(warp: int = 32) -> types.ModuleType:
     kernels = importlib.import_module(f"{pkg_name}.kernels")
     kernels._DEVICE_TYPE = "cpu"
     kernels._stream = lambda t: 0
+    paged = importlib.import_module(f"{pkg_name}.paged")  # managed memory is host memory here
+    paged._current_device = lambda: 0
+    paged._stream = lambda device: 0
     _GLUES[warp] = kernels
     return kernels
 
