@@ -87,6 +87,18 @@ def test_cuda_host_refuses_an_invalid_launch_configuration(probe):
     assert out[0].item() == 1.0
 
 
+def test_cuda_host_shared_memory_starts_each_block_undefined(probe):
+    """Shared memory is not carried from one block or launch to the next: a read before any write
+    in the block sees the harness's fill (NaN), not the previous launch's value."""
+    run, warp = probe
+    status, msg, out = run(4, warp, torch.ones(1))  # n = 1: the block writes 1.0, then reads it
+    assert status == 0, msg
+    assert out[0].item() == 1.0
+    status, msg, out = run(4, warp)  # n = 0: nothing written in this block
+    assert status == 0, msg
+    assert out[0].isnan()
+
+
 def test_cuda_host_shuffle_past_the_block_is_refused(probe):
     """A block that is not a whole number of warps: the last warp's shuffles read lanes that do
     not exist (the shared reduction requires whole warps)."""
@@ -105,10 +117,18 @@ def test_cuda_host_module_is_this_checkouts_sources(warp):
     assert native.abi_version() >= 1
     glue_file = cuda_harness().CUDA / "python" / "bitsandbytes_cuda" / "kernels.py"
     assert kernels.__file__ == str(glue_file)
-    # The launch syntax is the only rewrite; a stray bracket is refused.
-    assert cuda_harness().rewrite_launches("k<<<1, 2>>>(x);", "t") == "k | ::bnb_cuda_host::config(1, 2)(x);"
+    # The two rewrites: launches, and a fill call after each shared array; a stray bracket or a
+    # declaration the pattern misses is refused.
+    rewrite = cuda_harness().rewrite
+    assert rewrite("k<<<1, 2>>>(x);", "t") == "k | ::bnb_cuda_host::config(1, 2)(x);"
+    assert (
+        rewrite("__shared__ float a[4][n + 1];", "t")
+        == "__shared__ float a[4][n + 1]; ::bnb_cuda_host::poison_shared(a, sizeof(a));"
+    )
     with pytest.raises(RuntimeError, match="1 '<<<' but 0 '>>>'"):
-        cuda_harness().rewrite_launches("k<<<1, 2(x);", "t")
+        rewrite("k<<<1, 2(x);", "t")
+    with pytest.raises(RuntimeError, match="1 __shared__ declarations it cannot follow"):
+        rewrite("__shared__ float a = 0;", "t")
 
 
 def test_cuda_host_kernel_errors_reach_python_as_the_glue_raises_them():

@@ -3,7 +3,7 @@
 //
 // Every thread of a group (a Metal threadgroup, a CUDA block) runs as one fiber (ucontext). Every
 // barrier and every warp (SIMD-group) shuffle is a synchronisation point: the scheduler runs each
-// thread, lane by lane, up to its next point, and releases a barrier only when every thread of the
+// thread, from the last to the first, up to its next point, and releases a barrier only when every thread of the
 // group waits at one, a shuffle only when every lane of its warp waits at one. What is undefined
 // behaviour on a GPU is an error reported to the caller: a thread that returns while others wait
 // at a barrier, lanes of one warp at different points, threads at different barrier instances, a
@@ -133,7 +133,10 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
     f.barriers = 0;
   }
   for (;;) {
-    for (uint32_t i = 0; i < size; ++i) {
+    // Last thread first: a thread that reads what a lower-numbered thread writes (thread 0 fills
+    // a table, lane 0 publishes a warp's result) without a barrier between reads it too early
+    // and sees stale or unwritten memory instead of the value.
+    for (uint32_t i = size; i-- > 0;) {
       if (g.fibers[i].state != kReady) continue;
       g.current = i;
       swapcontext(&g.sched, &g.fibers[i].ctx);

@@ -4,17 +4,19 @@
 //
 // The stand-in headers in include/ (cuda_runtime_api.h, cuda_runtime.h, cuda_fp16.h,
 // cuda_bf16.h) all lead here, so the kernel sources and the shared headers compile unchanged,
-// with __CUDACC__ and __CUDA_ARCH__ defined as nvcc defines them for device code. The one change
-// to the text is the launch syntax, which is not C++: cuda_host.py rewrites
-// `kernel<<<grid, block, smem, stream>>>(args)` as `kernel | ::bnb_cuda_host::config(grid, block,
-// smem, stream)(args)`, which runs the kernel here.
+// with __CUDACC__ and __CUDA_ARCH__ defined as nvcc defines them for device code. Two changes to
+// the text (cuda_host.py): the launch syntax, which is not C++, is rewritten from
+// `kernel<<<grid, block, smem, stream>>>(args)` to `kernel | ::bnb_cuda_host::config(grid, block,
+// smem, stream)(args)`, which runs the kernel here; and each `__shared__` array declaration is
+// followed by a poison_shared call.
 //
 // A launch is checked as the CUDA runtime checks it (block size, grid limits), then runs block
 // after block; the threads of a block are fibers of shared/host/simt_host.h, in lock-step phases
 // between __syncthreads() and warp shuffles (BNB_WARP_SIZE lanes: 32 as on NVIDIA GPUs, 64 as on
 // AMD CDNA). A barrier or shuffle misused (undefined behaviour on a GPU) fails the launch:
 // cudaGetLastError() returns cudaErrorLaunchFailure and cudaGetErrorString() says what happened.
-// __shared__ memory is a function-local `static thread_local`, shared by the fibers of a block.
+// __shared__ memory is a function-local `static thread_local`, shared by the fibers of a block and
+// filled with 0xff bytes at the start of each block (see poison_shared).
 // Streams are accepted and ignored (every launch completes before it returns); every pointer is
 // device memory of device 0.
 #pragma once
@@ -28,6 +30,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 
 #include "simt_host.h"
@@ -292,6 +295,20 @@ inline float atomicAdd(float* address, float value) {
 // ---- launches ----------------------------------------------------------------------------------
 namespace bnb_cuda_host {
 
+// Shared memory starts each block undefined on a GPU; here its statics would keep the previous
+// block's values, which could hide a read before the first write. cuda_host.py follows every
+// `__shared__` declaration with this call: the first thread of each block to pass it fills the
+// array with 0xff bytes (NaN as f32, -1 as an integer).
+inline thread_local uint64_t g_block_serial = 0;
+inline void poison_shared(void* p, size_t bytes) {
+  thread_local std::unordered_map<void*, uint64_t> poisoned;  // address -> block serial
+  uint64_t& serial = poisoned[p];
+  if (serial != g_block_serial) {
+    memset(p, 0xff, bytes);
+    serial = g_block_serial;
+  }
+}
+
 template <typename... A>
 struct Pending {
   dim3 grid, block;
@@ -341,6 +358,7 @@ void launch(void (*kernel)(P...), const Pending<A...>& p) {
     for (unsigned int y = 0; y < p.grid.y; ++y) {
       for (unsigned int x = 0; x < p.grid.x; ++x) {
         l.block_idx = dim3(x, y, z);
+        ++g_block_serial;
         const std::string err =
             bnb_simt::run_group(threads, BNB_WARP_SIZE, [&](uint32_t) { std::apply(kernel, params); });
         if (!err.empty()) {

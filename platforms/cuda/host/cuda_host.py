@@ -3,8 +3,9 @@ CPU tensors, through the wheel's own Python glue and pybind11 bindings.
 
 ``host_kernels(warp)`` builds (once, cached) the extension module ``_C`` from the unchanged kernel
 sources, ``src/bindings.cpp`` and the runtime emulation of ``cuda_host.h``, loads a private copy of
-``bitsandbytes_cuda``'s glue over it, and returns the glue's ``{op: fn}`` for CPU tensors. Only the
-launch syntax is rewritten (``<<<...>>>`` is not C++; see cuda_host.h). ``warp`` is the warp
+``bitsandbytes_cuda``'s glue over it, and returns the glue's ``{op: fn}`` for CPU tensors. Two
+things are rewritten (``rewrite``): the launch syntax (``<<<...>>>`` is not C++; see cuda_host.h),
+and a call after each ``__shared__`` array that fills it at the start of every block. ``warp`` is the warp
 width the kernels are compiled and run for: 32 as on NVIDIA GPUs (``cuda[host]`` in the tests), 64
 as on AMD CDNA wavefronts, which the ROCm wheel builds from the same sources (``rocm[host]``).
 
@@ -27,6 +28,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +46,22 @@ FLAGS = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-fPI
          "-Wall", "-Wno-unknown-pragmas", "-Werror"]  # fmt: skip
 DEVICE_DEFINES = ["-D__CUDACC__", "-D__CUDA_ARCH__=900", "-include", "cuda_runtime.h"]  # nvcc pre-includes it too
 LAUNCH_OPEN, LAUNCH_CLOSE = "<<<", ">>>"
+
+
+_SHARED = re.compile(r"__shared__\s+[\w:<>]+\s+(\w+)(?:\s*\[[^\];]+\])+\s*;")
+
+
+def rewrite(text: str, name: str) -> str:
+    """A kernel source as the harness compiles it: launches rewritten (``rewrite_launches``), and
+    every ``__shared__`` array followed, on its line, by cuda_host.h's ``poison_shared`` call."""
+    text = rewrite_launches(text, name)
+    declared = text.count("__shared__")
+    text, poisoned = _SHARED.subn(lambda m: f"{m[0]} ::bnb_cuda_host::poison_shared({m[1]}, sizeof({m[1]}));", text)
+    if poisoned != declared:
+        raise RuntimeError(
+            f"cuda host harness: {name} has {declared - poisoned} __shared__ declarations it cannot follow"
+        )
+    return text
 
 
 def rewrite_launches(text: str, name: str) -> str:
@@ -71,11 +89,11 @@ def _units(warp: int, gen: pathlib.Path) -> list[tuple[str, str, list[str]]]:
     device = [*common, *DEVICE_DEFINES, f"-DBNB_WARP_SIZE={warp}"]
     units = []
     for name in KERNEL_SOURCES:
-        text = rewrite_launches((src / name).read_text(), name)
+        text = rewrite((src / name).read_text(), name)
         units.append((name.replace(".cu", ".o"), f'#line 1 "{src / name}"\n{text}', device))
     units.append(("cublaslt_host.o", (HOST / "cublaslt_host.cpp").read_text(), device))
     probe = HOST / "probe_kernels.cu"  # the harness's own test kernels (bnb_cuda_host_probe)
-    units.append(("probe_kernels.o", f'#line 1 "{probe}"\n{rewrite_launches(probe.read_text(), probe.name)}', device))
+    units.append(("probe_kernels.o", f'#line 1 "{probe}"\n{rewrite(probe.read_text(), probe.name)}', device))
     units.append(("status.o", (SHARED / "src" / "status.cpp").read_text(), common))
     units.append(("build_info.o", (src / "build_info.cpp").read_text(), [*common, f"-I{gen}"]))
     python = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]

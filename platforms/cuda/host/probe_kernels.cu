@@ -30,6 +30,14 @@ __global__ void divergent_shuffle_kernel(float* out) {
   out[threadIdx.x] = v;
 }
 
+// Reads shared memory that only a previous launch (write != 0) wrote: undefined on a GPU.
+__global__ void stale_shared_kernel(int write, float* out) {
+  __shared__ float cell[4];
+  if (write && threadIdx.x == 0) cell[1] = 1.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) *out = cell[1];
+}
+
 }  // namespace
 }  // namespace bnb_cuda
 
@@ -37,7 +45,8 @@ using namespace bnb_cuda;
 
 // which: 0 the correct reduction over x[0..n) with `threads` threads (result in *out), 1 a
 // divergent barrier, 2 a divergent warp shuffle, 3 the correct kernel with a block of `threads`
-// threads (too many: an invalid configuration). Returns the status the C
+// threads (too many: an invalid configuration), 4 a read of shared memory that the block wrote
+// only if n != 0 (*out: what it read). Returns the status the C
 // ABI would return; bnb_last_error() holds the message.
 extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, int32_t n, int32_t threads, float* out) {
   switch (which) {
@@ -50,6 +59,9 @@ extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, in
       break;
     case 2:
       divergent_shuffle_kernel<<<1, threads>>>(out);
+      break;
+    case 4:
+      stale_shared_kernel<<<1, threads>>>(n, out);
       break;
     default:
       return fail(BNB_ERR_INVALID_ARGUMENT, "unknown probe %d", which);
