@@ -130,7 +130,8 @@ def tests_cuda_host(session: nox.Session) -> None:
     CUDA host harness (platforms/cuda/host), for warps of 32 lanes (``cuda[host]``) and of 64
     (``rocm[host]``: the ROCm wheel builds the same sources for AMD wavefronts), run through the
     wheel's own bindings and glue: the conformance suite against the reference, the edge cases and
-    the harness's own refusals. The module is built with AddressSanitizer and UBSan (a kernel
+    the harness's own refusals; then the kernels serve the CPU for the module tests and the
+    release's fixtures (``BNB_TEST_SERVE_HOST=cuda``). The module is built with AddressSanitizer and UBSan (a kernel
     touching memory outside a tensor, or overflowing a signed integer, stops the run);
     ``BNB_CUDA_HOST_SANITIZE=0`` builds it plain."""
     install_torch(session)
@@ -154,6 +155,11 @@ def tests_cuda_host(session: nox.Session) -> None:
         env.update(LD_PRELOAD=" ".join(libs), ASAN_OPTIONS="detect_leaks=0")
     session.run("pytest", "-p", "no:cacheprovider", "-k", "cuda or rocm", *[f"tests/{t}" for t in tests],
                 *session.posargs, env=env)  # fmt: skip
+    # The same kernels serving the CPU through the op interface (as the wheel serves cuda): the
+    # modules, and the release's fixtures bit for bit (codes, checkpoints, optimizer trajectories).
+    flows = ["test_ops_fixtures.py", "test_optim_fixtures.py", "test_nn.py"]
+    serve = {**env, "BNB_PLATFORMS": "none", "BNB_TEST_SERVE_HOST": "cuda"}
+    session.run("pytest", "-p", "no:cacheprovider", *[f"tests/{t}" for t in flows], *session.posargs, env=serve)
 
 
 @nox.session(name="tests-slow")

@@ -115,6 +115,34 @@ def cuda_harness():
     return module
 
 
+SERVE_ENV = "BNB_TEST_SERVE_HOST"
+
+
+def serve_host_kernels(platform: str) -> None:
+    """Make the CUDA host harness's kernels (``cuda`` or ``rocm``: warps of 32 or 64 lanes) serve
+    the ``cpu`` device, as the CUDA wheel serves ``cuda``: every test then drives them through the
+    op interface, the modules and the optimizers. Needs ``BNB_PLATFORMS=none`` (no other platform
+    serving the CPU)."""
+    from bitsandbytes import _direct, _ops
+
+    if platform not in CUDA_HARNESS_WARPS:
+        raise ValueError(f"{SERVE_ENV} must name one of {sorted(CUDA_HARNESS_WARPS)}, got {platform!r}")
+    serving = {owner for (op, dev), (owner, _) in bitsandbytes._LOADED.kernels.items() if dev == "cpu"}
+    if serving:
+        raise RuntimeError(f"{SERVE_ENV}={platform} needs BNB_PLATFORMS=none; {sorted(serving)} serve the CPU")
+    lib = torch.library.Library(_ops.NAMESPACE, "IMPL")
+    for op, fn in host_kernels_of(platform).items():
+        _ops.impl(lib, op, "cpu", fn)
+        _direct.bind(op, "cpu", fn)
+        bitsandbytes._LOADED.kernels[(op, "cpu")] = (f"{platform}[host]", fn)
+    bitsandbytes._LOADED.libraries.append(lib)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(SERVE_ENV):
+        serve_host_kernels(os.environ[SERVE_ENV])
+
+
 def host_kernels_of(platform: str) -> dict[str, Callable]:
     """``{op: fn}`` of a platform's kernels run here (see ``host_kernel_platforms``)."""
     if platform in CUDA_HARNESS_WARPS:
