@@ -10,7 +10,8 @@ import torch
 
 import bitsandbytes as bnb
 import bitsandbytes.functional as F
-from bitsandbytes.backends.reference.codebooks import dynamic_map
+from bitsandbytes.backends.reference import KERNELS as REF
+from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_decode_table
 from conftest import adam_8bit_args, impl_params, step_8bit
 
 ops = torch.ops.bitsandbytes
@@ -289,3 +290,48 @@ def test_gemm_4bit_nested_absmax_views_of_one_storage(device, impl, fn):
     got = fn(A, packed, [64, 256], inner, 64, "nf4", None, absmax_8bit, strided, offset)
     fresh = fn(A, packed, [64, 256], inner, 64, "nf4", None, absmax_8bit.clone(), strided.contiguous(), offset)
     assert torch.equal(got, fresh)
+
+
+def _shifted(t: torch.Tensor, elements: int) -> torch.Tensor:
+    """A copy of ``t`` whose data starts ``elements`` elements into its storage (16-byte alignment
+    broken for any element size)."""
+    buf = torch.empty(t.numel() + elements, dtype=t.dtype, device=t.device)
+    out = buf[elements:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def _own_kernels(op: str) -> list:
+    """impl_params(op) without the implementations that multiply through torch's matmul (the
+    reference and the HPU tensor programs): on the CPU its f32 result depends on the operands'
+    alignment (found by the test below), which is torch's BLAS, not ours."""
+    return [p for p in impl_params(op) if p.values[1] not in ("reference", "hpu[host]")]
+
+
+@pytest.mark.parametrize("device,impl,fn", _own_kernels("gemm_4bit"))
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemm_4bit_result_does_not_depend_on_alignment(device, impl, fn, rows, dtype):
+    """The same values at another address give the same bits: a model's logits must not change
+    when its weights are saved and loaded back to storage at another offset (safetensors). The
+    CUDA kernel's unaligned path summed in another order (1-ulp differences; found by the
+    transformers save/reload test with the CUDA host harness serving the CPU)."""
+    w = torch.randn(48, 256)
+    packed, absmax = REF["quantize_4bit"](w, 64, "fp4", torch.uint8)
+    A = torch.randn(rows, 256, dtype=dtype)
+    packed, absmax, A = packed.to(device), absmax.to(device), A.to(device)
+    want = fn(A, packed, [48, 256], absmax, 64, "fp4")
+    for B2, A2 in ((_shifted(packed, 1), A), (packed, _shifted(A, 1)), (_shifted(packed, 3), _shifted(A, 5))):
+        assert B2.data_ptr() % 16 or A2.data_ptr() % 16
+        assert torch.equal(fn(A2, B2, [48, 256], absmax, 64, "fp4"), want)
+
+
+@pytest.mark.parametrize("device,impl,fn", _own_kernels("gemv_4bit"))
+def test_gemv_4bit_result_does_not_depend_on_alignment(device, impl, fn):
+    w = torch.randn(40, 512)
+    packed, absmax = REF["quantize_4bit"](w, 128, "nf4", torch.uint8)
+    code = four_bit_decode_table("nf4")
+    A = torch.randn(1, 512, dtype=torch.float16)
+    packed, absmax, A, code = packed.to(device), absmax.to(device), A.to(device), code.to(device)
+    want = fn(A, packed, [40, 512], absmax, code, 128)
+    assert torch.equal(fn(_shifted(A, 3), _shifted(packed, 7), [40, 512], absmax, code, 128), want)

@@ -59,6 +59,22 @@ __global__ void gemm_4bit_kernel(const typename E::T* __restrict__ A, int64_t m,
           }
         }
       }
+    } else if (K % kChunk == 0) {
+      // A or B not 16-byte aligned: the vectorized path's order, element by element, so that the
+      // result does not depend on where the tensors start (a checkpoint loaded at another offset
+      // must give the same logits).
+      for (int64_t ch = lane; ch < K / kChunk; ch += bnb::kWarpSize) {
+        const float scale = absmax[(wbase + ch * kChunk) / blocksize];
+        for (int j = 0; j < kChunk; ++j) {
+          const int64_t kk = ch * kChunk + j;
+          const uint8_t byte = B[(wbase + kk) / 2];
+          const float w = E::load(E::store(bnb::mul_rn(table[(j & 1) ? (byte & 15u) : (byte >> 4)], scale)));
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            if (r0 + r < m) acc[r] += E::load(A[(r0 + r) * K + kk]) * w;
+          }
+        }
+      }
     } else {
       for (int64_t kk = lane; kk < K; kk += bnb::kWarpSize) {
         const int64_t idx = wbase + kk;
