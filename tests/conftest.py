@@ -132,6 +132,8 @@ def serve_host_kernels(platform: str) -> None:
         raise RuntimeError(f"{SERVE_ENV}={platform} needs BNB_PLATFORMS=none; {sorted(serving)} serve the CPU")
     lib = torch.library.Library(_ops.NAMESPACE, "IMPL")
     for op, fn in host_kernels_of(platform).items():
+        if op not in _ops.SCHEMAS:  # as the platform loader's register_kernel refuses it
+            raise ValueError(f"{platform}[host] has a kernel for unknown op {op!r}")
         _ops.impl(lib, op, "cpu", fn)
         _direct.bind(op, "cpu", fn)
         bitsandbytes._LOADED.kernels[(op, "cpu")] = (f"{platform}[host]", fn)

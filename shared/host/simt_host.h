@@ -3,17 +3,21 @@
 //
 // Every thread of a group (a Metal threadgroup, a CUDA block) runs as one fiber (ucontext). Every
 // barrier and every warp (SIMD-group) shuffle is a synchronisation point: the scheduler runs each
-// thread, from the last to the first, up to its next point, and releases a barrier only when every thread of the
-// group waits at one, a shuffle only when every lane of its warp waits at one. What is undefined
+// thread (last first, or first first) up to its next point, and releases a barrier only when
+// every thread of the group waits at one, a shuffle only when every lane of its warp waits at one. What is undefined
 // behaviour on a GPU is an error reported to the caller: a thread that returns while others wait
 // at a barrier, lanes of one warp at different points, threads at different barrier instances, a
 // shuffle that reads a lane that does not exist. The warp width is a parameter (32 for NVIDIA and
-// Metal, 64 for AMD CDNA wavefronts).
+// Metal, 64 for AMD CDNA wavefronts). Under AddressSanitizer the fibers' stack frames are checked
+// only in part (ASan resets a stack's state when a fiber resumes); heap memory, such as tensors,
+// is checked in full.
 #pragma once
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <functional>
 #include <string>
@@ -47,8 +51,27 @@ struct Group {
 
 inline thread_local Group* g_group = nullptr;
 
-inline std::vector<char*>& stacks() {
-  static thread_local std::vector<char*> pool;
+// Fiber stacks, reused by every group an OS thread runs: mapped with an inaccessible page below
+// each, so a kernel that overflows its stack faults instead of writing over other memory.
+struct Stacks {
+  std::vector<char*> tops;  // usable area of each stack (kStackBytes)
+  ~Stacks() {
+    for (char* s : tops) munmap(s - guard(), kStackBytes + guard());
+  }
+  static size_t guard() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+  bool grow(size_t n) {
+    while (tops.size() < n) {
+      void* m = mmap(nullptr, kStackBytes + guard(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) return false;
+      mprotect(m, guard(), PROT_NONE);
+      tops.push_back(static_cast<char*>(m) + guard());
+    }
+    return true;
+  }
+};
+
+inline Stacks& stacks() {
+  static thread_local Stacks pool;
   return pool;
 }
 
@@ -106,9 +129,12 @@ inline float shuffle_xor(float v, uint32_t mask, const char* what) {
   return g->slots[k][partner];
 }
 
-// Runs one group of `size` threads in warps of `warp` lanes; body(i) is thread i. Returns "" or
-// what went wrong.
-inline std::string run_group(uint32_t size, uint32_t warp, const std::function<void(uint32_t)>& body) {
+// Runs one group of `size` threads in warps of `warp` lanes; body(i) is thread i. Within each
+// phase the threads run last first (`last_first`) or first first: a thread that reads what a
+// thread on the other side of it writes, with no barrier between, reads too early in one of the
+// two orders. Returns "" or what went wrong.
+inline std::string run_group(uint32_t size, uint32_t warp, const std::function<void(uint32_t)>& body,
+                             bool last_first = true) {
   if (size == 0 || size > kMaxGroup) return "group size must be in [1, 1024], got " + std::to_string(size);
   if (warp == 0 || warp > kMaxWarp || (warp & (warp - 1)) != 0)
     return "warp width must be a power of two in [1, 64], got " + std::to_string(warp);
@@ -117,14 +143,14 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
   g.warp = warp;
   g.body = &body;
   g.fibers.resize(size);
-  std::vector<char*>& pool = stacks();
-  while (pool.size() < size) pool.push_back(new char[kStackBytes]);
+  Stacks& pool = stacks();
+  if (!pool.grow(size)) return "could not map " + std::to_string(size) + " fiber stacks";
   Group* saved = g_group;
   g_group = &g;
   for (uint32_t i = 0; i < size; ++i) {
     Fiber& f = g.fibers[i];
     getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = pool[i];
+    f.ctx.uc_stack.ss_sp = pool.tops[i];
     f.ctx.uc_stack.ss_size = kStackBytes;
     f.ctx.uc_link = &g.sched;
     makecontext(&f.ctx, fiber_entry, 0);
@@ -133,10 +159,8 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
     f.barriers = 0;
   }
   for (;;) {
-    // Last thread first: a thread that reads what a lower-numbered thread writes (thread 0 fills
-    // a table, lane 0 publishes a warp's result) without a barrier between reads it too early
-    // and sees stale or unwritten memory instead of the value.
-    for (uint32_t i = size; i-- > 0;) {
+    for (uint32_t n = 0; n < size; ++n) {
+      const uint32_t i = last_first ? size - 1 - n : n;
       if (g.fibers[i].state != kReady) continue;
       g.current = i;
       swapcontext(&g.sched, &g.fibers[i].ctx);

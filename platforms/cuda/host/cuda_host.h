@@ -10,9 +10,11 @@
 // smem, stream)(args)`, which runs the kernel here; and each `__shared__` array declaration is
 // followed by a poison_shared call.
 //
-// A launch is checked as the CUDA runtime checks it (block size, grid limits), then runs block
-// after block; the threads of a block are fibers of shared/host/simt_host.h, in lock-step phases
-// between __syncthreads() and warp shuffles (BNB_WARP_SIZE lanes: 32 as on NVIDIA GPUs, 64 as on
+// A launch is checked as the CUDA runtime checks a launch's configuration (block size, grid
+// limits; not a kernel's __launch_bounds__, which are ignored), then runs block after block; the
+// threads of a block are fibers of shared/host/simt_host.h, in lock-step phases between
+// __syncthreads() and warp shuffles, last thread first in odd blocks and first thread first in
+// even ones (BNB_WARP_SIZE lanes: 32 as on NVIDIA GPUs, 64 as on
 // AMD CDNA). A barrier or shuffle misused (undefined behaviour on a GPU) fails the launch:
 // cudaGetLastError() returns cudaErrorLaunchFailure and cudaGetErrorString() says what happened.
 // __shared__ memory is a function-local `static thread_local`, shared by the fibers of a block and
@@ -146,13 +148,14 @@ struct cudaMemLocation {
 namespace bnb_cuda_host {
 
 struct ErrorState {
-  cudaError_t code = cudaSuccess;
+  cudaError_t code = cudaSuccess;          // cleared by cudaGetLastError
+  cudaError_t message_code = cudaSuccess;  // the code `message` belongs to
   std::string message;
 };
 inline thread_local ErrorState g_error;
 
 inline cudaError_t set_error(cudaError_t code, std::string message) {
-  if (g_error.code == cudaSuccess) g_error = {code, std::move(message)};  // the first error sticks
+  if (g_error.code == cudaSuccess) g_error = {code, code, std::move(message)};  // kept until read
   return code;
 }
 
@@ -187,10 +190,11 @@ inline cudaError_t cudaGetLastError() {
 }
 inline cudaError_t cudaPeekAtLastError() { return bnb_cuda_host::g_error.code; }
 inline const char* cudaGetErrorName(cudaError_t e) { return bnb_cuda_host::error_name(e); }
-// The harness's message of the last error of this kind (what a launch did wrong), else its name.
+// The harness's message of the last error of this code (what a launch did wrong), else its name.
 inline const char* cudaGetErrorString(cudaError_t e) {
   thread_local std::string text;
-  text = bnb_cuda_host::g_error.message.empty() ? bnb_cuda_host::error_name(e) : bnb_cuda_host::g_error.message;
+  const bnb_cuda_host::ErrorState& last = bnb_cuda_host::g_error;
+  text = e != cudaSuccess && e == last.message_code ? last.message : bnb_cuda_host::error_name(e);
   return text.c_str();
 }
 inline cudaError_t cudaGetDevice(int* device) {
@@ -275,13 +279,21 @@ inline uint3 grid_dim() { return {g_launch->grid.x, g_launch->grid.y, g_launch->
 inline void __syncthreads() { bnb_simt::barrier(); }
 
 // Every lane of the warp takes part (mask all ones) and the width is the warp's: the only form
-// the kernels use, and the only one checked here.
-inline float __shfl_xor_sync(unsigned int mask, float v, int lane_mask, int width) {
+// the kernels use, and the only one accepted here. 4-byte values go through bit for bit; other
+// types do not compile (CUDA has them, the kernels do not use them, the harness does not emulate
+// them).
+template <typename T>
+inline T __shfl_xor_sync(unsigned int mask, T v, int lane_mask, int width = BNB_WARP_SIZE) {
+  static_assert(sizeof(T) == 4 && std::is_trivially_copyable<T>::value, "the harness shuffles 4-byte values only");
   if (mask != 0xffffffffu) bnb_simt::report("__shfl_xor_sync with a partial mask");
   if (width != static_cast<int>(bnb_simt::warp_width()))
     bnb_simt::report("__shfl_xor_sync width " + std::to_string(width) + " is not the warp's " +
                      std::to_string(bnb_simt::warp_width()));
-  return bnb_simt::shuffle_xor(v, static_cast<uint32_t>(lane_mask), "__shfl_xor_sync");
+  float slot;
+  memcpy(&slot, &v, sizeof(slot));
+  slot = bnb_simt::shuffle_xor(slot, static_cast<uint32_t>(lane_mask), "__shfl_xor_sync");
+  memcpy(&v, &slot, sizeof(v));
+  return v;
 }
 
 // Blocks run one after another and the fibers of a block switch only at barriers and shuffles,
@@ -359,8 +371,11 @@ void launch(void (*kernel)(P...), const Pending<A...>& p) {
       for (unsigned int x = 0; x < p.grid.x; ++x) {
         l.block_idx = dim3(x, y, z);
         ++g_block_serial;
+        // Either order within a block, alternately: a read of what another thread writes with no
+        // barrier between sees the fill in one of them (grids of two or more blocks).
+        const bool last_first = g_block_serial % 2 == 1;
         const std::string err =
-            bnb_simt::run_group(threads, BNB_WARP_SIZE, [&](uint32_t) { std::apply(kernel, params); });
+            bnb_simt::run_group(threads, BNB_WARP_SIZE, [&](uint32_t) { std::apply(kernel, params); }, last_first);
         if (!err.empty()) {
           g_launch = saved;
           set_error(cudaErrorLaunchFailure, "unspecified launch failure in block (" + std::to_string(x) + ", " +

@@ -116,7 +116,11 @@ def _inputs_hash(cxx: str, warp: int) -> str:
              *(SHARED / "host").iterdir(), SHARED / "src" / "status.cpp", pathlib.Path(__file__)]  # fmt: skip
     for f in sorted(p for p in files if p.is_file()):
         h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
-    h.update("\0".join([cxx, str(warp), sys.version, *FLAGS, *_sanitize_flags()]).encode())
+    import pybind11
+
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    compiler = [os.path.realpath(shutil.which(cxx) or cxx), version, pybind11.__version__]
+    h.update("\0".join([*compiler, str(warp), sys.version, *FLAGS, *_sanitize_flags()]).encode())
     return h.hexdigest()[:20]
 
 
@@ -125,9 +129,8 @@ def build(warp: int = 32) -> pathlib.Path:
     if warp not in (32, 64):
         raise ValueError(f"warp must be 32 or 64, got {warp}")
     cxx = _compiler()
-    cache = pathlib.Path(
-        os.environ.get("BNB_CUDA_HOST_CACHE") or pathlib.Path.home() / ".cache" / "bitsandbytes-cuda-host"
-    )
+    default = pathlib.Path.home() / ".cache" / "bitsandbytes-cuda-host"
+    cache = pathlib.Path(os.environ.get("BNB_CUDA_HOST_CACHE") or default).resolve()
     out_dir = cache / f"w{warp}-{_inputs_hash(cxx, warp)}"
     module = out_dir / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}"
     if module.exists():

@@ -30,12 +30,21 @@ __global__ void divergent_shuffle_kernel(float* out) {
   out[threadIdx.x] = v;
 }
 
-// Reads shared memory that only a previous launch (write != 0) wrote: undefined on a GPU.
+// Reads shared memory that another block or launch wrote (block 0 writes when write != 0):
+// undefined on a GPU. out[b]: what block b read.
 __global__ void stale_shared_kernel(int write, float* out) {
   __shared__ float cell[4];
-  if (write && threadIdx.x == 0) cell[1] = 1.0f;
+  if (write && blockIdx.x == 0 && threadIdx.x == 0) cell[1] = 1.0f;
   __syncthreads();
-  if (threadIdx.x == 0) *out = cell[1];
+  if (threadIdx.x == 0) out[blockIdx.x] = cell[1];
+}
+
+// A write and a read of shared memory by two threads with no barrier between (a missing
+// __syncthreads): thread `writer` writes, thread `reader` reads. out[b]: what block b read.
+__global__ void missing_barrier_kernel(unsigned int writer, unsigned int reader, float* out) {
+  __shared__ float cell[1];
+  if (threadIdx.x == writer) cell[0] = 2.0f;
+  if (threadIdx.x == reader) out[blockIdx.x] = cell[0];
 }
 
 }  // namespace
@@ -45,9 +54,10 @@ using namespace bnb_cuda;
 
 // which: 0 the correct reduction over x[0..n) with `threads` threads (result in *out), 1 a
 // divergent barrier, 2 a divergent warp shuffle, 3 the correct kernel with a block of `threads`
-// threads (too many: an invalid configuration), 4 a read of shared memory that the block wrote
-// only if n != 0 (*out: what it read). Returns the status the C
-// ABI would return; bnb_last_error() holds the message.
+// threads (too many: an invalid configuration), 4 two blocks reading shared memory that block 0
+// wrote if n != 0, 5 / 6 two blocks where thread 0 writes shared memory for the last thread (5)
+// or the last for thread 0 (6) with no barrier between (out[b]: what block b read). Returns the
+// status the C ABI would return; bnb_last_error() holds the message.
 extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, int32_t n, int32_t threads, float* out) {
   switch (which) {
     case 0:
@@ -61,7 +71,13 @@ extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, in
       divergent_shuffle_kernel<<<1, threads>>>(out);
       break;
     case 4:
-      stale_shared_kernel<<<1, threads>>>(n, out);
+      stale_shared_kernel<<<2, threads>>>(n, out);
+      break;
+    case 5:
+      missing_barrier_kernel<<<2, threads>>>(0, threads - 1, out);
+      break;
+    case 6:
+      missing_barrier_kernel<<<2, threads>>>(threads - 1, 0, out);
       break;
     default:
       return fail(BNB_ERR_INVALID_ARGUMENT, "unknown probe %d", which);

@@ -76,9 +76,10 @@ inline void barrier() { bnb_simt::barrier(); }
 // simd_shuffle_xor: the value of lane (this lane ^ mask) of the same SIMD group.
 inline float shuffle_xor(float v, uint32_t mask) { return bnb_simt::shuffle_xor(v, mask, "simd_shuffle_xor"); }
 
-// Runs one threadgroup of `size` threads; body(i) is thread i. Returns "" or what went wrong.
-inline std::string run_group(uint32_t size, const std::function<void(uint32_t)>& body) {
-  return bnb_simt::run_group(size, kSimdWidth, body);
+// Runs one threadgroup of `size` threads; body(i) is thread i, the threads of each phase last
+// first or first first. Returns "" or what went wrong.
+inline std::string run_group(uint32_t size, const std::function<void(uint32_t)>& body, bool last_first = true) {
+  return bnb_simt::run_group(size, kSimdWidth, body, last_first);
 }
 
 // The thread ids of one kernel invocation (one-dimensional grids).
@@ -100,18 +101,22 @@ inline std::string dispatch(uint64_t threads, uint64_t group, const std::functio
   const uint64_t groups = (threads + group - 1) / group;
   for (uint64_t gi = 0; gi < groups; ++gi) {
     const uint32_t size = static_cast<uint32_t>(gi + 1 < groups ? group : threads - gi * group);
-    std::string err = run_group(size, [&](uint32_t i) {
-      Ids ids;
-      ids.thread_position_in_grid = static_cast<uint>(gi * group + i);
-      ids.thread_position_in_threadgroup = i;
-      ids.threadgroup_position_in_grid = static_cast<uint>(gi);
-      ids.threads_per_threadgroup = size;
-      ids.threads_per_grid = static_cast<uint>(threads);
-      ids.threadgroups_per_grid = static_cast<uint>(groups);
-      ids.thread_index_in_simdgroup = i % kSimdWidth;
-      ids.simdgroup_index_in_threadgroup = i / kSimdWidth;
-      fn(ids);
-    });
+    // Threadgroups alternate the order of their threads (see bnb_simt::run_group).
+    std::string err = run_group(
+        size,
+        [&](uint32_t i) {
+          Ids ids;
+          ids.thread_position_in_grid = static_cast<uint>(gi * group + i);
+          ids.thread_position_in_threadgroup = i;
+          ids.threadgroup_position_in_grid = static_cast<uint>(gi);
+          ids.threads_per_threadgroup = size;
+          ids.threads_per_grid = static_cast<uint>(threads);
+          ids.threadgroups_per_grid = static_cast<uint>(groups);
+          ids.thread_index_in_simdgroup = i % kSimdWidth;
+          ids.simdgroup_index_in_threadgroup = i / kSimdWidth;
+          fn(ids);
+        },
+        gi % 2 == 0);
     if (!err.empty()) return "threadgroup " + std::to_string(gi) + ": " + err;
   }
   return "";
