@@ -11,10 +11,12 @@ as on AMD CDNA wavefronts, which the ROCm wheel builds from the same sources (``
 
 What it proves: the kernels' indexing, launch configurations, barriers and warp reductions, the
 shared-memory use, the C entry points' checks and the glue's argument packing, compared with the
-reference by the conformance suite. What it cannot: timing, memory coalescing, races between
-blocks (blocks run one after another), nvcc's own code generation (its contraction of plain
-``a * b + c``: the kernels spell the bit-exact arithmetic with bnb/fp_ops.h, whose ``_rn`` forms are
-exact either way), cuBLASLt (absent here: the built-in int8 kernel runs) and paged memory.
+reference by the conformance suite; and the paged-memory glue's bookkeeping over plain host
+memory. What it cannot: timing, memory coalescing, races between blocks (blocks run one after
+another, in order), the order of ``atomicAdd``s, a kernel's ``__launch_bounds__``, nvcc's own code
+generation (its contraction of plain ``a * b + c``: the kernels spell the bit-exact arithmetic with
+bnb/fp_ops.h, whose ``_rn`` forms are exact either way), cuBLASLt (absent here: the built-in int8
+kernel runs) and the driver's page migration.
 
 The object files go to ``BNB_CUDA_HOST_CACHE`` (else ``~/.cache/bitsandbytes-cuda-host``), keyed by
 a hash of every input; the compiler is ``CXX``, else ``c++``.
@@ -111,13 +113,15 @@ def _sanitize_flags() -> list[str]:
 
 
 def _inputs_hash(cxx: str, warp: int) -> str:
+    """Every input of a build: the sources and headers, the compiler (path and version), pybind11,
+    Python, the flags and the warp width."""
+    import pybind11
+
     h = hashlib.sha256()
     files = [*(CUDA / "src").iterdir(), *HOST.rglob("*.h"), *HOST.glob("*.cpp"), *HOST.glob("*.cu"), *(SHARED / "include" / "bnb").iterdir(),
              *(SHARED / "host").iterdir(), SHARED / "src" / "status.cpp", pathlib.Path(__file__)]  # fmt: skip
     for f in sorted(p for p in files if p.is_file()):
         h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
-    import pybind11
-
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     compiler = [os.path.realpath(shutil.which(cxx) or cxx), version, pybind11.__version__]
     h.update("\0".join([*compiler, str(warp), sys.version, *FLAGS, *_sanitize_flags()]).encode())
