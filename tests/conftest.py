@@ -88,7 +88,8 @@ def host_kernel_platforms() -> list[tuple[str, str]]:
     its real kernels, runnable on those tensors (XPU: Triton, under ``TRITON_INTERPRET=1`` on
     the CPU; MPS: the Metal source compiled as C++ in a host harness; HPU: the tensor programs
     on CPU tensors). ``cuda`` and ``rocm`` are the CUDA sources compiled as C++ by the CUDA host
-    harness of this checkout, for warps of 32 and 64 lanes, through the CUDA glue. A named platform that cannot be imported fails the run, never passes."""
+    harness of this checkout, for warps of 32 and 64 lanes, through the CUDA glue. A named
+    platform that cannot be imported fails the run, never passes."""
     out = []
     for entry in os.environ.get(HOST_KERNELS_ENV, "").split(","):
         if entry.strip():
