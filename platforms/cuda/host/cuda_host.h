@@ -13,10 +13,10 @@
 // A launch is checked as the CUDA runtime checks a launch's configuration (block size, grid
 // limits; not a kernel's __launch_bounds__, which are ignored), then runs block after block; the
 // threads of a block are fibers of shared/host/simt_host.h, in lock-step phases between
-// __syncthreads() and warp shuffles, last thread first in odd blocks and first thread first in
-// even ones (BNB_WARP_SIZE lanes: 32 as on NVIDIA GPUs, 64 as on
-// AMD CDNA). A barrier or shuffle misused (undefined behaviour on a GPU) fails the launch:
-// cudaGetLastError() returns cudaErrorLaunchFailure and cudaGetErrorString() says what happened.
+// __syncthreads() and warp shuffles, last thread first in blocks of even index and first thread
+// first in the others (BNB_WARP_SIZE lanes: 32 as on NVIDIA GPUs, 64 as on AMD CDNA). A barrier or shuffle misused
+// (undefined behaviour on a GPU) fails the launch: cudaGetLastError() returns cudaErrorLaunchFailure and
+// cudaGetErrorString() says what happened.
 // __shared__ memory is a function-local `static thread_local`, shared by the fibers of a block and
 // filled with 0xff bytes at the start of each block (see poison_shared).
 // Streams are accepted and ignored (every launch completes before it returns); every pointer is
@@ -371,9 +371,10 @@ void launch(void (*kernel)(P...), const Pending<A...>& p) {
       for (unsigned int x = 0; x < p.grid.x; ++x) {
         l.block_idx = dim3(x, y, z);
         ++g_block_serial;
-        // Either order within a block, alternately: a read of what another thread writes with no
-        // barrier between sees the fill in one of them (grids of two or more blocks).
-        const bool last_first = g_block_serial % 2 == 1;
+        // Either order within a block, by the parity of its index (the MPS harness's rule): a
+        // read of what another thread writes with no barrier between sees the fill in one of
+        // them (grids of two or more blocks). A launch's result does not depend on earlier ones.
+        const bool last_first = (x + y + z) % 2 == 0;
         const std::string err =
             bnb_simt::run_group(threads, BNB_WARP_SIZE, [&](uint32_t) { std::apply(kernel, params); }, last_first);
         if (!err.empty()) {
