@@ -124,21 +124,20 @@ def serve_host_kernels(platform: str) -> None:
     the ``cpu`` device, as the CUDA wheel serves ``cuda``: every test then drives them through the
     op interface, the modules and the optimizers. Needs ``BNB_PLATFORMS=none`` (no other platform
     serving the CPU)."""
-    from bitsandbytes import _direct, _ops
+    from bitsandbytes import _platforms
 
     if platform not in CUDA_HARNESS_WARPS:
         raise ValueError(f"{SERVE_ENV} must name one of {sorted(CUDA_HARNESS_WARPS)}, got {platform!r}")
     serving = {owner for (op, dev), (owner, _) in bitsandbytes._LOADED.kernels.items() if dev == "cpu"}
     if serving:
         raise RuntimeError(f"{SERVE_ENV}={platform} needs BNB_PLATFORMS=none; {sorted(serving)} serve the CPU")
-    lib = torch.library.Library(_ops.NAMESPACE, "IMPL")
-    for op, fn in host_kernels_of(platform).items():
-        if op not in _ops.SCHEMAS:  # as the platform loader's register_kernel refuses it
-            raise ValueError(f"{platform}[host] has a kernel for unknown op {op!r}")
-        _ops.impl(lib, op, "cpu", fn)
-        _direct.bind(op, "cpu", fn)
-        bitsandbytes._LOADED.kernels[(op, "cpu")] = (f"{platform}[host]", fn)
-    bitsandbytes._LOADED.libraries.append(lib)
+    kernels = host_kernels_of(platform)
+
+    def register(register_kernel: Callable[[str, Callable], None]) -> None:
+        for op, fn in kernels.items():
+            register_kernel(op, fn)
+
+    _platforms.bind_kernels(register, f"{platform}[host]", "cpu", bitsandbytes._LOADED)
 
 
 def pytest_configure(config: pytest.Config) -> None:

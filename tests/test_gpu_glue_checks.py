@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import importlib.util
-import pathlib
 import sys
 import types
 
@@ -21,8 +19,8 @@ import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import dynamic_map
+from conftest import cuda_harness
 
-GLUE = pathlib.Path(__file__).resolve().parents[1] / "platforms" / "cuda" / "python" / "bitsandbytes_cuda"
 PKG = "_bnb_cuda_glue_under_test"
 
 
@@ -33,15 +31,9 @@ class _NoNative(types.ModuleType):
 
 @pytest.fixture(scope="module")
 def glue_modules():
-    spec = importlib.util.spec_from_file_location(PKG, GLUE / "__init__.py", submodule_search_locations=[str(GLUE)])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules[PKG] = pkg
-    sys.modules[f"{PKG}._C"] = _NoNative(f"{PKG}._C")
     try:
-        spec.loader.exec_module(pkg)
-        kernels = importlib.import_module(f"{PKG}.kernels")
-        paged = importlib.import_module(f"{PKG}.paged")
-        yield types.SimpleNamespace(kernels=kernels, paged=paged)
+        pkg = cuda_harness().load_glue(PKG, _NoNative(f"{PKG}._C"))
+        yield types.SimpleNamespace(kernels=pkg.kernels, paged=pkg.paged)
     finally:
         for name in [m for m in sys.modules if m == PKG or m.startswith(PKG + ".")]:
             del sys.modules[name]

@@ -366,6 +366,22 @@ def _load_one(ep: Any, platform: str, device_type: str, runtime: Runtime, result
         _warn(f"bitsandbytes: {dist or platform}: {rec.reason}; the reference kernels serve {device_type}.")
         return
 
+    try:
+        ops = bind_kernels(register, platform, device_type, result)
+    except Exception as exc:
+        rec.status, rec.reason = "failed", f"register() raised {exc!r}"
+        _warn(
+            f"bitsandbytes: {dist or platform} failed to register its kernels ({exc!r}); reference kernels serve {device_type}."
+        )
+        return
+    rec.status, rec.reason, rec.ops = "loaded", "", ops
+    _use_paged_memory(module, platform, device_type, result)
+
+
+def bind_kernels(register: Callable, platform: str, device_type: str, result: LoadResult) -> list[str]:
+    """Bind the kernels ``register(register_kernel)`` names to their ops for ``device_type`` (the
+    torch library, the direct calls and ``result.kernels``, owner ``platform``); the sorted op
+    names. If ``register`` raises (an unknown op included), nothing stays bound and it propagates."""
     lib = torch.library.Library(_ops.NAMESPACE, "IMPL")
     registered: dict[str, Callable] = {}
 
@@ -377,19 +393,14 @@ def _load_one(ep: Any, platform: str, device_type: str, runtime: Runtime, result
 
     try:
         register(register_kernel)
-    except Exception as exc:
+    except Exception:
         lib._destroy()
-        rec.status, rec.reason = "failed", f"register() raised {exc!r}"
-        _warn(
-            f"bitsandbytes: {dist or platform} failed to register its kernels ({exc!r}); reference kernels serve {device_type}."
-        )
-        return
+        raise
     result.libraries.append(lib)
     for op, fn in registered.items():
         result.kernels[(op, device_type)] = (platform, fn)
         _direct.bind(op, device_type, fn)
-    rec.status, rec.reason, rec.ops = "loaded", "", sorted(registered)
-    _use_paged_memory(module, platform, device_type, result)
+    return sorted(registered)
 
 
 def _use_paged_memory(module: Any, platform: str, device_type: str, result: LoadResult) -> None:

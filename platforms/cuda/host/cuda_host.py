@@ -169,6 +169,23 @@ def build(warp: int = 32) -> pathlib.Path:
     return module
 
 
+def load_glue(pkg_name: str, native: types.ModuleType) -> types.ModuleType:
+    """bitsandbytes_cuda's Python package of this checkout under the name ``pkg_name``, over
+    ``native`` as its ``_C`` (the harness's module, or a test's stand-in), with its ``kernels`` and
+    ``paged`` modules imported. The installed wheel, if any, is untouched."""
+    pkg_dir = CUDA / "python" / "bitsandbytes_cuda"
+    spec = importlib.util.spec_from_file_location(
+        pkg_name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
+    )
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules[pkg_name] = pkg
+    sys.modules[f"{pkg_name}._C"] = native
+    spec.loader.exec_module(pkg)
+    importlib.import_module(f"{pkg_name}.kernels")
+    importlib.import_module(f"{pkg_name}.paged")
+    return pkg
+
+
 _GLUES: dict[int, types.ModuleType] = {}
 
 
@@ -178,23 +195,14 @@ def glue(warp: int = 32) -> types.ModuleType:
     wheel, if any, is untouched."""
     if warp in _GLUES:
         return _GLUES[warp]
-    path = build(warp)
     pkg_name = f"_bnb_cuda_host_w{warp}"
-    pkg_dir = CUDA / "python" / "bitsandbytes_cuda"
-    native_spec = importlib.util.spec_from_file_location(f"{pkg_name}._C", path)
+    native_spec = importlib.util.spec_from_file_location(f"{pkg_name}._C", build(warp))
     native = importlib.util.module_from_spec(native_spec)
     native_spec.loader.exec_module(native)
-    spec = importlib.util.spec_from_file_location(
-        pkg_name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
-    )
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules[pkg_name] = pkg
-    sys.modules[f"{pkg_name}._C"] = native
-    spec.loader.exec_module(pkg)
-    kernels = importlib.import_module(f"{pkg_name}.kernels")
+    kernels = load_glue(pkg_name, native).kernels
     kernels._DEVICE_TYPE = "cpu"
     kernels._stream = lambda t: 0
-    paged = importlib.import_module(f"{pkg_name}.paged")  # managed memory is host memory here
+    paged = kernels.paged  # managed memory is host memory here
     paged._current_device = lambda: 0
     paged._stream = lambda device: 0
     _GLUES[warp] = kernels
