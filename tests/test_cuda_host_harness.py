@@ -11,7 +11,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,6 +111,33 @@ def test_cuda_host_missing_barrier_shows_in_either_direction(probe, reader):
     status, msg, out = run(5 if reader == "last" else 6, warp)
     assert status == 0, msg
     assert out[:2].isnan().any() and (out[:2] == 2.0).any()
+
+
+def test_cuda_host_local_arrays_survive_suspension(probe):
+    """A thread's local array keeps its values across the barriers and shuffles that suspend and
+    resume its fiber (element 3 written by thread 1 after two switches)."""
+    run, _ = probe
+    status, msg, out = run(7, 4, torch.zeros(3))
+    assert status == 0, msg
+    assert out.tolist() == [3.0, 1.0, 3.0, 3.0]
+
+
+@pytest.mark.skipif(
+    os.environ.get("BNB_CUDA_HOST_SANITIZE", "") in ("", "0"), reason="the harness module is built without ASan"
+)
+@pytest.mark.parametrize("warp", WARPS)
+def test_cuda_host_asan_sees_a_fiber_stack_overflow_after_a_switch(warp):
+    """Under AddressSanitizer a write one past a thread's local array, after its fiber was
+    suspended and resumed, stops the run with ASan's stack report (ASan's swapcontext would clear
+    the red zones of a resumed fiber's frames if the contexts named their stacks)."""
+    code = (
+        f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
+        "from test_cuda_host_harness import Probe; "
+        f"print(Probe({warp})(7, 4, torch.zeros(4)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stdout
+    assert "stack-buffer-overflow" in done.stderr and "local_array_kernel" in done.stderr, done.stderr[-3000:]
 
 
 def test_cuda_host_shuffle_past_the_block_is_refused(probe):

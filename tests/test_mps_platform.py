@@ -212,6 +212,13 @@ kernel void shared_memory(device float* x [[buffer(0)]], uint lid [[thread_posit
   BNB_BARRIER();
   x[lid] = t[n - 1 - lid] + bnb_mps::simd_group_sum(1.0f);
 }
+kernel void first_group_writes(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]],
+                               uint group [[threadgroup_position_in_grid]]) {
+  threadgroup float t[32];
+  if (group == 0) t[lid] = 1.0f;
+  BNB_BARRIER();
+  x[32 * group + lid] = t[lid];
+}
 """
 
 
@@ -226,6 +233,29 @@ def test_harness_refuses_barriers_and_shuffles_in_divergent_control_flow():
     # The same constructs in uniform control flow run, threadgroup memory shared by the group.
     lib.shared_memory(x, threads=64, group_size=64)
     assert torch.equal(x, torch.arange(63, -1, -1, dtype=torch.float32) + 32)
+
+
+@NEEDS_CXX
+def test_threadgroup_memory_starts_each_group_undefined():
+    """Threadgroup memory is not carried from one threadgroup or dispatch to the next: a read
+    before any write in the group sees the harness's fill (NaN), not another group's values."""
+    lib = _host.HostShaderLibrary(mps.metal_source() + DIVERGENT)
+    x = torch.zeros(96)
+    lib.first_group_writes(x, threads=96, group_size=32)
+    assert torch.equal(x[:32], torch.ones(32))
+    assert x[32:].isnan().all()
+    lib.first_group_writes(x[32:], threads=64, group_size=32)  # a new dispatch: group 0 writes again
+    assert torch.equal(x[32:64], torch.ones(32)) and x[64:].isnan().all()
+
+
+def test_poisoned_follows_every_threadgroup_array_or_refuses():
+    text = "threadgroup float a[4];\n  threadgroup ushort b [2][3];  // two\nthreadgroup float* p;"
+    out = _host.poisoned(text)
+    assert "threadgroup float a[4]; ::bnb_simt::poison(a, sizeof(a));" in out
+    assert "threadgroup ushort b [2][3]; ::bnb_simt::poison(b, sizeof(b));  // two" in out
+    assert out.endswith("threadgroup float* p;")  # a pointer is not an array: nothing to fill
+    with pytest.raises(RuntimeError, match="1 threadgroup arrays it cannot follow"):
+        _host.poisoned("threadgroup float c[4] = {0};")
 
 
 # ---- a source that does not compile ---------------------------------------------------------

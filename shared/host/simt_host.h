@@ -8,20 +8,35 @@
 // behaviour on a GPU is an error reported to the caller: a thread that returns while others wait
 // at a barrier, lanes of one warp at different points, threads at different barrier instances, a
 // shuffle that reads a lane that does not exist. The warp width is a parameter (32 for NVIDIA and
-// Metal, 64 for AMD CDNA wavefronts). Under AddressSanitizer the fibers' stack frames are checked
-// only in part (ASan resets a stack's state when a fiber resumes); heap memory, such as tensors,
-// is checked in full.
+// Metal, 64 for AMD CDNA wavefronts). Group-shared memory starts each group filled with 0xff bytes
+// (`poison`). Under AddressSanitizer the fibers' stack frames are checked as a thread's are: every
+// switch is announced through ASan's fiber-switch interface, and no context names its stack, so
+// ASan's swapcontext does not clear a resumed fiber's red zones (tests/test_cuda_host_harness.py).
 #pragma once
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
 
 #include <functional>
 #include <string>
+#include <unordered_map>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define BNB_SIMT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BNB_SIMT_ASAN 1
+#endif
+#endif
+#if defined(BNB_SIMT_ASAN)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 namespace bnb_simt {
 
@@ -47,9 +62,53 @@ struct Group {
   const std::function<void(uint32_t)>* body = nullptr;
   float slots[2][kMaxGroup];
   std::string error;
+  const void* sched_bottom = nullptr;  // the scheduler's stack, as ASan reports it to a fiber
+  size_t sched_size = 0;
+  void* sched_fake = nullptr;  // ASan's fake stack of the scheduler while a fiber runs
 };
 
 inline thread_local Group* g_group = nullptr;
+// Counts the groups an OS thread has started: `poison` fills an array once per group.
+inline thread_local uint64_t g_group_serial = 0;
+
+// Group-shared memory (a `__shared__` or `threadgroup` array, a function-local static here) is
+// undefined when a group starts on a GPU; here it would keep the previous group's values and hide
+// a read before the first write. The harnesses follow each such declaration with this call: the
+// first thread of each group to pass it fills the array with 0xff bytes (NaN as f32, -1 as an
+// integer).
+inline void poison(void* p, size_t bytes) {
+  thread_local std::unordered_map<void*, uint64_t> filled;  // address -> group serial
+  uint64_t& serial = filled[p];
+  if (serial != g_group_serial) {
+    memset(p, 0xff, bytes);
+    serial = g_group_serial;
+  }
+}
+
+// AddressSanitizer's fiber-switch interface: each swapcontext is announced before (`leave`, with
+// the stack being entered) and completed after (`arrive`). A fiber that ends passes a null save
+// slot, so ASan frees its fake stack. Without ASan these are empty.
+inline void leave(void** save, const void* bottom, size_t size) {
+#if defined(BNB_SIMT_ASAN)
+  __sanitizer_start_switch_fiber(save, bottom, size);
+#else
+  (void)save, (void)bottom, (void)size;
+#endif
+}
+inline void unpoison(void* p, size_t size) {
+#if defined(BNB_SIMT_ASAN)
+  __asan_unpoison_memory_region(p, size);
+#else
+  (void)p, (void)size;
+#endif
+}
+inline void arrive(void* save, const void** bottom = nullptr, size_t* size = nullptr) {
+#if defined(BNB_SIMT_ASAN)
+  __sanitizer_finish_switch_fiber(save, bottom, size);
+#else
+  (void)save, (void)bottom, (void)size;
+#endif
+}
 
 // Fiber stacks, reused by every group an OS thread runs: mapped with an inaccessible page below
 // each, so a kernel that overflows its stack faults instead of writing over other memory.
@@ -77,9 +136,11 @@ inline Stacks& stacks() {
 
 inline void fiber_entry() {
   Group* g = g_group;
+  arrive(nullptr, &g->sched_bottom, &g->sched_size);
   const uint32_t i = g->current;
   (*g->body)(i);
-  g->fibers[i].state = kDone;  // uc_link returns to the scheduler
+  g->fibers[i].state = kDone;
+  leave(nullptr, g->sched_bottom, g->sched_size);  // uc_link returns to the scheduler
 }
 
 // The index of the running thread in its group.
@@ -101,7 +162,10 @@ inline void suspend(State s) {
   Fiber& f = g->fibers[g->current];
   f.state = s;
   asm volatile("" ::: "memory");
+  void* fake = nullptr;
+  leave(&fake, g->sched_bottom, g->sched_size);
   swapcontext(&f.ctx, &g->sched);
+  arrive(fake);
   asm volatile("" ::: "memory");
 }
 
@@ -139,6 +203,8 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
   if (warp == 0 || warp > kMaxWarp || (warp & (warp - 1)) != 0)
     return "warp width must be a power of two in [1, 64], got " + std::to_string(warp);
   Group g;
+  ++g_group_serial;
+  memset(&g.sched, 0, sizeof(g.sched));  // names no stack (see below)
   g.size = size;
   g.warp = warp;
   g.body = &body;
@@ -154,6 +220,12 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
     f.ctx.uc_stack.ss_size = kStackBytes;
     f.ctx.uc_link = &g.sched;
     makecontext(&f.ctx, fiber_entry, 0);
+    // ASan's swapcontext clears the shadow of the stack the context names, which would erase the
+    // red zones of a suspended fiber's frames each time it resumes: once made, the contexts name
+    // none, and the stack starts clean instead (an earlier group may have stopped mid-kernel).
+    f.ctx.uc_stack.ss_sp = nullptr;
+    f.ctx.uc_stack.ss_size = 0;
+    unpoison(pool.tops[i], kStackBytes);
     f.state = kReady;
     f.shuffles = 0;
     f.barriers = 0;
@@ -163,7 +235,9 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
       const uint32_t i = last_first ? size - 1 - n : n;
       if (g.fibers[i].state != kReady) continue;
       g.current = i;
+      leave(&g.sched_fake, pool.tops[i], kStackBytes);
       swapcontext(&g.sched, &g.fibers[i].ctx);
+      arrive(g.sched_fake);
     }
     if (!g.error.empty()) break;
     uint32_t done = 0, at_barrier = 0;

@@ -8,7 +8,7 @@
 // the text (cuda_host.py): the launch syntax, which is not C++, is rewritten from
 // `kernel<<<grid, block, smem, stream>>>(args)` to `kernel | ::bnb_cuda_host::config(grid, block,
 // smem, stream)(args)`, which runs the kernel here; and each `__shared__` array declaration is
-// followed by a poison_shared call.
+// followed by a bnb_simt::poison call.
 //
 // A launch is checked as the CUDA runtime checks a launch's configuration (block size, grid
 // limits; not a kernel's __launch_bounds__, which are ignored), then runs block after block; the
@@ -18,7 +18,7 @@
 // (undefined behaviour on a GPU) fails the launch: cudaGetLastError() returns cudaErrorLaunchFailure and
 // cudaGetErrorString() says what happened.
 // __shared__ memory is a function-local `static thread_local`, shared by the fibers of a block and
-// filled with 0xff bytes at the start of each block (see poison_shared).
+// filled with 0xff bytes at the start of each block (see bnb_simt::poison).
 // Streams are accepted and ignored (every launch completes before it returns); every pointer is
 // device memory of device 0.
 #pragma once
@@ -307,20 +307,6 @@ inline float atomicAdd(float* address, float value) {
 // ---- launches ----------------------------------------------------------------------------------
 namespace bnb_cuda_host {
 
-// Shared memory starts each block undefined on a GPU; here its statics would keep the previous
-// block's values, which could hide a read before the first write. cuda_host.py follows every
-// `__shared__` declaration with this call: the first thread of each block to pass it fills the
-// array with 0xff bytes (NaN as f32, -1 as an integer).
-inline thread_local uint64_t g_block_serial = 0;
-inline void poison_shared(void* p, size_t bytes) {
-  thread_local std::unordered_map<void*, uint64_t> poisoned;  // address -> block serial
-  uint64_t& serial = poisoned[p];
-  if (serial != g_block_serial) {
-    memset(p, 0xff, bytes);
-    serial = g_block_serial;
-  }
-}
-
 template <typename... A>
 struct Pending {
   dim3 grid, block;
@@ -370,7 +356,6 @@ void launch(void (*kernel)(P...), const Pending<A...>& p) {
     for (unsigned int y = 0; y < p.grid.y; ++y) {
       for (unsigned int x = 0; x < p.grid.x; ++x) {
         l.block_idx = dim3(x, y, z);
-        ++g_block_serial;
         // Either order within a block, by the parity of its index (the MPS harness's rule): a
         // read of what another thread writes with no barrier between sees the fill in one of
         // them (grids of two or more blocks). A launch's result does not depend on earlier ones.

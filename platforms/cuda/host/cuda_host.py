@@ -55,10 +55,10 @@ _SHARED = re.compile(r"__shared__\s+[\w:<>]+\s+(\w+)(?:\s*\[[^\];]+\])+\s*;")
 
 def rewrite(text: str, name: str) -> str:
     """A kernel source as the harness compiles it: launches rewritten (``rewrite_launches``), and
-    every ``__shared__`` array followed, on its line, by cuda_host.h's ``poison_shared`` call."""
+    every ``__shared__`` array followed, on its line, by simt_host.h's ``poison`` call."""
     text = rewrite_launches(text, name)
     declared = text.count("__shared__")
-    text, poisoned = _SHARED.subn(lambda m: f"{m[0]} ::bnb_cuda_host::poison_shared({m[1]}, sizeof({m[1]}));", text)
+    text, poisoned = _SHARED.subn(lambda m: f"{m[0]} ::bnb_simt::poison({m[1]}, sizeof({m[1]}));", text)
     if poisoned != declared:
         raise RuntimeError(
             f"cuda host harness: {name} has {declared - poisoned} __shared__ declarations it cannot follow"

@@ -47,6 +47,20 @@ __global__ void missing_barrier_kernel(unsigned int writer, unsigned int reader,
   if (threadIdx.x == reader) out[blockIdx.x] = cell[0];
 }
 
+// Writes element `at` of a thread's local array of 4 after a barrier and a shuffle (the thread
+// has been suspended and resumed twice): out of bounds for at >= 4, which AddressSanitizer must
+// report as it would on a thread's own stack. out[t]: the element read back.
+__global__ void local_array_kernel(int at, float* out) {
+  volatile float local[4] = {0.0f, 1.0f, 2.0f, 3.0f};
+  __syncthreads();
+  const float v = bnb::shfl_xor(local[1], 1);
+  __syncthreads();
+  volatile float* slot = local + at;
+  asm("" : "+r"(slot));  // hides the array from UBSan's bounds and object-size checks: ASan's to find
+  if (threadIdx.x == 1) *slot = v;
+  out[threadIdx.x] = local[at < 4 ? at : 0];
+}
+
 }  // namespace
 }  // namespace bnb_cuda
 
@@ -56,7 +70,8 @@ using namespace bnb_cuda;
 // divergent barrier, 2 a divergent warp shuffle, 3 the correct kernel with a block of `threads`
 // threads (too many: an invalid configuration), 4 two blocks reading shared memory that block 0
 // wrote if n != 0, 5 / 6 two blocks where thread 0 writes shared memory for the last thread (5)
-// or the last for thread 0 (6) with no barrier between (out[b]: what block b read). Returns the
+// or the last for thread 0 (6) with no barrier between (out[b]: what block b read), 7 one block
+// writing element n of a local array of 4 (out of bounds for n >= 4). Returns the
 // status the C ABI would return; bnb_last_error() holds the message.
 extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, int32_t n, int32_t threads, float* out) {
   switch (which) {
@@ -78,6 +93,9 @@ extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, in
       break;
     case 6:
       missing_barrier_kernel<<<2, threads>>>(threads - 1, 0, out);
+      break;
+    case 7:
+      local_array_kernel<<<1, threads>>>(n, out);
       break;
     default:
       return fail(BNB_ERR_INVALID_ARGUMENT, "unknown probe %d", which);

@@ -11,7 +11,8 @@ tested along with the kernels.
 
 The C++ side (platforms/mps/host/metal_host.h in the repository, not in the wheel: it is a test
 tool, never part of a GPU run) runs every thread of a threadgroup as a fiber, in lock-step phases
-between barriers and SIMD-group shuffles. It is found through ``BNB_MPS_HOST_DIR``, else in the
+between barriers and SIMD-group shuffles; each ``threadgroup`` array is filled with 0xff bytes (NaN
+as f32) when its threadgroup starts, as undefined as it is on the GPU (``poisoned``). It is found through ``BNB_MPS_HOST_DIR``, else in the
 current folder or a parent of it (a repository checkout). The module is compiled with the system
 C++ compiler (``CXX``, else ``c++``) into a cache folder (``BNB_MPS_HOST_CACHE``, else
 ``~/.cache/bitsandbytes-mps-host``).
@@ -126,6 +127,21 @@ extern "C" int bnbh_{name}(void** args, uint64_t threads, uint64_t group, char* 
 """
 
 
+_THREADGROUP = re.compile(r"\bthreadgroup\s+[\w:<>]+\s+(\w+)(?:\s*\[[^\];]+\])+\s*;")
+_THREADGROUP_ANY = re.compile(r"\bthreadgroup\s+[\w:<>]+\s+\w+\s*\[")
+
+
+def poisoned(source: str) -> str:
+    """``source`` with every ``threadgroup`` array declaration followed, on its line, by
+    simt_host.h's ``poison`` call (the array filled with 0xff bytes once per threadgroup); an array
+    declaration the pattern cannot follow is an error, not a silently unfilled array."""
+    declared = len(_THREADGROUP_ANY.findall(source))
+    text, filled = _THREADGROUP.subn(lambda m: f"{m[0]} ::bnb_simt::poison({m[1]}, sizeof({m[1]}));", source)
+    if filled != declared:
+        raise RuntimeError(f"bitsandbytes_mps host harness: {declared - filled} threadgroup arrays it cannot follow")
+    return text
+
+
 def _compiler() -> str:
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if not cxx:
@@ -164,6 +180,7 @@ FLAGS = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-strict-aliasing", "-fPI
 def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
     """Compile ``source`` (the shipped Metal text) with the host emulation; (library, kernels)."""
     cxx = _compiler()
+    source = poisoned(source)
     host, _, scheduler = dirs = _include_dirs()
     incs = [f"-I{d}" for d in dirs]
     host_h = "".join(p.read_text() for d in (host, scheduler) for p in sorted(pathlib.Path(d).glob("*.h")))
