@@ -113,6 +113,17 @@ def test_cuda_host_missing_barrier_shows_in_either_direction(probe, reader):
     assert out[:2].isnan().any() and (out[:2] == 2.0).any()
 
 
+def test_cuda_host_block_order_differs_between_the_builds(probe):
+    """The 32-lane build runs a launch's blocks in ascending order, the 64-lane one descending: an
+    order-dependent result (atomicAdds in float, a race between blocks) differs between them."""
+    run, warp = probe
+    counter = torch.zeros(1)
+    status, msg, out = run(8, 5, counter)
+    assert status == 0, msg
+    assert out.tolist() == ([0.0, 1.0, 2.0, 3.0, 4.0] if warp == 32 else [4.0, 3.0, 2.0, 1.0, 0.0])
+    assert counter.item() == 5.0
+
+
 def test_cuda_host_local_arrays_survive_suspension(probe):
     """A thread's local array keeps its values across the barriers and shuffles that suspend and
     resume its fiber (element 3 written by thread 1 after two switches)."""

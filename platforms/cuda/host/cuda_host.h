@@ -253,6 +253,10 @@ inline cudaError_t cudaMemPrefetchAsync(const void*, size_t, cudaMemLocation, un
 }
 
 // ---- device: thread ids, barriers, shuffles, atomics -------------------------------------------
+#ifndef BNB_HOST_BLOCKS_DESCENDING
+#define BNB_HOST_BLOCKS_DESCENDING 0
+#endif
+
 namespace bnb_cuda_host {
 
 struct Launch {
@@ -352,23 +356,28 @@ void launch(void (*kernel)(P...), const Pending<A...>& p) {
   const Launch* saved = g_launch;
   g_launch = &l;
   const uint32_t threads = p.block.x * p.block.y * p.block.z;
-  for (unsigned int z = 0; z < p.grid.z; ++z) {
-    for (unsigned int y = 0; y < p.grid.y; ++y) {
-      for (unsigned int x = 0; x < p.grid.x; ++x) {
-        l.block_idx = dim3(x, y, z);
-        // Either order within a block, by the parity of its index (the MPS harness's rule): a
-        // read of what another thread writes with no barrier between sees the fill in one of
-        // them (grids of two or more blocks). A launch's result does not depend on earlier ones.
-        const bool last_first = (x + y + z) % 2 == 0;
-        const std::string err =
-            bnb_simt::run_group(threads, BNB_WARP_SIZE, [&](uint32_t) { std::apply(kernel, params); }, last_first);
-        if (!err.empty()) {
-          g_launch = saved;
-          set_error(cudaErrorLaunchFailure, "unspecified launch failure in block (" + std::to_string(x) + ", " +
-                                                std::to_string(y) + ", " + std::to_string(z) + "): " + err);
-          return;
-        }
-      }
+  // Blocks run one after another: in ascending order, or descending in a build for a descending
+  // order (BNB_HOST_BLOCKS_DESCENDING: cuda_host.py builds the 64-lane harness so), so that a
+  // kernel whose result depends on which block runs first (a race between blocks on a GPU, or a
+  // test expecting one order of atomicAdds) differs between the two builds.
+  const uint64_t blocks = static_cast<uint64_t>(p.grid.x) * p.grid.y * p.grid.z;
+  for (uint64_t k = 0; k < blocks; ++k) {
+    const uint64_t b = BNB_HOST_BLOCKS_DESCENDING ? blocks - 1 - k : k;
+    const unsigned int x = static_cast<unsigned int>(b % p.grid.x);
+    const unsigned int y = static_cast<unsigned int>(b / p.grid.x % p.grid.y);
+    const unsigned int z = static_cast<unsigned int>(b / p.grid.x / p.grid.y);
+    l.block_idx = dim3(x, y, z);
+    // Either order within a block, by the parity of its index (the MPS harness's rule): a read of
+    // what another thread writes with no barrier between sees the fill in one of them (grids of
+    // two or more blocks). A launch's result does not depend on earlier ones.
+    const bool last_first = (x + y + z) % 2 == 0;
+    const std::string err =
+        bnb_simt::run_group(threads, BNB_WARP_SIZE, [&](uint32_t) { std::apply(kernel, params); }, last_first);
+    if (!err.empty()) {
+      g_launch = saved;
+      set_error(cudaErrorLaunchFailure, "unspecified launch failure in block (" + std::to_string(x) + ", " +
+                                            std::to_string(y) + ", " + std::to_string(z) + "): " + err);
+      return;
     }
   }
   g_launch = saved;

@@ -12,8 +12,10 @@ as on AMD CDNA wavefronts, which the ROCm wheel builds from the same sources (``
 What it proves: the kernels' indexing, launch configurations, barriers and warp reductions, the
 shared-memory use, the C entry points' checks and the glue's argument packing, compared with the
 reference by the conformance suite; and the paged-memory glue's bookkeeping over plain host
-memory. What it cannot: timing, memory coalescing, races between blocks (blocks run one after
-another, in order), the order of ``atomicAdd``s, a kernel's ``__launch_bounds__``, nvcc's own code
+memory. Blocks run one after another, ascending in the 32-lane build and descending in the 64-lane
+one, so a result that depends on the order of blocks (of ``atomicAdd``s, or a race between blocks)
+differs between the two. What it cannot: timing, memory coalescing, blocks running at once, a
+kernel's ``__launch_bounds__``, nvcc's own code
 generation (its contraction of plain ``a * b + c``: the kernels spell the bit-exact arithmetic with
 bnb/fp_ops.h, whose ``_rn`` forms are exact either way), cuBLASLt (absent here: the built-in int8
 kernel runs) and the driver's page migration.
@@ -88,7 +90,8 @@ def _units(warp: int, gen: pathlib.Path) -> list[tuple[str, str, list[str]]]:
 
     src = CUDA / "src"
     common = [f"-I{HOST / 'include'}", f"-I{HOST}", f"-I{SHARED / 'include'}", f"-I{SHARED / 'host'}", f"-I{src}"]
-    device = [*common, *DEVICE_DEFINES, f"-DBNB_WARP_SIZE={warp}"]
+    # The 64-lane build runs a launch's blocks in descending order, the 32-lane one ascending.
+    device = [*common, *DEVICE_DEFINES, f"-DBNB_WARP_SIZE={warp}", f"-DBNB_HOST_BLOCKS_DESCENDING={int(warp == 64)}"]
     units = []
     for name in KERNEL_SOURCES:
         text = rewrite((src / name).read_text(), name)

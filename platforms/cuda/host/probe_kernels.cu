@@ -61,6 +61,11 @@ __global__ void local_array_kernel(int at, float* out) {
   out[threadIdx.x] = local[at < 4 ? at : 0];
 }
 
+// Each block takes a ticket from a counter: out[b] is block b's place in the launch's order.
+__global__ void block_order_kernel(float* counter, float* out) {
+  if (threadIdx.x == 0) out[blockIdx.x] = atomicAdd(counter, 1.0f);
+}
+
 }  // namespace
 }  // namespace bnb_cuda
 
@@ -71,7 +76,8 @@ using namespace bnb_cuda;
 // threads (too many: an invalid configuration), 4 two blocks reading shared memory that block 0
 // wrote if n != 0, 5 / 6 two blocks where thread 0 writes shared memory for the last thread (5)
 // or the last for thread 0 (6) with no barrier between (out[b]: what block b read), 7 one block
-// writing element n of a local array of 4 (out of bounds for n >= 4). Returns the
+// writing element n of a local array of 4 (out of bounds for n >= 4), 8 `threads` blocks of one
+// thread taking tickets from x[0] (out[b]: block b's place in the order). Returns the
 // status the C ABI would return; bnb_last_error() holds the message.
 extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, int32_t n, int32_t threads, float* out) {
   switch (which) {
@@ -96,6 +102,9 @@ extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, in
       break;
     case 7:
       local_array_kernel<<<1, threads>>>(n, out);
+      break;
+    case 8:
+      block_order_kernel<<<threads, 1>>>(const_cast<float*>(x), out);
       break;
     default:
       return fail(BNB_ERR_INVALID_ARGUMENT, "unknown probe %d", which);
