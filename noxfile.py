@@ -2,6 +2,10 @@
 
 The torch requirement comes from BNB_TORCH_REQUIREMENT (default: the local CPU build
 ``torch==2.13.0``); set it to e.g. ``torch`` or ``torch==2.13.0+cu128`` on a GPU machine.
+
+This file holds the test, build and release sessions; what they share (the installs) is in
+tools/noxlib/common.py, and the benchmark and native-driver sessions are in tools/noxlib/bench.py
+and tools/noxlib/native.py (imported at the end: CI runs the `ci` sessions in this order).
 """
 
 from __future__ import annotations
@@ -10,32 +14,32 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import zipfile
 
 import nox
 
-ROOT = pathlib.Path(__file__).parent
-TORCH = os.environ.get("BNB_TORCH_REQUIREMENT", "torch==2.13.0")
-TEST_DEPS = ["pytest", "safetensors", "numpy", "hypothesis"]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "tools"))
+
+from noxlib.common import (  # noqa: E402
+    BUILD_DEPS,
+    CUDA_DIR,
+    INTEGRATION_DEPS,
+    ROCM_DIR,
+    ROOT,
+    TEST_DEPS,
+    TORCH,
+    TRITON,
+    install_build_deps,
+    install_cuda_platform,
+    install_meta,
+    install_platform,
+    install_rocm_platform,
+    install_torch,
+)
 
 nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = False
-
-
-def install_torch(session: nox.Session) -> None:
-    """Install the torch requirement (a no-op when it is already satisfied)."""
-    session.install(TORCH)
-
-
-def install_meta(session: nox.Session) -> None:
-    """The meta-package alone (its bitsandbytes-cpu dependency is installed separately)."""
-    session.install("--no-deps", str(ROOT / "meta"))
-    session.install("packaging")
-
-
-def install_platform(session: nox.Session, platform: str) -> None:
-    """Build and install one platform wheel from platforms/<platform>."""
-    session.install("--no-deps", str(ROOT / "platforms" / platform))
 
 
 @nox.session(name="tests-cpu", tags=["ci"])
@@ -87,9 +91,6 @@ def tests_reference(session: nox.Session) -> None:
         *session.posargs,
         env={"BNB_EXPECT_PLATFORMS": ""},
     )
-
-
-INTEGRATION_DEPS = ["transformers", "peft", "accelerate", "safetensors", "pytest"]
 
 
 @nox.session(name="tests-integration", tags=["ci"])
@@ -202,24 +203,6 @@ def lint(session: nox.Session) -> None:
         session.run("clang-format", "--dry-run", "-Werror", *sources)
 
 
-CUDA_DIR = ROOT / "platforms" / "cuda"
-
-
-def cuda_archs_for_this_gpu(session: nox.Session) -> str:
-    """BNB_CUDA_ARCHS if set, else the compute capability of GPU 0 (one architecture builds fast)."""
-    archs = os.environ.get("BNB_CUDA_ARCHS")
-    if archs:
-        return archs
-    code = "import torch; print(''.join(map(str, torch.cuda.get_device_capability(0))) if torch.cuda.is_available() else '')"
-    found = session.run("python", "-c", code, silent=True, external=False) or ""
-    return found.strip().splitlines()[-1] if found.strip() else ""
-
-
-def install_cuda_platform(session: nox.Session) -> None:
-    """Build and install the CUDA wheel for the GPU here (the toolkit's major names it)."""
-    session.install("--no-deps", str(CUDA_DIR), env={"BNB_CUDA_ARCHS": cuda_archs_for_this_gpu(session)})
-
-
 @nox.session(name="build-cuda", tags=["ci"])
 def build_cuda(session: nox.Session) -> None:
     """Build the CUDA wheel with the local nvcc for one architecture, then check it without a GPU:
@@ -272,16 +255,6 @@ def tests_cuda(session: nox.Session) -> None:
     session.run("pytest", "-m", "not slow and not integration", *session.posargs)
 
 
-@nox.session(name="bench-cuda")
-def bench_cuda(session: nox.Session) -> None:
-    """bench/cuda_ops.py: the CUDA kernels against torch baselines measured in the same run."""
-    install_torch(session)
-    install_meta(session)
-    install_platform(session, "cpu")
-    install_cuda_platform(session)
-    session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
-
-
 @nox.session(name="gpu-check-rehearsal", tags=["ci"])
 def gpu_check_rehearsal(session: nox.Session) -> None:
     """tools/gpu_check.sh --rehearse: the GPU check's setup path without a GPU, in a venv holding
@@ -294,7 +267,6 @@ def gpu_check_rehearsal(session: nox.Session) -> None:
                 external=True)  # fmt: skip
 
 
-ROCM_DIR = ROOT / "platforms" / "rocm"
 ROCM_CI_ARCHS = "gfx90a;gfx1030"  # one wave64 (CDNA2) and one wave32 (RDNA2) target
 
 
@@ -309,19 +281,6 @@ def ensure_hipcc(session: nox.Session) -> None:
     session.run("apt-get", "update", external=True)
     session.run("apt-get", "install", "-y", "--no-install-recommends", "hipcc", external=True,
                 env={"DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
-
-
-def rocm_archs_for_this_gpu(session: nox.Session) -> str:
-    """BNB_ROCM_ARCHS if set, else the gfx target of GPU 0 (one target builds fast)."""
-    archs = os.environ.get("BNB_ROCM_ARCHS")
-    if archs:
-        return archs
-    code = (
-        "import torch; print(torch.cuda.get_device_properties(0).gcnArchName.split(':')[0] "
-        "if torch.cuda.is_available() and torch.version.hip else '')"
-    )
-    found = session.run("python", "-c", code, silent=True, external=False) or ""
-    return found.strip().splitlines()[-1] if found.strip() else ""
 
 
 @nox.session(name="build-rocm", tags=["ci"])
@@ -344,12 +303,6 @@ def build_rocm(session: nox.Session) -> None:
     session.run("python", str(ROCM_DIR / "tools" / "check_wheel.py"), str(wheels[0]), *arch_args)
 
 
-def install_rocm_platform(session: nox.Session) -> None:
-    """Build and install the ROCm wheel for the GPU here (the hipcc on PATH names the ROCm major)."""
-    env = {"BNB_ROCM_ARCHS": rocm_archs_for_this_gpu(session), "HIP_PLATFORM": "amd"}
-    session.install("--no-deps", str(ROCM_DIR), env=env)
-
-
 @nox.session(name="tests-rocm")
 def tests_rocm(session: nox.Session) -> None:
     """The conformance suite (every op vs the reference) plus the GPU tests, on an AMD GPU machine.
@@ -364,16 +317,6 @@ def tests_rocm(session: nox.Session) -> None:
     session.run("python", "-m", "bitsandbytes")
     session.run("pytest", "-m", "not slow and not integration", *session.posargs,
                 env={"BNB_EXPECT_PLATFORMS": "cpu,rocm"})  # fmt: skip
-
-
-@nox.session(name="bench-rocm")
-def bench_rocm(session: nox.Session) -> None:
-    """bench/cuda_ops.py on an AMD GPU: the ROCm kernels against torch baselines measured in the same run."""
-    install_torch(session)
-    install_meta(session)
-    install_platform(session, "cpu")
-    install_rocm_platform(session)
-    session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
 
 
 HPU_HOST_TESTS = [
@@ -415,39 +358,7 @@ def demo(session: nox.Session) -> None:
     session.run("python", str(ROOT / "examples" / "demo.py"))
 
 
-def _cpu_bench(session: nox.Session, script: str, *deps: str) -> None:
-    """Run bench/<script> with the meta-package, the cpu wheel and ``deps``."""
-    install_torch(session)
-    if deps:
-        session.install(*deps, TORCH)  # the pinned torch stays: deps never swap it
-    install_meta(session)
-    install_platform(session, "cpu")
-    session.run("python", str(ROOT / "bench" / script), *session.posargs)
-
-
-@nox.session(name="bench-import")
-def bench_import(session: nox.Session) -> None:
-    """Import-time overhead of bitsandbytes over torch (meta + cpu wheel)."""
-    _cpu_bench(session, "import_time.py")
-
-
-@nox.session(name="bench-memory")
-def bench_memory(session: nox.Session) -> None:
-    """Peak host memory of the main CPU flows (quantizing, inference, training, optimizers,
-    checkpoints, transformers loading) against what each must hold (bench/memory.py, Linux)."""
-    _cpu_bench(session, "memory.py", *INTEGRATION_DEPS)
-
-
-@nox.session(name="bench-cpu-optim")
-def bench_cpu_optim(session: nox.Session) -> None:
-    """Time one step() of every bitsandbytes optimizer on 16.8 M parameters vs torch AdamW (CPU)."""
-    install_torch(session)
-    install_meta(session)
-    session.run("python", str(ROOT / "bench" / "optim.py"), "--device", "cpu", *session.posargs)
-
-
 # ---- Intel GPUs (bitsandbytes-xpu): Triton kernels, proven on CPU tensors in Triton's interpreter ----
-TRITON = os.environ.get("BNB_TRITON_REQUIREMENT", "triton==3.9.0")
 XPU_TEST_FILES = [
     "tests/test_ops_conformance.py",
     "tests/test_ops_conformance_matmul.py",
@@ -478,25 +389,7 @@ def tests_xpu_interpret(session: nox.Session) -> None:
                 *session.posargs, env=env)  # fmt: skip
 
 
-@nox.session(name="bench-xpu")
-def bench_xpu(session: nox.Session) -> None:
-    """bench/xpu_ops.py: the XPU platform's Triton kernels on a CUDA GPU (a stand-in for an Intel GPU)
-    against copy bandwidth, dense F.linear and AdamW(fused=True). Set BNB_TORCH_REQUIREMENT to a CUDA torch."""
-    install_torch(session)
-    session.install(TRITON)
-    install_meta(session)
-    install_platform(session, "xpu")
-    session.run("python", str(ROOT / "bench" / "xpu_ops.py"), *session.posargs)
-
-
 # ---- Releases (see README "Cutting a release" and .github/workflows/release.yml) ----
-BUILD_DEPS = ["scikit-build-core>=0.11", "pybind11>=2.12"]
-
-
-def install_build_deps(session: nox.Session, *extra: str) -> None:
-    """What a build without isolation needs; CMake and Ninja from PyPI only where the machine lacks them."""
-    tools = [name for name in ("cmake", "ninja") if shutil.which(name) is None]
-    session.install(*BUILD_DEPS, *tools, *extra)
 
 
 @nox.session(tags=["ci"])
@@ -587,94 +480,6 @@ def set_version(session: nox.Session) -> None:
     session.run("python3", str(ROOT / "tools" / "set_version.py"), session.posargs[0])
 
 
-@nox.session(name="bench-cpu")
-def bench_cpu(session: nox.Session) -> None:
-    """bitsandbytes-cpu op by op vs PyTorch's CPU kernels (dense, int4pack, int8pack, fused AdamW), 1 and 2 threads."""
-    _cpu_bench(session, "cpu_ops.py")
-
-
-@nox.session(name="bench-cpu-finetune")
-def bench_cpu_finetune(session: nox.Session) -> None:
-    """bitsandbytes-cpu's fine-tuning paths (8-bit training, QLoRA backward, prefill) vs dense and int8pack."""
-    _cpu_bench(session, "cpu_finetune.py")
-
-
-@nox.session(name="bench-cpu-panels")
-def bench_cpu_panels(session: nox.Session) -> None:
-    """The dense products above the fused rows, weight expanded in panels vs whole: time and peak memory."""
-    _cpu_bench(session, "cpu_panels.py")
-
-
-@nox.session(name="bench-cpu-glue")
-def bench_cpu_glue(session: nox.Session) -> None:
-    """One quantized layer's per-call cost at batch 1 with cold caches (as in decoding), stage by stage."""
-    _cpu_bench(session, "cpu_glue.py")
-
-
-@nox.session(name="bench-cpu-model")
-def bench_cpu_model(session: nox.Session) -> None:
-    """A Llama-shaped model (1.1 B, random weights) in bf16 / NF4 / 8-bit / torchao int4: decode, prefill, LoRA step."""
-    install_torch(session)
-    session.install(*INTEGRATION_DEPS, "torchao", TORCH)
-    install_meta(session)
-    install_platform(session, "cpu")
-    session.run("python", str(ROOT / "bench" / "cpu_model.py"), *session.posargs)
-
-
-def _cmake_native_tests(session: nox.Session, build: pathlib.Path, *options: str) -> None:
-    """Configure and build libbitsandbytes_cpu (no Python module) plus the C ABI test driver."""
-    session.run(
-        "cmake", "-S", str(ROOT / "platforms" / "cpu"), "-B", str(build), "-DBNB_BUILD_PYTHON=OFF",
-        "-DBNB_BUILD_TESTS=ON", *options, external=True,
-    )  # fmt: skip
-    session.run("cmake", "--build", str(build), "-j2", external=True)
-
-
-@nox.session(name="tests-cpu-sanitize", python=False, tags=["ci"])
-def tests_cpu_sanitize(session: nox.Session) -> None:
-    """The CPU library built with AddressSanitizer + UBSan, its C ABI test driver run on every ISA.
-
-    Then the multi-threaded stress driver (tests-cpu-tsan's), a few seconds: memory errors under concurrency."""
-    build = pathlib.Path(session.create_tmp()) / "build-sanitize"
-    _cmake_native_tests(session, build, "-DBNB_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
-    env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
-    session.run(str(build / "test_c_abi"), env=env, external=True)
-    session.run(str(build / "test_threads"), env=env, external=True)
-
-
-@nox.session(name="tests-cpu-tsan", python=False, tags=["ci"])
-def tests_cpu_tsan(session: nox.Session) -> None:
-    """The CPU library built with ThreadSanitizer: the multi-threaded stress driver, then the C ABI driver.
-
-    tests/native/test_threads.cpp runs every kernel family from four threads at once while another
-    changes the instruction set and AMX, and checks every result bit for bit against a call made
-    alone. The parallel loops run on the library's own thread pool (BNB_CPU_THREADS=pool; the drivers
-    load no OpenMP runtime anyway): GNU libgomp is not built with TSan, and its threads would hide
-    races from it. Arguments go to test_threads: [iterations] [forked cold starts] [forked settings races]."""
-    build = pathlib.Path(session.create_tmp()) / "build-tsan"
-    _cmake_native_tests(session, build, "-DBNB_SANITIZE_THREAD=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
-    env = {"BNB_CPU_THREADS": "pool", "TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1"}
-    session.run(str(build / "test_threads"), *session.posargs, env=env, external=True)
-    session.run(str(build / "test_c_abi"), env=env, external=True)
-
-
-AARCH64_PACKAGES = ["g++-aarch64-linux-gnu", "qemu-user"]
-
-
-@nox.session(name="tests-cpu-aarch64", python=False, tags=["ci"])
-def tests_cpu_aarch64(session: nox.Session) -> None:
-    """Cross-build the CPU library for aarch64 (NEON kernels) and run the C ABI test drivers under qemu-user.
-
-    Installs Debian's cross compiler and qemu-user with apt-get when they are missing (CI runs as root)."""
-    import shutil
-
-    if not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")):
-        session.run("apt-get", "update", external=True)
-        session.run("apt-get", "install", "-y", "--no-install-recommends", *AARCH64_PACKAGES, external=True)
-    build = pathlib.Path(session.create_tmp()) / "build-aarch64"
-    _cmake_native_tests(
-        session, build, "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
-        "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
-    )  # fmt: skip
-    for driver in ("test_c_abi", "test_threads"):  # the NEON kernels alone, then from four threads at once
-        session.run("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(build / driver), external=True)
+# The benchmark sessions, then the native drivers (the last `ci` sessions).
+import noxlib.bench  # noqa: E402, F401
+import noxlib.native  # noqa: E402, F401
