@@ -1,9 +1,11 @@
-"""Shared test helpers: fixture data, and every (device, implementation) pair present."""
+"""Shared test helpers: fixture data, seeded inputs, signatures as text, and every (device,
+implementation) pair present."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import pathlib
 import sys
@@ -22,6 +24,17 @@ DATA = pathlib.Path(__file__).parent / "data"
 def load_fixture(name: str) -> dict[str, torch.Tensor]:
     """A copy of a ../shared/fixtures file kept in tests/data."""
     return load_file(str(DATA / name))
+
+
+def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A standard normal tensor from its own generator seeded with ``seed``, cast to ``dtype``."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def params_text(fn: Callable, skip: int = 0) -> str:
+    """The parameter list as text without type hints (names, kinds, order and defaults)."""
+    ps = list(inspect.signature(fn).parameters.values())[skip:]
+    return ", ".join(str(p.replace(annotation=inspect.Parameter.empty)) for p in ps)
 
 
 def devices() -> list[str]:

@@ -14,11 +14,7 @@ import torch
 import bitsandbytes.functional as F
 import bitsandbytes.utils as U
 from bitsandbytes.functional import QuantState
-
-
-def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
-
+from conftest import randn
 
 # -- QuantState ------------------------------------------------------------------------------------
 
