@@ -10,9 +10,9 @@
   into it in place: the quant state and row scales are in shared memory with the codes, and a
   checkpoint loaded into a quantized Linear4bit is copied into its quant state's tensors (a new
   quant state object had left the other process, and a ``copy.copy`` of the weight, with the new
-  codes but the old scales: a silent wrong answer). Known limitation (xfail): a process that has
-  already run a double-quantized layer keeps the nested absmax it resolved and cached (keyed by
-  tensor version counters, which another process's writes do not advance).
+  codes but the old scales: a silent wrong answer). A double-quantized layer in shared memory keeps
+  no runner with its nested absmax resolved (a process that had run it kept the absmax it resolved:
+  version counters do not see another process's writes).
 * A checkpoint loaded into a Linear4bit that is not quantized yet is copied, as torch copies: the
   layer had kept the state dict's tensors (another layer's memory, which its next in-place load
   overwrote).
@@ -319,25 +319,12 @@ def _reload_while_held(served, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return served("run", "held_" + name, x)["out"], expected
 
 
-@pytest.mark.parametrize("name", ["b", "c"])  # NF4 without double quantization, LLM.int8()
+@pytest.mark.parametrize("name", ["a", "b", "c"])  # NF4 double-quantized and not, LLM.int8()
 def test_spawned_process_holding_a_layer_sees_a_checkpoint_loaded_in_place(served, name):
+    """Also a double-quantized layer, whose decoding runner would resolve the nested absmax once:
+    in shared memory it keeps none (another process's in-place writes advance no version counter
+    here), and the absmax is resolved on every call."""
     got, expected = _reload_while_held(served, name)
-    _assert_same(got, expected)
-
-
-def _cpu_kernels_loaded() -> bool:
-    return any(p["platform"] == "cpu" and p["status"] == "loaded" for p in bnb.platforms())
-
-
-@pytest.mark.xfail(
-    condition=_cpu_kernels_loaded(),
-    reason="known limitation: a process that has run a double-quantized layer keeps the nested "
-    "absmax it resolved (cached by tensor version counters, which another process's in-place "
-    "writes do not advance); the reference kernels resolve it on every call",
-    strict=True,
-)
-def test_spawned_process_holding_a_double_quantized_layer_sees_an_in_place_load(served):
-    got, expected = _reload_while_held(served, "a")
     _assert_same(got, expected)
 
 
@@ -426,3 +413,42 @@ def test_dataloader_workers_running_quantized_layers_match_num_workers_0(context
         torch.set_num_threads(threads)
     assert got.shape == (10, 32)
     _assert_same(got, expected)
+
+
+def test_nested_absmax_in_shared_memory_is_resolved_on_every_call():
+    """Another process's in-place write to shared memory advances no version counter here (a
+    write through ``.data`` stands for it): the op and a layer's decoding runner, which keep a
+    resolved nested absmax by version counters, keep none for statistics in shared memory."""
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(3))
+    q, state = bnb.functional.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
+    _, other = bnb.functional.quantize_4bit(w * 3, quant_type="nf4", compress_statistics=True)
+    layer = bnb.nn.Linear4bit(
+        64, 32, bias=False, quant_type="nf4", compress_statistics=True, compute_dtype=torch.float32
+    )
+    layer.load_state_dict({"weight": w})
+    layer = layer.to("cpu").share_memory()
+    x = torch.randn(1, 64, generator=torch.Generator().manual_seed(4))
+    for t in (state.absmax, state.offset, state.state2.absmax):
+        t.share_memory_()
+    _assert_same(bnb.functional.dequantize_4bit(q, state), bnb.functional.dequantize_4bit(q, _nested_copy(state)))
+    for _ in range(3):  # warm: the layer keeps its runner
+        before = layer(x)
+    qs = layer.weight.quant_state
+    for mine, theirs in ((state, other), (qs, other)):
+        mine.absmax.data.copy_(theirs.absmax)
+        mine.offset.data.copy_(theirs.offset)
+        mine.state2.absmax.data.copy_(theirs.state2.absmax)
+    _assert_same(bnb.functional.dequantize_4bit(q, state), bnb.functional.dequantize_4bit(q, _nested_copy(other)))
+    after = layer(x)
+    expected = bnb.matmul_4bit(x, layer.weight.data.t(), quant_state=_nested_copy(qs))
+    _assert_same(after, expected)
+    assert not torch.equal(after, before)
+
+
+def _nested_copy(qs):
+    """A quant state of private (unshared, never-resolved) copies of ``qs``'s statistics."""
+    out = copy.copy(qs)
+    out.absmax, out.offset = qs.absmax.clone(), qs.offset.clone()
+    out.state2 = copy.copy(qs.state2)
+    out.state2.absmax = qs.state2.absmax.clone()
+    return out

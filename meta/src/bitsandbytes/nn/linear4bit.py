@@ -89,7 +89,8 @@ _disable_torch_function = torch._C.DisableTorchFunctionSubclass
 
 def _nested_key(qs: QuantState) -> tuple | None:
     """What a runner depends on in a nested (double-quantized) absmax, which it resolves once:
-    each tensor's object, memory and version counter (in-place changes, e.g. load_state_dict)."""
+    each tensor's object, memory and version counter (in-place changes, e.g. load_state_dict).
+    None where that cannot be watched: then the general path resolves the absmax on every call."""
     s2 = qs.state2
     if s2 is None or s2.blocksize != 256 or qs.offset is None:
         return None  # (other block sizes: the general path resolves the absmax on every call)
@@ -100,6 +101,8 @@ def _nested_key(qs: QuantState) -> tuple | None:
         return None
     if any(t.is_inference() for t in tensors):
         return None  # (made under torch.inference_mode: no version counter to watch)
+    if any(t.untyped_storage().is_shared() for t in tensors):
+        return None  # (in shared memory: another process's in-place writes advance no counter here)
     return (s2, *((t, t.data_ptr(), t._version) for t in tensors))
 
 
