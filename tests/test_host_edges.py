@@ -241,6 +241,14 @@ def _states(name, n, g):
     return s1, (torch.rand(n, generator=g) if name in TWO_STATE else None)
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same values bit for bit (-0.0 is not 0.0), NaN where the other has NaN."""
+    nan = a.isnan()
+    if not torch.equal(nan, b.isnan()):
+        return False
+    return torch.equal(a[~nan].view(torch.int32), b[~nan].view(torch.int32))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_host_optimizer_32bit_options(K, name):
     g = torch.Generator().manual_seed(9)
@@ -277,9 +285,12 @@ def test_host_optimizer_32bit_options(K, name):
         label = (dtype, n, wd, gs, max_unorm, skip, step, layout)
         assert torch.equal(mem.isnan(), rmem.isnan()), label
         torch.testing.assert_close(mem.float(), rmem.float(), rtol=tol, atol=tol, equal_nan=True, msg=str(label))
-        torch.testing.assert_close(st1, rs1, rtol=1e-5, atol=1e-6, equal_nan=True, msg=str(label))
+        # The states bit for bit (the parameter within rounding: the reference updates it with
+        # torch's own op order). In the CUDA harness's 32-lane build the kernels' plain `a * b + c`
+        # fuse as nvcc fuses them, so a state written without the _rn forms shows here.
+        assert _same_bits(st1, rs1), label
         if st2 is not None:
-            torch.testing.assert_close(st2, rs2, rtol=1e-5, atol=1e-6, equal_nan=True, msg=str(label))
+            assert _same_bits(st2, rs2), label
         if max_unorm > 0:
             torch.testing.assert_close(unorm, runorm, rtol=1e-5, atol=1e-7, equal_nan=True, msg=str(label))
 

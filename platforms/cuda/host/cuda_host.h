@@ -68,7 +68,7 @@ struct __nv_bfloat16 {
   unsigned short x;
 };
 
-// ---- device intrinsics (-ffp-contract=off: one rounding per operation, as the _rn forms) -------
+// ---- device intrinsics: one rounding per operation, as the _rn forms ---------------------------
 inline float __uint_as_float(unsigned int u) {
   float f;
   memcpy(&f, &u, sizeof(f));
@@ -79,12 +79,27 @@ inline unsigned int __float_as_uint(float f) {
   memcpy(&u, &f, sizeof(u));
   return u;
 }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fdiv_rn(float a, float b) { return a / b; }
-inline float __fsqrt_rn(float a) { return sqrtf(a); }
-inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+// nvcc contracts a plain `a * b + c` into one fused multiply-add (its default --fmad=true) but
+// never fuses an _rn intrinsic with a neighbouring operation. The 32-lane build compiles the
+// kernels with contraction on, as nvcc does (cuda_host.py), so each intrinsic hides its operands
+// and its result from the compiler: only the kernels' plain expressions can fuse.
+#if defined(__x86_64__) || defined(__i386__)
+#define BNB_HOST_OPAQUE(v) __asm__("" : "+x"(v))
+#elif defined(__aarch64__)
+#define BNB_HOST_OPAQUE(v) __asm__("" : "+w"(v))
+#else
+#define BNB_HOST_OPAQUE(v) __asm__("" : "+m"(v))
+#endif
+inline float bnb_host_rounded(float v) {
+  BNB_HOST_OPAQUE(v);
+  return v;
+}
+inline float __fadd_rn(float a, float b) { return bnb_host_rounded(bnb_host_rounded(a) + bnb_host_rounded(b)); }
+inline float __fsub_rn(float a, float b) { return bnb_host_rounded(bnb_host_rounded(a) - bnb_host_rounded(b)); }
+inline float __fmul_rn(float a, float b) { return bnb_host_rounded(bnb_host_rounded(a) * bnb_host_rounded(b)); }
+inline float __fdiv_rn(float a, float b) { return bnb_host_rounded(bnb_host_rounded(a) / bnb_host_rounded(b)); }
+inline float __fsqrt_rn(float a) { return bnb_host_rounded(sqrtf(bnb_host_rounded(a))); }
+inline float __fmaf_rn(float a, float b, float c) { return bnb_host_rounded(fmaf(a, b, c)); }
 
 // The 16-bit conversions through the compiler's own _Float16 (correctly rounded, independent of
 // numeric.h's bit manipulation, which the kernels use for their stores).

@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import platform
 import re
 import shutil
 import subprocess
@@ -84,6 +85,21 @@ def _compiler() -> str:
     return cxx
 
 
+def contract_flags(warp: int) -> list[str]:
+    """The kernels' floating-point contraction: the 32-lane build fuses plain ``a * b + c`` as
+    nvcc does (the CUDA wheel is built with its default ``--fmad=true``), where the CPU has fused
+    multiply-add; the 64-lane build rounds every operation, as the ROCm wheel's ``hipcc
+    -ffp-contract=off``. The ``_rn`` intrinsics never fuse (cuda_host.h), so a bit-exact path
+    written with plain operators differs from the reference in the 32-lane build. (GCC forms
+    fused multiply-adds from -O2.)"""
+    if warp != 32:
+        return []
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
+        return ["-O2", "-ffp-contract=fast", "-mfma"] if " fma " in flags else []
+    return ["-O2", "-ffp-contract=fast"]
+
+
 def _units(warp: int, gen: pathlib.Path) -> list[tuple[str, str, list[str]]]:
     """(object name, source text, extra flags) of every translation unit."""
     import pybind11
@@ -91,7 +107,8 @@ def _units(warp: int, gen: pathlib.Path) -> list[tuple[str, str, list[str]]]:
     src = CUDA / "src"
     common = [f"-I{HOST / 'include'}", f"-I{HOST}", f"-I{SHARED / 'include'}", f"-I{SHARED / 'host'}", f"-I{src}"]
     # The 64-lane build runs a launch's blocks in descending order, the 32-lane one ascending.
-    device = [*common, *DEVICE_DEFINES, f"-DBNB_WARP_SIZE={warp}", f"-DBNB_HOST_BLOCKS_DESCENDING={int(warp == 64)}"]
+    device = [*common, *DEVICE_DEFINES, f"-DBNB_WARP_SIZE={warp}", f"-DBNB_HOST_BLOCKS_DESCENDING={int(warp == 64)}",
+              *contract_flags(warp)]  # fmt: skip
     units = []
     for name in KERNEL_SOURCES:
         text = rewrite((src / name).read_text(), name)
@@ -127,7 +144,8 @@ def _inputs_hash(cxx: str, warp: int) -> str:
         h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     compiler = [os.path.realpath(shutil.which(cxx) or cxx), version, pybind11.__version__]
-    h.update("\0".join([*compiler, str(warp), sys.version, *FLAGS, *_sanitize_flags()]).encode())
+    flags = [*FLAGS, *_sanitize_flags(), *contract_flags(warp)]
+    h.update("\0".join([*compiler, str(warp), sys.version, *flags]).encode())
     return h.hexdigest()[:20]
 
 

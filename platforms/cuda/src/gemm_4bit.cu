@@ -4,6 +4,9 @@
 // One warp computes one output column for up to kRows rows of A (m = 1 is the batch-1 gemv
 // that dominates LLM decoding; small batches reuse each decoded weight kRows times). Each weight
 // is rounded to A's dtype before use, as the reference multiplies by the dequantized weight.
+// Every product is added by one explicit fused multiply-add (fma_rn): a plain `acc += a * w` is
+// contracted where the compiler chooses (nvcc's default --fmad=true), which could differ between
+// the aligned and unaligned paths and make a result depend on where the tensors start.
 #include "bnb/fp_ops.h"
 #include "common.cuh"
 
@@ -55,7 +58,7 @@ __global__ void gemm_4bit_kernel(const typename E::T* __restrict__ A, int64_t m,
 #pragma unroll
             for (int q = 0; q < kVecA; ++q) dst[q] = src[q];
 #pragma unroll
-            for (int j = 0; j < kChunk; ++j) acc[r] += E::load(a[j]) * w[j];
+            for (int j = 0; j < kChunk; ++j) acc[r] = bnb::fma_rn(E::load(a[j]), w[j], acc[r]);
           }
         }
       }
@@ -71,7 +74,7 @@ __global__ void gemm_4bit_kernel(const typename E::T* __restrict__ A, int64_t m,
           const float w = E::load(E::store(bnb::mul_rn(table[(j & 1) ? (byte & 15u) : (byte >> 4)], scale)));
 #pragma unroll
           for (int r = 0; r < kRows; ++r) {
-            if (r0 + r < m) acc[r] += E::load(A[(r0 + r) * K + kk]) * w;
+            if (r0 + r < m) acc[r] = bnb::fma_rn(E::load(A[(r0 + r) * K + kk]), w, acc[r]);
           }
         }
       }
@@ -83,7 +86,7 @@ __global__ void gemm_4bit_kernel(const typename E::T* __restrict__ A, int64_t m,
         const float w = E::load(E::store(bnb::mul_rn(table[c], absmax[idx / blocksize])));
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
-          if (r0 + r < m) acc[r] += E::load(A[(r0 + r) * K + kk]) * w;
+          if (r0 + r < m) acc[r] = bnb::fma_rn(E::load(A[(r0 + r) * K + kk]), w, acc[r]);
         }
       }
     }
