@@ -206,3 +206,36 @@ def test_module_inference_when_empty(name, kw, x_shape):
     with torch.no_grad():
         for _ in range(3):  # a fresh allocation each time would show what was left there
             _expect(module(torch.randn(x_shape)), (*x_shape[:-1], 3), BIAS)
+
+
+@pytest.mark.parametrize("compress_statistics", [False, True])
+def test_an_empty_4bit_layer_round_trips_through_its_state_dict(compress_statistics):
+    src = bnb.nn.Linear4bit(64, 0, bias=False, quant_type="nf4", compress_statistics=compress_statistics).to("cpu")
+    sd = src.state_dict()
+    meta = bnb.functional.unpack_tensor_to_dict(sd["weight.quant_state.bitsandbytes__nf4"])
+    assert meta["shape"] == [0, 64]
+    if compress_statistics:
+        assert meta["nested_offset"] == 0.0  # the mean of no scales; NaN could not be loaded
+    fresh = bnb.nn.Linear4bit(64, 0, bias=False, quant_type="nf4", compress_statistics=compress_statistics)
+    fresh.load_state_dict(sd)
+    assert fresh.weight.quant_state.shape == (0, 64)
+    assert fresh(torch.randn(3, 64)).shape == (3, 0)
+
+
+def test_an_empty_nested_layer_of_the_release_loads():
+    """The established release saves an empty nested weight's offset as the mean of no scales,
+    NaN: with no nested scales it scales nothing, and the checkpoint loads (offset 0)."""
+    sd = bnb.nn.Linear4bit(64, 0, bias=False, quant_type="nf4", compress_statistics=True).to("cpu").state_dict()
+    blob = "weight.quant_state.bitsandbytes__nf4"
+    meta = bnb.functional.unpack_tensor_to_dict(sd[blob])
+    assert meta["nested_offset"] == 0.0
+    meta["nested_offset"] = float("nan")
+    sd[blob] = bnb.utils.pack_dict_to_tensor(meta)
+    fresh = bnb.nn.Linear4bit(64, 0, bias=False, quant_type="nf4", compress_statistics=True)
+    fresh.load_state_dict(sd)
+    assert fresh.weight.quant_state.offset.item() == 0.0
+    assert fresh(torch.randn(3, 64)).shape == (3, 0)
+    items = {k.removeprefix("weight."): v for k, v in sd.items() if k.startswith("weight.")}
+    items["nested_absmax"] = torch.ones(1)  # with scales, a NaN offset is refused by name
+    with pytest.raises(ValueError, match="nested_offset"):
+        bnb.functional.QuantState.from_dict(items, "cpu")

@@ -300,3 +300,28 @@ def test_small_helpers():
     assert F.get_ptr(x[1:]).value - x.data_ptr() == x.element_size()
     with pytest.raises(RuntimeError, match="same device"):
         F.is_on_gpu([torch.ones(1), torch.ones(1, device="meta")])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_as_dict_gives_a_clone_of_the_nested_code(packed):
+    # spec §3.1: nested_quant_map is a clone of state2.code; a caller editing its saved copy
+    # (or the state dict's) must not change the state, nor the code book other states share
+    from bitsandbytes.backends.reference.codebooks import dynamic_map
+
+    A = randn(8, 64)
+    q, qs = F.quantize_4bit(A, quant_type="nf4", compress_statistics=True)
+    before = F.dequantize_4bit(q, qs)
+    saved = qs.as_dict(packed=packed)["nested_quant_map"]
+    saved.zero_()
+    assert torch.equal(qs.state2.code, dynamic_map(signed=True))
+    assert torch.equal(F.dequantize_4bit(q, qs), before)
+
+
+def test_nested_blockwise_state_of_an_empty_tensor_has_a_zero_offset():
+    # the mean of no scales: 0, not NaN (from_dict refuses a NaN nested_offset)
+    q, qs = F.quantize_blockwise(torch.empty(0), nested=True)
+    assert q.numel() == 0 and qs.offset.item() == 0.0
+    assert F.dequantize_blockwise(q, qs).numel() == 0
+    q4, qs4 = F.quantize_4bit(torch.empty(0, 64), compress_statistics=True)
+    assert qs4.offset.item() == 0.0
+    assert QuantState.from_dict(qs4.as_dict(packed=True), device="cpu").shape == (0, 64)

@@ -335,3 +335,13 @@ def test_gemv_4bit_result_does_not_depend_on_alignment(device, impl, fn):
     packed, absmax, A, code = packed.to(device), absmax.to(device), A.to(device), code.to(device)
     want = fn(A, packed, [40, 512], absmax, code, 128)
     assert torch.equal(fn(_shifted(A, 3), _shifted(packed, 7), [40, 512], absmax, code, 128), want)
+
+
+def test_an_out_with_a_one_element_stride_zero_dim_is_writable():
+    # a stride of 0 over one element shares nothing (torch's own overlap rule): not refused
+    W = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    packed, qs = F.quantize_4bit(W, quant_type="nf4")
+    A = torch.randn(1, 64, generator=torch.Generator().manual_seed(1))
+    out = torch.zeros(8).as_strided((1, 8), (0, 1))
+    assert bnb.matmul_4bit(A, packed.t(), qs, out=out) is out
+    torch.testing.assert_close(out, A @ F.dequantize_4bit(packed, qs).t(), rtol=1e-5, atol=1e-5)

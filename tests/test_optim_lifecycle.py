@@ -310,3 +310,19 @@ def test_module_override_goes_with_its_parameter():
     del opt, emb
     gc.collect()
     assert pid not in mng.pid2config
+
+
+def test_a_copied_optimizer_resolves_module_overrides_at_its_first_step(optim_manager):
+    w = torch.nn.Parameter(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))
+    opt = bnb.optim.Adam8bit([w], lr=1e-2, min_8bit_size=0)
+    w.grad = torch.ones_like(w)
+    opt.step()  # the original has resolved its overrides
+    twin = copy.deepcopy(opt)
+    tw = twin.param_groups[0]["params"][0]
+    holder = torch.nn.Module()
+    holder.weight = tw
+    optim_manager.register_module_override(holder, "weight", {"lr": 0.0})
+    before = tw.detach().clone()
+    tw.grad = torch.ones_like(tw)
+    twin.step()  # the copy's first step: the override (lr 0) applies
+    assert torch.equal(tw.detach(), before)

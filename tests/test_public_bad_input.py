@@ -269,3 +269,14 @@ def test_a_parameter_requiring_gradients_is_not_quantized_into_integer_codes(par
     # A float storage holds the packed bytes in a floating tensor, which may keep requires_grad.
     w = Params4bit(torch.randn(4, 64), requires_grad=True, quant_storage=torch.bfloat16).to("cpu")
     assert w.requires_grad and w.dtype == torch.bfloat16
+
+
+def test_other_int8_codes_without_scales_do_not_take_the_old_row_scales():
+    torch.manual_seed(0)
+    layer = Linear8bitLt(64, 32, bias=False, has_fp16_weights=False).to("cpu")
+    x = torch.randn(3, 64)
+    layer(x)  # the codes and their row scales now live in layer.state
+    other = torch.randint(-127, 128, (32, 64), dtype=torch.int8, generator=torch.Generator().manual_seed(1))
+    layer.weight = Int8Params(other, requires_grad=False, has_fp16_weights=False, CB=other)
+    with pytest.raises(bnb.nn.modules.NotQuantizedError, match="SCB"):
+        layer(x)  # the state's scales belong to other codes: a wrong answer if applied

@@ -83,3 +83,16 @@ def test_tampered_quant_state_dtype_is_refused_by_name():
     fresh = bnb.nn.Linear4bit(64, 8, quant_type="nf4")
     with pytest.raises(ValueError, match="'dtype'"):
         fresh.load_state_dict(_safe_roundtrip(sd))
+
+
+@pytest.mark.parametrize("key", ["blocksize", "nested_blocksize"])
+def test_a_zero_block_size_is_refused_by_name(key):
+    # spec §3.2: a block size must be > 0; refused at load, not by a division by zero later
+    layer = bnb.nn.Linear4bit(64, 8, quant_type="nf4", compress_statistics=True).to("cpu")
+    sd = layer.state_dict()
+    blob = "weight.quant_state.bitsandbytes__nf4"
+    meta = bnb.functional.unpack_tensor_to_dict(sd[blob])
+    meta[key] = 0
+    sd[blob] = pack_dict_to_tensor(meta)
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        bnb.nn.Linear4bit(64, 8, quant_type="nf4").load_state_dict(_safe_roundtrip(sd))

@@ -42,7 +42,8 @@ def quantize_4bit(
     _check_fill(A, absmax, _absmax, "absmax")
     code = get_4bit_type(quant_type, device=A.device)
     if compress_statistics:
-        offset = _absmax.mean()
+        # the mean of no scales is 0, not NaN: a checkpoint holds it, and loading refuses NaN
+        offset = _absmax.mean() if _absmax.numel() else _absmax.new_zeros(())
         # the op's absmax is a temporary here: centred in place, not copied (the same differences);
         # of an input that requires grad, torch marks it as part of the graph, where in place is refused
         centred = _absmax - offset if _absmax.requires_grad else _absmax.sub_(offset)

@@ -41,7 +41,8 @@ def quantize_blockwise(
     if out is not None:
         q = out.copy_(q)
     if nested:
-        offset = _absmax.mean()
+        # the mean of no scales is 0, not NaN: a checkpoint holds it, and loading refuses NaN
+        offset = _absmax.mean() if _absmax.numel() else _absmax.new_zeros(())
         qabsmax, state2 = quantize_blockwise(_absmax - offset, blocksize=blocksize, nested=False)
         state = QuantState(
             absmax=qabsmax, code=code.clone(), blocksize=blocksize, dtype=A.dtype, offset=offset, state2=state2

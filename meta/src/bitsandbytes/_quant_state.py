@@ -191,6 +191,9 @@ class QuantState:
                 if required not in qs_dict:
                     raise ValueError(f"bitsandbytes: nested quant state lacks the {required!r} item")
             nested_offset = qs_dict["nested_offset"]
+            nested_absmax = _tensor_item(qs_dict, "nested_absmax", device)
+            if isinstance(nested_offset, float) and math.isnan(nested_offset) and nested_absmax.numel() == 0:
+                nested_offset = 0.0  # the established release's mean of no scales (an empty weight)
             if (
                 isinstance(nested_offset, bool)
                 or not isinstance(nested_offset, (int, float))
@@ -201,7 +204,7 @@ class QuantState:
                 )
             offset = torch.tensor(float(nested_offset), device=device)
             state2 = cls(
-                absmax=_tensor_item(qs_dict, "nested_absmax", device),
+                absmax=nested_absmax,
                 blocksize=_int_item(qs_dict, "nested_blocksize"),
                 code=_tensor_item(qs_dict, "nested_quant_map", device),
                 dtype=_dtype_from_name(qs_dict["nested_dtype"], "nested_dtype"),
