@@ -3,6 +3,8 @@ and the GPU wheels against torch baselines on a GPU machine. Figures go to bench
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import nox
 from noxlib.common import (
     INTEGRATION_DEPS,
@@ -17,24 +19,25 @@ from noxlib.common import (
 )
 
 
-@nox.session(name="bench-cuda")
-def bench_cuda(session: nox.Session) -> None:
-    """bench/cuda_ops.py: the CUDA kernels against torch baselines measured in the same run."""
+def _gpu_bench(session: nox.Session, install_gpu_platform: Callable[[nox.Session], None]) -> None:
+    """bench/cuda_ops.py with the meta-package, the cpu wheel and the GPU wheel for this machine."""
     install_torch(session)
     install_meta(session)
     install_platform(session, "cpu")
-    install_cuda_platform(session)
+    install_gpu_platform(session)
     session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
+
+
+@nox.session(name="bench-cuda")
+def bench_cuda(session: nox.Session) -> None:
+    """bench/cuda_ops.py: the CUDA kernels against torch baselines measured in the same run."""
+    _gpu_bench(session, install_cuda_platform)
 
 
 @nox.session(name="bench-rocm")
 def bench_rocm(session: nox.Session) -> None:
     """bench/cuda_ops.py on an AMD GPU: the ROCm kernels against torch baselines measured in the same run."""
-    install_torch(session)
-    install_meta(session)
-    install_platform(session, "cpu")
-    install_rocm_platform(session)
-    session.run("python", str(ROOT / "bench" / "cuda_ops.py"), *session.posargs)
+    _gpu_bench(session, install_rocm_platform)
 
 
 @nox.session(name="bench-xpu")
@@ -58,17 +61,50 @@ def _cpu_bench(session: nox.Session, script: str, *deps: str) -> None:
     session.run("python", str(ROOT / "bench" / script), *session.posargs)
 
 
-@nox.session(name="bench-import")
-def bench_import(session: nox.Session) -> None:
-    """Import-time overhead of bitsandbytes over torch (meta + cpu wheel)."""
-    _cpu_bench(session, "import_time.py")
+# The CPU benchmarks that take the meta-package, the cpu wheel and a script's own dependencies:
+# session name -> (script in bench/, extra dependencies, what it measures).
+CPU_BENCHES: dict[str, tuple[str, Sequence[str], str]] = {
+    "bench-import": ("import_time.py", (), "Import-time overhead of bitsandbytes over torch (meta + cpu wheel)."),
+    "bench-memory": (
+        "memory.py",
+        INTEGRATION_DEPS,
+        "Peak host memory of the main CPU flows (quantizing, inference, training, optimizers, checkpoints, "
+        "transformers loading) against what each must hold (bench/memory.py, Linux).",
+    ),
+    "bench-cpu": (
+        "cpu_ops.py",
+        (),
+        "bitsandbytes-cpu op by op vs PyTorch's CPU kernels (dense, int4pack, int8pack, fused AdamW), 1 and 2 threads.",
+    ),
+    "bench-cpu-finetune": (
+        "cpu_finetune.py",
+        (),
+        "bitsandbytes-cpu's fine-tuning paths (8-bit training, QLoRA backward, prefill) vs dense and int8pack.",
+    ),
+    "bench-cpu-panels": (
+        "cpu_panels.py",
+        (),
+        "The dense products above the fused rows, weight expanded in panels vs whole: time and peak memory.",
+    ),
+    "bench-cpu-glue": (
+        "cpu_glue.py",
+        (),
+        "One quantized layer's per-call cost at batch 1 with cold caches (as in decoding), stage by stage.",
+    ),
+}
 
 
-@nox.session(name="bench-memory")
-def bench_memory(session: nox.Session) -> None:
-    """Peak host memory of the main CPU flows (quantizing, inference, training, optimizers,
-    checkpoints, transformers loading) against what each must hold (bench/memory.py, Linux)."""
-    _cpu_bench(session, "memory.py", *INTEGRATION_DEPS)
+def _register_cpu_bench(name: str, script: str, deps: Sequence[str], doc: str) -> None:
+    def run(session: nox.Session) -> None:
+        _cpu_bench(session, script, *deps)
+
+    run.__doc__ = doc
+    run.__name__ = name.replace("-", "_")
+    nox.session(name=name)(run)
+
+
+for _name, (_script, _deps, _doc) in CPU_BENCHES.items():
+    _register_cpu_bench(_name, _script, _deps, _doc)
 
 
 @nox.session(name="bench-cpu-optim")
@@ -77,30 +113,6 @@ def bench_cpu_optim(session: nox.Session) -> None:
     install_torch(session)
     install_meta(session)
     session.run("python", str(ROOT / "bench" / "optim.py"), "--device", "cpu", *session.posargs)
-
-
-@nox.session(name="bench-cpu")
-def bench_cpu(session: nox.Session) -> None:
-    """bitsandbytes-cpu op by op vs PyTorch's CPU kernels (dense, int4pack, int8pack, fused AdamW), 1 and 2 threads."""
-    _cpu_bench(session, "cpu_ops.py")
-
-
-@nox.session(name="bench-cpu-finetune")
-def bench_cpu_finetune(session: nox.Session) -> None:
-    """bitsandbytes-cpu's fine-tuning paths (8-bit training, QLoRA backward, prefill) vs dense and int8pack."""
-    _cpu_bench(session, "cpu_finetune.py")
-
-
-@nox.session(name="bench-cpu-panels")
-def bench_cpu_panels(session: nox.Session) -> None:
-    """The dense products above the fused rows, weight expanded in panels vs whole: time and peak memory."""
-    _cpu_bench(session, "cpu_panels.py")
-
-
-@nox.session(name="bench-cpu-glue")
-def bench_cpu_glue(session: nox.Session) -> None:
-    """One quantized layer's per-call cost at batch 1 with cold caches (as in decoding), stage by stage."""
-    _cpu_bench(session, "cpu_glue.py")
 
 
 @nox.session(name="bench-cpu-model")
