@@ -14,11 +14,10 @@ shared-memory use, the C entry points' checks and the glue's argument packing, c
 reference by the conformance suite; and the paged-memory glue's bookkeeping over plain host
 memory. Blocks run one after another, ascending in the 32-lane build and descending in the 64-lane
 one, so a result that depends on the order of blocks (of ``atomicAdd``s, or a race between blocks)
-differs between the two. What it cannot: timing, memory coalescing, blocks running at once, a
-kernel's ``__launch_bounds__``, nvcc's own code
-generation (its contraction of plain ``a * b + c``: the kernels spell the bit-exact arithmetic with
-bnb/fp_ops.h, whose ``_rn`` forms are exact either way), cuBLASLt (absent here: the built-in int8
-kernel runs) and the driver's page migration.
+differs between the two; the 32-lane build fuses plain ``a * b + c`` as nvcc does
+(``contract_flags``). What it cannot: timing, memory coalescing, blocks running at once, a
+kernel's ``__launch_bounds__``, nvcc's own code generation (GCC decides where to fuse), cuBLASLt
+(absent here: the built-in int8 kernel runs) and the driver's page migration.
 
 The object files go to ``BNB_CUDA_HOST_CACHE`` (else ``~/.cache/bitsandbytes-cuda-host``), keyed by
 a hash of every input; the compiler is ``CXX``, else ``c++``.
