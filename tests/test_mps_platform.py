@@ -254,8 +254,15 @@ def test_poisoned_follows_every_threadgroup_array_or_refuses():
     assert "threadgroup float a[4]; ::bnb_simt::poison(a, sizeof(a));" in out
     assert "threadgroup ushort b [2][3]; ::bnb_simt::poison(b, sizeof(b));  // two" in out
     assert out.endswith("threadgroup float* p;")  # a pointer is not an array: nothing to fill
-    with pytest.raises(RuntimeError, match="1 threadgroup arrays it cannot follow"):
-        _host.poisoned("threadgroup float c[4] = {0};")
+    for text in (
+        "threadgroup float c[4] = {0};",
+        "threadgroup volatile float c[4];",
+        "threadgroup vec<float, 4> c[8];",
+    ):
+        with pytest.raises(RuntimeError, match="1 threadgroup arrays it cannot follow"):
+            _host.poisoned(text)
+    shipped = mps.metal_source()
+    assert _host.poisoned(shipped).count("::bnb_simt::poison(") == 10
 
 
 # ---- a source that does not compile ---------------------------------------------------------

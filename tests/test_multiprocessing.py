@@ -452,3 +452,27 @@ def _nested_copy(qs):
     out.state2 = copy.copy(qs.state2)
     out.state2.absmax = qs.state2.absmax.clone()
     return out
+
+
+def test_nested_absmax_is_resolved_once_outside_shared_memory_and_every_call_inside():
+    """cached_nested_absmax keeps the resolved scales for private memory (one dequantization per
+    weight) and keeps none once the statistics are in shared memory."""
+    from bitsandbytes.backends.reference import KERNELS
+    from bitsandbytes.backends.reference.fourbit import cached_nested_absmax
+
+    w = torch.randn(64, 64, generator=torch.Generator().manual_seed(5))
+    _, qs = bnb.functional.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
+    calls = []
+
+    def dequantize(*args):
+        calls.append(1)
+        return KERNELS["dequantize_blockwise"](*args)
+
+    parts = (qs.state2.absmax, qs.absmax, qs.state2.code, qs.offset)
+    first = cached_nested_absmax(*parts, dequantize, "_test_resolved")
+    assert cached_nested_absmax(*parts, dequantize, "_test_resolved") is first and len(calls) == 1
+    for t in parts:
+        t.share_memory_()
+    again = cached_nested_absmax(*parts, dequantize, "_test_resolved")
+    cached_nested_absmax(*parts, dequantize, "_test_resolved")
+    assert len(calls) == 3 and torch.equal(again, first)

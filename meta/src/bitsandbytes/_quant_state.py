@@ -192,7 +192,9 @@ class QuantState:
                     raise ValueError(f"bitsandbytes: nested quant state lacks the {required!r} item")
             nested_offset = qs_dict["nested_offset"]
             nested_absmax = _tensor_item(qs_dict, "nested_absmax", device)
-            if isinstance(nested_offset, float) and math.isnan(nested_offset) and nested_absmax.numel() == 0:
+            absmax_item = qs_dict["absmax"]
+            empty = nested_absmax.numel() == 0 and isinstance(absmax_item, torch.Tensor) and absmax_item.numel() == 0
+            if isinstance(nested_offset, float) and math.isnan(nested_offset) and empty:
                 nested_offset = 0.0  # the established release's mean of no scales (an empty weight)
             if (
                 isinstance(nested_offset, bool)

@@ -88,14 +88,15 @@ def contract_flags(warp: int) -> list[str]:
     """The kernels' floating-point contraction: the 32-lane build fuses plain ``a * b + c`` as
     nvcc does (the CUDA wheel is built with its default ``--fmad=true``), where the CPU has fused
     multiply-add; the 64-lane build rounds every operation, as the ROCm wheel's ``hipcc
-    -ffp-contract=off``. The ``_rn`` intrinsics never fuse (cuda_host.h), so a bit-exact path
+    -ffp-contract=off``. Without fused multiply-add in the CPU (x86-64 before AVX2) nothing fuses.
+    The ``_rn`` intrinsics never fuse (cuda_host.h), so a bit-exact path
     written with plain operators differs from the reference in the 32-lane build. (GCC forms
     fused multiply-adds from -O2.)"""
     if warp != 32:
         return []
     if platform.machine() in ("x86_64", "AMD64"):
         flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
-        return ["-O2", "-ffp-contract=fast", "-mfma"] if " fma " in flags else []
+        return ["-O2", "-ffp-contract=fast", "-mfma"] if re.search(r"\bfma\b", flags) else []
     return ["-O2", "-ffp-contract=fast"]
 
 

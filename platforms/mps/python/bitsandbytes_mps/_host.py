@@ -128,7 +128,7 @@ extern "C" int bnbh_{name}(void** args, uint64_t threads, uint64_t group, char* 
 
 
 _THREADGROUP = re.compile(r"\bthreadgroup\s+[\w:<>]+\s+(\w+)(?:\s*\[[^\];]+\])+\s*;")
-_THREADGROUP_ANY = re.compile(r"\bthreadgroup\s+[\w:<>]+\s+\w+\s*\[")
+_THREADGROUP_ANY = re.compile(r"\bthreadgroup\s+[^;(){}\n*&]*?\w+\s*\[")  # any array declaration
 
 
 def poisoned(source: str) -> str:

@@ -155,21 +155,22 @@ def cached_nested_absmax(
     the key holds each input's layout too, since two views of one storage (one version counter)
     can start at the same address with the same size and hold different values (``x[:n]``,
     ``x[::2]``). A write through ``.data`` (a tensor with a version counter of its own) is not
-    seen: quant-state tensors are replaced, not edited so. Inputs in shared memory are resolved
-    on every call: another process's in-place writes advance no version counter here."""
+    seen: quant-state tensors are replaced, not edited so. CPU inputs in shared memory are
+    resolved on every call: another process's in-place writes advance no version counter here
+    (torch calls every GPU storage shared, and GPU tensors are not written so across processes)."""
     if absmax_8bit is None:
         return absmax
     C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     try:
         inputs = (absmax_8bit, absmax, absmax_code, absmax_offset)
-        if any(t.untyped_storage().is_shared() for t in inputs):
+        if any(t.device.type == "cpu" and t.untyped_storage().is_shared() for t in inputs):
             key = None  # another process may write these in place, which advances no counter here
         else:
             key = tuple((t.data_ptr(), t._version, t.shape, t.stride(), t.dtype) for t in inputs)
         hit = getattr(absmax_8bit, slot, None) if key is not None else None
         if hit is not None and hit[0] == key:
             return hit[1]
-    except (RuntimeError, AttributeError):  # tensors without storage or version (tracing)
+    except (RuntimeError, AttributeError, NotImplementedError):  # no storage or version (tracing, vmap)
         key = None
     resolved = decode_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset, dequantize)
     if key is not None:
