@@ -85,13 +85,12 @@ def _compiler() -> str:
 
 
 def contract_flags(warp: int) -> list[str]:
-    """The kernels' floating-point contraction: the 32-lane build fuses plain ``a * b + c`` as
-    nvcc does (the CUDA wheel is built with its default ``--fmad=true``), where the CPU has fused
-    multiply-add; the 64-lane build rounds every operation, as the ROCm wheel's ``hipcc
-    -ffp-contract=off``. Without fused multiply-add in the CPU (x86-64 before AVX2) nothing fuses.
-    The ``_rn`` intrinsics never fuse (cuda_host.h), so a bit-exact path
-    written with plain operators differs from the reference in the 32-lane build. (GCC forms
-    fused multiply-adds from -O2.)"""
+    """The kernels' floating-point contraction. The 32-lane build fuses plain ``a * b + c`` as nvcc
+    does (the CUDA wheel is built with its default ``--fmad=true``), where the CPU has fused
+    multiply-add (GCC forms them from -O2); the 64-lane build rounds every operation, as the ROCm
+    wheel's ``hipcc -ffp-contract=off``. The ``_rn`` intrinsics never fuse (cuda_host.h), so a
+    bit-exact path written with plain operators differs from the reference in the 32-lane build.
+    On an x86-64 CPU without FMA nothing fuses."""
     if warp != 32:
         return []
     if platform.machine() in ("x86_64", "AMD64"):
