@@ -124,6 +124,13 @@ def _byte_span(t: torch.Tensor) -> tuple[int, int]:
     return lo, lo + size + sum((n - 1) * st * size for n, st in zip(t.shape, t.stride()))
 
 
+def in_shared_cpu_memory(*tensors: torch.Tensor) -> bool:
+    """Whether any of ``tensors`` is a CPU tensor in shared memory, where another process may write
+    it in place: no version counter here moves, so nothing derived from it may be kept. (torch
+    calls every GPU storage shared; GPU tensors are not written so across processes.)"""
+    return any(t.device.type == "cpu" and t.untyped_storage().is_shared() for t in tensors)
+
+
 def may_overlap(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     """Whether ``a`` and ``b`` may share memory: their byte spans intersect. Conservative (two
     interleaved views such as ``x[::2]`` and ``x[1::2]`` count as overlapping), which serves its

@@ -101,7 +101,7 @@ def _nested_key(qs: QuantState) -> tuple | None:
         return None
     if any(t.is_inference() for t in tensors):
         return None  # (made under torch.inference_mode: no version counter to watch)
-    if any(t.device.type == "cpu" and t.untyped_storage().is_shared() for t in tensors):
+    if _checks.in_shared_cpu_memory(*tensors):
         return None  # (in shared memory: another process's in-place writes advance no counter here)
     return (s2, *((t, t.data_ptr(), t._version) for t in tensors))
 

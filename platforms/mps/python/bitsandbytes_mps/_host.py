@@ -12,10 +12,10 @@ tested along with the kernels.
 The C++ side (platforms/mps/host/metal_host.h in the repository, not in the wheel: it is a test
 tool, never part of a GPU run) runs every thread of a threadgroup as a fiber, in lock-step phases
 between barriers and SIMD-group shuffles; each ``threadgroup`` array is filled with 0xff bytes (NaN
-as f32) when its threadgroup starts, as undefined as it is on the GPU (``poisoned``). It is found through ``BNB_MPS_HOST_DIR``, else in the
-current folder or a parent of it (a repository checkout). The module is compiled with the system
-C++ compiler (``CXX``, else ``c++``) into a cache folder (``BNB_MPS_HOST_CACHE``, else
-``~/.cache/bitsandbytes-mps-host``).
+as f32) when its threadgroup starts, as undefined as it is on the GPU (``poisoned``). It is found
+through ``BNB_MPS_HOST_DIR``, else in the current folder or a parent of it (a repository
+checkout). The module is compiled with the system C++ compiler (``CXX``, else ``c++``) into a
+cache folder (``BNB_MPS_HOST_CACHE``, else ``~/.cache/bitsandbytes-mps-host``).
 """
 
 from __future__ import annotations

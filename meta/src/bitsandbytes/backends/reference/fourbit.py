@@ -163,7 +163,7 @@ def cached_nested_absmax(
     C.check_nested_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     try:
         inputs = (absmax_8bit, absmax, absmax_code, absmax_offset)
-        if any(t.device.type == "cpu" and t.untyped_storage().is_shared() for t in inputs):
+        if C.in_shared_cpu_memory(*inputs):
             key = None  # another process may write these in place, which advances no counter here
         else:
             key = tuple((t.data_ptr(), t._version, t.shape, t.stride(), t.dtype) for t in inputs)
