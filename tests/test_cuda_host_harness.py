@@ -174,8 +174,11 @@ def test_cuda_host_module_is_this_checkouts_sources(warp):
     rewrite = cuda_harness().rewrite
     with pytest.raises(RuntimeError, match="1 '<<<' but 0 '>>>'"):
         rewrite("k<<<1, 2(x);", "t")
-    with pytest.raises(RuntimeError, match="1 __shared__ declarations it cannot follow"):
-        rewrite("__shared__ float a = 0;", "t")
+    for text in ("__shared__ float a = 0;", "extern __shared__ float a[];", "__shared__ int flag;"):
+        with pytest.raises(RuntimeError, match="1 __shared__ declarations it cannot follow"):
+            rewrite(text, "t")
+    out = rewrite("// __shared__ tiles; a comment\n__shared__ float a[2][3];", "t")
+    assert out.endswith("__shared__ float a[2][3]; ::bnb_simt::poison(a, sizeof(a));")
 
 
 def test_cuda_host_kernel_errors_reach_python_as_the_glue_raises_them():

@@ -249,17 +249,23 @@ def test_threadgroup_memory_starts_each_group_undefined():
 
 
 def test_poisoned_follows_every_threadgroup_array_or_refuses():
-    text = "threadgroup float a[4];\n  threadgroup ushort b [2][3];  // two\nthreadgroup float* p;"
+    text = (
+        "threadgroup float a[4];\n  threadgroup ushort b [2][3];  // two\nthreadgroup float* p;\n"
+        "// a comment on threadgroup memory; and /* threadgroup float z; */ declare nothing\n"
+    )
     out = _host.poisoned(text)
     assert "threadgroup float a[4]; ::bnb_simt::poison(a, sizeof(a));" in out
     assert "threadgroup ushort b [2][3]; ::bnb_simt::poison(b, sizeof(b));  // two" in out
-    assert out.endswith("threadgroup float* p;")  # a pointer is not an array: nothing to fill
+    assert "threadgroup float* p;\n" in out  # a pointer is not group memory: nothing to fill
+    assert out.count("::bnb_simt::poison(") == 2
     for text in (
         "threadgroup float c[4] = {0};",
         "threadgroup volatile float c[4];",
         "threadgroup vec<float, 4> c[8];",
+        "threadgroup float c;",
+        "threadgroup atomic_uint c = 0;",
     ):
-        with pytest.raises(RuntimeError, match="1 threadgroup arrays it cannot follow"):
+        with pytest.raises(RuntimeError, match="1 threadgroup declarations it cannot follow"):
             _host.poisoned(text)
     shipped = mps.metal_source()
     assert _host.poisoned(shipped).count("::bnb_simt::poison(") == 10

@@ -5,9 +5,10 @@ CPU tensors, through the wheel's own Python glue and pybind11 bindings.
 sources, ``src/bindings.cpp`` and the runtime emulation of ``cuda_host.h``, loads a private copy of
 ``bitsandbytes_cuda``'s glue over it, and returns the glue's ``{op: fn}`` for CPU tensors. Two
 things are rewritten (``rewrite``): the launch syntax (``<<<...>>>`` is not C++; see cuda_host.h),
-and a call after each ``__shared__`` array that fills it at the start of every block. ``warp`` is the warp
-width the kernels are compiled and run for: 32 as on NVIDIA GPUs (``cuda[host]`` in the tests), 64
-as on AMD CDNA wavefronts, which the ROCm wheel builds from the same sources (``rocm[host]``).
+and a call after each ``__shared__`` array that fills it at the start of every block (the rewrite
+the MPS harness shares, from shared/host/simt_build.py). ``warp`` is the warp width the kernels are
+compiled and run for: 32 as on NVIDIA GPUs (``cuda[host]`` in the tests), 64 as on AMD CDNA
+wavefronts, which the ROCm wheel builds from the same sources (``rocm[host]``).
 
 What it proves: the kernels' indexing, launch configurations, barriers and warp reductions, the
 shared-memory use, the C entry points' checks and the glue's argument packing, compared with the
@@ -52,20 +53,22 @@ DEVICE_DEFINES = ["-D__CUDACC__", "-D__CUDA_ARCH__=900", "-include", "cuda_runti
 LAUNCH_OPEN, LAUNCH_CLOSE = "<<<", ">>>"
 
 
-_SHARED = re.compile(r"__shared__\s+[\w:<>]+\s+(\w+)(?:\s*\[[^\];]+\])+\s*;")
+def _simt_build() -> types.ModuleType:
+    """shared/host/simt_build.py, loaded by path: the compiler lookup and the group-array rewrite
+    this harness shares with the MPS one."""
+    spec = importlib.util.spec_from_file_location("_bnb_simt_build", SHARED / "host" / "simt_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_SIMT = _simt_build()
 
 
 def rewrite(text: str, name: str) -> str:
     """A kernel source as the harness compiles it: launches rewritten (``rewrite_launches``), and
     every ``__shared__`` array followed, on its line, by simt_host.h's ``poison`` call."""
-    text = rewrite_launches(text, name)
-    declared = text.count("__shared__")
-    text, poisoned = _SHARED.subn(lambda m: f"{m[0]} ::bnb_simt::poison({m[1]}, sizeof({m[1]}));", text)
-    if poisoned != declared:
-        raise RuntimeError(
-            f"cuda host harness: {name} has {declared - poisoned} __shared__ declarations it cannot follow"
-        )
-    return text
+    return _SIMT.poison_group_arrays(rewrite_launches(text, name), "__shared__", f"cuda host harness: {name}")
 
 
 def rewrite_launches(text: str, name: str) -> str:
@@ -75,13 +78,6 @@ def rewrite_launches(text: str, name: str) -> str:
     if opens != closes:
         raise RuntimeError(f"cuda host harness: {name} has {opens} '<<<' but {closes} '>>>'")
     return text.replace(LAUNCH_OPEN, " | ::bnb_cuda_host::config(").replace(LAUNCH_CLOSE, ")")
-
-
-def _compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if not cxx:
-        raise RuntimeError("cuda host harness: no C++ compiler found (install g++ or set CXX)")
-    return cxx
 
 
 def contract_flags(warp: int) -> list[str]:
@@ -152,7 +148,7 @@ def build(warp: int = 32) -> pathlib.Path:
     """Compile the harness module for warps of ``warp`` lanes; the path of the ``_C`` extension."""
     if warp not in (32, 64):
         raise ValueError(f"warp must be 32 or 64, got {warp}")
-    cxx = _compiler()
+    cxx = _SIMT.compiler("cuda host harness")
     default = pathlib.Path.home() / ".cache" / "bitsandbytes-cuda-host"
     cache = pathlib.Path(os.environ.get("BNB_CUDA_HOST_CACHE") or default).resolve()
     out_dir = cache / f"w{warp}-{_inputs_hash(cxx, warp)}"

@@ -14,8 +14,10 @@ tool, never part of a GPU run) runs every thread of a threadgroup as a fiber, in
 between barriers and SIMD-group shuffles; each ``threadgroup`` array is filled with 0xff bytes (NaN
 as f32) when its threadgroup starts, as undefined as it is on the GPU (``poisoned``). It is found
 through ``BNB_MPS_HOST_DIR``, else in the current folder or a parent of it (a repository
-checkout). The module is compiled with the system C++ compiler (``CXX``, else ``c++``) into a
-cache folder (``BNB_MPS_HOST_CACHE``, else ``~/.cache/bitsandbytes-mps-host``).
+checkout); the rewrite and the compiler lookup, which the CUDA harness shares, come from the
+checkout's shared/host/simt_build.py. The module is compiled with the system C++ compiler
+(``CXX``, else ``c++``) into a cache folder (``BNB_MPS_HOST_CACHE``, else
+``~/.cache/bitsandbytes-mps-host``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import ctypes
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import os
 import pathlib
 import re
@@ -127,28 +130,6 @@ extern "C" int bnbh_{name}(void** args, uint64_t threads, uint64_t group, char* 
 """
 
 
-_THREADGROUP = re.compile(r"\bthreadgroup\s+[\w:<>]+\s+(\w+)(?:\s*\[[^\];]+\])+\s*;")
-_THREADGROUP_ANY = re.compile(r"\bthreadgroup\s+[^;(){}\n*&]*?\w+\s*\[")  # any array declaration
-
-
-def poisoned(source: str) -> str:
-    """``source`` with every ``threadgroup`` array declaration followed, on its line, by
-    simt_host.h's ``poison`` call (the array filled with 0xff bytes once per threadgroup); an array
-    declaration the pattern cannot follow is an error, not a silently unfilled array."""
-    declared = len(_THREADGROUP_ANY.findall(source))
-    text, filled = _THREADGROUP.subn(lambda m: f"{m[0]} ::bnb_simt::poison({m[1]}, sizeof({m[1]}));", source)
-    if filled != declared:
-        raise RuntimeError(f"bitsandbytes_mps host harness: {declared - filled} threadgroup arrays it cannot follow")
-    return text
-
-
-def _compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if not cxx:
-        raise RuntimeError("bitsandbytes_mps host harness: no C++ compiler found (install g++ or set CXX)")
-    return cxx
-
-
 def host_dir() -> pathlib.Path:
     """The folder holding metal_host.h (platforms/mps/host of a repository checkout)."""
     given = os.environ.get("BNB_MPS_HOST_DIR")
@@ -174,12 +155,31 @@ def _include_dirs() -> list[str]:
     return [str(host), str(shared / "include"), str(shared / "host")]
 
 
+def _simt_build() -> Any:
+    """shared/host/simt_build.py of the checkout holding metal_host.h, loaded by path: the compiler
+    lookup and the group-array rewrite this harness shares with the CUDA one."""
+    path = pathlib.Path(_include_dirs()[2]) / "simt_build.py"
+    if not path.exists():
+        raise RuntimeError(f"bitsandbytes_mps host harness: {path} not found")
+    spec = importlib.util.spec_from_file_location("_bnb_simt_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def poisoned(source: str) -> str:
+    """``source`` with every ``threadgroup`` array declaration followed, on its line, by
+    simt_host.h's ``poison`` call (the array filled with 0xff bytes once per threadgroup); a
+    declaration the rewrite cannot follow is an error, not a silently unfilled array."""
+    return _simt_build().poison_group_arrays(source, "threadgroup", "bitsandbytes_mps host harness")
+
+
 FLAGS = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-strict-aliasing", "-fPIC", "-Wno-attributes"]
 
 
 def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
     """Compile ``source`` (the shipped Metal text) with the host emulation; (library, kernels)."""
-    cxx = _compiler()
+    cxx = _simt_build().compiler("bitsandbytes_mps host harness")
     source = poisoned(source)
     host, _, scheduler = dirs = _include_dirs()
     incs = [f"-I{d}" for d in dirs]

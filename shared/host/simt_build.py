@@ -1,0 +1,42 @@
+"""What the two host harnesses that compile GPU kernel sources as C++ over simt_host.h share: the
+C++ compiler they use, and the rewrite that fills group-shared arrays at the start of every group.
+
+Loaded by path, not installed: by platforms/cuda/host/cuda_host.py (``__shared__`` arrays of the
+CUDA and ROCm kernels) and by the MPS wheel's ``bitsandbytes_mps/_host.py`` (``threadgroup`` arrays
+of the Metal kernels), which find this folder beside ``simt_host.h`` in a repository checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+
+
+def compiler(harness: str) -> str:
+    """The C++ compiler: ``CXX``, else the first of c++, g++, clang++ on the PATH."""
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if not cxx:
+        raise RuntimeError(f"{harness}: no C++ compiler found (install g++ or set CXX)")
+    return cxx
+
+
+def poison_group_arrays(text: str, qualifier: str, harness: str) -> str:
+    """``text`` with every array declared ``qualifier`` (``__shared__``, ``threadgroup``) followed,
+    on its line, by simt_host.h's ``::bnb_simt::poison(name, sizeof(name))``: the array is filled
+    with 0xff bytes (NaN as f32) when each group starts, as undefined as it is on a GPU.
+
+    Every declaration outside comments counts, of an array or a scalar: one the rewrite cannot
+    follow (an unsized ``extern`` array, a scalar, a ``volatile`` or multi-word type) is an error,
+    never a silently unfilled variable. Pointers (a Metal kernel's ``threadgroup float*``
+    parameter) are not declarations of group memory and are left alone."""
+    q = re.escape(qualifier)
+    arrays = re.compile(rf"\b{q}\s+[\w:<>]+\s+(\w+)(?:\s*\[[^\];]+\])+\s*;")
+    declarations = re.compile(rf"\b{q}\s+[^;(){{}}\n*&]*?\w+\s*[\[;=]")
+    declared = len(declarations.findall(_COMMENT.sub("", text)))
+    text, filled = arrays.subn(lambda m: f"{m[0]} ::bnb_simt::poison({m[1]}, sizeof({m[1]}));", text)
+    if filled != declared:
+        raise RuntimeError(f"{harness}: {declared - filled} {qualifier} declarations it cannot follow")
+    return text
