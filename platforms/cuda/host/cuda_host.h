@@ -83,11 +83,11 @@ inline unsigned int __float_as_uint(float f) {
 // never fuses an _rn intrinsic with a neighbouring operation. The 32-lane build compiles the
 // kernels with contraction on, as nvcc does (cuda_host.py), so each intrinsic hides its operands
 // and its result from the compiler: only the kernels' plain expressions can fuse.
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__) || (defined(__i386__) && defined(__SSE__))  // a float in an SSE register
 #define BNB_HOST_OPAQUE(v) __asm__("" : "+x"(v))
 #elif defined(__aarch64__)
 #define BNB_HOST_OPAQUE(v) __asm__("" : "+w"(v))
-#else
+#else  // any other target (32-bit x86 without SSE included): through memory
 #define BNB_HOST_OPAQUE(v) __asm__("" : "+m"(v))
 #endif
 inline float bnb_host_rounded(float v) {
