@@ -200,6 +200,18 @@ def test_pytorch_lars_matches_lars32bit() -> None:
     torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-6)
 
 
+def test_pytorch_lars_without_clip_is_torch_sgd_with_dampening() -> None:
+    w, gs = torch.randn(50, generator=torch.Generator().manual_seed(1)), torch.randn(4, 50)
+    a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    ours = bnb.optim.PytorchLARS([a], lr=0.1, momentum=0.9, dampening=0.5, weight_decay=0.1, max_unorm=0.0)
+    ref = torch.optim.SGD([b], lr=0.1, momentum=0.9, dampening=0.5, weight_decay=0.1)
+    for g in gs:
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-6)
+
+
 # -------------------------------------------------------------------------------------------- overrides
 
 

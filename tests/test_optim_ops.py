@@ -302,3 +302,132 @@ def test_bad_args_8bit(kwargs, match) -> None:
             a["name"], torch.randn(n), torch.randn(n), a["state1"], torch.zeros(n, dtype=torch.uint8),
             0.9, 0.99, 0.0, 0.0, 1e-8, 1, 1e-3, a["qmap1"], a["qmap2"], a["absmax1"], torch.zeros(2), 0.0, 1.0,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lr": float("nan")}, "lr must be non-negative"),
+        ({"lr": -1e-3}, "lr must be non-negative"),
+        ({"eps": float("nan")}, "eps must be non-negative"),
+    ],
+)
+def test_nan_or_negative_lr_and_eps_are_refused(kwargs, match) -> None:
+    h = {"lr": 1e-3, "eps": 1e-8, **kwargs}
+    p = torch.randn(8)
+    with pytest.raises(ValueError, match=match):
+        KERNELS["optimizer_update_32bit"](
+            "adam", torch.randn(8), p, torch.zeros(8), torch.zeros(8), None, 0.0, 0.0,
+            0.9, 0.99, 0.0, 0.0, h["eps"], 0.0, 1, h["lr"], 1.0,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "absmax2, match",
+    [
+        (torch.zeros(1), "absmax2 must hold 2"),
+        (torch.zeros(2, dtype=torch.float16), "absmax2"),
+        (torch.zeros(4)[::2], "absmax2 must be contiguous"),
+    ],
+)
+def test_bad_absmax2_is_refused(absmax2, match) -> None:
+    n = 300
+    with pytest.raises((ValueError, TypeError), match=match):
+        KERNELS["optimizer_update_8bit_blockwise"](
+            "adam", torch.randn(n), torch.randn(n), torch.zeros(n, dtype=torch.uint8),
+            torch.zeros(n, dtype=torch.uint8), 0.9, 0.99, 0.0, 0.0, 1e-8, 1, 1e-3, dynamic_map(True),
+            dynamic_map(False), torch.zeros(2), absmax2, 0.0, 1.0,
+        )  # fmt: skip
+
+
+def test_one_code_book_may_serve_both_states() -> None:
+    """The code books are only read: passing one tensor as qmap1 and qmap2 is no aliasing."""
+    n, code = 300, dynamic_map(True)
+    gen = torch.Generator().manual_seed(5)
+    g, p = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    runs = []
+    for q2 in (code, code.clone()):
+        pc, s1, s2 = p.clone(), torch.zeros(n, dtype=torch.uint8), torch.zeros(n, dtype=torch.uint8)
+        KERNELS["optimizer_update_8bit_blockwise"](
+            "adam", g, pc, s1, s2, 0.9, 0.99, 0.0, 0.0, 1e-8, 1, 1e-3, code, q2, torch.zeros(2), torch.zeros(2),
+            0.0, 1.0,
+        )  # fmt: skip
+        runs.append((pc, s1, s2))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_clip_norm_sums_every_chunk_of_a_large_parameter() -> None:
+    """‖u‖ of the trust-ratio clip covers the whole parameter, also past the kernel's first chunk
+    of 262144 elements (LARS at step 1 without decay: u is the gradient itself)."""
+    n = 262144 + 1000
+    gen = torch.Generator().manual_seed(6)
+    p, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    g[-1000:] *= 100.0  # most of the norm lies in the second chunk
+    before, unorm = p.clone(), torch.zeros(1)
+    KERNELS["optimizer_update_32bit"](
+        "lars", g, p, torch.zeros(n), None, unorm, 0.01, float(before.norm()), 0.9, 0, 0, 0, 0, 0.0, 1, 1.0, 1.0
+    )
+    want = float(g.double().norm())
+    assert float(unorm) == pytest.approx(want, rel=1e-5)
+    # The step is scaled to lr · max_unorm · ‖p‖ in norm.
+    assert float((before - p).double().norm()) == pytest.approx(0.01 * float(before.double().norm()), rel=1e-4)
+
+
+def test_skip_zeros_leaves_the_clip_norm_to_the_updated_elements() -> None:
+    """With skip_zeros the trust-ratio norm is that of the elements that move: a zero-gradient
+    element with a non-zero state changes neither the norm nor the other elements' step."""
+    n = 600
+    gen = torch.Generator().manual_seed(7)
+    p, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    g[::3] = 0.0
+    s1, s2 = torch.randn(n, generator=gen) * 0.5, torch.rand(n, generator=gen)
+    live = g != 0
+    pn = float(p.norm())
+
+    def run(g, p, s1, s2):
+        p, s1, s2, unorm = p.clone(), s1.clone(), s2.clone(), torch.zeros(1)
+        KERNELS["optimizer_update_32bit"](
+            "lamb", g, p, s1, s2, unorm, 1e-3, pn, 0.9, 0.99, 0.0, 0.0, 1e-8, 0.0, 3, 0.1, 1.0, True
+        )
+        return p, s1, s2, float(unorm)
+
+    p_all, s1_all, s2_all, unorm_all = run(g, p, s1, s2)
+    p_live, s1_live, s2_live, unorm_live = run(g[live], p[live], s1[live], s2[live])
+    assert unorm_all == pytest.approx(unorm_live, rel=1e-6)
+    torch.testing.assert_close(p_all[live], p_live, rtol=1e-6, atol=1e-7)
+    assert torch.equal(p_all[~live], p[~live]) and torch.equal(s1_all[~live], s1[~live])
+    assert torch.equal(s2_all[~live], s2[~live])
+
+
+@pytest.mark.parametrize("name", ["adam", "ademamix"])
+def test_skip_zeros_8bit_keeps_both_states_of_zero_gradient_elements(name) -> None:
+    """8-bit with skip_zeros: a zero-gradient element keeps its parameter and, up to the
+    re-quantization (one code step), the values of both states (beta2 = 0.5 would halve state2)."""
+    h = {**HYPER, "beta2": 0.5}
+    shape, rows = (1200,), (2 if name == "ademamix" else 1)
+    gen = torch.Generator().manual_seed(8)
+    p, g = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    g[1::2] = 0.0
+    keep = g == 0
+    code1, code2 = dynamic_map(True), dynamic_map(False)
+    s1f, s2f = states32(name, shape, "cpu")
+    q1, a1 = quant8(s1f, code1, rows)
+    q2, a2 = quant8(s2f, code2, 1)
+    s1_in, s2_in = dequant8(q1, a1, code1, rows), dequant8(q2, a2, code2, 1)
+    want_p, want_s1, want_s2 = expected(name, g, p, s1_in, s2_in, 4, h)
+    want_p = torch.where(keep, p, want_p)
+    want_s1, want_s2 = torch.where(keep, s1_in, want_s1), torch.where(keep, s2_in, want_s2)
+    pc, a1 = p.clone(), (a1.reshape(-1) if rows == 1 else a1)
+    a2 = a2.reshape(-1)
+    KERNELS["optimizer_update_8bit_blockwise"](
+        name, g, pc, q1, q2, h["beta1"], h["beta2"], h["beta3"], h["alpha"], h["eps"], 4, h["lr"], code1, code2,
+        a1, a2, h["weight_decay"], 1.0, True,
+    )  # fmt: skip
+    assert torch.equal(pc[keep], p[keep])
+    torch.testing.assert_close(pc, want_p, rtol=1e-6, atol=1e-6)
+    for q, a, code, want, r in ((q1, a1, code1, want_s1, rows), (q2, a2, code2, want_s2, 1)):
+        _, want_absmax = quant8(want, code, r)
+        got = dequant8(q, a, code, r)
+        scale = torch.repeat_interleave(want_absmax, 256, dim=-1)[..., : want.numel() // r].reshape(want.shape)
+        assert bool(((got - want).abs() <= torch.diff(code).max() * scale + 1e-7).all())

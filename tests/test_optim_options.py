@@ -45,6 +45,7 @@ def _param(*shape: int, dtype: torch.dtype = torch.float32) -> torch.nn.Paramete
         (lambda ps: optim.SGD(ps, lr=0.1, momentum=1.0), r"Invalid momentum value: 1.0"),
         (lambda ps: optim.SGD8bit(ps, lr=0.1, momentum=-0.5), r"Invalid momentum value: -0.5"),
         (lambda ps: optim.LARS(ps, lr=0.1, momentum=0.9, dampening=1.0), r"Invalid dampening value: 1.0"),
+        (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, dampening=1.5), r"Invalid dampening value: 1.5"),
         (lambda ps: optim.RMSprop(ps, alpha=1.5), r"Invalid alpha value: 1.5"),
         (lambda ps: optim.RMSprop32bit(ps, momentum=1.0), r"Invalid momentum value: 1.0"),
     ],
