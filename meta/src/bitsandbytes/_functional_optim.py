@@ -47,7 +47,7 @@ def optimizer_update_32bit(
 
     ``optimizer_name`` is one of adam, lamb, momentum, lars, rmsprop, adagrad, lion, ademamix.
     With ``max_unorm > 0`` the update is clipped to ``max_unorm * ‖p‖₂`` (LAMB / LARS trust
-    ratio), its squared norm written to ``unorm_vec``.
+    ratio), its norm ‖u‖₂ written to ``unorm_vec``.
     """
     param_norm = 0.0
     if max_unorm > 0.0:
