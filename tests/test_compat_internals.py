@@ -135,6 +135,34 @@ def test_error_stub_defers_until_called():
         fn()
 
 
+def test_cuda_specs_report_the_highest_capability_of_several_gpus(monkeypatch):
+    """With GPUs of different generations the specs name the newest one's capability (the
+    library choice and ``has_imma`` read it), whatever the device order."""
+    from bitsandbytes import cuda_specs
+
+    caps = {0: (8, 6), 1: (7, 0), 2: (9, 0), 3: (7, 5)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(caps))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: caps[i])
+    monkeypatch.setattr(cuda_specs, "get_cuda_version_tuple", lambda: (12, 8))
+    assert cuda_specs.get_compute_capabilities() == [(7, 0), (7, 5), (8, 6), (9, 0)]
+    assert get_cuda_specs() == CUDASpecs((9, 0), "128", (12, 8))
+
+
+@pytest.mark.parametrize("cls", [cextension.BNBNativeLibrary, cextension.ErrorHandlerMockBNBNativeLibrary])
+def test_library_handles_invent_no_dunder_attributes(cls):
+    """A handle answers any C function name, but not Python's special names: ``copy`` and
+    protocol probes (``__array__``, ``__len__``) see an ordinary object."""
+    import copy
+    import ctypes
+
+    handle = cls(ctypes.CDLL(None)) if cls is cextension.BNBNativeLibrary else cls("no library")
+    assert not hasattr(handle, "__array__") and not hasattr(handle, "__len__")
+    assert callable(handle.some_c_function)
+    clone = copy.copy(handle)
+    assert type(clone) is cls and clone.__dict__ == handle.__dict__
+
+
 def test_internal_modules_are_lazy_and_cheap():
     code = (
         "import sys, bitsandbytes as bnb\n"

@@ -45,6 +45,18 @@ def test_cpu_only_report_says_the_cpu_library_failed(cpu_report, capsys):
     assert _after_header(capsys.readouterr().out)[0] == "No CUDA, ROCm, or XPU detected; CPU library failed to load."
 
 
+@pytest.mark.parametrize("status", ["skipped", "failed", "missing"])
+def test_cpu_only_report_reads_the_cpu_records_status(cpu_report, capsys, status):
+    """A CPU wheel that is installed but not serving (excluded by BNB_PLATFORMS, failed to import,
+    wrong version) did not load: the line says so."""
+    report = copy.deepcopy(cpu_report)
+    cpu = {"platform": "cpu", "device_type": "cpu", "status": status, "reason": "simulated"}
+    report["platforms"] = [r for r in report["platforms"] if r["platform"] != "cpu"]
+    report["platforms"].append({"distribution": None, "version": None, "build_info": {}, "fix": None, **cpu})
+    main_mod.print_report(report)
+    assert _after_header(capsys.readouterr().out)[0] == "No CUDA, ROCm, or XPU detected; CPU library failed to load."
+
+
 @pytest.fixture
 def simulated_cuda(monkeypatch, cpu_report):
     monkeypatch.setattr(torch.version, "hip", None)
@@ -81,3 +93,23 @@ def test_override_takes_ascii_digits_only(monkeypatch, hip, variable, value):
     monkeypatch.setattr(cextension, "_find_cuda_libs", lambda prefix, is_hip: {})
     with pytest.raises(RuntimeError, match=f"{variable}.*digits only"):
         cextension.get_cuda_bnb_library_path(CUDASpecs((8, 6), "72" if hip else "126", (7, 2) if hip else (12, 6)))
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_runtime_library_count_line_only_for_several(monkeypatch, tmp_path, capsys, count):
+    """One runtime library found is listed alone; several are announced with their count first."""
+    from bitsandbytes.diagnostics import cuda as dcuda
+
+    env = {}
+    for i in range(count):
+        d = tmp_path / f"toolkit{i}"
+        d.mkdir()
+        (d / f"libcudart.so.1{i}").write_bytes(b"")
+        env[f"MY_TOOLKIT{i}"] = str(d)
+    monkeypatch.setattr(dcuda.os, "environ", env)
+    monkeypatch.setattr(dcuda, "CUDA_RUNTIME_LIB_PATTERNS", ("libcudart*.so*",))
+    dcuda.print_runtime_diagnostics()
+    lines = capsys.readouterr().out.splitlines()
+    found = [f"* Found runtime library: {tmp_path / f'toolkit{i}' / f'libcudart.so.1{i}'}" for i in range(count)]
+    header = ["Found 2 runtime libraries; the first on the loader path wins:"] if count > 1 else []
+    assert lines == header + found

@@ -233,3 +233,26 @@ def test_the_kept_alias_is_not_state():
     assert PLAIN_ALIAS_KEY not in weight_caches(loaded.weight)
     with torch.no_grad():
         assert torch.equal(loaded(x), y)
+
+
+def test_unbinding_a_replaced_kernel_keeps_its_successor(monkeypatch):
+    """Closing an older loading pass forgets only its own kernel: the one bound after it stays
+    bound for direct calls (and verified)."""
+    monkeypatch.setattr(_direct, "_bound", {})
+    monkeypatch.setattr(_direct, "_verified", {})
+
+    def older(*args):
+        return "older"
+
+    def newer(*args):
+        return "newer"
+
+    key = ("quantize_4bit", "cpu")
+    _direct._bound[key] = (newer, "registered at newer")
+    _direct._verified[key] = newer
+    before = _direct.generation
+    _direct.unbind(*key, older)
+    assert _direct._bound == {key: (newer, "registered at newer")} and _direct._verified == {key: newer}
+    assert _direct.generation == before + 1
+    _direct.unbind(*key, newer)
+    assert _direct._bound == {} and _direct._verified == {}

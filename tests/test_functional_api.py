@@ -267,6 +267,24 @@ def test_int8_dequant_helpers_follow_the_spec():
 # -- bitsandbytes.utils ----------------------------------------------------------------------------
 
 
+def test_public_classes_and_functions_are_named_from_bitsandbytes_functional():
+    """Pickles and reprs name the public API as ``bitsandbytes.functional.<name>``, wherever the
+    code lives; only the two JSON helpers belong to ``bitsandbytes.utils``, as they always did."""
+    import pickle
+
+    owners = {
+        name: getattr(F, name).__module__
+        for name in F.__all__
+        if isinstance(getattr(F, name), type) or callable(getattr(F, name))
+    }
+    utils_names = {"pack_dict_to_tensor", "unpack_tensor_to_dict"}
+    assert {n for n, m in owners.items() if m == "bitsandbytes.utils"} == utils_names
+    assert {n: m for n, m in owners.items() if n not in utils_names and m != "bitsandbytes.functional"} == {}
+    for obj in (F.QuantState, F.quantize_4bit, F.GlobalPageManager, F.create_dynamic_map):
+        assert pickle.loads(pickle.dumps(obj)) is obj
+        assert b"bitsandbytes.functional" in pickle.dumps(obj)
+
+
 def test_pack_dict_round_trip():
     items = {"quant_type": "nf4", "shape": [3, 4], "nested_offset": 0.125, "none": None, "text": "é✓"}
     blob = U.pack_dict_to_tensor(items)

@@ -103,6 +103,37 @@ def test_replace_linear_skips_post_processing_the_old_module_lacks():
     assert isinstance(model[0], WithHook)
 
 
+def test_replace_linear_copies_weights_at_every_depth_and_skips_by_name():
+    """With ``copy_weights`` every replacement, nested ones included, holds the replaced layer's
+    own weight and bias Parameters; a child named in ``skip_modules`` stays, at any depth."""
+    inner, top, head = torch.nn.Linear(8, 6), torch.nn.Linear(6, 4, bias=False), torch.nn.Linear(4, 2)
+    model = torch.nn.Sequential()
+    model.add_module("block", torch.nn.Sequential(inner))
+    model.add_module("out", top)
+    model.add_module("lm_head", head)
+    nested_head = torch.nn.Linear(2, 2)
+    model.block.add_module("lm_head", nested_head)
+
+    class Replacement(torch.nn.Linear):
+        pass
+
+    utils.replace_linear(model, lambda i, o, b: Replacement(i, o, b), copy_weights=True)
+    assert type(model.block[0]) is Replacement and type(model.out) is Replacement
+    assert model.block[0].weight is inner.weight and model.block[0].bias is inner.bias
+    assert model.out.weight is top.weight and model.out.bias is None
+    assert model.lm_head is head and model.block.lm_head is nested_head
+
+
+def test_outlier_tracer_first_layer_magnitude_is_strictly_above_six(tracer):
+    model = _three_layers()
+    tracer.initialize(model)
+    x = torch.zeros(2, 5, 32)
+    x[..., 3] = 6.0  # at the threshold: not an outlier
+    x[..., 9] = -6.5  # above it in magnitude
+    model(x)
+    assert tracer.get_outliers(model[0].weight).tolist() == [9]
+
+
 @pytest.mark.parametrize(("transposed_A", "transposed_B"), [(False, False), (True, False), (False, True)])
 def test_igemm_multiplies_two_3d_operands_batch_by_batch(transposed_A, transposed_B):
     g = torch.Generator().manual_seed(0)

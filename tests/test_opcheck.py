@@ -405,6 +405,18 @@ def test_int8_double_quant_fake_matches_real_outlier_output(threshold):
         assert real[4].tolist() == [3]
 
 
+@pytest.mark.parametrize("n", [1, 7, 4103])
+def test_quantize_4bit_fake_matches_real_for_an_odd_element_count(n):
+    """An odd number of values packs into (n + 1) // 2 bytes, the last one half filled: the fake
+    kernel's shapes are the real kernel's."""
+    A = torch.randn(n)
+    packed, absmax = OPS.quantize_4bit(A, 64, "nf4", torch.uint8)
+    with FakeTensorMode() as mode:
+        fake_packed, fake_absmax = OPS.quantize_4bit(mode.from_tensor(A), 64, "nf4", torch.uint8)
+    assert tuple(packed.shape) == tuple(fake_packed.shape) == ((n + 1) // 2, 1)
+    assert tuple(absmax.shape) == tuple(fake_absmax.shape) == ((n + 63) // 64,)
+
+
 @pytest.mark.parametrize("rows", [(6,), (2, 3), (2, 1, 3)])
 @pytest.mark.parametrize("with_cols", [True, False])
 def test_int8_mixed_scaled_mm_fake_subA_shape(rows, with_cols):

@@ -209,6 +209,22 @@ def test_override_by_device_type():
         result.close()
 
 
+@pytest.mark.parametrize("value", ["", "  ", " , "])
+def test_an_empty_override_counts_as_unset(value):
+    """``BNB_PLATFORMS=`` (empty or blank) is no override: the wheel loads as without the variable,
+    not as with ``none``."""
+    result = load(
+        entry_points=[FakeEntryPoint("cpu", kernels={"dequantize_4bit": lambda *a: None})],
+        runtime=CPU_ONLY,
+        env={"BNB_PLATFORMS": value},
+    )
+    try:
+        assert record(result, "cpu").status == "loaded"
+        assert result.implementation("dequantize_4bit", "cpu") == "cpu"
+    finally:
+        result.close()
+
+
 def test_override_with_unknown_name_warns():
     with pytest.warns(PlatformWarning, match="unknown platforms"):
         result = load(entry_points=[FakeEntryPoint("cpu")], runtime=CPU_ONLY, env={"BNB_PLATFORMS": "cpu,tpu"})
@@ -229,6 +245,21 @@ def test_register_failure_rolls_back():
     assert rec.status == "failed" and "boom" in rec.reason
     assert result.implementation("quantize_4bit", "xpu") == "reference"
     result.close()
+
+
+def test_a_failed_register_leaves_no_kernel_in_the_dispatcher():
+    """The kernels a wheel registered before its ``register`` raised are removed from torch's
+    dispatcher too, not only from the loader's table: the reference kernels serve the device."""
+    op = "bitsandbytes::quantize_4bit"
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key(op, "XPU")
+    eps = [FakeEntryPoint("xpu", kernels={"quantize_4bit": lambda *a: None}, register_error=RuntimeError("boom"))]
+    with pytest.warns(PlatformWarning, match="boom"):
+        result = load(entry_points=[FakeEntryPoint("cpu"), *eps], runtime=XPU, env={})
+    try:
+        assert record(result, "xpu").status == "failed"
+        assert not torch._C._dispatch_has_kernel_for_dispatch_key(op, "XPU")
+    finally:
+        result.close()
 
 
 def test_unknown_op_in_register_fails_cleanly():
@@ -382,3 +413,21 @@ def test_a_failing_paged_memory_hook_warns_and_leaves_paging_off(monkeypatch):
         assert not _paging.paging_supported("cuda")
     finally:
         result.close()
+
+
+def test_closing_a_pass_keeps_paged_memory_it_does_not_own(monkeypatch):
+    """``close()`` removes the paged memory its own pass set up, not a provider set since."""
+    from bitsandbytes import _paging
+
+    monkeypatch.setattr(_paging, "_PROVIDER", None)
+    ep = FakeEntryPoint("cuda12x", kernels={"dequantize_4bit": lambda *a: None})
+    ep._mod.paged_memory = lambda: (lambda shape, dtype: torch.empty(shape, dtype=dtype), lambda t, i, c: None)
+    result = load(entry_points=[FakeEntryPoint("cpu"), ep], runtime=CUDA12, env={})
+    try:
+        assert result.paged_memory is _paging._PROVIDER is not None
+        _paging.set_provider("cuda", lambda shape, dtype: torch.empty(shape, dtype=dtype), lambda t, i, c: None)
+        other = _paging._PROVIDER
+        assert other is not result.paged_memory
+    finally:
+        result.close()
+    assert _paging._PROVIDER is other and _paging.paging_supported("cuda")

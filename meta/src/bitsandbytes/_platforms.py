@@ -176,6 +176,8 @@ def _parse_override(value: str | None) -> set[str] | None:
     if value is None or not value.strip():
         return None
     names = {v.strip().lower() for v in value.split(",") if v.strip()}
+    if not names:  # only commas and blanks name nothing: no override, as an empty value
+        return None
     if names == {"none"}:
         return set()
     known = set(PLATFORM_DEVICE) | set(PLATFORM_DEVICE.values())
