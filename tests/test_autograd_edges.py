@@ -434,3 +434,65 @@ def test_first_call_under_grad_with_bias_in_another_dtype(kind: str) -> None:
     assert layer.bias.dtype == torch.float32  # left as it was under the transform
     layer(x)
     assert layer.bias.dtype == torch.bfloat16  # the eager forward converts it, as established
+
+
+# -- LLM.int8() state rules ----------------------------------------------------------------------
+
+
+def test_accumulated_gradients_keep_the_int8_weight_of_the_first_call() -> None:
+    """With ``has_accumulated_gradients`` a trainable 16-bit weight is not quantized again: later
+    calls use the int8 codes already in the state."""
+    torch.manual_seed(0)
+    W, x = torch.randn(OUT, IN), torch.randn(4, IN)
+    state = bnb.MatmulLtState()
+    state.has_accumulated_gradients = True
+    first = bnb.matmul(x, W, state=state)
+    CB = state.CB
+    assert CB is not None
+    assert torch.equal(bnb.matmul(x, W * 2, state=state), first) and state.CB is CB
+    fresh = bnb.MatmulLtState()  # without the flag the doubled weight is quantized on the call
+    torch.testing.assert_close(bnb.matmul(x, W * 2, state=fresh), 2 * first, rtol=1e-5, atol=1e-5)
+
+
+def test_outlier_pooler_pools_only_the_first_feature_width() -> None:
+    from bitsandbytes.autograd._functions import GlobalOutlierPooler
+
+    pool = GlobalOutlierPooler.get_instance()
+    pool.initialize()
+    try:
+        pool.add_outliers(torch.tensor([5, 1]), 64)
+        pool.add_outliers(torch.tensor([9, 2]), 32)  # another layer width: not pooled
+        pool.add_outliers(torch.tensor([1, 3]), 64)
+        assert pool.model_dim == 64
+        got = pool.get_current_outlier_idx()
+        assert got.dtype == torch.int64 and got.tolist() == [1, 3, 5]
+    finally:
+        pool.initialize()
+
+
+def test_func_transform_outlier_columns_include_the_threshold() -> None:
+    """Under torch.func an input column reaching the threshold exactly is an outlier column (kept
+    in the input's precision), as in the eager LLM.int8() product."""
+    layer, dense = _layer("int8-eval")
+    layer.state.threshold = 2.0
+    x = _x(torch.float32) * 0.01
+    x[1, 5], x[2, 7] = 2.0, -2.0
+    with torch.no_grad():
+        eager = layer(x)
+    primal, _ = jvp(layer, (x,), (torch.zeros_like(x),))
+    torch.testing.assert_close(primal, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(primal, dense(x), rtol=0.0, atol=2e-3)
+
+
+def test_func_grad_reaches_a_trainable_16bit_weight() -> None:
+    """torch.func.grad of a layer with a trainable 16-bit weight (quantized on every call) gives
+    the weight the eager backward's gradient, straight through the quantization."""
+    layer, _ = _layer("int8-train")
+    x = _x(torch.float32)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    got = grad(lambda p: functional_call(layer, p, (x,)).square().sum())(params)
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+    assert got["weight"].abs().sum() > 0
+    torch.testing.assert_close(got["weight"], layer.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["bias"], layer.bias.grad, rtol=1e-5, atol=1e-5)

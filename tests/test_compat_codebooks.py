@@ -50,6 +50,30 @@ def test_dynamic_map_takes_every_exponent_width(signed, total_bits):
         assert torch.equal(code, code.sort().values) and code.max() == 1.0
 
 
+def test_normal_map_construction_without_scipy_installed(monkeypatch):
+    """The NormalFloat code from normal quantiles, with ``scipy.stats.norm.ppf`` standing in as
+    torch's ``ndtri`` (in float64): 8 positive and 7 negative quantiles (7 each without the extra
+    value), zeros between, sorted and scaled to a maximum of 1."""
+    import sys
+    import types
+
+    stats = types.ModuleType("scipy.stats")
+    stats.norm = types.SimpleNamespace(
+        ppf=lambda p: torch.special.ndtri(torch.as_tensor(p, dtype=torch.float64)).numpy()
+    )
+    scipy = types.ModuleType("scipy")
+    scipy.stats = stats
+    monkeypatch.setitem(sys.modules, "scipy", scipy)
+    monkeypatch.setitem(sys.modules, "scipy.stats", stats)
+    code = F.create_normal_map()
+    assert code.shape == (256,) and code.dtype == torch.float32 and torch.equal(code, code.sort().values)
+    assert ((code > 0).sum().item(), (code < 0).sum().item(), (code == 0).sum().item()) == (8, 7, 241)
+    torch.testing.assert_close(code.unique(), F.get_4bit_type("nf4").sort().values, rtol=0, atol=1e-6)
+    plain = F.create_normal_map(use_extra_value=False)
+    assert ((plain > 0).sum().item(), (plain < 0).sum().item(), plain.max().item()) == (7, 7, 1.0)
+    torch.testing.assert_close(plain[plain > 0], -plain[plain < 0].flip(0), rtol=0, atol=1e-6)
+
+
 def test_normal_map_is_nf4():
     pytest.importorskip("scipy", reason="create_normal_map needs scipy, as in the established release")
     code = F.create_normal_map()

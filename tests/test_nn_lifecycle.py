@@ -407,3 +407,42 @@ def test_quantized_checkpoint_into_a_warm_layer_under_torch_swap_mode():
         assert layer.weight is weight and type(weight) is bnb.nn.Params4bit and weight.bnb_quantized
         assert torch.equal(weight.data, source.weight.data)
         assert torch.equal(layer(x), source(x))
+
+
+# -- Int8Params moved to a bare device index on a machine without an accelerator ---------------
+
+
+def _bare_index_to_host(monkeypatch: pytest.MonkeyPatch, p: bnb.nn.Int8Params) -> bnb.nn.Int8Params:
+    """``p.to(0)`` where no accelerator exists (the device index then names the host)."""
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    return p.to(0)
+
+
+def test_int8_codes_without_scales_take_their_row_magnitudes_on_a_bare_index(monkeypatch) -> None:
+    codes = torch.tensor([[-127, 5, 50], [3, -4, 127], [0, 0, 0], [-128, 1, 2], [-60, 20, 40]], dtype=torch.int8)
+    p = _bare_index_to_host(monkeypatch, bnb.nn.Int8Params(codes.clone(), requires_grad=False))
+    assert p.device.type == "cpu" and torch.equal(p.data, codes) and p.CB is not None
+    assert torch.equal(p.CB, codes)
+    # each row's largest magnitude, whichever sign holds it (-128 read in float, not as int8)
+    assert p.SCB.dtype == torch.float32 and p.SCB.tolist() == [127.0, 127.0, 0.0, 128.0, 60.0]
+
+
+def test_quantized_int8params_keep_their_scales_on_a_bare_index(monkeypatch) -> None:
+    torch.manual_seed(0)
+    q = bnb.nn.Int8Params(torch.randn(8, 32), requires_grad=False).to("cpu")
+    CB, SCB = q.CB.clone(), q.SCB.clone()
+    assert not torch.equal(SCB, CB.float().abs().amax(dim=-1))  # the weight's scales, not the codes'
+    moved = _bare_index_to_host(monkeypatch, q)
+    assert moved.device.type == "cpu" and torch.equal(moved.data, CB) and torch.equal(moved.CB, CB)
+    assert torch.equal(moved.SCB, SCB)
+
+
+def test_pickled_int8params_hold_their_codes_once() -> None:
+    torch.manual_seed(0)
+    p = bnb.nn.Int8Params(torch.randn(256, 256), requires_grad=False).to("cpu")
+    blob = pickle.dumps(p)
+    assert p.data.numel() < len(blob) < 1.5 * p.data.numel()  # the codes (64 KiB) once, with CB as the data
+    back = pickle.loads(blob)
+    assert type(back) is bnb.nn.Int8Params and back.CB is not None
+    assert back.CB.data_ptr() == back.data.data_ptr() and torch.equal(back.data, p.data)
+    assert torch.equal(back.SCB, p.SCB)

@@ -187,6 +187,22 @@ def test_prequantized_checks_the_packed_size():
     assert torch.equal(ok.weight, F.dequantize_4bit(q, s))
 
 
+def test_prequantized_odd_sized_parameter_takes_the_padded_byte():
+    """An odd number of values packs into one more byte (the last one's partner encodes 0)."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 5)
+    q, s = F.quantize_4bit(w, quant_type="nf4")
+    assert q.numel() == 8
+    lin = nn.Linear(5, 3)
+    lin.weight = nn.Parameter(q, requires_grad=False)
+    replace_parameter_4bit_prequantized(lin, "weight", s.as_dict(packed=True), "cpu")
+    assert lin.weight.shape == (3, 5) and torch.equal(lin.weight, F.dequantize_4bit(q, s))
+    short = nn.Linear(5, 3)
+    short.weight = nn.Parameter(q[:7], requires_grad=False)
+    with pytest.raises(ValueError, match=r"'weight' holds 7 bytes .* takes 8"):
+        replace_parameter_4bit_prequantized(short, "weight", s.as_dict(packed=True), "cpu")
+
+
 @pytest.mark.parametrize("storage", [torch.bfloat16, torch.float32])
 def test_dtype_conversion_leaves_float_packed_storage_alone(storage):
     """Packed data in a float quant_storage was converted by module.half() like a float weight:

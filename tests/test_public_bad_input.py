@@ -280,3 +280,11 @@ def test_other_int8_codes_without_scales_do_not_take_the_old_row_scales():
     layer.weight = Int8Params(other, requires_grad=False, has_fp16_weights=False, CB=other)
     with pytest.raises(bnb.nn.modules.NotQuantizedError, match="SCB"):
         layer(x)  # the state's scales belong to other codes: a wrong answer if applied
+
+
+@pytest.mark.parametrize("length", [1, 17])
+def test_gemm_4bit_refuses_a_bias_of_another_length(length: int) -> None:
+    # A one-entry bias would otherwise broadcast over every output feature.
+    q, s = F.quantize_4bit(torch.randn(16, 64), quant_type="nf4")
+    with pytest.raises(ValueError, match=f"bias must have shape \\(16,\\), got \\({length},\\)"):
+        torch.ops.bitsandbytes.gemm_4bit(torch.randn(2, 64), q, [16, 64], s.absmax, 64, "nf4", torch.zeros(length))
