@@ -53,11 +53,11 @@ def weight(n, k, dtype=torch.bfloat16):
 
 
 def _cpu_kernels() -> bool:
-    try:
-        import bitsandbytes_cpu  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the bitsandbytes-cpu wheel serves the CPU here (installed, and not excluded by
+    BNB_PLATFORMS): the flows run in children of this process, under the same environment."""
+    import bitsandbytes
+
+    return bitsandbytes.implementation("quantize_4bit", "cpu") == "cpu"
 
 
 def peaks(body: str) -> dict:
