@@ -373,6 +373,18 @@ def test_gaudi_nf4_op_edges(monkeypatch, dtype):
     _gaudi.refresh()
 
 
+@pytest.mark.parametrize(
+    "version,ok", [((1, 20, 9), False), ((1, 21, 0), True), ((1, 21, 7), True), ((1, 22, 0), True), ((2, 0, 0), True)]
+)
+def test_gaudi_software_from_1_21_on_is_served(monkeypatch, version, ok):
+    """1.21.0 is the oldest supported release: it and everything after it are served."""
+    monkeypatch.setattr(_gaudi, "software_version", lambda: version)
+    problem = _gaudi.check_software()
+    assert (problem is None) is ok
+    if not ok:
+        assert "1.20.9 is older than 1.21," in problem
+
+
 # ------------------------------------------------------------------------------------- bad input
 
 

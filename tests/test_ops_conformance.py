@@ -162,6 +162,57 @@ def test_dequantize_blockwise_out(device, impl, fn):
     assert torch.equal(out.cpu(), REF["dequantize_blockwise"](q, absmax, code, 256, torch.float16))
 
 
+# absmax 1 + k/256 for odd k: times the code 1.0 it lies halfway between two bf16 neighbours.
+TIE_ABSMAX = torch.tensor([1 + 1 / 256, 1 + 3 / 256, 1 + 5 / 256, 1 + 7 / 256])
+TIE_BF16 = torch.tensor([1.0, 1 + 4 / 256, 1 + 4 / 256, 1 + 8 / 256])  # ties to the even neighbour
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("dequantize_blockwise"))
+def test_dequantize_blockwise_bf16_rounds_ties_to_even(device, impl, fn):
+    q = torch.full((4, 64), 255, dtype=torch.uint8)  # dynamic_map()[255] == 1.0
+    out = fn(q.to(device), TIE_ABSMAX.to(device), dynamic_map().to(device), 64, torch.bfloat16)
+    assert torch.equal(bits(out.cpu()), bits(TIE_BF16.to(torch.bfloat16)[:, None].expand(4, 64)))
+    ref = REF["dequantize_blockwise"](q, TIE_ABSMAX, dynamic_map(), 64, torch.bfloat16)
+    assert torch.equal(bits(out.cpu()), bits(ref))
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("dequantize_4bit"))
+def test_dequantize_4bit_bf16_rounds_ties_to_even(device, impl, fn):
+    packed = torch.full((128, 1), 0xFF, dtype=torch.uint8)  # NF4 code 15 is 1.0
+    out = fn(packed.to(device), TIE_ABSMAX.to(device), 64, "nf4", [4, 64], torch.bfloat16)
+    assert torch.equal(bits(out.cpu()), bits(TIE_BF16.to(torch.bfloat16)[:, None].expand(4, 64)))
+    ref = REF["dequantize_4bit"](packed, TIE_ABSMAX, 64, "nf4", [4, 64], torch.bfloat16)
+    assert torch.equal(bits(out.cpu()), bits(ref))
+
+
+def subnormal_blocks(n: int, blocksize: int, quant_type: str | None) -> torch.Tensor:
+    """Two blocks of subnormals only (absmax below the 1e-38 floor of the scale), then normal ones."""
+    x = adversarial(n, torch.float32, quant_type, blocksize, seed=3)
+    x[: 2 * blocksize] *= 2.0**-135
+    assert 0 < x[: 2 * blocksize].abs().max() < torch.finfo(torch.float32).tiny
+    return x
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("quantize_blockwise"))
+def test_quantize_blockwise_subnormal_blocks(device, impl, fn):
+    """The scale of a block of subnormals is 1 / 1e-38 (spec: 1 / max(absmax, 1e-38)), not the
+    inverse of its absmax, which overflows to inf."""
+    x = subnormal_blocks(1000, 256, None)
+    q, absmax = fn(x.to(device), dynamic_map().to(device), 256)
+    ref_q, ref_absmax = REF["quantize_blockwise"](x, dynamic_map(), 256)
+    assert torch.equal(q.cpu(), ref_q) and torch.equal(absmax.cpu(), ref_absmax)
+    assert not ((ref_q[:512] == 0) | (ref_q[:512] == 255)).any()  # no value scaled to +-1
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("quantize_4bit"))
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_quantize_4bit_subnormal_blocks(device, impl, fn, quant_type):
+    x = subnormal_blocks(4 * 64 + 7, 64, quant_type)
+    packed, absmax = fn(x.to(device), 64, quant_type, torch.uint8)
+    ref_packed, ref_absmax = REF["quantize_4bit"](x, 64, quant_type, torch.uint8)
+    assert torch.equal(packed.cpu(), ref_packed) and torch.equal(absmax.cpu(), ref_absmax)
+
+
 def test_dispatch_uses_registered_kernels():
     """torch.ops.bitsandbytes.* reaches the same results whichever kernel serves the device."""
     x = adversarial(4096, torch.bfloat16, "nf4", 64)

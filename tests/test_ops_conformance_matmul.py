@@ -102,6 +102,20 @@ def test_gemm_4bit(device, impl, fn, dtype, nested, bias):
 
 
 @pytest.mark.parametrize("device,impl,fn", impl_params("gemv_4bit"))
+@pytest.mark.parametrize("N,K,blocksize", [(3, 10, 5), (4, 64, 33), (2, 8, 1)])
+def test_gemv_4bit_odd_block_size_with_even_rows(device, impl, fn, N, K, blocksize):
+    """An odd block size with an even K: rows start on a byte, yet a byte's two weights can lie
+    in two blocks, each scaled by its own absmax."""
+    g = torch.Generator().manual_seed(6)
+    packed = torch.randint(0, 256, (N * K // 2, 1), dtype=torch.uint8, generator=g)
+    absmax = torch.rand(-(N * K // -blocksize), generator=g) * 4 + 0.5
+    code = four_bit_decode_table("fp4")
+    A = torch.randn(3, K, generator=g)
+    got = fn(A.to(device), packed.to(device), [N, K], absmax.to(device), code.to(device), blocksize)
+    close(got.cpu(), REF["gemv_4bit"](A, packed, [N, K], absmax, code, blocksize), K)
+
+
+@pytest.mark.parametrize("device,impl,fn", impl_params("gemv_4bit"))
 def test_gemv_4bit_misaligned_views(device, impl, fn):
     """Inputs that start at odd addresses (views at an offset) give the same result."""
     N, K = 32, 192

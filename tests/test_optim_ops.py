@@ -135,6 +135,25 @@ def test_empty_parameter_clip_writes_a_zero_norm(device, impl, fn) -> None:
     assert unorm.item() == 0.0
 
 
+@pytest.mark.parametrize("device, impl, fn", impl_params("optimizer_update_32bit"))
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_trust_ratio_clip_within_the_limit_leaves_the_step(device, impl, fn, name) -> None:
+    """An update whose norm is below max_unorm * param_norm is applied unscaled (the clip only
+    ever shrinks a step), and unorm_vec still receives its norm."""
+    gen = torch.Generator().manual_seed(8)
+    p, g = torch.randn(300, generator=gen), torch.randn(300, generator=gen)
+    plain = _run_32bit(fn, name, p.clone().to(device), g.to(device))
+    unorm = torch.zeros(1, device=device)
+    clipped = _run_32bit(fn, name, p.clone().to(device), g.to(device), max_unorm=1e6, unorm=unorm)
+    for a, b in zip(clipped, plain):
+        assert torch.equal(a, b)
+    want_unorm = torch.zeros(1)
+    want = _run_32bit(KERNELS["optimizer_update_32bit"], name, p.clone(), g, max_unorm=1e6, unorm=want_unorm)
+    assert 0 < float(want_unorm) < 1e6
+    torch.testing.assert_close(unorm.cpu(), want_unorm, rtol=1e-5, atol=0)
+    torch.testing.assert_close(clipped[0], want[0], rtol=1e-5, atol=1e-6)
+
+
 def quant8(x: torch.Tensor, code: torch.Tensor, rows: int):
     """Exact-nearest block-wise (256) quantization of ``x`` as ``rows`` independent rows."""
     n = x.numel() // rows
@@ -354,6 +373,33 @@ def test_one_code_book_may_serve_both_states() -> None:
         )  # fmt: skip
         runs.append((pc, s1, s2))
     for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device, impl, fn", impl_params("optimizer_update_8bit_blockwise"))
+def test_code_book_changed_in_place_is_used(device, impl, fn) -> None:
+    """A step after the code book tensor is overwritten in place quantizes with the new values."""
+    n = 600
+    gen = torch.Generator().manual_seed(9)
+    g, p = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+
+    def step(kernel, code, dev):
+        t = [p.clone(), torch.zeros(n, dtype=torch.uint8), torch.zeros(3)]
+        t = [x.to(dev) for x in t]
+        kernel(
+            "momentum", g.to(dev), t[0], t[1], None, 0.9, 0.0, 0.0, 0.0, 1e-8, 1, 1e-3, code, None, t[2], None,
+            0.0, 1.0,
+        )  # fmt: skip
+        return [x.cpu() for x in t]
+
+    code = dynamic_map(True, device).clone()
+    step(fn, code, device)
+    code.copy_(torch.linspace(-1, 1, 256, device=device))
+    got = step(fn, code, device)
+    want = step(KERNELS["optimizer_update_8bit_blockwise"], torch.linspace(-1, 1, 256), "cpu")
+    stale = step(KERNELS["optimizer_update_8bit_blockwise"], dynamic_map(True), "cpu")
+    assert not torch.equal(want[1], stale[1])
+    for a, b in zip(got, want):
         assert torch.equal(a, b)
 
 

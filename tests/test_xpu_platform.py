@@ -244,19 +244,21 @@ def test_gemm_4bit_reused_buffer_and_gradients():
     k = kernels()["gemm_4bit"]
     g = torch.Generator().manual_seed(2)
     A = torch.randn(20, 64, generator=g)
-    outs = []
+    outs, weights = [], []
     for seed in (3, 4):
         W = torch.randn(24, 64, generator=torch.Generator().manual_seed(seed))
         packed, absmax = REF["quantize_4bit"](W, 64, "nf4", torch.uint8)
-        outs.append(
-            (k(A, packed, [24, 64], absmax, 64, "nf4"), REF["gemm_4bit"](A, packed, [24, 64], absmax, 64, "nf4"))
-        )
+        weights.append((packed, [24, 64], absmax, 64, "nf4"))
+        outs.append((k(A, *weights[-1]), REF["gemm_4bit"](A, *weights[-1])))
     for got, want in outs:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # The weight saved for backward survives a later large-batch call with another weight.
     Ag = A.clone().requires_grad_(True)
-    y = k(Ag, packed, [24, 64], absmax, 64, "nf4")
+    y = k(Ag, *weights[0])
+    k(A, *weights[1])
     y.sum().backward()
-    assert Ag.grad is not None
+    W0 = REF["dequantize_4bit"](weights[0][0], weights[0][2], 64, "nf4", [24, 64], torch.float32)
+    torch.testing.assert_close(Ag.grad, W0.sum(0).expand(20, 64), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels
