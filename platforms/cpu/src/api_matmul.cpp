@@ -387,6 +387,12 @@ int32_t check_amx_weight(const int8_t* CB, const float* SCB, const uint8_t* B4, 
   BNB_REQUIRE(!B4 || k % blocksize == 0, BNB_ERR_NOT_IMPLEMENTED,
               "the AMX path needs k (%lld) to be a multiple of blocksize (%lld)", static_cast<long long>(k),
               static_cast<long long>(blocksize));
+  // The panels expand whole blocks from a byte boundary, over ranges of 32 columns: an odd block
+  // starts mid-byte, and one that neither divides nor is a multiple of 32 puts a range's start
+  // inside a block (both gave wrong products, reported as success).
+  BNB_REQUIRE(!B4 || blocksize % 32 == 0 || (blocksize % 2 == 0 && 32 % blocksize == 0), BNB_ERR_NOT_IMPLEMENTED,
+              "the AMX path needs a 4-bit blocksize of 2, 4, 8, 16 or a multiple of 32, got %lld",
+              static_cast<long long>(blocksize));
   return bnb_cpu::ok();
 }
 
@@ -398,7 +404,7 @@ extern "C" {
 // [n, k] kept quantized: int8 rows (CB, SCB: W = CB * SCB / 127; B4 NULL) or packed 4-bit (B4,
 // absmax, quant_type, blocksize; CB NULL), expanded range by range into a bf16 panel in cache.
 // BNB_ERR_NOT_IMPLEMENTED where AMX is not usable (bnb_cpu_amx_usable) or k is not a multiple of
-// 32 (and, for 4-bit, of blocksize).
+// 32 (and, for 4-bit, of blocksize, which must be 2, 4, 8, 16 or a multiple of 32).
 BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                           const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
                                           int64_t blocksize, const void* bias, int32_t bias_dtype, void* out) {
@@ -459,7 +465,7 @@ BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, i
 // quantized as for bnb_cpu_weight_matmul_amx (int8: G's columns are scaled by SCB / 127 and rounded
 // to bf16 first, as the dense path does). The input gradient of LLM.int8()'s training path and of
 // QLoRA. BNB_ERR_NOT_IMPLEMENTED where AMX is not usable or, for 4-bit, k is not a multiple of
-// blocksize.
+// blocksize or blocksize is not 2, 4, 8, 16 or a multiple of 32.
 BNB_API int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n, int64_t k, const int8_t* CB,
                                             const float* SCB, const uint8_t* B4, const float* absmax,
                                             int32_t quant_type, int64_t blocksize, void* out) {

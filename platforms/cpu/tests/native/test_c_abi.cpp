@@ -15,12 +15,15 @@
 #include "bnb/codebooks.h"
 #include "bnb/numeric.h"
 #include "cpu_extras.h"
+#include "entry_checks.h"
 #include "inputs.h"
 
 namespace {
 
 int g_failures = 0;
 int g_checks = 0;
+
+}  // namespace
 
 void check(bool ok, const std::string& what) {
   ++g_checks;
@@ -39,6 +42,8 @@ std::vector<float> dynamic_code() {  // any sorted 256-entry code book will do
   return c;
 }
 
+namespace {
+
 struct Outputs {
   std::vector<uint8_t> bytes;
   std::vector<float> floats;
@@ -46,6 +51,8 @@ struct Outputs {
 
 // Runs every kernel once on fixed inputs; returns everything it wrote.
 Outputs run_all(bool* gemm_ok) {
+  exact_tails();
+  odd_blocksize_matmul();
   Outputs o;
   auto put = [&](const void* p, size_t n) {
     const uint8_t* b = static_cast<const uint8_t*>(p);
@@ -471,6 +478,21 @@ void panel_products(const char* unit) {
   check(bnb_cpu_weight_matmul_amx(a, -1, 2, 32, cb, scb, nullptr, nullptr, 0, 0, nullptr, 0, o) ==
             BNB_ERR_INVALID_ARGUMENT,
         "weight_matmul_amx m < 0");
+  {  // 4-bit blocks the panels cannot expand (odd: a block starts mid-byte; transposed, a 32-column
+     // range inside a block): refused, not a wrong product
+    std::vector<uint8_t> b4(480, 0x77);
+    std::vector<float> am(960, 1.0f);
+    std::vector<uint16_t> g(480), out(480);
+    check(bnb_cpu_weight_matmul_amx(g.data(), 1, 2, 32, nullptr, nullptr, b4.data(), am.data(), BNB_QUANT_NF4, 1,
+                                    nullptr, 0, out.data()) == BNB_ERR_NOT_IMPLEMENTED &&
+              strstr(bnb_last_error(), "blocksize") != nullptr,
+          "weight_matmul_amx 4-bit blocksize 1");
+    for (int64_t bs : {1, 40, 48}) {
+      check(bnb_cpu_weight_matmul_t_amx(g.data(), 1, 2, 480, nullptr, nullptr, b4.data(), am.data(), BNB_QUANT_NF4, bs,
+                                        out.data()) == BNB_ERR_NOT_IMPLEMENTED,
+            "weight_matmul_t_amx 4-bit blocksize " + std::to_string(bs));
+    }
+  }
   bnb_cpu_set_amx(0);
   check(
       bnb_cpu_weight_matmul_amx(a, 1, 2, 32, cb, scb, nullptr, nullptr, 0, 0, nullptr, 0, o) == BNB_ERR_NOT_IMPLEMENTED,
@@ -520,6 +542,7 @@ void int8_gemm_rows() {
 int main() {
   printf("%s\nusable: %s\n", bnb_build_info(), bnb_cpu_usable_isas());
   bad_arguments();
+  more_bad_arguments();
   std::string usable = bnb_cpu_usable_isas();
   std::vector<std::string> isas;
   for (size_t pos = 0; pos <= usable.size();) {
@@ -532,7 +555,7 @@ int main() {
   for (int threads : {1, 2}) {
     bnb_cpu_set_num_threads(threads);
     for (const auto& isa : isas) {
-      check(bnb_cpu_set_isa(isa.c_str()) == BNB_OK, "set_isa " + isa);
+      check(bnb_cpu_set_isa(isa.c_str()) == BNB_OK && isa == bnb_cpu_get_isa(), "set_isa " + isa);
       bool gemm_ok = false;
       Outputs o = run_all(&gemm_ok);
       check(gemm_ok, "gemm_4bit matches the naive product");

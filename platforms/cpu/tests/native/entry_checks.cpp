@@ -1,0 +1,185 @@
+// Argument checks and exact edge values of the C entry points: the second file of the C ABI test
+// driver (with test_c_abi.cpp, which runs them).
+#include "entry_checks.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <string>
+#include <vector>
+
+#include "bnb/bnb_c_api.h"
+#include "bnb/codebooks.h"
+#include "cpu_extras.h"
+#include "inputs.h"
+
+// A partial last block (blocks of 64, n = 101): each block's largest magnitude is its absmax and
+// comes back exactly (the codes of -1.0 and 1.0), as does 0.0 in NF4, whose code also pads the
+// odd count's last low nibble.
+void exact_tails() {
+  const int64_t n = 101;
+  std::vector<float> x(n), out4(n, 9.0f), out8(n, 9.0f), am4(2, -1.0f), am8(2, -1.0f);
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(i % 5) - 2.0f;
+  x[10] = 3.0f;
+  x[99] = -6.0f;
+  std::vector<uint8_t> packed(51, 0xee), q(n, 0xee);
+  const auto code = dynamic_code();
+  const int32_t s1 = bnb_quantize_4bit(x.data(), 0, n, 64, BNB_QUANT_NF4, packed.data(), am4.data(), nullptr);
+  const int32_t s2 = bnb_dequantize_4bit(packed.data(), am4.data(), n, 64, BNB_QUANT_NF4, out4.data(), 0, nullptr);
+  const int32_t s3 = bnb_quantize_blockwise(x.data(), 0, code.data(), n, 64, q.data(), am8.data(), nullptr);
+  const int32_t s4 = bnb_dequantize_blockwise(q.data(), code.data(), am8.data(), n, 64, out8.data(), 0, nullptr);
+  const bool ok = s1 == BNB_OK && s2 == BNB_OK && s3 == BNB_OK && s4 == BNB_OK;
+  check(ok && am4 == std::vector<float>{3.0f, 6.0f} && am8 == am4, "absmax of a partial last block");
+  check(out4[10] == 3.0f && out4[99] == -6.0f && out4[97] == 0.0f && (packed[50] & 15) == 7 && q[99] == 0 &&
+            out8[10] == 3.0f && out8[99] == -6.0f && out8[100] != 9.0f,
+        "a partial last block comes back");
+}
+
+// G @ W for a 4-bit weight of odd blocksize (codes and absmax made directly): its blocks past the
+// first start mid-byte.
+void odd_blocksize_matmul() {
+  const int64_t m = 2, nn = 5, k = 33, bs = 3;
+  const auto g = randn(m * nn, 35);
+  std::vector<uint8_t> packed((nn * k + 1) / 2);
+  std::vector<float> absmax(nn * k / bs), out(m * k);
+  for (size_t i = 0; i < packed.size(); ++i) packed[i] = static_cast<uint8_t>(i * 97 % 256);
+  for (size_t b = 0; b < absmax.size(); ++b) absmax[b] = 0.5f + static_cast<float>(b % 5);
+  bool ok = bnb_cpu_weight_matmul_t(g.data(), BNB_DTYPE_F32, m, nn, k, nullptr, nullptr, packed.data(), absmax.data(),
+                                    BNB_QUANT_NF4, bs, out.data()) == BNB_OK;
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t i = 0; i < k; ++i) {
+      double s = 0.0, sa = 0.0;
+      for (int64_t j = 0; j < nn; ++j) {
+        const int64_t e = j * k + i;
+        const double w = bnb::decode_4bit(1, (e & 1) ? (packed[e / 2] & 15) : (packed[e / 2] >> 4)) * absmax[e / bs];
+        s += g[r * nn + j] * w;
+        sa += fabs(g[r * nn + j] * w);
+      }
+      ok = ok && fabs(s - out[r * k + i]) <= 1e-5 * sa + 1e-6;
+    }
+  }
+  check(ok, "weight_matmul_t 4-bit blocksize 3 matches the naive product");
+}
+
+// Each entry's other argument checks: the status a bad argument gets, the message naming it, and
+// nothing written; a call that succeeds clears the message.
+void more_bad_arguments() {
+  std::vector<float> x(64, 1.0f), sink(64, -1.0f);
+  std::vector<uint8_t> packed(32, 0xab);
+  float absmax[2] = {-1.0f, -1.0f};
+  const auto code = dynamic_code();
+  auto refused = [&](int32_t status, int32_t want, const char* word, const std::string& what) {
+    check(status == want && strstr(bnb_last_error(), word) != nullptr,
+          what + ": status " + std::to_string(status) + ", message '" + bnb_last_error() + "'");
+  };
+  for (int64_t n : {0, -1}) {
+    refused(bnb_quantize_4bit(x.data(), 0, n, 64, 1, packed.data(), absmax, nullptr), BNB_ERR_INVALID_ARGUMENT,
+            "n must", "quantize_4bit n = " + std::to_string(n));
+    refused(bnb_dequantize_blockwise(packed.data(), code.data(), absmax, n, 64, sink.data(), 0, nullptr),
+            BNB_ERR_INVALID_ARGUMENT, "n must", "dequantize_blockwise n = " + std::to_string(n));
+  }
+  for (int64_t bs : {16, 8192, 0, -64}) {
+    refused(bnb_dequantize_4bit(packed.data(), absmax, 64, bs, 1, sink.data(), 0, nullptr), BNB_ERR_INVALID_BLOCKSIZE,
+            "blocksize", "dequantize_4bit blocksize " + std::to_string(bs));
+  }
+  refused(bnb_quantize_blockwise(x.data(), 0, code.data(), 64, 0, packed.data(), absmax, nullptr),
+          BNB_ERR_INVALID_BLOCKSIZE, "blocksize", "quantize_blockwise blocksize 0");
+  refused(bnb_dequantize_blockwise(packed.data(), code.data(), absmax, 64, -1, sink.data(), 0, nullptr),
+          BNB_ERR_INVALID_BLOCKSIZE, "blocksize", "dequantize_blockwise blocksize -1");
+  for (int32_t qt : {2, -1}) {
+    refused(bnb_quantize_4bit(x.data(), 0, 64, 64, qt, packed.data(), absmax, nullptr), BNB_ERR_UNSUPPORTED_QUANT_TYPE,
+            "quant_type", "quantize_4bit quant_type " + std::to_string(qt));
+    refused(bnb_dequantize_4bit(packed.data(), absmax, 64, 64, qt, sink.data(), 0, nullptr),
+            BNB_ERR_UNSUPPORTED_QUANT_TYPE, "quant_type", "dequantize_4bit quant_type " + std::to_string(qt));
+  }
+  refused(bnb_dequantize_4bit(packed.data(), absmax, 64, 64, 1, sink.data(), BNB_DTYPE_U8, nullptr),
+          BNB_ERR_UNSUPPORTED_DTYPE, "dtype", "dequantize_4bit out_dtype u8");
+  refused(bnb_dequantize_blockwise(packed.data(), code.data(), absmax, 64, 64, sink.data(), -1, nullptr),
+          BNB_ERR_UNSUPPORTED_DTYPE, "dtype", "dequantize_blockwise out_dtype -1");
+  refused(bnb_quantize_blockwise(x.data(), 0, nullptr, 64, 64, packed.data(), absmax, nullptr), BNB_ERR_NULL_POINTER,
+          "code", "quantize_blockwise without code");
+  check(packed == std::vector<uint8_t>(32, 0xab) && absmax[0] == -1.0f && absmax[1] == -1.0f &&
+            sink == std::vector<float>(64, -1.0f),
+        "nothing written by the refused (de)quantizations");
+  // 4-bit matmul and LLM.int8()
+  refused(bnb_gemm_4bit(x.data(), 0, 1, 2, 32, packed.data(), absmax, x.data(), 0, nullptr, sink.data(), nullptr),
+          BNB_ERR_INVALID_BLOCKSIZE, "blocksize", "gemm_4bit blocksize 0");
+  refused(bnb_gemm_4bit(x.data(), 0, -1, 2, 32, packed.data(), absmax, x.data(), 64, nullptr, sink.data(), nullptr),
+          BNB_ERR_INVALID_ARGUMENT, "m >= 0", "gemm_4bit m = -1");
+  refused(bnb_gemm_4bit(x.data(), 0, 0, 2, 32, packed.data(), absmax, nullptr, 64, nullptr, sink.data(), nullptr),
+          BNB_ERR_NULL_POINTER, "code", "gemm_4bit without code (no rows)");
+  std::vector<int8_t> q(64, 7);
+  float stats[2] = {-1.0f, -1.0f};
+  refused(bnb_int8_vectorwise_quant(x.data(), 0, 2, 32, 3.0f, q.data(), stats, nullptr, nullptr), BNB_ERR_NULL_POINTER,
+          "outlier_cols", "int8_vectorwise_quant threshold > 0 without outlier_cols");
+  refused(bnb_int8_vectorwise_quant(x.data(), 0, 2, 32, NAN, q.data(), stats, packed.data(), nullptr),
+          BNB_ERR_INVALID_ARGUMENT, "threshold", "int8_vectorwise_quant threshold NaN");
+  refused(bnb_int8_vectorwise_quant(x.data(), 0, -2, 32, 0.0f, q.data(), stats, nullptr, nullptr),
+          BNB_ERR_INVALID_ARGUMENT, "rows", "int8_vectorwise_quant rows = -2");
+  std::vector<int32_t> C(4, 5);
+  const int64_t cols[2] = {0, 32};
+  refused(bnb_cpu_int8_linear_matmul_gather(q.data(), q.data(), 1, 2, 32, C.data(), cols, 2, q.data()),
+          BNB_ERR_INVALID_ARGUMENT, "cols[1] = 32", "int8_linear_matmul_gather column k");
+  refused(bnb_cpu_int8_linear_matmul_gather(q.data(), q.data(), 1, 2, 32, C.data(), nullptr, 2, q.data()),
+          BNB_ERR_NULL_POINTER, "cols", "int8_linear_matmul_gather without cols");
+  refused(bnb_int8_mm_dequant(C.data(), x.data(), x.data(), 2, 2, x.data(), BNB_DTYPE_I32, sink.data(), 0, nullptr),
+          BNB_ERR_UNSUPPORTED_DTYPE, "bias", "int8_mm_dequant bias dtype i32");
+  refused(bnb_int8_mm_dequant(C.data(), x.data(), x.data(), 2, -2, nullptr, 0, sink.data(), 0, nullptr),
+          BNB_ERR_INVALID_ARGUMENT, "n must", "int8_mm_dequant n = -2");
+  check(q == std::vector<int8_t>(64, 7) && stats[0] == -1.0f && C == std::vector<int32_t>(4, 5) &&
+            sink == std::vector<float>(64, -1.0f),
+        "nothing written by the refused matmuls");
+  // Optimizers
+  bnb_optimizer_hparams h = {0.9f, 0.99f, 0.999f, 2.0f, 1e-6f, 0.0f, 1e-3f, 1.0f, 0.0f, 0.0f, 1, 0};
+  std::vector<float> g(64, 0.1f), p(64, 1.0f), s1(64, 0.5f), s2(64, 0.5f);
+  for (int32_t opt : {-1, BNB_OPTIM_LARS + 1}) {
+    refused(bnb_optimizer_update_32bit(opt, g.data(), p.data(), 0, s1.data(), s2.data(), nullptr, 64, &h, nullptr),
+            BNB_ERR_INVALID_ARGUMENT, "optimizer", "optimizer id " + std::to_string(opt));
+  }
+  refused(
+      bnb_optimizer_update_32bit(BNB_OPTIM_ADAM, g.data(), p.data(), 0, s1.data(), nullptr, nullptr, 64, &h, nullptr),
+      BNB_ERR_NULL_POINTER, "state2", "32-bit Adam without state2");
+  h.max_unorm = 1.0;
+  refused(bnb_optimizer_update_32bit(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, s1.data(), nullptr, nullptr, 0, &h,
+                                     nullptr),
+          BNB_ERR_NULL_POINTER, "unorm_vec", "32-bit clipping without unorm_vec (empty parameter)");
+  h.max_unorm = 0.0;
+  refused(bnb_optimizer_update_32bit(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, s1.data(), nullptr, nullptr,
+                                     INT64_MAX / 8, &h, nullptr),
+          BNB_ERR_INVALID_ARGUMENT, "too large", "32-bit n past INT64_MAX / 16");
+  std::vector<uint8_t> st1(64, 128), st2(64, 128);
+  std::vector<float> am1(1, 1.0f);
+  refused(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_ADAM, g.data(), p.data(), 0, st1.data(), st2.data(),
+                                              code.data(), code.data(), am1.data(), nullptr, 64, &h, nullptr),
+          BNB_ERR_NULL_POINTER, "absmax2", "8-bit Adam without absmax2");
+  h.step = 0;
+  refused(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, st1.data(), nullptr,
+                                              code.data(), nullptr, am1.data(), nullptr, 64, &h, nullptr),
+          BNB_ERR_INVALID_ARGUMENT, "step", "8-bit step 0");
+  check(p == std::vector<float>(64, 1.0f) && s1 == std::vector<float>(64, 0.5f) &&
+            st1 == std::vector<uint8_t>(64, 128) && am1[0] == 1.0f,
+        "nothing written by the refused updates");
+  // A success clears the message; each status has its own text.
+  check(bnb_cpu_int8_expand(q.data(), 4, sink.data(), 0) == BNB_OK && bnb_last_error()[0] == '\0',
+        "a call that succeeds clears the last error");
+  check(strcmp(bnb_status_string(BNB_ERR_INVALID_BLOCKSIZE), "invalid blocksize") == 0 &&
+            strcmp(bnb_status_string(BNB_ERR_UNSUPPORTED_DTYPE), "unsupported dtype") == 0 &&
+            strcmp(bnb_status_string(42), "unknown status") == 0,
+        "status strings");
+  // An instruction set this build or CPU cannot run is refused and changes nothing.
+  const std::string usable = std::string(",") + bnb_cpu_usable_isas() + ",", before = bnb_cpu_get_isa();
+  for (const char* isa : {"scalar", "avx2", "avx512", "neon"}) {
+    if (usable.find(std::string(",") + isa + ",") != std::string::npos) continue;
+    refused(bnb_cpu_set_isa(isa), BNB_ERR_INVALID_ARGUMENT, "not usable", std::string("set_isa ") + isa);
+    check(before == bnb_cpu_get_isa(), std::string("set_isa ") + isa + " leaves the instruction set");
+  }
+  // The thread count: as asked, all hardware threads for <= 0, at most those.
+  bnb_cpu_set_num_threads(0);
+  const int32_t all = bnb_cpu_get_num_threads();
+  bnb_cpu_set_num_threads(1);
+  const int32_t one = bnb_cpu_get_num_threads();
+  bnb_cpu_set_num_threads(1 << 20);
+  check(all >= 1 && one == 1 && bnb_cpu_get_num_threads() == all, "thread counts 0, 1 and 2^20");
+  bnb_cpu_set_num_threads(0);
+}
