@@ -178,6 +178,26 @@ def test_host_blockwise_special_values_and_views(K, dtype):
     assert same(out, REF["dequantize_blockwise"](rq.new_zeros(96, 64), torch.ones(96), code, 64, dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_host_dequantize_out_writes_only_its_slice(K, dtype):
+    """Dequantizing into a slice of a larger buffer writes exactly that slice: with odd lengths
+    (a 4-bit byte holding one element) the elements before and after it keep their values."""
+    g = torch.Generator().manual_seed(21)
+    code = dynamic_map(True)
+    for n in (1, 33, 127):
+        A = torch.randn(n, generator=g).to(dtype)
+        packed, absmax = REF["quantize_4bit"](A, 64, "nf4", torch.uint8)
+        buf = torch.full((n + 2,), 7.0, dtype=dtype)
+        K["dequantize_4bit.out"](packed, absmax, 64, "nf4", (n,), dtype, buf[1:-1])
+        assert same(buf[1:-1], REF["dequantize_4bit"](packed, absmax, 64, "nf4", (n,), dtype)), n
+        assert buf[0].item() == 7.0 and buf[-1].item() == 7.0, n
+        q, qa = REF["quantize_blockwise"](A, code, 64)
+        buf = torch.full((n + 2,), 7.0, dtype=dtype)
+        K["dequantize_blockwise.out"](q, qa, code, 64, dtype, buf[1:-1])
+        assert same(buf[1:-1], REF["dequantize_blockwise"](q, qa, code, 64, dtype)), n
+        assert buf[0].item() == 7.0 and buf[-1].item() == 7.0, n
+
+
 # ---- 4-bit matmuls -----------------------------------------------------------------------------
 
 MM_SHAPES = [(1, 1, 32), (3, 7, 64), (5, 16, 32), (2, 4096, 4096), (13, 40, 32), (9, 24, 128)]

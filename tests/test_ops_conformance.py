@@ -137,6 +137,21 @@ def test_quantize_blockwise_nan_and_other_codes(device, impl, fn):
         assert torch.equal(absmax.cpu(), ref_absmax) or torch.equal(absmax.isnan().cpu(), ref_absmax.isnan())
 
 
+@pytest.mark.parametrize("device,impl,fn", impl_params("quantize_blockwise"))
+def test_quantize_blockwise_strided_code_book(device, impl, fn):
+    """A code book that is a strided view (every other element of a longer tensor) is read by its
+    values, not by its memory: the codes and scales equal those of its contiguous copy."""
+    code = dynamic_map()
+    base = torch.full((512,), 7.0)  # the odd positions lie outside the code book's range
+    base[::2] = code
+    strided = base.to(device)[::2]
+    assert not strided.is_contiguous()
+    x = adversarial(3 * 256 + 5, torch.float32, None, 256, seed=4)
+    q, absmax = fn(x.to(device), strided, 256)
+    ref_q, ref_absmax = REF["quantize_blockwise"](x, code, 256)
+    assert torch.equal(q.cpu(), ref_q) and torch.equal(absmax.cpu(), ref_absmax)
+
+
 @pytest.mark.parametrize("device,impl,fn", impl_params("dequantize_blockwise"))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("blocksize", [64, 256, 4096, 100])

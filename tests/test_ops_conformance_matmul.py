@@ -191,6 +191,30 @@ def test_int8_vectorwise_quant_special_values(device, impl, fn, dtype, threshold
                 assert torch.equal(cols_out.cpu(), rcols)
 
 
+@pytest.mark.parametrize("device,impl,fn", impl_params("int8_vectorwise_quant"))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_vectorwise_quant_value_at_the_threshold_is_an_outlier(device, impl, fn, dtype):
+    """|A| equal to the threshold makes an outlier (``>=``): its column is listed and zeroed in
+    every row, two rows as well as more, and the value counts in no row's statistic; with the
+    threshold one step above it, nothing is an outlier."""
+    g = torch.Generator().manual_seed(9)
+    above = 2.5 + (2.5 - torch.nextafter(torch.tensor(2.5, dtype=dtype), torch.tensor(0.0, dtype=dtype)).item())
+    for rows in (2, 4):
+        A = (torch.rand(rows, 40, generator=g) - 0.5).to(dtype)  # |A| < 0.5
+        A[1, 17] = -2.5  # exactly representable in every float dtype
+        A[0, 30] = 2.0
+        CA, stats, cols_out = fn(A.to(device), 2.5)
+        rCA, rstats, rcols = REF["int8_vectorwise_quant"](A, 2.5)
+        assert rcols.tolist() == [17] and (rCA[:, 17] == 0).all() and rstats[1] < 0.5
+        assert torch.equal(CA.cpu(), rCA) and torch.equal(stats.cpu(), rstats)
+        assert torch.equal(cols_out.cpu(), rcols)
+        CA, stats, cols_out = fn(A.to(device), above)
+        rCA, rstats, rcols = REF["int8_vectorwise_quant"](A, above)
+        assert rcols.numel() == 0 and rstats[1] == 2.5
+        assert torch.equal(CA.cpu(), rCA) and torch.equal(stats.cpu(), rstats)
+        assert torch.equal(cols_out.cpu(), rcols)
+
+
 @pytest.mark.parametrize("device,impl,fn", impl_params("int8_double_quant"))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threshold", [0.0, 2.5])
