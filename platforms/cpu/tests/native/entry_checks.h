@@ -9,7 +9,7 @@ void check(bool ok, const std::string& what);
 // test_c_abi.cpp: a sorted 256-entry code book.
 std::vector<float> dynamic_code();
 
-// entry_checks.cpp, run under every instruction set (from run_all) ...
+// entry_checks.cpp, run under every instruction set and thread count ...
 void exact_tails();
 void odd_blocksize_matmul();
 // ... and once.
