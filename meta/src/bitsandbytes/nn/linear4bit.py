@@ -206,11 +206,10 @@ def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
         # Neither can torch.func transforms (torch crashes viewing a parameter whose dtype changed
         # under one), nor does forward-mode AD keep a tangent through ``.data``.
         return bias if bias.dtype == dtype else bias.to(dtype)
-    held = _bias_hold(bias)
-    if held.dtype == dtype:
-        return held
+    # The hold too is taken under the lock: torch runs ``view``/``detach`` without the GIL, and a
+    # conversion's ``bias.data = ...`` landing inside it could pair one memory with another dtype.
     with swap_lock():
-        if bias.dtype != dtype:  # (another thread may have converted it meanwhile)
+        if bias.dtype != dtype:
             with torch.inference_mode(False):
                 bias.data = bias.data.to(dtype)
         return _bias_hold(bias)
