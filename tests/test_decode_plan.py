@@ -519,3 +519,54 @@ def test_a_kernel_without_runners_is_asked_a_few_times_only(monkeypatch):
             assert torch.equal(layer4(x), _general(layer4, x))
             assert torch.equal(layer8(x), _general8(layer8, x))
     assert asked.count("gemm_4bit") == 4 and asked.count("int8_mixed_scaled_mm") == 4
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_runners_hold_the_bias_memory_their_key_names(monkeypatch, kind):
+    """A kept runner is prepared with a tensor of its own on the bias memory its key names, not
+    with the parameter, whose memory another thread's conversion may replace while the platform
+    takes it; where that memory changed between the key and the preparation, none is kept."""
+    import bitsandbytes.nn.linear4bit as l4
+
+    layer = _layer() if kind == "4bit" else _layer8()
+    key_fn, key_name = (l4, "_plan_key") if kind == "4bit" else (l8, "_int8_plan_key")
+    plan_of = (
+        (lambda: weight_caches(layer.weight).get(DECODE_PLAN_KEY))
+        if kind == "4bit"
+        else (lambda: layer.__dict__.get(l8._INT8_PLAN_KEY))
+    )
+    seen, real_prepare = [], _direct.prepare
+
+    def spy(op, tensors, args):
+        seen.append(tensors[3])  # the bias, in both ops' tensors
+        return real_prepare(op, tensors, args)
+
+    monkeypatch.setattr(_direct, "prepare", spy)
+    x = _x(1, 128)
+    with torch.no_grad():
+        y = layer(x)  # converts the f32 bias to bf16, then keeps a runner
+        assert plan_of() is not None and len(seen) == 1
+        held = seen[0]
+        assert held is not layer.bias and type(held) is torch.Tensor
+        assert held.data_ptr() == layer.bias.data_ptr() and held.dtype == torch.bfloat16
+        old = layer.bias.detach().clone()
+        layer.bias.data = torch.zeros_like(layer.bias)
+        assert torch.equal(held, old)  # its memory outlives the parameter's
+        layer.bias.data = old.clone()
+
+        # The parameter's memory replaced after the key was taken, before the runner's preparation.
+        real_key = getattr(key_fn, key_name)
+
+        def key_then_swap(*args):
+            key = real_key(*args)
+            layer.bias.data = layer.bias.data.clone()
+            return key
+
+        monkeypatch.setattr(key_fn, key_name, key_then_swap)
+        seen.clear()
+        assert torch.equal(layer(x), y)  # the general path: the new memory
+        assert plan_of() is None and seen == []
+        monkeypatch.setattr(key_fn, key_name, real_key)
+        assert torch.equal(layer(x), y)
+        assert plan_of() is not None and seen[-1].data_ptr() == layer.bias.data_ptr()
+        assert torch.equal(layer(x), y)  # served by the new runner

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -149,7 +149,9 @@ def _prepare_decode_plan(key: tuple, packed: torch.Tensor, x: torch.Tensor) -> C
         # The weight's memory was replaced (``weight.data = ...`` from another thread) after this
         # call took ``packed`` (a plain alias): a runner on it would pass forward's check for good.
         return None
-    qs, bias = key[2], key[5]
+    qs, bias = key[2], _runner_bias(key[5], key[6])
+    if bias is False:
+        return None
     shape = list(qs.shape)
     if qs.nested:
         s2 = qs.state2
@@ -183,6 +185,19 @@ def _bias_hold(bias: torch.Tensor) -> torch.Tensor:
     otherwise a detached alias): it keeps that memory alive through a later ``bias.data = ...``."""
     with _disable_torch_function():
         return bias.view(bias.shape) if torch.is_grad_enabled() and bias.requires_grad else bias.detach()
+
+
+def _runner_bias(bias: torch.Tensor | None, ptr: int) -> torch.Tensor | None | Literal[False]:
+    """The bias a kept runner is prepared with: a tensor of its own on the memory ``ptr`` that the
+    runner's key names (``_bias_hold``, taken under ``swap_lock`` as conversions are made), or False
+    where the parameter's memory has been replaced since the key was taken. A runner prepared with
+    the parameter itself would read whatever memory it holds when the platform takes it, which
+    another thread's conversion may be replacing at that moment."""
+    if bias is None:
+        return None
+    with swap_lock(), _disable_torch_function():
+        held = bias.detach()
+    return held if held.data_ptr() == ptr else False
 
 
 def _bias_in(module: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ from . import _runners
 from ._int8params import Int8Params
 from ._params import NotQuantizedError, _tensor_to, module_apply
 from ._shared import keep_param_type, share_statistics
-from .linear4bit import _bias_in
+from .linear4bit import _bias_in, _runner_bias
 
 logger = logging.getLogger("bitsandbytes.nn.modules")  # the established release's module name
 
@@ -76,7 +76,9 @@ def _prepare_int8_plan(key: tuple, x: torch.Tensor) -> Callable | None:
     """The platform's LLM.int8() inference runner for ``key`` (_int8_plan_key). It stands for
     int8_vectorwise_quant and int8_(mixed_)scaled_mm together: each must be the loader's kernel for
     the device (as a direct call of each would require)."""
-    state, CB, SCB, bias = key[1], key[2], key[4], key[8]
+    state, CB, SCB, bias = key[1], key[2], key[4], _runner_bias(key[8], key[9])
+    if bias is False:
+        return None
     if _direct.kernel("int8_vectorwise_quant", x) is None or _direct.kernel("int8_scaled_mm", x, CB, SCB) is None:
         return None
     return _direct.prepare("int8_mixed_scaled_mm", (x, CB, SCB, bias), (CB, SCB, bias, state.threshold, x.dtype))
