@@ -5,7 +5,10 @@ The kernels themselves run through the conformance suite (``BNB_TEST_HOST_KERNEL
 (a stand-in that feeds the same source to the host harness), what the harness refuses (a wrong
 binding, a barrier or shuffle in divergent control flow), the fallback when the source does not
 compile, the shipped source against the repository's files, and the optimizer scalars against
-the C++ make_optimizer_consts. Nothing here needs MPS; the whole module needs the wheel.
+the C++ make_optimizer_consts. Also what the harness cannot show by running the kernels: the word
+alignment of the buffers the glue binds, the fused gemv's rounding of the weight (hidden by the
+matmul tolerances), and in the source compat.h's Metal branch and the reductions' barriers.
+Nothing here needs MPS; the whole module needs the wheel.
 """
 
 from __future__ import annotations
@@ -72,6 +75,34 @@ def test_metal_optimizer_ids_equal_the_c_abi():
     metal = ids((ROOT / "platforms" / "mps" / "src" / "metal" / "compat.h").read_text())
     abi = ids((ROOT / "shared" / "include" / "bnb" / "bnb_c_api.h").read_text())
     assert metal == abi and len(abi) == 8
+
+
+def test_metal_side_of_the_portability_header_keeps_ieee_math():
+    """compat.h's Metal branch, which no host run compiles: safe math with no a * b + c fusion, and
+    sqrtf as the correctly rounded precise::sqrt (metal::sqrt is the fast approximation), so that
+    the GPU's numbers are the shared headers' bit for bit."""
+    text = (ROOT / "platforms" / "mps" / "src" / "metal" / "compat.h").read_text()
+    metal = text[text.index("#if defined(__METAL_VERSION__)") : text.index("#else")]
+    assert "#pragma METAL fp math_mode(safe)" in metal
+    assert "#pragma METAL fp contract(off)" in metal
+    assert re.search(r"inline float sqrtf\(float x\) \{ return precise::sqrt\(x\); \}", metal)
+    assert "fast::" not in metal and "metal::sqrt" not in metal
+
+
+def test_threadgroup_reductions_fence_their_scratch_on_both_sides():
+    """group_absmax and group_sum write `scratch` after a barrier (a previous reduction's threads
+    may still read it: the 8-bit optimizers requantize up to three states in a row) and read it
+    after another. The host harness runs SIMD groups in lock-step, so a missing first barrier
+    would race only on the GPU."""
+    text = (ROOT / "platforms" / "mps" / "src" / "metal" / "common.metal").read_text()
+    for name in ("group_absmax", "group_sum"):
+        body = re.search(rf"inline float {name}\(.*?\n\}}\n", text, re.S).group(0)
+        steps = [
+            "barrier" if "BNB_BARRIER();" in line else "write" if "scratch[lid / kSimd] =" in line else "read"
+            for line in body.splitlines()
+            if "BNB_BARRIER();" in line or "scratch[" in line
+        ]
+        assert steps == ["barrier", "write", "barrier", "read"], (name, steps)
 
 
 def test_wheel_metadata_and_runtime_check():
@@ -169,6 +200,77 @@ def test_optimizers_through_compile_shader(via_compile_shader, name):
     if clip:
         assert float(u_want) > clip * float(p.norm())  # the clipped learning rate was used
         torch.testing.assert_close(u_got, u_want, rtol=1e-5, atol=0)
+
+
+# ---- the glue's launches: alignment, rounding the conformance tolerances do not see -------------
+
+
+class _Recording:
+    """A compiled library that records each kernel call's name and arguments, then runs it."""
+
+    def __init__(self, lib, calls: list) -> None:
+        self._lib, self._calls = lib, calls
+
+    def __getattr__(self, name: str):
+        kernel = getattr(self._lib, name)
+
+        def run(*args, **kwargs):
+            self._calls.append((name, args))
+            return kernel(*args, **kwargs)
+
+        return run
+
+
+@NEEDS_CXX
+def test_packed_codes_read_as_words_are_word_aligned():
+    """The 4-bit dequantize and gemv kernels read packed codes as 32-bit words, which must be
+    4-byte aligned on the GPU (the host's CPU reads a misaligned word without complaint). For a
+    packed view at any byte offset the glue binds an aligned buffer or takes the per-byte path,
+    and the results stay the reference's."""
+    calls: list = []
+    k = MetalKernels("cpu", lambda source: _Recording(_host.host_library(source), calls), mps.metal_source)
+    g = torch.Generator().manual_seed(41)
+    packed, absmax = REF["quantize_4bit"](torch.randn(16, 64, generator=g), 64, "nf4", torch.uint8)
+    table = four_bit_decode_table("nf4")
+    A = torch.randn(2, 64, generator=g)
+    want_deq = REF["dequantize_4bit"](packed, absmax, 64, "nf4", [16, 64], torch.float32)
+    want_mm = REF["gemv_4bit"](A, packed, [16, 64], absmax, table, 64)
+    for offset in range(4):
+        buf = torch.zeros(packed.numel() + offset, dtype=torch.uint8)
+        buf[offset:] = packed.reshape(-1)
+        view = buf[offset:]
+        assert torch.equal(k.dequantize_4bit(view, absmax, 64, "nf4", [16, 64], torch.float32), want_deq)
+        torch.testing.assert_close(k.gemv_4bit(A, view, [16, 64], absmax, table, 64), want_mm, rtol=1e-5, atol=1e-5)
+    deq = [args for name, args in calls if name.startswith("bnb_dequantize_4bit_")]
+    assert len(deq) == 4 and deq[0][6] == 1  # the aligned view takes the 32-bit-word path
+    assert all(args[0].data_ptr() % 4 == 0 for args in deq if args[6]), [a[0].data_ptr() % 4 for a in deq]
+    gemv = [args for name, args in calls if name.startswith("bnb_gemv_4bit_")]
+    assert len(gemv) == 4 and all(args[1].data_ptr() % 4 == 0 for args in gemv)
+
+
+@NEEDS_CXX
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv_multiplies_by_the_weight_rounded_to_the_input_dtype(dtype):
+    """The fused gemv multiplies A by the dequantized weight rounded to A's dtype, as the
+    reference (and a dequantize-then-matmul) does. With one nonzero per row of A each output is a
+    single exact product, so the kernel's result must be the reference's bit for bit."""
+    K = mps.host_kernels()
+    g = torch.Generator().manual_seed(42)
+    table = four_bit_decode_table("nf4")
+    for N, k in ((12, 64), (12, 36)):  # the 32-bit-word path (K % 8 == 0) and the per-element path
+        packed, absmax = REF["quantize_4bit"](torch.randn(N, k, generator=g) * 3, 32, "nf4", torch.uint8)
+        A = torch.zeros(5, k)
+        for r in range(5):
+            A[r, (7 * r + 3) % k] = torch.randn(1, generator=g) + 2.0
+        A = A.to(dtype)
+        got = K["gemv_4bit"](A, packed, [N, k], absmax, table, 32)
+        W = REF["dequantize_4bit"](packed, absmax, 32, "nf4", [N, k], dtype)
+        exact = (A.double() @ W.double().T).to(dtype)
+        assert torch.equal(bits(got), bits(exact)), (N, k)
+        assert torch.equal(bits(got), bits(REF["gemv_4bit"](A, packed, [N, k], absmax, table, 32))), (N, k)
+        # The weight's rounding shows in these outputs: the unrounded weight gives other bits.
+        unrounded = A.double() @ REF["dequantize_4bit"](packed, absmax, 32, "nf4", [N, k], torch.float32).double().T
+        assert not torch.equal(bits(got), bits(unrounded.to(dtype))), (N, k)
 
 
 # ---- what the harness refuses ---------------------------------------------------------------
