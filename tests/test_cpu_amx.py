@@ -10,7 +10,7 @@ import torch
 cpu = pytest.importorskip("bitsandbytes_cpu")
 
 from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
-from bitsandbytes_cpu import amx  # noqa: E402
+from bitsandbytes_cpu import amx, kernels, weight_matmul  # noqa: E402
 from conftest import cpu_amx_usable  # noqa: E402
 
 UNITS = (["tiles"] if cpu_amx_usable() else []) + (["dots"] if cpu_amx_usable(panel=True) else [])
@@ -124,6 +124,26 @@ def test_row_limits_choose_the_path(amx_on, monkeypatch):
     monkeypatch.setattr(amx, prefix + "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 41))
     OPS.gemm_4bit(A, packed, [64, 64], absmax, 64, "nf4")
     assert len(amx_on) == 1
+
+
+def test_the_lower_row_limit_is_inclusive(amx_on, monkeypatch):
+    """Each op takes the panel path from MIN_ROWS rows of A (DOTS_MIN_ROWS in the dot-product
+    form) on, and not one row below."""
+    g = torch.Generator().manual_seed(10)
+    n, k = 64, 64
+    packed, absmax = REF["quantize_4bit"](torch.randn(n, k, generator=g), 64, "nf4", torch.uint8)
+    CB, SCB = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g), torch.rand(n, generator=g)
+    args = {"gemm_4bit": (packed, [n, k], absmax, 64, "nf4"), "int8_weight_mm": (CB, SCB)}
+    args["gemm_4bit_t"], args["int8_weight_mm_t"] = args["gemm_4bit"][:3] + (64, "nf4"), (CB, SCB)
+    prefix = "DOTS_" if cpu._C.panel_dots() else ""
+    monkeypatch.setattr(amx, prefix + "MIN_ROWS", dict.fromkeys(amx.MIN_ROWS, 20))
+    for op, rest in args.items():
+        fn = getattr(kernels if op == "gemm_4bit" else weight_matmul, op)
+        for rows in (19, 20):
+            A = torch.randn(rows, k, generator=g).to(torch.bfloat16)
+            before = len(amx_on)
+            _close(fn(A, *rest), REF[op](A, *rest), k)
+            assert len(amx_on) - before == (rows == 20), (op, rows)
 
 
 def test_fixed_point_rows_keep_the_fused_kernel(amx_on, monkeypatch):

@@ -15,6 +15,9 @@ import bitsandbytes as bnb
 from bitsandbytes.backends.reference import KERNELS as REF
 
 bnb_cpu = pytest.importorskip("bitsandbytes_cpu")
+from bitsandbytes_cpu import kernels as cpu_kernels  # noqa: E402
+from bitsandbytes_cpu import kernels_int8, prepared  # noqa: E402  (prepared gives the kernels their runners)
+
 ops = torch.ops.bitsandbytes
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 N, K, BS = 8, 128, 64
@@ -138,7 +141,7 @@ def test_gemm_4bit_screen(case):
     same(lambda: ops.gemm_4bit(*args, **kw), lambda: REF["gemm_4bit"](*args, **kw), k)
 
 
-NF4 = torch.tensor(bnb_cpu.kernels._DECODE_VALUES["nf4"])
+NF4 = torch.tensor(cpu_kernels._DECODE_VALUES["nf4"])
 GEMV_4BIT = {
     "base": (A, B4, [N, K], ABS, NF4, BS),
     "code strided": (A, B4, [N, K], ABS, _strided(NF4), BS),
@@ -157,6 +160,24 @@ GEMV_4BIT = {
 def test_gemv_4bit_checks(case):
     args = GEMV_4BIT[case]
     same(lambda: ops.gemv_4bit(*args), lambda: REF["gemv_4bit"](*args))
+
+
+GEMV_4BIT_OUT = {
+    "out f32 for f16 A": (A.half(), torch.full((3, N), 7.0)),
+    "out bf16 for f32 A": (A, torch.full((3, N), 7.0, dtype=torch.bfloat16)),
+    "out short": (A, torch.full((3, N - 1), 7.0)),
+    "out flat": (A, torch.full((3 * N,), 7.0)),
+}
+
+
+@pytest.mark.parametrize("case", list(GEMV_4BIT_OUT))
+def test_gemv_4bit_out_checks(case):
+    """An ``out`` of another shape or dtype than the product's is refused before any write."""
+    a, out = GEMV_4BIT_OUT[case]
+    args = (a, B4, [N, K], ABS, NF4, BS)
+    got_out, want_out = out.clone(), out.clone()
+    same(lambda: ops.gemv_4bit.out(*args, out=got_out), lambda: REF["gemv_4bit.out"](*args, want_out))
+    assert torch.equal(got_out, want_out)
 
 
 AT = torch.randn(3, N, generator=g)
@@ -240,6 +261,8 @@ def test_int8_scaled_mm_screen(case):
 
 
 AF = torch.randn(3, K, generator=g) * 3
+AEQ = AF.clone()
+AEQ[:, 4] = torch.tensor([0.5, 2.0, -0.25])  # |a| == threshold: an outlier, kept out of the column maximum
 VECTORWISE = {
     "base": (AF, 0.0),
     "threshold": (AF, 2.0),
@@ -255,6 +278,7 @@ VECTORWISE = {
     "A empty": (AF[:0], 2.0),
     "A k = 0": (torch.empty(3, 0), 2.0),
     "A meta": (AF.to("meta"), 0.0),
+    "threshold hit exactly": (AEQ, 2.0),
 }
 
 
@@ -322,17 +346,22 @@ def test_int8_weight_mm_checks(case):
     same(lambda: getattr(ops, op)(*args), lambda: REF[op](*args), args[0].shape[-1] if args[0].dim() else 1)
 
 
-@pytest.mark.parametrize("case", ["p is g", "g offset into p", "state1 is p", "state2 is state1"])
+@pytest.mark.parametrize(
+    "case", ["p is g", "g offset into p", "state1 is p", "state2 is state1", "state1 in strided p", "g in strided p"]
+)
 def test_optimizer_aliasing_refused(case):
-    """The glue skips its alias check when p and g are contiguous; the native library refuses."""
+    """The glue skips its alias check when p and g are contiguous; the native library refuses.
+    Where p or g is strided, the kernel gets a copy, so the glue checks the originals' memory."""
 
     def args():
-        buf, s1, s2 = torch.randn(9), torch.zeros(8), torch.zeros(8)
+        buf, s1, s2, wide = torch.randn(9), torch.zeros(8), torch.zeros(8), torch.randn(16)
         return {
             "p is g": (buf[:8], buf[:8], s1, s2),
             "g offset into p": (buf[1:], buf[:8], s1, s2),
             "state1 is p": (buf[1:].clone(), buf[:8], buf[:8], s2),
             "state2 is state1": (buf[1:].clone(), buf[:8], s1, s1),
+            "state1 in strided p": (buf[1:].clone(), wide[::2], wide[:8], s2),
+            "g in strided p": (wide[8:], wide[::2], s1, s2),
         }[case]
 
     rest = (None, 0.0, 0.0, 0.9, 0.99, 0.0, 0.0, 1e-8, 0.0, 1, 1e-3, 1.0, False)
@@ -397,3 +426,35 @@ def test_linear8bit_0d_input():
         layer(torch.randn(2, K))
         with pytest.raises(ValueError, match="in_features=128"):
             layer(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_prepared_int8_runner_fits_its_buffer(monkeypatch, threshold):
+    """At its most rows, with a short k and a wide n, the runner's quantized rows, scales, outlier
+    flags and int32 products each fit the thread buffer it asks for (nothing is written past it,
+    nothing overwrites another part) and it gives the two ops' result bit for bit."""
+    guard = 1 << 18
+    asked = []
+
+    def buffer(nbytes: int) -> int:
+        buf = torch.full((nbytes + guard,), 0xA5, dtype=torch.uint8)
+        asked.append((buf, nbytes))
+        return buf.data_ptr()
+
+    monkeypatch.setattr(prepared, "_buffer", buffer)
+    rows, n, k = prepared.INT8_MAX_ROWS, 512, 32
+    gen = torch.Generator().manual_seed(11)
+    cb = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
+    scb = torch.rand(n, generator=gen) * 3 + 0.5
+    bias = torch.randn(n, generator=gen).bfloat16()
+    a = (torch.randn(rows, k, generator=gen) * 2).clamp(-5, 5).bfloat16()  # no outlier at 6
+    run = prepared.prepare_int8_linear(cb, scb, bias, threshold, torch.bfloat16)
+    got = run(a)
+    assert got is not None and len(asked) == 1
+    buf, nbytes = asked[0]
+    assert nbytes >= rows * k + 4 * rows + 4 * rows * n
+    assert bool((buf[nbytes:] == 0xA5).all())
+    ca, sca, _ = kernels_int8.int8_vectorwise_quant(a.half(), threshold)
+    want = kernels_int8.int8_scaled_mm(ca, cb, sca, scb, bias=bias, dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
+    assert torch.equal(got, want)

@@ -6,6 +6,7 @@ panel, not the whole weight."""
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
@@ -15,8 +16,8 @@ from bitsandbytes.backends.reference import KERNELS as REF
 
 bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 from bitsandbytes_cpu import _panels, _scratch  # noqa: E402
-from bitsandbytes_cpu.kernels import dense_dtype  # noqa: E402
-from bitsandbytes_cpu.weight_matmul import gemm_4bit_t, int8_weight_mm, int8_weight_mm_t  # noqa: E402
+from bitsandbytes_cpu.kernels import FUSED_MAX_ROWS, dense_dtype, gemm_4bit  # noqa: E402
+from bitsandbytes_cpu.weight_matmul import FUSED_ROWS, gemm_4bit_t, int8_weight_mm, int8_weight_mm_t  # noqa: E402
 
 ISAS = bitsandbytes_cpu._C.usable_isas().split(",")
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -139,6 +140,49 @@ def test_the_buffer_holds_one_panel(monkeypatch, op):
     width = {"gemm_4bit": 32, "int8_weight_mm": 32, "gemm_4bit_t": 64, "int8_weight_mm_t": 54}[op]
     if seen["buf"] is not None:
         assert seen["buf"] == width * (n if op.endswith("_t") else k) < n * k
+
+
+def _expands_weight(fn) -> bool:
+    """Whether ``fn()``, run in a new thread, expanded a weight into that thread's buffer."""
+    seen: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            fn()
+            seen["bufs"] = dict(getattr(_scratch._LOCAL, "bufs", {}))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            seen["error"] = e
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert "error" not in seen, seen["error"]
+    return bool(seen["bufs"])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_the_fused_kernels_serve_up_to_their_rows(monkeypatch, isa):
+    """Up to each fused kernel's rows (gemm_4bit's ``FUSED_MAX_ROWS``, the instruction set's
+    ``FUSED_ROWS``) the product reads the quantized weight without expanding it; one row more takes
+    the dense path on the expanded weight."""
+    monkeypatch.setattr(_scratch, "ENABLED", True)
+    bitsandbytes_cpu._C.set_isa(isa)
+    n, k = 48, 128
+    g = torch.Generator().manual_seed(6)
+    packed, absmax = REF["quantize_4bit"](torch.randn(n, k, generator=g), 64, "nf4", torch.uint8)
+    CB, SCB = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8), torch.rand(n, generator=g)
+    fns = {
+        "gemm_4bit": lambda A: gemm_4bit(A, packed, [n, k], absmax, 64, "nf4"),
+        "gemm_4bit_t": lambda A: gemm_4bit_t(A, packed, [n, k], absmax, 64, "nf4"),
+        "int8_weight_mm": lambda A: int8_weight_mm(A, CB, SCB),
+        "int8_weight_mm_t": lambda A: int8_weight_mm_t(A, CB, SCB),
+    }
+    limits = {"gemm_4bit": FUSED_MAX_ROWS, **FUSED_ROWS[isa]}
+    for op, fn in fns.items():
+        for rows in (limits[op], limits[op] + 1):
+            if rows:
+                A = torch.randn(rows, n if op.endswith("_t") else k, generator=g)
+                assert _expands_weight(functools.partial(fn, A)) == (rows > limits[op]), (op, rows)
 
 
 def test_no_weight_rows_above_the_fused_rows():

@@ -106,6 +106,19 @@ def test_gradients_through_a_direct_call_do_not_see_the_buffer():
     torch.testing.assert_close(A.grad, W.sum(0).expand_as(A), rtol=1e-5, atol=1e-5)
 
 
+def test_direct_call_with_a_bias_that_needs_gradients():
+    """The kernel called directly with gradients on for the bias only (above the fused rows): the
+    product records the bias for backward, which receives the sum over the rows."""
+    A, packed, absmax, _ = _case(72, 512, torch.float32, 22)
+    bias = torch.randn(72, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    out = bitsandbytes_cpu.kernels.gemm_4bit(A, packed, [72, 512], absmax, 64, "nf4", bias)
+    want = REF["gemm_4bit"](A, packed, [72, 512], absmax, 64, "nf4", bias.detach())
+    _close(out.detach(), want, 512)
+    assert out.requires_grad
+    (out * 2).sum().backward()
+    torch.testing.assert_close(bias.grad, torch.full((72,), 2.0 * A.shape[0]))
+
+
 def test_buffer_first_made_in_inference_mode():
     """A thread whose buffer is first asked for in inference mode, then used outside it."""
     A, packed, absmax, want = _case(80, 384, torch.bfloat16, 22)
