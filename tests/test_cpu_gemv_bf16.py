@@ -175,3 +175,21 @@ def test_gemv_bf16_is_the_fixed_point_product(isa, M, K, blocksize, quant_type, 
     rounded = model.to(torch.bfloat16)
     assert bool(((got.double() - model).abs() <= 2.0**-7 * model.abs()).all())
     assert (got == rounded).double().mean().item() >= 0.95
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("scale_exp", [-99, -102, -106, -110])
+def test_gemv_bf16_groups_just_below_the_fixed_point_range(isa, M, scale_exp) -> None:
+    """Groups whose largest |value| lies between 2^-111 and 2^-96, where a fixed-point group scale
+    2^(e - 27) would leave the normal range (its f32 bits would be wrong or zero): they take the
+    float kernels, whose result is within the bf16 bound of the exact product."""
+    N, K, blocksize = 64, 256, 64
+    packed, absmax, code = _weight(N, K, blocksize, "nf4", seed=9)
+    Wq = REF["dequantize_4bit"](packed, absmax, blocksize, "nf4", [N, K], torch.float32)
+    A = (_input(K, "randn", seed=10, M=M).float() * 2.0**scale_exp).to(torch.bfloat16)
+    assert A.float().abs().max() < 2.0**-96
+    got = _gemv(isa, A, packed, absmax, code, N, K, blocksize)
+    exact = A.double() @ Wq.double().T
+    err = (got.double() - exact).abs()
+    assert bool((err <= _bound(A, Wq, absmax, exact, fixed=False)).all()), f"worst error {err.max().item():.3g}"

@@ -118,3 +118,54 @@ def test_quantize_4bit_midpoints_and_magnitudes_match_scalar(isa, quant_type, dt
     assert torch.equal(want[1], got[1])
     bad = (want[0] != got[0]).nonzero().flatten()
     assert bad.numel() == 0, f"{bad.numel()} packed bytes differ, first at byte {bad[0].item()}"
+
+
+def _payload_nan(dtype: torch.dtype) -> torch.Tensor:
+    """A quiet NaN whose payload reaches the f16 mantissa (f32 0x7fc02000; as f16 0x7e01)."""
+    return torch.tensor([0x7FC02000], dtype=torch.int32).view(torch.float32).to(dtype)
+
+
+@pytest.mark.skipif(not VECTOR_ISAS, reason="only the scalar kernels are usable on this CPU")
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+@pytest.mark.parametrize("blocksize", [64, 256])
+def test_f16_dequantize_of_a_nan_absmax_with_payload_matches_scalar(isa, blocksize) -> None:
+    """A block whose absmax is a NaN carrying payload bits (kept as loaded from a NaN of the
+    input's last values): every f16 output of the block is the scalar kernel's NaN, bit for bit,
+    whichever instruction set writes it, for the 4-bit and the 8-bit dequantization (F16C's
+    conversion alone would keep the payload: 0x7e01)."""
+    n = 4 * blocksize
+    g = torch.Generator().manual_seed(3)
+    absmax = torch.rand(4, generator=g)
+    absmax[1] = _payload_nan(torch.float32)
+    packed = torch.randint(0, 256, (n // 2,), generator=g, dtype=torch.uint8)
+    codes = torch.randint(0, 256, (n,), generator=g, dtype=torch.uint8)
+    code = F.create_dynamic_map(signed=True)
+    deq4 = lambda: (torch.ops.bitsandbytes.dequantize_4bit(packed, absmax, blocksize, "nf4", (n,), torch.float16),)  # noqa: E731
+    deq8 = lambda: (torch.ops.bitsandbytes.dequantize_blockwise(codes, absmax, code, blocksize, torch.float16),)  # noqa: E731
+    for fn in (deq4, deq8):
+        want, got = _on("scalar", fn)[0].view(torch.int16), _on(isa, fn)[0].view(torch.int16)
+        assert bool(want[blocksize : 2 * blocksize].view(torch.float16).isnan().all())
+        assert torch.equal(want, got)
+
+
+@pytest.mark.skipif(not VECTOR_ISAS, reason="only the scalar kernels are usable on this CPU")
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+@pytest.mark.parametrize("blocksize", [64, 256])
+def test_subnormal_blocks_among_many_whole_blocks_match_scalar(isa, blocksize) -> None:
+    """Blocks of subnormals inside runs of 8 and 16 whole blocks (which the vector quantizers
+    reduce together): their scale is 1 / 1e-38 as in the scalar kernel, not 1 / absmax (inf)."""
+    n = 40 * blocksize + 7
+    x = torch.randn(n, generator=torch.Generator().manual_seed(5))
+    for b in (1, 2, 17, 30):
+        x[b * blocksize : (b + 1) * blocksize] *= 2.0**-135
+    assert 0 < x[blocksize : 2 * blocksize].abs().max() < torch.finfo(torch.float32).tiny
+    code = F.create_dynamic_map(signed=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype)
+        for fn in (
+            lambda xd=xd: torch.ops.bitsandbytes.quantize_4bit(xd, blocksize, "nf4", torch.uint8),
+            lambda xd=xd: torch.ops.bitsandbytes.quantize_4bit(xd, blocksize, "fp4", torch.uint8),
+            lambda xd=xd: torch.ops.bitsandbytes.quantize_blockwise(xd, code, blocksize),
+        ):
+            want, got = _on("scalar", fn), _on(isa, fn)
+            assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])

@@ -217,3 +217,29 @@ def _run_ademamix(isa: str, step: int, betas: tuple[float, float]) -> list[torch
 def test_ademamix_bias_correction_divisions_match_scalar(isa, step, betas) -> None:
     want, got = _scalar_and(isa, lambda which: _run_ademamix(which, step, betas))
     _assert_same_bits(isa, want, got, f" at step {step}")
+
+
+@pytest.mark.skipif(not VECTOR_ISAS, reason="only the scalar kernels are usable on this CPU")
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+def test_f16_parameter_nan_with_payload_is_stored_as_the_scalar_kernels_nan(isa) -> None:
+    """f16 parameters and gradients holding a NaN with payload bits (0x7e01): the updated
+    parameter is the scalar kernel's NaN, bit for bit, in every kernel (F16C's conversion alone
+    keeps the payload)."""
+    n = 256 * 4
+    q1 = F.create_dynamic_map(signed=True)
+
+    def run(which: str) -> list[torch.Tensor]:
+        p = torch.ones(n, dtype=torch.float16)
+        g = torch.full((n,), 0.1, dtype=torch.float16)
+        g.view(torch.int16)[7] = 0x7E01
+        p.view(torch.int16)[300] = 0x7E01
+        p.view(torch.int16)[600] = 0x7E01 | -0x8000
+        s1, a1 = torch.full((n,), 127, dtype=torch.uint8), torch.ones(4)
+        _update(
+            which, "momentum", g, p, s1, None, 0.9, 0.0, 0.0, 0.0, 1e-8, 1, 1e-3, q1, None, a1, None, 0.0, 1.0, False
+        )
+        return [_bits(t) for t in (p, s1, a1)]
+
+    want, got = _scalar_and(isa, run)
+    assert bool(want[0].view(torch.float16)[[7, 300, 600]].isnan().all())
+    _assert_same_bits(isa, want, got)

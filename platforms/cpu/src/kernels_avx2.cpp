@@ -40,8 +40,8 @@ inline void table16(const float* code, float absmax, int32_t dtype, __m256i* tlo
     w = _mm256_castsi256_si128(q);
     w1 = _mm256_extracti128_si256(q, 1);
   } else {
-    w = _mm256_cvtps_ph(t0, _MM_FROUND_TO_NEAREST_INT);
-    w1 = _mm256_cvtps_ph(t1, _MM_FROUND_TO_NEAREST_INT);
+    w = to_16bit<Element<BNB_DTYPE_F16>>(t0);  // NaN: the quiet NaN of its sign, as float_to_half
+    w1 = to_16bit<Element<BNB_DTYPE_F16>>(t1);
   }
   const __m128i split = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
   const __m128i a = _mm_shuffle_epi8(w, split);   // lo bytes of 0..7 | hi bytes of 0..7

@@ -20,7 +20,7 @@ namespace {
 // The 16 decoded values of a block scaled by its absmax, as 16-bit patterns of `dtype`.
 inline __m512i table16(const __m512 code, float absmax, int32_t dtype) {
   const __m512 t = _mm512_mul_ps(code, _mm512_set1_ps(absmax));
-  const __m256i h = dtype == BNB_DTYPE_BF16 ? to_bf16(t) : _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT);
+  const __m256i h = dtype == BNB_DTYPE_BF16 ? to_bf16(t) : to_f16(t);
   return _mm512_castsi256_si512(h);
 }
 

@@ -24,6 +24,16 @@ inline __m256i to_bf16(__m512 v) {
   return _mm512_cvtepi32_epi16(r);
 }
 
+// f32 -> f16 bits rounded to nearest even, every NaN the quiet NaN of its sign (bnb::float_to_half):
+// vcvtps2ph alone keeps a NaN's top payload bits (0x7fc02000 -> 0x7e01 where the scalar kernels
+// give 0x7e00).
+inline __m256i to_f16(__m512 v) {
+  const __m512 quiet = _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(INT32_MIN)), _mm512_set1_epi32(0x7fc00000)));
+  return _mm512_cvtps_ph(_mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), quiet),
+                         _MM_FROUND_TO_NEAREST_INT);
+}
+
 // Loads 16 elements of dtype E as f32.
 template <typename E>
 inline __m512 load16(const typename E::type* p) {
@@ -43,7 +53,7 @@ inline void store16(typename E::type* p, __m512 v, __mmask16 mask = 0xffff) {
   if constexpr (E::kDtype == BNB_DTYPE_F32) {
     _mm512_mask_storeu_ps(p, mask, v);
   } else if constexpr (E::kDtype == BNB_DTYPE_F16) {
-    _mm256_mask_storeu_epi16(p, mask, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    _mm256_mask_storeu_epi16(p, mask, to_f16(v));
   } else {
     _mm256_mask_storeu_epi16(p, mask, to_bf16(v));
   }
