@@ -58,6 +58,19 @@ def cpu_isas() -> list[str]:
     return bitsandbytes_cpu.build_info().get("isa_usable", [])
 
 
+def cpu_wheel_serves() -> bool:
+    """Whether the bitsandbytes-cpu wheel serves the CPU ops here: installed, and not excluded by
+    ``BNB_PLATFORMS`` (with ``none`` the ops run the reference kernels though the wheel imports)."""
+    return bitsandbytes.implementation("gemm_4bit", "cpu") == "cpu"
+
+
+served_by_cpu_wheel = pytest.mark.skipif(
+    not cpu_wheel_serves(), reason="the test reaches the bitsandbytes-cpu kernels through the ops it serves"
+)
+"""For a test of the wheel's kernels made through ``torch.ops`` or the layers, not the wheel's
+own functions (which run in every mode)."""
+
+
 def cpu_amx_usable(panel: bool = False) -> bool:
     """Whether bitsandbytes-cpu's AMX path can run here (AMX-BF16 CPU, avx512 table); with
     ``panel``, whether its panel path runs in either form (AMX, or AVX512-BF16 dot products)."""

@@ -11,7 +11,7 @@ cpu = pytest.importorskip("bitsandbytes_cpu")
 
 from bitsandbytes.backends.reference import KERNELS as REF  # noqa: E402
 from bitsandbytes_cpu import amx, kernels, weight_matmul  # noqa: E402
-from conftest import cpu_amx_usable  # noqa: E402
+from conftest import cpu_amx_usable, served_by_cpu_wheel  # noqa: E402
 
 UNITS = (["tiles"] if cpu_amx_usable() else []) + (["dots"] if cpu_amx_usable(panel=True) else [])
 pytestmark = pytest.mark.skipif(not UNITS, reason="the avx512 kernel table does not run here")
@@ -56,6 +56,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:
 SHAPES = [(1, 1, 32), (17, 33, 64), (33, 300, 96), (64, 64, 1024), (300, 70, 544), (5, 520, 128)]
 
 
+@served_by_cpu_wheel
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("blocksize", [32, 64, 1024])
 @pytest.mark.parametrize("m,n,k", SHAPES)
@@ -74,6 +75,7 @@ def test_gemm_4bit(amx_on, quant_type, blocksize, m, n, k):
     assert len(amx_on) == 3
 
 
+@served_by_cpu_wheel
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_int8_weight_mm(amx_on, m, n, k):
     g = torch.Generator().manual_seed(m * 17 + n + k)
@@ -84,6 +86,7 @@ def test_int8_weight_mm(amx_on, m, n, k):
     assert len(amx_on) == 3
 
 
+@served_by_cpu_wheel
 def test_exact_for_small_integers(amx_on):
     """Integer-valued operands whose products sum exactly in f32 and round exactly to bf16: the
     AMX result must equal the exact product bit for bit (no operand or tile may be misplaced)."""
@@ -109,6 +112,7 @@ def test_other_dtypes_and_shapes_take_the_other_paths(amx_on):
     assert amx_on == []
 
 
+@served_by_cpu_wheel
 def test_row_limits_choose_the_path(amx_on, monkeypatch):
     """Above MAX_ROWS (and below MIN_ROWS) the op takes the other paths, with the same result."""
     g = torch.Generator().manual_seed(8)
@@ -146,6 +150,7 @@ def test_the_lower_row_limit_is_inclusive(amx_on, monkeypatch):
             assert len(amx_on) - before == (rows == 20), (op, rows)
 
 
+@served_by_cpu_wheel
 def test_fixed_point_rows_keep_the_fused_kernel(amx_on, monkeypatch):
     """At block size 64 with k a multiple of 128, up to FIXED_POINT_ROWS rows stay on the fused
     (fixed-point) kernel; other block sizes and more rows take AMX. The dot-product form has its
@@ -181,6 +186,7 @@ def test_native_entry_refuses_what_it_cannot_do():
         cpu._C.set_amx(True)
 
 
+@served_by_cpu_wheel
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("blocksize", [32, 64, 1024])
 @pytest.mark.parametrize("m,n,k", SHAPES + [(9, 600, 64)])
@@ -199,6 +205,7 @@ def test_transposed_products(amx_on, quant_type, blocksize, m, n, k):
     assert len(amx_on) == 2
 
 
+@served_by_cpu_wheel
 def test_transposed_exact_for_small_integers(amx_on):
     g = torch.Generator().manual_seed(4)
     n, k, m = 80, 72, 33
@@ -210,6 +217,7 @@ def test_transposed_exact_for_small_integers(amx_on):
     assert len(amx_on) == 1
 
 
+@served_by_cpu_wheel
 def test_non_contiguous_bias_and_activations(amx_on):
     """Strided inputs are made contiguous (and kept alive) before the native call."""
     g = torch.Generator().manual_seed(9)

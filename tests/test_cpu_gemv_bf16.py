@@ -17,7 +17,7 @@ import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import four_bit_decode_table
-from conftest import cpu_isas, with_isa
+from conftest import cpu_isas, served_by_cpu_wheel, with_isa
 
 pytest.importorskip("bitsandbytes_cpu")
 
@@ -91,6 +91,7 @@ def _bound(A: torch.Tensor, W: torch.Tensor, absmax: torch.Tensor, exact: torch.
     return base + 2.0**-15 * (gmax @ w.T) + 2.0**-14 * (a @ am.T) + 2.0**-29 * (gmax @ am.T)
 
 
+@served_by_cpu_wheel
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("M", [1, 3, 6])
 @pytest.mark.parametrize("K,blocksize", [(4096, 64), (4288, 64), (2048, 128), (1024, 256), (4096, 4096), (192, 64)])
@@ -158,6 +159,7 @@ FIXED_SHAPES = [
 ]
 
 
+@served_by_cpu_wheel
 @pytest.mark.skipif(not FIXED_SHAPES, reason="no fixed-point kernel on this CPU")
 @pytest.mark.parametrize("isa,M,K,blocksize", FIXED_SHAPES)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
@@ -177,6 +179,7 @@ def test_gemv_bf16_is_the_fixed_point_product(isa, M, K, blocksize, quant_type, 
     assert (got == rounded).double().mean().item() >= 0.95
 
 
+@served_by_cpu_wheel
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("M", [1, 3])
 @pytest.mark.parametrize("scale_exp", [-99, -102, -106, -110])

@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from conftest import served_by_cpu_wheel
+
 bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 
 
@@ -62,6 +64,7 @@ def test_environment_override():
     assert json.loads(r.stdout.strip().splitlines()[-1])["isa_selected"] == "scalar"
 
 
+@served_by_cpu_wheel
 def test_unknown_environment_value_warns_and_falls_back():
     code = "import bitsandbytes, torch; print(bitsandbytes._LOADED.kernels.get(('gemm_4bit', 'cpu')))"
     r = _run("sse9", code)
@@ -69,6 +72,7 @@ def test_unknown_environment_value_warns_and_falls_back():
     assert "BNB_CPU_ISA" in r.stderr and "None" in r.stdout.strip().splitlines()[-1]
 
 
+@served_by_cpu_wheel
 def test_kernels_work_in_a_forked_child():
     """The library's thread pool is recreated in a fork()ed child (no hang waiting for threads
     that were not copied)."""

@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+from conftest import served_by_cpu_wheel
+
 bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 
 ISAS = [i for i in bitsandbytes_cpu.build_info().get("isa_usable", []) if i in ("avx2", "avx512")]
@@ -42,6 +44,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@served_by_cpu_wheel
 @pytest.mark.parametrize("isa", ISAS)
 def test_scratch_allocation_failure_is_a_memory_error(isa):
     proc = subprocess.run([sys.executable, "-c", CHILD, isa], capture_output=True, text=True, timeout=120)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
+from conftest import served_by_cpu_wheel
 
 bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 from bitsandbytes_cpu import _panels, _scratch  # noqa: E402
@@ -108,6 +109,7 @@ def test_input_gradients_in_column_panels_equal_the_reference(small_panels, isa,
         _close(got, REF["gemm_4bit_t"](G, packed, [90, k], absmax, 64, "nf4"), 90)
 
 
+@served_by_cpu_wheel
 @pytest.mark.parametrize("op", ["gemm_4bit", "gemm_4bit_t", "int8_weight_mm", "int8_weight_mm_t"])
 def test_the_buffer_holds_one_panel(monkeypatch, op):
     """A new thread's buffer after a product above the fused rows: one panel of the weight, not all

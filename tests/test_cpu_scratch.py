@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
+from conftest import served_by_cpu_wheel
 
 bitsandbytes_cpu = pytest.importorskip("bitsandbytes_cpu")
 from bitsandbytes_cpu import _scratch  # noqa: E402
@@ -45,6 +46,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, K: int) -> None:
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * K**0.5)
 
 
+@served_by_cpu_wheel
 def test_buffer_reused_across_shapes_and_dtypes():
     cases = [(72, 512, torch.bfloat16), (24, 128, torch.bfloat16), (72, 512, torch.float32), (96, 640, torch.float16)]
     data = [(N, K, *_case(N, K, dt, seed)) for seed, (N, K, dt) in enumerate(cases)]
@@ -119,6 +121,7 @@ def test_direct_call_with_a_bias_that_needs_gradients():
     torch.testing.assert_close(bias.grad, torch.full((72,), 2.0 * A.shape[0]))
 
 
+@served_by_cpu_wheel
 def test_buffer_first_made_in_inference_mode():
     """A thread whose buffer is first asked for in inference mode, then used outside it."""
     A, packed, absmax, want = _case(80, 384, torch.bfloat16, 22)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import served_by_cpu_wheel
+
 cpu = pytest.importorskip("bitsandbytes_cpu")
 
 import bitsandbytes.functional as F  # noqa: E402
@@ -62,6 +64,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, k: int) -> None:
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * max(scale, 1e-3) * (1 + k**0.5 / 8))
 
 
+@served_by_cpu_wheel
 def test_ops_are_served_by_the_cpu_wheel():
     import bitsandbytes
 

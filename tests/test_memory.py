@@ -17,6 +17,8 @@ import textwrap
 
 import pytest
 
+from conftest import cpu_wheel_serves
+
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status"),
 ]
@@ -52,18 +54,10 @@ def weight(n, k, dtype=torch.bfloat16):
 """
 
 
-def _cpu_kernels() -> bool:
-    """Whether the bitsandbytes-cpu wheel serves the CPU here (installed, and not excluded by
-    BNB_PLATFORMS): the flows run in children of this process, under the same environment."""
-    import bitsandbytes
-
-    return bitsandbytes.implementation("quantize_4bit", "cpu") == "cpu"
-
-
 def peaks(body: str) -> dict:
     """Run ``body`` (after the prelude above; it prints nothing and sets ``out``, a dict) in a
     fresh interpreter and return ``out``."""
-    if not _cpu_kernels():
+    if not cpu_wheel_serves():  # the flows run in children of this process, under the same environment
         pytest.skip("the bounds are for the bitsandbytes-cpu kernels")
     code = _PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
