@@ -109,6 +109,25 @@ def test_input_gradients_in_column_panels_equal_the_reference(small_panels, isa,
         _close(got, REF["gemm_4bit_t"](G, packed, [90, k], absmax, 64, "nf4"), 90)
 
 
+def _in_a_new_thread(fn) -> tuple[object, dict]:
+    """``fn()`` run in a new thread: what it returned, and that thread's buffers afterwards (by
+    dtype; a new thread starts with none)."""
+    seen: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            seen["out"] = fn()
+            seen["bufs"] = dict(getattr(_scratch._LOCAL, "bufs", {}))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            seen["error"] = e
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert "error" not in seen, seen["error"]
+    return seen["out"], seen["bufs"]
+
+
 @served_by_cpu_wheel
 @pytest.mark.parametrize("op", ["gemm_4bit", "gemm_4bit_t", "int8_weight_mm", "int8_weight_mm_t"])
 def test_the_buffer_holds_one_panel(monkeypatch, op):
@@ -124,42 +143,13 @@ def test_the_buffer_holds_one_panel(monkeypatch, op):
     A = torch.randn(48, n if op.endswith("_t") else k, generator=g)
     args = {"gemm_4bit": (A, packed, [n, k], absmax, 64, "nf4"), "int8_weight_mm": (A, CB, SCB)}
     args["gemm_4bit_t"], args["int8_weight_mm_t"] = args["gemm_4bit"], args["int8_weight_mm"]
-    seen: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            seen["out"] = getattr(torch.ops.bitsandbytes, op)(*args[op])
-            seen["buf"] = _scratch._LOCAL.bufs[dense_dtype(A.dtype)].numel() if _scratch.ENABLED else None
-        except BaseException as e:  # noqa: BLE001 - reported below
-            seen["error"] = e
-
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
-    assert "error" not in seen, seen["error"]
-    _close(seen["out"], REF[op](*args[op]), k)
+    out, bufs = _in_a_new_thread(lambda: getattr(torch.ops.bitsandbytes, op)(*args[op]))
+    buf = bufs[dense_dtype(A.dtype)].numel() if _scratch.ENABLED else None
+    _close(out, REF[op](*args[op]), k)
     # 64 KiB of f32: 32 weight rows of 512, or 54 columns of 300 (64 for whole 4-bit blocks)
     width = {"gemm_4bit": 32, "int8_weight_mm": 32, "gemm_4bit_t": 64, "int8_weight_mm_t": 54}[op]
-    if seen["buf"] is not None:
-        assert seen["buf"] == width * (n if op.endswith("_t") else k) < n * k
-
-
-def _expands_weight(fn) -> bool:
-    """Whether ``fn()``, run in a new thread, expanded a weight into that thread's buffer."""
-    seen: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            fn()
-            seen["bufs"] = dict(getattr(_scratch._LOCAL, "bufs", {}))
-        except BaseException as e:  # noqa: BLE001 - reported below
-            seen["error"] = e
-
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
-    assert "error" not in seen, seen["error"]
-    return bool(seen["bufs"])
+    if buf is not None:
+        assert buf == width * (n if op.endswith("_t") else k) < n * k
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -184,7 +174,7 @@ def test_the_fused_kernels_serve_up_to_their_rows(monkeypatch, isa):
         for rows in (limits[op], limits[op] + 1):
             if rows:
                 A = torch.randn(rows, n if op.endswith("_t") else k, generator=g)
-                assert _expands_weight(functools.partial(fn, A)) == (rows > limits[op]), (op, rows)
+                assert bool(_in_a_new_thread(functools.partial(fn, A))[1]) == (rows > limits[op]), (op, rows)
 
 
 def test_no_weight_rows_above_the_fused_rows():
