@@ -188,11 +188,11 @@ def _bias_hold(bias: torch.Tensor) -> torch.Tensor:
 
 
 def _runner_bias(bias: torch.Tensor | None, ptr: int) -> torch.Tensor | None | Literal[False]:
-    """The bias a kept runner is prepared with: a tensor of its own on the memory ``ptr`` that the
-    runner's key names (``_bias_hold``, taken under ``swap_lock`` as conversions are made), or False
-    where the parameter's memory has been replaced since the key was taken. A runner prepared with
-    the parameter itself would read whatever memory it holds when the platform takes it, which
-    another thread's conversion may be replacing at that moment."""
+    """The bias a kept runner is prepared with: a detached tensor of its own on the memory ``ptr``
+    that the runner's key names, taken under ``swap_lock`` as conversions are made; or False where
+    the parameter's memory has been replaced since the key was taken. A runner prepared with the
+    parameter itself would read whatever memory it holds when the platform takes it, which another
+    thread's conversion may be replacing at that moment."""
     if bias is None:
         return None
     with swap_lock(), _disable_torch_function():
