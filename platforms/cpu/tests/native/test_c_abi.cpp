@@ -100,8 +100,8 @@ Outputs run_all(bool* gemm_ok) {
     put(stats.data(), stats.size() * 4);
     put(ocols.data(), ocols.size());
   }
-  {
-    const int64_t m = 3, nn = 21, k = 200;
+  for (int64_t k : {200, 100, 7}) {  // whole vectors with a tail; less than one 64-byte vector
+    const int64_t m = 3, nn = 21;
     std::vector<int8_t> A(m * k), B(nn * k);
     std::mt19937 rng(7);
     for (auto& v : A) v = static_cast<int8_t>(rng() & 0xff);
@@ -142,6 +142,10 @@ Outputs run_all(bool* gemm_ok) {
     check(bnb_optimizer_update_32bit(opt, g.data(), p.data(), BNB_DTYPE_F32, s1.data(), s2.data(), &unorm, pn, &h,
                                      nullptr) == BNB_OK,
           "optimizer_update_32bit clip");
+    put(p.data(), pn * 4);
+    put(s1.data(), s1.size() * 4);
+    put(s2.data(), s2.size() * 4);
+    put(&unorm, 4);
     float empty_norm = 7.0f;
     check(bnb_optimizer_update_32bit(opt, g.data(), p.data(), BNB_DTYPE_F32, s1.data(), s2.data(), &empty_norm, 0, &h,
                                      nullptr) == BNB_OK &&
