@@ -20,6 +20,7 @@ from bitsandbytes.backends.reference.codebooks import four_bit_decode_table
 from conftest import cpu_isas, served_by_cpu_wheel, with_isa
 
 pytest.importorskip("bitsandbytes_cpu")
+pytestmark = served_by_cpu_wheel  # every test reaches the kernels through torch.ops
 
 ISAS = cpu_isas()
 
@@ -91,7 +92,6 @@ def _bound(A: torch.Tensor, W: torch.Tensor, absmax: torch.Tensor, exact: torch.
     return base + 2.0**-15 * (gmax @ w.T) + 2.0**-14 * (a @ am.T) + 2.0**-29 * (gmax @ am.T)
 
 
-@served_by_cpu_wheel
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("M", [1, 3, 6])
 @pytest.mark.parametrize("K,blocksize", [(4096, 64), (4288, 64), (2048, 128), (1024, 256), (4096, 4096), (192, 64)])
@@ -159,7 +159,6 @@ FIXED_SHAPES = [
 ]
 
 
-@served_by_cpu_wheel
 @pytest.mark.skipif(not FIXED_SHAPES, reason="no fixed-point kernel on this CPU")
 @pytest.mark.parametrize("isa,M,K,blocksize", FIXED_SHAPES)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
@@ -179,7 +178,6 @@ def test_gemv_bf16_is_the_fixed_point_product(isa, M, K, blocksize, quant_type, 
     assert (got == rounded).double().mean().item() >= 0.95
 
 
-@served_by_cpu_wheel
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("M", [1, 3])
 @pytest.mark.parametrize("scale_exp", [-99, -102, -106, -110])

@@ -187,15 +187,15 @@ def test_host_dequantize_out_writes_only_its_slice(K, dtype):
     for n in (1, 33, 127):
         A = torch.randn(n, generator=g).to(dtype)
         packed, absmax = REF["quantize_4bit"](A, 64, "nf4", torch.uint8)
-        buf = torch.full((n + 2,), 7.0, dtype=dtype)
-        K["dequantize_4bit.out"](packed, absmax, 64, "nf4", (n,), dtype, buf[1:-1])
-        assert same(buf[1:-1], REF["dequantize_4bit"](packed, absmax, 64, "nf4", (n,), dtype)), n
-        assert buf[0].item() == 7.0 and buf[-1].item() == 7.0, n
         q, qa = REF["quantize_blockwise"](A, code, 64)
-        buf = torch.full((n + 2,), 7.0, dtype=dtype)
-        K["dequantize_blockwise.out"](q, qa, code, 64, dtype, buf[1:-1])
-        assert same(buf[1:-1], REF["dequantize_blockwise"](q, qa, code, 64, dtype)), n
-        assert buf[0].item() == 7.0 and buf[-1].item() == 7.0, n
+        for op, args in (
+            ("dequantize_4bit", (packed, absmax, 64, "nf4", (n,), dtype)),
+            ("dequantize_blockwise", (q, qa, code, 64, dtype)),
+        ):
+            buf = torch.full((n + 2,), 7.0, dtype=dtype)
+            K[f"{op}.out"](*args, buf[1:-1])
+            assert same(buf[1:-1], REF[op](*args)), (op, n)
+            assert buf[0].item() == 7.0 and buf[-1].item() == 7.0, (op, n)
 
 
 # ---- 4-bit matmuls -----------------------------------------------------------------------------
