@@ -113,6 +113,19 @@ def test_cuda_host_missing_barrier_shows_in_either_direction(probe, reader):
     assert out[:2].isnan().any() and (out[:2] == 2.0).any()
 
 
+def test_cuda_host_warps_run_ahead_of_each_other_between_barriers(probe):
+    """Between two barriers one warp runs to the next barrier, through its shuffles, before the
+    next warp starts: the last warp first in even blocks, the first in odd ones. A warp's read of
+    shared memory that another warp overwrites after a shuffle, with no barrier between, sees the
+    overwrite in one block and not in the other (phases in lock-step would hide it in both)."""
+    run, warp = probe
+    status, msg, out = run(9, 4 * warp)
+    assert status == 0, msg
+    block0, block1 = out.view(2, 2, warp)
+    assert (block0[0] == 2.0).all() and (block0[1] == 1.0).all()  # warp 1 first: it overwrote
+    assert (block1[0] == 1.0).all() and (block1[1] == 2.0).all()  # warp 0 first
+
+
 def test_cuda_host_block_order_differs_between_the_builds(probe):
     """The 32-lane build runs a launch's blocks in ascending order, the 64-lane one descending: an
     order-dependent result (atomicAdds in float, a race between blocks) differs between them."""

@@ -2,9 +2,12 @@
 // CUDA/ROCm kernels share. A test tool of the repository, never part of a wheel or a GPU run.
 //
 // Every thread of a group (a Metal threadgroup, a CUDA block) runs as one fiber (ucontext). Every
-// barrier and every warp (SIMD-group) shuffle is a synchronisation point: the scheduler runs each
-// thread (last first, or first first) up to its next point, and releases a barrier only when
-// every thread of the group waits at one, a shuffle only when every lane of its warp waits at one. What is undefined
+// barrier and every warp (SIMD-group) shuffle is a synchronisation point. Between two barriers the
+// warps run one after another (the last first, or the first first), each through its shuffles
+// until all its lanes wait at the barrier: a shuffle goes on when every lane of its warp waits at
+// it, a barrier when every thread of the group does. A warp thus runs ahead of the others as far
+// as a GPU lets it, so a read of shared memory that another warp writes, with no barrier between,
+// sees the write in one order and not in the other, however many shuffles lie between. What is undefined
 // behaviour on a GPU is an error reported to the caller: a thread that returns while others wait
 // at a barrier, lanes of one warp at different points, threads at different barrier instances, a
 // shuffle that reads a lane that does not exist. The warp width is a parameter (32 for NVIDIA and
@@ -193,10 +196,11 @@ inline float shuffle_xor(float v, uint32_t mask, const char* what) {
   return g->slots[k][partner];
 }
 
-// Runs one group of `size` threads in warps of `warp` lanes; body(i) is thread i. Within each
-// phase the threads run last first (`last_first`) or first first: a thread that reads what a
-// thread on the other side of it writes, with no barrier between, reads too early in one of the
-// two orders. Returns "" or what went wrong.
+// Runs one group of `size` threads in warps of `warp` lanes; body(i) is thread i. Warps, and the
+// lanes within a warp up to each shuffle, run last first (`last_first`) or first first: a thread
+// that reads what a thread on the other side of it writes, with no barrier between, reads too
+// early in one of the two orders, and a thread that reads what another warp overwrites reads too
+// late in the other. Returns "" or what went wrong.
 inline std::string run_group(uint32_t size, uint32_t warp, const std::function<void(uint32_t)>& body,
                              bool last_first = true) {
   if (size == 0 || size > kMaxGroup) return "group size must be in [1, 1024], got " + std::to_string(size);
@@ -230,14 +234,30 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
     f.shuffles = 0;
     f.barriers = 0;
   }
+  const uint32_t warps = (size + warp - 1) / warp;
   for (;;) {
-    for (uint32_t n = 0; n < size; ++n) {
-      const uint32_t i = last_first ? size - 1 - n : n;
-      if (g.fibers[i].state != kReady) continue;
-      g.current = i;
-      leave(&g.sched_fake, pool.tops[i], kStackBytes);
-      swapcontext(&g.sched, &g.fibers[i].ctx);
-      arrive(g.sched_fake);
+    // Each warp runs ahead on its own, through its shuffles, until every lane waits at a barrier
+    // or has returned; then the next warp does.
+    for (uint32_t wn = 0; wn < warps && g.error.empty(); ++wn) {
+      const uint32_t s = (last_first ? warps - 1 - wn : wn) * warp;
+      const uint32_t end = s + warp < size ? s + warp : size;
+      for (;;) {
+        for (uint32_t n = 0; n < end - s; ++n) {
+          const uint32_t i = last_first ? end - 1 - n : s + n;
+          if (g.fibers[i].state != kReady) continue;
+          g.current = i;
+          leave(&g.sched_fake, pool.tops[i], kStackBytes);
+          swapcontext(&g.sched, &g.fibers[i].ctx);
+          arrive(g.sched_fake);
+        }
+        if (!g.error.empty()) break;
+        // The warp goes on when all its lanes wait at the same shuffle.
+        bool all = true;
+        for (uint32_t i = s; i < end; ++i)
+          all = all && g.fibers[i].state == kShuffle && g.fibers[i].shuffles == g.fibers[s].shuffles;
+        if (!all) break;
+        for (uint32_t i = s; i < end; ++i) g.fibers[i].state = kReady;
+      }
     }
     if (!g.error.empty()) break;
     uint32_t done = 0, at_barrier = 0;
@@ -246,46 +266,28 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
       at_barrier += f.state == kBarrier;
     }
     if (done == size) break;
-    bool released = false;
-    // Warps whose lanes all wait at the same shuffle go on.
-    for (uint32_t s = 0; s < size; s += warp) {
-      const uint32_t end = s + warp < size ? s + warp : size;
-      bool all = true, any = false;
-      for (uint32_t i = s; i < end; ++i) {
-        all = all && g.fibers[i].state == kShuffle && g.fibers[i].shuffles == g.fibers[s].shuffles;
-        any = any || g.fibers[i].state == kShuffle;
-      }
-      if (all) {
-        for (uint32_t i = s; i < end; ++i) g.fibers[i].state = kReady;
-        released = true;
-      } else if (any) {
-        bool others_stuck = true;  // lanes elsewhere can never join: a divergent warp
-        for (uint32_t i = s; i < end; ++i) others_stuck = others_stuck && g.fibers[i].state != kReady;
-        if (others_stuck && g.error.empty()) {
-          g.error = "lanes of SIMD group " + std::to_string(s / warp) +
-                    " reach different points (a shuffle in divergent control flow)";
-        }
+    // No lane is ready now: a lane still at a shuffle is one its warp's other lanes never join.
+    for (uint32_t i = 0; i < size && g.error.empty(); ++i) {
+      if (g.fibers[i].state == kShuffle) {
+        g.error = "lanes of SIMD group " + std::to_string(i / warp) +
+                  " reach different points (a shuffle in divergent control flow)";
       }
     }
-    if (!released && at_barrier == size) {
-      for (const Fiber& f : g.fibers) {
-        if (f.barriers != g.fibers[0].barriers && g.error.empty()) {
-          g.error = "threads wait at different barriers (" + std::to_string(f.barriers) + " and " +
-                    std::to_string(g.fibers[0].barriers) + " passed)";
-        }
-      }
-      if (!g.error.empty()) break;
-      for (Fiber& f : g.fibers) f.state = kReady;
-      released = true;
-    }
-    if (!released) {
-      if (g.error.empty()) {
-        g.error = done ? std::to_string(done) + " of " + std::to_string(size) +
-                             " threads returned while others wait at a barrier"
-                       : "threads of the group wait at different barriers or shuffles";
-      }
+    if (!g.error.empty()) break;
+    // Every thread waits at a barrier or has returned: the barrier is released when all wait at it.
+    if (at_barrier != size) {
+      g.error =
+          std::to_string(done) + " of " + std::to_string(size) + " threads returned while others wait at a barrier";
       break;
     }
+    for (const Fiber& f : g.fibers) {
+      if (f.barriers != g.fibers[0].barriers && g.error.empty()) {
+        g.error = "threads wait at different barriers (" + std::to_string(f.barriers) + " and " +
+                  std::to_string(g.fibers[0].barriers) + " passed)";
+      }
+    }
+    if (!g.error.empty()) break;
+    for (Fiber& f : g.fibers) f.state = kReady;
   }
   g_group = saved;
   return g.error;

@@ -12,11 +12,11 @@
 //
 // A launch is checked as the CUDA runtime checks a launch's configuration (block size, grid
 // limits; not a kernel's __launch_bounds__, which are ignored), then runs block after block; the
-// threads of a block are fibers of shared/host/simt_host.h, in lock-step phases between
-// __syncthreads() and warp shuffles, last thread first in blocks of even index and first thread
-// first in the others (BNB_WARP_SIZE lanes: 32 as on NVIDIA GPUs, 64 as on AMD CDNA). A barrier or shuffle misused
-// (undefined behaviour on a GPU) fails the launch: cudaGetLastError() returns cudaErrorLaunchFailure and
-// cudaGetErrorString() says what happened.
+// threads of a block are fibers of shared/host/simt_host.h, each warp running through its
+// shuffles to the next __syncthreads() in turn, last warp and lane first in blocks of even index
+// and first first in the others (BNB_WARP_SIZE lanes: 32 as on NVIDIA GPUs, 64 as on AMD CDNA).
+// A barrier or shuffle misused (undefined behaviour on a GPU) fails the launch:
+// cudaGetLastError() returns cudaErrorLaunchFailure and cudaGetErrorString() says what happened.
 // __shared__ memory is a function-local `static thread_local`, shared by the fibers of a block and
 // filled with 0xff bytes at the start of each block (see bnb_simt::poison).
 // Streams are accepted and ignored (every launch completes before it returns); every pointer is

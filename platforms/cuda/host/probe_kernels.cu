@@ -66,6 +66,21 @@ __global__ void block_order_kernel(float* counter, float* out) {
   if (threadIdx.x == 0) out[blockIdx.x] = atomicAdd(counter, 1.0f);
 }
 
+// Two warps: each thread reads the slot of its counterpart in the other warp, passes a shuffle
+// with its own warp, then overwrites its own slot, with no barrier between the other warp's read
+// and this write (a missing __syncthreads). A warp that runs ahead through the shuffle overwrites
+// before the other warp reads. out[block * blockDim.x + t]: what thread t of the block read.
+__global__ void warp_run_ahead_kernel(float* out) {
+  __shared__ float slot[2 * bnb::kWarpSize];
+  const unsigned int other = (threadIdx.x + bnb::kWarpSize) % (2 * bnb::kWarpSize);
+  slot[threadIdx.x] = 1.0f;
+  __syncthreads();
+  const float seen = slot[other];
+  const float passed = bnb::shfl_xor(seen, 1);  // a point the warp passes together, not a barrier
+  slot[threadIdx.x] = 2.0f;
+  out[blockIdx.x * blockDim.x + threadIdx.x] = passed == seen ? seen : -1.0f;
+}
+
 }  // namespace
 }  // namespace bnb_cuda
 
@@ -77,7 +92,9 @@ using namespace bnb_cuda;
 // wrote if n != 0, 5 / 6 two blocks where thread 0 writes shared memory for the last thread (5)
 // or the last for thread 0 (6) with no barrier between (out[b]: what block b read), 7 one block
 // writing element n of a local array of 4 (out of bounds for n >= 4), 8 `threads` blocks of one
-// thread taking tickets from x[0] (out[b]: block b's place in the order). Returns the
+// thread taking tickets from x[0] (out[b]: block b's place in the order), 9 two blocks of
+// threads / 2 threads (two warps) racing over shared memory across a shuffle (see
+// warp_run_ahead_kernel; out: what each thread read). Returns the
 // status the C ABI would return; bnb_last_error() holds the message.
 extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, int32_t n, int32_t threads, float* out) {
   switch (which) {
@@ -105,6 +122,10 @@ extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, in
       break;
     case 8:
       block_order_kernel<<<threads, 1>>>(const_cast<float*>(x), out);
+      break;
+    case 9:
+      if (threads != 4 * bnb::kWarpSize) return fail(BNB_ERR_INVALID_ARGUMENT, "probe 9 takes 4 warps of threads");
+      warp_run_ahead_kernel<<<2, threads / 2>>>(out);
       break;
     default:
       return fail(BNB_ERR_INVALID_ARGUMENT, "unknown probe %d", which);

@@ -2,7 +2,7 @@
 // and runs on the CPU (the test harness; never part of a GPU run).
 //
 // A threadgroup runs on the scheduler of shared/host/simt_host.h (shared with the CUDA harness):
-// one fiber per thread, in lock-step phases between barriers and SIMD-group shuffles (32 lanes),
+// one fiber per thread, each SIMD group (32 lanes) running through its shuffles to the next barrier in turn,
 // with what is undefined on the GPU reported to Python as an error. Threadgroup memory is a
 // function-local `static thread_local` shared by the group's fibers.
 #pragma once

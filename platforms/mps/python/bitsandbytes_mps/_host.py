@@ -10,8 +10,8 @@ declared parameter (a float32 tensor bound to ``device half*``, an ``int`` bound
 tested along with the kernels.
 
 The C++ side (platforms/mps/host/metal_host.h in the repository, not in the wheel: it is a test
-tool, never part of a GPU run) runs every thread of a threadgroup as a fiber, in lock-step phases
-between barriers and SIMD-group shuffles; each ``threadgroup`` array is filled with 0xff bytes (NaN
+tool, never part of a GPU run) runs every thread of a threadgroup as a fiber, one SIMD group at a
+time through its shuffles up to the next barrier; each ``threadgroup`` array is filled with 0xff bytes (NaN
 as f32) when its threadgroup starts, as undefined as it is on the GPU (``poisoned``). It is found
 through ``BNB_MPS_HOST_DIR``, else in the current folder or a parent of it (a repository
 checkout); the rewrite and the compiler lookup, which the CUDA harness shares, come from the
