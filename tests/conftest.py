@@ -124,6 +124,12 @@ def host_kernel_platforms() -> list[tuple[str, str]]:
     return out
 
 
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") and importlib.util.find_spec("triton") is not None:
+    import triton_bounds
+
+    triton_bounds.install()  # every interpreted launch checks its loads and stores (tests/triton_bounds.py)
+
+
 CUDA_HARNESS_WARPS = {"cuda": 32, "rocm": 64}
 """Platforms whose kernels the CUDA host harness (platforms/cuda/host, from this checkout) runs, and
 the warp width: the CUDA sources as an NVIDIA GPU runs them, and as a 64-wide AMD wavefront does."""
