@@ -30,13 +30,12 @@ class OutOfBoundsError(RuntimeError):
 
 
 def _extent(t: torch.Tensor) -> tuple[int, int]:
-    """[first byte, one past the last byte) of a tensor view; empty for a tensor without elements."""
+    """[first byte, one past the last byte) of a tensor view (torch strides are never negative);
+    empty for a tensor without elements."""
     if t.numel() == 0:
         return (t.data_ptr(), t.data_ptr())
-    low = sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s < 0)
-    high = sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s > 0)
-    size = t.element_size()
-    return (t.data_ptr() + low * size, t.data_ptr() + (high + 1) * size)
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return (t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size())
 
 
 def _tensors(arg):
