@@ -104,11 +104,29 @@ def tests_integration(session: nox.Session) -> None:
     session.run("pytest", "-m", "integration", "tests/integration", *session.posargs)
 
 
+def sanitized(variable: str) -> tuple[dict[str, str], list[str]]:
+    """The environment and pytest arguments of a host-harness run built with AddressSanitizer and
+    UBSan (``variable`` = 1, the default; ``variable=0`` in the caller's environment builds it
+    plain). The runtimes come first in the process, as ASan requires (Python links neither), and
+    pytest captures sys.stdout/stderr only: a sanitizer writes its report to file descriptor 2 just
+    before it aborts the process, where pytest's default capture would swallow it."""
+    if os.environ.get(variable, "1") in ("", "0"):
+        return {variable: "0"}, []
+    cxx = os.environ.get("CXX") or "c++"
+    libs = [
+        subprocess.check_output([cxx, f"-print-file-name={n}"], text=True).strip()
+        for n in ("libasan.so", "libstdc++.so")
+    ]
+    return {variable: "1", "LD_PRELOAD": " ".join(libs), "ASAN_OPTIONS": "detect_leaks=0"}, ["--capture=sys"]
+
+
 @nox.session(name="tests-mps-host", tags=["ci"])
 def tests_mps_host(session: nox.Session) -> None:
     """The MPS wheel without a Mac: its Metal kernels compiled as C++ by the host harness
     (platforms/mps/host) run the conformance suite as ``mps[host]`` against the reference, and its
-    own tests (the glue through a stand-in torch.mps.compile_shader, the harness's refusals)."""
+    own tests (the glue through a stand-in torch.mps.compile_shader, the harness's refusals). The
+    harness is built with AddressSanitizer and UBSan (a kernel touching memory outside a tensor
+    stops the run); ``BNB_MPS_HOST_SANITIZE=0`` builds it plain."""
     install_torch(session)
     session.install(*TEST_DEPS)
     install_meta(session)
@@ -116,13 +134,15 @@ def tests_mps_host(session: nox.Session) -> None:
     tests = ["test_mps_platform.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py", "test_optim_ops.py",
              "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
              "test_layouts_and_aliasing.py", "test_host_edges.py"]  # fmt: skip
+    sanitize, capture = sanitized("BNB_MPS_HOST_SANITIZE")
     env = {
         "BNB_TEST_HOST_KERNELS": "mps",
         "BNB_MPS_HOST_DIR": str(ROOT / "platforms" / "mps" / "host"),
         "BNB_MPS_HOST_CACHE": str(pathlib.Path(session.create_tmp()).resolve() / "mps-host"),
+        **sanitize,
     }
-    session.run("pytest", "-p", "no:cacheprovider", "-k", "mps", *[f"tests/{t}" for t in tests], *session.posargs,
-                env=env)  # fmt: skip
+    session.run("pytest", "-p", "no:cacheprovider", *capture, "-k", "mps", *[f"tests/{t}" for t in tests],
+                *session.posargs, env=env)  # fmt: skip
 
 
 @nox.session(name="tests-cuda-host", tags=["ci"])
@@ -138,29 +158,23 @@ def tests_cuda_host(session: nox.Session) -> None:
     install_torch(session)
     session.install(*TEST_DEPS, "pybind11")
     install_meta(session)
-    sanitize = os.environ.get("BNB_CUDA_HOST_SANITIZE", "1") not in ("", "0")
     tests = ["test_cuda_host_harness.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py",
              "test_optim_ops.py", "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
              "test_layouts_and_aliasing.py", "test_host_edges.py"]  # fmt: skip
+    sanitize, capture = sanitized("BNB_CUDA_HOST_SANITIZE")
     env = {
         "BNB_TEST_HOST_KERNELS": "cuda,rocm",
         "BNB_CUDA_HOST_CACHE": str(pathlib.Path(session.create_tmp()).resolve() / "cuda-host"),
-        "BNB_CUDA_HOST_SANITIZE": "1" if sanitize else "0",
+        **sanitize,
     }
-    if sanitize:  # the runtimes first in the process (Python links neither), as ASan requires
-        cxx = os.environ.get("CXX") or "c++"
-        libs = [
-            subprocess.check_output([cxx, f"-print-file-name={n}"], text=True).strip()
-            for n in ("libasan.so", "libstdc++.so")
-        ]
-        env.update(LD_PRELOAD=" ".join(libs), ASAN_OPTIONS="detect_leaks=0")
-    session.run("pytest", "-p", "no:cacheprovider", "-k", "cuda or rocm", *[f"tests/{t}" for t in tests],
+    session.run("pytest", "-p", "no:cacheprovider", *capture, "-k", "cuda or rocm", *[f"tests/{t}" for t in tests],
                 *session.posargs, env=env)  # fmt: skip
     # The same kernels serving the CPU through the op interface (as the wheel serves cuda): the
     # modules, and the release's fixtures bit for bit (codes, checkpoints, optimizer trajectories).
     flows = ["test_ops_fixtures.py", "test_optim_fixtures.py", "test_nn.py"]
     serve = {**env, "BNB_PLATFORMS": "none", "BNB_TEST_SERVE_HOST": "cuda"}
-    session.run("pytest", "-p", "no:cacheprovider", *[f"tests/{t}" for t in flows], *session.posargs, env=serve)
+    session.run("pytest", "-p", "no:cacheprovider", *capture, *[f"tests/{t}" for t in flows], *session.posargs,
+                env=serve)  # fmt: skip
 
 
 @nox.session(name="tests-slow")

@@ -315,6 +315,9 @@ kernel void two_absmax(device float* x [[buffer(0)]], uint lid [[thread_position
   const float second = bnb_mps::group_absmax(static_cast<float>(lid), scratch, lid, n);
   x[n * group + lid] = lid < n / 2 ? first : second;
 }
+kernel void write_past_the_end(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]]) {
+  x[lid + 1] = 1.0f;  // the last thread writes one element past x
+}
 kernel void first_group_writes(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]],
                                uint group [[threadgroup_position_in_grid]]) {
   threadgroup float t[32];
@@ -382,6 +385,24 @@ def test_threadgroup_memory_starts_each_group_undefined():
     assert x[32:].isnan().all()
     lib.first_group_writes(x[32:], threads=64, group_size=32)  # a new dispatch: group 0 writes again
     assert torch.equal(x[32:64], torch.ones(32)) and x[64:].isnan().all()
+
+
+@NEEDS_CXX
+@pytest.mark.skipif(
+    os.environ.get("BNB_MPS_HOST_SANITIZE", "") in ("", "0"), reason="the harness is built without ASan"
+)
+def test_asan_stops_a_kernel_writing_past_a_tensor():
+    """Built with AddressSanitizer (``nox -s tests-mps-host``), a kernel writing one element past
+    the tensor torch allocated stops the run with ASan's report, which names the kernel."""
+    code = (
+        f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
+        "import bitsandbytes_mps as mps; from bitsandbytes_mps import _host; from test_mps_platform import DIVERGENT; "
+        "_host.HostShaderLibrary(mps.metal_source() + DIVERGENT).write_past_the_end(torch.zeros(32), threads=32, "
+        "group_size=32); print('no report')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stdout
+    assert "heap-buffer-overflow" in done.stderr and "write_past_the_end" in done.stderr, done.stderr[-3000:]
 
 
 def test_poisoned_follows_every_threadgroup_array_or_refuses():

@@ -23,6 +23,16 @@ def compiler(harness: str) -> str:
     return cxx
 
 
+def sanitize_flags(env: str) -> list[str]:
+    """The compiler flags of AddressSanitizer and UBSan when the environment variable ``env`` is
+    set to anything but 0 (run Python with ``LD_PRELOAD`` = the compiler's libasan and libstdc++):
+    a kernel reading or writing past a tensor torch allocated, or overflowing a signed integer,
+    stops the run with a report."""
+    if os.environ.get(env, "") in ("", "0"):
+        return []
+    return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+
+
 def poison_group_arrays(text: str, qualifier: str, harness: str) -> str:
     """``text`` with every array declared ``qualifier`` (``__shared__``, ``threadgroup``) followed,
     on its line, by simt_host.h's ``::bnb_simt::poison(name, sizeof(name))``: the array is filled

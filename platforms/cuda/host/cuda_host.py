@@ -119,12 +119,8 @@ def _units(warp: int, gen: pathlib.Path) -> list[tuple[str, str, list[str]]]:
 
 
 def _sanitize_flags() -> list[str]:
-    """``BNB_CUDA_HOST_SANITIZE=1``: AddressSanitizer and UBSan in the module (run Python with
-    ``LD_PRELOAD`` = the compiler's libasan): a kernel reading or writing past a tensor torch
-    allocated, or overflowing a signed integer, stops the run with a report."""
-    if os.environ.get("BNB_CUDA_HOST_SANITIZE", "") in ("", "0"):
-        return []
-    return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+    """``BNB_CUDA_HOST_SANITIZE=1``: AddressSanitizer and UBSan in the module (simt_build.py)."""
+    return _SIMT.sanitize_flags("BNB_CUDA_HOST_SANITIZE")
 
 
 def _inputs_hash(cxx: str, warp: int) -> str:

@@ -11,8 +11,11 @@ tested along with the kernels.
 
 The C++ side (platforms/mps/host/metal_host.h in the repository, not in the wheel: it is a test
 tool, never part of a GPU run) runs every thread of a threadgroup as a fiber, one SIMD group at a
-time through its shuffles up to the next barrier; each ``threadgroup`` array is filled with 0xff bytes (NaN
-as f32) when its threadgroup starts, as undefined as it is on the GPU (``poisoned``). It is found
+time through its shuffles up to the next barrier; each ``threadgroup`` array is filled with 0xff
+bytes (NaN as f32) when its threadgroup starts, as undefined as it is on the GPU (``poisoned``).
+``BNB_MPS_HOST_SANITIZE=1`` builds it with AddressSanitizer and UBSan (Python then needs the
+compiler's libasan and libstdc++ in ``LD_PRELOAD``): a kernel touching memory outside the tensors
+torch allocated stops the run, as ``nox -s tests-mps-host`` runs it. It is found
 through ``BNB_MPS_HOST_DIR``, else in the current folder or a parent of it (a repository
 checkout); the rewrite and the compiler lookup, which the CUDA harness shares, come from the
 checkout's shared/host/simt_build.py. The module is compiled with the system C++ compiler
@@ -179,12 +182,14 @@ FLAGS = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-strict-aliasing", "-fPI
 
 def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
     """Compile ``source`` (the shipped Metal text) with the host emulation; (library, kernels)."""
-    cxx = _simt_build().compiler("bitsandbytes_mps host harness")
+    simt = _simt_build()
+    cxx = simt.compiler("bitsandbytes_mps host harness")
+    flags = [*FLAGS, *simt.sanitize_flags("BNB_MPS_HOST_SANITIZE")]
     source = poisoned(source)
     host, _, scheduler = dirs = _include_dirs()
     incs = [f"-I{d}" for d in dirs]
     host_h = "".join(p.read_text() for d in (host, scheduler) for p in sorted(pathlib.Path(d).glob("*.h")))
-    key = hashlib.sha256("\0".join([source, host_h, cxx, *FLAGS, *incs]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\0".join([source, host_h, cxx, *flags, *incs]).encode()).hexdigest()[:20]
     cache = pathlib.Path(
         os.environ.get("BNB_MPS_HOST_CACHE") or pathlib.Path.home() / ".cache" / "bitsandbytes-mps-host"
     )
@@ -211,7 +216,7 @@ def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
         unit.write_text(body)
         tmp_lib = pathlib.Path(tmp) / "lib.so"
         cc = subprocess.run(
-            [cxx, *FLAGS, *incs, f"-I{tmp}", "-shared", "-o", str(tmp_lib), str(unit)], capture_output=True, text=True
+            [cxx, *flags, *incs, f"-I{tmp}", "-shared", "-o", str(tmp_lib), str(unit)], capture_output=True, text=True
         )
         if cc.returncode:
             raise RuntimeError(f"bitsandbytes_mps host harness: the Metal source does not compile as C++:\n{cc.stderr}")
