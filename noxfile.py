@@ -383,7 +383,7 @@ XPU_TEST_FILES = [
     "tests/test_layouts_and_aliasing.py",
     "tests/test_xpu_platform.py",
     "tests/test_xpu_edges.py",
-    "tests/test_xpu_interpreter_bounds.py",
+    "tests/test_xpu_interpreter_memcheck.py",
 ]
 
 

@@ -125,9 +125,9 @@ def host_kernel_platforms() -> list[tuple[str, str]]:
 
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") and importlib.util.find_spec("triton") is not None:
-    import triton_bounds
+    import triton_memcheck
 
-    triton_bounds.install()  # every interpreted launch checks its loads and stores (tests/triton_bounds.py)
+    triton_memcheck.install()  # every interpreted launch checks its loads and stores (tests/triton_memcheck.py)
 
 
 CUDA_HARNESS_WARPS = {"cuda": 32, "rocm": 64}
