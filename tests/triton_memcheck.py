@@ -235,11 +235,12 @@ def install() -> None:
         finally:
             _STATE.launch = outer
 
-    builder.create_masked_load = checked_load
-    builder.create_masked_store = checked_store
-    builder.create_atomic_rmw = checked_rmw
-    builder.create_atomic_cas = checked_cas
-    builder.set_grid_idx = tracked_grid_idx
-    executor._init_args_hst = recording_init
-    executor.__call__ = checked_call
+    patches = {
+        builder: {"create_masked_load": checked_load, "create_masked_store": checked_store,
+                  "create_atomic_rmw": checked_rmw, "create_atomic_cas": checked_cas, "set_grid_idx": tracked_grid_idx},
+        executor: {"_init_args_hst": recording_init, "__call__": checked_call},
+    }  # fmt: skip
+    for cls, methods in patches.items():
+        for name, fn in methods.items():
+            setattr(cls, name, fn)
     _INSTALLED.append(True)
