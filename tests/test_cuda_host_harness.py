@@ -150,18 +150,27 @@ def test_cuda_host_local_arrays_survive_suspension(probe):
     os.environ.get("BNB_CUDA_HOST_SANITIZE", "") in ("", "0"), reason="the harness module is built without ASan"
 )
 @pytest.mark.parametrize("warp", WARPS)
-def test_cuda_host_asan_sees_a_fiber_stack_overflow_after_a_switch(warp):
+@pytest.mark.parametrize(
+    "which, threads, x, report, kernel",
+    [
+        (7, 4, 4, "stack-buffer-overflow", "local_array_kernel"),
+        (10, 64, 0, "global-buffer-overflow", "shared_overflow_kernel"),
+    ],
+)
+def test_cuda_host_asan_sees_overflows_of_local_and_shared_arrays(warp, which, threads, x, report, kernel):
     """Under AddressSanitizer a write one past a thread's local array, after its fiber was
     suspended and resumed, stops the run with ASan's stack report (ASan's swapcontext would clear
-    the red zones of a resumed fiber's frames if the contexts named their stacks)."""
+    the red zones of a resumed fiber's frames if the contexts named their stacks); a write past a
+    __shared__ array (a function-local static, which ASan guards as a global) with its global
+    report."""
     code = (
         f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
         "from test_cuda_host_harness import Probe; "
-        f"print(Probe({warp})(7, 4, torch.zeros(4)))"
+        f"print(Probe({warp})({which}, {threads}, torch.zeros({x}) if {x} else None))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode != 0, done.stdout
-    assert "stack-buffer-overflow" in done.stderr and "local_array_kernel" in done.stderr, done.stderr[-3000:]
+    assert report in done.stderr and kernel in done.stderr, done.stderr[-3000:]
 
 
 def test_cuda_host_shuffle_past_the_block_is_refused(probe):

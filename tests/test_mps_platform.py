@@ -387,22 +387,48 @@ def test_threadgroup_memory_starts_each_group_undefined():
     assert torch.equal(x[32:64], torch.ones(32)) and x[64:].isnan().all()
 
 
-@NEEDS_CXX
-@pytest.mark.skipif(
+NEEDS_ASAN = pytest.mark.skipif(
     os.environ.get("BNB_MPS_HOST_SANITIZE", "") in ("", "0"), reason="the harness is built without ASan"
 )
+
+
+def _run_asan(code: str) -> str:
+    """Runs ``code`` in a fresh Python (the sanitizer aborts the process) and returns its stderr."""
+    prelude = (
+        f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
+        "import bitsandbytes_mps as mps; from bitsandbytes_mps import _host; "
+    )
+    done = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stdout
+    return done.stderr
+
+
+@NEEDS_CXX
+@NEEDS_ASAN
 def test_asan_stops_a_kernel_writing_past_a_tensor():
     """Built with AddressSanitizer (``nox -s tests-mps-host``), a kernel writing one element past
     the tensor torch allocated stops the run with ASan's report, which names the kernel."""
-    code = (
-        f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
-        "import bitsandbytes_mps as mps; from bitsandbytes_mps import _host; from test_mps_platform import DIVERGENT; "
+    err = _run_asan(
+        "from test_mps_platform import DIVERGENT; "
         "_host.HostShaderLibrary(mps.metal_source() + DIVERGENT).write_past_the_end(torch.zeros(32), threads=32, "
-        "group_size=32); print('no report')"
+        "group_size=32)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert done.returncode != 0, done.stdout
-    assert "heap-buffer-overflow" in done.stderr and "write_past_the_end" in done.stderr, done.stderr[-3000:]
+    assert "heap-buffer-overflow" in err and "write_past_the_end" in err, err[-3000:]
+
+
+@NEEDS_CXX
+@NEEDS_ASAN
+def test_asan_stops_a_kernel_writing_past_a_threadgroup_array():
+    """A threadgroup array is a function-local static, which ASan guards as a global (it guards no
+    thread_local): dequantize_4bit filling its table of 16 for 17 threads stops the run, where a
+    thread_local table let every test pass."""
+    err = _run_asan(
+        "src = mps.metal_source(); fill = 'if (lid < 16) table[lid] = bnb::decode_4bit(nf4, lid);'; "
+        "assert src.count(fill) == 1; lib = _host.HostShaderLibrary(src.replace(fill, fill.replace('16', '17'))); "
+        "u8 = torch.zeros(8, dtype=torch.uint8); "
+        "lib.bnb_dequantize_4bit_f32(u8, torch.ones(1), torch.zeros(16), 16, 6, 1, 0, threads=256, group_size=256)"
+    )
+    assert "global-buffer-overflow" in err and "dequantize_4bit" in err, err[-3000:]
 
 
 def test_poisoned_follows_every_threadgroup_array_or_refuses():

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <functional>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -69,6 +70,15 @@ struct Group {
   size_t sched_size = 0;
   void* sched_fake = nullptr;  // ASan's fake stack of the scheduler while a fiber runs
 };
+
+// Group-shared memory (a `__shared__` or `threadgroup` array) is a function-local `static`, one per
+// declaration: AddressSanitizer guards it as a global, where it guards no `thread_local` variable,
+// so an index past the array stops the run. Launches from different OS threads therefore take
+// this lock and run one grid at a time.
+inline std::mutex& launch_mutex() {
+  static std::mutex m;
+  return m;
+}
 
 inline thread_local Group* g_group = nullptr;
 // Counts the groups an OS thread has started: `poison` fills an array once per group.

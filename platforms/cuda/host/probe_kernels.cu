@@ -81,6 +81,17 @@ __global__ void warp_run_ahead_kernel(float* out) {
   out[blockIdx.x * blockDim.x + threadIdx.x] = passed == seen ? seen : -1.0f;
 }
 
+// Writes element threadIdx.x of a __shared__ array of 32 through a pointer (as the kernels' helpers
+// take their scratch): past it for a block of more threads.
+__global__ void shared_overflow_kernel(float* out) {
+  __shared__ float cell[32];
+  float* slot = cell + threadIdx.x;
+  asm("" : "+r"(slot));  // hides the array from UBSan's bounds check: ASan's to find
+  *slot = 1.0f;
+  __syncthreads();
+  out[threadIdx.x] = cell[threadIdx.x % 32];
+}
+
 }  // namespace
 }  // namespace bnb_cuda
 
@@ -94,7 +105,8 @@ using namespace bnb_cuda;
 // writing element n of a local array of 4 (out of bounds for n >= 4), 8 `threads` blocks of one
 // thread taking tickets from x[0] (out[b]: block b's place in the order), 9 two blocks of
 // threads / 2 threads (two warps) racing over shared memory across a shuffle (see
-// warp_run_ahead_kernel; out: what each thread read). Returns the
+// warp_run_ahead_kernel; out: what each thread read), 10 one block of `threads` threads writing
+// element threadIdx.x of a __shared__ array of 32 (past it for threads > 32). Returns the
 // status the C ABI would return; bnb_last_error() holds the message.
 extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, int32_t n, int32_t threads, float* out) {
   switch (which) {
@@ -126,6 +138,9 @@ extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, in
     case 9:
       if (threads != 4 * bnb::kWarpSize) return fail(BNB_ERR_INVALID_ARGUMENT, "probe 9 takes 4 warps of threads");
       warp_run_ahead_kernel<<<2, threads / 2>>>(out);
+      break;
+    case 10:
+      shared_overflow_kernel<<<1, threads>>>(out);
       break;
     default:
       return fail(BNB_ERR_INVALID_ARGUMENT, "unknown probe %d", which);
