@@ -315,6 +315,13 @@ kernel void two_absmax(device float* x [[buffer(0)]], uint lid [[thread_position
   const float second = bnb_mps::group_absmax(static_cast<float>(lid), scratch, lid, n);
   x[n * group + lid] = lid < n / 2 ? first : second;
 }
+kernel void two_sum(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]],
+                    uint n [[threads_per_threadgroup]], uint group [[threadgroup_position_in_grid]]) {
+  threadgroup float scratch[32];
+  const float first = bnb_mps::group_sum(x[n * group + lid], scratch, lid, n);
+  const float second = bnb_mps::group_sum(static_cast<float>(lid), scratch, lid, n);
+  x[n * group + lid] = lid < n / 2 ? first : second;
+}
 kernel void write_past_the_end(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]]) {
   x[lid + 1] = 1.0f;  // the last thread writes one element past x
 }
@@ -356,21 +363,27 @@ def test_simd_groups_run_ahead_of_each_other_between_barriers():
 
 
 @NEEDS_CXX
-def test_threadgroup_reductions_in_a_row_need_their_first_barrier():
+@pytest.mark.parametrize("reduction", ["absmax", "sum"])
+def test_threadgroup_reductions_in_a_row_need_their_first_barrier(reduction):
     """group_absmax and group_sum fence `scratch` before writing it: a previous reduction's
     threads may still read it (the 8-bit optimizers requantize up to three states in a row).
-    Without that barrier, two reductions in a row give a wrong first result here: the harness
-    runs a SIMD group ahead of the others, as a GPU may."""
+    Without that barrier, two reductions in a row give a wrong result here: the harness runs a
+    SIMD group ahead of the others, as a GPU may."""
     source = mps.metal_source()
-    first = "  BNB_BARRIER();  // scratch may still be read by a previous reduction\n"
+    first = {
+        "absmax": "  v = simd_group_absmax(v);\n  BNB_BARRIER();  // scratch may still be read by a previous reduction\n",
+        "sum": "  v = simd_group_sum(v);\n  BNB_BARRIER();\n",
+    }[reduction]
     assert source.count(first) == 1
-    x = torch.randn(256) * 0.5
+    x = torch.randint(-3, 4, (256,), generator=torch.Generator().manual_seed(0)).float()  # exact sums
     x[100], x[172] = -7.5, 6.0  # each threadgroup's largest magnitude
-    want = torch.cat([torch.full((64,), 7.5), torch.full((64,), 127.0), torch.full((64,), 6.0),
-                      torch.full((64,), 127.0)])  # fmt: skip
-    for src, correct in ((source, True), (source.replace(first, ""), False)):
+    halves = x.view(2, 128)
+    firsts = halves.abs().amax(1) if reduction == "absmax" else halves.sum(1)
+    seconds = torch.full((2,), 127.0 if reduction == "absmax" else 127 * 128 / 2)
+    want = torch.stack([firsts, seconds], 1).repeat_interleave(64, 1).reshape(-1)
+    for src, correct in ((source, True), (source.replace(first, first.split("\n")[0] + "\n"), False)):
         out = x.clone()
-        _host.HostShaderLibrary(src + DIVERGENT).two_absmax(out, threads=256, group_size=128)
+        getattr(_host.HostShaderLibrary(src + DIVERGENT), f"two_{reduction}")(out, threads=256, group_size=128)
         assert torch.equal(out, want) == correct
 
 
