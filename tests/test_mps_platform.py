@@ -308,18 +308,13 @@ kernel void warp_run_ahead(device float* x [[buffer(0)]], uint lid [[thread_posi
   t[lid] = 2.0f;  // no barrier since the other SIMD group's read
   x[64 * group + lid] = passed == seen ? seen : -1.0f;
 }
-kernel void two_absmax(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]],
-                       uint n [[threads_per_threadgroup]], uint group [[threadgroup_position_in_grid]]) {
+kernel void two_reductions(device float* x [[buffer(0)]], constant long& sum [[buffer(1)]],
+                           uint lid [[thread_position_in_threadgroup]], uint n [[threads_per_threadgroup]],
+                           uint group [[threadgroup_position_in_grid]]) {
   threadgroup float scratch[32];
-  const float first = bnb_mps::group_absmax(x[n * group + lid], scratch, lid, n);
-  const float second = bnb_mps::group_absmax(static_cast<float>(lid), scratch, lid, n);
-  x[n * group + lid] = lid < n / 2 ? first : second;
-}
-kernel void two_sum(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]],
-                    uint n [[threads_per_threadgroup]], uint group [[threadgroup_position_in_grid]]) {
-  threadgroup float scratch[32];
-  const float first = bnb_mps::group_sum(x[n * group + lid], scratch, lid, n);
-  const float second = bnb_mps::group_sum(static_cast<float>(lid), scratch, lid, n);
+  const float v = x[n * group + lid], w = static_cast<float>(lid);
+  const float first = sum ? bnb_mps::group_sum(v, scratch, lid, n) : bnb_mps::group_absmax(v, scratch, lid, n);
+  const float second = sum ? bnb_mps::group_sum(w, scratch, lid, n) : bnb_mps::group_absmax(w, scratch, lid, n);
   x[n * group + lid] = lid < n / 2 ? first : second;
 }
 kernel void write_past_the_end(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]]) {
@@ -383,7 +378,8 @@ def test_threadgroup_reductions_in_a_row_need_their_first_barrier(reduction):
     want = torch.stack([firsts, seconds], 1).repeat_interleave(64, 1).reshape(-1)
     for src, correct in ((source, True), (source.replace(first, first.split("\n")[0] + "\n"), False)):
         out = x.clone()
-        getattr(_host.HostShaderLibrary(src + DIVERGENT), f"two_{reduction}")(out, threads=256, group_size=128)
+        lib = _host.HostShaderLibrary(src + DIVERGENT)
+        lib.two_reductions(out, int(reduction == "sum"), threads=256, group_size=128)
         assert torch.equal(out, want) == correct
 
 
