@@ -73,8 +73,8 @@ struct Group {
 
 // Group-shared memory (a `__shared__` or `threadgroup` array) is a function-local `static`, one per
 // declaration: AddressSanitizer guards it as a global, where it guards no `thread_local` variable,
-// so an index past the array stops the run. Launches from different OS threads therefore take
-// this lock and run one grid at a time.
+// so an index past the array stops the run. run_group therefore holds this lock while a group
+// runs: groups from different OS threads run one at a time.
 inline std::mutex& launch_mutex() {
   static std::mutex m;
   return m;
@@ -216,6 +216,7 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
   if (size == 0 || size > kMaxGroup) return "group size must be in [1, 1024], got " + std::to_string(size);
   if (warp == 0 || warp > kMaxWarp || (warp & (warp - 1)) != 0)
     return "warp width must be a power of two in [1, 64], got " + std::to_string(warp);
+  std::lock_guard<std::mutex> hold(launch_mutex());  // group-shared arrays are statics
   Group g;
   ++g_group_serial;
   memset(&g.sched, 0, sizeof(g.sched));  // names no stack (see below)

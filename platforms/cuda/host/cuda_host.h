@@ -19,7 +19,7 @@
 // cudaGetLastError() returns cudaErrorLaunchFailure and cudaGetErrorString() says what happened.
 // __shared__ memory is a function-local `static`, shared by the fibers of a block, filled with 0xff
 // bytes at the start of each block (see bnb_simt::poison) and guarded by AddressSanitizer as a
-// global; launches from different OS threads run one at a time (bnb_simt::launch_mutex).
+// global; blocks from different OS threads run one at a time (bnb_simt::launch_mutex).
 // Streams are accepted and ignored (every launch completes before it returns); every pointer is
 // device memory of device 0.
 #pragma once
@@ -377,7 +377,6 @@ void launch(void (*kernel)(P...), const Pending<A...>& p) {
   // kernel whose result depends on which block runs first (a race between blocks on a GPU, or a
   // test expecting one order of atomicAdds) differs between the two builds.
   const uint64_t blocks = static_cast<uint64_t>(p.grid.x) * p.grid.y * p.grid.z;
-  std::lock_guard<std::mutex> hold(bnb_simt::launch_mutex());  // __shared__ arrays are shared statics
   for (uint64_t k = 0; k < blocks; ++k) {
     const uint64_t b = BNB_HOST_BLOCKS_DESCENDING ? blocks - 1 - k : k;
     const unsigned int x = static_cast<unsigned int>(b % p.grid.x);

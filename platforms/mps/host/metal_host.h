@@ -5,7 +5,7 @@
 // one fiber per thread, each SIMD group (32 lanes) running through its shuffles to the next barrier in turn,
 // with what is undefined on the GPU reported to Python as an error. Threadgroup memory is a
 // function-local `static` shared by the group's fibers (AddressSanitizer guards its bounds), and
-// dispatches from different OS threads run one at a time.
+// threadgroups from different OS threads run one at a time (bnb_simt::launch_mutex).
 #pragma once
 
 #include <math.h>
@@ -100,7 +100,6 @@ inline std::string dispatch(uint64_t threads, uint64_t group, const std::functio
   if (group == 0 || group > kMaxGroup) return "group_size must be in [1, 1024], got " + std::to_string(group);
   if (threads > 0xffffffffull) return "threads must fit in 32 bits, got " + std::to_string(threads);
   const uint64_t groups = (threads + group - 1) / group;
-  std::lock_guard<std::mutex> hold(bnb_simt::launch_mutex());  // threadgroup arrays are shared statics
   for (uint64_t gi = 0; gi < groups; ++gi) {
     const uint32_t size = static_cast<uint32_t>(gi + 1 < groups ? group : threads - gi * group);
     // Threadgroups alternate the order of their threads (see bnb_simt::run_group).
