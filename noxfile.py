@@ -104,20 +104,37 @@ def tests_integration(session: nox.Session) -> None:
     session.run("pytest", "-m", "integration", "tests/integration", *session.posargs)
 
 
-def sanitized(variable: str) -> tuple[dict[str, str], list[str]]:
-    """The environment and pytest arguments of a host-harness run built with AddressSanitizer and
-    UBSan (``variable`` = 1, the default; ``variable=0`` in the caller's environment builds it
-    plain). The runtimes come first in the process, as ASan requires (Python links neither), and
-    pytest captures sys.stdout/stderr only: a sanitizer writes its report to file descriptor 2 just
-    before it aborts the process, where pytest's default capture would swallow it."""
-    if os.environ.get(variable, "1") in ("", "0"):
+def sanitized(variable: str, default: str = "1") -> tuple[dict[str, str], list[str]]:
+    """The environment and pytest arguments of a host-harness run built with a sanitizer:
+    AddressSanitizer and UBSan where ``variable`` is 1, ThreadSanitizer where it is ``thread``
+    (shared/host/simt_build.py); ``default`` where the caller's environment does not set it, 0
+    builds it plain. The runtime comes first in the process, as the sanitizers require (Python
+    links none), and pytest captures sys.stdout/stderr only: a sanitizer writes its report to file
+    descriptor 2 just before it stops the process, where pytest's default capture would swallow it.
+    TSan stops at the first race and ignores torch's own threads (not instrumented: it would see
+    their synchronisation as races)."""
+    value = os.environ.get(variable, default)
+    if value in ("", "0"):
         return {variable: "0"}, []
+    tsan = value == "thread"
     cxx = os.environ.get("CXX") or "c++"
     libs = [
         subprocess.check_output([cxx, f"-print-file-name={n}"], text=True).strip()
-        for n in ("libasan.so", "libstdc++.so")
+        for n in ("libtsan.so" if tsan else "libasan.so", "libstdc++.so")
     ]
-    return {variable: "1", "LD_PRELOAD": " ".join(libs), "ASAN_OPTIONS": "detect_leaks=0"}, ["--capture=sys"]
+    options = (
+        {"TSAN_OPTIONS": "halt_on_error=1 ignore_noninstrumented_modules=1"}
+        if tsan
+        else {"ASAN_OPTIONS": "detect_leaks=0"}
+    )
+    return {variable: "thread" if tsan else "1", "LD_PRELOAD": " ".join(libs), **options}, ["--capture=sys"]
+
+
+# What the MPS and CUDA host harnesses run besides their own tests (test_mps_platform.py,
+# test_cuda_host_harness.py): the conformance suite and the edges, against the reference.
+HOST_KERNEL_TESTS = ["test_ops_conformance.py", "test_ops_conformance_matmul.py", "test_optim_ops.py",
+                     "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
+                     "test_layouts_and_aliasing.py", "test_host_edges.py"]  # fmt: skip
 
 
 @nox.session(name="tests-mps-host", tags=["ci"])
@@ -131,9 +148,7 @@ def tests_mps_host(session: nox.Session) -> None:
     session.install(*TEST_DEPS)
     install_meta(session)
     install_platform(session, "mps")
-    tests = ["test_mps_platform.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py", "test_optim_ops.py",
-             "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
-             "test_layouts_and_aliasing.py", "test_host_edges.py"]  # fmt: skip
+    tests = ["test_mps_platform.py", *HOST_KERNEL_TESTS]
     sanitize, capture = sanitized("BNB_MPS_HOST_SANITIZE")
     env = {
         "BNB_TEST_HOST_KERNELS": "mps",
@@ -158,9 +173,7 @@ def tests_cuda_host(session: nox.Session) -> None:
     install_torch(session)
     session.install(*TEST_DEPS, "pybind11")
     install_meta(session)
-    tests = ["test_cuda_host_harness.py", "test_ops_conformance.py", "test_ops_conformance_matmul.py",
-             "test_optim_ops.py", "test_ops_bad_input.py", "test_empty_matmul.py", "test_flush_denormal.py",
-             "test_layouts_and_aliasing.py", "test_host_edges.py"]  # fmt: skip
+    tests = ["test_cuda_host_harness.py", *HOST_KERNEL_TESTS]
     sanitize, capture = sanitized("BNB_CUDA_HOST_SANITIZE")
     env = {
         "BNB_TEST_HOST_KERNELS": "cuda,rocm",
@@ -175,6 +188,50 @@ def tests_cuda_host(session: nox.Session) -> None:
     serve = {**env, "BNB_PLATFORMS": "none", "BNB_TEST_SERVE_HOST": "cuda"}
     session.run("pytest", "-p", "no:cacheprovider", *capture, *[f"tests/{t}" for t in flows], *session.posargs,
                 env=serve)  # fmt: skip
+
+
+@nox.session(name="tests-host-tsan", tags=["ci"])
+def tests_host_tsan(session: nox.Session) -> None:
+    """Races between the groups of a launch, which a run of one group after another cannot show by
+    its values: the MPS and CUDA host harnesses built with ThreadSanitizer, where the groups of a
+    launch are unordered (shared/host/simt_host.h), run their own tests and the kernel suites
+    (``HOST_KERNEL_TESTS``; CUDA at 32 lanes only: the 64-lane build runs the same sources). A
+    kernel that touches device memory another group writes, other than through an atomic, stops
+    the run with TSan's report. The two runs go side by side (each is one thread); the MPS run's
+    output follows the CUDA run's."""
+    install_torch(session)
+    session.install(*TEST_DEPS, "pybind11")
+    install_meta(session)
+    install_platform(session, "mps")
+    tmp = pathlib.Path(session.create_tmp()).resolve()
+    runs = [
+        ("BNB_MPS_HOST_SANITIZE", "mps", "test_mps_platform.py",
+         {"BNB_MPS_HOST_DIR": str(ROOT / "platforms" / "mps" / "host"), "BNB_MPS_HOST_CACHE": str(tmp / "mps-host")}),
+        ("BNB_CUDA_HOST_SANITIZE", "cuda", "test_cuda_host_harness.py",
+         {"BNB_CUDA_HOST_CACHE": str(tmp / "cuda-host")}),
+    ]  # fmt: skip
+    commands = []
+    for variable, platform, own, env in runs:
+        sanitize, capture = sanitized(variable, default="thread")
+        args = ["pytest", "-p", "no:cacheprovider", *capture, "-k", platform,
+                *[f"tests/{t}" for t in [own, *HOST_KERNEL_TESTS]], *session.posargs]  # fmt: skip
+        commands.append((args, {"BNB_TEST_HOST_KERNELS": platform, **env, **sanitize}))
+    (mps_args, mps_env), (cuda_args, cuda_env) = commands
+    venv = {
+        "PATH": f"{session.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": session.virtualenv.location,
+    }
+    log = tmp / "mps-tsan.log"
+    session.log(f"{' '.join(mps_args)} (in the background, output to {log})")
+    with open(log, "w") as out:
+        mps = subprocess.Popen(mps_args, env={**os.environ, **venv, **mps_env}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            session.run(*cuda_args, env=cuda_env)
+        finally:
+            mps.wait()
+    print(log.read_text())
+    if mps.returncode:
+        session.error(f"the MPS harness under ThreadSanitizer failed (exit {mps.returncode})")
 
 
 @nox.session(name="tests-slow")

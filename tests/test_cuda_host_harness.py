@@ -146,8 +146,19 @@ def test_cuda_host_local_arrays_survive_suspension(probe):
     assert out.tolist() == [3.0, 1.0, 3.0, 3.0]
 
 
+def _probe_in_a_process(warp: int, which: int, threads: int, x: str) -> subprocess.CompletedProcess:
+    """Probe(warp)(which, threads, <x>) in a fresh Python, where a sanitizer may stop the process;
+    ``x`` is a Python expression for the input tensor (or None)."""
+    code = (
+        f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
+        f"from test_cuda_host_harness import Probe; print(Probe({warp})({which}, {threads}, {x}))"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.skipif(
-    os.environ.get("BNB_CUDA_HOST_SANITIZE", "") in ("", "0"), reason="the harness module is built without ASan"
+    os.environ.get("BNB_CUDA_HOST_SANITIZE", "") in ("", "0", "thread"),
+    reason="the harness module is built without ASan",
 )
 @pytest.mark.parametrize("warp", WARPS)
 @pytest.mark.parametrize(
@@ -163,14 +174,25 @@ def test_cuda_host_asan_sees_overflows_of_local_and_shared_arrays(warp, which, t
     the red zones of a resumed fiber's frames if the contexts named their stacks); a write past a
     __shared__ array (a function-local static, which ASan guards as a global) with its global
     report."""
-    code = (
-        f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
-        "from test_cuda_host_harness import Probe; "
-        f"print(Probe({warp})({which}, {threads}, torch.zeros({x}) if {x} else None))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    done = _probe_in_a_process(warp, which, threads, f"torch.zeros({x})" if x else "None")
     assert done.returncode != 0, done.stdout
     assert report in done.stderr and kernel in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.skipif(
+    os.environ.get("BNB_CUDA_HOST_SANITIZE", "") != "thread", reason="the harness module is built without TSan"
+)
+@pytest.mark.parametrize("warp", WARPS)
+def test_cuda_host_tsan_sees_a_lost_update_between_blocks(warp):
+    """Under ThreadSanitizer the blocks of a launch are unordered, as on a GPU: five blocks adding
+    their indices to one float with a plain `+=` (a missing atomicAdd) is a reported data race,
+    though a run of one block after another gets the sum right; through atomicAdd it is none."""
+    done = _probe_in_a_process(warp, 11, 5, "torch.ones(1)")  # n = 1: atomicAdd
+    assert done.returncode == 0 and "data race" not in done.stderr, done.stderr[-3000:]
+    assert "(0, '', tensor([10.," in done.stdout
+    done = _probe_in_a_process(warp, 11, 5, "None")
+    assert done.returncode != 0, done.stdout
+    assert "ThreadSanitizer: data race" in done.stderr and "block_sum_kernel" in done.stderr, done.stderr[-3000:]
 
 
 def test_cuda_host_shuffle_past_the_block_is_refused(probe):

@@ -298,6 +298,10 @@ kernel void shared_memory(device float* x [[buffer(0)]], uint lid [[thread_posit
   BNB_BARRIER();
   x[lid] = t[n - 1 - lid] + bnb_mps::simd_group_sum(1.0f);
 }
+kernel void lost_update(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]],
+                        uint group [[threadgroup_position_in_grid]]) {
+  if (lid == 0) x[0] += float(group);  // a plain read-modify-write from every threadgroup
+}
 kernel void warp_run_ahead(device float* x [[buffer(0)]], uint lid [[thread_position_in_threadgroup]],
                            uint group [[threadgroup_position_in_grid]]) {
   threadgroup float t[64];
@@ -397,11 +401,16 @@ def test_threadgroup_memory_starts_each_group_undefined():
 
 
 NEEDS_ASAN = pytest.mark.skipif(
-    os.environ.get("BNB_MPS_HOST_SANITIZE", "") in ("", "0"), reason="the harness is built without ASan"
+    os.environ.get("BNB_MPS_HOST_SANITIZE", "") in ("", "0", "thread"), reason="the harness is built without ASan"
 )
 
 
-def _run_asan(code: str) -> str:
+NEEDS_TSAN = pytest.mark.skipif(
+    os.environ.get("BNB_MPS_HOST_SANITIZE", "") != "thread", reason="the harness is built without TSan"
+)
+
+
+def _run_sanitized(code: str) -> str:
     """Runs ``code`` in a fresh Python (the sanitizer aborts the process) and returns its stderr."""
     prelude = (
         f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
@@ -417,7 +426,7 @@ def _run_asan(code: str) -> str:
 def test_asan_stops_a_kernel_writing_past_a_tensor():
     """Built with AddressSanitizer (``nox -s tests-mps-host``), a kernel writing one element past
     the tensor torch allocated stops the run with ASan's report, which names the kernel."""
-    err = _run_asan(
+    err = _run_sanitized(
         "from test_mps_platform import DIVERGENT; "
         "_host.HostShaderLibrary(mps.metal_source() + DIVERGENT).write_past_the_end(torch.zeros(32), threads=32, "
         "group_size=32)"
@@ -431,13 +440,27 @@ def test_asan_stops_a_kernel_writing_past_a_threadgroup_array():
     """A threadgroup array is a function-local static, which ASan guards as a global (it guards no
     thread_local): dequantize_4bit filling its table of 16 for 17 threads stops the run, where a
     thread_local table let every test pass."""
-    err = _run_asan(
+    err = _run_sanitized(
         "src = mps.metal_source(); fill = 'if (lid < 16) table[lid] = bnb::decode_4bit(nf4, lid);'; "
         "assert src.count(fill) == 1; lib = _host.HostShaderLibrary(src.replace(fill, fill.replace('16', '17'))); "
         "u8 = torch.zeros(8, dtype=torch.uint8); "
         "lib.bnb_dequantize_4bit_f32(u8, torch.ones(1), torch.zeros(16), 16, 6, 1, 0, threads=256, group_size=256)"
     )
     assert "global-buffer-overflow" in err and "dequantize_4bit" in err, err[-3000:]
+
+
+@NEEDS_CXX
+@NEEDS_TSAN
+def test_tsan_sees_a_lost_update_between_threadgroups():
+    """Under ThreadSanitizer the threadgroups of a dispatch are unordered, as on a GPU: four
+    threadgroups adding to one float with a plain `+=` is a reported data race, though a run of one
+    group after another gets the sum right."""
+    err = _run_sanitized(
+        "from test_mps_platform import DIVERGENT; x = torch.zeros(1); "
+        "_host.HostShaderLibrary(mps.metal_source() + DIVERGENT).lost_update(x, threads=128, group_size=32); "
+        "print(x)"
+    )
+    assert "ThreadSanitizer: data race" in err and "lost_update" in err, err[-3000:]
 
 
 def test_poisoned_follows_every_threadgroup_array_or_refuses():

@@ -24,12 +24,19 @@ def compiler(harness: str) -> str:
 
 
 def sanitize_flags(env: str) -> list[str]:
-    """The compiler flags of AddressSanitizer and UBSan when the environment variable ``env`` is
-    set to anything but 0 (run Python with ``LD_PRELOAD`` = the compiler's libasan and libstdc++):
-    a kernel reading or writing past a tensor torch allocated, or overflowing a signed integer,
-    stops the run with a report."""
-    if os.environ.get(env, "") in ("", "0"):
+    """The compiler flags the environment variable ``env`` asks for (run Python with ``LD_PRELOAD``
+    = the compiler's sanitizer runtime and libstdc++):
+
+    - ``thread``: ThreadSanitizer. The groups of a launch are unordered (simt_host.h), so a group
+      touching device memory that another group writes, other than through an atomic, is a
+      reported data race.
+    - anything else but 0 or empty: AddressSanitizer and UBSan. A kernel reading or writing past a
+      tensor torch allocated, or overflowing a signed integer, stops the run with a report."""
+    value = os.environ.get(env, "")
+    if value in ("", "0"):
         return []
+    if value == "thread":
+        return ["-fsanitize=thread", "-fno-omit-frame-pointer"]
     return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 
 

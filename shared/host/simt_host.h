@@ -15,6 +15,15 @@
 // (`poison`). Under AddressSanitizer the fibers' stack frames are checked as a thread's are: every
 // switch is announced through ASan's fiber-switch interface, and no context names its stack, so
 // ASan's swapcontext does not clear a resumed fiber's red zones (tests/test_cuda_host_harness.py).
+//
+// Under ThreadSanitizer the groups of one launch (`Launch`) are unordered, as on a GPU, where they
+// run at once. Groups take turns over kTsanContexts TSan fibers (contexts), which nothing
+// synchronises until the launch returns, so device memory that a group writes and one of the next
+// kTsanContexts - 1 groups in the run reads or writes, other than through an atomic, is reported as a
+// data race: a lost update (`*sum += x` from every block) that a run of one group after another
+// cannot show by its values. The threads of a group share their group's context (their order is
+// the scheduler's, above); the harness's bookkeeping is not tracked (`Untracked`); the host's
+// writes before a launch happen before every group, and every group before the launch returns.
 #pragma once
 
 #include <stddef.h>
@@ -41,8 +50,143 @@
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
+#if defined(__SANITIZE_THREAD__)
+#define BNB_SIMT_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define BNB_SIMT_TSAN 1
+#endif
+#endif
+#if defined(BNB_SIMT_TSAN)
+#include <sanitizer/tsan_interface.h>
+extern "C" {  // ThreadSanitizer's dynamic annotations (exported by its runtime, declared by no header)
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+void AnnotateBenignRaceSized(const char* file, int line, const volatile void* mem, unsigned long size,
+                             const char* description);
+}
+#endif
 
 namespace bnb_simt {
+
+// ---- ThreadSanitizer: launches whose groups are unordered (see the top) -------------------------
+
+constexpr uint32_t kTsanContexts = 4;
+
+// While one lives, the running context's loads and stores are not tracked: the harness's own
+// bookkeeping, which every group's threads and the scheduler share (a group's order with the
+// scheduler is the harness's business, not the kernel's). Empty without TSan.
+struct Untracked {
+#if defined(BNB_SIMT_TSAN)
+  Untracked() {
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+  }
+  ~Untracked() {
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  }
+#else
+  Untracked() {}  // user-provided: a guard variable is not "unused"
+#endif
+  Untracked(const Untracked&) = delete;
+  Untracked& operator=(const Untracked&) = delete;
+};
+
+// An OS thread's TSan contexts: the groups' (created once), the launch's turn, and the two
+// synchronisation tokens: the host's writes before each group (`start`), each group's before the
+// launch returns (`end`).
+struct TsanState {
+  void* contexts[kTsanContexts] = {};
+  uint64_t turn = 0;
+  int depth = 0;  // Launch scopes open
+  char start = 0, end = 0;
+};
+inline TsanState& tsan_state() {
+  static thread_local TsanState t;
+  return t;
+}
+
+// Switches TSan to `context` just before a swapcontext to the fiber that runs in it, without
+// ordering the two (no-op without TSan). Inlined: a call of its own would enter in one context
+// and leave in the other, unbalancing both shadow call stacks.
+__attribute__((always_inline)) inline void tsan_switch(void* context) {
+#if defined(BNB_SIMT_TSAN)
+  __tsan_switch_to_fiber(context, __tsan_switch_to_fiber_no_sync);
+#else
+  (void)context;
+#endif
+}
+// tsan_switch, then swapcontext(save, to): not instrumented by TSan, since what runs between the
+// two runs in the context being entered (a spilled local read there would be that context's read).
+#if defined(BNB_SIMT_TSAN)
+__attribute__((no_sanitize("thread")))
+#endif
+__attribute__((noinline)) inline void switch_to(void* context, ucontext_t* save, const ucontext_t* to) {
+  tsan_switch(context);
+  swapcontext(save, to);
+}
+
+inline void tsan_acquire(void* token) {
+#if defined(BNB_SIMT_TSAN)
+  __tsan_acquire(token);
+#else
+  (void)token;
+#endif
+}
+
+// From the scheduler (running in TSan context `here`), on behalf of a group's context, which all
+// its threads share: `hand_to` makes everything the scheduler did so far happen before what the
+// group does next (`token` released here, acquired there); `release_as` makes everything the
+// group did happen before a later acquire of `token`. No-ops without TSan.
+#if defined(BNB_SIMT_TSAN)
+__attribute__((no_sanitize("thread")))
+#endif
+__attribute__((noinline)) inline void hand_to(void* context, void* here, void* token) {
+#if defined(BNB_SIMT_TSAN)
+  __tsan_release(token);
+  __tsan_switch_to_fiber(context, __tsan_switch_to_fiber_no_sync);
+  __tsan_acquire(token);
+  __tsan_switch_to_fiber(here, __tsan_switch_to_fiber_no_sync);
+#else
+  (void)context, (void)here, (void)token;
+#endif
+}
+#if defined(BNB_SIMT_TSAN)
+__attribute__((no_sanitize("thread")))
+#endif
+__attribute__((noinline)) inline void release_as(void* context, void* here, void* token) {
+#if defined(BNB_SIMT_TSAN)
+  __tsan_switch_to_fiber(context, __tsan_switch_to_fiber_no_sync);
+  __tsan_release(token);
+  __tsan_switch_to_fiber(here, __tsan_switch_to_fiber_no_sync);
+#else
+  (void)context, (void)here, (void)token;
+#endif
+}
+
+// One launch (a CUDA kernel launch, a Metal dispatch): every group that run_group runs while it
+// lives belongs to it. The harness's work between its groups is untracked; once it ends, everything
+// its groups did happens before what the host does next. A group run outside one is a launch of its
+// own. Nothing without TSan.
+class Launch {
+ public:
+  Launch() {
+    TsanState& t = tsan_state();
+    if (t.depth++ == 0) t.turn = 0;
+  }
+  ~Launch() {
+    TsanState& t = tsan_state();
+    if (--t.depth == 0) tsan_acquire(&t.end);
+  }
+  Launch(const Launch&) = delete;
+  Launch& operator=(const Launch&) = delete;
+
+ private:
+  Untracked untracked_;
+};
 
 constexpr uint32_t kMaxGroup = 1024;
 constexpr uint32_t kMaxWarp = 64;
@@ -66,6 +210,8 @@ struct Group {
   const std::function<void(uint32_t)>* body = nullptr;
   float slots[2][kMaxGroup];
   std::string error;
+  void* tsan_os = nullptr;             // the scheduler's TSan context
+  void* tsan_group = nullptr;          // the group's
   const void* sched_bottom = nullptr;  // the scheduler's stack, as ASan reports it to a fiber
   size_t sched_size = 0;
   void* sched_fake = nullptr;  // ASan's fake stack of the scheduler while a fiber runs
@@ -89,12 +235,20 @@ inline thread_local uint64_t g_group_serial = 0;
 // a read before the first write. The harnesses follow each such declaration with this call: the
 // first thread of each group to pass it fills the array with 0xff bytes (NaN as f32, -1 as an
 // integer).
+// Under TSan, the array is shared by every group of a launch, as a GPU gives each its own: not a
+// race between groups.
 inline void poison(void* p, size_t bytes) {
+  Untracked untracked;
   thread_local std::unordered_map<void*, uint64_t> filled;  // address -> group serial
-  uint64_t& serial = filled[p];
-  if (serial != g_group_serial) {
+  const auto [it, first] = filled.try_emplace(p, 0);
+#if defined(BNB_SIMT_TSAN)
+  if (first) AnnotateBenignRaceSized(__FILE__, __LINE__, p, bytes, "group-shared array, one per group on a GPU");
+#else
+  (void)first;
+#endif
+  if (it->second != g_group_serial) {
     memset(p, 0xff, bytes);
-    serial = g_group_serial;
+    it->second = g_group_serial;
   }
 }
 
@@ -125,7 +279,7 @@ inline void arrive(void* save, const void** bottom = nullptr, size_t* size = nul
 
 // Fiber stacks, reused by every group an OS thread runs: mapped with an inaccessible page below
 // each, so a kernel that overflows its stack faults instead of writing over other memory.
-struct Stacks {
+struct Stacks {             // NOLINT(cppcoreguidelines-special-member-functions): thread_local pools only
   std::vector<char*> tops;  // usable area of each stack (kStackBytes)
   ~Stacks() {
     for (char* s : tops) munmap(s - guard(), kStackBytes + guard());
@@ -142,42 +296,73 @@ struct Stacks {
   }
 };
 
-inline Stacks& stacks() {
-  static thread_local Stacks pool;
-  return pool;
+// One pool per TSan context: a stack that groups in two contexts used would be a race between them
+// (one pool without TSan).
+inline Stacks& stacks(uint32_t context) {
+  static thread_local Stacks pools[kTsanContexts];
+  return pools[context];
 }
 
+// Not instrumented by TSan: it enters in the group's context and leaves in the scheduler's.
+#if defined(BNB_SIMT_TSAN)
+__attribute__((no_sanitize("thread")))
+#endif
 inline void fiber_entry() {
-  Group* g = g_group;
-  arrive(nullptr, &g->sched_bottom, &g->sched_size);
-  const uint32_t i = g->current;
+  Group* g;
+  uint32_t i;
+  {
+    Untracked untracked;
+    g = g_group;
+    arrive(nullptr, &g->sched_bottom, &g->sched_size);
+    i = g->current;
+  }
   (*g->body)(i);
-  g->fibers[i].state = kDone;
-  leave(nullptr, g->sched_bottom, g->sched_size);  // uc_link returns to the scheduler
+  {
+    Untracked untracked;  // ends before the switch: it counts in the group's context
+    g->fibers[i].state = kDone;
+    leave(nullptr, g->sched_bottom, g->sched_size);
+  }
+  tsan_switch(g->tsan_os);  // uc_link returns to the scheduler
 }
 
 // The index of the running thread in its group.
-inline uint32_t current_thread() { return g_group->current; }
+inline uint32_t current_thread() {
+  Untracked untracked;
+  return g_group->current;
+}
 
 // The running group's warp width.
-inline uint32_t warp_width() { return g_group->warp; }
+inline uint32_t warp_width() {
+  Untracked untracked;
+  return g_group->warp;
+}
 
 // Records the first error of the running group (a kernel's own misuse, e.g. a bad shuffle width).
 inline void report(const std::string& what) {
+  Untracked untracked;
   if (g_group->error.empty()) g_group->error = what;
 }
 
 // Other threads run while this one is suspended and write the group's shared memory: the
 // compiler must neither keep such values in registers across the switch nor sink stores below it
 // (it cannot see that swapcontext runs code that reads and writes those statics).
+// (Under TSan the threads of a group share one context, so no ignore spans the switch.)
 inline void suspend(State s) {
-  Group* g = g_group;
-  Fiber& f = g->fibers[g->current];
-  f.state = s;
-  asm volatile("" ::: "memory");
+  Group* g;
+  Fiber* f;
+  void* os;
   void* fake = nullptr;
-  leave(&fake, g->sched_bottom, g->sched_size);
-  swapcontext(&f.ctx, &g->sched);
+  {
+    Untracked untracked;
+    g = g_group;
+    f = &g->fibers[g->current];
+    f->state = s;
+    os = g->tsan_os;
+    asm volatile("" ::: "memory");
+    leave(&fake, g->sched_bottom, g->sched_size);
+  }
+  switch_to(os, &f->ctx, &g->sched);
+  Untracked untracked;
   arrive(fake);
   asm volatile("" ::: "memory");
 }
@@ -185,18 +370,24 @@ inline void suspend(State s) {
 // A barrier over the whole group (threadgroup_barrier, __syncthreads).
 inline void barrier() {
   suspend(kBarrier);
+  Untracked untracked;
   g_group->fibers[g_group->current].barriers++;
 }
 
 // The value of lane (this lane ^ mask) of the same warp. `what` names the shuffle in errors.
 inline float shuffle_xor(float v, uint32_t mask, const char* what) {
-  Group* g = g_group;
-  const uint32_t i = g->current;
-  const uint32_t k = g->fibers[i].shuffles & 1u;
-  g->slots[k][i] = v;
+  uint32_t i, k;
+  {
+    Untracked untracked;
+    Group* g = g_group;
+    i = g->current;
+    k = g->fibers[i].shuffles & 1u;
+    g->slots[k][i] = v;
+  }
   suspend(kShuffle);
+  Untracked untracked;
+  Group* g = g_group;
   const uint32_t partner = i ^ (mask % g->warp);
-  g = g_group;
   g->fibers[i].shuffles++;
   if (partner >= g->size) {
     report(std::string(what) + " reads lane " + std::to_string(partner) + " of a group of " + std::to_string(g->size) +
@@ -217,14 +408,28 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
   if (warp == 0 || warp > kMaxWarp || (warp & (warp - 1)) != 0)
     return "warp width must be a power of two in [1, 64], got " + std::to_string(warp);
   std::lock_guard<std::mutex> hold(launch_mutex());  // group-shared arrays are statics
+  Launch launch;  // a group outside a launch is a launch of one (an inner scope does nothing)
+  TsanState& tsan = tsan_state();
+  const uint32_t context = static_cast<uint32_t>(tsan.turn++ % kTsanContexts);
   Group g;
+#if defined(BNB_SIMT_TSAN)
+  if (!tsan.contexts[context]) tsan.contexts[context] = __tsan_create_fiber(0);
+  g.tsan_os = __tsan_get_current_fiber();
+  g.tsan_group = tsan.contexts[context];
+#else
+  (void)context;
+#endif
   ++g_group_serial;
   memset(&g.sched, 0, sizeof(g.sched));  // names no stack (see below)
   g.size = size;
   g.warp = warp;
   g.body = &body;
   g.fibers.resize(size);
-  Stacks& pool = stacks();
+#if defined(BNB_SIMT_TSAN)
+  Stacks& pool = stacks(context);
+#else
+  Stacks& pool = stacks(0);
+#endif
   if (!pool.grow(size)) return "could not map " + std::to_string(size) + " fiber stacks";
   Group* saved = g_group;
   g_group = &g;
@@ -245,6 +450,8 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
     f.shuffles = 0;
     f.barriers = 0;
   }
+  // The host's writes (and the context's past launches) happen before the group.
+  hand_to(g.tsan_group, g.tsan_os, &tsan.start);
   const uint32_t warps = (size + warp - 1) / warp;
   for (;;) {
     // Each warp runs ahead on its own, through its shuffles, until every lane waits at a barrier
@@ -258,7 +465,7 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
           if (g.fibers[i].state != kReady) continue;
           g.current = i;
           leave(&g.sched_fake, pool.tops[i], kStackBytes);
-          swapcontext(&g.sched, &g.fibers[i].ctx);
+          switch_to(g.tsan_group, &g.sched, &g.fibers[i].ctx);
           arrive(g.sched_fake);
         }
         if (!g.error.empty()) break;
@@ -300,6 +507,8 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
     if (!g.error.empty()) break;
     for (Fiber& f : g.fibers) f.state = kReady;
   }
+  // Everything the group did, finished or stopped by an error, happens before the launch returns.
+  release_as(g.tsan_group, g.tsan_os, &tsan.end);
   g_group = saved;
   return g.error;
 }

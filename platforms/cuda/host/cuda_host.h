@@ -24,6 +24,8 @@
 // device memory of device 0.
 #pragma once
 
+#define BNB_CUDA_HOST_HARNESS 1  // what the shared headers do differently here (bnb::store_relaxed)
+
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -280,14 +282,25 @@ struct Launch {
 };
 inline thread_local const Launch* g_launch = nullptr;
 
+// (The launch's bookkeeping, which the scheduler rewrites for every block: untracked under TSan.)
 inline uint3 thread_idx() {
   const unsigned int i = bnb_simt::current_thread();
+  bnb_simt::Untracked untracked;
   const dim3& b = g_launch->block;
   return {i % b.x, (i / b.x) % b.y, i / (b.x * b.y)};
 }
-inline uint3 block_idx() { return {g_launch->block_idx.x, g_launch->block_idx.y, g_launch->block_idx.z}; }
-inline uint3 block_dim() { return {g_launch->block.x, g_launch->block.y, g_launch->block.z}; }
-inline uint3 grid_dim() { return {g_launch->grid.x, g_launch->grid.y, g_launch->grid.z}; }
+inline uint3 block_idx() {
+  bnb_simt::Untracked untracked;
+  return {g_launch->block_idx.x, g_launch->block_idx.y, g_launch->block_idx.z};
+}
+inline uint3 block_dim() {
+  bnb_simt::Untracked untracked;
+  return {g_launch->block.x, g_launch->block.y, g_launch->block.z};
+}
+inline uint3 grid_dim() {
+  bnb_simt::Untracked untracked;
+  return {g_launch->grid.x, g_launch->grid.y, g_launch->grid.z};
+}
 
 }  // namespace bnb_cuda_host
 
@@ -316,11 +329,14 @@ inline T __shfl_xor_sync(unsigned int mask, T v, int lane_mask, int width = BNB_
   return v;
 }
 
-// Blocks run one after another and the fibers of a block switch only at barriers and shuffles,
-// so an add is atomic here.
+// An atomic read-modify-write, as the GPU's (relaxed): blocks run one after another here, but under
+// ThreadSanitizer they are unordered, and a plain `*address += value` from two blocks is a race.
 inline float atomicAdd(float* address, float value) {
-  const float old = *address;
-  *address = old + value;
+  float old, sum;
+  __atomic_load(address, &old, __ATOMIC_RELAXED);
+  do {
+    sum = old + value;
+  } while (!__atomic_compare_exchange(address, &old, &sum, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
   return old;
 }
 
@@ -369,6 +385,7 @@ void launch(void (*kernel)(P...), const Pending<A...>& p) {
   // Arguments convert to the kernel's parameter types once, as cudaLaunchKernel copies them.
   const std::tuple<P...> params = std::apply([](const auto&... a) { return std::tuple<P...>(a...); }, p.args);
   Launch l{p.grid, p.block, dim3(0, 0, 0)};
+  bnb_simt::Launch blocks_unordered;  // under TSan: no block happens before another
   const Launch* saved = g_launch;
   g_launch = &l;
   const uint32_t threads = p.block.x * p.block.y * p.block.z;

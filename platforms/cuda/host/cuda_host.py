@@ -16,7 +16,10 @@ reference by the conformance suite; and the paged-memory glue's bookkeeping over
 memory. Blocks run one after another, ascending in the 32-lane build and descending in the 64-lane
 one, so a result that depends on the order of blocks (of ``atomicAdd``s, or a race between blocks)
 differs between the two; the 32-lane build fuses plain ``a * b + c`` as nvcc does
-(``contract_flags``). What it cannot: timing, memory coalescing, blocks running at once, a
+(``contract_flags``). Built with ThreadSanitizer (``BNB_CUDA_HOST_SANITIZE=thread``), the blocks
+of a launch are unordered (shared/host/simt_host.h): device memory that one block writes and
+another touches, other than through an atomic, is a reported race. What it cannot: timing,
+memory coalescing, blocks running at once, a
 kernel's ``__launch_bounds__``, nvcc's own code generation (GCC decides where to fuse), cuBLASLt
 (absent here: the built-in int8 kernel runs) and the driver's page migration.
 
@@ -119,7 +122,8 @@ def _units(warp: int, gen: pathlib.Path) -> list[tuple[str, str, list[str]]]:
 
 
 def _sanitize_flags() -> list[str]:
-    """``BNB_CUDA_HOST_SANITIZE=1``: AddressSanitizer and UBSan in the module (simt_build.py)."""
+    """``BNB_CUDA_HOST_SANITIZE=1``: AddressSanitizer and UBSan in the module; ``=thread``:
+    ThreadSanitizer (simt_build.py)."""
     return _SIMT.sanitize_flags("BNB_CUDA_HOST_SANITIZE")
 
 

@@ -92,6 +92,18 @@ __global__ void shared_overflow_kernel(float* out) {
   out[threadIdx.x] = cell[threadIdx.x % 32];
 }
 
+// Each block adds its index to *sum with a plain load and store (a missing atomicAdd), or with
+// atomicAdd if `atomic`: blocks running at once lose updates on a GPU, which a run of one block
+// after another never does.
+__global__ void block_sum_kernel(int atomic, float* sum) {
+  if (threadIdx.x != 0) return;
+  if (atomic) {
+    atomicAdd(sum, static_cast<float>(blockIdx.x));
+  } else {
+    *sum += static_cast<float>(blockIdx.x);
+  }
+}
+
 }  // namespace
 }  // namespace bnb_cuda
 
@@ -106,7 +118,9 @@ using namespace bnb_cuda;
 // thread taking tickets from x[0] (out[b]: block b's place in the order), 9 two blocks of
 // threads / 2 threads (two warps) racing over shared memory across a shuffle (see
 // warp_run_ahead_kernel; out: what each thread read), 10 one block of `threads` threads writing
-// element threadIdx.x of a __shared__ array of 32 (past it for threads > 32). Returns the
+// element threadIdx.x of a __shared__ array of 32 (past it for threads > 32), 11 `threads` blocks
+// adding their indices to out[0], through atomicAdd if n != 0, else with a plain += (a race
+// between blocks: ThreadSanitizer's to report). Returns the
 // status the C ABI would return; bnb_last_error() holds the message.
 extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, int32_t n, int32_t threads, float* out) {
   switch (which) {
@@ -141,6 +155,9 @@ extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, in
       break;
     case 10:
       shared_overflow_kernel<<<1, threads>>>(out);
+      break;
+    case 11:
+      block_sum_kernel<<<threads, bnb::kWarpSize>>>(n, out);
       break;
     default:
       return fail(BNB_ERR_INVALID_ARGUMENT, "unknown probe %d", which);

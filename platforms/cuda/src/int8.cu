@@ -17,7 +17,8 @@ __global__ void mark_outlier_cols_kernel(const typename E::T* __restrict__ A, in
                                          float threshold, uint8_t* __restrict__ outlier_cols) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    if (abs_f(E::load(A[i])) >= threshold) outlier_cols[i % cols] = 1;  // every writer stores 1
+    // Threads of many blocks may set one column's flag: a relaxed store (a plain one would race).
+    if (abs_f(E::load(A[i])) >= threshold) bnb::store_relaxed<uint8_t>(outlier_cols + i % cols, 1);
   }
 }
 

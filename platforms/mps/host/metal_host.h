@@ -100,6 +100,7 @@ inline std::string dispatch(uint64_t threads, uint64_t group, const std::functio
   if (group == 0 || group > kMaxGroup) return "group_size must be in [1, 1024], got " + std::to_string(group);
   if (threads > 0xffffffffull) return "threads must fit in 32 bits, got " + std::to_string(threads);
   const uint64_t groups = (threads + group - 1) / group;
+  bnb_simt::Launch groups_unordered;  // under TSan: no threadgroup happens before another
   for (uint64_t gi = 0; gi < groups; ++gi) {
     const uint32_t size = static_cast<uint32_t>(gi + 1 < groups ? group : threads - gi * group);
     // Threadgroups alternate the order of their threads (see bnb_simt::run_group).
@@ -107,14 +108,17 @@ inline std::string dispatch(uint64_t threads, uint64_t group, const std::functio
         size,
         [&](uint32_t i) {
           Ids ids;
-          ids.thread_position_in_grid = static_cast<uint>(gi * group + i);
-          ids.thread_position_in_threadgroup = i;
-          ids.threadgroup_position_in_grid = static_cast<uint>(gi);
-          ids.threads_per_threadgroup = size;
-          ids.threads_per_grid = static_cast<uint>(threads);
-          ids.threadgroups_per_grid = static_cast<uint>(groups);
-          ids.thread_index_in_simdgroup = i % kSimdWidth;
-          ids.simdgroup_index_in_threadgroup = i / kSimdWidth;
+          {
+            bnb_simt::Untracked untracked;  // the dispatch's bookkeeping, rewritten for every group
+            ids.thread_position_in_grid = static_cast<uint>(gi * group + i);
+            ids.thread_position_in_threadgroup = i;
+            ids.threadgroup_position_in_grid = static_cast<uint>(gi);
+            ids.threads_per_threadgroup = size;
+            ids.threads_per_grid = static_cast<uint>(threads);
+            ids.threadgroups_per_grid = static_cast<uint>(groups);
+            ids.thread_index_in_simdgroup = i % kSimdWidth;
+            ids.simdgroup_index_in_threadgroup = i / kSimdWidth;
+          }
           fn(ids);
         },
         gi % 2 == 0);

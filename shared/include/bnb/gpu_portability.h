@@ -84,6 +84,19 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return warp_sum(v);
 }
 
+// Stores v where other threads may store the same value at once (a flag that every writer sets):
+// a relaxed store, which the memory model does not count as a data race between them, as it counts
+// a plain one. On the GPUs a volatile store is one (PTX counts st.volatile as relaxed at system
+// scope); the CUDA host harness makes it an atomic store, which ThreadSanitizer knows.
+template <typename T>
+__device__ __forceinline__ void store_relaxed(T* p, T v) {
+#if defined(BNB_CUDA_HOST_HARNESS)
+  __atomic_store_n(p, v, __ATOMIC_RELAXED);
+#else
+  *static_cast<volatile T*>(p) = v;
+#endif
+}
+
 }  // namespace bnb
 
 #endif  // __CUDACC__ || __HIPCC__
