@@ -119,12 +119,17 @@ __attribute__((always_inline)) inline void tsan_switch(void* context) {
   (void)context;
 #endif
 }
-// tsan_switch, then swapcontext(save, to): not instrumented by TSan, since what runs between the
-// two runs in the context being entered (a spilled local read there would be that context's read).
+// The helpers below change TSan's context midway: not instrumented by TSan (what runs after the
+// change runs in the other context: a spilled local read there would be that context's read).
+// Without TSan they are inlined, as the calls they replace.
 #if defined(BNB_SIMT_TSAN)
-__attribute__((no_sanitize("thread")))
+#define BNB_SIMT_SWITCHES_CONTEXT __attribute__((no_sanitize("thread"), noinline))
+#else
+#define BNB_SIMT_SWITCHES_CONTEXT __attribute__((always_inline))
 #endif
-__attribute__((noinline)) inline void switch_to(void* context, ucontext_t* save, const ucontext_t* to) {
+
+// tsan_switch, then swapcontext(save, to).
+BNB_SIMT_SWITCHES_CONTEXT inline void switch_to(void* context, ucontext_t* save, const ucontext_t* to) {
   tsan_switch(context);
   swapcontext(save, to);
 }
@@ -141,10 +146,7 @@ inline void tsan_acquire(void* token) {
 // its threads share: `hand_to` makes everything the scheduler did so far happen before what the
 // group does next (`token` released here, acquired there); `release_as` makes everything the
 // group did happen before a later acquire of `token`. No-ops without TSan.
-#if defined(BNB_SIMT_TSAN)
-__attribute__((no_sanitize("thread")))
-#endif
-__attribute__((noinline)) inline void hand_to(void* context, void* here, void* token) {
+BNB_SIMT_SWITCHES_CONTEXT inline void hand_to(void* context, void* here, void* token) {
 #if defined(BNB_SIMT_TSAN)
   __tsan_release(token);
   __tsan_switch_to_fiber(context, __tsan_switch_to_fiber_no_sync);
@@ -154,10 +156,7 @@ __attribute__((noinline)) inline void hand_to(void* context, void* here, void* t
   (void)context, (void)here, (void)token;
 #endif
 }
-#if defined(BNB_SIMT_TSAN)
-__attribute__((no_sanitize("thread")))
-#endif
-__attribute__((noinline)) inline void release_as(void* context, void* here, void* token) {
+BNB_SIMT_SWITCHES_CONTEXT inline void release_as(void* context, void* here, void* token) {
 #if defined(BNB_SIMT_TSAN)
   __tsan_switch_to_fiber(context, __tsan_switch_to_fiber_no_sync);
   __tsan_release(token);
@@ -277,9 +276,10 @@ inline void arrive(void* save, const void** bottom = nullptr, size_t* size = nul
 #endif
 }
 
-// Fiber stacks, reused by every group an OS thread runs: mapped with an inaccessible page below
-// each, so a kernel that overflows its stack faults instead of writing over other memory.
-struct Stacks {             // NOLINT(cppcoreguidelines-special-member-functions): thread_local pools only
+// Fiber stacks, reused by the groups an OS thread runs (under TSan, by those of one context):
+// mapped with an inaccessible page below each, so a kernel that overflows its stack faults
+// instead of writing over other memory.
+struct Stacks {
   std::vector<char*> tops;  // usable area of each stack (kStackBytes)
   ~Stacks() {
     for (char* s : tops) munmap(s - guard(), kStackBytes + guard());
