@@ -204,19 +204,18 @@ def tests_host_tsan(session: nox.Session) -> None:
     install_meta(session)
     install_platform(session, "mps")
     tmp = pathlib.Path(session.create_tmp()).resolve()
-    runs = [
-        ("BNB_MPS_HOST_SANITIZE", "mps", "test_mps_platform.py",
-         {"BNB_MPS_HOST_DIR": str(ROOT / "platforms" / "mps" / "host"), "BNB_MPS_HOST_CACHE": str(tmp / "mps-host")}),
-        ("BNB_CUDA_HOST_SANITIZE", "cuda", "test_cuda_host_harness.py",
-         {"BNB_CUDA_HOST_CACHE": str(tmp / "cuda-host")}),
-    ]  # fmt: skip
-    commands = []
-    for variable, platform, own, env in runs:
+
+    def run(variable: str, platform: str, own: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
         sanitize, capture = sanitized(variable, default="thread")
         args = ["pytest", "-p", "no:cacheprovider", *capture, "-k", platform,
                 *[f"tests/{t}" for t in [own, *HOST_KERNEL_TESTS]], *session.posargs]  # fmt: skip
-        commands.append((args, {"BNB_TEST_HOST_KERNELS": platform, **env, **sanitize}))
-    (mps_args, mps_env), (cuda_args, cuda_env) = commands
+        return args, {"BNB_TEST_HOST_KERNELS": platform, **env, **sanitize}
+
+    mps_args, mps_env = run("BNB_MPS_HOST_SANITIZE", "mps", "test_mps_platform.py",
+                            {"BNB_MPS_HOST_DIR": str(ROOT / "platforms" / "mps" / "host"),
+                             "BNB_MPS_HOST_CACHE": str(tmp / "mps-host")})  # fmt: skip
+    cuda_args, cuda_env = run("BNB_CUDA_HOST_SANITIZE", "cuda", "test_cuda_host_harness.py",
+                              {"BNB_CUDA_HOST_CACHE": str(tmp / "cuda-host")})  # fmt: skip
     venv = {
         "PATH": f"{session.bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "VIRTUAL_ENV": session.virtualenv.location,

@@ -73,7 +73,11 @@ namespace bnb_simt {
 
 // ---- ThreadSanitizer: launches whose groups are unordered (see the top) -------------------------
 
+#if defined(BNB_SIMT_TSAN)
 constexpr uint32_t kTsanContexts = 4;
+#else
+constexpr uint32_t kTsanContexts = 1;  // one order: the OS thread's
+#endif
 
 // While one lives, the running context's loads and stores are not tracked: the harness's own
 // bookkeeping, which every group's threads and the scheduler share (a group's order with the
@@ -167,7 +171,8 @@ BNB_SIMT_SWITCHES_CONTEXT inline void release_as(void* context, void* here, void
 }
 
 // One launch (a CUDA kernel launch, a Metal dispatch): every group that run_group runs while it
-// lives belongs to it. The harness's work between its groups is untracked; once it ends, everything
+// lives belongs to it. The harness's work between its groups is untracked (so the groups' reads of
+// the launch's bookkeeping, which it rewrites for each group, race with nothing); once it ends, everything
 // its groups did happens before what the host does next. A group run outside one is a launch of its
 // own. Nothing without TSan.
 class Launch {
@@ -296,8 +301,7 @@ struct Stacks {
   }
 };
 
-// One pool per TSan context: a stack that groups in two contexts used would be a race between them
-// (one pool without TSan).
+// One pool per TSan context: a stack that groups in two contexts used would be a race between them.
 inline Stacks& stacks(uint32_t context) {
   static thread_local Stacks pools[kTsanContexts];
   return pools[context];
@@ -416,8 +420,6 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
   if (!tsan.contexts[context]) tsan.contexts[context] = __tsan_create_fiber(0);
   g.tsan_os = __tsan_get_current_fiber();
   g.tsan_group = tsan.contexts[context];
-#else
-  (void)context;
 #endif
   ++g_group_serial;
   memset(&g.sched, 0, sizeof(g.sched));  // names no stack (see below)
@@ -425,11 +427,7 @@ inline std::string run_group(uint32_t size, uint32_t warp, const std::function<v
   g.warp = warp;
   g.body = &body;
   g.fibers.resize(size);
-#if defined(BNB_SIMT_TSAN)
   Stacks& pool = stacks(context);
-#else
-  Stacks& pool = stacks(0);
-#endif
   if (!pool.grow(size)) return "could not map " + std::to_string(size) + " fiber stacks";
   Group* saved = g_group;
   g_group = &g;

@@ -282,25 +282,14 @@ struct Launch {
 };
 inline thread_local const Launch* g_launch = nullptr;
 
-// (The launch's bookkeeping, which the scheduler rewrites for every block: untracked under TSan.)
 inline uint3 thread_idx() {
   const unsigned int i = bnb_simt::current_thread();
-  bnb_simt::Untracked untracked;
   const dim3& b = g_launch->block;
   return {i % b.x, (i / b.x) % b.y, i / (b.x * b.y)};
 }
-inline uint3 block_idx() {
-  bnb_simt::Untracked untracked;
-  return {g_launch->block_idx.x, g_launch->block_idx.y, g_launch->block_idx.z};
-}
-inline uint3 block_dim() {
-  bnb_simt::Untracked untracked;
-  return {g_launch->block.x, g_launch->block.y, g_launch->block.z};
-}
-inline uint3 grid_dim() {
-  bnb_simt::Untracked untracked;
-  return {g_launch->grid.x, g_launch->grid.y, g_launch->grid.z};
-}
+inline uint3 block_idx() { return {g_launch->block_idx.x, g_launch->block_idx.y, g_launch->block_idx.z}; }
+inline uint3 block_dim() { return {g_launch->block.x, g_launch->block.y, g_launch->block.z}; }
+inline uint3 grid_dim() { return {g_launch->grid.x, g_launch->grid.y, g_launch->grid.z}; }
 
 }  // namespace bnb_cuda_host
 

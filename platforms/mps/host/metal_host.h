@@ -108,17 +108,14 @@ inline std::string dispatch(uint64_t threads, uint64_t group, const std::functio
         size,
         [&](uint32_t i) {
           Ids ids;
-          {
-            bnb_simt::Untracked untracked;  // the dispatch's bookkeeping, rewritten for every group
-            ids.thread_position_in_grid = static_cast<uint>(gi * group + i);
-            ids.thread_position_in_threadgroup = i;
-            ids.threadgroup_position_in_grid = static_cast<uint>(gi);
-            ids.threads_per_threadgroup = size;
-            ids.threads_per_grid = static_cast<uint>(threads);
-            ids.threadgroups_per_grid = static_cast<uint>(groups);
-            ids.thread_index_in_simdgroup = i % kSimdWidth;
-            ids.simdgroup_index_in_threadgroup = i / kSimdWidth;
-          }
+          ids.thread_position_in_grid = static_cast<uint>(gi * group + i);
+          ids.thread_position_in_threadgroup = i;
+          ids.threadgroup_position_in_grid = static_cast<uint>(gi);
+          ids.threads_per_threadgroup = size;
+          ids.threads_per_grid = static_cast<uint>(threads);
+          ids.threadgroups_per_grid = static_cast<uint>(groups);
+          ids.thread_index_in_simdgroup = i % kSimdWidth;
+          ids.simdgroup_index_in_threadgroup = i / kSimdWidth;
           fn(ids);
         },
         gi % 2 == 0);
