@@ -10,6 +10,7 @@ and tools/noxlib/native.py (imported at the end: CI runs the `ci` sessions in th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -104,6 +105,14 @@ def tests_integration(session: nox.Session) -> None:
     session.run("pytest", "-m", "integration", "tests/integration", *session.posargs)
 
 
+def _simt_build():
+    """shared/host/simt_build.py, loaded by path (it reads the harnesses' sanitizer variables)."""
+    spec = importlib.util.spec_from_file_location("_bnb_simt_build", ROOT / "shared" / "host" / "simt_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def sanitized(variable: str, default: str = "1") -> tuple[dict[str, str], list[str]]:
     """The environment and pytest arguments of a host-harness run built with a sanitizer:
     AddressSanitizer and UBSan where ``variable`` is 1, ThreadSanitizer where it is ``thread``
@@ -113,10 +122,10 @@ def sanitized(variable: str, default: str = "1") -> tuple[dict[str, str], list[s
     descriptor 2 just before it stops the process, where pytest's default capture would swallow it.
     TSan stops at the first race and ignores torch's own threads (not instrumented: it would see
     their synchronisation as races)."""
-    value = os.environ.get(variable, default)
-    if value in ("", "0"):
+    kind = _simt_build().sanitizer(variable, default)
+    if kind is None:
         return {variable: "0"}, []
-    tsan = value == "thread"
+    tsan = kind == "thread"
     cxx = os.environ.get("CXX") or "c++"
     libs = [
         subprocess.check_output([cxx, f"-print-file-name={n}"], text=True).strip()
@@ -165,15 +174,15 @@ def tests_cuda_host(session: nox.Session) -> None:
     """The CUDA and ROCm kernels without a GPU: the CUDA wheel's kernel sources compiled as C++ by the
     CUDA host harness (platforms/cuda/host), for warps of 32 lanes (``cuda[host]``) and of 64
     (``rocm[host]``: the ROCm wheel builds the same sources for AMD wavefronts), run through the
-    wheel's own bindings and glue: the conformance suite against the reference, the edge cases and
-    the harness's own refusals; then the kernels serve the CPU for the module tests and the
+    wheel's own bindings and glue: the conformance suite against the reference, the edge cases, the
+    C entry points' argument checks and the harness's own refusals; then the kernels serve the CPU for the module tests and the
     release's fixtures (``BNB_TEST_SERVE_HOST=cuda``). The module is built with AddressSanitizer
     and UBSan (a kernel touching memory outside a tensor, or overflowing a signed integer, stops
     the run); ``BNB_CUDA_HOST_SANITIZE=0`` builds it plain."""
     install_torch(session)
     session.install(*TEST_DEPS, "pybind11")
     install_meta(session)
-    tests = ["test_cuda_host_harness.py", *HOST_KERNEL_TESTS]
+    tests = ["test_cuda_host_harness.py", "test_cuda_host_entry_checks.py", *HOST_KERNEL_TESTS]
     sanitize, capture = sanitized("BNB_CUDA_HOST_SANITIZE")
     env = {
         "BNB_TEST_HOST_KERNELS": "cuda,rocm",

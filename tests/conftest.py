@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import os
 import pathlib
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -133,6 +134,24 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") and importlib.util.f
 CUDA_HARNESS_WARPS = {"cuda": 32, "rocm": 64}
 """Platforms whose kernels the CUDA host harness (platforms/cuda/host, from this checkout) runs, and
 the warp width: the CUDA sources as an NVIDIA GPU runs them, and as a 64-wide AMD wavefront does."""
+
+
+def python_in_a_process(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh Python, with torch imported and this folder on the path (so that it
+    can import a test module), its output captured: where a sanitizer may stop the process."""
+    prelude = f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).resolve().parent)!r}); "
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=600)
+
+
+def host_sanitizer(variable: str) -> str | None:
+    """The sanitizer a host harness is built with, as its build reads ``variable``
+    (``BNB_CUDA_HOST_SANITIZE``, ``BNB_MPS_HOST_SANITIZE``): ``"address"``, ``"thread"`` or None
+    (shared/host/simt_build.py)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "shared" / "host" / "simt_build.py"
+    spec = importlib.util.spec_from_file_location("_bnb_simt_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.sanitizer(variable)
 
 
 def cuda_harness():

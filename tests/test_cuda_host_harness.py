@@ -11,16 +11,21 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
-import os
-import pathlib
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import CUDA_HARNESS_WARPS, adam_8bit_args, cuda_harness, host_kernel_platforms, step_8bit
+from conftest import (
+    CUDA_HARNESS_WARPS,
+    adam_8bit_args,
+    cuda_harness,
+    host_kernel_platforms,
+    host_sanitizer,
+    python_in_a_process,
+    step_8bit,
+)
 
 NAMED = [p for p, _ in host_kernel_platforms() if p in CUDA_HARNESS_WARPS]
 
@@ -149,16 +154,13 @@ def test_cuda_host_local_arrays_survive_suspension(probe):
 def _probe_in_a_process(warp: int, which: int, threads: int, x: str) -> subprocess.CompletedProcess:
     """Probe(warp)(which, threads, <x>) in a fresh Python, where a sanitizer may stop the process;
     ``x`` is a Python expression for the input tensor (or None)."""
-    code = (
-        f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
+    return python_in_a_process(
         f"from test_cuda_host_harness import Probe; print(Probe({warp})({which}, {threads}, {x}))"
     )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.skipif(
-    os.environ.get("BNB_CUDA_HOST_SANITIZE", "") in ("", "0", "thread"),
-    reason="the harness module is built without ASan",
+    host_sanitizer("BNB_CUDA_HOST_SANITIZE") != "address", reason="the harness module is built without ASan"
 )
 @pytest.mark.parametrize("warp", WARPS)
 @pytest.mark.parametrize(
@@ -180,7 +182,7 @@ def test_cuda_host_asan_sees_overflows_of_local_and_shared_arrays(warp, which, t
 
 
 @pytest.mark.skipif(
-    os.environ.get("BNB_CUDA_HOST_SANITIZE", "") != "thread", reason="the harness module is built without TSan"
+    host_sanitizer("BNB_CUDA_HOST_SANITIZE") != "thread", reason="the harness module is built without TSan"
 )
 @pytest.mark.parametrize("warp", WARPS)
 def test_cuda_host_tsan_sees_a_lost_update_between_blocks(warp):

@@ -28,6 +28,7 @@ import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_decode_table
+from conftest import host_sanitizer, python_in_a_process
 
 mps = pytest.importorskip("bitsandbytes_mps")
 from bitsandbytes_mps import _host  # noqa: E402
@@ -401,22 +402,18 @@ def test_threadgroup_memory_starts_each_group_undefined():
 
 
 NEEDS_ASAN = pytest.mark.skipif(
-    os.environ.get("BNB_MPS_HOST_SANITIZE", "") in ("", "0", "thread"), reason="the harness is built without ASan"
+    host_sanitizer("BNB_MPS_HOST_SANITIZE") != "address", reason="the harness is built without ASan"
 )
 
 
 NEEDS_TSAN = pytest.mark.skipif(
-    os.environ.get("BNB_MPS_HOST_SANITIZE", "") != "thread", reason="the harness is built without TSan"
+    host_sanitizer("BNB_MPS_HOST_SANITIZE") != "thread", reason="the harness is built without TSan"
 )
 
 
 def _run_sanitized(code: str) -> str:
     """Runs ``code`` in a fresh Python (the sanitizer aborts the process) and returns its stderr."""
-    prelude = (
-        f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
-        "import bitsandbytes_mps as mps; from bitsandbytes_mps import _host; "
-    )
-    done = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=600)
+    done = python_in_a_process("import bitsandbytes_mps as mps; from bitsandbytes_mps import _host; " + code)
     assert done.returncode != 0, done.stdout
     return done.stderr
 

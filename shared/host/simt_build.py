@@ -23,21 +23,30 @@ def compiler(harness: str) -> str:
     return cxx
 
 
-def sanitize_flags(env: str) -> list[str]:
-    """The compiler flags the environment variable ``env`` asks for (run Python with ``LD_PRELOAD``
-    = the compiler's sanitizer runtime and libstdc++):
+def sanitizer(env: str, default: str = "") -> str | None:
+    """The sanitizer the environment variable ``env`` (``default`` where unset) asks a harness
+    build for: ``"thread"`` for ``thread``, ``None`` for 0 or empty, else ``"address"``. The one
+    reading of the variable, for the builds, nox and the tests that need one sanitizer."""
+    value = os.environ.get(env, default)
+    if value in ("", "0"):
+        return None
+    return "thread" if value == "thread" else "address"
 
-    - ``thread``: ThreadSanitizer. The groups of a launch are unordered (simt_host.h), so a group
+
+def sanitize_flags(env: str) -> list[str]:
+    """The compiler flags the environment variable ``env`` asks for (``sanitizer``; run Python with
+    ``LD_PRELOAD`` = the compiler's sanitizer runtime and libstdc++):
+
+    - ``"thread"``: ThreadSanitizer. The groups of a launch are unordered (simt_host.h), so a group
       touching device memory that another group writes, other than through an atomic, is a
       reported data race.
-    - anything else but 0 or empty: AddressSanitizer and UBSan. A kernel reading or writing past a
-      tensor torch allocated, or overflowing a signed integer, stops the run with a report."""
-    value = os.environ.get(env, "")
-    if value in ("", "0"):
-        return []
-    if value == "thread":
-        return ["-fsanitize=thread", "-fno-omit-frame-pointer"]
-    return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+    - ``"address"``: AddressSanitizer and UBSan. A kernel reading or writing past a tensor torch
+      allocated, or overflowing a signed integer, stops the run with a report."""
+    return {
+        None: [],
+        "thread": ["-fsanitize=thread", "-fno-omit-frame-pointer"],
+        "address": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
+    }[sanitizer(env)]
 
 
 def poison_group_arrays(text: str, qualifier: str, harness: str) -> str:

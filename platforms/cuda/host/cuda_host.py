@@ -23,8 +23,10 @@ memory coalescing, blocks running at once, a
 kernel's ``__launch_bounds__``, nvcc's own code generation (GCC decides where to fuse), cuBLASLt
 (absent here: the built-in int8 kernel runs) and the driver's page migration.
 
-The object files go to ``BNB_CUDA_HOST_CACHE`` (else ``~/.cache/bitsandbytes-cuda-host``), keyed by
-a hash of every input; the compiler is ``CXX``, else ``c++``.
+The module goes to ``BNB_CUDA_HOST_CACHE`` (else ``~/.cache/bitsandbytes-cuda-host``), keyed by a
+hash of every input, and each object file to its ``objects`` folder, keyed by its unit's text and
+flags, the headers and the toolchain: an edit to one kernel source recompiles that unit alone. The
+compiler is ``CXX``, else ``c++``.
 """
 
 from __future__ import annotations
@@ -127,21 +129,46 @@ def _sanitize_flags() -> list[str]:
     return _SIMT.sanitize_flags("BNB_CUDA_HOST_SANITIZE")
 
 
-def _inputs_hash(cxx: str, warp: int) -> str:
-    """Every input of a build: the sources and headers, the compiler (path and version), pybind11,
-    Python, the flags and the warp width."""
+def _header_files() -> list[pathlib.Path]:
+    """Every header a translation unit may include (the units' own texts are keyed separately)."""
+    files = [*(CUDA / "src").glob("*.h"), *(CUDA / "src").glob("*.cuh"), *HOST.rglob("*.h"),
+             *(SHARED / "include" / "bnb").glob("*.h"), *(SHARED / "host").glob("*.h")]  # fmt: skip
+    return sorted(files)
+
+
+def _files_hash(files: list[pathlib.Path]) -> str:
+    """The names and contents of ``files``."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _toolchain(cxx: str, warp: int) -> list[str]:
+    """The compiler (path and version), pybind11, Python, the flags and the warp width."""
     import pybind11
 
-    h = hashlib.sha256()
-    files = [*(CUDA / "src").iterdir(), *HOST.rglob("*.h"), *HOST.glob("*.cpp"), *HOST.glob("*.cu"), *(SHARED / "include" / "bnb").iterdir(),
-             *(SHARED / "host").iterdir(), SHARED / "src" / "status.cpp", pathlib.Path(__file__)]  # fmt: skip
-    for f in sorted(p for p in files if p.is_file()):
-        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     compiler = [os.path.realpath(shutil.which(cxx) or cxx), version, pybind11.__version__]
-    flags = [*FLAGS, *_sanitize_flags(), *contract_flags(warp)]
-    h.update("\0".join([*compiler, str(warp), sys.version, *flags]).encode())
+    return [*compiler, str(warp), sys.version, *FLAGS, *_sanitize_flags(), *contract_flags(warp)]
+
+
+def _inputs_hash(cxx: str, warp: int) -> str:
+    """Every input of a build: the sources, headers and this file, and the toolchain
+    (``_toolchain``)."""
+    files = [*(CUDA / "src").iterdir(), *HOST.rglob("*.h"), *HOST.glob("*.cpp"), *HOST.glob("*.cu"), *(SHARED / "include" / "bnb").iterdir(),
+             *(SHARED / "host").iterdir(), SHARED / "src" / "status.cpp", pathlib.Path(__file__)]  # fmt: skip
+    h = hashlib.sha256(_files_hash(sorted(p for p in files if p.is_file())).encode())
+    h.update("\0".join(_toolchain(cxx, warp)).encode())
     return h.hexdigest()[:20]
+
+
+def _object_key(headers: str, toolchain: list[str], unit: tuple[str, str, list[str]]) -> str:
+    """One translation unit's object: its name, text and flags, every header (``headers``, a hash
+    of their contents) and the toolchain. An edit to one kernel source recompiles that unit alone."""
+    obj, text, flags = unit
+    h = hashlib.sha256("\0".join([headers, *toolchain, obj, text, *flags]).encode())
+    return f"{obj[:-2]}-{h.hexdigest()[:20]}.o"
 
 
 def build(warp: int = 32) -> pathlib.Path:
@@ -156,22 +183,31 @@ def build(warp: int = 32) -> pathlib.Path:
     if module.exists():
         return module
     cache.mkdir(parents=True, exist_ok=True)
+    objects_dir = cache / "objects"
+    # The generated header's path is fixed per warp: it is in the flags each object is keyed by.
+    gen = cache / f"gen-w{warp}"
+    for d in (objects_dir, gen):
+        d.mkdir(exist_ok=True)
+    headers, toolchain = _files_hash(_header_files()), _toolchain(cxx, warp)
     with tempfile.TemporaryDirectory(dir=cache) as tmp_name:
         tmp = pathlib.Path(tmp_name)
-        gen = tmp / "gen"
-        gen.mkdir()
         info = {"platform": f"cuda-host-w{warp}", "harness": True, "warp_size": warp}
-        (gen / "bnb_build_info.h").write_text(f"#define BNB_BUILD_INFO_JSON {json.dumps(json.dumps(info))}\n")
+        (tmp / "bnb_build_info.h").write_text(f"#define BNB_BUILD_INFO_JSON {json.dumps(json.dumps(info))}\n")
+        os.replace(tmp / "bnb_build_info.h", gen / "bnb_build_info.h")  # the same text for every build of warp
 
         def compile_one(unit: tuple[str, str, list[str]]) -> pathlib.Path:
             obj, text, flags = unit
+            kept = objects_dir / _object_key(headers, toolchain, unit)
+            if kept.exists():
+                return kept
             source = tmp / obj.replace(".o", ".cpp")
             source.write_text(text)
             cmd = [cxx, *FLAGS, *_sanitize_flags(), *flags, "-c", str(source), "-o", str(tmp / obj)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f"cuda host harness: compiling {obj} failed:\n{done.stderr[-8000:]}")
-            return tmp / obj
+            os.replace(tmp / obj, kept)  # atomic, as the module's
+            return kept
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             objects = list(pool.map(compile_one, _units(warp, gen)))
