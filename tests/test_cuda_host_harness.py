@@ -197,6 +197,22 @@ def test_cuda_host_tsan_sees_a_lost_update_between_blocks(warp):
     assert "ThreadSanitizer: data race" in done.stderr and "block_sum_kernel" in done.stderr, done.stderr[-3000:]
 
 
+def test_cuda_host_intrinsics_give_the_gpus_nan(probe):
+    """NVIDIA GPUs write one f32 NaN, 0x7fffffff, for any NaN result, and 0x7fff for a NaN
+    converted to f16: the 32-lane build's intrinsics do too, so that a kernel which must write the
+    CPU's NaN bits (dequantization's mul_cpu_nan, the f16 store) is tested for doing it itself. The
+    64-lane build keeps the host's NaN: the operand's payload, quieted."""
+    run, warp = probe
+    x = torch.tensor([0x7FC12345, 0x7F800000], dtype=torch.int32).view(torch.float32)
+    status, msg, out = run(12, 3, x)  # one thread; three outputs
+    assert status == 0, msg
+    bits = out[:2].view(torch.int32).tolist()
+    if warp == 32:
+        assert bits == [0x7FFFFFFF, 0x7FFFFFFF] and out[2].item() == 0x7FFF
+    else:
+        assert bits[0] == 0x7FC12345 and out[1].isnan() and out[2].item() not in (0x7FFF, 0.0)
+
+
 def test_cuda_host_shuffle_past_the_block_is_refused(probe):
     """A block that is not a whole number of warps: the last warp's shuffles read lanes that do
     not exist (the shared reduction requires whole warps)."""

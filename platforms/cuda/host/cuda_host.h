@@ -97,12 +97,32 @@ inline float bnb_host_rounded(float v) {
   BNB_HOST_OPAQUE(v);
   return v;
 }
-inline float __fadd_rn(float a, float b) { return bnb_host_rounded(bnb_host_rounded(a) + bnb_host_rounded(b)); }
-inline float __fsub_rn(float a, float b) { return bnb_host_rounded(bnb_host_rounded(a) - bnb_host_rounded(b)); }
-inline float __fmul_rn(float a, float b) { return bnb_host_rounded(bnb_host_rounded(a) * bnb_host_rounded(b)); }
-inline float __fdiv_rn(float a, float b) { return bnb_host_rounded(bnb_host_rounded(a) / bnb_host_rounded(b)); }
-inline float __fsqrt_rn(float a) { return bnb_host_rounded(sqrtf(bnb_host_rounded(a))); }
-inline float __fmaf_rn(float a, float b, float c) { return bnb_host_rounded(fmaf(a, b, c)); }
+// NVIDIA GPUs have one f32 NaN: an operation whose result is NaN writes 0x7fffffff, whatever its
+// operands' payloads, where the x86 CPU propagates an operand's NaN (quieted) and makes 0xffc00000
+// of an invalid operation. The 32-lane build gives the intrinsics the GPU's NaN, so that a kernel
+// reproducing the CPU's NaN bits must do so itself; the 64-lane build keeps the host's. (A plain
+// operator's NaN is the host's in both: only the intrinsics can be modelled.)
+inline float bnb_host_gpu_nan(float r) {
+#if BNB_WARP_SIZE == 32
+  return r != r ? __uint_as_float(0x7fffffffu) : r;
+#else
+  return r;
+#endif
+}
+inline float __fadd_rn(float a, float b) {
+  return bnb_host_gpu_nan(bnb_host_rounded(bnb_host_rounded(a) + bnb_host_rounded(b)));
+}
+inline float __fsub_rn(float a, float b) {
+  return bnb_host_gpu_nan(bnb_host_rounded(bnb_host_rounded(a) - bnb_host_rounded(b)));
+}
+inline float __fmul_rn(float a, float b) {
+  return bnb_host_gpu_nan(bnb_host_rounded(bnb_host_rounded(a) * bnb_host_rounded(b)));
+}
+inline float __fdiv_rn(float a, float b) {
+  return bnb_host_gpu_nan(bnb_host_rounded(bnb_host_rounded(a) / bnb_host_rounded(b)));
+}
+inline float __fsqrt_rn(float a) { return bnb_host_gpu_nan(bnb_host_rounded(sqrtf(bnb_host_rounded(a)))); }
+inline float __fmaf_rn(float a, float b, float c) { return bnb_host_gpu_nan(bnb_host_rounded(fmaf(a, b, c))); }
 
 // The 16-bit conversions through the compiler's own _Float16 (correctly rounded, independent of
 // numeric.h's bit manipulation, which the kernels use for their stores).
@@ -112,6 +132,9 @@ inline float __half2float(__half h) {
   return static_cast<float>(v);
 }
 inline __half __float2half_rn(float f) {
+#if BNB_WARP_SIZE == 32
+  if (f != f) return __half{0x7fff};  // NVIDIA's conversion writes its one f16 NaN
+#endif
   const _Float16 v = static_cast<_Float16>(f);
   __half h;
   memcpy(&h.x, &v, sizeof(v));

@@ -104,6 +104,15 @@ __global__ void block_sum_kernel(int atomic, float* sum) {
   }
 }
 
+// The NaN bits of the f32 intrinsics and of the f16 conversion, one thread: out[0] = x[0] * 1
+// (x[0] a NaN with a payload), out[1] = x[1] - x[1] (x[1] infinite: an invalid operation), out[2]
+// = the f16 bits of x[0] converted.
+__global__ void nan_bits_kernel(const float* x, float* out) {
+  out[0] = __fmul_rn(x[0], 1.0f);
+  out[1] = __fsub_rn(x[1], x[1]);
+  out[2] = static_cast<float>(__float2half_rn(x[0]).x);
+}
+
 }  // namespace
 }  // namespace bnb_cuda
 
@@ -120,7 +129,8 @@ using namespace bnb_cuda;
 // warp_run_ahead_kernel; out: what each thread read), 10 one block of `threads` threads writing
 // element threadIdx.x of a __shared__ array of 32 (past it for threads > 32), 11 `threads` blocks
 // adding their indices to out[0], through atomicAdd if n != 0, else with a plain += (a race
-// between blocks: ThreadSanitizer's to report). Returns the
+// between blocks: ThreadSanitizer's to report), 12 the NaN bits of the intrinsics (see
+// nan_bits_kernel; x: a NaN and an infinity). Returns the
 // status the C ABI would return; bnb_last_error() holds the message.
 extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, int32_t n, int32_t threads, float* out) {
   switch (which) {
@@ -158,6 +168,9 @@ extern "C" BNB_API int32_t bnb_cuda_host_probe(int32_t which, const float* x, in
       break;
     case 11:
       block_sum_kernel<<<threads, bnb::kWarpSize>>>(n, out);
+      break;
+    case 12:
+      nan_bits_kernel<<<1, 1>>>(x, out);
       break;
     default:
       return fail(BNB_ERR_INVALID_ARGUMENT, "unknown probe %d", which);
