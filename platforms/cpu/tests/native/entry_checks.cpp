@@ -183,3 +183,152 @@ void more_bad_arguments() {
   check(all >= 1 && one == 1 && bnb_cpu_get_num_threads() == all, "thread counts 0, 1 and 2^20");
   bnb_cpu_set_num_threads(0);
 }
+
+// Every argument check of the entry points that more_bad_arguments leaves, once each: one bad
+// argument in an otherwise valid call gets its status and a message naming it, and nothing is
+// written. (A mutation campaign that made each check's condition true found these unseen by the
+// driver. The checks of an allocation's result need the allocation to fail: not here.)
+void each_check_once() {
+  std::vector<float> x(64, 1.0f), sink(64, -1.0f), am(2, 1.0f), stats(2, -1.0f);
+  std::vector<uint8_t> packed(32, 0xab), flags(64, 0);
+  std::vector<int8_t> q(64, 7), cb(64, 3);
+  std::vector<int32_t> C(4, 5);
+  const auto code = dynamic_code();
+  auto refused = [](int32_t status, int32_t want, const char* words, const std::string& what) {
+    check(status == want && strstr(bnb_last_error(), words) != nullptr,
+          what + ": status " + std::to_string(status) + ", message '" + bnb_last_error() + "'");
+  };
+  const char* nulls4 = "packed, absmax and out must not be NULL";
+  refused(bnb_dequantize_4bit(nullptr, am.data(), 64, 64, 1, sink.data(), 0, nullptr), BNB_ERR_NULL_POINTER, nulls4,
+          "dequantize_4bit packed NULL");
+  refused(bnb_dequantize_4bit(packed.data(), nullptr, 64, 64, 1, sink.data(), 0, nullptr), BNB_ERR_NULL_POINTER, nulls4,
+          "dequantize_4bit absmax NULL");
+  refused(bnb_dequantize_4bit(packed.data(), am.data(), 64, 64, 1, nullptr, 0, nullptr), BNB_ERR_NULL_POINTER, nulls4,
+          "dequantize_4bit out NULL");
+  refused(bnb_quantize_blockwise(x.data(), BNB_DTYPE_I32, code.data(), 64, 64, packed.data(), am.data(), nullptr),
+          BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype", "quantize_blockwise dtype i32");
+  const char* nulls8 = "A, code, absmax and out must not be NULL";
+  refused(bnb_dequantize_blockwise(nullptr, code.data(), am.data(), 64, 64, sink.data(), 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls8, "dequantize_blockwise A NULL");
+  refused(bnb_dequantize_blockwise(packed.data(), code.data(), nullptr, 64, 64, sink.data(), 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls8, "dequantize_blockwise absmax NULL");
+  refused(bnb_dequantize_blockwise(packed.data(), code.data(), am.data(), 64, 64, nullptr, 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls8, "dequantize_blockwise out NULL");
+  // Optimizers
+  bnb_optimizer_hparams h = {0.9f, 0.99f, 0.999f, 2.0f, 1e-6f, 0.0f, 1e-3f, 1.0f, 0.0f, 0.0f, 1, 0};
+  std::vector<float> g(64, 0.1f), p(64, 1.0f), s1(64, 0.5f);
+  std::vector<uint8_t> st1(64, 128);
+  refused(bnb_optimizer_update_32bit(BNB_OPTIM_MOMENTUM, g.data(), p.data(), BNB_DTYPE_U8, s1.data(), nullptr, nullptr,
+                                     64, &h, nullptr),
+          BNB_ERR_UNSUPPORTED_DTYPE, "g and p must be", "32-bit dtype u8");
+  refused(bnb_optimizer_update_32bit(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, s1.data(), nullptr, nullptr, -1, &h,
+                                     nullptr),
+          BNB_ERR_INVALID_ARGUMENT, "n must be >= 0", "32-bit n = -1");
+  refused(
+      bnb_optimizer_update_32bit(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, nullptr, nullptr, nullptr, 64, &h, nullptr),
+      BNB_ERR_NULL_POINTER, "state1 must not be NULL", "32-bit state1 NULL");
+  const char* nulls_8bit = "state1, qmap1 and absmax1 must not be NULL";
+  refused(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, nullptr, nullptr, code.data(),
+                                              nullptr, am.data(), nullptr, 64, &h, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_8bit, "8-bit state1 NULL");
+  refused(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, st1.data(), nullptr, nullptr,
+                                              nullptr, am.data(), nullptr, 64, &h, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_8bit, "8-bit qmap1 NULL");
+  refused(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, st1.data(), nullptr,
+                                              code.data(), nullptr, nullptr, nullptr, 64, &h, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_8bit, "8-bit absmax1 NULL");
+  // 4-bit matmul and LLM.int8()
+  refused(bnb_gemm_4bit(x.data(), BNB_DTYPE_I8, 1, 2, 32, packed.data(), am.data(), x.data(), 64, nullptr, sink.data(),
+                        nullptr),
+          BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype", "gemm_4bit dtype i8");
+  const char* nulls_vq = "A, out and row_stats must not be NULL";
+  refused(bnb_int8_vectorwise_quant(nullptr, 0, 2, 32, 0.0f, q.data(), stats.data(), nullptr, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_vq, "int8_vectorwise_quant A NULL");
+  refused(bnb_int8_vectorwise_quant(x.data(), 0, 2, 32, 0.0f, nullptr, stats.data(), nullptr, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_vq, "int8_vectorwise_quant out NULL");
+  refused(bnb_int8_vectorwise_quant(x.data(), 0, 2, 32, 0.0f, q.data(), nullptr, nullptr, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_vq, "int8_vectorwise_quant row_stats NULL");
+  refused(bnb_int8_vectorwise_quant(x.data(), BNB_DTYPE_U8, 2, 32, 0.0f, q.data(), stats.data(), nullptr, nullptr),
+          BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype", "int8_vectorwise_quant dtype u8");
+  const char* nulls_mm = "A, B and C must not be NULL";
+  refused(bnb_cpu_int8_linear_matmul_gather(nullptr, q.data(), 1, 2, 32, C.data(), nullptr, 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_mm, "int8_linear_matmul A NULL");
+  refused(bnb_cpu_int8_linear_matmul_gather(q.data(), nullptr, 1, 2, 32, C.data(), nullptr, 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_mm, "int8_linear_matmul B NULL");
+  refused(bnb_cpu_int8_linear_matmul_gather(q.data(), q.data(), 1, 2, 32, nullptr, nullptr, 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_mm, "int8_linear_matmul C NULL");
+  for (auto mnk : {std::vector<int64_t>{-1, 2, 32}, {1, -2, 32}, {1, 2, -32}}) {
+    refused(
+        bnb_cpu_int8_linear_matmul_gather(q.data(), q.data(), mnk[0], mnk[1], mnk[2], C.data(), nullptr, 0, nullptr),
+        BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0", "int8_linear_matmul a negative size");
+    refused(
+        bnb_cpu_int8_weight_matmul(x.data(), 0, mnk[0], mnk[1], mnk[2], cb.data(), am.data(), nullptr, 0, sink.data()),
+        BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0", "int8_weight_matmul a negative size");
+    refused(bnb_cpu_weight_matmul_t(x.data(), 0, mnk[0], mnk[1], mnk[2], cb.data(), am.data(), nullptr, nullptr, 0, 0,
+                                    sink.data()),
+            BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0", "weight_matmul_t a negative size");
+    refused(bnb_cpu_weight_matmul_amx(x.data(), mnk[0], mnk[1], mnk[2], cb.data(), am.data(), nullptr, nullptr, 0, 0,
+                                      nullptr, 0, sink.data()),
+            BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0", "weight_matmul_amx a negative size");
+  }
+  refused(bnb_cpu_int8_linear_matmul_gather(q.data(), q.data(), 1, 2, 32, C.data(), nullptr, -1, nullptr),
+          BNB_ERR_INVALID_ARGUMENT, "ncols must be >= 0, got -1", "int8_linear_matmul_gather ncols = -1");
+  refused(bnb_cpu_int8_weight_matmul(x.data(), 0, 1, 2, 32, cb.data(), am.data(), x.data(), BNB_DTYPE_I32, sink.data()),
+          BNB_ERR_UNSUPPORTED_DTYPE, "bias's dtype", "int8_weight_matmul bias dtype i32");
+  const char* nulls_t = "A and out must not be NULL";
+  refused(bnb_cpu_weight_matmul_t(nullptr, 0, 1, 2, 32, cb.data(), am.data(), nullptr, nullptr, 0, 0, sink.data()),
+          BNB_ERR_NULL_POINTER, nulls_t, "weight_matmul_t A NULL");
+  refused(bnb_cpu_weight_matmul_t(x.data(), 0, 1, 2, 32, cb.data(), am.data(), nullptr, nullptr, 0, 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_t, "weight_matmul_t out NULL");
+  refused(bnb_cpu_weight_matmul_t(x.data(), BNB_DTYPE_U8, 1, 2, 32, cb.data(), am.data(), nullptr, nullptr, 0, 0,
+                                  sink.data()),
+          BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype", "weight_matmul_t dtype u8");
+  refused(bnb_cpu_int8_expand(q.data(), -1, sink.data(), 0), BNB_ERR_INVALID_ARGUMENT, "n must be >= 0, got -1",
+          "int8_expand n = -1");
+  // The panel (AMX) entries: their checks before the one of where they run.
+  const char* weight = "give either CB and SCB (int8 weight) or B4 and absmax (4-bit weight)";
+  refused(
+      bnb_cpu_weight_matmul_amx(x.data(), 1, 2, 32, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, 0, sink.data()),
+      BNB_ERR_NULL_POINTER, weight, "weight_matmul_amx without a weight");
+  refused(bnb_cpu_weight_matmul_t_amx(x.data(), 1, 2, 32, cb.data(), am.data(), packed.data(), am.data(), 1, 64,
+                                      sink.data()),
+          BNB_ERR_NULL_POINTER, weight, "weight_matmul_t_amx with both weights");
+  refused(bnb_cpu_weight_matmul_amx(x.data(), 1, 2, 64, nullptr, nullptr, packed.data(), am.data(), 3, 64, nullptr, 0,
+                                    sink.data()),
+          BNB_ERR_UNSUPPORTED_QUANT_TYPE, "quant_type must be NF4 or FP4, got 3", "weight_matmul_amx quant_type 3");
+  refused(bnb_cpu_weight_matmul_amx(x.data(), 1, 2, 64, nullptr, nullptr, packed.data(), am.data(), 1, 0, nullptr, 0,
+                                    sink.data()),
+          BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got 0", "weight_matmul_amx blocksize 0");
+  refused(bnb_cpu_weight_matmul_amx(nullptr, 1, 2, 32, cb.data(), am.data(), nullptr, nullptr, 0, 0, nullptr, 0,
+                                    sink.data()),
+          BNB_ERR_NULL_POINTER, "A and out must not be NULL", "weight_matmul_amx A NULL");
+  refused(bnb_cpu_weight_matmul_amx(x.data(), 1, 2, 32, cb.data(), am.data(), nullptr, nullptr, 0, 0, x.data(),
+                                    BNB_DTYPE_U8, sink.data()),
+          BNB_ERR_UNSUPPORTED_DTYPE, "bias's dtype", "weight_matmul_amx bias dtype u8");
+  refused(bnb_cpu_weight_matmul_t_amx(x.data(), 1, 2, 32, cb.data(), am.data(), nullptr, nullptr, 0, 0, nullptr),
+          BNB_ERR_NULL_POINTER, "G and out must not be NULL", "weight_matmul_t_amx out NULL");
+  if (!bnb_cpu_panel_usable()) {
+    refused(bnb_cpu_weight_matmul_amx(x.data(), 1, 2, 32, cb.data(), am.data(), nullptr, nullptr, 0, 0, nullptr, 0,
+                                      sink.data()),
+            BNB_ERR_NOT_IMPLEMENTED, "the panel matmuls do not run here", "weight_matmul_amx where panels cannot run");
+  }
+  const char* nulls_dq = "C, row_stats, col_stats and out must not be NULL";
+  refused(bnb_int8_mm_dequant(nullptr, x.data(), x.data(), 2, 2, nullptr, 0, sink.data(), 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_dq, "int8_mm_dequant C NULL");
+  refused(bnb_int8_mm_dequant(C.data(), nullptr, x.data(), 2, 2, nullptr, 0, sink.data(), 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_dq, "int8_mm_dequant row_stats NULL");
+  refused(bnb_int8_mm_dequant(C.data(), x.data(), nullptr, 2, 2, nullptr, 0, sink.data(), 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_dq, "int8_mm_dequant col_stats NULL");
+  refused(bnb_int8_mm_dequant(C.data(), x.data(), x.data(), 2, 2, nullptr, 0, nullptr, 0, nullptr),
+          BNB_ERR_NULL_POINTER, nulls_dq, "int8_mm_dequant out NULL");
+  refused(bnb_int8_mm_dequant(C.data(), x.data(), x.data(), 2, 2, nullptr, 0, sink.data(), BNB_DTYPE_I32, nullptr),
+          BNB_ERR_UNSUPPORTED_DTYPE, "out's dtype", "int8_mm_dequant out dtype i32");
+  check(sink == std::vector<float>(64, -1.0f) && packed == std::vector<uint8_t>(32, 0xab) &&
+            am == std::vector<float>(2, 1.0f) && stats == std::vector<float>(2, -1.0f) &&
+            q == std::vector<int8_t>(64, 7) && C == std::vector<int32_t>(4, 5) && p == std::vector<float>(64, 1.0f) &&
+            s1 == std::vector<float>(64, 0.5f) && st1 == std::vector<uint8_t>(64, 128),
+        "nothing written by the refused calls");
+  const std::string before = bnb_cpu_get_isa();
+  refused(bnb_cpu_set_isa("avx1024"), BNB_ERR_INVALID_ARGUMENT, "unknown instruction set 'avx1024'", "set_isa avx1024");
+  check(before == bnb_cpu_get_isa(), "set_isa avx1024 leaves the instruction set");
+}

@@ -14,3 +14,4 @@ void exact_tails();
 void odd_blocksize_matmul();
 // ... and once.
 void more_bad_arguments();
+void each_check_once();

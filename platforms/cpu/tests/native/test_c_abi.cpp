@@ -545,6 +545,7 @@ int main() {
   printf("%s\nusable: %s\n", bnb_build_info(), bnb_cpu_usable_isas());
   bad_arguments();
   more_bad_arguments();
+  each_check_once();
   std::string usable = bnb_cpu_usable_isas();
   std::vector<std::string> isas;
   for (size_t pos = 0; pos <= usable.size();) {
