@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -141,6 +142,20 @@ def python_in_a_process(code: str) -> subprocess.CompletedProcess:
     can import a test module), its output captured: where a sanitizer may stop the process."""
     prelude = f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).resolve().parent)!r}); "
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=600)
+
+
+def cuda_harness_warps() -> list[int]:
+    """The warp widths of the CUDA host harness builds that ``BNB_TEST_HOST_KERNELS`` names (cuda:
+    32, rocm: 64). Called at a test module's top: skips the module where it names neither, or
+    where no C++ compiler builds the harness."""
+    named = sorted({CUDA_HARNESS_WARPS[p] for p, _ in host_kernel_platforms() if p in CUDA_HARNESS_WARPS})
+    if not named:
+        pytest.skip(
+            "the CUDA host harness runs where BNB_TEST_HOST_KERNELS names cuda or rocm", allow_module_level=True
+        )
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        pytest.skip("no C++ compiler: the CUDA host harness cannot be built", allow_module_level=True)
+    return named
 
 
 def host_sanitizer(variable: str) -> str | None:

@@ -12,24 +12,14 @@ buffers with a huge count.
 from __future__ import annotations
 
 import ctypes
-import shutil
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from conftest import CUDA_HARNESS_WARPS, cuda_harness, host_kernel_platforms
+from conftest import cuda_harness, cuda_harness_warps
 
-NAMED = [p for p, _ in host_kernel_platforms() if p in CUDA_HARNESS_WARPS]
-
-if not NAMED:
-    pytest.skip("the CUDA host harness runs where BNB_TEST_HOST_KERNELS names cuda or rocm", allow_module_level=True)
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
-    reason="no C++ compiler: the CUDA host harness cannot be built",
-)
-
-WARPS = sorted({CUDA_HARNESS_WARPS[p] for p in NAMED})
+WARPS = cuda_harness_warps()
 BIG = 1 << 40  # elements: past every launch's grid limit
 NF4, ADAM, BAD = 1, 3, 7  # BNB_QUANT_NF4, BNB_OPTIM_ADAM; a code no entry accepts
 

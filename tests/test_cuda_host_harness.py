@@ -11,32 +11,21 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
-import shutil
 import subprocess
 
 import pytest
 import torch
 
 from conftest import (
-    CUDA_HARNESS_WARPS,
     adam_8bit_args,
     cuda_harness,
-    host_kernel_platforms,
+    cuda_harness_warps,
     host_sanitizer,
     python_in_a_process,
     step_8bit,
 )
 
-NAMED = [p for p, _ in host_kernel_platforms() if p in CUDA_HARNESS_WARPS]
-
-if not NAMED:
-    pytest.skip("the CUDA host harness runs where BNB_TEST_HOST_KERNELS names cuda or rocm", allow_module_level=True)
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
-    reason="no C++ compiler: the CUDA host harness cannot be built",
-)
-
-WARPS = sorted({CUDA_HARNESS_WARPS[p] for p in NAMED}) or [32]
+WARPS = cuda_harness_warps()
 
 
 class Probe:
