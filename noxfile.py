@@ -175,10 +175,10 @@ def tests_cuda_host(session: nox.Session) -> None:
     CUDA host harness (platforms/cuda/host), for warps of 32 lanes (``cuda[host]``) and of 64
     (``rocm[host]``: the ROCm wheel builds the same sources for AMD wavefronts), run through the
     wheel's own bindings and glue: the conformance suite against the reference, the edge cases, the
-    C entry points' argument checks and the harness's own refusals; then the kernels serve the CPU for the module tests and the
-    release's fixtures (``BNB_TEST_SERVE_HOST=cuda``). The module is built with AddressSanitizer
-    and UBSan (a kernel touching memory outside a tensor, or overflowing a signed integer, stops
-    the run); ``BNB_CUDA_HOST_SANITIZE=0`` builds it plain."""
+    C entry points' argument checks and the harness's own refusals; then the kernels serve the CPU
+    for the module tests and the release's fixtures (``BNB_TEST_SERVE_HOST=cuda``). The module is
+    built with AddressSanitizer and UBSan (a kernel touching memory outside a tensor, or
+    overflowing a signed integer, stops the run); ``BNB_CUDA_HOST_SANITIZE=0`` builds it plain."""
     install_torch(session)
     session.install(*TEST_DEPS, "pybind11")
     install_meta(session)

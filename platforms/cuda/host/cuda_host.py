@@ -16,14 +16,14 @@ reference by the conformance suite; and the paged-memory glue's bookkeeping over
 memory. Blocks run one after another, ascending in the 32-lane build and descending in the 64-lane
 one, so a result that depends on the order of blocks (of ``atomicAdd``s, or a race between blocks)
 differs between the two; the 32-lane build fuses plain ``a * b + c`` as nvcc does
-(``contract_flags``) and its f32 intrinsics and f16 conversion write NVIDIA's one NaN
-(0x7fffffff, 0x7fff), so a kernel that must write the CPU's NaN bits is seen doing it (the 64-lane
-build keeps the host's NaN). Built with ThreadSanitizer (``BNB_CUDA_HOST_SANITIZE=thread``), the blocks
-of a launch are unordered (shared/host/simt_host.h): device memory that one block writes and
-another touches, other than through an atomic, is a reported race. What it cannot: timing,
-memory coalescing, blocks running at once, a
-kernel's ``__launch_bounds__``, nvcc's own code generation (GCC decides where to fuse), cuBLASLt
-(absent here: the built-in int8 kernel runs) and the driver's page migration.
+(``contract_flags``), and its f32 intrinsics and f16 conversion write NVIDIA's one NaN
+(0x7fffffff, 0x7fff), so a kernel that must write the CPU's NaN bits is seen doing it (the
+64-lane build keeps the host's NaN). Built with ThreadSanitizer (``BNB_CUDA_HOST_SANITIZE=thread``),
+the blocks of a launch are unordered (shared/host/simt_host.h): device memory that one block
+writes and another touches, other than through an atomic, is a reported race. What it cannot:
+timing, memory coalescing, blocks running at once, a kernel's ``__launch_bounds__``, nvcc's own
+code generation (GCC decides where to fuse), the NaN bits of a plain operator (the host's),
+cuBLASLt (absent here: the built-in int8 kernel runs) and the driver's page migration.
 
 The module goes to ``BNB_CUDA_HOST_CACHE`` (else ``~/.cache/bitsandbytes-cuda-host``), keyed by a
 hash of every input, and each object file to its ``objects`` folder, keyed by its unit's text and
