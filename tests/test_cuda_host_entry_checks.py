@@ -25,7 +25,8 @@ NF4, ADAM, BAD = 1, 3, 7  # BNB_QUANT_NF4, BNB_OPTIM_ADAM; a code no entry accep
 
 
 def _buffers() -> dict[str, torch.Tensor]:
-    """One valid call's tensors (64 elements, blocks of 64), outputs filled with a sentinel."""
+    """The tensors of every entry point's valid call (64 elements, blocks of 64), outputs filled
+    with a sentinel."""
     from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_table
 
     g = torch.Generator().manual_seed(0)
@@ -237,6 +238,7 @@ def test_the_valid_call_runs_and_writes(native, op):
 
 
 def _refused(native, op: str, bad: dict, error: type, words: str) -> None:
+    """``op`` with ``bad`` raises ``error`` naming the function and ``words``, and writes nothing."""
     call, t, before, _ = _run(native, op, bad)
     with pytest.raises(error, match=f"^bitsandbytes_cuda: {op}: .*{words}"):
         call()
