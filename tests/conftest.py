@@ -161,12 +161,8 @@ def cuda_harness_warps() -> list[int]:
 def host_sanitizer(variable: str) -> str | None:
     """The sanitizer a host harness is built with, as its build reads ``variable``
     (``BNB_CUDA_HOST_SANITIZE``, ``BNB_MPS_HOST_SANITIZE``): ``"address"``, ``"thread"`` or None
-    (shared/host/simt_build.py)."""
-    path = pathlib.Path(__file__).resolve().parents[1] / "shared" / "host" / "simt_build.py"
-    spec = importlib.util.spec_from_file_location("_bnb_simt_build", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.sanitizer(variable)
+    (shared/host/simt_build.py, as the CUDA harness module of this checkout loaded it once)."""
+    return cuda_harness()._SIMT.sanitizer(variable)
 
 
 def cuda_harness():

@@ -155,13 +155,13 @@ def _toolchain(cxx: str, warp: int) -> list[str]:
     return [*compiler, str(warp), sys.version, *FLAGS, *_sanitize_flags(), *contract_flags(warp)]
 
 
-def _inputs_hash(cxx: str, warp: int) -> str:
-    """Every input of a build: the sources, headers and this file, and the toolchain
+def _inputs_hash(toolchain: list[str]) -> str:
+    """Every input of a build: the sources, headers and this file, and ``toolchain``
     (``_toolchain``)."""
     files = [*(CUDA / "src").iterdir(), *HOST.rglob("*.h"), *HOST.glob("*.cpp"), *HOST.glob("*.cu"), *(SHARED / "include" / "bnb").iterdir(),
              *(SHARED / "host").iterdir(), SHARED / "src" / "status.cpp", pathlib.Path(__file__)]  # fmt: skip
     h = hashlib.sha256(_files_hash(sorted(p for p in files if p.is_file())).encode())
-    h.update("\0".join(_toolchain(cxx, warp)).encode())
+    h.update("\0".join(toolchain).encode())
     return h.hexdigest()[:20]
 
 
@@ -180,7 +180,8 @@ def build(warp: int = 32) -> pathlib.Path:
     cxx = _SIMT.compiler("cuda host harness")
     default = pathlib.Path.home() / ".cache" / "bitsandbytes-cuda-host"
     cache = pathlib.Path(os.environ.get("BNB_CUDA_HOST_CACHE") or default).resolve()
-    out_dir = cache / f"w{warp}-{_inputs_hash(cxx, warp)}"
+    toolchain = _toolchain(cxx, warp)  # runs the compiler once (its version)
+    out_dir = cache / f"w{warp}-{_inputs_hash(toolchain)}"
     module = out_dir / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}"
     if module.exists():
         return module
@@ -190,7 +191,7 @@ def build(warp: int = 32) -> pathlib.Path:
     gen = cache / f"gen-w{warp}"
     for d in (objects_dir, gen):
         d.mkdir(exist_ok=True)
-    headers, toolchain = _files_hash(_header_files()), _toolchain(cxx, warp)
+    headers = _files_hash(_header_files())
     with tempfile.TemporaryDirectory(dir=cache) as tmp_name:
         tmp = pathlib.Path(tmp_name)
         info = {"platform": f"cuda-host-w{warp}", "harness": True, "warp_size": warp}

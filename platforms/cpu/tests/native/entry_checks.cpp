@@ -62,6 +62,12 @@ void odd_blocksize_matmul() {
   check(ok, "weight_matmul_t 4-bit blocksize 3 matches the naive product");
 }
 
+// A refused call: its status is `want` and the last error holds `words`.
+static void refused(int32_t status, int32_t want, const char* words, const std::string& what) {
+  check(status == want && strstr(bnb_last_error(), words) != nullptr,
+        what + ": status " + std::to_string(status) + ", message '" + bnb_last_error() + "'");
+}
+
 // Each entry's other argument checks: the status a bad argument gets, the message naming it, and
 // nothing written; a call that succeeds clears the message.
 void more_bad_arguments() {
@@ -69,10 +75,6 @@ void more_bad_arguments() {
   std::vector<uint8_t> packed(32, 0xab);
   float absmax[2] = {-1.0f, -1.0f};
   const auto code = dynamic_code();
-  auto refused = [&](int32_t status, int32_t want, const char* word, const std::string& what) {
-    check(status == want && strstr(bnb_last_error(), word) != nullptr,
-          what + ": status " + std::to_string(status) + ", message '" + bnb_last_error() + "'");
-  };
   for (int64_t n : {0, -1}) {
     refused(bnb_quantize_4bit(x.data(), 0, n, 64, 1, packed.data(), absmax, nullptr), BNB_ERR_INVALID_ARGUMENT,
             "n must", "quantize_4bit n = " + std::to_string(n));
@@ -194,10 +196,6 @@ void each_check_once() {
   std::vector<int8_t> q(64, 7), cb(64, 3);
   std::vector<int32_t> C(4, 5);
   const auto code = dynamic_code();
-  auto refused = [](int32_t status, int32_t want, const char* words, const std::string& what) {
-    check(status == want && strstr(bnb_last_error(), words) != nullptr,
-          what + ": status " + std::to_string(status) + ", message '" + bnb_last_error() + "'");
-  };
   const char* nulls4 = "packed, absmax and out must not be NULL";
   refused(bnb_dequantize_4bit(nullptr, am.data(), 64, 64, 1, sink.data(), 0, nullptr), BNB_ERR_NULL_POINTER, nulls4,
           "dequantize_4bit packed NULL");
