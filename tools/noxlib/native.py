@@ -22,12 +22,15 @@ def _cmake_native_tests(session: nox.Session, build: pathlib.Path, *options: str
 def tests_cpu_sanitize(session: nox.Session) -> None:
     """The CPU library built with AddressSanitizer + UBSan, its C ABI test driver run on every ISA.
 
-    Then the multi-threaded stress driver (tests-cpu-tsan's), a few seconds: memory errors under concurrency."""
+    Then the multi-threaded stress driver (tests-cpu-tsan's), a few seconds: memory errors under concurrency;
+    and the allocation-failure sweep (tests/native/test_alloc_faults.cpp): every allocation site of the
+    library made to fail in turn under every op, each in a fresh process, a few seconds."""
     build = pathlib.Path(session.create_tmp()) / "build-sanitize"
     _cmake_native_tests(session, build, "-DBNB_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
     env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
     session.run(str(build / "test_c_abi"), env=env, external=True)
     session.run(str(build / "test_threads"), env=env, external=True)
+    session.run(str(build / "test_alloc_faults"), env=env, external=True)
 
 
 @nox.session(name="tests-cpu-tsan", python=False, tags=["ci"])

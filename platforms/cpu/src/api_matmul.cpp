@@ -11,6 +11,7 @@
 #include "bnb/bnb_c_api.h"
 #include "bnb/numeric.h"
 #include "element.h"
+#include "fault_injection.h"
 #include "kernels.h"
 #include "kernels_amx.h"
 #include "status.h"
@@ -29,6 +30,7 @@ using bnb_cpu::parallel_for;
 void* scratch(int64_t bytes, int slot = 0) {
   thread_local std::vector<uint8_t> bufs[4];
   std::vector<uint8_t>& buf = bufs[slot];
+  if (bnb_cpu::fail_allocation("scratch")) return nullptr;
   if (static_cast<int64_t>(buf.size()) < bytes + 64) {
     try {
       buf.resize(static_cast<size_t>(bytes + 64));

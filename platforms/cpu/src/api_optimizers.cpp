@@ -6,11 +6,13 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <utility>
 #include <vector>
 
 #include "bnb/bnb_c_api.h"
 #include "bnb/optimizer_buffers.h"
+#include "fault_injection.h"
 #include "isa.h"
 #include "kernels.h"
 #include "status.h"
@@ -32,7 +34,7 @@ struct GridTable {
   uint16_t bound[256];            // see Opt8Args::bound1
   bool has_bound = false;
   std::vector<uint32_t> keys;  // see Opt8Args::keys1: kStateKeyEnd entries, or none
-  bool keys_tried = false;     // fill_keys ran (only the avx512 kernels read the keys)
+  bool keys_tried = false;     // fill_keys ran to its end (only the avx512 kernels read the keys)
 };
 
 // bound[j] = the first grid index whose code is >= j; usable when the codes never decrease along
@@ -59,10 +61,16 @@ uint8_t code_of_bits(const GridTable& t, uint32_t bits) {
 // Opt8Args::keys1 from the grid's codes. Within one sign the code is monotone in the bits (the
 // grid index is monotone in s and the codes never decrease along the grid), so a bucket whose two
 // ends share a code is constant, and otherwise its first change is found by bisection; a bucket
-// with a second change leaves keys empty.
-void fill_keys(GridTable& t) {
+// with a second change leaves keys empty. False when the table's memory could not be had.
+bool fill_keys(GridTable& t) {
   using bnb_cpu::kStateKeyEnd;
-  std::vector<uint32_t> keys(kStateKeyEnd);
+  std::vector<uint32_t> keys;
+  if (bnb_cpu::fail_allocation("optimizer key table")) return false;
+  try {
+    keys.resize(kStateKeyEnd);
+  } catch (const std::exception&) {
+    return false;
+  }
   for (uint32_t u = 0; u < kStateKeyEnd; ++u) {
     const uint32_t lo = u << 15, hi = lo | 0x7fffu;
     const uint32_t c0 = code_of_bits(t, lo), c1 = code_of_bits(t, hi);
@@ -73,14 +81,16 @@ void fill_keys(GridTable& t) {
         const uint32_t mid = a + (b - a) / 2;
         (code_of_bits(t, mid) == c0 ? a : b) = mid;
       }
-      if (code_of_bits(t, b) != c1) return;
+      if (code_of_bits(t, b) != c1) return true;
       entry = c0 | (c1 << 8) | (((b & 0x7fffu) - 1u) << 17);
     }
     keys[u] = entry;
   }
   t.keys = std::move(keys);
+  return true;
 }
 
+// The table of `qmap`, from the cache or built; nullptr when its memory cannot be had.
 std::shared_ptr<const GridTable> grid_table(const float* qmap) {
   static std::mutex mutex;
   static std::shared_ptr<const GridTable> cache[4];
@@ -94,7 +104,14 @@ std::shared_ptr<const GridTable> grid_table(const float* qmap) {
       if (t && memcmp(t->qmap, qmap, sizeof(t->qmap)) == 0 && (t->keys_tried || !want_keys)) return t;
     }
   }
-  auto t = std::make_shared<GridTable>();
+  std::shared_ptr<GridTable> t;
+  if (!bnb_cpu::fail_allocation("optimizer code table")) {
+    try {
+      t = std::make_shared<GridTable>();
+    } catch (const std::exception&) {  // no C++ exception may cross the C ABI
+    }
+  }
+  if (!t) return nullptr;
   memcpy(t->qmap, qmap, sizeof(t->qmap));
   float mids[255];
   for (int i = 0; i < 255; ++i) mids[i] = bnb::midpoint(qmap[i], qmap[i + 1]);
@@ -102,8 +119,8 @@ std::shared_ptr<const GridTable> grid_table(const float* qmap) {
     t->code[k] = static_cast<uint8_t>(bnb::nearest_sorted_256(mids, bnb::state_grid_value(k)));
   }
   fill_bounds(*t);
-  if (t->has_bound && want_keys) fill_keys(*t);
-  t->keys_tried = want_keys;
+  // Without its key table (no memory for it) the table serves this call and is built again next time.
+  t->keys_tried = want_keys && (!t->has_bound || fill_keys(*t));
   std::lock_guard<std::mutex> lock(mutex);
   cache[next] = t;
   next = (next + 1) % 4;
@@ -162,6 +179,7 @@ int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, void* p, in
     constexpr int64_t kGrain = 65536;
     std::vector<double> parts;
     try {
+      if (bnb_cpu::fail_allocation("trust-ratio sums")) throw std::bad_alloc();
       parts.assign(static_cast<size_t>((n + kGrain - 1) / kGrain), 0.0);
     } catch (const std::exception&) {  // no C++ exception may cross the C ABI
       return bnb_cpu::fail(BNB_ERR_OUT_OF_MEMORY, "cannot allocate the trust-ratio partial sums");
@@ -199,7 +217,9 @@ int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, vo
   if (n == 0) return bnb_cpu::ok();
   const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);
   const auto grid1 = grid_table(qmap1);
-  const auto grid2 = two ? grid_table(qmap2) : nullptr;
+  const auto grid2 = two && grid1 ? grid_table(qmap2) : nullptr;
+  BNB_REQUIRE(grid1 && (grid2 || !two), BNB_ERR_OUT_OF_MEMORY, "cannot allocate the code table of qmap%d (%zu bytes)",
+              grid1 ? 2 : 1, sizeof(GridTable));
   bnb_cpu::Opt8Args a{&c,
                       g,
                       p,

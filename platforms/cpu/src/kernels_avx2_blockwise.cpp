@@ -14,6 +14,7 @@
 #include "bnb/codebooks.h"
 #include "bnb/numeric.h"
 #include "element.h"
+#include "fault_injection.h"
 #include "kernels.h"
 #include "quant_avx2.h"
 #include "simd_avx2.h"
@@ -119,13 +120,21 @@ bool build_buckets(const float* mids, uint32_t* F) {
   return true;
 }
 
+// nullptr when the memory cannot be had (the caller then searches, and a later call tries again);
+// a code book without the bucket structure gets a table with ok false, which is kept.
 BucketTable* new_table(const float* code) {
+  if (bnb_cpu::fail_allocation("bucket table")) return nullptr;
   BucketTable* t = static_cast<BucketTable*>(malloc(sizeof(BucketTable)));
   if (t == nullptr) return nullptr;
+  t->F = bnb_cpu::fail_allocation("bucket table index") ? nullptr
+                                                        : static_cast<uint32_t*>(malloc(65536 * sizeof(uint32_t)));
+  if (t->F == nullptr) {
+    free(t);
+    return nullptr;
+  }
   memcpy(t->code, code, sizeof(t->code));
   for (int i = 0; i < 255; ++i) t->mids[i] = bnb::midpoint(code[i], code[i + 1]);
-  t->F = static_cast<uint32_t*>(malloc(65536 * sizeof(uint32_t)));
-  t->ok = t->F != nullptr && build_buckets(t->mids, t->F);
+  t->ok = build_buckets(t->mids, t->F);
   if (!t->ok) {
     free(t->F);
     t->F = nullptr;

@@ -11,11 +11,14 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
 
 #include "bnb/bnb_c_api.h"
+#include "fault_injection.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -43,7 +46,9 @@ thread_local int t_requested = 0;  // 0: all hardware threads
 
 class Pool {
  public:
-  static Pool& get() {
+  // The pool, or nullptr when it cannot be had (out of memory): the caller then runs alone, and a
+  // later call tries again.
+  static Pool* get() {
     // Leaked on purpose: workers must never be joined during static destruction. A forked child
     // has none of the parent's worker threads: it starts a fresh pool (see after_fork_in_child).
     Pool* pool = instance().load(std::memory_order_acquire);
@@ -52,7 +57,9 @@ class Pool {
       std::lock_guard<std::mutex> lock(create);
       pool = instance().load(std::memory_order_acquire);
       if (pool == nullptr) {
-        pool = new Pool(hardware_threads() - 1);
+        if (fail_allocation("thread pool")) return nullptr;
+        pool = new (std::nothrow) Pool(hardware_threads() - 1);
+        if (pool == nullptr) return nullptr;
         instance().store(pool, std::memory_order_release);
 #if !defined(_WIN32)
         static bool registered = pthread_atfork(nullptr, nullptr, after_fork_in_child) == 0;
@@ -60,7 +67,7 @@ class Pool {
 #endif
       }
     }
-    return *pool;
+    return pool;
   }
 
   static std::atomic<Pool*>& instance() {
@@ -73,7 +80,7 @@ class Pool {
   int workers() const { return static_cast<int>(threads_.size()); }
 
   // Runs job(c) for c in [0, chunks) with the caller taking chunk 0; false if the pool is busy.
-  bool run(int chunks, const std::function<void(int)>& job) {
+  bool run(int chunks, FnRef<int> job) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
     {
@@ -99,9 +106,23 @@ class Pool {
   }
 
  private:
+  // Starts up to n workers: as many as the system gives (a process limit, a container's, or memory
+  // can refuse a thread), each detached at once. A pool left with fewer is kept as it is.
   explicit Pool(int n) {
-    for (int i = 0; i < n; ++i) threads_.emplace_back([this, i] { loop(i + 1); });
-    for (auto& t : threads_) t.detach();
+    try {
+      threads_.reserve(static_cast<size_t>(n));  // emplace_back below then never reallocates
+    } catch (const std::exception&) {
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      if (fail_allocation("pool thread")) break;
+      try {
+        threads_.emplace_back([this, i] { loop(i + 1); });
+      } catch (const std::exception&) {
+        break;
+      }
+      threads_.back().detach();
+    }
   }
 
   void loop(int index) {
@@ -119,7 +140,7 @@ class Pool {
         wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
         gen = generation_.load(std::memory_order_acquire);
       }
-      const std::function<void(int)>* job;
+      const FnRef<int>* job;
       int chunks;
       {
         // The generation, job and chunk count are published together under the mutex.
@@ -141,7 +162,7 @@ class Pool {
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
-  const std::function<void(int)>* job_ = nullptr;
+  const FnRef<int>* job_ = nullptr;
   int chunks_ = 0;
 };
 
@@ -195,7 +216,7 @@ const HostOmp* host_omp() {
 // ranges per thread), and the small ones keep a thread that starts late (descheduled, or still
 // finishing something else) from costing more than a fraction of the call.
 struct Chunks {
-  const std::function<void(int64_t, int64_t)>* fn;
+  const FnRef<int64_t, int64_t>* fn;
   int64_t n, big, per, threads;
   std::atomic<int64_t> next{0};
 
@@ -221,16 +242,18 @@ int requested_threads() {
   return (req <= 0 || req > hw) ? hw : req;
 }
 
-void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+void parallel_for(int64_t n, int64_t grain, FnRef<int64_t, int64_t> fn) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
   const int64_t units = (n + grain - 1) / grain;
   int64_t threads = requested_threads();
   if (threads > units) threads = units;
   const HostOmp* omp = threads > 1 ? host_omp() : nullptr;
+  Pool* pool = nullptr;
   if (threads > 1 && omp == nullptr) {
-    Pool& pool = Pool::get();
-    if (threads > pool.workers() + 1) threads = pool.workers() + 1;
+    pool = Pool::get();
+    const int most = pool != nullptr ? pool->workers() + 1 : 1;
+    if (threads > most) threads = most;
   }
   if (threads <= 1) {
     fn(0, n);
@@ -253,12 +276,12 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   }
   const int64_t per = (units + threads - 1) / threads * grain;
   const int chunks = static_cast<int>((n + per - 1) / per);
-  const std::function<void(int)> job = [&](int c) {
+  const auto job = [&](int c) {
     const int64_t begin = c * per;
     const int64_t end = begin + per < n ? begin + per : n;
     if (begin < end) fn(begin, end);
   };
-  if (!Pool::get().run(chunks, job)) fn(0, n);
+  if (!pool->run(chunks, job)) fn(0, n);
 }
 
 }  // namespace bnb_cpu

@@ -9,9 +9,23 @@
 
 #include <stdint.h>
 
-#include <functional>
-
 namespace bnb_cpu {
+
+// A callable taken by reference for the length of one call: never copied, never allocating. (A
+// std::function allocates for a lambda of more than two captures, and a failed allocation would
+// then leave a C entry point as an exception.)
+template <typename... Args>
+class FnRef {
+ public:
+  template <typename F>
+  FnRef(const F& f)  // NOLINT(google-explicit-constructor): lambdas convert where a FnRef is taken
+      : obj_(&f), call_([](const void* o, Args... a) { (*static_cast<const F*>(o))(a...); }) {}
+  void operator()(Args... a) const { call_(obj_, a...); }
+
+ private:
+  const void* obj_;
+  void (*call_)(const void*, Args...);
+};
 
 // "openmp" (the host runtime runs the parallel loops) or "pool" (the library's own threads).
 const char* threading_name();
@@ -22,7 +36,8 @@ int requested_threads();
 // Calls fn(begin, end) on disjoint ranges covering [0, n); every range except the last starts and
 // ends on a multiple of `grain`. Runs inline when one thread suffices. Which thread runs which
 // range varies from call to call; the ranges themselves depend only on n, grain and the thread
-// count.
-void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+// count. Never allocates and never throws: where the thread pool (started on first use) or some of
+// its threads could not be started, the loop runs on the threads that could, or on the caller alone.
+void parallel_for(int64_t n, int64_t grain, FnRef<int64_t, int64_t> fn);
 
 }  // namespace bnb_cpu

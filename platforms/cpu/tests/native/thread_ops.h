@@ -1,6 +1,6 @@
 // The calls tests/native/test_threads.cpp runs from several threads: the CPU-only C ABI extras it
 // calls, its inputs (made without calling the library) and one Op per kernel family, each returning
-// every status and output byte it produced. Included by test_threads.cpp alone.
+// every status and output byte it produced. Included by test_threads.cpp and test_alloc_faults.cpp.
 #pragma once
 #include <stdint.h>
 #include <stdio.h>
@@ -100,6 +100,8 @@ using Bytes = std::vector<uint8_t>;
 
 struct Out {
   Bytes b;
+  std::vector<int32_t> statuses;  // each call's status, in order (also in b)
+  std::string error;              // bnb_last_error() after the first call that failed
   void put(const void* p, size_t n) {
     const auto* c = static_cast<const uint8_t*>(p);
     b.insert(b.end(), c, c + n);
@@ -108,7 +110,11 @@ struct Out {
   void put(const std::vector<T>& v) {
     put(v.data(), v.size() * sizeof(T));
   }
-  void status(int32_t s) { put(&s, sizeof(s)); }
+  void status(int32_t s) {
+    put(&s, sizeof(s));
+    statuses.push_back(s);
+    if (s != BNB_OK && error.empty()) error = bnb_last_error();
+  }
 };
 
 struct Op {

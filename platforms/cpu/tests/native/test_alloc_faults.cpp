@@ -1,0 +1,240 @@
+// Allocation failures, one site at a time, through the C ABI alone. Needs a library built with
+// BNB_FAULT_INJECTION (the native test drivers' builds, src/fault_injection.h): it can make the
+// nth allocation site reached fail as if the memory could not be had.
+//
+// For every op of thread_ops.h and a few larger ones that reach the library's code-book indexes,
+// on each instruction set the CPU runs, each run in a freshly forked process (cold caches, no thread
+// pool yet):
+//   reference  the op with nothing armed;
+//   nth = 0, 1, ...  the op with its nth allocation site made to fail, until it reaches fewer than
+//              nth + 1 sites. Every call must then give the reference's status or
+//              BNB_ERR_OUT_OF_MEMORY with a "cannot allocate" message; where none failed, the
+//              reference's bytes (the site had a fallback: fewer threads, no index). Run again in
+//              the same process with nothing armed, the op must give the reference's bytes: no
+//              cache may keep a failed state. A crash, an exception or a leak (under ASan) fails.
+// Every site the library has must have failed at least once (kSites), or the sweep fails.
+//
+// Usage: test_alloc_faults
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <functional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bnb/bnb_c_api.h"
+#include "cpu_extras.h"
+#include "fault_injection.h"
+#include "thread_ops.h"
+
+namespace {
+
+int g_failures = 0;
+
+void fail(const std::string& what) {
+  if (++g_failures <= 30) fprintf(stderr, "FAIL: %s\n", what.c_str());
+}
+
+// ---- a forked child's result, carried back through a pipe ----
+
+void put_u32(std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), sizeof(v)); }
+
+uint32_t get_u32(const std::string& s, size_t& at) {
+  uint32_t v = 0;
+  if (at + sizeof(v) <= s.size()) memcpy(&v, s.data() + at, sizeof(v));
+  at += sizeof(v);
+  return v;
+}
+
+// Runs f in a forked child and returns what it wrote; empty with *ok false when the child did not
+// exit normally with status 0 (a crash, an abort by a sanitizer, an uncaught exception).
+std::string in_child(const std::function<std::string()>& f, bool* ok) {
+  int fds[2];
+  if (pipe(fds) != 0) {
+    perror("pipe");
+    exit(2);
+  }
+  fflush(stdout);
+  fflush(stderr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    perror("fork");
+    exit(2);
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    const std::string s = f();
+    for (size_t at = 0; at < s.size();) {
+      const ssize_t w = write(fds[1], s.data() + at, s.size() - at);
+      if (w <= 0) _exit(3);
+      at += static_cast<size_t>(w);
+    }
+    close(fds[1]);
+    exit(0);  // exit, not _exit: LeakSanitizer checks the child at exit
+  }
+  close(fds[1]);
+  std::string s;
+  char buf[1 << 16];
+  for (ssize_t r; (r = read(fds[0], buf, sizeof(buf))) > 0;) s.append(buf, static_cast<size_t>(r));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  *ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  return *ok ? s : std::string();
+}
+
+// ---- the ops: thread_ops.h's, and larger ones over the code-book indexes ----
+
+std::vector<Op> all_ops() {
+  std::vector<Op> ops = make_ops();
+  // 2^16 + 33 elements: past the size from which the AVX2 block-wise quantizer builds (and caches)
+  // its bucket index of the code book.
+  ops.push_back({"quantize_blockwise f32 n=65569", [](const Inputs& in, Out& o) {
+                   std::vector<float> x(65569);
+                   for (size_t i = 0; i < x.size(); ++i) x[i] = in.x[i % in.x.size()] * (1.0f + (i % 7) * 0.01f);
+                   std::vector<uint8_t> q(x.size());
+                   std::vector<float> absmax(x.size() / 256 + 1);
+                   o.status(bnb_quantize_blockwise(x.data(), BNB_DTYPE_F32, in.code.data(),
+                                                   static_cast<int64_t>(x.size()), 256, q.data(), absmax.data(),
+                                                   nullptr));
+                   o.put(q);
+                   o.put(absmax);
+                 }});
+  return ops;
+}
+
+// The allocation sites of src/ that an instruction set's kernels reach (fault_injection.h's names).
+std::vector<std::string> sites_of(const std::string& isa) {
+  std::vector<std::string> s = {"scratch", "optimizer code table", "trust-ratio sums", "thread pool"};
+  if (std::thread::hardware_concurrency() > 1) s.push_back("pool thread");
+  if (isa == "avx2") {
+    s.push_back("bucket table");
+    s.push_back("bucket table index");
+  }
+  if (isa == "avx512") s.push_back("optimizer key table");
+  return s;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> parts;
+  for (size_t pos = 0; pos < s.size();) {
+    const size_t comma = s.find(',', pos);
+    parts.push_back(s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return parts;
+}
+
+std::string encode(const Out& o) {
+  std::string s;
+  put_u32(s, static_cast<uint32_t>(o.statuses.size()));
+  for (const int32_t st : o.statuses) put_u32(s, static_cast<uint32_t>(st));
+  s.append(reinterpret_cast<const char*>(o.b.data()), o.b.size());
+  return s;
+}
+
+Out decode(const std::string& s) {
+  Out o;
+  size_t at = 0;
+  const uint32_t count = get_u32(s, at);
+  for (uint32_t i = 0; i < count; ++i) o.statuses.push_back(static_cast<int32_t>(get_u32(s, at)));
+  if (at <= s.size()) o.b.assign(s.begin() + static_cast<std::ptrdiff_t>(at), s.end());
+  return o;
+}
+
+// What a run with its nth site failing gave, checked against the reference: "" (no site reached),
+// or the failed site's name, then a tab and every problem found.
+std::string faulted_run(const Op& op, const Inputs& in, const Out& ref, int64_t nth) {
+  bnb_cpu_test_fail_allocation(nth);
+  Out o;
+  op.run(in, o);
+  const char* site = bnb_cpu_test_failed_site();
+  bnb_cpu_test_fail_allocation(-1);
+  if (site == nullptr) return "";
+  std::string problems;
+  bool refused = false;
+  if (o.statuses.size() != ref.statuses.size()) problems += " [the calls' count differs]";
+  for (size_t i = 0; i < o.statuses.size() && i < ref.statuses.size(); ++i) {
+    if (o.statuses[i] == BNB_ERR_OUT_OF_MEMORY && ref.statuses[i] == BNB_OK) {
+      refused = true;
+    } else if (o.statuses[i] != ref.statuses[i]) {
+      problems += " [call " + std::to_string(i) + " gave status " + std::to_string(o.statuses[i]) + "]";
+    }
+  }
+  if (refused && o.error.find("cannot allocate") == std::string::npos) {
+    problems += " [out-of-memory message '" + o.error + "']";
+  }
+  if (!refused && o.b != ref.b) problems += " [no call refused, but the outputs differ from the reference]";
+  Out again;
+  op.run(in, again);
+  if (again.b != ref.b) problems += " [run again with nothing armed, the outputs differ from the reference]";
+  return std::string(site) + "\t" + problems;
+}
+
+}  // namespace
+
+int main() {
+  printf("%s\nusable: %s\n", bnb_build_info(), bnb_cpu_usable_isas());
+  const Inputs in;
+  const std::vector<Op> ops = all_ops();
+  std::vector<std::string> isas = split_list(bnb_cpu_usable_isas());
+  std::set<std::string> expected, failed;
+  int runs = 0;
+  for (const std::string& isa : isas) {
+    for (const std::string& s : sites_of(isa)) expected.insert(s);
+    for (const Op& op : ops) {
+      const std::string where = "[" + isa + "] " + op.name;
+      bool ok = false;
+      const Out ref = decode(in_child(
+          [&] {
+            Out o;
+            if (bnb_cpu_set_isa(isa.c_str()) == BNB_OK) op.run(in, o);
+            return encode(o);
+          },
+          &ok));
+      if (!ok || ref.statuses.empty()) {
+        fail(where + ": the reference run did not complete");
+        continue;
+      }
+      for (int64_t nth = 0;; ++nth) {
+        if (nth == 64) {
+          fail(where + ": more than 64 allocation sites reached");
+          break;
+        }
+        const std::string got = in_child(
+            [&] {
+              bnb_cpu_set_isa(isa.c_str());
+              return faulted_run(op, in, ref, nth);
+            },
+            &ok);
+        ++runs;
+        if (!ok) {
+          fail(where + ", allocation " + std::to_string(nth) + " failing: the process crashed or leaked");
+          break;
+        }
+        if (got.empty()) break;
+        const size_t tab = got.find('\t');
+        const std::string site = got.substr(0, tab), problems = got.substr(tab + 1);
+        failed.insert(site);
+        if (!problems.empty())
+          fail(where + ", site '" + site + "' (allocation " + std::to_string(nth) + ")" + problems);
+      }
+    }
+  }
+  for (const std::string& s : expected) {
+    if (!failed.count(s)) fail("the allocation site '" + s + "' was never reached: no op tests its failure");
+  }
+  for (const std::string& s : failed) {
+    if (!expected.count(s)) fail("the allocation site '" + s + "' is not in this driver's list (sites_of)");
+  }
+  printf("%d faulted runs over %zu ops on %zu instruction sets, %zu sites failed: %d failures\n", runs, ops.size(),
+         isas.size(), failed.size(), g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
