@@ -121,17 +121,6 @@ std::vector<std::string> sites_of(const std::string& isa) {
   return s;
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> parts;
-  for (size_t pos = 0; pos < s.size();) {
-    const size_t comma = s.find(',', pos);
-    parts.push_back(s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
-  }
-  return parts;
-}
-
 std::string encode(const Out& o) {
   std::string s;
   put_u32(s, static_cast<uint32_t>(o.statuses.size()));
@@ -184,7 +173,7 @@ int main() {
   printf("%s\nusable: %s\n", bnb_build_info(), bnb_cpu_usable_isas());
   const Inputs in;
   const std::vector<Op> ops = all_ops();
-  std::vector<std::string> isas = split_list(bnb_cpu_usable_isas());
+  std::vector<std::string> isas = split(bnb_cpu_usable_isas());
   std::set<std::string> expected, failed;
   int runs = 0;
   for (const std::string& isa : isas) {

@@ -65,17 +65,6 @@ struct Config {
   int amx;
 };
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> parts;
-  for (size_t pos = 0; pos <= s.size();) {
-    const size_t comma = s.find(',', pos);
-    parts.push_back(s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
-  }
-  return parts;
-}
-
 struct References {
   std::vector<Config> configs;
   // results[c][threads - 1][op]
