@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -142,6 +143,12 @@ def python_in_a_process(code: str) -> subprocess.CompletedProcess:
     can import a test module), its output captured: where a sanitizer may stop the process."""
     prelude = f"import sys, torch; sys.path.insert(0, {str(pathlib.Path(__file__).resolve().parent)!r}); "
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=600)
+
+
+def make_old(path: pathlib.Path, days: float) -> None:
+    """Sets ``path``'s access and modification times ``days`` back (a cache entry long unused)."""
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
 
 
 def cuda_harness_warps() -> list[int]:

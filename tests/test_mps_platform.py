@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -28,7 +29,7 @@ import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_decode_table
-from conftest import host_sanitizer, python_in_a_process
+from conftest import host_sanitizer, make_old, python_in_a_process
 
 mps = pytest.importorskip("bitsandbytes_mps")
 from bitsandbytes_mps import _host  # noqa: E402
@@ -256,6 +257,20 @@ def test_gemv_multiplies_by_the_weight_rounded_to_the_input_dtype(dtype):
         # The weight's rounding shows in these outputs: the unrounded weight gives other bits.
         unrounded = A.double() @ REF["dequantize_4bit"](packed, absmax, 32, "nf4", [N, k], torch.float32).double().T
         assert not torch.equal(bits(got), bits(unrounded.to(dtype))), (N, k)
+
+
+@NEEDS_CXX
+def test_host_build_marks_its_build_used_and_prunes_stale_ones():
+    """Every build (here a hit in the session's cache) marks its library used and deletes the
+    builds of the cache unused for 14 days (shared/host/simt_build.py's prune)."""
+    lib, _ = _host.build(mps.metal_source())
+    stale = lib.parent.parent / "0123456789abcdef0123"
+    stale.mkdir(exist_ok=True)
+    for path in (stale, lib.parent):
+        make_old(path, 30)
+    assert _host.build(mps.metal_source())[0] == lib
+    assert time.time() - lib.parent.stat().st_mtime < 600
+    assert lib.exists() and not stale.exists()
 
 
 # ---- what the harness refuses ---------------------------------------------------------------

@@ -1,5 +1,6 @@
 """What the two host harnesses that compile GPU kernel sources as C++ over simt_host.h share: the
-C++ compiler they use, and the rewrite that fills group-shared arrays at the start of every group.
+C++ compiler they use, the rewrite that fills group-shared arrays at the start of every group, and
+the upkeep of their build caches (each edit of a kernel adds a build: ``used`` and ``prune``).
 
 Loaded by path, not installed: by platforms/cuda/host/cuda_host.py (``__shared__`` arrays of the
 CUDA and ROCm kernels) and by the MPS wheel's ``bitsandbytes_mps/_host.py`` (``threadgroup`` arrays
@@ -9,8 +10,10 @@ of the Metal kernels), which find this folder beside ``simt_host.h`` in a reposi
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import shutil
+import time
 
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 
@@ -47,6 +50,41 @@ def sanitize_flags(env: str) -> list[str]:
         "thread": ["-fsanitize=thread", "-fno-omit-frame-pointer"],
         "address": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
     }[sanitizer(env)]
+
+
+# A cached build unused this long is deleted when a harness builds anew.
+CACHE_DAYS = 14
+
+
+def used(path: pathlib.Path) -> None:
+    """Marks a cached build (a file or folder) as used now (its modification time), so that
+    ``prune`` keeps it; nothing if it has gone meanwhile."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def prune(cache: pathlib.Path, patterns: tuple[str, ...], days: float = CACHE_DAYS) -> list[pathlib.Path]:
+    """Deletes the entries of ``cache`` matching any of the glob ``patterns`` that were last used
+    (``used``, or written) more than ``days`` ago; the paths deleted. Called after a build, so that
+    a kernel edited many times leaves a bounded cache. An entry another process deletes or is
+    writing at the same time is skipped."""
+    cutoff = time.time() - days * 86400.0
+    gone = []
+    for pattern in patterns:
+        for entry in cache.glob(pattern):
+            try:
+                if entry.stat().st_mtime >= cutoff:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError:
+                continue
+            gone.append(entry)
+    return gone
 
 
 def poison_group_arrays(text: str, qualifier: str, harness: str) -> str:

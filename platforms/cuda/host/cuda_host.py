@@ -27,7 +27,8 @@ cuBLASLt (absent here: the built-in int8 kernel runs) and the driver's page migr
 
 The module goes to ``BNB_CUDA_HOST_CACHE`` (else ``~/.cache/bitsandbytes-cuda-host``), keyed by a
 hash of every input, and each object file to its ``objects`` folder, keyed by its unit's text and
-flags, the headers and the toolchain: an edit to one kernel source recompiles that unit alone. The
+flags, the headers and the toolchain: an edit to one kernel source recompiles that unit alone. Every
+build deletes the modules and objects no build has used for 14 days (simt_build.prune). The
 compiler is ``CXX``, else ``c++``.
 """
 
@@ -58,6 +59,7 @@ FLAGS = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-fPI
          "-Wall", "-Wno-unknown-pragmas", "-Werror"]  # fmt: skip
 DEVICE_DEFINES = ["-D__CUDACC__", "-D__CUDA_ARCH__=900", "-include", "cuda_runtime.h"]  # nvcc pre-includes it too
 LAUNCH_OPEN, LAUNCH_CLOSE = "<<<", ">>>"
+CACHED = ("w[0-9]*-*", "objects/*.o")  # the cache's modules and objects, pruned by every build
 
 
 def _simt_build() -> types.ModuleType:
@@ -184,6 +186,8 @@ def build(warp: int = 32) -> pathlib.Path:
     out_dir = cache / f"w{warp}-{_inputs_hash(toolchain)}"
     module = out_dir / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}"
     if module.exists():
+        _SIMT.used(out_dir)
+        _SIMT.prune(cache, CACHED)
         return module
     cache.mkdir(parents=True, exist_ok=True)
     objects_dir = cache / "objects"
@@ -202,6 +206,7 @@ def build(warp: int = 32) -> pathlib.Path:
             obj, text, flags = unit
             kept = objects_dir / _object_key(headers, toolchain, unit)
             if kept.exists():
+                _SIMT.used(kept)
                 return kept
             source = tmp / obj.replace(".o", ".cpp")
             source.write_text(text)
@@ -221,6 +226,7 @@ def build(warp: int = 32) -> pathlib.Path:
             raise RuntimeError(f"cuda host harness: linking failed:\n{done.stderr[-8000:]}")
         out_dir.mkdir(parents=True, exist_ok=True)
         os.replace(linked, module)  # atomic: a concurrent build of the same inputs writes the same file
+    _SIMT.prune(cache, CACHED)
     return module
 
 

@@ -20,7 +20,7 @@ through ``BNB_MPS_HOST_DIR``, else in the current folder or a parent of it (a re
 checkout); the rewrite and the compiler lookup, which the CUDA harness shares, come from the
 checkout's shared/host/simt_build.py. The module is compiled with the system C++ compiler
 (``CXX``, else ``c++``) into a cache folder (``BNB_MPS_HOST_CACHE``, else
-``~/.cache/bitsandbytes-mps-host``).
+``~/.cache/bitsandbytes-mps-host``); every build deletes those no build has used for 14 days.
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ def poisoned(source: str) -> str:
     return _simt_build().poison_group_arrays(source, "threadgroup", "bitsandbytes_mps host harness")
 
 
+CACHED = ("[0-9a-f]" * 20,)  # the cache's builds (folders named by their key), pruned by every build
 FLAGS = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-strict-aliasing", "-fPIC", "-Wno-attributes"]
 
 
@@ -207,6 +208,8 @@ def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
         if not kernels:
             raise RuntimeError("bitsandbytes_mps host harness: no kernels found in the Metal source")
         if lib.exists():
+            simt.used(out)
+            simt.prune(cache, CACHED)
             return lib, kernels
         out.mkdir(parents=True, exist_ok=True)
         body = '#include <stdio.h>\n#include "bnb_mps.cpp"\n#include "metal_host_tail.h"\n' + "".join(
@@ -221,6 +224,7 @@ def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
         if cc.returncode:
             raise RuntimeError(f"bitsandbytes_mps host harness: the Metal source does not compile as C++:\n{cc.stderr}")
         shutil.move(str(tmp_lib), lib)
+    simt.prune(cache, CACHED)
     return lib, kernels
 
 
