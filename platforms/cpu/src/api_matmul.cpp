@@ -374,9 +374,10 @@ bnb_cpu::amx::PanelArgs amx_weight(const int8_t* CB, const uint8_t* B4, const fl
   return a;
 }
 
-// The checks both AMX entries make of the weight and the sizes.
+// The checks both AMX entries make of the weight and the sizes (k a multiple of 32 where `k32`), then
+// whether the panels run here: a shape they cannot take is named as such on any machine.
 int32_t check_amx_weight(const int8_t* CB, const float* SCB, const uint8_t* B4, const float* absmax, int32_t quant_type,
-                         int64_t m, int64_t n, int64_t k, int64_t blocksize) {
+                         int64_t m, int64_t n, int64_t k, int64_t blocksize, bool k32) {
   BNB_REQUIRE((CB && SCB && !B4) || (B4 && absmax && !CB), BNB_ERR_NULL_POINTER,
               "give either CB and SCB (int8 weight) or B4 and absmax (4-bit weight)");
   BNB_REQUIRE(!B4 || quant_type == BNB_QUANT_NF4 || quant_type == BNB_QUANT_FP4, BNB_ERR_UNSUPPORTED_QUANT_TYPE,
@@ -384,8 +385,6 @@ int32_t check_amx_weight(const int8_t* CB, const float* SCB, const uint8_t* B4, 
   BNB_REQUIRE(m >= 0 && n >= 0 && k >= 0, BNB_ERR_INVALID_ARGUMENT, "m, n and k must be >= 0");
   BNB_REQUIRE(!B4 || blocksize > 0, BNB_ERR_INVALID_BLOCKSIZE, "blocksize must be positive, got %lld",
               static_cast<long long>(blocksize));
-  BNB_REQUIRE(bnb_cpu::panel_usable(), BNB_ERR_NOT_IMPLEMENTED,
-              "the panel matmuls do not run here (instruction set, build or bnb_cpu_set_amx)");
   BNB_REQUIRE(!B4 || k % blocksize == 0, BNB_ERR_NOT_IMPLEMENTED,
               "the AMX path needs k (%lld) to be a multiple of blocksize (%lld)", static_cast<long long>(k),
               static_cast<long long>(blocksize));
@@ -395,6 +394,10 @@ int32_t check_amx_weight(const int8_t* CB, const float* SCB, const uint8_t* B4, 
   BNB_REQUIRE(!B4 || blocksize % 32 == 0 || (blocksize % 2 == 0 && 32 % blocksize == 0), BNB_ERR_NOT_IMPLEMENTED,
               "the AMX path needs a 4-bit blocksize of 2, 4, 8, 16 or a multiple of 32, got %lld",
               static_cast<long long>(blocksize));
+  BNB_REQUIRE(!k32 || k % 32 == 0, BNB_ERR_NOT_IMPLEMENTED, "the AMX path needs k (%lld) to be a multiple of 32",
+              static_cast<long long>(k));
+  BNB_REQUIRE(bnb_cpu::panel_usable(), BNB_ERR_NOT_IMPLEMENTED,
+              "the panel matmuls do not run here (instruction set, build or bnb_cpu_set_amx)");
   return bnb_cpu::ok();
 }
 
@@ -413,10 +416,8 @@ BNB_API int32_t bnb_cpu_weight_matmul_amx(const void* A, int64_t m, int64_t n, i
   BNB_REQUIRE(A && out, BNB_ERR_NULL_POINTER, "A and out must not be NULL");
   BNB_REQUIRE(!bias || bnb_cpu::is_float_dtype(bias_dtype), BNB_ERR_UNSUPPORTED_DTYPE,
               "bias's dtype must be f32, f16 or bf16");
-  const int32_t status = check_amx_weight(CB, SCB, B4, absmax, quant_type, m, n, k, blocksize);
+  const int32_t status = check_amx_weight(CB, SCB, B4, absmax, quant_type, m, n, k, blocksize, true);
   if (status != BNB_OK) return status;
-  BNB_REQUIRE(k % 32 == 0, BNB_ERR_NOT_IMPLEMENTED, "the AMX path needs k (%lld) to be a multiple of 32",
-              static_cast<long long>(k));
   if (m == 0 || n == 0) return bnb_cpu::ok();
   namespace amx = bnb_cpu::amx;
   auto* packed = static_cast<uint32_t*>(scratch(amx::packed_bytes(std::min(m, amx::kMaxRows), k), 0));
@@ -472,7 +473,7 @@ BNB_API int32_t bnb_cpu_weight_matmul_t_amx(const void* G, int64_t m, int64_t n,
                                             const float* SCB, const uint8_t* B4, const float* absmax,
                                             int32_t quant_type, int64_t blocksize, void* out) {
   BNB_REQUIRE(G && out, BNB_ERR_NULL_POINTER, "G and out must not be NULL");
-  const int32_t status = check_amx_weight(CB, SCB, B4, absmax, quant_type, m, n, k, blocksize);
+  const int32_t status = check_amx_weight(CB, SCB, B4, absmax, quant_type, m, n, k, blocksize, false);
   if (status != BNB_OK) return status;
   if (m == 0 || k == 0) return bnb_cpu::ok();
   namespace amx = bnb_cpu::amx;

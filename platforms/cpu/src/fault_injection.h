@@ -12,7 +12,8 @@
 namespace bnb_cpu {
 
 #if defined(BNB_FAULT_INJECTION)
-// True when this site's allocation is the armed one (see bnb_cpu_test_fail_allocation).
+// True when this site's allocation is the armed one (see bnb_cpu_test_fail_allocation). `site`
+// must be one of kAllocationSites (fault_injection.cpp): any other name aborts the test build.
 bool fail_allocation(const char* site);
 #else
 constexpr bool fail_allocation(const char*) { return false; }
@@ -29,6 +30,8 @@ extern "C" {
 BNB_API void bnb_cpu_test_fail_allocation(int64_t nth);
 // The site whose allocation was made to fail since the last arming, or NULL.
 BNB_API const char* bnb_cpu_test_failed_site(void);
+// The names of every allocation site of the library, comma-separated.
+BNB_API const char* bnb_cpu_test_allocation_sites(void);
 #ifdef __cplusplus
 }
 #endif

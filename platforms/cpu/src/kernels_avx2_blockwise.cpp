@@ -164,7 +164,8 @@ const BucketTable* find_table(const float* code) {
   return nullptr;
 }
 
-// The cached table of `code`, built on first use; nullptr when the cache is full.
+// The cached table of `code`, built on first use; nullptr when the cache is full or the memory
+// for a new table cannot be had.
 const BucketTable* cached_table(const float* code) {
   if (const BucketTable* t = find_table(code)) return t;
   while (__atomic_exchange_n(&g_lock, 1, __ATOMIC_ACQUIRE) != 0) {

@@ -305,6 +305,22 @@ void each_check_once() {
           BNB_ERR_UNSUPPORTED_DTYPE, "bias's dtype", "weight_matmul_amx bias dtype u8");
   refused(bnb_cpu_weight_matmul_t_amx(x.data(), 1, 2, 32, cb.data(), am.data(), nullptr, nullptr, 0, 0, nullptr),
           BNB_ERR_NULL_POINTER, "G and out must not be NULL", "weight_matmul_t_amx out NULL");
+  // The shapes the panels cannot take, named as such on every machine (checked before whether the
+  // panels run here).
+  refused(bnb_cpu_weight_matmul_amx(x.data(), 1, 2, 96, nullptr, nullptr, packed.data(), am.data(), 1, 64, nullptr, 0,
+                                    sink.data()),
+          BNB_ERR_NOT_IMPLEMENTED, "needs k (96) to be a multiple of blocksize (64)",
+          "weight_matmul_amx k % blocksize");
+  refused(
+      bnb_cpu_weight_matmul_t_amx(x.data(), 1, 2, 96, nullptr, nullptr, packed.data(), am.data(), 1, 64, sink.data()),
+      BNB_ERR_NOT_IMPLEMENTED, "needs k (96) to be a multiple of blocksize (64)", "weight_matmul_t_amx k % blocksize");
+  refused(
+      bnb_cpu_weight_matmul_t_amx(x.data(), 1, 2, 96, nullptr, nullptr, packed.data(), am.data(), 1, 48, sink.data()),
+      BNB_ERR_NOT_IMPLEMENTED, "blocksize of 2, 4, 8, 16 or a multiple of 32, got 48",
+      "weight_matmul_t_amx blocksize 48");
+  refused(bnb_cpu_weight_matmul_amx(x.data(), 1, 2, 48, cb.data(), am.data(), nullptr, nullptr, 0, 0, nullptr, 0,
+                                    sink.data()),
+          BNB_ERR_NOT_IMPLEMENTED, "needs k (48) to be a multiple of 32", "weight_matmul_amx k 48");
   if (!bnb_cpu_panel_usable()) {
     refused(bnb_cpu_weight_matmul_amx(x.data(), 1, 2, 32, cb.data(), am.data(), nullptr, nullptr, 0, 0, nullptr, 0,
                                       sink.data()),

@@ -112,8 +112,9 @@ using Bytes = std::vector<uint8_t>;
 
 struct Out {
   Bytes b;
-  std::vector<int32_t> statuses;  // each call's status, in order (also in b)
-  std::string error;              // bnb_last_error() after the first call that failed
+  std::vector<int32_t> statuses;    // each call's status, in order (also in b)
+  std::vector<std::string> errors;  // each call's bnb_last_error() where it failed, else ""
+
   void put(const void* p, size_t n) {
     const auto* c = static_cast<const uint8_t*>(p);
     b.insert(b.end(), c, c + n);
@@ -125,7 +126,7 @@ struct Out {
   void status(int32_t s) {
     put(&s, sizeof(s));
     statuses.push_back(s);
-    if (s != BNB_OK && error.empty()) error = bnb_last_error();
+    errors.push_back(s != BNB_OK ? bnb_last_error() : "");
   }
 };
 
