@@ -238,7 +238,8 @@ def test_cuda_host_module_is_this_checkouts_sources(warp):
 
 def test_host_cache_prune_deletes_only_stale_builds(tmp_path):
     """simt_build.prune (both harnesses' caches) deletes the entries matching its patterns unused
-    for longer than its days, files and folders, and nothing else; ``used`` keeps one."""
+    for longer than its days, files and folders, and nothing else; ``used`` keeps one; a prune
+    while another process marks an entry (holds the cache's lock) deletes nothing."""
     simt = cuda_harness()._SIMT
     (tmp_path / "objects").mkdir()
     for name in ("w32-old", "w32-new", "w64-used", "gen-w32"):
@@ -248,30 +249,38 @@ def test_host_cache_prune_deletes_only_stale_builds(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     for name in ("w32-old", "w64-used", "gen-w32", "objects/a-old.o", "notes.txt"):
         make_old(tmp_path / name, 30)
-    simt.used(tmp_path / "w64-used")
-    simt.used(tmp_path / "no-such-entry")  # gone meanwhile: nothing happens
-    gone = simt.prune(tmp_path, ("w[0-9]*-*", "objects/*.o"), days=14)
+    assert simt.used(tmp_path, tmp_path / "w64-used")
+    assert not simt.used(tmp_path, tmp_path / "no-such-entry")  # gone meanwhile: build it again
+    patterns = ("w[0-9]*-*", "objects/*.o")
+    with simt.locked(tmp_path, exclusive=False):
+        assert simt.prune(tmp_path, patterns, days=14) == []
+    gone = simt.prune(tmp_path, patterns, days=14)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in gone) == ["objects/a-old.o", "w32-old"]
     left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
-    assert left == ["gen-w32", "gen-w32/_C.so", "notes.txt", "objects", "objects/b-new.o", "w32-new", "w32-new/_C.so",
-                    "w64-used", "w64-used/_C.so"]  # fmt: skip
+    assert left == [".lock", "gen-w32", "gen-w32/_C.so", "notes.txt", "objects", "objects/b-new.o", "w32-new",
+                    "w32-new/_C.so", "w64-used", "w64-used/_C.so"]  # fmt: skip
 
 
 @pytest.mark.parametrize("warp", WARPS, ids=[f"warp{w}" for w in WARPS])
 def test_cuda_host_build_marks_its_module_used_and_prunes_stale_builds(warp):
     """Every build (here a hit in the session's cache) marks its module used and deletes the
-    modules and objects of the cache unused for 14 days."""
+    modules and objects of the cache unused for 14 days, and only those (``CACHED``)."""
     harness = cuda_harness()
     module = harness.build(warp)
     cache = module.parent.parent
-    stale = [cache / "objects" / "stale-0123456789.o", cache / f"w{warp}-stale0123456789"]
-    stale[0].write_bytes(b"x")
-    stale[1].mkdir(exist_ok=True)
-    for path in (*stale, module.parent):
+    key = "0123456789abcdef0123"
+    stale = [cache / "objects" / f"stale-{key}.o", cache / f"w{warp}-{key}"]
+    foreign = [cache / "objects" / "stale.o", cache / f"w{warp}-notes"]  # not named as the harness names
+    for path in (*stale, *foreign):
+        path.mkdir(exist_ok=True) if path.parent == cache else path.write_bytes(b"x")
+    for path in (*stale, *foreign, module.parent):
         make_old(path, 30)
     assert harness.build(warp) == module
     assert time.time() - module.parent.stat().st_mtime < 600
     assert module.exists() and not any(path.exists() for path in stale)
+    assert all(path.exists() for path in foreign)
+    foreign[0].unlink()
+    foreign[1].rmdir()
 
 
 def test_cuda_host_kernel_errors_reach_python_as_the_glue_raises_them():

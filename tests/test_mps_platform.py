@@ -264,13 +264,15 @@ def test_host_build_marks_its_build_used_and_prunes_stale_ones():
     """Every build (here a hit in the session's cache) marks its library used and deletes the
     builds of the cache unused for 14 days (shared/host/simt_build.py's prune)."""
     lib, _ = _host.build(mps.metal_source())
-    stale = lib.parent.parent / "0123456789abcdef0123"
-    stale.mkdir(exist_ok=True)
-    for path in (stale, lib.parent):
+    stale, foreign = lib.parent.parent / "0123456789abcdef0123", lib.parent.parent / "notes-0123"
+    for path in (stale, foreign):
+        path.mkdir(exist_ok=True)
+    for path in (stale, foreign, lib.parent):
         make_old(path, 30)
     assert _host.build(mps.metal_source())[0] == lib
     assert time.time() - lib.parent.stat().st_mtime < 600
-    assert lib.exists() and not stale.exists()
+    assert lib.exists() and not stale.exists() and foreign.exists()
+    foreign.rmdir()
 
 
 # ---- what the harness refuses ---------------------------------------------------------------

@@ -9,11 +9,13 @@ of the Metal kernels), which find this folder beside ``simt_host.h`` in a reposi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
 import shutil
 import time
+from collections.abc import Iterator
 
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 
@@ -56,34 +58,66 @@ def sanitize_flags(env: str) -> list[str]:
 CACHE_DAYS = 14
 
 
-def used(path: pathlib.Path) -> None:
-    """Marks a cached build (a file or folder) as used now (its modification time), so that
-    ``prune`` keeps it; nothing if it has gone meanwhile."""
+@contextlib.contextmanager
+def locked(cache: pathlib.Path, exclusive: bool, wait: bool = True) -> Iterator[bool]:
+    """Holds ``cache``/.lock (``flock``): shared by ``used``, exclusive by ``prune``, so that no entry
+    is marked between prune's reading of its time and its deletion. Yields whether the lock was had
+    (False only where ``wait`` is False and another process holds it). Where there is no ``flock``
+    (Windows) nothing is locked."""
     try:
-        os.utime(path)
-    except OSError:
-        pass
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+        except OSError:
+            had = False
+        else:
+            had = True
+        try:
+            yield had
+        finally:
+            if had:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def used(cache: pathlib.Path, path: pathlib.Path) -> bool:
+    """Marks ``path``, a cached build (a file or folder) of ``cache``, as used now (its modification
+    time), so that ``prune`` keeps it for ``CACHE_DAYS``; whether it is still there, marked (False:
+    a prune deleted it meanwhile, build it again)."""
+    with locked(cache, exclusive=False):
+        try:
+            os.utime(path)
+        except OSError:
+            return False
+        return True
 
 
 def prune(cache: pathlib.Path, patterns: tuple[str, ...], days: float = CACHE_DAYS) -> list[pathlib.Path]:
     """Deletes the entries of ``cache`` matching any of the glob ``patterns`` that were last used
-    (``used``, or written) more than ``days`` ago; the paths deleted. Called after a build, so that
-    a kernel edited many times leaves a bounded cache. An entry another process deletes or is
-    writing at the same time is skipped."""
+    (``used``, or written) more than ``days`` ago; the paths deleted. Called by every build, so that
+    a kernel edited many times leaves a bounded cache. Skipped while another process holds the
+    cache's lock (marking or pruning); an entry it cannot delete is left."""
     cutoff = time.time() - days * 86400.0
     gone = []
-    for pattern in patterns:
-        for entry in cache.glob(pattern):
-            try:
-                if entry.stat().st_mtime >= cutoff:
+    with locked(cache, exclusive=True, wait=False) as had:
+        if not had:
+            return gone
+        for pattern in patterns:
+            for entry in cache.glob(pattern):
+                try:
+                    if entry.stat().st_mtime >= cutoff:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+                except OSError:
                     continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-            except OSError:
-                continue
-            gone.append(entry)
+                gone.append(entry)
     return gone
 
 

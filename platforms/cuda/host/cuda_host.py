@@ -59,7 +59,8 @@ FLAGS = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-fPI
          "-Wall", "-Wno-unknown-pragmas", "-Werror"]  # fmt: skip
 DEVICE_DEFINES = ["-D__CUDACC__", "-D__CUDA_ARCH__=900", "-include", "cuda_runtime.h"]  # nvcc pre-includes it too
 LAUNCH_OPEN, LAUNCH_CLOSE = "<<<", ">>>"
-CACHED = ("w[0-9]*-*", "objects/*.o")  # the cache's modules and objects, pruned by every build
+# The cache's modules (a folder per warp and inputs hash) and objects, pruned by every build.
+CACHED = ("w[0-9][0-9]-" + "[0-9a-f]" * 20, "objects/*-" + "[0-9a-f]" * 20 + ".o")
 
 
 def _simt_build() -> types.ModuleType:
@@ -185,8 +186,7 @@ def build(warp: int = 32) -> pathlib.Path:
     toolchain = _toolchain(cxx, warp)  # runs the compiler once (its version)
     out_dir = cache / f"w{warp}-{_inputs_hash(toolchain)}"
     module = out_dir / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}"
-    if module.exists():
-        _SIMT.used(out_dir)
+    if module.exists() and _SIMT.used(cache, out_dir):
         _SIMT.prune(cache, CACHED)
         return module
     cache.mkdir(parents=True, exist_ok=True)
@@ -205,8 +205,7 @@ def build(warp: int = 32) -> pathlib.Path:
         def compile_one(unit: tuple[str, str, list[str]]) -> pathlib.Path:
             obj, text, flags = unit
             kept = objects_dir / _object_key(headers, toolchain, unit)
-            if kept.exists():
-                _SIMT.used(kept)
+            if kept.exists() and _SIMT.used(cache, kept):
                 return kept
             source = tmp / obj.replace(".o", ".cpp")
             source.write_text(text)

@@ -207,11 +207,11 @@ def build(source: str) -> tuple[pathlib.Path, dict[str, list[Param]]]:
         kernels = parse_kernels(scan.stdout)
         if not kernels:
             raise RuntimeError("bitsandbytes_mps host harness: no kernels found in the Metal source")
-        if lib.exists():
-            simt.used(out)
+        if lib.exists() and simt.used(cache, out):
             simt.prune(cache, CACHED)
             return lib, kernels
         out.mkdir(parents=True, exist_ok=True)
+        simt.used(cache, out)  # a folder left by a failed build keeps its old time: a prune could take it
         body = '#include <stdio.h>\n#include "bnb_mps.cpp"\n#include "metal_host_tail.h"\n' + "".join(
             _wrapper(k, p) for k, p in kernels.items()
         )
