@@ -67,5 +67,6 @@ def tests_cpu_aarch64(session: nox.Session) -> None:
         session, build, "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
         "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
     )  # fmt: skip
-    for driver in ("test_c_abi", "test_threads"):  # the NEON kernels alone, then from four threads at once
+    # The NEON kernels alone, then from four threads at once, then with each allocation failing in turn.
+    for driver in ("test_c_abi", "test_threads", "test_alloc_faults"):
         session.run("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(build / driver), external=True)
