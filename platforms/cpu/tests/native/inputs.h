@@ -1,10 +1,12 @@
-// Inputs of the native test drivers (test_c_abi.cpp, test_threads.cpp), made without calling the
-// library: seeded normal values with a zero every 17th, and their f16 / bf16 bits.
+// Inputs of the native test drivers (test_c_abi.cpp, test_threads.cpp, test_alloc_faults.cpp), made
+// without calling the library: seeded normal values with a zero every 17th, and their f16 / bf16
+// bits; and the items of the library's comma-separated lists.
 #pragma once
 
 #include <stdint.h>
 
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bnb/bnb_c_api.h"
@@ -26,6 +28,18 @@ std::vector<uint16_t> to16(const std::vector<float>& v, int32_t dtype) {
   for (size_t i = 0; i < v.size(); ++i)
     o[i] = dtype == BNB_DTYPE_BF16 ? bnb::float_to_bf16(v[i]) : bnb::float_to_half(v[i]);
   return o;
+}
+
+// The items of a comma-separated list (bnb_cpu_usable_isas()).
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> parts;
+  for (size_t pos = 0; pos <= s.size();) {
+    const size_t comma = s.find(',', pos);
+    parts.push_back(s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return parts;
 }
 
 }  // namespace

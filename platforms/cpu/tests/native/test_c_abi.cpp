@@ -546,14 +546,7 @@ int main() {
   bad_arguments();
   more_bad_arguments();
   each_check_once();
-  std::string usable = bnb_cpu_usable_isas();
-  std::vector<std::string> isas;
-  for (size_t pos = 0; pos <= usable.size();) {
-    const size_t comma = usable.find(',', pos);
-    isas.push_back(usable.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
-  }
+  const std::vector<std::string> isas = split(bnb_cpu_usable_isas());
   Outputs scalar;
   for (int threads : {1, 2}) {
     bnb_cpu_set_num_threads(threads);

@@ -94,18 +94,6 @@ struct Inputs {
   }
 };
 
-// The items of a comma-separated list (bnb_cpu_usable_isas()).
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> parts;
-  for (size_t pos = 0; pos <= s.size();) {
-    const size_t comma = s.find(',', pos);
-    parts.push_back(s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
-  }
-  return parts;
-}
-
 // ---- the calls: each returns every status and output byte it produced ----
 
 using Bytes = std::vector<uint8_t>;
