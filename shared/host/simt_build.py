@@ -62,7 +62,8 @@ CACHE_DAYS = 14
 def locked(cache: pathlib.Path, exclusive: bool, wait: bool = True) -> Iterator[bool]:
     """Holds ``cache``/.lock (``flock``): shared by ``used``, exclusive by ``prune``, so that no entry
     is marked between prune's reading of its time and its deletion. Yields whether the lock was had
-    (False only where ``wait`` is False and another process holds it). Where there is no ``flock``
+    (False where ``wait`` is False and another process holds it, or where the file system refuses
+    the lock: ``used`` then marks unlocked, ``prune`` skips its turn). Where there is no ``flock``
     (Windows) nothing is locked."""
     try:
         import fcntl
