@@ -189,10 +189,10 @@ void more_bad_arguments() {
 // Every argument check of the entry points that more_bad_arguments leaves, once each: one bad
 // argument in an otherwise valid call gets its status and a message naming it, and nothing is
 // written. (A mutation campaign that made each check's condition true found these unseen by the
-// driver. The checks of an allocation's result need the allocation to fail: not here.)
+// driver. The checks of an allocation's result need the allocation to fail: test_alloc_faults.cpp's.)
 void each_check_once() {
   std::vector<float> x(64, 1.0f), sink(64, -1.0f), am(2, 1.0f), stats(2, -1.0f);
-  std::vector<uint8_t> packed(32, 0xab), flags(64, 0);
+  std::vector<uint8_t> packed(32, 0xab);
   std::vector<int8_t> q(64, 7), cb(64, 3);
   std::vector<int32_t> C(4, 5);
   const auto code = dynamic_code();

@@ -30,7 +30,7 @@ std::vector<uint16_t> to16(const std::vector<float>& v, int32_t dtype) {
   return o;
 }
 
-// The items of a comma-separated list (bnb_cpu_usable_isas()).
+// The items of a comma-separated list (bnb_cpu_usable_isas(), bnb_cpu_test_allocation_sites()).
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> parts;
   for (size_t pos = 0; pos <= s.size();) {

@@ -20,10 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -42,7 +39,7 @@ void fail(const std::string& what) {
   if (++g_failures <= 30) fprintf(stderr, "FAIL: %s\n", what.c_str());
 }
 
-// ---- a forked child's result, carried back through a pipe ----
+// ---- a forked child's result, carried back through in_child's pipe ----
 
 void put_u32(std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), sizeof(v)); }
 
@@ -51,43 +48,6 @@ uint32_t get_u32(const std::string& s, size_t& at) {
   if (at + sizeof(v) <= s.size()) memcpy(&v, s.data() + at, sizeof(v));
   at += sizeof(v);
   return v;
-}
-
-// Runs f in a forked child and returns what it wrote; empty with *ok false when the child did not
-// exit normally with status 0 (a crash, an abort by a sanitizer, an uncaught exception).
-std::string in_child(const std::function<std::string()>& f, bool* ok) {
-  int fds[2];
-  if (pipe(fds) != 0) {
-    perror("pipe");
-    exit(2);
-  }
-  fflush(stdout);
-  fflush(stderr);
-  const pid_t pid = fork();
-  if (pid < 0) {
-    perror("fork");
-    exit(2);
-  }
-  if (pid == 0) {
-    close(fds[0]);
-    const std::string s = f();
-    for (size_t at = 0; at < s.size();) {
-      const ssize_t w = write(fds[1], s.data() + at, s.size() - at);
-      if (w <= 0) _exit(3);
-      at += static_cast<size_t>(w);
-    }
-    close(fds[1]);
-    exit(0);  // exit, not _exit: LeakSanitizer checks the child at exit
-  }
-  close(fds[1]);
-  std::string s;
-  char buf[1 << 16];
-  for (ssize_t r; (r = read(fds[0], buf, sizeof(buf))) > 0;) s.append(buf, static_cast<size_t>(r));
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  *ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-  return *ok ? s : std::string();
 }
 
 // ---- the ops: thread_ops.h's, and larger ones over the code-book indexes ----
@@ -189,14 +149,16 @@ int main() {
     }
     for (const Op& op : ops) {
       const std::string where = "[" + isa + "] " + op.name;
-      bool ok = false;
-      const Out ref = decode(in_child(
-          [&] {
-            Out o;
-            if (bnb_cpu_set_isa(isa.c_str()) == BNB_OK) op.run(in, o);
-            return encode(o);
-          },
-          &ok));
+      std::string bytes;
+      const bool ok = in_child(
+                          [&](std::string* out) {
+                            Out o;
+                            if (bnb_cpu_set_isa(isa.c_str()) == BNB_OK) op.run(in, o);
+                            *out = encode(o);
+                            return 0;
+                          },
+                          &bytes) == 0;
+      const Out ref = decode(bytes);
       if (!ok || ref.statuses.empty()) {
         fail(where + ": the reference run did not complete");
         continue;
@@ -206,15 +168,18 @@ int main() {
           fail(where + ": more than 64 allocation sites reached");
           break;
         }
-        const std::string got = in_child(
-            [&] {
+        std::string got;
+        const int status = in_child(
+            [&](std::string* out) {
               bnb_cpu_set_isa(isa.c_str());
-              return faulted_run(op, in, ref, nth);
+              *out = faulted_run(op, in, ref, nth);
+              return 0;
             },
-            &ok);
+            &got);
         ++runs;
-        if (!ok) {
-          fail(where + ", allocation " + std::to_string(nth) + " failing: the process crashed or leaked");
+        if (status != 0) {
+          fail(where + ", allocation " + std::to_string(nth) + " failing: the process crashed or leaked (exit status " +
+               std::to_string(status) + ")");
           break;
         }
         if (got.empty()) break;

@@ -25,8 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -296,24 +294,6 @@ int settings_race(const std::string& isa) {
   return failures.load();
 }
 
-// Runs fn() in a forked child (a fresh library: nothing initialised, no thread started); true when
-// it exits with 0 (TSan's reports make it exit with 66).
-template <typename Fn>
-bool in_child(Fn fn, int* exit_status) {
-  fflush(stdout);
-  fflush(stderr);
-  const pid_t pid = fork();
-  if (pid < 0) {
-    perror("fork");
-    exit(1);
-  }
-  if (pid == 0) exit(fn() ? 1 : 0);  // exit, not _exit: TSan reports at exit
-  int status = 0;
-  waitpid(pid, &status, 0);
-  *exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -335,7 +315,8 @@ int main(int argc, char** argv) {
   int lost = 0, status = 0;
   for (int f = 0; f < settings_forks; ++f) {
     const std::string isa = f % 2 ? "" : other;  // every other one races AMX off
-    if ((f % 2 || !other.empty()) && !in_child([&] { return settings_race(isa); }, &status)) {
+    if ((f % 2 || !other.empty()) &&
+        (status = in_child([&](std::string*) { return settings_race(isa) ? 1 : 0; }, nullptr)) != 0) {
       ++lost;
       printf("settings race %d (forked): FAILED, exit status %d\n", f + 1, status);
     }
@@ -343,7 +324,8 @@ int main(int argc, char** argv) {
   if (lost) g_failures.fetch_add(1);
   printf("settings races (%d forked): %s (%.1f s)\n", settings_forks, lost ? "FAILED" : "ok", seconds_since(t0));
   for (int f = 0; f < forks; ++f) {
-    const bool ok = in_child([&] { return cold_start(in, ops, nullptr); }, &status);
+    status = in_child([&](std::string*) { return cold_start(in, ops, nullptr) ? 1 : 0; }, nullptr);
+    const bool ok = status == 0;
     if (!ok) g_failures.fetch_add(1);
     printf("cold start %d (forked): %s, exit status %d (%.1f s)\n", f + 1, ok ? "ok" : "FAILED", status,
            seconds_since(t0));

@@ -94,6 +94,46 @@ struct Inputs {
   }
 };
 
+// Runs child(&bytes) in a forked process (a fresh library: nothing initialised, no thread started)
+// and returns its exit status, child's return value (through exit, not _exit: the sanitizers report
+// at exit, TSan with status 66), or 128 + the signal that ended it. The bytes the child leaves in
+// its string come back in *output (when not NULL), through a pipe.
+int in_child(const std::function<int(std::string*)>& child, std::string* output) {
+  int fds[2];
+  if (pipe(fds) != 0) {
+    perror("pipe");
+    exit(2);
+  }
+  fflush(stdout);
+  fflush(stderr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    perror("fork");
+    exit(2);
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    std::string bytes;
+    const int code = child(&bytes);
+    for (size_t at = 0; at < bytes.size();) {
+      const ssize_t w = write(fds[1], bytes.data() + at, bytes.size() - at);
+      if (w <= 0) _exit(3);
+      at += static_cast<size_t>(w);
+    }
+    close(fds[1]);
+    exit(code);
+  }
+  close(fds[1]);
+  std::string got;
+  char buf[1 << 16];
+  for (ssize_t r; (r = read(fds[0], buf, sizeof(buf))) > 0;) got.append(buf, static_cast<size_t>(r));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (output) *output = std::move(got);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 // ---- the calls: each returns every status and output byte it produced ----
 
 using Bytes = std::vector<uint8_t>;
