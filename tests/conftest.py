@@ -8,7 +8,6 @@ import importlib.util
 import inspect
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -151,6 +150,15 @@ def make_old(path: pathlib.Path, days: float) -> None:
     os.utime(path, (then, then))
 
 
+def host_compiler() -> str | None:
+    """The C++ compiler the host harnesses build with (shared/host/simt_build.py's ``compiler``:
+    ``CXX``, else the first of c++, g++, clang++ on the PATH), or None where there is none."""
+    try:
+        return cuda_harness()._SIMT.compiler("tests")
+    except RuntimeError:
+        return None
+
+
 def cuda_harness_warps() -> list[int]:
     """The warp widths of the CUDA host harness builds that ``BNB_TEST_HOST_KERNELS`` names (cuda:
     32, rocm: 64). Called at a test module's top: skips the module where it names neither, or
@@ -160,7 +168,7 @@ def cuda_harness_warps() -> list[int]:
         pytest.skip(
             "the CUDA host harness runs where BNB_TEST_HOST_KERNELS names cuda or rocm", allow_module_level=True
         )
-    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+    if host_compiler() is None:
         pytest.skip("no C++ compiler: the CUDA host harness cannot be built", allow_module_level=True)
     return named
 

@@ -16,14 +16,13 @@ within a few units in the last place, the optimizers as tests/test_optim_ops.py 
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_decode_table
-from conftest import CUDA_HARNESS_WARPS, host_kernel_platforms, host_kernels_of
+from conftest import CUDA_HARNESS_WARPS, host_compiler, host_kernel_platforms, host_kernels_of
 
 HARNESSES = ["mps", *CUDA_HARNESS_WARPS]
 NAMED = [p for p, device in host_kernel_platforms() if p in HARNESSES and device == "cpu"]
@@ -31,7 +30,7 @@ NAMED = [p for p, device in host_kernel_platforms() if p in HARNESSES and device
 if not NAMED:
     pytest.skip("no host harness named in BNB_TEST_HOST_KERNELS", allow_module_level=True)
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
+    host_compiler() is None,
     reason="no C++ compiler: the host harnesses cannot be built",
 )
 

@@ -18,7 +18,6 @@ import importlib.util
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import torch
 
 from bitsandbytes.backends.reference import KERNELS as REF
 from bitsandbytes.backends.reference.codebooks import dynamic_map, four_bit_decode_table
-from conftest import host_sanitizer, make_old, python_in_a_process
+from conftest import host_compiler, host_sanitizer, make_old, python_in_a_process
 
 mps = pytest.importorskip("bitsandbytes_mps")
 from bitsandbytes_mps import _host  # noqa: E402
@@ -37,9 +36,7 @@ from bitsandbytes_mps.kernels import MetalKernels  # noqa: E402
 from bitsandbytes_mps.optim import OPTIMIZER_IDS, optimizer_consts  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-NEEDS_CXX = pytest.mark.skipif(
-    not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")), reason="no C++ compiler"
-)
+NEEDS_CXX = pytest.mark.skipif(host_compiler() is None, reason="no C++ compiler")
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -568,7 +565,7 @@ class Hparams(ctypes.Structure):
     ],
 )
 def test_optimizer_consts_equal_make_optimizer_consts(tmp_path, name, beta1, beta2, step, wd, lr, eps):
-    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    cxx = host_compiler()
     (tmp_path / "probe.cpp").write_text(PROBE)
     lib = tmp_path / "probe.so"
     flags = ["-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", f"-I{ROOT / 'shared' / 'include'}"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import pathlib
-import shutil
 import subprocess
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 
 from bitsandbytes.backends.reference import int8 as ref_int8
 from bitsandbytes.backends.reference.codebooks import dynamic_map
+from conftest import host_compiler
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 IDS = {"momentum": 0, "rmsprop": 1, "adagrad": 2, "adam": 3, "lion": 4, "ademamix": 5, "lamb": 6, "lars": 7}
@@ -45,7 +45,7 @@ class Hparams(ctypes.Structure):
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    cxx = host_compiler()
     if cxx is None:
         pytest.skip("no C++ compiler")
     out = tmp_path_factory.mktemp("probe") / "libprobe.so"
