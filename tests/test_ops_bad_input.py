@@ -198,6 +198,57 @@ def test_gemm_4bit_names_B_and_the_nested_absmax(device, impl, fn):
     assert torch.equal(fn(A, packed, [40, 96], inner, 64, "nf4", None, absmax_8bit, code, offset.cpu()), want)
 
 
+def _searching(op: str) -> list:
+    """The implementations of ``op`` that read a code book's values before they search it (the
+    CPU library, natively, and the reference): the device kernels do not, as that would cost a
+    device sync per call, and ``functional.quantize_blockwise`` sorts a table in another order."""
+    return [p for p in impl_params(op) if p.values[1] == "reference" or p.values[1].startswith("cpu[")]
+
+
+def _unordered_codes(code: torch.Tensor, arg: str) -> list:
+    """Code books the searching quantizers refuse, with the message each gets."""
+    swapped, nan, inf = code.clone(), code.clone(), code.clone()
+    swapped[[100, 101]] = swapped[[101, 100]]
+    nan[7] = float("nan")
+    inf[255] = float("inf")
+    return [
+        (swapped, rf"^bitsandbytes.*{arg} must be in ascending order, got {arg}\[101\] = \S+ after {arg}\[100\]"),
+        (code.flip(0), rf"^bitsandbytes.*{arg} must be in ascending order, got {arg}\[1\] = "),
+        (nan, rf"^bitsandbytes.*{arg} must hold finite values, got {arg}\[7\] = nan$"),
+        (inf, rf"^bitsandbytes.*{arg} must hold finite values, got {arg}\[255\] = inf$"),
+    ]
+
+
+@pytest.mark.parametrize("device,impl,fn", _searching("quantize_blockwise"))
+def test_quantize_blockwise_refuses_a_code_book_out_of_order(device, impl, fn):
+    x = torch.randn(300, device=device)
+    code = dynamic_map(device=device)
+    for bad, message in _unordered_codes(code, "code"):
+        with pytest.raises(ValueError, match=message):
+            fn(x, bad, 64)
+    # Equal neighbours are allowed: 255 zeros, then 1. Their 254 midpoints at 0 put every value
+    # above 0 past them (code 254, value 0), and above the last midpoint, 0.5, at code 255.
+    ties = torch.zeros(256, device=device)
+    ties[255] = 1.0
+    q, absmax = fn(x.abs(), ties, 64)
+    assert torch.equal(absmax, torch.stack([b.max() for b in x.abs().split(64)]))
+    scaled = x.abs() / absmax.repeat_interleave(64)[:300]
+    want = torch.where(scaled > 0.5, 255, torch.where(scaled > 0, 254, 0)).to(torch.uint8)
+    assert torch.equal(q, want)
+
+
+@pytest.mark.parametrize("device,impl,fn", _searching("optimizer_update_8bit_blockwise"))
+@pytest.mark.parametrize("arg", ["qmap1", "qmap2"])
+def test_optimizer_8bit_refuses_code_books_out_of_order(device, impl, fn, arg):
+    t = adam_8bit_args(300, device)
+    before = {k: v.clone() for k, v in t.items() if isinstance(v, torch.Tensor)}
+    for bad, message in _unordered_codes(t[arg], arg):
+        with pytest.raises(ValueError, match=message):
+            step_8bit(fn, dict(t, **{arg: bad}))
+    for k, v in before.items():  # refused before any write
+        assert torch.equal(t[k], v), k
+
+
 @pytest.mark.parametrize("device,impl,fn", impl_params("gemv_4bit"))
 def test_gemv_4bit_names_the_packed_weight_B(device, impl, fn):
     from bitsandbytes.backends.reference.codebooks import four_bit_decode_table

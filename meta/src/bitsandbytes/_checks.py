@@ -330,6 +330,25 @@ def check_code(code: torch.Tensor, arg: str = "code") -> None:
         raise ValueError(f"bitsandbytes: {arg} must hold 256 values, got {code.numel()}")
 
 
+def check_code_ascending(code: torch.Tensor, arg: str = "code") -> None:
+    """A code book a quantizer searches must be finite and ascending (equal neighbours allowed):
+    in another order its codes are far from the nearest entry, without an error. The message is
+    the CPU library's. Reads the values: for the reference and host-side checks, not a device
+    kernel's launch path (``functional.quantize_blockwise`` sorts a table in another order)."""
+    values = code.detach().reshape(-1).float().cpu()
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        raise ValueError(f"bitsandbytes: {arg} must hold finite values, got {arg}[{i}] = {values[i].item():g}")
+    down = (values[1:] < values[:-1]).nonzero()
+    if down.numel():
+        i = int(down[0]) + 1
+        raise ValueError(
+            f"bitsandbytes: {arg} must be in ascending order, got {arg}[{i}] = {values[i].item():g} "
+            f"after {arg}[{i - 1}] = {values[i - 1].item():g}"
+        )
+
+
 def check_dequantize_blockwise(
     A: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, dtype: torch.dtype
 ) -> None:

@@ -73,7 +73,9 @@ BNB_API int32_t bnb_quantize_4bit(const void* A, int32_t dtype, int64_t n, int64
 BNB_API int32_t bnb_dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
                                     int32_t quant_type, void* out, int32_t out_dtype, bnb_stream stream);
 
-/* Block-wise 8-bit quantization against a sorted 256-entry f32 `code`; any blocksize > 0. */
+/* Block-wise 8-bit quantization against a sorted 256-entry f32 `code` (finite and ascending; the
+ * CPU library refuses another code book with BNB_ERR_INVALID_ARGUMENT, a GPU library, whose `code`
+ * lives in device memory, does not read it before the launch); any blocksize > 0. */
 BNB_API int32_t bnb_quantize_blockwise(const void* A, int32_t dtype, const float* code, int64_t n, int64_t blocksize,
                                        uint8_t* out, float* absmax, bnb_stream stream);
 
@@ -142,7 +144,8 @@ BNB_API int32_t bnb_optimizer_update_32bit(int32_t optimizer, const void* g, voi
 
 /* 8-bit block-wise state (blocks of 256): state1/state2 are u8 codes into the sorted 256-entry
  * qmap1/qmap2 with per-block absmax1/absmax2 (state2, qmap2 and absmax2 NULL for one-state
- * algorithms); the state is dequantized, updated and requantized with fresh absmax. */
+ * algorithms); the state is dequantized, updated and requantized with fresh absmax. The code books
+ * must be finite and ascending, as `code` of bnb_quantize_blockwise, and are checked alike. */
 BNB_API int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, void* p, int32_t dtype,
                                                     uint8_t* state1, uint8_t* state2, const float* qmap1,
                                                     const float* qmap2, float* absmax1, float* absmax2, int64_t n,

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bnb/bnb_c_api.h"
@@ -101,6 +102,32 @@ void more_bad_arguments() {
           BNB_ERR_UNSUPPORTED_DTYPE, "dtype", "dequantize_blockwise out_dtype -1");
   refused(bnb_quantize_blockwise(x.data(), 0, nullptr, 64, 64, packed.data(), absmax, nullptr), BNB_ERR_NULL_POINTER,
           "code", "quantize_blockwise without code");
+  {  // a code book the searching quantizer cannot use: out of order, NaN or infinite
+    auto bad = code;
+    std::swap(bad[100], bad[101]);
+    refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
+            BNB_ERR_INVALID_ARGUMENT, "code must be in ascending order, got code[101]",
+            "quantize_blockwise code with two entries swapped");
+    bad = code;
+    bad[7] = NAN;
+    refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
+            BNB_ERR_INVALID_ARGUMENT, "code must hold finite values, got code[7]", "quantize_blockwise code NaN");
+    bad = code;
+    bad[255] = INFINITY;
+    refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
+            BNB_ERR_INVALID_ARGUMENT, "code[255]", "quantize_blockwise code +inf last");
+    bad = code;
+    bad[0] = -INFINITY;
+    refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
+            BNB_ERR_INVALID_ARGUMENT, "code[0]", "quantize_blockwise code -inf first");
+    // equal neighbours are allowed (a tie takes the lower entry): 255 zeros, then 1
+    std::vector<float> ties(256, 0.0f), am(1);
+    ties[255] = 1.0f;
+    std::vector<uint8_t> q8(64);
+    check(bnb_quantize_blockwise(x.data(), 0, ties.data(), 64, 64, q8.data(), am.data(), nullptr) == BNB_OK &&
+              q8 == std::vector<uint8_t>(64, 255) && am[0] == 1.0f,
+          "quantize_blockwise code book with equal neighbours");
+  }
   check(packed == std::vector<uint8_t>(32, 0xab) && absmax[0] == -1.0f && absmax[1] == -1.0f &&
             sink == std::vector<float>(64, -1.0f),
         "nothing written by the refused (de)quantizations");
@@ -159,6 +186,21 @@ void more_bad_arguments() {
   refused(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, st1.data(), nullptr,
                                               code.data(), nullptr, am1.data(), nullptr, 64, &h, nullptr),
           BNB_ERR_INVALID_ARGUMENT, "step", "8-bit step 0");
+  h.step = 1;
+  {
+    auto bad = code;
+    std::swap(bad[0], bad[255]);
+    refused(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_MOMENTUM, g.data(), p.data(), 0, st1.data(), nullptr,
+                                                bad.data(), nullptr, am1.data(), nullptr, 64, &h, nullptr),
+            BNB_ERR_INVALID_ARGUMENT, "qmap1 must be in ascending order, got qmap1[1]", "8-bit qmap1 out of order");
+    bad = code;
+    bad[128] = NAN;
+    std::vector<float> am2(1, 1.0f);
+    refused(bnb_optimizer_update_8bit_blockwise(BNB_OPTIM_ADAM, g.data(), p.data(), 0, st1.data(), st2.data(),
+                                                code.data(), bad.data(), am1.data(), am2.data(), 0, &h, nullptr),
+            BNB_ERR_INVALID_ARGUMENT, "qmap2 must hold finite values, got qmap2[128]",
+            "8-bit Adam qmap2 NaN (empty parameter)");
+  }
   check(p == std::vector<float>(64, 1.0f) && s1 == std::vector<float>(64, 0.5f) &&
             st1 == std::vector<uint8_t>(64, 128) && am1[0] == 1.0f,
         "nothing written by the refused updates");

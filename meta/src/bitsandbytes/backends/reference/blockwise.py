@@ -24,6 +24,7 @@ def inverse_absmax(absmax: torch.Tensor) -> torch.Tensor:
 def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Map each element to the nearest entry of ``code`` after per-block absmax scaling."""
     C.check_quantize_blockwise(A, code, blocksize)
+    C.check_code_ascending(code)  # the search below needs it (functional.quantize_blockwise sorts)
     x = A.reshape(-1).float()
     n = x.numel()
     blocks = C.num_blocks(n, blocksize)

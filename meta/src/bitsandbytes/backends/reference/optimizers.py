@@ -355,6 +355,9 @@ def optimizer_update_8bit_blockwise(
     C.check_optimizer_common(optimizer_name, g, p, step, lr, eps)
     n = p.numel()
     two = C.check_optimizer_8bit_states(optimizer_name, n, state1, state2, qmap1, qmap2, absmax1, absmax2)
+    C.check_code_ascending(qmap1, "qmap1")  # the re-quantization searches the code books
+    if two:
+        C.check_code_ascending(qmap2, "qmap2")
     rows = 2 if optimizer_name == "ademamix" else 1
     blocks = C.num_blocks(n, STATE_BLOCKSIZE)
     C.check_same_device(
