@@ -104,16 +104,20 @@ def test_parallel_loops_share_torchs_openmp_runtime():
         "q, a = torch.ops.bitsandbytes.quantize_4bit(w, 64, 'nf4', torch.uint8)\n"
         "x = torch.randn(3, 1024, dtype=torch.bfloat16)\n"
         "y = torch.ops.bitsandbytes.gemm_4bit(x, q, w.shape, a, 64, 'nf4')\n"
-        "print(json.dumps([bitsandbytes_cpu.build_info()['threading'], q.sum().item(), a.sum().item(),"
-        " y.float().sum().item()]))\n"
+        "info = bitsandbytes_cpu.build_info()\n"
+        "print(json.dumps([info['pool_workers'], info['pool_workers_wanted']]))\n"
+        "print(json.dumps([info['threading'], q.sum().item(), a.sum().item(), y.float().sum().item()]))\n"
     )
-    outs = {}
+    outs, pools = {}, {}
     for mode in ("auto", "pool"):
         env = dict(os.environ, BNB_CPU_THREADS=mode)
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
-        outs[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+        lines = r.stdout.strip().splitlines()
+        outs[mode], pools[mode] = json.loads(lines[-1]), json.loads(lines[-2])
     assert outs["pool"][0] == "pool"
+    assert pools["pool"][0] == pools["pool"][1]  # started all it wants (one fewer than the CPUs)
     if torch.__config__.parallel_info().find("OpenMP") >= 0 and sys.platform.startswith("linux"):
         assert outs["auto"][0] == "openmp"
+        assert pools["auto"][0] is None  # the pool never started
     assert outs["auto"][1:] == outs["pool"][1:]

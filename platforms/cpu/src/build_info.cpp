@@ -39,7 +39,9 @@ int32_t bnb_abi_version(void) { return BNB_ABI_VERSION; }
 
 // "isa": the instruction sets compiled in; "isa_usable": those this CPU runs; "isa_selected": the
 // one the kernels use now (BNB_CPU_ISA / bnb_cpu_set_isa can change it, so it is read per call);
-// "threading": "openmp" when the parallel loops run on the process's OpenMP runtime, else "pool".
+// "threading": "openmp" when the parallel loops run on the process's OpenMP runtime, else "pool";
+// "pool_workers": the library's pool's threads running now (null before a call started it; fewer
+// than "pool_workers_wanted" while the system refuses some, retried once a second).
 const char* bnb_build_info(void) {
   thread_local char buf[512];
   char usable[64] = "";
@@ -49,14 +51,18 @@ const char* bnb_build_info(void) {
     while (usable[len]) ++len;
     snprintf(usable + len, sizeof(usable) - len, "%s\"%s\"", len ? ", " : "", bnb_cpu::isa_name(i));
   }
+  int wanted = 0;
+  const int started = bnb_cpu::pool_workers(&wanted);
+  char workers[16] = "null";
+  if (started >= 0) snprintf(workers, sizeof(workers), "%d", started);
   snprintf(buf, sizeof(buf),
-           "{\"platform\": \"cpu\", \"version\": \"" BNB_VERSION
-           "\", \"abi_version\": " BNB_STR(BNB_ABI_VERSION) ", \"compiler\": \"" BNB_COMPILER
-                                                            "\", \"arch\": \"" BNB_ARCH "\", \"isa\": " BNB_ISA_LIST
-                                                            ", \"isa_usable\": [%s], \"isa_selected\": \"%s\", "
-                                                            "\"threading\": \"%s\", \"build_type\": \"" BNB_BUILD_TYPE
-                                                            "\"}",
-           usable, bnb_cpu::isa_name(bnb_cpu::active_isa()), bnb_cpu::threading_name());
+           "{\"platform\": \"cpu\", \"version\": \"" BNB_VERSION "\", \"abi_version\": " BNB_STR(
+               BNB_ABI_VERSION) ", \"compiler\": \"" BNB_COMPILER "\", \"arch\": \"" BNB_ARCH
+                                "\", \"isa\": " BNB_ISA_LIST
+                                ", \"isa_usable\": [%s], \"isa_selected\": \"%s\", "
+                                "\"threading\": \"%s\", \"pool_workers\": %s, \"pool_workers_wanted\": %d, "
+                                "\"build_type\": \"" BNB_BUILD_TYPE "\"}",
+           usable, bnb_cpu::isa_name(bnb_cpu::active_isa()), bnb_cpu::threading_name(), workers, wanted);
   return buf;
 }
 

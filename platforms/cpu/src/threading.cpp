@@ -10,6 +10,7 @@
 #endif
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
@@ -70,6 +71,9 @@ class Pool {
     return pool;
   }
 
+  // The pool if a call has started it, else nullptr.
+  static const Pool* existing() { return instance().load(std::memory_order_acquire); }
+
   static std::atomic<Pool*>& instance() {
     static std::atomic<Pool*> pool{nullptr};
     return pool;
@@ -77,9 +81,23 @@ class Pool {
 
   static void after_fork_in_child() { instance().store(nullptr, std::memory_order_release); }
 
-  int workers() const { return static_cast<int>(threads_.size()); }
+  // Worker threads running now, and the number the pool wants (one fewer than the hardware threads).
+  int workers() const { return started_.load(std::memory_order_acquire); }
+  int wanted() const { return wanted_; }
+
+  // Starts the workers the system refused before (a transient EAGAIN under a process limit, or
+  // memory), at most once per kRetryNs and never while a job runs: a pool left short grows back
+  // to its size instead of running short for the life of the process.
+  void grow_if_short() {
+    if (started_.load(std::memory_order_relaxed) >= wanted_) return;
+    const int64_t now = now_ns();
+    if (now - last_try_.load(std::memory_order_relaxed) < kRetryNs) return;
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (busy.owns_lock()) grow(now);
+  }
 
   // Runs job(c) for c in [0, chunks) with the caller taking chunk 0; false if the pool is busy.
+  // chunks <= workers() + 1 as read before the call: a worker started since has a larger index.
   bool run(int chunks, FnRef<int> job) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
@@ -106,29 +124,36 @@ class Pool {
   }
 
  private:
-  // Starts up to n workers: as many as the system gives (a process limit, a container's, or memory
-  // can refuse a thread), each detached at once. A pool left with fewer is kept as it is.
-  explicit Pool(int n) {
-    try {
-      threads_.reserve(static_cast<size_t>(n));  // emplace_back below then never reallocates
-    } catch (const std::exception&) {
-      return;
-    }
-    for (int i = 0; i < n; ++i) {
+  static constexpr int64_t kRetryNs = 1000000000;  // one try a second to start missing workers
+
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  explicit Pool(int wanted) : wanted_(wanted > 0 ? wanted : 0) { grow(now_ns()); }
+
+  // Starts workers started_ + 1 ... wanted_, as many as the system gives (a process limit, a
+  // container's, or memory can refuse a thread), each detached at once. Called by the constructor
+  // or with busy_ held: no job runs, so the generation read here stays the current one until the
+  // new workers can see it, and each waits for the next.
+  void grow(int64_t now) {
+    last_try_.store(now, std::memory_order_relaxed);
+    const uint64_t current = generation_.load(std::memory_order_acquire);
+    for (int i = started_.load(std::memory_order_relaxed); i < wanted_; ++i) {
       // A test build fails the first thread (a pool of none) or the last (a pool short of one):
       // two sites whatever the machine's thread count.
-      if ((i == 0 || i == n - 1) && fail_allocation("pool thread")) break;
+      if ((i == 0 || i == wanted_ - 1) && fail_allocation("pool thread")) break;
       try {
-        threads_.emplace_back([this, i] { loop(i + 1); });
+        std::thread([this, i, current] { loop(i + 1, current); }).detach();
       } catch (const std::exception&) {
         break;
       }
-      threads_.back().detach();
+      started_.store(i + 1, std::memory_order_release);
     }
   }
 
-  void loop(int index) {
-    uint64_t seen = 0;
+  void loop(int index, uint64_t seen) {
     for (;;) {
       // Spin briefly (tens of microseconds) before sleeping: long enough for back-to-back kernels,
       // short enough not to starve torch's own OpenMP threads, which spin after their ops too.
@@ -158,7 +183,9 @@ class Pool {
     }
   }
 
-  std::vector<std::thread> threads_;
+  const int wanted_;
+  std::atomic<int> started_{0};
+  std::atomic<int64_t> last_try_{0};
   std::mutex busy_;
   std::mutex mutex_;
   std::condition_variable wake_;
@@ -238,6 +265,12 @@ struct Chunks {
 
 const char* threading_name() { return host_omp() ? "openmp" : "pool"; }
 
+int pool_workers(int* wanted) {
+  const Pool* pool = Pool::existing();
+  if (wanted != nullptr) *wanted = pool != nullptr ? pool->wanted() : hardware_threads() - 1;
+  return pool != nullptr ? pool->workers() : -1;
+}
+
 int requested_threads() {
   const int hw = hardware_threads();
   const int req = t_requested;
@@ -254,6 +287,7 @@ void parallel_for(int64_t n, int64_t grain, FnRef<int64_t, int64_t> fn) {
   Pool* pool = nullptr;
   if (threads > 1 && omp == nullptr) {
     pool = Pool::get();
+    if (pool != nullptr) pool->grow_if_short();
     const int most = pool != nullptr ? pool->workers() + 1 : 1;
     if (threads > most) threads = most;
   }

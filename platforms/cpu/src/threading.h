@@ -30,6 +30,11 @@ class FnRef {
 // "openmp" (the host runtime runs the parallel loops) or "pool" (the library's own threads).
 const char* threading_name();
 
+// Worker threads of the library's pool running now, or -1 before a call has started the pool;
+// *wanted (if not NULL) gets the number it starts (one fewer than the hardware threads). A pool
+// the system refused some threads grows back at most once a second, on a parallel call.
+int pool_workers(int* wanted);
+
 // Threads the calling thread's kernels may use (>= 1).
 int requested_threads();
 

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <chrono>
 #include <set>
 #include <string>
 #include <thread>
@@ -133,6 +134,65 @@ std::string faulted_run(const Op& op, const Inputs& in, const Out& ref, int64_t 
 
 }  // namespace
 
+// The library's pool threads running now (-1: no pool yet) and wanted, from bnb_build_info.
+int pool_field(const char* name) {
+  const std::string info = bnb_build_info(), key = std::string("\"") + name + "\": ";
+  const size_t at = info.find(key);
+  if (at == std::string::npos) return -2;
+  return info.compare(at + key.size(), 4, "null") == 0 ? -1 : atoi(info.c_str() + at + key.size());
+}
+
+// A pool whose first thread the system refused runs short (the loops on the caller), is not
+// retried within the second, and grows back to its size on a call after it; the results are the
+// same bits throughout. In a forked child: no pool yet, and no OpenMP runtime in this driver.
+void pool_grows_back() {
+  if (std::thread::hardware_concurrency() < 2) return;
+  std::string report;
+  const int status = in_child(
+      [](std::string* out) {
+        std::vector<float> code(256), absmax(1024, 0.5f);
+        for (int i = 0; i < 256; ++i) code[i] = (i - 127.5f) / 128.0f;
+        std::vector<uint8_t> q(1 << 18);
+        for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<uint8_t>(i * 2654435761u >> 24);
+        const auto run = [&] {
+          std::vector<float> y(q.size());
+          const int32_t st = bnb_dequantize_blockwise(q.data(), code.data(), absmax.data(),
+                                                      static_cast<int64_t>(q.size()), 256, y.data(), 0, nullptr);
+          return st == BNB_OK ? y : std::vector<float>();
+        };
+        bnb_cpu_set_num_threads(1);
+        const std::vector<float> ref = run();
+        bnb_cpu_set_num_threads(2);
+        const int wanted = pool_field("pool_workers_wanted");
+        std::string& r = *out;
+        if (pool_field("pool_workers") != -1) r += " [a pool before the first parallel call]";
+        bnb_cpu_test_fail_allocation(1);  // 0: the pool, 1: its first thread
+        const auto t0 = std::chrono::steady_clock::now();
+        const bool first = run() == ref;
+        const char* site = bnb_cpu_test_failed_site();
+        bnb_cpu_test_fail_allocation(-1);
+        if (site == nullptr || strcmp(site, "pool thread") != 0) r += " [the first thread's start did not fail]";
+        if (!first) r += " [the short pool's call differs]";
+        if (pool_field("pool_workers") != 0)
+          r += " [the short pool holds " + std::to_string(pool_field("pool_workers")) + " threads]";
+        const bool again = run() == ref;
+        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (!again) r += " [a second call differs]";
+        if (waited < 0.5 && pool_field("pool_workers") != 0) r += " [the pool grew within the retry interval]";
+        std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+        const bool grown = run() == ref;
+        if (!grown) r += " [the call that grows the pool differs]";
+        if (pool_field("pool_workers") != wanted)
+          r += " [after the interval the pool holds " + std::to_string(pool_field("pool_workers")) + " of " +
+               std::to_string(wanted) + " threads]";
+        if (run() != ref) r += " [a call on the grown pool differs]";
+        return 0;
+      },
+      &report);
+  if (status != 0) fail("pool_grows_back: the child crashed or leaked (exit status " + std::to_string(status) + ")");
+  if (!report.empty()) fail("pool_grows_back:" + report);
+}
+
 int main() {
   printf("%s\nusable: %s\n", bnb_build_info(), bnb_cpu_usable_isas());
   const Inputs in;
@@ -191,6 +251,7 @@ int main() {
       }
     }
   }
+  pool_grows_back();
   for (const std::string& s : expected) {
     if (!failed.count(s)) fail("the allocation site '" + s + "' was never reached: no op tests its failure");
   }
