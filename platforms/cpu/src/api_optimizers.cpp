@@ -12,6 +12,7 @@
 
 #include "bnb/bnb_c_api.h"
 #include "bnb/optimizer_buffers.h"
+#include "code_books.h"
 #include "fault_injection.h"
 #include "isa.h"
 #include "kernels.h"
@@ -214,9 +215,9 @@ int32_t bnb_optimizer_update_8bit_blockwise(int32_t optimizer, const void* g, vo
   BNB_REQUIRE(!bnb::optimizer_8bit_overlap(optimizer, g, p, dtype, state1, state2, qmap1, qmap2, absmax1, absmax2, n,
                                            kBlock, &first, &second),
               BNB_ERR_INVALID_ARGUMENT, BNB_OPTIMIZER_OVERLAP_MESSAGE, first, second, first);
-  if (int32_t s = bnb_cpu::check_code_book(qmap1, 256, "qmap1")) return s;
+  if (int32_t s = bnb_cpu::check_code_book(qmap1, "qmap1")) return s;
   if (two) {
-    if (int32_t s = bnb_cpu::check_code_book(qmap2, 256, "qmap2")) return s;
+    if (int32_t s = bnb_cpu::check_code_book(qmap2, "qmap2")) return s;
   }
   if (n == 0) return bnb_cpu::ok();
   const bnb::OptimizerConsts c = bnb::make_optimizer_consts(optimizer, *hparams);

@@ -4,6 +4,7 @@
 
 #include "bnb/bnb_c_api.h"
 #include "bnb/numeric.h"
+#include "code_books.h"
 #include "kernels.h"
 #include "memory_hint.h"
 #include "status.h"
@@ -72,7 +73,7 @@ int32_t bnb_quantize_blockwise(const void* A, int32_t dtype, const float* code, 
   BNB_REQUIRE(A && code && out && absmax, BNB_ERR_NULL_POINTER, "A, code, out and absmax must not be NULL");
   BNB_REQUIRE(bnb_cpu::is_float_dtype(dtype), BNB_ERR_UNSUPPORTED_DTYPE, "A's dtype must be f32, f16 or bf16");
   if (int32_t s = check_common(n, blocksize)) return s;
-  if (int32_t s = bnb_cpu::check_code_book(code, 256, "code")) return s;
+  if (int32_t s = bnb_cpu::check_code_book(code, "code")) return s;
   const auto& k = kernels();
   bnb_cpu::advise_output(out, n);
   parallel_for(bnb::ceil_div(n, blocksize), block_grain(blocksize), [&](int64_t b0, int64_t b1) {
