@@ -116,7 +116,8 @@ def test_parallel_loops_share_torchs_openmp_runtime():
         lines = r.stdout.strip().splitlines()
         outs[mode], pools[mode] = json.loads(lines[-1]), json.loads(lines[-2])
     assert outs["pool"][0] == "pool"
-    assert pools["pool"][0] == pools["pool"][1]  # started all it wants (one fewer than the CPUs)
+    # started all it wants (one fewer than the CPUs); with one CPU no call asks for a pool
+    assert pools["pool"][0] == pools["pool"][1] or pools["pool"] == [None, 0]
     if torch.__config__.parallel_info().find("OpenMP") >= 0 and sys.platform.startswith("linux"):
         assert outs["auto"][0] == "openmp"
         assert pools["auto"][0] is None  # the pool never started

@@ -336,17 +336,17 @@ def check_code_ascending(code: torch.Tensor, arg: str = "code") -> None:
     the CPU library's. Reads the values: for the reference and host-side checks, not a device
     kernel's launch path (``functional.quantize_blockwise`` sorts a table in another order)."""
     values = code.detach().reshape(-1).float().cpu()
-    finite = torch.isfinite(values)
-    if not bool(finite.all()):
-        i = int((~finite).nonzero()[0])
+    bad = ~torch.isfinite(values)
+    bad[1:] |= values[1:] < values[:-1]
+    if not bool(bad.any()):
+        return
+    i = int(bad.nonzero()[0])  # the first entry that breaks the order, as the CPU library names it
+    if not bool(torch.isfinite(values[i])):
         raise ValueError(f"bitsandbytes: {arg} must hold finite values, got {arg}[{i}] = {values[i].item():g}")
-    down = (values[1:] < values[:-1]).nonzero()
-    if down.numel():
-        i = int(down[0]) + 1
-        raise ValueError(
-            f"bitsandbytes: {arg} must be in ascending order, got {arg}[{i}] = {values[i].item():g} "
-            f"after {arg}[{i - 1}] = {values[i - 1].item():g}"
-        )
+    raise ValueError(
+        f"bitsandbytes: {arg} must be in ascending order, got {arg}[{i}] = {values[i].item():g} "
+        f"after {arg}[{i - 1}] = {values[i - 1].item():g}"
+    )
 
 
 def check_dequantize_blockwise(

@@ -83,8 +83,14 @@ def _quantize_codes(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> tupl
     such a table is quantized against its sorted copy and the codes mapped back to its indices.
     """
     op = torch.ops.bitsandbytes.quantize_blockwise
-    if code.dim() != 1 or code.numel() != 256 or not _is_concrete(code) or bool((code[1:] >= code[:-1]).all()):
-        return op(A, code, blocksize)  # ascending, or refused by the op's own checks
+    if (
+        code.dim() != 1
+        or code.numel() != 256
+        or not _is_concrete(code)
+        or bool((code[1:] >= code[:-1]).all())
+        or not bool(torch.isfinite(code).all())
+    ):
+        return op(A, code, blocksize)  # ascending, or refused by the op's own checks (at the caller's index)
     ordered, order = code.sort(stable=True)
     q, absmax = op(A, ordered, blocksize)
     return order.to(torch.uint8)[q.long()], absmax

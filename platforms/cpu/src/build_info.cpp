@@ -43,7 +43,7 @@ int32_t bnb_abi_version(void) { return BNB_ABI_VERSION; }
 // "pool_workers": the library's pool's threads running now (null before a call started it; fewer
 // than "pool_workers_wanted" while the system refuses some, retried once a second).
 const char* bnb_build_info(void) {
-  thread_local char buf[512];
+  thread_local char buf[1024];  // about 300 bytes used
   char usable[64] = "";
   for (int i = 0; i < bnb_cpu::ISA_COUNT; ++i) {
     if (!bnb_cpu::isa_usable(i)) continue;

@@ -32,7 +32,10 @@ int32_t check_code_book(const float* code, const char* arg) {
     g.next ^= 1;
     return BNB_OK;
   }
-  if (!(code[i] - code[i] == 0.0f)) {  // NaN or an infinity
+  if (code[i] != code[i]) {  // "nan" whatever its sign bit (%g may print "-nan")
+    return fail(BNB_ERR_INVALID_ARGUMENT, "%s must hold finite values, got %s[%d] = nan", arg, arg, i);
+  }
+  if (!(code[i] - code[i] == 0.0f)) {  // an infinity
     return fail(BNB_ERR_INVALID_ARGUMENT, "%s must hold finite values, got %s[%d] = %g", arg, arg, i,
                 static_cast<double>(code[i]));
   }

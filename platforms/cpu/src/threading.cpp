@@ -93,7 +93,8 @@ class Pool {
     const int64_t now = now_ns();
     if (now - last_try_.load(std::memory_order_relaxed) < kRetryNs) return;
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (busy.owns_lock()) grow(now);
+    // Again under the lock: another caller may have tried since this one read the time.
+    if (busy.owns_lock() && now - last_try_.load(std::memory_order_relaxed) >= kRetryNs) grow(now);
   }
 
   // Runs job(c) for c in [0, chunks) with the caller taking chunk 0; false if the pool is busy.

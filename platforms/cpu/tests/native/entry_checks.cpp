@@ -109,9 +109,9 @@ void more_bad_arguments() {
             BNB_ERR_INVALID_ARGUMENT, "code must be in ascending order, got code[101]",
             "quantize_blockwise code with two entries swapped");
     bad = code;
-    bad[7] = NAN;
+    bad[7] = -NAN;  // named "nan" whatever its sign bit, as Python prints it
     refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
-            BNB_ERR_INVALID_ARGUMENT, "code must hold finite values, got code[7]", "quantize_blockwise code NaN");
+            BNB_ERR_INVALID_ARGUMENT, "code must hold finite values, got code[7] = nan", "quantize_blockwise code NaN");
     bad = code;
     bad[255] = INFINITY;
     refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
