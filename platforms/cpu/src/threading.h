@@ -41,9 +41,9 @@ int requested_threads();
 // Calls fn(begin, end) on disjoint ranges covering [0, n); every range except the last starts and
 // ends on a multiple of `grain`. Runs inline when one thread suffices. Which thread runs which
 // range varies from call to call; the ranges themselves depend only on n, grain and the thread
-// count. Never throws, and allocates nothing but the thread pool on first use: where the pool or
-// some of its threads could not be started, the loop runs on the threads that could, or on the
-// caller alone.
+// count. Never throws, and allocates nothing but the thread pool and its threads: on first use,
+// and, where some threads could not be started, again at most once a second until they are.
+// Meanwhile the loop runs on the threads that could start, or on the caller alone.
 void parallel_for(int64_t n, int64_t grain, FnRef<int64_t, int64_t> fn);
 
 }  // namespace bnb_cpu

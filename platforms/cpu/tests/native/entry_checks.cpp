@@ -102,30 +102,31 @@ void more_bad_arguments() {
           BNB_ERR_UNSUPPORTED_DTYPE, "dtype", "dequantize_blockwise out_dtype -1");
   refused(bnb_quantize_blockwise(x.data(), 0, nullptr, 64, 64, packed.data(), absmax, nullptr), BNB_ERR_NULL_POINTER,
           "code", "quantize_blockwise without code");
-  {  // a code book the searching quantizer cannot use: out of order, NaN or infinite
+  {                                     // a code book the searching quantizer cannot use: out of order, NaN or infinite
+    std::vector<uint8_t> q8(64, 0xab);  // room for the whole output: a refusal must write none of it
+    float am8 = -1.0f;
+    const auto refuse = [&](const std::vector<float>& book, const char* words, const std::string& what) {
+      refused(bnb_quantize_blockwise(x.data(), 0, book.data(), 64, 64, q8.data(), &am8, nullptr),
+              BNB_ERR_INVALID_ARGUMENT, words, what);
+    };
     auto bad = code;
     std::swap(bad[100], bad[101]);
-    refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
-            BNB_ERR_INVALID_ARGUMENT, "code must be in ascending order, got code[101]",
-            "quantize_blockwise code with two entries swapped");
+    refuse(bad, "code must be in ascending order, got code[101]", "quantize_blockwise code with two entries swapped");
     bad = code;
     bad[7] = -NAN;  // named "nan" whatever its sign bit, as Python prints it
-    refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
-            BNB_ERR_INVALID_ARGUMENT, "code must hold finite values, got code[7] = nan", "quantize_blockwise code NaN");
+    refuse(bad, "code must hold finite values, got code[7] = nan", "quantize_blockwise code NaN");
     bad = code;
     bad[255] = INFINITY;
-    refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
-            BNB_ERR_INVALID_ARGUMENT, "code[255]", "quantize_blockwise code +inf last");
+    refuse(bad, "code[255]", "quantize_blockwise code +inf last");
     bad = code;
     bad[0] = -INFINITY;
-    refused(bnb_quantize_blockwise(x.data(), 0, bad.data(), 64, 64, packed.data(), absmax, nullptr),
-            BNB_ERR_INVALID_ARGUMENT, "code[0]", "quantize_blockwise code -inf first");
+    refuse(bad, "code[0]", "quantize_blockwise code -inf first");
+    check(q8 == std::vector<uint8_t>(64, 0xab) && am8 == -1.0f, "nothing written for a code book out of order");
     // equal neighbours are allowed (a tie takes the lower entry): 255 zeros, then 1
-    std::vector<float> ties(256, 0.0f), am(1);
+    std::vector<float> ties(256, 0.0f);
     ties[255] = 1.0f;
-    std::vector<uint8_t> q8(64);
-    check(bnb_quantize_blockwise(x.data(), 0, ties.data(), 64, 64, q8.data(), am.data(), nullptr) == BNB_OK &&
-              q8 == std::vector<uint8_t>(64, 255) && am[0] == 1.0f,
+    check(bnb_quantize_blockwise(x.data(), 0, ties.data(), 64, 64, q8.data(), &am8, nullptr) == BNB_OK &&
+              q8 == std::vector<uint8_t>(64, 255) && am8 == 1.0f,
           "quantize_blockwise code book with equal neighbours");
   }
   check(packed == std::vector<uint8_t>(32, 0xab) && absmax[0] == -1.0f && absmax[1] == -1.0f &&
