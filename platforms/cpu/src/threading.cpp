@@ -16,7 +16,6 @@
 #include <mutex>
 #include <new>
 #include <thread>
-#include <vector>
 
 #include "bnb/bnb_c_api.h"
 #include "fault_injection.h"
