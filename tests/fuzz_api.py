@@ -144,6 +144,53 @@ def prop_blockwise(x, blocksize):
         )
 
 
+@st.composite
+def code_books(draw):
+    """A 256-entry code book in any order: the dynamic map, random values, or few distinct values
+    (many equal neighbours); sorted, two neighbours swapped, reversed or shuffled; a quarter of
+    them with a NaN or an infinity."""
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    base = draw(st.sampled_from(("dynamic", "random", "ties")))
+    if base == "dynamic":
+        code = dynamic_map()
+    elif base == "random":
+        code = torch.randn(256, generator=g).sort().values
+        code = code / code.abs().max()
+    else:
+        code = torch.randint(-8, 9, (256,), generator=g).float().sort().values / 8
+    order = draw(st.sampled_from(("sorted", "swap", "reversed", "shuffled")))
+    if order == "swap":
+        i = draw(st.integers(0, 254))
+        code[[i, i + 1]] = code[[i + 1, i]]
+    elif order == "reversed":
+        code = code.flip(0)
+    elif order == "shuffled":
+        code = code[torch.randperm(256, generator=g)]
+    if draw(st.integers(0, 3)) == 0:
+        code[draw(st.integers(0, 255))] = draw(st.sampled_from((float("nan"), float("inf"), -float("inf"))))
+    return code.contiguous()
+
+
+@given(x=tensors(max_dims=2, max_numel=3000), code=code_books(), blocksize=st.sampled_from(GOOD_BLOCKS))
+def prop_code_books(x, code, blocksize):
+    """The op refuses a code book it cannot search (out of order, NaN, infinite) exactly where the
+    reference does, whatever the input's size, and equals it bit for bit otherwise; the functional
+    API quantizes a finite table in any order to its nearest entries."""
+    searchable = bool(torch.isfinite(code).all()) and bool((code[1:] >= code[:-1]).all())
+    status, out = agree(
+        "quantize_blockwise[any code]", OPS.quantize_blockwise, REF["quantize_blockwise"], x, code, blocksize
+    )
+    assert (status == "ok") == searchable, (status, out)
+    if not bool(torch.isfinite(code).all()) or x.numel() == 0:
+        return
+    _count("functional.blockwise[any code]")
+    q, qs = F.quantize_blockwise(x, code=code, blocksize=blocksize)
+    ordered, order = code.sort(stable=True)
+    q_sorted, absmax = REF["quantize_blockwise"](x, ordered, blocksize)
+    same(q, order.to(torch.uint8)[q_sorted.long()], "functional codes")
+    same(qs.absmax, absmax, "functional absmax")
+
+
 @given(
     x=tensors(),
     blocksize=st.one_of(st.sampled_from((32, 64, 128, 256, 4096)), st.sampled_from(BAD_BLOCKS)),
@@ -473,6 +520,7 @@ def prop_wrong_device(op, n, k, dtype, pick, s):
 
 PROPERTIES = [
     prop_blockwise,
+    prop_code_books,
     prop_4bit,
     prop_gemm_4bit,
     prop_int8,

@@ -224,8 +224,9 @@ def test_quantize_blockwise_refuses_a_code_book_out_of_order(device, impl, fn):
     x = torch.randn(300, device=device)
     code = dynamic_map(device=device)
     for bad, message in _unordered_codes(code, "code"):
-        with pytest.raises(ValueError, match=message):
-            fn(x, bad, 64)
+        for A in (x, x[:0]):  # an empty input too: the same error whatever the size
+            with pytest.raises(ValueError, match=message):
+                fn(A, bad, 64)
     # Equal neighbours are allowed: 255 zeros, then 1. Their 254 midpoints at 0 put every value
     # above 0 past them (code 254, value 0), and above the last midpoint, 0.5, at code 255.
     # 70000 values take the CPU library's large-call path too (a bucket index where the book allows one).
@@ -243,10 +244,12 @@ def test_quantize_blockwise_refuses_a_code_book_out_of_order(device, impl, fn):
 @pytest.mark.parametrize("arg", ["qmap1", "qmap2"])
 def test_optimizer_8bit_refuses_code_books_out_of_order(device, impl, fn, arg):
     t = adam_8bit_args(300, device)
+    empty = adam_8bit_args(0, device)  # an empty parameter too: the same error whatever the size
     before = {k: v.clone() for k, v in t.items() if isinstance(v, torch.Tensor)}
     for bad, message in _unordered_codes(t[arg], arg):
-        with pytest.raises(ValueError, match=message):
-            step_8bit(fn, dict(t, **{arg: bad}))
+        for args in (t, empty):
+            with pytest.raises(ValueError, match=message):
+                step_8bit(fn, dict(args, **{arg: bad}))
     for k, v in before.items():  # refused before any write
         assert torch.equal(t[k], v), k
 

@@ -131,6 +131,8 @@ def quantize_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
         _C.quantize_blockwise(
             A.data_ptr(), DTYPE_CODE[A.dtype], code.data_ptr(), n, blocksize, out.data_ptr(), absmax.data_ptr(), _nt()
         )
+    else:  # the library is not called: its check of the code book, as the reference makes it
+        C.check_code_ascending(code)
     return out, absmax
 
 

@@ -110,7 +110,10 @@ def optimizer_update_8bit_blockwise(
         C.check_optimizer_8bit_no_alias(
             g, p, state1, state2 if two else None, qmap1, qmap2 if two else None, absmax1, absmax2 if two else None
         )
-    if n == 0:
+    if n == 0:  # the library is not called: its checks of the code books, as the reference makes them
+        C.check_code_ascending(qmap1, "qmap1")
+        if two:
+            C.check_code_ascending(qmap2, "qmap2")
         return
     pc = p if p_dense else p.contiguous()
     gc = g if g_dense else g.contiguous()
