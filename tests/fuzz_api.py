@@ -171,16 +171,20 @@ def code_books(draw):
     return code.contiguous()
 
 
+def searchable(code: torch.Tensor) -> bool:
+    """Whether a quantizer can search ``code``: finite and ascending (equal neighbours allowed)."""
+    return bool(torch.isfinite(code).all()) and bool((code[1:] >= code[:-1]).all())
+
+
 @given(x=tensors(max_dims=2, max_numel=3000), code=code_books(), blocksize=st.sampled_from(GOOD_BLOCKS))
 def prop_code_books(x, code, blocksize):
     """The op refuses a code book it cannot search (out of order, NaN, infinite) exactly where the
     reference does, whatever the input's size, and equals it bit for bit otherwise; the functional
     API quantizes a finite table in any order to its nearest entries."""
-    searchable = bool(torch.isfinite(code).all()) and bool((code[1:] >= code[:-1]).all())
     status, out = agree(
         "quantize_blockwise[any code]", OPS.quantize_blockwise, REF["quantize_blockwise"], x, code, blocksize
     )
-    assert (status == "ok") == searchable, (status, out)
+    assert (status == "ok") == searchable(code), (status, out)
     if not bool(torch.isfinite(code).all()) or x.numel() == 0:
         return
     _count("functional.blockwise[any code]")
@@ -315,10 +319,9 @@ def prop_optimizer_code_books(n, name, qmap1, qmap2, s):
         return p, st1, st2, ab1, ab2
 
     books = (qmap1, qmap2) if two else (qmap1,)
-    searchable = all(bool(torch.isfinite(q).all()) and bool((q[1:] >= q[:-1]).all()) for q in books)
     _count("optimizer_8bit[any code]")
     got, want = outcome(run, OPS.optimizer_update_8bit_blockwise), outcome(run, REF["optimizer_update_8bit_blockwise"])
-    assert got[0] == want[0] == ("ok" if searchable else "err"), (name, got, want)
+    assert got[0] == want[0] == ("ok" if all(searchable(q) for q in books) else "err"), (name, got, want)
     if got[0] == "ok":
         near_step(got[1], want[1], f"optimizer_8bit[any code] {name}")
 
